@@ -1,0 +1,35 @@
+# One-command set-up: every target that needs the environment creates it first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.mmss-installed
+PROFILE ?= demo
+
+.PHONY: setup demo reproduce test bench clean-outputs help
+
+help:
+	@echo "make demo    set up .venv and run the full notebook pipeline on the embedded demo data"
+	@echo "make test    set up .venv and run the whole test suite"
+	@echo "make bench   run the benchmarks (mmss bench all)"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[notebooks,test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mmss_lib reproduce --profile $(PROFILE)
+
+reproduce: demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m mmss_lib bench all
+
+clean-outputs:
+	rm -rf outputs/executed outputs/tables outputs/figures outputs/runs

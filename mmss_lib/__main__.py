@@ -1,0 +1,4 @@
+from mmss_lib.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

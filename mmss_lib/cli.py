@@ -1,0 +1,63 @@
+"""Command-line entry: ``python -m mmss_lib <command> ...`` (also installed as ``mmss``).
+
+Each command lives in the module that implements it; that module is imported only when its
+command runs, so ``mmss --help`` stays instant. A command module exposes
+``cli_main(argv: list[str], prog: str) -> int`` and builds its own argparse parser.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-demo": ("mmss_lib.demo", "write the deterministic synthetic MRHP-format demo dataset"),
+    "build-amazon2018": ("mmss_lib.amazon2018", "build an Amazon-MRHP-style dataset from Amazon Review Data 2018 files"),
+    "stats": ("mmss_lib.data", "print dataset statistics (paper Table 3 layout) and label distribution"),
+    "extract": ("mmss_lib.features.extract", "extract text and region features into a feature store"),
+    "import-features": ("mmss_lib.features.importers", "import bottom-up .npz / MCR .pth region features into a store"),
+    "train": ("mmss_lib.train", "train and evaluate a system over seeds"),
+    "predict": ("mmss_lib.predict", "rank the reviews of a product with a trained checkpoint"),
+    "reproduce": ("mmss_lib.pipeline", "run the notebook pipeline with papermill (profiles: smoke, demo, paper)"),
+    "bench": ("mmss_lib.bench", "benchmarks: build, extract, train, metrics, all"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: mmss <command> [options]", "", "commands:"]
+    width = max(len(c) for c in COMMANDS)
+    for name, (_, help_) in COMMANDS.items():
+        lines.append(f"  {name.ljust(width)}  {help_}")
+    lines += ["", "Run `mmss <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from mmss_lib import __version__
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"mmss: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.cli_main(rest, prog=f"mmss {name}") or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user-facing errors carry their own message
+        from mmss_lib.errors import MMSSError
+        if isinstance(exc, MMSSError):
+            print(f"mmss {name}: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""User-facing errors. Messages name the file, the row or field, what was expected and what to do."""
+from __future__ import annotations
+
+
+class MMSSError(Exception):
+    """Base class: the CLI prints these as one clean line instead of a traceback."""
+
+
+class DataError(MMSSError, ValueError):
+    """Bad input data (a file, a row or a field that is not what the format says)."""
+
+
+class FeatureStoreError(MMSSError):
+    """A feature store that is missing, corrupt, or does not match what is asked of it."""
+
+
+class ModelNotAvailableError(MMSSError):
+    """Pretrained weights that cannot be found offline."""
+
+
+class CheckpointError(MMSSError):
+    """A checkpoint that is missing, corrupt, or from another configuration."""
+
+
+class TrainingError(MMSSError):
+    """Training cannot continue (e.g. a NaN or infinite loss)."""
+
+
+class PipelineError(MMSSError):
+    """A notebook stage failed or got bad parameters."""

@@ -1,0 +1,45 @@
+"""The systems the harness trains: MM-SS and the eight comparison systems of Tables 1-2.
+
+Each entry names the class implementing it (imported on use). Every class takes keyword-only
+``text_dim`` and ``region_dim`` (input feature sizes from the store) plus its own options with
+defaults, and maps a :class:`mmss_lib.batch.Batch` to a :class:`mmss_lib.batch.ModelOutput`.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    name: str         # key used in configs and tables
+    display: str      # row label in the paper's tables
+    kind: str         # "text-only" | "multimodal"
+    target: str       # "module:Class"
+
+
+SYSTEMS: dict[str, SystemInfo] = {s.name: s for s in [
+    SystemInfo("bimpm", "BiMPM", "text-only", "mmss_lib.baselines.bimpm:BiMPM"),
+    SystemInfo("egcnn", "EG-CNN", "text-only", "mmss_lib.baselines.egcnn:EGCNN"),
+    SystemInfo("convknrm", "Conv-KNRM", "text-only", "mmss_lib.baselines.convknrm:ConvKNRM"),
+    SystemInfo("prhnet", "PRH-Net", "text-only", "mmss_lib.baselines.prhnet:PRHNet"),
+    SystemInfo("ssecross", "SSE-Cross", "multimodal", "mmss_lib.baselines.ssecross:SSECross"),
+    SystemInfo("drnet", "D&R Net", "multimodal", "mmss_lib.baselines.drnet:DRNet"),
+    SystemInfo("mcr", "MCR", "multimodal", "mmss_lib.baselines.mcr:MCR"),
+    SystemInfo("mcl", "MCL", "multimodal", "mmss_lib.baselines.mcl:MCL"),
+    SystemInfo("mmss", "MM-SS (Ours)", "multimodal", "mmss_lib.model:MMSS"),
+]}
+
+BASELINES = [n for n in SYSTEMS if n != "mmss"]
+
+
+def system_class(name: str):
+    if name not in SYSTEMS:
+        raise KeyError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+    module, cls = SYSTEMS[name].target.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_system(name: str, *, text_dim: int, region_dim: int = 2048, **options):
+    """Instantiate system ``name`` for inputs of the given feature sizes."""
+    return system_class(name)(text_dim=text_dim, region_dim=region_dim, **options)
