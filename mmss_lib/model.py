@@ -1,0 +1,315 @@
+"""MM-SS: Multimodal Interaction Modeling via Self-Supervised Multi-task Learning (paper Fig. 2).
+
+The four modules of the paper, as implemented here:
+
+(a) Modality-specific features (Sec. 4.1). Token features of the product text Tp and review text
+    Tr (frozen cached BERT features by default, or a Hugging Face encoder fine-tuned end to end
+    when ``text_encoder`` is set) are projected to d by Linear + LayerNorm. The RoI features of
+    the product and review images are concatenated, [V; K], passed through Self-ATT and
+    projected to d; the paper does the self-attention in the 2048-d input space, which is too
+    costly on CPU, so this implementation projects first (Linear(2048 -> d) + LayerNorm) and runs
+    the Self-ATT over the concatenation [Vp; Vr] in d, then splits the rows back into Vp (product)
+    and Vr (review). A learned source embedding per field (pt, rt, pv, rv) is added so the later
+    Self-ATT layers, which see unordered concatenations, can tell product from review rows.
+(b) Interaction-aware consistency (Sec. 4.2, Eq. 3-5): five interactions, each one Self-ATT
+    layer (a transformer encoder layer: d, 4 heads, GELU) over a concatenation, then SoftPool:
+    ptrt=[Tp;Tr], pvrv=[Vp;Vr], ptrv=[Tp;Vr], pvrt=[Vp;Tr], rtrv=[Tr;Vr].
+(c) Global scoring (Sec. 4.3, Eq. 6-8): Fc = [f_ptrt; ...; f_rtrv], f*_g = GELU(Linear(Fc)),
+    y_hat_g = Linear(f*_g) -> ``ModelOutput.score``.
+(d) Subtask heads (Sec. 4.4, Eq. 9): f*_s = GELU(Linear(f_s)), y_hat_s = MLP(f*_s), trained on
+    the SSP-Label pseudo labels (``mmss_lib.ssp_label``); used only during training.
+
+Masking: ``True`` in a batch mask is a real token/region. Padding and empty image sets are never
+attended to and never pooled. Padded inputs are zeroed on entry, so their values cannot reach
+the output or the gradients. A concatenation with no real position at all (e.g. pvrv for a
+product and a review that both have no images) gives a learned "empty" vector instead: its
+attention runs with one dummy position unmasked (so softmax stays finite) and the result is
+replaced by the learned vector, so forward and backward stay free of NaN.
+
+Ablations of Table 4 are configuration switches (:data:`ABLATIONS`): ``subtasks`` removes
+subtask heads (module (b)'s five interactions still all feed the global score), and
+``use_module_b=False`` / ``use_module_d=False`` give "w/o module (b)" / "w/o module (d)".
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmss_lib.batch import Batch, ModelOutput
+from mmss_lib.errors import DataError, MMSSError, ModelNotAvailableError
+from mmss_lib.losses import UncertaintyWeighting
+
+SUBTASKS = ("ptrt", "pvrv", "ptrv", "pvrt", "rtrv")
+
+# Which modality-specific features each interaction concatenates (Eq. 3-5).
+INTERACTIONS: dict[str, tuple[str, str]] = {
+    "ptrt": ("tp", "tr"),  # intra-modal, product text - review text (Eq. 4)
+    "pvrv": ("vp", "vr"),  # intra-modal, product vision - review vision (Eq. 4)
+    "ptrv": ("tp", "vr"),  # inter-modal, product text - review vision (Eq. 5)
+    "pvrt": ("vp", "tr"),  # inter-modal, product vision - review text (Eq. 5)
+    "rtrv": ("tr", "vr"),  # review-only inter-modal consistency (Eq. 3)
+}
+
+# Table 4 variants, in the paper's row order: name -> MMSS options.
+ABLATIONS: dict[str, dict] = {"full": {}}
+ABLATIONS.update({f"wo_{s}": {"subtasks": tuple(t for t in SUBTASKS if t != s)} for s in SUBTASKS})
+ABLATIONS["wo_b"] = {"use_module_b": False}
+ABLATIONS["wo_d"] = {"use_module_d": False}
+
+ABLATION_LABELS: dict[str, str] = {
+    "full": "MM-SS (Ours)",
+    "wo_ptrt": "-w/o intra-modal-ptrt",
+    "wo_pvrv": "-w/o intra-modal-pvrv",
+    "wo_ptrv": "-w/o inter-modal-ptrv",
+    "wo_pvrt": "-w/o inter-modal-pvrt",
+    "wo_rtrv": "-w/o intra-review-rtrv",
+    "wo_b": "-w/o module(b)",
+    "wo_d": "-w/o module(d)",
+}
+
+
+@dataclass
+class MMSSConfig:
+    text_dim: int = 768                 # size of cached token features (ignored with text_encoder: its hidden size is used)
+    region_dim: int = 2048              # size of RoI features (Faster R-CNN pooled, Sec. 4.1)
+    d: int = 128                        # shared space of Tp, Tr, Vp, Vr and of every f_s, f*_s, f*_g (App. A.2)
+    n_heads: int = 4                    # heads of every Self-ATT layer
+    ff_dim: int = 512                   # feed-forward width of every Self-ATT layer
+    dropout: float = 0.1                # dropout inside Self-ATT layers (residual + feed-forward) and before the heads
+    attn_dropout: float = 0.0           # dropout on attention weights (0: keeps CPU training ~2x faster)
+    subtasks: tuple[str, ...] = SUBTASKS  # subtask heads of module (d) (Table 4 "w/o ..." rows drop one)
+    use_module_b: bool = True           # False: "w/o module (b)": mean-pool (a), concat, MLP; no subtasks
+    use_module_d: bool = True           # False: "w/o module (d)": no subtask heads, no SSP-Label
+    region_self_attention: bool = True  # Self-ATT over [Vp; Vr] in module (a)
+    source_embeddings: bool = True      # learned vector per field (pt, rt, pv, rv) added after (a)
+    head_hidden: int = 64               # hidden width of the subtask MLPs (Eq. 9) and of the w/o-(b) MLP
+    text_encoder: Optional[str] = None  # HF model name or local folder: fine-tune it end to end (Eq. 2)
+
+    def __post_init__(self):
+        subs = tuple(self.subtasks)
+        unknown = [s for s in subs if s not in SUBTASKS]
+        if unknown or len(set(subs)) != len(subs):
+            raise MMSSError(f"MMSS option subtasks={list(subs)}: expected distinct names among {list(SUBTASKS)}")
+        self.subtasks = tuple(s for s in SUBTASKS if s in subs)  # canonical order
+        if self.d % self.n_heads:
+            raise MMSSError(f"MMSS option d={self.d} must be divisible by n_heads={self.n_heads}")
+
+
+def soft_pool(x: Tensor, mask: Tensor) -> Tensor:
+    """SoftPool over positions (Stergiou et al. [36]), per feature dimension, masked.
+
+    For each feature c: w_lc = exp(x_lc) / sum_{l' real} exp(x_l'c), output_c = sum_l w_lc x_lc.
+    ``x`` (B, L, d), ``mask`` (B, L) bool with at least one ``True`` per row -> (B, d).
+    Example: one feature with real values [0, ln 3] gives weights [1/4, 3/4] and 0.75 * ln 3.
+    """
+    m = mask.unsqueeze(-1)                                          # (B, L, 1)
+    w = torch.softmax(x.masked_fill(~m, float("-inf")), dim=1)      # (B, L, d)
+    return (w * x.masked_fill(~m, 0.0)).sum(dim=1)                  # (B, d)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over real positions: (B, L, d), (B, L) -> (B, d); zeros for a row with none."""
+    m = mask.unsqueeze(-1).to(x.dtype)                              # (B, L, 1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)                 # (B, d)
+
+
+def _guard_empty(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(any_real (B,), safe_mask (B, L)): rows without a real position get position 0 unmasked,
+    so attention and pooling stay finite; their result must be replaced by the caller."""
+    any_real = mask.any(dim=1)
+    safe = mask.clone()
+    safe[:, 0] |= ~any_real
+    return any_real, safe
+
+
+def _self_att_layer(cfg: MMSSConfig) -> nn.TransformerEncoderLayer:
+    """Self-ATT: one post-norm transformer encoder layer (d, n_heads, GELU)."""
+    layer = nn.TransformerEncoderLayer(cfg.d, cfg.n_heads, dim_feedforward=cfg.ff_dim, dropout=cfg.dropout,
+                                       activation="gelu", batch_first=True)
+    layer.self_attn.dropout = cfg.attn_dropout  # attention-weight dropout, separate from the residual dropout
+    return layer
+
+
+class Interaction(nn.Module):
+    """One interaction of module (b): f_s = SoftPool(Self-ATT([A; B])) (Eq. 3-5), masked."""
+
+    def __init__(self, cfg: MMSSConfig):
+        super().__init__()
+        self.self_att = _self_att_layer(cfg)
+        self.empty = nn.Parameter(torch.zeros(cfg.d))  # f_s when [A; B] has no real position
+
+    def forward(self, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tensor:
+        x = torch.cat([a, b], dim=1)                                # (B, La+Lb, d)
+        mask = torch.cat([a_mask, b_mask], dim=1)                   # (B, La+Lb)
+        any_real, safe = _guard_empty(mask)
+        h = self.self_att(x, src_key_padding_mask=~safe)            # (B, La+Lb, d), Self-ATT
+        pooled = soft_pool(h, safe)                                 # (B, d), SoftPool
+        return torch.where(any_real.unsqueeze(-1), pooled, self.empty.to(pooled.dtype).expand_as(pooled))
+
+
+class SubtaskHead(nn.Module):
+    """Eq. 9: f*_s = GELU(W_s^T f_s + b_s); y_hat_s = MLP(f*_s)."""
+
+    def __init__(self, cfg: MMSSConfig):
+        super().__init__()
+        self.proj = nn.Linear(cfg.d, cfg.d)
+        self.mlp = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.d, cfg.head_hidden), nn.GELU(),
+                                 nn.Linear(cfg.head_hidden, 1))
+
+    def forward(self, f_s: Tensor) -> tuple[Tensor, Tensor]:
+        f_star = F.gelu(self.proj(f_s))                             # (B, d), Eq. 9 first line
+        return f_star, self.mlp(f_star).squeeze(-1)                 # (B,), Eq. 9 second line
+
+
+class MMSS(nn.Module):
+    """MM-SS over a :class:`~mmss_lib.batch.Batch`; see the module docstring.
+
+    ``MMSS(text_dim=768, region_dim=2048, **options)`` with the options of :class:`MMSSConfig`
+    (or ``MMSS(config=MMSSConfig(...))``). ``forward`` returns a :class:`ModelOutput` with
+    ``score`` = y_hat_g (B,), ``sub_scores[s]`` = y_hat_s (B,) and ``features`` "g" = f*_g,
+    s = f*_s (B, d), not detached. ``subtasks`` (tuple) names the subtask heads (empty: no SSP).
+    ``uncertainty`` (Eq. 15) holds one log-variance per subtask, or is ``None`` without subtasks.
+    """
+
+    def __init__(self, config: MMSSConfig | None = None, **options):
+        super().__init__()
+        if config is None:
+            known = {f.name for f in fields(MMSSConfig)}
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise MMSSError(f"MMSS: unknown option(s) {unknown}; known: {sorted(known)}")
+            config = MMSSConfig(**options)
+        elif options:
+            raise MMSSError("MMSS: pass either config= or keyword options, not both")
+        cfg = self.config = config
+        self.subtasks: tuple[str, ...] = cfg.subtasks if (cfg.use_module_b and cfg.use_module_d) else ()
+
+        # (a) modality-specific features
+        self.text_encoder = self._load_text_encoder(cfg.text_encoder) if cfg.text_encoder else None
+        text_dim = int(self.text_encoder.config.hidden_size) if self.text_encoder is not None else cfg.text_dim
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, cfg.d), nn.LayerNorm(cfg.d))
+        self.region_proj = nn.Sequential(nn.Linear(cfg.region_dim, cfg.d), nn.LayerNorm(cfg.d))
+        self.region_att = _self_att_layer(cfg) if cfg.region_self_attention else None
+        self.source = nn.Parameter(torch.zeros(4, cfg.d)) if cfg.source_embeddings else None  # pt, rt, pv, rv
+        if self.source is not None:
+            nn.init.normal_(self.source, std=0.02)
+
+        if cfg.use_module_b:
+            # (b) five interactions, (c) global scoring, (d) subtask heads
+            self.interactions = nn.ModuleDict({s: Interaction(cfg) for s in SUBTASKS})
+            self.fuse = nn.Linear(len(SUBTASKS) * cfg.d, cfg.d)     # Eq. 7
+            self.dropout = nn.Dropout(cfg.dropout)
+            self.score_head = nn.Linear(cfg.d, 1)                   # Eq. 8
+            self.heads = nn.ModuleDict({s: SubtaskHead(cfg) for s in self.subtasks})
+        else:
+            # "w/o module (b)": pooled (a) features, concatenated, MLP to the score
+            self.fuse = nn.Linear(4 * cfg.d, cfg.d)
+            self.dropout = nn.Dropout(cfg.dropout)
+            self.score_head = nn.Linear(cfg.d, 1)
+        self.uncertainty = UncertaintyWeighting(len(self.subtasks)) if self.subtasks else None
+
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _load_text_encoder(name: str) -> nn.Module:
+        from transformers import AutoModel  # lazy: keep `import mmss_lib` light
+
+        try:
+            return AutoModel.from_pretrained(name)
+        except Exception as exc:  # offline, missing folder, not a model
+            raise ModelNotAvailableError(
+                f"MMSS text_encoder={name!r}: could not load it with transformers.AutoModel offline "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "pass a local model folder or leave text_encoder unset to use cached token features") from exc
+
+    def param_groups(self, lr: float = 1e-4, lr_text: float = 5e-5) -> list[dict]:
+        """Optimizer parameter groups: the fine-tuned text encoder at ``lr_text`` (5e-5 in the
+        paper, App. A.2), everything else (incl. the uncertainty weights) at ``lr`` (1e-4)."""
+        enc = list(self.text_encoder.parameters()) if self.text_encoder is not None else []
+        enc_ids = {id(p) for p in enc}
+        rest = [p for p in self.parameters() if id(p) not in enc_ids]
+        groups = [{"params": rest, "lr": lr, "name": "mmss"}]
+        if enc:
+            groups.append({"params": enc, "lr": lr_text, "name": "text_encoder"})
+        return groups
+
+    # ----------------------------------------------------------------------------------------
+    def _text_features(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        if self.text_encoder is not None:
+            if batch.pt_ids is None or batch.rt_ids is None:
+                raise DataError("MMSS with text_encoder needs batch.pt_ids and batch.rt_ids (token ids); "
+                                "got a batch without them (build the loader in fine-tuning mode)")
+            pt = self.text_encoder(input_ids=batch.pt_ids, attention_mask=batch.pt_mask.long()).last_hidden_state
+            rt = self.text_encoder(input_ids=batch.rt_ids, attention_mask=batch.rt_mask.long()).last_hidden_state
+            return pt, rt                                           # (B, Lp, dt), (B, Lr, dt), Eq. 2
+        if batch.pt is None or batch.rt is None:
+            raise DataError("MMSS without text_encoder needs cached token features batch.pt and batch.rt; "
+                            "got None (set text_encoder to fine-tune from token ids)")
+        return batch.pt, batch.rt
+
+    def modality_features(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
+        """Module (a): {"tp", "tr", "vp", "vr"} -> (features (B, L, d), mask (B, L))."""
+        cfg = self.config
+        pt, rt = self._text_features(batch)
+        for name, x, dim in (("pt", pt, self.text_proj[0].in_features), ("rt", rt, self.text_proj[0].in_features),
+                             ("pv", batch.pv, cfg.region_dim), ("rv", batch.rv, cfg.region_dim)):
+            if x.shape[-1] != dim:
+                raise DataError(f"MMSS: batch.{name} has feature size {x.shape[-1]}, the model expects {dim}")
+        dtype = self.text_proj[0].weight.dtype
+
+        def clean(x: Tensor, m: Tensor) -> Tensor:  # padding can never reach outputs or gradients
+            return x.to(dtype).masked_fill(~m.unsqueeze(-1), 0.0)
+
+        tp = self.text_proj(clean(pt, batch.pt_mask))                # (B, Lp, d)
+        tr = self.text_proj(clean(rt, batch.rt_mask))                # (B, Lr, d)
+        n_p = batch.pv.shape[1]
+        v_in = torch.cat([batch.pv, batch.rv], dim=1).to(dtype)     # (B, Np+Nr, dr)
+        v_mask = torch.cat([batch.pv_mask, batch.rv_mask], dim=1)   # (B, Np+Nr)
+        # project only the real regions (padding is most of the tensor when few reviews have images)
+        real = self.region_proj(v_in[v_mask])                       # (n_real, d)
+        v = real.new_zeros(*v_mask.shape, cfg.d).masked_scatter(v_mask.unsqueeze(-1), real)  # (B, Np+Nr, d)
+        if self.region_att is not None:
+            _, safe = _guard_empty(v_mask)
+            v = self.region_att(v, src_key_padding_mask=~safe)       # (B, Np+Nr, d), Self-ATT over [V; K]
+        vp, vr = v[:, :n_p], v[:, n_p:]                              # (B, Np, d), (B, Nr, d)
+        out = {"tp": (tp, batch.pt_mask), "tr": (tr, batch.rt_mask),
+               "vp": (vp, batch.pv_mask), "vr": (vr, batch.rv_mask)}
+        if self.source is not None:
+            out = {k: (x + self.source[i], m) for i, (k, (x, m)) in enumerate(out.items())}
+        # re-zero padding (LayerNorm / attention / source embeddings give padded rows values)
+        return {k: (x.masked_fill(~m.unsqueeze(-1), 0.0), m) for k, (x, m) in out.items()}
+
+    def interaction_features(self, batch: Batch) -> dict[str, Tensor]:
+        """Modules (a)+(b): the five pooled interactions f_s (B, d) of Eq. 3-5."""
+        if not self.config.use_module_b:
+            raise MMSSError("MMSS built with use_module_b=False has no interaction features")
+        feats = self.modality_features(batch)
+        return {s: self.interactions[s](*feats[a], *feats[b]) for s, (a, b) in INTERACTIONS.items()}
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        if not self.config.use_module_b:
+            feats = self.modality_features(batch)
+            pooled = torch.cat([masked_mean(*feats[k]) for k in ("tp", "tr", "vp", "vr")], dim=-1)  # (B, 4d)
+            f_g = F.gelu(self.fuse(pooled))                          # (B, d)
+            score = self.score_head(self.dropout(f_g)).squeeze(-1)   # (B,)
+            return ModelOutput(score=score, features={"g": f_g})
+
+        f = self.interaction_features(batch)                        # s -> (B, d)
+        fc = torch.cat([f[s] for s in SUBTASKS], dim=-1)            # (B, 5d), Eq. 6
+        f_g = F.gelu(self.fuse(self.dropout(fc)))                    # (B, d), Eq. 7
+        score = self.score_head(f_g).squeeze(-1)                     # (B,), Eq. 8
+        features, sub_scores = {"g": f_g}, {}
+        for s in self.subtasks:
+            features[s], sub_scores[s] = self.heads[s](f[s])         # Eq. 9
+        return ModelOutput(score=score, sub_scores=sub_scores, features=features)
+
+    def feature_dims(self) -> dict[str, int]:
+        """Sizes of the representations SSP-Label banks: "g" and each subtask -> d."""
+        return {k: self.config.d for k in ("g",) + self.subtasks}
+
+    def extra_repr(self) -> str:
+        c = asdict(self.config)
+        return ", ".join(f"{k}={c[k]!r}" for k in ("d", "subtasks", "use_module_b", "use_module_d", "text_encoder"))

@@ -1,0 +1,358 @@
+"""SSP-Label: self-supervised pseudo labels for the MM-SS subtasks (paper Eq. 10-12, 17-21).
+
+The paper leaves several symbols undefined. This module docstring is the one place that states
+the reading implemented here, equation by equation. Notation: k ranges over the tasks
+{g} + subtasks (s in ptrt, pvrv, ptrv, pvrt, rtrv); f*_k(i) is the latest detached
+representation of training sample i for task k (f*_g of Eq. 7, f*_s of Eq. 9); y_g(i) is the
+human label; y_s(i) the current pseudo label.
+
+Banks (as in Self-MM, MRHP_FACTS.md section 6). Per training sample, indexed by a stable
+sample index 0..N-1: the last f*_k(i) of every task, and the pseudo labels. A sample enters the
+statistics below at its first visit; before that it does not count.
+
+Eq. 17 (anchor). A_k = sum_i w_k(i) f*_k(i) / sum_i w_k(i) over the samples in the bank, with
+    w_k(i) = sigmoid(y_k(i) - pivot).
+  * epsilon_ik ("the modification value of sample i in task k") is read as the bank feature
+    f*_k(i): the anchor has to live in f*_k's space for the distance of Eq. 18.
+  * y_k = y_g for k = g and the current pseudo label y_s for a subtask.
+  * The paper's sigma(y_k) with labels 0..4 would weight every sample above 1/2; the pivot
+    (default 1.5, between Amazon's relevance threshold 1 and the next level; use 0.5 for
+    Lazada's threshold 0) centres the sigmoid so the anchor leans to helpful reviews, the role
+    the positive centre plays in Self-MM.
+
+Eq. 18 (distance). chi_k = sqrt((f*_k - A_k)^T Sigma_k^-1 (f*_k - A_k)) / sqrt(s_k), with
+  * Sigma_k = the (population, unweighted) covariance of f*_k over the bank, shrunk towards a
+    scaled identity and ridged so it stays invertible with few samples or collapsed features:
+        Sigma'_k = (1 - lambda) Sigma_k + lambda * tr(Sigma_k)/d_k * I + ridge * I,
+    lambda = ``shrinkage`` (0.05), ridge = ``ridge`` (1e-6). ("The covariance between f*_k and
+    the anchor" is not a defined quantity; the covariance of the feature distribution is what
+    makes the Mahalanobis distance scale-free, the purpose the paper states.)
+  * s_k = d_k, the dimension of f*_k: E[chi^2] is then about 1 for every task whatever its
+    size, so chi_s and chi_g are comparable in Eq. 19-21.
+
+Eq. 19-21 (pseudo-label estimate). The first line of Eq. 21 is implemented, the equal-weight
+average of the ratio rule (Eq. 19) and the difference rule (Eq. 20, whose "rel" is read as chi):
+    y_hat_s = (y_g + alpha2 (chi_s - chi_g)) / 2 + alpha1 chi_s y_g / (2 (chi_g + eps)),
+    delta_gs = y_hat_s - y_g   (Fig. 3: y_s = y_g + delta_gs).
+  * With alpha1 = alpha2 = 1 and chi_s = chi_g the estimate is y_g (up to eps): a subtask that
+    is as close to its anchor as the global representation keeps the human label.
+  * The later lines of Eq. 21 do not follow algebraically from the first (with alpha = 1 the
+    second line gives y_g/2 + chi_s y_g/(chi_g + eps), missing the (chi_s - chi_g)/2 term), and
+    their lone "alpha" is undefined, so they are not used.
+  * chi_s and chi_g are computed from the batch's fresh features against the statistics of the
+    bank before the batch is stored (Self-MM's order: loss, new labels, store, statistics).
+
+Eq. 11-12 (EWMA). Epoch i is 1-based.
+  * i = 1: y_s^(1) = y_g (Eq. 12); the banks and statistics are filled, nothing is estimated
+    for the labels (the distances are still computed for the record once two samples are in).
+  * i > 1: y_s^(i) = beta y_hat_s^(i) + (1 - beta) y_s^(i-1), beta = 2/(i+1) (Eq. 11), clamped
+    to the label range (0..4). y_s^(i-1) is the label at the *end* of epoch i-1, kept apart
+    from the current one, so a sample visited several times in one epoch always smooths
+    against the previous epoch's label, never against its own update of this epoch.
+
+Bookkeeping cost. The statistics are running float64 sums per task: sum of weights, weighted
+feature sum (anchor), count, feature sum and sum of outer products (covariance). A batch
+replaces its samples' old bank entries: the sums change by (new - old) contributions, O(B d^2)
+per task, plus one d x d Cholesky per task for the distances: nothing is O(N) per batch.
+``end_epoch`` recomputes the sums from the banks once to cancel floating-point drift.
+
+Records. ``end_epoch`` appends a record (per review: pseudo labels, offsets y_s - y_g, the raw
+estimate y_hat_s and the distances chi_s, chi_g at the last visit) that ``record(epoch)`` returns
+as numpy arrays for plots; ``state_dict`` / ``load_state_dict`` resume exactly.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmss_lib.errors import CheckpointError, TrainingError
+
+_STATE_VERSION = 1
+
+
+def pseudo_label_estimate(y_g: Tensor, chi_s: Tensor, chi_g: Tensor, *, alpha1: float = 1.0,
+                          alpha2: float = 1.0, eps: float = 1e-6) -> Tensor:
+    """Eq. 21 (first line): (y_g + a2 (chi_s - chi_g))/2 + a1 chi_s y_g / (2 (chi_g + eps)).
+
+    Example: y_g = 2, chi_s = 1.5, chi_g = 1, alpha1 = alpha2 = 1, eps = 0 gives
+    (2 + 0.5)/2 + 1.5*2/2 = 2.75, i.e. an offset delta_gs = +0.75.
+    """
+    return (y_g + alpha2 * (chi_s - chi_g)) / 2 + alpha1 * chi_s * y_g / (2 * (chi_g + eps))  # Eq. 21
+
+
+def ewma(previous: Tensor, estimate: Tensor, epoch: int) -> Tensor:
+    """Eq. 11: beta * estimate + (1 - beta) * previous with beta = 2/(epoch + 1), for epoch > 1."""
+    beta = 2.0 / (epoch + 1)
+    return beta * estimate + (1.0 - beta) * previous
+
+
+def shrunk_covariance(cov: Tensor, shrinkage: float, ridge: float) -> Tensor:
+    """Eq. 18's Sigma': (1 - lambda) Sigma + lambda tr(Sigma)/d I + ridge I."""
+    d = cov.shape[0]
+    eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+    return (1.0 - shrinkage) * cov + (shrinkage * torch.trace(cov) / d + ridge) * eye
+
+
+class SSPLabel:
+    """Per-sample banks, anchors (Eq. 17), Mahalanobis distances (Eq. 18), offsets (Eq. 19-21)
+    and EWMA pseudo labels (Eq. 11-12) over a training set of ``n_samples`` reviews.
+
+    ``y_g`` (N,) are the human labels; ``dims`` maps "g" and each subtask to the size of its
+    representation. See the module docstring for the reading of each equation. Lives on the CPU;
+    features given to :meth:`update` may be on any device.
+    """
+
+    def __init__(self, n_samples: int, y_g: Tensor, dims: dict[str, int], *, alpha1: float = 1.0,
+                 alpha2: float = 1.0, pivot: float = 1.5, shrinkage: float = 0.05, ridge: float = 1e-6,
+                 eps: float = 1e-6, label_range: tuple[float, float] = (0.0, 4.0),
+                 bank_dtype: torch.dtype = torch.float32, max_history: Optional[int] = None):
+        y_g = torch.as_tensor(y_g).detach().to("cpu", torch.float64).reshape(-1)
+        if int(n_samples) != y_g.shape[0]:
+            raise TrainingError(f"SSPLabel: n_samples={n_samples} but y_g has {y_g.shape[0]} labels")
+        if "g" not in dims:
+            raise TrainingError(f"SSPLabel: dims must contain the global task 'g', got keys {list(dims)}")
+        if not 0.0 < shrinkage <= 1.0:
+            raise TrainingError(f"SSPLabel: shrinkage must be in (0, 1], got {shrinkage}")
+        lo, hi = float(label_range[0]), float(label_range[1])
+        if not lo < hi:
+            raise TrainingError(f"SSPLabel: label_range must be (low, high) with low < high, got {label_range}")
+        self.n_samples = int(n_samples)
+        self.dims = {k: int(v) for k, v in dims.items()}
+        self.tasks = ("g",) + tuple(k for k in dims if k != "g")
+        self.subtasks = self.tasks[1:]
+        self.alpha1, self.alpha2, self.pivot = float(alpha1), float(alpha2), float(pivot)
+        self.shrinkage, self.ridge, self.eps = float(shrinkage), float(ridge), float(eps)
+        self.label_range = (lo, hi)
+        self.max_history = max_history
+        n = self.n_samples
+        self.y_g = y_g
+        self.epoch = 0                       # last closed epoch; update() runs in epoch + 1
+        self.seen = torch.zeros(n, dtype=torch.bool)
+        self.bank = {k: torch.zeros(n, d, dtype=bank_dtype) for k, d in self.dims.items()}
+        self.weight = {k: torch.zeros(n, dtype=torch.float64) for k in self.tasks}      # w_k(i) of Eq. 17
+        self.y_prev = {s: y_g.clone() for s in self.subtasks}    # y_s^(i-1): label at the end of the last epoch
+        self.y_cur = {s: y_g.clone() for s in self.subtasks}     # y_s^(i): current label
+        self.estimate_bank = {s: torch.full((n,), float("nan"), dtype=torch.float64) for s in self.subtasks}
+        self.chi = {k: torch.full((n,), float("nan"), dtype=torch.float64) for k in self.tasks}
+        self._zero_sums()
+        self.history: list[dict[str, np.ndarray]] = []
+
+    # ---------------------------------------------------------------- running statistics
+    def _zero_sums(self) -> None:
+        f64 = torch.float64
+        self.count = 0
+        self.sum_w = {k: torch.zeros((), dtype=f64) for k in self.tasks}                 # sum_i w_k(i)
+        self.sum_wf = {k: torch.zeros(d, dtype=f64) for k, d in self.dims.items()}       # sum_i w_k(i) f_k(i)
+        self.sum_f = {k: torch.zeros(d, dtype=f64) for k, d in self.dims.items()}        # sum_i f_k(i)
+        self.sum_ff = {k: torch.zeros(d, d, dtype=f64) for k, d in self.dims.items()}    # sum_i f_k(i) f_k(i)^T
+
+    def recompute_statistics(self, chunk: int = 65536) -> None:
+        """Rebuild every running sum from the banks (O(N d^2)); used at epoch end and in tests."""
+        self._zero_sums()
+        idx = torch.nonzero(self.seen).squeeze(1)
+        self.count = int(idx.numel())
+        for start in range(0, idx.numel(), chunk):
+            j = idx[start:start + chunk]
+            for k in self.tasks:
+                f = self.bank[k][j].to(torch.float64)                 # (n, d)
+                w = self.weight[k][j]                                 # (n,)
+                self.sum_w[k] += w.sum()
+                self.sum_wf[k] += w @ f
+                self.sum_f[k] += f.sum(0)
+                self.sum_ff[k] += f.T @ f
+
+    def anchor(self, task: str) -> Tensor:
+        """Eq. 17: A_k = sum_i w_k(i) f*_k(i) / sum_i w_k(i) over the bank, (d,) float64."""
+        return self.sum_wf[task] / self.sum_w[task].clamp(min=1e-12)
+
+    def covariance(self, task: str) -> Tensor:
+        """Eq. 18's Sigma'_k: shrunk, ridged population covariance of f*_k over the bank, (d, d)."""
+        n = max(self.count, 1)
+        mean = self.sum_f[task] / n
+        cov = self.sum_ff[task] / n - torch.outer(mean, mean)
+        cov = 0.5 * (cov + cov.T)
+        return shrunk_covariance(cov, self.shrinkage, self.ridge)
+
+    def distance(self, task: str, features: Tensor) -> Tensor:
+        """Eq. 18: chi_k of each row of ``features`` (B, d) to the current anchor, (B,) float64."""
+        f = features.detach().to("cpu", torch.float64)
+        diff = (f - self.anchor(task)).T                             # (d, B)
+        chol = torch.linalg.cholesky(self.covariance(task))          # Sigma' = L L^T
+        z = torch.linalg.solve_triangular(chol, diff, upper=False)   # (d, B); |z|^2 = diff^T Sigma'^-1 diff
+        return torch.sqrt((z * z).sum(0) / self.dims[task])          # Eq. 18 with s_k = d_k
+
+    # ---------------------------------------------------------------- API used by the trainer
+    def _check_index(self, index: Tensor) -> Tensor:
+        idx = torch.as_tensor(index).detach().to("cpu", torch.int64).reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_samples):
+            raise TrainingError(f"SSPLabel: sample index out of range 0..{self.n_samples - 1} "
+                                f"(got min {int(idx.min())}, max {int(idx.max())}); only training samples have banks")
+        return idx
+
+    def labels(self, index: Tensor) -> dict[str, Tensor]:
+        """Current pseudo labels y_s^(i) (B,) float32 of the batch, on ``index``'s device."""
+        device = index.device if isinstance(index, Tensor) else "cpu"
+        idx = self._check_index(index)
+        return {s: self.y_cur[s][idx].to(device=device, dtype=torch.float32) for s in self.subtasks}
+
+    def estimate(self, index: Tensor, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Eq. 18-21 for a batch without changing any state: {s: y_hat_s, "chi_"+k: chi_k} (B,)."""
+        idx = self._check_index(index)
+        chi = {k: self.distance(k, features[k]) for k in self.tasks}
+        y_g = self.y_g[idx]
+        out = {f"chi_{k}": chi[k] for k in self.tasks}
+        for s in self.subtasks:
+            out[s] = pseudo_label_estimate(y_g, chi[s], chi["g"], alpha1=self.alpha1, alpha2=self.alpha2,
+                                           eps=self.eps)             # Eq. 19-21
+        return out
+
+    def update(self, index: Tensor, features: dict[str, Tensor], epoch: int) -> None:
+        """After a batch's loss/backward: new pseudo labels (epoch > 1), then store the features.
+
+        ``features``: "g" and every subtask -> detached (B, d_k). ``epoch`` is 1-based and must be
+        the open epoch (``self.epoch + 1``). A sample index given twice keeps its last row.
+        """
+        epoch = int(epoch)
+        if epoch != self.epoch + 1:
+            raise TrainingError(f"SSPLabel.update: epoch {epoch} given, but the open epoch is {self.epoch + 1} "
+                                f"(call end_epoch({self.epoch + 1}) after each epoch; epochs are 1-based)")
+        idx = self._check_index(index)
+        missing = [k for k in self.tasks if k not in features]
+        if missing:
+            raise TrainingError(f"SSPLabel.update: features lack task(s) {missing}; expected {list(self.tasks)}")
+        feats = {}
+        for k in self.tasks:
+            f = features[k].detach().to("cpu", torch.float32)
+            if f.shape != (idx.numel(), self.dims[k]):
+                raise TrainingError(f"SSPLabel.update: features[{k!r}] has shape {tuple(f.shape)}, "
+                                    f"expected ({idx.numel()}, {self.dims[k]})")
+            if not torch.isfinite(f).all():
+                raise TrainingError(f"SSPLabel.update: features[{k!r}] contain NaN or inf (epoch {epoch})")
+            feats[k] = f
+        if idx.numel() == 0:
+            return
+        # duplicates: keep the last occurrence of each sample index
+        rev = torch.flip(idx, [0]).numpy()
+        _, first_in_rev = np.unique(rev, return_index=True)
+        keep = torch.as_tensor(np.sort(idx.numel() - 1 - first_in_rev))
+        idx = idx[keep]
+        feats = {k: f[keep] for k, f in feats.items()}
+
+        # 1. distances and new labels from the statistics before this batch is stored
+        if self.count >= 2:
+            est = self.estimate(idx, feats)
+            for k in self.tasks:
+                self.chi[k][idx] = est[f"chi_{k}"]
+            if epoch > 1:
+                lo, hi = self.label_range
+                for s in self.subtasks:
+                    self.estimate_bank[s][idx] = est[s]
+                    y_new = ewma(self.y_prev[s][idx], est[s], epoch)          # Eq. 11
+                    self.y_cur[s][idx] = y_new.clamp(lo, hi)
+        if epoch == 1:
+            for s in self.subtasks:
+                self.y_cur[s][idx] = self.y_g[idx]                          # Eq. 12, i = 1
+
+        # 2. store the batch: replace old bank entries in the running sums (Eq. 17-18 statistics)
+        old = self.seen[idx]
+        j_old = idx[old]
+        for k in self.tasks:
+            y_k = self.y_g[idx] if k == "g" else self.y_cur[k][idx]
+            w_new = torch.sigmoid(y_k - self.pivot)                         # w_k(i) of Eq. 17
+            f_old = self.bank[k][j_old].to(torch.float64)                   # (n_old, d), read before overwrite
+            w_old = self.weight[k][j_old]
+            self.bank[k][idx] = feats[k].to(self.bank[k].dtype)
+            f_new = self.bank[k][idx].to(torch.float64)                    # as stored (same rounding as recompute)
+            self.sum_w[k] += w_new.sum() - w_old.sum()
+            self.sum_wf[k] += w_new @ f_new - w_old @ f_old
+            self.sum_f[k] += f_new.sum(0) - f_old.sum(0)
+            self.sum_ff[k] += f_new.T @ f_new - f_old.T @ f_old
+            self.weight[k][idx] = w_new
+        self.count += int((~old).sum())
+        self.seen[idx] = True
+
+    def end_epoch(self, epoch: int) -> dict[str, np.ndarray]:
+        """Close epoch ``epoch``: y_s^(i-1) <- y_s^(i), recompute the sums, append and return a record."""
+        epoch = int(epoch)
+        if epoch != self.epoch + 1:
+            raise TrainingError(f"SSPLabel.end_epoch: epoch {epoch} given, but the open epoch is {self.epoch + 1}")
+        for s in self.subtasks:
+            self.y_prev[s] = self.y_cur[s].clone()
+        self.recompute_statistics()
+        self.epoch = epoch
+        rec = self._make_record(epoch)
+        self.history.append(rec)
+        if self.max_history is not None and len(self.history) > self.max_history:
+            del self.history[: len(self.history) - self.max_history]
+        return rec
+
+    def _make_record(self, epoch: int) -> dict[str, np.ndarray]:
+        rec: dict[str, np.ndarray] = {
+            "epoch": np.array(epoch, dtype=np.int64),
+            "y_g": self.y_g.numpy().astype(np.float32),
+            "seen": self.seen.numpy().copy(),
+            "chi_g": self.chi["g"].numpy().astype(np.float32),
+        }
+        for s in self.subtasks:
+            rec[f"label_{s}"] = self.y_cur[s].numpy().astype(np.float32)
+            rec[f"offset_{s}"] = (self.y_cur[s] - self.y_g).numpy().astype(np.float32)  # delta_gs = y_s - y_g
+            rec[f"estimate_{s}"] = self.estimate_bank[s].numpy().astype(np.float32)
+            rec[f"chi_{s}"] = self.chi[s].numpy().astype(np.float32)
+        return rec
+
+    def record(self, epoch: int) -> dict[str, np.ndarray]:
+        """The record appended by ``end_epoch(epoch)`` (per review arrays, see ``_make_record``)."""
+        for rec in self.history:
+            if int(rec["epoch"]) == int(epoch):
+                return rec
+        raise KeyError(f"SSPLabel: no record for epoch {epoch}; have {[int(r['epoch']) for r in self.history]}")
+
+    # ---------------------------------------------------------------- persistence
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly; tensors, lists, dicts and numbers only
+        (loadable with ``torch.load(..., weights_only=True)``)."""
+        return {
+            "version": _STATE_VERSION, "n_samples": self.n_samples, "dims": dict(self.dims),
+            "options": {"alpha1": self.alpha1, "alpha2": self.alpha2, "pivot": self.pivot,
+                        "shrinkage": self.shrinkage, "ridge": self.ridge, "eps": self.eps,
+                        "label_range": list(self.label_range)},
+            "epoch": self.epoch, "count": self.count,
+            "y_g": self.y_g.clone(), "seen": self.seen.clone(),
+            "bank": {k: v.clone() for k, v in self.bank.items()},
+            "weight": {k: v.clone() for k, v in self.weight.items()},
+            "y_prev": {k: v.clone() for k, v in self.y_prev.items()},
+            "y_cur": {k: v.clone() for k, v in self.y_cur.items()},
+            "estimate": {k: v.clone() for k, v in self.estimate_bank.items()},
+            "chi": {k: v.clone() for k, v in self.chi.items()},
+            "sum_w": {k: v.clone() for k, v in self.sum_w.items()},
+            "sum_wf": {k: v.clone() for k, v in self.sum_wf.items()},
+            "sum_f": {k: v.clone() for k, v in self.sum_f.items()},
+            "sum_ff": {k: v.clone() for k, v in self.sum_ff.items()},
+            "history": [{k: torch.from_numpy(np.asarray(v).copy()) for k, v in r.items()} for r in self.history],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`; the number of samples and the task dims must match."""
+        try:
+            if int(state["version"]) != _STATE_VERSION:
+                raise CheckpointError(f"SSPLabel state version {state['version']} != {_STATE_VERSION}")
+            if int(state["n_samples"]) != self.n_samples or dict(state["dims"]) != self.dims:
+                raise CheckpointError(
+                    f"SSPLabel state is for {state['n_samples']} samples and tasks {dict(state['dims'])}, "
+                    f"this run has {self.n_samples} samples and tasks {self.dims}: the checkpoint is from "
+                    "another training set or model configuration")
+            opts = state["options"]
+            self.alpha1, self.alpha2, self.pivot = opts["alpha1"], opts["alpha2"], opts["pivot"]
+            self.shrinkage, self.ridge, self.eps = opts["shrinkage"], opts["ridge"], opts["eps"]
+            self.label_range = tuple(opts["label_range"])
+            self.epoch, self.count = int(state["epoch"]), int(state["count"])
+            self.y_g, self.seen = state["y_g"].clone(), state["seen"].clone()
+            for name in ("bank", "weight", "y_prev", "y_cur", "chi", "sum_w", "sum_wf", "sum_f", "sum_ff"):
+                setattr(self, name, {k: v.clone() for k, v in state[name].items()})
+            self.estimate_bank = {k: v.clone() for k, v in state["estimate"].items()}
+            self.history = [{k: v.numpy().copy() for k, v in r.items()} for r in state["history"]]
+        except KeyError as exc:
+            raise CheckpointError(f"SSPLabel state lacks the entry {exc}; not an SSPLabel.state_dict()") from exc
