@@ -1,0 +1,97 @@
+"""mmss_lib.demo: determinism, format, images, and that every cue carries signal."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmss_lib.data import SPLITS, load_mrhp
+from mmss_lib.demo import _png_bytes, cli_main, make_demo
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo(root, n_products=12, seed=3, categories=("clothing", "home"))
+    return root
+
+
+def test_same_seed_byte_identical(demo_root, tmp_path):
+    make_demo(tmp_path, n_products=12, seed=3, categories=("clothing", "home"))
+    assert _digest(demo_root) == _digest(tmp_path)
+    other = tmp_path / "other"
+    make_demo(other, n_products=12, seed=4, categories=("clothing",))
+    a = (demo_root / "demo" / "clothing" / "clothing.rvw.train").read_bytes()
+    assert a != (other / "demo" / "clothing" / "clothing.rvw.train").read_bytes()
+
+
+def test_loads_with_expected_structure(demo_root):
+    for cat in ("clothing", "home"):
+        prods, revs = [], []
+        for split in SPLITS:
+            p, r = load_mrhp(demo_root, "demo", cat, split)
+            assert set(r.product_id) <= set(p.product_id)
+            prods.append(p)
+            revs.append(r)
+        p, r = pd.concat(prods), pd.concat(revs)
+        assert len(p) == 12 and p.product_id.is_unique and r.review_id.is_unique
+        sizes = r.groupby("product_id").size()
+        assert sizes.min() >= 1 and sizes.max() <= 15
+        assert r.label.between(0, 4).all()
+        # reviews with and without local images; some URLs without a downloaded file is allowed
+        n_files = r.image_files.map(len)
+        assert (n_files > 0).any() and (n_files == 0).any()
+        assert (n_files <= r.img_urls.map(len)).all()
+        for files in r.image_files[n_files > 0]:
+            for f in files:
+                assert Path(f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_single_review_products_and_label_spread(tmp_path):
+    make_demo(tmp_path, n_products=40, seed=0, categories=("electronics",), images=False)
+    r = pd.concat([load_mrhp(tmp_path, "demo", "electronics", s)[1] for s in SPLITS])
+    sizes = r.groupby("product_id").size()
+    assert (sizes == 1).any()
+    assert set(r.label) == {0, 1, 2, 3, 4}
+    assert r[r.product_id.isin(sizes[sizes >= 5].index)].groupby("product_id").label.nunique().mean() >= 2.5
+    assert not (tmp_path / "demo" / "electronics" / "images").exists()
+    assert 200 <= len(r) <= 450
+
+
+def test_each_cue_carries_signal_none_decides(tmp_path):
+    make_demo(tmp_path, n_products=150, seed=1, categories=("home",), images=False)
+    lat = pd.read_csv(tmp_path / "demo" / "home" / "latent.csv")
+    for cue in ("match", "detail", "agree", "img_match"):
+        corr = np.corrcoef(lat[cue].astype(float), lat["label"])[0, 1]
+        assert 0.1 < corr < 0.8, (cue, corr)
+        # no cue decides: for each value of the cue, labels still span at least 3 levels
+        for _, g in lat.groupby(cue):
+            assert g.label.nunique() >= 3, cue
+    # image cues are independent of each other enough to be separable
+    assert (lat.agree & ~lat.img_match).any() and (~lat.agree & lat.img_match).any()
+
+
+def test_png_encoder_roundtrip():
+    from PIL import Image
+    import io
+
+    rng = np.random.default_rng(0)
+    for shape in [(5, 7), (5, 7, 3), (4, 3, 4)]:
+        arr = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        back = np.asarray(Image.open(io.BytesIO(_png_bytes(arr))))
+        np.testing.assert_array_equal(back, arr)
+
+
+def test_cli(tmp_path, capsys):
+    assert cli_main(["--out", str(tmp_path), "--products-per-category", "6", "--categories", "home",
+                     "--no-images"], prog="mmss make-demo") == 0
+    assert "home: train" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "home" / "home.rel.test").exists()
