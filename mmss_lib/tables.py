@@ -1,0 +1,363 @@
+"""The paper's result tables as DataFrames, saved as CSV + Markdown (used by the notebooks).
+
+Input everywhere is a tidy *results* frame, one row per trained run evaluated on the test split:
+columns ``dataset, category, system, variant, seed, MAP, NDCG@3, NDCG@5`` with the metrics as
+fractions in [0, 1] (a ``split`` column, when present, is filtered to ``"test"``). Tables show
+metrics x100 like the paper.
+
+- :func:`comparison_table` — Tables 1/2: rows = systems grouped by Type (Text-only, then
+  Multimodal) in the paper's order (:data:`mmss_lib.systems.SYSTEMS`), columns = (category,
+  metric) with MAP, N@3, N@5 as the mean over seeds (``with_std=True``: ``"69.5 ± 0.3"``,
+  sample std over seeds). A "∗" follows MM-SS's value where ``significance`` says it beats
+  the best other system with p < 0.01 (see :func:`significance_markers`).
+- :func:`significance_markers` — paired tests (:func:`mmss_lib.metrics.paired_test`) between
+  MM-SS and the best other system of each category over the per-product metrics of the test
+  products, each product's metric first averaged over seeds. The paper does not say which
+  test it ran; the default is the paired t-test (``test="wilcoxon"`` for the signed-rank test).
+  "Best" = the highest mean MAP over seeds (the paper's "best baseline result").
+- :func:`ablation_table` — Table 4: one row per variant in the paper's order
+  (``mmss_lib.model.ABLATION_LABELS`` when importable), MAP/N@3/N@5 means over seeds, the
+  differences to the full model (Δ = variant mean - full mean, so negative = worse) and the
+  std over seeds.
+- :func:`save_table` / :func:`to_markdown` — ``{stem}.csv`` and ``{stem}.md`` written
+  atomically; the Markdown renderer is our own (pandas' ``to_markdown`` needs ``tabulate``).
+
+Table 3 (dataset statistics) is ``mmss_lib.data.dataset_stats``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from mmss_lib.errors import DataError
+
+METRICS = ("MAP", "NDCG@3", "NDCG@5")
+METRIC_LABELS = {"MAP": "MAP", "NDCG@3": "N@3", "NDCG@5": "N@5"}
+PER_PRODUCT_COLUMN = {"MAP": "AP", "NDCG@3": "NDCG@3", "NDCG@5": "NDCG@5", "MRR": "RR"}
+CATEGORY_LABELS = {"clothing": "CS&J", "electronics": "Elec.", "home": "H&K"}
+TYPE_LABELS = {"text-only": "Text-only", "multimodal": "Multimodal"}
+MARKER = "∗"
+MISSING = "-"
+FULL = "full"
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def _require(df, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{what}: column(s) {missing} missing; expected columns "
+                        f"{list(columns)}, got {list(df.columns)}")
+
+
+def _variant(df):
+    """The variant column with missing / empty values read as the full model."""
+    import pandas as pd
+
+    if "variant" not in df.columns:
+        return pd.Series(FULL, index=df.index)
+    v = df["variant"]
+    return v.where(v.notna() & (v.astype(str) != ""), FULL).astype(str)
+
+
+def _test_rows(results, dataset: Optional[str], what: str):
+    df = results
+    if "split" in df.columns:
+        df = df[df["split"].astype(str) == "test"]
+    if dataset is not None:
+        _require(df, ["dataset"], what)
+        df = df[df["dataset"].astype(str) == str(dataset)]
+        if df.empty:
+            known = sorted(results["dataset"].astype(str).unique())
+            raise DataError(f"{what}: no test results for dataset {dataset!r}; datasets present: {known}")
+    return df
+
+
+def _ordered(values: Sequence[str], preferred: Sequence[str]) -> list[str]:
+    """``preferred`` entries present in ``values`` first (in that order), then the rest in
+    order of appearance."""
+    present = list(dict.fromkeys(values))
+    return [p for p in preferred if p in present] + [v for v in present if v not in preferred]
+
+
+def format_cell(mean: float, std: Optional[float] = None, *, decimals: int = 1, marker: str = "") -> str:
+    """``"69.5"``, ``"69.5∗"`` or ``"69.5 ± 0.3"`` from values already in table units (x100)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return MISSING
+    s = f"{mean:.{decimals}f}{marker}"
+    if std is not None:
+        s += f" ± {(0.0 if math.isnan(std) else std):.{decimals}f}"
+    return s
+
+
+def _seed_stats(df, keys: list[str], metrics: Sequence[str]):
+    """Mean, sample std (ddof=1; 0 for a single seed) and count of seeds per ``keys`` group."""
+    g = df.groupby(keys, sort=False)[list(metrics)]
+    mean = g.mean()
+    std = g.std(ddof=1).fillna(0.0)
+    n = g.size()
+    return mean, std, n
+
+
+# --------------------------------------------------------------------------------------------
+# Tables 1 / 2
+# --------------------------------------------------------------------------------------------
+
+def _is_significant(v: Any, alpha: float) -> bool:
+    if v is None:
+        return False
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, Mapping):
+        if "significant" in v:
+            return bool(v["significant"])
+        p = v.get("p", v.get("t_p"))
+        return p is not None and float(p) < alpha and float(v.get("mean_diff", 1.0)) > 0
+    return float(v) < alpha  # a p-value
+
+
+def comparison_table(results, dataset: str, *, significance: Optional[Mapping] = None,
+                     with_std: bool = False, decimals: int = 1, alpha: float = 0.01,
+                     ours: str = "mmss", categories: Optional[Sequence[str]] = None):
+    """Tables 1/2 layout for one dataset (test split, full models only).
+
+    Rows: MultiIndex (Type, Method) — systems of :data:`mmss_lib.systems.SYSTEMS` in its
+    order (the paper's), grouped Text-only then Multimodal, display names as in the paper;
+    systems not in the registry follow under Type "Other". Columns: MultiIndex (category,
+    metric) with categories shown as CS&J / Elec. / H&K in that order and metrics MAP, N@3,
+    N@5. Cells are strings: mean over seeds x100 with ``decimals`` decimals
+    (``with_std``: ``"mean ± std"``), ``"-"`` where a system has no run.
+
+    ``significance``: ``{category: {metric: v}}`` with ``v`` a bool, a p-value, or a dict
+    from :func:`significance_markers`; ``MARKER`` ("∗") is appended to the ``ours`` row where it
+    is significant (p < ``alpha`` and a positive mean difference).
+    """
+    import pandas as pd
+
+    from mmss_lib.systems import SYSTEMS
+
+    what = f"comparison table ({dataset})"
+    _require(results, ["dataset", "category", "system", "seed", *METRICS], what)
+    df = _test_rows(results, dataset, what)
+    df = df[_variant(df) == FULL]
+    if df.empty:
+        raise DataError(f"{what}: no rows of full models (variant empty or {FULL!r}) in the test results")
+    df = df.assign(category=df["category"].astype(str), system=df["system"].astype(str))
+    cats = list(categories) if categories is not None else _ordered(df["category"].tolist(), list(CATEGORY_LABELS))
+    systems = _ordered(df["system"].tolist(), list(SYSTEMS))
+    mean, std, _ = _seed_stats(df, ["system", "category"], METRICS)
+
+    def kind(s: str) -> str:
+        return TYPE_LABELS.get(SYSTEMS[s].kind, SYSTEMS[s].kind) if s in SYSTEMS else "Other"
+
+    type_order = list(TYPE_LABELS.values()) + ["Other"]
+    systems = sorted(systems, key=lambda s: type_order.index(kind(s)) if kind(s) in type_order else len(type_order))
+    rows = pd.MultiIndex.from_tuples([(kind(s), SYSTEMS[s].display if s in SYSTEMS else s) for s in systems],
+                                     names=["Type", "Method"])
+    cols = pd.MultiIndex.from_tuples([(CATEGORY_LABELS.get(c, c), METRIC_LABELS[m]) for c in cats for m in METRICS],
+                                     names=["Category", "Metric"])
+    sig = significance or {}
+    cells = []
+    for s in systems:
+        row = []
+        for c in cats:
+            for m in METRICS:
+                if (s, c) not in mean.index:
+                    row.append(MISSING)
+                    continue
+                mark = MARKER if s == ours and _is_significant(sig.get(c, {}).get(m), alpha) else ""
+                sd = 100.0 * std.loc[(s, c), m] if with_std else None
+                row.append(format_cell(100.0 * mean.loc[(s, c), m], sd, decimals=decimals, marker=mark))
+        cells.append(row)
+    return pd.DataFrame(cells, index=rows, columns=cols)
+
+
+def best_other_systems(results, dataset: Optional[str] = None, *, ours: str = "mmss",
+                       select_by: str = "MAP") -> dict[str, str]:
+    """``{category: system}``: the system other than ``ours`` with the highest mean ``select_by``
+    over seeds (test split, full models) in each category."""
+    what = "best other system"
+    _require(results, ["category", "system", select_by], what)
+    df = _test_rows(results, dataset, what)
+    df = df[(_variant(df) == FULL) & (df["system"].astype(str) != ours)]
+    means = df.groupby(["category", "system"], sort=False)[select_by].mean().reset_index()
+    out = {}
+    for cat, g in means.groupby("category", sort=False):
+        out[str(cat)] = str(g.loc[g[select_by].idxmax(), "system"])
+    return out
+
+
+def significance_markers(per_product_scores, *, results=None, dataset: Optional[str] = None,
+                         ours: str = "mmss", best: Optional[str | Mapping[str, str]] = None,
+                         metrics: Sequence[str] = METRICS, alpha: float = 0.01, test: str = "t",
+                         select_by: str = "MAP") -> dict[str, dict[str, dict]]:
+    """Paired tests of ``ours`` against the best other system, per category and metric.
+
+    ``per_product_scores``: tidy frame of :func:`mmss_lib.metrics.per_product_metrics` outputs
+    on the test split with added columns ``category``, ``system`` and ``seed`` (``dataset``
+    too when ``dataset`` is given): ``product_id, AP, NDCG@3, NDCG@5``. Each product's metric is
+    averaged over seeds first, then the two systems are paired on the products.
+
+    ``best``: the rival system, one for all categories or ``{category: system}``; by default
+    :func:`best_other_systems` of ``results`` when given, else the other system with the
+    highest seed-pooled mean of ``select_by`` in ``per_product_scores``.
+
+    Returns ``{category: {metric: {**paired_test(...), "best": system, "p": p,
+    "significant": bool}}}`` with ``p`` the t-test (``test="t"``) or Wilcoxon p-value and
+    ``significant`` = p < ``alpha`` and ``ours`` better on average; pass it as the
+    ``significance`` of :func:`comparison_table`.
+    """
+    from mmss_lib.metrics import paired_test
+
+    if test not in ("t", "wilcoxon"):
+        raise ValueError(f"significance_markers: test must be 't' or 'wilcoxon', got {test!r}")
+    what = "significance markers"
+    cols = [PER_PRODUCT_COLUMN.get(m, m) for m in metrics]
+    _require(per_product_scores, ["category", "system", "product_id", *cols], what)
+    df = per_product_scores
+    if dataset is not None and "dataset" in df.columns:
+        df = df[df["dataset"].astype(str) == str(dataset)]
+    df = df.assign(category=df["category"].astype(str), system=df["system"].astype(str))
+    pooled = df.groupby(["category", "system", "product_id"], sort=False)[cols].mean()  # mean over seeds
+
+    if best is None and results is not None:
+        best = best_other_systems(results, dataset, ours=ours, select_by=select_by)
+    out: dict[str, dict[str, dict]] = {}
+    for cat in dict.fromkeys(df["category"]):
+        sub = pooled.loc[cat]
+        present = list(dict.fromkeys(sub.index.get_level_values("system")))
+        if ours not in present:
+            continue
+        if isinstance(best, Mapping):
+            rival = best.get(cat)
+        elif isinstance(best, str):
+            rival = best
+        else:
+            others = [s for s in present if s != ours]
+            sel = PER_PRODUCT_COLUMN.get(select_by, select_by)
+            rival = max(others, key=lambda s: sub.loc[s, sel].mean()) if others else None
+        if rival is None:
+            continue
+        if rival not in present:
+            raise DataError(f"{what}: category {cat!r}: no per-product scores of the rival system {rival!r} "
+                            f"(systems present: {present})")
+        a, b = sub.loc[ours], sub.loc[rival]
+        out[cat] = {}
+        for m, col in zip(metrics, cols):
+            r = paired_test(a[col], b[col])
+            p = r["t_p"] if test == "t" else r["wilcoxon_p"]
+            out[cat][m] = {**r, "best": rival, "p": p,
+                           "significant": bool(p == p and p < alpha and r["mean_diff"] > 0)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Table 4
+# --------------------------------------------------------------------------------------------
+
+def _ablation_labels() -> dict[str, str]:
+    try:
+        from mmss_lib.model import ABLATION_LABELS  # imports torch: only when a table is built
+    except ImportError:
+        return {}
+    return dict(ABLATION_LABELS)
+
+
+def ablation_table(results, dataset: str, category: str, *, system: str = "mmss", full: str = FULL,
+                   labels: Optional[Mapping[str, str]] = None, decimals: int = 2):
+    """Table 4 layout for one dataset and category (test split).
+
+    Rows: variants of ``system`` in the order of ``labels`` (default
+    ``mmss_lib.model.ABLATION_LABELS``; missing labels fall back to the variant name), other
+    variants after them; index name "Model Variant". Columns: ``MAP, N@3, N@5`` (mean over
+    seeds x100), ``ΔMAP, ΔN@3, ΔN@5`` (variant mean - full mean; 0 for the full model),
+    ``MAP std, N@3 std, N@5 std`` (sample std over seeds, 0 for one seed) and ``seeds``; rounded
+    to ``decimals``. A missing or empty variant counts as ``full``; the full model must be there.
+    """
+    import pandas as pd
+
+    what = f"ablation table ({dataset}/{category})"
+    _require(results, ["dataset", "category", "seed", *METRICS], what)
+    df = _test_rows(results, dataset, what)
+    df = df[df["category"].astype(str) == str(category)]
+    if system is not None and "system" in df.columns:
+        df = df[df["system"].astype(str) == system]
+    if df.empty:
+        raise DataError(f"{what}: no test results of system {system!r} for this dataset and category")
+    df = df.assign(variant=_variant(df))
+    if full not in set(df["variant"]):
+        raise DataError(f"{what}: no run of the full model (variant {full!r} or empty); the Δ columns "
+                        f"need it. Variants present: {sorted(set(df['variant']))}")
+    labels = dict(labels) if labels is not None else _ablation_labels()
+    variants = _ordered(df["variant"].tolist(), [full] + [v for v in labels if v != full])
+    mean, std, n = _seed_stats(df, ["variant"], METRICS)
+    out = pd.DataFrame(index=pd.Index([labels.get(v, v) for v in variants], name="Model Variant"))
+    for m in METRICS:
+        out[METRIC_LABELS[m]] = 100.0 * mean.loc[variants, m].to_numpy()
+    for m in METRICS:
+        out[f"Δ{METRIC_LABELS[m]}"] = 100.0 * (mean.loc[variants, m].to_numpy() - mean.loc[full, m])
+    for m in METRICS:
+        out[f"{METRIC_LABELS[m]} std"] = 100.0 * std.loc[variants, m].to_numpy()
+    out = out.round(decimals)
+    out["seeds"] = n.loc[variants].to_numpy().astype(int)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+
+def _md_escape(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(df, *, decimals: Optional[int] = None) -> str:
+    """A GitHub-flavoured Markdown table of ``df``: index levels as leading columns (a repeated
+    leading label is shown once per group, as in the paper's Type column), MultiIndex columns
+    joined with a space, numbers right-aligned (floats with ``decimals`` decimals if given)."""
+    import pandas as pd
+
+    idx_names = [n if n is not None else "" for n in df.index.names]
+    show_index = not (df.index.nlevels == 1 and df.index.name is None and isinstance(df.index, pd.RangeIndex))
+    col_names = [" ".join(str(p) for p in c) if isinstance(c, tuple) else str(c) for c in df.columns]
+    header = (idx_names if show_index else []) + col_names
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, (float, np.floating)):
+            if math.isnan(v):
+                return MISSING
+            return f"{v:.{decimals}f}" if decimals is not None else f"{v:g}"
+        return str(v)
+
+    numeric = [pd.api.types.is_numeric_dtype(df.iloc[:, j]) for j in range(df.shape[1])]
+    align = (["---"] * len(idx_names) if show_index else []) + ["---:" if isnum else "---" for isnum in numeric]
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    prev: tuple = ()
+    for key, row in zip(df.index, df.itertuples(index=False, name=None)):
+        key = key if isinstance(key, tuple) else (key,)
+        shown = []
+        for i, k in enumerate(key):
+            same_group = len(prev) == len(key) and prev[: i + 1] == key[: i + 1] and i < len(key) - 1
+            shown.append("" if same_group else k)
+        prev = key
+        cells = ([fmt(k) for k in shown] if show_index else []) + [fmt(v) for v in row]
+        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_table(df, path_stem: str | Path, *, decimals: Optional[int] = None) -> tuple[Path, Path]:
+    """Write ``{path_stem}.csv`` and ``{path_stem}.md`` atomically; return both paths."""
+    from mmss_lib.utils import atomic_path
+
+    stem = Path(path_stem)
+    csv_path, md_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, encoding="utf-8")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(to_markdown(df, decimals=decimals), encoding="utf-8")
+    return csv_path, md_path

@@ -1,0 +1,209 @@
+"""mmss_lib.tables: Table 1/2 and Table 4 layouts, significance markers, CSV + Markdown output."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmss_lib.errors import DataError
+from mmss_lib.metrics import paired_test
+from mmss_lib.systems import SYSTEMS
+from mmss_lib.tables import (MARKER, ablation_table, best_other_systems, comparison_table,
+                             save_table, significance_markers, to_markdown)
+
+CATS = ["home", "clothing", "electronics"]     # deliberately not the paper's order
+
+
+def make_results():
+    """Every system x category x 3 seeds on amazon; MAP = base + 0.01 * seed, N@3 = MAP - 0.1,
+    N@5 = MAP - 0.05, base increasing along SYSTEMS so MM-SS is best and MCL second."""
+    rows = []
+    for si, name in enumerate(SYSTEMS):
+        for ci, cat in enumerate(CATS):
+            for seed in range(3):
+                base = 0.40 + 0.03 * si + 0.001 * ci
+                m = base + 0.01 * seed
+                rows.append(dict(dataset="amazon", category=cat, system=name, variant="" if name != "mmss" else "full",
+                                 seed=seed, MAP=m, **{"NDCG@3": m - 0.1, "NDCG@5": m - 0.05}))
+    # an ablation run (must not enter Tables 1/2), a lazada run, a dev row
+    rows.append(dict(dataset="amazon", category="home", system="mmss", variant="wo_b", seed=0, MAP=0.1,
+                     **{"NDCG@3": 0.1, "NDCG@5": 0.1}))
+    rows.append(dict(dataset="lazada", category="home", system="mcr", variant=None, seed=0, MAP=0.9,
+                     **{"NDCG@3": 0.9, "NDCG@5": 0.9}))
+    df = pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)  # shuffled rows
+    df["split"] = "test"
+    dev = df.iloc[:1].assign(split="dev", MAP=0.0)
+    return pd.concat([df, dev], ignore_index=True)
+
+
+def test_comparison_layout_and_order():
+    t = comparison_table(make_results(), "amazon")
+    assert list(t.index.names) == ["Type", "Method"]
+    assert list(t.index) == [("Text-only", "BiMPM"), ("Text-only", "EG-CNN"), ("Text-only", "Conv-KNRM"),
+                             ("Text-only", "PRH-Net"), ("Multimodal", "SSE-Cross"), ("Multimodal", "D&R Net"),
+                             ("Multimodal", "MCR"), ("Multimodal", "MCL"), ("Multimodal", "MM-SS (Ours)")]
+    assert list(t.columns) == [(c, m) for c in ["CS&J", "Elec.", "H&K"] for m in ["MAP", "N@3", "N@5"]]
+
+
+def test_comparison_means_std_and_filters():
+    res = make_results()
+    t = comparison_table(res, "amazon")
+    # MM-SS (index 8 in SYSTEMS), home (ci 0): seeds 0.64, 0.65, 0.66 -> mean 65.0 (ablation row and dev row ignored)
+    assert t.loc[("Multimodal", "MM-SS (Ours)"), ("H&K", "MAP")] == "65.0"
+    assert t.loc[("Multimodal", "MM-SS (Ours)"), ("H&K", "N@3")] == "55.0"
+    # BiMPM clothing (ci 1): 0.401, 0.411, 0.421 -> 41.1
+    assert t.loc[("Text-only", "BiMPM"), ("CS&J", "MAP")] == "41.1"
+    s = comparison_table(res, "amazon", with_std=True, decimals=2)
+    assert s.loc[("Text-only", "BiMPM"), ("CS&J", "N@5")] == "36.10 ± 1.00"   # std of (0, 1, 2) points = 1
+    assert list(comparison_table(res, "lazada").columns) == [("H&K", m) for m in ["MAP", "N@3", "N@5"]]
+    lz = comparison_table(res, "lazada", categories=["clothing", "home"])
+    assert list(lz.index) == [("Multimodal", "MCR")] and lz.iloc[0, 0] == "-"  # no clothing run
+    assert lz.loc[("Multimodal", "MCR"), ("H&K", "MAP")] == "90.0"
+    with pytest.raises(DataError, match="no test results for dataset 'yelp'"):
+        comparison_table(res, "yelp")
+    with pytest.raises(DataError, match="missing"):
+        comparison_table(res.drop(columns=["NDCG@5"]), "amazon")
+
+
+def test_comparison_markers():
+    res = make_results()
+    sig = {"clothing": {"MAP": True, "NDCG@3": 0.001, "NDCG@5": 0.02},
+           "home": {"MAP": {"significant": False}, "NDCG@3": {"t_p": 0.001, "mean_diff": 0.1}}}
+    t = comparison_table(res, "amazon", significance=sig)
+    ours = t.loc[("Multimodal", "MM-SS (Ours)")]
+    assert ours[("CS&J", "MAP")] == "65.1" + MARKER
+    assert ours[("CS&J", "N@3")].endswith(MARKER)
+    assert not ours[("CS&J", "N@5")].endswith(MARKER)          # p = 0.02 >= 0.01
+    assert not ours[("H&K", "MAP")].endswith(MARKER)
+    assert ours[("H&K", "N@3")].endswith(MARKER)
+    assert not ours[("Elec.", "MAP")].endswith(MARKER)
+    assert not any(str(v).endswith(MARKER) for v in t.loc[("Multimodal", "MCL")])  # only our row
+
+
+def test_best_other_systems():
+    assert best_other_systems(make_results(), "amazon") == {c: "mcl" for c in CATS}
+
+
+def per_product_frame(seed=0, n=60, gap=0.1):
+    """Per-product AP/NDCG of MM-SS, MCL and MCR on n products over 2 seeds: MM-SS = MCL + gap
+    + noise; seed 1 of MM-SS adds an extra 0.2 so the seed-pooled gap is gap + 0.1."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.2, 0.7, n)
+    rows = []
+    for s in range(2):
+        for sysname, shift in [("mcl", 0.0), ("mcr", -0.05), ("mmss", gap + 0.2 * s)]:
+            vals = np.clip(base + shift + rng.normal(0, 0.02, n), 0, 2)
+            rows.append(pd.DataFrame({"category": "clothing", "system": sysname, "seed": s,
+                                      "product_id": [f"p{i}" for i in range(n)], "AP": vals,
+                                      "NDCG@3": vals, "NDCG@5": vals}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_significance_markers_pool_seeds_and_pick_best():
+    pp = per_product_frame()
+    sig = significance_markers(pp)                              # rival: highest pooled AP other than ours
+    r = sig["clothing"]["MAP"]
+    assert r["best"] == "mcl" and r["significant"] and r["n"] == 60
+    # reference: average each product over seeds, then a paired t-test
+    pooled = pp.groupby(["system", "product_id"])["AP"].mean()
+    want = paired_test(pooled.loc["mmss"], pooled.loc["mcl"])
+    assert r["t_p"] == pytest.approx(want["t_p"]) and r["mean_diff"] == pytest.approx(want["mean_diff"])
+    assert r["mean_diff"] == pytest.approx(0.2, abs=0.02)      # gap 0.1 + half of seed 1's 0.2
+    # explicit rival and the Wilcoxon variant
+    w = significance_markers(pp, best="mcr", test="wilcoxon")["clothing"]["NDCG@3"]
+    assert w["best"] == "mcr" and w["p"] == w["wilcoxon_p"] and w["significant"]
+    # rival from a results frame
+    res = pd.DataFrame({"category": "clothing", "system": ["mcl", "mcr"], "seed": 0, "MAP": [0.5, 0.6],
+                        "NDCG@3": 0.5, "NDCG@5": 0.5, "dataset": "amazon"})
+    assert significance_markers(pp, results=res, dataset="amazon")["clothing"]["MAP"]["best"] == "mcr"
+
+
+def test_significance_markers_no_effect_and_worse():
+    pp = per_product_frame(gap=-0.1)                            # pooled gap 0: no significant improvement
+    r = significance_markers(pp, best="mcl")["clothing"]["MAP"]
+    assert not r["significant"]
+    worse = per_product_frame(gap=-0.5)                         # clearly worse: significant p, wrong sign
+    r = significance_markers(worse, best="mcl")["clothing"]["MAP"]
+    assert r["p"] < 0.01 and r["mean_diff"] < 0 and not r["significant"]
+    t = comparison_table(make_results(), "amazon", significance=significance_markers(worse, best="mcl"))
+    assert not t.loc[("Multimodal", "MM-SS (Ours)"), ("CS&J", "MAP")].endswith(MARKER)
+    with pytest.raises(DataError, match="rival system 'bimpm'"):
+        significance_markers(pp, best="bimpm")
+
+
+def make_ablation():
+    rows = []
+    variants = {"full": 0.70, "wo_ptrt": 0.69, "wo_b": 0.64, "wo_d": 0.68, "extra": 0.5}
+    for v, base in variants.items():
+        for seed in range(2):
+            m = base + (0.01 if seed else -0.01)
+            rows.append(dict(dataset="lazada", category="clothing", system="mmss",
+                             variant=None if v == "full" else v, seed=seed, MAP=m,
+                             **{"NDCG@3": m - 0.05, "NDCG@5": m - 0.01}))
+    rows.append(dict(dataset="lazada", category="clothing", system="mcl", variant="", seed=0, MAP=0.99,
+                     **{"NDCG@3": 0.99, "NDCG@5": 0.99}))
+    return pd.DataFrame(rows[::-1])                             # reversed: order must come from the labels
+
+
+LABELS = {"full": "MM-SS (Ours)", "wo_ptrt": "-w/o intra-modal-ptrt", "wo_pvrv": "-w/o intra-modal-pvrv",
+          "wo_b": "-w/o module(b)", "wo_d": "-w/o module(d)"}
+
+
+def test_ablation_table_layout_and_deltas():
+    t = ablation_table(make_ablation(), "lazada", "clothing", labels=LABELS)
+    assert t.index.name == "Model Variant"
+    assert list(t.index) == ["MM-SS (Ours)", "-w/o intra-modal-ptrt", "-w/o module(b)", "-w/o module(d)", "extra"]
+    assert list(t.columns) == ["MAP", "N@3", "N@5", "ΔMAP", "ΔN@3", "ΔN@5", "MAP std", "N@3 std", "N@5 std", "seeds"]
+    assert t.loc["MM-SS (Ours)", "MAP"] == pytest.approx(70.0)
+    assert t.loc["-w/o module(b)", "N@3"] == pytest.approx(59.0)
+    assert t.loc["-w/o module(b)", "ΔMAP"] == pytest.approx(-6.0)
+    assert t.loc["-w/o module(d)", "ΔN@5"] == pytest.approx(-2.0)
+    assert (t.loc["MM-SS (Ours)", ["ΔMAP", "ΔN@3", "ΔN@5"]] == 0).all()
+    assert t.loc["extra", "MAP std"] == pytest.approx(100 * np.std([0.49, 0.51], ddof=1), abs=0.01)
+    assert list(t["seeds"]) == [2] * 5
+
+
+def test_ablation_table_default_labels_and_errors():
+    pytest.importorskip("torch")
+    from mmss_lib.model import ABLATION_LABELS
+
+    t = ablation_table(make_ablation(), "lazada", "clothing")
+    assert list(t.index[:4]) == [ABLATION_LABELS[v] for v in ["full", "wo_ptrt", "wo_b", "wo_d"]]
+    no_full = make_ablation().dropna(subset=["variant"])
+    no_full = no_full[no_full["system"] == "mmss"]
+    with pytest.raises(DataError, match="no run of the full model"):
+        ablation_table(no_full, "lazada", "clothing", labels=LABELS)
+    with pytest.raises(DataError, match="no test results of system"):
+        ablation_table(make_ablation(), "lazada", "home", labels=LABELS)
+
+
+def test_to_markdown_groups_and_escapes():
+    t = comparison_table(make_results(), "amazon")
+    md = to_markdown(t).splitlines()
+    assert md[0].startswith("| Type | Method | CS&J MAP | CS&J N@3 |")
+    assert md[1].startswith("| --- | --- | --- |")
+    assert len(md) == 2 + 9
+    assert md[2].startswith("| Text-only | BiMPM |")
+    assert md[3].startswith("|  | EG-CNN |")                   # the Type is shown once per group
+    assert md[6].startswith("| Multimodal | SSE-Cross |")
+    df = pd.DataFrame({"a|b": ["x|y"], "v": [1.23456]})
+    out = to_markdown(df, decimals=2)
+    assert "a\\|b" in out and "x\\|y" in out and "1.23" in out and "---:" in out
+
+
+def test_save_table_writes_csv_and_markdown(tmp_path):
+    t = ablation_table(make_ablation(), "lazada", "clothing", labels=LABELS)
+    csv, md = save_table(t, tmp_path / "tables" / "table4_lazada_clothing", decimals=2)
+    assert csv.name == "table4_lazada_clothing.csv" and md.name == "table4_lazada_clothing.md"
+    back = pd.read_csv(csv, index_col=0)
+    pd.testing.assert_frame_equal(back, t, check_dtype=False)
+    text = md.read_text(encoding="utf-8")
+    assert text.splitlines()[0] == ("| Model Variant | MAP | N@3 | N@5 | ΔMAP | ΔN@3 | ΔN@5 "
+                                    "| MAP std | N@3 std | N@5 std | seeds |")
+    assert "| -w/o module(b) | 64.00 | 59.00 | 63.00 | -6.00 |" in text
+    assert sorted(p.name for p in csv.parent.iterdir()) == [csv.name, md.name]   # no temporary files left
+    # the comparison table's MultiIndex round-trips through CSV
+    c = comparison_table(make_results(), "amazon")
+    csv2, _ = save_table(c, tmp_path / "table2")
+    back2 = pd.read_csv(csv2, header=[0, 1], index_col=[0, 1])
+    assert back2.loc[("Multimodal", "MM-SS (Ours)"), ("H&K", "MAP")] == pytest.approx(65.0)
