@@ -1,0 +1,199 @@
+"""``mmss predict``: rank the reviews of one product from raw text and images with a trained run.
+
+Features are extracted on the fly with the same settings the run's feature stores were made
+with (recorded in ``best.pt`` / ``config.json`` from the store manifests): the text encoder and
+its maximum length, the detector's input sizes and box-selection policy. The fingerprints of
+the encoder and detector weights are compared with the recorded ones, so a model is never fed
+features from another encoder. The features go through small temporary stores and the same
+loader as training (same read-time caps, same padding), then the best checkpoint scores them.
+
+Input JSON of the CLI::
+
+    {"product": {"text": "...", "image_files": ["a.jpg"]},
+     "reviews": [{"review_id": "r1", "text": "...", "image_files": []}, ...]}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmss_lib.errors import CheckpointError, DataError, ModelNotAvailableError
+
+
+def _load_checkpoint(path) -> tuple[dict, Path]:
+    from mmss_lib.train import _load_torch
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "best.pt"
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no checkpoint here; pass a run folder holding best.pt (after `mmss train`)")
+    ck = _load_torch(p)
+    for key in ("config", "model", "text_dim", "region_dim"):
+        if key not in ck:
+            raise CheckpointError(f"{p}: not a best.pt written by mmss train (no {key!r})")
+    return ck, p
+
+
+def _check_inputs(product: dict, reviews: Sequence[dict]) -> None:
+    if not isinstance(product, dict) or "text" not in product:
+        raise DataError("predict: product must be a dict with 'text' (and optional 'image_files')")
+    if not reviews:
+        raise DataError("predict: no reviews to rank")
+    seen = set()
+    for i, r in enumerate(reviews):
+        if not isinstance(r, dict) or "text" not in r:
+            raise DataError(f"predict: review {i} must be a dict with 'text' (and optional 'review_id', 'image_files')")
+        rid = str(r.get("review_id", f"r{i}"))
+        if rid in seen:
+            raise DataError(f"predict: review_id {rid!r} given twice (review {i})")
+        seen.add(rid)
+        for f in r.get("image_files") or []:
+            if not Path(f).is_file():
+                raise DataError(f"predict: review {rid}: image file {f} does not exist")
+    for f in product.get("image_files") or []:
+        if not Path(f).is_file():
+            raise DataError(f"predict: product image file {f} does not exist")
+
+
+def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, text_model: str | None = None,
+            detector_weights=None, allow_random_weights: bool = False, device: str = "cpu",
+            encoder=None, extractor=None):
+    """Rank ``reviews`` of ``product`` with the run's best model; returns a DataFrame sorted by
+    score (descending, stable) with ``rank`` (1 = most helpful), ``review_id``, ``score`` and the
+    subtask outputs ``score_{s}`` of MM-SS.
+
+    ``text_model`` defaults to the encoder recorded in the run's text store manifest;
+    ``detector_weights`` / ``allow_random_weights`` as for ``mmss extract``. ``encoder`` /
+    ``extractor`` may pass already loaded :class:`~mmss_lib.features.text.TextEncoder` /
+    :class:`~mmss_lib.features.regions.RegionExtractor` objects.
+    """
+    import pandas as pd
+    import torch
+
+    from mmss_lib.features.store import write_store
+    from mmss_lib.loader import MRHPSplitData, ReadCaps
+    from mmss_lib.train import TrainConfig, build_model
+
+    _check_inputs(product, reviews)
+    ck, path = _load_checkpoint(checkpoint_dir_or_file)
+    cfg = TrainConfig.from_json(ck["config"])
+    feats = ck.get("features") or {}
+    tman, rman = feats.get("text_rvw", {}), feats.get("region_rvw", {})
+
+    # ---- text features with the recorded encoder settings
+    if encoder is None:
+        from mmss_lib.features.text import TextEncoder
+        name = text_model or tman.get("encoder")
+        if not name:
+            raise ModelNotAvailableError(f"{path}: the run records no text encoder; pass text_model")
+        encoder = TextEncoder(name, max_len=int(tman.get("max_len", 512)), device=device)
+    if tman.get("weights_fingerprint") and encoder.fingerprint() != tman["weights_fingerprint"]:
+        raise ModelNotAvailableError(
+            f"text model {encoder.name!r} is not the encoder the run's features were extracted with "
+            f"({tman.get('encoder')!r}, fingerprint {tman['weights_fingerprint']}); pass that model")
+    if encoder.dim != int(ck["text_dim"]) and not cfg.fine_tune_text:
+        raise ModelNotAvailableError(f"text model {encoder.name!r} gives {encoder.dim}-d features, the run "
+                                     f"was trained on {ck['text_dim']}-d ones")
+    rids = [str(r.get("review_id", f"r{i}")) for i, r in enumerate(reviews)]
+    texts = [str(product["text"])] + [str(r["text"]) for r in reviews]
+    tx = encoder.encode(texts)
+
+    # ---- region features with the recorded detector settings
+    image_lists = [list(product.get("image_files") or [])] + [list(r.get("image_files") or []) for r in reviews]
+    if any(image_lists):
+        if extractor is None:
+            from mmss_lib.features.regions import RegionExtractor
+            sel = rman.get("selection", {})
+            opts = {k: sel[k] for k in ("conf_thresh", "min_boxes", "max_boxes", "nms_thresh", "candidate_thresh",
+                                        "rpn_post_nms_top_n") if k in sel}
+            extractor = RegionExtractor(detector_weights, allow_random_weights=allow_random_weights, device=device,
+                                        min_size=rman.get("min_size"), max_size=rman.get("max_size"), **opts)
+        if rman.get("weights_fingerprint") and extractor.fingerprint != rman["weights_fingerprint"]:
+            raise ModelNotAvailableError(
+                f"detector weights {extractor.weights_source} are not those the run's features were extracted "
+                f"with ({rman.get('detector_weights')}, fingerprint {rman['weights_fingerprint']})")
+        rx = extractor.extract_items(image_lists, ["product"] + rids)
+    else:
+        empty = {"x": np.zeros((0, int(ck["region_dim"])), np.float16), "boxes": np.zeros((0, 4), np.float32),
+                 "image": np.zeros(0, np.int32)}
+        rx = [empty] * len(image_lists)
+
+    with tempfile.TemporaryDirectory(prefix="mmss-predict-") as tmp:
+        tmp = Path(tmp)
+        pid = "product"
+        stores = {
+            "text_prd": write_store(tmp / "text_prd", [(pid, {"x": tx[0]})], kind="text", dim=int(tx[0].shape[-1])),
+            "text_rvw": write_store(tmp / "text_rvw", [(r, {"x": x}) for r, x in zip(rids, tx[1:])], kind="text",
+                                    dim=int(tx[0].shape[-1])),
+            "region_prd": write_store(tmp / "region_prd", [(pid, rx[0])], kind="region", dim=int(ck["region_dim"])),
+            "region_rvw": write_store(tmp / "region_rvw", list(zip(rids, rx[1:])), kind="region",
+                                      dim=int(ck["region_dim"])),
+        }
+        frame = pd.DataFrame({"review_id": rids, "product_id": pid, "label": 0,
+                              "text": [str(r["text"]) for r in reviews]})
+        products = pd.DataFrame({"product_id": [pid], "text": [str(product["text"])]})
+        caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
+        split = MRHPSplitData(frame, products, stores, caps=caps, keep_texts=cfg.fine_tune_text, name="predict")
+        run_cfg = TrainConfig.from_json({**ck["config"], "device": device})
+        model = build_model(run_cfg, int(ck["text_dim"]), int(ck["region_dim"]))
+        model.load_state_dict(ck["model"])
+        model.eval()
+        tokenizer = None
+        if cfg.fine_tune_text:
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(cfg.text_model)
+        with torch.no_grad():
+            idx = np.arange(split.n)
+            batch = split.collate_tokens(idx, tokenizer) if tokenizer else split.collate(idx)
+            out = model(batch)
+    df = pd.DataFrame({"review_id": rids, "score": out.score.float().numpy()})
+    for s, v in out.sub_scores.items():
+        df[f"score_{s}"] = v.float().numpy()
+    df = df.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    return df
+
+
+def _read_input(path: Path) -> tuple[dict, list[dict]]:
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: input file not found") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict) or "product" not in obj or "reviews" not in obj:
+        raise DataError(f"{path}: expected an object with 'product' and 'reviews'")
+    base = Path(path).parent
+    def fix(d):   # image paths relative to the input file
+        d = dict(d)
+        d["image_files"] = [str(f if Path(f).is_absolute() else base / f) for f in d.get("image_files") or []]
+        return d
+    return fix(obj["product"]), [fix(r) for r in obj["reviews"]]
+
+
+def cli_main(argv: list[str], prog: str = "mmss predict") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description="Rank the reviews of a product (JSON: product "
+                                 "{text, image_files}, reviews [{review_id, text, image_files}]) with a trained run.")
+    ap.add_argument("--run", required=True, help="run folder (holding best.pt) or a best.pt file")
+    ap.add_argument("--input", required=True, help="product JSON file")
+    ap.add_argument("--text-model", default=None, help="default: the encoder recorded with the run's features")
+    ap.add_argument("--detector-weights", default=None)
+    ap.add_argument("--allow-random-weights", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--csv", default=None, help="also write the ranking to this CSV file")
+    args = ap.parse_args(argv)
+    product, reviews = _read_input(Path(args.input))
+    df = predict(args.run, product, reviews, text_model=args.text_model, detector_weights=args.detector_weights,
+                 allow_random_weights=args.allow_random_weights, device=args.device)
+    if args.csv:
+        from mmss_lib.utils import atomic_path
+        with atomic_path(args.csv) as tmp:
+            df.to_csv(tmp, index=False)
+    print(df[["rank", "review_id", "score"]].to_string(index=False))
+    return 0

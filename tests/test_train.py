@@ -1,0 +1,196 @@
+"""The trainer on small synthetic feature stores: learning, resume, reproducibility, errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmss_lib.errors import CheckpointError, TrainingError
+from mmss_lib.features.store import write_store
+from mmss_lib.loader import MRHPSplitData
+from mmss_lib import train as T
+
+DT, DR = 8, 12
+TH = 2.0      # only labels 3 and 4 are relevant: MAP does not saturate on these tiny products
+TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8, "dropout": 0.1}
+
+
+def make_synthetic(root, *, n_products=(10, 6, 6), per_product=6, seed=0):
+    """Three splits whose review text features carry the label (plus noise), four small stores.
+    Dev/test have a single-review product and one whose labels are all equal."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=DT)
+    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
+    frames = {}
+    for split, n_prod in zip(T.SPLITS, n_products):
+        rows, prods = [], []
+        for p in range(n_prod):
+            pid = f"{split}{p}"
+            prods.append({"product_id": pid, "text": "product"})
+            n = 1 if (split != "train" and p == 0) else per_product
+            labels = rng.integers(0, 5, size=n)
+            if split != "train" and p == 1:
+                labels[:] = 2
+            items["text_prd"][pid] = {"x": rng.normal(size=(3, DT))}
+            k = int(rng.integers(0, 4))
+            items["region_prd"][pid] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                                        "image": np.zeros(k, np.int32)}
+            for j, y in enumerate(labels):
+                rid = f"{pid}-{j}"
+                rows.append({"review_id": rid, "product_id": pid, "label": int(y), "text": "review"})
+                L = int(rng.integers(2, 6))
+                x = rng.normal(size=(L, DT)) * 0.5
+                x[0] += (y - 2) * direction            # the [CLS] row carries the label
+                items["text_rvw"][rid] = {"x": x}
+                k = int(rng.integers(0, 3))
+                items["region_rvw"][rid] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                                            "image": np.zeros(k, np.int32)}
+        frames[split] = (pd.DataFrame(prods), pd.DataFrame(rows))
+    stores = {kind: write_store(root / kind, its, kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
+              for kind, its in items.items()}
+    return {s: MRHPSplitData(frames[s][1], frames[s][0], stores, training=(s == "train"), name=s)
+            for s in T.SPLITS}
+
+
+@pytest.fixture(scope="module")
+def big_splits(tmp_path_factory):
+    return make_synthetic(tmp_path_factory.mktemp("stores"))
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    """Smaller: for the mechanics (resume, seeds, errors)."""
+    return make_synthetic(tmp_path_factory.mktemp("small"), n_products=(5, 4, 4), per_product=5, seed=1)
+
+
+def cfg(**kw):
+    base = dict(system="mmss", model_options=TINY, epochs=3, batch_size=32, lr=3e-3, patience=10,
+                seed=0, device="cpu", eval_batch_size=32, n_neg=3)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def fit(c, splits, run_dir):
+    return T.fit(c, splits, run_dir, threshold=TH, progress=False, run_info={"dataset": "syn", "category": "c"})
+
+
+def _strip_seconds(history):
+    return [{k: v for k, v in h.items() if "seconds" not in k} for h in history]
+
+
+def test_training_beats_untrained_and_random(big_splits, tmp_path):
+    from mmss_lib.metrics import ranking_metrics
+
+    splits = big_splits
+    c = cfg(epochs=4)
+    torch.manual_seed(0)
+    model = T.build_model(c, DT, DR)
+    untrained = T.evaluate(model, splits["dev"], c, torch.device("cpu"), TH).metrics["MAP"]
+    dev = splits["dev"]
+    rng = np.random.default_rng(0)
+    random_map = np.mean([ranking_metrics(dev.product_ids, dev.labels, rng.random(dev.n), threshold=TH)["MAP"]
+                          for _ in range(20)])
+    m = fit(c, splits, tmp_path / "run")
+    assert m["dev"]["MAP"] > untrained + 0.05
+    assert m["dev"]["MAP"] > random_map + 0.05
+    # files of a run
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    rec1 = np.load(tmp_path / "run" / "ssp" / "epoch001.npz")
+    assert np.all(rec1["offset_ptrt"] == 0.0)    # Eq. 12: y_s = y_g after epoch 1
+    assert m["dev"]["MAP"] == pytest.approx(max(h["dev"]["MAP"] for h in hist))
+    assert m["best_epoch"] == 1 + int(np.argmax([h["dev"]["MAP"] for h in hist]))
+    scores = pd.read_csv(tmp_path / "run" / "scores_test.csv", dtype={"product_id": str})
+    assert list(scores.columns[:4]) == ["review_id", "product_id", "label", "score"]
+    assert "score_ptrt" in scores.columns
+    assert len(scores) == splits["test"].n and "test0" in set(scores["product_id"])   # single-review product scored
+    rec = np.load(tmp_path / "run" / "ssp" / "epoch002.npz")
+    assert rec["label_ptrt"].shape == (splits["train"].n,) and int(rec["epoch"]) == 2
+    for f in ("config.json", "best.pt", "last.pt", "scores_dev.csv", "metrics.json"):
+        assert (tmp_path / "run" / f).exists()
+
+
+def test_resume_equals_uninterrupted(splits, tmp_path):
+    straight = fit(cfg(epochs=4), splits, tmp_path / "a")
+    fit(cfg(epochs=2), splits, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["epochs_run"] == 2
+    resumed = fit(cfg(epochs=4), splits, tmp_path / "b")
+    assert resumed["epochs_run"] == 4
+    assert resumed["dev"] == straight["dev"] and resumed["test"] == straight["test"]
+    ha = json.loads((tmp_path / "a" / "history.json").read_text())
+    hb = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert _strip_seconds(ha) == _strip_seconds(hb)
+    a = pd.read_csv(tmp_path / "a" / "scores_test.csv")
+    b = pd.read_csv(tmp_path / "b" / "scores_test.csv")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_fixed_seed_rerun_identical_and_other_seed_differs(splits, tmp_path):
+    m1 = fit(cfg(epochs=2), splits, tmp_path / "a")
+    m2 = fit(cfg(epochs=2), splits, tmp_path / "b")
+    m3 = fit(cfg(epochs=2, seed=1), splits, tmp_path / "c")
+    assert m1["dev"] == m2["dev"] and m1["test"] == m2["test"]
+    s1 = pd.read_csv(tmp_path / "a" / "scores_dev.csv")["score"]
+    s3 = pd.read_csv(tmp_path / "c" / "scores_dev.csv")["score"]
+    assert not np.allclose(s1, s3)
+
+
+def test_finished_run_is_skipped(splits, tmp_path, monkeypatch):
+    m = fit(cfg(epochs=1), splits, tmp_path / "r")
+    monkeypatch.setattr(T, "train_step", lambda *a, **k: pytest.fail("a finished run must not train again"))
+    assert fit(cfg(epochs=1), splits, tmp_path / "r") == m
+
+
+def test_checkpoint_from_other_config_refused(splits, tmp_path):
+    fit(cfg(epochs=1), splits, tmp_path / "r")
+    with pytest.raises(CheckpointError, match=r"lr \(checkpoint 0.003, now 0.01\)"):
+        fit(cfg(epochs=2, lr=1e-2), splits, tmp_path / "r")
+
+
+def test_nan_loss_stops_with_epoch_and_batch(splits, tmp_path, monkeypatch):
+    fit(cfg(epochs=1), splits, tmp_path / "r")
+    orig = T.target_loss
+    monkeypatch.setattr(T, "target_loss", lambda *a: orig(*a) * float("nan"))
+    with pytest.raises(TrainingError, match=r"epoch 2, batch 1/"):
+        fit(cfg(epochs=2), splits, tmp_path / "r")
+    ck = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert ck["state"]["epoch"] == 1
+
+
+def test_early_stopping_stops_after_patience(splits, tmp_path):
+    m = fit(cfg(epochs=6, lr=0.0, patience=2), splits, tmp_path / "r")   # lr 0: dev MAP never improves
+    assert m["epochs_run"] == 3 and m["best_epoch"] == 1 and m["stopped_early"]
+
+
+def test_no_subtask_variant_and_label_gap(splits, tmp_path):
+    m = fit(cfg(epochs=1, model_options={**TINY, "use_module_d": False}, loss="label_gap"), splits, tmp_path / "r")
+    assert not (tmp_path / "r" / "ssp").exists()
+    assert 0.0 <= m["test"]["MAP"] <= 1.0
+
+
+def test_run_experiment_summarize_and_per_product(splits, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "load_splits", lambda *a, **k: splits)
+    base = cfg(epochs=1, threshold=1.0)
+    res = T.run_experiment(data_root=tmp_path, dataset="syn", categories=["c"], features_root=tmp_path,
+                           runs_root=tmp_path / "runs", systems=["mmss", ("mmss", "wo_d", {"use_module_d": False})],
+                           seeds=(0, 1), base_config=base, progress=False)
+    assert len(res) == 4 and set(res["variant"]) == {"full", "wo_d"}
+    assert (tmp_path / "runs" / "syn" / "c" / "mmss__wo_d" / "seed1" / "metrics.json").exists()
+    summ = T.summarize(res)
+    row = summ[summ["variant"] == "full"].iloc[0]
+    assert row["n_seeds"] == 2
+    assert row["MAP_mean"] == pytest.approx(res[res["variant"] == "full"]["MAP"].mean())
+    pp = T.load_per_product(tmp_path / "runs", "syn", "c", "mmss", "full", seeds=(0, 1))
+    assert len(pp) == 4
+    assert pp["AP"].mean() == pytest.approx(row["MAP_mean"])
+
+
+def test_config_roundtrip_and_validation():
+    c = cfg()
+    assert T.TrainConfig.from_json(c.to_json()) == c
+    with pytest.raises(Exception, match="pair_scheme"):
+        T.TrainConfig(pair_scheme="bogus")
+    assert T.run_name("mmss", "full") == "mmss" and T.run_name("mmss", "wo_b") == "mmss__wo_b"
