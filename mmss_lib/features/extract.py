@@ -1,0 +1,316 @@
+"""Extraction driver: one dataset/category -> its four feature stores (Section 4.1), resumable.
+
+``extract_category`` loads the three splits with :func:`mmss_lib.data.load_mrhp`, and writes
+``text_prd`` / ``text_rvw`` (token features of product and review texts, Eq. 2) and
+``region_prd`` / ``region_rvw`` (RoI features of product and review images) under
+``feature_dirs(features_root, dataset, category)``. Items are processed in file order, split
+into shards of ``shard_size`` items; a shard already on disk (from an interrupted run) is
+skipped, and a store that is complete with the same settings is not touched at all. Models
+are loaded only when there is something to compute.
+
+CLI: ``mmss extract --data-root R --dataset D --categories C [C ...] --features F
+--text-model M [--detector-weights W | --allow-random-weights] ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmss_lib.errors import DataError
+from mmss_lib.features.store import (
+    DEFAULT_SHARD_SIZE, FeatureStore, FeatureStoreWriter, feature_dirs, store_size_bytes,
+)
+from mmss_lib.utils import atomic_write_json
+
+__all__ = ["extract_category", "load_category_items", "cli_main"]
+
+SPLITS = ("train", "dev", "test")
+
+
+def load_category_items(data_root, dataset: str, category: str):
+    """Products and reviews of all three splits (ids unique within a category), in file order."""
+    import pandas as pd
+
+    from mmss_lib.data import load_mrhp
+
+    prds, rvws = [], []
+    for split in SPLITS:
+        p, r = load_mrhp(data_root, dataset, category, split)
+        prds.append(p)
+        rvws.append(r)
+    products = pd.concat(prds, ignore_index=True)
+    reviews = pd.concat(rvws, ignore_index=True)
+    products["product_id"] = products["product_id"].astype(str)
+    reviews["review_id"] = reviews["review_id"].astype(str)
+    products = products.drop_duplicates("product_id", keep="first").reset_index(drop=True)
+    dup = reviews["review_id"].duplicated()
+    if dup.any():
+        raise DataError(f"{data_root}/{dataset}/{category}: review id {reviews['review_id'][dup].iloc[0]!r} "
+                        "appears in more than one row/split; review ids must be unique within a category")
+    return products, reviews
+
+
+def _ids_digest(ids: list[str]) -> str:
+    return hashlib.blake2b("\n".join(ids).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _bar(progress: bool, total: int, desc: str, unit: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+
+
+def _text_settings(text_model: str, max_len: int) -> tuple[dict, int]:
+    """Plan (what determines the features) and dim of a text model, from its config only."""
+    from transformers import AutoConfig
+
+    from mmss_lib.errors import ModelNotAvailableError
+    from mmss_lib.features.text import _offline, resolve_text_model
+
+    source = resolve_text_model(text_model)
+    try:
+        cfg = AutoConfig.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
+    except (OSError, ValueError):
+        from mmss_lib.features.text import TextEncoder
+        TextEncoder(text_model)          # raises ModelNotAvailableError with the how-to message
+        raise ModelNotAvailableError(f"text model {text_model!r}: cannot read its config")
+    eff = int(min(max_len, getattr(cfg, "max_position_embeddings", None) or max_len))
+    return {"encoder": str(text_model), "encoder_source": source, "max_len": eff}, int(cfg.hidden_size)
+
+
+def extract_category(data_root, dataset: str, category: str, features_root, *, text_model: str,
+                     detector_weights=None, allow_random_weights: bool = False, text_max_len: int = 512,
+                     text_batch_size: int = 64, image_batch_size: int = 8, device: str = "auto",
+                     detector_min_size: int | None = None, detector_max_size: int | None = None,
+                     progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE,
+                     stores: tuple[str, ...] = ("text_prd", "text_rvw", "region_prd", "region_rvw"),
+                     overwrite: bool = False, encoder=None, extractor=None,
+                     detector_options: dict | None = None) -> dict[str, Any]:
+    """Extract the features of one category into its four stores; returns a report dict.
+
+    ``encoder`` / ``extractor`` (a :class:`TextEncoder` / :class:`RegionExtractor`) may be passed
+    to reuse loaded models across categories. The report (also written to
+    ``{features_root}/{dataset}/{category}/extract_report.json``) has, per store, items, rows,
+    shards written/skipped, bytes on disk and seconds; the text and image policy counts; and
+    ``random_weights`` (True when the detector was randomly initialised). The returned dict also
+    holds ``"_models"``: ``{"encoder", "extractor"}`` as loaded (None if not needed), to pass to
+    the next category; it is not part of the JSON file.
+    """
+    from mmss_lib.features.regions import RegionReport
+    from mmss_lib.features.text import TextReport, clean_texts
+
+    dirs = feature_dirs(features_root, dataset, category)
+    products, reviews = load_category_items(data_root, dataset, category)
+    sides = {"prd": (products, "product_id"), "rvw": (reviews, "review_id")}
+    report: dict[str, Any] = {"dataset": dataset, "category": category, "stores": {},
+                              "text": {}, "images": {}, "random_weights": None}
+    text_plan = text_dim = None
+    region_plan = None
+    region_opts = dict(detector_options or {})
+    for name in stores:
+        kind, side = name.split("_")
+        frame, id_col = sides[side]
+        ids = frame[id_col].tolist()
+        t0 = time.perf_counter()
+        if kind == "text":
+            if text_plan is None:
+                text_plan, text_dim = _text_settings(text_model, text_max_len)
+            plan, dim = {**text_plan, "ids": _ids_digest(ids), "n_items": len(ids)}, text_dim
+        else:
+            plan = {"detector_weights": str(detector_weights) if detector_weights is not None else "auto",
+                    "allow_random_weights": bool(allow_random_weights), "min_size": detector_min_size,
+                    "max_size": detector_max_size, "options": region_opts,
+                    "ids": _ids_digest(ids), "n_items": len(ids)}
+            dim = 2048
+        path = dirs[name]
+        entry = {"path": str(path), "items": len(ids), "shards_written": 0, "shards_skipped": 0}
+        if not overwrite and FeatureStoreWriter.is_finished(path, kind=kind, dim=dim, shard_size=shard_size, plan=plan):
+            entry["shards_skipped"] = len(FeatureStore(path).manifest["shards"])
+        else:
+            writer = None
+            chunks = [list(range(a, min(a + shard_size, len(ids)))) for a in range(0, max(len(ids), 1), shard_size)]
+            bar = _bar(progress, len(ids), f"{dataset}/{category} {name}", "item")
+            policy = TextReport() if kind == "text" else RegionReport()
+            for k, rows in enumerate(chunks):
+                if writer is None:
+                    manifest = {"dataset": dataset, "category": category, "store": name}
+                    if kind == "text":
+                        if encoder is None:
+                            from mmss_lib.features.text import TextEncoder
+                            encoder = TextEncoder(text_model, max_len=text_max_len, device=device)
+                        manifest.update(encoder.describe(), weights_fingerprint=encoder.fingerprint(),
+                                        random_weights=False)
+                    else:
+                        if extractor is None:
+                            from mmss_lib.features.regions import RegionExtractor
+                            extractor = RegionExtractor(detector_weights, allow_random_weights=allow_random_weights,
+                                                        device=device, min_size=detector_min_size,
+                                                        max_size=detector_max_size, **region_opts)
+                        manifest.update(extractor.describe())
+                    writer = FeatureStoreWriter(path, kind=kind, dim=dim, manifest=manifest, shard_size=shard_size,
+                                                plan=plan, overwrite=overwrite)
+                chunk_ids = [ids[i] for i in rows]
+                if writer.has_shard(k, chunk_ids):
+                    entry["shards_skipped"] += 1
+                    if bar is not None:
+                        bar.update(len(rows))
+                    continue
+                sub = frame.iloc[rows]
+                if kind == "text":
+                    texts = clean_texts(sub["text"].tolist(), chunk_ids, policy)
+                    feats = encoder.encode(texts, batch_size=text_batch_size, progress=bar)
+                    policy.truncated += int(sum(len(f) >= encoder.max_len - 1 for f in feats))
+                    items = [(i, {"x": f}) for i, f in zip(chunk_ids, feats)]
+                else:
+                    files = [list(v) if v is not None else [] for v in sub["image_files"].tolist()]
+                    feats = extractor.extract_items(files, chunk_ids, batch_size=image_batch_size, report=policy)
+                    items = list(zip(chunk_ids, feats))
+                    if bar is not None:
+                        bar.update(len(rows))
+                writer.write_shard(k, items)
+                entry["shards_written"] += 1
+            if bar is not None:
+                bar.close()
+            writer.close()
+            report["text" if kind == "text" else "images"][name] = policy.as_dict()
+        store = FeatureStore(path)
+        entry.update(rows=int(store.manifest["n_rows"]), dim=store.dim, bytes=store_size_bytes(path),
+                     seconds=round(time.perf_counter() - t0, 3))
+        if kind == "region":
+            rw = bool(store.manifest.get("random_weights"))
+            report["random_weights"] = rw if report["random_weights"] is None else (report["random_weights"] or rw)
+            entry["random_weights"] = rw
+        report["stores"][name] = entry
+    atomic_write_json(Path(features_root) / dataset / category / "extract_report.json", report)
+    report["_models"] = {"encoder": encoder, "extractor": extractor}
+    return report
+
+
+def _summary_line(rep: dict) -> str:
+    parts = [f"{n}: {e['items']} items, {e['rows']} rows, {e['bytes'] / 1e6:.1f} MB "
+             f"({e['shards_written']} shards written, {e['shards_skipped']} skipped)"
+             for n, e in rep["stores"].items()]
+    return f"{rep['dataset']}/{rep['category']}: " + "; ".join(parts)
+
+
+def cli_main(argv: list[str], prog: str = "mmss extract") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="Extract BERT token features and Faster R-CNN RoI "
+                                "features of MRHP categories into feature stores (resumable).")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--categories", nargs="+", required=True)
+    p.add_argument("--features", required=True, help="features root")
+    p.add_argument("--text-model", required=True, help="Hugging Face name or local folder (paper: bert-base-uncased)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--detector-weights", help="fasterrcnn_resnet50_fpn COCO state dict (default: the torchvision cache)")
+    w.add_argument("--allow-random-weights", action="store_true",
+                   help="use a random detector when no weights are found (tests/demo only; recorded in the manifest)")
+    p.add_argument("--text-max-len", type=int, default=512)
+    p.add_argument("--text-batch-size", type=int, default=64)
+    p.add_argument("--image-batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--detector-min-size", type=int)
+    p.add_argument("--detector-max-size", type=int)
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
+    p.add_argument("--stores", nargs="+", default=["text_prd", "text_rvw", "region_prd", "region_rvw"],
+                   choices=["text_prd", "text_rvw", "region_prd", "region_rvw"])
+    p.add_argument("--overwrite", action="store_true", help="discard existing stores instead of resuming")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    encoder = extractor = None
+    for cat in a.categories:
+        rep = extract_category(a.data_root, a.dataset, cat, a.features, text_model=a.text_model,
+                               detector_weights=a.detector_weights, allow_random_weights=a.allow_random_weights,
+                               text_max_len=a.text_max_len, text_batch_size=a.text_batch_size,
+                               image_batch_size=a.image_batch_size, device=a.device,
+                               detector_min_size=a.detector_min_size, detector_max_size=a.detector_max_size,
+                               progress=not a.no_progress, shard_size=a.shard_size, stores=tuple(a.stores),
+                               overwrite=a.overwrite, encoder=encoder, extractor=extractor)
+        encoder, extractor = rep["_models"]["encoder"], rep["_models"]["extractor"]
+        print(_summary_line(rep))
+        bad = sum(v.get("bad_images", 0) for v in rep["images"].values())
+        if bad:
+            print(f"  {bad} images could not be decoded and were skipped (see extract_report.json)")
+        if rep["random_weights"]:
+            print("  WARNING: region features come from a RANDOMLY INITIALISED detector (not for results)",
+                  file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting helpers (used by notebooks/01_extract_features.ipynb)
+# --------------------------------------------------------------------------------------------
+
+def features_table(reports: list[dict[str, Any]]):
+    """One row per (dataset, category, store): items, rows (tokens/regions), rows per item,
+    items without regions, dim, MB on disk, shards written/skipped, random detector weights."""
+    import pandas as pd
+
+    rows = []
+    for rep in reports:
+        for name, e in rep["stores"].items():
+            store = FeatureStore(e["path"])
+            n_rows = [store.n_rows(i) for i in store.ids]
+            rows.append({
+                "dataset": rep["dataset"], "category": rep["category"], "store": name,
+                "items": len(store), "rows": int(sum(n_rows)),
+                "rows_per_item": round(float(np.mean(n_rows)), 1) if n_rows else 0.0,
+                "empty_items": int(sum(n == 0 for n in n_rows)) if name.startswith("region") else 0,
+                "dim": store.dim, "MB": round(e["bytes"] / 1e6, 2),
+                "shards_written": e["shards_written"], "shards_skipped": e["shards_skipped"],
+                "random_weights": bool(store.manifest.get("random_weights", False)),
+            })
+    return pd.DataFrame(rows)
+
+
+def draw_boxes(data_root, dataset: str, category: str, features_root, path, *, side: str = "prd",
+               n_images: int = 4, n_boxes: int = 10, title: str | None = None):
+    """Draw the ``n_boxes`` most confident stored boxes on the first ``n_images`` local images of
+    a category (one image per item, first items with images), save a PNG at ``path``; returns
+    the path (None when no item of that side has local images)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from PIL import Image
+
+    from mmss_lib.utils import atomic_path
+
+    products, reviews = load_category_items(data_root, dataset, category)
+    frame, id_col = (products, "product_id") if side == "prd" else (reviews, "review_id")
+    store = FeatureStore(feature_dirs(features_root, dataset, category)[f"region_{side}"])
+    picks = []
+    for item_id, files in zip(frame[id_col], frame["image_files"]):
+        if files and item_id in store and store.n_rows(item_id):
+            picks.append((item_id, files[0]))
+        if len(picks) == n_images:
+            break
+    if not picks:
+        return None
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.4), squeeze=False)
+    for ax, (item_id, file) in zip(axes[0], picks):
+        with Image.open(file) as im:
+            img = np.asarray(im.convert("RGB"))
+        h, w = img.shape[:2]
+        item = store.get(item_id)
+        boxes = np.asarray(item["boxes"][np.asarray(item["image"]) == 0][:n_boxes])
+        ax.imshow(img)
+        cmap = matplotlib.colormaps["viridis"]
+        for r, (x1, y1, x2, y2) in enumerate(boxes):
+            ax.add_patch(Rectangle((x1 * w, y1 * h), (x2 - x1) * w, (y2 - y1) * h, fill=False, lw=1.2,
+                                   ec=cmap(r / max(len(boxes) - 1, 1))))
+        ax.set_title(f"{item_id}\n{len(boxes)} of {store.n_rows(item_id)} regions", fontsize=8)
+        ax.axis("off")
+    rw = " (RANDOM detector weights)" if store.manifest.get("random_weights") else ""
+    fig.suptitle(title or f"{dataset}/{category} {side} images: top boxes{rw}", fontsize=10)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

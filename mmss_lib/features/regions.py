@@ -1,0 +1,356 @@
+"""Region features (Section 4.1): Faster R-CNN regions of interest with a 2048-d feature per box.
+
+The paper uses the bottom-up-attention Faster R-CNN (ResNet-101, Visual Genome); its features
+are not redistributable as code here, so this module rebuilds the same *kind* of feature with
+torchvision's ``fasterrcnn_resnet50_fpn`` (COCO), and :mod:`mmss_lib.features.importers` reads the
+original bottom-up features where a user has them.
+
+Per image (one batched forward for ``image_batch_size`` images):
+
+1. ``model.transform`` (RGB in [0, 1], ImageNet normalisation, resize to ``min_size``/``max_size``);
+2. ``model.backbone.body`` -> C2..C5; C5 = ResNet layer4, 2048 channels, stride 32;
+   ``model.backbone.fpn`` -> the FPN maps used by the RPN and the box head;
+3. RPN proposals (the top ``rpn_post_nms_top_n`` = 300 after NMS, py-faster-rcnn's test setting
+   that bottom-up attention kept; torchvision's default is 1000); the box head scores every
+   proposal over the 90 COCO classes;
+4. bottom-up style selection: per-class NMS (IoU ``nms_thresh``) over (proposal, class) pairs,
+   each proposal's confidence = its best class score surviving NMS; keep the proposals with
+   confidence >= ``conf_thresh``, at least ``min_boxes`` (filling with the next most confident
+   proposals) and at most ``max_boxes``, in descending confidence. As in bottom-up attention, the
+   box is the proposal itself;
+5. the mean of C5 over each kept box (stride 32), i.e. RoI average pooling -> one 2048-d feature
+   per box, the dimension the baselines used. It is the exact area average (the limit of
+   ``roi_align`` + mean pool with many samples), one matrix product per image
+   (:func:`box_mean_pool`), which keeps the extractor's cost close to the bare detector forward;
+6. boxes normalised to the image: x1 y1 x2 y2 in [0, 1].
+
+Weights: a local file (a state dict, loaded with ``weights_only=True``), or the torchvision cache
+(``{torch.hub.get_dir()}/checkpoints/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth``). Without
+them the extractor refuses to run unless ``allow_random_weights=True``; then it uses a seeded
+random initialisation and ``describe()["random_weights"]`` is True (recorded in the manifest).
+
+Image policy (counted in the report, by item and file): grayscale, palette, CMYK and 16-bit
+images are converted to RGB; transparency is composited on white; images larger than
+``max_load_side`` on their long side are downscaled on load (they would be downscaled by the
+detector transform anyway); 1 x 1 images are upscaled by the transform like any other; an image
+that cannot be decoded (corrupt, truncated, not an image, a decompression bomb) is skipped and
+listed in the report; its item keeps the regions of its other images (image indices keep the
+file order, so a skipped image leaves a gap).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmss_lib.errors import ModelNotAvailableError
+
+__all__ = ["RegionExtractor", "RegionReport", "load_image", "torchvision_cache_file", "TORCHVISION_WEIGHTS_FILE"]
+
+TORCHVISION_WEIGHTS_FILE = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+C5_STRIDE = 32
+
+
+def torchvision_cache_file() -> Path:
+    """Where torchvision caches the COCO Faster R-CNN weights."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_WEIGHTS_FILE
+
+
+@dataclass
+class RegionReport:
+    """What the image policy did, for the extraction report."""
+    n_images: int = 0
+    n_regions: int = 0
+    converted: dict[str, int] = field(default_factory=dict)     # PIL mode -> count
+    downscaled: int = 0
+    bad: list[str] = field(default_factory=list)                # "item_id: file: reason"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n_images": self.n_images, "n_regions": self.n_regions, "converted": dict(self.converted),
+                "downscaled": self.downscaled, "bad_images": len(self.bad), "bad_list": self.bad[:50]}
+
+
+def load_image(path: str | os.PathLike, *, max_load_side: int | None = 4000,
+               report: RegionReport | None = None, item_id: str = "?"):
+    """Decode one image to a float tensor (3, H, W) RGB in [0, 1], or None when it cannot be
+    decoded (recorded in ``report.bad``). See the module docstring for the policy."""
+    import torch
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if max_load_side and max(im.size) > 2 * max_load_side:
+                im.draft("RGB", (max_load_side, max_load_side))   # fast JPEG downscale on decode
+            im.load()
+            mode = im.mode
+            if mode != "RGB":
+                if report is not None:
+                    report.converted[mode] = report.converted.get(mode, 0) + 1
+                if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+                    rgba = im.convert("RGBA")
+                    bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    im = Image.alpha_composite(bg, rgba).convert("RGB")
+                elif mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr = np.asarray(im, dtype=np.float32)
+                    arr = 255.0 * (arr - arr.min()) / max(float(arr.max() - arr.min()), 1.0)
+                    im = Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+                else:
+                    im = im.convert("RGB")
+            if max_load_side and max(im.size) > max_load_side:
+                im = im.copy()
+                im.thumbnail((max_load_side, max_load_side))
+                if report is not None:
+                    report.downscaled += 1
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
+        if report is not None:
+            report.bad.append(f"{item_id}: {path}: {type(exc).__name__}: {exc}")
+        return None
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        if report is not None:
+            report.bad.append(f"{item_id}: {path}: unexpected decoded shape {arr.shape}")
+        return None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)   # (3, H, W)
+
+
+def box_mean_pool(fmap, boxes: Sequence, stride: int):
+    """Mean of a feature map over boxes: the exact area average of ``fmap`` (B, C, h, w), read as
+    piecewise constant over cells of ``stride`` pixels, over each box (x1 y1 x2 y2 in input
+    pixels); ``boxes`` is one (n_b, 4) tensor per image. Returns (sum n_b, C).
+
+    This is RoI average pooling in its continuous limit (RoIAlign with ever more samples, then a
+    mean). The overlap of a box with the cell grid is separable, so each image is one matrix
+    product, (n, h*w) overlap weights @ (h*w, C) features, instead of 7 x 7 x 4 bilinear samples
+    per box and channel; this keeps the extractor's cost close to the bare detector forward.
+    Boxes smaller than one cell are widened to one cell around their centre (inside the map).
+    """
+    import torch
+
+    B, C, h, w = fmap.shape
+    size = torch.tensor([w, h], dtype=torch.float32, device=fmap.device)
+    jx = torch.arange(w, dtype=torch.float32, device=fmap.device)
+    jy = torch.arange(h, dtype=torch.float32, device=fmap.device)
+    out = []
+    for b, bx in enumerate(boxes):
+        if not len(bx):
+            continue
+        cells = bx.float() / stride                                             # (n, 4) in cells
+        lo, hi = cells[:, :2].clamp(min=0), torch.minimum(cells[:, 2:], size)
+        half = ((hi - lo).clamp(min=1.0) / 2).minimum(size / 2)
+        centre = torch.maximum(torch.minimum((lo + hi) / 2, size - half), half)
+        lo, hi = centre - half, centre + half                                   # (n, 2) each
+        ox = (torch.minimum(hi[:, :1], jx + 1) - torch.maximum(lo[:, :1], jx)).clamp(min=0)   # (n, w)
+        oy = (torch.minimum(hi[:, 1:], jy + 1) - torch.maximum(lo[:, 1:], jy)).clamp(min=0)   # (n, h)
+        weight = (oy[:, :, None] * ox[:, None, :]).reshape(len(bx), h * w)     # (n, h*w)
+        weight = weight / weight.sum(1, keepdim=True)                           # / box area
+        out.append(weight @ fmap[b].float().reshape(C, h * w).T)                # (n, C)
+    if not out:
+        return torch.zeros(0, C, dtype=torch.float32, device=fmap.device)
+    return torch.cat(out)
+
+
+class RegionExtractor:
+    """torchvision Faster R-CNN -> per-image boxes and 2048-d C5 RoI features.
+
+    >>> ext = RegionExtractor(allow_random_weights=True, min_size=128, max_size=128)   # doctest: +SKIP
+    >>> r = ext.extract_images([torch.rand(3, 90, 120)])[0]                            # doctest: +SKIP
+    >>> r["x"].shape[1], r["boxes"].shape[1]                                            # doctest: +SKIP
+    (2048, 4)
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, *, allow_random_weights: bool = False,
+                 device: str = "auto", min_size: int | None = None, max_size: int | None = None,
+                 conf_thresh: float = 0.2, min_boxes: int = 10, max_boxes: int = 100,
+                 nms_thresh: float = 0.3, candidate_thresh: float = 0.01, rpn_post_nms_top_n: int = 300,
+                 max_load_side: int | None = 4000, seed: int = 0):
+        import torch
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+        from torchvision.models.detection.faster_rcnn import FasterRCNN
+
+        from mmss_lib.utils import pick_device
+
+        if not 1 <= min_boxes <= max_boxes:
+            raise ValueError(f"need 1 <= min_boxes <= max_boxes, got {min_boxes}, {max_boxes}")
+        self.device = pick_device(device)
+        self.conf_thresh, self.min_boxes, self.max_boxes = float(conf_thresh), int(min_boxes), int(max_boxes)
+        self.nms_thresh, self.candidate_thresh = float(nms_thresh), float(candidate_thresh)
+        self.max_load_side = max_load_side
+        sizes = {}
+        if min_size is not None:
+            sizes["min_size"] = int(min_size)
+        if max_size is not None:
+            sizes["max_size"] = int(max_size)
+        state, source, fingerprint = self._find_weights(weights, allow_random_weights)
+        with torch.random.fork_rng(devices=[]):                   # a reproducible random init that
+            torch.manual_seed(seed)                               # leaves the global RNG untouched
+            backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=0)
+            self.model = FasterRCNN(backbone, num_classes=91, rpn_post_nms_top_n_test=int(rpn_post_nms_top_n), **sizes)
+        if state is not None:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ModelNotAvailableError(
+                    f"detector weights {source}: not a fasterrcnn_resnet50_fpn state dict "
+                    f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+        self.model.to(self.device).eval()
+        self.random_weights = state is None
+        self.weights_source, self.fingerprint = source, fingerprint
+
+    @staticmethod
+    def _find_weights(weights, allow_random):
+        import torch
+
+        if weights is None or str(weights) in ("torchvision", "default", "DEFAULT"):
+            cached = torchvision_cache_file()
+            if cached.is_file():
+                weights = cached
+            elif weights is not None or not allow_random:
+                raise ModelNotAvailableError(
+                    f"no Faster R-CNN weights: pass --detector-weights FILE (a fasterrcnn_resnet50_fpn "
+                    f"COCO state dict, e.g. {TORCHVISION_WEIGHTS_FILE} from download.pytorch.org), or "
+                    f"place that file at {cached}; or pass --allow-random-weights to extract "
+                    "features with a random detector (for tests and the demo only; recorded in the manifest)")
+            else:
+                return None, "random-init", "random"
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ModelNotAvailableError(f"detector weights file {path} does not exist")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelNotAvailableError(
+                f"detector weights {path}: cannot be loaded safely ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); expected a state dict saved with torch.save") from None
+        if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+            obj = obj["model"]
+        if not isinstance(obj, dict):
+            raise ModelNotAvailableError(f"detector weights {path}: expected a state dict, got {type(obj).__name__}")
+        h = hashlib.blake2b(digest_size=8)
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return obj, str(path), h.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the detector and the selection policy."""
+        t = self.model.transform
+        return {
+            "detector": "torchvision fasterrcnn_resnet50_fpn (COCO), C5 RoIAlign mean-pooled",
+            "detector_weights": self.weights_source, "weights_fingerprint": self.fingerprint,
+            "random_weights": self.random_weights, "dim": 2048,
+            "selection": {"conf_thresh": self.conf_thresh, "min_boxes": self.min_boxes,
+                          "max_boxes": self.max_boxes, "nms_thresh": self.nms_thresh,
+                          "candidate_thresh": self.candidate_thresh, "box": "rpn proposal",
+                          "rpn_post_nms_top_n": int(self.model.rpn._post_nms_top_n["testing"]),
+                          "order": "descending confidence"},
+            "pool": {"feature_map": "C5 (layer4)", "stride": C5_STRIDE, "reduce": "exact box area mean"},
+            "min_size": int(t.min_size[0]), "max_size": int(t.max_size), "boxes": "x1 y1 x2 y2 normalised",
+        }
+
+    # ------------------------------------------------------------------------------------------
+    def bare_forward(self, images: Sequence):
+        """The stock torchvision detector forward (for benchmarks)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model([im.to(self.device) for im in images])
+
+    def extract_images(self, images: Sequence) -> list[dict[str, np.ndarray]]:
+        """Per image (3, H, W) RGB float in [0, 1]: ``{"x": (n, 2048) float16, "boxes": (n, 4)
+        float32 normalised, "scores": (n,) float32}`` with ``min_boxes <= n <= max_boxes`` (fewer
+        only when the RPN proposes fewer boxes)."""
+        import torch
+        from torchvision.ops import batched_nms
+
+        if not len(images):
+            return []
+        m = self.model
+        with torch.inference_mode():
+            imgs, _ = m.transform([im.to(self.device) for im in images])
+            body = m.backbone.body(imgs.tensors)                 # C2..C5, keys "0".."3"
+            c5 = body["3"]                                       # (B, 2048, H/32, W/32)
+            fpn = m.backbone.fpn(body)
+            proposals, _ = m.rpn(imgs, fpn)                      # list of (P_i, 4)
+            roi = m.roi_heads
+            pooled = roi.box_roi_pool(fpn, proposals, imgs.image_sizes)
+            logits, _ = roi.box_predictor(roi.box_head(pooled))  # (sum P_i, 91)
+            probs = torch.softmax(logits.float(), -1)[:, 1:]     # drop background: (sum P_i, 90)
+            out = []
+            start = 0
+            keep_boxes = []
+            for b, props in enumerate(proposals):
+                p = probs[start:start + len(props)]
+                start += len(props)
+                order = self._select(props, p, batched_nms)
+                keep_boxes.append(props[order])
+                h, w = imgs.image_sizes[b]
+                scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=props.device)
+                conf = p[order].max(1).values
+                out.append({"boxes": (props[order].float() / scale).clamp_(0, 1), "scores": conf})
+            # mean of C5 over each kept box (exact area average, one matmul per image) -> 2048
+            feats = box_mean_pool(c5, keep_boxes, C5_STRIDE)    # (sum n_i, 2048)
+            feats16 = feats.to(torch.float16).cpu().numpy()
+        a = 0
+        for r in out:
+            n = len(r["boxes"])
+            r["x"] = feats16[a:a + n]
+            r["boxes"] = r["boxes"].cpu().numpy().astype(np.float32)
+            r["scores"] = r["scores"].cpu().numpy().astype(np.float32)
+            a += n
+        return out
+
+    def _select(self, boxes, probs, batched_nms):
+        """Bottom-up box selection; returns proposal indices in descending confidence."""
+        import torch
+
+        n_props, n_cls = probs.shape
+        if n_props == 0:
+            return torch.zeros(0, dtype=torch.long, device=boxes.device)
+        flat = probs.reshape(-1)                                           # (P * C,)
+        cand = torch.nonzero(flat >= self.candidate_thresh).squeeze(1)
+        prop_idx, cls_idx = cand // n_cls, cand % n_cls
+        kept = batched_nms(boxes[prop_idx].float(), flat[cand], cls_idx, self.nms_thresh)
+        max_conf = torch.zeros(n_props, device=boxes.device)
+        max_conf.scatter_reduce_(0, prop_idx[kept], flat[cand][kept], reduce="amax")
+        # boxes surviving NMS rank first by confidence; the rest by their raw best class score
+        key = torch.where(max_conf > 0, 1.0 + max_conf, probs.max(1).values)
+        order = torch.argsort(key, descending=True, stable=True)
+        n_conf = int((max_conf >= self.conf_thresh).sum())
+        n = min(max(n_conf, self.min_boxes), self.max_boxes, n_props)
+        return order[:n]
+
+    def extract_items(self, image_lists: Sequence[Sequence[str]], item_ids: Sequence[str], *,
+                      batch_size: int = 8, report: RegionReport | None = None,
+                      progress: Any = None) -> list[dict[str, np.ndarray]]:
+        """Per item, the regions of all its images concatenated in image order: ``{"x": (n, 2048)
+        float16, "boxes": (n, 4), "image": (n,) int32}``; n = 0 for an item without (usable) images."""
+        report = report if report is not None else RegionReport()
+        jobs = [(k, j, f) for k, files in enumerate(image_lists) for j, f in enumerate(files)]
+        per_item: list[list[tuple[int, dict]]] = [[] for _ in image_lists]
+        for a in range(0, len(jobs), batch_size):
+            chunk = jobs[a:a + batch_size]
+            loaded = [(k, j, load_image(f, max_load_side=self.max_load_side, report=report, item_id=item_ids[k]))
+                      for k, j, f in chunk]
+            ok = [(k, j, t) for k, j, t in loaded if t is not None]
+            results = self.extract_images([t for _, _, t in ok])
+            for (k, j, _), r in zip(ok, results):
+                per_item[k].append((j, r))
+            report.n_images += len(ok)
+            if progress is not None:
+                progress.update(len(chunk))
+        out = []
+        for regions in per_item:
+            if not regions:
+                out.append({"x": np.zeros((0, 2048), np.float16), "boxes": np.zeros((0, 4), np.float32),
+                            "image": np.zeros(0, np.int32)})
+                continue
+            out.append({"x": np.concatenate([r["x"] for _, r in regions]),
+                        "boxes": np.concatenate([r["boxes"] for _, r in regions]),
+                        "image": np.concatenate([np.full(len(r["x"]), j, np.int32) for j, r in regions])})
+            report.n_regions += len(out[-1]["x"])
+        return out

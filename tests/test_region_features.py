@@ -1,0 +1,161 @@
+"""Region features with a random-init torchvision Faster R-CNN on tiny images: selection policy
+against a reference loop, image-policy cases (modes, corrupt, truncated, 1x1, large), weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmss_lib.errors import ModelNotAvailableError
+from mmss_lib.features.regions import RegionExtractor, RegionReport, load_image
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return RegionExtractor(allow_random_weights=True, device="cpu", min_size=64, max_size=96,
+                           min_boxes=10, max_boxes=20, conf_thresh=0.5)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    arr = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(d / "rgb.jpg")
+    Image.fromarray(arr[..., 0]).save(d / "gray.png")
+    Image.fromarray(arr).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(np.dstack([arr, arr[..., :1]])).save(d / "alpha.png")
+    Image.fromarray(arr[:1, :1]).save(d / "one.png")
+    Image.fromarray((rng.random((300, 500, 3)) * 255).astype(np.uint8)).save(d / "large.png")
+    (d / "corrupt.jpg").write_bytes(b"not an image at all")
+    data = (d / "rgb.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    return d
+
+
+def test_image_policy(images):
+    rep = RegionReport()
+    ok = {n: load_image(images / n, max_load_side=200, report=rep, item_id="i1")
+          for n in ["rgb.jpg", "gray.png", "cmyk.jpg", "alpha.png", "one.png", "large.png"]}
+    for n, t in ok.items():
+        assert t is not None and t.shape[0] == 3 and 0 <= float(t.min()) and float(t.max()) <= 1, n
+    assert ok["one.png"].shape == (3, 1, 1)
+    assert max(ok["large.png"].shape[1:]) == 200 and rep.downscaled == 1
+    assert rep.converted == {"L": 1, "CMYK": 1, "RGBA": 1}
+    assert load_image(images / "corrupt.jpg", report=rep, item_id="i2") is None
+    assert load_image(images / "truncated.jpg", report=rep, item_id="i3") is None
+    assert [b.split(":")[0] for b in rep.bad] == ["i2", "i3"]
+    assert "corrupt.jpg" in rep.bad[0]
+
+
+def test_extract_items_invariants(extractor, images):
+    rep = RegionReport()
+    files = [[str(images / "rgb.jpg"), str(images / "corrupt.jpg"), str(images / "gray.png")],
+             [], [str(images / "one.png")], [str(images / "truncated.jpg")]]
+    out = extractor.extract_items(files, ["a", "b", "c", "d"], batch_size=2, report=rep)
+    assert rep.n_images == 3 and len(rep.bad) == 2
+    a = out[0]
+    assert a["x"].dtype == np.float16 and a["x"].shape[1] == 2048 and np.isfinite(a["x"]).all()
+    assert set(a["image"].tolist()) == {0, 2}                    # the corrupt image 1 is skipped
+    assert np.all(np.diff(a["image"]) >= 0)
+    for k in (0, 2):
+        n = int((a["image"] == k).sum())
+        assert 10 <= n <= 20
+    b = a["boxes"]
+    assert b.dtype == np.float32 and b.min() >= 0 and b.max() <= 1
+    assert np.all(b[:, 0] <= b[:, 2]) and np.all(b[:, 1] <= b[:, 3])
+    assert out[1]["x"].shape == (0, 2048) and out[3]["x"].shape == (0, 2048)
+    assert 1 <= len(out[2]["x"]) <= 20
+    assert rep.n_regions == sum(len(o["x"]) for o in out)
+
+
+def test_scores_descending_and_deterministic(extractor):
+    img = torch.rand(3, 70, 50, generator=torch.Generator().manual_seed(1))
+    r1 = extractor.extract_images([img])[0]
+    assert np.all(np.diff(r1["scores"]) <= 1e-6)
+    r2 = RegionExtractor(allow_random_weights=True, device="cpu", min_size=64, max_size=96,
+                         min_boxes=10, max_boxes=20, conf_thresh=0.5).extract_images([img])[0]
+    np.testing.assert_array_equal(r1["x"], r2["x"])                # seeded random init
+    np.testing.assert_array_equal(r1["boxes"], r2["boxes"])
+    assert extractor.describe()["random_weights"] is True
+
+
+def _reference_select(boxes, probs, cand, nms, conf, min_b, max_b):
+    """Bottom-up selection written as plain per-class loops."""
+    from torchvision.ops import box_iou
+    n, c = probs.shape
+    max_conf = np.zeros(n)
+    for k in range(c):
+        idx = [i for i in np.argsort(-probs[:, k].numpy(), kind="stable") if probs[i, k] >= cand]
+        kept = []
+        for i in idx:
+            if all(box_iou(boxes[i:i + 1], boxes[j:j + 1]).item() <= nms for j in kept):
+                kept.append(i)
+        for i in kept:
+            max_conf[i] = max(max_conf[i], float(probs[i, k]))
+    key = np.where(max_conf > 0, 1 + max_conf, probs.max(1).values.numpy())
+    order = np.argsort(-key, kind="stable")
+    m = min(max(int((max_conf >= conf).sum()), min_b), max_b, n)
+    return order[:m]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_selection_matches_reference(extractor, seed):
+    from torchvision.ops import batched_nms
+    g = torch.Generator().manual_seed(seed)
+    n, c = 40, 5
+    xy = torch.rand(n, 2, generator=g) * 50
+    boxes = torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 30], 1)
+    probs = torch.softmax(torch.randn(n, c + 1, generator=g) * 3, -1)[:, 1:]
+    got = extractor._select(boxes, probs, batched_nms).numpy()
+    ref = _reference_select(boxes, probs, extractor.candidate_thresh, extractor.nms_thresh,
+                            extractor.conf_thresh, extractor.min_boxes, extractor.max_boxes)
+    assert got.tolist() == ref.tolist()
+
+
+def test_weights_required_unless_random_allowed(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))   # an empty cache
+    with pytest.raises(ModelNotAvailableError, match="--allow-random-weights"):
+        RegionExtractor()
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
+        RegionExtractor(tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    torch.save({"not": torch.zeros(1)}, bad)
+    with pytest.raises(ModelNotAvailableError, match="not a fasterrcnn_resnet50_fpn state dict"):
+        RegionExtractor(bad)
+
+
+def test_weights_file_round_trip(tmp_path, extractor):
+    f = tmp_path / "w.pth"
+    torch.save(extractor.model.state_dict(), f)
+    e2 = RegionExtractor(f, device="cpu", min_size=64, max_size=96, min_boxes=10, max_boxes=20,
+                         conf_thresh=0.5, seed=123)
+    d = e2.describe()
+    assert d["random_weights"] is False and d["detector_weights"] == str(f) and len(d["weights_fingerprint"]) == 16
+    img = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(2))
+    np.testing.assert_array_equal(e2.extract_images([img])[0]["x"], extractor.extract_images([img])[0]["x"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_box_mean_pool_equals_pixel_mean(seed):
+    """Reference: nearest-upsample C5 to pixels (stride 4 here) and average the box's pixels."""
+    from mmss_lib.features.regions import box_mean_pool
+    g = torch.Generator().manual_seed(seed)
+    fmap = torch.randn(2, 3, 5, 6, generator=g)
+    stride = 4
+    pix = fmap.repeat_interleave(stride, 2).repeat_interleave(stride, 3)      # (2, 3, 20, 24)
+    boxes = []
+    for b in range(2):
+        x1 = torch.randint(0, 18, (6,), generator=g)
+        y1 = torch.randint(0, 14, (6,), generator=g)
+        x2 = x1 + torch.randint(4, 7, (6,), generator=g)
+        y2 = y1 + torch.randint(4, 7, (6,), generator=g)
+        boxes.append(torch.stack([x1, y1, x2, y2], 1).float())
+    got = box_mean_pool(fmap, boxes, stride)
+    ref = torch.stack([pix[b, :, int(y1):int(y2), int(x1):int(x2)].mean((1, 2))
+                       for b in range(2) for x1, y1, x2, y2 in boxes[b]])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # a box smaller than one cell is widened to one cell around its centre (6, 6) px = cell centre
+    tiny = box_mean_pool(fmap, [torch.tensor([[5.9, 5.9, 6.1, 6.1]]), torch.zeros(0, 4)], stride)
+    torch.testing.assert_close(tiny[0], fmap[0, :, 1, 1])
