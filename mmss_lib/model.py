@@ -126,10 +126,66 @@ def _guard_empty(mask: Tensor) -> tuple[Tensor, Tensor]:
     return any_real, safe
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (zero each element with probability p, scale the rest by 1/(1-p)) drawing
+    its keep mask as ``uniform[0, 1) >= p``: the same distribution, but one vectorised
+    ``rand_like`` instead of ATen's CPU ``bernoulli_``, which costs more than a (B*L, 512) x
+    (512, 128) matmul and dominated the Self-ATT feed-forward's time on CPU."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p >= 1.0:
+            return x * 0.0
+        keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # 1/(1-p) w.p. 1-p, else 0
+        return x * keep
+
+
+class SelfATT(nn.TransformerEncoderLayer):
+    """Self-ATT: a post-norm transformer encoder layer (batch first) with a leaner forward.
+
+    Same parameters (and ``state_dict`` keys) and the same equations as
+    :class:`torch.nn.TransformerEncoderLayer` (post-norm, ``activation`` between the
+    feed-forward linears):
+        h = LayerNorm1(x + Dropout(MHA(x)));  out = LayerNorm2(h + Dropout(W2 Dropout(GELU(W1 h)))),
+    but the multi-head attention is one packed QKV projection, head views and one
+    ``F.scaled_dot_product_attention`` call with a boolean key mask, instead of
+    ``nn.MultiheadAttention``'s sequence-first transposes, contiguous copies and additive
+    float mask (which cost more than the attention itself on CPU in training, where PyTorch's
+    fused inference path does not apply). Other call patterns (``src_mask``, causal,
+    pre-norm) fall back to the parent's forward.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        p = self.dropout.p
+        self.dropout, self.dropout1, self.dropout2 = Dropout(p), Dropout(p), Dropout(p)
+
+    def forward(self, src: Tensor, src_mask: Optional[Tensor] = None,
+                src_key_padding_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        mha = self.self_attn
+        if (src_mask is not None or is_causal or self.norm_first or not mha.batch_first
+                or not mha._qkv_same_embed_dim or mha.in_proj_bias is None or mha.bias_k is not None):
+            return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+        b, length, d = src.shape
+        h = mha.num_heads
+        qkv = F.linear(src, mha.in_proj_weight, mha.in_proj_bias)          # (B, L, 3d)
+        q, k, v = qkv.view(b, length, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, L, d/h)
+        keep = None
+        if src_key_padding_mask is not None:
+            keep = (~src_key_padding_mask.bool()).view(b, 1, 1, length)    # (B, 1, 1, L), True = attend
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                             dropout_p=mha.dropout if self.training else 0.0)  # (B, h, L, d/h)
+        att = mha.out_proj(att.transpose(1, 2).reshape(b, length, d))      # (B, L, d)
+        x = self.norm1(src + self.dropout1(att))
+        ff = self.linear2(self.dropout(self.activation(self.linear1(x))))  # (B, L, d)
+        return self.norm2(x + self.dropout2(ff))
+
+
 def _self_att_layer(cfg: MMSSConfig) -> nn.TransformerEncoderLayer:
     """Self-ATT: one post-norm transformer encoder layer (d, n_heads, GELU)."""
-    layer = nn.TransformerEncoderLayer(cfg.d, cfg.n_heads, dim_feedforward=cfg.ff_dim, dropout=cfg.dropout,
-                                       activation="gelu", batch_first=True)
+    layer = SelfATT(cfg.d, cfg.n_heads, dim_feedforward=cfg.ff_dim, dropout=cfg.dropout,
+                    activation="gelu", batch_first=True)
     layer.self_attn.dropout = cfg.attn_dropout  # attention-weight dropout, separate from the residual dropout
     return layer
 

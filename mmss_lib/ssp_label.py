@@ -62,6 +62,8 @@ as numpy arrays for plots; ``state_dict`` / ``load_state_dict`` resume exactly.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -71,6 +73,9 @@ from torch import Tensor
 from mmss_lib.errors import CheckpointError, TrainingError
 
 _STATE_VERSION = 1
+# Banks whose float32 size would exceed this are kept in float16 by default (bank_dtype=None).
+AUTO_FLOAT16_BYTES = 64 * 2**20
+_FLOAT16_MAX = 65504.0
 
 
 def pseudo_label_estimate(y_g: Tensor, chi_s: Tensor, chi_g: Tensor, *, alpha1: float = 1.0,
@@ -103,12 +108,21 @@ class SSPLabel:
     ``y_g`` (N,) are the human labels; ``dims`` maps "g" and each subtask to the size of its
     representation. See the module docstring for the reading of each equation. Lives on the CPU;
     features given to :meth:`update` may be on any device.
+
+    Memory: the banks (N x d per task) are the only large state. ``bank_dtype=None`` keeps them in
+    float32 while that takes at most :data:`AUTO_FLOAT16_BYTES` (64 MiB) and in float16 beyond
+    (the running sums are always float64 over the values *as stored*, so the statistics stay
+    consistent with the banks; a feature beyond float16's range is refused). ``bank_dir``: keep
+    the banks in memory-mapped files ``bank_{task}.bin`` in that folder (created; existing files
+    are overwritten) instead of anonymous memory, like the memory-mapped feature stores: the
+    kernel can write them back and drop them under memory pressure. :meth:`close` removes them.
     """
 
     def __init__(self, n_samples: int, y_g: Tensor, dims: dict[str, int], *, alpha1: float = 1.0,
                  alpha2: float = 1.0, pivot: float = 1.5, shrinkage: float = 0.05, ridge: float = 1e-6,
                  eps: float = 1e-6, label_range: tuple[float, float] = (0.0, 4.0),
-                 bank_dtype: torch.dtype = torch.float32, max_history: Optional[int] = None):
+                 bank_dtype: Optional[torch.dtype] = None, max_history: Optional[int] = None,
+                 bank_dir: Optional[str | os.PathLike] = None):
         y_g = torch.as_tensor(y_g).detach().to("cpu", torch.float64).reshape(-1)
         if int(n_samples) != y_g.shape[0]:
             raise TrainingError(f"SSPLabel: n_samples={n_samples} but y_g has {y_g.shape[0]} labels")
@@ -131,7 +145,12 @@ class SSPLabel:
         self.y_g = y_g
         self.epoch = 0                       # last closed epoch; update() runs in epoch + 1
         self.seen = torch.zeros(n, dtype=torch.bool)
-        self.bank = {k: torch.zeros(n, d, dtype=bank_dtype) for k, d in self.dims.items()}
+        if bank_dtype is None:
+            f32_bytes = 4 * n * sum(self.dims.values())
+            bank_dtype = torch.float32 if f32_bytes <= AUTO_FLOAT16_BYTES else torch.float16
+        self.bank_dtype = bank_dtype
+        self.bank_dir = Path(bank_dir) if bank_dir is not None else None
+        self.bank = {k: self._new_bank(k, n, d) for k, d in self.dims.items()}
         self.weight = {k: torch.zeros(n, dtype=torch.float64) for k in self.tasks}      # w_k(i) of Eq. 17
         self.y_prev = {s: y_g.clone() for s in self.subtasks}    # y_s^(i-1): label at the end of the last epoch
         self.y_cur = {s: y_g.clone() for s in self.subtasks}     # y_s^(i): current label
@@ -139,6 +158,30 @@ class SSPLabel:
         self.chi = {k: torch.full((n,), float("nan"), dtype=torch.float64) for k in self.tasks}
         self._zero_sums()
         self.history: list[dict[str, np.ndarray]] = []
+
+    def _new_bank(self, task: str, n: int, d: int) -> Tensor:
+        """A zeroed (n, d) bank: anonymous memory, or a memory-mapped file in ``bank_dir``."""
+        if self.bank_dir is None:
+            return torch.zeros(n, d, dtype=self.bank_dtype)
+        self.bank_dir.mkdir(parents=True, exist_ok=True)
+        np_dtype = torch.empty(0, dtype=self.bank_dtype).numpy().dtype
+        mm = np.memmap(self.bank_dir / f"bank_{task}.bin", dtype=np_dtype, mode="w+", shape=(max(n, 1), d))
+        return torch.from_numpy(mm)[:n]                              # (n, d), zeros (fresh file)
+
+    def close(self) -> None:
+        """Drop memory-mapped bank files (``bank_dir``); the object is unusable afterwards."""
+        if self.bank_dir is None:
+            return
+        self.bank = {}
+        for k in self.dims:
+            try:
+                (self.bank_dir / f"bank_{k}.bin").unlink()
+            except FileNotFoundError:
+                pass
+        try:
+            self.bank_dir.rmdir()
+        except OSError:
+            pass
 
     # ---------------------------------------------------------------- running statistics
     def _zero_sums(self) -> None:
@@ -231,6 +274,9 @@ class SSPLabel:
                                     f"expected ({idx.numel()}, {self.dims[k]})")
             if not torch.isfinite(f).all():
                 raise TrainingError(f"SSPLabel.update: features[{k!r}] contain NaN or inf (epoch {epoch})")
+            if self.bank_dtype == torch.float16 and f.numel() and float(f.abs().max()) > _FLOAT16_MAX:
+                raise TrainingError(f"SSPLabel.update: features[{k!r}] exceed the float16 range of the banks "
+                                    f"(max |f| {float(f.abs().max()):.4g}); pass bank_dtype=torch.float32")
             feats[k] = f
         if idx.numel() == 0:
             return
@@ -350,7 +396,12 @@ class SSPLabel:
             self.label_range = tuple(opts["label_range"])
             self.epoch, self.count = int(state["epoch"]), int(state["count"])
             self.y_g, self.seen = state["y_g"].clone(), state["seen"].clone()
-            for name in ("bank", "weight", "y_prev", "y_cur", "chi", "sum_w", "sum_wf", "sum_f", "sum_ff"):
+            for k, v in state["bank"].items():
+                if k in self.bank and self.bank[k].shape == v.shape:
+                    self.bank[k].copy_(v)                            # keeps dtype and memory mapping
+                else:
+                    self.bank[k] = v.clone()
+            for name in ("weight", "y_prev", "y_cur", "chi", "sum_w", "sum_wf", "sum_f", "sum_ff"):
                 setattr(self, name, {k: v.clone() for k, v in state[name].items()})
             self.estimate_bank = {k: v.clone() for k, v in state["estimate"].items()}
             self.history = [{k: v.numpy().copy() for k, v in r.items()} for r in state["history"]]
