@@ -262,7 +262,10 @@ def train_step(model, optimizer, split, collate, pairs: np.ndarray, cfg: TrainCo
     if l_aux is not None:
         loss = loss + l_aux
     l_sub = None
-    if ssp is not None:
+    # Eq. 12: y_s = y_g in epoch 1, so every weight tanh(|y_s - y_g|) of Eq. 14 is 0 and the
+    # subtask losses vanish; only Eq. 15's log-variance terms would remain and push the learned
+    # log sigma^2 down for nothing. The subtask objective therefore starts in epoch 2.
+    if ssp is not None and epoch > 1:
         t0 = time.perf_counter()
         labels = ssp.labels(batch.index)
         if timings is not None:
@@ -578,39 +581,67 @@ def _normalise_systems(systems) -> list[tuple[str, str, dict]]:
 
 def run_experiment(*, data_root, dataset: str, categories: Sequence[str], features_root, runs_root,
                    systems, seeds: Sequence[int] = (0, 1, 2, 3, 4), base_config: TrainConfig | None = None,
-                   progress: bool = True):
+                   progress: bool = True, n_jobs: int = 1):
     """Train every (category, system/variant, seed) and return tidy test results (pandas).
 
     ``systems``: names (variant "full", ``base_config.model_options``) or ``(system, variant,
     options)`` triples whose options update the base options (e.g. MM-SS variants of
     ``mmss_lib.model.ABLATIONS``). Finished runs are skipped, interrupted ones resumed.
-    Columns: dataset, category, system, variant, seed, MAP, NDCG@3, NDCG@5, MRR (test split),
-    dev_MAP, best_epoch, epochs_run, sec_per_epoch, run_dir.
+    ``n_jobs`` > 1 trains that many runs at once in worker processes (one torch thread each
+    unless ``base_config.num_threads`` says otherwise): the models are small, so on a CPU several
+    single-threaded runs use the cores better than one multi-threaded run. Every run is seeded
+    by its own config, so the results do not depend on ``n_jobs`` beyond float rounding of
+    the thread count. Columns: dataset, category, system, variant, seed, MAP, NDCG@3, NDCG@5,
+    MRR (test split), dev_MAP, best_epoch, epochs_run, sec_per_epoch, run_dir.
     """
     import pandas as pd
 
     base = base_config or TrainConfig()
-    rows = []
     specs = _normalise_systems(systems)
+    jobs = []
     for category in categories:
-        splits = None
         for system, variant, options in specs:
             for seed in seeds:
                 cfg = replace(base, system=system, variant=variant,
                               model_options={**base.model_options, **options}, seed=int(seed))
                 rd = run_dir_for(runs_root, dataset, category, system, variant, seed)
-                if splits is None and not _finished(rd, cfg, dataset, category):
-                    splits = load_splits(data_root, dataset, category, features_root, base)
-                if progress:
-                    print(f"[train] {dataset}/{category} {run_name(system, variant)} seed {seed}", flush=True)
-                m = train_run(cfg, data_root=data_root, dataset=dataset, category=category,
-                              features_root=features_root, run_dir=rd, progress=progress, splits=splits)
-                rows.append({"dataset": dataset, "category": category, "system": system, "variant": variant,
-                             "seed": int(seed), **{k: m["test"][k] for k in METRIC_NAMES},
-                             "dev_MAP": m["dev"]["MAP"], "best_epoch": m["best_epoch"],
-                             "epochs_run": m["epochs_run"], "sec_per_epoch": m["sec_per_epoch"],
-                             "run_dir": str(rd)})
+                jobs.append((category, cfg, rd))
+    common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
+    if n_jobs > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        if base.num_threads is None:
+            jobs = [(c, replace(cfg, num_threads=1), rd) for c, cfg, rd in jobs]
+        with ProcessPoolExecutor(max_workers=int(n_jobs), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_experiment_job, c, cfg, str(rd), common) for c, cfg, rd in jobs]
+            metrics = [f.result() for f in futures]
+    else:
+        metrics, splits, last_category = [], None, None
+        for category, cfg, rd in jobs:
+            if category != last_category:
+                splits, last_category = None, category
+            if splits is None and not _finished(rd, cfg, dataset, category):
+                splits = load_splits(data_root, dataset, category, features_root, base)
+            metrics.append(_experiment_job(category, cfg, str(rd), common, splits=splits))
+    rows = []
+    for (category, cfg, rd), m in zip(jobs, metrics):
+        rows.append({"dataset": dataset, "category": category, "system": cfg.system, "variant": cfg.variant,
+                     "seed": int(cfg.seed), **{k: m["test"][k] for k in METRIC_NAMES},
+                     "dev_MAP": m["dev"]["MAP"], "best_epoch": m["best_epoch"],
+                     "epochs_run": m["epochs_run"], "sec_per_epoch": m["sec_per_epoch"],
+                     "run_dir": str(rd)})
     return pd.DataFrame(rows)
+
+
+def _experiment_job(category: str, cfg: TrainConfig, run_dir: str, common: dict, splits=None) -> dict:
+    """One run of :func:`run_experiment` (a top-level function so worker processes can import it)."""
+    if common["progress"]:
+        print(f"[train] {common['dataset']}/{category} {run_name(cfg.system, cfg.variant)} seed {cfg.seed}",
+              flush=True)
+    return train_run(cfg, data_root=common["data_root"], dataset=common["dataset"], category=category,
+                     features_root=common["features_root"], run_dir=Path(run_dir),
+                     progress=common["progress"], splits=splits)
 
 
 def _finished(run_dir: Path, cfg: TrainConfig, dataset: str, category: str) -> bool:

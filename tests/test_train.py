@@ -194,3 +194,53 @@ def test_config_roundtrip_and_validation():
     with pytest.raises(Exception, match="pair_scheme"):
         T.TrainConfig(pair_scheme="bogus")
     assert T.run_name("mmss", "full") == "mmss" and T.run_name("mmss", "wo_b") == "mmss__wo_b"
+
+
+def _demo_with_random_stores(root):
+    """A tiny demo dataset on disk (no images) and random-feature stores for all of its items."""
+    from mmss_lib.data import load_mrhp
+    from mmss_lib.demo import make_demo
+    from mmss_lib.features.store import feature_dirs
+
+    make_demo(root / "data", n_products=8, categories=("home",), images=False)
+    rng = np.random.default_rng(0)
+    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
+    for split in T.SPLITS:
+        products, reviews = load_mrhp(root / "data", "demo", "home", split)
+        for side, ids in (("prd", products["product_id"]), ("rvw", reviews["review_id"])):
+            for i in ids:
+                items[f"text_{side}"][i] = {"x": rng.normal(size=(4, DT))}
+                k = int(rng.integers(0, 3))
+                items[f"region_{side}"][i] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                                              "image": np.zeros(k, np.int32)}
+    for kind, path in feature_dirs(root / "features", "demo", "home").items():
+        write_store(path, items[kind], kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
+
+
+def test_run_experiment_parallel_jobs_match_sequential(tmp_path):
+    """n_jobs=2 (spawned worker processes) gives the same results as one process."""
+    _demo_with_random_stores(tmp_path)
+    base = cfg(epochs=2, num_threads=1, model_options={})
+    kw = dict(data_root=tmp_path / "data", dataset="demo", categories=["home"],
+              features_root=tmp_path / "features", systems=[("mmss", "full", TINY), "egcnn"], seeds=(0, 1),
+              base_config=base, progress=False)
+    seq = T.run_experiment(runs_root=tmp_path / "seq", **kw)
+    par = T.run_experiment(runs_root=tmp_path / "par", n_jobs=2, **kw)
+    assert len(seq) == len(par) == 4
+    cols = ["system", "seed", "MAP", "NDCG@3", "NDCG@5", "dev_MAP", "best_epoch"]
+    pd.testing.assert_frame_equal(seq[cols], par[cols])
+
+
+def test_subtask_objective_starts_in_epoch_two(splits, tmp_path):
+    """Eq. 12/14: in epoch 1 all subtask weights are 0, so the learned log-variances of Eq. 15
+    must not move (no loss term drives them); from epoch 2 on they do."""
+    import torch
+
+    def log_vars(run_dir):
+        state = torch.load(run_dir / "last.pt", weights_only=False)["model"]
+        return torch.cat([v.flatten() for k, v in state.items() if k.startswith("uncertainty.")])
+
+    fit(cfg(epochs=1), splits, tmp_path / "one")
+    assert torch.count_nonzero(log_vars(tmp_path / "one")) == 0
+    fit(cfg(epochs=3), splits, tmp_path / "three")
+    assert torch.count_nonzero(log_vars(tmp_path / "three")) > 0
