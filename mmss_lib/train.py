@@ -77,7 +77,7 @@ class TrainConfig:
     threshold: Optional[float] = None    # relevance threshold of the metrics (None: data.default_threshold)
     ssp_alpha1: float = 1.0              # SSP-Label alpha1 (Eq. 19)
     ssp_alpha2: float = 1.0              # SSP-Label alpha2 (Eq. 20)
-    ssp_pivot: float = 1.5               # SSP-Label anchor pivot (Eq. 17 reading; 0.5 suits Lazada)
+    ssp_pivot: Optional[float] = None    # SSP-Label anchor pivot (Eq. 17 reading); None: threshold + 0.5 (1.5 Amazon, 0.5 Lazada)
     fine_tune_text: bool = False         # fine-tune the text encoder end to end (MM-SS only; tokenises raw text)
     text_model: Optional[str] = None     # HF name or local folder of that encoder
     eval_test: bool = True               # also evaluate the test split every epoch (for the history)
@@ -415,7 +415,7 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
     if subtasks:
         from mmss_lib.ssp_label import SSPLabel
         ssp = SSPLabel(train.n, torch.as_tensor(train.labels, dtype=torch.float32), model.feature_dims(),
-                       alpha1=cfg.ssp_alpha1, alpha2=cfg.ssp_alpha2, pivot=cfg.ssp_pivot, max_history=1,
+                       alpha1=cfg.ssp_alpha1, alpha2=cfg.ssp_alpha2, pivot=cfg.ssp_pivot if cfg.ssp_pivot is not None else threshold + 0.5, max_history=1,
                        bank_dir=_ssp_bank_dir(run_dir, train.n, model.feature_dims()))
 
     state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
