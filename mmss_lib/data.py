@@ -188,6 +188,13 @@ def _read_column_json(path: Path, required: Iterable[str]) -> tuple[list[str], d
     return keys, {c: [obj[c][k] for k in keys] for c in cols}
 
 
+def _claim_id(seen: dict, item_id: str, path, row: str, field: str) -> None:
+    """Record ``item_id`` as read at ``row``; a second occurrence is a DataError naming both rows."""
+    if item_id in seen:
+        raise DataError(f"{path}: duplicate {field} {item_id!r} in rows {seen[item_id]} and {row}")
+    seen[item_id] = row
+
+
 def _as_id(value: Any, path: Path, row: str, field: str) -> str:
     if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()):
         raise DataError(f"{path}: row {row}, field {field!r}: expected an id (string or integer), got {value!r}")
@@ -312,9 +319,7 @@ def load_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str, 
     seen: dict[str, str] = {}
     for i, row in enumerate(p_rows):
         pid = _as_id(p["product_id"][i], p_path, row, "product_id")
-        if pid in seen:
-            raise DataError(f"{p_path}: duplicate product_id {pid!r} in rows {seen[pid]} and {row}")
-        seen[pid] = row
+        _claim_id(seen, pid, p_path, row, "product_id")
         name = p["name"][i]
         if name is None:
             name = ""
@@ -348,9 +353,7 @@ def load_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str, 
     seen_r: dict[str, str] = {}
     for i, row in enumerate(r_rows):
         rid = _as_id(r["review_id"][i], r_path, row, "review_id")
-        if rid in seen_r:
-            raise DataError(f"{r_path}: duplicate review_id {rid!r} in rows {seen_r[rid]} and {row}")
-        seen_r[rid] = row
+        _claim_id(seen_r, rid, r_path, row, "review_id")
         pid = _as_id(r["product_id"][i], r_path, row, "product_id")
         if pid not in seen:
             raise DataError(f"{r_path}: row {row}, review {rid!r}: product_id {pid!r} is not in {p_path.name}")
