@@ -1,8 +1,10 @@
-"""The systems the harness trains: MM-SS and the eight comparison systems of Tables 1-2.
+"""The systems the harness runs: two floors, MM-SS and the eight comparison systems of Tables 1-2.
 
 Each entry names the class implementing it (imported on use). Every class takes keyword-only
 ``text_dim`` and ``region_dim`` (input feature sizes from the store) plus its own options with
-defaults, and maps a :class:`mmss_lib.batch.Batch` to a :class:`mmss_lib.batch.ModelOutput`.
+defaults. Trained systems map a :class:`mmss_lib.batch.Batch` to a
+:class:`mmss_lib.batch.ModelOutput`; the floors (kind ``"floor"``: ``random``, ``length``, see
+:mod:`mmss_lib.floors`) need no training and score reviews directly (``needs_training = False``).
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from dataclasses import dataclass
 class SystemInfo:
     name: str         # key used in configs and tables
     display: str      # row label in the paper's tables
-    kind: str         # "text-only" | "multimodal"
+    kind: str         # "floor" | "text-only" | "multimodal"
     target: str       # "module:Class"
 
 
 SYSTEMS: dict[str, SystemInfo] = {s.name: s for s in [
+    SystemInfo("random", "Random", "floor", "mmss_lib.floors:RandomFloor"),
+    SystemInfo("length", "Length", "floor", "mmss_lib.floors:LengthFloor"),
     SystemInfo("bimpm", "BiMPM", "text-only", "mmss_lib.baselines.bimpm:BiMPM"),
     SystemInfo("egcnn", "EG-CNN", "text-only", "mmss_lib.baselines.egcnn:EGCNN"),
     SystemInfo("convknrm", "Conv-KNRM", "text-only", "mmss_lib.baselines.convknrm:ConvKNRM"),
@@ -30,7 +34,13 @@ SYSTEMS: dict[str, SystemInfo] = {s.name: s for s in [
     SystemInfo("mmss", "MM-SS (Ours)", "multimodal", "mmss_lib.model:MMSS"),
 ]}
 
-BASELINES = [n for n in SYSTEMS if n != "mmss"]
+FLOORS = [n for n, s in SYSTEMS.items() if s.kind == "floor"]
+BASELINES = [n for n, s in SYSTEMS.items() if n != "mmss" and s.kind != "floor"]
+
+
+def is_floor(name: str) -> bool:
+    """Whether ``name`` is a floor (no training; :func:`mmss_lib.floors.run_floor` runs it)."""
+    return name in SYSTEMS and SYSTEMS[name].kind == "floor"
 
 
 def system_class(name: str):

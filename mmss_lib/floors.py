@@ -1,0 +1,324 @@
+"""Floors: two rankings that need no training, run and reported like every trained system.
+
+A floor tells a reader whether a trained system beats a trivial ranking. Both run through the
+run-folder contract of the trainer (``{runs_root}/{dataset}/{category}/{system}/seed{n}/`` with
+``config.json``, ``history.json`` (empty: no epochs), ``scores_{dev,test}.csv``, ``metrics.json``),
+so ``run_experiment``, the comparison tables, the significance tests and the cross-validation
+treat them like any system (:func:`run_floor` is what ``train_run`` calls for them).
+
+- ``random`` — the *expected* metrics of a uniformly random ranking of each product's reviews,
+  computed exactly (no sampling, hence deterministic and the same for every seed). For a product
+  with n reviews of which R are relevant (label > threshold):
+
+  * AP. A relevant review sits at position p (uniform on 1..n); the other R - 1 relevant reviews
+    fill the other n - 1 positions uniformly, so (p - 1)(R - 1)/(n - 1) of them lie above it on
+    average, and its precision has expectation
+    (1/n) sum_p [1 + (p - 1)(R - 1)/(n - 1)] / p = (1/n) [H_n + (R - 1)/(n - 1) (n - H_n)]
+    with H_n the n-th harmonic number (n = 1: AP = 1). AP is the mean over the R relevant
+    reviews, each with this expectation; 0 when R = 0 (the protocol's convention).
+  * NDCG@k. Each position holds each review with probability 1/n, so
+    E[DCG@k] = mean gain * sum_{i < min(k, n)} 1/log2(2 + i) with gain 2^label - 1 for a relevant
+    review and 0 otherwise; the ideal DCG does not depend on the order, so
+    E[NDCG@k] = E[DCG@k] / IDCG@k (0 when IDCG@k = 0).
+  * RR. The first relevant review is at position r with probability C(n - r, R - 1) / C(n, R),
+    r = 1..n - R + 1; E[RR] = sum_r P(r) / r.
+
+  The per-product expected values are what enter the per-product tables and the paired tests
+  (:func:`per_product_for_run`); ``scores_{split}.csv`` holds one seeded random ranking (a
+  realisation, for anything that needs scores), and ``metrics.json`` the expected metrics.
+- ``length`` — reviews ranked by the length of their text in characters (the ``text`` field of
+  :func:`mmss_lib.data.load_mrhp`), longest first; equal lengths keep the file order (the
+  protocol's stable ties). Its per-product metrics are those of :func:`per_product_metrics` on
+  these scores.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmss_lib.errors import DataError
+from mmss_lib.metrics import DEFAULT_KS, _as_1d, _numeric, per_product_metrics
+
+FLOORS = ("random", "length")
+METRIC_NAMES = ("MAP", "NDCG@3", "NDCG@5", "MRR")
+PER_PRODUCT_TO_METRIC = {"AP": "MAP", "NDCG@3": "NDCG@3", "NDCG@5": "NDCG@5", "RR": "MRR"}
+SPLITS = ("train", "dev", "test")
+
+
+def is_floor(system: str) -> bool:
+    return system in FLOORS
+
+
+# --------------------------------------------------------------------------------------------
+# the random floor: exact expectations
+# --------------------------------------------------------------------------------------------
+
+def _expected_ap(n: int, r: int) -> float:
+    if r == 0:
+        return 0.0
+    if n == 1:
+        return 1.0
+    h = float(np.sum(1.0 / np.arange(1, n + 1)))
+    return (h + (r - 1) / (n - 1) * (n - h)) / n
+
+
+def _expected_rr(n: int, r: int) -> float:
+    if r == 0:
+        return 0.0
+    # P(first relevant at position p) = C(n - p, r - 1) / C(n, r), p = 1..n - r + 1, built as
+    # P(1) = r / n and P(p + 1) = P(p) * (n - p - r + 1) / (n - p)
+    m = n - r + 1
+    p = np.arange(1, m + 1, dtype=np.float64)
+    ratios = np.ones(m)
+    ratios[1:] = (n - p[:-1] - r + 1) / (n - p[:-1])
+    probs = (r / n) * np.cumprod(ratios)
+    return float(np.sum(probs / p))
+
+
+def expected_random_per_product(product_ids, labels, *, threshold: float = 1,
+                                ks: Sequence[int] = DEFAULT_KS):
+    """Per-product expected AP, NDCG@k and RR of a uniformly random ranking (exact; see the module
+    docstring), in the layout of :func:`mmss_lib.metrics.per_product_metrics`: one row per product
+    in first-appearance order with ``product_id, n_reviews, AP, NDCG@k..., RR``."""
+    import pandas as pd
+
+    if threshold is None or not np.isfinite(float(threshold)):
+        raise ValueError(f"random floor: threshold must be a finite number, got {threshold!r}")
+    ks = tuple(int(k) for k in ks)
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"random floor: ks must be positive cut-offs, got {ks}")
+    pid = _as_1d(product_ids, "product_ids")
+    lab = _numeric(_as_1d(labels, "labels"), "labels")
+    if len(pid) != len(lab):
+        raise DataError(f"random floor: product_ids and labels must have the same length, got "
+                        f"{len(pid)} and {len(lab)}")
+    codes, uniques = pd.factorize(pid, sort=False)
+    g = len(uniques)
+    th = float(threshold)
+    rows = {"product_id": np.asarray(uniques), "n_reviews": np.bincount(codes, minlength=g).astype(np.int64),
+            "AP": np.zeros(g), **{f"NDCG@{k}": np.zeros(g) for k in ks}, "RR": np.zeros(g)}
+    order = np.argsort(codes, kind="stable")
+    bounds = np.r_[0, np.cumsum(rows["n_reviews"])]
+    for j in range(g):
+        y = lab[order[bounds[j]:bounds[j + 1]]]
+        n = len(y)
+        rel = y > th
+        r = int(rel.sum())
+        rows["AP"][j] = _expected_ap(n, r)
+        rows["RR"][j] = _expected_rr(n, r)
+        gain = np.where(rel, np.exp2(y) - 1.0, 0.0)
+        ideal = np.sort(gain)[::-1]
+        for k in ks:
+            disc = 1.0 / np.log2(np.arange(min(k, n)) + 2.0)
+            idcg = float(np.sum(ideal[:len(disc)] * disc))
+            rows[f"NDCG@{k}"][j] = float(gain.mean() * disc.sum()) / idcg if idcg > 0 else 0.0
+    return pd.DataFrame(rows)
+
+
+def length_scores(texts) -> np.ndarray:
+    """Text length in characters per review (float64), the ``length`` floor's score."""
+    return np.asarray([len(t) if isinstance(t, str) else 0 for t in texts], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# the floors as system classes (mmss_lib.systems registry)
+# --------------------------------------------------------------------------------------------
+
+class _Floor:
+    """A system that needs no training: :meth:`score` ranks reviews, :meth:`per_product` gives the
+    per-product metrics that enter tables and tests. ``text_dim`` / ``region_dim`` are accepted
+    (the registry's constructor contract) and ignored."""
+
+    name = ""
+    needs_training = False
+
+    def __init__(self, *, text_dim: int | None = None, region_dim: int | None = None, **options: Any):
+        if options:
+            raise DataError(f"floor {self.name!r} takes no options, got {sorted(options)}")
+
+    def score(self, *, review_ids, product_ids, texts, seed: int = 0) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def per_product(self, product_ids, labels, scores, *, threshold: float):
+        return per_product_metrics(product_ids, labels, scores, threshold=threshold)
+
+
+class RandomFloor(_Floor):
+    """``random``: expected metrics of a uniformly random ranking (exact)."""
+
+    name = "random"
+
+    def score(self, *, review_ids, product_ids, texts=None, seed: int = 0) -> np.ndarray:
+        """One random ranking (i.i.d. uniform scores from a generator seeded by ``seed``): a
+        realisation written to ``scores_{split}.csv``; the metrics are the expectations."""
+        return np.random.default_rng(int(seed)).random(len(review_ids))
+
+    def per_product(self, product_ids, labels, scores=None, *, threshold: float):
+        return expected_random_per_product(product_ids, labels, threshold=threshold)
+
+
+class LengthFloor(_Floor):
+    """``length``: reviews ranked by text length in characters, stable ties."""
+
+    name = "length"
+
+    def score(self, *, review_ids, product_ids, texts, seed: int = 0) -> np.ndarray:
+        if texts is None:
+            raise DataError("length floor: the review texts are needed")
+        return length_scores(texts)
+
+
+def floor_system(name: str) -> _Floor:
+    if name == "random":
+        return RandomFloor()
+    if name == "length":
+        return LengthFloor()
+    raise KeyError(f"unknown floor {name!r}; known: {', '.join(FLOORS)}")
+
+
+def summary_metrics(per_product) -> dict[str, float]:
+    """MAP, NDCG@3, NDCG@5, MRR: unweighted means of per-product values over all products."""
+    out = {}
+    for col, name in PER_PRODUCT_TO_METRIC.items():
+        v = per_product[col].to_numpy(dtype=np.float64)
+        out[name] = float(v.mean()) if v.size else float("nan")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# per-product metrics of any run folder
+# --------------------------------------------------------------------------------------------
+
+def per_product_for_run(run_dir, split: str = "test", threshold: float | None = None):
+    """Per-product metrics (layout of :func:`mmss_lib.metrics.per_product_metrics`, a
+    ``product_id`` column) of the run in ``run_dir`` on ``split``: from ``scores_{split}.csv``,
+    and for the ``random`` floor the exact expectations from its labels. The threshold defaults to
+    the one recorded in the run's ``metrics.json``. Use this, not ``per_product_metrics`` on the
+    scores file, wherever runs of any system are read."""
+    import pandas as pd
+
+    rd = Path(run_dir)
+    path = rd / f"scores_{split}.csv"
+    if not path.exists():
+        raise DataError(f"{path}: no scores for this run; train it first")
+    df = pd.read_csv(path, dtype={"review_id": str, "product_id": str})
+    for col in ("product_id", "label", "score"):
+        if col not in df.columns:
+            raise DataError(f"{path}: column {col!r} missing; expected review_id, product_id, label, score")
+    th = threshold
+    if th is None:
+        mp = rd / "metrics.json"
+        if not mp.exists():
+            raise DataError(f"{mp}: missing; it records the run's relevance threshold (or pass threshold=)")
+        th = json.loads(mp.read_text(encoding="utf-8"))["threshold"]
+    system = None
+    cp = rd / "config.json"
+    if cp.exists():
+        system = json.loads(cp.read_text(encoding="utf-8")).get("config", {}).get("system")
+    if system == "random":
+        return expected_random_per_product(df["product_id"].to_numpy(), df["label"].to_numpy(), threshold=th)
+    return per_product_metrics(df["product_id"].to_numpy(), df["label"].to_numpy(), df["score"].to_numpy(),
+                               threshold=th)
+
+
+# --------------------------------------------------------------------------------------------
+# one floor run (the trainer's "no training" path)
+# --------------------------------------------------------------------------------------------
+
+class _Split:
+    """review_ids, product_ids, labels (+ texts) of one split."""
+
+    def __init__(self, review_ids, product_ids, labels, texts=None):
+        self.review_ids = np.asarray(review_ids, dtype=object)
+        self.product_ids = np.asarray(product_ids, dtype=object)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.texts = None if texts is None else np.asarray(texts, dtype=object)
+        self.n = len(self.review_ids)
+
+
+def _splits_from_disk(data_root, dataset: str, category: str) -> dict[str, _Split]:
+    from mmss_lib.data import load_mrhp
+
+    out = {}
+    for s in SPLITS:
+        _, rv = load_mrhp(data_root, dataset, category, s)
+        out[s] = _Split(rv["review_id"].astype(str), rv["product_id"].astype(str), rv["label"], rv["text"])
+    return out
+
+
+def _adopt_splits(splits: dict, data_root, dataset: str, category: str, need_texts: bool) -> dict[str, _Split]:
+    """Splits handed in by the caller (e.g. cross-validation folds, as
+    :class:`~mmss_lib.loader.MRHPSplitData`): their ids and labels, the texts looked up by review id
+    in the dataset files when the split objects do not carry them."""
+    lookup = None
+    out = {}
+    for s in SPLITS:
+        sp = splits[s]
+        texts = getattr(sp, "review_texts", None)
+        if texts is None:
+            texts = getattr(sp, "texts", None)
+        if texts is None and need_texts:
+            if lookup is None:
+                lookup = {}
+                for d in _splits_from_disk(data_root, dataset, category).values():
+                    lookup.update(zip(d.review_ids, d.texts))
+            missing = [r for r in sp.review_ids if r not in lookup]
+            if missing:
+                raise DataError(f"{dataset}/{category}: review(s) {missing[:3]} of the {s} split are not in the "
+                                f"dataset files under {data_root}; the length floor needs their texts")
+            texts = [lookup[r] for r in sp.review_ids]
+        out[s] = _Split(sp.review_ids, sp.product_ids, sp.labels, texts)
+    return out
+
+
+def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold: float,
+              run_info: dict | None = None, splits: dict | None = None) -> dict:
+    """Score dev and test with floor ``cfg.system`` into ``run_dir`` (the trainer's run-folder
+    contract, without checkpoints) and return the metrics.json content.
+
+    ``cfg`` is the :class:`~mmss_lib.train.TrainConfig` of the run (recorded in config.json; its
+    ``seed`` seeds the random floor's written realisation). ``splits``: optional already-made
+    ``{"train", "dev", "test"}`` split objects (``review_ids``, ``product_ids``, ``labels``), e.g.
+    cross-validation folds; by default the dataset files under ``data_root``. A finished run
+    with the same configuration is returned as is.
+    """
+    from mmss_lib.utils import atomic_path, atomic_write_json
+
+    t0 = time.perf_counter()
+    system = floor_system(cfg.system)
+    run_dir = Path(run_dir)
+    run_info = dict(run_info or {"dataset": dataset, "category": category})
+    record = {"config": cfg.to_json(), "run": run_info, "threshold": float(threshold)}
+    cfg_path, metrics_path = run_dir / "config.json", run_dir / "metrics.json"
+    if metrics_path.exists() and cfg_path.exists():
+        old = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if old.get("config") == record["config"] and old.get("run", {}) == record["run"]:
+            return json.loads(metrics_path.read_text(encoding="utf-8"))
+    need_texts = cfg.system == "length"
+    data = (_adopt_splits(splits, data_root, dataset, category, need_texts) if splits is not None
+            else _splits_from_disk(data_root, dataset, category))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg_path, {**record, "features": {}, "floor": True})
+    atomic_write_json(run_dir / "history.json", [])
+    import pandas as pd
+
+    result: dict[str, Any] = {}
+    for s in ("dev", "test"):
+        sp = data[s]
+        scores = system.score(review_ids=sp.review_ids, product_ids=sp.product_ids, texts=sp.texts,
+                              seed=int(cfg.seed) * 2 + (s == "test"))
+        df = pd.DataFrame({"review_id": sp.review_ids, "product_id": sp.product_ids, "label": sp.labels,
+                           "score": scores})
+        with atomic_path(run_dir / f"scores_{s}.csv") as tmp:
+            df.to_csv(tmp, index=False)
+        result[s] = summary_metrics(system.per_product(sp.product_ids, sp.labels, scores, threshold=threshold))
+    seconds = time.perf_counter() - t0
+    metrics = {"best_epoch": 0, "dev": result["dev"], "test": result["test"], "epochs_run": 0,
+               "stopped_early": False, "seconds": seconds, "sec_per_epoch": 0.0, "train_sec_per_epoch": 0.0,
+               "threshold": float(threshold), "n_train": int(data["train"].n), "floor": cfg.system}
+    atomic_write_json(metrics_path, metrics)
+    return metrics

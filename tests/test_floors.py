@@ -1,0 +1,161 @@
+"""mmss_lib.floors: the random floor's exact expectations, the length floor, floor run folders."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmss_lib.errors import DataError
+from mmss_lib.floors import (LengthFloor, RandomFloor, expected_random_per_product, length_scores,
+                             per_product_for_run, run_floor)
+from mmss_lib.metrics import per_product_metrics, product_metrics_reference
+from mmss_lib.systems import BASELINES, FLOORS, SYSTEMS, build_system, is_floor
+
+
+def brute_force_expectation(labels, threshold):
+    """Mean of the reference metrics over every permutation of one product's reviews."""
+    perms = list(itertools.permutations(range(len(labels))))
+    acc = None
+    for perm in perms:
+        scores = np.empty(len(labels))
+        scores[list(perm)] = -np.arange(len(labels), dtype=float)   # review perm[i] at rank i
+        m = product_metrics_reference(labels, scores, threshold=threshold)
+        acc = m if acc is None else {k: acc[k] + m[k] for k in acc}
+    return {k: v / len(perms) for k, v in acc.items()}
+
+
+@pytest.mark.parametrize("labels,threshold", [
+    ([3, 0, 2, 1, 4], 1), ([0, 0, 1], 1), ([4], 1), ([2], 1), ([1, 1, 1, 0], 0),
+    ([2, 2, 2, 2, 0, 0], 1), ([4, 3, 2, 1, 0, 0, 2], 1), ([0, 4], 1)])
+def test_expected_random_equals_mean_over_all_permutations(labels, threshold):
+    pp = expected_random_per_product(["p"] * len(labels), labels, threshold=threshold)
+    want = brute_force_expectation(labels, threshold)
+    row = pp.iloc[0]
+    assert row["n_reviews"] == len(labels)
+    for k in ("AP", "NDCG@3", "NDCG@5", "RR"):
+        assert row[k] == pytest.approx(want[k], abs=1e-12), k
+
+
+def test_expected_random_layout_and_monte_carlo():
+    rng = np.random.default_rng(0)
+    pids = np.repeat([f"p{i}" for i in range(40)], rng.integers(1, 30, size=40))
+    labels = rng.integers(0, 5, size=len(pids))
+    pp = expected_random_per_product(pids, labels, threshold=1)
+    ref = per_product_metrics(pids, labels, np.zeros(len(pids)), threshold=1)
+    assert list(pp.columns) == list(ref.columns)
+    assert list(pp["product_id"]) == list(ref["product_id"])
+    assert (pp["n_reviews"].to_numpy() == ref["n_reviews"].to_numpy()).all()
+    # many random rankings converge to the expectation (3 standard errors)
+    draws = [per_product_metrics(pids, labels, rng.random(len(pids)), threshold=1)["AP"].mean() for _ in range(400)]
+    assert abs(np.mean(draws) - pp["AP"].mean()) < 3 * np.std(draws) / np.sqrt(len(draws))
+    with pytest.raises(DataError, match="same length"):
+        expected_random_per_product(["a", "b"], [1], threshold=1)
+
+
+def test_length_floor_ranks_by_characters_with_stable_ties():
+    texts = ["abc", "a", "abcdef", "xyz", None]
+    assert length_scores(texts).tolist() == [3.0, 1.0, 6.0, 3.0, 0.0]
+    s = LengthFloor().score(review_ids=list("abcde"), product_ids=["p"] * 5, texts=texts)
+    pp = LengthFloor().per_product(["p"] * 5, [0, 4, 3, 2, 0], s, threshold=1)
+    # ranking: "abcdef"(3), "abc"(0), "xyz"(2) (tie: file order), "a"(4), None(0)
+    assert pp["AP"].iloc[0] == pytest.approx(product_metrics_reference([3, 0, 2, 4, 0], [5, 4, 3, 2, 1])["AP"])
+
+
+def test_registry():
+    assert FLOORS == ["random", "length"] and all(SYSTEMS[f].kind == "floor" for f in FLOORS)
+    assert "random" not in BASELINES and "mmss" not in BASELINES and "bimpm" in BASELINES
+    assert is_floor("length") and not is_floor("mmss") and not is_floor("nope")
+    f = build_system("random", text_dim=8, region_dim=4)
+    assert isinstance(f, RandomFloor) and f.needs_training is False
+    with pytest.raises(DataError, match="no options"):
+        build_system("length", text_dim=8, d=3)
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    from mmss_lib.demo import make_demo
+
+    root = tmp_path_factory.mktemp("floors_data")
+    make_demo(root, n_products=12, seed=0, categories=("home",), images=False)
+    return root
+
+
+def _cfg(system, seed=0):
+    from mmss_lib.train import TrainConfig
+
+    return TrainConfig(system=system, seed=seed)
+
+
+def test_run_floor_writes_the_run_folder_contract(demo_root, tmp_path):
+    from mmss_lib.data import load_mrhp
+
+    rd = tmp_path / "runs" / "demo" / "home" / "length" / "seed0"
+    m = run_floor(_cfg("length"), data_root=demo_root, dataset="demo", category="home", run_dir=rd, threshold=1.0)
+    for f in ("config.json", "history.json", "metrics.json", "scores_dev.csv", "scores_test.csv"):
+        assert (rd / f).exists(), f
+    assert json.loads((rd / "config.json").read_text())["config"]["system"] == "length"
+    assert json.loads((rd / "history.json").read_text()) == []
+    _, rv = load_mrhp(demo_root, "demo", "home", "test")
+    sc = pd.read_csv(rd / "scores_test.csv", dtype={"review_id": str, "product_id": str})
+    assert list(sc["review_id"]) == list(rv["review_id"])
+    assert sc["score"].tolist() == [float(len(t)) for t in rv["text"]]
+    pp = per_product_for_run(rd)
+    assert m["test"]["MAP"] == pytest.approx(pp["AP"].mean())
+    assert m["test"]["NDCG@5"] == pytest.approx(pp["NDCG@5"].mean())
+    assert m["threshold"] == 1.0 and m["epochs_run"] == 0
+    # finished run with the same configuration: skipped (files untouched)
+    stamp = (rd / "metrics.json").stat().st_mtime_ns
+    assert run_floor(_cfg("length"), data_root=demo_root, dataset="demo", category="home", run_dir=rd,
+                     threshold=1.0) == m
+    assert (rd / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_run_random_floor_is_exact_and_seed_independent(demo_root, tmp_path):
+    ms, scores = [], []
+    for seed in (0, 1):
+        rd = tmp_path / f"seed{seed}"
+        ms.append(run_floor(_cfg("random", seed), data_root=demo_root, dataset="demo", category="home",
+                            run_dir=rd, threshold=1.0))
+        scores.append(pd.read_csv(rd / "scores_test.csv")["score"].to_numpy())
+        pp = per_product_for_run(rd)
+        sc = pd.read_csv(rd / "scores_test.csv", dtype={"product_id": str})
+        want = expected_random_per_product(sc["product_id"], sc["label"], threshold=1.0)
+        assert np.allclose(pp["AP"], want["AP"]) and ms[-1]["test"]["MAP"] == pytest.approx(want["AP"].mean())
+        # per_product_for_run gives the expectation, not the metrics of the written realisation
+        real = per_product_metrics(sc["product_id"], sc["label"], sc["score"], threshold=1.0)
+        assert not np.allclose(pp["AP"], real["AP"])
+    assert ms[0]["test"] == ms[1]["test"] and ms[0]["dev"] == ms[1]["dev"]
+    assert not np.array_equal(scores[0], scores[1])              # realisations differ by seed
+    # a threshold override recomputes the expectation
+    assert not np.allclose(per_product_for_run(tmp_path / "seed0", threshold=0.0)["AP"], pp["AP"])
+
+
+def test_run_floor_with_given_splits_looks_up_texts(demo_root, tmp_path):
+    from mmss_lib.data import load_mrhp
+
+    class Split:  # what a cross-validation fold hands in: ids and labels, no texts
+        def __init__(self, rv):
+            self.review_ids = rv["review_id"].to_numpy()
+            self.product_ids = rv["product_id"].to_numpy()
+            self.labels = rv["label"].to_numpy()
+            self.n = len(rv)
+
+    frames = {s: load_mrhp(demo_root, "demo", "home", s)[1] for s in ("train", "dev", "test")}
+    # a fold: test = the original train split, train = the original test split
+    splits = {"train": Split(frames["test"]), "dev": Split(frames["dev"]), "test": Split(frames["train"])}
+    rd = tmp_path / "fold"
+    m = run_floor(_cfg("length"), data_root=demo_root, dataset="demo", category="home", run_dir=rd,
+                  threshold=1.0, splits=splits, run_info={"dataset": "demo", "category": "home", "fold": 0})
+    sc = pd.read_csv(rd / "scores_test.csv", dtype={"review_id": str})
+    assert list(sc["review_id"]) == list(frames["train"]["review_id"])
+    assert sc["score"].tolist() == [float(len(t)) for t in frames["train"]["text"]]
+    assert m["n_train"] == len(frames["test"])
+    bad = dict(splits)
+    frames_bad = frames["test"].assign(review_id="nope")
+    bad["test"] = Split(frames_bad)
+    with pytest.raises(DataError, match="not in the dataset files"):
+        run_floor(_cfg("length"), data_root=demo_root, dataset="demo", category="home", run_dir=tmp_path / "bad",
+                  threshold=1.0, splits=bad)
