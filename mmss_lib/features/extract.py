@@ -128,7 +128,8 @@ def extract_category(data_root, dataset: str, category: str, features_root, *, t
                     "allow_random_weights": bool(allow_random_weights), "min_size": detector_min_size,
                     "max_size": detector_max_size, "options": region_opts,
                     "ids": _ids_digest(ids), "n_items": len(ids)}
-            dim = 2048
+            from mmss_lib.features.regions import region_dim
+            dim = region_dim(region_opts.get("region_backbone", "c5"))
         path = dirs[name]
         entry = {"path": str(path), "items": len(ids), "shards_written": 0, "shards_skipped": 0}
         if not overwrite and FeatureStoreWriter.is_finished(path, kind=kind, dim=dim, shard_size=shard_size, plan=plan):

