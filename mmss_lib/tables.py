@@ -5,11 +5,20 @@ columns ``dataset, category, system, variant, seed, MAP, NDCG@3, NDCG@5`` with t
 fractions in [0, 1] (a ``split`` column, when present, is filtered to ``"test"``). Tables show
 metrics x100 like the paper.
 
-- :func:`comparison_table` — Tables 1/2: rows = systems grouped by Type (Text-only, then
+- :func:`comparison_table` — Tables 1/2: rows = systems grouped by Type (Floor, Text-only, then
   Multimodal) in the paper's order (:data:`mmss_lib.systems.SYSTEMS`), columns = (category,
   metric) with MAP, N@3, N@5 as the mean over seeds (``with_std=True``: ``"69.5 ± 0.3"``,
-  sample std over seeds). A "∗" follows MM-SS's value where ``significance`` says it beats
-  the best other system with p < 0.01 (see :func:`significance_markers`).
+  sample std over seeds). With ``per_product`` (the per-product test metrics of every run) each
+  mean carries its 95% bootstrap interval over the test products, ``"69.5 [67.1, 71.8]"``
+  (:func:`product_intervals`), and every system its markers against the best other system
+  (:func:`significance_vs_best`): "∗" significantly better, "†" significantly worse (paired test
+  on the per-product values, p < 0.01). Without it, a "∗" follows MM-SS's value where
+  ``significance`` says it beats the best other system with p < 0.01 (see
+  :func:`significance_markers`).
+- :func:`significance_vs_best` — for every system of a category, the paired test against the
+  best *other* system (highest mean MAP over seeds; for the best system that is the runner-up),
+  floors included; :func:`comparison_note` writes the legend (interval, test, products,
+  and which region-feature weights the runs used).
 - :func:`significance_markers` — paired tests (:func:`mmss_lib.metrics.paired_test`) between
   MM-SS and the best other system of each category over the per-product metrics of the test
   products, each product's metric first averaged over seeds. The paper does not say which
@@ -38,8 +47,9 @@ METRICS = ("MAP", "NDCG@3", "NDCG@5")
 METRIC_LABELS = {"MAP": "MAP", "NDCG@3": "N@3", "NDCG@5": "N@5"}
 PER_PRODUCT_COLUMN = {"MAP": "AP", "NDCG@3": "NDCG@3", "NDCG@5": "NDCG@5", "MRR": "RR"}
 CATEGORY_LABELS = {"clothing": "CS&J", "electronics": "Elec.", "home": "H&K"}
-TYPE_LABELS = {"text-only": "Text-only", "multimodal": "Multimodal"}
-MARKER = "∗"
+TYPE_LABELS = {"floor": "Floor", "text-only": "Text-only", "multimodal": "Multimodal"}
+MARKER = "∗"          # significantly better than the best other system
+WORSE_MARKER = "†"    # significantly worse than the best other system
 MISSING = "-"
 FULL = "full"
 
@@ -85,13 +95,17 @@ def _ordered(values: Sequence[str], preferred: Sequence[str]) -> list[str]:
     return [p for p in preferred if p in present] + [v for v in present if v not in preferred]
 
 
-def format_cell(mean: float, std: Optional[float] = None, *, decimals: int = 1, marker: str = "") -> str:
-    """``"69.5"``, ``"69.5∗"`` or ``"69.5 ± 0.3"`` from values already in table units (x100)."""
+def format_cell(mean: float, std: Optional[float] = None, *, decimals: int = 1, marker: str = "",
+                interval: Optional[tuple[float, float]] = None) -> str:
+    """``"69.5"``, ``"69.5∗"``, ``"69.5 ± 0.3"`` or ``"69.5∗ [67.1, 71.8]"`` from values already in
+    table units (x100)."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return MISSING
     s = f"{mean:.{decimals}f}{marker}"
     if std is not None:
         s += f" ± {(0.0 if math.isnan(std) else std):.{decimals}f}"
+    if interval is not None:
+        s += f" [{interval[0]:.{decimals}f}, {interval[1]:.{decimals}f}]"
     return s
 
 
@@ -123,18 +137,29 @@ def _is_significant(v: Any, alpha: float) -> bool:
 
 def comparison_table(results, dataset: str, *, significance: Optional[Mapping] = None,
                      with_std: bool = False, decimals: int = 1, alpha: float = 0.01,
-                     ours: str = "mmss", categories: Optional[Sequence[str]] = None):
+                     ours: str = "mmss", categories: Optional[Sequence[str]] = None,
+                     per_product=None, with_interval: Optional[bool] = None, level: float = 0.95,
+                     n_boot: int = 2000, test: str = "t"):
     """Tables 1/2 layout for one dataset (test split, full models only).
 
     Rows: MultiIndex (Type, Method) — systems of :data:`mmss_lib.systems.SYSTEMS` in its
-    order (the paper's), grouped Text-only then Multimodal, display names as in the paper;
-    systems not in the registry follow under Type "Other". Columns: MultiIndex (category,
-    metric) with categories shown as CS&J / Elec. / H&K in that order and metrics MAP, N@3,
-    N@5. Cells are strings: mean over seeds x100 with ``decimals`` decimals
-    (``with_std``: ``"mean ± std"``), ``"-"`` where a system has no run.
+    order, grouped Floor (``random``, ``length``), Text-only, then Multimodal (the paper's
+    order), display names as in the paper; systems not in the registry follow under Type
+    "Other". Columns: MultiIndex (category, metric) with categories shown as CS&J / Elec. / H&K
+    in that order and metrics MAP, N@3, N@5. Cells are strings: mean over seeds x100 with
+    ``decimals`` decimals (``with_std``: ``"mean ± std"``), ``"-"`` where a system has no run.
 
-    ``significance``: ``{category: {metric: v}}`` with ``v`` a bool, a p-value, or a dict
-    from :func:`significance_markers`; ``MARKER`` ("∗") is appended to the ``ours`` row where it
+    ``per_product``: the per-product test metrics of the runs (columns ``category, system,
+    product_id, AP, NDCG@3, NDCG@5``, and ``seed``, ``dataset``, ``variant`` where present; see
+    :func:`significance_vs_best`). With it, each cell carries the ``level`` bootstrap interval
+    of the mean over products (``with_interval``, default on: ``"69.5 [67.1, 71.8]"``), and,
+    unless ``significance`` is given, every system is tested against the best other system of its
+    category (:func:`significance_vs_best`, ``test`` "t" or "wilcoxon"): ``MARKER`` ("∗") where
+    it is significantly better (p < ``alpha``), ``WORSE_MARKER`` ("†") where significantly worse.
+
+    ``significance``: either that per-system form ``{category: {system: {metric: dict}}}``, or
+    the paper's ``{category: {metric: v}}`` with ``v`` a bool, a p-value, or a dict from
+    :func:`significance_markers`; then ``MARKER`` is appended to the ``ours`` row only, where it
     is significant (p < ``alpha`` and a positive mean difference).
     """
     import pandas as pd
@@ -151,6 +176,17 @@ def comparison_table(results, dataset: str, *, significance: Optional[Mapping] =
     cats = list(categories) if categories is not None else _ordered(df["category"].tolist(), list(CATEGORY_LABELS))
     systems = _ordered(df["system"].tolist(), list(SYSTEMS))
     mean, std, _ = _seed_stats(df, ["system", "category"], METRICS)
+    if with_interval is None:
+        with_interval = per_product is not None
+    intervals = {}
+    if with_interval:
+        if per_product is None:
+            raise DataError(f"{what}: intervals need the per-product test metrics (per_product=)")
+        intervals = product_intervals(per_product, dataset=dataset, level=level, n_boot=n_boot)
+    if significance is None and per_product is not None:
+        significance = significance_vs_best(per_product, results=results, dataset=dataset, alpha=alpha,
+                                            test=test)
+    per_system = _per_system_form(significance)
 
     def kind(s: str) -> str:
         return TYPE_LABELS.get(SYSTEMS[s].kind, SYSTEMS[s].kind) if s in SYSTEMS else "Other"
@@ -170,9 +206,16 @@ def comparison_table(results, dataset: str, *, significance: Optional[Mapping] =
                 if (s, c) not in mean.index:
                     row.append(MISSING)
                     continue
-                mark = MARKER if s == ours and _is_significant(sig.get(c, {}).get(m), alpha) else ""
+                if per_system:
+                    v = sig.get(c, {}).get(s, {}).get(m) or {}
+                    mark = MARKER if v.get("better") else WORSE_MARKER if v.get("worse") else ""
+                else:
+                    mark = MARKER if s == ours and _is_significant(sig.get(c, {}).get(m), alpha) else ""
                 sd = 100.0 * std.loc[(s, c), m] if with_std else None
-                row.append(format_cell(100.0 * mean.loc[(s, c), m], sd, decimals=decimals, marker=mark))
+                iv = intervals.get((c, s), {}).get(m)
+                iv = (100.0 * iv[0], 100.0 * iv[1]) if iv is not None else None
+                row.append(format_cell(100.0 * mean.loc[(s, c), m], sd, decimals=decimals, marker=mark,
+                                       interval=iv))
         cells.append(row)
     return pd.DataFrame(cells, index=rows, columns=cols)
 
@@ -254,6 +297,150 @@ def significance_markers(per_product_scores, *, results=None, dataset: Optional[
             out[cat][m] = {**r, "best": rival, "p": p,
                            "significant": bool(p == p and p < alpha and r["mean_diff"] > 0)}
     return out
+
+
+def _per_system_form(sig: Optional[Mapping]) -> bool:
+    """Whether ``sig`` is ``{category: {system: {metric: ...}}}`` (not ``{category: {metric: v}}``)."""
+    if not sig:
+        return False
+    for per_cat in sig.values():
+        if isinstance(per_cat, Mapping) and per_cat:
+            return not set(per_cat) <= set(METRICS) | {"MRR"}
+    return False
+
+
+def per_product_means(per_product, *, dataset: Optional[str] = None, metrics: Sequence[str] = METRICS):
+    """Each product's metric averaged over seeds, per (category, system): a frame indexed by
+    (category, system, product_id) with the per-product columns of ``metrics`` (AP, NDCG@3,
+    NDCG@5). Rows of other datasets (when ``dataset`` is given and a ``dataset`` column exists),
+    of ablation variants, and of a non-test ``split`` are dropped."""
+    what = "per-product metrics"
+    cols = [PER_PRODUCT_COLUMN.get(m, m) for m in metrics]
+    _require(per_product, ["category", "system", "product_id", *cols], what)
+    df = per_product
+    if "split" in df.columns:
+        df = df[df["split"].astype(str) == "test"]
+    if dataset is not None and "dataset" in df.columns:
+        df = df[df["dataset"].astype(str) == str(dataset)]
+    if "variant" in df.columns:
+        df = df[_variant(df) == FULL]
+    df = df.assign(category=df["category"].astype(str), system=df["system"].astype(str),
+                   product_id=df["product_id"].astype(str))
+    return df.groupby(["category", "system", "product_id"], sort=False)[cols].mean()
+
+
+def product_intervals(per_product, *, dataset: Optional[str] = None, metrics: Sequence[str] = METRICS,
+                      level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[tuple[str, str], dict]:
+    """``{(category, system): {metric: (lo, hi)}}``: the percentile bootstrap interval
+    (:func:`mmss_lib.metrics.bootstrap_interval`, resampling products) of the mean over products
+    of each product's metric averaged over seeds — the interval of the table's mean (as
+    fractions, like the metrics)."""
+    from mmss_lib.metrics import bootstrap_interval
+
+    pooled = per_product_means(per_product, dataset=dataset, metrics=metrics)
+    out: dict[tuple[str, str], dict] = {}
+    for (cat, system), g in pooled.groupby(level=[0, 1], sort=False):
+        out[(str(cat), str(system))] = {
+            m: tuple(float(x) for x in bootstrap_interval(g[PER_PRODUCT_COLUMN.get(m, m)].to_numpy(),
+                                                          n_boot=n_boot, level=level, seed=seed))
+            for m in metrics}
+    return out
+
+
+def significance_vs_best(per_product_scores, *, results=None, dataset: Optional[str] = None,
+                         metrics: Sequence[str] = METRICS, alpha: float = 0.01, test: str = "t",
+                         select_by: str = "MAP") -> dict[str, dict[str, dict[str, dict]]]:
+    """Every system against the best *other* system of its category, per metric.
+
+    "Best" = highest mean ``select_by`` over seeds in ``results`` (test split, full models), or,
+    without ``results``, over products in ``per_product_scores``; the best system's rival is
+    the runner-up. Floors take part like any system. Per-product values are averaged over seeds
+    first (:func:`per_product_means`), then the two systems are paired on their common test
+    products with :func:`mmss_lib.metrics.paired_test` (``test`` "t": paired t-test, "wilcoxon":
+    signed-rank); a rival evaluated on other products is an error.
+
+    Returns ``{category: {system: {metric: {**paired_test(...), "rival": system, "p": p,
+    "better": p < alpha and mean_diff > 0, "worse": p < alpha and mean_diff < 0}}}}``.
+    """
+    from mmss_lib.metrics import paired_test
+
+    if test not in ("t", "wilcoxon"):
+        raise ValueError(f"significance_vs_best: test must be 't' or 'wilcoxon', got {test!r}")
+    pooled = per_product_means(per_product_scores, dataset=dataset, metrics=metrics)
+    sel = PER_PRODUCT_COLUMN.get(select_by, select_by)
+    out: dict[str, dict[str, dict[str, dict]]] = {}
+    for cat in dict.fromkeys(pooled.index.get_level_values(0)):
+        sub = pooled.loc[cat]
+        present = list(dict.fromkeys(sub.index.get_level_values("system")))
+        if len(present) < 2:
+            continue
+        if results is not None:
+            what = "significance vs best"
+            _require(results, ["category", "system", select_by], what)
+            df = _test_rows(results, dataset, what)
+            df = df[(_variant(df) == FULL) & (df["category"].astype(str) == cat)]
+            score = df.groupby(df["system"].astype(str))[select_by].mean().to_dict()
+        else:
+            score = {}
+        score = {s: score.get(s, float(sub.loc[s, sel].mean())) for s in present}
+        ranked = sorted(present, key=lambda s: -score[s])
+        out[cat] = {}
+        for s in present:
+            rival = ranked[1] if s == ranked[0] else ranked[0]
+            a, b = sub.loc[s], sub.loc[rival]
+            out[cat][s] = {}
+            for m in metrics:
+                col = PER_PRODUCT_COLUMN.get(m, m)
+                r = paired_test(a[col], b[col])
+                p = r["t_p"] if test == "t" else r["wilcoxon_p"]
+                sig = bool(p == p and p < alpha)
+                out[cat][s][m] = {**r, "rival": rival, "p": p, "better": sig and r["mean_diff"] > 0,
+                                  "worse": sig and r["mean_diff"] < 0}
+    return out
+
+
+def region_weights_note(features_root, dataset: str, categories: Sequence[str]) -> str:
+    """What the region features of ``dataset`` were computed with, from the stores' manifests:
+    e.g. ``"region features: random-weight Faster R-CNN boxes, mobilenet_v2 torchvision
+    IMAGENET1K_V1 (ImageNet) features"``; ``""`` when no region store is found."""
+    import json
+
+    seen = []
+    for cat in categories:
+        path = Path(features_root) / dataset / cat / "region_rvw" / "manifest.json"
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text(encoding="utf-8"))
+        det = "random-weight Faster R-CNN" if m.get("random_weights") else f"Faster R-CNN ({m.get('detector_weights')})"
+        bb = m.get("region_backbone") or {"name": "c5"}
+        if bb.get("name", "c5") == "c5":
+            text = f"{det} boxes and C5 features" + (" (random weights: no pretrained image features)"
+                                                      if m.get("random_weights") else "")
+        else:
+            text = f"{det} boxes, {bb['name']} {bb.get('weights', '')} features".rstrip()
+        if text not in seen:
+            seen.append(text)
+    return ("region features: " + "; ".join(seen)) if seen else ""
+
+
+def comparison_note(per_product=None, *, dataset: Optional[str] = None, alpha: float = 0.01, level: float = 0.95,
+                    test: str = "t", region_note: str = "") -> str:
+    """The legend printed under a comparison table: cell format, interval, test and markers, the
+    number of test products per category and (``region_note``) the region-feature weights."""
+    parts = ["Cells: mean over seeds x100"]
+    if per_product is not None:
+        pooled = per_product_means(per_product, dataset=dataset)
+        n = {c: len(set(g.index.get_level_values("product_id")))
+             for c, g in pooled.groupby(level=0, sort=False)}
+        parts[0] += (f" [{round(100 * level)}% percentile bootstrap interval of the mean over test products]; "
+                     f"{MARKER} / {WORSE_MARKER}: significantly better / worse than the best other system of the "
+                     f"category ({'paired t-test' if test == 't' else 'Wilcoxon signed-rank test'} on per-product "
+                     f"values averaged over seeds, p < {alpha:g}); Floor: rankings without training (Random: "
+                     f"expected value of a uniformly random ranking; Length: longest review first). Test products: "
+                     + ", ".join(f"{CATEGORY_LABELS.get(c, c)} {k}" for c, k in n.items()))
+    if region_note:
+        parts.append(region_note)
+    return ". ".join(parts) + "."
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,8 +537,9 @@ def to_markdown(df, *, decimals: Optional[int] = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_table(df, path_stem: str | Path, *, decimals: Optional[int] = None) -> tuple[Path, Path]:
-    """Write ``{path_stem}.csv`` and ``{path_stem}.md`` atomically; return both paths."""
+def save_table(df, path_stem: str | Path, *, decimals: Optional[int] = None, note: str = "") -> tuple[Path, Path]:
+    """Write ``{path_stem}.csv`` and ``{path_stem}.md`` atomically (``note``: a legend paragraph
+    under the Markdown table); return both paths."""
     from mmss_lib.utils import atomic_path
 
     stem = Path(path_stem)
@@ -359,5 +547,5 @@ def save_table(df, path_stem: str | Path, *, decimals: Optional[int] = None) -> 
     with atomic_path(csv_path) as tmp:
         df.to_csv(tmp, encoding="utf-8")
     with atomic_path(md_path) as tmp:
-        tmp.write_text(to_markdown(df, decimals=decimals), encoding="utf-8")
+        tmp.write_text(to_markdown(df, decimals=decimals) + (f"\n{note}\n" if note else ""), encoding="utf-8")
     return csv_path, md_path

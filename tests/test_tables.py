@@ -7,9 +7,12 @@ import pytest
 
 from mmss_lib.errors import DataError
 from mmss_lib.metrics import paired_test
-from mmss_lib.systems import SYSTEMS
-from mmss_lib.tables import (MARKER, ablation_table, best_other_systems, comparison_table,
-                             save_table, significance_markers, to_markdown)
+from mmss_lib.systems import SYSTEMS, is_floor
+
+TRAINED = [n for n in SYSTEMS if not is_floor(n)]    # the paper's nine systems
+from mmss_lib.tables import (MARKER, ablation_table, best_other_systems, comparison_note, comparison_table,
+                             region_weights_note, save_table, significance_markers, significance_vs_best,
+                             to_markdown)
 
 CATS = ["home", "clothing", "electronics"]     # deliberately not the paper's order
 
@@ -18,7 +21,7 @@ def make_results():
     """Every system x category x 3 seeds on amazon; MAP = base + 0.01 * seed, N@3 = MAP - 0.1,
     N@5 = MAP - 0.05, base increasing along SYSTEMS so MM-SS is best and MCL second."""
     rows = []
-    for si, name in enumerate(SYSTEMS):
+    for si, name in enumerate(TRAINED):
         for ci, cat in enumerate(CATS):
             for seed in range(3):
                 base = 0.40 + 0.03 * si + 0.001 * ci
@@ -207,3 +210,94 @@ def test_save_table_writes_csv_and_markdown(tmp_path):
     csv2, _ = save_table(c, tmp_path / "table2")
     back2 = pd.read_csv(csv2, header=[0, 1], index_col=[0, 1])
     assert back2.loc[("Multimodal", "MM-SS (Ours)"), ("H&K", "MAP")] == pytest.approx(65.0)
+
+
+# ------------------------------------------------------------------ floors, intervals, markers (issue 10)
+
+def floor_frames(n=80, seeds=2):
+    """Per-product AP (= NDCG@3 = NDCG@5) of random < length < bimpm < mmss on n clothing products
+    (gaps 0.1, small noise), and the matching results frame (per-seed means)."""
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 0.6, n)
+    rows = []
+    for seed in range(seeds):
+        for name, shift in [("random", 0.0), ("length", 0.1), ("bimpm", 0.2), ("mmss", 0.3)]:
+            v = base + shift + rng.normal(0, 0.03, n)
+            rows.append(pd.DataFrame({"dataset": "demo", "category": "clothing", "system": name, "seed": seed,
+                                      "product_id": [f"p{i}" for i in range(n)], "AP": v, "NDCG@3": v,
+                                      "NDCG@5": v}))
+    pp = pd.concat(rows, ignore_index=True)
+    res = (pp.groupby(["dataset", "category", "system", "seed"], sort=False)[["AP", "NDCG@3", "NDCG@5"]].mean()
+           .reset_index().rename(columns={"AP": "MAP"}))
+    return pp, res
+
+
+def _cell(text):
+    """'65.0∗ [63.1, 66.9]' -> (65.0, '∗', 63.1, 66.9)."""
+    head, iv = text.split(" [")
+    lo, hi = (float(x) for x in iv.rstrip("]").split(", "))
+    mark = head.lstrip("0123456789.-")
+    return float(head[:len(head) - len(mark)]), mark, lo, hi
+
+
+def test_comparison_with_floors_intervals_and_markers():
+    from mmss_lib.metrics import bootstrap_interval
+    from mmss_lib.tables import WORSE_MARKER
+
+    pp, res = floor_frames()
+    t = comparison_table(res, "demo", per_product=pp)
+    assert list(t.index) == [("Floor", "Random"), ("Floor", "Length"), ("Text-only", "BiMPM"),
+                             ("Multimodal", "MM-SS (Ours)")]
+    mean, mark, lo, hi = _cell(t.loc[("Multimodal", "MM-SS (Ours)"), ("CS&J", "MAP")])
+    seed_avg = pp[pp.system == "mmss"].groupby("product_id")["AP"].mean().to_numpy()
+    want = bootstrap_interval(seed_avg, n_boot=2000, level=0.95, seed=0)
+    assert (lo, hi) == (round(100 * want[0], 1), round(100 * want[1], 1))
+    assert lo < mean < hi and mean == round(100 * seed_avg.mean(), 1)
+    assert mark == MARKER                                   # beats the runner-up BiMPM
+    for name in [("Floor", "Random"), ("Floor", "Length"), ("Text-only", "BiMPM")]:
+        assert _cell(t.loc[name, ("CS&J", "N@5")])[1] == WORSE_MARKER   # all below MM-SS
+    plain = comparison_table(res, "demo", per_product=pp, with_interval=False)
+    assert plain.loc[("Multimodal", "MM-SS (Ours)"), ("CS&J", "MAP")] == f"{mean:.1f}{MARKER}"
+    with pytest.raises(DataError, match="per_product"):
+        comparison_table(res, "demo", with_interval=True)
+
+
+def test_significance_vs_best_rivals_and_ties():
+    pp, res = floor_frames()
+    sig = significance_vs_best(pp, results=res, dataset="demo")["clothing"]
+    assert sig["mmss"]["MAP"]["rival"] == "bimpm"
+    assert {sig[s]["MAP"]["rival"] for s in ("random", "length", "bimpm")} == {"mmss"}
+    pooled = pp.groupby(["system", "product_id"])["AP"].mean()
+    want = paired_test(pooled.loc["length"], pooled.loc["mmss"])
+    assert sig["length"]["MAP"]["p"] == pytest.approx(want["t_p"])
+    assert sig["length"]["MAP"]["worse"] and not sig["length"]["MAP"]["better"]
+    # two indistinguishable top systems: no marker on either
+    tie = pp.copy()
+    top = tie.system == "bimpm"
+    tie.loc[top, "AP"] = tie.loc[tie.system == "mmss", "AP"].to_numpy() + np.random.default_rng(5).normal(0, 0.03, top.sum())
+    s2 = significance_vs_best(tie)["clothing"]
+    assert not s2["mmss"]["MAP"]["better"] and not s2["mmss"]["MAP"]["worse"]
+    assert s2["random"]["MAP"]["worse"]
+    # a rival on other products is refused
+    bad = pp[~((pp.system == "bimpm") & (pp.product_id == "p0"))]
+    with pytest.raises(DataError, match="different products"):
+        significance_vs_best(bad)
+
+
+def test_comparison_note_and_region_weights(tmp_path):
+    import json
+
+    pp, _ = floor_frames(n=30)
+    d = tmp_path / "demo" / "clothing" / "region_rvw"
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text(json.dumps({"random_weights": True, "region_backbone": {
+        "name": "mobilenet_v2", "weights": "torchvision IMAGENET1K_V1 (ImageNet)"}}))
+    note_r = region_weights_note(tmp_path, "demo", ["clothing", "home"])
+    assert note_r == ("region features: random-weight Faster R-CNN boxes, mobilenet_v2 torchvision "
+                      "IMAGENET1K_V1 (ImageNet) features")
+    note = comparison_note(pp, dataset="demo", region_note=note_r)
+    assert "Test products: CS&J 30" in note and "95% percentile bootstrap" in note and note_r in note
+    assert region_weights_note(tmp_path, "demo", ["home"]) == ""
+    stem = tmp_path / "t"
+    save_table(pd.DataFrame({"a": [1]}), stem, note=note)
+    assert (tmp_path / "t.md").read_text().rstrip().endswith(note)
