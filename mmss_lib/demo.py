@@ -31,6 +31,22 @@ Generative process (per category, all draws from one ``numpy`` generator seeded 
    + N(0, 0.45^2)``, binned by fixed cut points into 0..4. No single cue decides the label
    (each shifts ``s`` by at most 1.1 of a range of about 3.5) and labels spread within a product.
 
+Latent cues. Next to each split the generator writes the cues it drew,
+``{root}/demo/{category}/{category}.cues.{split}``, in the layout of the other MRHP files (pandas
+``DataFrame.to_json()``, default column orientation, the rvw file's row index), with columns
+``review_id, match, detail, has_images, agree, img_match`` (0/1; ``detail`` 0..3; ``agree`` and
+``img_match`` NaN for a review without images). No model, loader or extractor reads them; they
+are the ground truth for analyses (e.g. :mod:`mmss_lib.ssp_analysis`). Which MM-SS interaction
+(Sec. 4.2) each cue feeds, by construction of the text and images:
+
+- ``match`` -> ptrt (product text-review text) and pvrt (product image-review text): the review
+  text names the product's colour and object or another kind's;
+- ``img_match`` -> pvrv (product image-review image) and ptrv (product text-review image): the
+  review images show the product's kind or not;
+- ``agree`` -> rtrv (review text-review image): the review images show the kind the text names;
+- ``detail`` -> the review text alone (informative sentences; no interaction of its own);
+- ``has_images`` -> whether the image cues exist at all (+0.6 agree + 0.6 img_match - 0.3).
+
 The demo's relevance threshold is 1 (:func:`mmss_lib.data.default_threshold`), as for Amazon.
 Same seed -> byte-identical files (PNG written without timestamps or metadata).
 """
@@ -46,7 +62,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from mmss_lib.data import CATEGORIES, SPLITS, image_dir, split_by_product, write_mrhp
+from mmss_lib.data import CATEGORIES, SPLITS, image_dir, split_by_product, split_file, write_mrhp
 from mmss_lib.errors import DataError
 from mmss_lib.utils import atomic_path, atomic_write_json
 
@@ -253,13 +269,46 @@ def _category(out_root: Path, category: str, cat_index: int, n_products: int, se
         write_mrhp(out_root, DATASET, category, split, ps.drop(columns="_kind"),
                    rs[["review_id", "product_id", "title", "text", "label", "img_urls", "time"]])
         report[split] = {"products": int(len(ps)), "reviews": int(len(rs))}
+        # The latent cues drawn per review (never read by a model; for analyses and tests).
+        cues = rs[["review_id"]].copy()
+        cues["match"] = rs["match"].astype("int64")
+        cues["detail"] = rs["detail"].astype("int64")
+        has_img = rs["img_urls"].map(len) > 0
+        cues["has_images"] = has_img.astype("int64")
+        for cue in ("agree", "img_match"):             # no images: no image cue (NaN)
+            cues[cue] = rs[cue].astype("float64").where(has_img)
+        with atomic_path(split_file(out_root, DATASET, category, "cues", split)) as tmp:
+            cues.to_json(tmp)  # the MRHP layout: default orient="columns", the rvw file's row index
     report["labels"] = {int(k): int(v) for k, v in sorted(rvw["label"].value_counts().items())}
     report["reviews_with_image_urls"] = int((rvw["img_urls"].map(len) > 0).sum())
     report["images_written"] = len(img_jobs) if images else 0
-    # Latent cues per review (for analyses and tests; not part of the MRHP format).
-    with atomic_path(out_root / DATASET / category / "latent.csv") as tmp:
-        rvw[["review_id", "product_id", "label", "match", "detail", "agree", "img_match"]].to_csv(tmp, index=False)
     return report
+
+
+CUE_COLUMNS = ("review_id", "match", "detail", "has_images", "agree", "img_match")
+# interaction (subtask) -> the planted cue that feeds it (module docstring)
+SUBTASK_CUES: dict[str, str] = {"ptrt": "match", "pvrt": "match", "pvrv": "img_match", "ptrv": "img_match",
+                                "rtrv": "agree"}
+
+
+def load_cues(root: str | os.PathLike, category: str, split: str) -> pd.DataFrame:
+    """The latent cues of one demo split (``{category}.cues.{split}``, written by :func:`make_demo`)
+    as a frame with :data:`CUE_COLUMNS`, in file order. Raises :class:`DataError` naming the file
+    when it is missing or lacks a column."""
+    path = split_file(root, DATASET, category, "cues", split)
+    if not path.exists():
+        raise DataError(f"{path}: no cues file; make the demo data again with `mmss make-demo` "
+                        f"(cues exist for the demo dataset only)")
+    try:
+        df = pd.read_json(path, dtype={"review_id": str})
+    except ValueError as exc:
+        raise DataError(f"{path}: not a JSON cues file ({exc})") from exc
+    missing = [c for c in CUE_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: column(s) {missing} missing; expected {list(CUE_COLUMNS)}")
+    df = df[list(CUE_COLUMNS)].copy()
+    df["review_id"] = df["review_id"].astype(str)
+    return df
 
 
 def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS, seed: int = 0,

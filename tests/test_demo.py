@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import pandas as pd
 import pytest
 
 from mmss_lib.data import SPLITS, load_mrhp
-from mmss_lib.demo import _png_bytes, cli_main, make_demo
+from mmss_lib.demo import CUE_COLUMNS, _png_bytes, cli_main, load_cues, make_demo
+from mmss_lib.errors import DataError
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -66,9 +68,59 @@ def test_single_review_products_and_label_spread(tmp_path):
     assert 200 <= len(r) <= 450
 
 
+def _cues_with_labels(root: Path, category: str) -> pd.DataFrame:
+    parts = []
+    for split in SPLITS:
+        cues = load_cues(root, category, split)
+        rv = load_mrhp(root, "demo", category, split)[1]
+        parts.append(cues.merge(rv[["review_id", "label"]], on="review_id", how="left", validate="1:1"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_cues_files_layout(demo_root):
+    for split in SPLITS:
+        path = demo_root / "demo" / "home" / f"home.cues.{split}"
+        raw = json.loads(path.read_text())
+        assert list(raw) == list(CUE_COLUMNS)                  # default orient="columns"
+        rvw = json.loads((demo_root / "demo" / "home" / f"home.rvw.{split}").read_text())
+        assert list(raw["review_id"]) == list(rvw["review_id"])  # same (non-contiguous) row index
+        assert raw["review_id"] == rvw["review_id"]
+        cues = load_cues(demo_root, "home", split)
+        assert set(cues["match"]) <= {0, 1} and set(cues["has_images"]) <= {0, 1}
+        assert cues["detail"].between(0, 3).all()
+        img = cues["has_images"] == 1
+        assert cues.loc[~img, ["agree", "img_match"]].isna().all().all()
+        assert cues.loc[img, ["agree", "img_match"]].isin([0.0, 1.0]).all().all()
+        # has_images: the review has image URLs (the label's has_images term)
+        r = load_mrhp(demo_root, "demo", "home", split)[1].set_index("review_id").loc[cues["review_id"]]
+        np.testing.assert_array_equal(cues["has_images"].to_numpy(), (r["img_urls"].map(len) > 0).astype(int).to_numpy())
+    assert not (demo_root / "demo" / "home" / "latent.csv").exists()
+
+
+def test_cues_reproduce_the_label_formula_order(demo_root):
+    """The label is a noisy monotone function of the cues (module docstring): the noise-free part
+    s0 = 1.1 match + 0.9 detail/3 + has_images (0.6 agree + 0.6 img_match - 0.3) must rank-correlate
+    strongly with the label (noise sd 0.45 against a range of about 3.5)."""
+    lat = _cues_with_labels(demo_root, "home")
+    s0 = (1.1 * lat["match"] + 0.9 * lat["detail"] / 3
+          + lat["has_images"] * (0.6 * lat["agree"].fillna(0) + 0.6 * lat["img_match"].fillna(0) - 0.3))
+    assert s0.corr(lat["label"], method="spearman") > 0.6
+
+
+def test_load_cues_errors(tmp_path, demo_root):
+    with pytest.raises(DataError, match="no cues file"):
+        load_cues(tmp_path, "home", "train")
+    bad = tmp_path / "demo" / "home" / "home.cues.train"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(json.dumps({"review_id": {"1": "a"}, "match": {"1": 1}}))
+    with pytest.raises(DataError, match=r"home.cues.train: column\(s\) \['detail'"):
+        load_cues(tmp_path, "home", "train")
+
+
 def test_each_cue_carries_signal_none_decides(tmp_path):
     make_demo(tmp_path, n_products=150, seed=1, categories=("home",), images=False)
-    lat = pd.read_csv(tmp_path / "demo" / "home" / "latent.csv")
+    lat = _cues_with_labels(tmp_path, "home")
+    lat[["agree", "img_match"]] = lat[["agree", "img_match"]].fillna(0).astype(bool)
     for cue in ("match", "detail", "agree", "img_match"):
         corr = np.corrcoef(lat[cue].astype(float), lat["label"])[0, 1]
         assert 0.1 < corr < 0.8, (cue, corr)
@@ -77,6 +129,7 @@ def test_each_cue_carries_signal_none_decides(tmp_path):
             assert g.label.nunique() >= 3, cue
     # image cues are independent of each other enough to be separable
     assert (lat.agree & ~lat.img_match).any() and (~lat.agree & lat.img_match).any()
+    assert len(lat) == len(lat.review_id.unique()) and lat.label.notna().all()
 
 
 def test_png_encoder_roundtrip():
