@@ -15,9 +15,12 @@ The sample index (``Batch.index``) is the review's row position in the split fil
 the training split it keys the SSP-Label banks, for dev/test it is ``-1`` (no pseudo labels exist
 outside the training set).
 
-Fine-tuning mode (:meth:`MRHPSplitData.collate_tokens`): the product and review texts are
-tokenised with the text model's tokenizer into ``pt_ids`` / ``rt_ids`` (``pt``/``rt`` are None);
-regions still come from the stores.
+On-the-fly text (:meth:`MRHPSplitData.collate_tokens`, text modes ``frozen`` / ``finetune`` of
+:mod:`mmss_lib.online_text`): the product and review texts are tokenised with the text model's
+tokenizer into ``pt_ids`` / ``rt_ids`` (``pt``/``rt`` are None; each distinct product text is
+tokenised once per batch); regions still come from the stores. In this mode the text stores are
+not needed at all: a split built with ``keep_texts=True`` and only the two region stores has
+``text_dim = None`` (the encoder decides it).
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ import numpy as np
 from mmss_lib.errors import DataError, FeatureStoreError
 
 STORE_KINDS = ("text_prd", "text_rvw", "region_prd", "region_rvw")
+TEXT_KINDS = ("text_prd", "text_rvw")
+REGION_KINDS = ("region_prd", "region_rvw")
 
 
 def _store_name(store: Any) -> str:
@@ -92,7 +97,8 @@ class MRHPSplitData:
     def __init__(self, reviews, products, stores: Mapping[str, Any], *, training: bool = False,
                  caps: ReadCaps | None = None, keep_texts: bool = False, name: str = "split",
                  check: bool = True):
-        missing = [k for k in STORE_KINDS if k not in stores]
+        text_stores = all(k in stores for k in TEXT_KINDS)
+        missing = [k for k in (STORE_KINDS if (text_stores or not keep_texts) else REGION_KINDS) if k not in stores]
         if missing:
             raise FeatureStoreError(f"{name}: feature stores missing: {', '.join(missing)}")
         for col in ("review_id", "product_id", "label"):
@@ -118,12 +124,14 @@ class MRHPSplitData:
         remap[order] = np.arange(len(order))
         self.product_codes = remap[codes].astype(np.int64)
         self.n = len(self.review_ids)
-        self.text_dim = int(self.stores["text_rvw"].dim)
+        self.has_text_stores = text_stores
+        self.text_dim = int(self.stores["text_rvw"].dim) if text_stores else None
         self.region_dim = int(self.stores["region_rvw"].dim)
-        if int(self.stores["text_prd"].dim) != self.text_dim or int(self.stores["region_prd"].dim) != self.region_dim:
+        if (text_stores and int(self.stores["text_prd"].dim) != self.text_dim) \
+                or int(self.stores["region_prd"].dim) != self.region_dim:
             raise FeatureStoreError(
                 f"{name}: product and review stores disagree on feature sizes: text "
-                f"{self.stores['text_prd'].dim} vs {self.text_dim}, region "
+                f"{self.stores['text_prd'].dim if text_stores else '-'} vs {self.text_dim}, region "
                 f"{self.stores['region_prd'].dim} vs {self.region_dim}; re-extract with one setting")
         self.product_texts: dict[str, str] | None = None
         self.review_texts: np.ndarray | None = None
@@ -141,12 +149,14 @@ class MRHPSplitData:
                   caps: ReadCaps | None = None, keep_texts: bool = False,
                   stores: Mapping[str, Any] | None = None) -> "MRHPSplitData":
         """Load a split with :func:`mmss_lib.data.load_mrhp` and open its feature stores
-        (``stores`` may pass already-opened ones, shared between splits)."""
+        (``stores`` may pass already-opened ones, shared between splits). With ``keep_texts``
+        (on-the-fly text) only the region stores are opened."""
         from mmss_lib.data import load_mrhp
 
         products, reviews = load_mrhp(data_root, dataset, category, split)
         if stores is None:
-            stores = open_stores(features_root, dataset, category)
+            stores = open_stores(features_root, dataset, category,
+                                 kinds=REGION_KINDS if keep_texts else STORE_KINDS)
         return cls(reviews, products, stores, training=(split == "train"), caps=caps,
                    keep_texts=keep_texts, name=f"{dataset}/{category}/{split}")
 
@@ -154,6 +164,8 @@ class MRHPSplitData:
         """Every review and product of the split has an item in each store (clear error otherwise)."""
         for kind, ids in (("text_rvw", self.review_ids), ("region_rvw", self.review_ids),
                           ("text_prd", np.unique(self.product_ids)), ("region_prd", np.unique(self.product_ids))):
+            if kind not in self.stores:
+                continue                       # on-the-fly text: no text stores
             store = self.stores[kind]
             for item in ids:
                 _check_item(store, kind, item)
@@ -212,6 +224,9 @@ class MRHPSplitData:
         import torch
         from mmss_lib.batch import Batch
 
+        if not self.has_text_stores:
+            raise FeatureStoreError(f"{self.name}: no text feature stores (on-the-fly text); build the "
+                                    "batches with collate_tokens, or extract the text stores for cached text")
         idx = self._as_indices(indices)
         products = self.product_ids[idx]
         uniq, inv = np.unique(products, return_inverse=True)
@@ -239,7 +254,10 @@ class MRHPSplitData:
                             return_tensors="pt")
             return enc["input_ids"].long(), enc["attention_mask"].bool()
 
-        pt_ids, pt_mask = encode(self.product_texts[p] for p in products)   # (B, Lp)
+        uniq, inv = np.unique(products, return_inverse=True)
+        pt_ids, pt_mask = encode(self.product_texts[p] for p in uniq)       # (P, Lp), each product once
+        inv_t = torch.from_numpy(inv.reshape(-1).astype(np.int64))
+        pt_ids, pt_mask = pt_ids[inv_t], pt_mask[inv_t]                      # (B, Lp)
         rt_ids, rt_mask = encode(self.review_texts[idx])                     # (B, Lr)
         return Batch(pt=None, pt_mask=pt_mask, rt=None, rt_mask=rt_mask, pt_ids=pt_ids, rt_ids=rt_ids,
                      **self._regions_part(idx, products), **self._meta_part(idx))
@@ -256,13 +274,15 @@ class MRHPSplitData:
         return self.n
 
 
-def open_stores(features_root, dataset: str, category: str) -> dict[str, Any]:
-    """Open the four stores of a dataset/category (clear error when one is missing)."""
+def open_stores(features_root, dataset: str, category: str, *,
+                kinds: Sequence[str] = STORE_KINDS) -> dict[str, Any]:
+    """Open the stores ``kinds`` (default all four) of a dataset/category (clear error when one is
+    missing); on-the-fly text needs only :data:`REGION_KINDS`."""
     from mmss_lib.features.store import FeatureStore, feature_dirs
 
     dirs = feature_dirs(features_root, dataset, category)
     out = {}
-    for kind in STORE_KINDS:
+    for kind in kinds:
         path = Path(dirs[kind])
         if not path.exists():
             raise FeatureStoreError(

@@ -1,0 +1,107 @@
+"""Text modes (cached / frozen / finetune): on-the-fly encoding equals the cached features, the
+wrapper's parameters and checkpoints, and whole training runs that checkpoint and resume."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmss_lib.features.store import feature_dirs, write_store
+from mmss_lib.loader import MRHPSplitData, ReadCaps, open_stores
+from mmss_lib.online_text import is_on_the_fly, load_text_model, on_the_fly_text
+
+DR = 12
+TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8, "dropout": 0.1}
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory, tiny_bert_dir):
+    """A small demo category (no images) with region stores only, plus cached text stores made
+    by the tiny BERT (for the equivalence test) in a second features root."""
+    from mmss_lib.demo import make_demo
+    from mmss_lib.features.extract import load_category_items
+    from mmss_lib.features.text import TextEncoder
+
+    root = tmp_path_factory.mktemp("textmodes")
+    make_demo(root / "data", n_products=6, categories=["home"], images=False)
+    products, reviews = load_category_items(root / "data", "demo", "home")
+    rng = np.random.default_rng(0)
+
+    def regions(n):
+        k = int(rng.integers(0, 4)) if n else 0
+        return {"x": rng.random((k, DR)), "boxes": np.tile([0.0, 0.0, 1.0, 1.0], (k, 1)), "image": np.zeros(k, np.int32)}
+
+    for feats in ("regions_only", "cached"):
+        dirs = feature_dirs(root / feats, "demo", "home")
+        rng = np.random.default_rng(0)       # the same region features in both roots
+        write_store(dirs["region_prd"], {p: regions(1) for p in products["product_id"]}, kind="region", dim=DR)
+        write_store(dirs["region_rvw"], {r: regions(1) for r in reviews["review_id"]}, kind="region", dim=DR)
+    enc = TextEncoder(str(tiny_bert_dir), max_len=512, device="cpu")
+    dirs = feature_dirs(root / "cached", "demo", "home")
+    for kind, frame, col in (("text_prd", products, "product_id"), ("text_rvw", reviews, "review_id")):
+        xs = enc.encode(frame["text"].tolist())
+        write_store(dirs[kind], {i: {"x": x} for i, x in zip(frame[col], xs)}, kind="text", dim=enc.dim)
+    return root
+
+
+def test_regions_only_split_and_clear_errors(demo_root, tiny_bert_dir):
+    from mmss_lib.errors import FeatureStoreError
+
+    with pytest.raises(FeatureStoreError, match="text_prd not found"):
+        MRHPSplitData.from_disk(demo_root / "data", "demo", "home", "train", demo_root / "regions_only")
+    split = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", "train", demo_root / "regions_only",
+                                    keep_texts=True)
+    assert split.text_dim is None and set(split.stores) == {"region_prd", "region_rvw"}
+    with pytest.raises(FeatureStoreError, match="collate_tokens"):
+        split.collate([0, 1])
+    tok, _ = load_text_model(str(tiny_bert_dir))
+    b = split.collate_tokens(np.arange(split.n), tok)
+    # product texts tokenised once per product and gathered: same rows for reviews of one product
+    same = split.product_ids[:, None] == split.product_ids[None, :]
+    rows_equal = (b.pt_ids[:, None, :] == b.pt_ids[None, :, :]).all(-1).numpy()
+    assert (rows_equal >= same).all() and b.pt is None and b.rt is None
+
+
+def test_frozen_on_the_fly_equals_cached_features(demo_root, tiny_bert_dir):
+    """Eq. 2 on the fly ([CLS] + word pieces, [SEP] masked) = the stored features of TextEncoder:
+    the same MM-SS scores up to the stores' float16 rounding."""
+    from mmss_lib.model import MMSS
+
+    cached = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", "dev", demo_root / "cached")
+    onfly = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", "dev", demo_root / "regions_only",
+                                    keep_texts=True)
+    tok, enc = load_text_model(str(tiny_bert_dir))
+    torch.manual_seed(0)
+    system = MMSS(text_dim=32, region_dim=DR, **TINY).eval()
+    wrapped = on_the_fly_text(system, enc, tok, trainable=False).eval()
+    idx = np.arange(cached.n)
+    with torch.no_grad():
+        a = system(cached.collate(idx)).score
+        b = wrapped(onfly.collate_tokens(idx, tok, max_len=wrapped.max_len)).score
+    assert torch.allclose(a, b, atol=2e-2), (a - b).abs().max()
+    assert not torch.allclose(a, torch.zeros_like(a))
+
+
+def test_wrapper_parameters_groups_and_state(tiny_bert_dir):
+    from mmss_lib.model import MMSS
+
+    tok, enc = load_text_model(str(tiny_bert_dir))
+    system = MMSS(text_dim=32, region_dim=DR, **TINY)
+    frozen = on_the_fly_text(system, enc, tok, trainable=False)
+    assert is_on_the_fly(frozen)
+    assert not any(k.startswith("encoder") for k in frozen.state_dict())
+    assert {id(p) for p in frozen.parameters()} == {id(p) for p in system.parameters()}
+    assert frozen.subtasks == system.subtasks and frozen.feature_dims() == system.feature_dims()
+    frozen.train()
+    assert not frozen.text_encoder_module.training     # a frozen encoder stays in eval mode
+    frozen.to(torch.float64)
+    assert next(frozen.text_encoder_module.parameters()).dtype == torch.float64   # follows .to()
+
+    _, enc2 = load_text_model(str(tiny_bert_dir))
+    tuned = on_the_fly_text(MMSS(text_dim=32, region_dim=DR, **TINY), enc2, tok, trainable=True)
+    groups = tuned.param_groups(lr=1e-4, lr_text=5e-5)
+    assert [(g["name"], g["lr"]) for g in groups] == [("mmss", 1e-4), ("text_encoder", 5e-5)]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in enc2.parameters()}
+    assert any(k.startswith("encoder.") for k in tuned.state_dict())
