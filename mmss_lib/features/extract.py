@@ -129,7 +129,8 @@ def extract_category(data_root, dataset: str, category: str, features_root, *, t
                     "max_size": detector_max_size, "options": region_opts,
                     "ids": _ids_digest(ids), "n_items": len(ids)}
             from mmss_lib.features.regions import region_dim
-            dim = region_dim(region_opts.get("region_backbone", "c5"))
+            dim = region_dim(region_opts.get("region_backbone",
+                                             "mobilenet_v2" if region_opts.get("region_boxes") == "grid" else "c5"))
         path = dirs[name]
         entry = {"path": str(path), "items": len(ids), "shards_written": 0, "shards_skipped": 0}
         if not overwrite and FeatureStoreWriter.is_finished(path, kind=kind, dim=dim, shard_size=shard_size, plan=plan):
@@ -150,8 +151,8 @@ def extract_category(data_root, dataset: str, category: str, features_root, *, t
                                         random_weights=False)
                     else:
                         if extractor is None:
-                            from mmss_lib.features.regions import RegionExtractor
-                            extractor = RegionExtractor(detector_weights, allow_random_weights=allow_random_weights,
+                            from mmss_lib.features.regions import make_region_extractor
+                            extractor = make_region_extractor(detector_weights, allow_random_weights=allow_random_weights,
                                                         device=device, min_size=detector_min_size,
                                                         max_size=detector_max_size, **region_opts)
                         manifest.update(extractor.describe())

