@@ -1,0 +1,241 @@
+"""Where the runs of a sweep execute: worker processes of this machine, or Ray tasks on a cluster.
+
+An executor takes a list of :class:`Job` (a name, a top-level function and its arguments) and
+yields one :class:`JobResult` per job *as the jobs finish* (not in submission order). A job that
+raises is captured as a result with ``error`` (exception type and message) and ``traceback``; the
+other jobs go on. The executors know nothing about training: ``mmss_lib.experiments`` builds the
+jobs (one per run), skips finished runs before submitting anything, and turns the results into
+its tables.
+
+- :class:`LocalExecutor` (``executor="local"``, the default): ``n_jobs`` <= 1 runs the jobs one
+  after the other in this process; ``n_jobs`` > 1 in that many spawned worker processes.
+- :class:`RayExecutor` (``executor="ray"``): every job is one Ray task. Where the cluster has
+  GPUs a job that may use one (``Job.gpu``) asks for ``gpus_per_run`` GPUs (default 1, so Ray runs
+  one run per GPU and sets ``CUDA_VISIBLE_DEVICES`` to it); otherwise it asks for
+  ``cpus_per_run`` CPUs (default 1) and runs with that many torch threads. The cluster is the one
+  at ``address`` (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``), else the one in the
+  ``RAY_ADDRESS`` environment variable, else a local Ray instance started here (with ``num_cpus``
+  CPUs, default all) and shut down after the sweep. An already initialised Ray (e.g. in a
+  notebook) is used as it is.
+
+Ray is an optional dependency (``pip install 'mmss[ray]'``) imported only by :class:`RayExecutor`.
+On a cluster every node needs the ``mmss`` package and the same paths for data, features and runs
+(a shared file system): a task writes its run folder where the driver will read it.
+"""
+from __future__ import annotations
+
+import os
+import traceback as _tb
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from mmss_lib.errors import DataError, MMSSError
+
+EXECUTORS = ("local", "ray")
+RAY_MISSING = ("executor='ray' needs the Ray package, which is not installed: "
+               "pip install 'mmss[ray]' (or pip install 'ray>=2.9')")
+
+
+@dataclass
+class Job:
+    """One unit of work: ``fn(*args, **kwargs)``; ``fn`` must be a module-level function (it is
+    pickled by reference into worker processes and Ray tasks). ``gpu``: the job may use a GPU."""
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    gpu: bool = True
+
+
+@dataclass
+class JobResult:
+    """The outcome of one job: ``value`` on success, else ``error`` (``"Type: message"``) and
+    ``traceback`` (text). ``index`` is the job's position in the submitted list."""
+
+    index: int
+    name: str
+    value: Any = None
+    error: Optional[str] = None
+    traceback: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _call(fn: Callable, args: tuple, kwargs: dict) -> dict:
+    """Run a job and capture its exception as text (so results never depend on pickling the
+    exception itself across processes or Ray)."""
+    try:
+        return {"value": fn(*args, **kwargs)}
+    except BaseException as exc:  # noqa: BLE001 - a job's failure is reported, the sweep goes on
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return {"error": f"{type(exc).__name__}: {exc}", "traceback": _tb.format_exc()}
+
+
+def _result(index: int, job: Job, out: dict) -> JobResult:
+    return JobResult(index, job.name, out.get("value"), out.get("error"), out.get("traceback"))
+
+
+def _crash(index: int, job: Job, exc: BaseException) -> JobResult:
+    """A job whose worker died (or whose result could not come back)."""
+    return JobResult(index, job.name, None, f"{type(exc).__name__}: {exc}",
+                     "".join(_tb.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+class LocalExecutor:
+    """Jobs in this process (``n_jobs`` <= 1) or in ``n_jobs`` spawned worker processes."""
+
+    name = "local"
+
+    def __init__(self, n_jobs: int = 1):
+        if int(n_jobs) < 1:
+            raise DataError(f"n_jobs={n_jobs!r}: expected an integer >= 1")
+        self.n_jobs = int(n_jobs)
+
+    @property
+    def in_process(self) -> bool:
+        return self.n_jobs <= 1
+
+    @property
+    def num_threads(self) -> Optional[int]:
+        """torch threads per run: 1 in worker processes (several runs share the cores), else
+        unchanged."""
+        return None if self.in_process else 1
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
+        jobs = list(jobs)
+        if self.in_process or len(jobs) <= 1:
+            for i, job in enumerate(jobs):
+                yield _result(i, job, _call(job.fn, job.args, job.kwargs))
+            return
+        import multiprocessing as mp
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        pool = ProcessPoolExecutor(max_workers=min(self.n_jobs, len(jobs)), mp_context=mp.get_context("spawn"))
+        try:
+            futures = {pool.submit(_call, job.fn, job.args, job.kwargs): i for i, job in enumerate(jobs)}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=futures.get):
+                    i = futures[fut]
+                    try:
+                        yield _result(i, jobs[i], fut.result())
+                    except Exception as exc:  # a worker died (BrokenProcessPool) or pickling failed
+                        yield _crash(i, jobs[i], exc)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        return f"LocalExecutor(n_jobs={self.n_jobs})"
+
+
+class RayExecutor:
+    """Every job a Ray task: one GPU per run where the cluster has GPUs, else one CPU (thread).
+
+    ``address``: the cluster (default: ``RAY_ADDRESS``, else a local instance of ``num_cpus``
+    CPUs). ``gpus_per_run``: GPUs per GPU job (None: 1 where the cluster has GPUs, else 0; a
+    fraction such as 0.5 packs two small runs per GPU). ``cpus_per_run``: CPUs (and torch
+    threads) per run.
+    """
+
+    name = "ray"
+    in_process = False
+
+    def __init__(self, address: Optional[str] = None, *, num_cpus: Optional[int] = None,
+                 gpus_per_run: Optional[float] = None, cpus_per_run: int = 1, log_to_driver: bool = True):
+        if int(cpus_per_run) < 1:
+            raise DataError(f"cpus_per_run={cpus_per_run!r}: expected an integer >= 1")
+        if gpus_per_run is not None and float(gpus_per_run) < 0:
+            raise DataError(f"gpus_per_run={gpus_per_run!r}: expected a number >= 0")
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.num_cpus = num_cpus
+        self.gpus_per_run = gpus_per_run
+        self.cpus_per_run = int(cpus_per_run)
+        self.log_to_driver = log_to_driver
+
+    @property
+    def num_threads(self) -> int:
+        return self.cpus_per_run
+
+    @staticmethod
+    def _ray():
+        try:
+            import ray
+        except ImportError as exc:
+            raise MMSSError(RAY_MISSING) from exc
+        return ray
+
+    def _connect(self):
+        """Initialise Ray unless it already is; return (ray, whether we started it)."""
+        ray = self._ray()
+        if ray.is_initialized():
+            return ray, False
+        kw: dict = {"include_dashboard": False, "log_to_driver": self.log_to_driver,
+                    "logging_level": "WARNING"}
+        if self.address:
+            kw["address"] = self.address
+        elif self.num_cpus is not None:
+            kw["num_cpus"] = int(self.num_cpus)
+        try:
+            ray.init(**kw)
+        except ConnectionError as exc:
+            raise MMSSError(f"executor='ray': cannot connect to the Ray cluster at {self.address!r} "
+                            f"({exc}); start it with `ray start --head` or give its address "
+                            "(ray_address / --ray-address / RAY_ADDRESS)") from exc
+        return ray, True
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
+        jobs = list(jobs)
+        if not jobs:
+            return
+        ray, started = self._connect()
+        try:
+            has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
+            gpus = self.gpus_per_run if self.gpus_per_run is not None else (1.0 if has_gpu else 0.0)
+            remote = ray.remote(_call)
+            refs = {}
+            for i, job in enumerate(jobs):
+                opts = {"num_cpus": self.cpus_per_run, "num_gpus": gpus if (job.gpu and has_gpu) else 0,
+                        "name": job.name}
+                refs[remote.options(**opts).remote(job.fn, job.args, job.kwargs)] = i
+            pending = list(refs)
+            try:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    for ref in done:
+                        i = refs[ref]
+                        try:
+                            out = ray.get(ref)
+                        except Exception as exc:  # the task's worker died (OOM, node lost, ...)
+                            yield _crash(i, jobs[i], exc)
+                        else:
+                            yield _result(i, jobs[i], out)
+            finally:
+                for ref in pending:      # interrupted: do not leave tasks running on the cluster
+                    ray.cancel(ref, force=True)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def __repr__(self) -> str:
+        return (f"RayExecutor(address={self.address!r}, num_cpus={self.num_cpus}, "
+                f"gpus_per_run={self.gpus_per_run}, cpus_per_run={self.cpus_per_run})")
+
+
+def make_executor(executor="local", *, n_jobs: int = 1, ray_address: Optional[str] = None, **ray_options):
+    """An executor from its name (``"local"``/``"ray"``) or an executor object passed through."""
+    if not isinstance(executor, str):
+        if not hasattr(executor, "run"):
+            raise DataError(f"executor={executor!r}: expected 'local', 'ray' or an executor object")
+        return executor
+    if executor == "local":
+        if ray_address:
+            raise DataError(f"ray_address={ray_address!r} is given but executor='local'; use executor='ray'")
+        return LocalExecutor(n_jobs)
+    if executor == "ray":
+        return RayExecutor(ray_address, **ray_options)
+    raise DataError(f"executor={executor!r}: expected one of {', '.join(EXECUTORS)}")
