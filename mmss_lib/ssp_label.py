@@ -1,67 +1,101 @@
 """SSP-Label: self-supervised pseudo labels for the MM-SS subtasks (paper Eq. 10-12, 17-21).
 
 The paper leaves several symbols undefined. This module docstring is the one place that states
-the reading implemented here, equation by equation. Notation: k ranges over the tasks
-{g} + subtasks (s in ptrt, pvrv, ptrv, pvrt, rtrv); f*_k(i) is the latest detached
-representation of training sample i for task k (f*_g of Eq. 7, f*_s of Eq. 9); y_g(i) is the
-human label; y_s(i) the current pseudo label.
+the reading implemented here, equation by equation; every addition to the paper is marked
+**added**. Notation: k ranges over the tasks {g} + subtasks (s in ptrt, pvrv, ptrv, pvrt, rtrv);
+f*_k(i) is the latest detached representation of training sample i for task k (f*_g of Eq. 7,
+f*_s of Eq. 9); y_g(i) is the human label; y_s(i) the current pseudo label.
 
 Banks (as in Self-MM, MRHP_FACTS.md section 6). Per training sample, indexed by a stable
-sample index 0..N-1: the last f*_k(i) of every task, and the pseudo labels. A sample enters the
-statistics below at its first visit; before that it does not count.
+sample index 0..N-1: the last f*_k(i) of every task (stored after each batch's loss and step),
+and the pseudo labels. A sample enters the statistics below at its first visit; before that it
+does not count, and its pseudo labels stay y_g.
 
 Eq. 17 (anchor). A_k = sum_i w_k(i) f*_k(i) / sum_i w_k(i) over the samples in the bank, with
     w_k(i) = sigmoid(y_k(i) - pivot).
   * epsilon_ik ("the modification value of sample i in task k") is read as the bank feature
     f*_k(i): the anchor has to live in f*_k's space for the distance of Eq. 18.
-  * y_k = y_g for k = g and the current pseudo label y_s for a subtask.
+  * y_k = y_g for k = g and the pseudo label in force y_s for a subtask.
   * The paper's sigma(y_k) with labels 0..4 would weight every sample above 1/2; the pivot
     (default 1.5, between Amazon's relevance threshold 1 and the next level; use 0.5 for
     Lazada's threshold 0) centres the sigmoid so the anchor leans to helpful reviews, the role
-    the positive centre plays in Self-MM.
+    the positive centre plays in Self-MM. The pivot only moves the anchor; with the scale below
+    it cannot bias the sign of the offsets (the distances are normalised around whatever anchor).
 
-Eq. 18 (distance). chi_k = sqrt((f*_k - A_k)^T Sigma_k^-1 (f*_k - A_k)) / sqrt(s_k), with
+Eq. 18 (distance). chi_k(i) = m_k(i) / sqrt(s_k), m_k(i) = sqrt((f*_k(i) - A_k)^T Sigma'_k^-1 (f*_k(i) - A_k)):
   * Sigma_k = the (population, unweighted) covariance of f*_k over the bank, shrunk towards a
     scaled identity and ridged so it stays invertible with few samples or collapsed features:
         Sigma'_k = (1 - lambda) Sigma_k + lambda * tr(Sigma_k)/d_k * I + ridge * I,
     lambda = ``shrinkage`` (0.05), ridge = ``ridge`` (1e-6). ("The covariance between f*_k and
     the anchor" is not a defined quantity; the covariance of the feature distribution is what
     makes the Mahalanobis distance scale-free, the purpose the paper states.)
-  * s_k = d_k, the dimension of f*_k: E[chi^2] is then about 1 for every task whatever its
-    size, so chi_s and chi_g are comparable in Eq. 19-21.
+  * s_k ("a scale factor") makes the distances of different tasks comparable whatever the rank
+    of each representation. ``scale="mean"`` (default): s_k = (mean over the bank of m_k)^2, so
+    the bank's mean chi_k is exactly 1 for every task. ``scale="rms"``: s_k = the bank's mean
+    squared distance = tr(Sigma'^-1 (C_k + (mu_k - A_k)(mu_k - A_k)^T)) from the running sums
+    (C_k the unshrunk covariance, mu_k the bank mean), so the bank's mean chi_k^2 is 1.
+    Why "mean" is the default: Eq. 19-21 use chi linearly (a ratio and a difference), so the
+    neutral point chi_s - chi_g = 0 must be the typical case; with E[chi^2] = 1 a low-rank
+    representation still has a smaller mean chi (E[chi] = sqrt(1 - Var chi): 0.80 for rank 1,
+    ~1 for high rank), i.e. the low-rank subtask features look closer to their anchor than f*_g.
+    (The earlier reading s_k = d_k gave E[chi^2] ~ rank/d: every subtask offset negative.)
+  * **Same footing** (replaces per-batch estimation from fresh features): chi_s and chi_g are
+    both computed from the *bank* features against the statistics of the same bank, once per
+    epoch at its end. Measured per batch, the fresh f*_g (trained hardest, by the ranking loss)
+    sat farther from a bank of stale features than the fresh f*_s, a bias of the bookkeeping,
+    not of the data. The paper supports the timing: "y_hat_s^(i) is the estimated value after
+    the i-th epoch" (Sec. 4.4).
 
 Eq. 19-21 (pseudo-label estimate). The first line of Eq. 21 is implemented, the equal-weight
 average of the ratio rule (Eq. 19) and the difference rule (Eq. 20, whose "rel" is read as chi):
     y_hat_s = (y_g + alpha2 (chi_s - chi_g)) / 2 + alpha1 chi_s y_g / (2 (chi_g + eps)),
     delta_gs = y_hat_s - y_g   (Fig. 3: y_s = y_g + delta_gs).
-  * With alpha1 = alpha2 = 1 and chi_s = chi_g the estimate is y_g (up to eps): a subtask that
-    is as close to its anchor as the global representation keeps the human label.
+  * With alpha1 = alpha2 = 1 (eps -> 0): delta_gs = (chi_s - chi_g)(chi_g + y_g) / (2 chi_g), so
+    the sign of the offset is the sign of chi_s - chi_g for every label 0..4, up or down, and
+    chi_s = chi_g keeps the human label. A review with y_g = 0 moves by (chi_s - chi_g)/2 through
+    the difference rule: it is not stuck once the distances are on the same footing.
+  * The ratio rule stays around the label origin 0, as written. Evaluated and rejected: the
+    ratio around the pivot, pivot + (y_g - pivot) chi_s/chi_g (the label centre, as Self-MM's
+    labels are centred at 0). Self-MM's distance term (d_neg - d_pos)/d_pos is signed and
+    shares the label's origin; chi >= 0 shares the origin 0 of the labels 0..4 (y/y_g ~
+    chi_s/chi_g, Sec. 4.4). Around the pivot the offset would be
+    (chi_s - chi_g)(chi_g + y_g - pivot)/(2 chi_g): for y_g < pivot - chi_g the ratio rule and the
+    difference rule would point in opposite directions and the offset's sign would flip with the
+    label, a structural bias of its own.
   * The later lines of Eq. 21 do not follow algebraically from the first (with alpha = 1 the
     second line gives y_g/2 + chi_s y_g/(chi_g + eps), missing the (chi_s - chi_g)/2 term), and
     their lone "alpha" is undefined, so they are not used.
-  * chi_s and chi_g are computed from the batch's fresh features against the statistics of the
-    bank before the batch is stored (Self-MM's order: loss, new labels, store, statistics).
 
-Eq. 11-12 (EWMA). Epoch i is 1-based.
-  * i = 1: y_s^(1) = y_g (Eq. 12); the banks and statistics are filled, nothing is estimated
-    for the labels (the distances are still computed for the record once two samples are in).
-  * i > 1: y_s^(i) = beta y_hat_s^(i) + (1 - beta) y_s^(i-1), beta = 2/(i+1) (Eq. 11), clamped
-    to the label range (0..4). y_s^(i-1) is the label at the *end* of epoch i-1, kept apart
-    from the current one, so a sample visited several times in one epoch always smooths
-    against the previous epoch's label, never against its own update of this epoch.
+Eq. 11-12 (EWMA). Epoch i is 1-based; at the end of epoch i (``end_epoch(i)``):
+  * i = 1: y_s^(1) = y_g (Eq. 12); the distances and the estimate are computed for the record.
+  * i > 1: y_s^(i) = beta y_hat_s^(i) + (1 - beta) y_s^(i-1), beta = 2/(i+1) (Eq. 11), with
+    y_hat_s^(i) estimated from the bank after epoch i.
+  * y_s^(i) is the label of epoch i + 1's subtask losses (Eq. 14): labels change once per epoch,
+    so the subtask objective starts in epoch 2 with y_s^(1) = y_g (zero weight tanh(0)) and
+    carries information from epoch 3 on.
+  * Clamp, **added range**: y_s is clamped to [low - w, high + w] with w = high - low of the human
+    label range (0..4 -> [-4, 8]), a guard against the 1/chi_g of Eq. 19 only. The paper's own
+    case study (Fig. 4: H = 4 with y_pvrv = -1.277) has pseudo labels outside 0..4, so the human
+    range is not the paper's clamp; with it a label-0 review could never move down nor a label-4
+    review up. ``clamp=(low, high)`` sets another range.
 
 Bookkeeping cost. The statistics are running float64 sums per task: sum of weights, weighted
 feature sum (anchor), count, feature sum and sum of outer products (covariance). A batch
 replaces its samples' old bank entries: the sums change by (new - old) contributions, O(B d^2)
-per task, plus one d x d Cholesky per task for the distances: nothing is O(N) per batch.
-``end_epoch`` recomputes the sums from the banks once to cancel floating-point drift.
+per task; nothing is O(N) per batch. ``end_epoch`` recomputes the sums from the banks (cancels
+floating-point drift) and computes the distances of every sample once, O(N d^2) per task.
 
 Records. ``end_epoch`` appends a record (per review: pseudo labels, offsets y_s - y_g, the raw
-estimate y_hat_s and the distances chi_s, chi_g at the last visit) that ``record(epoch)`` returns
-as numpy arrays for plots; ``state_dict`` / ``load_state_dict`` resume exactly.
+estimate y_hat_s and the distances chi_s, chi_g of this epoch's end; per subtask the health
+scalars ``share_up_{s}`` / ``share_down_{s}`` (share of seen reviews with an offset above / below
+zero), ``mean_chi_{s}``, ``mean_chi_g``, ``mean_change_{s}`` (mean |y_s^(i) - y_s^(i-1)|, the
+EWMA settling) and ``n_seen``) that ``record(epoch)`` returns as numpy arrays for plots;
+:func:`ssp_health` turns a record into a JSON-able dict (the trainer's history.json).
+``state_dict`` / ``load_state_dict`` resume exactly.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -72,7 +106,8 @@ from torch import Tensor
 
 from mmss_lib.errors import CheckpointError, TrainingError
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2   # 2: per-epoch estimation from the bank, scale option, widened clamp
+SCALES = ("mean", "rms")
 # Banks whose float32 size would exceed this are kept in float16 by default (bank_dtype=None).
 AUTO_FLOAT16_BYTES = 64 * 2**20
 _FLOAT16_MAX = 65504.0
@@ -121,6 +156,7 @@ class SSPLabel:
     def __init__(self, n_samples: int, y_g: Tensor, dims: dict[str, int], *, alpha1: float = 1.0,
                  alpha2: float = 1.0, pivot: float = 1.5, shrinkage: float = 0.05, ridge: float = 1e-6,
                  eps: float = 1e-6, label_range: tuple[float, float] = (0.0, 4.0),
+                 scale: str = "mean", clamp: Optional[tuple[float, float]] = None,
                  bank_dtype: Optional[torch.dtype] = None, max_history: Optional[int] = None,
                  bank_dir: Optional[str | os.PathLike] = None):
         y_g = torch.as_tensor(y_g).detach().to("cpu", torch.float64).reshape(-1)
@@ -133,6 +169,12 @@ class SSPLabel:
         lo, hi = float(label_range[0]), float(label_range[1])
         if not lo < hi:
             raise TrainingError(f"SSPLabel: label_range must be (low, high) with low < high, got {label_range}")
+        if scale not in SCALES:
+            raise TrainingError(f"SSPLabel: scale must be one of {SCALES}, got {scale!r}")
+        if clamp is None:
+            clamp = (lo - (hi - lo), hi + (hi - lo))          # module docstring: the added clamp range
+        if not float(clamp[0]) < float(clamp[1]):
+            raise TrainingError(f"SSPLabel: clamp must be (low, high) with low < high, got {clamp}")
         self.n_samples = int(n_samples)
         self.dims = {k: int(v) for k, v in dims.items()}
         self.tasks = ("g",) + tuple(k for k in dims if k != "g")
@@ -140,6 +182,8 @@ class SSPLabel:
         self.alpha1, self.alpha2, self.pivot = float(alpha1), float(alpha2), float(pivot)
         self.shrinkage, self.ridge, self.eps = float(shrinkage), float(ridge), float(eps)
         self.label_range = (lo, hi)
+        self.scale_mode = str(scale)
+        self.clamp = (float(clamp[0]), float(clamp[1]))
         self.max_history = max_history
         n = self.n_samples
         self.y_g = y_g
@@ -219,13 +263,50 @@ class SSPLabel:
         cov = 0.5 * (cov + cov.T)
         return shrunk_covariance(cov, self.shrinkage, self.ridge)
 
-    def distance(self, task: str, features: Tensor) -> Tensor:
-        """Eq. 18: chi_k of each row of ``features`` (B, d) to the current anchor, (B,) float64."""
+    def mahalanobis(self, task: str, features: Tensor) -> Tensor:
+        """m_k of Eq. 18 (before the scale): Mahalanobis distance of each row of ``features``
+        (B, d) to the current anchor under Sigma'_k, (B,) float64."""
         f = features.detach().to("cpu", torch.float64)
         diff = (f - self.anchor(task)).T                             # (d, B)
         chol = torch.linalg.cholesky(self.covariance(task))          # Sigma' = L L^T
         z = torch.linalg.solve_triangular(chol, diff, upper=False)   # (d, B); |z|^2 = diff^T Sigma'^-1 diff
-        return torch.sqrt((z * z).sum(0) / self.dims[task])          # Eq. 18 with s_k = d_k
+        return torch.sqrt((z * z).sum(0))
+
+    def mean_squared_distance(self, task: str) -> float:
+        """The bank's mean squared Mahalanobis distance to the anchor from the running sums:
+        tr(Sigma'^-1 (C + (mu - A)(mu - A)^T)), C the (unshrunk) covariance, mu the bank mean."""
+        n = max(self.count, 1)
+        mean = self.sum_f[task] / n
+        cov = self.sum_ff[task] / n - torch.outer(mean, mean)
+        dm = mean - self.anchor(task)
+        second = 0.5 * (cov + cov.T) + torch.outer(dm, dm)           # E[(f - A)(f - A)^T] over the bank
+        chol = torch.linalg.cholesky(self.covariance(task))
+        return float(torch.trace(torch.cholesky_solve(second, chol)))
+
+    def bank_mahalanobis(self, task: str, chunk: int = 65536) -> Tensor:
+        """m_k of every bank row (N,) float64; NaN for samples not seen yet."""
+        out = torch.full((self.n_samples,), float("nan"), dtype=torch.float64)
+        idx = torch.nonzero(self.seen).squeeze(1)
+        for start in range(0, idx.numel(), chunk):
+            j = idx[start:start + chunk]
+            out[j] = self.mahalanobis(task, self.bank[task][j])
+        return out
+
+    def scale(self, task: str, bank_m: Optional[Tensor] = None) -> float:
+        """s_k of Eq. 18 (module docstring): "mean": (bank mean of m_k)^2; "rms": the bank's mean
+        squared distance. ``bank_m``: the bank's m_k if already computed."""
+        if self.scale_mode == "rms":
+            s = self.mean_squared_distance(task)
+        else:
+            m = self.bank_mahalanobis(task) if bank_m is None else bank_m
+            m = m[self.seen]
+            s = float(m.mean()) ** 2 if m.numel() else 0.0
+        return max(s, 1e-12)
+
+    def distance(self, task: str, features: Tensor) -> Tensor:
+        """Eq. 18: chi_k of each row of ``features`` (B, d) to the current anchor, scaled by the
+        bank's s_k, (B,) float64."""
+        return self.mahalanobis(task, features) / math.sqrt(self.scale(task))
 
     # ---------------------------------------------------------------- API used by the trainer
     def _check_index(self, index: Tensor) -> Tensor:
@@ -242,7 +323,9 @@ class SSPLabel:
         return {s: self.y_cur[s][idx].to(device=device, dtype=torch.float32) for s in self.subtasks}
 
     def estimate(self, index: Tensor, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Eq. 18-21 for a batch without changing any state: {s: y_hat_s, "chi_"+k: chi_k} (B,)."""
+        """Eq. 18-21 for given features without changing any state, against the current bank
+        statistics and scales: {s: y_hat_s, "chi_"+k: chi_k} (B,). (Training estimates from the
+        bank itself in :meth:`end_epoch`; this is for analyses and tests.)"""
         idx = self._check_index(index)
         chi = {k: self.distance(k, features[k]) for k in self.tasks}
         y_g = self.y_g[idx]
@@ -253,7 +336,8 @@ class SSPLabel:
         return out
 
     def update(self, index: Tensor, features: dict[str, Tensor], epoch: int) -> None:
-        """After a batch's loss/backward: new pseudo labels (epoch > 1), then store the features.
+        """After a batch's loss/backward: store the batch's features in the banks (Self-MM's order:
+        loss, then store). The pseudo labels change only in :meth:`end_epoch`.
 
         ``features``: "g" and every subtask -> detached (B, d_k). ``epoch`` is 1-based and must be
         the open epoch (``self.epoch + 1``). A sample index given twice keeps its last row.
@@ -287,22 +371,7 @@ class SSPLabel:
         idx = idx[keep]
         feats = {k: f[keep] for k, f in feats.items()}
 
-        # 1. distances and new labels from the statistics before this batch is stored
-        if self.count >= 2:
-            est = self.estimate(idx, feats)
-            for k in self.tasks:
-                self.chi[k][idx] = est[f"chi_{k}"]
-            if epoch > 1:
-                lo, hi = self.label_range
-                for s in self.subtasks:
-                    self.estimate_bank[s][idx] = est[s]
-                    y_new = ewma(self.y_prev[s][idx], est[s], epoch)          # Eq. 11
-                    self.y_cur[s][idx] = y_new.clamp(lo, hi)
-        if epoch == 1:
-            for s in self.subtasks:
-                self.y_cur[s][idx] = self.y_g[idx]                          # Eq. 12, i = 1
-
-        # 2. store the batch: replace old bank entries in the running sums (Eq. 17-18 statistics)
+        # store the batch: replace old bank entries in the running sums (Eq. 17-18 statistics)
         old = self.seen[idx]
         j_old = idx[old]
         for k in self.tasks:
@@ -321,32 +390,67 @@ class SSPLabel:
         self.seen[idx] = True
 
     def end_epoch(self, epoch: int) -> dict[str, np.ndarray]:
-        """Close epoch ``epoch``: y_s^(i-1) <- y_s^(i), recompute the sums, append and return a record."""
+        """Close epoch ``epoch``: distances of every seen sample from the bank (Eq. 17-18, same
+        footing for all tasks), the estimate (Eq. 19-21) and, for epoch > 1, the EWMA (Eq. 11;
+        Eq. 12 for epoch 1) -> the labels of the next epoch; append and return a record."""
         epoch = int(epoch)
         if epoch != self.epoch + 1:
             raise TrainingError(f"SSPLabel.end_epoch: epoch {epoch} given, but the open epoch is {self.epoch + 1}")
+        self.recompute_statistics()                   # weights of the labels in force this epoch
+        seen = self.seen
+        if self.count >= 2:
+            for k in self.tasks:
+                m = self.bank_mahalanobis(k)
+                self.chi[k] = m / math.sqrt(self.scale(k, m))                     # Eq. 18, NaN if unseen
+            y_g = self.y_g[seen]
+            lo, hi = self.clamp
+            for s in self.subtasks:
+                est = pseudo_label_estimate(y_g, self.chi[s][seen], self.chi["g"][seen], alpha1=self.alpha1,
+                                            alpha2=self.alpha2, eps=self.eps)     # Eq. 19-21
+                self.estimate_bank[s][seen] = est
+                if epoch > 1:
+                    self.y_cur[s][seen] = ewma(self.y_prev[s][seen], est, epoch).clamp(lo, hi)   # Eq. 11
+        if epoch == 1:
+            for s in self.subtasks:
+                self.y_cur[s] = self.y_g.clone()                                  # Eq. 12
+        change = {s: (self.y_cur[s] - self.y_prev[s]).abs()[seen] for s in self.subtasks}
         for s in self.subtasks:
             self.y_prev[s] = self.y_cur[s].clone()
+            # Eq. 17 weights of the new labels (the samples not seen yet keep weight 0)
+            self.weight[s] = torch.where(seen, torch.sigmoid(self.y_cur[s] - self.pivot),
+                                         torch.zeros((), dtype=torch.float64))
         self.recompute_statistics()
         self.epoch = epoch
-        rec = self._make_record(epoch)
+        rec = self._make_record(epoch, change)
         self.history.append(rec)
         if self.max_history is not None and len(self.history) > self.max_history:
             del self.history[: len(self.history) - self.max_history]
         return rec
 
-    def _make_record(self, epoch: int) -> dict[str, np.ndarray]:
+    def _make_record(self, epoch: int, change: dict[str, Tensor]) -> dict[str, np.ndarray]:
+        seen = self.seen.numpy()
+
+        def mean(x: np.ndarray) -> np.ndarray:
+            return np.array(float(np.mean(x)) if x.size else float("nan"), dtype=np.float64)
+
         rec: dict[str, np.ndarray] = {
             "epoch": np.array(epoch, dtype=np.int64),
             "y_g": self.y_g.numpy().astype(np.float32),
-            "seen": self.seen.numpy().copy(),
+            "seen": seen.copy(),
             "chi_g": self.chi["g"].numpy().astype(np.float32),
+            "n_seen": np.array(int(seen.sum()), dtype=np.int64),
+            "mean_chi_g": mean(self.chi["g"].numpy()[seen]),
         }
         for s in self.subtasks:
+            off = (self.y_cur[s] - self.y_g).numpy()
             rec[f"label_{s}"] = self.y_cur[s].numpy().astype(np.float32)
-            rec[f"offset_{s}"] = (self.y_cur[s] - self.y_g).numpy().astype(np.float32)  # delta_gs = y_s - y_g
+            rec[f"offset_{s}"] = off.astype(np.float32)                                # delta_gs = y_s - y_g
             rec[f"estimate_{s}"] = self.estimate_bank[s].numpy().astype(np.float32)
             rec[f"chi_{s}"] = self.chi[s].numpy().astype(np.float32)
+            rec[f"share_up_{s}"] = mean((off[seen] > 0).astype(np.float64))
+            rec[f"share_down_{s}"] = mean((off[seen] < 0).astype(np.float64))
+            rec[f"mean_chi_{s}"] = mean(self.chi[s].numpy()[seen])
+            rec[f"mean_change_{s}"] = mean(change[s].numpy())
         return rec
 
     def record(self, epoch: int) -> dict[str, np.ndarray]:
@@ -364,7 +468,8 @@ class SSPLabel:
             "version": _STATE_VERSION, "n_samples": self.n_samples, "dims": dict(self.dims),
             "options": {"alpha1": self.alpha1, "alpha2": self.alpha2, "pivot": self.pivot,
                         "shrinkage": self.shrinkage, "ridge": self.ridge, "eps": self.eps,
-                        "label_range": list(self.label_range)},
+                        "label_range": list(self.label_range), "scale": self.scale_mode,
+                        "clamp": list(self.clamp)},
             "epoch": self.epoch, "count": self.count,
             "y_g": self.y_g.clone(), "seen": self.seen.clone(),
             "bank": {k: v.clone() for k, v in self.bank.items()},
@@ -384,7 +489,8 @@ class SSPLabel:
         """Restore a :meth:`state_dict`; the number of samples and the task dims must match."""
         try:
             if int(state["version"]) != _STATE_VERSION:
-                raise CheckpointError(f"SSPLabel state version {state['version']} != {_STATE_VERSION}")
+                raise CheckpointError(f"SSPLabel state version {state['version']} != {_STATE_VERSION}: the checkpoint "
+                                      "is from another SSP-Label reading; train this run again in a new folder")
             if int(state["n_samples"]) != self.n_samples or dict(state["dims"]) != self.dims:
                 raise CheckpointError(
                     f"SSPLabel state is for {state['n_samples']} samples and tasks {dict(state['dims'])}, "
@@ -394,6 +500,7 @@ class SSPLabel:
             self.alpha1, self.alpha2, self.pivot = opts["alpha1"], opts["alpha2"], opts["pivot"]
             self.shrinkage, self.ridge, self.eps = opts["shrinkage"], opts["ridge"], opts["eps"]
             self.label_range = tuple(opts["label_range"])
+            self.scale_mode, self.clamp = str(opts["scale"]), tuple(float(v) for v in opts["clamp"])
             self.epoch, self.count = int(state["epoch"]), int(state["count"])
             self.y_g, self.seen = state["y_g"].clone(), state["seen"].clone()
             for k, v in state["bank"].items():
@@ -407,3 +514,22 @@ class SSPLabel:
             self.history = [{k: v.numpy().copy() for k, v in r.items()} for r in state["history"]]
         except KeyError as exc:
             raise CheckpointError(f"SSPLabel state lacks the entry {exc}; not an SSPLabel.state_dict()") from exc
+
+
+HEALTH_KEYS = ("share_up", "share_down", "mean_chi_s", "mean_chi_g", "mean_change")
+
+
+def ssp_health(record: dict) -> dict[str, dict[str, float]]:
+    """Per subtask the health of one epoch's record (module docstring), JSON-able:
+    ``{s: {"share_up", "share_down", "mean_chi_s", "mean_chi_g", "mean_change", "n_seen"}}``.
+    Raises KeyError for a record without health entries (written by an older SSP-Label)."""
+    subtasks = [k[len("label_"):] for k in record if k.startswith("label_")]
+    out: dict[str, dict[str, float]] = {}
+    for s in subtasks:
+        if f"share_up_{s}" not in record:
+            raise KeyError(f"record of epoch {int(record.get('epoch', -1))} has no health entries for {s!r} "
+                           "(written by an older SSP-Label)")
+        out[s] = {"share_up": float(record[f"share_up_{s}"]), "share_down": float(record[f"share_down_{s}"]),
+                  "mean_chi_s": float(record[f"mean_chi_{s}"]), "mean_chi_g": float(record["mean_chi_g"]),
+                  "mean_change": float(record[f"mean_change_{s}"]), "n_seen": int(record["n_seen"])}
+    return out

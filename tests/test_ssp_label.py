@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from mmss_lib.errors import CheckpointError, TrainingError
-from mmss_lib.ssp_label import SSPLabel, ewma, pseudo_label_estimate, shrunk_covariance
+from mmss_lib.ssp_label import SSPLabel, ewma, pseudo_label_estimate, shrunk_covariance, ssp_health
 
 
 def _sig(x: float) -> float:
@@ -69,10 +70,52 @@ def test_eq18_covariance_and_distance_hand_numbers():
     ssp = _hand_ssp(shrinkage=0.5, ridge=0.0)
     # population covariance of [[1,0],[0,1],[2,2]] = [[2/3,1/3],[1/3,2/3]]; shrunk:
     np.testing.assert_allclose(ssp.covariance("g").numpy(), [[2 / 3, 1 / 6], [1 / 6, 2 / 3]], rtol=1e-12)
-    # inverse = [[8/5,-2/5],[-2/5,8/5]]; chi = sqrt(diff^T inv diff / d), d = 2
+    # inverse = [[8/5,-2/5],[-2/5,8/5]]; m = sqrt(diff^T inv diff)
     a = ssp.anchor("g").float()
     f = torch.stack([a + torch.tensor([1.0, 0.0]), a + torch.tensor([1.0, 1.0]), a])
-    assert ssp.distance("g", f).tolist() == pytest.approx([math.sqrt(0.8), math.sqrt(1.2), 0.0], abs=1e-6)
+    assert ssp.mahalanobis("g", f).tolist() == pytest.approx([math.sqrt(1.6), math.sqrt(2.4), 0.0], abs=1e-6)
+    # the bank's own distances, by hand: bank rows minus the anchor under the same inverse
+    inv = np.array([[1.6, -0.4], [-0.4, 1.6]])
+    A = np.array(ssp.anchor("g").tolist())
+    bank = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    m_hand = np.array([math.sqrt((r - A) @ inv @ (r - A)) for r in bank])
+    np.testing.assert_allclose(ssp.bank_mahalanobis("g").numpy(), m_hand, rtol=1e-9)
+    # Eq. 18 scale "mean" (default): s = (mean m)^2 -> chi = m / mean(m)
+    assert ssp.scale("g") == pytest.approx(m_hand.mean() ** 2, rel=1e-9)
+    assert ssp.distance("g", f).tolist() == pytest.approx(
+        [math.sqrt(1.6) / m_hand.mean(), math.sqrt(2.4) / m_hand.mean(), 0.0], abs=1e-6)
+    # scale "rms": s = mean m^2 over the bank, here from the running sums
+    rms = _hand_ssp(shrinkage=0.5, ridge=0.0, scale="rms")
+    assert rms.mean_squared_distance("g") == pytest.approx(float((m_hand ** 2).mean()), rel=1e-9)
+    assert rms.distance("g", f).tolist() == pytest.approx(
+        [math.sqrt(1.6 / (m_hand ** 2).mean()), math.sqrt(2.4 / (m_hand ** 2).mean()), 0.0], abs=1e-6)
+
+
+@pytest.mark.parametrize("scale", ["mean", "rms"])
+def test_eq18_scale_matches_an_independent_bank_computation(scale):
+    """s_k from a numpy computation on the bank (anchor, shrunk covariance, inverse): the bank's
+    mean chi is 1 ("mean") or its mean chi^2 is 1 ("rms") for every task whatever its rank."""
+    g = torch.Generator().manual_seed(7)
+    n = 60
+    y = torch.randint(0, 5, (n,), generator=g).float()
+    u = torch.randn(1, 6, generator=g)
+    feats = {"g": torch.randn(n, 6, generator=g) * 2 + 1,                         # full rank
+             "ptrt": torch.randn(n, 1, generator=g) @ u + 0.01 * torch.randn(n, 6, generator=g)}  # ~rank 1
+    ssp = SSPLabel(n, y, {"g": 6, "ptrt": 6}, scale=scale)
+    ssp.update(torch.arange(n), feats, 1)
+    rec = ssp.end_epoch(1)
+    for k in ("g", "ptrt"):
+        f = ssp.bank[k].numpy().astype(np.float64)
+        w = 1 / (1 + np.exp(-(y.numpy() - 1.5)))
+        A = (w[:, None] * f).sum(0) / w.sum()
+        cov = np.cov(f.T, bias=True)
+        sig = 0.95 * cov + (0.05 * np.trace(cov) / 6 + 1e-6) * np.eye(6)
+        m = np.sqrt(np.einsum("ij,jk,ik->i", f - A, np.linalg.inv(sig), f - A))
+        s_ref = m.mean() ** 2 if scale == "mean" else (m ** 2).mean()
+        assert ssp.scale(k) == pytest.approx(s_ref, rel=1e-7)
+        chi = rec["chi_g"] if k == "g" else rec[f"chi_{k}"]
+        np.testing.assert_allclose(chi, m / math.sqrt(s_ref), rtol=1e-5)
+        assert (chi.mean() if scale == "mean" else (chi.astype(np.float64) ** 2).mean()) == pytest.approx(1.0, rel=1e-5)
 
 
 def test_eq18_distance_is_scale_free():
@@ -105,37 +148,77 @@ def test_eq12_first_epoch_labels_are_human_labels():
     assert bool(ssp.seen.all()) and ssp.count == 6
 
 
-def test_eq11_ewma_over_epochs_uses_previous_epoch_label():
+def _ref_chi(f: np.ndarray, y_k: np.ndarray, pivot: float = 1.5, shrink: float = 0.05, ridge: float = 1e-6) -> np.ndarray:
+    """Eq. 17-18 by hand in numpy over a whole bank: chi = m / mean(m)."""
+    w = 1 / (1 + np.exp(-(y_k - pivot)))
+    A = (w[:, None] * f).sum(0) / w.sum()
+    cov = np.cov(f.T, bias=True)
+    d = f.shape[1]
+    sig = (1 - shrink) * cov + (shrink * np.trace(cov) / d + ridge) * np.eye(d)
+    m = np.sqrt(np.einsum("ij,jk,ik->i", f - A, np.linalg.inv(sig), f - A))
+    return m / m.mean()
+
+
+def _ref_estimate(y_g, chi_s, chi_g):
+    return (y_g + (chi_s - chi_g)) / 2 + chi_s * y_g / (2 * (chi_g + 1e-6))      # Eq. 21, alpha = 1
+
+
+def test_eq11_ewma_at_epoch_ends_from_the_bank():
     ssp, g = _filled()
-    ssp.end_epoch(1)
-    y_g = ssp.y_g
-    idx = torch.tensor([0, 1, 4])
+    rec1 = ssp.end_epoch(1)
+    y_g = ssp.y_g.numpy()
+    np.testing.assert_array_equal(rec1["label_ptrt"], y_g.astype(np.float32))    # Eq. 12
+    # the epoch-1 estimate is recorded (not applied), computed from the bank
+    f1 = {k: ssp.bank[k].numpy().astype(np.float64) for k in ssp.tasks}
+    chi_g1 = _ref_chi(f1["g"], y_g)
+    np.testing.assert_allclose(rec1["estimate_ptrt"], _ref_estimate(y_g, _ref_chi(f1["ptrt"], y_g), chi_g1), rtol=1e-4)
 
     def feats(n):
         return {"g": torch.randn(n, 3, generator=g), "ptrt": torch.randn(n, 3, generator=g),
                 "rtrv": torch.randn(n, 4, generator=g)}
 
-    f = feats(3)
-    est = ssp.estimate(idx, f)
-    ssp.update(idx, f, 2)
+    idx = torch.tensor([0, 1, 4])
+    ssp.update(idx, feats(3), 2)
+    # during the epoch the labels do not change
+    assert ssp.labels(torch.arange(6))["ptrt"].tolist() == pytest.approx(y_g.tolist())
+    ssp.update(idx[:1], feats(1), 2)                    # a second visit: the bank keeps the last row
+    rec2 = ssp.end_epoch(2)
+    f2 = {k: ssp.bank[k].numpy().astype(np.float64) for k in ssp.tasks}
+    chi_g2 = _ref_chi(f2["g"], y_g)
+    end2 = {}
     for s in ("ptrt", "rtrv"):
-        expected = (2 / 3 * est[s] + 1 / 3 * y_g[idx]).clamp(0, 4)          # beta = 2/(2+1)
-        assert ssp.labels(idx)[s].tolist() == pytest.approx(expected.float().tolist(), abs=1e-6)
-    # a second visit in epoch 2 still smooths against the epoch-1 label (= y_g), not its own update
-    f0 = feats(1)
-    est0 = ssp.estimate(idx[:1], f0)
-    ssp.update(idx[:1], f0, 2)
-    assert ssp.labels(idx[:1])["ptrt"].item() == pytest.approx(
-        (2 / 3 * est0["ptrt"] + 1 / 3 * y_g[0]).clamp(0, 4).item(), abs=1e-6)
-    end2 = {s: ssp.labels(torch.arange(6))[s].double() for s in ("ptrt", "rtrv")}
-    ssp.end_epoch(2)
-    f3 = feats(3)
-    est3 = ssp.estimate(idx, f3)
-    ssp.update(idx, f3, 3)
-    expected = (0.5 * est3["rtrv"] + 0.5 * end2["rtrv"][idx]).clamp(0, 4)    # beta = 2/(3+1)
-    assert ssp.labels(idx)["rtrv"].tolist() == pytest.approx(expected.float().tolist(), abs=1e-6)
-    # untouched samples keep their labels
-    assert ssp.labels(torch.tensor([2, 3]))["ptrt"].tolist() == pytest.approx(end2["ptrt"][[2, 3]].tolist())
+        est = _ref_estimate(y_g, _ref_chi(f2[s], y_g), chi_g2)               # anchors weighted by y_s^(1) = y_g
+        np.testing.assert_allclose(rec2[f"estimate_{s}"], est, rtol=1e-4, atol=1e-5)
+        end2[s] = np.clip(2 / 3 * est + 1 / 3 * y_g, -4, 8)                   # beta = 2/(2+1)
+        np.testing.assert_allclose(rec2[f"label_{s}"], end2[s], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(rec2[f"mean_change_{s}"], np.abs(end2[s] - y_g).mean(), rtol=1e-5)
+    ssp.update(idx, feats(3), 3)
+    rec3 = ssp.end_epoch(3)
+    f3 = {k: ssp.bank[k].numpy().astype(np.float64) for k in ssp.tasks}
+    chi_g3 = _ref_chi(f3["g"], y_g)
+    est = _ref_estimate(y_g, _ref_chi(f3["rtrv"], end2["rtrv"]), chi_g3)      # subtask anchor: weights of y_s^(2)
+    np.testing.assert_allclose(rec3["label_rtrv"], np.clip(0.5 * est + 0.5 * end2["rtrv"], -4, 8),
+                               rtol=1e-5, atol=1e-5)                          # beta = 2/(3+1)
+
+
+def test_health_entries_of_the_record():
+    ssp, g = _filled()
+    ssp.end_epoch(1)
+    ssp.update(torch.arange(6), {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g),
+                                 "rtrv": torch.randn(6, 4, generator=g)}, 2)
+    rec = ssp.end_epoch(2)
+    health = ssp_health(rec)
+    assert set(health) == {"ptrt", "rtrv"}
+    for s, h in health.items():
+        off = rec[f"offset_{s}"]
+        assert h["share_up"] == pytest.approx(float((off > 0).mean()))
+        assert h["share_down"] == pytest.approx(float((off < 0).mean()))
+        assert h["mean_chi_s"] == pytest.approx(float(rec[f"chi_{s}"].mean()), rel=1e-6)
+        assert h["mean_chi_g"] == pytest.approx(float(rec["chi_g"].mean()), rel=1e-6)
+        assert h["mean_change"] == pytest.approx(float(np.abs(rec[f"label_{s}"] - rec["y_g"]).mean()), rel=1e-5)
+        assert h["n_seen"] == 6
+    assert ssp_health(ssp.record(2)) == health
+    json.dumps(health)                                                        # JSON-able for history.json
 
 
 def test_identical_subtask_features_keep_human_labels():
@@ -152,15 +235,20 @@ def test_identical_subtask_features_keep_human_labels():
     assert ssp.labels(torch.arange(n))["pvrv"].tolist() == pytest.approx(y.tolist(), abs=1e-4)
 
 
-def test_labels_are_clamped_to_the_label_range():
-    ssp, g = _filled(alpha1=100.0)
-    ssp.end_epoch(1)
-    f = {"g": torch.zeros(6, 3), "ptrt": torch.randn(6, 3, generator=g) * 50, "rtrv": torch.randn(6, 4, generator=g) * 50}
-    est = ssp.estimate(torch.arange(6), f)
-    ssp.update(torch.arange(6), f, 2)
-    lab = ssp.labels(torch.arange(6))["ptrt"]
-    assert lab.min().item() >= 0.0 and lab.max().item() <= 4.0
-    assert (est["ptrt"][1:] > 4.0).all() and torch.allclose(lab[1:], torch.full((5,), 4.0))
+def test_labels_are_clamped_to_the_widened_range():
+    """Clamp [low - w, high + w] (w = high - low): 0..4 -> [-4, 8]; a given clamp is used as is."""
+    for clamp, lo, hi in ((None, -4.0, 8.0), ((0.0, 4.0), 0.0, 4.0)):
+        ssp, g = _filled(alpha1=100.0, clamp=clamp)
+        ssp.end_epoch(1)
+        f = {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g) * 50,
+             "rtrv": torch.randn(6, 4, generator=g) * 50}
+        ssp.update(torch.arange(6), f, 2)
+        rec = ssp.end_epoch(2)
+        lab, est = rec["label_ptrt"], rec["estimate_ptrt"]
+        assert lab.min() >= lo and lab.max() <= hi
+        raw = 2 / 3 * est + 1 / 3 * rec["y_g"]
+        np.testing.assert_allclose(lab, np.clip(raw, lo, hi), rtol=1e-5, atol=1e-5)
+        assert ((raw > hi) | (raw < lo)).any()                                # the clamp was exercised
 
 
 # ------------------------------------------------------------------ incremental statistics
@@ -199,6 +287,7 @@ def test_incremental_statistics_equal_full_recompute():
 def test_record_contents():
     ssp, g = _filled()
     rec1 = ssp.end_epoch(1)
+    assert float(rec1["mean_change_ptrt"]) == 0.0 and float(rec1["share_up_ptrt"]) == 0.0
     assert ssp.record(1) is rec1 and int(rec1["epoch"]) == 1
     f = {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g), "rtrv": torch.randn(6, 4, generator=g)}
     ssp.update(torch.arange(6), f, 2)
@@ -248,7 +337,11 @@ def test_load_state_dict_rejects_other_configuration():
     with pytest.raises(CheckpointError, match="another training set or model configuration"):
         other.load_state_dict(ssp.state_dict())
     with pytest.raises(CheckpointError, match="lacks the entry"):
-        SSPLabel(6, torch.zeros(6), {"g": 3}).load_state_dict({"version": 1, "n_samples": 6, "dims": {"g": 3}})
+        SSPLabel(6, torch.zeros(6), {"g": 3}).load_state_dict({"version": 2, "n_samples": 6, "dims": {"g": 3}})
+    old = ssp.state_dict()
+    old["version"] = 1
+    with pytest.raises(CheckpointError, match="another SSP-Label reading"):
+        SSPLabel(6, torch.zeros(6), dict(ssp.dims)).load_state_dict(old)
 
 
 def test_bad_calls_raise_clear_errors():
@@ -266,3 +359,39 @@ def test_bad_calls_raise_clear_errors():
         ssp.update(torch.tensor([0]), {**f, "g": torch.full((1, 3), float("nan"))}, 1)
     with pytest.raises(TrainingError, match="must contain the global task"):
         SSPLabel(2, torch.zeros(2), {"ptrt": 3})
+    with pytest.raises(TrainingError, match="scale must be one of"):
+        SSPLabel(2, torch.zeros(2), {"g": 3}, scale="median")
+
+
+# ------------------------------------------------------------------ the structural bias (issue 9)
+def test_low_rank_subtask_gets_offsets_of_both_signs():
+    """A full-rank f*_g (8-d) and a rank-1 f*_s (8-d), each fixed per sample plus small noise per
+    epoch. The earlier reading (s_k = d_k, distances of the fresh batch features against the
+    bank) gives E[chi_s^2] ~ 1/8 against E[chi_g^2] ~ 1: (almost) every offset negative, and a
+    label-0 review can only fall to the clamp. The current reading gives offsets of both signs
+    and lets y_g = 0 reviews rise."""
+    g = torch.Generator().manual_seed(11)
+    n, d = 300, 8
+    y = torch.arange(n).remainder(5).float()                                  # labels 0..4, 60 each
+    base_g = torch.randn(n, d, generator=g)
+    base_s = torch.randn(n, 1, generator=g) @ torch.randn(1, d, generator=g)
+    ssp = SSPLabel(n, y, {"g": d, "ptrt": d})
+    old_offsets = []
+    for epoch in (1, 2, 3, 4):
+        for idx in torch.randperm(n, generator=g).split(32):
+            f = {"g": base_g[idx] + 0.05 * torch.randn(len(idx), d, generator=g),
+                 "ptrt": base_s[idx] + 0.05 * torch.randn(len(idx), d, generator=g)}
+            if epoch > 1:   # the earlier reading, on the same batch: m / sqrt(d) from the bank before storing
+                chi_old = {k: ssp.mahalanobis(k, f[k]) / math.sqrt(d) for k in ("g", "ptrt")}
+                old_offsets.append(pseudo_label_estimate(y[idx].double(), chi_old["ptrt"], chi_old["g"]) - y[idx])
+            ssp.update(idx, f, epoch)
+        rec = ssp.end_epoch(epoch)
+    old = torch.cat(old_offsets)
+    assert float((old > 0).double().mean()) < 0.05 and float((old < 0).double().mean()) > 0.95
+    h = ssp_health(rec)["ptrt"]
+    assert h["share_up"] >= 0.10 and h["share_down"] >= 0.10, h
+    assert h["mean_chi_s"] == pytest.approx(1.0, abs=1e-5) and h["mean_chi_g"] == pytest.approx(1.0, abs=1e-5)
+    zero = rec["y_g"] == 0
+    assert (rec["label_ptrt"][zero] > 0).any() and (rec["label_ptrt"][zero] < 0).any()
+    four = rec["y_g"] == 4
+    assert (rec["label_ptrt"][four] > 4).any()
