@@ -28,3 +28,16 @@ class TrainingError(MMSSError):
 
 class PipelineError(MMSSError):
     """A notebook stage failed or got bad parameters."""
+
+
+class SweepError(TrainingError):
+    """Some runs of a sweep failed while the others finished (``run_experiment``).
+
+    ``failures``: ``{run name: "Type: message"}``; ``results``: the tidy table of the runs that
+    finished (the same columns as ``run_experiment``'s return value).
+    """
+
+    def __init__(self, message: str, failures: dict | None = None, results=None):
+        super().__init__(message)
+        self.failures = dict(failures or {})
+        self.results = results
