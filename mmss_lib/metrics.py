@@ -1,4 +1,5 @@
-"""MRHP ranking metrics (MAP, NDCG@k, MRR), per-product metrics and paired significance tests.
+"""MRHP ranking metrics (MAP, NDCG@k, MRR), per-product metrics, paired significance tests and
+percentile bootstrap intervals over products (:func:`bootstrap_interval`, :func:`bootstrap_difference`).
 
 The protocol is the one shared by every system of this line of work (MRHP_FACTS.md section 4),
 which produced every number of the paper's Tables 1, 2 and 4:
@@ -381,6 +382,85 @@ def paired_test(a, b, *, alternative: str = "two-sided") -> dict[str, float]:
             pass
     out.update(t_stat=float(t.statistic), t_p=float(t.pvalue))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# bootstrap intervals over products
+# --------------------------------------------------------------------------------------------
+
+_BOOT_CELLS = 1 << 22   # resample indices held at once (n_boot rows are drawn in chunks of this size)
+
+
+def _check_boot_args(n_boot: int, level: float, who: str) -> None:
+    if int(n_boot) != n_boot or n_boot < 1:
+        raise ValueError(f"{who}: n_boot must be a positive integer, got {n_boot!r}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"{who}: level must lie strictly between 0 and 1, got {level!r}")
+
+
+def bootstrap_means(values, *, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """``n_boot`` bootstrap replicates of the mean of ``values`` (one value per product).
+
+    Replicate b is the mean of ``values[idx[b]]`` where ``idx`` is the ``(n_boot, n)`` matrix of
+    ``numpy.random.default_rng(seed).integers(0, n, size=(rows, n))`` drawn in consecutive row
+    chunks of at most ``2**22 // n`` rows (so memory stays bounded for large ``n``; the chunking
+    depends on ``n`` only, so the result is a deterministic function of values, n_boot and seed).
+    """
+    x = _numeric(_as_1d(values, "values"), "values")
+    _check_boot_args(n_boot, 0.5, "bootstrap_means")
+    n = len(x)
+    if n == 0:
+        raise DataError("bootstrap_means: no values (one per product) to resample")
+    rng = np.random.default_rng(seed)
+    rows = max(1, _BOOT_CELLS // n)
+    out = np.empty(int(n_boot))
+    for start in range(0, int(n_boot), rows):
+        stop = min(int(n_boot), start + rows)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        out[start:stop] = x[idx].mean(axis=1)
+    return out
+
+
+def bootstrap_interval(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval ``(lo, hi)`` of the mean of ``values`` over products.
+
+    Products are resampled with replacement (:func:`bootstrap_means`); ``lo`` and ``hi`` are the
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (numpy's default linear interpolation)
+    of the ``n_boot`` replicate means. Deterministic for a given ``seed``. A single product or
+    constant values give ``lo == hi`` (no spread to resample).
+    """
+    _check_boot_args(n_boot, level, "bootstrap_interval")
+    means = bootstrap_means(values, n_boot=n_boot, seed=seed)
+    alpha = (1.0 - float(level)) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def bootstrap_difference(a, b, *, n_boot: int = 2000, level: float = 0.95,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Paired percentile bootstrap of the difference of two systems on the same products.
+
+    ``a`` and ``b`` are per-product values of one metric; two pandas Series are aligned on their
+    index (which must hold the same products), other inputs are paired by position. The products
+    are resampled together (the same index draws for both systems), which is the bootstrap of the
+    per-product differences ``a - b``. Returns ``(mean_diff, lo, hi)``; an interval that excludes
+    0 says the difference is significant at ``1 - level`` (two-sided).
+    """
+    _check_boot_args(n_boot, level, "bootstrap_difference")
+    if hasattr(a, "index") and hasattr(b, "index") and hasattr(a, "reindex"):
+        if len(a) != len(b) or not a.index.sort_values().equals(b.index.sort_values()):
+            missing = sorted(set(a.index) ^ set(b.index), key=str)[:5]
+            raise DataError(f"bootstrap_difference: the two systems were evaluated on different products "
+                            f"(e.g. {missing}); pair them on the same products")
+        b = b.reindex(a.index)
+    x = _numeric(_as_1d(a, "a"), "a")
+    y = _numeric(_as_1d(b, "b"), "b")
+    if len(x) != len(y):
+        raise DataError(f"bootstrap_difference: a and b must have the same length (one value per product), "
+                        f"got {len(x)} and {len(y)}")
+    d = x - y
+    lo, hi = bootstrap_interval(d, n_boot=n_boot, level=level, seed=seed)
+    return float(d.mean()) if len(d) else float("nan"), lo, hi
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError, MMSSError
-from mmss_lib.metrics import (RankingMetricAccumulator, bench_metrics, paired_test,
+from mmss_lib.metrics import (RankingMetricAccumulator, bench_metrics, bootstrap_difference,
+                              bootstrap_interval, paired_test,
                               per_product_metrics, ranking_metrics)
 
 L3 = math.log2(3)
@@ -333,3 +334,114 @@ def test_docstring_examples():
 
     result = doctest.testmod(mmss_lib.metrics)
     assert result.attempted >= 4 and result.failed == 0
+
+
+# ------------------------------------------------------------------ bootstrap intervals (issue 10)
+
+def _ref_quantile(sorted_vals, q):
+    """numpy's default ('linear') quantile, written out."""
+    pos = q * (len(sorted_vals) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (pos - lo) * (sorted_vals[hi] - sorted_vals[lo])
+
+
+def _ref_bootstrap(values, n_boot, level, seed, rows):
+    """Brute force: the documented index draws, one replicate mean at a time in Python."""
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    means = []
+    done = 0
+    while done < n_boot:
+        take = min(rows, n_boot - done)
+        idx = rng.integers(0, n, size=(take, n))
+        for row in idx:
+            means.append(sum(values[int(i)] for i in row) / n)
+        done += take
+    means.sort()
+    alpha = (1 - level) / 2
+    return _ref_quantile(means, alpha), _ref_quantile(means, 1 - alpha)
+
+
+@pytest.mark.parametrize("n,n_boot,level,cells", [(7, 500, 0.95, None), (30, 333, 0.9, None),
+                                                  (11, 250, 0.95, 11 * 40)])
+def test_bootstrap_interval_matches_brute_force(monkeypatch, n, n_boot, level, cells):
+    import mmss_lib.metrics as M
+
+    if cells is not None:                                   # force several row chunks
+        monkeypatch.setattr(M, "_BOOT_CELLS", cells)
+    vals = list(np.random.default_rng(n).random(n))
+    rows = max(1, M._BOOT_CELLS // n)
+    lo, hi = M.bootstrap_interval(vals, n_boot=n_boot, level=level, seed=3)
+    rlo, rhi = _ref_bootstrap(vals, n_boot, level, 3, rows)
+    assert lo == pytest.approx(rlo, abs=1e-12) and hi == pytest.approx(rhi, abs=1e-12)
+    assert lo < float(np.mean(vals)) < hi
+
+
+def test_bootstrap_interval_against_exact_bootstrap_distribution():
+    """n = 5: all 5^5 equally likely resamples give the exact bootstrap distribution of the mean;
+    the Monte-Carlo percentile bounds must sit at its 2.5% / 97.5% points."""
+    import itertools
+
+    vals = np.array([0.1, 0.35, 0.5, 0.8, 1.0])
+    exact = np.sort(np.array([vals[list(ix)].mean() for ix in itertools.product(range(5), repeat=5)]))
+    lo, hi = bootstrap_interval(vals, n_boot=40000, seed=1)
+    cdf = lambda t: np.searchsorted(exact, t + 1e-12, side="right") / len(exact)   # noqa: E731
+    assert abs(cdf(lo) - 0.025) < 0.01
+    assert abs(cdf(hi) - 0.975) < 0.01
+
+
+def test_bootstrap_interval_known_cases():
+    assert bootstrap_interval([0.7] * 9) == (0.7, 0.7)
+    assert bootstrap_interval([0.3]) == (0.3, 0.3)
+    x = np.random.default_rng(0).normal(0.5, 0.2, size=400)
+    lo, hi = bootstrap_interval(x, n_boot=4000)
+    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))         # normal-theory half width
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.12)
+    assert (lo + hi) / 2 == pytest.approx(x.mean(), abs=0.25 * half)
+    # deterministic by seed, different with another seed, narrower at a lower level
+    assert bootstrap_interval(x, seed=5) == bootstrap_interval(x, seed=5)
+    assert bootstrap_interval(x, seed=5) != bootstrap_interval(x, seed=6)
+    lo90, hi90 = bootstrap_interval(x, level=0.9)
+    assert hi90 - lo90 < hi - lo
+
+
+def test_bootstrap_interval_rejects_bad_input():
+    with pytest.raises(DataError, match="no values"):
+        bootstrap_interval([])
+    with pytest.raises(DataError, match="NaN"):
+        bootstrap_interval([0.1, float("nan")])
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_interval([0.1, 0.2], level=1.0)
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_interval([0.1, 0.2], n_boot=0)
+
+
+def test_bootstrap_difference_paired():
+    rng = np.random.default_rng(2)
+    a = rng.random(50)
+    # a constant shift: every resample has the same difference
+    d, lo, hi = bootstrap_difference(a + 0.1, a)
+    assert d == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    # paired = bootstrap of the per-product differences with the same draws
+    b = a + rng.normal(0.02, 0.05, size=50)
+    d, lo, hi = bootstrap_difference(b, a, seed=4)
+    assert d == pytest.approx(float(np.mean(b - a)))
+    assert (lo, hi) == bootstrap_interval(b - a, seed=4)
+    assert lo < d < hi
+    # the paired interval is much narrower than the difference of unpaired intervals would suggest
+    alo, ahi = bootstrap_interval(a)
+    assert hi - lo < (ahi - alo) / 2
+
+
+def test_bootstrap_difference_aligns_series_on_products():
+    ids = [f"p{i}" for i in range(20)]
+    rng = np.random.default_rng(8)
+    a = pd.Series(rng.random(20), index=ids)
+    b = pd.Series(rng.random(20), index=ids)
+    shuffled = b.sample(frac=1.0, random_state=1)
+    assert bootstrap_difference(a, shuffled) == bootstrap_difference(a, b)
+    with pytest.raises(DataError, match="different products"):
+        bootstrap_difference(a, b.rename(index={"p0": "zz"}))
+    with pytest.raises(DataError, match="same length"):
+        bootstrap_difference([0.1, 0.2], [0.1])
