@@ -34,7 +34,11 @@ Policies for bad input (each a :class:`~mmss_lib.errors.DataError` naming the fi
 or field): a missing split file, a truncated / non-JSON file, a missing column, columns whose
 row indices differ, a review whose product is not in the product file, a review without a
 relation row (and vice versa), duplicate review or product ids, an empty or non-string text,
-a label that is not an integer, labels outside 0..4 (without ``bin_votes``).
+a label that is not an integer, labels outside 0..4 (without ``bin_votes``), an id that is
+not ASIN- or number-based (path separators, ``..``, NUL or control characters, empty:
+:func:`check_item_id`), a file in another JSON orientation (``orient='index'`` is named as such).
+Texts are not length-limited here (a 10 MB review loads as is); encoders truncate them to their
+maximum length (:mod:`mmss_lib.features.text`).
 
 Local images (optional): ``{root}/{dataset}/{category}/images/{prd|rvw}/{item_id}/*.{jpg,jpeg,png,webp}``,
 sorted by file name. Items without images are normal; ``attrs["image_counts"]`` of each frame
@@ -172,6 +176,11 @@ def _read_column_json(path: Path, required: Iterable[str]) -> tuple[list[str], d
                         '({"column": {"row": value}}), got ' + type(obj).__name__)
     missing = [c for c in required if c not in obj]
     if missing:
+        inner = next(iter(obj.values()), {})
+        if obj and all(c in inner for c in required):   # rows outside, columns inside
+            raise DataError(f"{path}: looks like a pandas to_json(orient='index') dump ({{\"row\": {{\"column\": "
+                            f"value}}}}); expected the default column orientation ({{\"column\": {{\"row\": value}}}}): "
+                            f"write it with DataFrame.to_json() without orient")
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(obj) or 'none'}")
     cols = list(required)
     keys = list(obj[cols[0]].keys())
@@ -195,15 +204,49 @@ def _claim_id(seen: dict, item_id: str, path, row: str, field: str) -> None:
     seen[item_id] = row
 
 
-def _as_id(value: Any, path: Path, row: str, field: str) -> str:
-    if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()):
-        raise DataError(f"{path}: row {row}, field {field!r}: expected an id (string or integer), got {value!r}")
+def check_item_id(value: Any, *, file: Any, row: Any, field: str) -> str:
+    """Validate one item id as read from ``file`` (row ``row``, field ``field``); return it as a string.
+
+    MRHP ids are ASIN- or number-based (``B00X1234``, ``B00X1234-3``, ``17``), and they name
+    folders (``images/{prd|rvw}/{item_id}/``, importer sources), so an id is refused with a
+    :class:`DataError` naming the file, row and field when it is not a string or an integer
+    (JSON numbers with an integral value count as integers), or when it is empty, ``.`` or
+    contains a path separator (``/`` or ``\\``), ``..``, a NUL or any other control character.
+    Policy documented here; callers: :func:`load_mrhp` (prd/rvw/rel ids),
+    :mod:`mmss_lib.amazon2018` (``asin``), :mod:`mmss_lib.predict` (``review_id`` of the input)
+    and :mod:`mmss_lib.features.importers` (item ids).
+
+    >>> check_item_id(17.0, file="x.rel.train", row="0", field="review_id")
+    '17'
+    >>> check_item_id("../etc", file="x.rvw.train", row="3", field="review_id")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mmss_lib.errors.DataError: x.rvw.train: row 3, field 'review_id': id '../etc' contains '/' ...
+    """
+    where = f"{file}: row {row}, field {field!r}"
+    if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()) \
+            or not isinstance(value, (str, int, float)):
+        raise DataError(f"{where}: expected an id (string or integer), got {type(value).__name__} {value!r:.60}")
     if isinstance(value, float):
         value = int(value)
     s = str(value)
-    if not s:
-        raise DataError(f"{path}: row {row}, field {field!r}: empty id")
+    if not s.strip():
+        raise DataError(f"{where}: empty id; expected an ASIN- or number-based id")
+    for bad, what in (("/", "'/'"), ("\\", "'\\'"), ("..", "'..'")):
+        if bad in s:
+            raise DataError(f"{where}: id {s[:60]!r} contains {what} (a path separator or parent reference); "
+                            f"expected an ASIN- or number-based id (ids name image folders)")
+    ctrl = next((c for c in s if ord(c) < 32 or 127 <= ord(c) < 160), None)
+    if ctrl is not None:
+        raise DataError(f"{where}: id {s[:60]!r} contains the control character {ctrl!r}; expected an "
+                        f"ASIN- or number-based id")
+    if s == ".":
+        raise DataError(f"{where}: id '.' names the current folder; expected an ASIN- or number-based id")
     return s
+
+
+def _as_id(value: Any, path: Path, row: str, field: str) -> str:
+    return check_item_id(value, file=path, row=row, field=field)
 
 
 def _as_text(value: Any, path: Path, row: str, field: str) -> str:
