@@ -31,7 +31,8 @@ Streaming, three passes, memory bounded by what is kept (not by the file sizes):
    the line decoded only when it is a candidate);
 3. reviews again: only the needed fields of qualifying reviews of candidate products.
 
-A malformed line is an error naming the file and line; a truncated gzip file is an error; an
+A malformed line is an error naming the file and line (an ``asin`` that is not ASIN-like,
+e.g. holding ``/`` or ``..``, too: :func:`mmss_lib.data.check_item_id`); a truncated gzip file is an error; an
 empty result is an error that says which rule removed everything. The report (returned, printed
 by the CLI and written to ``{out}/{dataset}/{category}/build_report.json``) counts what each rule
 removed.
@@ -53,7 +54,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from mmss_lib.data import SPLITS, bin_votes, split_by_product, write_mrhp
+from mmss_lib.data import SPLITS, bin_votes, check_item_id, split_by_product, write_mrhp
 from mmss_lib.errors import DataError
 from mmss_lib.utils import atomic_write_json
 
@@ -168,6 +169,7 @@ def _review_fields(rec: dict, path: Path, n: int) -> tuple[str, int, str]:
     asin = rec.get("asin")
     if not isinstance(asin, str) or not asin:
         raise DataError(f"{path}: line {n}: field 'asin' missing or not a string")
+    check_item_id(asin, file=path, row=n, field="asin")   # row = line number
     try:
         votes = parse_vote(rec.get("vote"))
     except (TypeError, ValueError):

@@ -21,6 +21,10 @@ tokenizer into ``pt_ids`` / ``rt_ids`` (``pt``/``rt`` are None; each distinct pr
 tokenised once per batch); regions still come from the stores. In this mode the text stores are
 not needed at all: a split built with ``keep_texts=True`` and only the two region stores has
 ``text_dim = None`` (the encoder decides it).
+
+Bad stores (:func:`open_stores`): a missing store, a store whose manifest names another
+dataset/category (a features folder copied from another category), and a split item absent from a
+store are each a :class:`~mmss_lib.errors.FeatureStoreError` naming the store path and the item.
 """
 from __future__ import annotations
 
@@ -288,5 +292,12 @@ def open_stores(features_root, dataset: str, category: str, *,
             raise FeatureStoreError(
                 f"feature store {kind} not found at {path}; run `mmss extract --dataset {dataset} "
                 f"--category {category}` first (features root {os.fspath(features_root)})")
-        out[kind] = FeatureStore(path)
+        store = FeatureStore(path)
+        made_for = (store.manifest.get("dataset"), store.manifest.get("category"))
+        if made_for[1] is not None and made_for != (dataset, category):
+            raise FeatureStoreError(
+                f"feature store {kind} at {path} was extracted for {made_for[0]}/{made_for[1]}, not "
+                f"{dataset}/{category} (its manifest.json says so); point the features root at this "
+                f"category's features or run `mmss extract --dataset {dataset} --category {category}`")
+        out[kind] = store
     return out

@@ -416,8 +416,13 @@ def load_ssp_history(run_dir: str | os.PathLike) -> SSPHistory:
         raise DataError(f"{d}: no SSP-Label records (epoch*.npz); train the full MM-SS model first")
     recs = []
     for f in files:
-        with np.load(f, allow_pickle=False) as z:
-            recs.append({k: z[k] for k in z.files})
+        try:
+            with np.load(f, allow_pickle=False) as z:   # no pickled objects: a shared run runs no code
+                recs.append({k: z[k] for k in z.files})
+        except Exception as exc:  # corrupt, truncated, or holding pickled objects
+            raise DataError(f"{f}: not a readable SSP-Label record ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); expected an .npz of plain "
+                            f"arrays written by mmss train") from None
     first = recs[0]
     for k in ("review_id", "y_g", "seen", "chi_g"):
         if k not in first:
@@ -475,7 +480,12 @@ def score_with_checkpoint(run_dir: str | os.PathLike, split, indices) -> dict[st
     path = Path(run_dir) / "best.pt"
     if not path.exists():
         raise CheckpointError(f"{path}: no best checkpoint; train this run first")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    from mmss_lib.train import _load_torch
+
+    ck = _load_torch(path)          # weights_only=True: a shared run folder runs no code
+    for key in ("config", "model", "text_dim", "region_dim"):
+        if not isinstance(ck, dict) or key not in ck:
+            raise CheckpointError(f"{path}: not a best.pt written by mmss train (no {key!r})")
     cfg = TrainConfig.from_json(ck["config"])
     if cfg.fine_tune_text:
         raise CheckpointError(f"{path}: fine-tuned text encoders are not supported by the case study")

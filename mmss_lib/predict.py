@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmss_lib.data import check_item_id
 from mmss_lib.errors import CheckpointError, DataError, ModelNotAvailableError
 
 
@@ -49,7 +50,10 @@ def _check_inputs(product: dict, reviews: Sequence[dict]) -> None:
     for i, r in enumerate(reviews):
         if not isinstance(r, dict) or "text" not in r:
             raise DataError(f"predict: review {i} must be a dict with 'text' (and optional 'review_id', 'image_files')")
-        rid = str(r.get("review_id", f"r{i}"))
+        rid = check_item_id(r.get("review_id", f"r{i}"), file="predict input", row=i, field="review_id")
+        if not isinstance(r["text"], str):
+            raise DataError(f"predict input: row {i} (review {rid}), field 'text': expected a string, got "
+                            f"{type(r['text']).__name__}")
         if rid in seen:
             raise DataError(f"predict: review_id {rid!r} given twice (review {i})")
         seen.add(rid)
@@ -100,7 +104,8 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
     if encoder.dim != int(ck["text_dim"]) and not cfg.fine_tune_text:
         raise ModelNotAvailableError(f"text model {encoder.name!r} gives {encoder.dim}-d features, the run "
                                      f"was trained on {ck['text_dim']}-d ones")
-    rids = [str(r.get("review_id", f"r{i}")) for i, r in enumerate(reviews)]
+    rids = [str(check_item_id(r.get("review_id", f"r{i}"), file="predict input", row=i, field="review_id"))
+            for i, r in enumerate(reviews)]
     texts = [str(product["text"])] + [str(r["text"]) for r in reviews]
     tx = encoder.encode(texts)
 

@@ -190,6 +190,9 @@ def import_features(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str 
         raise ValueError(f"fmt must be auto, pth or npz, got {fmt!r}")
     found = sorted(p.name for p in src.iterdir() if p.is_dir())
     ids = list(item_ids) if item_ids is not None else found
+    from mmss_lib.data import check_item_id
+    ids = [check_item_id(i, file=src if item_ids is None else "item_ids", row=k, field="item_id")
+           for k, i in enumerate(ids)]
     stats: dict[str, Any] = {"items": len(ids), "items_without_features": 0, "images": 0, "regions": 0,
                              "clipped_images": 0}
     writer = None
