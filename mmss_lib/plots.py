@@ -123,11 +123,15 @@ def plot_pseudo_label_trajectories(labels: Mapping[str, np.ndarray] | np.ndarray
 def plot_offset_distributions(offsets: Mapping[str, np.ndarray] | np.ndarray, *,
                               subtasks: Optional[Sequence[str]] = None,
                               y_g: Optional[np.ndarray] = None, title: Optional[str] = None):
-    """Distribution of the offsets ``delta_gs = y_s - y_g`` (Eq. 21) per subtask.
+    """Distribution of the offsets ``delta_gs = y_s - y_g`` (Eq. 21) per subtask (seaborn).
 
-    ``offsets[s]``: (N,) (or an (N, S) array). Left: one violin + box per subtask with its mean;
-    right (when ``y_g`` is given): the mean offset per human label, per subtask.
+    ``offsets[s]``: (N,) (or an (N, S) array). Left: one violin (quartiles inside) per subtask with
+    its mean (diamond) and the shares of offsets above / below zero in the tick labels; right
+    (when ``y_g`` is given): the mean offset per human label, per subtask (bars with 95% intervals).
     """
+    import pandas as pd
+    import seaborn as sns
+
     plt = _plt()
     offsets = _as_subtask_dict(offsets, subtasks, "offsets")
     names = list(offsets)
@@ -135,30 +139,35 @@ def plot_offset_distributions(offsets: Mapping[str, np.ndarray] | np.ndarray, *,
     ncols = 2 if y_g is not None else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.0 * ncols, 3.8), squeeze=False)
     ax = axes[0, 0]
-    pos = np.arange(1, len(names) + 1)
-    nonempty = [i for i, d in enumerate(data) if d.size]
-    if nonempty:
-        ax.violinplot([data[i] for i in nonempty], positions=pos[nonempty], showextrema=False)
-        ax.boxplot([data[i] for i in nonempty], positions=pos[nonempty], widths=0.15,
-                   showfliers=False)
-        for i in nonempty:
-            ax.plot(pos[i], data[i].mean(), "D", color="crimson", ms=5)
+    long = pd.DataFrame({"subtask": np.repeat(np.arange(len(names)), [d.size for d in data]),
+                         "offset": np.concatenate(data) if data else np.zeros(0)})
+    if len(long):
+        sns.violinplot(data=long, x="subtask", y="offset", order=list(range(len(names))), inner="quart",
+                       cut=0, density_norm="width", color="#9ecae1", linewidth=0.8, ax=ax)
+    for i, d in enumerate(data):
+        if d.size:
+            ax.plot(i, d.mean(), "D", color="crimson", ms=5)
     ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set_xticks(pos, [f"$\\delta_{{g,{s}}}$" for s in names])
+    ticks = [f"$\\delta_{{g,{s}}}$" + (f"\n+{(d > 0).mean():.0%} / -{(d < 0).mean():.0%}" if d.size else "")
+             for s, d in zip(names, data)]
+    ax.set_xticks(np.arange(len(names)), ticks)
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.set_xlabel("")
     ax.set_ylabel("offset $y_s - y_g$")
-    ax.set_title("offsets per subtask (diamond = mean)")
+    ax.set_title("offsets per subtask (diamond = mean; share above / below 0)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     if y_g is not None:
         y_g = np.asarray(y_g, dtype=float)
         ax2 = axes[0, 1]
         labs = np.unique(y_g)
-        width = 0.8 / max(len(names), 1)
-        for j, (s, d) in enumerate(zip(names, data)):
+        for s, d in zip(names, data):
             if d.shape != y_g.shape:
                 raise DataError(f"offsets of subtask {s}: shape {d.shape}, expected {y_g.shape} "
                                 "(one per review, like the human labels)")
-            means = [d[y_g == lab].mean() for lab in labs]
-            ax2.bar(np.arange(len(labs)) + (j - (len(names) - 1) / 2) * width, means, width, label=s)
+        per_label = pd.DataFrame({"label": np.tile(y_g, len(names)), "offset": np.concatenate(data),
+                                  "subtask": np.repeat(names, y_g.size)})
+        sns.barplot(data=per_label, x="label", y="offset", hue="subtask", hue_order=names, order=list(labs),
+                    errorbar=("ci", 95), seed=0, err_kws={"linewidth": 0.8}, ax=ax2)
         ax2.set_xticks(np.arange(len(labs)), [f"{lab:g}" for lab in labs])
         ax2.set_xlabel("human label $y_g$")
         ax2.set_ylabel("mean offset")
