@@ -5,7 +5,8 @@ pseudo labels carry the planted cues of the demo data.
   (:class:`mmss_lib.plots.SSPHistory`): the share of offsets ``y_s - y_g`` above / below zero, the
   mean (sd, mean absolute) offset, the mean distances ``chi_s`` / ``chi_g`` (Eq. 18) and the mean
   change ``|y_s^(i) - y_s^(i-1)|`` (the EWMA of Eq. 11 settling). :func:`settling_epoch`: the
-  first epoch at which the mean change falls below a tolerance.
+  first epoch at which the mean change falls below a tolerance; :func:`write_ssp_health` writes
+  the table (notebook 04's pseudo-label table).
 - :func:`cue_association`: the paper's question (Sec. 4.4: each interaction captures how it
   *differs* from the global view) asked of the demo, whose generator records the cues it drew
   per review (:func:`mmss_lib.demo.load_cues`). Within the same human label, do reviews whose cue
@@ -84,6 +85,24 @@ def settling_epoch(table: pd.DataFrame, tol: float = CHANGE_TOL) -> dict[str, Op
     hit = per_epoch[per_epoch < tol]
     out["all"] = int(hit.index.min()) if len(hit) else None
     return out
+
+
+def write_ssp_health(hist, tables_dir, tag: str, *, tol: float = CHANGE_TOL) -> pd.DataFrame:
+    """Write :func:`ssp_health_table` as ``ssp_pseudo_labels_{tag}`` (CSV + Markdown via
+    :func:`mmss_lib.tables.save_table`, the settling epoch of :func:`settling_epoch` in the note);
+    return the table."""
+    from mmss_lib.tables import save_table
+
+    table = ssp_health_table(hist)
+    settle = settling_epoch(table, tol)
+    tables_dir = Path(tables_dir)
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    note = ("Per epoch and subtask over the training reviews SSP-Label has seen: shares of offsets y_s - y_g "
+            "above / below zero, offsets, mean change |y_s(i) - y_s(i-1)| (EWMA settling) and mean distances "
+            f"chi_s / chi_g (Eq. 18). First epoch with mean change < {tol:g}: "
+            + ", ".join(f"{k} {'never' if v is None else v}" for k, v in settle.items()) + ".")
+    save_table(table.set_index(["epoch", "subtask"]), tables_dir / f"ssp_pseudo_labels_{tag}", decimals=3, note=note)
+    return table
 
 
 # ----------------------------------------------------------------------------- cue association

@@ -111,3 +111,14 @@ def test_write_cue_association(tmp_path):
     assert list(csv.subtask) == ["ptrt", "rtrv"] and "ci_low" in csv.columns
     assert "bootstrap" in (tmp_path / "t" / "ssp_cue_association_x.md").read_text()
     assert (tmp_path / "f" / "fig_ssp_cue_association_x.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_write_ssp_health(tmp_path):
+    y_g = np.array([0.0, 2.0, 4.0])
+    lab = np.array([[0.0, 2.0, 4.0], [0.3, 1.5, 4.0]])
+    t = sa.write_ssp_health(_hist(y_g, {"ptrt": lab, "rtrv": lab + 0.0}), tmp_path, "x")
+    csv = pd.read_csv(tmp_path / "ssp_pseudo_labels_x.csv")
+    assert list(csv.columns[:2]) == ["epoch", "subtask"] and len(csv) == 4 == len(t)
+    np.testing.assert_allclose(csv[csv.epoch == 1].mean_abs_offset, 0.0)
+    assert csv[(csv.epoch == 2) & (csv.subtask == "ptrt")].share_up.item() == pytest.approx(1 / 3)
+    assert "ptrt never" in (tmp_path / "ssp_pseudo_labels_x.md").read_text()
