@@ -1,0 +1,173 @@
+"""The product-level summary of an experiment: per system, the mean over products with its 95%
+bootstrap interval and a paired test against the best other system; written as CSV by every
+``mmss train`` (``summary.csv``, or ``summary_{tag}.csv`` under K-fold cross-validation).
+
+Input is the tidy results frame of :func:`run_experiment` (one row per run: ``dataset``,
+``category``, ``system``, ``variant``, ``seed``, ``run_dir``, and ``fold`` under
+cross-validation). For every run the per-product test metrics are read from its folder
+(:func:`mmss_lib.floors.per_product_for_run`: the scores file, and for the ``random`` floor its
+exact expectations). Then, per (category, system, variant):
+
+1. each product's metric is averaged over seeds;
+2. under cross-validation the folds' test products are pooled: every product is a test product
+   of exactly one fold (a product seen in two folds, or systems covering different products, is
+   a :class:`~mmss_lib.errors.DataError`);
+3. ``MAP`` / ``NDCG@3`` / ``NDCG@5`` (and ``MRR``) = the mean over products of AP / NDCG@k / RR;
+   ``{m}_lo``, ``{m}_hi`` = the 95% percentile bootstrap interval of that mean over products
+   (:func:`mmss_lib.metrics.bootstrap_interval`, 2000 resamples, seed 0);
+4. the rival = the best *other* system/variant of the category by mean MAP (for the best one,
+   the runner-up), as in :func:`mmss_lib.tables.significance_vs_best`; ``{m}_diff`` = mean of
+   (this - rival) per product with its paired bootstrap interval ``{m}_diff_lo``, ``{m}_diff_hi``
+   (:func:`mmss_lib.metrics.bootstrap_difference`) and ``{m}_p`` = the paired t-test p-value
+   (:func:`mmss_lib.metrics.paired_test`).
+
+Scale: metrics, bounds and differences are x100 (the tables' scale); p-values are plain.
+Columns: ``dataset, category, system, variant, MAP, MAP_lo, MAP_hi, NDCG@3, ..., NDCG@5_hi, MRR,
+MRR_lo, MRR_hi, n_products, n_seeds, folds, rival, MAP_diff, MAP_diff_lo, MAP_diff_hi, MAP_p,
+...`` (``folds`` = K, 0 for the released splits). Rows keep the order of the results frame.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from mmss_lib.errors import DataError
+
+METRICS = ("MAP", "NDCG@3", "NDCG@5", "MRR")
+TESTED = ("MAP", "NDCG@3", "NDCG@5")          # metrics with a paired test against the rival
+PER_PRODUCT_COLUMN = {"MAP": "AP", "NDCG@3": "NDCG@3", "NDCG@5": "NDCG@5", "MRR": "RR"}
+SCALE = 100.0
+
+
+def summary_path(runs_root, dataset: str, category: str, tag: str | None = None) -> Path:
+    """``{runs_root}/{dataset}/{category}/summary.csv`` (``summary_{tag}.csv`` for a fold design)."""
+    name = "summary.csv" if not tag else f"summary_{tag}.csv"
+    return Path(runs_root) / dataset / category / name
+
+
+def pooled_per_product(results, *, split: str = "test"):
+    """Per-product metrics of every run of ``results``, averaged over seeds and pooled over folds.
+
+    Returns a frame with columns ``dataset, category, system, variant, product_id, n_seeds``,
+    ``fold`` (-1 without folds) and ``AP, NDCG@3, NDCG@5, RR``: one row per (category, system,
+    variant, product). Raises :class:`DataError` when a product is a test product of two folds.
+    """
+    import pandas as pd
+
+    from mmss_lib.floors import per_product_for_run
+
+    need = ["dataset", "category", "system", "variant", "seed", "run_dir"]
+    missing = [c for c in need if c not in results.columns]
+    if missing:
+        raise DataError(f"summary: results frame lacks column(s) {missing}; expected those of run_experiment")
+    frames = []
+    for row in results.itertuples(index=False):
+        rd = getattr(row, "run_dir")
+        pp = per_product_for_run(rd, split)
+        if "product_id" not in pp.columns:
+            pp = pp.reset_index()
+        fold = getattr(row, "fold", -1)
+        frames.append(pp.assign(dataset=str(row.dataset), category=str(row.category), system=str(row.system),
+                                variant=str(row.variant), seed=int(row.seed),
+                                fold=-1 if fold is None or fold != fold else int(fold),
+                                product_id=pp["product_id"].astype(str)))
+    if not frames:
+        raise DataError("summary: no runs to summarise")
+    df = pd.concat(frames, ignore_index=True)
+    keys = ["dataset", "category", "system", "variant"]
+    cols = [PER_PRODUCT_COLUMN[m] for m in METRICS]
+    # a product must come from exactly one fold per system
+    folds_per = df.groupby(keys + ["product_id"], sort=False)["fold"].nunique()
+    if (folds_per > 1).any():
+        bad = folds_per[folds_per > 1].index[0]
+        raise DataError(f"summary: product {bad[-1]!r} of {bad[1]}/{bad[2]} ({bad[3]}) is a test product of "
+                        f"several folds; the fold runs come from different fold designs")
+    g = df.groupby(keys + ["product_id"], sort=False)
+    out = g[cols].mean()
+    out["n_seeds"] = g["seed"].nunique()
+    out["fold"] = g["fold"].first()
+    return out.reset_index()
+
+
+def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+    """The summary rows (module docstring) from :func:`pooled_per_product`'s frame."""
+    import numpy as np
+    import pandas as pd
+
+    from mmss_lib.metrics import bootstrap_difference, bootstrap_interval, paired_test
+
+    keys = ["dataset", "category", "system", "variant"]
+    rows = []
+    for (dataset, category), cat in per_product.groupby(["dataset", "category"], sort=False):
+        entries = {}
+        for (system, variant), g in cat.groupby(["system", "variant"], sort=False):
+            entries[(system, variant)] = g.set_index("product_id")
+        products = {k: set(v.index) for k, v in entries.items()}
+        first = next(iter(products))
+        for k, ps in products.items():
+            if ps != products[first]:
+                diff = sorted(ps ^ products[first])[:3]
+                raise DataError(f"summary: {dataset}/{category}: {k[0]} ({k[1]}) and {first[0]} ({first[1]}) were "
+                                f"evaluated on different products (e.g. {diff}); compare runs of the same splits/folds")
+        score = {k: float(v["AP"].mean()) for k, v in entries.items()}
+        ranked = sorted(entries, key=lambda k: -score[k])
+        for key, g in entries.items():
+            row = dict(zip(keys, (dataset, category, *key)))
+            for m in METRICS:
+                vals = g[PER_PRODUCT_COLUMN[m]].to_numpy(dtype=np.float64)
+                lo, hi = bootstrap_interval(vals, n_boot=n_boot, level=level, seed=seed)
+                row.update({m: SCALE * float(vals.mean()), f"{m}_lo": SCALE * lo, f"{m}_hi": SCALE * hi})
+            row.update(n_products=int(len(g)), n_seeds=int(g["n_seeds"].min()), folds=int(folds))
+            rival = None if len(ranked) < 2 else (ranked[1] if key == ranked[0] else ranked[0])
+            row["rival"] = "" if rival is None else _label(*rival)
+            for m in TESTED:
+                col = PER_PRODUCT_COLUMN[m]
+                if rival is None:
+                    row.update({f"{m}_diff": float("nan"), f"{m}_diff_lo": float("nan"),
+                                f"{m}_diff_hi": float("nan"), f"{m}_p": float("nan")})
+                    continue
+                a, b = g[col], entries[rival][col]
+                d, lo, hi = bootstrap_difference(a, b, n_boot=n_boot, level=level, seed=seed)
+                row.update({f"{m}_diff": SCALE * d, f"{m}_diff_lo": SCALE * lo, f"{m}_diff_hi": SCALE * hi,
+                            f"{m}_p": paired_test(a, b)["t_p"]})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _label(system: str, variant: str) -> str:
+    return system if variant in ("", "full", None) else f"{system}:{variant}"
+
+
+def write_summaries(results, runs_root, *, tag: str | None = None, folds: int = 0, **kw) -> dict:
+    """Summarise ``results`` (:func:`product_summary`) and write one CSV per (dataset, category) to
+    :func:`summary_path` (atomically). Returns ``{path: frame}``."""
+    from mmss_lib.utils import atomic_path
+
+    summary = product_summary(pooled_per_product(results), folds=folds, **kw)
+    out = {}
+    for (dataset, category), df in summary.groupby(["dataset", "category"], sort=False):
+        path = summary_path(runs_root, str(dataset), str(category), tag)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
+        out[path] = df.reset_index(drop=True)
+    return out
+
+
+def format_summary(summary, metrics: Sequence[str] = TESTED, decimals: int = 1) -> str:
+    """The summary as printed by ``mmss train``: per system ``mean [lo, hi]`` for each metric,
+    the rival and the paired t-test p-value of each metric against it."""
+    import pandas as pd
+
+    def cell(r, m):
+        return f"{r[m]:.{decimals}f} [{r[f'{m}_lo']:.{decimals}f}, {r[f'{m}_hi']:.{decimals}f}]"
+
+    rows = []
+    for _, r in summary.iterrows():
+        row = {"category": r["category"], "system": _label(r["system"], r["variant"])}
+        row.update({m: cell(r, m) for m in metrics})
+        row["n_products"] = int(r["n_products"])
+        row["vs"] = r["rival"]
+        row.update({f"p({m})": ("-" if r[f"{m}_p"] != r[f"{m}_p"] else f"{r[f'{m}_p']:.3g}") for m in metrics})
+        rows.append(row)
+    return pd.DataFrame(rows).to_string(index=False)
