@@ -18,6 +18,8 @@ work per token).
 Text policy (counted in the report): a missing (None/NaN) or empty text is encoded as the
 empty string, i.e. ``[CLS]`` alone (n = 1); text that is not valid UTF-8 (lone surrogates from
 a ``surrogateescape`` decode, or ``bytes``) is decoded with U+FFFD replacement characters.
+Long texts (a 10 MB review) are truncated to ``max_len`` tokens; only a whitespace-cut prefix
+holding at least ``max_len`` tokens is tokenised, which gives the same ids as the whole text.
 """
 from __future__ import annotations
 
@@ -178,8 +180,26 @@ class TextEncoder:
         return {"encoder": self.name, "encoder_source": self.source, "max_len": self.max_len,
                 "dim": self.dim, "layer": "last_hidden_state", "tokens": "[CLS] + word pieces (no [SEP])"}
 
+    def _head(self, text: str) -> str:
+        """A prefix of a long ``text``, cut at whitespace, holding at least ``max_len`` tokens, so that
+        its truncated token ids equal those of the whole text (the tokenizers split words at
+        whitespace, so a whitespace cut keeps every earlier token). Without it a 10 MB review is
+        tokenised whole (tens of seconds) only to keep its first ``max_len`` tokens."""
+        limit = 64 * self.max_len
+        while limit < len(text):
+            j = limit
+            while j > 0 and not text[j].isspace():
+                j -= 1
+            if j > 0:
+                head = text[:j]
+                if len(self.tokenizer(head, add_special_tokens=False)["input_ids"]) >= self.max_len:
+                    return head
+            limit *= 4
+        return text
+
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids (truncated to ``max_len``, with special tokens) and stored lengths per text."""
+        texts = [self._head(t) if isinstance(t, str) and len(t) > 64 * self.max_len else t for t in texts]
         enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
                              max_length=self.max_len, return_attention_mask=False,
                              return_token_type_ids=False)

@@ -1,0 +1,588 @@
+"""The bad-input corpus (issue 13): hostile but realistic inputs to every command.
+
+Each entry of ``CASES`` is ONE line: ``C(name, command, act, error, says, policy=..., fixed=...)``.
+
+- ``act(ctx)`` builds the hostile input with the helpers of :class:`Ctx`, calls
+  ``ctx.protect()`` once everything that exists before the command is on disk, then runs the
+  command (a library call) and returns its result.
+- ``error``: the expected :class:`mmss_lib.errors.MMSSError` subclass, and ``says``: regular
+  expressions the message must match (the file, the row or field, what was expected).
+  Or ``error=None`` for a documented policy: ``policy`` names the module whose docstring
+  documents it (the test checks the docstring holds the quoted words), and ``act`` asserts the
+  documented outcome itself.
+- For every case the harness then asserts that nothing already written is lost: every file
+  under the case folder that existed at ``ctx.protect()`` still exists with the same bytes, and
+  no payload marker file exists (crafted pickles would create it when their code ran).
+- ``fixed=True``: the behaviour was wrong before issue 13 and is fixed there (for the report).
+
+Add a case: write one more ``C(...)`` line (and a helper in ``Ctx`` if it needs a new kind of
+input). ``test_corpus_summary`` prints the table of cases and outcomes (``pytest -s``).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pytest
+
+from mmss_lib.errors import (CheckpointError, DataError, FeatureStoreError, ModelNotAvailableError,
+                             PipelineError)
+
+DS, CAT = "demo", "cat"
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+class Payload:
+    """A pickle that, when unpickled by an unsafe loader, creates ``marker`` (a shell command)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _base_split() -> dict[str, dict]:
+    """A valid tiny MRHP split in the released column orientation: 2 products, 4 reviews."""
+    prd = {"product_id": {"0": "B000000001", "1": "B000000002"},
+           "name": {"0": "red shirt", "1": "steel pan"},
+           "description": {"0": ["cotton", "slim fit"], "1": ["kitchen pan"]},
+           "img_url": {"0": [], "1": []}}
+    rvw = {"product_id": {"0": "B000000001", "1": "B000000001", "2": "B000000002", "3": "B000000002"},
+           "review_id": {"0": "B000000001-0", "1": "B000000001-1", "2": "B000000002-0", "3": "B000000002-1"},
+           "title": {str(i): "t" for i in range(4)},
+           "content": {"0": "fits well", "1": "colour faded", "2": "heats evenly", "3": "handle broke"},
+           "img_url": {str(i): [] for i in range(4)}}
+    rel = {"product_id": dict(rvw["product_id"]), "review_id": dict(rvw["review_id"]),
+           "upvotes": {"0": 3, "1": 0, "2": 4, "3": 1}}
+    return {"prd": prd, "rvw": rvw, "rel": rel}
+
+
+@dataclass
+class Ctx:
+    root: Path
+    protected: Optional[dict[str, str]] = None
+
+    # -- bookkeeping
+    @property
+    def marker(self) -> Path:
+        return self.root / "PAYLOAD_RAN"
+
+    def protect(self) -> None:
+        """Snapshot every file under the case folder (they must survive the command unchanged)."""
+        self.protected = {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+                          for p in sorted(self.root.rglob("*")) if p.is_file()}
+
+    # -- MRHP splits
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def split_path(self, kind: str) -> Path:
+        return self.data / DS / CAT / f"{CAT}.{kind}.train"
+
+    def mrhp(self, kind: str | None = None, field: str | None = None, row: str = "1", value: Any = None,
+             raw: bytes | None = None) -> None:
+        """Write the tiny split; set ``{kind}.{field}[row] = value`` (ids: the same value in the
+        files that share the id), or replace the ``kind`` file with ``raw`` bytes."""
+        obj = _base_split()
+        if field is not None:
+            obj[kind][field][row] = value
+            if kind in ("rvw", "rel") and field in ("review_id", "product_id"):
+                other = "rel" if kind == "rvw" else "rvw"
+                obj[other][field][row] = value
+        for k, o in obj.items():
+            p = self.split_path(k)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(raw if (k == kind and raw is not None) else json.dumps(o).encode())
+
+    def load(self):
+        from mmss_lib.data import load_mrhp
+        return load_mrhp(self.data, DS, CAT, "train")
+
+    # -- feature stores
+    def store(self, name: str = "text_rvw", *, n: int = 4, dim: int = 4, shard_size: int = 2,
+              manifest: dict | None = None) -> Path:
+        from mmss_lib.features.store import write_store
+        path = self.root / "features" / DS / CAT / name
+        kind = name.split("_")[0]
+        items = {f"i{k}": {"x": np.full((2, dim), k, np.float32)} if kind == "text" else
+                 {"x": np.full((1, dim), k, np.float32), "boxes": np.array([[0, 0, 1, 1]], np.float32),
+                  "image": np.zeros(1, np.int32)} for k in range(n)}
+        write_store(path, items, kind=kind, dim=dim, shard_size=shard_size, manifest=manifest)
+        return path
+
+    # -- images
+    def image(self, name: str, mode: str | None = None, size=(32, 24), fmt: str = "PNG", raw: bytes | None = None):
+        p = self.root / "img" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if raw is not None:
+            p.write_bytes(raw)
+            return p
+        from PIL import Image
+        if mode == "I;16":
+            arr = (np.arange(size[0] * size[1], dtype=np.uint16).reshape(size[1], size[0]) * 50)
+            Image.fromarray(arr).save(p, format=fmt)          # uint16 -> mode I;16
+        elif mode == "RGBA":
+            arr = np.zeros((size[1], size[0], 4), np.uint8)
+            arr[..., 0] = 200
+            arr[:, : size[0] // 2, 3] = 0          # left half fully transparent
+            arr[:, size[0] // 2:, 3] = 255
+            Image.fromarray(arr, mode="RGBA").save(p, format=fmt)
+        else:
+            Image.new(mode, size, 128 if mode == "L" else (10, 20, 30, 40) if mode == "CMYK" else (10, 20, 30)).save(
+                p, format=fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
+        return p
+
+    def read_image(self, p: Path):
+        from mmss_lib.features.regions import RegionReport, load_image
+        rep = RegionReport()
+        return load_image(p, report=rep, item_id="item1"), rep
+
+    # -- pickled payloads
+    def torch_payload(self, path: Path, wrap: bool = True) -> Path:
+        import torch
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": Payload(self.marker), "model": {}, "text_dim": 4, "region_dim": 4}
+                   if wrap else Payload(self.marker), path)
+        return path
+
+    def pickle_payload(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump([Payload(self.marker)], f)
+        return path
+
+    def npz_payload(self, path: Path, key: str = "x") -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **{key: np.array([Payload(self.marker)], dtype=object)})
+        return path
+
+
+# ------------------------------------------------------------------------------------ case actions
+# (small functions where one lambda would not do)
+
+def _labels(value):
+    def act(ctx: Ctx):
+        ctx.mrhp("rel", "upvotes", "2", value)
+        ctx.protect()
+        return ctx.load()
+    return act
+
+
+def _loader(kind=None, field=None, value=None, row="1", raw=None):
+    def act(ctx: Ctx):
+        ctx.mrhp(kind, field, row, value, raw)
+        ctx.protect()
+        return ctx.load()
+    return act
+
+
+def _big_text(ctx: Ctx):
+    big = "good price " * 1_000_000                     # 11 MB
+    ctx.mrhp("rvw", "content", "1", big)
+    ctx.protect()
+    _, rvw = ctx.load()
+    assert rvw["text"].iloc[1] == big                    # loaded intact, no silent cut at load time
+    return rvw
+
+
+def _big_text_encoder(ctx: Ctx, tiny_bert_dir):
+    from mmss_lib.features.text import TextEncoder
+    ctx.protect()
+    enc = TextEncoder(tiny_bert_dir, max_len=16, device="cpu")
+    big = "good price " * 1_000_000
+    x = enc.encode([big, "good", big[:200]])
+    full_ids = enc.tokenizer(big[:5000], truncation=True, max_length=16)["input_ids"]
+    assert enc.tokenize([big])[0][0] == full_ids                 # the same ids as truncating the text
+    assert x[0].shape[0] in (15, 16) and x[1].shape[0] < x[0].shape[0]    # truncated to max_len
+    np.testing.assert_array_equal(x[0], x[2])                    # = the features of a short prefix
+    return x
+
+
+def _builder_truncated_gzip(ctx: Ctx):
+    from mmss_lib.amazon2018 import build_amazon2018, generate_reviews
+    src = ctx.root / "src" / "reviews.json.gz"
+    src.parent.mkdir(parents=True)
+    generate_reviews(src, 3000, n_products=20, seed=0)
+    data = src.read_bytes()
+    src.write_bytes(data[: len(data) // 2])              # cut mid-stream
+    prev = ctx.root / "out" / "amazon" / "cat" / "cat.prd.train"   # an earlier build's output
+    prev.parent.mkdir(parents=True)
+    prev.write_text("{}")
+    ctx.protect()
+    return build_amazon2018(src, Path(str(src) + ".meta.json.gz"), ctx.root / "out", "cat", min_reviews=1)
+
+
+def _builder_bad_asin(asin):
+    def act(ctx: Ctx):
+        from mmss_lib.amazon2018 import build_amazon2018
+        src = ctx.root / "src" / "reviews.json"
+        src.parent.mkdir(parents=True)
+        good = {"asin": "B000000001", "vote": "5", "reviewText": "x" * 80, "overall": 5.0}
+        src.write_text(json.dumps(good) + "\n" + json.dumps({**good, "asin": asin}) + "\n")
+        (ctx.root / "src" / "meta.json").write_text(json.dumps({"asin": "B000000001", "title": "t"}) + "\n")
+        ctx.protect()
+        return build_amazon2018(src, ctx.root / "src" / "meta.json", ctx.root / "out", "cat", min_reviews=1)
+    return act
+
+
+def _image(name, mode=None, fmt="PNG", raw=None, size=(32, 24)):
+    def act(ctx: Ctx):
+        p = ctx.image(name, mode, size=size, fmt=fmt, raw=raw)
+        ctx.protect()
+        t, rep = ctx.read_image(p)
+        if raw is not None:                               # undecodable: skipped and listed
+            assert t is None and len(rep.bad) == 1 and str(p) in rep.bad[0] and "item1" in rep.bad[0]
+        else:                                             # converted to RGB in [0, 1]
+            assert t is not None and t.shape[0] == 3 and 0.0 <= float(t.min()) and float(t.max()) <= 1.0
+            if mode not in (None, "RGB"):
+                assert rep.converted == {mode: 1}, rep.converted
+            if mode == "RGBA":                            # transparency composited on white
+                assert np.allclose(t[:, :, 0].numpy(), 1.0) and float(t[1, 0, -1]) < 0.01
+            if mode == "I;16":                            # 16-bit range scaled to 0..1, not clipped
+                assert float(t.max()) == pytest.approx(1.0) and float(t.min()) == pytest.approx(0.0)
+            if max(size) > 4000:                          # downscaled to max_load_side
+                assert max(t.shape[1:]) == 4000 and rep.downscaled == 1
+        return rep
+    return act
+
+
+def _extract_items_keeps_good_images(ctx: Ctx):
+    """One corrupt image among good ones: the item keeps the regions of its other images."""
+    from mmss_lib.features.regions import RegionReport, make_region_extractor
+    good = ctx.image("a.png", "RGB")
+    bad = ctx.image("b.jpg", raw=b"not an image at all")
+    good2 = ctx.image("c.png", "L")
+    ctx.protect()
+    try:
+        ex = make_region_extractor(None, region_boxes="detector", allow_random_weights=True, device="cpu",
+                                   min_size=64, max_size=64, rpn_post_nms_top_n=20, max_boxes=3, min_boxes=1)
+    except ModelNotAvailableError as exc:
+        pytest.skip(f"no region extractor available: {exc}")
+    rep = RegionReport()
+    out = ex.extract_items([[str(good), str(bad), str(good2)]], ["item1"], report=rep)
+    assert rep.n_images == 2 and len(rep.bad) == 1 and "b.jpg" in rep.bad[0]
+    assert set(np.unique(out[0]["image"]).tolist()) == {0, 2}          # image indices keep file order
+    return rep
+
+
+def _store_deleted_shard(ctx: Ctx):
+    from mmss_lib.features.store import FeatureStore
+    p = ctx.store()
+    shutil.rmtree(p / "shard_00001")
+    ctx.protect()
+    return FeatureStore(p)
+
+
+def _store_truncated_shard(ctx: Ctx):
+    from mmss_lib.features.store import FeatureStore
+    p = ctx.store()
+    x = p / "shard_00001" / "x.npy"
+    x.write_bytes(x.read_bytes()[:-7])
+    ctx.protect()
+    return FeatureStore(p)
+
+
+def _store_pickled_shard(ctx: Ctx):
+    from mmss_lib.features.store import FeatureStore
+    p = ctx.store()
+    (p / "shard_00000" / "offsets.npy").unlink()
+    np.save(p / "shard_00000" / "offsets.npy", np.array([Payload(ctx.marker)], dtype=object), allow_pickle=True)
+    ctx.protect()
+    return FeatureStore(p)
+
+
+def _store_manifest_dim(ctx: Ctx):
+    from mmss_lib.features.store import FeatureStore
+    p = ctx.store(dim=4)
+    m = json.loads((p / "manifest.json").read_text())
+    m["dim"] = 8
+    (p / "manifest.json").write_text(json.dumps(m))
+    ctx.protect()
+    return FeatureStore(p)
+
+
+def _store_nan(ctx: Ctx):
+    from mmss_lib.features.store import FeatureStoreWriter
+    w = FeatureStoreWriter(ctx.root / "features" / "s", kind="text", dim=4, shard_size=1)
+    w.add("i0", np.ones((2, 4)))
+    w.add("i1", np.ones((2, 4)))                          # shard 0 written: must survive
+    ctx.protect()
+    x = np.ones((2, 4))
+    x[1, 2] = np.nan
+    w.add("i2", x)
+    return w.close()
+
+
+def _import_nan(ctx: Ctx):
+    from mmss_lib.features.importers import import_features
+    d = ctx.root / "src" / "B000000001"
+    d.mkdir(parents=True)
+    x = np.ones((2, 6), np.float32)
+    x[0, 0] = np.nan
+    np.savez(d / "0.npz", x=x, bbox=np.array([[0, 0, 4, 4], [1, 1, 2, 2]], np.float32), num_bbox=2,
+             image_h=8, image_w=8)
+    ctx.protect()
+    return import_features(ctx.root / "src", ctx.root / "out")
+
+
+def _other_category(ctx: Ctx):
+    from mmss_lib.loader import open_stores
+    for name in ("text_prd", "text_rvw", "region_prd", "region_rvw"):
+        ctx.store(name, manifest={"dataset": DS, "category": "clothing", "store": name})
+    ctx.protect()
+    return open_stores(ctx.root / "features", DS, CAT)
+
+
+def _missing_item(ctx: Ctx):
+    """A store without some of the split's items (e.g. extracted before reviews were added)."""
+    from mmss_lib.loader import MRHPSplitData, open_stores
+    import pandas as pd
+    for name in ("text_prd", "text_rvw", "region_prd", "region_rvw"):
+        ctx.store(name)
+    ctx.protect()
+    rvw = pd.DataFrame({"review_id": ["i0", "i9"], "product_id": ["i0", "i0"], "label": [1, 2]})
+    return MRHPSplitData(rvw, pd.DataFrame({"product_id": ["i0"]}), open_stores(ctx.root / "features", DS, CAT))
+
+
+def _import_payload(kind):
+    def act(ctx: Ctx):
+        from mmss_lib.features.importers import import_features
+        d = ctx.root / "src" / "B000000001"
+        if kind == "pth":
+            ctx.torch_payload(d / "B000000001.pth", wrap=False)
+        elif kind == "pickle":
+            ctx.pickle_payload(d / "B000000001.pth")
+        else:
+            ctx.npz_payload(d / "0.npz")
+        ctx.protect()
+        return import_features(ctx.root / "src", ctx.root / "out")
+    return act
+
+
+def _import_bad_ids(ctx: Ctx):
+    from mmss_lib.features.importers import import_features
+    d = ctx.root / "src" / "B000000001"
+    d.mkdir(parents=True)
+    np.savez(d / "0.npz", x=np.ones((1, 6), np.float32), bbox=np.array([[0, 0, 4, 4]], np.float32),
+             num_bbox=1, image_h=8, image_w=8)
+    ctx.protect()
+    return import_features(ctx.root / "src", ctx.root / "out", item_ids=["B000000001", "../../outside"])
+
+
+def _predict_checkpoint_payload(ctx: Ctx):
+    from mmss_lib.predict import _load_checkpoint
+    p = ctx.torch_payload(ctx.root / "run" / "best.pt")
+    ctx.protect()
+    return _load_checkpoint(p.parent)
+
+
+def _case_study_payload(ctx: Ctx):
+    from mmss_lib.plots import score_with_checkpoint
+    p = ctx.torch_payload(ctx.root / "run" / "best.pt")
+    ctx.protect()
+    return score_with_checkpoint(p.parent, None, [0])
+
+
+def _resume_payload(ctx: Ctx):
+    from mmss_lib.train import _load_torch     # what fit() uses for last.pt
+    p = ctx.torch_payload(ctx.root / "run" / "last.pt")
+    ctx.protect()
+    return _load_torch(p)
+
+
+def _ssp_record_payload(ctx: Ctx):
+    from mmss_lib.plots import load_ssp_history
+    ctx.npz_payload(ctx.root / "run" / "ssp" / "epoch001.npz", key="review_id")
+    ctx.protect()
+    return load_ssp_history(ctx.root / "run")
+
+
+def _detector_weights_payload(ctx: Ctx):
+    from mmss_lib.features.regions import RegionExtractor
+    p = ctx.torch_payload(ctx.root / "w" / "detector.pth", wrap=False)
+    ctx.protect()
+    return RegionExtractor._find_weights(p, False)
+
+
+def _mobilenet_weights_payload(ctx: Ctx):
+    from mmss_lib.features.regions import mobilenet_v2_weights_file
+    p = ctx.torch_payload(ctx.root / "w" / "mobilenet_v2-b0353104.pth", wrap=False)
+    ctx.protect()
+    return mobilenet_v2_weights_file(p)
+
+
+def _predict_input(review):
+    def act(ctx: Ctx):
+        from mmss_lib.predict import _check_inputs, _read_input
+        p = ctx.root / "input.json"
+        p.write_text(json.dumps({"product": {"text": "red shirt"}, "reviews": [{"text": "ok"}, review]}))
+        ctx.protect()
+        product, reviews = _read_input(p)
+        return _check_inputs(product, reviews)
+    return act
+
+
+def _unknown_system(ctx: Ctx):
+    from mmss_lib.train import TrainConfig, build_model
+    ctx.protect()
+    return build_model(TrainConfig(system="mmss_plus", device="cpu"), 8, 12)
+
+
+def _epochs(n):
+    def act(ctx: Ctx):
+        from mmss_lib.train import TrainConfig
+        ctx.protect()
+        return TrainConfig(epochs=n)
+    return act
+
+
+def _profile(text):
+    def act(ctx: Ctx):
+        from mmss_lib.pipeline import plan
+        p = ctx.root / "bad.yaml"
+        p.write_text(text)
+        ctx.protect()
+        return plan(p, out_dir=ctx.root / "out")
+    return act
+
+
+# ------------------------------------------------------------------------------------ the corpus
+
+@dataclass
+class C:
+    name: str
+    command: str
+    act: Callable
+    error: Optional[type] = None
+    says: tuple = ()
+    policy: str = ""          # "module: quoted words of its docstring" for error=None cases
+    fixed: bool = False       # wrong before issue 13, fixed there
+    needs: tuple = ()         # fixtures the act takes after ctx
+
+
+REL, RVW, PRD = r"cat\.rel\.train", r"cat\.rvw\.train", r"cat\.prd\.train"
+REL_OR_RVW = r"cat\.(rel|rvw)\.train"     # ids shared by both files: the relation file is read first
+REC = json.dumps(_base_split()["prd"])
+
+CASES = [
+    # ---- loader (mmss_lib.data.load_mrhp)
+    C("json_orient_records", "loader", _loader("prd", raw=json.dumps([{"product_id": "B1"}]).encode()), DataError, (PRD, "column orientation")),
+    C("json_orient_index", "loader", _loader("prd", raw=json.dumps({"0": {k: v["0"] for k, v in _base_split()["prd"].items()}}).encode()), DataError, (PRD, r"orient='index'", "column orientation"), fixed=True),
+    C("json_truncated", "loader", _loader("rvw", raw=json.dumps(_base_split()["rvw"]).encode()[:-20]), DataError, (RVW, "not valid JSON", "line 1")),
+    C("label_5", "loader", _labels(5), DataError, (REL, "outside 0..4", "B000000002-0")),
+    C("label_minus_1", "loader", _labels(-1), DataError, (REL, "outside 0..4")),
+    C("label_2_5", "loader", _labels(2.5), DataError, (REL, "row 2", "'upvotes'", "expected an integer")),
+    C("label_string_3", "loader", _labels("3"), DataError, (REL, "row 2", "'upvotes'", "expected an integer", "str")),
+    C("label_nan", "loader", _loader("rel", raw=json.dumps(_base_split()["rel"]).replace('"2": 4', '"2": NaN').encode()), DataError, (REL, "row 2", "'upvotes'", "expected an integer", "nan")),
+    C("text_whitespace_only", "loader", _loader("rvw", "content", " \t\n "), DataError, (RVW, "row 1", "'content'", "empty text")),
+    C("text_not_a_string", "loader", _loader("rvw", "content", 42), DataError, (RVW, "row 1", "'content'", "expected a non-empty string", "int")),
+    C("text_list_product_name", "loader", _loader("prd", "name", ["a", "b"]), DataError, (PRD, "row 1", "'name'", "expected a string")),
+    C("non_utf8_bytes", "loader", _loader("rvw", raw=json.dumps(_base_split()["rvw"]).encode().replace(b"fits well", b"fits \xff\xfe well")), DataError, (RVW, "not UTF-8")),
+    C("review_text_10mb", "loader", _big_text, policy="mmss_lib.data: a 10 MB review loads as is"),
+    C("review_text_10mb_encoder", "extract", _big_text_encoder, policy="mmss_lib.features.text: truncated to a configurable maximum length", needs=("tiny_bert_dir",)),
+    C("id_path_traversal", "loader", _loader("rvw", "review_id", "../../../../outside"), DataError, (REL_OR_RVW, "row 1", "'review_id'", r"contains '/'", "ASIN- or number-based"), fixed=True),
+    C("id_parent_ref", "loader", _loader("prd", "product_id", "..", row="0"), DataError, (PRD, "row 0", "'product_id'", r"contains '\.\.'"), fixed=True),
+    C("id_backslash", "loader", _loader("rvw", "review_id", "B01\\x"), DataError, (REL_OR_RVW, "row 1", "'review_id'", r"contains '\\'"), fixed=True),
+    C("id_nul", "loader", _loader("rel", "review_id", "B000000001-1\x00"), DataError, ("row 1", "'review_id'", "control character"), fixed=True),
+    C("id_control_char", "loader", _loader("prd", "product_id", "B0\x1b[2J", row="0"), DataError, (PRD, "row 0", "'product_id'", "control character"), fixed=True),
+    C("id_empty", "loader", _loader("rvw", "review_id", ""), DataError, (REL_OR_RVW, "row 1", "'review_id'", "empty id")),
+    C("id_float", "loader", _loader("rvw", "review_id", 1.5), DataError, (REL_OR_RVW, "row 1", "'review_id'", "expected an id")),
+    # ---- builder (mmss_lib.amazon2018.build_amazon2018)
+    C("gzip_cut_mid_stream", "builder", _builder_truncated_gzip, DataError, (r"reviews\.json\.gz", "truncated or corrupt gzip", "after line")),
+    C("asin_path_traversal", "builder", _builder_bad_asin("../../etc"), DataError, (r"reviews\.json", "row 2", "'asin'", r"contains '/'"), fixed=True),
+    C("asin_nul", "builder", _builder_bad_asin("B0\x00"), DataError, (r"reviews\.json", "row 2", "'asin'", "control character"), fixed=True),
+    # ---- extract: images (mmss_lib.features.regions.load_image, the policy of the module docstring)
+    C("image_corrupt", "extract", _image("c.jpg", raw=b"\xff\xd8\xff\xe0" + os.urandom(300)), policy="mmss_lib.features.regions: cannot be decoded (corrupt, truncated, not an image"),
+    C("image_zero_byte", "extract", _image("z.jpg", raw=b""), policy="mmss_lib.features.regions: is skipped and listed in the report"),
+    C("image_text_as_jpg", "extract", _image("t.jpg", raw=b"this is a review, not a photo\n" * 20), policy="mmss_lib.features.regions: not an image"),
+    C("image_grayscale", "extract", _image("g.png", "L"), policy="mmss_lib.features.regions: grayscale, palette, CMYK and 16-bit"),
+    C("image_rgba", "extract", _image("a.png", "RGBA"), policy="mmss_lib.features.regions: transparency is composited on white"),
+    C("image_cmyk", "extract", _image("k.jpg", "CMYK", fmt="JPEG"), policy="mmss_lib.features.regions: CMYK"),
+    C("image_16bit", "extract", _image("h.png", "I;16"), policy="mmss_lib.features.regions: 16-bit images are converted to RGB"),
+    C("image_8000x8000", "extract", _image("big.jpg", "RGB", fmt="JPEG", size=(8000, 8000)), policy="mmss_lib.features.regions: are downscaled on load"),
+    C("image_bad_among_good", "extract", _extract_items_keeps_good_images, policy="mmss_lib.features.regions: its item keeps the regions of its other images"),
+    # ---- feature stores (read by train / predict through mmss_lib.loader)
+    C("store_shard_deleted", "train", _store_deleted_shard, FeatureStoreError, (r"shard_00001", "cannot read shard", "re-extract")),
+    C("store_shard_truncated", "train", _store_truncated_shard, FeatureStoreError, (r"shard_00001", "cannot read shard|inconsistent shard")),
+    C("store_shard_pickled_object", "train", _store_pickled_shard, FeatureStoreError, (r"shard_00000", "cannot read shard")),
+    C("store_manifest_dim_mismatch", "train", _store_manifest_dim, FeatureStoreError, (r"shard_00000", "inconsistent shard", r"x \(4, 4\), dim 8")),
+    C("features_nan_extract", "extract", _store_nan, FeatureStoreError, ("item 'i2'|i2", "NaN")),
+    C("features_nan_import", "import", _import_nan, DataError, (r"B000000001", r"0\.npz", "NaN")),
+    C("features_other_category", "train", _other_category, FeatureStoreError, (r"text_prd", "extracted for demo/clothing", "not demo/cat"), fixed=True),
+    C("features_missing_item", "train", _missing_item, FeatureStoreError, ("text_rvw", "no item 'i9'", "mmss extract")),
+    # ---- import (mmss_lib.features.importers)
+    C("import_pth_payload", "import", _import_payload("pth"), DataError, (r"B000000001\.pth", "refused|not a readable")),
+    C("import_pickle_payload", "import", _import_payload("pickle"), DataError, (r"B000000001\.pth", "refused", "posix.system|os.system|nt.system")),
+    C("import_npz_payload", "import", _import_payload("npz"), DataError, (r"0\.npz", "not a readable .npz")),
+    C("import_id_traversal", "import", _import_bad_ids, DataError, ("item_ids", "row 1", "'item_id'", r"contains '/'"), fixed=True),
+    # ---- checkpoints and run records (predict, case study, resume)
+    C("predict_best_pt_payload", "predict", _predict_checkpoint_payload, CheckpointError, (r"run/best\.pt", "cannot read the checkpoint")),
+    C("case_study_best_pt_payload", "reproduce", _case_study_payload, CheckpointError, (r"run/best\.pt", "cannot read the checkpoint"), fixed=True),
+    C("resume_last_pt_payload", "train", _resume_payload, CheckpointError, (r"run/last\.pt", "cannot read the checkpoint")),
+    C("ssp_record_payload", "reproduce", _ssp_record_payload, DataError, (r"epoch001\.npz", "not a readable SSP-Label record"), fixed=True),
+    C("detector_weights_payload", "extract", _detector_weights_payload, ModelNotAvailableError, (r"detector\.pth", "cannot be loaded safely")),
+    C("mobilenet_weights_payload", "extract", _mobilenet_weights_payload, ModelNotAvailableError, (r"mobilenet_v2-b0353104\.pth", "SHA-256")),
+    C("predict_id_traversal", "predict", _predict_input({"review_id": "../../x", "text": "ok"}), DataError, ("predict input", "row 1", "'review_id'", r"contains '/'"), fixed=True),
+    C("predict_text_not_string", "predict", _predict_input({"review_id": "r2", "text": ["a"]}), DataError, ("predict input", "row 1", "'text'", "expected a string"), fixed=True),
+    # ---- train
+    C("unknown_system", "train", _unknown_system, DataError, ("unknown system 'mmss_plus'", "known: .*mmss")),
+    C("epochs_0", "train", _epochs(0), DataError, (r"TrainConfig\.epochs=0", "expected an integer >= 1")),
+    # ---- reproduce (mmss_lib.pipeline)
+    C("profile_unknown_parameter", "reproduce", _profile("02_train:\n  epochz: 3\n"), PipelineError, (r"bad\.yaml", "unknown parameter", "epochz")),
+    C("profile_unknown_notebook", "reproduce", _profile("99_nope:\n  a: 1\n"), PipelineError, (r"bad\.yaml", "99_nope", "no notebook")),
+    C("profile_not_a_mapping", "reproduce", _profile("- a\n- b\n"), PipelineError, (r"bad\.yaml", "expected a mapping")),
+]
+
+
+def _policy_documented(policy: str) -> None:
+    import importlib
+    module, words = policy.split(": ", 1)
+    doc = " ".join((importlib.import_module(module).__doc__ or "").split())
+    assert words in doc, f"policy not documented: {words!r} not in the docstring of {module}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: C, tmp_path, request):
+    ctx = Ctx(tmp_path)
+    extra = [request.getfixturevalue(n) for n in case.needs]
+    if case.error is None:
+        assert case.policy, f"{case.name}: a non-error case must name where its policy is documented"
+        _policy_documented(case.policy)
+        case.act(ctx, *extra)
+    else:
+        with pytest.raises(case.error) as info:
+            case.act(ctx, *extra)
+        msg = str(info.value)
+        for pattern in case.says:
+            assert re.search(pattern, msg), f"{case.name}: {pattern!r} not in the error: {msg}"
+    # nothing already written is lost, and no payload ran
+    assert ctx.protected is not None, f"{case.name}: act must call ctx.protect() before the command"
+    for path, digest in ctx.protected.items():
+        p = Path(path)
+        assert p.is_file(), f"{case.name}: {path} was removed"
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == digest, f"{case.name}: {path} was changed"
+    assert not ctx.marker.exists(), f"{case.name}: the crafted payload ran"
+
+
+def test_corpus_summary():
+    """Coverage of the corpus: >= 25 kinds across the commands; prints the outcome table."""
+    names = [c.name for c in CASES]
+    assert len(set(names)) == len(names)
+    assert len(CASES) >= 25
+    assert {"loader", "builder", "extract", "import", "train", "predict", "reproduce"} <= {c.command for c in CASES}
+    for c in CASES:
+        outcome = "documented policy" if c.error is None else "clear error"
+        print(f"{c.command:9s} {c.name:30s} {outcome}{' (fixed in issue 13)' if c.fixed else ''}")
