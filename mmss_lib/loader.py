@@ -23,8 +23,9 @@ not needed at all: a split built with ``keep_texts=True`` and only the two regio
 ``text_dim = None`` (the encoder decides it).
 
 Bad stores (:func:`open_stores`): a missing store, a store whose manifest names another
-dataset/category (a features folder copied from another category), and a split item absent from a
-store are each a :class:`~mmss_lib.errors.FeatureStoreError` naming the store path and the item.
+dataset/category (a features folder copied from another category), a split item absent from a
+store, and an item whose stored features hold NaN or infinite values (checked per batch as rows
+are read) are each a :class:`~mmss_lib.errors.FeatureStoreError` naming the store path and the item.
 """
 from __future__ import annotations
 
@@ -52,6 +53,16 @@ def _check_item(store: Any, kind: str, item_id: str) -> None:
         raise FeatureStoreError(
             f"feature store {kind} ({_store_name(store)}) has no item {item_id!r}; "
             f"run `mmss extract` for this dataset/category (all splits) before training")
+
+
+def _finite(x: np.ndarray, store: Any, kind: str, item_id: str) -> np.ndarray:
+    """``x`` when every value is finite; else a FeatureStoreError naming the store and the item (the
+    writers refuse NaN, so a NaN here means a store edited or damaged after it was written)."""
+    if x.size and not np.isfinite(x).all():
+        raise FeatureStoreError(
+            f"feature store {kind} ({_store_name(store)}): item {item_id!r} holds NaN or infinite features; "
+            f"the store was damaged after extraction: delete it and re-run `mmss extract`")
+    return x
 
 
 @dataclass
@@ -180,15 +191,16 @@ class MRHPSplitData:
 
         store = self.stores[kind]
         _check_item(store, kind, item_id)
-        return read_text(store, item_id, max_len=self.caps.max_text_len)
+        return _finite(read_text(store, item_id, max_len=self.caps.max_text_len), store, kind, item_id)
 
     def _regions(self, kind: str, item_id: str):
         from mmss_lib.features.store import read_regions
 
         store = self.stores[kind]
         _check_item(store, kind, item_id)
-        return read_regions(store, item_id, max_per_image=self.caps.max_regions_per_image,
-                            max_per_item=self.caps.max_regions_per_item)
+        x, boxes = read_regions(store, item_id, max_per_image=self.caps.max_regions_per_image,
+                                max_per_item=self.caps.max_regions_per_item)
+        return _finite(x, store, kind, item_id), boxes
 
     def _regions_part(self, indices: np.ndarray, products: np.ndarray) -> dict[str, Any]:
         """Region tensors of a batch: product regions read once per distinct product."""

@@ -357,6 +357,23 @@ def _missing_item(ctx: Ctx):
     return MRHPSplitData(rvw, pd.DataFrame({"product_id": ["i0"]}), open_stores(ctx.root / "features", DS, CAT))
 
 
+def _store_nan_on_disk(ctx: Ctx):
+    """A finished store whose x.npy was damaged after extraction (NaN rows): caught as rows are read."""
+    from mmss_lib.loader import MRHPSplitData, open_stores
+    import pandas as pd
+    for name in ("text_prd", "text_rvw", "region_prd", "region_rvw"):
+        ctx.store(name)
+    x = np.load(ctx.root / "features" / DS / CAT / "text_rvw" / "shard_00000" / "x.npy", mmap_mode="r+")
+    x[2:4] = np.nan                                      # rows of item i1
+    x.flush()
+    del x
+    ctx.protect()
+    rvw = pd.DataFrame({"review_id": ["i0", "i1"], "product_id": ["i0", "i0"], "label": [1, 2]})
+    split = MRHPSplitData(rvw, pd.DataFrame({"product_id": ["i0"]}), open_stores(ctx.root / "features", DS, CAT))
+    split.collate([0])                                   # item i0 is fine
+    return split.collate([0, 1])
+
+
 def _import_payload(kind):
     def act(ctx: Ctx):
         from mmss_lib.features.importers import import_features
@@ -521,6 +538,7 @@ CASES = [
     C("store_manifest_dim_mismatch", "train", _store_manifest_dim, FeatureStoreError, (r"shard_00000", "inconsistent shard", r"x \(4, 4\), dim 8")),
     C("features_nan_extract", "extract", _store_nan, FeatureStoreError, ("item 'i2'|i2", "NaN")),
     C("features_nan_import", "import", _import_nan, DataError, (r"B000000001", r"0\.npz", "NaN")),
+    C("features_nan_in_store", "train", _store_nan_on_disk, FeatureStoreError, (r"text_rvw", "item 'i1'", "NaN or infinite", "re-run `mmss extract`"), fixed=True),
     C("features_other_category", "train", _other_category, FeatureStoreError, (r"text_prd", "extracted for demo/clothing", "not demo/cat"), fixed=True),
     C("features_missing_item", "train", _missing_item, FeatureStoreError, ("text_rvw", "no item 'i9'", "mmss extract")),
     # ---- import (mmss_lib.features.importers)
