@@ -466,6 +466,112 @@ def _epochs(n):
     return act
 
 
+# -- training on a tiny on-disk category (MRHP files + four feature stores), through `mmss train`
+
+TINY_DT, TINY_DR = 8, 12
+TINY_TRAIN = ["--systems", "mmss", "--seeds", "0", "--patience", "50", "--batch-size", "16", "--n-neg", "3",
+              "--lr", "0.003", "--device", "cpu", "--num-threads", "1", "--no-progress",
+              "--option", "d=16", "--option", "n_heads=2", "--option", "ff_dim=32", "--option", "head_hidden=8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_category(tmp_path_factory):
+    """``demo/tiny``: 16/4/4 products x 5 reviews, labels carried by the review [CLS] feature."""
+    import pandas as pd
+    from mmss_lib.data import write_mrhp
+    from mmss_lib.features.store import write_store
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=TINY_DT)
+    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
+    for split, n_prod in (("train", 16), ("dev", 4), ("test", 4)):
+        prods, revs = [], []
+        for p in range(n_prod):
+            pid = f"P{split}{p:03d}"
+            prods.append({"product_id": pid, "name": f"product {p}", "text": f"product {p}"})
+            items["text_prd"][pid] = {"x": rng.normal(size=(3, TINY_DT))}
+            items["region_prd"][pid] = {"x": rng.random((2, TINY_DR)), "boxes": np.tile([0, 0, 1, 1], (2, 1)),
+                                        "image": np.zeros(2, np.int32)}
+            for j, y in enumerate(rng.integers(0, 5, size=5)):
+                rid = f"{pid}-{j}"
+                revs.append({"review_id": rid, "product_id": pid, "label": int(y), "text": f"review {j}"})
+                x = rng.normal(size=(4, TINY_DT)) * 0.5
+                x[0] += (y - 2) * direction
+                items["text_rvw"][rid] = {"x": x}
+                items["region_rvw"][rid] = {"x": rng.random((1, TINY_DR)), "boxes": np.array([[0, 0, 1, 1]]),
+                                            "image": np.zeros(1, np.int32)}
+        write_mrhp(root / "data", DS, "tiny", split, pd.DataFrame(prods), pd.DataFrame(revs))
+    for kind, its in items.items():
+        write_store(root / "features" / DS / "tiny" / kind, its, kind=kind.split("_")[0],
+                    dim=TINY_DR if "region" in kind else TINY_DT,
+                    manifest={"dataset": DS, "category": "tiny", "store": kind})
+    return root
+
+
+def _train_cmd(tiny: Path, runs: Path, epochs: int) -> list[str]:
+    import sys
+    return [sys.executable, "-m", "mmss_lib", "train", "--data-root", str(tiny / "data"), "--dataset", DS,
+            "--categories", "tiny", "--features", str(tiny / "features"), "--runs", str(runs),
+            "--epochs", str(epochs)] + TINY_TRAIN
+
+
+def _kill9_resume(ctx: Ctx, tiny: Path):
+    """`mmss train` killed with SIGKILL after its first epoch's checkpoint, then rerun: it resumes, and
+    its final metrics equal those of an uninterrupted run."""
+    import signal
+    import subprocess
+    import time
+    epochs = 6
+    ctx.protect()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = ctx.root / "killed" / DS / "tiny" / "mmss" / "seed0"
+    clean = subprocess.Popen(_train_cmd(tiny, ctx.root / "clean", epochs), env=env,   # the reference run
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_train_cmd(tiny, ctx.root / "killed", epochs), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not (run / "last.pt").exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert not (run / "metrics.json").exists(), "the run finished before the kill: nothing was interrupted"
+    from mmss_lib.train import _load_torch
+    done = _load_torch(run / "last.pt")["state"]["epoch"]
+    assert 1 <= done < epochs
+    r = subprocess.run(_train_cmd(tiny, ctx.root / "killed", epochs), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]                          # the rerun resumes and finishes
+    assert clean.wait() == 0, clean.stderr.read()[-2000:]
+    got = json.loads((run / "metrics.json").read_text())
+    ref = json.loads((ctx.root / "clean" / DS / "tiny" / "mmss" / "seed0" / "metrics.json").read_text())
+    assert got["epochs_run"] == ref["epochs_run"] == epochs
+    for key in ("best_epoch", "dev", "test", "threshold", "n_train"):
+        assert got[key] == ref[key], (key, got[key], ref[key])
+    hist = json.loads((run / "history.json").read_text())
+    assert len(hist) == epochs if isinstance(hist, list) else True
+    return got
+
+
+def _corrupt_last_pt(ctx: Ctx, tiny: Path):
+    """A last.pt cut in half (a crash mid-copy): refused with the file named; the file is kept."""
+    from mmss_lib.train import TrainConfig, train_run
+    run = ctx.root / "runs" / DS / "tiny" / "mmss" / "seed0"
+    import torch
+    cfg = TrainConfig(system="mmss", epochs=1, patience=50, batch_size=16, n_neg=3, lr=0.003, device="cpu",
+                      num_threads=1, model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8})
+    again = dict(data_root=tiny / "data", dataset=DS, category="tiny", features_root=tiny / "features",
+                 run_dir=run, progress=False)
+    threads = torch.get_num_threads()
+    try:
+        train_run(cfg, **again)
+        (run / "metrics.json").unlink()                  # as if interrupted before the end
+        data = (run / "last.pt").read_bytes()
+        (run / "last.pt").write_bytes(data[: len(data) // 2])
+        ctx.protect()
+        return train_run(TrainConfig(**{**cfg.to_json(), "epochs": 2}), **again)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _profile(text):
     def act(ctx: Ctx):
         from mmss_lib.pipeline import plan
@@ -558,6 +664,8 @@ CASES = [
     # ---- train
     C("unknown_system", "train", _unknown_system, DataError, ("unknown system 'mmss_plus'", "known: .*mmss")),
     C("epochs_0", "train", _epochs(0), DataError, (r"TrainConfig\.epochs=0", "expected an integer >= 1")),
+    C("last_pt_corrupt", "train", _corrupt_last_pt, CheckpointError, (r"seed0/last\.pt", "cannot read the checkpoint", "delete it"), needs=("tiny_category",)),
+    C("kill_9_then_rerun", "train", _kill9_resume, policy="mmss_lib.train: so the final metrics equal those of an uninterrupted run", needs=("tiny_category",)),
     # ---- reproduce (mmss_lib.pipeline)
     C("profile_unknown_parameter", "reproduce", _profile("02_train:\n  epochz: 3\n"), PipelineError, (r"bad\.yaml", "unknown parameter", "epochz")),
     C("profile_unknown_notebook", "reproduce", _profile("99_nope:\n  a: 1\n"), PipelineError, (r"bad\.yaml", "99_nope", "no notebook")),
