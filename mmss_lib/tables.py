@@ -413,7 +413,12 @@ def region_weights_note(features_root, dataset: str, categories: Sequence[str]) 
         m = json.loads(path.read_text(encoding="utf-8"))
         det = "random-weight Faster R-CNN" if m.get("random_weights") else f"Faster R-CNN ({m.get('detector_weights')})"
         bb = m.get("region_backbone") or {"name": "c5"}
-        if bb.get("name", "c5") == "c5":
+        sel = m.get("selection") or {}
+        if sel.get("box") == "grid":
+            levels = sel.get("levels") or []
+            grid = " + ".join(f"{g}x{g}" for g in levels)
+            text = f"grid boxes ({grid} per image), {bb.get('name')} {bb.get('weights', '')} features".rstrip()
+        elif bb.get("name", "c5") == "c5":
             text = f"{det} boxes and C5 features" + (" (random weights: no pretrained image features)"
                                                       if m.get("random_weights") else "")
         else:

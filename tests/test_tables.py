@@ -298,6 +298,11 @@ def test_comparison_note_and_region_weights(tmp_path):
     note = comparison_note(pp, dataset="demo", region_note=note_r)
     assert "Test products: CS&J 30" in note and "95% percentile bootstrap" in note and note_r in note
     assert region_weights_note(tmp_path, "demo", ["home"]) == ""
+    g = tmp_path / "demo" / "home" / "region_rvw"
+    g.mkdir(parents=True)
+    (g / "manifest.json").write_text(json.dumps({"random_weights": False, "selection": {"box": "grid", "levels": [1, 2]},
+                                                "region_backbone": {"name": "mobilenet_v2", "weights": "W"}}))
+    assert region_weights_note(tmp_path, "demo", ["home"]) == "region features: grid boxes (1x1 + 2x2 per image), mobilenet_v2 W features"
     stem = tmp_path / "t"
     save_table(pd.DataFrame({"a": [1]}), stem, note=note)
     assert (tmp_path / "t.md").read_text().rstrip().endswith(note)
