@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 
-from mmss_lib.errors import (CheckpointError, DataError, FeatureStoreError, ModelNotAvailableError,
+from mmss_lib.errors import (CheckpointError, DataError, FeatureStoreError, MMSSError, ModelNotAvailableError,
                              PipelineError)
 
 DS, CAT = "demo", "cat"
@@ -225,13 +225,13 @@ def _builder_truncated_gzip(ctx: Ctx):
     return build_amazon2018(src, Path(str(src) + ".meta.json.gz"), ctx.root / "out", "cat", min_reviews=1)
 
 
-def _builder_bad_asin(asin):
+def _builder_bad_asin(asin, raw_line: str | None = None):
     def act(ctx: Ctx):
         from mmss_lib.amazon2018 import build_amazon2018
         src = ctx.root / "src" / "reviews.json"
         src.parent.mkdir(parents=True)
         good = {"asin": "B000000001", "vote": "5", "reviewText": "x" * 80, "overall": 5.0}
-        src.write_text(json.dumps(good) + "\n" + json.dumps({**good, "asin": asin}) + "\n")
+        src.write_text(json.dumps(good) + "\n" + (raw_line or json.dumps({**good, "asin": asin})) + "\n")
         (ctx.root / "src" / "meta.json").write_text(json.dumps({"asin": "B000000001", "title": "t"}) + "\n")
         ctx.protect()
         return build_amazon2018(src, ctx.root / "src" / "meta.json", ctx.root / "out", "cat", min_reviews=1)
@@ -572,6 +572,26 @@ def _corrupt_last_pt(ctx: Ctx, tiny: Path):
         torch.set_num_threads(threads)
 
 
+class CliFailed(MMSSError):
+    """The CLI exited 1 with one clean line on stderr (the line is this error's message)."""
+
+
+def _cli(*argv, tiny_args: bool = False):
+    """Run ``mmss ARGV`` in process; expect exit status 1 and a one-line error (no traceback)."""
+    def act(ctx: Ctx, *fixtures):
+        import contextlib
+        from mmss_lib import cli
+        args = [str(a).format(root=ctx.root, tiny=fixtures[0] if fixtures else "") for a in argv]
+        ctx.protect()
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(args)
+        lines = err.getvalue().strip().splitlines()
+        assert code == 1 and lines and "Traceback" not in err.getvalue(), (code, err.getvalue()[-2000:])
+        raise CliFailed(lines[-1])
+    return act
+
+
 def _profile(text):
     def act(ctx: Ctx):
         from mmss_lib.pipeline import plan
@@ -621,11 +641,15 @@ CASES = [
     C("id_backslash", "loader", _loader("rvw", "review_id", "B01\\x"), DataError, (REL_OR_RVW, "row 1", "'review_id'", r"contains '\\'"), fixed=True),
     C("id_nul", "loader", _loader("rel", "review_id", "B000000001-1\x00"), DataError, ("row 1", "'review_id'", "control character"), fixed=True),
     C("id_control_char", "loader", _loader("prd", "product_id", "B0\x1b[2J", row="0"), DataError, (PRD, "row 0", "'product_id'", "control character"), fixed=True),
+    C("review_of_unknown_product", "loader", _loader("rvw", "product_id", "B000000009"), DataError, (REL_OR_RVW, "row 1", "B000000009", "is not in|differs")),
+    C("duplicate_review_id", "loader", _loader("rvw", "review_id", "B000000001-0"), DataError, (REL_OR_RVW, "duplicate review_id 'B000000001-0'", "rows 0 and 1")),
+    C("missing_split_file", "loader", lambda ctx: (ctx.mrhp(), ctx.split_path("rel").unlink(), ctx.protect(), ctx.load())[3], DataError, (REL, "split file not found", "the folder holds")),
     C("id_empty", "loader", _loader("rvw", "review_id", ""), DataError, (REL_OR_RVW, "row 1", "'review_id'", "empty id")),
     C("id_float", "loader", _loader("rvw", "review_id", 1.5), DataError, (REL_OR_RVW, "row 1", "'review_id'", "expected an id")),
     # ---- builder (mmss_lib.amazon2018.build_amazon2018)
     C("gzip_cut_mid_stream", "builder", _builder_truncated_gzip, DataError, (r"reviews\.json\.gz", "truncated or corrupt gzip", "after line")),
     C("asin_path_traversal", "builder", _builder_bad_asin("../../etc"), DataError, (r"reviews\.json", "row 2", "'asin'", r"contains '/'"), fixed=True),
+    C("builder_line_not_json", "builder", _builder_bad_asin(None, '{"asin": "B000000001", "vote": "3", "reviewText": "cut'), DataError, (r"reviews\.json", "line 2", "not valid JSON")),
     C("asin_nul", "builder", _builder_bad_asin("B0\x00"), DataError, (r"reviews\.json", "row 2", "'asin'", "control character"), fixed=True),
     # ---- extract: images (mmss_lib.features.regions.load_image, the policy of the module docstring)
     C("image_corrupt", "extract", _image("c.jpg", raw=b"\xff\xd8\xff\xe0" + os.urandom(300)), policy="mmss_lib.features.regions: cannot be decoded (corrupt, truncated, not an image"),
@@ -666,6 +690,10 @@ CASES = [
     C("epochs_0", "train", _epochs(0), DataError, (r"TrainConfig\.epochs=0", "expected an integer >= 1")),
     C("last_pt_corrupt", "train", _corrupt_last_pt, CheckpointError, (r"seed0/last\.pt", "cannot read the checkpoint", "delete it"), needs=("tiny_category",)),
     C("kill_9_then_rerun", "train", _kill9_resume, policy="mmss_lib.train: so the final metrics equal those of an uninterrupted run", needs=("tiny_category",)),
+    C("cli_train_epochs_0", "train", _cli("train", "--data-root", "{tiny}/data", "--dataset", "demo", "--categories", "tiny", "--features", "{tiny}/features", "--runs", "{root}/runs", "--seeds", "0", "--no-progress", "--num-threads", "1", "--epochs", "0"), CliFailed, ("mmss train: error", r"epochs=0", ">= 1"), needs=("tiny_category",)),
+    C("cli_train_unknown_system", "train", _cli("train", "--data-root", "{tiny}/data", "--dataset", "demo", "--categories", "tiny", "--features", "{tiny}/features", "--runs", "{root}/runs", "--seeds", "0", "--no-progress", "--num-threads", "1", "--epochs", "1", "--systems", "mmss_plus"), CliFailed, ("mmss train: error", "unknown system 'mmss_plus'"), needs=("tiny_category",)),
+    C("cli_train_unknown_category", "train", _cli("train", "--data-root", "{tiny}/data", "--dataset", "demo", "--categories", "tiny2", "--features", "{tiny}/features", "--runs", "{root}/runs", "--seeds", "0", "--no-progress", "--num-threads", "1", "--epochs", "1"), CliFailed, ("mmss train: error", r"tiny2", "not found"), needs=("tiny_category",)),
+    C("cli_predict_input_not_json", "predict", lambda ctx: (ctx.root.joinpath("in.json").write_text("{product:"), _cli("predict", "--run", "{root}", "--input", "{root}/in.json")(ctx))[1], CliFailed, ("mmss predict: error", r"in\.json", "not valid JSON")),
     # ---- reproduce (mmss_lib.pipeline)
     C("profile_unknown_parameter", "reproduce", _profile("02_train:\n  epochz: 3\n"), PipelineError, (r"bad\.yaml", "unknown parameter", "epochz")),
     C("profile_unknown_notebook", "reproduce", _profile("99_nope:\n  a: 1\n"), PipelineError, (r"bad\.yaml", "99_nope", "no notebook")),

@@ -22,6 +22,11 @@ after a crash keeps every finished shard (:meth:`FeatureStoreWriter.has_shard`) 
 only the missing ones. ``manifest.json`` is written last; a store without it is unfinished
 and :class:`FeatureStore` refuses to open it.
 
+Bad stores (a :class:`~mmss_lib.errors.FeatureStoreError` naming the shard): a deleted or
+truncated shard, a shard file holding pickled objects (arrays are read with
+``allow_pickle=False``, so no code from a shared store runs), a manifest ``dim`` that disagrees
+with the shards. Writers refuse NaN / infinite features.
+
 Read-time caps follow MCR (MRHP_FACTS.md section 3): at most 32 regions per image and 128 per
 item, both configurable; the padding masks are explicit (:func:`pad_items`) instead of MCR's
 16 zero regions that attention treats as real.
@@ -126,11 +131,11 @@ class FeatureStore:
     def _open_shard(self, s: int, d: Path) -> None:
         try:
             ids = json.loads((d / "ids.json").read_text(encoding="utf-8"))
-            offsets = np.load(d / "offsets.npy")
-            x = np.load(d / "x.npy", mmap_mode="r")
+            offsets = np.load(d / "offsets.npy", allow_pickle=False)   # never unpickle from a store
+            x = np.load(d / "x.npy", mmap_mode="r", allow_pickle=False)
             if self.kind == "region":
-                boxes = np.load(d / "boxes.npy", mmap_mode="r")
-                image = np.load(d / "image.npy", mmap_mode="r")
+                boxes = np.load(d / "boxes.npy", mmap_mode="r", allow_pickle=False)
+                image = np.load(d / "image.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise FeatureStoreError(f"{d}: cannot read shard ({exc}); delete the store and re-extract") from None
         n_rows = int(offsets[-1]) if len(offsets) else -1
@@ -452,7 +457,7 @@ class FeatureStoreWriter:
                 raise FeatureStoreError(f"{self.path}/{name}: item id {sorted(dup)[0]!r} is already in an earlier shard")
             seen.update(ids)
             n_items += len(ids)
-            n_rows += int(np.load(self.path / name / "offsets.npy")[-1])
+            n_rows += int(np.load(self.path / name / "offsets.npy", allow_pickle=False)[-1])
         manifest = {
             **self.manifest_extra,
             "format": FORMAT_VERSION, "kind": self.kind, "dim": self.dim, "dtype": "float16",
