@@ -740,3 +740,26 @@ def test_corpus_summary():
     for c in CASES:
         outcome = "documented policy" if c.error is None else "clear error"
         print(f"{c.command:9s} {c.name:30s} {outcome}{' (fixed in issue 13)' if c.fixed else ''}")
+
+
+def test_case_study_scores_a_real_best_pt_weights_only(tiny_category, tmp_path):
+    """The weights-only load of the case study (fixed in issue 13) still reads a trainer's best.pt:
+    its scores of the test split equal the trainer's scores_test.csv."""
+    import pandas as pd
+    import torch
+    from mmss_lib.loader import MRHPSplitData
+    from mmss_lib.plots import score_with_checkpoint
+    from mmss_lib.train import TrainConfig, train_run
+    cfg = TrainConfig(system="mmss", epochs=1, patience=50, batch_size=16, n_neg=3, lr=0.003, device="cpu",
+                      num_threads=1, model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8})
+    threads = torch.get_num_threads()
+    try:
+        train_run(cfg, data_root=tiny_category / "data", dataset=DS, category="tiny",
+                  features_root=tiny_category / "features", run_dir=tmp_path, progress=False)
+        test = MRHPSplitData.from_disk(tiny_category / "data", DS, "tiny", "test", tiny_category / "features")
+        got = score_with_checkpoint(tmp_path, test, np.arange(test.n))
+    finally:
+        torch.set_num_threads(threads)
+    ref = pd.read_csv(tmp_path / "scores_test.csv").set_index("review_id").loc[list(test.review_ids), "score"]
+    np.testing.assert_allclose(got["score"], ref.to_numpy(), rtol=1e-5, atol=1e-6)
+    assert {f"score_{s}" for s in ("ptrt", "pvrv", "ptrv", "pvrt", "rtrv")} <= set(got)
