@@ -697,6 +697,7 @@ CASES = [
     # ---- reproduce (mmss_lib.pipeline)
     C("profile_unknown_parameter", "reproduce", _profile("02_train:\n  epochz: 3\n"), PipelineError, (r"bad\.yaml", "unknown parameter", "epochz")),
     C("profile_unknown_notebook", "reproduce", _profile("99_nope:\n  a: 1\n"), PipelineError, (r"bad\.yaml", "99_nope", "no notebook")),
+    C("profile_yaml_payload", "reproduce", lambda ctx: _profile(f'02_train: !!python/object/apply:os.system ["touch {ctx.marker}"]\n')(ctx), PipelineError, (r"bad\.yaml", "not valid YAML")),
     C("profile_not_a_mapping", "reproduce", _profile("- a\n- b\n"), PipelineError, (r"bad\.yaml", "expected a mapping")),
 ]
 
