@@ -99,11 +99,10 @@ class LocalExecutor:
     def in_process(self) -> bool:
         return self.n_jobs <= 1
 
-    @property
-    def num_threads(self) -> Optional[int]:
-        """torch threads per run: 1 in worker processes (several runs share the cores), else
-        unchanged."""
-        return None if self.in_process else 1
+    def threads_per_run(self, n_runs: int) -> Optional[int]:
+        """torch threads per run of a sweep of ``n_runs``: 1 in worker processes (several runs
+        share the cores), else None (unchanged)."""
+        return None if (self.in_process or n_runs <= 1) else 1
 
     def run(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
         jobs = list(jobs)
@@ -157,8 +156,8 @@ class RayExecutor:
         self.cpus_per_run = int(cpus_per_run)
         self.log_to_driver = log_to_driver
 
-    @property
-    def num_threads(self) -> int:
+    def threads_per_run(self, n_runs: int) -> int:
+        """torch threads per run: the CPUs a task holds."""
         return self.cpus_per_run
 
     @staticmethod

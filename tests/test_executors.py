@@ -30,23 +30,32 @@ def _check_results(results):
     assert "math domain error" in bad.traceback and "Traceback" in bad.traceback
 
 
-def _ordered_jobs(tmp_path):
-    """'waiter' can only finish after 'writer' wrote its file: run concurrently, the executor must
-    yield 'writer' first (results come as jobs finish, not in submission order)."""
-    flag = tmp_path / "flag"
+def _ordered_jobs(flag):
+    """'waiter' can only finish once ``flag`` exists, which the test writes only after it got a
+    first result: an executor that yields results as jobs finish (not in submission order, not
+    all at the end) gives 'writer' first."""
     wait = ("import pathlib, sys, time\n"
             "for _ in range(6000):\n"
             f"    if pathlib.Path({str(flag)!r}).exists(): sys.exit(0)\n"
             "    time.sleep(0.05)\n"
             "sys.exit(3)\n")
-    write = f"import pathlib; pathlib.Path({str(flag)!r}).write_text('x')"
     return [Job("waiter", subprocess.run, ([sys.executable, "-c", wait],), {"check": True}),
-            Job("writer", subprocess.run, ([sys.executable, "-c", write],), {"check": True})]
+            Job("writer", subprocess.run, ([sys.executable, "-c", "pass"],), {"check": True})]
+
+
+def _check_streaming(ex, tmp_path):
+    flag = tmp_path / "flag"
+    results = ex.run(_ordered_jobs(flag))
+    first = next(results)
+    assert first.name == "writer" and first.ok and first.index == 1
+    flag.write_text("go")
+    rest = list(results)
+    assert [r.name for r in rest] == ["waiter"] and rest[0].ok and rest[0].value.returncode == 0
 
 
 def test_local_in_process_captures_errors_and_goes_on():
     ex = LocalExecutor(1)
-    assert ex.in_process and ex.num_threads is None
+    assert ex.in_process and ex.threads_per_run(5) is None
     res = list(ex.run(_jobs()))
     assert [r.name for r in res] == ["four", "negative", "nine"]     # in order, one after the other
     _check_results(res)
@@ -54,11 +63,9 @@ def test_local_in_process_captures_errors_and_goes_on():
 
 def test_local_worker_processes_yield_as_jobs_finish(tmp_path):
     ex = LocalExecutor(2)
-    assert not ex.in_process and ex.num_threads == 1
+    assert not ex.in_process and ex.threads_per_run(5) == 1 and ex.threads_per_run(1) is None
     _check_results(list(ex.run(_jobs())))
-    res = list(ex.run(_ordered_jobs(tmp_path)))
-    assert [r.name for r in res] == ["writer", "waiter"] and all(r.ok for r in res)
-    assert res[1].value.returncode == 0
+    _check_streaming(ex, tmp_path)
 
 
 def test_make_executor_and_bad_arguments(monkeypatch):
@@ -98,5 +105,123 @@ def test_ray_tasks_capture_errors_and_yield_as_jobs_finish(local_ray, tmp_path):
     ex = RayExecutor()
     _check_results(list(ex.run(_jobs())))
     assert local_ray.is_initialized()          # a Ray it did not start is left running
-    res = list(ex.run(_ordered_jobs(tmp_path)))
-    assert [r.name for r in res] == ["writer", "waiter"] and all(r.ok for r in res)
+    _check_streaming(ex, tmp_path)
+
+
+# ------------------------------------------------------------------ run_experiment on the executors
+
+DT, DR = 8, 12
+TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8, "dropout": 0.1}
+METRICS = ["system", "variant", "seed", "MAP", "NDCG@3", "NDCG@5", "MRR", "dev_MAP", "best_epoch", "epochs_run"]
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """A tiny demo category on disk (8 products, no images) with random-feature stores."""
+    import numpy as np
+
+    from mmss_lib.data import load_mrhp
+    from mmss_lib.demo import make_demo
+    from mmss_lib.features.store import feature_dirs, write_store
+
+    root = tmp_path_factory.mktemp("tiny_demo")
+    make_demo(root / "data", n_products=8, categories=("home",), images=False)
+    rng = np.random.default_rng(0)
+    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
+    for split in ("train", "dev", "test"):
+        products, reviews = load_mrhp(root / "data", "demo", "home", split)
+        for side, ids in (("prd", products["product_id"]), ("rvw", reviews["review_id"])):
+            for i in ids:
+                items[f"text_{side}"][i] = {"x": rng.normal(size=(4, DT))}
+                k = int(rng.integers(0, 3))
+                items[f"region_{side}"][i] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                                              "image": np.zeros(k, np.int32)}
+    for kind, path in feature_dirs(root / "features", "demo", "home").items():
+        write_store(path, items[kind], kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
+    return root
+
+
+def _sweep_kw(root, **over):
+    from mmss_lib.train import TrainConfig
+
+    base = TrainConfig(epochs=2, patience=2, batch_size=8, device="cpu",
+                       threshold=2.0, n_neg=2, model_options={})
+    kw = dict(data_root=root / "data", dataset="demo", categories=["home"], features_root=root / "features",
+              systems=[("mmss", "full", TINY)], seeds=(0, 1), base_config=base, progress=True)
+    kw.update(over)
+    return kw
+
+
+def _mtimes(runs_root):
+    return {str(p.relative_to(runs_root)): p.stat().st_mtime_ns for p in sorted(runs_root.rglob("metrics.json"))}
+
+
+@pytest.mark.slow
+def test_ray_sweep_equals_local_reports_failures_and_skips_finished(local_ray, tiny_demo, tmp_path, capsys):
+    """The same runs through executor='ray' give exactly the metrics of the local worker
+    processes; a failing run (a model option the system does not take) is reported by name with
+    its error while the others finish; a rerun skips every finished run."""
+    from mmss_lib.errors import SweepError
+    from mmss_lib.experiments import run_experiment
+
+    systems = [("mmss", "full", TINY), ("mmss", "broken", {**TINY, "no_such_option": 1})]
+    runs = {}
+    for name, extra in (("local", {"n_jobs": 2}), ("ray", {"executor": "ray"})):
+        with pytest.raises(SweepError) as ei:
+            run_experiment(runs_root=tmp_path / name, **_sweep_kw(tiny_demo, systems=systems, **extra))
+        err = ei.value
+        assert sorted(err.failures) == ["demo/home mmss__broken seed 0", "demo/home mmss__broken seed 1"]
+        assert all("no_such_option" in e for e in err.failures.values())
+        assert "demo/home mmss__broken seed 0" in str(err) and "2 of 4 runs failed" in str(err)
+        out = capsys.readouterr().out
+        assert "FAILED demo/home mmss__broken seed 1" in out and "no_such_option" in out
+        assert out.count("finished demo/home mmss seed") == 2           # progress per finished run
+        runs[name] = err.results
+        assert len(err.results) == 2 and set(err.results["variant"]) == {"full"}
+    pd = pytest.importorskip("pandas")
+    pd.testing.assert_frame_equal(runs["local"][METRICS], runs["ray"][METRICS])
+    assert runs["ray"]["MAP"].notna().all()
+
+    before = _mtimes(tmp_path / "ray")
+    again = run_experiment(runs_root=tmp_path / "ray", **_sweep_kw(tiny_demo, executor="ray"))
+    assert _mtimes(tmp_path / "ray") == before                       # nothing retrained or rewritten
+    assert capsys.readouterr().out.count("skipped (finished before)") == 2
+    pd.testing.assert_frame_equal(again[METRICS], runs["ray"][METRICS])
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_only_missing_runs(local_ray, tiny_demo, tmp_path, capsys):
+    """`mmss train` killed after its first run finished; the rerun (on Ray) trains only the
+    missing runs, leaves the finished one untouched, and ends with the metrics of an
+    uninterrupted sweep."""
+    import os
+    import signal
+    import time
+
+    from mmss_lib.experiments import run_experiment
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "mmss_lib", "train", "--executor", "local", "--data-root", str(tiny_demo / "data"),
+           "--dataset", "demo", "--categories", "home", "--features", str(tiny_demo / "features"),
+           "--runs", str(runs), "--systems", "mmss", "--seeds", "0", "1", "2", "--epochs", "2", "--patience", "2",
+           "--batch-size", "8", "--n-neg", "2", "--threshold", "2.0", "--device", "cpu", "--num-threads", "1"] + [arg for k, v in TINY.items() for arg in ("--option", f"{k}={v}")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = runs / "demo" / "home" / "mmss" / "seed0" / "metrics.json"
+    while not first.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), proc.stderr.read().decode()
+    assert not (runs / "demo" / "home" / "mmss" / "seed2" / "metrics.json").exists()
+    stamp = first.stat().st_mtime_ns
+
+    kw = _sweep_kw(tiny_demo, seeds=(0, 1, 2))
+    kw["base_config"].num_threads = 1
+    resumed = run_experiment(runs_root=runs, executor="ray", **kw)
+    out = capsys.readouterr().out
+    assert first.stat().st_mtime_ns == stamp
+    assert "demo/home mmss seed 0: skipped (finished before)" in out
+    assert "finished demo/home mmss seed 1" in out and "finished demo/home mmss seed 2" in out
+    reference = run_experiment(runs_root=tmp_path / "reference", n_jobs=2, **kw)
+    pd = pytest.importorskip("pandas")
+    pd.testing.assert_frame_equal(resumed[METRICS], reference[METRICS])
