@@ -212,7 +212,8 @@ def _big_text_encoder(ctx: Ctx, tiny_bert_dir):
 
 
 def _builder_truncated_gzip(ctx: Ctx):
-    from mmss_lib.amazon2018 import build_amazon2018, generate_reviews
+    from mmss_lib.amazon2018 import build_amazon2018
+    from mmss_lib.bench.build import generate_reviews
     src = ctx.root / "src" / "reviews.json.gz"
     src.parent.mkdir(parents=True)
     generate_reviews(src, 3000, n_products=20, seed=0)

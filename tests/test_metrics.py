@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError, MMSSError
-from mmss_lib.metrics import (RankingMetricAccumulator, bench_metrics, bootstrap_difference,
+from mmss_lib.metrics import (RankingMetricAccumulator, bootstrap_difference,
                               bootstrap_interval, paired_test,
                               per_product_metrics, ranking_metrics)
 
@@ -321,6 +321,8 @@ def test_paired_test_aligns_series_on_products():
 
 def test_bench_metrics_smoke(capsys):
     """Smoke test: a tiny run of `mmss bench metrics` agrees with its groupby-apply baseline."""
+    from mmss_lib.bench.metrics import bench_metrics
+
     assert bench_metrics(["--reviews", "3000", "--products", "200", "--repeats", "1"], prog="t") == 0
     out = capsys.readouterr().out
     assert "speed-up" in out and "results agree: True" in out

@@ -11,6 +11,7 @@ import torch
 from mmss_lib.errors import CheckpointError, TrainingError
 from mmss_lib.features.store import write_store
 from mmss_lib.loader import MRHPSplitData
+from mmss_lib import experiments as E
 from mmss_lib import train as T
 
 DT, DR = 8, 12
@@ -172,18 +173,18 @@ def test_no_subtask_variant_and_label_gap(splits, tmp_path):
 
 
 def test_run_experiment_summarize_and_per_product(splits, tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "load_splits", lambda *a, **k: splits)
+    monkeypatch.setattr(E, "load_splits", lambda *a, **k: splits)
     base = cfg(epochs=1, threshold=1.0)
-    res = T.run_experiment(data_root=tmp_path, dataset="syn", categories=["c"], features_root=tmp_path,
+    res = E.run_experiment(data_root=tmp_path, dataset="syn", categories=["c"], features_root=tmp_path,
                            runs_root=tmp_path / "runs", systems=["mmss", ("mmss", "wo_d", {"use_module_d": False})],
                            seeds=(0, 1), base_config=base, progress=False)
     assert len(res) == 4 and set(res["variant"]) == {"full", "wo_d"}
     assert (tmp_path / "runs" / "syn" / "c" / "mmss__wo_d" / "seed1" / "metrics.json").exists()
-    summ = T.summarize(res)
+    summ = E.summarize(res)
     row = summ[summ["variant"] == "full"].iloc[0]
     assert row["n_seeds"] == 2
     assert row["MAP_mean"] == pytest.approx(res[res["variant"] == "full"]["MAP"].mean())
-    pp = T.load_per_product(tmp_path / "runs", "syn", "c", "mmss", "full", seeds=(0, 1))
+    pp = E.load_per_product(tmp_path / "runs", "syn", "c", "mmss", "full", seeds=(0, 1))
     assert len(pp) == 4
     assert pp["AP"].mean() == pytest.approx(row["MAP_mean"])
 
@@ -224,8 +225,8 @@ def test_run_experiment_parallel_jobs_match_sequential(tmp_path):
     kw = dict(data_root=tmp_path / "data", dataset="demo", categories=["home"],
               features_root=tmp_path / "features", systems=[("mmss", "full", TINY), "egcnn"], seeds=(0, 1),
               base_config=base, progress=False)
-    seq = T.run_experiment(runs_root=tmp_path / "seq", **kw)
-    par = T.run_experiment(runs_root=tmp_path / "par", n_jobs=2, **kw)
+    seq = E.run_experiment(runs_root=tmp_path / "seq", **kw)
+    par = E.run_experiment(runs_root=tmp_path / "par", n_jobs=2, **kw)
     assert len(seq) == len(par) == 4
     cols = ["system", "seed", "MAP", "NDCG@3", "NDCG@5", "dev_MAP", "best_epoch"]
     pd.testing.assert_frame_equal(seq[cols], par[cols])

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from mmss_lib.bench.common import best_of, interleaved, report
 
 WORDS = ("the a this product is very good bad great poor quality price size color fits works broke "
          "after one week love hate use battery screen fabric kitchen pan phone shirt cable light heavy "
@@ -40,22 +41,6 @@ def _tiny_bert(d: Path) -> str:
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=128, max_position_embeddings=512)).save_pretrained(d)
     return str(d)
-
-
-def _timeit(fn, repeat: int) -> float:
-    return _interleaved([fn], repeat)[0]
-
-
-def _interleaved(fns, repeat: int) -> list[float]:
-    """Best-of-``repeat`` seconds of each function, the functions run in turn within each round so
-    that load from other processes on a shared machine affects them alike."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeat):
-        for k, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t)
-    return best
 
 
 def bench_text(args, tmp: Path) -> None:
@@ -91,14 +76,14 @@ def bench_text(args, tmp: Path) -> None:
                 e = enc.tokenizer(t, truncation=True, max_length=enc.max_len, return_tensors="pt").to(enc.device)
                 enc.model(**e).last_hidden_state.to(torch.float16).cpu().numpy()
 
-    t_full, t_bare, t_single = _interleaved([lambda: enc.encode(texts, batch_size=bs), bare, single], args.repeat)
+    t_full, t_bare, t_single = interleaved([lambda: enc.encode(texts, batch_size=bs), bare, single], args.repeat)
     t_single *= len(texts) / len(sub)
     n_tok = int(sum(len(t) for t in ids))
-    print(f"text  model={enc.name} ({enc.dim}-d) device={enc.device} texts={len(texts)} tokens={n_tok} "
+    report("text", f"model={enc.name} ({enc.dim}-d) device={enc.device} texts={len(texts)} tokens={n_tok} "
           f"batch={bs} max_len={enc.max_len}")
-    print(f"  extraction       {len(texts) / t_full:9.1f} texts/s  ({n_tok / t_full:,.0f} tokens/s)")
-    print(f"  bare forward     {len(texts) / t_bare:9.1f} texts/s  -> overhead {100 * (t_full / t_bare - 1):+.1f}% (goal <= 10%)")
-    print(f"  one at a time    {len(texts) / t_single:9.1f} texts/s  -> extraction is {t_single / t_full:.1f}x faster (goal >= 5x; "
+    report("text", f"extraction       {len(texts) / t_full:9.1f} texts/s  ({n_tok / t_full:,.0f} tokens/s)")
+    report("text", f"bare forward     {len(texts) / t_bare:9.1f} texts/s  -> overhead {100 * (t_full / t_bare - 1):+.1f}% (goal <= 10%)")
+    report("text", f"one at a time    {len(texts) / t_single:9.1f} texts/s  -> extraction is {t_single / t_full:.1f}x faster (goal >= 5x; "
           f"measured on {len(sub)} texts)")
 
 
@@ -127,11 +112,11 @@ def bench_regions(args) -> None:
             ext.bare_forward(c)
         sync()
 
-    t_ours, t_bare = _interleaved([ours, bare], args.repeat)
-    print(f"regions  detector=fasterrcnn_resnet50_fpn ({'random' if ext.random_weights else 'pretrained'} weights) "
+    t_ours, t_bare = interleaved([ours, bare], args.repeat)
+    report("regions", f"detector=fasterrcnn_resnet50_fpn ({'random' if ext.random_weights else 'pretrained'} weights) "
           f"device={ext.device} images={len(images)} (~{args.image_size}px) detector size={args.detector_size} batch={bs}")
-    print(f"  extraction       {len(images) / t_ours:9.2f} images/s (boxes + 2048-d C5 RoI features)")
-    print(f"  bare forward     {len(images) / t_bare:9.2f} images/s -> overhead {100 * (t_ours / t_bare - 1):+.1f}% (goal <= 15%)")
+    report("regions", f"extraction       {len(images) / t_ours:9.2f} images/s (boxes + 2048-d C5 RoI features)")
+    report("regions", f"bare forward     {len(images) / t_bare:9.2f} images/s -> overhead {100 * (t_ours / t_bare - 1):+.1f}% (goal <= 15%)")
 
 
 def bench_store(args, tmp: Path) -> None:
@@ -151,7 +136,7 @@ def bench_store(args, tmp: Path) -> None:
         w.add(f"r{i}", rng.standard_normal((int(rng.integers(5, 200)), 384), dtype=np.float32).astype(np.float16))
     w.close()
     region, text = FeatureStore(tmp / "region"), FeatureStore(tmp / "text")
-    print(f"store  {n} items; region store {sum(f.stat().st_size for f in (tmp / 'region').rglob('*.npy')) / 1e6:.0f} MB, "
+    report("store", f"{n} items; region store {sum(f.stat().st_size for f in (tmp / 'region').rglob('*.npy')) / 1e6:.0f} MB, "
           f"text store {sum(f.stat().st_size for f in (tmp / 'text').rglob('*.npy')) / 1e6:.0f} MB (page cache warm)")
     for bsz in (32, 64):
         batches = [rng.choice(n, size=bsz, replace=False) for _ in range(args.n_batches)]
@@ -163,8 +148,8 @@ def bench_store(args, tmp: Path) -> None:
                 pad_items([r[1] for r in regs])
                 pad_items([read_text(text, f"r{i}", max_len=512) for i in b])
 
-        t = _timeit(run, args.repeat)
-        print(f"  batch {bsz:3d}: {bsz * len(batches) / t:10,.0f} items/s (text + regions, caps and padding included)")
+        t = best_of(run, args.repeat)
+        report("store", f"batch {bsz:3d}: {bsz * len(batches) / t:10,.0f} items/s (text + regions, caps and padding included)")
 
 
 def bench_extract(argv: list[str], prog: str = "mmss bench extract") -> int:

@@ -1,0 +1,57 @@
+"""``mmss bench <name>``: every benchmark of the library, each printing ratios measured in one run
+(no wall-clock asserts). One module per benchmark, shared helpers (timing, memory, the one-line
+report) in :mod:`mmss_lib.bench.common`; a benchmark function has the ``cli_main`` signature
+``(argv: list[str], prog: str) -> int``. Add one with a line in :data:`BENCHES`.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> "module:function"
+BENCHES: dict[str, str] = {
+    "build": "mmss_lib.bench.build:bench_build",
+    "extract": "mmss_lib.bench.extract:bench_extract",
+    "train": "mmss_lib.bench.train:bench_train",
+    "metrics": "mmss_lib.bench.metrics:bench_metrics",
+}
+
+# one-line help per benchmark (names without an entry show their function's first docstring line)
+HELP: dict[str, str] = {
+    "build": "Amazon 2018 builder: reviews/s and peak memory on 1,000,000 generated reviews",
+    "extract": "feature extraction overheads and store read rate",
+    "train": "training throughput, FLOP/s fraction, pseudo-label bookkeeping, memory",
+    "metrics": "ranking_metrics vs a pandas groupby-apply on 1,000,000 reviews",
+}
+
+
+def resolve(name: str):
+    """The benchmark function registered under ``name`` (imported now)."""
+    module, fn = BENCHES[name].split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def _help(name: str) -> str:
+    if name in HELP:
+        return HELP[name]
+    doc = (resolve(name).__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def cli_main(argv: list[str], prog: str = "mmss bench") -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {prog} {{{','.join(BENCHES)},all}} [options]\n")
+        for name in BENCHES:
+            print(f"  {name.ljust(8)} {_help(name)}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name == "all":
+        rc = 0
+        for n in BENCHES:
+            print(f"\n=== mmss bench {n} ===", flush=True)
+            rc |= int(resolve(n)(rest, prog=f"{prog} {n}") or 0)
+        return rc
+    if name not in BENCHES:
+        print(f"{prog}: unknown benchmark {name!r}; choose from {', '.join(BENCHES)}, all", file=sys.stderr)
+        return 2
+    return int(resolve(name)(rest, prog=f"{prog} {name}") or 0)

@@ -1,0 +1,87 @@
+"""``mmss train``: train and evaluate systems over categories and seeds from the command line
+(an experiment of :func:`mmss_lib.experiments.run_experiment`), printing the mean and std over
+seeds of the test metrics."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Sequence
+
+from mmss_lib.errors import DataError
+from mmss_lib.experiments import run_experiment, summarize
+from mmss_lib.train import METRIC_NAMES, TrainConfig
+
+
+def _parse_options(items: Sequence[str]) -> dict:
+    out = {}
+    for it in items or ():
+        if "=" not in it:
+            raise DataError(f"--option {it!r}: expected key=value (value as JSON, e.g. d=64 or subtasks='[\"ptrt\"]')")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    d = TrainConfig()
+    ap = argparse.ArgumentParser(prog=prog, description="Train and evaluate systems over seeds "
+                                 "(results: runs/{dataset}/{category}/{system}[__variant]/seed{n}/).")
+    ap.add_argument("--data-root", required=True, help="folder holding {dataset}/{category}/ files")
+    ap.add_argument("--dataset", required=True, help="amazon, lazada or demo")
+    ap.add_argument("--categories", nargs="+", required=True)
+    ap.add_argument("--features", required=True, help="features root (mmss extract output)")
+    ap.add_argument("--runs", required=True, help="runs root")
+    ap.add_argument("--systems", nargs="+", default=["mmss"],
+                    help="system names; mmss:VARIANT for an MM-SS ablation of model.ABLATIONS (e.g. mmss:wo_b)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--epochs", type=int, default=d.epochs)
+    ap.add_argument("--patience", type=int, default=d.patience)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--lr-text", type=float, default=d.lr_text)
+    ap.add_argument("--pair-scheme", choices=("mcr", "all"), default=d.pair_scheme)
+    ap.add_argument("--n-neg", type=int, default=d.n_neg)
+    ap.add_argument("--loss", choices=("hinge", "label_gap"), default=d.loss)
+    ap.add_argument("--margin", type=float, default=d.margin)
+    ap.add_argument("--threshold", type=float, default=None, help="relevance threshold (default: per dataset)")
+    ap.add_argument("--max-text-len", type=int, default=d.max_text_len)
+    ap.add_argument("--device", default=d.device)
+    ap.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    ap.add_argument("--num-threads", type=int, default=None)
+    ap.add_argument("--fine-tune-text", metavar="TEXT_MODEL", default=None,
+                    help="fine-tune this text encoder end to end (MM-SS only)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="model option for every system (repeatable; JSON values)")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def cli_main(argv: list[str], prog: str = "mmss train") -> int:
+    args = build_parser(prog).parse_args(argv)
+    systems = []
+    for s in args.systems:
+        if ":" in s:
+            name, variant = s.split(":", 1)
+            from mmss_lib.model import ABLATIONS
+            if variant not in ABLATIONS:
+                raise DataError(f"--systems {s}: unknown MM-SS variant {variant!r}; known: {', '.join(ABLATIONS)}")
+            systems.append((name, variant, dict(ABLATIONS[variant])))
+        else:
+            systems.append((s, "full", {}))
+    cfg = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
+                      lr_text=args.lr_text, pair_scheme=args.pair_scheme, n_neg=args.n_neg, loss=args.loss,
+                      margin=args.margin, threshold=args.threshold, max_text_len=args.max_text_len,
+                      device=args.device, amp=not args.no_amp, num_threads=args.num_threads,
+                      fine_tune_text=bool(args.fine_tune_text), text_model=args.fine_tune_text,
+                      model_options=_parse_options(args.option))
+    results = run_experiment(data_root=args.data_root, dataset=args.dataset, categories=args.categories,
+                             features_root=args.features, runs_root=args.runs, systems=systems,
+                             seeds=args.seeds, base_config=cfg, progress=not args.no_progress)
+    summary = summarize(results)
+    cols = ["category", "system", "variant"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")] + ["n_seeds"]
+    with_pd_opts = summary[cols].round(4).to_string(index=False)
+    print(with_pd_opts)
+    return 0

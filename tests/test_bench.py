@@ -1,0 +1,74 @@
+"""The benchmark package: dispatcher, shared helpers, and tiny runs of the benchmarks (no timing asserts)."""
+from __future__ import annotations
+
+import pytest
+
+from mmss_lib import bench
+from mmss_lib.bench import common
+
+
+def test_every_registered_benchmark_resolves_and_help_lists_it(capsys):
+    for name in bench.BENCHES:
+        assert callable(bench.resolve(name))
+    assert bench.cli_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name}" in out for name in bench.BENCHES)
+    assert bench.cli_main(["nope"]) == 2
+    assert "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+def test_domain_modules_hold_no_benchmark_code():
+    import mmss_lib.amazon2018
+    import mmss_lib.metrics
+    import mmss_lib.train
+
+    for mod in (mmss_lib.amazon2018, mmss_lib.metrics, mmss_lib.train):
+        assert not [n for n in vars(mod) if n.startswith(("bench", "_bench", "generate_reviews"))], mod.__name__
+
+
+def test_interleaved_runs_each_function_in_turn_and_keeps_the_best():
+    calls = []
+    best = common.interleaved([lambda: calls.append("a"), lambda: calls.append("b")], 3)
+    assert calls == ["a", "b"] * 3
+    assert len(best) == 2 and all(0 <= t < float("inf") for t in best)
+    assert len(common.timed_calls(lambda: None, 4)) == 4
+
+
+def test_memory_readings_see_an_allocation():
+    before = common.memory_now()
+    assert set(before) == {"rss", "anon", "file", "hwm"} and before["rss"] > 0
+    with common.PeakRSS(0.005) as mem:
+        block = bytearray(64 * 2**20)       # zero-filled: every page touched
+        block[::4096] = b"x" * len(block[::4096])
+    assert mem.delta >= 32 * 2**20
+    assert common.memory_now()["hwm"] >= before["rss"]
+    del block
+
+
+def test_report_prints_one_tagged_line(capsys):
+    common.report("memory", "peak 3 MB")
+    assert capsys.readouterr().out == "[memory] peak 3 MB\n"
+
+
+def test_bench_build_tiny_run(capsys):
+    from mmss_lib.bench.build import bench_build
+
+    assert bench_build(["--reviews", "2000", "--products", "50"], prog="t") == 0
+    out = capsys.readouterr().out
+    assert "[build]" in out and "reviews/s" in out and "[memory] peak RSS delta" in out
+
+
+def test_bench_train_child_on_tiny_synthetic_stores(tmp_path):
+    """The training benchmark's child (in this process): two epochs of a few MM-SS steps from
+    synthetic stores, the SSP-Label bookkeeping timed in epoch 2."""
+    pytest.importorskip("torch")
+    from mmss_lib.bench.train import _bench_child, _synthetic_bench_stores
+
+    _synthetic_bench_stores(tmp_path / "bench" / "synthetic", 200, text_dim=8, text_len=4, region_dim=2048)
+    res = _bench_child({"n": 200, "per_product": 20, "root": str(tmp_path), "steps": 2, "threads": 1,
+                        "model_options": {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}})
+    assert res["n"] == 200
+    for e in ("epoch1", "epoch2"):
+        assert res[e]["samples"] > 0 and res[e]["n_pairs"] > 0
+    assert res["epoch2"]["ssp_seconds"] > 0
+    assert res["peak_anon_mb"] >= res["phases_anon_mb"]["imports"]
