@@ -15,6 +15,7 @@ from typing import Sequence
 
 from mmss_lib.errors import DataError
 from mmss_lib.train import METRIC_NAMES, TrainConfig, load_splits, run_dir_for, run_name, train_run
+from mmss_lib.systems import is_floor
 
 
 def _normalise_systems(systems) -> list[tuple[str, str, dict]]:
@@ -90,7 +91,7 @@ def _dispatch(jobs: list, common: dict, base: TrainConfig, *, n_jobs: int = 1) -
     for category, cfg, rd in jobs:
         if category != last_category:
             splits, last_category = None, category
-        if splits is None and not _finished(rd, cfg, common["dataset"], category):
+        if splits is None and not is_floor(cfg.system) and not _finished(rd, cfg, common["dataset"], category):
             splits = load_splits(common["data_root"], common["dataset"], category, common["features_root"], base)
         metrics.append(_experiment_job(category, cfg, str(rd), common, splits=splits))
     return jobs, metrics
@@ -133,12 +134,13 @@ def load_per_product(runs_root, dataset: str, category: str, system: str, varian
     """Per-product metrics of a system's ``scores_{split}.csv``, averaged over seeds.
 
     Returns a DataFrame indexed by product_id with the columns of
-    :func:`mmss_lib.metrics.per_product_metrics` (for paired significance tests). The threshold
-    defaults to the one recorded in the run's metrics.json.
+    :func:`mmss_lib.metrics.per_product_metrics` (for paired significance tests), read with
+    :func:`mmss_lib.floors.per_product_for_run` (the ``random`` floor: its exact expectations).
+    The threshold defaults to the one recorded in the run's metrics.json.
     """
     import pandas as pd
 
-    from mmss_lib.metrics import per_product_metrics
+    from mmss_lib.floors import per_product_for_run
 
     frames = []
     for seed in seeds:
@@ -146,12 +148,7 @@ def load_per_product(runs_root, dataset: str, category: str, system: str, varian
         path = rd / f"scores_{split}.csv"
         if not path.exists():
             raise DataError(f"{path}: no scores for {run_name(system, variant)} seed {seed}; train it first")
-        df = pd.read_csv(path, dtype={"review_id": str, "product_id": str})
-        th = threshold
-        if th is None:
-            th = json.loads((rd / "metrics.json").read_text(encoding="utf-8"))["threshold"]
-        pp = per_product_metrics(df["product_id"].to_numpy(), df["label"].to_numpy(), df["score"].to_numpy(),
-                                 threshold=th)
+        pp = per_product_for_run(rd, split, threshold=threshold)
         if "product_id" in getattr(pp, "columns", []):
             pp = pp.set_index("product_id")
         frames.append(pp)

@@ -543,6 +543,8 @@ def train_run(cfg: TrainConfig, *, data_root, dataset: str, category: str, featu
 
     ``splits`` may pass splits already loaded with :func:`load_splits` (shared across runs).
     The threshold is ``cfg.threshold`` or :func:`mmss_lib.data.default_threshold` of ``dataset``.
+    A floor (``mmss_lib.systems.is_floor``: ``random``, ``length``) is not trained:
+    :func:`mmss_lib.floors.run_floor` writes its run folder (no feature stores needed).
     """
     threshold = cfg.threshold
     if threshold is None:
@@ -550,6 +552,11 @@ def train_run(cfg: TrainConfig, *, data_root, dataset: str, category: str, featu
         threshold = default_threshold(dataset)
     run_info = {"dataset": dataset, "category": category}
     run_dir = Path(run_dir)
+    from mmss_lib.systems import is_floor
+    if is_floor(cfg.system):       # no training: score dev/test into the same run-folder contract
+        from mmss_lib.floors import run_floor
+        return run_floor(cfg, data_root=data_root, dataset=dataset, category=category, run_dir=run_dir,
+                         threshold=float(threshold), run_info=run_info, splits=splits)
     # skip a finished run before loading anything
     cfg_path, metrics_path = run_dir / "config.json", run_dir / "metrics.json"
     if metrics_path.exists() and cfg_path.exists():

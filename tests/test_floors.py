@@ -159,3 +159,22 @@ def test_run_floor_with_given_splits_looks_up_texts(demo_root, tmp_path):
     with pytest.raises(DataError, match="not in the dataset files"):
         run_floor(_cfg("length"), data_root=demo_root, dataset="demo", category="home", run_dir=tmp_path / "bad",
                   threshold=1.0, splits=bad)
+
+
+def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_path):
+    """The trainer's no-training path: no feature stores exist here, floors need none."""
+    from mmss_lib.experiments import load_per_product, run_experiment
+    from mmss_lib.train import TrainConfig, run_dir_for, train_run
+
+    runs = tmp_path / "runs"
+    m = train_run(TrainConfig(system="length"), data_root=demo_root, dataset="demo", category="home",
+                  features_root=tmp_path / "no_features", run_dir=run_dir_for(runs, "demo", "home", "length", "full", 0))
+    assert m["floor"] == "length" and m["threshold"] == 1.0
+    res = run_experiment(data_root=demo_root, dataset="demo", categories=["home"], features_root=tmp_path / "none",
+                         runs_root=runs, systems=["random", "length"], seeds=[0, 1], progress=False)
+    assert sorted(res["system"]) == ["length", "length", "random", "random"]
+    assert res[res.system == "length"]["MAP"].tolist() == [m["test"]["MAP"]] * 2
+    pp = load_per_product(runs, "demo", "home", "random", seeds=[0, 1])
+    assert pp["AP"].mean() == pytest.approx(res[res.system == "random"]["MAP"].iloc[0])
+    want = per_product_for_run(run_dir_for(runs, "demo", "home", "random", "full", 0)).set_index("product_id")
+    assert np.allclose(pp.loc[want.index, "AP"], want["AP"])
