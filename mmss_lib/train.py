@@ -10,7 +10,10 @@ suffix). Per epoch (1-based, as in Eq. 12):
    L = L_tar (Eq. 13, or MCR's label-gap hinge) + the system's ``aux_loss`` + for MM-SS
    L_sub (Eq. 14 weighted L1 to ``SSPLabel.labels(index)``, combined by Eq. 15) (Eq. 16);
 3. after backward/step, ``SSPLabel.update(index, detached features, epoch)``; at the end of the
-   epoch ``SSPLabel.end_epoch`` and ``ssp/epoch{i:03d}.npz`` (``SSPLabel.record``);
+   epoch ``SSPLabel.end_epoch`` (the next epoch's pseudo labels, estimated from the banks) and
+   ``ssp/epoch{i:03d}.npz`` (``SSPLabel.record``); the epoch's entry of ``history.json`` gets
+   ``"ssp"``: per subtask share_up / share_down (offsets above / below zero), mean_chi_s,
+   mean_chi_g, mean_change, n_seen (``mmss_lib.ssp_label.ssp_health``);
 4. evaluate dev (and test) with ``mmss_lib.metrics.ranking_metrics``; keep ``best.pt`` on dev
    MAP, stop after ``patience`` epochs without improvement; write ``last.pt`` atomically.
 
@@ -78,8 +81,10 @@ class TrainConfig:
     ssp_alpha1: float = 1.0              # SSP-Label alpha1 (Eq. 19)
     ssp_alpha2: float = 1.0              # SSP-Label alpha2 (Eq. 20)
     ssp_pivot: Optional[float] = None    # SSP-Label anchor pivot (Eq. 17 reading); None: threshold + 0.5 (1.5 Amazon, 0.5 Lazada)
-    fine_tune_text: bool = False         # fine-tune the text encoder end to end (MM-SS only; tokenises raw text)
-    text_model: Optional[str] = None     # HF name or local folder of that encoder
+    fine_tune_text: bool = False         # older switch for text_mode="finetune" (kept equal to it)
+    text_model: Optional[str] = None     # HF name or local folder of the encoder (text_mode frozen/finetune)
+    text_mode: str = "cached"            # "cached" (text stores), "frozen" / "finetune" (encoded on the fly, mmss_lib.online_text)
+    finetune_systems: list = field(default_factory=lambda: ["mmss"])  # under "finetune": systems whose encoder trains (others: frozen)
     eval_test: bool = True               # also evaluate the test split every epoch (for the history)
     num_threads: Optional[int] = None    # torch.set_num_threads (None: leave as is)
 
@@ -93,9 +98,25 @@ class TrainConfig:
                 raise DataError(f"TrainConfig.{name}={getattr(self, name)!r}: expected an integer >= 1")
         if self.patience < 1:
             raise DataError(f"TrainConfig.patience={self.patience!r}: expected an integer >= 1")
-        if self.fine_tune_text and not self.text_model:
-            raise DataError("TrainConfig.fine_tune_text=True needs text_model (a HF name or local folder)")
+        from mmss_lib.online_text import TEXT_MODES
+
+        if self.fine_tune_text and self.text_mode == "cached":
+            self.text_mode = "finetune"          # the older switch
+        if self.text_mode not in TEXT_MODES:
+            raise DataError(f"TrainConfig.text_mode={self.text_mode!r}: expected one of {', '.join(TEXT_MODES)}")
+        if self.text_mode != "cached" and not self.text_model:
+            raise DataError(f"TrainConfig.text_mode={self.text_mode!r} needs text_model (a HF name or local folder)")
+        self.finetune_systems = [str(x) for x in (self.finetune_systems or [])]
+        self.fine_tune_text = self.effective_text_mode == "finetune"
         self.model_options = dict(self.model_options or {})
+
+    @property
+    def effective_text_mode(self) -> str:
+        """The text mode of this run's system: ``finetune`` only for ``finetune_systems``, else
+        ``frozen`` (the paper fine-tunes BERT for MM-SS, App. A.2; baselines read features)."""
+        if self.text_mode == "finetune" and self.system not in self.finetune_systems:
+            return "frozen"
+        return self.text_mode
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=list))
@@ -124,12 +145,13 @@ def run_dir_for(runs_root, dataset: str, category: str, system: str, variant: st
 
 def load_splits(data_root, dataset: str, category: str, features_root, cfg: TrainConfig) -> dict:
     """The three :class:`~mmss_lib.loader.MRHPSplitData` of a category, sharing opened stores."""
-    from mmss_lib.loader import MRHPSplitData, ReadCaps, open_stores
+    from mmss_lib.loader import REGION_KINDS, STORE_KINDS, MRHPSplitData, ReadCaps, open_stores
 
     caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
-    stores = open_stores(features_root, dataset, category)
+    on_the_fly = cfg.text_mode != "cached"          # no text stores: only the regions are read
+    stores = open_stores(features_root, dataset, category, kinds=REGION_KINDS if on_the_fly else STORE_KINDS)
     return {s: MRHPSplitData.from_disk(data_root, dataset, category, s, features_root, caps=caps,
-                                       keep_texts=cfg.fine_tune_text, stores=stores) for s in SPLITS}
+                                       keep_texts=on_the_fly, stores=stores) for s in SPLITS}
 
 
 def _config_diff(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
@@ -169,16 +191,24 @@ def _set_rng_state(state: dict) -> None:
 # ------------------------------------------------------------------------------------ pieces
 
 def build_model(cfg: TrainConfig, text_dim: int, region_dim: int):
-    """The system of ``cfg`` for the given input sizes (MM-SS gets the text encoder when fine-tuning)."""
+    """The system of ``cfg`` for the given input sizes. Text modes ``frozen`` / ``finetune``: the
+    encoder ``cfg.text_model`` is loaded and wraps the system (:mod:`mmss_lib.online_text`);
+    ``text_dim`` is then the encoder's hidden size."""
     from mmss_lib.systems import build_system
 
     options = dict(cfg.model_options)
-    if cfg.fine_tune_text:
-        if cfg.system != "mmss":
-            raise DataError(f"fine_tune_text is supported for MM-SS only, not {cfg.system!r}")
-        options["text_encoder"] = cfg.text_model
+    mode = cfg.effective_text_mode
+    encoder = tokenizer = None
+    if mode != "cached":
+        from mmss_lib.online_text import load_text_model
+        tokenizer, encoder = load_text_model(cfg.text_model)
+        text_dim = int(encoder.config.hidden_size)
     try:
-        return build_system(cfg.system, text_dim=text_dim, region_dim=region_dim, **options)
+        system = build_system(cfg.system, text_dim=text_dim, region_dim=region_dim, **options)
+        if encoder is None:
+            return system
+        from mmss_lib.online_text import on_the_fly_text
+        return on_the_fly_text(system, encoder, tokenizer, trainable=(mode == "finetune"))
     except KeyError as exc:
         raise DataError(str(exc.args[0] if exc.args else exc)) from None
     except TypeError as exc:
@@ -229,8 +259,9 @@ def _autocast(device, cfg: TrainConfig):
 
 
 def _collate_fn(split, cfg: TrainConfig, tokenizer):
-    if cfg.fine_tune_text:
-        return lambda idx: split.collate_tokens(idx, tokenizer, max_len=cfg.max_text_len)
+    if cfg.text_mode != "cached":
+        max_len = min(cfg.max_text_len or 512, int(getattr(tokenizer, "model_max_length", 512) or 512))
+        return lambda idx: split.collate_tokens(idx, tokenizer, max_len=max_len)
     return split.collate
 
 
@@ -317,6 +348,8 @@ def evaluate(model, split, cfg: TrainConfig, device, threshold: float, tokenizer
     from mmss_lib.metrics import ranking_metrics
 
     model.eval()
+    if tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None)      # on-the-fly text: the wrapper's tokenizer
     scores = np.zeros(split.n, dtype=np.float64)
     subs: dict[str, np.ndarray] = {}
     collate = _collate_fn(split, cfg, tokenizer)
@@ -401,19 +434,16 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
     device = pick_device(cfg.device)
     train, dev, test = splits["train"], splits["dev"], splits["test"]
     seed_everything(cfg.seed)
-    model = build_model(cfg, train.text_dim, train.region_dim).to(device)
+    model = build_model(cfg, train.text_dim, train.region_dim).to(device)   # text_dim None: on the fly
     optimizer = build_optimizer(model, cfg)
     use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    tokenizer = None
-    if cfg.fine_tune_text:
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(cfg.text_model)
+    tokenizer = getattr(model, "tokenizer", None) if cfg.text_mode != "cached" else None
 
     ssp = None
     subtasks = tuple(getattr(model, "subtasks", ()) or ())
     if subtasks:
-        from mmss_lib.ssp_label import SSPLabel
+        from mmss_lib.ssp_label import SSPLabel, ssp_health
         ssp = SSPLabel(train.n, torch.as_tensor(train.labels, dtype=torch.float32), model.feature_dims(),
                        alpha1=cfg.ssp_alpha1, alpha2=cfg.ssp_alpha2, pivot=cfg.ssp_pivot if cfg.ssp_pivot is not None else threshold + 0.5, max_history=1,
                        bank_dir=_ssp_bank_dir(run_dir, train.n, model.feature_dims()))
@@ -480,6 +510,9 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
             with atomic_path(run_dir / "ssp" / f"epoch{epoch:03d}.npz") as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez_compressed(fh, review_id=train.review_ids.astype(str), **rec)
+            ssp_entry = {"ssp": ssp_health(rec)}     # SSP health per subtask (history.json)
+        else:
+            ssp_entry = {}
         train_seconds = time.perf_counter() - t0
 
         ev_dev = evaluate(model, dev, cfg, device, threshold, tokenizer)
@@ -487,7 +520,7 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
         entry = {"epoch": epoch, "n_pairs": int(len(pairs)), "n_batches": n_batches,
                  **{k: v / max(n_batches, 1) for k, v in sums.items()},
                  "dev": ev_dev.metrics, "test": ev_test.metrics if ev_test else None,
-                 "train_seconds": train_seconds, "seconds": time.perf_counter() - t0}
+                 **ssp_entry, "train_seconds": train_seconds, "seconds": time.perf_counter() - t0}
         state["history"].append(entry)
         state["seconds"] += entry["seconds"]
         state["epoch"] = epoch
@@ -495,7 +528,8 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
             state.update(best_metric=ev_dev.metrics["MAP"], best_epoch=epoch, bad_epochs=0)
             _save_torch(best_path, {"config": record["config"], "run": record["run"], "epoch": epoch,
                                     "model": model.state_dict(), "dev": ev_dev.metrics,
-                                    "text_dim": train.text_dim, "region_dim": train.region_dim,
+                                    "text_dim": train.text_dim if train.text_dim is not None else int(model.dim),
+                                    "region_dim": train.region_dim,
                                     "threshold": threshold, "features": features})
         else:
             state["bad_epochs"] += 1

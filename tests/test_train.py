@@ -102,6 +102,14 @@ def test_training_beats_untrained_and_random(big_splits, tmp_path):
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
     rec1 = np.load(tmp_path / "run" / "ssp" / "epoch001.npz")
     assert np.all(rec1["offset_ptrt"] == 0.0)    # Eq. 12: y_s = y_g after epoch 1
+    # SSP health per epoch in history.json, equal to the epoch's record
+    rec4 = np.load(tmp_path / "run" / "ssp" / "epoch004.npz")
+    h4 = hist[3]["ssp"]["ptrt"]
+    seen = rec4["seen"]
+    assert h4["share_up"] == pytest.approx(float((rec4["offset_ptrt"][seen] > 0).mean()))
+    assert h4["share_down"] == pytest.approx(float((rec4["offset_ptrt"][seen] < 0).mean()))
+    assert h4["mean_chi_g"] == pytest.approx(float(rec4["chi_g"][seen].mean()), rel=1e-5)
+    assert hist[0]["ssp"]["ptrt"]["mean_change"] == 0.0 and hist[1]["ssp"]["ptrt"]["mean_change"] > 0.0
     assert m["dev"]["MAP"] == pytest.approx(max(h["dev"]["MAP"] for h in hist))
     assert m["best_epoch"] == 1 + int(np.argmax([h["dev"]["MAP"] for h in hist]))
     scores = pd.read_csv(tmp_path / "run" / "scores_test.csv", dtype={"product_id": str})
