@@ -399,6 +399,43 @@ def significance_vs_best(per_product_scores, *, results=None, dataset: Optional[
     return out
 
 
+def per_product_frame(results, split: str = "test"):
+    """Per-product metrics of every run of a results frame (``run_experiment``'s: columns
+    ``dataset, category, system, variant, seed, run_dir``), read with
+    :func:`mmss_lib.floors.per_product_for_run` (so the ``random`` floor contributes its exact
+    expectations): one row per (run, product) with ``product_id, n_reviews, AP, NDCG@3, NDCG@5,
+    RR`` and the run's keys — the input of :func:`product_intervals` and :func:`significance_vs_best`."""
+    import pandas as pd
+
+    from mmss_lib.floors import per_product_for_run
+
+    _require(results, ["dataset", "category", "system", "seed", "run_dir"], "per-product frame")
+    rows = []
+    for r in results.itertuples(index=False):
+        pp = per_product_for_run(r.run_dir, split)
+        rows.append(pp.assign(dataset=r.dataset, category=r.category, system=r.system,
+                              variant=getattr(r, "variant", FULL), seed=r.seed))
+    if not rows:
+        raise DataError("per-product frame: the results frame has no runs")
+    return pd.concat(rows, ignore_index=True)
+
+
+def significance_frame(significance: Mapping):
+    """:func:`significance_vs_best`'s nested dict as a tidy frame: ``category, system, metric,
+    rival, mean_diff`` (points), ``p``, ``n`` and ``marker`` ("∗", "†" or "")."""
+    import pandas as pd
+
+    rows = []
+    for cat, per_sys in significance.items():
+        for system, per_metric in per_sys.items():
+            for m, v in per_metric.items():
+                rows.append({"category": cat, "system": system, "metric": METRIC_LABELS.get(m, m),
+                             "rival": v["rival"], "mean_diff": round(100.0 * v["mean_diff"], 2),
+                             "p": v["p"], "n": v["n"],
+                             "marker": MARKER if v["better"] else WORSE_MARKER if v["worse"] else ""})
+    return pd.DataFrame(rows, columns=["category", "system", "metric", "rival", "mean_diff", "p", "n", "marker"])
+
+
 def region_weights_note(features_root, dataset: str, categories: Sequence[str]) -> str:
     """What the region features of ``dataset`` were computed with, from the stores' manifests:
     e.g. ``"region features: random-weight Faster R-CNN boxes, mobilenet_v2 torchvision

@@ -306,3 +306,25 @@ def test_comparison_note_and_region_weights(tmp_path):
     stem = tmp_path / "t"
     save_table(pd.DataFrame({"a": [1]}), stem, note=note)
     assert (tmp_path / "t.md").read_text().rstrip().endswith(note)
+
+
+def test_per_product_frame_reads_runs_and_significance_frame(tmp_path):
+    from mmss_lib.tables import per_product_frame, significance_frame
+
+    rows = []
+    for system, scores in [("random", [0.1, 0.2, 0.3]), ("length", [3.0, 2.0, 1.0])]:
+        rd = tmp_path / system
+        rd.mkdir()
+        pd.DataFrame({"review_id": ["a", "b", "c"], "product_id": ["p", "p", "p"], "label": [4, 0, 2],
+                      "score": scores}).to_csv(rd / "scores_test.csv", index=False)
+        (rd / "metrics.json").write_text('{"threshold": 1}')
+        (rd / "config.json").write_text('{"config": {"system": "%s"}}' % system)
+        rows.append(dict(dataset="demo", category="home", system=system, variant="full", seed=0, run_dir=str(rd)))
+    pp = per_product_frame(pd.DataFrame(rows))
+    ap = dict(zip(pp["system"], pp["AP"]))
+    assert ap["length"] == pytest.approx((1 + 2 / 3) / 2)          # ranked labels 4, 0, 2
+    assert ap["random"] == pytest.approx((1 / 3) * (11 / 6 + 1 / 2 * (3 - 11 / 6)))   # exact expectation, n=3, R=2
+    pf, res = floor_frames(n=20)
+    sf = significance_frame(significance_vs_best(pf, results=res, dataset="demo"))
+    assert len(sf) == 4 * 3 and set(sf["marker"]) <= {MARKER, "†", ""}
+    assert sf[(sf.system == "random") & (sf.metric == "MAP")]["rival"].item() == "mmss"
