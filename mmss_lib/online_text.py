@@ -63,6 +63,9 @@ def load_text_model(name: str | os.PathLike) -> tuple[Any, Any]:
         hf_logging.set_verbosity(verbosity)
     if not getattr(tok, "is_fast", False):
         raise ModelNotAvailableError(f"text model {str(name)!r}: a fast (Rust) tokenizer is required")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit:   # the tokenizer's own limit may be unset (1e30): never give the encoder more positions
+        tok.model_max_length = int(min(tok.model_max_length or limit, limit))
     return tok, model
 
 

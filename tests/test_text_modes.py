@@ -105,3 +105,74 @@ def test_wrapper_parameters_groups_and_state(tiny_bert_dir):
     assert [(g["name"], g["lr"]) for g in groups] == [("mmss", 1e-4), ("text_encoder", 5e-5)]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in enc2.parameters()}
     assert any(k.startswith("encoder.") for k in tuned.state_dict())
+
+
+# ------------------------------------------------------------------------------------ trainer
+
+def _cfg(tiny_bert_dir, mode, **kw):
+    from mmss_lib.train import TrainConfig
+
+    base = dict(system="mmss", model_options=TINY, epochs=2, batch_size=8, eval_batch_size=16, lr=3e-3,
+                patience=10, seed=0, device="cpu", n_neg=2, threshold=1.0, max_text_len=32,
+                text_mode=mode, text_model=str(tiny_bert_dir))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _strip_seconds(history):
+    return [{k: v for k, v in h.items() if "seconds" not in k} for h in history]
+
+
+def test_text_mode_config(tiny_bert_dir):
+    from mmss_lib.errors import DataError
+    from mmss_lib.train import TrainConfig, build_model, build_optimizer
+
+    c = _cfg(tiny_bert_dir, "finetune")
+    assert c.effective_text_mode == "finetune"
+    assert TrainConfig.from_json(c.to_json()) == c
+    # baselines read the encoder frozen unless listed in finetune_systems
+    assert _cfg(tiny_bert_dir, "finetune", system="mcr").effective_text_mode == "frozen"
+    assert _cfg(tiny_bert_dir, "finetune", system="mcr", finetune_systems=["mcr"]).effective_text_mode == "finetune"
+    assert TrainConfig(fine_tune_text=True, text_model=str(tiny_bert_dir)).text_mode == "finetune"  # older switch
+    with pytest.raises(DataError, match="text_mode"):
+        TrainConfig(text_mode="online")
+    with pytest.raises(DataError, match="text_model"):
+        TrainConfig(text_mode="frozen")
+    model = build_model(c, None, DR)
+    opt = build_optimizer(model, c)
+    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [("mmss", c.lr), ("text_encoder", c.lr_text)]
+    frozen = build_model(_cfg(tiny_bert_dir, "frozen"), None, DR)
+    assert len(build_optimizer(frozen, c).param_groups) == 1
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_train_run_on_the_fly_checkpoints_and_resumes(mode, demo_root, tiny_bert_dir, tmp_path):
+    """A whole run from region stores only: trains, writes last.pt/best.pt (the encoder inside
+    only when fine-tuned), and 1 epoch resumed to 2 equals 2 straight epochs (the subtask
+    objective and the SSP-Label state start in epoch 2)."""
+    from mmss_lib.online_text import load_text_model
+    from mmss_lib.train import train_run
+
+    common = dict(data_root=demo_root / "data", dataset="demo", category="home",
+                  features_root=demo_root / "regions_only", progress=False)
+    straight = train_run(_cfg(tiny_bert_dir, mode), run_dir=tmp_path / "a", **common)
+    train_run(_cfg(tiny_bert_dir, mode, epochs=1), run_dir=tmp_path / "b", **common)
+    ck = torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["state"]["epoch"] == 1
+    enc_keys = [k for k in ck["model"] if k.startswith("encoder.")]
+    assert bool(enc_keys) == (mode == "finetune")
+    resumed = train_run(_cfg(tiny_bert_dir, mode), run_dir=tmp_path / "b", **common)
+    assert resumed["dev"] == straight["dev"] and resumed["test"] == straight["test"]
+    assert resumed["epochs_run"] == straight["epochs_run"] == 2
+    ha = json.loads((tmp_path / "a" / "history.json").read_text())
+    hb = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert _strip_seconds(ha) == _strip_seconds(hb)
+    assert ha[-1]["loss"] < ha[0]["loss"] or ha[-1]["dev"]["MAP"] != ha[0]["dev"]["MAP"]   # it trained
+    best = torch.load(tmp_path / "a" / "best.pt", map_location="cpu", weights_only=True)
+    assert best["text_dim"] == 32
+    if mode == "finetune":   # the encoder moved away from its pretrained weights
+        _, pretrained = load_text_model(str(tiny_bert_dir))
+        w0 = pretrained.state_dict()["embeddings.word_embeddings.weight"]
+        w1 = best["model"]["encoder.embeddings.word_embeddings.weight"]
+        assert not torch.allclose(w0, w1)
+    assert not (demo_root / "regions_only" / "demo" / "home" / "text_rvw").exists()
