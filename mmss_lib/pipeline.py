@@ -62,7 +62,7 @@ from mmss_lib.utils import atomic_write_json, repo_root
 
 # The stages of the repository's pipeline, in order (file stems under notebooks/).
 NOTEBOOKS: tuple[str, ...] = ("01_extract_features", "02_train", "03_ablation", "04_case_study")
-PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
+PROFILES: tuple[str, ...] = ("smoke", "demo", "benchmark", "paper")
 DEFAULT_PROFILE = "demo"
 KERNEL_NAME = "python3"
 # Top-level profile keys that are not notebook names.
@@ -369,7 +369,7 @@ def reproduce(profile: str | os.PathLike = DEFAULT_PROFILE, *, out_dir: str | os
               log_output: bool = False, log: Callable[[str], None] | None = print) -> list[StageResult]:
     """Run the notebooks of ``profile`` in order; return what happened to each selected stage.
 
-    ``profile``: a name under ``params_dir`` (default ``notebooks/params``: smoke, demo, paper)
+    ``profile``: a name under ``params_dir`` (default ``notebooks/params``: smoke, demo, benchmark, paper)
     or a path to a YAML file. ``out_dir`` overrides the profile's output folder (``${out}``).
     ``only``: run just these notebooks ("03", "03_ablation"); earlier stages' records still feed
     the skip keys. ``notebooks_dir`` (default ``notebooks/``) holds ``NN_name.ipynb`` files.

@@ -233,9 +233,10 @@ def test_repository_profiles_resolve_against_the_notebooks(profile, tmp_path):
     for stage, params in p["parameters"].items():
         blob = json.dumps(params)
         assert "${" not in blob, (stage, blob)
-    # Default output folders: outputs/smoke for smoke, outputs/ otherwise.
+    # Default output folders: outputs/smoke for smoke, outputs/benchmark for benchmark, outputs/ otherwise.
     default = pipeline.plan(profile)["out"]
-    assert default == (pipeline.repo_root() / ("outputs/smoke" if profile == "smoke" else "outputs")).resolve()
+    want = {"smoke": "outputs/smoke", "benchmark": "outputs/benchmark"}.get(profile, "outputs")
+    assert default == (pipeline.repo_root() / want).resolve()
 
 
 def test_committed_notebooks_carry_no_outputs():
