@@ -81,6 +81,7 @@ class TrainConfig:
     ssp_alpha1: float = 1.0              # SSP-Label alpha1 (Eq. 19)
     ssp_alpha2: float = 1.0              # SSP-Label alpha2 (Eq. 20)
     ssp_pivot: Optional[float] = None    # SSP-Label anchor pivot (Eq. 17 reading); None: threshold + 0.5 (1.5 Amazon, 0.5 Lazada)
+    ssp_record_seeds: Optional[list] = None  # seeds whose runs write ssp/epoch*.npz (per review, ~100 B/epoch); None: all
     fine_tune_text: bool = False         # older switch for text_mode="finetune" (kept equal to it)
     text_model: Optional[str] = None     # HF name or local folder of the encoder (text_mode frozen/finetune)
     text_mode: str = "cached"            # "cached" (text stores), "frozen" / "finetune" (encoded on the fly, mmss_lib.online_text)
@@ -507,9 +508,10 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
             bar.close()
         if ssp is not None:
             rec = ssp.end_epoch(epoch)
-            with atomic_path(run_dir / "ssp" / f"epoch{epoch:03d}.npz") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez_compressed(fh, review_id=train.review_ids.astype(str), **rec)
+            if cfg.ssp_record_seeds is None or int(cfg.seed) in [int(x) for x in cfg.ssp_record_seeds]:
+                with atomic_path(run_dir / "ssp" / f"epoch{epoch:03d}.npz") as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.savez_compressed(fh, review_id=train.review_ids.astype(str), **rec)
             ssp_entry = {"ssp": ssp_health(rec)}     # SSP health per subtask (history.json)
         else:
             ssp_entry = {}

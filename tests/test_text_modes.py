@@ -156,12 +156,13 @@ def test_train_run_on_the_fly_checkpoints_and_resumes(mode, demo_root, tiny_bert
     common = dict(data_root=demo_root / "data", dataset="demo", category="home",
                   features_root=demo_root / "regions_only", progress=False)
     straight = train_run(_cfg(tiny_bert_dir, mode), run_dir=tmp_path / "a", **common)
-    train_run(_cfg(tiny_bert_dir, mode, epochs=1), run_dir=tmp_path / "b", **common)
+    # run b also checks ssp_record_seeds: seed 0 is not listed, so it writes no per-review SSP records
+    train_run(_cfg(tiny_bert_dir, mode, epochs=1, ssp_record_seeds=[5]), run_dir=tmp_path / "b", **common)
     ck = torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=True)
     assert ck["state"]["epoch"] == 1
     enc_keys = [k for k in ck["model"] if k.startswith("encoder.")]
     assert bool(enc_keys) == (mode == "finetune")
-    resumed = train_run(_cfg(tiny_bert_dir, mode), run_dir=tmp_path / "b", **common)
+    resumed = train_run(_cfg(tiny_bert_dir, mode, ssp_record_seeds=[5]), run_dir=tmp_path / "b", **common)
     assert resumed["dev"] == straight["dev"] and resumed["test"] == straight["test"]
     assert resumed["epochs_run"] == straight["epochs_run"] == 2
     ha = json.loads((tmp_path / "a" / "history.json").read_text())
@@ -176,3 +177,4 @@ def test_train_run_on_the_fly_checkpoints_and_resumes(mode, demo_root, tiny_bert
         w1 = best["model"]["encoder.embeddings.word_embeddings.weight"]
         assert not torch.allclose(w0, w1)
     assert not (demo_root / "regions_only" / "demo" / "home" / "text_rvw").exists()
+    assert len(list((tmp_path / "a" / "ssp").glob("epoch*.npz"))) == 2 and not (tmp_path / "b" / "ssp").exists()
