@@ -251,6 +251,16 @@ class SSPLabel:
                 self.sum_f[k] += f.sum(0)
                 self.sum_ff[k] += f.T @ f
 
+    def _recompute_weighted_sums(self, tasks, chunk: int = 65536) -> None:
+        """Rebuild sum_w and sum_wf (Eq. 17) of ``tasks`` from the banks and weights, O(N d)."""
+        idx = torch.nonzero(self.seen).squeeze(1)
+        for k in tasks:
+            self.sum_w[k] = self.weight[k][idx].sum()
+            self.sum_wf[k] = torch.zeros(self.dims[k], dtype=torch.float64)
+            for start in range(0, idx.numel(), chunk):
+                j = idx[start:start + chunk]
+                self.sum_wf[k] += self.weight[k][j] @ self.bank[k][j].to(torch.float64)
+
     def anchor(self, task: str) -> Tensor:
         """Eq. 17: A_k = sum_i w_k(i) f*_k(i) / sum_i w_k(i) over the bank, (d,) float64."""
         return self.sum_wf[task] / self.sum_w[task].clamp(min=1e-12)
@@ -419,7 +429,7 @@ class SSPLabel:
             # Eq. 17 weights of the new labels (the samples not seen yet keep weight 0)
             self.weight[s] = torch.where(seen, torch.sigmoid(self.y_cur[s] - self.pivot),
                                          torch.zeros((), dtype=torch.float64))
-        self.recompute_statistics()
+        self._recompute_weighted_sums(self.subtasks)   # only the anchors' sums depend on the labels
         self.epoch = epoch
         rec = self._make_record(epoch, change)
         self.history.append(rec)

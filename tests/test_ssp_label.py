@@ -395,3 +395,18 @@ def test_low_rank_subtask_gets_offsets_of_both_signs():
     assert (rec["label_ptrt"][zero] > 0).any() and (rec["label_ptrt"][zero] < 0).any()
     four = rec["y_g"] == 4
     assert (rec["label_ptrt"][four] > 4).any()
+
+
+def test_sums_after_end_epoch_equal_a_full_recompute():
+    ssp, g = _filled()
+    ssp.end_epoch(1)
+    ssp.update(torch.arange(6), {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g),
+                                 "rtrv": torch.randn(6, 4, generator=g)}, 2)
+    ssp.end_epoch(2)                                    # labels changed -> subtask weights changed
+    kept = {name: {k: v.clone() for k, v in getattr(ssp, name).items()} for name in ("sum_w", "sum_wf")}
+    ssp.recompute_statistics()
+    for name, per_task in kept.items():
+        for k, v in per_task.items():
+            assert torch.allclose(v, getattr(ssp, name)[k], rtol=1e-12, atol=1e-12), (name, k)
+    w = 1 / (1 + np.exp(-(ssp.y_cur["ptrt"].numpy() - 1.5)))
+    np.testing.assert_allclose(ssp.weight["ptrt"].numpy(), w, rtol=1e-12)
