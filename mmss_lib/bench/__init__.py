@@ -14,6 +14,7 @@ BENCHES: dict[str, str] = {
     "extract": "mmss_lib.bench.extract:bench_extract",
     "train": "mmss_lib.bench.train:bench_train",
     "metrics": "mmss_lib.bench.metrics:bench_metrics",
+    "paper-scale": "mmss_lib.bench.paper_scale:bench_paper_scale",
 }
 
 # one-line help per benchmark (names without an entry show their function's first docstring line)
@@ -22,6 +23,7 @@ HELP: dict[str, str] = {
     "extract": "feature extraction overheads and store read rate",
     "train": "training throughput, FLOP/s fraction, pseudo-label bookkeeping, memory",
     "metrics": "ranking_metrics vs a pandas groupby-apply on 1,000,000 reviews",
+    "paper-scale": "throughput on a device and the paper profile's disk / extraction / GPU-hour projection",
 }
 
 
