@@ -34,10 +34,12 @@ class SweepError(TrainingError):
     """Some runs of a sweep failed while the others finished (``run_experiment``).
 
     ``failures``: ``{run name: "Type: message"}``; ``results``: the tidy table of the runs that
-    finished (the same columns as ``run_experiment``'s return value).
+    finished (the same columns as ``run_experiment``'s return value); ``tracebacks``: ``{run
+    name: traceback text}`` where known.
     """
 
     def __init__(self, message: str, failures: dict | None = None, results=None):
         super().__init__(message)
         self.failures = dict(failures or {})
         self.results = results
+        self.tracebacks: dict = {}

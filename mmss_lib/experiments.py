@@ -2,8 +2,9 @@
 per-product scores of finished runs.
 
 One run is :func:`mmss_lib.train.train_run` (the trainer); this module builds the list of runs of
-an experiment (:func:`run_experiment`), hands each to :func:`_dispatch` (in this process, or in
-worker processes), skips finished runs, and turns the runs' ``metrics.json`` into a tidy frame
+an experiment (:func:`run_experiment`), skips finished runs, hands the others to an executor of
+:mod:`mmss_lib.executors` (this process, worker processes, or Ray tasks on a cluster) through
+:func:`_dispatch`, and turns the runs' ``metrics.json`` into a tidy frame
 (:func:`summarize` for mean and std over seeds, :func:`load_per_product` for paired tests).
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from mmss_lib.errors import DataError
+from mmss_lib.errors import DataError, SweepError
 from mmss_lib.train import METRIC_NAMES, TrainConfig, load_splits, run_dir_for, run_name, train_run
 from mmss_lib.systems import is_floor
 
@@ -36,7 +37,8 @@ def _normalise_systems(systems) -> list[tuple[str, str, dict]]:
 
 def run_experiment(*, data_root, dataset: str, categories: Sequence[str], features_root, runs_root,
                    systems, seeds: Sequence[int] = (0, 1, 2, 3, 4), base_config: TrainConfig | None = None,
-                   progress: bool = True, n_jobs: int = 1):
+                   progress: bool = True, n_jobs: int = 1, executor="local", ray_address: str | None = None,
+                   folds: int = 0, fold_seed: int = 0, dev_fraction: float | None = None, summary: bool = True):
     """Train every (category, system/variant, seed) and return tidy test results (pandas).
 
     ``systems``: names (variant "full", ``base_config.model_options``) or ``(system, variant,
@@ -48,71 +50,201 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     by its own config, so the results do not depend on ``n_jobs`` beyond float rounding of
     the thread count. Columns: dataset, category, system, variant, seed, MAP, NDCG@3, NDCG@5,
     MRR (test split), dev_MAP, best_epoch, epochs_run, sec_per_epoch, run_dir.
+
+    ``executor``: ``"local"`` (this machine, ``n_jobs`` as above) or ``"ray"``: every run a Ray
+    task (one GPU per run where the cluster has GPUs, else one CPU and one torch thread) on the
+    cluster at ``ray_address`` / ``RAY_ADDRESS``, else on a local Ray instance (see
+    :mod:`mmss_lib.executors`; an executor object is taken as it is). Finished runs are skipped
+    before anything is submitted (whatever executor, device or thread count trained them); the
+    others report per finished run when ``progress``. A run that fails is reported by name with
+    its error while the others go on; afterwards a :class:`~mmss_lib.errors.SweepError` lists the
+    failed runs (its ``results``: the table of the others). Rows are in run order, whatever the
+    order the runs finished in.
+
+    ``folds`` >= 2: K-fold cross-validation over each category's pooled products
+    (:mod:`mmss_lib.folds`: ``fold_seed`` shuffles, ``dev_fraction`` of the non-test products,
+    default 0.125, is each fold's dev part); every (system, fold, seed) is a run in
+    ``{system}[__{variant}]/folds{K}/fold{f}/seed{n}/`` and the results get a ``fold`` column.
+    0 or 1: the released splits. ``summary``: write the product-level summary CSV of every
+    category (:func:`mmss_lib.summary.write_summaries`: ``summary.csv`` / ``summary_folds{K}.csv``,
+    mean x100 over products with 95% bootstrap intervals and a paired test against the best other
+    system); ``results.attrs["summary"]`` holds it.
     """
+    from mmss_lib.executors import make_executor
+
     import pandas as pd
 
     base = base_config or TrainConfig()
     specs = _normalise_systems(systems)
-    jobs = []
-    for category in categories:
-        for system, variant, options in specs:
-            for seed in seeds:
-                cfg = replace(base, system=system, variant=variant,
-                              model_options={**base.model_options, **options}, seed=int(seed))
-                rd = run_dir_for(runs_root, dataset, category, system, variant, seed)
-                jobs.append((category, cfg, rd))
-    common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
-    jobs, metrics = _dispatch(jobs, common, base, n_jobs=n_jobs)
+    from mmss_lib import folds as F
+
+    k_folds = int(folds or 0)
+    tag = F.folds_tag(k_folds, fold_seed) if k_folds >= 2 else None
+    design = (F.design_folds(data_root, dataset, categories, runs_root, k_folds, seed=fold_seed,
+                             dev_fraction=F.DEFAULT_DEV_FRACTION if dev_fraction is None else dev_fraction)
+              if tag else None)
+    ex = make_executor(executor, n_jobs=n_jobs, ray_address=ray_address)
+    jobs, metrics, fold_of, failures, tracebacks = [], [], [], {}, {}
+    for fold in (range(k_folds) if tag else [None]):        # one dispatch per fold (its splits)
+        fold_jobs = []
+        for category in categories:
+            for system, variant, options in specs:
+                for seed in seeds:
+                    cfg = replace(base, system=system, variant=variant,
+                                  model_options={**base.model_options, **options}, seed=int(seed))
+                    rd = (run_dir_for(runs_root, dataset, category, system, variant, seed) if fold is None else
+                          F.fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed))
+                    fold_jobs.append((category, cfg, rd))
+        common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
+        if fold is not None:
+            common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
+        fj, fm, ff, ft = _dispatch(fold_jobs, common, base, ex)
+        jobs += fj
+        metrics += fm
+        fold_of += [fold] * len(fj)
+        failures.update(ff)
+        tracebacks.update(ft)
     rows = []
-    for (category, cfg, rd), m in zip(jobs, metrics):
+    for (category, cfg, rd), m, fold in zip(jobs, metrics, fold_of):
+        if m is None:
+            continue
         rows.append({"dataset": dataset, "category": category, "system": cfg.system, "variant": cfg.variant,
-                     "seed": int(cfg.seed), **{k: m["test"][k] for k in METRIC_NAMES},
+                     "seed": int(cfg.seed), **({"fold": int(fold)} if fold is not None else {}),
+                     **{k: m["test"][k] for k in METRIC_NAMES},
                      "dev_MAP": m["dev"]["MAP"], "best_epoch": m["best_epoch"],
                      "epochs_run": m["epochs_run"], "sec_per_epoch": m["sec_per_epoch"],
                      "run_dir": str(rd)})
-    return pd.DataFrame(rows)
+    results = pd.DataFrame(rows)
+    if summary and not failures and len(results):
+        from mmss_lib.summary import write_summaries
+
+        written = write_summaries(results, runs_root, tag=tag, folds=k_folds if tag else 0)
+        results.attrs["summary"] = pd.concat(list(written.values()), ignore_index=True)
+        results.attrs["summary_paths"] = [str(p) for p in written]
+    if failures:
+        listed = "; ".join(f"{name}: {' '.join(str(err).split())}" for name, err in failures.items())
+        exc = SweepError(f"{len(failures)} of {len(jobs)} runs failed: {listed} (the other runs finished and "
+                         "are kept; rerunning trains only the missing runs)", failures, results)
+        exc.tracebacks = tracebacks
+        raise exc
+    return results
 
 
-def _dispatch(jobs: list, common: dict, base: TrainConfig, *, n_jobs: int = 1) -> tuple[list, list]:
-    """Run every ``(category, cfg, run_dir)`` job with :func:`_experiment_job`; return the jobs (as
-    run) and their metrics, in job order. ``n_jobs`` > 1: spawned worker processes, one torch
-    thread each unless ``base.num_threads`` is set; else in this process, loading each category's
-    splits once (and not at all when its runs are finished)."""
-    if n_jobs > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+def _run_label(dataset: str, category: str, cfg: TrainConfig, fold: dict | None = None) -> str:
+    where = "" if not fold else f" {fold['tag']} fold {fold['index']}"
+    return f"{dataset}/{category} {run_name(cfg.system, cfg.variant)}{where} seed {cfg.seed}"
 
-        if base.num_threads is None:
-            jobs = [(c, replace(cfg, num_threads=1), rd) for c, cfg, rd in jobs]
-        with ProcessPoolExecutor(max_workers=int(n_jobs), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_experiment_job, c, cfg, str(rd), common) for c, cfg, rd in jobs]
-            return jobs, [f.result() for f in futures]
-    metrics, splits, last_category = [], None, None
-    for category, cfg, rd in jobs:
-        if category != last_category:
-            splits, last_category = None, category
-        if splits is None and not is_floor(cfg.system) and not _finished(rd, cfg, common["dataset"], category):
-            splits = load_splits(common["data_root"], common["dataset"], category, common["features_root"], base)
-        metrics.append(_experiment_job(category, cfg, str(rd), common, splits=splits))
-    return jobs, metrics
+
+def _dispatch(jobs: list, common: dict, base: TrainConfig, executor) -> tuple[list, list, dict, dict]:
+    """Run every ``(category, cfg, run_dir)`` job with :func:`_experiment_job` on ``executor``;
+    return the jobs (as run), their metrics in job order (None for a failed run), the failures
+    (``{run label: "Type: message"}``) and their tracebacks (``{run label: text}``).
+
+    Finished runs are read here and not submitted. Runs get ``executor.threads_per_run`` torch
+    threads unless ``base.num_threads`` is set (local worker processes and Ray tasks: 1). In this
+    process each category's splits are loaded once, and not at all when its runs are finished;
+    elsewhere (worker processes, Ray tasks, possibly other machines) each run loads its own from
+    absolute paths."""
+    from mmss_lib.executors import Job
+
+    threads = executor.threads_per_run(len(jobs))
+    if base.num_threads is None and threads:
+        jobs = [(c, replace(cfg, num_threads=threads), rd) for c, cfg, rd in jobs]
+    dataset, progress = common["dataset"], common["progress"]
+    metrics: list = [None] * len(jobs)
+    todo = []
+    for i, (category, cfg, rd) in enumerate(jobs):
+        done = _finished_metrics(rd, cfg, dataset, category)
+        if done is not None:
+            metrics[i] = done
+            if progress:
+                print(f"[train] {_run_label(dataset, category, cfg, common.get('fold'))}: skipped (finished before)",
+                      flush=True)
+        else:
+            todo.append(i)
+    if executor.in_process:
+        cache, run_common = _SplitsCache(common), common
+    else:
+        cache = None
+        run_common = {**common, "data_root": str(Path(common["data_root"]).resolve()),
+                      "features_root": str(Path(common["features_root"]).resolve())}
+    tasks = []
+    for i in todo:
+        category, cfg, rd = jobs[i]
+        run_dir = str(rd) if executor.in_process else str(Path(rd).resolve())
+        tasks.append(Job(_run_label(dataset, category, cfg, common.get("fold")), _experiment_job,
+                         (category, cfg, run_dir, run_common),
+                         {"splits": cache} if cache is not None else {}, gpu=cfg.device != "cpu"))
+    failures: dict = {}
+    tracebacks: dict = {}
+    for n, res in enumerate(executor.run(tasks), 1):
+        i = todo[res.index]
+        if res.ok:
+            metrics[i] = res.value
+            if progress:
+                m = res.value
+                print(f"[train] {n}/{len(tasks)} finished {res.name}: test MAP {m['test']['MAP']:.4f}, "
+                      f"best epoch {m['best_epoch']}, {m['sec_per_epoch']:.1f} s/epoch", flush=True)
+        else:
+            failures[res.name], tracebacks[res.name] = res.error, res.traceback
+            print(f"[train] {n}/{len(tasks)} FAILED {res.name}: {res.error}", flush=True)
+    return jobs, metrics, failures, tracebacks
+
+
+class _SplitsCache:
+    """The loaded splits of the last category asked for (runs in this process share them)."""
+
+    def __init__(self, common: dict):
+        self.common, self.category, self.splits = common, None, None
+
+    def get(self, category: str, cfg: TrainConfig) -> dict:
+        if category != self.category:
+            self.category, self.splits = None, None           # one category in memory at a time
+            c = self.common
+            if c.get("fold"):                                   # cross-validation: this fold's splits
+                from mmss_lib.folds import splits_for_run
+                self.splits = splits_for_run(cfg, data_root=c["data_root"], dataset=c["dataset"], category=category,
+                                             features_root=c["features_root"], fold=c["fold"]["members"][category])
+            else:
+                self.splits = load_splits(c["data_root"], c["dataset"], category, c["features_root"], cfg)
+            self.category = category
+        return self.splits
 
 
 def _experiment_job(category: str, cfg: TrainConfig, run_dir: str, common: dict, splits=None) -> dict:
-    """One run of :func:`run_experiment` (a top-level function so worker processes can import it)."""
+    """One run of :func:`run_experiment` (a top-level function so worker processes and Ray tasks
+    import it by reference). ``splits``: loaded splits, or a :class:`_SplitsCache` to take them from."""
+    if isinstance(splits, _SplitsCache):         # a floor is not trained: it needs no features
+        splits = None if is_floor(cfg.system) else splits.get(category, cfg)
+    if common.get("fold") and splits is None:    # a fold's splits (floors: ids, labels and texts only)
+        from mmss_lib.folds import splits_for_run
+        splits = splits_for_run(cfg, data_root=common["data_root"], dataset=common["dataset"], category=category,
+                                features_root=common["features_root"], fold=common["fold"]["members"][category])
     if common["progress"]:
-        print(f"[train] {common['dataset']}/{category} {run_name(cfg.system, cfg.variant)} seed {cfg.seed}",
-              flush=True)
+        print(f"[train] {_run_label(common['dataset'], category, cfg, common.get('fold'))}", flush=True)
     return train_run(cfg, data_root=common["data_root"], dataset=common["dataset"], category=category,
                      features_root=common["features_root"], run_dir=Path(run_dir),
                      progress=common["progress"], splits=splits)
 
 
-def _finished(run_dir: Path, cfg: TrainConfig, dataset: str, category: str) -> bool:
-    cp, mp = run_dir / "config.json", run_dir / "metrics.json"
+# config fields that say where a run was trained, not what: a run finished on a GPU, or with
+# another thread count, is finished for every executor
+PLACEMENT_FIELDS = ("device", "num_threads")
+
+
+def _finished_metrics(run_dir: Path, cfg: TrainConfig, dataset: str, category: str) -> dict | None:
+    """metrics.json of a finished run of this configuration (placement fields aside), else None."""
+    cp, mp = Path(run_dir) / "config.json", Path(run_dir) / "metrics.json"
     if not (cp.exists() and mp.exists()):
-        return False
+        return None
     old = json.loads(cp.read_text(encoding="utf-8"))
-    return old.get("config") == cfg.to_json() and old.get("run") == {"dataset": dataset, "category": category}
+    if old.get("run") != {"dataset": dataset, "category": category}:
+        return None
+    new, was = cfg.to_json(), dict(old.get("config") or {})
+    for f in PLACEMENT_FIELDS:
+        new.pop(f, None)
+        was.pop(f, None)
+    return json.loads(mp.read_text(encoding="utf-8")) if was == new else None
 
 
 def summarize(results):
@@ -154,3 +286,38 @@ def load_per_product(runs_root, dataset: str, category: str, system: str, varian
         frames.append(pp)
     cat = pd.concat(frames)
     return cat.groupby(level=0, sort=False).mean(numeric_only=True)
+
+
+# ------------------------------------------------------------------------------------ reading finished runs
+
+def load_run_config(run_dir) -> TrainConfig | None:
+    """The :class:`~mmss_lib.train.TrainConfig` a run folder's ``config.json`` records (None if absent)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return TrainConfig.from_json(json.loads(path.read_text(encoding="utf-8"))["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a config.json written by the trainer ({exc})") from None
+
+
+def load_history(run_dir) -> list[dict]:
+    """A run's ``history.json``: one dict per finished epoch (``epoch``, losses, ``dev`` metrics)."""
+    path = Path(run_dir) / "history.json"
+    if not path.exists():
+        raise DataError(f"{path}: no training history; train this run first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def reference_config(runs_root, dataset: str, category: str, seeds: Sequence[int], fallback: TrainConfig, *,
+                     system: str = "mmss", variant: str = "full") -> tuple[TrainConfig, Path | None]:
+    """The configuration of an earlier run of ``system``/``variant`` in this category (the first
+    of ``seeds`` that has a ``config.json``), as variant ``variant`` and seed ``seeds[0]``; else
+    ``fallback``. Returns the configuration and the config.json it came from (None: the fallback).
+    Notebook 03 trains its ablation variants with the configuration of notebook 02's full MM-SS run."""
+    for seed in seeds:
+        rd = run_dir_for(runs_root, dataset, category, system, variant, seed)
+        cfg = load_run_config(rd)
+        if cfg is not None:
+            return replace(cfg, variant=variant, seed=int(seeds[0])), rd / "config.json"
+    return fallback, None

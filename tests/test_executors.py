@@ -172,6 +172,7 @@ def test_ray_sweep_equals_local_reports_failures_and_skips_finished(local_ray, t
         err = ei.value
         assert sorted(err.failures) == ["demo/home mmss__broken seed 0", "demo/home mmss__broken seed 1"]
         assert all("no_such_option" in e for e in err.failures.values())
+        assert "Traceback" in err.tracebacks["demo/home mmss__broken seed 1"]
         assert "demo/home mmss__broken seed 0" in str(err) and "2 of 4 runs failed" in str(err)
         out = capsys.readouterr().out
         assert "FAILED demo/home mmss__broken seed 1" in out and "no_such_option" in out
