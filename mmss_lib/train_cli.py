@@ -56,6 +56,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="model option for every system (repeatable; JSON values)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="local: this machine (--n-jobs worker processes); ray: every run a Ray task "
+                         "(one GPU per run where the cluster has GPUs, else one CPU)")
+    ap.add_argument("--n-jobs", type=int, default=1, help="runs at once with --executor local")
+    ap.add_argument("--ray-address", default=None, metavar="ADDR",
+                    help="Ray cluster (HOST:6379, ray://HOST:10001, auto; default: RAY_ADDRESS, else a "
+                         "local Ray instance)")
     return ap
 
 
@@ -79,7 +86,8 @@ def cli_main(argv: list[str], prog: str = "mmss train") -> int:
                       model_options=_parse_options(args.option))
     results = run_experiment(data_root=args.data_root, dataset=args.dataset, categories=args.categories,
                              features_root=args.features, runs_root=args.runs, systems=systems,
-                             seeds=args.seeds, base_config=cfg, progress=not args.no_progress)
+                             seeds=args.seeds, base_config=cfg, progress=not args.no_progress,
+                             n_jobs=args.n_jobs, executor=args.executor, ray_address=args.ray_address)
     summary = summarize(results)
     cols = ["category", "system", "variant"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")] + ["n_seeds"]
     with_pd_opts = summary[cols].round(4).to_string(index=False)
