@@ -180,3 +180,57 @@ def pooled_frames(data_root, dataset: str, category: str):
     products = pd.concat([p for p, _ in parts], ignore_index=True)
     reviews = pd.concat([r for _, r in parts], ignore_index=True)
     return products, reviews
+
+
+# --------------------------------------------------------------------------------------------
+# what run_experiment needs
+# --------------------------------------------------------------------------------------------
+
+def fold_run_dir(runs_root, dataset: str, category: str, system: str, variant: str | None, tag: str, fold: int,
+                 seed: int) -> Path:
+    """``{runs_root}/{dataset}/{category}/{system}[__{variant}]/{tag}/fold{f}/seed{n}``."""
+    from mmss_lib.train import run_name
+
+    return Path(runs_root) / dataset / category / run_name(system, variant) / tag / f"fold{int(fold)}" / f"seed{int(seed)}"
+
+
+def design_folds(data_root, dataset: str, categories: Sequence[str], runs_root, k: int, *, seed: int = 0,
+                 dev_fraction: float = DEFAULT_DEV_FRACTION) -> dict[str, list[dict]]:
+    """``{category: folds}`` (:func:`fold_splits` of the released products), each design written
+    to / checked against its assignment file under ``runs_root``."""
+    out = {}
+    for category in categories:
+        folds = fold_splits(released_products(data_root, dataset, category), k, seed=seed, dev_fraction=dev_fraction)
+        write_or_check_assignment(runs_root, dataset, category, folds, k=k, seed=seed, dev_fraction=dev_fraction)
+        out[category] = folds
+    return out
+
+
+class PlainSplit:
+    """Ids, labels and texts of one fold part: what a floor reads (no feature stores)."""
+
+    def __init__(self, reviews):
+        self.review_ids = reviews["review_id"].astype(str).to_numpy(dtype=object)
+        self.product_ids = reviews["product_id"].astype(str).to_numpy(dtype=object)
+        self.labels = reviews["label"].to_numpy().astype(np.int64)
+        self.texts = reviews["text"].astype(str).to_numpy(dtype=object) if "text" in reviews.columns else None
+        self.n = len(self.review_ids)
+
+
+def splits_for_run(cfg, *, data_root, dataset: str, category: str, features_root, fold: Mapping[str, Sequence[str]]):
+    """The train/dev/test splits of one fold for the run ``cfg``: :class:`PlainSplit` objects for a
+    floor (no features needed), else :func:`fold_split_data` with the read caps and text mode of
+    ``cfg`` (as :func:`mmss_lib.train.load_splits` does for the released splits)."""
+    from mmss_lib.systems import is_floor
+
+    frames = pooled_frames(data_root, dataset, category)
+    if is_floor(cfg.system):
+        reviews = frames[1]
+        pid = reviews["product_id"].astype(str)
+        return {s: PlainSplit(reviews[pid.isin(set(map(str, fold[s])))].reset_index(drop=True)) for s in SPLITS}
+    from mmss_lib.loader import ReadCaps
+
+    caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
+    on_the_fly = getattr(cfg, "text_mode", "cached") != "cached"
+    return fold_split_data(data_root, dataset, category, features_root, fold, caps=caps, keep_texts=on_the_fly,
+                           frames=frames)

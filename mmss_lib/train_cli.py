@@ -1,6 +1,8 @@
 """``mmss train``: train and evaluate systems over categories and seeds from the command line
 (an experiment of :func:`mmss_lib.experiments.run_experiment`), printing the mean and std over
-seeds of the test metrics."""
+seeds of the test metrics and the product-level summary (means over products with 95% bootstrap
+intervals, paired test against the best other system; also written as CSV under the runs root).
+``--folds K`` evaluates by K-fold cross-validation over each category's products."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +58,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="model option for every system (repeatable; JSON values)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--folds", type=int, default=0, metavar="K",
+                    help="K-fold cross-validation over each category's pooled products (K >= 2; runs in "
+                         "{system}/folds{K}/fold{f}/seed{n}/); 0 or 1: the released splits")
+    ap.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment (with --folds)")
+    ap.add_argument("--dev-fraction", type=float, default=None,
+                    help="share of each fold's non-test products used as its dev part (default 0.125)")
     ap.add_argument("--executor", choices=("local", "ray"), default="local",
                     help="local: this machine (--n-jobs worker processes); ray: every run a Ray task "
                          "(one GPU per run where the cluster has GPUs, else one CPU)")
@@ -87,7 +95,18 @@ def cli_main(argv: list[str], prog: str = "mmss train") -> int:
     results = run_experiment(data_root=args.data_root, dataset=args.dataset, categories=args.categories,
                              features_root=args.features, runs_root=args.runs, systems=systems,
                              seeds=args.seeds, base_config=cfg, progress=not args.no_progress,
-                             n_jobs=args.n_jobs, executor=args.executor, ray_address=args.ray_address)
+                             n_jobs=args.n_jobs, executor=args.executor, ray_address=args.ray_address,
+                             folds=args.folds, fold_seed=args.fold_seed, dev_fraction=args.dev_fraction)
+    if "summary" in results.attrs:
+        from mmss_lib.summary import format_summary
+
+        print("Test metrics x100: mean over products [95% bootstrap interval]; vs: the best other system, "
+              "p: paired t-test over products")
+        print(format_summary(results.attrs["summary"]))
+        for path in results.attrs.get("summary_paths", []):
+            print(f"summary: {path}")
+    if args.folds >= 2:
+        return 0
     summary = summarize(results)
     cols = ["category", "system", "variant"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")] + ["n_seeds"]
     with_pd_opts = summary[cols].round(4).to_string(index=False)

@@ -107,3 +107,53 @@ def test_assignment_file_written_once_and_checked(tmp_path):
         write_or_check_assignment(tmp_path, "amazon", "mags", fold_splits(_released(41), 5), k=5, seed=0,
                                   dev_fraction=0.125)
     assert folds_tag(5) == "folds5" and folds_tag(5, 2) == "folds5_fs2"
+
+
+# ------------------------------------------------------------------ mmss train --folds on real data
+
+@pytest.mark.slow
+def test_train_folds_on_amazon2018_sample_covers_every_product(tmp_path, amazon2018_sample, tiny_bert_dir, capsys):
+    """The shared Magazine sample -> dataset -> tiny-BERT features (no images) -> 5-fold
+    cross-validation of the two floors and a tiny MM-SS: every product is a test product exactly
+    once, the summary CSV is written with the documented columns, a rerun skips every run."""
+    import pandas as pd
+
+    from mmss_lib.cli import main
+    from mmss_lib.folds import pooled_products, released_products
+
+    data, feats, runs = tmp_path / "data", tmp_path / "features", tmp_path / "runs"
+    assert main(["build-amazon2018", "--reviews", str(amazon2018_sample / "Magazine_Subscriptions_5.json.gz"),
+                 "--meta", str(amazon2018_sample / "meta_Magazine_Subscriptions.json.gz"), "--out", str(data),
+                 "--category", "magazines", "--min-review-chars", "16", "--min-reviews", "3",
+                 "--min-top-votes", "2"]) == 0
+    assert main(["extract", "--data-root", str(data), "--dataset", "amazon", "--categories", "magazines",
+                 "--features", str(feats), "--text-model", str(tiny_bert_dir), "--text-max-len", "32",
+                 "--allow-random-weights", "--device", "cpu", "--no-progress"]) == 0
+    train = ["train", "--data-root", str(data), "--dataset", "amazon", "--categories", "magazines",
+             "--features", str(feats), "--runs", str(runs), "--systems", "random", "length", "mmss",
+             "--seeds", "0", "--epochs", "1", "--patience", "1", "--folds", "5", "--max-text-len", "32",
+             "--option", "d=8", "--device", "cpu", "--num-threads", "1"]
+    assert main(train + ["--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "95% bootstrap interval" in out and "summary_folds5.csv" in out
+
+    products = pooled_products(released_products(data, "amazon", "magazines"))
+    cat = runs / "amazon" / "magazines"
+    # pooled per-product test metrics: each product exactly once per system, from the 5 fold runs
+    for system in ("random", "length", "mmss"):
+        seen = []
+        for f in range(5):
+            scores = pd.read_csv(cat / system / "folds5" / f"fold{f}" / "seed0" / "scores_test.csv",
+                                 dtype={"product_id": str})
+            seen += list(dict.fromkeys(scores["product_id"]))
+        assert sorted(seen) == sorted(products)
+    summary = pd.read_csv(cat / "summary_folds5.csv")
+    for col in ("system", "variant", "MAP", "NDCG@3", "NDCG@5", "MAP_lo", "MAP_hi", "NDCG@3_lo", "NDCG@3_hi",
+                "NDCG@5_lo", "NDCG@5_hi", "n_products", "rival", "MAP_p", "NDCG@3_p", "NDCG@5_p"):
+        assert col in summary.columns, col
+    assert list(summary["system"]) == ["random", "length", "mmss"]
+    assert (summary["n_products"] == len(products)).all() and (summary["folds"] == 5).all()
+    assert ((summary["MAP_lo"] <= summary["MAP"]) & (summary["MAP"] <= summary["MAP_hi"])).all()
+    # a rerun trains nothing
+    assert main(train) == 0
+    assert capsys.readouterr().out.count("skipped (finished before)") == 15
