@@ -53,6 +53,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     ap.add_argument("--num-threads", type=int, default=None)
+    ap.add_argument("--text-mode", choices=("cached", "frozen", "finetune"), default="cached",
+                    help="cached: text feature stores; frozen / finetune: the encoder --text-model runs on "
+                         "the fly (only region stores needed; finetune trains it at --lr-text for MM-SS)")
+    ap.add_argument("--text-model", default=None, help="encoder of --text-mode frozen/finetune (HF name or folder)")
     ap.add_argument("--fine-tune-text", metavar="TEXT_MODEL", default=None,
                     help="fine-tune this text encoder end to end (MM-SS only)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -90,7 +94,8 @@ def cli_main(argv: list[str], prog: str = "mmss train") -> int:
                       lr_text=args.lr_text, pair_scheme=args.pair_scheme, n_neg=args.n_neg, loss=args.loss,
                       margin=args.margin, threshold=args.threshold, max_text_len=args.max_text_len,
                       device=args.device, amp=not args.no_amp, num_threads=args.num_threads,
-                      fine_tune_text=bool(args.fine_tune_text), text_model=args.fine_tune_text,
+                      fine_tune_text=bool(args.fine_tune_text), text_model=args.text_model or args.fine_tune_text,
+                      text_mode=args.text_mode,
                       model_options=_parse_options(args.option))
     results = run_experiment(data_root=args.data_root, dataset=args.dataset, categories=args.categories,
                              features_root=args.features, runs_root=args.runs, systems=systems,

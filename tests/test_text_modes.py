@@ -213,3 +213,15 @@ def test_cuda_wrapper_moves_frozen_encoder(tiny_bert_dir):
     tok, enc = load_text_model(str(tiny_bert_dir))
     m = on_the_fly_text(MMSS(text_dim=32, region_dim=DR, **TINY), enc, tok, trainable=False).to("cuda")
     assert next(m.text_encoder_module.parameters()).is_cuda and next(m.system.parameters()).is_cuda
+
+
+def test_cli_text_mode_frozen(demo_root, tiny_bert_dir, tmp_path, capsys):
+    from mmss_lib.train_cli import cli_main
+
+    rc = cli_main(["--data-root", str(demo_root / "data"), "--dataset", "demo", "--categories", "home",
+                   "--features", str(demo_root / "regions_only"), "--runs", str(tmp_path), "--systems", "egcnn",
+                   "--seeds", "0", "--epochs", "1", "--max-text-len", "32", "--device", "cpu", "--no-progress",
+                   "--text-mode", "frozen", "--text-model", str(tiny_bert_dir)])
+    assert rc == 0
+    cfg = json.loads((tmp_path / "demo" / "home" / "egcnn" / "seed0" / "config.json").read_text())["config"]
+    assert cfg["text_mode"] == "frozen" and cfg["text_model"] == str(tiny_bert_dir)
