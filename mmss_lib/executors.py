@@ -7,6 +7,10 @@ other jobs go on. The executors know nothing about training: ``mmss_lib.experime
 jobs (one per run), skips finished runs before submitting anything, and turns the results into
 its tables.
 
+Both are context managers: ``with executor:`` keeps one Ray connection (or local instance) for
+several ``run`` calls (e.g. one per cross-validation fold); outside one, each ``run`` connects and
+disconnects itself.
+
 - :class:`LocalExecutor` (``executor="local"``, the default): ``n_jobs`` <= 1 runs the jobs one
   after the other in this process; ``n_jobs`` > 1 in that many spawned worker processes.
 - :class:`RayExecutor` (``executor="ray"``): every job is one Ray task. Where the cluster has
@@ -104,6 +108,12 @@ class LocalExecutor:
         share the cores), else None (unchanged)."""
         return None if (self.in_process or n_runs <= 1) else 1
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
     def run(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
         jobs = list(jobs)
         if self.in_process or len(jobs) <= 1:
@@ -155,6 +165,8 @@ class RayExecutor:
         self.gpus_per_run = gpus_per_run
         self.cpus_per_run = int(cpus_per_run)
         self.log_to_driver = log_to_driver
+        self._depth = 0                             # inside ``with``: connections are kept
+        self._session: Optional[tuple] = None      # (ray, started): the kept connection
 
     def threads_per_run(self, n_runs: int) -> int:
         """torch threads per run: the CPUs a task holds."""
@@ -187,11 +199,24 @@ class RayExecutor:
                             "(ray_address / --ray-address / RAY_ADDRESS)") from exc
         return ray, True
 
+    def __enter__(self):
+        self._depth += 1           # Ray starts at the first run with jobs (not for finished sweeps)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            session, self._session = self._session, None
+            if session is not None and session[1]:
+                session[0].shutdown()
+
     def run(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
         jobs = list(jobs)
         if not jobs:
             return
-        ray, started = self._connect()
+        if self._depth and self._session is None:
+            self._session = self._connect()
+        ray, started = (self._session[0], False) if self._session is not None else self._connect()
         try:
             has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
             gpus = self.gpus_per_run if self.gpus_per_run is not None else (1.0 if has_gpu else 0.0)

@@ -85,25 +85,26 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
               if tag else None)
     ex = make_executor(executor, n_jobs=n_jobs, ray_address=ray_address)
     jobs, metrics, fold_of, failures, tracebacks = [], [], [], {}, {}
-    for fold in (range(k_folds) if tag else [None]):        # one dispatch per fold (its splits)
-        fold_jobs = []
-        for category in categories:
-            for system, variant, options in specs:
-                for seed in seeds:
-                    cfg = replace(base, system=system, variant=variant,
-                                  model_options={**base.model_options, **options}, seed=int(seed))
-                    rd = (run_dir_for(runs_root, dataset, category, system, variant, seed) if fold is None else
-                          F.fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed))
-                    fold_jobs.append((category, cfg, rd))
-        common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
-        if fold is not None:
-            common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
-        fj, fm, ff, ft = _dispatch(fold_jobs, common, base, ex)
-        jobs += fj
-        metrics += fm
-        fold_of += [fold] * len(fj)
-        failures.update(ff)
-        tracebacks.update(ft)
+    with ex:                                   # one Ray connection for every fold
+        for fold in (range(k_folds) if tag else [None]):        # one dispatch per fold (its splits)
+            fold_jobs = []
+            for category in categories:
+                for system, variant, options in specs:
+                    for seed in seeds:
+                        cfg = replace(base, system=system, variant=variant,
+                                      model_options={**base.model_options, **options}, seed=int(seed))
+                        rd = (run_dir_for(runs_root, dataset, category, system, variant, seed) if fold is None else
+                              F.fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed))
+                        fold_jobs.append((category, cfg, rd))
+            common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
+            if fold is not None:
+                common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
+            fj, fm, ff, ft = _dispatch(fold_jobs, common, base, ex)
+            jobs += fj
+            metrics += fm
+            fold_of += [fold] * len(fj)
+            failures.update(ff)
+            tracebacks.update(ft)
     rows = []
     for (category, cfg, rd), m, fold in zip(jobs, metrics, fold_of):
         if m is None:

@@ -91,6 +91,25 @@ def test_ray_missing_gives_install_hint(monkeypatch):
         list(RayExecutor().run(_jobs()))
 
 
+@pytest.mark.slow
+def test_ray_executor_starts_a_local_instance_once_per_with_block():
+    """Outside a running Ray: ``with`` starts nothing for a block without jobs, one local instance
+    for all runs of a block, and shuts it down at the end."""
+    ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'mmss[ray]')")
+    if ray.is_initialized():
+        pytest.skip("a Ray instance is already running in this process")
+    ex = RayExecutor(num_cpus=2, log_to_driver=False)
+    with ex:
+        assert list(ex.run([])) == []
+    assert not ray.is_initialized()                  # nothing to run: no Ray started
+    with ex:
+        _check_results(list(ex.run(_jobs())))
+        node = ray.get_runtime_context().get_node_id()
+        assert [r.value for r in ex.run([Job("two", math.sqrt, (4.0,))])] == [2.0]
+        assert ray.is_initialized() and ray.get_runtime_context().get_node_id() == node
+    assert not ray.is_initialized()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray instance that fits the 2-core test machine, shut down after the module."""
