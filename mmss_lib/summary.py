@@ -171,3 +171,36 @@ def format_summary(summary, metrics: Sequence[str] = TESTED, decimals: int = 1) 
         row.update({f"p({m})": ("-" if r[f"{m}_p"] != r[f"{m}_p"] else f"{r[f'{m}_p']:.3g}") for m in metrics})
         rows.append(row)
     return pd.DataFrame(rows).to_string(index=False)
+
+
+def pool_folds(results, split: str = "test"):
+    """A cross-validated results frame (a ``fold`` column) as one row per (dataset, category,
+    system, variant, seed) whose ``MAP``, ``NDCG@3``, ``NDCG@5``, ``MRR`` (fractions, like the
+    results) are the means over the products of all folds' test parts (read from the run folders,
+    the ``random`` floor with its exact expectations) — what the comparison tables average over
+    seeds, so their means match the intervals over products. ``dev_MAP``, ``best_epoch``,
+    ``epochs_run`` and ``sec_per_epoch`` are means over the folds; ``n_folds`` counts them and
+    ``run_dir`` is fold 0's. A frame without a ``fold`` column is returned as it is."""
+    import pandas as pd
+
+    from mmss_lib.floors import per_product_for_run
+
+    if "fold" not in results.columns:
+        return results
+    keys = ["dataset", "category", "system", "variant", "seed"]
+    rows = []
+    for key, g in results.groupby(keys, sort=False):
+        g = g.sort_values("fold")
+        pp = pd.concat([per_product_for_run(rd, split) for rd in g["run_dir"]], ignore_index=True)
+        if pp["product_id"].duplicated().any():
+            dup = pp.loc[pp["product_id"].duplicated(), "product_id"].iloc[0]
+            raise DataError(f"pool_folds: product {dup!r} is a test product of several folds of "
+                            f"{key[1]}/{_label(key[2], key[3])} seed {key[4]}")
+        row = dict(zip(keys, key))
+        row.update({m: float(pp[PER_PRODUCT_COLUMN[m]].mean()) for m in METRICS})
+        for c in ("dev_MAP", "best_epoch", "epochs_run", "sec_per_epoch"):
+            if c in g.columns:
+                row[c] = float(g[c].mean())
+        row.update(n_folds=int(len(g)), n_products=int(len(pp)), run_dir=str(g["run_dir"].iloc[0]))
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -126,3 +126,24 @@ def test_write_summaries_csv(tmp_path):
     assert (df["MAP_lo"] <= df["MAP"]).all() and (df["MAP"] <= df["MAP_hi"]).all()
     assert df["MAP"].between(0, 100).all()
     assert summary_path(tmp_path, "amazon", "mags").name == "summary.csv"
+
+
+def test_pool_folds_gives_product_means_per_seed(tmp_path):
+    from mmss_lib.summary import pool_folds
+
+    results, pids, labels = _experiment(tmp_path, folds=4, seeds=(0, 1))
+    results = results.assign(MAP=0.0, dev_MAP=0.5, best_epoch=1, epochs_run=2, sec_per_epoch=1.0)
+    pooled = pool_folds(results)
+    assert len(pooled) == 6 and (pooled["n_folds"] == 4).all() and (pooled["n_products"] == 24).all()
+    # MAP of one (system, seed) = mean AP over every product of the four fold runs
+    aps = []
+    for f in range(4):
+        df = pd.read_csv(tmp_path / "bad" / f"fold{f}" / "seed1" / "scores_test.csv", dtype={"product_id": str})
+        aps += list(per_product_metrics(df["product_id"], df["label"], df["score"], threshold=1.0)["AP"])
+    row = pooled[(pooled["system"] == "bad") & (pooled["seed"] == 1)].iloc[0]
+    assert row["MAP"] == pytest.approx(np.mean(aps))
+    # the seed mean of the pooled MAPs equals the summary's mean over seed-averaged products
+    summ = product_summary(pooled_per_product(results)).set_index("system")
+    assert 100 * pooled[pooled["system"] == "bad"]["MAP"].mean() == pytest.approx(summ.loc["bad", "MAP"])
+    plain = results.drop(columns="fold")
+    assert pool_folds(plain) is plain
