@@ -39,8 +39,8 @@ def _ordered_jobs(flag):
             f"    if pathlib.Path({str(flag)!r}).exists(): sys.exit(0)\n"
             "    time.sleep(0.05)\n"
             "sys.exit(3)\n")
-    return [Job("waiter", subprocess.run, ([sys.executable, "-c", wait],), {"check": True}),
-            Job("writer", subprocess.run, ([sys.executable, "-c", "pass"],), {"check": True})]
+    return [Job("waiter", subprocess.run, ([sys.executable, "-c", wait],), {"check": True}, gpu=False),
+            Job("writer", subprocess.run, ([sys.executable, "-c", "pass"],), {"check": True}, gpu=False)]
 
 
 def _check_streaming(ex, tmp_path):
@@ -112,9 +112,11 @@ def test_ray_executor_starts_a_local_instance_once_per_with_block():
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A local Ray instance that fits the 2-core test machine, shut down after the module."""
+    """A local Ray instance that fits the 2-core test machine, shut down after the module. It
+    declares one GPU (a resource Ray schedules by; nothing here uses CUDA) so that the GPU
+    placement of RayExecutor is exercised on a machine without one."""
     ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'mmss[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -125,6 +127,19 @@ def test_ray_tasks_capture_errors_and_yield_as_jobs_finish(local_ray, tmp_path):
     _check_results(list(ex.run(_jobs())))
     assert local_ray.is_initialized()          # a Ray it did not start is left running
     _check_streaming(ex, tmp_path)
+
+
+@pytest.mark.slow
+def test_ray_gives_each_gpu_job_a_gpu_and_cpu_jobs_none(local_ray):
+    """On a cluster with GPUs a job that may use one gets one (Ray sets CUDA_VISIBLE_DEVICES to
+    it); a CPU job (device "cpu") gets none."""
+    import os
+
+    assert local_ray.cluster_resources().get("GPU") == 1.0
+    jobs = [Job(f"gpu{i}", os.getenv, ("CUDA_VISIBLE_DEVICES",)) for i in range(2)]
+    jobs.append(Job("cpu", os.getenv, ("CUDA_VISIBLE_DEVICES",), gpu=False))
+    got = {r.name: r.value for r in RayExecutor().run(jobs)}
+    assert got == {"gpu0": "0", "gpu1": "0", "cpu": None}
 
 
 # ------------------------------------------------------------------ run_experiment on the executors
