@@ -591,3 +591,38 @@ def save_table(df, path_stem: str | Path, *, decimals: Optional[int] = None, not
     with atomic_path(md_path) as tmp:
         tmp.write_text(to_markdown(df, decimals=decimals) + (f"\n{note}\n" if note else ""), encoding="utf-8")
     return csv_path, md_path
+
+
+def save_csv(df, path: str | Path, *, index: bool = False) -> Path:
+    """Write ``df`` as CSV to ``path`` atomically (without the index by default); return the path."""
+    from mmss_lib.utils import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=index)
+    return path
+
+
+def plain_markdown(df, *, decimals: int = 3) -> str:
+    """A plain Markdown table of ``df``'s columns (no index): floats with ``decimals`` decimals,
+    everything else as ``str``; no trailing newline."""
+    cols = list(df.columns)
+
+    def fmt(v: Any) -> str:
+        return f"{v:.{decimals}f}" if isinstance(v, (float, np.floating)) else str(v)
+
+    return "\n".join(["| " + " | ".join(str(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)])
+
+
+def save_plain_table(df, path_stem: str | Path, markdown: Optional[str] = None) -> tuple[Path, Path]:
+    """Write ``{path_stem}.csv`` (no index) and ``{path_stem}.md`` (``markdown``, default
+    :func:`plain_markdown`), both atomically; return both paths. For tables that are frames of
+    records (the case study's, Table 3's statistics) rather than the paper's table layouts."""
+    from mmss_lib.utils import atomic_write_text
+
+    stem = Path(path_stem)
+    csv_path, md_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
+    save_csv(df, csv_path)
+    atomic_write_text(md_path, (plain_markdown(df) if markdown is None else markdown) + "\n")
+    return csv_path, md_path

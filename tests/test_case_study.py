@@ -1,0 +1,113 @@
+"""Notebook helpers of the library: the case study (notebook 04), reading finished runs and the
+reference configuration (notebooks 02/03), on a tiny demo category trained for one epoch."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmss_lib.errors import DataError
+
+DT, DR = 8, 12
+TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Demo category "home" (no images) with random-feature stores; MM-SS full and wo_d, seed 0, one epoch."""
+    from mmss_lib.data import load_mrhp
+    from mmss_lib.demo import make_demo
+    from mmss_lib.experiments import run_experiment
+    from mmss_lib.features.store import feature_dirs, write_store
+    from mmss_lib.model import ABLATIONS
+    from mmss_lib.train import SPLITS, TrainConfig
+
+    root = tmp_path_factory.mktemp("case")
+    make_demo(root / "data", n_products=8, categories=("home",), images=False)
+    rng = np.random.default_rng(0)
+    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
+    for split in SPLITS:
+        products, reviews = load_mrhp(root / "data", "demo", "home", split)
+        for side, ids in (("prd", products["product_id"]), ("rvw", reviews["review_id"])):
+            for i in ids:
+                items[f"text_{side}"][i] = {"x": rng.normal(size=(4, DT))}
+                k = int(rng.integers(0, 3))
+                items[f"region_{side}"][i] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                                              "image": np.zeros(k, np.int32)}
+    for kind, path in feature_dirs(root / "features", "demo", "home").items():
+        write_store(path, items[kind], kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
+    base = TrainConfig(epochs=1, device="cpu", num_threads=1, model_options=dict(TINY))
+    results = run_experiment(data_root=root / "data", dataset="demo", categories=["home"],
+                             features_root=root / "features", runs_root=root / "runs",
+                             systems=[("mmss", v, ABLATIONS[v]) for v in ("full", "wo_d")], seeds=(0,),
+                             base_config=base, progress=False)
+    return root, base, results
+
+
+def test_load_run_config_history_and_reference_config(trained, tmp_path):
+    from mmss_lib.experiments import load_history, load_run_config, reference_config
+    from mmss_lib.train import TrainConfig, run_dir_for
+
+    root, base, results = trained
+    full = run_dir_for(root / "runs", "demo", "home", "mmss", "full", 0)
+    cfg = load_run_config(full)
+    assert cfg.system == "mmss" and cfg.variant == "full" and cfg.model_options["d"] == 16
+    assert load_run_config(tmp_path) is None
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="config.json"):
+        load_run_config(tmp_path)
+    hist = load_history(full)
+    assert [h["epoch"] for h in hist] == [1] and "MAP" in hist[0]["dev"]
+    with pytest.raises(DataError, match="history"):
+        load_history(tmp_path)
+
+    fallback = TrainConfig(epochs=7)
+    got, source = reference_config(root / "runs", "demo", "home", [3, 0], fallback)   # seed 3 has no run
+    assert source == full / "config.json"
+    assert got.seed == 3 and got.variant == "full" and got.epochs == cfg.epochs and got.model_options == cfg.model_options
+    got, source = reference_config(root / "runs", "demo", "other", [0], fallback)
+    assert got is fallback and source is None
+
+
+def test_case_study_predicts_like_the_trainer_and_writes_figures(trained, tmp_path, capsys):
+    from mmss_lib.case_study import CaseStudy
+    from mmss_lib.train import run_dir_for
+
+    root, _, _ = trained
+    full = run_dir_for(root / "runs", "demo", "home", "mmss", "full", 0)
+    case = CaseStudy(root / "data", root / "features", "demo", "home", figures_dir=tmp_path, tag="t")
+    st = pd.read_csv(full / "scores_test.csv", dtype={"review_id": str, "product_id": str})
+    ids = list(st["review_id"][:3])
+    got = case.predict(full, "test", ids)
+    # the checkpoint's scores equal those the trainer wrote for the test split
+    np.testing.assert_allclose(got["score"], st["score"][:3].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert case.predict(tmp_path, "test", ids) is None
+    assert "no trained model" in capsys.readouterr().out
+    with pytest.raises(DataError, match="no review"):
+        case.predict(full, "test", ["nope"])
+
+    subtasks = [c[len("score_"):] for c in st.columns if c.startswith("score_")]
+    (pick,) = case.test_cases(st, subtasks)
+    spread = np.abs(st[[f"score_{s}" for s in subtasks]].to_numpy() - st[["score"]].to_numpy()).mean(axis=1)
+    assert pick == st["review_id"].iloc[int(np.argmax(spread))]      # no images in this demo: largest spread
+
+    row = case.show("test", pick, {"H": 3.0, "M": 0.5, "O": None}, "subtask outputs")
+    assert (tmp_path / f"fig4_case_test_t_{pick}.png").stat().st_size > 0
+    assert row["review_id"] == pick and row["H"] == 3.0 and np.isnan(row["O"])
+    assert row["product_id"] == st.set_index("review_id").loc[pick, "product_id"]
+
+
+def test_plain_table_and_csv_round_trip(tmp_path):
+    from mmss_lib import tables
+
+    df = pd.DataFrame({"a": ["x", "y"], "v": [0.12345, 2.0], "n": [1, 2]})
+    csv, md = tables.save_plain_table(df, tmp_path / "t")
+    pd.testing.assert_frame_equal(pd.read_csv(csv), df)
+    assert md.read_text() == "| a | v | n |\n|---|---|---|\n| x | 0.123 | 1 |\n| y | 2.000 | 2 |\n"
+    _, md = tables.save_plain_table(df, tmp_path / "u", markdown="custom")
+    assert md.read_text() == "custom\n"
+    p = tables.save_csv(df, tmp_path / "r.csv")
+    assert p.read_text().splitlines()[0] == "a,v,n"
+    assert json.loads(pd.read_csv(p).to_json())["v"]["0"] == 0.12345
