@@ -82,12 +82,14 @@ def test_tiny_cpu_run_cut_down(tmp_path):
     assert ext_h > 0 and gpu_h > 0
     assert any("NOT BERT-base throughput" in ln for ln in lines)
     assert not list(tmp_path.glob("mmss-paper-scale-*"))           # scratch removed
-    # the paper profile's disk with the bytes measured here (MM-SS's, the largest, for every system)
-    sysm = {s: dict(out["systems"]["mmss"]) for s in ("bimpm", "egcnn", "convknrm", "prhnet", "ssecross",
-                                                       "drnet", "mcr", "mcl", "mmss")}
+    # the paper profile's disk with the bytes measured here: MM-SS's for MM-SS, EG-CNN's for every
+    # baseline (checkpoint bytes per parameter are torch.save's; baselines write no SSP records)
+    assert out["systems"]["egcnn"]["ssp_bytes_per_review_epoch"] == 0 < out["systems"]["mmss"]["ssp_bytes_per_review_epoch"]
+    sysm = {s: dict(out["systems"]["mmss" if s == "mmss" else "egcnn"])
+            for s in ("bimpm", "egcnn", "convknrm", "prhnet", "ssecross", "drnet", "mcr", "mcl", "mmss")}
     paper = REPO / "notebooks" / "params" / "paper.yaml"
     p = ps.project(ps.paper_runs(paper), sysm, ext=ps.profile_extraction(paper), enc_forward_tokens_s=1.0,
                    enc_train_tokens_s=1.0, text_tokens_s=1.0, region_images_s=1.0, u=3.0, p_share=0.1,
                    review_tokens=120.0, product_tokens=256.0, product_images=4.0, review_image_share=0.25,
-                   review_images=1.5, data_bytes_per_review=1000.0, echo=lambda *a: None)
+                   review_images=1.5, data_bytes_per_review=out["data_bytes_per_review"], echo=lambda *a: None)
     assert p["disk_gb"] <= ps.DISK_BUDGET_GB

@@ -455,6 +455,7 @@ def run_paper_scale(*, tiny: bool = False, device: str = "auto", products: int |
         out["systems"] = per_system
 
         # ---- projection
+        out["data_bytes_per_review"] = _json_bytes_per_review(data_root, len(rvws))
         proj = project(runs, per_system, ext=ext, enc_forward_tokens_s=fwd, enc_train_tokens_s=trn,
                        text_tokens_s=fwd, region_images_s=out["region_extraction_images_s"], u=u, p_share=p_share,
                        review_tokens=review_tokens, product_tokens=product_tokens, product_images=product_images,
