@@ -292,12 +292,15 @@ def plot_ablation_differences(diffs, *, labels: Optional[Mapping[str, str]] = No
                               metrics: Sequence[str] = METRICS, scale: Optional[float] = None,
                               title: Optional[str] = None):
     """Bars of the mean difference to the full model per variant and metric (one panel per
-    dataset/category present), error bars = standard deviation over seeds, dots = single seeds.
+    dataset/category present), error bars = standard deviation over seeds, dots = single seeds
+    (seaborn ``barplot`` + ``stripplot``).
 
     ``diffs``: :func:`ablation_differences`' output. ``scale``: multiply the differences (default:
     100 when the metric values lie in [0, 1], i.e. the differences are shown in points as in
     the paper's tables). ``labels``: variant -> display name (e.g. ``model.ABLATION_LABELS``).
     """
+    import seaborn as sns
+
     plt = _plt()
     metrics = [m for m in metrics if m in set(diffs["metric"])]
     if scale is None:
@@ -307,24 +310,20 @@ def plot_ablation_differences(diffs, *, labels: Optional[Mapping[str, str]] = No
     variants = list(dict.fromkeys(diffs["variant"]))
     fig, axes = plt.subplots(len(groups), 1, figsize=(max(6.0, 1.3 * len(variants) * len(metrics) / 2), 3.6 * len(groups)),
                              squeeze=False)
-    width = 0.8 / max(len(metrics), 1)
-    colors = plt.get_cmap("tab10")
+    palette = dict(zip(metrics, sns.color_palette("tab10", len(metrics))))
     for ax, (gkey, gdf) in zip(axes[:, 0], groups):
-        for j, m in enumerate(metrics):
-            xs, means, stds = [], [], []
-            for i, v in enumerate(variants):
-                d = gdf[(gdf["variant"] == v) & (gdf["metric"] == m)]["diff"].to_numpy() * scale
-                if not d.size:
-                    continue
-                x = i + (j - (len(metrics) - 1) / 2) * width
-                xs.append(x)
-                means.append(d.mean())
-                stds.append(d.std(ddof=1) if d.size > 1 else 0.0)
-                ax.scatter(np.full(d.size, x), d, color="black", s=8, zorder=3)
-            ax.bar(xs, means, width, yerr=stds, capsize=3, color=colors(j), alpha=0.85, label=m)
+        d = gdf[gdf["metric"].isin(metrics)].assign(points=lambda x: x["diff"] * scale)
+        common = dict(data=d, x="variant", y="points", hue="metric", order=variants, hue_order=metrics, ax=ax)
+        # bars: mean over seeds, error bars: sd over seeds (none with a single seed)
+        sns.barplot(**common, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1.0}, palette=palette,
+                    alpha=0.85)
+        # dots: the single seeds, over their bar
+        sns.stripplot(**common, dodge=True, jitter=False, palette=["black"] * len(metrics), size=3,
+                      legend=False, zorder=3)
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xticks(np.arange(len(variants)),
                       [(labels or {}).get(v, v) for v in variants], rotation=25, ha="right", fontsize=8)
+        ax.set_xlabel("")
         unit = "points" if scale == 100.0 else "metric units"
         ax.set_ylabel(f"difference to full model ({unit})")
         name = " / ".join(str(k) for k in (gkey if isinstance(gkey, tuple) else (gkey,)))

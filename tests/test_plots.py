@@ -69,9 +69,19 @@ def test_plot_ablation_differences_draws_means_in_points(tmp_path):
     d = plots.ablation_differences(df.assign(**{"NDCG@3": df["MAP"], "NDCG@5": df["MAP"]}))
     fig = plots.plot_ablation_differences(d, labels={"wo_b": "-w/o module(b)"})
     ax = fig.axes[0]
-    heights = sorted(p.get_height() for p in ax.patches)
+    bars = [b for c in ax.containers for b in c]
+    heights = sorted(b.get_height() for b in bars)
     np.testing.assert_allclose(heights, [-15.0] * 3)      # mean of -10 and -20 points, 3 metrics
     assert [t.get_text() for t in ax.get_xticklabels()] == ["-w/o module(b)"]
+    # one dot per seed and metric, at the seed's difference, over its bar
+    dots = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
+    np.testing.assert_allclose(sorted(dots[:, 1]), [-20.0] * 3 + [-10.0] * 3)
+    centres = sorted(b.get_x() + b.get_width() / 2 for b in bars)
+    np.testing.assert_allclose(sorted(set(np.round(dots[:, 0], 9))), centres)
+    # error bars: mean +- sd over the seeds (sd of -10, -20 = 7.07 points)
+    spans = [[np.nanmin(ln.get_ydata()), np.nanmax(ln.get_ydata())] for ln in ax.get_lines()
+             if np.isnan(np.asarray(ln.get_ydata(), float)).any()]      # error bar + caps, NaN-separated
+    np.testing.assert_allclose(spans, [[-15.0 - 50 ** 0.5, -15.0 + 50 ** 0.5]] * 3)
     out = plots.save_figure(fig, tmp_path / "f" / "ablation.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.parent.glob(".*.tmp"))
