@@ -68,7 +68,9 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     0 or 1: the released splits. ``summary``: write the product-level summary CSV of every
     category (:func:`mmss_lib.summary.write_summaries`: ``summary.csv`` / ``summary_folds{K}.csv``,
     mean x100 over products with 95% bootstrap intervals and a paired test against the best other
-    system); ``results.attrs["summary"]`` holds it.
+    system); ``results.attrs["summary_paths"]`` lists the files (paths only: pandas compares
+    ``attrs`` when frames are combined, so no frame is kept there) and
+    :func:`mmss_lib.summary.read_summaries` reads them back.
     """
     from mmss_lib.executors import make_executor
 
@@ -120,7 +122,6 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
         from mmss_lib.summary import write_summaries
 
         written = write_summaries(results, runs_root, tag=tag, folds=k_folds if tag else 0)
-        results.attrs["summary"] = pd.concat(list(written.values()), ignore_index=True)
         results.attrs["summary_paths"] = [str(p) for p in written]
     if failures:
         listed = "; ".join(f"{name}: {' '.join(str(err).split())}" for name, err in failures.items())

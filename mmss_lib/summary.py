@@ -154,6 +154,17 @@ def write_summaries(results, runs_root, *, tag: str | None = None, folds: int = 
     return out
 
 
+def read_summaries(results):
+    """The product-level summary of a :func:`mmss_lib.experiments.run_experiment` result: its
+    ``attrs["summary_paths"]`` files concatenated (an empty frame when no summary was written)."""
+    import pandas as pd
+
+    paths = list(getattr(results, "attrs", {}).get("summary_paths") or [])
+    if not paths:
+        return pd.DataFrame()
+    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+
+
 def format_summary(summary, metrics: Sequence[str] = TESTED, decimals: int = 1) -> str:
     """The summary as printed by ``mmss train``: per system ``mean [lo, hi]`` for each metric,
     the rival and the paired t-test p-value of each metric against it."""

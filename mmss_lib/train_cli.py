@@ -102,12 +102,12 @@ def cli_main(argv: list[str], prog: str = "mmss train") -> int:
                              seeds=args.seeds, base_config=cfg, progress=not args.no_progress,
                              n_jobs=args.n_jobs, executor=args.executor, ray_address=args.ray_address,
                              folds=args.folds, fold_seed=args.fold_seed, dev_fraction=args.dev_fraction)
-    if "summary" in results.attrs:
-        from mmss_lib.summary import format_summary
+    if results.attrs.get("summary_paths"):
+        from mmss_lib.summary import format_summary, read_summaries
 
         print("Test metrics x100: mean over products [95% bootstrap interval]; vs: the best other system, "
               "p: paired t-test over products")
-        print(format_summary(results.attrs["summary"]))
+        print(format_summary(read_summaries(results)))
         for path in results.attrs.get("summary_paths", []):
             print(f"summary: {path}")
     if args.folds >= 2:

@@ -9,8 +9,8 @@ import pytest
 
 from mmss_lib.errors import DataError
 from mmss_lib.metrics import bootstrap_difference, bootstrap_interval, paired_test, per_product_metrics
-from mmss_lib.summary import (format_summary, pooled_per_product, product_summary, summary_path,
-                              write_summaries)
+from mmss_lib.summary import (format_summary, pooled_per_product, product_summary, read_summaries,
+                              summary_path, write_summaries)
 
 
 def _write_run(rd, system, pids, labels, scores, threshold=1.0):
@@ -126,6 +126,20 @@ def test_write_summaries_csv(tmp_path):
     assert (df["MAP_lo"] <= df["MAP"]).all() and (df["MAP"] <= df["MAP_hi"]).all()
     assert df["MAP"].between(0, 100).all()
     assert summary_path(tmp_path, "amazon", "mags").name == "summary.csv"
+
+
+def test_read_summaries_from_results_attrs_and_frames_still_combine(tmp_path):
+    # run_experiment keeps only the summary paths in attrs: a frame there breaks pandas'
+    # concat/melt of the results (attrs are compared), as notebook 03 does
+    results, _, _ = _experiment(tmp_path / "runs_src")
+    written = write_summaries(results, tmp_path / "runs")
+    results.attrs["summary_paths"] = [str(p) for p in written]
+    back = read_summaries(results)
+    pd.testing.assert_frame_equal(back, pd.read_csv(next(iter(written))))
+    both = pd.concat([results, results], ignore_index=True)
+    assert len(both) == 2 * len(results)
+    assert results.melt(id_vars=["system", "seed"], value_vars=["variant"]).shape[0] == len(results)
+    assert read_summaries(pd.DataFrame()).empty
 
 
 def test_pool_folds_gives_product_means_per_seed(tmp_path):
