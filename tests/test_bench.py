@@ -37,12 +37,17 @@ def test_interleaved_runs_each_function_in_turn_and_keeps_the_best():
 def test_memory_readings_see_an_allocation():
     before = common.memory_now()
     assert set(before) == {"rss", "anon", "file", "hwm"} and before["rss"] > 0
+    import mmap
+
     with common.PeakRSS(0.005) as mem:
-        block = bytearray(64 * 2**20)       # zero-filled: every page touched
-        block[::4096] = b"x" * len(block[::4096])
+        # a fresh anonymous mapping, every page written: new resident pages whatever the heap
+        # already holds (a bytearray can reuse resident memory that earlier tests freed)
+        block = mmap.mmap(-1, 64 * 2**20)
+        for off in range(0, len(block), 4096):
+            block[off] = 1
     assert mem.delta >= 32 * 2**20
     assert common.memory_now()["hwm"] >= before["rss"]
-    del block
+    block.close()
 
 
 def test_report_prints_one_tagged_line(capsys):
