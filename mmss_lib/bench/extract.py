@@ -107,9 +107,10 @@ def bench_regions(args) -> None:
             ext.extract_images(c)
         sync()
 
-    def bare():
-        for c in chunks:
-            ext.bare_forward(c)
+    def bare():                      # the stock torchvision detector forward, nothing of ours
+        with torch.inference_mode():
+            for c in chunks:
+                ext.model([im.to(ext.device) for im in c])
         sync()
 
     t_ours, t_bare = interleaved([ours, bare], args.repeat)

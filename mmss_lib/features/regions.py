@@ -329,13 +329,6 @@ class RegionExtractor:
         }
 
     # ------------------------------------------------------------------------------------------
-    def bare_forward(self, images: Sequence):
-        """The stock torchvision detector forward (for benchmarks)."""
-        import torch
-
-        with torch.inference_mode():
-            return self.model([im.to(self.device) for im in images])
-
     def extract_images(self, images: Sequence) -> list[dict[str, np.ndarray]]:
         """Per image (3, H, W) RGB float in [0, 1]: ``{"x": (n, 2048) float16, "boxes": (n, 4)
         float32 normalised, "scores": (n,) float32}`` with ``min_boxes <= n <= max_boxes`` (fewer
@@ -527,12 +520,6 @@ class GridRegionExtractor(RegionExtractor):
         for b, x in enumerate(resized):
             batch[b, :, :x.shape[1], :x.shape[2]] = x
         return batch, [(int(x.shape[1]), int(x.shape[2])) for x in resized]
-
-    def bare_forward(self, images: Sequence):
-        import torch
-
-        with torch.inference_mode():
-            return self.pool_net(self._transform(images)[0])
 
     def extract_images(self, images: Sequence) -> list[dict[str, np.ndarray]]:
         """Per image: ``{"x": (n, dim) float16, "boxes": (n, 4) float32 normalised, "scores": (n,)
