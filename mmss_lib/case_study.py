@@ -18,6 +18,37 @@ import numpy as np
 from mmss_lib.errors import DataError
 
 
+def score_with_checkpoint(run_dir: str | os.PathLike, split, indices) -> dict[str, np.ndarray]:
+    """Score samples ``indices`` of a loaded split (``mmss_lib.loader.MRHPSplitData``) with a
+    run's ``best.pt``; return ``{"score": (n,), "score_{s}": (n,) per subtask head}``.
+
+    Used by the case study to get the prediction of a model (and of its ``wo_d`` ablation)
+    for training reviews, whose scores the trainer does not save.
+    """
+    import torch
+
+    from mmss_lib.errors import CheckpointError
+    from mmss_lib.predict import load_checkpoint
+    from mmss_lib.train import TrainConfig, build_model
+
+    ck, path = load_checkpoint(Path(run_dir) / "best.pt")     # weights-only: a shared run folder runs no code
+    cfg = TrainConfig.from_json(ck["config"])
+    if cfg.fine_tune_text:
+        raise CheckpointError(f"{path}: fine-tuned text encoders are not supported by the case study")
+    model = build_model(cfg, int(ck["text_dim"]), int(ck["region_dim"]))
+    model.load_state_dict(ck["model"])
+    model.eval()
+    idx = np.asarray(indices, dtype=np.int64)
+    out: dict[str, list] = {}
+    with torch.no_grad():
+        for _, batch in split.iter_batches(idx, 64):
+            mo = model(batch)
+            out.setdefault("score", []).append(mo.score.float().numpy())
+            for s, v in mo.sub_scores.items():
+                out.setdefault(f"score_{s}", []).append(v.float().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 class CaseStudy:
     """Products and reviews of one ``dataset``/``category`` (train and test splits), with the
     feature stores of ``features_root``; figures go to ``figures_dir`` named with ``tag``."""
@@ -44,7 +75,6 @@ class CaseStudy:
         "score_{s}": (n,)}``; None (with a note) when the run has no trained model."""
         from mmss_lib.experiments import load_run_config
         from mmss_lib.loader import MRHPSplitData, ReadCaps, open_stores
-        from mmss_lib.plots import score_with_checkpoint
 
         run_dir = Path(run_dir)
         cfg = load_run_config(run_dir)

@@ -473,44 +473,6 @@ def largest_offset_reviews(hist: SSPHistory, n: int = 1, *, candidates: Optional
     return [int(i) for i in order[:n]]
 
 
-def score_with_checkpoint(run_dir: str | os.PathLike, split, indices) -> dict[str, np.ndarray]:
-    """Score samples ``indices`` of a loaded split (``mmss_lib.loader.MRHPSplitData``) with a
-    run's ``best.pt``; return ``{"score": (n,), "score_{s}": (n,) per subtask head}``.
-
-    Used by the case study to get the prediction of a model (and of its ``wo_d`` ablation)
-    for training reviews, whose scores the trainer does not save.
-    """
-    import torch
-
-    from mmss_lib.errors import CheckpointError
-    from mmss_lib.train import TrainConfig, build_model
-
-    path = Path(run_dir) / "best.pt"
-    if not path.exists():
-        raise CheckpointError(f"{path}: no best checkpoint; train this run first")
-    from mmss_lib.train import _load_torch
-
-    ck = _load_torch(path)          # weights_only=True: a shared run folder runs no code
-    for key in ("config", "model", "text_dim", "region_dim"):
-        if not isinstance(ck, dict) or key not in ck:
-            raise CheckpointError(f"{path}: not a best.pt written by mmss train (no {key!r})")
-    cfg = TrainConfig.from_json(ck["config"])
-    if cfg.fine_tune_text:
-        raise CheckpointError(f"{path}: fine-tuned text encoders are not supported by the case study")
-    model = build_model(cfg, int(ck["text_dim"]), int(ck["region_dim"]))
-    model.load_state_dict(ck["model"])
-    model.eval()
-    idx = np.asarray(indices, dtype=np.int64)
-    out: dict[str, list] = {}
-    with torch.no_grad():
-        for _, batch in split.iter_batches(idx, 64):
-            mo = model(batch)
-            out.setdefault("score", []).append(mo.score.float().numpy())
-            for s, v in mo.sub_scores.items():
-                out.setdefault(f"score_{s}", []).append(v.float().numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
 def plot_case_study(*, product_name: str, product_text: str, review_text: str,
                     product_images: Sequence[str] = (), review_images: Sequence[str] = (),
                     values: Mapping[str, Optional[float]], title: Optional[str] = None,

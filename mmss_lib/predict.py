@@ -26,7 +26,9 @@ from mmss_lib.data import check_item_id
 from mmss_lib.errors import CheckpointError, DataError, ModelNotAvailableError
 
 
-def _load_checkpoint(path) -> tuple[dict, Path]:
+def load_checkpoint(path) -> tuple[dict, Path]:
+    """A trained run's ``best.pt`` (a run folder or the file), loaded weights-only (a shared run
+    folder runs no code), checked for the keys ``mmss train`` writes; returns ``(dict, path)``."""
     from mmss_lib.train import _load_torch
 
     p = Path(path)
@@ -36,7 +38,7 @@ def _load_checkpoint(path) -> tuple[dict, Path]:
         raise CheckpointError(f"{p}: no checkpoint here; pass a run folder holding best.pt (after `mmss train`)")
     ck = _load_torch(p)
     for key in ("config", "model", "text_dim", "region_dim"):
-        if key not in ck:
+        if not isinstance(ck, dict) or key not in ck:
             raise CheckpointError(f"{p}: not a best.pt written by mmss train (no {key!r})")
     return ck, p
 
@@ -85,7 +87,7 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
     from mmss_lib.train import TrainConfig, build_model
 
     _check_inputs(product, reviews)
-    ck, path = _load_checkpoint(checkpoint_dir_or_file)
+    ck, path = load_checkpoint(checkpoint_dir_or_file)
     cfg = TrainConfig.from_json(ck["config"])
     feats = ck.get("features") or {}
     tman, rman = feats.get("text_rvw", {}), feats.get("region_rvw", {})

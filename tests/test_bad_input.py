@@ -401,14 +401,14 @@ def _import_bad_ids(ctx: Ctx):
 
 
 def _predict_checkpoint_payload(ctx: Ctx):
-    from mmss_lib.predict import _load_checkpoint
+    from mmss_lib.predict import load_checkpoint
     p = ctx.torch_payload(ctx.root / "run" / "best.pt")
     ctx.protect()
-    return _load_checkpoint(p.parent)
+    return load_checkpoint(p.parent)
 
 
 def _case_study_payload(ctx: Ctx):
-    from mmss_lib.plots import score_with_checkpoint
+    from mmss_lib.case_study import score_with_checkpoint
     p = ctx.torch_payload(ctx.root / "run" / "best.pt")
     ctx.protect()
     return score_with_checkpoint(p.parent, None, [0])
@@ -754,7 +754,7 @@ def test_case_study_scores_a_real_best_pt_weights_only(tiny_category, tmp_path):
     import pandas as pd
     import torch
     from mmss_lib.loader import MRHPSplitData
-    from mmss_lib.plots import score_with_checkpoint
+    from mmss_lib.case_study import score_with_checkpoint
     from mmss_lib.train import TrainConfig, train_run
     cfg = TrainConfig(system="mmss", epochs=1, patience=50, batch_size=16, n_neg=3, lr=0.003, device="cpu",
                       num_threads=1, model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8})
