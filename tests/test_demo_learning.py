@@ -156,3 +156,29 @@ def test_training_on_demo_beats_untrained_and_random(demo_category, system, tmp_
     assert metrics["epochs_run"] == epochs
     assert trained > untrained + MARGIN, (system, trained, untrained)
     assert trained > random_map + MARGIN, (system, trained, random_map)
+
+
+@pytest.mark.slow
+def test_ssp_pseudo_labels_move_both_ways_in_a_short_mmss_run(demo_category, tmp_path):
+    """Issue 9's criterion on real demo files: after 8 MM-SS epochs the last SSP-Label record has,
+    for every subtask, at least 10% of the seen training reviews' offsets above zero and 10% below,
+    and reviews with human label y_g = 0 receive positive pseudo labels."""
+    from mmss_lib.train import TrainConfig, train_run
+
+    options, _ = SYSTEMS["mmss"]
+    cfg = TrainConfig(system="mmss", model_options=options, epochs=8, patience=8, batch_size=32, lr=1e-3,
+                      seed=SEED, device="cpu", eval_test=False)
+    run = tmp_path / "run"
+    train_run(cfg, data_root=demo_category["data"], dataset="demo", category=CATEGORY,
+              features_root=demo_category["feats"], run_dir=run, progress=False, splits=demo_category["splits"])
+    rec = np.load(run / "ssp" / "epoch008.npz", allow_pickle=False)
+    seen, y_g = rec["seen"].astype(bool), np.asarray(rec["y_g"], dtype=float)
+    lines = []
+    for s in ("ptrt", "pvrv", "ptrv", "pvrt", "rtrv"):
+        off = rec[f"offset_{s}"][seen]
+        up, down = float((off > 0).mean()), float((off < 0).mean())
+        zero_up = int((rec[f"label_{s}"][seen & (y_g == 0)] > 0).sum())
+        lines.append(f"{s}: above {up:.3f} below {down:.3f}; y_g=0 with y_s>0: {zero_up} of {int((seen & (y_g == 0)).sum())}")
+        assert up >= 0.10 and down >= 0.10, lines[-1]
+        assert zero_up > 0, lines[-1]
+    print("\n" + "\n".join(lines))
