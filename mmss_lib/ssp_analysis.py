@@ -46,7 +46,9 @@ CHANGE_TOL = 0.01   # the mean change below which the pseudo labels count as set
 def ssp_health_table(hist) -> pd.DataFrame:
     """Per epoch and subtask over the reviews SSP-Label has seen (``hist``: an
     :class:`mmss_lib.plots.SSPHistory`): ``epoch, subtask, n_seen, share_up, share_down,
-    mean_offset, sd_offset, mean_abs_offset, mean_abs_change, mean_chi_s, mean_chi_g``.
+    mean_offset, sd_offset, mean_abs_offset, mean_abs_change, mean_chi_s, mean_chi_g, mean_abs_chi_gap``.
+    With the default scale of Eq. 18 (``scale="mean"``) the bank means of chi_s and chi_g are 1 by
+    construction; ``mean_abs_chi_gap`` = mean |chi_s - chi_g| is the part that moves the labels.
     ``mean_abs_change`` is mean |y_s(i) - y_s(i-1)| (0 in the first recorded epoch when it is
     epoch 1, NaN when the previous epoch is not recorded)."""
     rows = []
@@ -69,6 +71,8 @@ def ssp_health_table(hist) -> pd.DataFrame:
                 "mean_abs_change": change,
                 "mean_chi_s": float(np.nanmean(chi_s)) if np.isfinite(chi_s).any() else np.nan,
                 "mean_chi_g": float(np.nanmean(chi_g)) if np.isfinite(chi_g).any() else np.nan,
+                "mean_abs_chi_gap": (float(np.nanmean(np.abs(chi_s - chi_g)))
+                                     if np.isfinite(chi_s - chi_g).any() else np.nan),
             })
     return pd.DataFrame(rows)
 
@@ -98,8 +102,9 @@ def write_ssp_health(hist, tables_dir, tag: str, *, tol: float = CHANGE_TOL) -> 
     tables_dir = Path(tables_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     note = ("Per epoch and subtask over the training reviews SSP-Label has seen: shares of offsets y_s - y_g "
-            "above / below zero, offsets, mean change |y_s(i) - y_s(i-1)| (EWMA settling) and mean distances "
-            f"chi_s / chi_g (Eq. 18). First epoch with mean change < {tol:g}: "
+            "above / below zero, offsets, mean change |y_s(i) - y_s(i-1)| (EWMA settling), mean distances "
+            "chi_s / chi_g (Eq. 18; 1 by construction when the scale s_k is the bank's mean distance, "
+            "scale='mean') and mean |chi_s - chi_g|, the gap that moves the labels. First epoch with mean change < {tol:g}: "
             + ", ".join(f"{k} {'never' if v is None else v}" for k, v in settle.items()) + ".")
     save_table(table.set_index(["epoch", "subtask"]), tables_dir / f"ssp_pseudo_labels_{tag}", decimals=3, note=note)
     return table

@@ -41,6 +41,7 @@ def test_health_table_hand_numbers():
     assert r2.mean_abs_offset == pytest.approx((0.5 + 1 + 0 + 0.2) / 4)
     assert r2.mean_abs_change == pytest.approx((0.5 + 1 + 0 + 0.2) / 4)
     assert r2.mean_chi_s == pytest.approx(1.25) and r2.mean_chi_g == pytest.approx(2.0)
+    assert r2.mean_abs_chi_gap == pytest.approx((1.5 + 0.5 + 1.0 + 0.0) / 4)   # |chi_s - 2| per review
     assert r3.mean_abs_change == pytest.approx(0.005 / 4)
     assert sa.settling_epoch(t) == {"ptrt": 3, "all": 3}
     assert sa.settling_epoch(t, tol=1e-6) == {"ptrt": None, "all": None}
