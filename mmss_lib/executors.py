@@ -12,7 +12,8 @@ several ``run`` calls (e.g. one per cross-validation fold); outside one, each ``
 disconnects itself.
 
 - :class:`LocalExecutor` (``executor="local"``, the default): ``n_jobs`` <= 1 runs the jobs one
-  after the other in this process; ``n_jobs`` > 1 in that many spawned worker processes.
+  after the other in this process; ``n_jobs`` > 1 in that many spawned worker processes, which
+  die with the process that started them (Linux: a killed sweep leaves no orphan training on).
 - :class:`RayExecutor` (``executor="ray"``): every job is one Ray task. Where the cluster has
   GPUs a job that may use one (``Job.gpu``) asks for ``gpus_per_run`` GPUs (default 1, so Ray runs
   one run per GPU and sets ``CUDA_VISIBLE_DEVICES`` to it); otherwise it asks for
@@ -89,6 +90,21 @@ def _crash(index: int, job: Job, exc: BaseException) -> JobResult:
                      "".join(_tb.format_exception(type(exc), exc, exc.__traceback__)))
 
 
+def _exit_with_parent() -> None:
+    """Worker initializer (Linux): the kernel sends SIGTERM to this worker when the process that
+    started it dies, so killing a sweep (``kill``, ``kill -9``) stops its runs too instead of
+    leaving orphans that train on; a killed run resumes from its ``last.pt`` on the rerun. A no-op
+    where ``prctl`` is missing."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)      # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class LocalExecutor:
     """Jobs in this process (``n_jobs`` <= 1) or in ``n_jobs`` spawned worker processes."""
 
@@ -123,7 +139,8 @@ class LocalExecutor:
         import multiprocessing as mp
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-        pool = ProcessPoolExecutor(max_workers=min(self.n_jobs, len(jobs)), mp_context=mp.get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=min(self.n_jobs, len(jobs)), mp_context=mp.get_context("spawn"),
+                                   initializer=_exit_with_parent)
         try:
             futures = {pool.submit(_call, job.fn, job.args, job.kwargs): i for i, job in enumerate(jobs)}
             pending = set(futures)

@@ -260,3 +260,50 @@ def test_killed_sweep_resumes_only_missing_runs(local_ray, tiny_demo, tmp_path, 
     reference = run_experiment(runs_root=tmp_path / "reference", n_jobs=2, **kw)
     pd = pytest.importorskip("pandas")
     pd.testing.assert_frame_equal(resumed[METRICS], reference[METRICS])
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in fh)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_local_workers_die_with_a_killed_sweep(tmp_path):
+    """kill -9 of the process running a local sweep stops its worker processes too (they would
+    otherwise train on as orphans): each job writes its worker's pid and sleeps for 10 minutes."""
+    import os
+    import signal
+    import time
+
+    pid_files = [tmp_path / f"w{i}.pid" for i in range(2)]
+    code = "import os, pathlib, time; pathlib.Path({!r}).write_text(str(os.getpid())); time.sleep(600)"
+    driver = ("from mmss_lib.executors import Job, LocalExecutor\n"
+              f"jobs = [Job('w{{}}'.format(i), exec, ({code!r}.format(p),)) for i, p in enumerate({[str(p) for p in pid_files]!r})]\n"
+              "list(LocalExecutor(2).run(jobs))\n")
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    pids: list[int] = []
+    try:
+        for _ in range(1200):                              # spawned workers import torch: allow 2 minutes
+            if all(p.exists() and p.read_text() for p in pid_files):
+                break
+            assert proc.poll() is None, "the sweep ended before its jobs started"
+            time.sleep(0.1)
+        pids = [int(p.read_text()) for p in pid_files]
+        assert all(_alive(p) for p in pids)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for _ in range(600):
+            if not any(_alive(p) for p in pids):
+                break
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids), "worker processes outlived the killed sweep"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
