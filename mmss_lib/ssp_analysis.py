@@ -104,7 +104,7 @@ def write_ssp_health(hist, tables_dir, tag: str, *, tol: float = CHANGE_TOL) -> 
     note = ("Per epoch and subtask over the training reviews SSP-Label has seen: shares of offsets y_s - y_g "
             "above / below zero, offsets, mean change |y_s(i) - y_s(i-1)| (EWMA settling), mean distances "
             "chi_s / chi_g (Eq. 18; 1 by construction when the scale s_k is the bank's mean distance, "
-            "scale='mean') and mean |chi_s - chi_g|, the gap that moves the labels. First epoch with mean change < {tol:g}: "
+            f"scale='mean') and mean |chi_s - chi_g|, the gap that moves the labels. First epoch with mean change < {tol:g}: "
             + ", ".join(f"{k} {'never' if v is None else v}" for k, v in settle.items()) + ".")
     save_table(table.set_index(["epoch", "subtask"]), tables_dir / f"ssp_pseudo_labels_{tag}", decimals=3, note=note)
     return table

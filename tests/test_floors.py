@@ -173,6 +173,9 @@ def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_p
     res = run_experiment(data_root=demo_root, dataset="demo", categories=["home"], features_root=tmp_path / "none",
                          runs_root=runs, systems=["random", "length"], seeds=[0, 1], progress=False)
     assert sorted(res["system"]) == ["length", "length", "random", "random"]
+    # attrs hold file paths only (pandas compares attrs when frames are combined, as notebook 03 does)
+    assert res.attrs["summary_paths"] and all(isinstance(p, str) for p in res.attrs["summary_paths"])
+    assert len(pd.concat([res, res.copy()], ignore_index=True)) == 2 * len(res)
     assert res[res.system == "length"]["MAP"].tolist() == [m["test"]["MAP"]] * 2
     pp = load_per_product(runs, "demo", "home", "random", seeds=[0, 1])
     assert pp["AP"].mean() == pytest.approx(res[res.system == "random"]["MAP"].iloc[0])
