@@ -27,8 +27,9 @@ Generative process (per category, all draws from one ``numpy`` generator seeded 
      random kind. ``agree`` -> signal in review text-review image; ``img_match`` (the images
      show the product's kind) -> signal in product image-review image and product text-review
      image.
-3. **Label.** ``s = 1.1 * match + 0.9 * k / 3 + has_images * (0.6 * agree + 0.6 * img_match - 0.3)
-   + N(0, 0.45^2)``, binned by fixed cut points into 0..4. No single cue decides the label
+3. **Label.** ``s = 1.1 * match + 0.9 * k / 3 + has_images * w * (agree + img_match - 0.5)
+   + N(0, 0.45^2)``, binned by fixed cut points into 0..4; ``w`` = ``image_weight``, 0.6 by default
+   (``0.6 * agree + 0.6 * img_match - 0.3``; 0: the images carry nothing). No single cue decides the label
    (each shifts ``s`` by at most 1.1 of a range of about 3.5) and labels spread within a product.
 
 Latent cues. Next to each split the generator writes the cues it drew,
@@ -79,6 +80,7 @@ from mmss_lib.utils import atomic_path, atomic_write_json
 DATASET = "demo"
 SIZES: dict[str, int] = {"small": 40, "medium": 500, "benchmark": 3500, "large": 6500}  # products per category
 DEFAULT_PRODUCTS = SIZES["small"]
+IMAGE_WEIGHT = 0.6  # weight of the image cues in the label (step 3 of the module docstring)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (210, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200), "yellow": (230, 200, 30),
@@ -209,7 +211,8 @@ def _other_kind(kind: tuple[str, str], colours: Sequence[str], objects: Sequence
 
 
 def _category(out_root: Path, category: str, cat_index: int, n_products: int, seed: int,
-              images: bool) -> dict[str, Any]:
+              images: bool, image_weight: float = IMAGE_WEIGHT, test_frac: float = 0.2,
+              dev_frac: float = 0.2) -> dict[str, Any]:
     rng = np.random.default_rng([seed, cat_index])
     colours, objects = list(COLOURS), list(OBJECTS[category])
     prod_rows, rev_rows, img_jobs = [], [], []
@@ -248,7 +251,7 @@ def _category(out_root: Path, category: str, cat_index: int, n_products: int, se
                     for j in range(n_img):
                         img_jobs.append(("rvw", rid, j, img_kind, mode))
             s = (1.1 * match + 0.9 * k / 3                                      # ptrt / pvrt, review text
-                 + (0.6 * agree + 0.6 * img_match - 0.3 if n_img else 0.0)      # rtrv; pvrv / ptrv
+                 + (image_weight * (agree + img_match - 0.5) if n_img else 0.0)  # rtrv; pvrv / ptrv
                  + rng.normal(0.0, 0.45))
             label = int(np.digitize(s, _CUTS))
             rev_rows.append({"review_id": rid, "product_id": pid, "title": str(rng.choice(_TITLES)),
@@ -271,7 +274,7 @@ def _category(out_root: Path, category: str, cat_index: int, n_products: int, se
     # Non-contiguous row indices as in the released files (a global index, split by product).
     prd.index = np.arange(len(prd)) * 3 + 1
     rvw.index = np.arange(len(rvw)) * 2 + 5
-    split_of = split_by_product(list(prd["product_id"]), seed=seed)
+    split_of = split_by_product(list(prd["product_id"]), seed=seed, test_frac=test_frac, dev_frac=dev_frac)
     report: dict[str, Any] = {}
     for split in SPLITS:
         ps = prd[prd["product_id"].map(split_of) == split]
@@ -322,23 +325,38 @@ def load_cues(root: str | os.PathLike, category: str, split: str) -> pd.DataFram
 
 
 def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS, seed: int = 0,
-              categories: Sequence[str] = CATEGORIES, images: bool = True) -> dict[str, Any]:
+              categories: Sequence[str] = CATEGORIES, images: bool = True,
+              image_weight: float = IMAGE_WEIGHT, test_frac: float = 0.2, dev_frac: float = 0.2) -> dict[str, Any]:
     """Write the demo dataset under ``out_root/demo/{category}/`` and return a report dict
     (per category: products/reviews per split, label counts, images written).
 
     ``n_products`` products per category (default 40: about 300-350 reviews per category);
     ``images=False`` skips the PNG files (image URLs are still written), for large scale sets.
+    ``image_weight`` is the weight w of the image cues in the label (module docstring, step 3:
+    ``w * (agree + img_match - 0.5)`` for a review with images; 0 = the images carry nothing,
+    :data:`IMAGE_WEIGHT` = 0.6 the demo's own). It changes the labels only: every random draw,
+    text, image and split is the same for every w, so feature stores of one w serve all.
+    ``test_frac`` / ``dev_frac``: the product split (:func:`mmss_lib.data.split_by_product`;
+    e.g. a large test split for powered comparisons).
     Deterministic: the same arguments give byte-identical files.
     """
     if n_products < 5:
         raise DataError(f"make_demo: n_products must be >= 5 (three splits need products), got {n_products}")
+    if not (np.isfinite(image_weight) and image_weight >= 0):
+        raise DataError(f"make_demo: image_weight must be a finite number >= 0, got {image_weight!r}")
+    for name, frac in (("test_frac", test_frac), ("dev_frac", dev_frac)):
+        if not (np.isfinite(frac) and 0 < frac < 1):
+            raise DataError(f"make_demo: {name} must lie strictly between 0 and 1, got {frac!r}")
     unknown = [c for c in categories if c not in OBJECTS]
     if unknown:
         raise DataError(f"make_demo: unknown categories {unknown}: expected some of {', '.join(OBJECTS)}")
     out_root = Path(out_root)
     report: dict[str, Any] = {"dataset": DATASET, "seed": seed, "n_products": n_products, "categories": {}}
+    if image_weight != IMAGE_WEIGHT or (test_frac, dev_frac) != (0.2, 0.2):   # the default report is unchanged
+        report.update(image_weight=float(image_weight), test_frac=float(test_frac), dev_frac=float(dev_frac))
     for cat in categories:
-        report["categories"][cat] = _category(out_root, cat, CATEGORIES.index(cat), n_products, seed, images)
+        report["categories"][cat] = _category(out_root, cat, CATEGORIES.index(cat), n_products, seed, images,
+                                              image_weight, test_frac, dev_frac)
     atomic_write_json(out_root / DATASET / "make_demo.json", report)
     return report
 
@@ -355,9 +373,14 @@ def cli_main(argv: list[str], prog: str = "mmss make-demo") -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=list(CATEGORIES))
     ap.add_argument("--no-images", action="store_true", help="skip PNG files (URLs are still written)")
+    ap.add_argument("--image-weight", type=float, default=IMAGE_WEIGHT,
+                    help="weight w of the image cues in the label (0: the images carry nothing; default 0.6)")
+    ap.add_argument("--test-frac", type=float, default=0.2, help="share of the products in test (default 0.2)")
+    ap.add_argument("--dev-frac", type=float, default=0.2, help="share of the other products in dev (default 0.2)")
     a = ap.parse_args(argv)
     n = a.products_per_category or SIZES[a.size or "small"]
-    rep = make_demo(a.out, n_products=n, seed=a.seed, categories=a.categories, images=not a.no_images)
+    rep = make_demo(a.out, n_products=n, seed=a.seed, categories=a.categories, images=not a.no_images,
+                    image_weight=a.image_weight, test_frac=a.test_frac, dev_frac=a.dev_frac)
     for cat, r in rep["categories"].items():
         splits = ", ".join(f"{s} {r[s]['products']}/{r[s]['reviews']}" for s in SPLITS)
         print(f"{cat}: {splits} (#P/#R); labels {r['labels']}; {r['images_written']} images")

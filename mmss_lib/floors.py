@@ -30,6 +30,24 @@ treat them like any system (:func:`run_floor` is what ``train_run`` calls for th
   :func:`mmss_lib.data.load_mrhp`), longest first; equal lengths keep the file order (the
   protocol's stable ties). Its per-product metrics are those of :func:`per_product_metrics` on
   these scores.
+
+Ceilings (generated data only: the demo generator's planted cues, :func:`mmss_lib.demo.load_cues`).
+Where floors say what a trivial ranking gets, ceilings say what a ranker that saw the generator's
+latent cues perfectly gets, so a table shows how much room there is and how much of it a system
+takes. Both are a least-squares fit (with intercept) of the label on cues, fitted on the train and
+dev reviews' cues and labels only (never on test labels), and rank every review by the fitted
+value (ties keep the file order, as for every system):
+
+- ``ceiling_text`` — the cues a text can show: ``match`` and ``detail / 3`` (the review text names
+  the product's kind or not; how many informative sentences it has);
+- ``ceiling_all`` — every cue: also ``has_images``, ``agree`` and ``img_match`` (0 for a review
+  without images, so the fit can represent the generator's ``has_images * w * (agree + img_match
+  - 0.5)`` exactly).
+
+The label is the binned noisy score, so neither is an upper bound in the strict sense: a fit of the
+*expected label* on the cues is what "perfect use of the cues" means here. On data without a cues
+file (every real dataset) both are refused with a :class:`~mmss_lib.errors.DataError` naming the
+file (:func:`check_ceiling_data`, called before any run of an experiment starts).
 """
 from __future__ import annotations
 
@@ -44,6 +62,12 @@ from mmss_lib.errors import DataError
 from mmss_lib.metrics import DEFAULT_KS, _as_1d, _numeric, per_product_metrics
 
 FLOORS = ("random", "length")
+# ceiling -> the planted cues its least-squares fit uses (module docstring)
+CEILINGS: dict[str, tuple[str, ...]] = {
+    "ceiling_text": ("match", "detail"),
+    "ceiling_all": ("match", "detail", "has_images", "agree", "img_match"),
+}
+NO_TRAINING = FLOORS + tuple(CEILINGS)   # the systems run_floor runs
 METRIC_NAMES = ("MAP", "NDCG@3", "NDCG@5", "MRR")
 PER_PRODUCT_TO_METRIC = {"AP": "MAP", "NDCG@3": "NDCG@3", "NDCG@5": "NDCG@5", "RR": "MRR"}
 SPLITS = ("train", "dev", "test")
@@ -51,6 +75,10 @@ SPLITS = ("train", "dev", "test")
 
 def is_floor(system: str) -> bool:
     return system in FLOORS
+
+
+def is_ceiling(system: str) -> bool:
+    return system in CEILINGS
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,12 +200,100 @@ class LengthFloor(_Floor):
         return length_scores(texts)
 
 
+def cue_design(cues, names: Sequence[str]) -> np.ndarray:
+    """The ceilings' design matrix: an intercept column, then one column per cue of ``names``
+    (``detail`` divided by 3; ``agree`` / ``img_match`` 0 where a review has no images) -> (n, 1 + k)."""
+    cols = [np.ones(len(cues))]
+    for c in names:
+        v = cues[c].to_numpy(dtype=np.float64)
+        v = np.where(np.isnan(v), 0.0, v)
+        cols.append(v / 3.0 if c == "detail" else v)
+    return np.stack(cols, axis=1)
+
+
+class CeilingFloor(_Floor):
+    """``ceiling_text`` / ``ceiling_all``: rank by a least-squares fit of the label on planted cues
+    (module docstring). :meth:`fit` on train+dev, then :meth:`score`."""
+
+    cues: tuple[str, ...] = ()
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.coef: np.ndarray | None = None
+        self.lookup = None
+
+    def fit(self, cues, review_ids, labels) -> "CeilingFloor":
+        """Fit on the reviews ``review_ids`` (their ``labels``), reading their cues from ``cues``
+        (a frame of :data:`mmss_lib.demo.CUE_COLUMNS` covering at least those reviews)."""
+        self.lookup = cues.drop_duplicates("review_id").set_index("review_id")
+        x = cue_design(self._rows(review_ids, "fit"), self.cues)
+        y = np.asarray(labels, dtype=np.float64)
+        if len(y) == 0:
+            raise DataError(f"{self.name}: no train/dev reviews to fit the cues on")
+        self.coef = np.linalg.lstsq(x, y, rcond=None)[0]
+        return self
+
+    def _rows(self, review_ids, what: str):
+        ids = [str(r) for r in review_ids]
+        missing = [r for r in ids if r not in self.lookup.index]
+        if missing:
+            raise DataError(f"{self.name}: review(s) {missing[:3]} ({len(missing)} in all) have no planted cues "
+                            f"({what}); the cues files do not match the dataset: make the demo data again")
+        return self.lookup.loc[ids]
+
+    def score(self, *, review_ids, product_ids, texts=None, seed: int = 0) -> np.ndarray:
+        if self.coef is None:
+            raise DataError(f"{self.name}: fit() the cues before scoring")
+        return cue_design(self._rows(review_ids, "scoring"), self.cues) @ self.coef
+
+
+class CeilingText(CeilingFloor):
+    """``ceiling_text``: the fit on the cues a text can show."""
+
+    name, cues = "ceiling_text", CEILINGS["ceiling_text"]
+
+
+class CeilingAll(CeilingFloor):
+    """``ceiling_all``: the fit on every planted cue."""
+
+    name, cues = "ceiling_all", CEILINGS["ceiling_all"]
+
+
 def floor_system(name: str) -> _Floor:
     if name == "random":
         return RandomFloor()
     if name == "length":
         return LengthFloor()
-    raise KeyError(f"unknown floor {name!r}; known: {', '.join(FLOORS)}")
+    if name == "ceiling_text":
+        return CeilingText()
+    if name == "ceiling_all":
+        return CeilingAll()
+    raise KeyError(f"unknown floor {name!r}; known: {', '.join(NO_TRAINING)}")
+
+
+def load_all_cues(data_root, dataset: str, category: str, system: str = "ceiling"):
+    """The planted cues of every split of a generated category, one frame (for the ceilings);
+    a :class:`DataError` naming the missing file and the system when there are none."""
+    import pandas as pd
+
+    from mmss_lib.demo import load_cues
+
+    frames = []
+    for s in SPLITS:
+        try:
+            frames.append(load_cues(data_root, category, s) if dataset == "demo" else None)
+        except DataError as exc:
+            raise DataError(f"{system} needs the generator's planted cues, only generated data has them: {exc}") from None
+        if frames[-1] is None:
+            raise DataError(f"{system} needs the generator's planted cues ({{root}}/demo/{{category}}/{{category}}"
+                            f".cues.{{split}}); dataset {dataset!r} is not generated data (only 'demo' has cues)")
+    return pd.concat(frames, ignore_index=True)
+
+
+def check_ceiling_data(system: str, data_root, dataset: str, category: str) -> None:
+    """Refuse a ceiling on data without cues files before any run starts (no-op for other systems)."""
+    if is_ceiling(system):
+        load_all_cues(data_root, dataset, category, system)
 
 
 def summary_metrics(per_product) -> dict[str, float]:
@@ -299,8 +415,13 @@ def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold
         if old.get("config") == record["config"] and old.get("run", {}) == record["run"]:
             return json.loads(metrics_path.read_text(encoding="utf-8"))
     need_texts = cfg.system == "length"
+    if is_ceiling(cfg.system):                        # fit on train + dev cues and labels, never on test
+        cues = load_all_cues(data_root, dataset, category, cfg.system)
     data = (_adopt_splits(splits, data_root, dataset, category, need_texts) if splits is not None
             else _splits_from_disk(data_root, dataset, category))
+    if is_ceiling(cfg.system):
+        fit_on = [data["train"], data["dev"]]
+        system.fit(cues, np.concatenate([d.review_ids for d in fit_on]), np.concatenate([d.labels for d in fit_on]))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg_path, {**record, "features": {}, "floor": True})
     atomic_write_json(run_dir / "history.json", [])

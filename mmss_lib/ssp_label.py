@@ -34,11 +34,34 @@ Eq. 18 (distance). chi_k(i) = m_k(i) / sqrt(s_k), m_k(i) = sqrt((f*_k(i) - A_k)^
     the bank's mean chi_k is exactly 1 for every task. ``scale="rms"``: s_k = the bank's mean
     squared distance = tr(Sigma'^-1 (C_k + (mu_k - A_k)(mu_k - A_k)^T)) from the running sums
     (C_k the unshrunk covariance, mu_k the bank mean), so the bank's mean chi_k^2 is 1.
+    ``scale="common"``: one scale for every task, the main task's "mean" scale
+    s = (bank mean of m_g)^2: chi_g has bank mean 1 and every chi_s is measured with the same
+    ruler, so a systematic difference between f*_s and f*_g (the paper's Sec. 4.4 premise
+    "f*_g close to the anchor, f*_s remote") survives as a systematic sign of the offsets, which
+    "mean" removes by construction (its bank means of chi_s and chi_g are both 1, offsets split
+    about 50/50 whatever the data). The main task's scale rather than the dimension d: all tasks
+    have d = 128 here, so s = d would be common too, but its offsets would depend on d and on
+    the shrinkage, not on the data (E[m^2] ~ effective rank).
     Why "mean" is the default: Eq. 19-21 use chi linearly (a ratio and a difference), so the
     neutral point chi_s - chi_g = 0 must be the typical case; with E[chi^2] = 1 a low-rank
     representation still has a smaller mean chi (E[chi] = sqrt(1 - Var chi): 0.80 for rank 1,
     ~1 for high rank), i.e. the low-rank subtask features look closer to their anchor than f*_g.
     (The earlier reading s_k = d_k gave E[chi^2] ~ rank/d: every subtask offset negative.)
+    The three readings were compared on powered generated data (``mmss bench powered``, issue 18):
+    the default stays the one with the better mean dev MAP there; the comparison is in
+    ``outputs/powered/`` and the README's "Powered evidence".
+  * The raw sqrt(s_k) of every task is recorded per epoch (``sqrt_s_{k}`` in the records and in
+    history.json's SSP health), so m_k = chi_k sqrt(s_k) and every other reading's chi, estimate
+    and (up to epoch 2, while the features cannot depend on the reading) labels can be
+    recomputed offline from one run (:func:`recompute_reading`).
+  * **Stale bank entries** (added). Under MCR's sampler (negatives drawn with replacement,
+    products with fewer than three label levels giving no pairs) some training reviews are not
+    visited in an epoch; their bank rows hold features of an older model. At the end of an epoch
+    the anchor, covariance and scale are computed over the samples refreshed in that epoch only
+    (``fresh_only=True``), and only those get a new estimate; the others keep their labels until
+    they are visited again. Self-MM, whose loader visits every sample once per epoch, never holds
+    a feature older than the epoch; this keeps that property under the ranking sampler. The
+    number of stale samples per epoch is ``n_stale`` in the records and the SSP health.
   * **Same footing** (replaces per-batch estimation from fresh features): chi_s and chi_g are
     both computed from the *bank* features against the statistics of the same bank, once per
     epoch at its end. Measured per batch, the fresh f*_g (trained hardest, by the ranking loss)
@@ -70,9 +93,12 @@ Eq. 11-12 (EWMA). Epoch i is 1-based; at the end of epoch i (``end_epoch(i)``):
   * i = 1: y_s^(1) = y_g (Eq. 12); the distances and the estimate are computed for the record.
   * i > 1: y_s^(i) = beta y_hat_s^(i) + (1 - beta) y_s^(i-1), beta = 2/(i+1) (Eq. 11), with
     y_hat_s^(i) estimated from the bank after epoch i.
-  * y_s^(i) is the label of epoch i + 1's subtask losses (Eq. 14): labels change once per epoch,
-    so the subtask objective starts in epoch 2 with y_s^(1) = y_g (zero weight tanh(0)) and
-    carries information from epoch 3 on.
+  * y_s^(i) is the label of epoch i + 1's subtask losses (Eq. 14): labels change once per epoch
+    ("y_hat_s^(i) is the estimated value after the i-th epoch"). Epochs 1 and 2 would train on
+    y_s^(1) = y_g (Eq. 12), where every weight tanh(|y_s - y_g|) of Eq. 14 is 0 and only Eq. 15's
+    log-variance terms would move (down, for nothing). So the schedule the paper implies is: the
+    subtask objective starts in epoch 3, with the first estimated labels y_s^(2)
+    (:attr:`SSPLabel.labels_estimated`; the trainer adds L_sub only from then on).
   * Clamp, **added range**: y_s is clamped to [low - w, high + w] with w = high - low of the human
     label range (0..4 -> [-4, 8]), a guard against the 1/chi_g of Eq. 19 only. The paper's own
     case study (Fig. 4: H = 4 with y_pvrv = -1.277) has pseudo labels outside 0..4, so the human
@@ -86,8 +112,8 @@ per task; nothing is O(N) per batch. ``end_epoch`` recomputes the sums from the 
 floating-point drift) and computes the distances of every sample once, O(N d^2) per task.
 
 Records. ``end_epoch`` appends a record (per review: pseudo labels, offsets y_s - y_g, the raw
-estimate y_hat_s and the distances chi_s, chi_g of this epoch's end; per subtask the health
-scalars ``share_up_{s}`` / ``share_down_{s}`` (share of seen reviews with an offset above / below
+estimate y_hat_s and the distances chi_s, chi_g of this epoch's end (NaN for stale samples);
+per task the raw ``sqrt_s_{k}``; ``n_stale``; per subtask the health scalars ``share_up_{s}`` / ``share_down_{s}`` (share of seen reviews with an offset above / below
 zero), ``mean_chi_{s}``, ``mean_chi_g``, ``mean_change_{s}`` (mean |y_s^(i) - y_s^(i-1)|, the
 EWMA settling) and ``n_seen``) that ``record(epoch)`` returns as numpy arrays for plots;
 :func:`ssp_health` turns a record into a JSON-able dict (the trainer's history.json).
@@ -106,11 +132,15 @@ from torch import Tensor
 
 from mmss_lib.errors import CheckpointError, TrainingError
 
-_STATE_VERSION = 2   # 2: per-epoch estimation from the bank, scale option, widened clamp
-SCALES = ("mean", "rms")
+_STATE_VERSION = 3   # 2: per-epoch estimation from the bank, scale option, widened clamp; 3: fresh-only statistics
+SCALES = ("mean", "rms", "common")
 # Banks whose float32 size would exceed this are kept in float16 by default (bank_dtype=None).
 AUTO_FLOAT16_BYTES = 64 * 2**20
 _FLOAT16_MAX = 65504.0
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    return x[np.isfinite(x)]
 
 
 def pseudo_label_estimate(y_g: Tensor, chi_s: Tensor, chi_g: Tensor, *, alpha1: float = 1.0,
@@ -158,7 +188,7 @@ class SSPLabel:
                  eps: float = 1e-6, label_range: tuple[float, float] = (0.0, 4.0),
                  scale: str = "mean", clamp: Optional[tuple[float, float]] = None,
                  bank_dtype: Optional[torch.dtype] = None, max_history: Optional[int] = None,
-                 bank_dir: Optional[str | os.PathLike] = None):
+                 bank_dir: Optional[str | os.PathLike] = None, fresh_only: bool = True):
         y_g = torch.as_tensor(y_g).detach().to("cpu", torch.float64).reshape(-1)
         if int(n_samples) != y_g.shape[0]:
             raise TrainingError(f"SSPLabel: n_samples={n_samples} but y_g has {y_g.shape[0]} labels")
@@ -189,6 +219,9 @@ class SSPLabel:
         self.y_g = y_g
         self.epoch = 0                       # last closed epoch; update() runs in epoch + 1
         self.seen = torch.zeros(n, dtype=torch.bool)
+        self.last_visit = torch.zeros(n, dtype=torch.int64)   # epoch of the last update (0: never)
+        self.fresh_only = bool(fresh_only)
+        self._stats_mask: Optional[Tensor] = None            # None: the statistics cover every seen sample
         if bank_dtype is None:
             f32_bytes = 4 * n * sum(self.dims.values())
             bank_dtype = torch.float32 if f32_bytes <= AUTO_FLOAT16_BYTES else torch.float16
@@ -236,10 +269,16 @@ class SSPLabel:
         self.sum_f = {k: torch.zeros(d, dtype=f64) for k, d in self.dims.items()}        # sum_i f_k(i)
         self.sum_ff = {k: torch.zeros(d, d, dtype=f64) for k, d in self.dims.items()}    # sum_i f_k(i) f_k(i)^T
 
+    @property
+    def in_stats(self) -> Tensor:
+        """(N,) bool: the samples the anchor, covariance and scale are computed over: every seen
+        sample, except inside :meth:`end_epoch` with ``fresh_only`` (those updated this epoch)."""
+        return self.seen if self._stats_mask is None else self._stats_mask
+
     def recompute_statistics(self, chunk: int = 65536) -> None:
         """Rebuild every running sum from the banks (O(N d^2)); used at epoch end and in tests."""
         self._zero_sums()
-        idx = torch.nonzero(self.seen).squeeze(1)
+        idx = torch.nonzero(self.in_stats).squeeze(1)
         self.count = int(idx.numel())
         for start in range(0, idx.numel(), chunk):
             j = idx[start:start + chunk]
@@ -250,16 +289,6 @@ class SSPLabel:
                 self.sum_wf[k] += w @ f
                 self.sum_f[k] += f.sum(0)
                 self.sum_ff[k] += f.T @ f
-
-    def _recompute_weighted_sums(self, tasks, chunk: int = 65536) -> None:
-        """Rebuild sum_w and sum_wf (Eq. 17) of ``tasks`` from the banks and weights, O(N d)."""
-        idx = torch.nonzero(self.seen).squeeze(1)
-        for k in tasks:
-            self.sum_w[k] = self.weight[k][idx].sum()
-            self.sum_wf[k] = torch.zeros(self.dims[k], dtype=torch.float64)
-            for start in range(0, idx.numel(), chunk):
-                j = idx[start:start + chunk]
-                self.sum_wf[k] += self.weight[k][j] @ self.bank[k][j].to(torch.float64)
 
     def anchor(self, task: str) -> Tensor:
         """Eq. 17: A_k = sum_i w_k(i) f*_k(i) / sum_i w_k(i) over the bank, (d,) float64."""
@@ -294,9 +323,9 @@ class SSPLabel:
         return float(torch.trace(torch.cholesky_solve(second, chol)))
 
     def bank_mahalanobis(self, task: str, chunk: int = 65536) -> Tensor:
-        """m_k of every bank row (N,) float64; NaN for samples not seen yet."""
+        """m_k of every bank row (N,) float64; NaN for samples outside :attr:`in_stats`."""
         out = torch.full((self.n_samples,), float("nan"), dtype=torch.float64)
-        idx = torch.nonzero(self.seen).squeeze(1)
+        idx = torch.nonzero(self.in_stats).squeeze(1)
         for start in range(0, idx.numel(), chunk):
             j = idx[start:start + chunk]
             out[j] = self.mahalanobis(task, self.bank[task][j])
@@ -304,12 +333,16 @@ class SSPLabel:
 
     def scale(self, task: str, bank_m: Optional[Tensor] = None) -> float:
         """s_k of Eq. 18 (module docstring): "mean": (bank mean of m_k)^2; "rms": the bank's mean
-        squared distance. ``bank_m``: the bank's m_k if already computed."""
+        squared distance; "common": the main task's "mean" scale (bank mean of m_g)^2 for every
+        task. ``bank_m``: the bank's m_k if already computed (ignored for "common" unless
+        ``task`` is "g")."""
         if self.scale_mode == "rms":
             s = self.mean_squared_distance(task)
         else:
+            if self.scale_mode == "common" and task != "g":
+                task, bank_m = "g", None
             m = self.bank_mahalanobis(task) if bank_m is None else bank_m
-            m = m[self.seen]
+            m = m[self.in_stats]
             s = float(m.mean()) ** 2 if m.numel() else 0.0
         return max(s, 1e-12)
 
@@ -325,6 +358,12 @@ class SSPLabel:
             raise TrainingError(f"SSPLabel: sample index out of range 0..{self.n_samples - 1} "
                                 f"(got min {int(idx.min())}, max {int(idx.max())}); only training samples have banks")
         return idx
+
+    @property
+    def labels_estimated(self) -> bool:
+        """Whether the labels in force come from an estimate (Eq. 11 ran: after epoch 2); before,
+        they are y_g and Eq. 14's weights are all 0 (module docstring, Eq. 11-12)."""
+        return self.epoch >= 2
 
     def labels(self, index: Tensor) -> dict[str, Tensor]:
         """Current pseudo labels y_s^(i) (B,) float32 of the batch, on ``index``'s device."""
@@ -398,6 +437,7 @@ class SSPLabel:
             self.weight[k][idx] = w_new
         self.count += int((~old).sum())
         self.seen[idx] = True
+        self.last_visit[idx] = epoch
 
     def end_epoch(self, epoch: int) -> dict[str, np.ndarray]:
         """Close epoch ``epoch``: distances of every seen sample from the bank (Eq. 17-18, same
@@ -406,20 +446,27 @@ class SSPLabel:
         epoch = int(epoch)
         if epoch != self.epoch + 1:
             raise TrainingError(f"SSPLabel.end_epoch: epoch {epoch} given, but the open epoch is {self.epoch + 1}")
-        self.recompute_statistics()                   # weights of the labels in force this epoch
         seen = self.seen
+        # the statistics and estimates of this epoch: samples refreshed in it (module docstring,
+        # "Stale bank entries"); the others keep their labels
+        fresh = seen & (self.last_visit == epoch) if self.fresh_only else seen.clone()
+        self._stats_mask = fresh
+        self.recompute_statistics()                   # weights of the labels in force this epoch
+        self.sqrt_s = {k: float("nan") for k in self.tasks}
+        self.chi = {k: torch.full((self.n_samples,), float("nan"), dtype=torch.float64) for k in self.tasks}
         if self.count >= 2:
+            bank_m = {k: self.bank_mahalanobis(k) for k in self.tasks}
             for k in self.tasks:
-                m = self.bank_mahalanobis(k)
-                self.chi[k] = m / math.sqrt(self.scale(k, m))                     # Eq. 18, NaN if unseen
-            y_g = self.y_g[seen]
+                self.sqrt_s[k] = math.sqrt(self.scale(k, bank_m[k] if self.scale_mode != "common" else bank_m["g"]))
+                self.chi[k] = bank_m[k] / self.sqrt_s[k]                        # Eq. 18, NaN outside fresh
+            y_g = self.y_g[fresh]
             lo, hi = self.clamp
             for s in self.subtasks:
-                est = pseudo_label_estimate(y_g, self.chi[s][seen], self.chi["g"][seen], alpha1=self.alpha1,
+                est = pseudo_label_estimate(y_g, self.chi[s][fresh], self.chi["g"][fresh], alpha1=self.alpha1,
                                             alpha2=self.alpha2, eps=self.eps)     # Eq. 19-21
-                self.estimate_bank[s][seen] = est
+                self.estimate_bank[s][fresh] = est
                 if epoch > 1:
-                    self.y_cur[s][seen] = ewma(self.y_prev[s][seen], est, epoch).clamp(lo, hi)   # Eq. 11
+                    self.y_cur[s][fresh] = ewma(self.y_prev[s][fresh], est, epoch).clamp(lo, hi)   # Eq. 11
         if epoch == 1:
             for s in self.subtasks:
                 self.y_cur[s] = self.y_g.clone()                                  # Eq. 12
@@ -429,7 +476,9 @@ class SSPLabel:
             # Eq. 17 weights of the new labels (the samples not seen yet keep weight 0)
             self.weight[s] = torch.where(seen, torch.sigmoid(self.y_cur[s] - self.pivot),
                                          torch.zeros((), dtype=torch.float64))
-        self._recompute_weighted_sums(self.subtasks)   # only the anchors' sums depend on the labels
+        self._stats_mask = None
+        self.recompute_statistics()   # the running sums cover every seen sample again (next epoch's updates)
+        self.n_fresh = int(fresh.sum())
         self.epoch = epoch
         rec = self._make_record(epoch, change)
         self.history.append(rec)
@@ -449,8 +498,11 @@ class SSPLabel:
             "seen": seen.copy(),
             "chi_g": self.chi["g"].numpy().astype(np.float32),
             "n_seen": np.array(int(seen.sum()), dtype=np.int64),
-            "mean_chi_g": mean(self.chi["g"].numpy()[seen]),
+            "n_stale": np.array(int(seen.sum()) - int(getattr(self, "n_fresh", seen.sum())), dtype=np.int64),
+            "mean_chi_g": mean(_finite(self.chi["g"].numpy()[seen])),
         }
+        for k in self.tasks:                       # the raw sqrt(s_k) of Eq. 18: m_k = chi_k * sqrt_s_k
+            rec[f"sqrt_s_{k}"] = np.array(getattr(self, "sqrt_s", {}).get(k, float("nan")), dtype=np.float64)
         for s in self.subtasks:
             off = (self.y_cur[s] - self.y_g).numpy()
             rec[f"label_{s}"] = self.y_cur[s].numpy().astype(np.float32)
@@ -459,7 +511,7 @@ class SSPLabel:
             rec[f"chi_{s}"] = self.chi[s].numpy().astype(np.float32)
             rec[f"share_up_{s}"] = mean((off[seen] > 0).astype(np.float64))
             rec[f"share_down_{s}"] = mean((off[seen] < 0).astype(np.float64))
-            rec[f"mean_chi_{s}"] = mean(self.chi[s].numpy()[seen])
+            rec[f"mean_chi_{s}"] = mean(_finite(self.chi[s].numpy()[seen]))
             rec[f"mean_change_{s}"] = mean(change[s].numpy())
         return rec
 
@@ -481,7 +533,8 @@ class SSPLabel:
                         "label_range": list(self.label_range), "scale": self.scale_mode,
                         "clamp": list(self.clamp)},
             "epoch": self.epoch, "count": self.count,
-            "y_g": self.y_g.clone(), "seen": self.seen.clone(),
+            "y_g": self.y_g.clone(), "seen": self.seen.clone(), "last_visit": self.last_visit.clone(),
+            "fresh_only": self.fresh_only,
             "bank": {k: v.clone() for k, v in self.bank.items()},
             "weight": {k: v.clone() for k, v in self.weight.items()},
             "y_prev": {k: v.clone() for k, v in self.y_prev.items()},
@@ -513,6 +566,7 @@ class SSPLabel:
             self.scale_mode, self.clamp = str(opts["scale"]), tuple(float(v) for v in opts["clamp"])
             self.epoch, self.count = int(state["epoch"]), int(state["count"])
             self.y_g, self.seen = state["y_g"].clone(), state["seen"].clone()
+            self.last_visit, self.fresh_only = state["last_visit"].clone(), bool(state["fresh_only"])
             for k, v in state["bank"].items():
                 if k in self.bank and self.bank[k].shape == v.shape:
                     self.bank[k].copy_(v)                            # keeps dtype and memory mapping
@@ -542,4 +596,47 @@ def ssp_health(record: dict) -> dict[str, dict[str, float]]:
         out[s] = {"share_up": float(record[f"share_up_{s}"]), "share_down": float(record[f"share_down_{s}"]),
                   "mean_chi_s": float(record[f"mean_chi_{s}"]), "mean_chi_g": float(record["mean_chi_g"]),
                   "mean_change": float(record[f"mean_change_{s}"]), "n_seen": int(record["n_seen"])}
+        if "n_stale" in record:
+            out[s].update(n_stale=int(record["n_stale"]), sqrt_s=float(record[f"sqrt_s_{s}"]),
+                          sqrt_s_g=float(record["sqrt_s_g"]))
+    return out
+
+
+def recompute_reading(record: dict, scale: str, *, previous: Optional[dict] = None, alpha1: float = 1.0,
+                      alpha2: float = 1.0, eps: float = 1e-6, clamp: tuple[float, float] = (-4.0, 8.0)) -> dict:
+    """Another reading of Eq. 18's scale, recomputed offline from one epoch's record.
+
+    The record keeps chi_k and the raw sqrt(s_k) of the run's own reading, so the raw Mahalanobis
+    distances are m_k = chi_k * sqrt_s_k (NaN outside the epoch's statistics); ``scale`` in
+    :data:`SCALES` gives that reading's s_k from them, then Eq. 19-21 the estimate and, with
+    ``previous`` (the labels in force before the epoch, ``{s: (N,)}``; default y_g, exact for
+    epochs 1-2 whose labels in force are y_g) and the record's epoch > 1, Eq. 11 the labels.
+    Exact where the features do not depend on the reading, i.e. up to epoch 2 (the subtask
+    objective starts in epoch 3). Returns ``{"chi_"+k, "estimate_"+s, "label_"+s, "offset_"+s}``
+    (N,) float64 arrays.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"recompute_reading: scale must be one of {SCALES}, got {scale!r}")
+    tasks = ["g"] + [k[len("label_"):] for k in record if k.startswith("label_")]
+    m = {k: np.asarray(record[f"chi_{k}"], np.float64) * float(record[f"sqrt_s_{k}"]) for k in tasks}
+    ok = np.isfinite(m["g"])
+
+    def s_of(k: str) -> float:
+        if scale == "rms":
+            return float(np.mean(m[k][ok] ** 2))
+        return float(np.mean(m["g" if scale == "common" else k][ok])) ** 2
+
+    y_g = np.asarray(record["y_g"], np.float64)
+    epoch = int(record["epoch"])
+    chi = {k: m[k] / math.sqrt(max(s_of(k), 1e-12)) for k in tasks}
+    out = {f"chi_{k}": chi[k] for k in tasks}
+    for s in tasks[1:]:
+        est = pseudo_label_estimate(y_g, chi[s], chi["g"], alpha1=alpha1, alpha2=alpha2, eps=eps)   # Eq. 19-21
+        prev = y_g if previous is None else np.asarray(previous[s], np.float64)
+        if epoch > 1:
+            beta = 2.0 / (epoch + 1)
+            lab = np.where(ok, np.clip(beta * est + (1 - beta) * prev, *clamp), prev)
+        else:
+            lab = y_g.copy()
+        out[f"estimate_{s}"], out[f"label_{s}"], out[f"offset_{s}"] = est, lab, lab - y_g
     return out

@@ -16,7 +16,8 @@ exact expectations). Then, per (category, system, variant):
    ``{m}_lo``, ``{m}_hi`` = the 95% percentile bootstrap interval of that mean over products
    (:func:`mmss_lib.metrics.bootstrap_interval`, 2000 resamples, seed 0);
 4. the rival = the best *other* system/variant of the category by mean MAP (for the best one,
-   the runner-up), as in :func:`mmss_lib.tables.significance_vs_best`; ``{m}_diff`` = mean of
+   the runner-up; the ceilings of generated data are oracles, never rivals), as in
+   :func:`mmss_lib.tables.significance_vs_best`; ``{m}_diff`` = mean of
    (this - rival) per product with its paired bootstrap interval ``{m}_diff_lo``, ``{m}_diff_hi``
    (:func:`mmss_lib.metrics.bootstrap_difference`) and ``{m}_p`` = the paired t-test p-value
    (:func:`mmss_lib.metrics.paired_test`).
@@ -95,6 +96,7 @@ def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: f
     import pandas as pd
 
     from mmss_lib.metrics import bootstrap_difference, bootstrap_interval, paired_test
+    from mmss_lib.systems import is_ceiling
 
     keys = ["dataset", "category", "system", "variant"]
     rows = []
@@ -110,7 +112,7 @@ def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: f
                 raise DataError(f"summary: {dataset}/{category}: {k[0]} ({k[1]}) and {first[0]} ({first[1]}) were "
                                 f"evaluated on different products (e.g. {diff}); compare runs of the same splits/folds")
         score = {k: float(v["AP"].mean()) for k, v in entries.items()}
-        ranked = sorted(entries, key=lambda k: -score[k])
+        ranked = [k for k in sorted(entries, key=lambda k: -score[k]) if not is_ceiling(k[0])]  # oracles are no rivals
         for key, g in entries.items():
             row = dict(zip(keys, (dataset, category, *key)))
             for m in METRICS:
@@ -118,7 +120,8 @@ def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: f
                 lo, hi = bootstrap_interval(vals, n_boot=n_boot, level=level, seed=seed)
                 row.update({m: SCALE * float(vals.mean()), f"{m}_lo": SCALE * lo, f"{m}_hi": SCALE * hi})
             row.update(n_products=int(len(g)), n_seeds=int(g["n_seeds"].min()), folds=int(folds))
-            rival = None if len(ranked) < 2 else (ranked[1] if key == ranked[0] else ranked[0])
+            others = [k for k in ranked if k != key]
+            rival = others[0] if others else None
             row["rival"] = "" if rival is None else _label(*rival)
             for m in TESTED:
                 col = PER_PRODUCT_COLUMN[m]

@@ -3,8 +3,9 @@
 Each entry names the class implementing it (imported on use). Every class takes keyword-only
 ``text_dim`` and ``region_dim`` (input feature sizes from the store) plus its own options with
 defaults. Trained systems map a :class:`mmss_lib.batch.Batch` to a
-:class:`mmss_lib.batch.ModelOutput`; the floors (kind ``"floor"``: ``random``, ``length``, see
-:mod:`mmss_lib.floors`) need no training and score reviews directly (``needs_training = False``).
+:class:`mmss_lib.batch.ModelOutput`; the floors (kind ``"floor"``: ``random``, ``length``) and the ceilings of generated data (kind
+``"ceiling"``: ``ceiling_text``, ``ceiling_all``), see :mod:`mmss_lib.floors`, need no training and
+score reviews directly (``needs_training = False``).
 """
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from dataclasses import dataclass
 class SystemInfo:
     name: str         # key used in configs and tables
     display: str      # row label in the paper's tables
-    kind: str         # "floor" | "text-only" | "multimodal"
+    kind: str         # "floor" | "ceiling" | "text-only" | "multimodal"
     target: str       # "module:Class"
 
 
 SYSTEMS: dict[str, SystemInfo] = {s.name: s for s in [
     SystemInfo("random", "Random", "floor", "mmss_lib.floors:RandomFloor"),
     SystemInfo("length", "Length", "floor", "mmss_lib.floors:LengthFloor"),
+    SystemInfo("ceiling_text", "Ceiling (text cues)", "ceiling", "mmss_lib.floors:CeilingText"),
+    SystemInfo("ceiling_all", "Ceiling (all cues)", "ceiling", "mmss_lib.floors:CeilingAll"),
     SystemInfo("bimpm", "BiMPM", "text-only", "mmss_lib.baselines.bimpm:BiMPM"),
     SystemInfo("egcnn", "EG-CNN", "text-only", "mmss_lib.baselines.egcnn:EGCNN"),
     SystemInfo("convknrm", "Conv-KNRM", "text-only", "mmss_lib.baselines.convknrm:ConvKNRM"),
@@ -35,12 +38,20 @@ SYSTEMS: dict[str, SystemInfo] = {s.name: s for s in [
 ]}
 
 FLOORS = [n for n, s in SYSTEMS.items() if s.kind == "floor"]
-BASELINES = [n for n, s in SYSTEMS.items() if n != "mmss" and s.kind != "floor"]
+CEILINGS = [n for n, s in SYSTEMS.items() if s.kind == "ceiling"]
+BASELINES = [n for n, s in SYSTEMS.items() if n != "mmss" and s.kind not in ("floor", "ceiling")]
 
 
 def is_floor(name: str) -> bool:
-    """Whether ``name`` is a floor (no training; :func:`mmss_lib.floors.run_floor` runs it)."""
-    return name in SYSTEMS and SYSTEMS[name].kind == "floor"
+    """Whether ``name`` needs no training (:func:`mmss_lib.floors.run_floor` runs it): the floors
+    and the ceilings of generated data."""
+    return name in SYSTEMS and SYSTEMS[name].kind in ("floor", "ceiling")
+
+
+def is_ceiling(name: str) -> bool:
+    """Whether ``name`` is a ceiling (a fit on the generator's planted cues: an oracle, never a
+    rival in the paired tests against the best other system)."""
+    return name in SYSTEMS and SYSTEMS[name].kind == "ceiling"
 
 
 def system_class(name: str):

@@ -42,12 +42,13 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from mmss_lib.errors import DataError
+from mmss_lib.systems import is_ceiling
 
 METRICS = ("MAP", "NDCG@3", "NDCG@5")
 METRIC_LABELS = {"MAP": "MAP", "NDCG@3": "N@3", "NDCG@5": "N@5"}
 PER_PRODUCT_COLUMN = {"MAP": "AP", "NDCG@3": "NDCG@3", "NDCG@5": "NDCG@5", "MRR": "RR"}
 CATEGORY_LABELS = {"clothing": "CS&J", "electronics": "Elec.", "home": "H&K"}
-TYPE_LABELS = {"floor": "Floor", "text-only": "Text-only", "multimodal": "Multimodal"}
+TYPE_LABELS = {"floor": "Floor", "ceiling": "Ceiling", "text-only": "Text-only", "multimodal": "Multimodal"}
 MARKER = "∗"          # significantly better than the best other system
 WORSE_MARKER = "†"    # significantly worse than the best other system
 MISSING = "-"
@@ -383,10 +384,13 @@ def significance_vs_best(per_product_scores, *, results=None, dataset: Optional[
         else:
             score = {}
         score = {s: score.get(s, float(sub.loc[s, sel].mean())) for s in present}
-        ranked = sorted(present, key=lambda s: -score[s])
+        ranked = [s for s in sorted(present, key=lambda s: -score[s]) if not is_ceiling(s)]  # oracles are no rivals
         out[cat] = {}
         for s in present:
-            rival = ranked[1] if s == ranked[0] else ranked[0]
+            others = [r for r in ranked if r != s]
+            if not others:
+                continue
+            rival = others[0]
             a, b = sub.loc[s], sub.loc[rival]
             out[cat][s] = {}
             for m in metrics:

@@ -148,3 +148,43 @@ def test_cli(tmp_path, capsys):
                      "--no-images"], prog="mmss make-demo") == 0
     assert "home: train" in capsys.readouterr().out
     assert (tmp_path / "demo" / "home" / "home.rel.test").exists()
+
+
+def test_image_weight_changes_labels_only(tmp_path):
+    from mmss_lib.data import load_mrhp
+    from mmss_lib.demo import load_cues
+
+    roots = {}
+    for w in (0.0, 0.6, 1.5):
+        roots[w] = tmp_path / f"w{w}"
+        make_demo(roots[w], n_products=40, seed=2, categories=("home",), images=False, image_weight=w)
+    base = tmp_path / "default"
+    make_demo(base, n_products=40, seed=2, categories=("home",), images=False)
+    assert _digest(base) == _digest(roots[0.6])                 # 0.6 is the demo's own weight
+    frames = {}
+    for w, root in roots.items():
+        _, rv = load_mrhp(root, "demo", "home", "train")
+        cues = load_cues(root, "home", "train")
+        frames[w] = rv.merge(cues, on="review_id")
+    a, b, c = frames[0.0], frames[0.6], frames[1.5]
+    assert list(a["review_id"]) == list(b["review_id"]) == list(c["review_id"])
+    assert list(a["text"]) == list(b["text"]) and list(a["img_urls"]) == list(c["img_urls"])
+    assert (a["label"] != c["label"]).any()
+    # w = 0: the image cues carry nothing (the label is the same for either value of them, given the rest)
+    img = a["has_images"] == 1
+    for df in (a, c):
+        df["good"] = df["agree"].fillna(0) + df["img_match"].fillna(0)
+    gain0 = a[img].groupby("good")["label"].mean()
+    gain15 = c[img].groupby("good")["label"].mean()
+    assert gain15.loc[2] - gain15.loc[0] > gain0.loc[2] - gain0.loc[0] + 1.0
+
+
+def test_split_fractions_and_bad_parameters(tmp_path):
+    rep = make_demo(tmp_path, n_products=60, seed=0, categories=("home",), images=False, test_frac=0.5,
+                    dev_frac=0.25)
+    r = rep["categories"]["home"]
+    assert (r["test"]["products"], r["dev"]["products"], r["train"]["products"]) == (30, 8, 22)
+    with pytest.raises(DataError, match="image_weight"):
+        make_demo(tmp_path / "x", n_products=10, image_weight=float("nan"))
+    with pytest.raises(DataError, match="test_frac"):
+        make_demo(tmp_path / "x", n_products=10, test_frac=1.0)

@@ -181,3 +181,62 @@ def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_p
     assert pp["AP"].mean() == pytest.approx(res[res.system == "random"]["MAP"].iloc[0])
     want = per_product_for_run(run_dir_for(runs, "demo", "home", "random", "full", 0)).set_index("product_id")
     assert np.allclose(pp.loc[want.index, "AP"], want["AP"])
+
+
+# ------------------------------------------------------------------ ceilings (generated data)
+def test_ceilings_fit_on_train_and_dev_cues_only(demo_root, tmp_path):
+    from mmss_lib.data import load_mrhp
+    from mmss_lib.demo import load_cues
+    from mmss_lib.floors import CEILINGS, cue_design, floor_system
+
+    assert is_floor("ceiling_text") and SYSTEMS["ceiling_all"].kind == "ceiling" and "ceiling_all" not in BASELINES
+    fit_rows = []
+    for s in ("train", "dev"):
+        _, rv = load_mrhp(demo_root, "demo", "home", s)
+        fit_rows.append(rv[["review_id", "label"]].merge(load_cues(demo_root, "home", s), on="review_id"))
+    fit_df = pd.concat(fit_rows)
+    _, test_rv = load_mrhp(demo_root, "demo", "home", "test")
+    test_cues = test_rv[["review_id"]].merge(load_cues(demo_root, "home", "test"), on="review_id")
+    for name in CEILINGS:
+        rd = tmp_path / name
+        run_floor(_cfg(name), data_root=demo_root, dataset="demo", category="home", run_dir=rd, threshold=1.0)
+        coef = np.linalg.lstsq(cue_design(fit_df, CEILINGS[name]), fit_df["label"].to_numpy(float), rcond=None)[0]
+        sc = pd.read_csv(rd / "scores_test.csv", dtype={"review_id": str, "product_id": str})
+        np.testing.assert_allclose(sc["score"], cue_design(test_cues, CEILINGS[name]) @ coef, rtol=1e-9)
+        # test labels play no part: the same fit whatever they are
+        f = floor_system(name).fit(pd.concat([load_cues(demo_root, "home", s) for s in ("train", "dev", "test")]),
+                                   fit_df["review_id"], fit_df["label"])
+        np.testing.assert_allclose(f.coef, coef)
+    text_cols = cue_design(fit_df, CEILINGS["ceiling_text"]).shape[1]
+    assert text_cols == 3 and cue_design(fit_df, CEILINGS["ceiling_all"]).shape[1] == 6
+
+
+def test_ceilings_refused_without_cues(tmp_path, demo_root):
+    import shutil
+
+    from mmss_lib.experiments import run_experiment
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    for p in (root / "demo" / "home").glob("home.cues.*"):
+        p.unlink()
+    with pytest.raises(DataError, match=r"ceiling_all needs the generator's planted cues.*home\.cues\.train"):
+        run_experiment(data_root=root, dataset="demo", categories=["home"], features_root=tmp_path / "f",
+                       runs_root=tmp_path / "runs", systems=["length", "ceiling_all"], seeds=[0], progress=False)
+    assert not (tmp_path / "runs").exists()          # refused before any run started
+    with pytest.raises(DataError, match="'amazon' is not generated data"):
+        run_floor(_cfg("ceiling_text"), data_root=root, dataset="amazon", category="home",
+                  run_dir=tmp_path / "r", threshold=1.0)
+
+
+def test_ceilings_are_never_the_rival(demo_root, tmp_path):
+    from mmss_lib.experiments import run_experiment
+    from mmss_lib.summary import read_summaries
+
+    res = run_experiment(data_root=demo_root, dataset="demo", categories=["home"], features_root=tmp_path / "f",
+                         runs_root=tmp_path / "runs", systems=["random", "length", "ceiling_text", "ceiling_all"],
+                         seeds=[0], progress=False)
+    summ = read_summaries(res)
+    summ = summ if isinstance(summ, pd.DataFrame) else pd.concat(list(summ.values()))
+    assert set(summ["rival"]) <= {"random", "length"}
+    assert set(summ["system"]) == {"random", "length", "ceiling_text", "ceiling_all"}

@@ -164,7 +164,7 @@ def _ref_estimate(y_g, chi_s, chi_g):
 
 
 def test_eq11_ewma_at_epoch_ends_from_the_bank():
-    ssp, g = _filled()
+    ssp, g = _filled(fresh_only=False)          # every seen sample in the statistics (stale ones too)
     rec1 = ssp.end_epoch(1)
     y_g = ssp.y_g.numpy()
     np.testing.assert_array_equal(rec1["label_ptrt"], y_g.astype(np.float32))    # Eq. 12
@@ -337,7 +337,7 @@ def test_load_state_dict_rejects_other_configuration():
     with pytest.raises(CheckpointError, match="another training set or model configuration"):
         other.load_state_dict(ssp.state_dict())
     with pytest.raises(CheckpointError, match="lacks the entry"):
-        SSPLabel(6, torch.zeros(6), {"g": 3}).load_state_dict({"version": 2, "n_samples": 6, "dims": {"g": 3}})
+        SSPLabel(6, torch.zeros(6), {"g": 3}).load_state_dict({"version": 3, "n_samples": 6, "dims": {"g": 3}})
     old = ssp.state_dict()
     old["version"] = 1
     with pytest.raises(CheckpointError, match="another SSP-Label reading"):
@@ -410,3 +410,82 @@ def test_sums_after_end_epoch_equal_a_full_recompute():
             assert torch.allclose(v, getattr(ssp, name)[k], rtol=1e-12, atol=1e-12), (name, k)
     w = 1 / (1 + np.exp(-(ssp.y_cur["ptrt"].numpy() - 1.5)))
     np.testing.assert_allclose(ssp.weight["ptrt"].numpy(), w, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ stale bank entries, scales, readings
+def test_stale_samples_leave_the_statistics_and_keep_their_labels():
+    ssp, g = _filled()                                   # fresh_only=True (default)
+    ssp.end_epoch(1)
+    idx = torch.tensor([0, 1, 3, 4])                     # samples 2 and 5 are not visited in epoch 2
+    feats = {"g": torch.randn(4, 3, generator=g), "ptrt": torch.randn(4, 3, generator=g),
+             "rtrv": torch.randn(4, 4, generator=g)}
+    ssp.update(idx, feats, 2)
+    rec = ssp.end_epoch(2)
+    assert int(rec["n_stale"]) == 2 and ssp_health(rec)["ptrt"]["n_stale"] == 2
+    y_g = ssp.y_g.numpy()
+    for s in ("ptrt", "rtrv"):
+        assert np.isnan(rec[f"chi_{s}"][[2, 5]]).all() and np.isfinite(rec[f"chi_{s}"][[0, 1, 3, 4]]).all()
+        np.testing.assert_array_equal(rec[f"label_{s}"][[2, 5]], y_g[[2, 5]])   # kept: no new estimate
+        fresh = np.array([0, 1, 3, 4])
+        f = ssp.bank[s].numpy().astype(np.float64)[fresh]
+        fg = ssp.bank["g"].numpy().astype(np.float64)[fresh]
+        est = _ref_estimate(y_g[fresh], _ref_chi(f, y_g[fresh]), _ref_chi(fg, y_g[fresh]))  # fresh-only statistics
+        np.testing.assert_allclose(rec[f"estimate_{s}"][fresh], est, rtol=1e-4, atol=1e-5)
+    # the running sums cover every seen sample again after the epoch
+    full = {k: v.clone() for k, v in ssp.sum_ff.items()}
+    ssp.recompute_statistics()
+    for k in full:
+        torch.testing.assert_close(full[k], ssp.sum_ff[k])
+    assert ssp.count == 6
+
+
+def test_common_scale_is_the_main_tasks_for_every_task():
+    ssp, _ = _filled(scale="common")
+    rec = ssp.end_epoch(1)
+    y_g = ssp.y_g.numpy()
+    f = {k: ssp.bank[k].numpy().astype(np.float64) for k in ssp.tasks}
+    m = {k: _ref_chi(f[k], y_g) * 0 for k in ssp.tasks}
+    # raw distances: chi under "mean" times its scale; "common" divides all by mean(m_g)
+    raw = {k: rec[f"chi_{k}"].astype(np.float64) * float(rec[f"sqrt_s_{k}"]) for k in ssp.tasks}
+    assert float(rec["sqrt_s_ptrt"]) == pytest.approx(float(rec["sqrt_s_g"]))
+    assert float(rec["sqrt_s_g"]) == pytest.approx(raw["g"].mean(), rel=1e-5)
+    assert float(np.mean(rec["chi_g"])) == pytest.approx(1.0, rel=1e-5)
+    for k in ("ptrt", "rtrv"):
+        np.testing.assert_allclose(rec[f"chi_{k}"], raw[k] / raw["g"].mean(), rtol=1e-5)
+        assert float(np.mean(rec[f"chi_{k}"])) != pytest.approx(1.0, abs=1e-3)   # not normalised per task
+    assert m  # noqa
+
+
+@pytest.mark.parametrize("reading", ["rms", "common"])
+def test_another_reading_recomputed_from_a_record_matches_a_run_with_it(reading):
+    from mmss_lib.ssp_label import recompute_reading
+
+    def run(scale):
+        ssp, g = _filled(scale=scale, seed=3)
+        recs = [ssp.end_epoch(1)]
+        feats = {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g),
+                 "rtrv": torch.randn(6, 4, generator=g)}
+        ssp.update(torch.arange(6), feats, 2)
+        recs.append(ssp.end_epoch(2))
+        return recs
+
+    base, other = run("mean"), run(reading)
+    for rec_b, rec_o in zip(base, other):
+        got = recompute_reading(rec_b, reading)
+        for key in ("chi_g", "chi_ptrt", "chi_rtrv", "estimate_ptrt", "estimate_rtrv", "label_ptrt", "label_rtrv",
+                    "offset_rtrv"):
+            np.testing.assert_allclose(got[key], rec_o[key].astype(np.float64), rtol=1e-4, atol=1e-5, err_msg=key)
+    # and the record's own reading comes back unchanged
+    own = recompute_reading(base[1], "mean")
+    np.testing.assert_allclose(own["label_ptrt"], base[1]["label_ptrt"], rtol=1e-5, atol=1e-5)
+
+
+def test_labels_estimated_only_after_epoch_two():
+    ssp, g = _filled()
+    assert not ssp.labels_estimated
+    ssp.end_epoch(1)
+    assert not ssp.labels_estimated                         # y_s^(1) = y_g: Eq. 14 weights all 0
+    ssp.update(torch.arange(6), {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g),
+                                 "rtrv": torch.randn(6, 4, generator=g)}, 2)
+    ssp.end_epoch(2)
+    assert ssp.labels_estimated
