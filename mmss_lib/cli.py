@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("mmss_lib.predict", "rank the reviews of a product with a trained checkpoint"),
     "reproduce": ("mmss_lib.pipeline", "run the notebook pipeline with papermill (profiles: smoke, demo, benchmark, paper)"),
     "bench": ("mmss_lib.bench", "benchmarks: build, extract, train, metrics, all"),
+    "explore": ("mmss_lib.explore_widgets", "serve the pseudo-label explorer as a local web app (Voila, 127.0.0.1)"),
 }
 
 

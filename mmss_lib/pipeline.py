@@ -61,7 +61,7 @@ from mmss_lib.errors import PipelineError
 from mmss_lib.utils import atomic_write_json, repo_root
 
 # The stages of the repository's pipeline, in order (file stems under notebooks/).
-NOTEBOOKS: tuple[str, ...] = ("01_extract_features", "02_train", "03_ablation", "04_case_study")
+NOTEBOOKS: tuple[str, ...] = ("01_extract_features", "02_train", "03_ablation", "04_case_study", "05_explore")
 PROFILES: tuple[str, ...] = ("smoke", "demo", "benchmark", "paper")
 DEFAULT_PROFILE = "demo"
 KERNEL_NAME = "python3"
