@@ -253,9 +253,38 @@ def _as_text(value: Any, path: Path, row: str, field: str) -> str:
     if not isinstance(value, str):
         raise DataError(f"{path}: row {row}, field {field!r}: expected a non-empty string, got "
                         f"{type(value).__name__} {value!r:.60}")
-    if not value.strip():
-        raise DataError(f"{path}: row {row}, field {field!r}: empty text; every item needs a non-empty text")
+    if not visible_text(value):
+        raise DataError(f"{path}: row {row}, field {field!r}: empty text (only whitespace or invisible "
+                        "characters); every item needs a non-empty text")
     return value
+
+
+# characters that print nothing: zero-width space / joiners, word joiner, BOM, soft hyphen
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
+
+
+def visible_text(value: str) -> str:
+    """``value`` without whitespace and invisible characters (zero-width space, BOM, ...): empty
+    for a text that shows nothing."""
+    return value.translate(_INVISIBLE).strip()
+
+
+def check_disjoint_splits(root: str | os.PathLike, dataset: str, category: str,
+                          ids: dict[str, tuple[Sequence[str], Sequence[str]]]) -> None:
+    """Leakage check of the released splits: ``ids`` maps split -> (product ids, review ids); a
+    product id or a review id found in two splits is a :class:`DataError` naming the ids (up to 5)
+    and both split files."""
+    names = list(ids)
+    for col, kind, what in ((0, "prd", "product id"), (1, "rvw", "review id")):
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                both = sorted(set(map(str, ids[a][col])) & set(map(str, ids[b][col])))
+                if both:
+                    shown = ", ".join(repr(x) for x in both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
+                    raise DataError(
+                        f"{split_file(root, dataset, category, kind, a)} and {split_file(root, dataset, category, kind, b)}: "
+                        f"{len(both)} {what}(s) in both the {a} and the {b} split ({shown}); the splits must be "
+                        "disjoint (leakage between training and evaluation): remove them from one split")
 
 
 def _description_text(value: Any, path: Path, row: str) -> str:

@@ -378,7 +378,20 @@ def cli_main(argv: list[str], prog: str = "mmss make-demo") -> int:
     ap.add_argument("--test-frac", type=float, default=0.2, help="share of the products in test (default 0.2)")
     ap.add_argument("--dev-frac", type=float, default=0.2, help="share of the other products in dev (default 0.2)")
     a = ap.parse_args(argv)
-    n = a.products_per_category or SIZES[a.size or "small"]
+    import math
+
+    from mmss_lib.errors import DataError
+    if a.products_per_category is not None and a.products_per_category < 5:
+        raise DataError(f"--products-per-category {a.products_per_category}: expected an integer >= 5 (the three "
+                        "splits need products)")
+    for opt, v, lo, hi in (("--test-frac", a.test_frac, 0, 1), ("--dev-frac", a.dev_frac, 0, 1),
+                           ("--image-weight", a.image_weight, 0, math.inf)):
+        if not (math.isfinite(v) and lo <= v and (v < hi or hi == math.inf)) or (opt != "--image-weight" and v <= 0):
+            raise DataError(f"{opt} {v!r}: expected " + ("a number >= 0" if opt == "--image-weight"
+                                                         else "a share strictly between 0 and 1"))
+    if len(set(a.categories)) != len(a.categories):
+        raise DataError(f"--categories {' '.join(a.categories)}: a category given more than once")
+    n = a.products_per_category if a.products_per_category is not None else SIZES[a.size or "small"]
     rep = make_demo(a.out, n_products=n, seed=a.seed, categories=a.categories, images=not a.no_images,
                     image_weight=a.image_weight, test_frac=a.test_frac, dev_frac=a.dev_frac)
     for cat, r in rep["categories"].items():

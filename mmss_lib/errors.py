@@ -26,6 +26,14 @@ class TrainingError(MMSSError):
     """Training cannot continue (e.g. a NaN or infinite loss)."""
 
 
+class RunInUseError(TrainingError):
+    """A run folder locked by another process (``mmss_lib.utils.run_lock``)."""
+
+
+class DiskFullError(MMSSError, OSError):
+    """A file could not be written: no space left on its device (``mmss_lib.utils.atomic_path``)."""
+
+
 class PipelineError(MMSSError):
     """A notebook stage failed or got bad parameters."""
 

@@ -159,6 +159,76 @@ class LocalExecutor:
         return f"LocalExecutor(n_jobs={self.n_jobs})"
 
 
+DEFAULT_CONNECT_TIMEOUT = 30.0      # seconds to wait for a Ray head's port (--ray-timeout)
+
+
+def _head_endpoint(address: str) -> Optional[tuple[str, int]]:
+    """(host, port) of a Ray address: ``HOST:PORT`` (GCS, default port 6379), ``ray://HOST:PORT``
+    (Ray Client, default 10001); None for ``auto`` / ``local`` (found by Ray itself)."""
+    a = str(address).strip()
+    if a in ("auto", "local", ""):
+        return None
+    default = 6379
+    if a.startswith("ray://"):
+        a, default = a[len("ray://"):], 10001
+    elif "://" in a:
+        return None
+    host, sep, port = a.rpartition(":")
+    if not sep:
+        host, port = a, str(default)
+    host = host.strip("[]")
+    try:
+        return host, int(port)
+    except ValueError:
+        raise DataError(f"ray address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto") from None
+
+
+def _wait_for_head(address: str, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for something to listen at the Ray head's port; else a clear
+    error naming the address (Ray itself retries for many minutes against a closed port)."""
+    import socket
+    import time
+
+    end = _head_endpoint(address)
+    if end is None:
+        return
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.create_connection(end, timeout=min(5.0, max(left, 0.1))):
+                return
+        except OSError as exc:
+            last = exc
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+    raise MMSSError(f"executor='ray': nothing answers at the Ray cluster address {address!r} "
+                    f"(host {end[0]}, port {end[1]}) after {timeout:g} s ({last}); start the head there "
+                    "(`ray start --head --port=PORT`), fix --ray-address / RAY_ADDRESS, or wait longer with "
+                    "--ray-timeout SECONDS")
+
+
+def _token_auth_like_the_head(address: str) -> None:
+    """``ray start --head`` turns token authentication on by itself when a token is available
+    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``) and ``RAY_AUTH_MODE`` is
+    unset, but ``ray.init`` does so only for ``auto``: with an explicit address the driver would be
+    refused (``InvalidAuthToken``). Do what the head did: with a token and no ``RAY_AUTH_MODE``,
+    set ``RAY_AUTH_MODE=token`` for this process (and its workers). An explicit ``RAY_AUTH_MODE``
+    is left as it is."""
+    if os.environ.get("RAY_AUTH_MODE") is not None or str(address).strip() in ("auto", ""):
+        return
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+            os.environ["RAY_AUTH_MODE"] = "token"
+            Config.initialize("")
+    except Exception:  # noqa: BLE001 - another Ray version: leave authentication to Ray
+        pass
+
+
 class RayExecutor:
     """Every job a Ray task: one GPU per run where the cluster has GPUs, else one CPU (thread).
 
@@ -172,7 +242,14 @@ class RayExecutor:
     in_process = False
 
     def __init__(self, address: Optional[str] = None, *, num_cpus: Optional[int] = None,
-                 gpus_per_run: Optional[float] = None, cpus_per_run: int = 1, log_to_driver: bool = True):
+                 gpus_per_run: Optional[float] = None, cpus_per_run: int = 1, log_to_driver: bool = True,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT):
+        import math
+
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
+                or not math.isfinite(connect_timeout) or connect_timeout <= 0:
+            raise DataError(f"connect_timeout={connect_timeout!r} (--ray-timeout): expected a number of seconds > 0")
+        self.connect_timeout = float(connect_timeout)
         if int(cpus_per_run) < 1:
             raise DataError(f"cpus_per_run={cpus_per_run!r}: expected an integer >= 1")
         if gpus_per_run is not None and float(gpus_per_run) < 0:
@@ -206,14 +283,25 @@ class RayExecutor:
                     "logging_level": "WARNING"}
         if self.address:
             kw["address"] = self.address
+            _wait_for_head(self.address, self.connect_timeout)
+            _token_auth_like_the_head(self.address)
         elif self.num_cpus is not None:
             kw["num_cpus"] = int(self.num_cpus)
         try:
             ray.init(**kw)
-        except ConnectionError as exc:
-            raise MMSSError(f"executor='ray': cannot connect to the Ray cluster at {self.address!r} "
-                            f"({exc}); start it with `ray start --head` or give its address "
-                            "(ray_address / --ray-address / RAY_ADDRESS)") from exc
+        except Exception as exc:  # ConnectionError, ray.exceptions.AuthenticationError, ...
+            text = " ".join(str(exc).split())
+            if "auth" in type(exc).__name__.lower() or "token" in text.lower() and "auth" in text.lower():
+                raise MMSSError(
+                    f"executor='ray': the Ray cluster at {self.address!r} refused this driver's authentication "
+                    f"({type(exc).__name__}: {text[:300]}); a head started with token authentication needs "
+                    "RAY_AUTH_MODE=token and its token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) "
+                    "in the environment of `mmss train` (README: Training sweeps on a Ray cluster)") from None
+            if isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in text.lower():
+                raise MMSSError(f"executor='ray': cannot connect to the Ray cluster at {self.address!r} "
+                                f"({text[:300]}); check the address, or start a head with `ray start --head` "
+                                "(ray_address / --ray-address / RAY_ADDRESS)") from None
+            raise
         return ray, True
 
     def __enter__(self):

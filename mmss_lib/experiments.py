@@ -38,7 +38,8 @@ def _normalise_systems(systems) -> list[tuple[str, str, dict]]:
 def run_experiment(*, data_root, dataset: str, categories: Sequence[str], features_root, runs_root,
                    systems, seeds: Sequence[int] = (0, 1, 2, 3, 4), base_config: TrainConfig | None = None,
                    progress: bool = True, n_jobs: int = 1, executor="local", ray_address: str | None = None,
-                   folds: int = 0, fold_seed: int = 0, dev_fraction: float | None = None, summary: bool = True):
+                   folds: int = 0, fold_seed: int = 0, dev_fraction: float | None = None, summary: bool = True,
+                   ray_timeout: float | None = None):
     """Train every (category, system/variant, seed) and return tidy test results (pandas).
 
     ``systems``: names (variant "full", ``base_config.model_options``) or ``(system, variant,
@@ -61,6 +62,9 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     failed runs (its ``results``: the table of the others). Rows are in run order, whatever the
     order the runs finished in.
 
+    ``ray_timeout``: seconds to wait for the Ray head at ``ray_address`` (default 30) before a
+    clear error naming the address.
+
     ``folds`` >= 2: K-fold cross-validation over each category's pooled products
     (:mod:`mmss_lib.folds`: ``fold_seed`` shuffles, ``dev_fraction`` of the non-test products,
     default 0.125, is each fold's dev part); every (system, fold, seed) is a run in
@@ -78,6 +82,13 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
 
     base = base_config or TrainConfig()
     specs = _normalise_systems(systems)
+    _refuse_duplicates(categories, specs, seeds)
+    if dev_fraction is not None:
+        import math
+        ok = isinstance(dev_fraction, (int, float)) and not isinstance(dev_fraction, bool) \
+            and math.isfinite(dev_fraction) and 0 < dev_fraction < 1
+        if not ok:
+            raise DataError(f"dev_fraction={dev_fraction!r} (--dev-fraction): expected a share strictly between 0 and 1")
     from mmss_lib import folds as F
 
     k_folds = int(folds or 0)
@@ -85,7 +96,12 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     design = (F.design_folds(data_root, dataset, categories, runs_root, k_folds, seed=fold_seed,
                              dev_fraction=F.DEFAULT_DEV_FRACTION if dev_fraction is None else dev_fraction)
               if tag else None)
-    ex = make_executor(executor, n_jobs=n_jobs, ray_address=ray_address)
+    from mmss_lib.floors import check_ceiling_data
+    for category in categories:                 # ceilings need planted cues: refuse before any run starts
+        for system, _, _ in specs:
+            check_ceiling_data(system, data_root, dataset, category)
+    ex = make_executor(executor, n_jobs=n_jobs, ray_address=ray_address,
+                       **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}))
     jobs, metrics, fold_of, failures, tracebacks = [], [], [], {}, {}
     with ex:                                   # one Ray connection for every fold
         for fold in (range(k_folds) if tag else [None]):        # one dispatch per fold (its splits)
@@ -130,6 +146,35 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
         exc.tracebacks = tracebacks
         raise exc
     return results
+
+
+def _refuse_duplicates(categories, specs, seeds) -> None:
+    """The same category, system/variant or seed given twice would train one run folder twice at
+    once, or count one run twice in the mean over seeds: refused, naming the repeated value."""
+    from collections import Counter
+
+    if isinstance(categories, str) or isinstance(seeds, (str, int)):
+        raise DataError(f"categories={categories!r}, seeds={seeds!r}: expected lists (e.g. ['home'], [0, 1])")
+    for what, values in (("categories", [str(c) for c in categories]),
+                         ("systems", [run_name(s, v) for s, v, _ in specs]),
+                         ("seeds", [_as_seed(x) for x in seeds])):
+        twice = sorted({str(v) for v, n in Counter(values).items() if n > 1})
+        if twice:
+            raise DataError(f"{what} {values}: {', '.join(twice)} given more than once (one run folder trained "
+                            f"twice, or one run counted twice in the mean); give each once")
+    if not len(seeds) or not len(categories) or not specs:
+        raise DataError(f"categories={list(categories)}, systems={[s for s, _, _ in specs]}, seeds={list(seeds)}: "
+                        "each needs at least one value")
+
+
+def _as_seed(x) -> int:
+    try:
+        ok = not isinstance(x, bool) and float(x).is_integer() and int(x) >= 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise DataError(f"seeds: {x!r} is not a seed (expected an integer >= 0)")
+    return int(x)
 
 
 def _run_label(dataset: str, category: str, cfg: TrainConfig, fold: dict | None = None) -> str:

@@ -102,7 +102,7 @@ def sample_pairs(product, label, *, scheme: str = "mcr", n_neg: int = 7,
     if len(lab) == 0:
         return np.zeros((0, 2), dtype=np.int64)
     if scheme == "all":
-        return _all_pairs(codes, lab, order)
+        return _all_pairs(codes, lab, order, product=product)
     if isinstance(n_neg, bool) or int(n_neg) != n_neg or n_neg < 1:
         raise ValueError(f"sample_pairs: n_neg must be a positive integer, got {n_neg!r}")
     if rng is None:
@@ -113,8 +113,14 @@ def sample_pairs(product, label, *, scheme: str = "mcr", n_neg: int = 7,
     return _mcr_pairs(codes, lab, order, int(n_neg), rng)
 
 
-def _all_pairs(codes: np.ndarray, lab: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Every ordered pair with a strictly higher label, same product."""
+# "all" pairs of one epoch: int64 (P, 2) plus about six (P,) temporaries, ~64 bytes a pair; above
+# this count (about 1.3 GB) the scheme is refused before anything is allocated
+MAX_ALL_PAIRS = 20_000_000
+
+
+def _all_pairs(codes: np.ndarray, lab: np.ndarray, order: np.ndarray, product=None) -> np.ndarray:
+    """Every ordered pair with a strictly higher label, same product (refused above
+    :data:`MAX_ALL_PAIRS`, naming the product with the most pairs)."""
     key = _span_key(codes, lab)
     skey = key[order]                                        # (n,) non-decreasing
     n_groups = int(codes.max()) + 1
@@ -127,6 +133,15 @@ def _all_pairs(codes: np.ndarray, lab: np.ndarray, order: np.ndarray) -> np.ndar
     total = int(n_below.sum())
     if total == 0:
         return np.zeros((0, 2), dtype=np.int64)
+    if total > MAX_ALL_PAIRS:
+        per_product = np.bincount(c_sorted, weights=n_below.astype(np.float64), minlength=n_groups)
+        worst = int(np.argmax(per_product))
+        first = int(order[np.searchsorted(c_sorted, worst)])
+        name = _as_1d(product, "product")[first] if product is not None else f"#{worst}"
+        raise DataError(f"sample_pairs: pair scheme 'all' would make {total:,} training pairs in one epoch "
+                        f"(about {total * 64 / 2**30:.1f} GiB), product {str(name)!r} alone {int(per_product[worst]):,} "
+                        f"from its {int(counts[worst]):,} reviews; the cap is {MAX_ALL_PAIRS:,} pairs: use "
+                        "--pair-scheme mcr (n_neg negatives per positive) for data this size")
     pos_sorted = np.repeat(np.arange(len(lab)), n_below)     # (P,) sorted position of the positive
     offs = np.arange(total) - np.repeat(np.cumsum(n_below) - n_below, n_below)  # (P,) 0.. within its run
     neg_sorted = np.repeat(block_start, n_below) + offs      # (P,) sorted position of the negative

@@ -182,6 +182,17 @@ def resolve_out_dir(raw_profile: dict[str, Any], out_dir: str | os.PathLike | No
     return (p if p.is_absolute() else repo / p).resolve()
 
 
+def _check_out_dir(out: Path, what: str) -> None:
+    """The output folder must be a folder this process can write (or be creatable in one)."""
+    p = out
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    if not p.is_dir():
+        raise PipelineError(f"{what} {out}: {p} is a file, not a folder; give a folder for the outputs")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PipelineError(f"{what} {out}: the folder {p} is not writable; give a writable folder for the outputs")
+
+
 def notebook_parameters(raw_profile: dict[str, Any], stages: Iterable[str],
                         declared: dict[str, dict[str, Any]], *, out: Path, repo: Path,
                         source: str = "profile") -> dict[str, dict[str, Any]]:
@@ -208,7 +219,111 @@ def notebook_parameters(raw_profile: dict[str, Any], stages: Iterable[str],
         params = {k: v for k, v in common.items() if k in declared[stage]}
         params.update(own)
         resolved[stage] = substitute(params, mapping, where=f"{source}: {stage}")
+        check_parameter_values(stage, resolved[stage], declared[stage], source=source)
     return resolved
+
+
+def _default_value(info: dict[str, Any]) -> Any:
+    """The literal default of a parameters-cell entry (papermill gives its source text)."""
+    import ast
+
+    raw = info.get("default")
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return _NO_DEFAULT
+
+
+_NO_DEFAULT = object()
+# parameters checked for value, not only type: name -> (minimum, what)
+_AT_LEAST = {"epochs": (1, "an integer >= 1"), "patience": (1, "an integer >= 1"),
+             "batch_size": (1, "an integer >= 1"), "n_jobs": (1, "an integer >= 1"),
+             "num_threads": (0, "an integer >= 0 (0: torch's default)"), "folds": (0, "an integer >= 0"),
+             "text_batch_size": (1, "an integer >= 1"), "image_batch_size": (1, "an integer >= 1"),
+             "shard_size": (1, "an integer >= 1"), "text_max_len": (2, "an integer >= 2"),
+             "demo_products": (1, "an integer >= 1"), "seed": (0, "an integer >= 0"),
+             "cue_boot": (1, "an integer >= 1"), "n_trajectories": (0, "an integer >= 0"),
+             "detector_max_boxes": (1, "an integer >= 1"), "rpn_post_nms_top_n": (1, "an integer >= 1")}
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping", tuple: "a list"}.get(type(v), type(v).__name__)
+
+
+def check_parameter_values(stage: str, params: dict[str, Any], declared: dict[str, dict[str, Any]], *,
+                           source: str = "profile") -> None:
+    """Check each value as the notebook will use it (what ``--dry-run`` promises): the type of the
+    notebook's default (an integer for ``epochs = 10``, a list of strings for ``systems = [...]``;
+    a ``None`` default takes anything), the ranges of counts (``epochs`` >= 1, ...), each seed,
+    category and system once, and ``train_options`` as :class:`~mmss_lib.train.TrainConfig` fields.
+    A bad value is a :class:`PipelineError` naming the profile, the notebook, the parameter, what
+    was expected and what was given."""
+    import math
+
+    def bad(name: str, expected: str, value: Any) -> PipelineError:
+        return PipelineError(f"{source}: notebook {stage}, parameter {name!r}: expected {expected}, got "
+                             f"{_type_name(value)} {value!r:.80}")
+
+    for name, value in params.items():
+        default = _default_value(declared.get(name) or {})
+        if default is _NO_DEFAULT or default is None:
+            pass
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise bad(name, "true or false", value)
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad(name, f"an integer (the notebook's default is {default!r})", value)
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad(name, f"a finite number (the notebook's default is {default!r})", value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise bad(name, f"a string (the notebook's default is {default!r})", value)
+        elif isinstance(default, (list, tuple)):
+            if not isinstance(value, (list, tuple)):
+                raise bad(name, f"a list (the notebook's default is {list(default)!r})", value)
+            kinds = {type(x) for x in default}
+            if kinds in ({str}, {int}):
+                want = kinds.pop()
+                for x in value:
+                    if type(x) is not want:
+                        raise bad(name, f"a list of {'strings' if want is str else 'integers'}", value)
+            if name in ("seeds", "categories", "systems", "variants", "stats_categories"):
+                seen = [x for i, x in enumerate(value) if x in value[:i]]
+                if seen:
+                    raise bad(name, f"each value once ({seen[0]!r} is given twice)", value)
+        elif isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise bad(name, "a mapping", value)
+        if name in _AT_LEAST and isinstance(value, int) and not isinstance(value, bool):
+            low, what = _AT_LEAST[name]
+            if value < low:
+                raise bad(name, what, value)
+        if name == "seeds" and isinstance(value, (list, tuple)) and any(
+                isinstance(x, int) and not isinstance(x, bool) and x < 0 for x in value):
+            raise bad(name, "seeds >= 0", value)
+    if isinstance(params.get("executor"), str) and params["executor"] not in ("local", "ray"):
+        raise bad("executor", "'local' or 'ray'", params["executor"])
+    if isinstance(params.get("systems"), (list, tuple)):
+        from mmss_lib.systems import SYSTEMS
+
+        unknown = [s for s in params["systems"] if isinstance(s, str) and s.split(":", 1)[0] not in SYSTEMS]
+        if unknown:
+            raise bad("systems", f"system names of {', '.join(sorted(SYSTEMS))}", unknown[0])
+    if isinstance(params.get("train_options"), dict) and params["train_options"]:
+        from mmss_lib.errors import MMSSError
+        from mmss_lib.train import TrainConfig
+
+        try:
+            TrainConfig(**params["train_options"])
+        except TypeError as exc:
+            raise bad("train_options", f"TrainConfig fields ({exc})", params["train_options"]) from None
+        except MMSSError as exc:
+            raise PipelineError(f"{source}: notebook {stage}, parameter 'train_options': {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,6 +452,7 @@ def plan(profile: str | os.PathLike = DEFAULT_PROFILE, *, out_dir: str | os.Path
                             f"notebooks: {', '.join(stages)}; other allowed fields: "
                             f"{', '.join(RESERVED_KEYS)}")
     out = resolve_out_dir(raw, out_dir, repo)
+    _check_out_dir(out, "--out" if out_dir is not None else f"profile {ypath}: field 'out'")
     declared = {s: declared_parameters(nb_dir / f"{s}.ipynb") for s in stages}
     name = Path(profile).stem if ypath == Path(profile) else str(profile)
     # One pass per sweep value (the value overrides common; it goes to {out}/executed/NAME/KEY-VALUE/).

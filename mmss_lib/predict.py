@@ -11,6 +11,13 @@ Input JSON of the CLI::
 
     {"product": {"text": "...", "image_files": ["a.jpg"]},
      "reviews": [{"review_id": "r1", "text": "...", "image_files": []}, ...]}
+
+The schema is strict: ``product`` a mapping with a non-empty string ``text`` and an optional list
+of image paths ``image_files`` (also ``product_id``); ``reviews`` a non-empty list of mappings
+with ``text``, optional ``review_id`` and ``image_files``; unknown fields are refused; each
+violation is one error naming the field (``reviews[2].image_files``). An image that cannot be
+decoded is an error naming the file (extraction skips such images and lists them; here one
+dropped image would silently change the ranking of the product it belongs to).
 """
 from __future__ import annotations
 
@@ -43,11 +50,63 @@ def load_checkpoint(path) -> tuple[dict, Path]:
     return ck, p
 
 
+PRODUCT_FIELDS = ("text", "image_files", "product_id")
+REVIEW_FIELDS = ("text", "image_files", "review_id")
+
+
+def _field_error(where: str, field: str, expected: str, value: Any) -> DataError:
+    return DataError(f"{where}: field {field!r}: expected {expected}, got {type(value).__name__} {value!r:.60}")
+
+
+def _check_schema(product: Any, reviews: Any, where: str = "predict input") -> None:
+    """The input schema, strictly: ``product`` a mapping with a non-empty string ``text`` and an
+    optional list of image paths ``image_files``; ``reviews`` a non-empty list of mappings, each
+    with a non-empty string ``text``, optional ``review_id`` and ``image_files``. Unknown fields
+    are refused (a misspelt ``image_file`` would silently drop the images). Each violation is one
+    :class:`DataError` naming the field (``product.text``, ``reviews[2].image_files``)."""
+    from mmss_lib.data import visible_text
+
+    if not isinstance(product, dict):
+        raise _field_error(where, "product", "a mapping {\"text\": ..., \"image_files\": [...]}", product)
+    if not isinstance(reviews, list) or not reviews:
+        raise _field_error(where, "reviews", "a non-empty list of mappings {\"review_id\", \"text\", "
+                           "\"image_files\"}", reviews)
+    items = [("product", product, PRODUCT_FIELDS)]
+    for i, r in enumerate(reviews):
+        if not isinstance(r, dict):
+            raise _field_error(where, f"reviews[{i}]", "a mapping {\"review_id\", \"text\", \"image_files\"}", r)
+        items.append((f"reviews[{i}]", r, REVIEW_FIELDS))
+    for name, item, allowed in items:
+        unknown = sorted(str(k) for k in item if k not in allowed)
+        if unknown:
+            raise DataError(f"{where}: {name}: unknown field(s) {', '.join(map(repr, unknown))}; expected "
+                            f"{', '.join(allowed)}")
+        if "text" not in item:
+            raise DataError(f"{where}: field '{name}.text' is missing; every item needs a non-empty text")
+        text = item["text"]
+        if not isinstance(text, str) or not visible_text(text):
+            raise _field_error(where, f"{name}.text", "a non-empty string", text)
+        files = item.get("image_files")
+        if files is not None and (not isinstance(files, list) or not all(isinstance(f, str) and f for f in files)):
+            raise _field_error(where, f"{name}.image_files", "a list of image file paths (strings)", files)
+
+
+def _check_images(product: dict, reviews: Sequence[dict]) -> None:
+    """Every image file decodes (the extraction's decoder): an undecodable image is an error
+    naming the file, not a silent drop that would change the ranking."""
+    from mmss_lib.features.regions import RegionReport, load_image
+
+    rep = RegionReport()
+    for name, item in [("product", product)] + [(f"reviews[{i}]", r) for i, r in enumerate(reviews)]:
+        for f in item.get("image_files") or []:
+            if load_image(f, report=rep, item_id=name) is None:
+                reason = rep.bad[-1].split(": ", 2)[-1]
+                raise DataError(f"predict input: field '{name}.image_files': image {f} cannot be decoded ({reason}); "
+                                "give a readable image (JPEG, PNG, ...) or leave the file out")
+
+
 def _check_inputs(product: dict, reviews: Sequence[dict]) -> None:
-    if not isinstance(product, dict) or "text" not in product:
-        raise DataError("predict: product must be a dict with 'text' (and optional 'image_files')")
-    if not reviews:
-        raise DataError("predict: no reviews to rank")
+    _check_schema(product, reviews)
     seen = set()
     for i, r in enumerate(reviews):
         if not isinstance(r, dict) or "text" not in r:
@@ -87,6 +146,7 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
     from mmss_lib.train import TrainConfig, build_model
 
     _check_inputs(product, reviews)
+    _check_images(product, reviews)
     ck, path = load_checkpoint(checkpoint_dir_or_file)
     cfg = TrainConfig.from_json(ck["config"])
     feats = ck.get("features") or {}
@@ -176,6 +236,7 @@ def _read_input(path: Path) -> tuple[dict, list[dict]]:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(obj, dict) or "product" not in obj or "reviews" not in obj:
         raise DataError(f"{path}: expected an object with 'product' and 'reviews'")
+    _check_schema(obj["product"], obj["reviews"], where=str(path))
     base = Path(path).parent
     def fix(d):   # image paths relative to the input file
         d = dict(d)

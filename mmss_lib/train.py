@@ -24,9 +24,22 @@ are restored, so the final metrics equal those of an uninterrupted run. ``epochs
 any other differing field is refused with a :class:`~mmss_lib.errors.CheckpointError`. A finished
 run (``metrics.json`` present, identical configuration) is skipped.
 
+One process per run folder: :func:`train_run` holds an OS lock (``fcntl.flock`` on
+``{run_dir}/.lock``, :func:`mmss_lib.utils.run_lock`) while it trains or writes the folder. A
+second process asking for the same run is refused at once with a
+:class:`~mmss_lib.errors.RunInUseError` naming the folder and the holder's PID (two ``mmss
+train`` on one runs folder no longer mix their files); the kernel drops the lock when its holder
+dies, so a stale lock file from a killed run never blocks the rerun. A run that would train on
+nothing (no training pairs: all training labels equal, or no product with the label levels the
+pair scheme needs) is refused before anything is written
+(:class:`~mmss_lib.errors.TrainingError` naming the cause and the category), so an untrained
+model's metrics never reach a summary.
+
 Evaluation follows MRHP_FACTS.md section 4 (every product scored, single-review products and
-products without relevant reviews included). Training pairs only come from products with at
-least two different labels.
+products without relevant reviews included). Training pairs come only from products whose labels
+allow them (:mod:`mmss_lib.pairs`): under the default ``pair_scheme="mcr"`` at least three label
+levels (a positive is above its product's two lowest levels and needs a negative at least 2 below
+it), under ``"all"`` at least two different labels.
 
 Many runs (systems x categories x seeds) are :mod:`mmss_lib.experiments`; the ``mmss train``
 command is :mod:`mmss_lib.train_cli`; the training benchmark is :mod:`mmss_lib.bench.train`.
@@ -82,6 +95,7 @@ class TrainConfig:
     ssp_alpha2: float = 1.0              # SSP-Label alpha2 (Eq. 20)
     ssp_pivot: Optional[float] = None    # SSP-Label anchor pivot (Eq. 17 reading); None: threshold + 0.5 (1.5 Amazon, 0.5 Lazada)
     ssp_record_seeds: Optional[list] = None  # seeds whose runs write ssp/epoch*.npz (per review, ~100 B/epoch); None: all
+    ssp_scale: str = "mean"              # SSP-Label reading of Eq. 18's scale s_k: ssp_label.SCALES (mean, rms, common)
     fine_tune_text: bool = False         # older switch for text_mode="finetune" (kept equal to it)
     text_model: Optional[str] = None     # HF name or local folder of the encoder (text_mode frozen/finetune)
     text_mode: str = "cached"            # "cached" (text stores), "frozen" / "finetune" (encoded on the fly, mmss_lib.online_text)
@@ -99,6 +113,9 @@ class TrainConfig:
                 raise DataError(f"TrainConfig.{name}={getattr(self, name)!r}: expected an integer >= 1")
         if self.patience < 1:
             raise DataError(f"TrainConfig.patience={self.patience!r}: expected an integer >= 1")
+        self._check_numbers()
+        if self.ssp_scale not in ("mean", "rms", "common"):        # mmss_lib.ssp_label.SCALES (imports torch)
+            raise DataError(f"TrainConfig.ssp_scale={self.ssp_scale!r}: expected one of mean, rms, common")
         from mmss_lib.online_text import TEXT_MODES
 
         if self.fine_tune_text and self.text_mode == "cached":
@@ -110,6 +127,42 @@ class TrainConfig:
         self.finetune_systems = [str(x) for x in (self.finetune_systems or [])]
         self.fine_tune_text = self.effective_text_mode == "finetune"
         self.model_options = dict(self.model_options or {})
+
+    def _check_numbers(self) -> None:
+        """Numbers that would fail later with someone else's words (a NaN loss blamed on the
+        features, torch's thread error after the run started): refused here, naming the field
+        (the CLI option is the field's name with dashes)."""
+        def number(name: str, value, *, low=None, strict=False, optional=False, integer=False):
+            if value is None and optional:
+                return
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if ok and integer:
+                ok = float(value).is_integer()
+            if ok and low is not None:
+                ok = value > low if strict else value >= low
+            if not ok:
+                what = "an integer" if integer else "a finite number"
+                if low is not None:
+                    what += f" {'>' if strict else '>='} {low:g}"
+                raise DataError(f"TrainConfig.{name}={value!r} (--{name.replace('_', '-')}): expected {what}"
+                                + (" or None" if optional else ""))
+
+        number("lr", self.lr, low=0, strict=True)
+        number("lr_text", self.lr_text, low=0, strict=True)
+        number("weight_decay", self.weight_decay, low=0)
+        number("margin", self.margin, low=0)
+        number("grad_clip", self.grad_clip, low=0, strict=True, optional=True)
+        number("threshold", self.threshold, optional=True)
+        number("ssp_alpha1", self.ssp_alpha1)
+        number("ssp_alpha2", self.ssp_alpha2)
+        number("ssp_pivot", self.ssp_pivot, optional=True)
+        number("num_threads", self.num_threads, low=1, optional=True, integer=True)
+        number("max_text_len", self.max_text_len, low=2, optional=True, integer=True)
+        number("max_regions_per_image", self.max_regions_per_image, low=1, integer=True)
+        number("max_regions_per_item", self.max_regions_per_item, low=1, integer=True)
+        number("seed", self.seed, low=0, integer=True)
+        if not isinstance(self.model_options or {}, dict):
+            raise DataError(f"TrainConfig.model_options={self.model_options!r}: expected a mapping of option -> value")
 
     @property
     def effective_text_mode(self) -> str:
@@ -151,8 +204,17 @@ def load_splits(data_root, dataset: str, category: str, features_root, cfg: Trai
     caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
     on_the_fly = cfg.text_mode != "cached"          # no text stores: only the regions are read
     stores = open_stores(features_root, dataset, category, kinds=REGION_KINDS if on_the_fly else STORE_KINDS)
-    return {s: MRHPSplitData.from_disk(data_root, dataset, category, s, features_root, caps=caps,
-                                       keep_texts=on_the_fly, stores=stores) for s in SPLITS}
+    from mmss_lib.data import check_disjoint_splits, load_mrhp
+    from mmss_lib.features.fingerprint import check_features_match
+
+    frames = {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS}     # (products, reviews)
+    # leakage: no product and no review in two splits
+    check_disjoint_splits(data_root, dataset, category,
+                          {s: (p["product_id"].astype(str).tolist(), r["review_id"].astype(str).tolist())
+                           for s, (p, r) in frames.items()})
+    check_features_match(stores, frames, where=f"{dataset}/{category}")   # stale features
+    return {s: MRHPSplitData(frames[s][1], frames[s][0], stores, training=(s == "train"), caps=caps,
+                             keep_texts=on_the_fly, name=f"{dataset}/{category}/{s}") for s in SPLITS}
 
 
 def _config_diff(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
@@ -204,6 +266,7 @@ def build_model(cfg: TrainConfig, text_dim: int, region_dim: int):
         from mmss_lib.online_text import load_text_model
         tokenizer, encoder = load_text_model(cfg.text_model)
         text_dim = int(encoder.config.hidden_size)
+    _check_model_options(cfg.system, options)
     try:
         system = build_system(cfg.system, text_dim=text_dim, region_dim=region_dim, **options)
         if encoder is None:
@@ -214,6 +277,69 @@ def build_model(cfg: TrainConfig, text_dim: int, region_dim: int):
         raise DataError(str(exc.args[0] if exc.args else exc)) from None
     except TypeError as exc:
         raise DataError(f"system {cfg.system!r}: bad model option(s) {sorted(options)}: {exc}") from None
+
+
+def _check_model_options(system: str, options: dict) -> None:
+    """Each model option (``--option KEY=VALUE``) is a keyword of the system's class and has the
+    type of its default (an integer for ``d=128``, ...): a clear error naming the option, instead
+    of the model's own failure (e.g. "not all arguments converted during string formatting")."""
+    import inspect
+
+    from mmss_lib.systems import SYSTEMS, system_class
+
+    if system not in SYSTEMS:
+        return                                  # build_system names the unknown system
+    import dataclasses
+    import typing
+
+    try:
+        cls = system_class(system)
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError, ImportError, AttributeError):
+        return
+    empty = inspect.Parameter.empty
+    defaults = {n: p.default for n, p in params.items() if n not in ("self", "text_dim", "region_dim", "config")
+                and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    known: list | None = list(defaults)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        known = None                       # **options: the options of its config dataclass, if it says which
+        try:
+            hint = typing.get_type_hints(cls.__init__).get("config")
+        except Exception:  # noqa: BLE001 - unresolvable annotations: no check
+            hint = None
+        for t in (typing.get_args(hint) or (hint,)):
+            if dataclasses.is_dataclass(t):
+                for f in dataclasses.fields(t):
+                    defaults[f.name] = (f.default if f.default is not dataclasses.MISSING else
+                                        f.default_factory() if f.default_factory is not dataclasses.MISSING else empty)
+                known = [n for n in defaults if n not in ("text_dim", "region_dim")]
+    for key, value in options.items():
+        if known is not None and key not in known:
+            raise DataError(f"--option {key}={value!r}: system {system!r} has no model option {key!r}; "
+                            f"its options: {', '.join(known) or '(none)'}")
+        if key not in defaults:
+            continue
+        default = defaults[key]
+        if default is empty or default is None:
+            continue
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a finite number"
+        elif isinstance(default, str):
+            ok, want = isinstance(value, str), "a string"
+        elif isinstance(default, (list, tuple)):
+            ok, want = isinstance(value, (list, tuple)), "a JSON list"
+        elif isinstance(default, dict):
+            ok, want = isinstance(value, dict), "a JSON mapping"
+        else:
+            continue
+        if not ok:
+            raise DataError(f"--option {key}={value!r}: model option {key!r} of system {system!r} expects {want} "
+                            f"(default {default!r}); values are JSON, e.g. {key}={json.dumps(default)}")
 
 
 def build_optimizer(model, cfg: TrainConfig):
@@ -294,10 +420,11 @@ def train_step(model, optimizer, split, collate, pairs: np.ndarray, cfg: TrainCo
     if l_aux is not None:
         loss = loss + l_aux
     l_sub = None
-    # Eq. 12: y_s = y_g in epoch 1, so every weight tanh(|y_s - y_g|) of Eq. 14 is 0 and the
-    # subtask losses vanish; only Eq. 15's log-variance terms would remain and push the learned
-    # log sigma^2 down for nothing. The subtask objective therefore starts in epoch 2.
-    if ssp is not None and epoch > 1:
+    # Eq. 12: the labels in force are y_s^(1) = y_g in epochs 1 and 2 (labels lag one epoch), so
+    # every weight tanh(|y_s - y_g|) of Eq. 14 is 0 and the subtask losses vanish; only Eq. 15's
+    # log-variance terms would remain and push the learned log sigma^2 down for nothing. The
+    # subtask objective therefore starts in epoch 3, with the first estimated labels y_s^(2).
+    if ssp is not None and ssp.labels_estimated:
         t0 = time.perf_counter()
         labels = ssp.labels(batch.index)
         if timings is not None:
@@ -430,6 +557,7 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
         if old.get("config") == record["config"] and old.get("run", {}) == record["run"]:
             return json.loads(metrics_path.read_text(encoding="utf-8"))
 
+    _check_trainable(cfg, splits["train"], run_info)    # before anything is written
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     device = pick_device(cfg.device)
@@ -447,6 +575,7 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
         from mmss_lib.ssp_label import SSPLabel, ssp_health
         ssp = SSPLabel(train.n, torch.as_tensor(train.labels, dtype=torch.float32), model.feature_dims(),
                        alpha1=cfg.ssp_alpha1, alpha2=cfg.ssp_alpha2, pivot=cfg.ssp_pivot if cfg.ssp_pivot is not None else threshold + 0.5, max_history=1,
+                       scale=cfg.ssp_scale,
                        bank_dir=_ssp_bank_dir(run_dir, train.n, model.feature_dims()))
 
     state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
@@ -543,6 +672,27 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
     return _finalize(cfg, model, splits, run_dir, record, state, device, threshold, tokenizer)
 
 
+def _check_trainable(cfg: TrainConfig, train, run_info: dict | None) -> None:
+    """Refuse a run that would train on nothing: no training pairs (e.g. all training labels
+    equal), so no optimizer step, and an untrained model's metrics reported as a result."""
+    if len(draw_pairs(train, cfg, 1)):
+        return
+    where = "/".join(str((run_info or {}).get(k, "?")) for k in ("dataset", "category"))
+    labels = np.asarray(train.labels, dtype=np.float64)
+    if len(labels) == 0:
+        cause = "the training split is empty"
+    elif np.unique(labels).size == 1:
+        cause = f"all {len(labels)} training labels equal ({labels[0]:g})"
+    else:
+        import pandas as pd
+        levels = int(pd.Series(labels).groupby(np.asarray(train.product_codes)).nunique().max())
+        need = 3 if cfg.pair_scheme == "mcr" else 2
+        cause = (f"no training product has {need} different label levels (at most {levels}), which pair scheme "
+                 f"{cfg.pair_scheme!r} needs" + ("; try --pair-scheme all" if cfg.pair_scheme == "mcr" else ""))
+    raise TrainingError(f"{where}: no training pairs: {cause}; the run would take no optimizer step and report "
+                        "an untrained model, so it is refused (nothing written to the summary)")
+
+
 # SSP-Label banks larger than this (as float32) live in memory-mapped scratch files of the run
 # folder instead of anonymous memory, like the feature stores (their state is in last.pt).
 SSP_BANK_FILE_BYTES = 64 * 2**20
@@ -588,6 +738,16 @@ def train_run(cfg: TrainConfig, *, data_root, dataset: str, category: str, featu
         threshold = default_threshold(dataset)
     run_info = {"dataset": dataset, "category": category}
     run_dir = Path(run_dir)
+    from mmss_lib.utils import run_lock
+    with run_lock(run_dir, f"run ({dataset}/{category} {run_name(cfg.system, cfg.variant)} seed {cfg.seed})"):
+        return _train_run_locked(cfg, data_root=data_root, dataset=dataset, category=category,
+                                 features_root=features_root, run_dir=run_dir, progress=progress, splits=splits,
+                                 threshold=threshold, run_info=run_info)
+
+
+def _train_run_locked(cfg: TrainConfig, *, data_root, dataset, category, features_root, run_dir: Path, progress,
+                      splits, threshold, run_info) -> dict:
+    """:func:`train_run` while its run folder's lock is held (``mmss_lib.utils.run_lock``)."""
     from mmss_lib.systems import is_floor
     if is_floor(cfg.system):       # no training: score dev/test into the same run-folder contract
         from mmss_lib.floors import run_floor

@@ -20,10 +20,12 @@ def _parse_options(items: Sequence[str]) -> dict:
         if "=" not in it:
             raise DataError(f"--option {it!r}: expected key=value (value as JSON, e.g. d=64 or subtasks='[\"ptrt\"]')")
         k, v = it.split("=", 1)
+        if not k.strip():
+            raise DataError(f"--option {it!r}: expected key=value with a non-empty key")
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
-            out[k] = v
+            out[k] = v          # a bare word is a string (the model option's type is checked by build_model)
     return out
 
 
@@ -75,11 +77,42 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--ray-address", default=None, metavar="ADDR",
                     help="Ray cluster (HOST:6379, ray://HOST:10001, auto; default: RAY_ADDRESS, else a "
                          "local Ray instance)")
+    ap.add_argument("--ray-timeout", type=float, default=None, metavar="SECONDS",
+                    help="seconds to wait for the Ray head at --ray-address before giving up (default 30)")
     return ap
+
+
+def _check_args(args) -> None:
+    """Values argparse lets through: one clear error naming the option and what it expects."""
+    import math
+
+    if args.dev_fraction is not None and not (math.isfinite(args.dev_fraction) and 0 < args.dev_fraction < 1):
+        raise DataError(f"--dev-fraction {args.dev_fraction!r}: expected a share strictly between 0 and 1 "
+                        "(e.g. 0.125: an eighth of each fold's non-test products is its dev part)")
+    if args.dev_fraction is not None and args.folds < 2:
+        raise DataError(f"--dev-fraction {args.dev_fraction!r} needs --folds K (K >= 2); the released splits "
+                        "have their own dev split")
+    if args.folds < 0:
+        raise DataError(f"--folds {args.folds}: expected 0 or 1 (the released splits) or K >= 2")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise DataError(f"--num-threads {args.num_threads}: expected an integer >= 1 (leave it out for torch's default)")
+    if args.n_jobs < 1:
+        raise DataError(f"--n-jobs {args.n_jobs}: expected an integer >= 1")
+    if args.ray_timeout is not None and not (math.isfinite(args.ray_timeout) and args.ray_timeout > 0):
+        raise DataError(f"--ray-timeout {args.ray_timeout!r}: expected a number of seconds > 0")
+    for name in ("seeds", "categories", "systems"):
+        values = list(getattr(args, name))
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise DataError(f"--{name} {' '.join(map(str, values))}: {', '.join(twice)} given more than once "
+                            "(one run folder trained twice, or one run counted twice in the mean); give each once")
+    if any(s < 0 for s in args.seeds):
+        raise DataError(f"--seeds {' '.join(map(str, args.seeds))}: expected integers >= 0")
 
 
 def cli_main(argv: list[str], prog: str = "mmss train") -> int:
     args = build_parser(prog).parse_args(argv)
+    _check_args(args)
     systems = []
     for s in args.systems:
         if ":" in s:
@@ -101,7 +134,8 @@ def cli_main(argv: list[str], prog: str = "mmss train") -> int:
                              features_root=args.features, runs_root=args.runs, systems=systems,
                              seeds=args.seeds, base_config=cfg, progress=not args.no_progress,
                              n_jobs=args.n_jobs, executor=args.executor, ray_address=args.ray_address,
-                             folds=args.folds, fold_seed=args.fold_seed, dev_fraction=args.dev_fraction)
+                             folds=args.folds, fold_seed=args.fold_seed, dev_fraction=args.dev_fraction,
+                             ray_timeout=args.ray_timeout)
     if results.attrs.get("summary_paths"):
         from mmss_lib.summary import format_summary, read_summaries
 

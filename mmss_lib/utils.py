@@ -23,9 +23,91 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except Exception as exc:
+        if tmp_path.exists():
+            tmp_path.unlink()
+        _raise_if_disk_full(path, exc)
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# below this many free bytes a failed write (torch's "inline_container.cc ... file write failed"
+# names no errno) is reported as a full disk
+DISK_FULL_BYTES = 16 * 2**20
+
+
+def _raise_if_disk_full(path: Path, exc: BaseException) -> None:
+    """Re-raise a write failure on a full device as one clear :class:`~mmss_lib.errors.DiskFullError`
+    naming the file (``OSError`` ENOSPC / EDQUOT, or any write error while the disk is nearly full)."""
+    import errno
+    import shutil
+
+    from mmss_lib.errors import DiskFullError, MMSSError
+
+    if isinstance(exc, MMSSError):
+        return
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if not full and isinstance(exc, (OSError, RuntimeError)) and free is not None and free < DISK_FULL_BYTES:
+        full = True
+    if full:
+        left = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
+        raise DiskFullError(f"{path}: cannot write the file: no space left on the device ({left}); the "
+                            "earlier version of the file, if any, is kept; free some space and rerun") from exc
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive OS lock (``fcntl.flock``) on ``{run_dir}/.lock`` while a run trains or
+    writes its folder. A second process asking for the same folder is refused at once with a
+    :class:`~mmss_lib.errors.RunInUseError` naming the folder and the holder's PID (written into
+    the lock file). The kernel drops the lock when its holder exits, however it dies, so a stale
+    lock file from a killed process never blocks. Re-entrant within one process (nested calls on
+    the same folder). Where ``fcntl`` is missing (Windows) no lock is taken."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD_LOCKS:
+        yield run_dir / ".lock"
+        return
+    try:
+        import fcntl
+    except ImportError:                    # pragma: no cover - not POSIX
+        yield run_dir / ".lock"
+        return
+    from mmss_lib.errors import RunInUseError
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise RunInUseError(f"{run_dir}: this {what} is in use by another process (PID {holder}) that "
+                                "trains or writes it now; wait until it has finished (a finished run is then "
+                                "skipped) or give another runs folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD_LOCKS.add(key)
+        try:
+            yield path
+        finally:
+            _HELD_LOCKS.discard(key)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+_HELD_LOCKS: set = set()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

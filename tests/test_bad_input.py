@@ -35,8 +35,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 
-from mmss_lib.errors import (CheckpointError, DataError, FeatureStoreError, MMSSError, ModelNotAvailableError,
-                             PipelineError)
+from mmss_lib.errors import (CheckpointError, DataError, DiskFullError, FeatureStoreError, MMSSError,
+                             ModelNotAvailableError, PipelineError, RunInUseError, TrainingError)
 
 DS, CAT = "demo", "cat"
 
@@ -603,6 +603,329 @@ def _profile(text):
     return act
 
 
+# ------------------------------------------------------------------------------------ issue 21 helpers
+# (runs that cannot mix, data that cannot leak, results that cannot lie)
+
+MINI = "mini"
+
+
+def _mini_category(ctx: Ctx, *, labels=None, leak: str | None = None, fingerprint: bool = True,
+                   images: bool = False) -> Path:
+    """``demo/mini`` under the case folder: 6/2/2 products x 4 reviews, the four stores (with the
+    content fingerprint of the data unless ``fingerprint`` is false). ``labels``: the training
+    labels (default 0..3 per product); ``leak``: "product" / "review" puts a training product /
+    review id into the test split; ``images``: one PNG per review (region stores see the files)."""
+    import pandas as pd
+    from mmss_lib.data import load_mrhp, write_mrhp
+    from mmss_lib.features.fingerprint import category_frames, content_fingerprint
+    from mmss_lib.features.store import write_store
+    root = ctx.root
+    rng = np.random.default_rng(0)
+    for split, n_prod in (("train", 6), ("dev", 2), ("test", 2)):
+        prods, revs = [], []
+        for p in range(n_prod):
+            pid = f"P{split}{p}"
+            if split == "test" and p == 0 and leak == "product":
+                pid = "Ptrain0"
+            prods.append({"product_id": pid, "name": f"product {p}", "text": f"product {p} of {split}"})
+            for j in range(4):
+                rid = f"{pid}-{j}" if not (split == "test" and p == 1 and j == 0 and leak == "review") else "Ptrain1-0"
+                y = int(labels[4 * p + j]) if (labels is not None and split == "train") else j
+                revs.append({"review_id": rid, "product_id": pid, "label": y, "text": f"review {j} of {pid}"})
+        write_mrhp(root / "data", DS, MINI, split, pd.DataFrame(prods), pd.DataFrame(revs))
+    if images:
+        for split in ("train", "dev", "test"):
+            for p in range(6 if split == "train" else 2):
+                for j in range(4):
+                    d = root / "data" / DS / MINI / "images" / "rvw" / f"P{split}{p}-{j}"
+                    d.mkdir(parents=True, exist_ok=True)
+                    from PIL import Image
+                    Image.new("RGB", (8, 8), (j * 40, p * 30, 9)).save(d / "0.png")
+    frames = {s: load_mrhp(root / "data", DS, MINI, s) for s in ("train", "dev", "test")}
+    products, reviews = category_frames(frames)
+    for name in ("text_prd", "text_rvw", "region_prd", "region_rvw"):
+        kind, side = name.split("_")
+        frame, col = (products, "product_id") if side == "prd" else (reviews, "review_id")
+        ids = list(dict.fromkeys(frame[col].astype(str)))
+        dim = TINY_DR if kind == "region" else TINY_DT
+        items = {i: ({"x": rng.normal(size=(3, dim))} if kind == "text" else
+                     {"x": rng.random((1, dim)), "boxes": np.array([[0, 0, 1, 1]]), "image": np.zeros(1, np.int32)})
+                 for i in ids}
+        manifest = {"dataset": DS, "category": MINI, "store": name}
+        if fingerprint:
+            manifest["content_fingerprint"] = content_fingerprint(kind, frame, col)
+        write_store(root / "features" / DS / MINI / name, items, kind=kind, dim=dim, manifest=manifest)
+    return root
+
+
+def _mini_cfg(**kw):
+    from mmss_lib.train import TrainConfig
+    return TrainConfig(**{**dict(system="mmss", epochs=1, patience=50, batch_size=16, n_neg=3, lr=0.003, device="cpu",
+                                 num_threads=1, model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}),
+                          **kw})
+
+
+def _load_mini(ctx: Ctx, **kw):
+    from mmss_lib.train import load_splits
+    return load_splits(ctx.root / "data", DS, MINI, ctx.root / "features", _mini_cfg(**kw))
+
+
+def _all_labels_equal(ctx: Ctx):
+    """All training labels equal: refused before anything is written, no summary."""
+    import torch
+    from mmss_lib.experiments import run_experiment
+    _mini_category(ctx, labels=[2] * 24)
+    ctx.protect()
+    threads = torch.get_num_threads()
+    try:
+        return run_experiment(data_root=ctx.root / "data", dataset=DS, categories=[MINI], features_root=ctx.root / "features",
+                              runs_root=ctx.root / "runs", systems=["mmss"], seeds=[0], base_config=_mini_cfg(),
+                              progress=False)
+    finally:
+        torch.set_num_threads(threads)
+        assert not list((ctx.root / "runs").rglob("summary*.csv")), "a summary was written for an untrained run"
+        assert not list((ctx.root / "runs").rglob("metrics.json")), "metrics of an untrained model were written"
+
+
+def _mcr_no_three_levels(ctx: Ctx):
+    _mini_category(ctx, labels=[0, 1, 0, 1] * 6)            # two label levels per product: no MCR positives
+    ctx.protect()
+    from mmss_lib.train import fit
+    splits = _load_mini(ctx)
+    return fit(_mini_cfg(), splits, ctx.root / "run", threshold=1.0, progress=False,
+               run_info={"dataset": DS, "category": MINI})
+
+
+def _leak(kind):
+    def act(ctx: Ctx):
+        _mini_category(ctx, leak=kind)
+        ctx.protect()
+        return _load_mini(ctx)
+    return act
+
+
+def _edit_review_text(ctx: Ctx, split: str = "train", row: str = "1", text: str = "edited after extraction"):
+    p = ctx.root / "data" / DS / MINI / f"{MINI}.rvw.{split}"
+    obj = json.loads(p.read_text())
+    obj["content" if "content" in obj else "text"][row] = text
+    p.write_text(json.dumps(obj))
+
+
+def _stale_text_train(ctx: Ctx):
+    _mini_category(ctx)
+    _edit_review_text(ctx)
+    ctx.protect()
+    return _load_mini(ctx)
+
+
+def _stale_image_train(ctx: Ctx):
+    from PIL import Image
+    _mini_category(ctx, images=True)
+    Image.new("RGB", (9, 8), (1, 2, 3)).save(ctx.root / "data" / DS / MINI / "images" / "rvw" / "Pdev1-2" / "0.png")
+    ctx.protect()
+    return _load_mini(ctx)
+
+
+def _labels_only_changed(ctx: Ctx):
+    """Datasets that differ only in labels share one feature store (the fingerprint ignores labels)."""
+    _mini_category(ctx, images=True)
+    p = ctx.root / "data" / DS / MINI / f"{MINI}.rel.train"
+    obj = json.loads(p.read_text())
+    obj["upvotes"] = {k: (int(v) + 1) % 5 for k, v in obj["upvotes"].items()}
+    p.write_text(json.dumps(obj))
+    ctx.protect()
+    splits = _load_mini(ctx)
+    assert splits["train"].n == 24
+    return splits
+
+
+def _old_store_no_fingerprint(ctx: Ctx):
+    _mini_category(ctx, fingerprint=False)
+    _edit_review_text(ctx)
+    ctx.protect()
+    with pytest.warns(UserWarning, match="no content fingerprint"):
+        return _load_mini(ctx)
+
+
+def _stale_text_extract(ctx: Ctx, tiny_bert_dir):
+    """Review texts edited after extraction, `extract` rerun: refused naming --overwrite (it said
+    "0 shards written, 1 skipped" and kept the old features)."""
+    from mmss_lib.features.extract import extract_category
+    _mini_category(ctx)
+    feats = ctx.root / "extracted"
+    kw = dict(text_model=tiny_bert_dir, text_max_len=16, device="cpu", progress=False, stores=("text_rvw",))
+    extract_category(ctx.root / "data", DS, MINI, feats, **kw)
+    again = extract_category(ctx.root / "data", DS, MINI, feats, **kw)          # unchanged: skipped
+    assert again["stores"]["text_rvw"]["shards_written"] == 0
+    _edit_review_text(ctx)
+    ctx.protect()
+    return extract_category(ctx.root / "data", DS, MINI, feats, **kw)
+
+
+def _region_batch_neighbours(ctx: Ctx):
+    """An item's region features are the same extracted alone and among other images (also after
+    a bad image in the chunk): one forward per image."""
+    from mmss_lib.features.regions import make_region_extractor
+    a = ctx.image("a.png", "RGB", size=(40, 30))
+    b = ctx.image("b.png", "L", size=(64, 20))
+    bad = ctx.image("bad.jpg", raw=b"not an image")
+    c = ctx.image("c.png", "RGB", size=(40, 30))
+    ctx.protect()
+    try:
+        ex = make_region_extractor(None, region_boxes="detector", allow_random_weights=True, device="cpu",
+                                   min_size=64, max_size=96, rpn_post_nms_top_n=20, max_boxes=3, min_boxes=1)
+    except ModelNotAvailableError as exc:
+        pytest.skip(f"no region extractor available: {exc}")
+    alone = ex.extract_items([[str(a)]], ["i0"], batch_size=8)[0]
+    batched = ex.extract_items([[str(b)], [str(bad), str(a)], [str(c)]], ["i1", "i0", "i2"], batch_size=8)[1]
+    np.testing.assert_array_equal(alone["x"], batched["x"])                # float16 features, bit for bit
+    np.testing.assert_array_equal(alone["boxes"], batched["boxes"])
+    return batched
+
+
+def _two_trains_one_folder(ctx: Ctx, tiny: Path):
+    """Two real `mmss train` processes on one runs folder with different settings: the second is
+    refused (naming the run and the first one's PID) while the first trains; the folder holds one
+    consistent run (config, history and metrics of the first)."""
+    import subprocess
+    import sys
+    import time
+    ctx.protect()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = ctx.root / "runs"
+    run = runs / DS / "tiny" / "mmss" / "seed0"
+    first = subprocess.Popen(_train_cmd(tiny, runs, 4), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (run / "config.json").exists() and first.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.01)
+    assert first.poll() is None, "the first run finished before the second started: nothing ran at once"
+    cmd = [a if a != "0.003" else "0.01" for a in _train_cmd(tiny, runs, 1)]           # --epochs 1 --lr 0.01
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert first.wait() == 0, first.stderr.read()[-2000:]
+    assert second.returncode == 1, (second.returncode, second.stderr[-2000:])
+    err = second.stderr.strip().splitlines()
+    assert "Traceback" not in second.stderr and err[-1].startswith("mmss train: error:"), second.stderr[-2000:]
+    assert f"PID {first.pid}" in err[-1] and "seed0" in err[-1] and "in use by another process" in err[-1], err[-1]
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    hist = json.loads((run / "history.json").read_text())
+    assert cfg["epochs"] == 4 and cfg["lr"] == 0.003 and metrics["epochs_run"] == len(hist) == 4, (cfg, metrics)
+    # the lock file stays; its holder is gone, so it blocks nothing: the same run is now skipped as finished
+    again = subprocess.run(_train_cmd(tiny, runs, 4), env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    return metrics
+
+
+def _lock_held(ctx: Ctx):
+    """A run folder locked by another holder: train_run refuses at once, naming the folder and PID."""
+    import multiprocessing as mp
+    from mmss_lib.train import train_run
+    _mini_category(ctx)
+    run = ctx.root / "runs" / "seed0"
+    ready, stop = mp.get_context("spawn").Event(), mp.get_context("spawn").Event()
+    holder = mp.get_context("spawn").Process(target=_hold_lock, args=(str(run), ready, stop))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        ctx.protect()
+        return train_run(_mini_cfg(), data_root=ctx.root / "data", dataset=DS, category=MINI,
+                         features_root=ctx.root / "features", run_dir=run, progress=False)
+    finally:
+        stop.set()
+        holder.join(60)
+
+
+def _hold_lock(run: str, ready, stop) -> None:
+    from mmss_lib.utils import run_lock
+    with run_lock(run):
+        ready.set()
+        stop.wait(60)
+
+
+def _disk_full(kind):
+    def act(ctx: Ctx):
+        import errno
+        from unittest import mock
+        from mmss_lib.utils import atomic_path
+        p = ctx.root / "run" / "last.pt"
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"the previous checkpoint")
+        ctx.protect()
+        if kind == "enospc":
+            with atomic_path(p) as tmp:
+                tmp.write_bytes(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        with mock.patch("shutil.disk_usage", return_value=shutil._ntuple_diskusage(10**9, 10**9, 0)):
+            with atomic_path(p) as tmp:           # torch's writer names no errno
+                tmp.write_bytes(b"partial")
+                raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 64 vs 0")
+    return act
+
+
+def _ray_nothing_listening(ctx: Ctx):
+    import time
+    from mmss_lib.executors import RayExecutor
+    pytest.importorskip("ray")
+    ctx.protect()
+    t0 = time.monotonic()
+    try:
+        return RayExecutor("127.0.0.1:1", connect_timeout=1.5)._connect()
+    finally:
+        assert time.monotonic() - t0 < 20, "the connect timeout was not honoured"
+
+
+def _model_option(options):
+    def act(ctx: Ctx):
+        from mmss_lib.train import TrainConfig, build_model
+        ctx.protect()
+        return build_model(TrainConfig(device="cpu", model_options=options), 8, 12)
+    return act
+
+
+def _experiment_args(**kw):
+    def act(ctx: Ctx):
+        from mmss_lib.experiments import run_experiment
+        ctx.protect()
+        args = dict(data_root=ctx.root / "data", dataset=DS, categories=[MINI], features_root=ctx.root / "f",
+                     runs_root=ctx.root / "runs", systems=["mmss"], seeds=[0], progress=False)
+        return run_experiment(**{**args, **kw})
+    return act
+
+
+def _all_pairs_huge(ctx: Ctx):
+    from mmss_lib.pairs import sample_pairs
+    ctx.protect()
+    n = 100_000
+    return sample_pairs(["B0HUGE"] * n + ["B0SMALL"] * 2, np.r_[np.arange(n) % 5, [0, 1]], scheme="all")
+
+
+def _predict_obj(obj, *, bad_image: bool = False):
+    """predict input JSON ``obj`` (a bad image file 'bad.jpg' beside it if asked), read and checked
+    as `mmss predict` does before it loads any model."""
+    def act(ctx: Ctx):
+        from mmss_lib.predict import _check_images, _check_inputs, _read_input
+        if bad_image:
+            ctx.image("bad.jpg", raw=b"\xff\xd8\xff\xe0 truncated")
+        p = ctx.root / "input.json"
+        p.write_text(json.dumps(obj))
+        ctx.protect()
+        product, reviews = _read_input(p)
+        _check_inputs(product, reviews)
+        return _check_images(product, reviews)
+    return act
+
+
+def _out_is_file(ctx: Ctx):
+    (ctx.root / "afile").write_text("not a folder")
+    return _cli("reproduce", "--profile", "smoke", "--dry-run", "--out", "{root}/afile/out")(ctx)
+
+
+PRED_OK = {"text": "red shirt", "image_files": []}
+TRAIN_ARGS = ("train", "--data-root", "{root}/data", "--dataset", "demo", "--categories", "c", "--features", "{root}/f",
+              "--runs", "{root}/runs", "--no-progress")
+
+
 # ------------------------------------------------------------------------------------ the corpus
 
 @dataclass
@@ -613,7 +936,8 @@ class C:
     error: Optional[type] = None
     says: tuple = ()
     policy: str = ""          # "module: quoted words of its docstring" for error=None cases
-    fixed: bool = False       # wrong before issue 13, fixed there
+    fixed: bool = False       # wrong before issue `issue` (13 or 21), fixed there
+    issue: int = 13           # the issue that added the case
     needs: tuple = ()         # fixtures the act takes after ctx
 
 
@@ -685,7 +1009,7 @@ CASES = [
     C("detector_weights_payload", "extract", _detector_weights_payload, ModelNotAvailableError, (r"detector\.pth", "cannot be loaded safely")),
     C("mobilenet_weights_payload", "extract", _mobilenet_weights_payload, ModelNotAvailableError, (r"mobilenet_v2-b0353104\.pth", "SHA-256")),
     C("predict_id_traversal", "predict", _predict_input({"review_id": "../../x", "text": "ok"}), DataError, ("predict input", "row 1", "'review_id'", r"contains '/'"), fixed=True),
-    C("predict_text_not_string", "predict", _predict_input({"review_id": "r2", "text": ["a"]}), DataError, ("predict input", "row 1", "'text'", "expected a string"), fixed=True),
+    C("predict_text_not_string", "predict", _predict_input({"review_id": "r2", "text": ["a"]}), DataError, ("input.json", r"'reviews\[1\]\.text'", "expected a non-empty string", "list"), fixed=True),
     # ---- train
     C("unknown_system", "train", _unknown_system, DataError, ("unknown system 'mmss_plus'", "known: .*mmss")),
     C("epochs_0", "train", _epochs(0), DataError, (r"TrainConfig\.epochs=0", "expected an integer >= 1")),
@@ -700,6 +1024,63 @@ CASES = [
     C("profile_unknown_notebook", "reproduce", _profile("99_nope:\n  a: 1\n"), PipelineError, (r"bad\.yaml", "99_nope", "no notebook")),
     C("profile_yaml_payload", "reproduce", lambda ctx: _profile(f'02_train: !!python/object/apply:os.system ["touch {ctx.marker}"]\n')(ctx), PipelineError, (r"bad\.yaml", "not valid YAML")),
     C("profile_not_a_mapping", "reproduce", _profile("- a\n- b\n"), PipelineError, (r"bad\.yaml", "expected a mapping")),
+    # ---- issue 21: runs that cannot mix
+    C("two_trains_one_folder", "train", _two_trains_one_folder, policy="mmss_lib.train: A second process asking for the same run is refused at once", needs=("tiny_category",), fixed=True, issue=21),
+    C("run_folder_locked", "train", _lock_held, RunInUseError, (r"runs/seed0", "in use by another process", r"PID \d+"), fixed=True, issue=21),
+    C("seeds_twice", "train", _cli(*TRAIN_ARGS, "--seeds", "0", "0"), CliFailed, ("mmss train: error", "--seeds 0 0", "given more than once"), fixed=True, issue=21),
+    C("seed_counted_twice", "train", _experiment_args(seeds=[0, 1, 1]), DataError, (r"seeds \[0, 1, 1\]", "1 given more than once"), fixed=True, issue=21),
+    C("systems_twice", "train", _cli(*TRAIN_ARGS, "--systems", "mmss", "mmss"), CliFailed, ("mmss train: error", "--systems mmss mmss", "given more than once"), fixed=True, issue=21),
+    C("categories_twice", "train", _cli(*TRAIN_ARGS[:6], "home", "home", *TRAIN_ARGS[7:]), CliFailed, ("mmss train: error", "--categories home home", "given more than once"), fixed=True, issue=21),
+    C("variant_twice_library", "train", _experiment_args(systems=[("mmss", "wo_b", {}), ("mmss", "wo_b", {"d": 8})]), DataError, ("systems", "mmss__wo_b given more than once"), fixed=True, issue=21),
+    # ---- issue 21: results that cannot lie
+    C("all_training_labels_equal", "train", _all_labels_equal, TrainingError, ("demo/mini", "no training pairs", "all 24 training labels equal", "nothing written to the summary"), fixed=True, issue=21),
+    C("no_product_with_three_levels", "train", _mcr_no_three_levels, TrainingError, ("demo/mini", "no training pairs", "3 different label levels", "--pair-scheme all"), fixed=True, issue=21),
+    C("pair_scheme_all_100k_reviews", "train", _all_pairs_huge, DataError, ("pair scheme 'all'", "B0HUGE", r"100,000 reviews", "--pair-scheme mcr"), fixed=True, issue=21),
+    C("disk_full_enospc", "train", _disk_full("enospc"), DiskFullError, (r"run/last\.pt", "no space left on the device", "earlier version of the file"), fixed=True, issue=21),
+    C("disk_full_torch_writer", "train", _disk_full("torch"), DiskFullError, (r"run/last\.pt", "no space left on the device", r"0\.0 MiB free"), fixed=True, issue=21),
+    # ---- issue 21: data that cannot leak, features that cannot go stale
+    C("product_in_two_splits", "train", _leak("product"), DataError, (r"mini\.prd\.train", r"mini\.prd\.test", "product id", "'Ptrain0'", "disjoint"), fixed=True, issue=21),
+    C("review_in_two_splits", "train", _leak("review"), DataError, (r"mini\.rvw\.train", r"mini\.rvw\.test", "review id", "'Ptrain1-0'"), fixed=True, issue=21),
+    C("stale_text_features_train", "train", _stale_text_train, FeatureStoreError, ("text_rvw", "stale features", "texts of demo/mini changed", "--overwrite"), fixed=True, issue=21),
+    C("stale_image_features_train", "train", _stale_image_train, FeatureStoreError, ("region_rvw", "stale features", "image files of demo/mini changed"), fixed=True, issue=21),
+    C("stale_text_features_extract", "extract", _stale_text_extract, DataError, ("text_rvw", "texts of demo/mini changed", "--overwrite"), needs=("tiny_bert_dir",), fixed=True, issue=21),
+    C("labels_only_changed_same_store", "train", _labels_only_changed, policy="mmss_lib.features.fingerprint: Labels are not part of it"),
+    C("old_store_without_fingerprint", "train", _old_store_no_fingerprint, policy="mmss_lib.features.fingerprint: is accepted with a warning"),
+    C("text_zero_width_only", "loader", _loader("rvw", "content", "\u200b\u200b\ufeff"), DataError, (RVW, "row 1", "'content'", "empty text"), fixed=True, issue=21),
+    C("region_features_batch_neighbours", "extract", _region_batch_neighbours, policy="mmss_lib.features.regions: features never depend on the other images of its chunk", fixed=True, issue=21),
+    # ---- issue 21: Ray
+    C("ray_nothing_listening", "train", _ray_nothing_listening, MMSSError, ("127.0.0.1:1", "nothing answers", "after 1.5 s", "--ray-timeout"), fixed=True, issue=21),
+    C("ray_timeout_0", "train", _cli(*TRAIN_ARGS, "--executor", "ray", "--ray-timeout", "0"), CliFailed, ("mmss train: error", "--ray-timeout 0", "> 0")),
+    # ---- issue 21: predict's input schema
+    C("predict_product_a_list", "predict", _predict_obj({"product": [PRED_OK], "reviews": [{"text": "ok"}]}), DataError, ("input.json", "'product'", "expected a mapping", "list"), fixed=True, issue=21),
+    C("predict_product_text_int", "predict", _predict_obj({"product": {"text": 42}, "reviews": [{"text": "ok"}]}), DataError, ("'product.text'", "expected a non-empty string", "int"), fixed=True, issue=21),
+    C("predict_reviews_a_dict", "predict", _predict_obj({"product": PRED_OK, "reviews": {"text": "ok"}}), DataError, ("'reviews'", "non-empty list of mappings", "dict"), fixed=True, issue=21),
+    C("predict_reviews_null", "predict", _predict_obj({"product": PRED_OK, "reviews": None}), DataError, ("'reviews'", "non-empty list", "NoneType"), fixed=True, issue=21),
+    C("predict_reviews_empty", "predict", _predict_obj({"product": PRED_OK, "reviews": []}), DataError, ("'reviews'", "non-empty list")),
+    C("predict_review_not_mapping", "predict", _predict_obj({"product": PRED_OK, "reviews": [{"text": "a"}, "b"]}), DataError, (r"'reviews\[1\]'", "expected a mapping", "str")),
+    C("predict_image_files_string", "predict", _predict_obj({"product": PRED_OK, "reviews": [{"text": "a", "image_files": "pin.jpg"}]}), DataError, (r"'reviews\[0\]\.image_files'", "a list of image file paths", "str 'pin.jpg'"), fixed=True, issue=21),
+    C("predict_unknown_field", "predict", _predict_obj({"product": PRED_OK, "reviews": [{"text": "a", "image_file": ["x.jpg"]}]}), DataError, (r"reviews\[0\]", "unknown field", "'image_file'", "image_files"), fixed=True, issue=21),
+    C("predict_undecodable_image", "predict", _predict_obj({"product": PRED_OK, "reviews": [{"text": "a", "image_files": ["img/bad.jpg"]}]}, bad_image=True), DataError, (r"'reviews\[0\]\.image_files'", r"img/bad\.jpg", "cannot be decoded"), fixed=True, issue=21),
+    C("cli_predict_reviews_dict", "predict", lambda ctx: (ctx.root.joinpath("in.json").write_text(json.dumps({"product": PRED_OK, "reviews": {"a": 1}})), _cli("predict", "--run", "{root}", "--input", "{root}/in.json")(ctx))[1], CliFailed, ("mmss predict: error", r"in\.json", "'reviews'", "non-empty list"), fixed=True, issue=21),
+    # ---- issue 21: options and values named in the error
+    C("dev_fraction_1_5", "train", _cli(*TRAIN_ARGS, "--folds", "3", "--dev-fraction", "1.5"), CliFailed, ("mmss train: error", "--dev-fraction 1.5", "strictly between 0 and 1"), fixed=True, issue=21),
+    C("dev_fraction_0", "train", _cli(*TRAIN_ARGS, "--folds", "3", "--dev-fraction", "0"), CliFailed, ("mmss train: error", "--dev-fraction 0.0", "strictly between 0 and 1"), fixed=True, issue=21),
+    C("dev_fraction_nan", "train", _cli(*TRAIN_ARGS, "--folds", "3", "--dev-fraction", "nan"), CliFailed, ("mmss train: error", "--dev-fraction nan", "strictly between 0 and 1"), fixed=True, issue=21),
+    C("dev_fraction_library", "train", _experiment_args(folds=3, dev_fraction=float("nan")), DataError, ("dev_fraction=nan", "--dev-fraction", "strictly between 0 and 1"), fixed=True, issue=21),
+    C("margin_nan", "train", _cli(*TRAIN_ARGS, "--margin", "nan"), CliFailed, ("mmss train: error", r"margin=nan \(--margin\)", "finite number"), fixed=True, issue=21),
+    C("lr_negative", "train", _cli(*TRAIN_ARGS, "--lr", "-1"), CliFailed, ("mmss train: error", r"lr=-1\.0 \(--lr\)", "> 0")),
+    C("num_threads_minus_2", "train", _cli(*TRAIN_ARGS, "--num-threads", "-2"), CliFailed, ("mmss train: error", "--num-threads -2", ">= 1"), fixed=True, issue=21),
+    C("option_not_json", "train", _model_option({"d": "notjson"}), DataError, ("--option d='notjson'", "'d'", "expects an integer", "d=128"), fixed=True, issue=21),
+    C("option_unknown", "train", _model_option({"dd": 3}), DataError, ("--option dd=3", "no model option 'dd'", "its options: .*head_hidden")),
+    C("option_no_key", "train", _cli(*TRAIN_ARGS, "--option", "=3"), CliFailed, ("mmss train: error", "--option '=3'", "non-empty key")),
+    C("reproduce_out_is_file", "reproduce", _out_is_file, CliFailed, ("mmss reproduce: error", "--out", "afile is a file, not a folder"), fixed=True, issue=21),
+    C("profile_epochs_three", "reproduce", _profile("02_train:\n  epochs: three\n"), PipelineError, (r"bad\.yaml", "02_train", "'epochs'", "expected an integer", "got a string 'three'"), fixed=True, issue=21),
+    C("profile_systems_string", "reproduce", _profile("02_train:\n  systems: mmss\n"), PipelineError, (r"bad\.yaml", "'systems'", "expected a list", "got a string 'mmss'"), fixed=True, issue=21),
+    C("profile_seeds_twice", "reproduce", _profile("02_train:\n  seeds: [0, 0]\n"), PipelineError, ("'seeds'", "given twice")),
+    C("profile_epochs_0", "reproduce", _profile("02_train:\n  epochs: 0\n"), PipelineError, ("'epochs'", ">= 1", "got an integer 0")),
+    C("profile_unknown_system", "reproduce", _profile("02_train:\n  systems: [mmss, mmss_plus]\n"), PipelineError, ("'systems'", "system names of", "mmss_plus")),
+    C("profile_train_options_margin_nan", "reproduce", _profile("02_train:\n  train_options: {margin: .nan}\n"), PipelineError, ("'train_options'", r"margin=nan")),
+    C("make_demo_0_products", "builder", _cli("make-demo", "--out", "{root}/demo", "--products-per-category", "0"), CliFailed, ("mmss make-demo: error", "--products-per-category 0", ">= 5"), fixed=True, issue=21),
 ]
 
 
@@ -742,8 +1123,8 @@ def test_corpus_summary():
     counts: dict[str, int] = {}
     for c in CASES:
         outcome = "documented policy" if c.error is None else "clear error"
-        print(f"{c.command:9s} {c.name:30s} {outcome}{' (fixed in issue 13)' if c.fixed else ''}")
-        key = "fixed in this issue" if c.fixed else outcome
+        print(f"{c.command:9s} {c.name:34s} {outcome}{f' (fixed in issue {c.issue})' if c.fixed else ''}")
+        key = f"{outcome}, fixed in issue {c.issue}" if c.fixed else outcome
         counts[key] = counts.get(key, 0) + 1
     print(f"{len(CASES)} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 

@@ -6,7 +6,10 @@
 ``feature_dirs(features_root, dataset, category)``. Items are processed in file order, split
 into shards of ``shard_size`` items; a shard already on disk (from an interrupted run) is
 skipped, and a store that is complete with the same settings is not touched at all. Models
-are loaded only when there is something to compute.
+are loaded only when there is something to compute. Each store records the content fingerprint
+of the texts / image files it was built from (:mod:`mmss_lib.features.fingerprint`); a rerun on
+changed inputs refuses, naming ``--overwrite`` (which rebuilds the store), instead of keeping
+stale features.
 
 CLI: ``mmss extract --data-root R --dataset D --categories C [C ...] --features F
 --text-model M [--detector-weights W | --allow-random-weights] ...``.
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mmss_lib.errors import DataError
+from mmss_lib.features.fingerprint import content_fingerprint
 from mmss_lib.features.store import (
     DEFAULT_SHARD_SIZE, FeatureStore, FeatureStoreWriter, feature_dirs, store_size_bytes,
 )
@@ -133,7 +137,16 @@ def extract_category(data_root, dataset: str, category: str, features_root, *, t
                                              "mobilenet_v2" if region_opts.get("region_boxes") == "grid" else "c5"))
         path = dirs[name]
         entry = {"path": str(path), "items": len(ids), "shards_written": 0, "shards_skipped": 0}
-        if not overwrite and FeatureStoreWriter.is_finished(path, kind=kind, dim=dim, shard_size=shard_size, plan=plan):
+        fingerprint = content_fingerprint(kind, frame, id_col)      # the texts / image files it is built from
+        legacy = not overwrite and _legacy_store(path, kind, dim, shard_size, plan)
+        plan = {**plan, "content": fingerprint}
+        if not overwrite:
+            _refuse_changed_content(path, kind, dim, shard_size, plan, f"{dataset}/{category}")
+        if legacy:
+            print(f"{path}: complete store from before content fingerprints: kept as is, unchecked "
+                  "(rerun with --overwrite to rebuild it and record one)", file=sys.stderr)
+            entry["shards_skipped"] = len(FeatureStore(path).manifest["shards"])
+        elif not overwrite and FeatureStoreWriter.is_finished(path, kind=kind, dim=dim, shard_size=shard_size, plan=plan):
             entry["shards_skipped"] = len(FeatureStore(path).manifest["shards"])
         else:
             writer = None
@@ -142,7 +155,8 @@ def extract_category(data_root, dataset: str, category: str, features_root, *, t
             policy = TextReport() if kind == "text" else RegionReport()
             for k, rows in enumerate(chunks):
                 if writer is None:
-                    manifest = {"dataset": dataset, "category": category, "store": name}
+                    manifest = {"dataset": dataset, "category": category, "store": name,
+                                "content_fingerprint": fingerprint}
                     if kind == "text":
                         if encoder is None:
                             from mmss_lib.features.text import TextEncoder
@@ -193,6 +207,37 @@ def extract_category(data_root, dataset: str, category: str, features_root, *, t
     atomic_write_json(Path(features_root) / dataset / category / "extract_report.json", report)
     report["_models"] = {"encoder": encoder, "extractor": extractor}
     return report
+
+
+def _old_plan(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads((Path(path) / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _legacy_store(path: Path, kind: str, dim: int, shard_size: int, plan: dict) -> bool:
+    """A complete store extracted with these settings before content fingerprints existed."""
+    old = _old_plan(path)
+    return (old is not None and "content" not in old and FeatureStoreWriter.is_finished(
+        path, kind=kind, dim=dim, shard_size=shard_size, plan=plan))
+
+
+def _refuse_changed_content(path: Path, kind: str, dim: int, shard_size: int, plan: dict, where: str) -> None:
+    """A store (complete or interrupted) made with these settings from other texts / image files:
+    refused, naming --overwrite (its old features would otherwise be kept and used)."""
+    old = _old_plan(path)
+    if old is None or "content" not in old:
+        return
+    new = FeatureStoreWriter.make_plan(kind=kind, dim=dim, shard_size=shard_size, plan=plan)
+    if old.get("content") != new.get("content") and all(old.get(k) == new.get(k) for k in set(old) | set(new)
+                                                         if k not in ("content", "ids", "n_items")):
+        what = "texts" if kind == "text" else "image files"
+        raise DataError(f"{path}: the {what} of {where} changed since this store was extracted (content "
+                        f"fingerprint {old.get('content')}, now {new.get('content')}); its features are stale: "
+                        "rerun `mmss extract` with --overwrite to rebuild the store")
 
 
 def region_options(region_boxes: str, region_backbone: str | None) -> dict:

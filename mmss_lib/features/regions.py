@@ -5,7 +5,9 @@ are not redistributable as code here, so this module rebuilds the same *kind* of
 torchvision's ``fasterrcnn_resnet50_fpn`` (COCO), and :mod:`mmss_lib.features.importers` reads the
 original bottom-up features where a user has them.
 
-Per image (one batched forward for ``image_batch_size`` images):
+Per image (one forward per image, images loaded in chunks of ``image_batch_size``; an image's
+features never depend on the other images of its chunk: a batched forward pads every image to
+the largest one and rounds differently, which moved boxes and features):
 
 1. ``model.transform`` (RGB in [0, 1], ImageNet normalisation, resize to ``min_size``/``max_size``);
 2. ``model.backbone.body`` -> C2..C5; C5 = ResNet layer4, 2048 channels, stride 32;
@@ -338,9 +340,25 @@ class RegionExtractor:
 
         if not len(images):
             return []
+        from torchvision.models.detection.image_list import ImageList
+
+        m = self.model
+        out: list = [None] * len(images)
+        with torch.inference_mode():
+            # one forward per image (transform, backbone, RPN, box head): an image's features never
+            # depend on the other images of its chunk (a batched forward pads to the largest image and
+            # its convolutions round differently, which moved boxes and features)
+            for i, im in enumerate(images):
+                single = m.transform([im.to(self.device)])[0]
+                out[i] = self._forward(ImageList(single.tensors, single.image_sizes), batched_nms)[0]
+        return out
+
+    def _forward(self, imgs, batched_nms) -> list[dict[str, np.ndarray]]:
+        """Steps 2-6 on transformed images of one padded size (an ``ImageList``)."""
+        import torch
+
         m = self.model
         with torch.inference_mode():
-            imgs, _ = m.transform([im.to(self.device) for im in images])
             body = m.backbone.body(imgs.tensors)                 # C2..C5, keys "0".."3"
             c5 = body["3"]                                       # (B, 2048, H/32, W/32)
             fpn = m.backbone.fpn(body)
@@ -528,8 +546,18 @@ class GridRegionExtractor(RegionExtractor):
 
         if not len(images):
             return []
+        # one forward per image: an image's features never depend on its batch neighbours
+        out = []
+        for im in images:
+            with torch.inference_mode():
+                batch, sizes = self._transform([im])
+            out += self._forward(batch, sizes)
+        return out
+
+    def _forward(self, batch, sizes) -> list[dict[str, np.ndarray]]:
+        import torch
+
         with torch.inference_mode():
-            batch, sizes = self._transform(images)
             fmap = self.pool_net(batch)                                        # (B, dim, H/32, W/32)
             boxes = [grid_boxes(h, w, self.grid).to(self.device) for h, w in sizes]
             feats = box_mean_pool(fmap, boxes, C5_STRIDE).to(torch.float16).cpu().numpy()

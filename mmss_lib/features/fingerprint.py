@@ -1,0 +1,108 @@
+"""Content fingerprints of feature stores: which texts and image files a store was built from.
+
+A store's fingerprint (``content_fingerprint`` in its ``plan.json`` and ``manifest.json``) is a
+digest over its items, sorted by item id, of
+
+- text stores (``text_prd`` / ``text_rvw``): the item id and the item's text (the ``text`` column
+  of :func:`mmss_lib.data.load_mrhp`: product name + description, review text);
+- region stores (``region_prd`` / ``region_rvw``): the item id and, per local image file in
+  order, its file name (not its folder), its size in bytes and a digest of its first 4 KiB.
+
+Labels are not part of it (datasets that differ only in labels share one store), nor are the
+folders the files lie in (a copied dataset keeps its fingerprint). An image edited in place that
+keeps its exact size and its first 4 KiB goes unnoticed (the price of not reading every image
+at every training start).
+
+- ``mmss extract`` rerun on changed inputs (a text edited, an image replaced, added or removed)
+  refuses with a message naming ``--overwrite`` (which rebuilds the store); unchanged inputs skip
+  the store as before.
+- Training (:func:`mmss_lib.train.load_splits`) refuses a store whose fingerprint differs from the
+  data it loads (:class:`~mmss_lib.errors.FeatureStoreError` naming the store, the category and
+  ``mmss extract --overwrite``). A store written before fingerprints existed (no
+  ``content_fingerprint`` in its manifest) is accepted with a warning (once per store and
+  process) saying it cannot be checked; re-extract it with ``--overwrite`` to record one.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+FINGERPRINT_VERSION = "content-v1"
+IMAGE_HEAD_BYTES = 4096
+
+_warned: set = set()
+
+
+def _file_part(path: str) -> str:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = hashlib.blake2b(fh.read(IMAGE_HEAD_BYTES), digest_size=8).hexdigest()
+    except OSError:
+        size, head = -1, "missing"
+    return f"{p.name}\x1f{size}\x1f{head}"
+
+
+def _item_parts(kind: str, frame, id_col: str) -> Iterable[tuple[str, str]]:
+    ids = [str(i) for i in frame[id_col].tolist()]
+    if kind == "text":                  # a missing text (NaN, None) counts as its repr
+        return zip(ids, [t if isinstance(t, str) else repr(t) for t in frame["text"].tolist()])
+    files = frame["image_files"].tolist() if "image_files" in frame.columns else [[]] * len(ids)
+    return ((i, "\x1e".join(_file_part(f) for f in (fs if isinstance(fs, (list, tuple)) else [])))
+            for i, fs in zip(ids, files))
+
+
+def content_fingerprint(kind: str, frame, id_col: str) -> str:
+    """The fingerprint of a store of ``kind`` ("text" | "region") holding the items of ``frame``
+    (products with ``product_id`` or reviews with ``review_id``; duplicate ids count once)."""
+    items = dict(_item_parts(kind, frame, id_col))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{FINGERPRINT_VERSION}\x1d{kind}\x1d".encode())
+    for item_id in sorted(items):
+        h.update(item_id.encode("utf-8", "surrogatepass") + b"\x1d")
+        h.update(items[item_id].encode("utf-8", "surrogatepass") + b"\x1c")
+    return f"{FINGERPRINT_VERSION}:{h.hexdigest()}"
+
+
+def category_frames(frames: Mapping[str, tuple[Any, Any]]):
+    """``{split: (products, reviews)}`` -> (all products, all reviews) as ``extract`` sees them."""
+    import pandas as pd
+
+    products = pd.concat([p for p, _ in frames.values()], ignore_index=True)
+    reviews = pd.concat([r for _, r in frames.values()], ignore_index=True)
+    products = products.assign(product_id=products["product_id"].astype(str))
+    products = products.drop_duplicates("product_id", keep="first").reset_index(drop=True)
+    return products, reviews
+
+
+def check_features_match(stores: Mapping[str, Any], frames: Mapping[str, tuple[Any, Any]], *, where: str) -> None:
+    """Refuse opened ``stores`` (name -> FeatureStore) whose content fingerprint differs from the
+    texts / image files of ``frames`` (``{split: (products, reviews)}`` of the category ``where``);
+    warn (once) about stores without a fingerprint. See the module docstring."""
+    from mmss_lib.errors import FeatureStoreError
+
+    products, reviews = category_frames(frames)
+    for name, store in stores.items():
+        manifest = getattr(store, "manifest", None) or {}
+        kind, side = name.split("_")
+        recorded = manifest.get("content_fingerprint")
+        path = getattr(store, "path", name)
+        if not recorded:
+            key = str(path)
+            if key not in _warned:
+                _warned.add(key)
+                warnings.warn(f"{path}: this feature store records no content fingerprint (extracted before "
+                              "fingerprints existed), so stale features cannot be detected; re-extract with "
+                              "`mmss extract --overwrite` to record one", UserWarning, stacklevel=3)
+            continue
+        frame, id_col = (products, "product_id") if side == "prd" else (reviews, "review_id")
+        now = content_fingerprint(kind, frame, id_col)
+        if now != recorded:
+            what = "texts" if kind == "text" else "image files"
+            raise FeatureStoreError(
+                f"{path}: stale features: the {what} of {where} changed since this store was extracted "
+                f"(content fingerprint {recorded}, the data now {now}); re-extract with "
+                "`mmss extract ... --overwrite` (or point --features at the store of this data)")
