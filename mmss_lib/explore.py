@@ -129,27 +129,30 @@ class SSPRecords:
         self.files = [p for _, p in files]
         self._cache: dict[tuple[int, str], np.ndarray] = {}
         self._index: Optional[dict[str, int]] = None
+        self._ids = None
         self._subtasks: Optional[list[str]] = None
 
     def __bool__(self) -> bool:
         return bool(self.files)
 
-    def _read(self, j: int, key: str) -> np.ndarray:
-        ck = (j, key)
-        if ck not in self._cache:
+    def _read(self, j: int, key: str, *also: str) -> np.ndarray:
+        """``key`` of epoch file ``j``; the keys ``also`` are read in the same opening of the file."""
+        want = [k for k in (key, *also) if (j, k) not in self._cache]
+        if want:
             f = self.files[j]
             try:
                 with np.load(f, allow_pickle=False) as z:    # no pickled objects: a shared run runs no code
-                    if key not in z.files:
-                        raise DataError(f"{f}: key {key!r} missing (keys: {', '.join(sorted(z.files)[:12])} ...); "
-                                        "not an SSP-Label record of this version")
-                    self._cache[ck] = np.asarray(z[key])
+                    for k in want:
+                        if k not in z.files:
+                            raise DataError(f"{f}: key {k!r} missing (keys: {', '.join(sorted(z.files)[:12])} ...); "
+                                            "not an SSP-Label record of this version")
+                        self._cache[(j, k)] = np.asarray(z[k])
             except DataError:
                 raise
             except Exception as exc:  # noqa: BLE001 - corrupt, truncated, pickled: one sentence for the view
                 first = str(exc).splitlines()[0][:160] if str(exc) else ""
                 raise DataError(f"{f}: not a readable SSP-Label record ({type(exc).__name__}: {first})") from None
-        return self._cache[ck]
+        return self._cache[(j, key)]
 
     @property
     def subtasks(self) -> list[str]:
@@ -170,17 +173,32 @@ class SSPRecords:
             self._index = {r: i for i, r in enumerate(ids)}
         return self._index
 
-    def last(self, key: str) -> np.ndarray:
-        """``key`` of the last epoch's record, (N,)."""
-        return self._read(len(self.files) - 1, key)
+    def positions(self, review_ids) -> np.ndarray:
+        """Sample index of each review id, -1 where a review has no record (vectorised)."""
+        import pandas as pd
 
-    def series(self, key: str, i: int) -> np.ndarray:
-        """``key`` of sample ``i`` in every epoch's record, (E,) (each file's key read once)."""
-        return np.array([float(self._read(j, key)[i]) for j in range(len(self.files))])
+        if self._ids is None:
+            self._ids = pd.Index(self._read(len(self.files) - 1, "review_id").astype(str))
+        return self._ids.get_indexer(pd.Index(review_ids, dtype=object).astype(str))
+
+    def last(self, key: str, *also: str) -> np.ndarray:
+        """``key`` of the last epoch's record, (N,) (``also``: keys read in the same opening)."""
+        return self._read(len(self.files) - 1, key, *also)
+
+    def series(self, keys: list[str], i: int) -> dict[str, np.ndarray]:
+        """Each of ``keys`` of sample ``i`` in every epoch's record, (E,) per key (each epoch file
+        opened once for all of them, each key read once per run)."""
+        cols = {k: np.empty(len(self.files)) for k in keys}
+        for j in range(len(self.files)):
+            for k in keys:
+                cols[k][j] = float(self._read(j, k, *keys)[i])
+        return cols
 
     def mean_abs_offset(self) -> np.ndarray:
         """(N,) mean over subtasks of |y_s - y_g| after the last epoch; NaN for unseen reviews."""
-        off = np.mean([np.abs(self.last(f"offset_{s}").astype(float)) for s in self.subtasks], axis=0)
+        keys = [f"offset_{s}" for s in self.subtasks]
+        self.last("seen", *keys)
+        off = np.mean([np.abs(self.last(k).astype(float)) for k in keys], axis=0)
         seen = self.last("seen").astype(bool)
         return np.where(seen, off, np.nan)
 
@@ -414,8 +432,7 @@ class Explorer:
             rec = self.ssp(run)
             if not rec:
                 return None
-            off, idx = rec.mean_abs_offset(), rec.index()
-            pos = np.array([idx.get(r, -1) for r in reviews["review_id"]])
+            off, pos = rec.mean_abs_offset(), rec.positions(reviews["review_id"])
             return np.where(pos >= 0, off[np.maximum(pos, 0)], np.nan)
         sc = self.scores(run, split)
         if sc is None:
@@ -519,8 +536,8 @@ class Explorer:
         if run is not None and split == "train":
             rec = self.ssp(run)
             if rec:
-                idx = rec.index()
-                pos = np.array([idx.get(r, -1) for r in df["review_id"]])
+                pos = rec.positions(df["review_id"])
+                rec.last(*(f"label_{s}" for s in rec.subtasks))
                 for s in rec.subtasks:
                     lab = rec.last(f"label_{s}").astype(float)
                     df[f"y_{s}"] = np.where(pos >= 0, lab[np.maximum(pos, 0)], np.nan)
@@ -585,8 +602,10 @@ class Explorer:
                 if not seen[i]:
                     det.notes.append("SSP-Label never saw this review (a product with a single label gives no "
                                      "training pairs): its pseudo labels stay the human label")
+                traj = rec.series([f"label_{s}" for s in rec.subtasks], i)
+                rec.last("chi_g", *(f"{p}_{s}" for s in rec.subtasks for p in ("offset", "estimate", "chi")))
                 for s in rec.subtasks:
-                    det.trajectory[s] = rec.series(f"label_{s}", i)
+                    det.trajectory[s] = traj[f"label_{s}"]
                     det.offsets[s] = float(rec.last(f"offset_{s}")[i])
                     det.estimates[s] = float(rec.last(f"estimate_{s}")[i])
                     det.chi[s] = float(rec.last(f"chi_{s}")[i])
@@ -624,19 +643,20 @@ def trajectory_png(det: ReviewDetail, *, dpi: int = 90) -> Optional[bytes]:
 
     if not det.trajectory and len(det.heads) <= 1:
         return None
-    fig = Figure(figsize=(5.6, 3.0), layout="constrained")
+    fig = Figure(figsize=(6.4, 3.0))           # fixed margins: a layout engine doubles the drawing time
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    fig.subplots_adjust(left=0.09, right=0.8 if det.trajectory else 0.98, bottom=0.17, top=0.9)
     if det.trajectory:
         x = np.asarray(det.epochs)
         for s, y in det.trajectory.items():
-            ax.plot(x, y, marker="o", ms=3, lw=1.4, label=f"$y_{{{s}}}$")
-        ax.axhline(det.label, color="black", ls="--", lw=1.0, label=f"$y_g$ = {det.label}")
+            ax.plot(x, y, marker="o", ms=3, lw=1.4, label=f"y_{s}")
+        ax.axhline(det.label, color="black", ls="--", lw=1.0, label=f"y_g = {det.label}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("pseudo label")
         ax.set_title(f"review {det.review_id}: pseudo labels per epoch (Eq. 11-12)", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     else:
         names = list(det.heads)
         vals = [det.heads[k] for k in names]

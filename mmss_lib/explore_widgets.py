@@ -200,16 +200,13 @@ class ExplorerApp:
         total = len(prods)
         shown = prods.head(PRODUCT_LIMIT)
 
-        def label(r):
-            extra = []
-            if r["AP"] == r["AP"]:
-                extra.append(f"AP {r['AP']:.2f}")
-            if r["offset"] == r["offset"]:
-                extra.append(f"offset {r['offset']:.2f}")
-            return f"{r['name']} · {r['n_reviews']} rev" + (" · " + " · ".join(extra) if extra else "") \
-                + f" · {r['product_id']}"
+        def label(pid, name, n, ap, off):
+            extra = ([f"AP {ap:.2f}"] if ap == ap else []) + ([f"offset {off:.2f}"] if off == off else [])
+            return f"{name} · {n} rev" + "".join(f" · {e}" for e in extra) + f" · {pid}"
 
-        options = [(label(r), r["product_id"]) for _, r in shown.iterrows()]
+        options = [(label(*row), row[0]) for row in zip(shown["product_id"], shown["name"], shown["n_reviews"],
+                                                         shown["AP"].to_numpy(dtype=float),
+                                                         shown["offset"].to_numpy(dtype=float))]
         self.count.value = (f"{total} product(s)" + (f", the first {PRODUCT_LIMIT} listed: refine the search"
                                                      if total > PRODUCT_LIMIT else "")
                             if total else "<i>no product matches</i>")
@@ -286,6 +283,8 @@ class ExplorerApp:
     # ---------------------------------------------------------------- static snapshot
     def snapshot_html(self) -> str:
         """What the view shows now, as one static HTML block (kept by papermill and by nbconvert)."""
+        if self.dataset.value is None:
+            return "<h3>pseudo-label explorer</h3>" + self.message.value
         head = (f"<h3>{escape(str(self.dataset.value))}/{escape(str(self.category.value))} "
                 f"{escape(str(self.split.value))} · run {escape(self.run.value.label if self.run.value else '-')}"
                 + (f" beside {escape(self.other.value.label)}" if self.other.value is not None else "") + "</h3>")

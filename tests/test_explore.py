@@ -318,3 +318,51 @@ def test_kendall_tau_against_scipy(explorer):
         d = explorer.ranking_difference(t)
         assert d["kendall_tau"] == pytest.approx(kendalltau(a, b).statistic)
         assert d["differ"] == int((a != b).sum()) and d["top_same"] == (int(np.argmin(a)) == int(np.argmin(b)))
+
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_explore.ipynb"
+
+
+def test_notebook_05_committed_clean_and_parameters_seen_by_papermill():
+    import re
+
+    import nbformat
+    import papermill
+
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assigned = re.findall(r"^([A-Za-z_]\w*)\s*=", tagged[0].source, flags=re.M)
+    assert list(papermill.inspect_notebook(str(NOTEBOOK))) == assigned
+    for c in nb.cells:
+        if c.cell_type == "code":
+            assert not c.outputs and c.execution_count is None, "05_explore committed with outputs"
+            assert "def " not in c.source, "notebooks define no functions"
+
+
+@pytest.mark.slow
+def test_notebook_05_headless_leaves_static_snapshots(small, tmp_path):
+    """papermill runs notebook 05 with a product picked by its parameters; the executed notebook
+    keeps static HTML snapshots (the product view beside a second run, a training review's
+    trajectory) and no error output; the runs folder is unchanged."""
+    import nbformat
+    import papermill
+
+    data_root, runs_root = small
+    before = tree_digest(runs_root)
+    from mmss_lib.data import load_mrhp
+    pid = load_mrhp(data_root, "demo", "home", "test")[0]["product_id"].iloc[1]
+    out = tmp_path / "05.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,
+                               cwd=str(NOTEBOOK.parents[1]),
+                               parameters={"runs_root": str(runs_root), "data_root": str(data_root),
+                                           "compare_system": "length", "compare_variant": "full",
+                                           "product_id": pid, "split": "test"})
+    nb = nbformat.read(str(out), as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    html = [o.data["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    first = next(h for h in html if "mmss-review-table" in h)
+    assert f"({pid}," in first and "rank (length seed0)" in first and "differ at" in first
+    assert any("demo/home train" in h and 'class="mmss-trajectory-img"' in h for h in html)   # the farthest review
+    assert tree_digest(runs_root) == before

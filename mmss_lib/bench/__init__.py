@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "train": "mmss_lib.bench.train:bench_train",
     "metrics": "mmss_lib.bench.metrics:bench_metrics",
     "paper-scale": "mmss_lib.bench.paper_scale:bench_paper_scale",
+    "explore": "mmss_lib.bench.explore:bench_explore",
 }
 
 # one-line help per benchmark (names without an entry show their function's first docstring line)
@@ -24,6 +25,7 @@ HELP: dict[str, str] = {
     "train": "training throughput, FLOP/s fraction, pseudo-label bookkeeping, memory",
     "metrics": "ranking_metrics vs a pandas groupby-apply on 1,000,000 reviews",
     "paper-scale": "throughput on a device and the paper profile's disk / extraction / GPU-hour projection",
+    "explore": "explorer switch-product / switch-run times on a 3,500-product demo category (target < 1 s)",
 }
 
 
