@@ -366,3 +366,16 @@ def test_notebook_05_headless_leaves_static_snapshots(small, tmp_path):
     assert f"({pid}," in first and "rank (length seed0)" in first and "differ at" in first
     assert any("demo/home train" in h and 'class="mmss-trajectory-img"' in h for h in html)   # the farthest review
     assert tree_digest(runs_root) == before
+
+
+@pytest.mark.smoke
+def test_bench_explore_tiny_run(tmp_path, capsys):
+    """Smoke: `mmss bench explore` end to end at a tiny size (no times asserted)."""
+    pytest.importorskip("ipywidgets")
+    from mmss_lib.bench import resolve
+
+    assert resolve("explore")(["--products", "20", "--epochs", "3", "--clicks", "3", "--no-images",
+                               "--out", str(tmp_path / "b")], prog="mmss bench explore") == 0
+    out = capsys.readouterr().out
+    assert "[switch] product (train, trajectories)" in out and "[result] slowest" in out
+    assert (tmp_path / "b" / "runs" / "demo" / "clothing" / "mmss" / "seed0" / "ssp" / "epoch003.npz").exists()
