@@ -23,6 +23,13 @@ disconnects itself.
   CPUs, default all) and shut down after the sweep. An already initialised Ray (e.g. in a
   notebook) is used as it is.
 
+Connecting to a cluster at an explicit address: :class:`RayExecutor` first waits up to
+``connect_timeout`` seconds (default 30, ``--ray-timeout``) for the head's port and then fails
+with an error naming the address (Ray alone retries for many minutes). With a token available and
+``RAY_AUTH_MODE`` unset, the driver sets ``RAY_AUTH_MODE=token`` as ``ray start --head`` did
+for the head (Ray's driver does so only for ``auto``); an explicit ``RAY_AUTH_MODE`` is kept. A
+head that answers but refuses the driver gets an error about its token.
+
 Ray is an optional dependency (``pip install 'mmss[ray]'``) imported only by :class:`RayExecutor`.
 On a cluster every node needs the ``mmss`` package and the same paths for data, features and runs
 (a shared file system): a task writes its run folder where the driver will read it.
@@ -297,6 +304,16 @@ class RayExecutor:
                     f"({type(exc).__name__}: {text[:300]}); a head started with token authentication needs "
                     "RAY_AUTH_MODE=token and its token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) "
                     "in the environment of `mmss train` (README: Training sweeps on a Ray cluster)") from None
+            if (isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in text.lower()) and self.address \
+                    and _head_endpoint(self.address) is not None:
+                # the head's port answered (_wait_for_head): the head is up but refused this driver
+                mode = os.environ.get("RAY_AUTH_MODE")
+                raise MMSSError(
+                    f"executor='ray': the Ray head at {self.address!r} answers but refused this driver ({text[:200]}); "
+                    f"the usual cause is token authentication (RAY_AUTH_MODE is {mode or 'unset'} here): give the "
+                    "driver the head's token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, with "
+                    "RAY_AUTH_MODE=token) or run every node and the driver with RAY_AUTH_MODE=disabled; else check "
+                    "that the address is a Ray head (GCS port, default 6379)") from None
             if isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in text.lower():
                 raise MMSSError(f"executor='ray': cannot connect to the Ray cluster at {self.address!r} "
                                 f"({text[:300]}); check the address, or start a head with `ray start --head` "

@@ -875,6 +875,28 @@ def _ray_nothing_listening(ctx: Ctx):
         assert time.monotonic() - t0 < 20, "the connect timeout was not honoured"
 
 
+def _ray_token_like_the_head(preset):
+    """With a token at hand and RAY_AUTH_MODE unset, the driver turns token auth on as `ray start
+    --head` did (a separate process: Ray's configuration is process-wide); a preset mode is kept."""
+    def act(ctx: Ctx):
+        import subprocess
+        import sys
+        pytest.importorskip("ray")
+        tok = ctx.root / "token"
+        tok.write_text("0123456789abcdef0123456789abcdef")
+        ctx.protect()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env["RAY_AUTH_TOKEN_PATH"] = str(tok)
+        if preset:
+            env["RAY_AUTH_MODE"] = preset
+        code = ("import os; from mmss_lib.executors import _token_auth_like_the_head as f; "
+                "f('10.0.0.1:6379'); print('MODE', os.environ.get('RAY_AUTH_MODE'))")
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert f"MODE {preset or 'token'}" in r.stdout, (r.stdout, r.stderr[-2000:])
+        return r
+    return act
+
+
 def _model_option(options):
     def act(ctx: Ctx):
         from mmss_lib.train import TrainConfig, build_model
@@ -1050,6 +1072,8 @@ CASES = [
     C("region_features_batch_neighbours", "extract", _region_batch_neighbours, policy="mmss_lib.features.regions: features never depend on the other images of its chunk", fixed=True, issue=21),
     # ---- issue 21: Ray
     C("ray_nothing_listening", "train", _ray_nothing_listening, MMSSError, ("127.0.0.1:1", "nothing answers", "after 1.5 s", "--ray-timeout"), fixed=True, issue=21),
+    C("ray_token_auth_like_the_head", "train", _ray_token_like_the_head(None), policy="mmss_lib.executors: the driver sets ``RAY_AUTH_MODE=token`` as ``ray start --head`` did", fixed=True, issue=21),
+    C("ray_auth_mode_preset_kept", "train", _ray_token_like_the_head("disabled"), policy="mmss_lib.executors: an explicit ``RAY_AUTH_MODE`` is kept"),
     C("ray_timeout_0", "train", _cli(*TRAIN_ARGS, "--executor", "ray", "--ray-timeout", "0"), CliFailed, ("mmss train: error", "--ray-timeout 0", "> 0")),
     # ---- issue 21: predict's input schema
     C("predict_product_a_list", "predict", _predict_obj({"product": [PRED_OK], "reviews": [{"text": "ok"}]}), DataError, ("input.json", "'product'", "expected a mapping", "list"), fixed=True, issue=21),
