@@ -218,3 +218,75 @@ def pool_folds(results, split: str = "test"):
         row.update(n_folds=int(len(g)), n_products=int(len(pp)), run_dir=str(g["run_dir"].iloc[0]))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _per_system(pooled, column: str) -> dict:
+    """``{(category, system, variant): Series of column by product_id}`` of a pooled frame."""
+    return {k: g.set_index("product_id")[column]
+            for k, g in pooled.groupby(["category", "system", "variant"], sort=False)}
+
+
+def paired_differences(pooled, comparisons, *, metric: str = "MAP", n_boot: int = 2000, level: float = 0.95,
+                       seed: int = 0):
+    """Named paired differences between systems on the same test products.
+
+    ``pooled``: :func:`pooled_per_product`'s frame (per-product values averaged over seeds);
+    ``comparisons``: ``[(name, (system_a, variant_a), (system_b, variant_b)), ...]``. Per category
+    and comparison (skipped where a side has no runs): ``diff`` = mean over products of a - b (x100),
+    ``lo``/``hi`` its paired percentile bootstrap interval (:func:`mmss_lib.metrics.bootstrap_difference`),
+    ``half_width`` = (hi - lo)/2, ``p`` the paired t-test (:func:`mmss_lib.metrics.paired_test`),
+    ``n_products``. Columns: ``category, comparison, a_system, a_variant, b_system, b_variant, diff,
+    lo, hi, half_width, p, n_products``."""
+    import pandas as pd
+
+    from mmss_lib.metrics import bootstrap_difference, paired_test
+
+    col = PER_PRODUCT_COLUMN[metric]
+    by = _per_system(pooled, col)
+    rows = []
+    for cat in dict.fromkeys(pooled["category"]):
+        for name, a, b in comparisons:
+            ka, kb = (cat, *a), (cat, *b)
+            if ka not in by or kb not in by:
+                continue
+            d, lo, hi = bootstrap_difference(by[ka], by[kb], n_boot=n_boot, level=level, seed=seed)
+            rows.append({"category": cat, "comparison": name, "a_system": a[0], "a_variant": a[1],
+                         "b_system": b[0], "b_variant": b[1], "diff": SCALE * d, "lo": SCALE * lo, "hi": SCALE * hi,
+                         "half_width": SCALE * (hi - lo) / 2, "p": paired_test(by[ka], by[kb])["t_p"],
+                         "n_products": int(len(by[ka]))})
+    return pd.DataFrame(rows)
+
+
+def headroom_shares(pooled, *, low=("ceiling_text", "full"), high=("ceiling_all", "full"), metric: str = "MAP",
+                    n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+    """Each system's share of the headroom the images leave: (system - low) / (high - low) of the
+    mean ``metric`` over products (defaults: the text-cue and all-cue ceilings of generated
+    data), with a percentile bootstrap interval (products resampled, the same draws for the three
+    means). 0: no better than a perfect use of the text cues; 1: as good as a perfect use of all
+    cues. Columns: ``category, system, variant, share, lo, hi, headroom`` (high - low, x100)."""
+    import numpy as np
+    import pandas as pd
+
+    col = PER_PRODUCT_COLUMN[metric]
+    by = _per_system(pooled, col)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cat in dict.fromkeys(pooled["category"]):
+        if (cat, *low) not in by or (cat, *high) not in by:
+            continue
+        lo_v = by[(cat, *low)]
+        products = lo_v.index
+        hi_v = by[(cat, *high)].reindex(products).to_numpy()
+        lo_v = lo_v.to_numpy()
+        idx = rng.integers(0, len(products), size=(n_boot, len(products)))
+        gap_b = hi_v[idx].mean(1) - lo_v[idx].mean(1)
+        for (c, system, variant), v in by.items():
+            if c != cat or (system, variant) in (low, high):
+                continue
+            x = v.reindex(products).to_numpy()
+            share = (x.mean() - lo_v.mean()) / (hi_v.mean() - lo_v.mean())
+            boots = (x[idx].mean(1) - lo_v[idx].mean(1)) / gap_b
+            q_lo, q_hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+            rows.append({"category": cat, "system": system, "variant": variant, "share": float(share),
+                         "lo": float(q_lo), "hi": float(q_hi), "headroom": SCALE * float(hi_v.mean() - lo_v.mean())})
+    return pd.DataFrame(rows)
