@@ -100,6 +100,9 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     for category in categories:                 # ceilings need planted cues: refuse before any run starts
         for system, _, _ in specs:
             check_ceiling_data(system, data_root, dataset, category)
+    if tag and any(not is_floor(system) for system, _, _ in specs):
+        for category in categories:             # cross-validation reads the stores outside load_splits
+            _check_fold_features(data_root, dataset, category, features_root, base)
     ex = make_executor(executor, n_jobs=n_jobs, ray_address=ray_address,
                        **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}))
     jobs, metrics, fold_of, failures, tracebacks = [], [], [], {}, {}
@@ -146,6 +149,20 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
         exc.tracebacks = tracebacks
         raise exc
     return results
+
+
+def _check_fold_features(data_root, dataset: str, category: str, features_root, base: TrainConfig) -> None:
+    """Stale features under cross-validation (whose splits are not made by ``load_splits``): the
+    stores' content fingerprints against the pooled released splits
+    (:mod:`mmss_lib.features.fingerprint`)."""
+    from mmss_lib.data import SPLITS, load_mrhp
+    from mmss_lib.features.fingerprint import check_features_match
+    from mmss_lib.loader import REGION_KINDS, STORE_KINDS, open_stores
+
+    stores = open_stores(features_root, dataset, category,
+                         kinds=REGION_KINDS if base.text_mode != "cached" else STORE_KINDS)
+    check_features_match(stores, {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS},
+                         where=f"{dataset}/{category}")
 
 
 def _refuse_duplicates(categories, specs, seeds) -> None:

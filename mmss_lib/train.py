@@ -147,8 +147,8 @@ class TrainConfig:
                 raise DataError(f"TrainConfig.{name}={value!r} (--{name.replace('_', '-')}): expected {what}"
                                 + (" or None" if optional else ""))
 
-        number("lr", self.lr, low=0, strict=True)
-        number("lr_text", self.lr_text, low=0, strict=True)
+        number("lr", self.lr, low=0)                # 0: a frozen model (tests, sanity checks)
+        number("lr_text", self.lr_text, low=0)
         number("weight_decay", self.weight_decay, low=0)
         number("margin", self.margin, low=0)
         number("grad_clip", self.grad_clip, low=0, strict=True, optional=True)
