@@ -86,6 +86,7 @@ class MMSSConfig:
     use_module_d: bool = True           # False: "w/o module (d)": no subtask heads, no SSP-Label
     region_self_attention: bool = True  # Self-ATT over [Vp; Vr] in module (a)
     source_embeddings: bool = True      # learned vector per field (pt, rt, pv, rv) added after (a)
+    source_init_std: float = 0.02       # init std of the source vectors (the features they join are LayerNorm'd: std 1)
     head_hidden: int = 64               # hidden width of the subtask MLPs (Eq. 9) and of the w/o-(b) MLP
     text_encoder: Optional[str] = None  # HF model name or local folder: fine-tune it end to end (Eq. 2)
 
@@ -252,7 +253,7 @@ class MMSS(nn.Module):
         self.region_att = _self_att_layer(cfg) if cfg.region_self_attention else None
         self.source = nn.Parameter(torch.zeros(4, cfg.d)) if cfg.source_embeddings else None  # pt, rt, pv, rv
         if self.source is not None:
-            nn.init.normal_(self.source, std=0.02)
+            nn.init.normal_(self.source, std=cfg.source_init_std)
 
         if cfg.use_module_b:
             # (b) five interactions, (c) global scoring, (d) subtask heads
