@@ -68,7 +68,9 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
     :class:`~mmss_lib.errors.RunInUseError` naming the folder and the holder's PID (written into
     the lock file). The kernel drops the lock when its holder exits, however it dies, so a stale
     lock file from a killed process never blocks. Re-entrant within one process (nested calls on
-    the same folder). Where ``fcntl`` is missing (Windows) no lock is taken."""
+    the same folder). No lock is taken where ``fcntl`` is missing (Windows), in a folder that cannot
+    hold the lock file (read-only: finished runs are only read there), or on a file system without
+    locks (with a warning)."""
     run_dir = Path(run_dir)
     key = str(run_dir.resolve())
     if key in _HELD_LOCKS:
@@ -83,8 +85,13 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:                        # a read-only folder (finished runs are read there): no lock
+        yield path
+        return
+    try:
+        locked = True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -95,6 +102,14 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
             raise RunInUseError(f"{run_dir}: this {what} is in use by another process (PID {holder}) that "
                                 "trains or writes it now; wait until it has finished (a finished run is then "
                                 "skipped) or give another runs folder") from None
+        except OSError as exc:             # a file system without locks (ENOLCK): go on unlocked, say so
+            import warnings
+            warnings.warn(f"{run_dir}: cannot lock the run folder ({exc}); two processes on it would not be "
+                          "kept apart", RuntimeWarning, stacklevel=3)
+            locked = False
+        if not locked:
+            yield path
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _HELD_LOCKS.add(key)
