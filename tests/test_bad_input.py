@@ -502,10 +502,15 @@ def tiny_category(tmp_path_factory):
                 items["region_rvw"][rid] = {"x": rng.random((1, TINY_DR)), "boxes": np.array([[0, 0, 1, 1]]),
                                             "image": np.zeros(1, np.int32)}
         write_mrhp(root / "data", DS, "tiny", split, pd.DataFrame(prods), pd.DataFrame(revs))
+    from mmss_lib.data import load_mrhp
+    from mmss_lib.features.fingerprint import category_frames, content_fingerprint
+    pooled = category_frames({s: load_mrhp(root / "data", DS, "tiny", s) for s in ("train", "dev", "test")})
     for kind, its in items.items():
+        frame, col = (pooled[0], "product_id") if kind.endswith("prd") else (pooled[1], "review_id")
         write_store(root / "features" / DS / "tiny" / kind, its, kind=kind.split("_")[0],
                     dim=TINY_DR if "region" in kind else TINY_DT,
-                    manifest={"dataset": DS, "category": "tiny", "store": kind})
+                    manifest={"dataset": DS, "category": "tiny", "store": kind,
+                              "content_fingerprint": content_fingerprint(kind.split("_")[0], frame, col)})
     return root
 
 
