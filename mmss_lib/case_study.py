@@ -27,21 +27,19 @@ def score_with_checkpoint(run_dir: str | os.PathLike, split, indices) -> dict[st
     """
     import torch
 
-    from mmss_lib.errors import CheckpointError
     from mmss_lib.predict import load_checkpoint
-    from mmss_lib.train import TrainConfig, build_model
+    from mmss_lib.train import TrainConfig, build_model, collate_for
 
     ck, path = load_checkpoint(Path(run_dir) / "best.pt")     # weights-only: a shared run folder runs no code
-    cfg = TrainConfig.from_json(ck["config"])
-    if cfg.fine_tune_text:
-        raise CheckpointError(f"{path}: fine-tuned text encoders are not supported by the case study")
-    model = build_model(cfg, int(ck["text_dim"]), int(ck["region_dim"]))
+    cfg = TrainConfig.from_json({**ck["config"], "device": "cpu"})
+    model = build_model(cfg, int(ck["text_dim"]), int(ck["region_dim"]))   # frozen / finetune: with its encoder
     model.load_state_dict(ck["model"])
     model.eval()
     idx = np.asarray(indices, dtype=np.int64)
     out: dict[str, list] = {}
+    collate = collate_for(split, cfg, getattr(model, "tokenizer", None))
     with torch.no_grad():
-        for _, batch in split.iter_batches(idx, 64):
+        for _, batch in split.iter_batches(idx, 64, collate=collate):
             mo = model(batch)
             out.setdefault("score", []).append(mo.score.float().numpy())
             for s, v in mo.sub_scores.items():
@@ -74,7 +72,7 @@ class CaseStudy:
         """Scores of ``review_ids`` of ``split`` by a run's best checkpoint: ``{"score": (n,),
         "score_{s}": (n,)}``; None (with a note) when the run has no trained model."""
         from mmss_lib.experiments import load_run_config
-        from mmss_lib.loader import MRHPSplitData, ReadCaps, open_stores
+        from mmss_lib.loader import REGION_KINDS, STORE_KINDS, MRHPSplitData, ReadCaps, open_stores
 
         run_dir = Path(run_dir)
         cfg = load_run_config(run_dir)
@@ -83,8 +81,11 @@ class CaseStudy:
             return None
         rv = self._reviews(split, review_ids)
         caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
-        sub = MRHPSplitData(rv, self.products[split], open_stores(self.features_root, self.dataset, self.category),
-                            caps=caps, name=f"{self.dataset}/{self.category}/{split} (case study)", check=False)
+        on_the_fly = cfg.text_mode != "cached"          # the run encodes texts itself: region stores only
+        stores = open_stores(self.features_root, self.dataset, self.category,
+                             kinds=REGION_KINDS if on_the_fly else STORE_KINDS)
+        sub = MRHPSplitData(rv, self.products[split], stores, caps=caps, keep_texts=on_the_fly,
+                            name=f"{self.dataset}/{self.category}/{split} (case study)", check=False)
         return score_with_checkpoint(run_dir, sub, np.arange(len(rv)))
 
     def show(self, split: str, review_id: str, values: Mapping[str, Optional[float]], kind: str) -> dict:

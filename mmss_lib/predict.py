@@ -126,6 +126,25 @@ def _check_inputs(product: dict, reviews: Sequence[dict]) -> None:
             raise DataError(f"predict: product image file {f} does not exist")
 
 
+def _text_features(ck, path, tman, product, reviews, text_model, encoder, device) -> list:
+    """Token features of the product text and the review texts (cached text mode) with the
+    encoder the run's text stores were extracted with (checked by its weights fingerprint)."""
+    if encoder is None:
+        from mmss_lib.features.text import TextEncoder
+        name = text_model or tman.get("encoder")
+        if not name:
+            raise ModelNotAvailableError(f"{path}: the run records no text encoder; pass text_model")
+        encoder = TextEncoder(name, max_len=int(tman.get("max_len", 512)), device=device)
+    if tman.get("weights_fingerprint") and encoder.fingerprint() != tman["weights_fingerprint"]:
+        raise ModelNotAvailableError(
+            f"text model {encoder.name!r} is not the encoder the run's features were extracted with "
+            f"({tman.get('encoder')!r}, fingerprint {tman['weights_fingerprint']}); pass that model")
+    if encoder.dim != int(ck["text_dim"]):
+        raise ModelNotAvailableError(f"text model {encoder.name!r} gives {encoder.dim}-d features, the run "
+                                     f"was trained on {ck['text_dim']}-d ones")
+    return encoder.encode([str(product["text"])] + [str(r["text"]) for r in reviews])
+
+
 def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, text_model: str | None = None,
             detector_weights=None, allow_random_weights: bool = False, device: str = "cpu",
             encoder=None, extractor=None):
@@ -143,7 +162,7 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
 
     from mmss_lib.features.store import write_store
     from mmss_lib.loader import MRHPSplitData, ReadCaps
-    from mmss_lib.train import TrainConfig, build_model
+    from mmss_lib.train import TrainConfig, build_model, collate_for
 
     _check_inputs(product, reviews)
     _check_images(product, reviews)
@@ -151,32 +170,23 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
     cfg = TrainConfig.from_json(ck["config"])
     feats = ck.get("features") or {}
     tman, rman = feats.get("text_rvw", {}), feats.get("region_rvw", {})
-
-    # ---- text features with the recorded encoder settings
-    if encoder is None:
-        from mmss_lib.features.text import TextEncoder
-        name = text_model or tman.get("encoder")
-        if not name:
-            raise ModelNotAvailableError(f"{path}: the run records no text encoder; pass text_model")
-        encoder = TextEncoder(name, max_len=int(tman.get("max_len", 512)), device=device)
-    if tman.get("weights_fingerprint") and encoder.fingerprint() != tman["weights_fingerprint"]:
-        raise ModelNotAvailableError(
-            f"text model {encoder.name!r} is not the encoder the run's features were extracted with "
-            f"({tman.get('encoder')!r}, fingerprint {tman['weights_fingerprint']}); pass that model")
-    if encoder.dim != int(ck["text_dim"]) and not cfg.fine_tune_text:
-        raise ModelNotAvailableError(f"text model {encoder.name!r} gives {encoder.dim}-d features, the run "
-                                     f"was trained on {ck['text_dim']}-d ones")
+    on_the_fly = cfg.text_mode != "cached"     # frozen / finetune: the model encodes the raw texts itself
     rids = [str(check_item_id(r.get("review_id", f"r{i}"), file="predict input", row=i, field="review_id"))
             for i, r in enumerate(reviews)]
-    texts = [str(product["text"])] + [str(r["text"]) for r in reviews]
-    tx = encoder.encode(texts)
+    tx = None if on_the_fly else _text_features(ck, path, tman, product, reviews, text_model, encoder, device)
 
     # ---- region features with the recorded detector settings
     image_lists = [list(product.get("image_files") or [])] + [list(r.get("image_files") or []) for r in reviews]
     if any(image_lists):
+        sel = rman.get("selection", {})
+        if extractor is None and sel.get("box") == "grid":       # grid boxes + a pretrained pooled backbone
+            from mmss_lib.features.regions import make_region_extractor
+            extractor = make_region_extractor(None, region_boxes="grid", device=device, min_size=rman.get("min_size"),
+                                              max_size=rman.get("max_size"), grid=tuple(sel.get("levels", (1, 2, 3))),
+                                              region_backbone=(rman.get("region_backbone") or {}).get("name",
+                                                                                                      "mobilenet_v2"))
         if extractor is None:
             from mmss_lib.features.regions import RegionExtractor
-            sel = rman.get("selection", {})
             opts = {k: sel[k] for k in ("conf_thresh", "min_boxes", "max_boxes", "nms_thresh", "candidate_thresh",
                                         "rpn_post_nms_top_n") if k in sel}
             extractor = RegionExtractor(detector_weights, allow_random_weights=allow_random_weights, device=device,
@@ -194,10 +204,11 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
     with tempfile.TemporaryDirectory(prefix="mmss-predict-") as tmp:
         tmp = Path(tmp)
         pid = "product"
-        stores = {
+        stores = {} if on_the_fly else {
             "text_prd": write_store(tmp / "text_prd", [(pid, {"x": tx[0]})], kind="text", dim=int(tx[0].shape[-1])),
             "text_rvw": write_store(tmp / "text_rvw", [(r, {"x": x}) for r, x in zip(rids, tx[1:])], kind="text",
-                                    dim=int(tx[0].shape[-1])),
+                                    dim=int(tx[0].shape[-1]))}
+        stores |= {
             "region_prd": write_store(tmp / "region_prd", [(pid, rx[0])], kind="region", dim=int(ck["region_dim"])),
             "region_rvw": write_store(tmp / "region_rvw", list(zip(rids, rx[1:])), kind="region",
                                       dim=int(ck["region_dim"])),
@@ -206,19 +217,13 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
                               "text": [str(r["text"]) for r in reviews]})
         products = pd.DataFrame({"product_id": [pid], "text": [str(product["text"])]})
         caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
-        split = MRHPSplitData(frame, products, stores, caps=caps, keep_texts=cfg.fine_tune_text, name="predict")
+        split = MRHPSplitData(frame, products, stores, caps=caps, keep_texts=on_the_fly, name="predict")
         run_cfg = TrainConfig.from_json({**ck["config"], "device": device})
-        model = build_model(run_cfg, int(ck["text_dim"]), int(ck["region_dim"]))
+        model = build_model(run_cfg, int(ck["text_dim"]), int(ck["region_dim"]))   # on the fly: with its encoder
         model.load_state_dict(ck["model"])
         model.eval()
-        tokenizer = None
-        if cfg.fine_tune_text:
-            from transformers import AutoTokenizer
-            tokenizer = AutoTokenizer.from_pretrained(cfg.text_model)
         with torch.no_grad():
-            idx = np.arange(split.n)
-            batch = split.collate_tokens(idx, tokenizer) if tokenizer else split.collate(idx)
-            out = model(batch)
+            out = model(collate_for(split, run_cfg, getattr(model, "tokenizer", None))(np.arange(split.n)))
     df = pd.DataFrame({"review_id": rids, "score": out.score.float().numpy()})
     for s, v in out.sub_scores.items():
         df[f"score_{s}"] = v.float().numpy()

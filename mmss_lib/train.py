@@ -385,7 +385,11 @@ def _autocast(device, cfg: TrainConfig):
     return contextlib.nullcontext()
 
 
-def _collate_fn(split, cfg: TrainConfig, tokenizer):
+def collate_for(split, cfg: TrainConfig, tokenizer):
+    """The batch builder of a run's text mode: cached token features from the text stores
+    (``split.collate``), or, for ``frozen`` / ``finetune``, token ids of the raw texts for the
+    model's own encoder (``split.collate_tokens`` with ``tokenizer``, the wrapper's). The one
+    place that decides it: training, evaluation, ``mmss predict`` and the case study call it."""
     if cfg.text_mode != "cached":
         max_len = min(cfg.max_text_len or 512, int(getattr(tokenizer, "model_max_length", 512) or 512))
         return lambda idx: split.collate_tokens(idx, tokenizer, max_len=max_len)
@@ -480,7 +484,7 @@ def evaluate(model, split, cfg: TrainConfig, device, threshold: float, tokenizer
         tokenizer = getattr(model, "tokenizer", None)      # on-the-fly text: the wrapper's tokenizer
     scores = np.zeros(split.n, dtype=np.float64)
     subs: dict[str, np.ndarray] = {}
-    collate = _collate_fn(split, cfg, tokenizer)
+    collate = collate_for(split, cfg, tokenizer)
     with torch.no_grad(), _autocast(device, cfg):
         for idx, batch in split.iter_batches(None, cfg.eval_batch_size, collate=collate):
             out = model(batch.to(device))
@@ -610,7 +614,7 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
                 "ssp": ssp.state_dict() if ssp is not None else None, "state": dict(state),
                 "rng": _rng_state()}
 
-    collate = _collate_fn(train, cfg, tokenizer)
+    collate = collate_for(train, cfg, tokenizer)
     bar_cls = None
     if progress:
         from tqdm.auto import tqdm as bar_cls  # noqa: N813

@@ -311,6 +311,15 @@ def test_smoke_profile_end_to_end(tmp_path):
     assert (t3[[f"{s}_{k}" for s in ("train", "dev", "test") for k in ("products", "reviews")]] > 0).all().all()
     assert (tables / "table3_stats_demo.md").read_text().startswith("| Dataset | Cate |")
 
+    # Ceilings beside the floors in the comparison table (generated data), and what each run
+    # learns: the cue sensitivity of every run next to the label's own.
+    comparison = (tables / "table_comparison_demo.md").read_text()
+    for row in ("Ceiling (text cues)", "Ceiling (all cues)", "Random", "Length"):
+        assert row in comparison
+    cues = pd.read_csv(tables / "cue_sensitivity_demo.csv")
+    assert {"label itself", "ceiling_text", "ceiling_all", "length", "mcr", "mmss"} <= set(cues["system"])
+    assert cues.loc[cues["system"] == "length", "detail"].iloc[0] > 0       # longer texts: more detail sentences
+
     # Table 4: the three variants of the profile, metrics in points, full model's deltas 0.
     t4 = pd.read_csv(tables / "table4_ablation_demo.csv", index_col=0)
     assert list(t4.index) == ["MM-SS (Ours)", "-w/o module(b)", "-w/o module(d)"]

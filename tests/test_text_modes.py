@@ -225,3 +225,49 @@ def test_cli_text_mode_frozen(demo_root, tiny_bert_dir, tmp_path, capsys):
     assert rc == 0
     cfg = json.loads((tmp_path / "demo" / "home" / "egcnn" / "seed0" / "config.json").read_text())["config"]
     assert cfg["text_mode"] == "frozen" and cfg["text_model"] == str(tiny_bert_dir)
+
+
+@pytest.mark.parametrize("mode", ["cached", "frozen", "finetune"])
+def test_predict_and_case_study_on_runs_of_every_text_mode(mode, demo_root, tiny_bert_dir, tmp_path):
+    """`mmss predict` and the case study score a run of any text mode like the trainer did: the
+    test split's scores of the run come back (frozen/finetune: the run's own encoder reads the raw
+    texts; cached: the text stores' encoder, here the same tiny BERT)."""
+    import pandas as pd
+
+    from mmss_lib.case_study import CaseStudy
+    from mmss_lib.data import load_mrhp
+    from mmss_lib.features.text import TextEncoder
+    from mmss_lib.predict import predict
+    from mmss_lib.train import train_run
+
+    import shutil
+
+    from mmss_lib.features.extract import load_category_items
+
+    # region stores without regions (predict is given no images), text stores for the cached mode
+    feats = tmp_path / "feats"
+    dirs, src = feature_dirs(feats, "demo", "home"), feature_dirs(demo_root / "cached", "demo", "home")
+    all_products, all_reviews = load_category_items(demo_root / "data", "demo", "home")
+    none = {"x": np.zeros((0, DR)), "boxes": np.zeros((0, 4)), "image": np.zeros(0, np.int32)}
+    write_store(dirs["region_prd"], {p: none for p in all_products["product_id"]}, kind="region", dim=DR)
+    write_store(dirs["region_rvw"], {r: none for r in all_reviews["review_id"]}, kind="region", dim=DR)
+    if mode == "cached":
+        for kind in ("text_prd", "text_rvw"):
+            shutil.copytree(src[kind], dirs[kind])
+    run = tmp_path / "run"
+    train_run(_cfg(tiny_bert_dir, mode, epochs=1), data_root=demo_root / "data", dataset="demo", category="home",
+              features_root=feats, run_dir=run, progress=False)
+    ref = pd.read_csv(run / "scores_test.csv", dtype={"review_id": str, "product_id": str}).set_index("review_id")
+    products, reviews = load_mrhp(demo_root / "data", "demo", "home", "test")
+    pid = reviews["product_id"].value_counts().index[0]                  # the test product with most reviews
+    prod = products[products["product_id"] == pid].iloc[0]
+    revs = reviews[reviews["product_id"] == pid]
+    items = [{"review_id": r.review_id, "text": r.text, "image_files": []} for r in revs.itertuples()]
+    encoder = TextEncoder(str(tiny_bert_dir), max_len=512, device="cpu") if mode == "cached" else None
+    df = predict(run, {"text": prod["text"], "image_files": []}, items, encoder=encoder).set_index("review_id")
+    # predict has no region features for the items (no images given); the demo here has none either
+    np.testing.assert_allclose(df["score"].to_numpy(), ref.loc[df.index, "score"].to_numpy(), rtol=1e-4, atol=1e-4)
+    cs = CaseStudy(demo_root / "data", feats, "demo", "home", figures_dir=tmp_path / "figs", tag="t", splits=("test",))
+    got = cs.predict(run, "test", list(revs["review_id"]))
+    np.testing.assert_allclose(got["score"], ref.loc[list(revs["review_id"]), "score"].to_numpy(), rtol=1e-4, atol=1e-4)
+    assert "score_ptrt" in got

@@ -104,9 +104,30 @@ def make_data(out: Path, weights: Sequence[float]) -> None:
                   test_frac=TEST_FRAC, dev_frac=DEV_FRAC)
 
 
+def features_ready(out: Path) -> bool:
+    """Whether the four stores exist and their content fingerprints match the data (any split:
+    stores are looked up by item id, so features extracted under another split are reused)."""
+    from mmss_lib.data import SPLITS, load_mrhp
+    from mmss_lib.errors import MMSSError
+    from mmss_lib.features.fingerprint import check_features_match
+    from mmss_lib.loader import open_stores
+
+    try:
+        stores = open_stores(out / "features", "demo", CATEGORY)
+        root = data_root(out, MAIN_WEIGHT)
+        frames = {s: load_mrhp(root, "demo", CATEGORY, s) for s in SPLITS}
+        check_features_match(stores, frames, where=f"demo/{CATEGORY}")
+    except MMSSError:
+        return False
+    return all(getattr(s, "manifest", {}).get("content_fingerprint") for s in stores.values())
+
+
 def extract(out: Path) -> None:
     from mmss_lib.features.extract import cli_main
 
+    if features_ready(out):
+        print(f"powered: the feature stores under {out / 'features'} match the data; reused", flush=True)
+        return
     rc = cli_main(["--data-root", str(data_root(out, MAIN_WEIGHT)), "--dataset", "demo", "--categories", CATEGORY,
                    "--features", str(out / "features"), "--no-progress", *EXTRACT])
     if rc:
