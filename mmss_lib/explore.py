@@ -43,9 +43,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mmss_lib.data import SPLITS
 from mmss_lib.errors import DataError
 
-SPLITS = ("train", "dev", "test")
 SORTS = ("file order", "AP: lowest first", "AP: highest first", "largest offsets", "most reviews")
 SNIPPET = 160            # characters of a review text shown in the table
 THUMB_PX = 72            # thumbnail edge in pixels

@@ -58,27 +58,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmss_lib.data import SPLITS
 from mmss_lib.errors import DataError
-from mmss_lib.metrics import DEFAULT_KS, _as_1d, _numeric, per_product_metrics
+from mmss_lib.metrics import DEFAULT_KS, PER_PRODUCT_COLUMN, _as_1d, _numeric, per_product_metrics
+from mmss_lib.systems import is_ceiling
 
-FLOORS = ("random", "length")
 # ceiling -> the planted cues its least-squares fit uses (module docstring)
 CEILINGS: dict[str, tuple[str, ...]] = {
     "ceiling_text": ("match", "detail"),
     "ceiling_all": ("match", "detail", "has_images", "agree", "img_match"),
 }
-NO_TRAINING = FLOORS + tuple(CEILINGS)   # the systems run_floor runs
-METRIC_NAMES = ("MAP", "NDCG@3", "NDCG@5", "MRR")
-PER_PRODUCT_TO_METRIC = {"AP": "MAP", "NDCG@3": "NDCG@3", "NDCG@5": "NDCG@5", "RR": "MRR"}
-SPLITS = ("train", "dev", "test")
-
-
-def is_floor(system: str) -> bool:
-    return system in FLOORS
-
-
-def is_ceiling(system: str) -> bool:
-    return system in CEILINGS
+NO_TRAINING = ("random", "length") + tuple(CEILINGS)   # the systems run_floor runs (mmss_lib.systems.is_floor)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +289,7 @@ def check_ceiling_data(system: str, data_root, dataset: str, category: str) -> N
 def summary_metrics(per_product) -> dict[str, float]:
     """MAP, NDCG@3, NDCG@5, MRR: unweighted means of per-product values over all products."""
     out = {}
-    for col, name in PER_PRODUCT_TO_METRIC.items():
+    for name, col in PER_PRODUCT_COLUMN.items():
         v = per_product[col].to_numpy(dtype=np.float64)
         out[name] = float(v.mean()) if v.size else float("nan")
     return out

@@ -38,9 +38,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mmss_lib.data import SPLITS
 from mmss_lib.errors import DataError
 
-SPLITS = ("train", "dev", "test")
 DEFAULT_DEV_FRACTION = 0.125
 
 

@@ -46,6 +46,11 @@ import numpy as np
 from mmss_lib.errors import DataError
 
 TIE_POLICIES = ("stable", "pessimistic", "optimistic")
+# The metrics of every table, summary and run (defined here once): the names in metrics.json and
+# the tables, the per-product column each is the mean of, and those with a paired test.
+METRIC_NAMES = ("MAP", "NDCG@3", "NDCG@5", "MRR")
+PER_PRODUCT_COLUMN = {"MAP": "AP", "NDCG@3": "NDCG@3", "NDCG@5": "NDCG@5", "MRR": "RR"}
+TESTED_METRICS = ("MAP", "NDCG@3", "NDCG@5")
 DEFAULT_KS = (3, 5)
 
 

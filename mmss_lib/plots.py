@@ -22,9 +22,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from mmss_lib.errors import DataError
+from mmss_lib.metrics import TESTED_METRICS as METRICS
 from mmss_lib.utils import atomic_path
 
-METRICS = ("MAP", "NDCG@3", "NDCG@5")
 LABEL_RANGE = (0.0, 4.0)    # MRHP helpfulness labels 0..4
 
 

@@ -34,9 +34,9 @@ from typing import Sequence
 
 from mmss_lib.errors import DataError
 
-METRICS = ("MAP", "NDCG@3", "NDCG@5", "MRR")
-TESTED = ("MAP", "NDCG@3", "NDCG@5")          # metrics with a paired test against the rival
-PER_PRODUCT_COLUMN = {"MAP": "AP", "NDCG@3": "NDCG@3", "NDCG@5": "NDCG@5", "MRR": "RR"}
+from mmss_lib.metrics import METRIC_NAMES as METRICS
+from mmss_lib.metrics import PER_PRODUCT_COLUMN
+from mmss_lib.metrics import TESTED_METRICS as TESTED  # metrics with a paired test against the rival
 SCALE = 100.0
 
 

@@ -42,11 +42,11 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from mmss_lib.errors import DataError
+from mmss_lib.metrics import PER_PRODUCT_COLUMN
+from mmss_lib.metrics import TESTED_METRICS as METRICS  # the columns of Tables 1/2/4
 from mmss_lib.systems import is_ceiling
 
-METRICS = ("MAP", "NDCG@3", "NDCG@5")
 METRIC_LABELS = {"MAP": "MAP", "NDCG@3": "N@3", "NDCG@5": "N@5"}
-PER_PRODUCT_COLUMN = {"MAP": "AP", "NDCG@3": "NDCG@3", "NDCG@5": "NDCG@5", "MRR": "RR"}
 CATEGORY_LABELS = {"clothing": "CS&J", "electronics": "Elec.", "home": "H&K"}
 TYPE_LABELS = {"floor": "Floor", "ceiling": "Ceiling", "text-only": "Text-only", "multimodal": "Multimodal"}
 MARKER = "∗"          # significantly better than the best other system

@@ -56,13 +56,13 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from mmss_lib.data import SPLITS
 from mmss_lib.errors import CheckpointError, DataError, TrainingError
+from mmss_lib.metrics import METRIC_NAMES
 from mmss_lib.utils import atomic_path, atomic_write_json, pick_device, seed_everything
 
-METRIC_NAMES = ("MAP", "NDCG@3", "NDCG@5", "MRR")
 # Fields that may change between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = ("epochs", "patience", "device", "num_threads", "eval_batch_size")
-SPLITS = ("train", "dev", "test")
 
 
 @dataclass

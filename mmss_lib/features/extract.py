@@ -31,10 +31,10 @@ from mmss_lib.features.store import (
     DEFAULT_SHARD_SIZE, FeatureStore, FeatureStoreWriter, feature_dirs, store_size_bytes,
 )
 from mmss_lib.utils import atomic_write_json
+from mmss_lib.data import SPLITS
 
 __all__ = ["extract_category", "load_category_items", "cli_main", "region_options"]
 
-SPLITS = ("train", "dev", "test")
 
 
 def load_category_items(data_root, dataset: str, category: str):
