@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "amazon2018", "batch", "bench", "cli", "data", "demo", "features", "losses", "metrics",
     "model", "pairs", "pipeline", "ssp_label", "systems", "train", "tables", "loader",
-    "baselines", "predict", "utils",
+    "baselines", "predict", "utils", "ssp_records",
 }
 
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from mmss_lib.data import SPLITS
 from mmss_lib.errors import DataError
+from mmss_lib.ssp_records import RECORD_DIR
 
 SORTS = ("file order", "AP: lowest first", "AP: highest first", "largest offsets", "most reviews")
 SNIPPET = 160            # characters of a review text shown in the table
@@ -117,7 +118,7 @@ class SSPRecords:
     :class:`DataError` naming the file."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.dir = Path(run_dir) / "ssp"
+        self.dir = Path(run_dir) / RECORD_DIR            # the layout of mmss_lib.ssp_records
         files = []
         if self.dir.is_dir():
             for p in self.dir.iterdir():

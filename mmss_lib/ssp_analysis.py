@@ -2,7 +2,7 @@
 pseudo labels carry the planted cues of the demo data.
 
 - :func:`ssp_health_table`: per epoch and subtask, from the run's ``ssp/epoch*.npz`` records
-  (:class:`mmss_lib.plots.SSPHistory`): the share of offsets ``y_s - y_g`` above / below zero, the
+  (:class:`mmss_lib.ssp_records.SSPHistory`): the share of offsets ``y_s - y_g`` above / below zero, the
   mean (sd, mean absolute) offset, the mean distances ``chi_s`` / ``chi_g`` (Eq. 18) and the mean
   change ``|y_s^(i) - y_s^(i-1)|`` (the EWMA of Eq. 11 settling). :func:`settling_epoch`: the
   first epoch at which the mean change falls below a tolerance; :func:`write_ssp_health` writes
@@ -45,7 +45,7 @@ CHANGE_TOL = 0.01   # the mean change below which the pseudo labels count as set
 
 def ssp_health_table(hist) -> pd.DataFrame:
     """Per epoch and subtask over the reviews SSP-Label has seen (``hist``: an
-    :class:`mmss_lib.plots.SSPHistory`): ``epoch, subtask, n_seen, share_up, share_down,
+    :class:`mmss_lib.ssp_records.SSPHistory`): ``epoch, subtask, n_seen, share_up, share_down,
     mean_offset, sd_offset, mean_abs_offset, mean_abs_change, mean_chi_s, mean_chi_g, mean_abs_chi_gap``.
     With the default scale of Eq. 18 (``scale="mean"``) the bank means of chi_s and chi_g are 1 by
     construction; ``mean_abs_chi_gap`` = mean |chi_s - chi_g| is the part that moves the labels.

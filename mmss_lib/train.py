@@ -642,9 +642,8 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
         if ssp is not None:
             rec = ssp.end_epoch(epoch)
             if cfg.ssp_record_seeds is None or int(cfg.seed) in [int(x) for x in cfg.ssp_record_seeds]:
-                with atomic_path(run_dir / "ssp" / f"epoch{epoch:03d}.npz") as tmp:
-                    with open(tmp, "wb") as fh:
-                        np.savez_compressed(fh, review_id=train.review_ids.astype(str), **rec)
+                from mmss_lib.ssp_records import write_record
+                write_record(run_dir, epoch, train.review_ids, rec)
             ssp_entry = {"ssp": ssp_health(rec)}     # SSP health per subtask (history.json)
         else:
             ssp_entry = {}

@@ -422,7 +422,7 @@ def _resume_payload(ctx: Ctx):
 
 
 def _ssp_record_payload(ctx: Ctx):
-    from mmss_lib.plots import load_ssp_history
+    from mmss_lib.ssp_records import load_ssp_history
     ctx.npz_payload(ctx.root / "run" / "ssp" / "epoch001.npz", key="review_id")
     ctx.protect()
     return load_ssp_history(ctx.root / "run")

@@ -159,11 +159,11 @@ def test_review_table_ranks_and_second_run(explorer):
 
 
 def test_review_detail_train_matches_the_records(explorer):
-    from mmss_lib import plots
+    from mmss_lib import ssp_records
 
     runs = _runs(explorer)
-    hist = plots.load_ssp_history(runs["mmss"].path)
-    i = plots.largest_offset_reviews(hist, 1)[0]
+    hist = ssp_records.load_ssp_history(runs["mmss"].path)
+    i = ssp_records.largest_offset_reviews(hist, 1)[0]
     rid = str(hist.review_id[i])
     det = explorer.review_detail("demo", "home", "train", rid, runs["mmss"])
     assert det.epochs == [1, 2] and sorted(det.trajectory) == sorted(hist.subtasks)
@@ -176,7 +176,7 @@ def test_review_detail_train_matches_the_records(explorer):
     from mmss_lib.demo import load_cues
     cues = load_cues(explorer.data_root, "home", "train").set_index("review_id").loc[rid]
     assert det.cues["match"] == cues["match"] and det.cues["detail"] == cues["detail"]
-    # farthest reviews: the same first review as plots.largest_offset_reviews
+    # farthest reviews: the same first review as ssp_records.largest_offset_reviews
     far = explorer.farthest_reviews("demo", "home", "train", runs["mmss"], n=3)
     assert far["review_id"].iloc[0] == rid and list(far["offset"]) == sorted(far["offset"], reverse=True)
     # the review table on train carries the last pseudo labels

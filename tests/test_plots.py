@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmss_lib import plots
+from mmss_lib import plots, ssp_records
 from mmss_lib.errors import DataError
 
 plt = pytest.importorskip("matplotlib.pyplot")
@@ -175,7 +175,7 @@ def write_ssp_records(run_dir, labels, y_g, *, drop_key=None):
 def test_load_ssp_history_round_trip_and_largest_offset(tmp_path):
     labels, y_g = ewma_labels(E=4, N=12)
     write_ssp_records(tmp_path, labels, y_g)
-    h = plots.load_ssp_history(tmp_path)
+    h = ssp_records.load_ssp_history(tmp_path)
     assert list(h.epochs) == [1, 2, 3, 4] and h.subtasks == list(SUB)
     np.testing.assert_allclose(h.labels["pvrt"], labels["pvrt"], atol=1e-6)
     np.testing.assert_allclose(h.offsets["ptrt"][-1], labels["ptrt"][-1] - y_g, atol=1e-6)
@@ -183,10 +183,10 @@ def test_load_ssp_history_round_trip_and_largest_offset(tmp_path):
     with pytest.raises(DataError, match="not a training review"):
         h.index_of("zz")
     score = np.mean([np.abs(labels[s][-1] - y_g) for s in SUB], axis=0)
-    assert plots.largest_offset_reviews(h, 2) == list(np.argsort(-score, kind="stable")[:2])
+    assert ssp_records.largest_offset_reviews(h, 2) == list(np.argsort(-score, kind="stable")[:2])
     mask = np.zeros(12, bool)
     mask[[1, 7]] = True
-    assert plots.largest_offset_reviews(h, 1, candidates=mask) == [max([1, 7], key=lambda i: score[i])]
+    assert ssp_records.largest_offset_reviews(h, 1, candidates=mask) == [max([1, 7], key=lambda i: score[i])]
     assert h.final(3) == pytest.approx({s: labels[s][-1, 3] for s in SUB}, abs=1e-6)
 
 
@@ -194,9 +194,9 @@ def test_load_ssp_history_names_file_with_missing_key(tmp_path):
     labels, y_g = ewma_labels(E=2, N=4)
     write_ssp_records(tmp_path, labels, y_g, drop_key="chi_pvrv")
     with pytest.raises(DataError, match=r"epoch002.npz: key\(s\) \['chi_pvrv'\] missing"):
-        plots.load_ssp_history(tmp_path)
+        ssp_records.load_ssp_history(tmp_path)
     with pytest.raises(DataError, match="no SSP-Label records"):
-        plots.load_ssp_history(tmp_path / "nothing")
+        ssp_records.load_ssp_history(tmp_path / "nothing")
 
 
 def test_case_study_figure_bars_and_missing_values(tmp_path):

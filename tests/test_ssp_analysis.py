@@ -7,7 +7,7 @@ import pytest
 
 from mmss_lib import ssp_analysis as sa
 from mmss_lib.errors import DataError
-from mmss_lib.plots import SSPHistory
+from mmss_lib.ssp_records import SSPHistory
 
 
 def _hist(y_g: np.ndarray, labels: dict[str, np.ndarray], seen: np.ndarray | None = None,
