@@ -255,3 +255,26 @@ def test_subtask_objective_starts_in_epoch_two(splits, tmp_path):
     assert torch.count_nonzero(log_vars(tmp_path / "one")) == 0
     fit(cfg(epochs=3), splits, tmp_path / "three")
     assert torch.count_nonzero(log_vars(tmp_path / "three")) > 0
+
+
+@pytest.mark.parametrize("reading", ["rms", "common"])
+def test_another_scale_reading_recomputed_from_a_runs_records(splits, tmp_path, reading):
+    """Issue 18: the records keep the raw sqrt(s_k) per task, so the offsets of another reading of
+    Eq. 18's scale can be recomputed from a run's record and match a run made with that reading
+    (epochs 1-2: the subtask objective starts in epoch 3, so both runs have the same features)."""
+    from mmss_lib.ssp_label import recompute_reading
+    from mmss_lib.ssp_records import load_ssp_history
+
+    fit(cfg(epochs=2, ssp_scale="mean"), splits, tmp_path / "mean")
+    fit(cfg(epochs=2, ssp_scale=reading), splits, tmp_path / reading)
+    hist = json.loads((tmp_path / "mean" / "history.json").read_text())
+    assert all(h["ssp"][s]["sqrt_s"] > 0 for h in hist for s in h["ssp"])          # raw scale per epoch
+    other = load_ssp_history(tmp_path / reading)
+    for e in (1, 2):
+        with np.load(tmp_path / "mean" / "ssp" / f"epoch{e:03d}.npz") as z:
+            rec = {k: z[k] for k in z.files}
+        got = recompute_reading(rec, reading)
+        for s in other.subtasks:
+            np.testing.assert_allclose(got[f"offset_{s}"], other.offsets[s][e - 1], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(got[f"chi_{s}"], other.chi[s][e - 1], rtol=1e-4, atol=1e-5)
+    assert np.abs(other.offsets["ptrt"][1]).max() > 0                             # epoch 2 moved the labels
