@@ -3,8 +3,9 @@
 The four modules of the paper, as implemented here:
 
 (a) Modality-specific features (Sec. 4.1). Token features of the product text Tp and review text
-    Tr (frozen cached BERT features by default, or a Hugging Face encoder fine-tuned end to end
-    when ``text_encoder`` is set) are projected to d by Linear + LayerNorm. The RoI features of
+    Tr (``batch.pt`` / ``batch.rt``: cached BERT features, or computed on the fly by a frozen or
+    fine-tuned encoder that wraps the model, :mod:`mmss_lib.online_text`) are projected to d by
+    Linear + LayerNorm. The RoI features of
     the product and review images are concatenated, [V; K], passed through Self-ATT and
     projected to d; the paper does the self-attention in the 2048-d input space, which is too
     costly on CPU, so this implementation projects first (Linear(2048 -> d) + LayerNorm) and runs
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmss_lib.batch import Batch, ModelOutput
-from mmss_lib.errors import DataError, MMSSError, ModelNotAvailableError
+from mmss_lib.errors import DataError, MMSSError
 from mmss_lib.losses import UncertaintyWeighting
 
 SUBTASKS = ("ptrt", "pvrv", "ptrv", "pvrt", "rtrv")
@@ -74,7 +75,7 @@ ABLATION_LABELS: dict[str, str] = {
 
 @dataclass
 class MMSSConfig:
-    text_dim: int = 768                 # size of cached token features (ignored with text_encoder: its hidden size is used)
+    text_dim: int = 768                 # size of the token features (an on-the-fly encoder's hidden size)
     region_dim: int = 2048              # size of RoI features (Faster R-CNN pooled, Sec. 4.1)
     d: int = 128                        # shared space of Tp, Tr, Vp, Vr and of every f_s, f*_s, f*_g (App. A.2)
     n_heads: int = 4                    # heads of every Self-ATT layer
@@ -88,7 +89,6 @@ class MMSSConfig:
     source_embeddings: bool = True      # learned vector per field (pt, rt, pv, rv) added after (a)
     source_init_std: float = 0.02       # init std of the source vectors (the features they join are LayerNorm'd: std 1)
     head_hidden: int = 64               # hidden width of the subtask MLPs (Eq. 9) and of the w/o-(b) MLP
-    text_encoder: Optional[str] = None  # HF model name or local folder: fine-tune it end to end (Eq. 2)
 
     def __post_init__(self):
         subs = tuple(self.subtasks)
@@ -246,9 +246,7 @@ class MMSS(nn.Module):
         self.subtasks: tuple[str, ...] = cfg.subtasks if (cfg.use_module_b and cfg.use_module_d) else ()
 
         # (a) modality-specific features
-        self.text_encoder = self._load_text_encoder(cfg.text_encoder) if cfg.text_encoder else None
-        text_dim = int(self.text_encoder.config.hidden_size) if self.text_encoder is not None else cfg.text_dim
-        self.text_proj = nn.Sequential(nn.Linear(text_dim, cfg.d), nn.LayerNorm(cfg.d))
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, cfg.d), nn.LayerNorm(cfg.d))
         self.region_proj = nn.Sequential(nn.Linear(cfg.region_dim, cfg.d), nn.LayerNorm(cfg.d))
         self.region_att = _self_att_layer(cfg) if cfg.region_self_attention else None
         self.source = nn.Parameter(torch.zeros(4, cfg.d)) if cfg.source_embeddings else None  # pt, rt, pv, rv
@@ -270,41 +268,10 @@ class MMSS(nn.Module):
         self.uncertainty = UncertaintyWeighting(len(self.subtasks)) if self.subtasks else None
 
     # ----------------------------------------------------------------------------------------
-    @staticmethod
-    def _load_text_encoder(name: str) -> nn.Module:
-        from transformers import AutoModel  # lazy: keep `import mmss_lib` light
-
-        try:
-            return AutoModel.from_pretrained(name)
-        except Exception as exc:  # offline, missing folder, not a model
-            raise ModelNotAvailableError(
-                f"MMSS text_encoder={name!r}: could not load it with transformers.AutoModel offline "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                "pass a local model folder or leave text_encoder unset to use cached token features") from exc
-
-    def param_groups(self, lr: float = 1e-4, lr_text: float = 5e-5) -> list[dict]:
-        """Optimizer parameter groups: the fine-tuned text encoder at ``lr_text`` (5e-5 in the
-        paper, App. A.2), everything else (incl. the uncertainty weights) at ``lr`` (1e-4)."""
-        enc = list(self.text_encoder.parameters()) if self.text_encoder is not None else []
-        enc_ids = {id(p) for p in enc}
-        rest = [p for p in self.parameters() if id(p) not in enc_ids]
-        groups = [{"params": rest, "lr": lr, "name": "mmss"}]
-        if enc:
-            groups.append({"params": enc, "lr": lr_text, "name": "text_encoder"})
-        return groups
-
-    # ----------------------------------------------------------------------------------------
     def _text_features(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        if self.text_encoder is not None:
-            if batch.pt_ids is None or batch.rt_ids is None:
-                raise DataError("MMSS with text_encoder needs batch.pt_ids and batch.rt_ids (token ids); "
-                                "got a batch without them (build the loader in fine-tuning mode)")
-            pt = self.text_encoder(input_ids=batch.pt_ids, attention_mask=batch.pt_mask.long()).last_hidden_state
-            rt = self.text_encoder(input_ids=batch.rt_ids, attention_mask=batch.rt_mask.long()).last_hidden_state
-            return pt, rt                                           # (B, Lp, dt), (B, Lr, dt), Eq. 2
         if batch.pt is None or batch.rt is None:
-            raise DataError("MMSS without text_encoder needs cached token features batch.pt and batch.rt; "
-                            "got None (set text_encoder to fine-tune from token ids)")
+            raise DataError("MMSS needs token features batch.pt and batch.rt; got None (text modes frozen / "
+                            "finetune compute them with the encoder of mmss_lib.online_text, which wraps the model)")
         return batch.pt, batch.rt
 
     def modality_features(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
@@ -369,4 +336,4 @@ class MMSS(nn.Module):
 
     def extra_repr(self) -> str:
         c = asdict(self.config)
-        return ", ".join(f"{k}={c[k]!r}" for k in ("d", "subtasks", "use_module_b", "use_module_d", "text_encoder"))
+        return ", ".join(f"{k}={c[k]!r}" for k in ("d", "subtasks", "use_module_b", "use_module_d"))

@@ -120,11 +120,8 @@ def _build_class():
 
         def param_groups(self, lr: float = 1e-4, lr_text: float = 5e-5) -> list[dict]:
             """The system's groups at ``lr`` plus, when fine-tuned, the encoder at ``lr_text``."""
-            if hasattr(self.system, "param_groups"):
-                groups = self.system.param_groups(lr=lr, lr_text=lr_text)
-            else:
-                groups = [{"params": [p for p in self.system.parameters() if p.requires_grad], "lr": lr,
-                           "name": "system"}]
+            groups = [{"params": [p for p in self.system.parameters() if p.requires_grad], "lr": lr,
+                       "name": "system"}]
             if self.trainable:
                 groups.append({"params": list(self.encoder.parameters()), "lr": lr_text, "name": "text_encoder"})
             return groups

@@ -102,7 +102,7 @@ def test_wrapper_parameters_groups_and_state(tiny_bert_dir):
     _, enc2 = load_text_model(str(tiny_bert_dir))
     tuned = on_the_fly_text(MMSS(text_dim=32, region_dim=DR, **TINY), enc2, tok, trainable=True)
     groups = tuned.param_groups(lr=1e-4, lr_text=5e-5)
-    assert [(g["name"], g["lr"]) for g in groups] == [("mmss", 1e-4), ("text_encoder", 5e-5)]
+    assert [(g["name"], g["lr"]) for g in groups] == [("system", 1e-4), ("text_encoder", 5e-5)]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in enc2.parameters()}
     assert any(k.startswith("encoder.") for k in tuned.state_dict())
 
