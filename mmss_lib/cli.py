@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("mmss_lib.data", "print dataset statistics (paper Table 3 layout) and label distribution"),
     "extract": ("mmss_lib.features.extract", "extract text and region features into a feature store"),
     "import-features": ("mmss_lib.features.importers", "import bottom-up .npz / MCR .pth region features into a store"),
-    "train": ("mmss_lib.train_cli", "train and evaluate a system over seeds"),
+    "train": ("mmss_lib.experiments", "train and evaluate a system over seeds"),
     "predict": ("mmss_lib.predict", "rank the reviews of a product with a trained checkpoint"),
     "reproduce": ("mmss_lib.pipeline", "run the notebook pipeline with papermill (profiles: smoke, demo, benchmark, paper)"),
     "bench": ("mmss_lib.bench", "benchmarks: build, extract, train, metrics, all"),

@@ -42,7 +42,7 @@ levels (a positive is above its product's two lowest levels and needs a negative
 it), under ``"all"`` at least two different labels.
 
 Many runs (systems x categories x seeds) are :mod:`mmss_lib.experiments`; the ``mmss train``
-command is :mod:`mmss_lib.train_cli`; the training benchmark is :mod:`mmss_lib.bench.train`.
+command is :func:`mmss_lib.experiments.cli_main`; the training benchmark is :mod:`mmss_lib.bench.train`.
 """
 from __future__ import annotations
 

@@ -216,7 +216,7 @@ def test_cuda_wrapper_moves_frozen_encoder(tiny_bert_dir):
 
 
 def test_cli_text_mode_frozen(demo_root, tiny_bert_dir, tmp_path, capsys):
-    from mmss_lib.train_cli import cli_main
+    from mmss_lib.experiments import cli_main
 
     rc = cli_main(["--data-root", str(demo_root / "data"), "--dataset", "demo", "--categories", "home",
                    "--features", str(demo_root / "regions_only"), "--runs", str(tmp_path), "--systems", "egcnn",
