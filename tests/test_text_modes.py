@@ -140,7 +140,7 @@ def test_text_mode_config(tiny_bert_dir):
         TrainConfig(text_mode="frozen")
     model = build_model(c, None, DR)
     opt = build_optimizer(model, c)
-    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [("mmss", c.lr), ("text_encoder", c.lr_text)]
+    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [("system", c.lr), ("text_encoder", c.lr_text)]
     frozen = build_model(_cfg(tiny_bert_dir, "frozen"), None, DR)
     assert len(build_optimizer(frozen, c).param_groups) == 1
 
