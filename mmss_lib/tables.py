@@ -482,8 +482,12 @@ def comparison_note(per_product=None, *, dataset: Optional[str] = None, alpha: f
                      f"{MARKER} / {WORSE_MARKER}: significantly better / worse than the best other system of the "
                      f"category ({'paired t-test' if test == 't' else 'Wilcoxon signed-rank test'} on per-product "
                      f"values averaged over seeds, p < {alpha:g}); Floor: rankings without training (Random: "
-                     f"expected value of a uniformly random ranking; Length: longest review first). Test products: "
-                     + ", ".join(f"{CATEGORY_LABELS.get(c, c)} {k}" for c, k in n.items()))
+                     f"expected value of a uniformly random ranking; Length: longest review first)"
+                     + ("; Ceiling: rankings by a least-squares fit of the label on the generator's planted cues, "
+                        "fitted on train and dev (text cues: match, detail; all cues: also the image cues), "
+                        "never a rival in the tests"
+                        if any(is_ceiling(str(x)) for x in pooled.index.get_level_values("system")) else "")
+                     + ". Test products: " + ", ".join(f"{CATEGORY_LABELS.get(c, c)} {k}" for c, k in n.items()))
     if region_note:
         parts.append(region_note)
     return ". ".join(parts) + "."
