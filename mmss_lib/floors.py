@@ -268,15 +268,15 @@ def load_all_cues(data_root, dataset: str, category: str, system: str = "ceiling
 
     from mmss_lib.demo import load_cues
 
+    if dataset != "demo":
+        raise DataError(f"{system} needs the generator's planted cues ({{root}}/demo/{{category}}/{{category}}"
+                        f".cues.{{split}}); dataset {dataset!r} is not generated data (only 'demo' has cues)")
     frames = []
     for s in SPLITS:
         try:
-            frames.append(load_cues(data_root, category, s) if dataset == "demo" else None)
+            frames.append(load_cues(data_root, category, s))
         except DataError as exc:
             raise DataError(f"{system} needs the generator's planted cues, only generated data has them: {exc}") from None
-        if frames[-1] is None:
-            raise DataError(f"{system} needs the generator's planted cues ({{root}}/demo/{{category}}/{{category}}"
-                            f".cues.{{split}}); dataset {dataset!r} is not generated data (only 'demo' has cues)")
     return pd.concat(frames, ignore_index=True)
 
 

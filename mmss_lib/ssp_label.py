@@ -457,7 +457,8 @@ class SSPLabel:
         if self.count >= 2:
             bank_m = {k: self.bank_mahalanobis(k) for k in self.tasks}
             for k in self.tasks:
-                self.sqrt_s[k] = math.sqrt(self.scale(k, bank_m[k] if self.scale_mode != "common" else bank_m["g"]))
+                ruler = "g" if self.scale_mode == "common" else k           # "common": the main task's scale
+                self.sqrt_s[k] = math.sqrt(self.scale(ruler, bank_m[ruler]))
                 self.chi[k] = bank_m[k] / self.sqrt_s[k]                        # Eq. 18, NaN outside fresh
             y_g = self.y_g[fresh]
             lo, hi = self.clamp
