@@ -329,6 +329,24 @@ def summarize(results):
     return out.reset_index()
 
 
+def finished_results(runs_root, dataset: str, category: str):
+    """The results frame of every finished run (a run folder with ``metrics.json``) of a category
+    under ``runs_root``, in :func:`run_experiment`'s layout (rows sorted by run folder): what a
+    report needs when the runs were trained elsewhere or earlier."""
+    import pandas as pd
+
+    rows = []
+    for mp in sorted((Path(runs_root) / dataset / category).glob("*/seed*/metrics.json")):
+        rd = mp.parent
+        cfg = json.loads((rd / "config.json").read_text())["config"]
+        m = json.loads(mp.read_text())
+        rows.append({"dataset": dataset, "category": category, "system": cfg["system"], "variant": cfg["variant"],
+                     "seed": int(cfg["seed"]), **{k: m["test"][k] for k in ("MAP", "NDCG@3", "NDCG@5", "MRR")},
+                     "dev_MAP": m["dev"]["MAP"], "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+                     "seconds": m.get("seconds", 0.0), "run_dir": str(rd)})
+    return pd.DataFrame(rows)
+
+
 def load_per_product(runs_root, dataset: str, category: str, system: str, variant: str | None = "full",
                      seeds: Sequence[int] = (0, 1, 2, 3, 4), split: str = "test", threshold: float | None = None):
     """Per-product metrics of a system's ``scores_{split}.csv``, averaged over seeds.

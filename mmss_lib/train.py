@@ -403,8 +403,10 @@ def train_step(model, optimizer, split, collate, pairs: np.ndarray, cfg: TrainCo
 
     The batch holds the pairs' unique samples, forwarded once; L = L_tar + aux_loss + L_sub
     (Eq. 16); after the step ``ssp.update`` stores the detached features (Self-MM's order).
-    Returns the loss parts as floats. ``timings`` (optional) accumulates the seconds spent in
-    the pseudo-label bookkeeping (``"ssp"``: SSPLabel.labels + update).
+    Returns the loss parts as floats. ``timings`` (optional) accumulates seconds: ``"data"``,
+    building the batch and moving it to the device (the previous step ended with ``.item()``, a
+    synchronisation, so on a GPU this is time the device waits for data), and ``"ssp"``, the
+    pseudo-label bookkeeping (SSPLabel.labels + update).
     """
     import torch
 
@@ -412,7 +414,10 @@ def train_step(model, optimizer, split, collate, pairs: np.ndarray, cfg: TrainCo
 
     uniq, inv = np.unique(pairs, return_inverse=True)
     inv = torch.as_tensor(inv.reshape(pairs.shape), device=device)                   # (P, 2)
+    t_data = time.perf_counter()
     batch = collate(uniq).to(device)
+    if timings is not None:
+        timings["data"] = timings.get("data", 0.0) + time.perf_counter() - t_data
     model.train()
     with _autocast(device, cfg):
         out = model(batch)
@@ -628,11 +633,12 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
         n_batches = (len(pairs) + cfg.batch_size - 1) // cfg.batch_size
         it = range(n_batches)
         bar = bar_cls(it, desc=f"{run_dir.parent.name}/{run_dir.name} epoch {epoch}", leave=False) if bar_cls else None
+        timings: dict = {}
         for b in (bar if bar is not None else it):
             pb = pairs[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             parts = train_step(model, optimizer, train, collate, pb, cfg, device, ssp=ssp, epoch=epoch,
                                scaler=scaler, where=f"{run_dir}: epoch {epoch}, batch {b + 1}/{n_batches}",
-                               last_good=f"{last_path.name} (epoch {state['epoch']})")
+                               last_good=f"{last_path.name} (epoch {state['epoch']})", timings=timings)
             for k in sums:
                 sums[k] += parts[k]
             if bar is not None:
@@ -654,7 +660,8 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
         entry = {"epoch": epoch, "n_pairs": int(len(pairs)), "n_batches": n_batches,
                  **{k: v / max(n_batches, 1) for k, v in sums.items()},
                  "dev": ev_dev.metrics, "test": ev_test.metrics if ev_test else None,
-                 **ssp_entry, "train_seconds": train_seconds, "seconds": time.perf_counter() - t0}
+                 **ssp_entry, "train_seconds": train_seconds, "data_seconds": timings.get("data", 0.0),
+                 "seconds": time.perf_counter() - t0}
         state["history"].append(entry)
         state["seconds"] += entry["seconds"]
         state["epoch"] = epoch

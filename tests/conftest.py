@@ -58,3 +58,33 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
     BertModel(cfg).save_pretrained(d)
     return d
+
+
+TINY_DT, TINY_DR = 8, 12   # feature sizes of the tiny_demo stores
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """A tiny demo category on disk (8 products, no images) with random-feature stores of
+    TINY_DT-d tokens and TINY_DR-d regions."""
+    import numpy as np
+
+    from mmss_lib.data import load_mrhp
+    from mmss_lib.demo import make_demo
+    from mmss_lib.features.store import feature_dirs, write_store
+
+    root = tmp_path_factory.mktemp("tiny_demo")
+    make_demo(root / "data", n_products=8, categories=("home",), images=False)
+    rng = np.random.default_rng(0)
+    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
+    for split in ("train", "dev", "test"):
+        products, reviews = load_mrhp(root / "data", "demo", "home", split)
+        for side, ids in (("prd", products["product_id"]), ("rvw", reviews["review_id"])):
+            for i in ids:
+                items[f"text_{side}"][i] = {"x": rng.normal(size=(4, TINY_DT))}
+                k = int(rng.integers(0, 3))
+                items[f"region_{side}"][i] = {"x": rng.random((k, TINY_DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                                              "image": np.zeros(k, np.int32)}
+    for kind, path in feature_dirs(root / "features", "demo", "home").items():
+        write_store(path, items[kind], kind=kind.split("_")[0], dim=TINY_DR if "region" in kind else TINY_DT)
+    return root

@@ -77,3 +77,31 @@ def test_bench_train_child_on_tiny_synthetic_stores(tmp_path):
         assert res[e]["samples"] > 0 and res[e]["n_pairs"] > 0
     assert res["epoch2"]["ssp_seconds"] > 0
     assert res["peak_anon_mb"] >= res["phases_anon_mb"]["imports"]
+
+
+def test_precision_bench_trains_both_arms_and_reports_speed_wait_and_agreement(tiny_demo, tmp_path, capsys):
+    """CPU machinery check of `mmss bench precision` (on a CPU both arms are fp32, so they must
+    agree exactly); then --report-only reads the same runs back. Every epoch records the seconds
+    spent building batches (data_seconds), part of its training seconds."""
+    import json
+
+    from mmss_lib.bench.precision import bench_precision
+    from mmss_lib.experiments import finished_results
+
+    args = ["--data-root", str(tiny_demo / "data"), "--category", "home", "--features", str(tiny_demo / "features"),
+            "--out", str(tmp_path / "runs"), "--systems", "egcnn", "--seeds", "0", "--epochs", "2",
+            "--device", "cpu", "--num-threads", "1", "--json", str(tmp_path / "rep.json")]
+    assert bench_precision(args) == 0
+    out = capsys.readouterr().out
+    assert "both arms ran fp32" in out and "egcnn: test MAP bf16" in out
+    rep = json.loads((tmp_path / "rep.json").read_text())["systems"]["egcnn"]
+    assert rep["diff"]["diff"] == 0.0 and rep["bf16"]["epochs"] == rep["fp32"]["epochs"] == 2
+    assert 0.0 < rep["fp32"]["data_share"] < 1.0
+    for h in json.loads((tmp_path / "runs" / "fp32" / "demo" / "home" / "egcnn" / "seed0" / "history.json").read_text()):
+        assert 0.0 < h["data_seconds"] < h["train_seconds"]
+    res = finished_results(tmp_path / "runs" / "bf16", "demo", "home")
+    assert list(res["system"]) == ["egcnn"] and res["MAP"].between(0, 1).all()
+    assert bench_precision(args[:-2] + ["--report-only"]) == 0
+    assert "egcnn: test MAP bf16" in capsys.readouterr().out
+    with pytest.raises(Exception, match="no finished runs"):
+        bench_precision([*args[:7], str(tmp_path / "empty"), "--report-only"])

