@@ -50,7 +50,7 @@ import time
 import zlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import pandas as pd
 
@@ -178,23 +178,26 @@ def _review_fields(rec: dict, path: Path, n: int) -> tuple[str, int, str]:
     return asin, votes, text if isinstance(text, str) else ""
 
 
-def build_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLike,
-                     out_root: str | os.PathLike, category: str, *, min_votes: int = 1,
-                     min_review_chars: int = 64, min_reviews: int = 20, min_top_votes: int = 3,
-                     seed: int = 0, dataset: str = "amazon") -> dict[str, Any]:
-    """Build ``out_root/dataset/category/`` (three splits) and return the report dict.
+class _ReviewCounts(NamedTuple):
+    """What pass 1 keeps of the review file: totals and per-asin counters of qualifying reviews."""
+    reviews: int                  # non-blank lines
+    products: int                 # distinct asins
+    low_votes: int                # reviews removed by min_votes
+    short: int                    # reviews removed by min_review_chars
+    qualifying: dict[str, int]    # asin -> qualifying reviews
+    top: dict[str, int]           # asin -> highest vote among its qualifying reviews
 
-    See the module docstring for the rules; the thresholds default to the published ones.
-    Raises :class:`DataError` on malformed input or when no product survives the rules.
-    """
+
+def _check_options(min_votes: int, category: str) -> None:
+    """Refuse a ``min_votes`` below 1 and a category that cannot be a folder name."""
     if min_votes < 1:
         raise DataError(f"min_votes must be >= 1 (a review with 0 votes has no helpfulness label), got {min_votes}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", category):
         raise DataError(f"category {category!r}: use letters, digits, '_', '-' or '.' (it becomes a folder name)")
-    reviews_path, meta_path, out_root = Path(reviews_path), Path(meta_path), Path(out_root)
-    t0 = time.perf_counter()
 
-    # --- pass 1: per-asin counters of qualifying reviews
+
+def _count_reviews(reviews_path: Path, min_votes: int, min_review_chars: int) -> _ReviewCounts:
+    """Pass 1: per-asin counters of qualifying reviews; an empty review file is an error."""
     n_reviews = low_votes = short = 0
     count: dict[str, int] = defaultdict(int)
     top: dict[str, int] = defaultdict(int)
@@ -225,33 +228,38 @@ def build_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLi
                 top[asin] = votes
     if n_reviews == 0:
         raise DataError(f"{reviews_path}: no reviews (empty file)")
-    few = {a for a, c in count.items() if c < min_reviews}
-    weak = {a for a, c in count.items() if c >= min_reviews and top[a] < min_top_votes}
-    candidates = set(count) - few - weak
-    report: dict[str, Any] = {
+    return _ReviewCounts(n_reviews, len(all_asins), low_votes, short, count, top)
+
+
+def _start_report(reviews_path: Path, meta_path: Path, dataset: str, category: str, thresholds: dict[str, int],
+                  counts: _ReviewCounts, few: set[str], weak: set[str]) -> dict[str, Any]:
+    """The report after pass 1: the settings, what was read, what the review and product rules removed."""
+    return {
         "reviews_path": str(reviews_path), "meta_path": str(meta_path), "dataset": dataset, "category": category,
-        "thresholds": {"min_votes": min_votes, "min_review_chars": min_review_chars,
-                       "min_reviews": min_reviews, "min_top_votes": min_top_votes, "seed": seed},
-        "reviews_read": n_reviews, "products_read": len(all_asins),
-        "removed_reviews": {"min_votes": low_votes, "min_review_chars": short,
-                            "min_reviews": sum(count[a] for a in few),
-                            "min_top_votes": sum(count[a] for a in weak)},
-        "removed_products": {"no_qualifying_review": len(all_asins) - len(count), "min_reviews": len(few),
-                             "min_top_votes": len(weak)},
+        "thresholds": thresholds,
+        "reviews_read": counts.reviews, "products_read": counts.products,
+        "removed_reviews": {"min_votes": counts.low_votes, "min_review_chars": counts.short,
+                            "min_reviews": sum(counts.qualifying[a] for a in few),
+                            "min_top_votes": sum(counts.qualifying[a] for a in weak)},
+        "removed_products": {"no_qualifying_review": counts.products - len(counts.qualifying),
+                             "min_reviews": len(few), "min_top_votes": len(weak)},
     }
-    del all_asins
 
-    def _empty(stage: str) -> DataError:
-        return DataError(f"{reviews_path}: no product left after {stage} (min_votes={min_votes}, "
-                         f"min_review_chars={min_review_chars}, min_reviews={min_reviews}, "
-                         f"min_top_votes={min_top_votes}); removed: reviews {report['removed_reviews']}, "
-                         f"products {report['removed_products']}. Relax the thresholds "
-                         f"(e.g. --min-reviews) for a small category.")
 
-    if not candidates:
-        raise _empty("the review and product rules")
+def _nothing_left(report: dict[str, Any], stage: str) -> DataError:
+    """The error for an empty result: the stage, the thresholds and what each rule removed."""
+    t = report["thresholds"]
+    return DataError(f"{report['reviews_path']}: no product left after {stage} (min_votes={t['min_votes']}, "
+                     f"min_review_chars={t['min_review_chars']}, min_reviews={t['min_reviews']}, "
+                     f"min_top_votes={t['min_top_votes']}); removed: reviews {report['removed_reviews']}, "
+                     f"products {report['removed_products']}. Relax the thresholds "
+                     f"(e.g. --min-reviews) for a small category.")
 
-    # --- pass 2: metadata of candidate products
+
+def _read_metadata(meta_path: Path, candidates: set[str]
+                   ) -> tuple[dict[str, tuple[str, list[str], list[str]]], int, int]:
+    """Pass 2: (name, description, image URLs) of each candidate asin's first metadata record,
+    the number of records and of repeated records ignored; an empty metadata file is an error."""
     meta: dict[str, tuple[str, list[str], list[str]]] = {}
     meta_dups = meta_lines = 0
     for n, line in _open_lines(meta_path):
@@ -275,18 +283,26 @@ def build_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLi
                       _meta_images(rec))
     if meta_lines == 0:
         raise DataError(f"{meta_path}: no metadata records (empty file)")
+    return meta, meta_lines, meta_dups
+
+
+def _match_metadata(report: dict[str, Any], candidates: set[str], meta: dict, qualifying: dict[str, int],
+                    meta_lines: int, meta_dups: int) -> set[str]:
+    """The candidates with a metadata record that gives a text; the removed ones counted in ``report``."""
     no_meta = candidates - set(meta)
     no_text = {a for a, (name, desc, _) in meta.items() if not name and not desc}
-    kept = candidates - no_meta - no_text
     report["meta_records"] = meta_lines
     report["meta_repeated_asins_ignored"] = meta_dups
     report["removed_products"].update(no_metadata=len(no_meta), no_text=len(no_text))
-    report["removed_reviews"].update(no_metadata=sum(count[a] for a in no_meta),
-                                     no_text=sum(count[a] for a in no_text))
-    if not kept:
-        raise _empty("matching the metadata")
+    report["removed_reviews"].update(no_metadata=sum(qualifying[a] for a in no_meta),
+                                     no_text=sum(qualifying[a] for a in no_text))
+    return candidates - no_meta - no_text
 
-    # --- pass 3: qualifying reviews of kept products
+
+def _read_kept_reviews(reviews_path: Path, kept: set[str], min_votes: int, min_review_chars: int
+                       ) -> tuple[dict[str, list[tuple]], int]:
+    """Pass 3: per kept asin, (text, votes, summary, image URLs, review time) of its qualifying
+    reviews in file order, exact duplicates dropped; and the number of duplicates."""
     rows: dict[str, list[tuple]] = defaultdict(list)
     seen: set[tuple] = set()
     dups = 0
@@ -308,19 +324,21 @@ def build_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLi
         summary = rec.get("summary")
         rows[asin].append((text, votes, summary if isinstance(summary, str) else "",
                            _url_list(rec.get("image")), str(rec.get("reviewTime") or "")))
-    del seen
-    # duplicates can push a product below the rules again
+    return rows, dups
+
+
+def _drop_fallen(report: dict[str, Any], kept: set[str], rows: dict[str, list[tuple]], dups: int,
+                 min_reviews: int, min_top_votes: int) -> set[str]:
+    """The kept asins that still pass the product rules once duplicates are gone; counted in ``report``."""
     fallen = {a for a in kept if len(rows[a]) < min_reviews or max((r[1] for r in rows[a]), default=0) < min_top_votes}
     report["removed_reviews"]["duplicate"] = dups
     report["removed_reviews"]["fell_below_after_dedup"] = sum(len(rows[a]) for a in fallen)
     report["removed_products"]["fell_below_after_dedup"] = len(fallen)
-    kept -= fallen
-    if not kept:
-        raise _empty("removing duplicate reviews")
+    return kept - fallen
 
-    # --- frames, split, write
-    asins = sorted(kept)
-    split_of = split_by_product(asins, seed=seed)
+
+def _frames(asins: list[str], meta: dict, rows: dict[str, list[tuple]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The product and review frames in the MRHP columns, products in ``asins`` order."""
     prd_rows, rvw_rows = [], []
     for asin in asins:
         name, desc, urls = meta[asin]
@@ -329,15 +347,60 @@ def build_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLi
         for i, (text, votes, summary, imgs, rtime) in enumerate(rows[asin]):
             rvw_rows.append({"review_id": f"{asin}-{i}", "product_id": asin, "title": summary, "text": text,
                              "label": bin_votes(votes), "img_urls": imgs, "time": rtime})
-    del rows
-    prd = pd.DataFrame(prd_rows)
-    rvw = pd.DataFrame(rvw_rows)
-    report["splits"] = {}
+    return pd.DataFrame(prd_rows), pd.DataFrame(rvw_rows)
+
+
+def _write_splits(out_root: Path, dataset: str, category: str, prd: pd.DataFrame, rvw: pd.DataFrame,
+                  split_of: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Write each split's MRHP files; return products and reviews per split."""
+    splits = {}
     for split in SPLITS:
         ps = prd[prd["product_id"].map(split_of) == split]
         rs = rvw[rvw["product_id"].map(split_of) == split]
         write_mrhp(out_root, dataset, category, split, ps, rs, variant="amazon")
-        report["splits"][split] = {"products": int(len(ps)), "reviews": int(len(rs))}
+        splits[split] = {"products": int(len(ps)), "reviews": int(len(rs))}
+    return splits
+
+
+def build_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLike,
+                     out_root: str | os.PathLike, category: str, *, min_votes: int = 1,
+                     min_review_chars: int = 64, min_reviews: int = 20, min_top_votes: int = 3,
+                     seed: int = 0, dataset: str = "amazon") -> dict[str, Any]:
+    """Build ``out_root/dataset/category/`` (three splits) and return the report dict.
+
+    See the module docstring for the rules; the thresholds default to the published ones.
+    Raises :class:`DataError` on malformed input or when no product survives the rules.
+    """
+    _check_options(min_votes, category)
+    reviews_path, meta_path, out_root = Path(reviews_path), Path(meta_path), Path(out_root)
+    t0 = time.perf_counter()
+
+    counts = _count_reviews(reviews_path, min_votes, min_review_chars)                      # pass 1
+    few = {a for a, c in counts.qualifying.items() if c < min_reviews}
+    weak = {a for a, c in counts.qualifying.items() if c >= min_reviews and counts.top[a] < min_top_votes}
+    candidates = set(counts.qualifying) - few - weak
+    thresholds = {"min_votes": min_votes, "min_review_chars": min_review_chars, "min_reviews": min_reviews,
+                  "min_top_votes": min_top_votes, "seed": seed}
+    report = _start_report(reviews_path, meta_path, dataset, category, thresholds, counts, few, weak)
+    if not candidates:
+        raise _nothing_left(report, "the review and product rules")
+
+    meta, meta_lines, meta_dups = _read_metadata(meta_path, candidates)                     # pass 2
+    kept = _match_metadata(report, candidates, meta, counts.qualifying, meta_lines, meta_dups)
+    if not kept:
+        raise _nothing_left(report, "matching the metadata")
+
+    rows, dups = _read_kept_reviews(reviews_path, kept, min_votes, min_review_chars)        # pass 3
+    # duplicates can push a product below the rules again
+    kept = _drop_fallen(report, kept, rows, dups, min_reviews, min_top_votes)
+    if not kept:
+        raise _nothing_left(report, "removing duplicate reviews")
+
+    asins = sorted(kept)
+    split_of = split_by_product(asins, seed=seed)
+    prd, rvw = _frames(asins, meta, rows)
+    del rows
+    report["splits"] = _write_splits(out_root, dataset, category, prd, rvw, split_of)
     report["labels"] = {int(k): int(v) for k, v in sorted(rvw["label"].value_counts().items())}
     report["products_kept"] = len(prd)
     report["reviews_kept"] = len(rvw)
