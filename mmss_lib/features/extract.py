@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,118 @@ def _text_settings(text_model: str, max_len: int) -> tuple[dict, int]:
     return {"encoder": str(text_model), "encoder_source": source, "max_len": eff}, int(cfg.hidden_size)
 
 
+@dataclass
+class _Models:
+    """The text encoder and region extractor of one extraction, each loaded when first needed."""
+    text_model: str
+    text_max_len: int
+    text_batch_size: int
+    image_batch_size: int
+    device: str
+    detector_weights: Any
+    allow_random_weights: bool
+    detector_min_size: int | None
+    detector_max_size: int | None
+    region_opts: dict
+    encoder: Any = None
+    extractor: Any = None
+
+    def describe(self, kind: str) -> dict:
+        """Manifest fields of the model of ``kind`` ("text" or "region"), loading it if needed."""
+        if kind == "text":
+            if self.encoder is None:
+                from mmss_lib.features.text import TextEncoder
+                self.encoder = TextEncoder(self.text_model, max_len=self.text_max_len, device=self.device)
+            return {**self.encoder.describe(), "weights_fingerprint": self.encoder.fingerprint(),
+                    "random_weights": False}
+        if self.extractor is None:
+            from mmss_lib.features.regions import make_region_extractor
+            self.extractor = make_region_extractor(self.detector_weights, allow_random_weights=self.allow_random_weights,
+                                                   device=self.device, min_size=self.detector_min_size,
+                                                   max_size=self.detector_max_size, **self.region_opts)
+        return self.extractor.describe()
+
+    def features(self, kind: str, sub, chunk_ids: list[str], policy, bar) -> list[tuple[str, dict]]:
+        """(id, features) of the items of ``sub``; counts the text / image policy in ``policy``."""
+        if kind == "text":
+            from mmss_lib.features.text import clean_texts
+            texts = clean_texts(sub["text"].tolist(), chunk_ids, policy)
+            feats = self.encoder.encode(texts, batch_size=self.text_batch_size, progress=bar)
+            policy.truncated += int(sum(len(f) >= self.encoder.max_len - 1 for f in feats))
+            return [(i, {"x": f}) for i, f in zip(chunk_ids, feats)]
+        files = [list(v) if v is not None else [] for v in sub["image_files"].tolist()]
+        feats = self.extractor.extract_items(files, chunk_ids, batch_size=self.image_batch_size, report=policy)
+        items = list(zip(chunk_ids, feats))
+        if bar is not None:
+            bar.update(len(chunk_ids))
+        return items
+
+
+def _store_plan(kind: str, ids: list[str], text_settings: tuple[dict, int] | None,
+                region_settings: dict) -> tuple[dict, int]:
+    """What determines a store's features (its plan, without the content fingerprint) and its dim."""
+    if kind == "text":
+        text_plan, text_dim = text_settings
+        return {**text_plan, "ids": _ids_digest(ids), "n_items": len(ids)}, text_dim
+    from mmss_lib.features.regions import region_dim
+    opts = region_settings["options"]
+    plan = {**region_settings, "ids": _ids_digest(ids), "n_items": len(ids)}
+    return plan, region_dim(opts.get("region_backbone", "mobilenet_v2" if opts.get("region_boxes") == "grid" else "c5"))
+
+
+def _kept_as_is(path: Path, kind: str, dim: int, shard_size: int, plan: dict, *, legacy: bool,
+                overwrite: bool, where: str) -> bool:
+    """Whether the store on disk is complete with these settings and is left alone; one of these
+    settings from changed texts / image files is refused (without ``overwrite``)."""
+    if not overwrite:
+        _refuse_changed_content(path, kind, dim, shard_size, plan, where)
+    if legacy:
+        print(f"{path}: complete store from before content fingerprints: kept as is, unchecked "
+              "(rerun with --overwrite to rebuild it and record one)", file=sys.stderr)
+        return True
+    return not overwrite and FeatureStoreWriter.is_finished(path, kind=kind, dim=dim, shard_size=shard_size, plan=plan)
+
+
+def _write_store(path: Path, kind: str, frame, ids: list[str], entry: dict, models: _Models, *, dim: int,
+                 plan: dict, manifest: dict, shard_size: int, overwrite: bool, bar):
+    """Write the shards of a store that are not on disk yet (counted in ``entry``); the model is
+    loaded before the first shard. Returns the text / image policy report."""
+    from mmss_lib.features.regions import RegionReport
+    from mmss_lib.features.text import TextReport
+
+    writer = None
+    chunks = [list(range(a, min(a + shard_size, len(ids)))) for a in range(0, max(len(ids), 1), shard_size)]
+    policy = TextReport() if kind == "text" else RegionReport()
+    for k, rows in enumerate(chunks):
+        if writer is None:
+            writer = FeatureStoreWriter(path, kind=kind, dim=dim, manifest={**manifest, **models.describe(kind)},
+                                        shard_size=shard_size, plan=plan, overwrite=overwrite)
+        chunk_ids = [ids[i] for i in rows]
+        if writer.has_shard(k, chunk_ids):
+            entry["shards_skipped"] += 1
+            if bar is not None:
+                bar.update(len(rows))
+            continue
+        writer.write_shard(k, models.features(kind, frame.iloc[rows], chunk_ids, policy, bar))
+        entry["shards_written"] += 1
+    if bar is not None:
+        bar.close()
+    writer.close()
+    return policy
+
+
+def _record_store(report: dict[str, Any], name: str, kind: str, entry: dict, path: Path, t0: float) -> None:
+    """Add the finished store's rows, dim, bytes, seconds (and random weights of a region store) to ``report``."""
+    store = FeatureStore(path)
+    entry.update(rows=int(store.manifest["n_rows"]), dim=store.dim, bytes=store_size_bytes(path),
+                 seconds=round(time.perf_counter() - t0, 3))
+    if kind == "region":
+        rw = bool(store.manifest.get("random_weights"))
+        report["random_weights"] = rw if report["random_weights"] is None else (report["random_weights"] or rw)
+        entry["random_weights"] = rw
+    report["stores"][name] = entry
+
+
 def extract_category(data_root, dataset: str, category: str, features_root, *, text_model: str,
                      detector_weights=None, allow_random_weights: bool = False, text_max_len: int = 512,
                      text_batch_size: int = 64, image_batch_size: int = 8, device: str = "auto",
@@ -107,105 +220,43 @@ def extract_category(data_root, dataset: str, category: str, features_root, *, t
     holds ``"_models"``: ``{"encoder", "extractor"}`` as loaded (None if not needed), to pass to
     the next category; it is not part of the JSON file.
     """
-    from mmss_lib.features.regions import RegionReport
-    from mmss_lib.features.text import TextReport, clean_texts
-
     dirs = feature_dirs(features_root, dataset, category)
     products, reviews = load_category_items(data_root, dataset, category)
     sides = {"prd": (products, "product_id"), "rvw": (reviews, "review_id")}
     report: dict[str, Any] = {"dataset": dataset, "category": category, "stores": {},
                               "text": {}, "images": {}, "random_weights": None}
-    text_plan = text_dim = None
-    region_plan = None
     region_opts = dict(detector_options or {})
+    models = _Models(text_model, text_max_len, text_batch_size, image_batch_size, device, detector_weights,
+                     allow_random_weights, detector_min_size, detector_max_size, region_opts, encoder, extractor)
+    region_settings = {"detector_weights": str(detector_weights) if detector_weights is not None else "auto",
+                       "allow_random_weights": bool(allow_random_weights), "min_size": detector_min_size,
+                       "max_size": detector_max_size, "options": region_opts}
+    text_settings = None
     for name in stores:
         kind, side = name.split("_")
         frame, id_col = sides[side]
         ids = frame[id_col].tolist()
         t0 = time.perf_counter()
-        if kind == "text":
-            if text_plan is None:
-                text_plan, text_dim = _text_settings(text_model, text_max_len)
-            plan, dim = {**text_plan, "ids": _ids_digest(ids), "n_items": len(ids)}, text_dim
-        else:
-            plan = {"detector_weights": str(detector_weights) if detector_weights is not None else "auto",
-                    "allow_random_weights": bool(allow_random_weights), "min_size": detector_min_size,
-                    "max_size": detector_max_size, "options": region_opts,
-                    "ids": _ids_digest(ids), "n_items": len(ids)}
-            from mmss_lib.features.regions import region_dim
-            dim = region_dim(region_opts.get("region_backbone",
-                                             "mobilenet_v2" if region_opts.get("region_boxes") == "grid" else "c5"))
+        if kind == "text" and text_settings is None:
+            text_settings = _text_settings(text_model, text_max_len)
+        plan, dim = _store_plan(kind, ids, text_settings, region_settings)
         path = dirs[name]
         entry = {"path": str(path), "items": len(ids), "shards_written": 0, "shards_skipped": 0}
         fingerprint = content_fingerprint(kind, frame, id_col)      # the texts / image files it is built from
         legacy = not overwrite and _legacy_store(path, kind, dim, shard_size, plan)
         plan = {**plan, "content": fingerprint}
-        if not overwrite:
-            _refuse_changed_content(path, kind, dim, shard_size, plan, f"{dataset}/{category}")
-        if legacy:
-            print(f"{path}: complete store from before content fingerprints: kept as is, unchecked "
-                  "(rerun with --overwrite to rebuild it and record one)", file=sys.stderr)
-            entry["shards_skipped"] = len(FeatureStore(path).manifest["shards"])
-        elif not overwrite and FeatureStoreWriter.is_finished(path, kind=kind, dim=dim, shard_size=shard_size, plan=plan):
+        if _kept_as_is(path, kind, dim, shard_size, plan, legacy=legacy, overwrite=overwrite,
+                       where=f"{dataset}/{category}"):
             entry["shards_skipped"] = len(FeatureStore(path).manifest["shards"])
         else:
-            writer = None
-            chunks = [list(range(a, min(a + shard_size, len(ids)))) for a in range(0, max(len(ids), 1), shard_size)]
-            bar = _bar(progress, len(ids), f"{dataset}/{category} {name}", "item")
-            policy = TextReport() if kind == "text" else RegionReport()
-            for k, rows in enumerate(chunks):
-                if writer is None:
-                    manifest = {"dataset": dataset, "category": category, "store": name,
-                                "content_fingerprint": fingerprint}
-                    if kind == "text":
-                        if encoder is None:
-                            from mmss_lib.features.text import TextEncoder
-                            encoder = TextEncoder(text_model, max_len=text_max_len, device=device)
-                        manifest.update(encoder.describe(), weights_fingerprint=encoder.fingerprint(),
-                                        random_weights=False)
-                    else:
-                        if extractor is None:
-                            from mmss_lib.features.regions import make_region_extractor
-                            extractor = make_region_extractor(detector_weights, allow_random_weights=allow_random_weights,
-                                                        device=device, min_size=detector_min_size,
-                                                        max_size=detector_max_size, **region_opts)
-                        manifest.update(extractor.describe())
-                    writer = FeatureStoreWriter(path, kind=kind, dim=dim, manifest=manifest, shard_size=shard_size,
-                                                plan=plan, overwrite=overwrite)
-                chunk_ids = [ids[i] for i in rows]
-                if writer.has_shard(k, chunk_ids):
-                    entry["shards_skipped"] += 1
-                    if bar is not None:
-                        bar.update(len(rows))
-                    continue
-                sub = frame.iloc[rows]
-                if kind == "text":
-                    texts = clean_texts(sub["text"].tolist(), chunk_ids, policy)
-                    feats = encoder.encode(texts, batch_size=text_batch_size, progress=bar)
-                    policy.truncated += int(sum(len(f) >= encoder.max_len - 1 for f in feats))
-                    items = [(i, {"x": f}) for i, f in zip(chunk_ids, feats)]
-                else:
-                    files = [list(v) if v is not None else [] for v in sub["image_files"].tolist()]
-                    feats = extractor.extract_items(files, chunk_ids, batch_size=image_batch_size, report=policy)
-                    items = list(zip(chunk_ids, feats))
-                    if bar is not None:
-                        bar.update(len(rows))
-                writer.write_shard(k, items)
-                entry["shards_written"] += 1
-            if bar is not None:
-                bar.close()
-            writer.close()
+            manifest = {"dataset": dataset, "category": category, "store": name, "content_fingerprint": fingerprint}
+            policy = _write_store(path, kind, frame, ids, entry, models, dim=dim, plan=plan, manifest=manifest,
+                                  shard_size=shard_size, overwrite=overwrite,
+                                  bar=_bar(progress, len(ids), f"{dataset}/{category} {name}", "item"))
             report["text" if kind == "text" else "images"][name] = policy.as_dict()
-        store = FeatureStore(path)
-        entry.update(rows=int(store.manifest["n_rows"]), dim=store.dim, bytes=store_size_bytes(path),
-                     seconds=round(time.perf_counter() - t0, 3))
-        if kind == "region":
-            rw = bool(store.manifest.get("random_weights"))
-            report["random_weights"] = rw if report["random_weights"] is None else (report["random_weights"] or rw)
-            entry["random_weights"] = rw
-        report["stores"][name] = entry
+        _record_store(report, name, kind, entry, path, t0)
     atomic_write_json(Path(features_root) / dataset / category / "extract_report.json", report)
-    report["_models"] = {"encoder": encoder, "extractor": extractor}
+    report["_models"] = {"encoder": models.encoder, "extractor": models.extractor}
     return report
 
 
