@@ -116,7 +116,8 @@ class _Models:
                     "random_weights": False}
         if self.extractor is None:
             from mmss_lib.features.regions import make_region_extractor
-            self.extractor = make_region_extractor(self.detector_weights, allow_random_weights=self.allow_random_weights,
+            self.extractor = make_region_extractor(self.detector_weights,
+                                                   allow_random_weights=self.allow_random_weights,
                                                    device=self.device, min_size=self.detector_min_size,
                                                    max_size=self.detector_max_size, **self.region_opts)
         return self.extractor.describe()
