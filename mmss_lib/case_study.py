@@ -71,7 +71,7 @@ class CaseStudy:
     def predict(self, run_dir: str | os.PathLike, split: str, review_ids) -> Optional[dict[str, np.ndarray]]:
         """Scores of ``review_ids`` of ``split`` by a run's best checkpoint: ``{"score": (n,),
         "score_{s}": (n,)}``; None (with a note) when the run has no trained model."""
-        from mmss_lib.experiments import load_run_config
+        from mmss_lib.run_folder import load_run_config
         from mmss_lib.loader import REGION_KINDS, STORE_KINDS, MRHPSplitData, ReadCaps, open_stores
 
         run_dir = Path(run_dir)

@@ -27,7 +27,7 @@ class TrainingError(MMSSError):
 
 
 class RunInUseError(TrainingError):
-    """A run folder locked by another process (``mmss_lib.utils.run_lock``)."""
+    """A run folder locked by another process (``mmss_lib.run_folder.run_lock``)."""
 
 
 class DiskFullError(MMSSError, OSError):

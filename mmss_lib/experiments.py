@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from mmss_lib.errors import DataError, SweepError
-from mmss_lib.train import METRIC_NAMES, TrainConfig, load_splits, run_dir_for, run_name, train_run
+from mmss_lib.run_folder import finished_metrics, fold_run_dir, load_run_config, run_dir_for, run_name
+from mmss_lib.train import METRIC_NAMES, TrainConfig, load_splits, train_run
 from mmss_lib.systems import is_floor
 
 
@@ -119,7 +120,7 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
                         cfg = replace(base, system=system, variant=variant,
                                       model_options={**base.model_options, **options}, seed=int(seed))
                         rd = (run_dir_for(runs_root, dataset, category, system, variant, seed) if fold is None else
-                              F.fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed))
+                              fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed))
                         fold_jobs.append((category, cfg, rd))
             common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
             if fold is not None:
@@ -295,24 +296,9 @@ def _experiment_job(category: str, cfg: TrainConfig, run_dir: str, common: dict,
                      progress=common["progress"], splits=splits)
 
 
-# config fields that say where a run was trained, not what: a run finished on a GPU, or with
-# another thread count, is finished for every executor
-PLACEMENT_FIELDS = ("device", "num_threads")
-
-
 def _finished_metrics(run_dir: Path, cfg: TrainConfig, dataset: str, category: str) -> dict | None:
-    """metrics.json of a finished run of this configuration (placement fields aside), else None."""
-    cp, mp = Path(run_dir) / "config.json", Path(run_dir) / "metrics.json"
-    if not (cp.exists() and mp.exists()):
-        return None
-    old = json.loads(cp.read_text(encoding="utf-8"))
-    if old.get("run") != {"dataset": dataset, "category": category}:
-        return None
-    new, was = cfg.to_json(), dict(old.get("config") or {})
-    for f in PLACEMENT_FIELDS:
-        new.pop(f, None)
-        was.pop(f, None)
-    return json.loads(mp.read_text(encoding="utf-8")) if was == new else None
+    """metrics.json of a finished run of this configuration (:func:`mmss_lib.run_folder.finished_metrics`)."""
+    return finished_metrics(run_dir, cfg.to_json(), {"dataset": dataset, "category": category})
 
 
 def summarize(results):
@@ -327,24 +313,6 @@ def summarize(results):
     out.columns = [f"{c}_{stat}" for c, stat in out.columns]
     out["n_seeds"] = g.size()
     return out.reset_index()
-
-
-def finished_results(runs_root, dataset: str, category: str):
-    """The results frame of every finished run (a run folder with ``metrics.json``) of a category
-    under ``runs_root``, in :func:`run_experiment`'s layout (rows sorted by run folder): what a
-    report needs when the runs were trained elsewhere or earlier."""
-    import pandas as pd
-
-    rows = []
-    for mp in sorted((Path(runs_root) / dataset / category).glob("*/seed*/metrics.json")):
-        rd = mp.parent
-        cfg = json.loads((rd / "config.json").read_text())["config"]
-        m = json.loads(mp.read_text())
-        rows.append({"dataset": dataset, "category": category, "system": cfg["system"], "variant": cfg["variant"],
-                     "seed": int(cfg["seed"]), **{k: m["test"][k] for k in ("MAP", "NDCG@3", "NDCG@5", "MRR")},
-                     "dev_MAP": m["dev"]["MAP"], "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
-                     "seconds": m.get("seconds", 0.0), "run_dir": str(rd)})
-    return pd.DataFrame(rows)
 
 
 def load_per_product(runs_root, dataset: str, category: str, system: str, variant: str | None = "full",
@@ -375,25 +343,6 @@ def load_per_product(runs_root, dataset: str, category: str, system: str, varian
 
 
 # ------------------------------------------------------------------------------------ reading finished runs
-
-def load_run_config(run_dir) -> TrainConfig | None:
-    """The :class:`~mmss_lib.train.TrainConfig` a run folder's ``config.json`` records (None if absent)."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        return None
-    try:
-        return TrainConfig.from_json(json.loads(path.read_text(encoding="utf-8"))["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a config.json written by the trainer ({exc})") from None
-
-
-def load_history(run_dir) -> list[dict]:
-    """A run's ``history.json``: one dict per finished epoch (``epoch``, losses, ``dev`` metrics)."""
-    path = Path(run_dir) / "history.json"
-    if not path.exists():
-        raise DataError(f"{path}: no training history; train this run first")
-    return json.loads(path.read_text(encoding="utf-8"))
-
 
 def reference_config(runs_root, dataset: str, category: str, seeds: Sequence[int], fallback: TrainConfig, *,
                      system: str = "mmss", variant: str = "full") -> tuple[TrainConfig, Path | None]:

@@ -392,6 +392,7 @@ def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold
     cross-validation folds; by default the dataset files under ``data_root``. A finished run
     with the same configuration is returned as is.
     """
+    from mmss_lib.run_folder import CONFIG, METRICS, finished_metrics
     from mmss_lib.utils import atomic_path, atomic_write_json
 
     t0 = time.perf_counter()
@@ -399,11 +400,10 @@ def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold
     run_dir = Path(run_dir)
     run_info = dict(run_info or {"dataset": dataset, "category": category})
     record = {"config": cfg.to_json(), "run": run_info, "threshold": float(threshold)}
-    cfg_path, metrics_path = run_dir / "config.json", run_dir / "metrics.json"
-    if metrics_path.exists() and cfg_path.exists():
-        old = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if old.get("config") == record["config"] and old.get("run", {}) == record["run"]:
-            return json.loads(metrics_path.read_text(encoding="utf-8"))
+    cfg_path, metrics_path = run_dir / CONFIG, run_dir / METRICS
+    done = finished_metrics(run_dir, record["config"], record["run"])
+    if done is not None:
+        return done
     need_texts = cfg.system == "length"
     if is_ceiling(cfg.system):                        # fit on train + dev cues and labels, never on test
         cues = load_all_cues(data_root, dataset, category, cfg.system)

@@ -186,14 +186,6 @@ def pooled_frames(data_root, dataset: str, category: str):
 # what run_experiment needs
 # --------------------------------------------------------------------------------------------
 
-def fold_run_dir(runs_root, dataset: str, category: str, system: str, variant: str | None, tag: str, fold: int,
-                 seed: int) -> Path:
-    """``{runs_root}/{dataset}/{category}/{system}[__{variant}]/{tag}/fold{f}/seed{n}``."""
-    from mmss_lib.train import run_name
-
-    return Path(runs_root) / dataset / category / run_name(system, variant) / tag / f"fold{int(fold)}" / f"seed{int(seed)}"
-
-
 def design_folds(data_root, dataset: str, categories: Sequence[str], runs_root, k: int, *, seed: int = 0,
                  dev_fraction: float = DEFAULT_DEV_FRACTION) -> dict[str, list[dict]]:
     """``{category: folds}`` (:func:`fold_splits` of the released products), each design written

@@ -22,10 +22,12 @@ banks and EWMA state, epoch, best metric, patience counter and the Python/NumPy/
 are restored, so the final metrics equal those of an uninterrupted run. ``epochs``, ``patience``,
 ``device``, ``num_threads`` and ``eval_batch_size`` may differ on resume (e.g. to extend a run);
 any other differing field is refused with a :class:`~mmss_lib.errors.CheckpointError`. A finished
-run (``metrics.json`` present, identical configuration) is skipped.
+run (``metrics.json`` present, the same run by :mod:`mmss_lib.run_folder`'s identity: equal
+configuration but for where it was trained) is skipped. The folder's layout and these rules are
+:mod:`mmss_lib.run_folder`'s.
 
 One process per run folder: :func:`train_run` holds an OS lock (``fcntl.flock`` on
-``{run_dir}/.lock``, :func:`mmss_lib.utils.run_lock`) while it trains or writes the folder. A
+``{run_dir}/.lock``, :func:`mmss_lib.run_folder.run_lock`) while it trains or writes the folder. A
 second process asking for the same run is refused at once with a
 :class:`~mmss_lib.errors.RunInUseError` naming the folder and the holder's PID (two ``mmss
 train`` on one runs folder no longer mix their files); the kernel drops the lock when its holder
@@ -52,17 +54,18 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
 from mmss_lib.data import SPLITS
 from mmss_lib.errors import CheckpointError, DataError, TrainingError
 from mmss_lib.metrics import METRIC_NAMES
+from mmss_lib.run_folder import (BEST, CONFIG, LAST, METRICS, RESUME_FREE_FIELDS, finished_metrics,  # noqa: F401
+                                 resume_mismatch, run_dir_for, run_lock, run_name)
 from mmss_lib.utils import atomic_path, atomic_write_json, pick_device, seed_everything
 
 # Fields that may change between an interrupted run and its resumption.
-RESUME_FREE_FIELDS = ("epochs", "patience", "device", "num_threads", "eval_batch_size")
 
 
 @dataclass
@@ -186,15 +189,6 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------------ paths
 
-def run_name(system: str, variant: str | None = "full") -> str:
-    """Folder name of a system/variant: ``mmss``, ``mmss__wo_b``, ``mcr``."""
-    return system if variant in (None, "", "full") else f"{system}__{variant}"
-
-
-def run_dir_for(runs_root, dataset: str, category: str, system: str, variant: str | None, seed: int) -> Path:
-    return Path(runs_root) / dataset / category / run_name(system, variant) / f"seed{int(seed)}"
-
-
 # ------------------------------------------------------------------------------------ data
 
 def load_splits(data_root, dataset: str, category: str, features_root, cfg: TrainConfig) -> dict:
@@ -215,12 +209,6 @@ def load_splits(data_root, dataset: str, category: str, features_root, cfg: Trai
     check_features_match(stores, frames, where=f"{dataset}/{category}")   # stale features
     return {s: MRHPSplitData(frames[s][1], frames[s][0], stores, training=(s == "train"), caps=caps,
                              keep_texts=on_the_fly, name=f"{dataset}/{category}/{s}") for s in SPLITS}
-
-
-def _config_diff(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
-    ignore = set(ignore)
-    keys = sorted((set(a) | set(b)) - ignore)
-    return [k for k in keys if a.get(k) != b.get(k)]
 
 
 # ------------------------------------------------------------------------------------ RNG state
@@ -557,14 +545,13 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"config": cfg.to_json(), "run": dict(run_info or {}), "threshold": threshold}
     features = _store_manifests(splits["train"])    # extraction settings, for predict
-    metrics_path, last_path, best_path = run_dir / "metrics.json", run_dir / "last.pt", run_dir / "best.pt"
-    cfg_path = run_dir / "config.json"
+    metrics_path, last_path, best_path = run_dir / METRICS, run_dir / LAST, run_dir / BEST
+    cfg_path = run_dir / CONFIG
 
-    # ---- a finished run with the same configuration is skipped
-    if metrics_path.exists() and cfg_path.exists():
-        old = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if old.get("config") == record["config"] and old.get("run", {}) == record["run"]:
-            return json.loads(metrics_path.read_text(encoding="utf-8"))
+    # ---- a finished run of this identity is skipped (mmss_lib.run_folder)
+    done = finished_metrics(run_dir, record["config"], record["run"])
+    if done is not None:
+        return done
 
     _check_trainable(cfg, splits["train"], run_info)    # before anything is written
     if cfg.num_threads:
@@ -593,9 +580,7 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
     if last_path.exists():
         ck = _load_torch(last_path)
         old_cfg = ck.get("config", {})
-        diff = _config_diff(old_cfg, record["config"], RESUME_FREE_FIELDS)
-        if ck.get("run", {}) != record["run"]:
-            diff.append("run (dataset/category)")
+        diff = resume_mismatch(ck, record["config"], record["run"])
         if diff:
             raise CheckpointError(
                 f"{last_path}: checkpoint from another configuration; differing field(s): "
@@ -748,7 +733,6 @@ def train_run(cfg: TrainConfig, *, data_root, dataset: str, category: str, featu
         threshold = default_threshold(dataset)
     run_info = {"dataset": dataset, "category": category}
     run_dir = Path(run_dir)
-    from mmss_lib.utils import run_lock
     with run_lock(run_dir, f"run ({dataset}/{category} {run_name(cfg.system, cfg.variant)} seed {cfg.seed})"):
         return _train_run_locked(cfg, data_root=data_root, dataset=dataset, category=category,
                                  features_root=features_root, run_dir=run_dir, progress=progress, splits=splits,
@@ -757,18 +741,16 @@ def train_run(cfg: TrainConfig, *, data_root, dataset: str, category: str, featu
 
 def _train_run_locked(cfg: TrainConfig, *, data_root, dataset, category, features_root, run_dir: Path, progress,
                       splits, threshold, run_info) -> dict:
-    """:func:`train_run` while its run folder's lock is held (``mmss_lib.utils.run_lock``)."""
+    """:func:`train_run` while its run folder's lock is held (``mmss_lib.run_folder.run_lock``)."""
     from mmss_lib.systems import is_floor
     if is_floor(cfg.system):       # no training: score dev/test into the same run-folder contract
         from mmss_lib.floors import run_floor
         return run_floor(cfg, data_root=data_root, dataset=dataset, category=category, run_dir=run_dir,
                          threshold=float(threshold), run_info=run_info, splits=splits)
     # skip a finished run before loading anything
-    cfg_path, metrics_path = run_dir / "config.json", run_dir / "metrics.json"
-    if metrics_path.exists() and cfg_path.exists():
-        old = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if old.get("config") == cfg.to_json() and old.get("run") == run_info:
-            return json.loads(metrics_path.read_text(encoding="utf-8"))
+    done = finished_metrics(run_dir, cfg.to_json(), run_info)
+    if done is not None:
+        return done
     if splits is None:
         splits = load_splits(data_root, dataset, category, features_root, cfg)
     return fit(cfg, splits, run_dir, threshold=float(threshold), progress=progress, run_info=run_info)

@@ -852,7 +852,7 @@ def _lock_held(ctx: Ctx):
 
 
 def _hold_lock(run: str, ready, stop) -> None:
-    from mmss_lib.utils import run_lock
+    from mmss_lib.run_folder import run_lock
     with run_lock(run):
         ready.set()
         stop.wait(60)

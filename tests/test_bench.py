@@ -86,7 +86,7 @@ def test_precision_bench_trains_both_arms_and_reports_speed_wait_and_agreement(t
     import json
 
     from mmss_lib.bench.precision import bench_precision
-    from mmss_lib.experiments import finished_results
+    from mmss_lib.run_folder import finished_results
 
     args = ["--data-root", str(tiny_demo / "data"), "--category", "home", "--features", str(tiny_demo / "features"),
             "--out", str(tmp_path / "runs"), "--systems", "egcnn", "--seeds", "0", "--epochs", "2",

@@ -47,7 +47,8 @@ def trained(tmp_path_factory):
 
 
 def test_load_run_config_history_and_reference_config(trained, tmp_path):
-    from mmss_lib.experiments import load_history, load_run_config, reference_config
+    from mmss_lib.experiments import reference_config
+    from mmss_lib.run_folder import load_history, load_run_config
     from mmss_lib.train import TrainConfig, run_dir_for
 
     root, base, results = trained

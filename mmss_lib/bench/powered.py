@@ -177,7 +177,7 @@ def run_phase(out: Path, phase: str, *, seeds: Sequence[int], n_jobs: int, signa
 
 def finished_results(out: Path, w: float):
     """The results frame of every finished run under a weight's runs root."""
-    from mmss_lib.experiments import finished_results as finished
+    from mmss_lib.run_folder import finished_results as finished
 
     return finished(runs_root(out, w), "demo", CATEGORY)
 

@@ -117,7 +117,7 @@ def bench_precision(argv: list[str], prog: str = "mmss bench precision") -> int:
                     help="report the finished runs under --out (trained elsewhere, e.g. on the GPU machine)")
     args = ap.parse_args(argv)
     if args.report_only:
-        from mmss_lib.experiments import finished_results
+        from mmss_lib.run_folder import finished_results
 
         results = {p: finished_results(Path(args.out) / p, args.dataset, args.category).assign(variant=p)
                    for p in PRECISIONS}
