@@ -92,16 +92,25 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
     return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
 
 
-def masked_max(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
+def masked_max(x: Tensor, mask: Tensor, dim: int = 1, *, ties: str = "split") -> Tensor:
     """Max of ``x`` over the real positions of ``dim`` (``mask`` has ``x``'s shape without the
-    last axis); zeros for a row with none. The gradient of a maximum reached at several real
-    positions is split evenly between them (``amax``).
+    last axis); zeros for a row with none.
+
+    ``ties``: where the gradient of a maximum reached at several real positions goes: ``"split"``
+    evenly between them (``amax``) or ``"first"`` all to the first of them (``max(dim).values``).
+    The values are the same; ties are frequent in bfloat16 (8-bit mantissa).
 
     >>> masked_max(torch.tensor([[[1.], [-3.], [100.]]]), torch.tensor([[True, True, False]]))
     tensor([[1.]])
     """
     m = mask.unsqueeze(-1)                                   # (B, L, 1)
-    out = x.masked_fill(~m, torch.finfo(x.dtype).min).amax(dim)
+    filled = x.masked_fill(~m, torch.finfo(x.dtype).min)
+    if ties == "split":
+        out = filled.amax(dim)
+    elif ties == "first":
+        out = filled.max(dim).values
+    else:
+        raise ValueError(f"masked_max: ties must be 'split' or 'first', got {ties!r}")
     return torch.where(m.any(dim), out, torch.zeros_like(out))
 
 

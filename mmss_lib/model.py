@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from mmss_lib.batch import Batch, ModelOutput
 from mmss_lib.errors import DataError, MMSSError
 from mmss_lib.losses import UncertaintyWeighting
+from mmss_lib.masked import guard_empty, masked_mean, soft_pool, zero_padding
 
 SUBTASKS = ("ptrt", "pvrv", "ptrv", "pvrt", "rtrv")
 
@@ -98,33 +99,6 @@ class MMSSConfig:
         self.subtasks = tuple(s for s in SUBTASKS if s in subs)  # canonical order
         if self.d % self.n_heads:
             raise MMSSError(f"MMSS option d={self.d} must be divisible by n_heads={self.n_heads}")
-
-
-def soft_pool(x: Tensor, mask: Tensor) -> Tensor:
-    """SoftPool over positions (Stergiou et al. [36]), per feature dimension, masked.
-
-    For each feature c: w_lc = exp(x_lc) / sum_{l' real} exp(x_l'c), output_c = sum_l w_lc x_lc.
-    ``x`` (B, L, d), ``mask`` (B, L) bool with at least one ``True`` per row -> (B, d).
-    Example: one feature with real values [0, ln 3] gives weights [1/4, 3/4] and 0.75 * ln 3.
-    """
-    m = mask.unsqueeze(-1)                                          # (B, L, 1)
-    w = torch.softmax(x.masked_fill(~m, float("-inf")), dim=1)      # (B, L, d)
-    return (w * x.masked_fill(~m, 0.0)).sum(dim=1)                  # (B, d)
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over real positions: (B, L, d), (B, L) -> (B, d); zeros for a row with none."""
-    m = mask.unsqueeze(-1).to(x.dtype)                              # (B, L, 1)
-    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)                 # (B, d)
-
-
-def _guard_empty(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(any_real (B,), safe_mask (B, L)): rows without a real position get position 0 unmasked,
-    so attention and pooling stay finite; their result must be replaced by the caller."""
-    any_real = mask.any(dim=1)
-    safe = mask.clone()
-    safe[:, 0] |= ~any_real
-    return any_real, safe
 
 
 class Dropout(nn.Dropout):
@@ -202,7 +176,7 @@ class Interaction(nn.Module):
     def forward(self, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tensor:
         x = torch.cat([a, b], dim=1)                                # (B, La+Lb, d)
         mask = torch.cat([a_mask, b_mask], dim=1)                   # (B, La+Lb)
-        any_real, safe = _guard_empty(mask)
+        any_real, safe = guard_empty(mask)
         h = self.self_att(x, src_key_padding_mask=~safe)            # (B, La+Lb, d), Self-ATT
         pooled = soft_pool(h, safe)                                 # (B, d), SoftPool
         return torch.where(any_real.unsqueeze(-1), pooled, self.empty.to(pooled.dtype).expand_as(pooled))
@@ -284,11 +258,9 @@ class MMSS(nn.Module):
                 raise DataError(f"MMSS: batch.{name} has feature size {x.shape[-1]}, the model expects {dim}")
         dtype = self.text_proj[0].weight.dtype
 
-        def clean(x: Tensor, m: Tensor) -> Tensor:  # padding can never reach outputs or gradients
-            return x.to(dtype).masked_fill(~m.unsqueeze(-1), 0.0)
-
-        tp = self.text_proj(clean(pt, batch.pt_mask))                # (B, Lp, d)
-        tr = self.text_proj(clean(rt, batch.rt_mask))                # (B, Lr, d)
+        # padding can never reach outputs or gradients
+        tp = self.text_proj(zero_padding(pt.to(dtype), batch.pt_mask))  # (B, Lp, d)
+        tr = self.text_proj(zero_padding(rt.to(dtype), batch.rt_mask))  # (B, Lr, d)
         n_p = batch.pv.shape[1]
         v_in = torch.cat([batch.pv, batch.rv], dim=1).to(dtype)     # (B, Np+Nr, dr)
         v_mask = torch.cat([batch.pv_mask, batch.rv_mask], dim=1)   # (B, Np+Nr)
@@ -296,7 +268,7 @@ class MMSS(nn.Module):
         real = self.region_proj(v_in[v_mask])                       # (n_real, d)
         v = real.new_zeros(*v_mask.shape, cfg.d).masked_scatter(v_mask.unsqueeze(-1), real)  # (B, Np+Nr, d)
         if self.region_att is not None:
-            _, safe = _guard_empty(v_mask)
+            _, safe = guard_empty(v_mask)
             v = self.region_att(v, src_key_padding_mask=~safe)       # (B, Np+Nr, d), Self-ATT over [V; K]
         vp, vr = v[:, :n_p], v[:, n_p:]                              # (B, Np, d), (B, Nr, d)
         out = {"tp": (tp, batch.pt_mask), "tr": (tr, batch.rt_mask),
@@ -304,7 +276,7 @@ class MMSS(nn.Module):
         if self.source is not None:
             out = {k: (x + self.source[i], m) for i, (k, (x, m)) in enumerate(out.items())}
         # re-zero padding (LayerNorm / attention / source embeddings give padded rows values)
-        return {k: (x.masked_fill(~m.unsqueeze(-1), 0.0), m) for k, (x, m) in out.items()}
+        return {k: (zero_padding(x, m), m) for k, (x, m) in out.items()}
 
     def interaction_features(self, batch: Batch) -> dict[str, Tensor]:
         """Modules (a)+(b): the five pooled interactions f_s (B, d) of Eq. 3-5."""

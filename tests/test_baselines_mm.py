@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmss_lib.baselines._mm_common import CrossAttention, masked_max, masked_mean, masked_softmax
+from mmss_lib.baselines._mm_common import CrossAttention
 from mmss_lib.baselines.mcl import adaptive_info_nce
 from mmss_lib.baselines.ssecross import stochastic_shared_embedding
 from mmss_lib.batch import Batch, random_batch
@@ -69,16 +69,7 @@ def _pad(batch: Batch, extra: int = 3, seed: int = 1) -> Batch:
     return replace(batch, **kw)
 
 
-# ----------------------------------------------------------------------------- masked primitives
-
-
-def test_masked_primitives_known_values_and_empty_rows():
-    x = torch.tensor([[[1.0], [3.0], [100.0]], [[5.0], [6.0], [7.0]]])  # (2, 3, 1)
-    m = torch.tensor([[True, True, False], [False, False, False]])
-    assert masked_mean(x, m)[:, 0].tolist() == [2.0, 0.0]
-    assert masked_max(x, m)[:, 0].tolist() == [3.0, 0.0]
-    w = masked_softmax(torch.tensor([[0.0, 0.0, 50.0], [1.0, 2.0, 3.0]]), m)
-    assert torch.allclose(w, torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]))
+# ----------------------------------------------------------------------------- cross attention
 
 
 def test_cross_attention_ignores_padding_and_zero_for_empty_context():

@@ -7,16 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmss_lib.baselines.common import (
-    AttentionPool,
-    MaskedBiLSTM,
-    NGramConv,
-    lengths_from_mask,
-    masked_attention,
-    masked_max,
-    masked_mean,
-    masked_softmax,
-)
+from mmss_lib.baselines.common import MaskedBiLSTM, NGramConv
 from mmss_lib.batch import random_batch
 from mmss_lib.errors import DataError
 from mmss_lib.systems import SYSTEMS, build_system
@@ -50,52 +41,7 @@ def _with_garbage_padding(batch, extra: int = 4, seed: int = 1):
     return dataclasses.replace(batch, **kw)
 
 
-# ----------------------------------------------------------------------------- common helpers
-
-def test_masked_softmax_zero_on_padding_and_empty_rows():
-    scores = torch.tensor([[1.0, 2.0, 50.0], [3.0, 4.0, 5.0]], requires_grad=True)
-    mask = torch.tensor([[True, True, False], [False, False, False]])
-    w = masked_softmax(scores, mask)
-    ref = torch.softmax(torch.tensor([1.0, 2.0]), 0)
-    assert torch.allclose(w[0, :2], ref) and w[0, 2] == 0
-    assert torch.equal(w[1], torch.zeros(3))
-    w.sum().backward()
-    assert torch.isfinite(scores.grad).all()
-
-
-def test_masked_pooling_matches_reference():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 5, 4, generator=g)
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
-    mean, mx = masked_mean(x, mask), masked_max(x, mask)
-    for b in range(3):
-        n = int(mask[b].sum())
-        want_mean = x[b, :n].mean(0) if n else torch.zeros(4)
-        want_max = x[b, :n].max(0).values if n else torch.zeros(4)
-        assert torch.allclose(mean[b], want_mean, atol=1e-6)
-        assert torch.allclose(mx[b], want_max)
-
-
-def test_masked_attention_matches_unpadded_attention():
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 8, generator=g) for _ in range(3))
-    mask = torch.tensor([[True, True, False], [False, False, False]])
-    out = masked_attention(q, k, v, mask)
-    ref = torch.softmax(q[0] @ k[0, :2].T / 8 ** 0.5, -1) @ v[0, :2]
-    assert torch.allclose(out[0], ref, atol=1e-6)
-    assert torch.equal(out[1], torch.zeros(3, 8))
-
-
-def test_attention_pool_ignores_padding():
-    torch.manual_seed(0)
-    pool = AttentionPool(4)
-    h = torch.randn(1, 3, 4)
-    mask = torch.tensor([[True, True, False]])
-    h2 = h.clone()
-    h2[0, 2] = 1e3
-    assert torch.allclose(pool(h, mask), pool(h2, mask))
-    assert torch.allclose(pool(h, mask), pool(h[:, :2], mask[:, :2]), atol=1e-6)
-
+# ----------------------------------------------------------------------------- sequence encoders (common.py)
 
 def test_masked_bilstm_matches_per_sample_lstm():
     torch.manual_seed(0)
@@ -146,11 +92,6 @@ def test_masked_bilstm_empty_row_is_finite_zero():
     assert torch.equal(h[1], torch.zeros(4, 6))
     h.sum().backward()
     assert torch.isfinite(x.grad).all()
-
-
-def test_non_prefix_mask_is_rejected():
-    with pytest.raises(DataError, match="row 1 is not a prefix mask"):
-        lengths_from_mask(torch.tensor([[True, False], [False, True]]))
 
 
 def test_ngram_conv_matches_manual_windows():

@@ -253,21 +253,39 @@ def test_masked_pooling_equals_the_old_versions(seed, scale, dtype):
     xi = _garbage(x, mask, g)                                 # max ignores any padded value
     mx = _run(lambda t: masked_max(t, mask), xi, seed=seed)
     assert_same(mx, _run(lambda t: old_mm_masked_max(t, mask), xi, seed=seed))
-    assert_same(mx, _run(lambda t: old_text_masked_max(t, mask), xi, seed=seed))   # no ties in random data
+    assert_same(_run(lambda t: masked_max(t, mask, ties="first"), xi, seed=seed),
+                _run(lambda t: old_text_masked_max(t, mask), xi, seed=seed))
     # the 4-d form BiMPM uses: max over the steps of text 2 for each step of text 1
     pair = torch.randn(3, 4, 6, 2, generator=g, dtype=dtype) * scale
     m2 = _mask(g, 3, 6, prefix=True, empty_rows=(1,))[:, None, :].expand(-1, 4, -1)
-    assert_same(_run(lambda t: masked_max(t, m2, dim=2), pair, seed=seed),
+    assert_same(_run(lambda t: masked_max(t, m2, dim=2, ties="first"), pair, seed=seed),
                 _run(lambda t: old_text_masked_max(t, m2, dim=2), pair, seed=seed))
     assert_same(_run(lambda t: masked_mean(t, m2, dim=2), pair, seed=seed),
                 _run(lambda t: old_text_masked_mean(t, m2, dim=2), pair, seed=seed))
 
 
-def test_masked_max_splits_the_gradient_of_a_tied_maximum():
-    x = torch.tensor([[[2.0], [2.0], [1.0], [9.0]]], requires_grad=True)
+def test_masked_max_ties_equal_the_old_versions_in_bfloat16():
+    """bfloat16 rounds neighbouring values together: ties are frequent, and the old versions
+    differed there (text systems: the first maximum gets the gradient; multimodal: split)."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 9, 5, generator=g) * 0.05 + 1.0).to(torch.bfloat16)   # few distinct values
+    mask = _mask(g, 6, 9, empty_rows=(2,))
+    first = _run(lambda t: masked_max(t, mask, ties="first"), x)
+    split = _run(lambda t: masked_max(t, mask, ties="split"), x)
+    assert_same(first, _run(lambda t: old_text_masked_max(t, mask), x))
+    assert_same(split, _run(lambda t: old_mm_masked_max(t, mask), x))
+    assert torch.equal(first[0][0], split[0][0]) and not torch.equal(first[1][0], split[1][0])
+    assert torch.equal(masked_max(x, mask), split[0][0])                     # default: split
+
+
+def test_masked_max_tied_maximum_gradient():
     mask = torch.tensor([[True, True, True, False]])
-    masked_max(x, mask).sum().backward()
-    assert x.grad[0, :, 0].tolist() == [0.5, 0.5, 0.0, 0.0]
+    for ties, want in (("split", [0.5, 0.5, 0.0, 0.0]), ("first", [1.0, 0.0, 0.0, 0.0])):
+        x = torch.tensor([[[2.0], [2.0], [1.0], [9.0]]], requires_grad=True)
+        masked_max(x, mask, ties=ties).sum().backward()
+        assert x.grad[0, :, 0].tolist() == want
+    with pytest.raises(ValueError, match="ties"):
+        masked_max(x, mask, ties="last")
 
 
 @pytest.mark.parametrize("seed,scale,dtype", _cases())

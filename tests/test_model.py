@@ -1,7 +1,6 @@
 """MM-SS model (Eq. 3-9): shapes, masking invariants, empty image sets, ablations, fine-tuning mode."""
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import pytest
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 from mmss_lib.batch import Batch, random_batch
 from mmss_lib.errors import DataError, MMSSError
 from mmss_lib.losses import ranking_hinge
-from mmss_lib.model import ABLATION_LABELS, ABLATIONS, INTERACTIONS, MMSS, SUBTASKS, masked_mean, soft_pool
+from mmss_lib.model import ABLATION_LABELS, ABLATIONS, INTERACTIONS, MMSS, SUBTASKS
 
 TD, RD, D = 8, 12, 16
 
@@ -30,16 +29,6 @@ def _no_images(batch: Batch, rows) -> Batch:
     pv_mask[rows] = False
     rv_mask[rows] = False
     return replace(batch, pv_mask=pv_mask, rv_mask=rv_mask)
-
-
-def test_soft_pool_known_values_and_mask():
-    x = torch.tensor([[[0.0, 1.0], [math.log(3.0), 1.0], [100.0, -7.0]]])  # (1, 3, 2)
-    mask = torch.tensor([[True, True, False]])
-    out = soft_pool(x, mask)
-    # feature 0: weights [1/4, 3/4] -> 0.75 ln 3; feature 1: equal values -> 1
-    assert out[0].tolist() == pytest.approx([0.75 * math.log(3.0), 1.0])
-    assert masked_mean(x, mask)[0].tolist() == pytest.approx([0.5 * math.log(3.0), 1.0])
-    assert masked_mean(x, torch.zeros(1, 3, dtype=torch.bool)).tolist() == [[0.0, 0.0]]
 
 
 def test_forward_shapes_and_contract():

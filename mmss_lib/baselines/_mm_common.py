@@ -1,26 +1,17 @@
 """Pieces shared by the four multimodal comparison systems (SSE-Cross, D&R Net, MCR, MCL).
 
 Everything here is mask-aware: a mask is boolean with ``True`` = a real token/region, and an item
-without images has an all-``False`` region row. The helpers never attend to padding, and rows
-that are entirely padding give exact zeros (never NaN, in forward or backward):
+without images has an all-``False`` region row. The blocks never attend to padding, and rows
+that are entirely padding give exact zeros (never NaN, in forward or backward). The masked
+softmax, pooling and :class:`~mmss_lib.masked.AttentionPool` they combine with are in
+:mod:`mmss_lib.masked`.
 
-- :func:`masked_softmax` - softmax over the real positions only; an all-masked row -> all zeros.
-- :func:`masked_mean`, :func:`masked_max` - pooling over real positions; empty rows -> zeros.
 - :class:`CrossAttention` - multi-head scaled dot-product attention of queries over masked keys.
 - :class:`TransformerBlock` - a pre-LayerNorm self-attention block built on it.
-- :class:`AttentionPool` - attention pooling with a learned query, optionally conditioned on a
-  "claim" vector (MCR's product-as-claim pooling).
 - :class:`InputEncoder` - the shared input stage: store token features (``text_dim``) and RoI
   features (``region_dim``, plus normalised boxes when the batch has them) -> width ``d``.
 - :class:`ScoreHead` - the MLP that maps a fused representation to the ranking score (B,).
 - :func:`check_batch` - clear :class:`~mmss_lib.errors.DataError` on inputs a model cannot use.
-
-Worked example (an all-masked row pools to zeros)::
-
-    >>> import torch
-    >>> x = torch.ones(2, 3, 4); m = torch.tensor([[True, False, False], [False] * 3])
-    >>> masked_mean(x, m)[:, 0].tolist()
-    [1.0, 0.0]
 """
 from __future__ import annotations
 
@@ -32,52 +23,9 @@ from torch import Tensor, nn
 
 from mmss_lib.batch import Batch
 from mmss_lib.errors import DataError
+from mmss_lib.masked import has_any, zero_padding
 
-__all__ = [
-    "masked_softmax", "masked_mean", "masked_max", "has_any", "zero_padding",
-    "CrossAttention", "TransformerBlock", "AttentionPool", "InputEncoder", "ScoreHead",
-    "check_batch",
-]
-
-
-# --------------------------------------------------------------------------- masked primitives
-
-
-def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
-    """Softmax of ``scores`` over ``dim`` restricted to ``mask`` (True = real; broadcastable).
-
-    Masked positions get weight exactly 0; a slice with no real position gets all zeros (not NaN).
-    The max-shift uses only real positions, so the result is independent of padded values.
-    """
-    mask = mask.expand_as(scores)
-    s = scores.masked_fill(~mask, float("-inf"))
-    shift = s.amax(dim=dim, keepdim=True).detach()
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    e = torch.exp(s - shift) * mask  # exp(-inf) = 0 at padding
-    return e / e.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x`` (B, L, d) over the real positions of ``mask`` (B, L) -> (B, d); empty -> 0."""
-    m = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def masked_max(x: Tensor, mask: Tensor) -> Tensor:
-    """Max of ``x`` (B, L, d) over the real positions of ``mask`` (B, L) -> (B, d); empty -> 0."""
-    filled = x.masked_fill(~mask.unsqueeze(-1), torch.finfo(x.dtype).min)
-    out = filled.amax(dim=1)  # (B, d)
-    return torch.where(mask.any(1, keepdim=True), out, torch.zeros_like(out))
-
-
-def has_any(mask: Tensor) -> Tensor:
-    """(B, L) mask -> (B,) bool: the item has at least one real position (e.g. has images)."""
-    return mask.any(dim=1)
-
-
-def zero_padding(x: Tensor, mask: Tensor) -> Tensor:
-    """Replace padded positions of ``x`` (B, L, d) by exact zeros (robust to any padded value)."""
-    return x.masked_fill(~mask.unsqueeze(-1), 0.0)
+__all__ = ["CrossAttention", "TransformerBlock", "InputEncoder", "ScoreHead", "check_batch"]
 
 
 # --------------------------------------------------------------------------- attention blocks
@@ -136,28 +84,6 @@ class TransformerBlock(nn.Module):
         x = x + self.drop(self.attn(h, h, mask))
         x = x + self.drop(self.ff(self.ln2(x)))
         return zero_padding(x, mask)
-
-
-class AttentionPool(nn.Module):
-    """Attention pooling (B, L, d) -> (B, d): weights = masked softmax of an MLP score per position.
-
-    With ``claim_dim`` > 0 the score of each position also sees a per-sample claim vector
-    (B, claim_dim), concatenated to it: MCR's "product as claim" reasoning attention.
-    """
-
-    def __init__(self, d: int, *, claim_dim: int = 0, hidden: int = 64):
-        super().__init__()
-        self.claim_dim = claim_dim
-        self.score = nn.Sequential(nn.Linear(d + claim_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-    def forward(self, x: Tensor, mask: Tensor, claim: Optional[Tensor] = None) -> Tensor:
-        if self.claim_dim:
-            assert claim is not None, "this AttentionPool was built with a claim: pass claim=(B, claim_dim)"
-            x_in = torch.cat([x, claim[:, None, :].expand(-1, x.shape[1], -1)], dim=-1)  # (B, L, d + c)
-        else:
-            x_in = x
-        w = masked_softmax(self.score(x_in).squeeze(-1), mask, dim=-1)  # (B, L)
-        return (w.unsqueeze(-1) * x).sum(1)  # (B, d)
 
 
 # --------------------------------------------------------------------------- inputs and output

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmss_lib.baselines.common import MaskedBiLSTM, masked_max, masked_softmax, text_inputs
+from mmss_lib.baselines.common import MaskedBiLSTM, text_inputs
 from mmss_lib.batch import Batch, ModelOutput
+from mmss_lib.masked import masked_max, masked_softmax
 
 _EPS = 1e-8
 
@@ -93,7 +94,7 @@ class MultiPerspectiveMatching(nn.Module):
             # max-pooling matching: max over the real steps of text 2
             pair = pairwise_multi_perspective_cosine(s1, s2, self.weight[1, d])   # (B, L1, L2, l)
             m2 = mask2[:, None, :].expand(-1, s1.shape[1], -1)                   # (B, L1, L2)
-            out.append(masked_max(pair, m2, dim=2))                              # (B, L1, l)
+            out.append(masked_max(pair, m2, dim=2, ties="first"))                # (B, L1, l)
             # cosine between the contextual states drives both attentive strategies
             cos = torch.einsum("bih,bjh->bij", F.normalize(s1, dim=-1, eps=_EPS),
                                F.normalize(s2, dim=-1, eps=_EPS))               # (B, L1, L2)

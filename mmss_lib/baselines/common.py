@@ -1,18 +1,10 @@
-"""Masked building blocks shared by the comparison systems (text-only ones and, if wanted, the rest).
+"""Pieces shared by the four text-only comparison systems (BiMPM, EG-CNN, Conv-KNRM, PRH-Net).
 
-Every helper takes boolean masks with ``True`` = a real token/region (the :class:`mmss_lib.batch.Batch`
-convention) and obeys two invariants that the tests check:
-
-* **padding never counts**: the result does not change when padded positions hold other values
-  or when more padded positions are appended;
-* **empty is safe**: a row whose mask is all ``False`` (an empty text, an item without images)
-  gives finite zeros, with finite gradients, instead of NaN from ``softmax([-inf, ...])`` or
-  ``max`` over nothing.
-
-Pooling: :func:`masked_mean`, :func:`masked_max`. Attention: :func:`masked_softmax`,
-:func:`masked_attention`, :class:`AttentionPool`. Sequence encoders that respect lengths:
-:class:`MaskedBiLSTM` (a BiLSTM whose backward direction starts at the last *real* token) and :class:`NGramConv` (n-gram windows starting at real tokens). Input checks:
-:func:`text_inputs`.
+Input checks: :func:`text_inputs`. Sequence encoders that respect lengths: :class:`MaskedBiLSTM`
+(a BiLSTM whose backward direction starts at the last *real* token) and :class:`NGramConv`
+(n-gram windows starting at real tokens). Masks are boolean with ``True`` = a real token; padding
+never changes a real position's output and an all-padding row gives zeros. The masked softmax,
+pooling and attention they combine with are in :mod:`mmss_lib.masked`.
 """
 from __future__ import annotations
 
@@ -21,18 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmss_lib.errors import DataError
+from mmss_lib.masked import lengths_from_mask
 
-__all__ = [
-    "text_inputs",
-    "lengths_from_mask",
-    "masked_mean",
-    "masked_max",
-    "masked_softmax",
-    "masked_attention",
-    "AttentionPool",
-    "MaskedBiLSTM",
-    "NGramConv",
-]
+__all__ = ["text_inputs", "MaskedBiLSTM", "NGramConv"]
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -61,92 +44,6 @@ def text_inputs(batch, text_dim: int, *, system: str, fields: tuple[str, ...] = 
                 f"{system}: batch.{name}_mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:2])}")
         out.append((x.float(), mask.bool()))
     return out
-
-
-def lengths_from_mask(mask: Tensor, *, name: str = "mask") -> Tensor:
-    """Lengths (B,) of prefix masks; raises :class:`DataError` when a row is not ``1..1 0..0``.
-
-    Sequence encoders (LSTM, n-gram windows) need real tokens first and padding after.
-    """
-    mask = mask.bool()
-    lengths = mask.sum(1)
-    prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]
-    if not torch.equal(prefix, mask):
-        bad = int((prefix != mask).any(1).nonzero()[0, 0])
-        raise DataError(f"{name}: row {bad} is not a prefix mask (real tokens first, then padding)")
-    return lengths
-
-
-# ----------------------------------------------------------------------------- pooling
-
-def masked_mean(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
-    """Mean of ``x`` over the real positions of ``dim``; zeros for an all-padding row.
-
-    >>> masked_mean(torch.tensor([[[1.], [3.], [100.]]]), torch.tensor([[True, True, False]]))
-    tensor([[2.]])
-    """
-    m = mask.to(x.dtype).unsqueeze(-1)                       # (B, L, 1)
-    total = (x * m).sum(dim)
-    count = m.sum(dim).clamp_min(1.0)
-    return total / count
-
-
-def masked_max(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
-    """Max of ``x`` over the real positions of ``dim``; zeros for an all-padding row.
-
-    >>> masked_max(torch.tensor([[[1.], [-3.], [100.]]]), torch.tensor([[True, True, False]]))
-    tensor([[1.]])
-    """
-    m = mask.unsqueeze(-1)                                   # (B, L, 1)
-    filled = x.masked_fill(~m, torch.finfo(x.dtype).min)
-    out = filled.max(dim).values
-    any_real = m.any(dim)
-    return torch.where(any_real, out, torch.zeros_like(out))
-
-
-def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
-    """Softmax of ``scores`` over the real positions along ``dim`` (``mask`` broadcasts to scores).
-
-    Padded positions get exactly 0; a slice with no real position gets all zeros (not NaN), so an
-    attention over it returns a zero vector and passes finite gradients.
-    """
-    mask = mask.expand_as(scores)
-    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    weights = torch.softmax(filled, dim=dim)
-    return weights * mask.to(scores.dtype)
-
-
-def masked_attention(query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor,
-                     *, scale: float | None = None, return_weights: bool = False):
-    """Scaled dot-product attention of ``query`` (B, Lq, d) over ``key``/``value`` (B, Lk, d).
-
-    ``key_mask`` (B, Lk) marks the real keys; queries whose keys are all padding get zero vectors.
-    ``scale`` defaults to ``1/sqrt(d)``. Returns (B, Lq, dv) [and the weights (B, Lq, Lk)].
-    """
-    if scale is None:
-        scale = query.shape[-1] ** -0.5
-    scores = torch.einsum("bqd,bkd->bqk", query, key) * scale       # (B, Lq, Lk)
-    weights = masked_softmax(scores, key_mask[:, None, :], dim=-1)   # (B, Lq, Lk)
-    out = torch.einsum("bqk,bkd->bqd", weights, value)               # (B, Lq, dv)
-    return (out, weights) if return_weights else out
-
-
-class AttentionPool(nn.Module):
-    """Additive self-attention pooling: ``a_i = softmax_i(u^T tanh(W h_i))``, ``r = sum_i a_i h_i``.
-
-    (B, L, d) + mask (B, L) -> (B, d); an all-padding row pools to zeros.
-    """
-
-    def __init__(self, dim: int, hidden: int | None = None):
-        super().__init__()
-        hidden = hidden or dim
-        self.proj = nn.Linear(dim, hidden)
-        self.context = nn.Linear(hidden, 1, bias=False)
-
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
-        logits = self.context(torch.tanh(self.proj(h))).squeeze(-1)  # (B, L)
-        weights = masked_softmax(logits, mask, dim=-1)               # (B, L)
-        return torch.einsum("bl,bld->bd", weights, h)                # (B, d)
 
 
 # ----------------------------------------------------------------------------- sequence encoders

@@ -25,11 +25,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmss_lib.baselines._mm_common import (
-    AttentionPool, CrossAttention, InputEncoder, ScoreHead, TransformerBlock, check_batch, has_any,
-    masked_mean,
-)
+from mmss_lib.baselines._mm_common import CrossAttention, InputEncoder, ScoreHead, TransformerBlock, check_batch
 from mmss_lib.batch import Batch, ModelOutput
+from mmss_lib.masked import AttentionPool, has_any, masked_mean
 
 
 class Decomposition(nn.Module):
@@ -60,7 +58,8 @@ class Relation(nn.Module):
         super().__init__()
         self.attend = CrossAttention(d, n_heads=n_heads)
         self.ln = nn.LayerNorm(d)
-        self.pool = AttentionPool(d)
+        self.pool = AttentionPool(d, hidden=64, activation="relu", score_bias=True, softmax="shifted",
+                                  weighted_sum="broadcast")
 
     def forward(self, concepts: Tensor, c_mask: Tensor, text: Tensor, t_mask: Tensor) -> Tensor:
         a = self.ln(concepts + self.attend(concepts, text, t_mask))  # (B, Lc, d)

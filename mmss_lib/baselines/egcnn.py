@@ -26,8 +26,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmss_lib.baselines.common import NGramConv, masked_max, text_inputs
+from mmss_lib.baselines.common import NGramConv, text_inputs
 from mmss_lib.batch import Batch, ModelOutput
+from mmss_lib.masked import masked_max
 
 
 class EmbeddingGate(nn.Module):
@@ -65,6 +66,6 @@ class EGCNN(nn.Module):
     def forward(self, batch: Batch) -> ModelOutput:
         ((r, rm),) = text_inputs(batch, self.text_dim, system="EGCNN", fields=("rt",))
         e = self.drop(self.gate(r))                                          # (B, L, d)
-        pooled = [masked_max(conv(e, rm), rm) for conv in self.convs]        # each (B, F)
+        pooled = [masked_max(conv(e, rm), rm, ties="first") for conv in self.convs]  # each (B, F)
         h = self.drop(torch.cat(pooled, dim=-1))                             # (B, F * n_widths)
         return ModelOutput(score=self.out(h).squeeze(-1))

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmss_lib.baselines._mm_common import (
-    InputEncoder, ScoreHead, TransformerBlock, check_batch, has_any, masked_mean,
-)
+from mmss_lib.baselines._mm_common import InputEncoder, ScoreHead, TransformerBlock, check_batch
 from mmss_lib.batch import Batch, ModelOutput
+from mmss_lib.masked import has_any, masked_mean
 
 
 def adaptive_info_nce(a: Tensor, b: Tensor, valid: Tensor, *, tau: float = 0.1,

@@ -31,11 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmss_lib.baselines._mm_common import (
-    AttentionPool, CrossAttention, InputEncoder, ScoreHead, TransformerBlock, check_batch, has_any,
-    masked_max, masked_mean, masked_softmax, zero_padding,
-)
+from mmss_lib.baselines._mm_common import CrossAttention, InputEncoder, ScoreHead, TransformerBlock, check_batch
 from mmss_lib.batch import Batch, ModelOutput
+from mmss_lib.masked import AttentionPool, has_any, masked_max, masked_mean, masked_softmax, zero_padding
 
 
 class GatedTanh(nn.Module):
@@ -71,7 +69,7 @@ class CoherenceMatch(nn.Module):
         coherence = F.cosine_similarity(left, ctx, dim=-1, eps=1e-6)  # (B, Lr)
         both = r_mask & has_any(p_mask)[:, None]  # (B, Lr): a real review element with real context
         coherence = coherence.masked_fill(~both, 0.0)
-        w = masked_softmax(coherence / self.temperature, both, dim=-1)  # (B, Lr)
+        w = masked_softmax(coherence / self.temperature, both, dim=-1, method="shifted")  # (B, Lr)
         pooled = (w.unsqueeze(-1) * zero_padding(review, r_mask)).sum(1)  # (B, d)
         c = coherence.unsqueeze(-1)  # (B, Lr, 1)
         return torch.cat([pooled, masked_max(c, both), masked_mean(c, both)], dim=-1)  # (B, d + 2)
@@ -94,7 +92,8 @@ class MCR(nn.Module):
         self.text_encoder = TransformerBlock(d, n_heads=n_heads, dropout=dropout)
         self.image_gate = GatedTanh(d, d)
         self.review_reasoning = TransformerBlock(d, n_heads=n_heads, dropout=dropout)
-        self.review_pool = AttentionPool(d, claim_dim=d)
+        self.review_pool = AttentionPool(d, claim_dim=d, hidden=64, activation="relu", score_bias=True,
+                                         softmax="shifted", weighted_sum="broadcast")
         self.matches = nn.ModuleDict({f"{r}_{p}": CoherenceMatch(d, n_heads=n_heads, dropout=dropout)
                                       for r, p in self.PAIRS})
         self.head = ScoreHead(2 * d + len(self.PAIRS) * (d + 2) + 1, d, dropout=dropout)

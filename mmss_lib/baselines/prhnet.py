@@ -27,8 +27,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmss_lib.baselines.common import AttentionPool, MaskedBiLSTM, masked_softmax, text_inputs
+from mmss_lib.baselines.common import MaskedBiLSTM, text_inputs
 from mmss_lib.batch import Batch, ModelOutput
+from mmss_lib.masked import AttentionPool, masked_attention
 
 
 class ProductAwareAttention(nn.Module):
@@ -43,9 +44,7 @@ class ProductAwareAttention(nn.Module):
         self.fuse = nn.Linear(3 * dim, dim)                              # W_u
 
     def forward(self, hr, rm, hp, pm):
-        scores = torch.einsum("bik,bjk->bij", self.bilinear(hr), hp)     # (B, Lr, Lp)
-        att = masked_softmax(scores, pm[:, None, :], dim=-1)             # (B, Lr, Lp)
-        ctx = torch.einsum("bij,bjk->bik", att, hp)                      # (B, Lr, k)
+        ctx = masked_attention(self.bilinear(hr), hp, hp, pm, scale=1.0)  # (B, Lr, k), bilinear scores
         u = torch.tanh(self.fuse(torch.cat([hr, ctx, hr * ctx], dim=-1)))  # (B, Lr, k)
         return u * rm.unsqueeze(-1).to(u.dtype)
 

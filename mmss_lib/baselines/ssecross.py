@@ -25,10 +25,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmss_lib.baselines._mm_common import (
-    CrossAttention, InputEncoder, ScoreHead, TransformerBlock, check_batch, has_any, masked_mean,
-)
+from mmss_lib.baselines._mm_common import CrossAttention, InputEncoder, ScoreHead, TransformerBlock, check_batch
 from mmss_lib.batch import Batch, ModelOutput
+from mmss_lib.masked import has_any, masked_mean
 
 
 def stochastic_shared_embedding(z: Tensor, label: Tensor, eligible: Tensor, p: float,
