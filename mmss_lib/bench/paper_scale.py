@@ -309,6 +309,161 @@ def bench_paper_scale(argv: list[str], prog: str = "mmss bench paper-scale") -> 
     return 0 if result else 1
 
 
+def _time_text_extraction(bert_dir: Path, prds, rvws, ext: dict, dev, tiny: bool, echo) -> dict:
+    """Time the text extraction of every demo text: texts/s, and BERT-base tokens/s (under --tiny
+    a tiny encoder's rate scaled by the FLOP ratio per token)."""
+    from mmss_lib.features.text import TextEncoder
+
+    words = sorted({w for t in list(prds["text"]) + list(rvws["text"]) for w in str(t).lower().split()
+                    if w.isalpha()})[:4000]
+    bert_dir = make_bert(bert_dir, words, base=not tiny)
+    encoder = TextEncoder(str(bert_dir), max_len=ext["text_max_len"], device=str(dev))
+    texts = list(prds["text"].astype(str)) + list(rvws["text"].astype(str))
+    encoder.encode(texts[:8])                                            # warm-up
+    _sync(dev)
+    t0 = time.perf_counter()
+    feats = encoder.encode(texts, batch_size=64)
+    _sync(dev)
+    text_s = time.perf_counter() - t0
+    n_tok = int(sum(len(f) for f in feats))
+    cfg_e = encoder.model.config
+    ext_fpt = encoder_flops_per_token(cfg_e.hidden_size, cfg_e.num_hidden_layers, cfg_e.intermediate_size,
+                                      max(n_tok // max(len(texts), 1), 1))
+    base_fpt_ext = encoder_flops_per_token(BERT_BASE["hidden"], BERT_BASE["layers"], BERT_BASE["intermediate"],
+                                           max(n_tok // max(len(texts), 1), 1))
+    ext_ratio = base_fpt_ext / ext_fpt
+    tok_s = n_tok / text_s / ext_ratio                                   # BERT-base tokens/s (scaled if tiny)
+    echo(f"[extract] text: {len(texts)} texts ({n_tok} tokens) in {text_s:.2f} s = {len(texts) / text_s:.1f} "
+         f"texts/s with the {'tiny' if tiny else 'BERT-base-shaped'} encoder"
+         + (f"; FLOP ratio BERT-base / tiny {ext_ratio:.0f}x per token -> {tok_s:.1f} BERT-base tokens/s "
+            "(scaled; the projection uses the measured BERT-base-shaped rate below)"
+            if tiny else f" = {tok_s:.0f} tokens/s"))
+    return {"texts_s": len(texts) / text_s, "base_tokens_s": tok_s, "flop_ratio": ext_ratio}
+
+
+def _time_region_extraction(prds, rvws, n_images: int, ext: dict, dev, echo) -> float:
+    """Images/s of the detector at its real size with the profile's settings, over ``n_images`` demo images."""
+    from mmss_lib.features.regions import make_region_extractor
+
+    files = [f for v in list(prds["image_files"]) + list(rvws["image_files"]) for f in (v or [])][:n_images]
+    extractor = make_region_extractor(None, allow_random_weights=True, device=str(dev), max_boxes=ext["max_boxes"],
+                                      min_boxes=min(10, ext["max_boxes"]),
+                                      rpn_post_nms_top_n=ext["rpn_post_nms_top_n"])
+    extractor.extract_items([files[:1]], ["warm"], batch_size=1)
+    _sync(dev)
+    t0 = time.perf_counter()
+    got = extractor.extract_items([[f] for f in files], [f"i{k}" for k in range(len(files))], batch_size=8)
+    _sync(dev)
+    region_s = time.perf_counter() - t0
+    kept = sum(len(g["x"]) for g in got)
+    echo(f"[extract] regions: {len(files)} images at the detector's default size (min 800, max 1333) in "
+         f"{region_s:.2f} s = {len(files) / region_s:.3f} images/s, {kept / max(len(files), 1):.1f} regions "
+         f"per image kept (cap {ext['max_boxes']}; random weights, rpn_post_nms_top_n "
+         f"{ext['rpn_post_nms_top_n']})")
+    return len(files) / region_s
+
+
+def _time_encoder(dev, tiny: bool, echo) -> dict:
+    """The on-the-fly encoder's rates, BERT-base-shaped (:func:`encoder_rates`; a batch of 2 under --tiny, else 32)."""
+    batch = 2 if tiny else 32
+    rates = encoder_rates(None, dev, batch=batch, steps=1 if tiny else 5)
+    echo(f"[encoder] BERT-base-shaped ({rates['params'] / 1e6:.0f} M parameters), {batch} x 128 tokens: "
+         f"forward {rates['forward_tokens_s']:.0f} tokens/s, forward+backward+Adam "
+         f"{rates['train_tokens_s']:.0f} tokens/s"
+         + (" (a batch this small under-uses the device: a pessimistic rate)" if tiny else ""))
+    return rates
+
+
+def _synthetic_splits(data_root: Path, feats_root: Path, prds, rvws, *, ext: dict, review_tokens: int,
+                      product_tokens: int, product_images: float, review_image_share: float,
+                      review_images: float) -> dict:
+    """Write synthetic stores of the demo items (:func:`write_synthetic_stores`) and open the three
+    splits on them."""
+    from mmss_lib.loader import MRHPSplitData, ReadCaps, open_stores
+    from mmss_lib.train import SPLITS
+
+    write_synthetic_stores(feats_root / "demo" / "home", prds, rvws, review_tokens=review_tokens,
+                           product_tokens=product_tokens,
+                           product_images=product_images, review_image_share=review_image_share,
+                           review_images=review_images, regions=ext["max_boxes"])
+    caps = ReadCaps(ext["text_max_len"], 32, 128)
+    stores = open_stores(feats_root, "demo", "home")
+    return {s: MRHPSplitData.from_disk(data_root, "demo", "home", s, feats_root, caps=caps, stores=stores)
+            for s in SPLITS}
+
+
+def _time_system(cfg, splits: dict, run_dir: Path, dev, *, u: float, token_scale: float, echo) -> dict:
+    """One epoch of one system with :func:`mmss_lib.train.fit`: its time per sample and per evaluated
+    review (scaled by ``token_scale``), memory, and the bytes of its run folder."""
+    import torch
+
+    from mmss_lib.train import fit
+
+    n_eval = splits["dev"].n + splits["test"].n
+    _peak_reset(dev)
+    torch.manual_seed(0)
+    fit(cfg, splits, run_dir, threshold=1.0, progress=False, run_info={"dataset": "demo", "category": "home"})
+    hist = json.loads((run_dir / "history.json").read_text())[0]
+    samples = u * splits["train"].n
+    eval_s = max(hist["seconds"] - hist["train_seconds"], 1e-9)
+    mem_name, mem = _peak_mb(dev)
+    ck = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    params = sum(v.numel() for v in ck["model"].values())
+    ck_bytes = (run_dir / "best.pt").stat().st_size + (run_dir / "last.pt").stat().st_size
+    ssp = _ssp_bytes_per_review(run_dir, splits["train"].n)
+    scores = sum((run_dir / f"scores_{s}.csv").stat().st_size for s in ("dev", "test"))
+    echo(f"[train] {cfg.system}: {samples / hist['train_seconds']:.1f} training samples/s, {hist['seconds']:.2f} s "
+         f"per epoch (train + dev/test evaluation), evaluation {n_eval / eval_s:.1f} reviews/s, "
+         f"{mem_name} {mem:.0f} MB")
+    return {"train_s_per_sample": hist["train_seconds"] / samples * token_scale,
+            "eval_s_per_review": eval_s / n_eval * token_scale,
+            "sec_per_epoch": hist["seconds"], "reviews_s": samples / hist["train_seconds"],
+            "peak_mb": mem, "params": params, "ckpt_bytes_per_param": ck_bytes / max(params, 1),
+            "ssp_bytes_per_review_epoch": ssp,
+            "score_bytes_per_review": scores / n_eval}
+
+
+def _time_systems(names: list[str], data_root: Path, feats_root: Path, runs_root: Path, prds, rvws, dev, *,
+                  tiny: bool, ext: dict, review_tokens: float, product_tokens: float, product_images: float,
+                  review_image_share: float, review_images: float, echo) -> tuple[dict, float, float]:
+    """Per system, one epoch on synthetic stores at the paper's sizes (--tiny: short texts);
+    returns (per-system measurements, samples per training review, products per sample)."""
+    from mmss_lib.train import TrainConfig
+
+    full_rt, full_pt = int(review_tokens), int(min(product_tokens, ext["text_max_len"]))
+    syn_rt, syn_pt = (16, 32) if tiny else (full_rt, full_pt)
+    token_scale = (full_rt + full_pt) / (syn_rt + syn_pt)       # every sample carries its product text
+    splits = _synthetic_splits(data_root, feats_root, prds, rvws, ext=ext, review_tokens=syn_rt,
+                               product_tokens=syn_pt, product_images=product_images,
+                               review_image_share=review_image_share, review_images=review_images)
+    cfg0 = TrainConfig(device=str(dev), epochs=1, patience=1)
+    u, p_share = samples_per_train_review(splits["train"], cfg0)
+    echo(f"[train] synthetic stores: 768-d text features of {syn_rt} / {syn_pt} tokens per review / product, "
+         f"regions as assumed below; {splits['train'].n} train / {splits['dev'].n} dev / {splits['test'].n} "
+         f"test reviews; {u:.2f} samples forwarded per training review per epoch, {p_share:.2f} distinct "
+         f"products per sample")
+    if tiny:
+        echo(f"[train] --tiny: texts of {syn_rt} + {syn_pt} tokens instead of {full_rt} + {full_pt}; the "
+             f"systems' time per sample is scaled by the token ratio {token_scale:.2f}x (linear in tokens: "
+             f"exact for the recurrent and convolutional systems, a lower bound for attention)")
+    per_system = {name: _time_system(replace(cfg0, system=name), splits, runs_root / name, dev, u=u,
+                                     token_scale=token_scale, echo=echo) for name in names}
+    return per_system, u, p_share
+
+
+def _finetune_alternative(runs: list[dict], per_system: dict, project_kw: dict, echo) -> dict | None:
+    """The projection with MM-SS's frozen runs finetuning the text encoder (the other reading of
+    App. A.2); None when no run is frozen."""
+    if not any(r["text_mode"] == "frozen" for r in runs):
+        return None
+    alt_runs = [dict(r, text_mode="finetune") if r["system"] == "mmss" and r["text_mode"] == "frozen" else r
+                for r in runs]
+    alt = project(alt_runs, per_system, **project_kw, echo=lambda *a: None)
+    echo(f"[projection] alternative, MM-SS runs with text_mode finetune (BERT trained, kept in every "
+         f"MM-SS checkpoint): disk {alt['disk_gb']:.1f} GB, training {alt['training_gpu_h']:.1f} GPU-h")
+    return alt
+
+
 def run_paper_scale(*, tiny: bool = False, device: str = "auto", products: int | None = None,
                     profile: str | None = None, systems: list[str] | None = None, review_tokens: float = 120.0,
                     product_tokens: float = 256.0, product_images: float = 4.0, review_image_share: float = 0.25,
@@ -319,10 +474,6 @@ def run_paper_scale(*, tiny: bool = False, device: str = "auto", products: int |
 
     from mmss_lib.demo import make_demo
     from mmss_lib.features.extract import load_category_items
-    from mmss_lib.features.regions import make_region_extractor
-    from mmss_lib.features.text import TextEncoder
-    from mmss_lib.loader import MRHPSplitData, ReadCaps, open_stores
-    from mmss_lib.train import TrainConfig, fit, SPLITS
     from mmss_lib.utils import pick_device, repo_root
 
     dev = pick_device(device)
@@ -332,7 +483,6 @@ def run_paper_scale(*, tiny: bool = False, device: str = "auto", products: int |
     ext = profile_extraction(profile_path)
     names = systems or sorted({r["system"] for r in runs}, key=lambda s: (s == "mmss", s))
     n_products = products or (6 if tiny else 200)
-    n_region_images = region_images or (2 if tiny else 64)
     echo(f"[setup] device {dev_name}; {'tiny' if tiny else 'full-size'} run; profile {profile_path} "
          f"({len(runs)} training runs); synthetic data: {n_products} demo products")
     if tiny:
@@ -346,134 +496,26 @@ def run_paper_scale(*, tiny: bool = False, device: str = "auto", products: int |
         data_root, feats_root, runs_root = scratch / "data", scratch / "features", scratch / "runs"
         make_demo(data_root, n_products=n_products, categories=["home"], images=True)
         prds, rvws = load_category_items(data_root, "demo", "home")
-        words = sorted({w for t in list(prds["text"]) + list(rvws["text"]) for w in str(t).lower().split()
-                        if w.isalpha()})[:4000]
-
-        # ---- 1. text extraction (tiny encoder under --tiny, scaled by FLOP ratio)
-        bert_dir = make_bert(scratch / "bert", words, base=not tiny)
-        encoder = TextEncoder(str(bert_dir), max_len=ext["text_max_len"], device=str(dev))
-        texts = list(prds["text"].astype(str)) + list(rvws["text"].astype(str))
-        encoder.encode(texts[:8])                                            # warm-up
-        _sync(dev)
-        t0 = time.perf_counter()
-        feats = encoder.encode(texts, batch_size=64)
-        _sync(dev)
-        text_s = time.perf_counter() - t0
-        n_tok = int(sum(len(f) for f in feats))
-        cfg_e = encoder.model.config
-        ext_fpt = encoder_flops_per_token(cfg_e.hidden_size, cfg_e.num_hidden_layers, cfg_e.intermediate_size,
-                                          max(n_tok // max(len(texts), 1), 1))
-        base_fpt_ext = encoder_flops_per_token(BERT_BASE["hidden"], BERT_BASE["layers"], BERT_BASE["intermediate"],
-                                               max(n_tok // max(len(texts), 1), 1))
-        ext_ratio = base_fpt_ext / ext_fpt
-        tok_s = n_tok / text_s / ext_ratio                                   # BERT-base tokens/s (scaled if tiny)
-        echo(f"[extract] text: {len(texts)} texts ({n_tok} tokens) in {text_s:.2f} s = {len(texts) / text_s:.1f} "
-             f"texts/s with the {'tiny' if tiny else 'BERT-base-shaped'} encoder"
-             + (f"; FLOP ratio BERT-base / tiny {ext_ratio:.0f}x per token -> {tok_s:.1f} BERT-base tokens/s "
-                "(scaled; the projection uses the measured BERT-base-shaped rate below)"
-                if tiny else f" = {tok_s:.0f} tokens/s"))
-        out["text_extraction"] = {"texts_s": len(texts) / text_s, "base_tokens_s": tok_s, "flop_ratio": ext_ratio}
-        del encoder, feats
-
-        # ---- 2. region extraction at the detector's real size, the profile's settings
-        files = [f for v in list(prds["image_files"]) + list(rvws["image_files"]) for f in (v or [])][:n_region_images]
-        extractor = make_region_extractor(None, allow_random_weights=True, device=str(dev), max_boxes=ext["max_boxes"],
-                                          min_boxes=min(10, ext["max_boxes"]),
-                                          rpn_post_nms_top_n=ext["rpn_post_nms_top_n"])
-        extractor.extract_items([files[:1]], ["warm"], batch_size=1)
-        _sync(dev)
-        t0 = time.perf_counter()
-        got = extractor.extract_items([[f] for f in files], [f"i{k}" for k in range(len(files))], batch_size=8)
-        _sync(dev)
-        region_s = time.perf_counter() - t0
-        kept = sum(len(g["x"]) for g in got)
-        out["region_extraction_images_s"] = len(files) / region_s
-        echo(f"[extract] regions: {len(files)} images at the detector's default size (min 800, max 1333) in "
-             f"{region_s:.2f} s = {len(files) / region_s:.3f} images/s, {kept / max(len(files), 1):.1f} regions "
-             f"per image kept (cap {ext['max_boxes']}; random weights, rpn_post_nms_top_n "
-             f"{ext['rpn_post_nms_top_n']})")
-        del extractor
-
-        # ---- 3. the encoder on the fly: BERT-base-shaped, measured
-        batch = 2 if tiny else 32
-        rates = encoder_rates(None, dev, batch=batch, steps=1 if tiny else 5)
-        echo(f"[encoder] BERT-base-shaped ({rates['params'] / 1e6:.0f} M parameters), {batch} x 128 tokens: "
-             f"forward {rates['forward_tokens_s']:.0f} tokens/s, forward+backward+Adam "
-             f"{rates['train_tokens_s']:.0f} tokens/s"
-             + (" (a batch this small under-uses the device: a pessimistic rate)" if tiny else ""))
-        fwd, trn = rates["forward_tokens_s"], rates["train_tokens_s"]
-        out["encoder"] = rates
-
-        # ---- 4-5. per system: one epoch on synthetic stores at the paper's sizes (--tiny: short texts)
-        full_rt, full_pt = int(review_tokens), int(min(product_tokens, ext["text_max_len"]))
-        syn_rt, syn_pt = (16, 32) if tiny else (full_rt, full_pt)
-        token_scale = (full_rt + full_pt) / (syn_rt + syn_pt)       # every sample carries its product text
-        write_synthetic_stores(feats_root / "demo" / "home", prds, rvws, review_tokens=syn_rt,
-                               product_tokens=syn_pt,
-                               product_images=product_images, review_image_share=review_image_share,
-                               review_images=review_images, regions=ext["max_boxes"])
-        caps = ReadCaps(ext["text_max_len"], 32, 128)
-        stores = open_stores(feats_root, "demo", "home")
-        splits = {s: MRHPSplitData.from_disk(data_root, "demo", "home", s, feats_root, caps=caps, stores=stores)
-                  for s in SPLITS}
-        n_eval = splits["dev"].n + splits["test"].n
-        cfg0 = TrainConfig(device=str(dev), epochs=1, patience=1)
-        u, p_share = samples_per_train_review(splits["train"], cfg0)
-        echo(f"[train] synthetic stores: 768-d text features of {syn_rt} / {syn_pt} tokens per review / product, "
-             f"regions as assumed below; {splits['train'].n} train / {splits['dev'].n} dev / {splits['test'].n} "
-             f"test reviews; {u:.2f} samples forwarded per training review per epoch, {p_share:.2f} distinct "
-             f"products per sample")
-        if tiny:
-            echo(f"[train] --tiny: texts of {syn_rt} + {syn_pt} tokens instead of {full_rt} + {full_pt}; the "
-                 f"systems' time per sample is scaled by the token ratio {token_scale:.2f}x (linear in tokens: "
-                 f"exact for the recurrent and convolutional systems, a lower bound for attention)")
-        per_system = {}
-        for name in names:
-            cfg = replace(cfg0, system=name)
-            rd = runs_root / name
-            _peak_reset(dev)
-            torch.manual_seed(0)
-            fit(cfg, splits, rd, threshold=1.0, progress=False, run_info={"dataset": "demo", "category": "home"})
-            hist = json.loads((rd / "history.json").read_text())[0]
-            samples = u * splits["train"].n
-            eval_s = max(hist["seconds"] - hist["train_seconds"], 1e-9)
-            mem_name, mem = _peak_mb(dev)
-            ck = torch.load(rd / "best.pt", map_location="cpu", weights_only=True)
-            params = sum(v.numel() for v in ck["model"].values())
-            ck_bytes = (rd / "best.pt").stat().st_size + (rd / "last.pt").stat().st_size
-            ssp = _ssp_bytes_per_review(rd, splits["train"].n)
-            scores = sum((rd / f"scores_{s}.csv").stat().st_size for s in ("dev", "test"))
-            per_system[name] = {"train_s_per_sample": hist["train_seconds"] / samples * token_scale,
-                                "eval_s_per_review": eval_s / n_eval * token_scale,
-                                "sec_per_epoch": hist["seconds"], "reviews_s": samples / hist["train_seconds"],
-                                "peak_mb": mem, "params": params, "ckpt_bytes_per_param": ck_bytes / max(params, 1),
-                                "ssp_bytes_per_review_epoch": ssp,
-                                "score_bytes_per_review": scores / n_eval}
-            echo(f"[train] {name}: {samples / hist['train_seconds']:.1f} training samples/s, {hist['seconds']:.2f} s "
-                 f"per epoch (train + dev/test evaluation), evaluation {n_eval / eval_s:.1f} reviews/s, "
-                 f"{mem_name} {mem:.0f} MB")
-        out["systems"] = per_system
-
-        # ---- projection
+        # the measurements 1-5 of the module docstring
+        out["text_extraction"] = _time_text_extraction(scratch / "bert", prds, rvws, ext, dev, tiny, echo)
+        n_images = region_images or (2 if tiny else 64)
+        out["region_extraction_images_s"] = _time_region_extraction(prds, rvws, n_images, ext, dev, echo)
+        out["encoder"] = rates = _time_encoder(dev, tiny, echo)
+        out["systems"], u, p_share = _time_systems(
+            names, data_root, feats_root, runs_root, prds, rvws, dev, tiny=tiny, ext=ext, review_tokens=review_tokens,
+            product_tokens=product_tokens, product_images=product_images, review_image_share=review_image_share,
+            review_images=review_images, echo=echo)
+        # the projection
         out["data_bytes_per_review"] = _json_bytes_per_review(data_root, len(rvws))
-        proj = project(runs, per_system, ext=ext, enc_forward_tokens_s=fwd, enc_train_tokens_s=trn,
-                       text_tokens_s=fwd, region_images_s=out["region_extraction_images_s"], u=u, p_share=p_share,
-                       review_tokens=review_tokens, product_tokens=product_tokens, product_images=product_images,
-                       review_image_share=review_image_share, review_images=review_images,
-                       data_bytes_per_review=_json_bytes_per_review(data_root, len(rvws)), echo=echo)
-        out["projection"] = proj
-        if any(r["text_mode"] == "frozen" for r in runs):        # the other reading of App. A.2
-            alt_runs = [dict(r, text_mode="finetune") if r["system"] == "mmss" and r["text_mode"] == "frozen" else r
-                        for r in runs]
-            alt = project(alt_runs, per_system, ext=ext, enc_forward_tokens_s=fwd, enc_train_tokens_s=trn,
-                          text_tokens_s=fwd, region_images_s=out["region_extraction_images_s"], u=u,
-                          p_share=p_share, review_tokens=review_tokens, product_tokens=product_tokens,
-                          product_images=product_images, review_image_share=review_image_share,
-                          review_images=review_images,
-                          data_bytes_per_review=_json_bytes_per_review(data_root, len(rvws)), echo=lambda *a: None)
+        kw = dict(ext=ext, enc_forward_tokens_s=rates["forward_tokens_s"], enc_train_tokens_s=rates["train_tokens_s"],
+                  text_tokens_s=rates["forward_tokens_s"], region_images_s=out["region_extraction_images_s"], u=u,
+                  p_share=p_share, review_tokens=review_tokens, product_tokens=product_tokens,
+                  product_images=product_images, review_image_share=review_image_share, review_images=review_images,
+                  data_bytes_per_review=out["data_bytes_per_review"])
+        out["projection"] = proj = project(runs, out["systems"], **kw, echo=echo)
+        alt = _finetune_alternative(runs, out["systems"], kw, echo)
+        if alt is not None:
             out["projection_finetune_mmss"] = alt
-            echo(f"[projection] alternative, MM-SS runs with text_mode finetune (BERT trained, kept in every "
-                 f"MM-SS checkpoint): disk {alt['disk_gb']:.1f} GB, training {alt['training_gpu_h']:.1f} GPU-h")
         echo("[projection] unverified estimate: GPU time is projected from the rates measured above on this "
              "device; a different device needs its own run of this benchmark")
         echo(f"paper profile projection: disk {proj['disk_gb']:.1f} GB, extraction {proj['extraction_h']:.1f} h, "
