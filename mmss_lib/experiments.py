@@ -5,7 +5,8 @@ One run is :func:`mmss_lib.train.train_run` (the trainer); this module builds th
 an experiment (:func:`run_experiment`), skips finished runs, hands the others to an executor of
 :mod:`mmss_lib.executors` (this process, worker processes, or Ray tasks on a cluster) through
 :func:`_dispatch`, and turns the runs' ``metrics.json`` into a tidy frame
-(:func:`summarize` for mean and std over seeds, :func:`load_per_product` for paired tests).
+(:func:`summarize` for mean and std over seeds; :func:`mmss_lib.tables.per_product_frame` reads
+the runs' per-product metrics).
 :func:`cli_main` is ``mmss train``: an experiment from the command line, printing the mean and std
 over seeds of the test metrics and the product-level summary (``--folds K``: K-fold
 cross-validation over each category's products).
@@ -313,33 +314,6 @@ def summarize(results):
     out.columns = [f"{c}_{stat}" for c, stat in out.columns]
     out["n_seeds"] = g.size()
     return out.reset_index()
-
-
-def load_per_product(runs_root, dataset: str, category: str, system: str, variant: str | None = "full",
-                     seeds: Sequence[int] = (0, 1, 2, 3, 4), split: str = "test", threshold: float | None = None):
-    """Per-product metrics of a system's ``scores_{split}.csv``, averaged over seeds.
-
-    Returns a DataFrame indexed by product_id with the columns of
-    :func:`mmss_lib.metrics.per_product_metrics` (for paired significance tests), read with
-    :func:`mmss_lib.floors.per_product_for_run` (the ``random`` floor: its exact expectations).
-    The threshold defaults to the one recorded in the run's metrics.json.
-    """
-    import pandas as pd
-
-    from mmss_lib.floors import per_product_for_run
-
-    frames = []
-    for seed in seeds:
-        rd = run_dir_for(runs_root, dataset, category, system, variant, seed)
-        path = rd / f"scores_{split}.csv"
-        if not path.exists():
-            raise DataError(f"{path}: no scores for {run_name(system, variant)} seed {seed}; train it first")
-        pp = per_product_for_run(rd, split, threshold=threshold)
-        if "product_id" in getattr(pp, "columns", []):
-            pp = pp.set_index("product_id")
-        frames.append(pp)
-    cat = pd.concat(frames)
-    return cat.groupby(level=0, sort=False).mean(numeric_only=True)
 
 
 # ------------------------------------------------------------------------------------ reading finished runs

@@ -11,8 +11,8 @@
   constants for the gradient: only the subtask prediction y_hat_s is trained.
 - :class:`UncertaintyWeighting` — Eq. 15, homoscedastic uncertainty weighting of the subtask
   losses with one learned log-variance per task.
-- :func:`total_loss` — Eq. 16, L = L_tar + L_sub; :func:`mmss_subtask_loss` glues Eq. 14 and
-  Eq. 15 for an MM-SS forward output.
+- :func:`mmss_subtask_loss` — L_sub of an MM-SS forward output: Eq. 14 per subtask combined with
+  Eq. 15. The trainer (:func:`mmss_lib.train.train_step`) sums L = L_tar + L_sub (Eq. 16).
 
 Worked example (Eq. 13, margin 1)::
 
@@ -111,11 +111,6 @@ class UncertaintyWeighting(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_tasks={self.n_tasks}"
-
-
-def total_loss(l_tar: Tensor, l_sub: Tensor | None = None) -> Tensor:
-    """Eq. 16: L = L_tar + L_sub (L_sub absent for systems without subtasks)."""
-    return l_tar if l_sub is None else l_tar + l_sub
 
 
 def mmss_subtask_loss(output: ModelOutput, batch_labels: dict[str, Tensor], y_g: Tensor, model) -> Tensor:

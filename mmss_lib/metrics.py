@@ -287,55 +287,6 @@ def ranking_metrics(product_ids, labels, scores, *, threshold: float = 1, ties: 
     return out
 
 
-class RankingMetricAccumulator:
-    """Stateful wrapper (torchmetrics style): ``update`` with batches of reviews, ``compute``
-    the metrics over everything seen. A product may be spread over several updates; its reviews
-    are ranked together, with ties in the order they were seen.
-
-    >>> acc = RankingMetricAccumulator(threshold=1)
-    >>> acc.update(["a", "a"], [3, 0], [0.9, 0.8]); acc.update(["a"], [2], [0.1])
-    >>> round(acc.compute()["MAP"], 4)
-    0.8333
-    """
-
-    def __init__(self, *, threshold: float = 1, ties: str = "stable", ks: Sequence[int] = DEFAULT_KS):
-        if ties not in TIE_POLICIES:
-            raise ValueError(f"RankingMetricAccumulator: ties must be one of {TIE_POLICIES}, got {ties!r}")
-        self.threshold, self.ties, self.ks = threshold, ties, _check_ks(ks)
-        self.reset()
-
-    def reset(self) -> None:
-        self._pid: list[np.ndarray] = []
-        self._lab: list[np.ndarray] = []
-        self._sco: list[np.ndarray] = []
-
-    def update(self, product_ids, labels, scores) -> None:
-        pid, lab, sco = _as_1d(product_ids, "product_ids"), _as_1d(labels, "labels"), _as_1d(scores, "scores")
-        if not (len(pid) == len(lab) == len(sco)):
-            raise DataError(f"RankingMetricAccumulator.update: product_ids, labels and scores must have the "
-                            f"same length, got {len(pid)}, {len(lab)} and {len(sco)}")
-        self._pid.append(pid.astype(object) if pid.dtype.kind in "US" else pid)
-        self._lab.append(lab)
-        self._sco.append(sco)
-
-    def __len__(self) -> int:
-        return int(sum(len(x) for x in self._lab))
-
-    def _concat(self):
-        if not self._pid:
-            return np.zeros(0, dtype=object), np.zeros(0), np.zeros(0)
-        pids = self._pid
-        if len({p.dtype.kind for p in pids}) > 1:             # mixed str/int batches: compare as objects
-            pids = [p.astype(object) for p in pids]
-        return np.concatenate(pids), np.concatenate(self._lab), np.concatenate(self._sco)
-
-    def compute(self) -> dict[str, float]:
-        return ranking_metrics(*self._concat(), threshold=self.threshold, ties=self.ties, ks=self.ks)
-
-    def compute_per_product(self):
-        return per_product_metrics(*self._concat(), threshold=self.threshold, ties=self.ties, ks=self.ks)
-
-
 # --------------------------------------------------------------------------------------------
 # significance
 # --------------------------------------------------------------------------------------------

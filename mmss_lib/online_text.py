@@ -166,7 +166,3 @@ def on_the_fly_text(system, encoder, tokenizer=None, *, trainable: bool):
     if _CLASS is None:
         _CLASS = _build_class()
     return _CLASS(system, encoder, tokenizer, trainable=trainable)
-
-
-def is_on_the_fly(model) -> bool:
-    return _CLASS is not None and isinstance(model, _CLASS)

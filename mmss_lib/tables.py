@@ -13,17 +13,11 @@ metrics x100 like the paper.
   (:func:`product_intervals`), and every system its markers against the best other system
   (:func:`significance_vs_best`): "∗" significantly better, "†" significantly worse (paired test
   on the per-product values, p < 0.01). Without it, a "∗" follows MM-SS's value where
-  ``significance`` says it beats the best other system with p < 0.01 (see
-  :func:`significance_markers`).
+  ``significance`` says it beats the best other system with p < 0.01.
 - :func:`significance_vs_best` — for every system of a category, the paired test against the
   best *other* system (highest mean MAP over seeds; for the best system that is the runner-up),
   floors included; :func:`comparison_note` writes the legend (interval, test, products,
   and which region-feature weights the runs used).
-- :func:`significance_markers` — paired tests (:func:`mmss_lib.metrics.paired_test`) between
-  MM-SS and the best other system of each category over the per-product metrics of the test
-  products, each product's metric first averaged over seeds. The paper does not say which
-  test it ran; the default is the paired t-test (``test="wilcoxon"`` for the signed-rank test).
-  "Best" = the highest mean MAP over seeds (the paper's "best baseline result").
 - :func:`ablation_table` — Table 4: one row per variant in the paper's order
   (``mmss_lib.model.ABLATION_LABELS`` when importable), MAP/N@3/N@5 means over seeds, the
   differences to the full model (Δ = variant mean - full mean, so negative = worse) and the
@@ -159,9 +153,9 @@ def comparison_table(results, dataset: str, *, significance: Optional[Mapping] =
     it is significantly better (p < ``alpha``), ``WORSE_MARKER`` ("†") where significantly worse.
 
     ``significance``: either that per-system form ``{category: {system: {metric: dict}}}``, or
-    the paper's ``{category: {metric: v}}`` with ``v`` a bool, a p-value, or a dict from
-    :func:`significance_markers`; then ``MARKER`` is appended to the ``ours`` row only, where it
-    is significant (p < ``alpha`` and a positive mean difference).
+    the paper's ``{category: {metric: v}}`` with ``v`` a bool, a p-value, or a dict with
+    ``"significant"`` or with ``"p"`` / ``"t_p"`` and ``"mean_diff"``; then ``MARKER`` is appended
+    to the ``ours`` row only, where it is significant (p < ``alpha`` and a positive mean difference).
     """
     import pandas as pd
 
@@ -219,85 +213,6 @@ def comparison_table(results, dataset: str, *, significance: Optional[Mapping] =
                                        interval=iv))
         cells.append(row)
     return pd.DataFrame(cells, index=rows, columns=cols)
-
-
-def best_other_systems(results, dataset: Optional[str] = None, *, ours: str = "mmss",
-                       select_by: str = "MAP") -> dict[str, str]:
-    """``{category: system}``: the system other than ``ours`` with the highest mean ``select_by``
-    over seeds (test split, full models) in each category."""
-    what = "best other system"
-    _require(results, ["category", "system", select_by], what)
-    df = _test_rows(results, dataset, what)
-    df = df[(_variant(df) == FULL) & (df["system"].astype(str) != ours)]
-    means = df.groupby(["category", "system"], sort=False)[select_by].mean().reset_index()
-    out = {}
-    for cat, g in means.groupby("category", sort=False):
-        out[str(cat)] = str(g.loc[g[select_by].idxmax(), "system"])
-    return out
-
-
-def significance_markers(per_product_scores, *, results=None, dataset: Optional[str] = None,
-                         ours: str = "mmss", best: Optional[str | Mapping[str, str]] = None,
-                         metrics: Sequence[str] = METRICS, alpha: float = 0.01, test: str = "t",
-                         select_by: str = "MAP") -> dict[str, dict[str, dict]]:
-    """Paired tests of ``ours`` against the best other system, per category and metric.
-
-    ``per_product_scores``: tidy frame of :func:`mmss_lib.metrics.per_product_metrics` outputs
-    on the test split with added columns ``category``, ``system`` and ``seed`` (``dataset``
-    too when ``dataset`` is given): ``product_id, AP, NDCG@3, NDCG@5``. Each product's metric is
-    averaged over seeds first, then the two systems are paired on the products.
-
-    ``best``: the rival system, one for all categories or ``{category: system}``; by default
-    :func:`best_other_systems` of ``results`` when given, else the other system with the
-    highest seed-pooled mean of ``select_by`` in ``per_product_scores``.
-
-    Returns ``{category: {metric: {**paired_test(...), "best": system, "p": p,
-    "significant": bool}}}`` with ``p`` the t-test (``test="t"``) or Wilcoxon p-value and
-    ``significant`` = p < ``alpha`` and ``ours`` better on average; pass it as the
-    ``significance`` of :func:`comparison_table`.
-    """
-    from mmss_lib.metrics import paired_test
-
-    if test not in ("t", "wilcoxon"):
-        raise ValueError(f"significance_markers: test must be 't' or 'wilcoxon', got {test!r}")
-    what = "significance markers"
-    cols = [PER_PRODUCT_COLUMN.get(m, m) for m in metrics]
-    _require(per_product_scores, ["category", "system", "product_id", *cols], what)
-    df = per_product_scores
-    if dataset is not None and "dataset" in df.columns:
-        df = df[df["dataset"].astype(str) == str(dataset)]
-    df = df.assign(category=df["category"].astype(str), system=df["system"].astype(str))
-    pooled = df.groupby(["category", "system", "product_id"], sort=False)[cols].mean()  # mean over seeds
-
-    if best is None and results is not None:
-        best = best_other_systems(results, dataset, ours=ours, select_by=select_by)
-    out: dict[str, dict[str, dict]] = {}
-    for cat in dict.fromkeys(df["category"]):
-        sub = pooled.loc[cat]
-        present = list(dict.fromkeys(sub.index.get_level_values("system")))
-        if ours not in present:
-            continue
-        if isinstance(best, Mapping):
-            rival = best.get(cat)
-        elif isinstance(best, str):
-            rival = best
-        else:
-            others = [s for s in present if s != ours]
-            sel = PER_PRODUCT_COLUMN.get(select_by, select_by)
-            rival = max(others, key=lambda s: sub.loc[s, sel].mean()) if others else None
-        if rival is None:
-            continue
-        if rival not in present:
-            raise DataError(f"{what}: category {cat!r}: no per-product scores of the rival system {rival!r} "
-                            f"(systems present: {present})")
-        a, b = sub.loc[ours], sub.loc[rival]
-        out[cat] = {}
-        for m, col in zip(metrics, cols):
-            r = paired_test(a[col], b[col])
-            p = r["t_p"] if test == "t" else r["wilcoxon_p"]
-            out[cat][m] = {**r, "best": rival, "p": p,
-                           "significant": bool(p == p and p < alpha and r["mean_diff"] > 0)}
-    return out
 
 
 def _per_system_form(sig: Optional[Mapping]) -> bool:

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from mmss_lib.batch import ModelOutput
-from mmss_lib.losses import (UncertaintyWeighting, label_gap_hinge, mmss_subtask_loss, ranking_hinge,
-                             total_loss, weighted_l1)
+from mmss_lib.losses import UncertaintyWeighting, label_gap_hinge, mmss_subtask_loss, ranking_hinge, weighted_l1
 
 
 def test_ranking_hinge_known_values():  # Eq. 13
@@ -87,11 +86,6 @@ def test_uncertainty_weighting_optimum_is_log_loss():
 def test_uncertainty_weighting_bad_count():
     with pytest.raises(ValueError, match="expected 2 task losses"):
         UncertaintyWeighting(2)(torch.ones(3))
-
-
-def test_total_loss():  # Eq. 16
-    assert total_loss(torch.tensor(1.5), torch.tensor(0.25)).item() == 1.75
-    assert total_loss(torch.tensor(1.5)).item() == 1.5
 
 
 class _FakeModel:

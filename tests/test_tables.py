@@ -10,9 +10,8 @@ from mmss_lib.metrics import paired_test
 from mmss_lib.systems import SYSTEMS, is_floor
 
 TRAINED = [n for n in SYSTEMS if not is_floor(n)]    # the paper's nine systems
-from mmss_lib.tables import (MARKER, ablation_table, best_other_systems, comparison_note, comparison_table,
-                             region_weights_note, save_table, significance_markers, significance_vs_best,
-                             to_markdown)
+from mmss_lib.tables import (MARKER, ablation_table, comparison_note, comparison_table, region_weights_note,
+                             save_table, significance_vs_best, to_markdown)
 
 CATS = ["home", "clothing", "electronics"]     # deliberately not the paper's order
 
@@ -81,57 +80,6 @@ def test_comparison_markers():
     assert ours[("H&K", "N@3")].endswith(MARKER)
     assert not ours[("Elec.", "MAP")].endswith(MARKER)
     assert not any(str(v).endswith(MARKER) for v in t.loc[("Multimodal", "MCL")])  # only our row
-
-
-def test_best_other_systems():
-    assert best_other_systems(make_results(), "amazon") == {c: "mcl" for c in CATS}
-
-
-def per_product_frame(seed=0, n=60, gap=0.1):
-    """Per-product AP/NDCG of MM-SS, MCL and MCR on n products over 2 seeds: MM-SS = MCL + gap
-    + noise; seed 1 of MM-SS adds an extra 0.2 so the seed-pooled gap is gap + 0.1."""
-    rng = np.random.default_rng(seed)
-    base = rng.uniform(0.2, 0.7, n)
-    rows = []
-    for s in range(2):
-        for sysname, shift in [("mcl", 0.0), ("mcr", -0.05), ("mmss", gap + 0.2 * s)]:
-            vals = np.clip(base + shift + rng.normal(0, 0.02, n), 0, 2)
-            rows.append(pd.DataFrame({"category": "clothing", "system": sysname, "seed": s,
-                                      "product_id": [f"p{i}" for i in range(n)], "AP": vals,
-                                      "NDCG@3": vals, "NDCG@5": vals}))
-    return pd.concat(rows, ignore_index=True)
-
-
-def test_significance_markers_pool_seeds_and_pick_best():
-    pp = per_product_frame()
-    sig = significance_markers(pp)                              # rival: highest pooled AP other than ours
-    r = sig["clothing"]["MAP"]
-    assert r["best"] == "mcl" and r["significant"] and r["n"] == 60
-    # reference: average each product over seeds, then a paired t-test
-    pooled = pp.groupby(["system", "product_id"])["AP"].mean()
-    want = paired_test(pooled.loc["mmss"], pooled.loc["mcl"])
-    assert r["t_p"] == pytest.approx(want["t_p"]) and r["mean_diff"] == pytest.approx(want["mean_diff"])
-    assert r["mean_diff"] == pytest.approx(0.2, abs=0.02)      # gap 0.1 + half of seed 1's 0.2
-    # explicit rival and the Wilcoxon variant
-    w = significance_markers(pp, best="mcr", test="wilcoxon")["clothing"]["NDCG@3"]
-    assert w["best"] == "mcr" and w["p"] == w["wilcoxon_p"] and w["significant"]
-    # rival from a results frame
-    res = pd.DataFrame({"category": "clothing", "system": ["mcl", "mcr"], "seed": 0, "MAP": [0.5, 0.6],
-                        "NDCG@3": 0.5, "NDCG@5": 0.5, "dataset": "amazon"})
-    assert significance_markers(pp, results=res, dataset="amazon")["clothing"]["MAP"]["best"] == "mcr"
-
-
-def test_significance_markers_no_effect_and_worse():
-    pp = per_product_frame(gap=-0.1)                            # pooled gap 0: no significant improvement
-    r = significance_markers(pp, best="mcl")["clothing"]["MAP"]
-    assert not r["significant"]
-    worse = per_product_frame(gap=-0.5)                         # clearly worse: significant p, wrong sign
-    r = significance_markers(worse, best="mcl")["clothing"]["MAP"]
-    assert r["p"] < 0.01 and r["mean_diff"] < 0 and not r["significant"]
-    t = comparison_table(make_results(), "amazon", significance=significance_markers(worse, best="mcl"))
-    assert not t.loc[("Multimodal", "MM-SS (Ours)"), ("CS&J", "MAP")].endswith(MARKER)
-    with pytest.raises(DataError, match="rival system 'bimpm'"):
-        significance_markers(pp, best="bimpm")
 
 
 def make_ablation():

@@ -10,7 +10,7 @@ import torch
 
 from mmss_lib.features.store import feature_dirs, write_store
 from mmss_lib.loader import MRHPSplitData, ReadCaps, open_stores
-from mmss_lib.online_text import is_on_the_fly, load_text_model, on_the_fly_text
+from mmss_lib.online_text import load_text_model, on_the_fly_text
 
 DR = 12
 TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8, "dropout": 0.1}
@@ -90,7 +90,6 @@ def test_wrapper_parameters_groups_and_state(tiny_bert_dir):
     tok, enc = load_text_model(str(tiny_bert_dir))
     system = MMSS(text_dim=32, region_dim=DR, **TINY)
     frozen = on_the_fly_text(system, enc, tok, trainable=False)
-    assert is_on_the_fly(frozen)
     assert not any(k.startswith("encoder") for k in frozen.state_dict())
     assert {id(p) for p in frozen.parameters()} == {id(p) for p in system.parameters()}
     assert frozen.subtasks == system.subtasks and frozen.feature_dims() == system.feature_dims()
