@@ -484,6 +484,132 @@ def _row_index(df: pd.DataFrame, what: str) -> pd.Index:
     return idx
 
 
+def _check_write_args(variant: str | None, dataset: str, split: str, products: pd.DataFrame,
+                      reviews: pd.DataFrame) -> str:
+    """The variant (``dataset``'s own when None) after refusing an unknown variant or split and
+    frames that lack a required column."""
+    variant = variant or ("lazada" if dataset == "lazada" else "amazon")
+    if variant not in ("amazon", "lazada"):
+        raise DataError(f"write_mrhp: unknown variant {variant!r}: expected 'amazon' or 'lazada'")
+    if split not in SPLITS:
+        raise DataError(f"write_mrhp: unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    for col in ("product_id", "name"):
+        if col not in products.columns:
+            raise DataError(f"write_mrhp: products frame lacks column {col!r}")
+    for col in ("review_id", "product_id", "label"):
+        if col not in reviews.columns:
+            raise DataError(f"write_mrhp: reviews frame lacks column {col!r}")
+    return variant
+
+
+def _frame_urls(df: pd.DataFrame) -> list[list[str]]:
+    """Each row's image URL list from ``img_urls`` (or ``img_url``); empty lists without either column."""
+    col = "img_urls" if "img_urls" in df.columns else ("img_url" if "img_url" in df.columns else None)
+    if col is None:
+        return [[] for _ in range(len(df))]
+    return [parse_img_urls(v, where=f"write_mrhp: {col}") for v in df[col]]
+
+
+def _descriptions(products: pd.DataFrame, variant: str, name_only: bool) -> list:
+    """The ``description`` column: given, or ``text`` minus the leading name (Lazada clothing:
+    empty, and a ``text`` other than the name is refused)."""
+    if "description" in products.columns:
+        return list(products["description"])
+    if "text" not in products.columns:
+        raise DataError("write_mrhp: products frame needs a 'description' or a 'text' column")
+    descriptions = []
+    for pid, name, text in zip(products["product_id"], products["name"], products["text"]):
+        if name_only:
+            if text != name:
+                raise DataError(f"write_mrhp: product {pid!r}: Lazada clothing uses the name as the "
+                                f"model text, but text differs from name")
+            descriptions.append("")
+        elif text == name:
+            descriptions.append([] if variant == "amazon" else "")
+        elif text.startswith(name + " ") or not name:
+            rest = text[len(name) + 1:] if name else text
+            descriptions.append([rest] if variant == "amazon" else rest)
+        else:
+            raise DataError(f"write_mrhp: product {pid!r}: text does not start with its name; "
+                            f"give a 'description' column instead")
+    return descriptions
+
+
+def _prd_frame(products: pd.DataFrame, descriptions: list, variant: str, p_idx: pd.Index) -> pd.DataFrame:
+    """The ``prd`` file's frame; Lazada writes the image URL list as a JSON string."""
+    p_urls = _frame_urls(products)
+    if variant == "lazada":
+        p_img = [json.dumps(u) for u in p_urls]
+    else:
+        p_img = p_urls
+    return pd.DataFrame({
+        "product_id": [str(x) for x in products["product_id"]],
+        "name": list(products["name"]),
+        "description": descriptions,
+        "img_url": p_img,
+        "keyword": list(products["keyword"]) if "keyword" in products.columns else [None] * len(products),
+        "brand_name": list(products["brand_name"]) if "brand_name" in products.columns else [None] * len(products),
+    }, index=p_idx)
+
+
+def _rvw_frame(reviews: pd.DataFrame, variant: str, r_idx: pd.Index) -> pd.DataFrame:
+    """The ``rvw`` file's frame; Lazada writes the image URLs as a JSON string of ``{"url": ...}`` dicts."""
+    text_col = "text" if "text" in reviews.columns else "content"
+    if text_col not in reviews.columns:
+        raise DataError("write_mrhp: reviews frame needs a 'text' or a 'content' column")
+    r_urls = _frame_urls(reviews)
+    if variant == "lazada":
+        r_img = [json.dumps([{"url": u} for u in urls]) for urls in r_urls]
+    else:
+        r_img = r_urls
+    rvw = pd.DataFrame({
+        "product_id": [str(x) for x in reviews["product_id"]],
+        "review_id": [str(x) for x in reviews["review_id"]],
+        "title": list(reviews["title"]) if "title" in reviews.columns else [""] * len(reviews),
+        "content": list(reviews[text_col]),
+        "img_url": r_img,
+    }, index=r_idx)
+    if "time" in reviews.columns:
+        rvw["time"] = list(reviews["time"])
+    return rvw
+
+
+def _int_labels(reviews: pd.DataFrame) -> list[int]:
+    """The ``label`` column as ints; a value that is not a whole number is refused."""
+    labels = []
+    for rid, v in zip(reviews["review_id"], reviews["label"]):
+        try:
+            iv = int(v)
+            if iv != v:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise DataError(f"write_mrhp: review {rid!r}: label {v!r} is not an integer") from None
+        labels.append(iv)
+    return labels
+
+
+def _rel_frame(reviews: pd.DataFrame, rvw: pd.DataFrame, variant: str, r_idx: pd.Index) -> pd.DataFrame:
+    """The ``rel`` file's frame (ids and integer ``upvotes``; Lazada adds ``rating``)."""
+    labels = _int_labels(reviews)
+    rel = pd.DataFrame({"product_id": rvw["product_id"], "review_id": rvw["review_id"],
+                        "upvotes": pd.Series(labels, index=r_idx, dtype="int64")}, index=r_idx)
+    if variant == "lazada":
+        rel["rating"] = list(reviews["rating"]) if "rating" in reviews.columns else [None] * len(reviews)
+    return rel
+
+
+def _write_split_files(root: str | os.PathLike, dataset: str, category: str, split: str,
+                       frames: dict[str, pd.DataFrame]) -> dict[str, Path]:
+    """Write each frame atomically to its split file (``prd``, ``rvw``, ``rel``); the paths written."""
+    out = {}
+    for kind, df in frames.items():
+        path = split_file(root, dataset, category, kind, split)
+        with atomic_path(path) as tmp:
+            df.to_json(tmp)  # default orient="columns" for a DataFrame
+        out[kind] = path
+    return out
+
+
 def write_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str,
                products: pd.DataFrame, reviews: pd.DataFrame, *, variant: str | None = None) -> dict[str, Path]:
     """Write one split in the released format (pandas ``to_json()``, default column orientation).
@@ -504,100 +630,13 @@ def write_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str,
     ``load_mrhp`` of the written split returns the same products and reviews. Returns the
     three written paths. Writes are atomic.
     """
-    variant = variant or ("lazada" if dataset == "lazada" else "amazon")
-    if variant not in ("amazon", "lazada"):
-        raise DataError(f"write_mrhp: unknown variant {variant!r}: expected 'amazon' or 'lazada'")
-    if split not in SPLITS:
-        raise DataError(f"write_mrhp: unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-    for col in ("product_id", "name"):
-        if col not in products.columns:
-            raise DataError(f"write_mrhp: products frame lacks column {col!r}")
-    for col in ("review_id", "product_id", "label"):
-        if col not in reviews.columns:
-            raise DataError(f"write_mrhp: reviews frame lacks column {col!r}")
-    name_only = dataset == "lazada" and category == "clothing"
+    variant = _check_write_args(variant, dataset, split, products, reviews)
     p_idx, r_idx = _row_index(products, "products"), _row_index(reviews, "reviews")
-
-    def _urls(df: pd.DataFrame) -> list[list[str]]:
-        col = "img_urls" if "img_urls" in df.columns else ("img_url" if "img_url" in df.columns else None)
-        if col is None:
-            return [[] for _ in range(len(df))]
-        return [parse_img_urls(v, where=f"write_mrhp: {col}") for v in df[col]]
-
-    # --- products
-    if "description" in products.columns:
-        descriptions = list(products["description"])
-    elif "text" in products.columns:
-        descriptions = []
-        for pid, name, text in zip(products["product_id"], products["name"], products["text"]):
-            if name_only:
-                if text != name:
-                    raise DataError(f"write_mrhp: product {pid!r}: Lazada clothing uses the name as the "
-                                    f"model text, but text differs from name")
-                descriptions.append("")
-            elif text == name:
-                descriptions.append([] if variant == "amazon" else "")
-            elif text.startswith(name + " ") or not name:
-                rest = text[len(name) + 1:] if name else text
-                descriptions.append([rest] if variant == "amazon" else rest)
-            else:
-                raise DataError(f"write_mrhp: product {pid!r}: text does not start with its name; "
-                                f"give a 'description' column instead")
-    else:
-        raise DataError("write_mrhp: products frame needs a 'description' or a 'text' column")
-    p_urls = _urls(products)
-    if variant == "lazada":
-        p_img = [json.dumps(u) for u in p_urls]
-    else:
-        p_img = p_urls
-    prd = pd.DataFrame({
-        "product_id": [str(x) for x in products["product_id"]],
-        "name": list(products["name"]),
-        "description": descriptions,
-        "img_url": p_img,
-        "keyword": list(products["keyword"]) if "keyword" in products.columns else [None] * len(products),
-        "brand_name": list(products["brand_name"]) if "brand_name" in products.columns else [None] * len(products),
-    }, index=p_idx)
-
-    # --- reviews and relation
-    text_col = "text" if "text" in reviews.columns else "content"
-    if text_col not in reviews.columns:
-        raise DataError("write_mrhp: reviews frame needs a 'text' or a 'content' column")
-    r_urls = _urls(reviews)
-    if variant == "lazada":
-        r_img = [json.dumps([{"url": u} for u in urls]) for urls in r_urls]
-    else:
-        r_img = r_urls
-    rvw = pd.DataFrame({
-        "product_id": [str(x) for x in reviews["product_id"]],
-        "review_id": [str(x) for x in reviews["review_id"]],
-        "title": list(reviews["title"]) if "title" in reviews.columns else [""] * len(reviews),
-        "content": list(reviews[text_col]),
-        "img_url": r_img,
-    }, index=r_idx)
-    if "time" in reviews.columns:
-        rvw["time"] = list(reviews["time"])
-    labels = []
-    for rid, v in zip(reviews["review_id"], reviews["label"]):
-        try:
-            iv = int(v)
-            if iv != v:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise DataError(f"write_mrhp: review {rid!r}: label {v!r} is not an integer") from None
-        labels.append(iv)
-    rel = pd.DataFrame({"product_id": rvw["product_id"], "review_id": rvw["review_id"],
-                        "upvotes": pd.Series(labels, index=r_idx, dtype="int64")}, index=r_idx)
-    if variant == "lazada":
-        rel["rating"] = list(reviews["rating"]) if "rating" in reviews.columns else [None] * len(reviews)
-
-    out = {}
-    for kind, df in (("prd", prd), ("rvw", rvw), ("rel", rel)):
-        path = split_file(root, dataset, category, kind, split)
-        with atomic_path(path) as tmp:
-            df.to_json(tmp)  # default orient="columns" for a DataFrame
-        out[kind] = path
-    return out
+    descriptions = _descriptions(products, variant, name_only=dataset == "lazada" and category == "clothing")
+    prd = _prd_frame(products, descriptions, variant, p_idx)
+    rvw = _rvw_frame(reviews, variant, r_idx)
+    rel = _rel_frame(reviews, rvw, variant, r_idx)
+    return _write_split_files(root, dataset, category, split, {"prd": prd, "rvw": rvw, "rel": rel})
 
 
 # ----------------------------------------------------------------------------- statistics
