@@ -5,8 +5,8 @@ One run is :func:`mmss_lib.train.train_run` (the trainer); this module builds th
 an experiment (:func:`run_experiment`), skips finished runs, hands the others to an executor of
 :mod:`mmss_lib.executors` (this process, worker processes, or Ray tasks on a cluster) through
 :func:`_dispatch`, and turns the runs' ``metrics.json`` into a tidy frame
-(:func:`summarize` for mean and std over seeds; :func:`mmss_lib.tables.per_product_frame` reads
-the runs' per-product metrics).
+(:func:`summarize` for mean and std over seeds; :mod:`mmss_lib.summary` reads the runs'
+per-product metrics).
 :func:`cli_main` is ``mmss train``: an experiment from the command line, printing the mean and std
 over seeds of the test metrics and the product-level summary (``--folds K``: K-fold
 cross-validation over each category's products).

@@ -16,8 +16,7 @@ exact expectations). Then, per (category, system, variant):
    ``{m}_lo``, ``{m}_hi`` = the 95% percentile bootstrap interval of that mean over products
    (:func:`mmss_lib.metrics.bootstrap_interval`, 2000 resamples, seed 0);
 4. the rival = the best *other* system/variant of the category by mean MAP (for the best one,
-   the runner-up; the ceilings of generated data are oracles, never rivals), as in
-   :func:`mmss_lib.tables.significance_vs_best`; ``{m}_diff`` = mean of
+   the runner-up; the ceilings of generated data are oracles, never rivals); ``{m}_diff`` = mean of
    (this - rival) per product with its paired bootstrap interval ``{m}_diff_lo``, ``{m}_diff_hi``
    (:func:`mmss_lib.metrics.bootstrap_difference`) and ``{m}_p`` = the paired t-test p-value
    (:func:`mmss_lib.metrics.paired_test`).
@@ -46,13 +45,13 @@ def summary_path(runs_root, dataset: str, category: str, tag: str | None = None)
     return Path(runs_root) / dataset / category / name
 
 
-def pooled_per_product(results, *, split: str = "test"):
-    """Per-product metrics of every run of ``results``, averaged over seeds and pooled over folds.
-
-    Returns a frame with columns ``dataset, category, system, variant, product_id, n_seeds``,
-    ``fold`` (-1 without folds) and ``AP, NDCG@3, NDCG@5, RR``: one row per (category, system,
-    variant, product). Raises :class:`DataError` when a product is a test product of two folds.
-    """
+def per_run_per_product(results, *, split: str = "test"):
+    """Per-product metrics of every run of ``results`` (``run_experiment``'s frame: columns
+    ``dataset, category, system, variant, seed, run_dir``, and ``fold`` under cross-validation),
+    read with :func:`mmss_lib.floors.per_product_for_run` (the ``random`` floor contributes its
+    exact expectations): one row per (run, product) with ``product_id, n_reviews, AP, NDCG@3,
+    NDCG@5, RR`` and the run's keys (and ``fold`` where ``results`` has one). The first link of
+    the chain."""
     import pandas as pd
 
     from mmss_lib.floors import per_product_for_run
@@ -67,14 +66,28 @@ def pooled_per_product(results, *, split: str = "test"):
         pp = per_product_for_run(rd, split)
         if "product_id" not in pp.columns:
             pp = pp.reset_index()
-        fold = getattr(row, "fold", -1)
-        frames.append(pp.assign(dataset=str(row.dataset), category=str(row.category), system=str(row.system),
-                                variant=str(row.variant), seed=int(row.seed),
-                                fold=-1 if fold is None or fold != fold else int(fold),
-                                product_id=pp["product_id"].astype(str)))
+        keys = dict(dataset=str(row.dataset), category=str(row.category), system=str(row.system),
+                    variant=str(row.variant), seed=int(row.seed))
+        if "fold" in results.columns:
+            fold = getattr(row, "fold")
+            keys["fold"] = -1 if fold is None or fold != fold else int(fold)
+        frames.append(pp.assign(**keys, product_id=pp["product_id"].astype(str)))
     if not frames:
         raise DataError("summary: no runs to summarise")
-    df = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def pooled_per_product(results, *, split: str = "test"):
+    """Per-product metrics of every run of ``results``, averaged over seeds and pooled over folds.
+
+    Returns a frame with columns ``dataset, category, system, variant, product_id, n_seeds``,
+    ``fold`` (-1 without folds) and ``AP, NDCG@3, NDCG@5, RR``: one row per (category, system,
+    variant, product). Raises :class:`DataError` when a product is a test product of two folds.
+    ``results`` may also be :func:`per_run_per_product`'s frame (already read).
+    """
+    df = results if "AP" in results.columns else per_run_per_product(results, split=split)
+    if "fold" not in df.columns:
+        df = df.assign(fold=-1)
     keys = ["dataset", "category", "system", "variant"]
     cols = [PER_PRODUCT_COLUMN[m] for m in METRICS]
     # a product must come from exactly one fold per system
@@ -90,14 +103,18 @@ def pooled_per_product(results, *, split: str = "test"):
     return out.reset_index()
 
 
-def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
-    """The summary rows (module docstring) from :func:`pooled_per_product`'s frame."""
+def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                    test: str = "t"):
+    """The summary rows (module docstring) from :func:`pooled_per_product`'s frame; ``test``: the
+    paired test behind ``{m}_p``, "t" (paired t-test) or "wilcoxon" (signed-rank)."""
     import numpy as np
     import pandas as pd
 
     from mmss_lib.metrics import bootstrap_difference, bootstrap_interval, paired_test
     from mmss_lib.systems import is_ceiling
 
+    if test not in ("t", "wilcoxon"):
+        raise ValueError(f"product_summary: test must be 't' or 'wilcoxon', got {test!r}")
     keys = ["dataset", "category", "system", "variant"]
     rows = []
     for (dataset, category), cat in per_product.groupby(["dataset", "category"], sort=False):
@@ -132,9 +149,23 @@ def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: f
                 a, b = g[col], entries[rival][col]
                 d, lo, hi = bootstrap_difference(a, b, n_boot=n_boot, level=level, seed=seed)
                 row.update({f"{m}_diff": SCALE * d, f"{m}_diff_lo": SCALE * lo, f"{m}_diff_hi": SCALE * hi,
-                            f"{m}_p": paired_test(a, b)["t_p"]})
+                            f"{m}_p": paired_test(a, b)[f"{test}_p"]})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def table_summary(results, *, dataset: str | None = None, test: str = "t", **kw):
+    """The summary behind a comparison table: :func:`product_summary` of the full models' runs
+    (variant ``full``) of ``dataset`` in ``results`` (folds pooled), so that each system's rival is
+    the best other *system*. ``kw``: ``n_boot``, ``level``, ``seed``."""
+    df = results
+    if dataset is not None and "dataset" in df.columns:
+        df = df[df["dataset"].astype(str) == str(dataset)]
+    if "variant" in df.columns:
+        df = df[df["variant"].fillna("full").astype(str).isin(["full", ""])]
+    if df.empty:
+        raise DataError(f"summary: no runs of full models{f' of {dataset!r}' if dataset else ''} to summarise")
+    return product_summary(pooled_per_product(df), test=test, **kw)
 
 
 def _label(system: str, variant: str) -> str:

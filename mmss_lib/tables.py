@@ -5,19 +5,18 @@ columns ``dataset, category, system, variant, seed, MAP, NDCG@3, NDCG@5`` with t
 fractions in [0, 1] (a ``split`` column, when present, is filtered to ``"test"``). Tables show
 metrics x100 like the paper.
 
-- :func:`comparison_table` — Tables 1/2: rows = systems grouped by Type (Floor, Text-only, then
-  Multimodal) in the paper's order (:data:`mmss_lib.systems.SYSTEMS`), columns = (category,
-  metric) with MAP, N@3, N@5 as the mean over seeds (``with_std=True``: ``"69.5 ± 0.3"``,
-  sample std over seeds). With ``per_product`` (the per-product test metrics of every run) each
-  mean carries its 95% bootstrap interval over the test products, ``"69.5 [67.1, 71.8]"``
-  (:func:`product_intervals`), and every system its markers against the best other system
-  (:func:`significance_vs_best`): "∗" significantly better, "†" significantly worse (paired test
-  on the per-product values, p < 0.01). Without it, a "∗" follows MM-SS's value where
-  ``significance`` says it beats the best other system with p < 0.01.
-- :func:`significance_vs_best` — for every system of a category, the paired test against the
-  best *other* system (highest mean MAP over seeds; for the best system that is the runner-up),
-  floors included; :func:`comparison_note` writes the legend (interval, test, products,
-  and which region-feature weights the runs used).
+- :func:`comparison_table` — Tables 1/2: rows = systems grouped by Type (Floor, Ceiling,
+  Text-only, then Multimodal) in the paper's order (:data:`mmss_lib.systems.SYSTEMS`), columns =
+  (category, metric) with MAP, N@3, N@5 as the mean over seeds (``with_std=True``:
+  ``"69.5 ± 0.3"``, sample std over seeds). With ``summary`` (the product-level summary of the
+  runs, :func:`mmss_lib.summary.table_summary`: the one statistics chain, also behind the
+  summary CSVs) each mean carries its 95% bootstrap interval over the test products,
+  ``"69.5 [67.1, 71.8]"``, and every system its marker against the best other system of its
+  category: "∗" significantly better, "†" significantly worse (paired test on the per-product
+  values, p < 0.01). Tables only format; no statistic is computed here.
+- :func:`significance_frame` — the tests behind the markers as a tidy frame;
+  :func:`comparison_note` writes the legend (interval, test, products, and which
+  region-feature weights the runs used).
 - :func:`ablation_table` — Table 4: one row per variant in the paper's order
   (``mmss_lib.model.ABLATION_LABELS`` when importable), MAP/N@3/N@5 means over seeds, the
   differences to the full model (Δ = variant mean - full mean, so negative = worse) and the
@@ -36,7 +35,6 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from mmss_lib.errors import DataError
-from mmss_lib.metrics import PER_PRODUCT_COLUMN
 from mmss_lib.metrics import TESTED_METRICS as METRICS  # the columns of Tables 1/2/4
 from mmss_lib.systems import is_ceiling
 
@@ -117,45 +115,23 @@ def _seed_stats(df, keys: list[str], metrics: Sequence[str]):
 # Tables 1 / 2
 # --------------------------------------------------------------------------------------------
 
-def _is_significant(v: Any, alpha: float) -> bool:
-    if v is None:
-        return False
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, Mapping):
-        if "significant" in v:
-            return bool(v["significant"])
-        p = v.get("p", v.get("t_p"))
-        return p is not None and float(p) < alpha and float(v.get("mean_diff", 1.0)) > 0
-    return float(v) < alpha  # a p-value
-
-
-def comparison_table(results, dataset: str, *, significance: Optional[Mapping] = None,
-                     with_std: bool = False, decimals: int = 1, alpha: float = 0.01,
-                     ours: str = "mmss", categories: Optional[Sequence[str]] = None,
-                     per_product=None, with_interval: Optional[bool] = None, level: float = 0.95,
-                     n_boot: int = 2000, test: str = "t"):
+def comparison_table(results, dataset: str, *, summary=None, with_std: bool = False, decimals: int = 1,
+                     alpha: float = 0.01, categories: Optional[Sequence[str]] = None,
+                     with_interval: Optional[bool] = None):
     """Tables 1/2 layout for one dataset (test split, full models only).
 
     Rows: MultiIndex (Type, Method) — systems of :data:`mmss_lib.systems.SYSTEMS` in its
-    order, grouped Floor (``random``, ``length``), Text-only, then Multimodal (the paper's
-    order), display names as in the paper; systems not in the registry follow under Type
+    order, grouped Floor (``random``, ``length``), Ceiling, Text-only, then Multimodal (the
+    paper's order), display names as in the paper; systems not in the registry follow under Type
     "Other". Columns: MultiIndex (category, metric) with categories shown as CS&J / Elec. / H&K
     in that order and metrics MAP, N@3, N@5. Cells are strings: mean over seeds x100 with
     ``decimals`` decimals (``with_std``: ``"mean ± std"``), ``"-"`` where a system has no run.
 
-    ``per_product``: the per-product test metrics of the runs (columns ``category, system,
-    product_id, AP, NDCG@3, NDCG@5``, and ``seed``, ``dataset``, ``variant`` where present; see
-    :func:`significance_vs_best`). With it, each cell carries the ``level`` bootstrap interval
-    of the mean over products (``with_interval``, default on: ``"69.5 [67.1, 71.8]"``), and,
-    unless ``significance`` is given, every system is tested against the best other system of its
-    category (:func:`significance_vs_best`, ``test`` "t" or "wilcoxon"): ``MARKER`` ("∗") where
-    it is significantly better (p < ``alpha``), ``WORSE_MARKER`` ("†") where significantly worse.
-
-    ``significance``: either that per-system form ``{category: {system: {metric: dict}}}``, or
-    the paper's ``{category: {metric: v}}`` with ``v`` a bool, a p-value, or a dict with
-    ``"significant"`` or with ``"p"`` / ``"t_p"`` and ``"mean_diff"``; then ``MARKER`` is appended
-    to the ``ours`` row only, where it is significant (p < ``alpha`` and a positive mean difference).
+    ``summary``: the product-level summary of these runs (:func:`mmss_lib.summary.table_summary`,
+    the statistics chain the summary CSVs use). With it, each cell carries its bootstrap interval
+    of the mean over products (``with_interval``, default on: ``"69.5 [67.1, 71.8]"``) and its
+    marker against the best other system of the category: ``MARKER`` ("∗") where it is
+    significantly better (p < ``alpha``), ``WORSE_MARKER`` ("†") where significantly worse.
     """
     import pandas as pd
 
@@ -172,16 +148,10 @@ def comparison_table(results, dataset: str, *, significance: Optional[Mapping] =
     systems = _ordered(df["system"].tolist(), list(SYSTEMS))
     mean, std, _ = _seed_stats(df, ["system", "category"], METRICS)
     if with_interval is None:
-        with_interval = per_product is not None
-    intervals = {}
-    if with_interval:
-        if per_product is None:
-            raise DataError(f"{what}: intervals need the per-product test metrics (per_product=)")
-        intervals = product_intervals(per_product, dataset=dataset, level=level, n_boot=n_boot)
-    if significance is None and per_product is not None:
-        significance = significance_vs_best(per_product, results=results, dataset=dataset, alpha=alpha,
-                                            test=test)
-    per_system = _per_system_form(significance)
+        with_interval = summary is not None
+    if with_interval and summary is None:
+        raise DataError(f"{what}: intervals need the product-level summary (summary=)")
+    stats = _summary_rows(summary, dataset) if summary is not None else {}
 
     def kind(s: str) -> str:
         return TYPE_LABELS.get(SYSTEMS[s].kind, SYSTEMS[s].kind) if s in SYSTEMS else "Other"
@@ -192,7 +162,6 @@ def comparison_table(results, dataset: str, *, significance: Optional[Mapping] =
                                      names=["Type", "Method"])
     cols = pd.MultiIndex.from_tuples([(CATEGORY_LABELS.get(c, c), METRIC_LABELS[m]) for c in cats for m in METRICS],
                                      names=["Category", "Metric"])
-    sig = significance or {}
     cells = []
     for s in systems:
         row = []
@@ -201,157 +170,49 @@ def comparison_table(results, dataset: str, *, significance: Optional[Mapping] =
                 if (s, c) not in mean.index:
                     row.append(MISSING)
                     continue
-                if per_system:
-                    v = sig.get(c, {}).get(s, {}).get(m) or {}
-                    mark = MARKER if v.get("better") else WORSE_MARKER if v.get("worse") else ""
-                else:
-                    mark = MARKER if s == ours and _is_significant(sig.get(c, {}).get(m), alpha) else ""
+                st = stats.get((c, s))
+                mark = _marker(st, m, alpha) if st is not None else ""
                 sd = 100.0 * std.loc[(s, c), m] if with_std else None
-                iv = intervals.get((c, s), {}).get(m)
-                iv = (100.0 * iv[0], 100.0 * iv[1]) if iv is not None else None
+                iv = (float(st[f"{m}_lo"]), float(st[f"{m}_hi"])) if with_interval and st is not None else None
                 row.append(format_cell(100.0 * mean.loc[(s, c), m], sd, decimals=decimals, marker=mark,
                                        interval=iv))
         cells.append(row)
     return pd.DataFrame(cells, index=rows, columns=cols)
 
 
-def _per_system_form(sig: Optional[Mapping]) -> bool:
-    """Whether ``sig`` is ``{category: {system: {metric: ...}}}`` (not ``{category: {metric: v}}``)."""
-    if not sig:
-        return False
-    for per_cat in sig.values():
-        if isinstance(per_cat, Mapping) and per_cat:
-            return not set(per_cat) <= set(METRICS) | {"MRR"}
-    return False
-
-
-def per_product_means(per_product, *, dataset: Optional[str] = None, metrics: Sequence[str] = METRICS):
-    """Each product's metric averaged over seeds, per (category, system): a frame indexed by
-    (category, system, product_id) with the per-product columns of ``metrics`` (AP, NDCG@3,
-    NDCG@5). Rows of other datasets (when ``dataset`` is given and a ``dataset`` column exists),
-    of ablation variants, and of a non-test ``split`` are dropped."""
-    what = "per-product metrics"
-    cols = [PER_PRODUCT_COLUMN.get(m, m) for m in metrics]
-    _require(per_product, ["category", "system", "product_id", *cols], what)
-    df = per_product
-    if "split" in df.columns:
-        df = df[df["split"].astype(str) == "test"]
-    if dataset is not None and "dataset" in df.columns:
+def _summary_rows(summary, dataset: Optional[str]) -> dict:
+    """``{(category, system): summary row}`` of the full models of ``dataset``."""
+    _require(summary, ["dataset", "category", "system", "variant", "rival", "n_products",
+                       *[f"{m}{x}" for m in METRICS for x in ("_lo", "_hi", "_diff", "_p")]], "product-level summary")
+    df = summary
+    if dataset is not None:
         df = df[df["dataset"].astype(str) == str(dataset)]
-    if "variant" in df.columns:
-        df = df[_variant(df) == FULL]
-    df = df.assign(category=df["category"].astype(str), system=df["system"].astype(str),
-                   product_id=df["product_id"].astype(str))
-    return df.groupby(["category", "system", "product_id"], sort=False)[cols].mean()
+    df = df[_variant(df) == FULL]
+    return {(str(r["category"]), str(r["system"])): r for _, r in df.iterrows()}
 
 
-def product_intervals(per_product, *, dataset: Optional[str] = None, metrics: Sequence[str] = METRICS,
-                      level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[tuple[str, str], dict]:
-    """``{(category, system): {metric: (lo, hi)}}``: the percentile bootstrap interval
-    (:func:`mmss_lib.metrics.bootstrap_interval`, resampling products) of the mean over products
-    of each product's metric averaged over seeds — the interval of the table's mean (as
-    fractions, like the metrics)."""
-    from mmss_lib.metrics import bootstrap_interval
-
-    pooled = per_product_means(per_product, dataset=dataset, metrics=metrics)
-    out: dict[tuple[str, str], dict] = {}
-    for (cat, system), g in pooled.groupby(level=[0, 1], sort=False):
-        out[(str(cat), str(system))] = {
-            m: tuple(float(x) for x in bootstrap_interval(g[PER_PRODUCT_COLUMN.get(m, m)].to_numpy(),
-                                                          n_boot=n_boot, level=level, seed=seed))
-            for m in metrics}
-    return out
+def _marker(row, metric: str, alpha: float) -> str:
+    """∗ / † / "" for one summary row and metric: significantly better / worse than its rival."""
+    p, diff = row[f"{metric}_p"], row[f"{metric}_diff"]
+    if not (p == p and p < alpha) or not isinstance(row["rival"], str) or not row["rival"]:
+        return ""
+    return MARKER if diff > 0 else WORSE_MARKER if diff < 0 else ""
 
 
-def significance_vs_best(per_product_scores, *, results=None, dataset: Optional[str] = None,
-                         metrics: Sequence[str] = METRICS, alpha: float = 0.01, test: str = "t",
-                         select_by: str = "MAP") -> dict[str, dict[str, dict[str, dict]]]:
-    """Every system against the best *other* system of its category, per metric.
+def significance_frame(summary, *, dataset: Optional[str] = None, alpha: float = 0.01):
+    """The tests behind a comparison table's markers as a tidy frame, from the product-level
+    summary (:func:`mmss_lib.summary.table_summary`): ``category, system, metric, rival,
+    mean_diff`` (points, this - rival), ``p``, ``n`` (test products) and ``marker``."""
+    import pandas as pd
 
-    "Best" = highest mean ``select_by`` over seeds in ``results`` (test split, full models), or,
-    without ``results``, over products in ``per_product_scores``; the best system's rival is
-    the runner-up. Floors take part like any system. Per-product values are averaged over seeds
-    first (:func:`per_product_means`), then the two systems are paired on their common test
-    products with :func:`mmss_lib.metrics.paired_test` (``test`` "t": paired t-test, "wilcoxon":
-    signed-rank); a rival evaluated on other products is an error.
-
-    Returns ``{category: {system: {metric: {**paired_test(...), "rival": system, "p": p,
-    "better": p < alpha and mean_diff > 0, "worse": p < alpha and mean_diff < 0}}}}``.
-    """
-    from mmss_lib.metrics import paired_test
-
-    if test not in ("t", "wilcoxon"):
-        raise ValueError(f"significance_vs_best: test must be 't' or 'wilcoxon', got {test!r}")
-    pooled = per_product_means(per_product_scores, dataset=dataset, metrics=metrics)
-    sel = PER_PRODUCT_COLUMN.get(select_by, select_by)
-    out: dict[str, dict[str, dict[str, dict]]] = {}
-    for cat in dict.fromkeys(pooled.index.get_level_values(0)):
-        sub = pooled.loc[cat]
-        present = list(dict.fromkeys(sub.index.get_level_values("system")))
-        if len(present) < 2:
+    rows = []
+    for (cat, system), r in _summary_rows(summary, dataset).items():
+        if not isinstance(r["rival"], str) or not r["rival"]:
             continue
-        if results is not None:
-            what = "significance vs best"
-            _require(results, ["category", "system", select_by], what)
-            df = _test_rows(results, dataset, what)
-            df = df[(_variant(df) == FULL) & (df["category"].astype(str) == cat)]
-            score = df.groupby(df["system"].astype(str))[select_by].mean().to_dict()
-        else:
-            score = {}
-        score = {s: score.get(s, float(sub.loc[s, sel].mean())) for s in present}
-        ranked = [s for s in sorted(present, key=lambda s: -score[s]) if not is_ceiling(s)]  # oracles are no rivals
-        out[cat] = {}
-        for s in present:
-            others = [r for r in ranked if r != s]
-            if not others:
-                continue
-            rival = others[0]
-            a, b = sub.loc[s], sub.loc[rival]
-            out[cat][s] = {}
-            for m in metrics:
-                col = PER_PRODUCT_COLUMN.get(m, m)
-                r = paired_test(a[col], b[col])
-                p = r["t_p"] if test == "t" else r["wilcoxon_p"]
-                sig = bool(p == p and p < alpha)
-                out[cat][s][m] = {**r, "rival": rival, "p": p, "better": sig and r["mean_diff"] > 0,
-                                  "worse": sig and r["mean_diff"] < 0}
-    return out
-
-
-def per_product_frame(results, split: str = "test"):
-    """Per-product metrics of every run of a results frame (``run_experiment``'s: columns
-    ``dataset, category, system, variant, seed, run_dir``), read with
-    :func:`mmss_lib.floors.per_product_for_run` (so the ``random`` floor contributes its exact
-    expectations): one row per (run, product) with ``product_id, n_reviews, AP, NDCG@3, NDCG@5,
-    RR`` and the run's keys — the input of :func:`product_intervals` and :func:`significance_vs_best`."""
-    import pandas as pd
-
-    from mmss_lib.floors import per_product_for_run
-
-    _require(results, ["dataset", "category", "system", "seed", "run_dir"], "per-product frame")
-    rows = []
-    for r in results.itertuples(index=False):
-        pp = per_product_for_run(r.run_dir, split)
-        rows.append(pp.assign(dataset=r.dataset, category=r.category, system=r.system,
-                              variant=getattr(r, "variant", FULL), seed=r.seed))
-    if not rows:
-        raise DataError("per-product frame: the results frame has no runs")
-    return pd.concat(rows, ignore_index=True)
-
-
-def significance_frame(significance: Mapping):
-    """:func:`significance_vs_best`'s nested dict as a tidy frame: ``category, system, metric,
-    rival, mean_diff`` (points), ``p``, ``n`` and ``marker`` ("∗", "†" or "")."""
-    import pandas as pd
-
-    rows = []
-    for cat, per_sys in significance.items():
-        for system, per_metric in per_sys.items():
-            for m, v in per_metric.items():
-                rows.append({"category": cat, "system": system, "metric": METRIC_LABELS.get(m, m),
-                             "rival": v["rival"], "mean_diff": round(100.0 * v["mean_diff"], 2),
-                             "p": v["p"], "n": v["n"],
-                             "marker": MARKER if v["better"] else WORSE_MARKER if v["worse"] else ""})
+        for m in METRICS:
+            rows.append({"category": cat, "system": system, "metric": METRIC_LABELS.get(m, m), "rival": r["rival"],
+                         "mean_diff": round(float(r[f"{m}_diff"]), 2), "p": float(r[f"{m}_p"]),
+                         "n": int(r["n_products"]), "marker": _marker(r, m, alpha)})
     return pd.DataFrame(rows, columns=["category", "system", "metric", "rival", "mean_diff", "p", "n", "marker"])
 
 
@@ -384,15 +245,17 @@ def region_weights_note(features_root, dataset: str, categories: Sequence[str]) 
     return ("region features: " + "; ".join(seen)) if seen else ""
 
 
-def comparison_note(per_product=None, *, dataset: Optional[str] = None, alpha: float = 0.01, level: float = 0.95,
+def comparison_note(summary=None, *, dataset: Optional[str] = None, alpha: float = 0.01, level: float = 0.95,
                     test: str = "t", region_note: str = "") -> str:
     """The legend printed under a comparison table: cell format, interval, test and markers, the
-    number of test products per category and (``region_note``) the region-feature weights."""
+    number of test products per category (from the product-level ``summary``) and
+    (``region_note``) the region-feature weights."""
     parts = ["Cells: mean over seeds x100"]
-    if per_product is not None:
-        pooled = per_product_means(per_product, dataset=dataset)
-        n = {c: len(set(g.index.get_level_values("product_id")))
-             for c, g in pooled.groupby(level=0, sort=False)}
+    if summary is not None:
+        rows = _summary_rows(summary, dataset)
+        n = {}
+        for (c, _), r in rows.items():
+            n.setdefault(c, int(r["n_products"]))
         parts[0] += (f" [{round(100 * level)}% percentile bootstrap interval of the mean over test products]; "
                      f"{MARKER} / {WORSE_MARKER}: significantly better / worse than the best other system of the "
                      f"category ({'paired t-test' if test == 't' else 'Wilcoxon signed-rank test'} on per-product "
@@ -401,7 +264,7 @@ def comparison_note(per_product=None, *, dataset: Optional[str] = None, alpha: f
                      + ("; Ceiling: rankings by a least-squares fit of the label on the generator's planted cues, "
                         "fitted on train and dev (text cues: match, detail; all cues: also the image cues), "
                         "never a rival in the tests"
-                        if any(is_ceiling(str(x)) for x in pooled.index.get_level_values("system")) else "")
+                        if any(is_ceiling(s) for _, s in rows) else "")
                      + ". Test products: " + ", ".join(f"{CATEGORY_LABELS.get(c, c)} {k}" for c, k in n.items()))
     if region_note:
         parts.append(region_note)

@@ -164,7 +164,7 @@ def test_run_floor_with_given_splits_looks_up_texts(demo_root, tmp_path):
 def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_path):
     """The trainer's no-training path: no feature stores exist here, floors need none."""
     from mmss_lib.experiments import run_experiment
-    from mmss_lib.tables import per_product_frame
+    from mmss_lib.summary import per_run_per_product
     from mmss_lib.train import TrainConfig, run_dir_for, train_run
 
     runs = tmp_path / "runs"
@@ -178,7 +178,7 @@ def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_p
     assert res.attrs["summary_paths"] and all(isinstance(p, str) for p in res.attrs["summary_paths"])
     assert len(pd.concat([res, res.copy()], ignore_index=True)) == 2 * len(res)
     assert res[res.system == "length"]["MAP"].tolist() == [m["test"]["MAP"]] * 2
-    pp = per_product_frame(res)                                  # what notebook 02 reads
+    pp = per_run_per_product(res)                                # what notebook 02 reads
     ap = pp[pp.system == "random"].groupby("product_id")["AP"].mean()   # each product over seeds
     assert ap.mean() == pytest.approx(res[res.system == "random"]["MAP"].iloc[0])
     want = per_product_for_run(run_dir_for(runs, "demo", "home", "random", "full", 0)).set_index("product_id")

@@ -10,8 +10,9 @@ from mmss_lib.metrics import paired_test
 from mmss_lib.systems import SYSTEMS, is_floor
 
 TRAINED = [n for n in SYSTEMS if not is_floor(n)]    # the paper's nine systems
+from mmss_lib.summary import table_summary
 from mmss_lib.tables import (MARKER, ablation_table, comparison_note, comparison_table, region_weights_note,
-                             save_table, significance_vs_best, to_markdown)
+                             save_table, to_markdown)
 
 CATS = ["home", "clothing", "electronics"]     # deliberately not the paper's order
 
@@ -67,19 +68,34 @@ def test_comparison_means_std_and_filters():
         comparison_table(res.drop(columns=["NDCG@5"]), "amazon")
 
 
-def test_comparison_markers():
+def test_comparison_markers_come_from_the_summary():
+    """A cell's marker is its summary row's: ∗ / † where p < alpha and the difference to the
+    rival is positive / negative; none without a rival or at p >= alpha."""
+    from mmss_lib.tables import WORSE_MARKER
+
     res = make_results()
-    sig = {"clothing": {"MAP": True, "NDCG@3": 0.001, "NDCG@5": 0.02},
-           "home": {"MAP": {"significant": False}, "NDCG@3": {"t_p": 0.001, "mean_diff": 0.1}}}
-    t = comparison_table(res, "amazon", significance=sig)
+    rows = []
+    for (cat, system), _ in res.groupby(["category", "system"]):
+        r = {"dataset": "amazon", "category": cat, "system": system, "variant": "full", "rival": "mcl",
+             "n_products": 10}
+        for m in ("MAP", "NDCG@3", "NDCG@5"):
+            r.update({f"{m}_lo": 1.0, f"{m}_hi": 2.0, f"{m}_diff": 0.0, f"{m}_p": 0.5})
+        rows.append(r)
+    summ = pd.DataFrame(rows).set_index(["category", "system"])
+    summ.loc[("clothing", "mmss"), ["MAP_p", "MAP_diff"]] = [0.001, 1.5]          # better
+    summ.loc[("clothing", "mmss"), ["NDCG@3_p", "NDCG@3_diff"]] = [0.02, 1.5]     # p >= 0.01
+    summ.loc[("clothing", "mmss"), ["NDCG@5_p", "NDCG@5_diff"]] = [0.001, -2.0]   # worse
+    summ.loc[("home", "mmss"), ["MAP_p", "MAP_diff"]] = [0.001, 3.0]
+    summ.loc[("home", "mmss"), "rival"] = float("nan")                             # no rival (CSV round trip)
+    t = comparison_table(res, "amazon", summary=summ.reset_index(), with_interval=False)
     ours = t.loc[("Multimodal", "MM-SS (Ours)")]
     assert ours[("CS&J", "MAP")] == "65.1" + MARKER
-    assert ours[("CS&J", "N@3")].endswith(MARKER)
-    assert not ours[("CS&J", "N@5")].endswith(MARKER)          # p = 0.02 >= 0.01
+    assert not ours[("CS&J", "N@3")].endswith((MARKER, WORSE_MARKER))
+    assert ours[("CS&J", "N@5")].endswith(WORSE_MARKER)
     assert not ours[("H&K", "MAP")].endswith(MARKER)
-    assert ours[("H&K", "N@3")].endswith(MARKER)
-    assert not ours[("Elec.", "MAP")].endswith(MARKER)
-    assert not any(str(v).endswith(MARKER) for v in t.loc[("Multimodal", "MCL")])  # only our row
+    assert not any(str(v).endswith(MARKER) for v in t.loc[("Multimodal", "MCL")])
+    iv = comparison_table(res, "amazon", summary=summ.reset_index())
+    assert iv.loc[("Multimodal", "MCL"), ("CS&J", "MAP")].endswith("[1.0, 2.0]")
 
 
 def make_ablation():
@@ -171,8 +187,8 @@ def floor_frames(n=80, seeds=2):
     for seed in range(seeds):
         for name, shift in [("random", 0.0), ("length", 0.1), ("bimpm", 0.2), ("mmss", 0.3)]:
             v = base + shift + rng.normal(0, 0.03, n)
-            rows.append(pd.DataFrame({"dataset": "demo", "category": "clothing", "system": name, "seed": seed,
-                                      "product_id": [f"p{i}" for i in range(n)], "AP": v, "NDCG@3": v,
+            rows.append(pd.DataFrame({"dataset": "demo", "category": "clothing", "system": name, "variant": "full",
+                                      "seed": seed, "product_id": [f"p{i}" for i in range(n)], "AP": v, "NDCG@3": v, "RR": v,
                                       "NDCG@5": v}))
     pp = pd.concat(rows, ignore_index=True)
     res = (pp.groupby(["dataset", "category", "system", "seed"], sort=False)[["AP", "NDCG@3", "NDCG@5"]].mean()
@@ -193,7 +209,7 @@ def test_comparison_with_floors_intervals_and_markers():
     from mmss_lib.tables import WORSE_MARKER
 
     pp, res = floor_frames()
-    t = comparison_table(res, "demo", per_product=pp)
+    t = comparison_table(res, "demo", summary=table_summary(pp))
     assert list(t.index) == [("Floor", "Random"), ("Floor", "Length"), ("Text-only", "BiMPM"),
                              ("Multimodal", "MM-SS (Ours)")]
     mean, mark, lo, hi = _cell(t.loc[("Multimodal", "MM-SS (Ours)"), ("CS&J", "MAP")])
@@ -204,32 +220,41 @@ def test_comparison_with_floors_intervals_and_markers():
     assert mark == MARKER                                   # beats the runner-up BiMPM
     for name in [("Floor", "Random"), ("Floor", "Length"), ("Text-only", "BiMPM")]:
         assert _cell(t.loc[name, ("CS&J", "N@5")])[1] == WORSE_MARKER   # all below MM-SS
-    plain = comparison_table(res, "demo", per_product=pp, with_interval=False)
+    plain = comparison_table(res, "demo", summary=table_summary(pp), with_interval=False)
     assert plain.loc[("Multimodal", "MM-SS (Ours)"), ("CS&J", "MAP")] == f"{mean:.1f}{MARKER}"
-    with pytest.raises(DataError, match="per_product"):
+    with pytest.raises(DataError, match="summary="):
         comparison_table(res, "demo", with_interval=True)
 
 
-def test_significance_vs_best_rivals_and_ties():
+def test_table_summary_rivals_ties_and_markers():
+    """The statistics behind the table (summary.table_summary, the summary CSVs' chain): each
+    system against the best other one, the runner-up for the best; ties carry no marker."""
+    from mmss_lib.tables import WORSE_MARKER, significance_frame
+
     pp, res = floor_frames()
-    sig = significance_vs_best(pp, results=res, dataset="demo")["clothing"]
-    assert sig["mmss"]["MAP"]["rival"] == "bimpm"
-    assert {sig[s]["MAP"]["rival"] for s in ("random", "length", "bimpm")} == {"mmss"}
+    summ = table_summary(pp).set_index("system")
+    assert summ.loc["mmss", "rival"] == "bimpm"
+    assert set(summ.loc[["random", "length", "bimpm"], "rival"]) == {"mmss"}
     pooled = pp.groupby(["system", "product_id"])["AP"].mean()
     want = paired_test(pooled.loc["length"], pooled.loc["mmss"])
-    assert sig["length"]["MAP"]["p"] == pytest.approx(want["t_p"])
-    assert sig["length"]["MAP"]["worse"] and not sig["length"]["MAP"]["better"]
+    assert summ.loc["length", "MAP_p"] == pytest.approx(want["t_p"])
+    assert table_summary(pp, test="wilcoxon").set_index("system").loc["length", "MAP_p"] == \
+        pytest.approx(want["wilcoxon_p"])
+    sf = significance_frame(table_summary(pp)).set_index(["system", "metric"])
+    assert sf.loc[("length", "MAP"), "marker"] == WORSE_MARKER and sf.loc[("mmss", "MAP"), "marker"] == MARKER
     # two indistinguishable top systems: no marker on either
     tie = pp.copy()
     top = tie.system == "bimpm"
     tie.loc[top, "AP"] = tie.loc[tie.system == "mmss", "AP"].to_numpy() + np.random.default_rng(5).normal(0, 0.03, top.sum())
-    s2 = significance_vs_best(tie)["clothing"]
-    assert not s2["mmss"]["MAP"]["better"] and not s2["mmss"]["MAP"]["worse"]
-    assert s2["random"]["MAP"]["worse"]
+    s2 = significance_frame(table_summary(tie)).set_index(["system", "metric"])
+    assert s2.loc[("mmss", "MAP"), "marker"] == "" and s2.loc[("random", "MAP"), "marker"] == WORSE_MARKER
     # a rival on other products is refused
     bad = pp[~((pp.system == "bimpm") & (pp.product_id == "p0"))]
     with pytest.raises(DataError, match="different products"):
-        significance_vs_best(bad)
+        table_summary(bad)
+    # ablation variants are not rivals in a comparison table
+    var = pd.concat([pp, pp[pp.system == "mmss"].assign(variant="wo_d", AP=lambda d: d["AP"] + 0.5)])
+    assert table_summary(var).set_index("system").loc["mmss", "rival"] == "bimpm"
 
 
 def test_comparison_note_and_region_weights(tmp_path):
@@ -243,7 +268,7 @@ def test_comparison_note_and_region_weights(tmp_path):
     note_r = region_weights_note(tmp_path, "demo", ["clothing", "home"])
     assert note_r == ("region features: random-weight Faster R-CNN boxes, mobilenet_v2 torchvision "
                       "IMAGENET1K_V1 (ImageNet) features")
-    note = comparison_note(pp, dataset="demo", region_note=note_r)
+    note = comparison_note(table_summary(pp), dataset="demo", region_note=note_r)
     assert "Test products: CS&J 30" in note and "95% percentile bootstrap" in note and note_r in note
     assert region_weights_note(tmp_path, "demo", ["home"]) == ""
     g = tmp_path / "demo" / "home" / "region_rvw"
@@ -256,8 +281,9 @@ def test_comparison_note_and_region_weights(tmp_path):
     assert (tmp_path / "t.md").read_text().rstrip().endswith(note)
 
 
-def test_per_product_frame_reads_runs_and_significance_frame(tmp_path):
-    from mmss_lib.tables import per_product_frame, significance_frame
+def test_per_run_per_product_reads_runs_and_significance_frame(tmp_path):
+    from mmss_lib.summary import per_run_per_product
+    from mmss_lib.tables import significance_frame
 
     rows = []
     for system, scores in [("random", [0.1, 0.2, 0.3]), ("length", [3.0, 2.0, 1.0])]:
@@ -268,11 +294,11 @@ def test_per_product_frame_reads_runs_and_significance_frame(tmp_path):
         (rd / "metrics.json").write_text('{"threshold": 1}')
         (rd / "config.json").write_text('{"config": {"system": "%s"}}' % system)
         rows.append(dict(dataset="demo", category="home", system=system, variant="full", seed=0, run_dir=str(rd)))
-    pp = per_product_frame(pd.DataFrame(rows))
+    pp = per_run_per_product(pd.DataFrame(rows))
     ap = dict(zip(pp["system"], pp["AP"]))
     assert ap["length"] == pytest.approx((1 + 2 / 3) / 2)          # ranked labels 4, 0, 2
     assert ap["random"] == pytest.approx((1 / 3) * (11 / 6 + 1 / 2 * (3 - 11 / 6)))   # exact expectation, n=3, R=2
     pf, res = floor_frames(n=20)
-    sf = significance_frame(significance_vs_best(pf, results=res, dataset="demo"))
+    sf = significance_frame(table_summary(pf), dataset="demo")
     assert len(sf) == 4 * 3 and set(sf["marker"]) <= {MARKER, "†", ""}
     assert sf[(sf.system == "random") & (sf.metric == "MAP")]["rival"].item() == "mmss"

@@ -13,7 +13,7 @@ from mmss_lib.features.store import write_store
 from mmss_lib.loader import MRHPSplitData
 from mmss_lib import experiments as E
 from mmss_lib import train as T
-from mmss_lib.tables import per_product_frame
+from mmss_lib.summary import per_run_per_product
 
 DT, DR = 8, 12
 TH = 2.0      # only labels 3 and 4 are relevant: MAP does not saturate on these tiny products
@@ -195,7 +195,7 @@ def test_run_experiment_summarize_and_per_product(splits, tmp_path, monkeypatch)
     row = summ[summ["variant"] == "full"].iloc[0]
     assert row["n_seeds"] == 2
     assert row["MAP_mean"] == pytest.approx(res[res["variant"] == "full"]["MAP"].mean())
-    pp = per_product_frame(res[res["variant"] == "full"])
+    pp = per_run_per_product(res[res["variant"] == "full"])
     ap = pp.groupby("product_id")["AP"].mean()                  # each product over seeds
     assert len(ap) == 4
     assert ap.mean() == pytest.approx(row["MAP_mean"])
