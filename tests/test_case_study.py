@@ -74,7 +74,7 @@ def test_load_run_config_history_and_reference_config(trained, tmp_path):
 
 def test_case_study_predicts_like_the_trainer_and_writes_figures(trained, tmp_path, capsys):
     from mmss_lib.case_study import CaseStudy
-    from mmss_lib.train import run_dir_for
+    from mmss_lib.run_folder import run_dir_for
 
     root, _, _ = trained
     full = run_dir_for(root / "runs", "demo", "home", "mmss", "full", 0)
