@@ -54,7 +54,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -532,32 +532,26 @@ def _store_manifests(split) -> dict:
 
 # ------------------------------------------------------------------------------------ training
 
-def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: bool = True,
-        run_info: dict | None = None) -> dict:
-    """Train/evaluate on already loaded splits (``{"train", "dev", "test"}`` ->
-    :class:`~mmss_lib.loader.MRHPSplitData`) into ``run_dir``; return the metrics.json content.
+@dataclass
+class _Trainee:
+    """What one run trains and with what: the model, its optimizer, the grad scaler (CUDA float16
+    AMP only), the SSP-Label (systems with subtasks only), the tokenizer (on-the-fly text) and the device."""
+    model: object
+    optimizer: object
+    scaler: object
+    ssp: object
+    tokenizer: object
+    device: object
 
-    See the module docstring for the procedure, the files written and the resume rules.
-    """
+
+def _build_trainee(cfg: TrainConfig, train, run_dir: Path, threshold: float) -> _Trainee:
+    """Threads, device and seed set, then the model, optimizer, grad scaler and SSP-Label built (in this
+    order: it fixes the initial weights)."""
     import torch
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"config": cfg.to_json(), "run": dict(run_info or {}), "threshold": threshold}
-    features = _store_manifests(splits["train"])    # extraction settings, for predict
-    metrics_path, last_path, best_path = run_dir / METRICS, run_dir / LAST, run_dir / BEST
-    cfg_path = run_dir / CONFIG
-
-    # ---- a finished run of this identity is skipped (mmss_lib.run_folder)
-    done = finished_metrics(run_dir, record["config"], record["run"])
-    if done is not None:
-        return done
-
-    _check_trainable(cfg, splits["train"], run_info)    # before anything is written
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     device = pick_device(cfg.device)
-    train, dev, test = splits["train"], splits["dev"], splits["test"]
     seed_everything(cfg.seed)
     model = build_model(cfg, train.text_dim, train.region_dim).to(device)   # text_dim None: on the fly
     optimizer = build_optimizer(model, cfg)
@@ -568,43 +562,161 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
     ssp = None
     subtasks = tuple(getattr(model, "subtasks", ()) or ())
     if subtasks:
-        from mmss_lib.ssp_label import SSPLabel, ssp_health
+        from mmss_lib.ssp_label import SSPLabel
         ssp = SSPLabel(train.n, torch.as_tensor(train.labels, dtype=torch.float32), model.feature_dims(),
-                       alpha1=cfg.ssp_alpha1, alpha2=cfg.ssp_alpha2, pivot=cfg.ssp_pivot if cfg.ssp_pivot is not None else threshold + 0.5, max_history=1,
+                       alpha1=cfg.ssp_alpha1, alpha2=cfg.ssp_alpha2,
+                       pivot=cfg.ssp_pivot if cfg.ssp_pivot is not None else threshold + 0.5, max_history=1,
                        scale=cfg.ssp_scale,
                        bank_dir=_ssp_bank_dir(run_dir, train.n, model.feature_dims()))
+    return _Trainee(model, optimizer, scaler, ssp, tokenizer, device)
 
+
+def _resume(last_path: Path, record: dict, trainee: _Trainee, state: dict) -> None:
+    """Continue from ``last.pt``: refuse a checkpoint of another configuration, else restore the model,
+    optimizer, grad scaler, SSP-Label, ``state`` and the RNG states."""
+    ck = _load_torch(last_path)
+    old_cfg = ck.get("config", {})
+    diff = resume_mismatch(ck, record["config"], record["run"])
+    if diff:
+        raise CheckpointError(
+            f"{last_path}: checkpoint from another configuration; differing field(s): "
+            + ", ".join(f"{k} (checkpoint {old_cfg.get(k)!r}, now {record['config'].get(k)!r})"
+                        if k in record["config"] else k for k in diff)
+            + "; use another run folder or delete it")
+    trainee.model.load_state_dict(ck["model"])
+    trainee.optimizer.load_state_dict(ck["optimizer"])
+    if trainee.scaler is not None and ck.get("scaler"):
+        trainee.scaler.load_state_dict(ck["scaler"])
+    if trainee.ssp is not None:
+        trainee.ssp.load_state_dict(ck["ssp"])
+    for k in state:
+        state[k] = ck["state"][k]
+    _set_rng_state(ck["rng"])
+
+
+def _checkpoint_payload(record: dict, trainee: _Trainee, state: dict) -> dict:
+    """The content of ``last.pt``: everything :func:`_resume` restores."""
+    return {"config": record["config"], "run": record["run"], "model": trainee.model.state_dict(),
+            "optimizer": trainee.optimizer.state_dict(),
+            "scaler": trainee.scaler.state_dict() if trainee.scaler else None,
+            "ssp": trainee.ssp.state_dict() if trainee.ssp is not None else None, "state": dict(state),
+            "rng": _rng_state()}
+
+
+class _EpochTraining(NamedTuple):
+    """What one epoch's training reports to its history entry."""
+    n_pairs: int
+    n_batches: int
+    sums: dict                   # loss parts summed over the batches
+    ssp_entry: dict              # {"ssp": SSP health per subtask}, or {} without an SSP-Label
+    data_seconds: float          # building batches and moving them to the device
+
+
+def _train_epoch(cfg: TrainConfig, trainee: _Trainee, train, collate, epoch: int, run_dir: Path, *,
+                 last_good: str, bar_cls) -> _EpochTraining:
+    """One epoch's training: its pairs drawn and stepped through in batches, then the SSP-Label's end
+    of epoch."""
+    trainee.model.train()
+    pairs = draw_pairs(train, cfg, epoch)
+    sums = {"loss": 0.0, "loss_tar": 0.0, "loss_aux": 0.0, "loss_sub": 0.0}
+    n_batches = (len(pairs) + cfg.batch_size - 1) // cfg.batch_size
+    it = range(n_batches)
+    bar = bar_cls(it, desc=f"{run_dir.parent.name}/{run_dir.name} epoch {epoch}", leave=False) if bar_cls else None
+    timings: dict = {}
+    for b in (bar if bar is not None else it):
+        pb = pairs[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        parts = train_step(trainee.model, trainee.optimizer, train, collate, pb, cfg, trainee.device,
+                           ssp=trainee.ssp, epoch=epoch, scaler=trainee.scaler,
+                           where=f"{run_dir}: epoch {epoch}, batch {b + 1}/{n_batches}",
+                           last_good=last_good, timings=timings)
+        for k in sums:
+            sums[k] += parts[k]
+        if bar is not None:
+            bar.set_postfix(loss=f"{sums['loss'] / (b + 1):.4f}")
+    if bar is not None:
+        bar.close()
+    ssp_entry = _end_ssp_epoch(cfg, trainee.ssp, run_dir, epoch, train.review_ids)
+    return _EpochTraining(int(len(pairs)), n_batches, sums, ssp_entry, timings.get("data", 0.0))
+
+
+def _end_ssp_epoch(cfg: TrainConfig, ssp, run_dir: Path, epoch: int, review_ids) -> dict:
+    """The SSP-Label's end of epoch (next pseudo labels; ``ssp/epoch*.npz`` for the recorded seeds);
+    the history entry's ``"ssp"`` health part (empty without an SSP-Label)."""
+    if ssp is None:
+        return {}
+    from mmss_lib.ssp_label import ssp_health
+
+    rec = ssp.end_epoch(epoch)
+    if cfg.ssp_record_seeds is None or int(cfg.seed) in [int(x) for x in cfg.ssp_record_seeds]:
+        from mmss_lib.ssp_records import write_record
+        write_record(run_dir, epoch, review_ids, rec)
+    return {"ssp": ssp_health(rec)}     # SSP health per subtask (history.json)
+
+
+def _evaluate_epoch(cfg: TrainConfig, trainee: _Trainee, splits: dict, threshold: float, epoch: int,
+                    trained: _EpochTraining, train_seconds: float, t0: float) -> dict:
+    """Evaluate dev (and test) after an epoch; the epoch's ``history.json`` entry."""
+    ev_dev = evaluate(trainee.model, splits["dev"], cfg, trainee.device, threshold, trainee.tokenizer)
+    ev_test = (evaluate(trainee.model, splits["test"], cfg, trainee.device, threshold, trainee.tokenizer)
+               if cfg.eval_test else None)
+    n_batches = trained.n_batches
+    return {"epoch": epoch, "n_pairs": trained.n_pairs, "n_batches": n_batches,
+            **{k: v / max(n_batches, 1) for k, v in trained.sums.items()},
+            "dev": ev_dev.metrics, "test": ev_test.metrics if ev_test else None,
+            **trained.ssp_entry, "train_seconds": train_seconds, "data_seconds": trained.data_seconds,
+            "seconds": time.perf_counter() - t0}
+
+
+def _record_epoch(run_dir: Path, record: dict, features: dict, threshold: float, trainee: _Trainee, train,
+                  state: dict, entry: dict) -> None:
+    """Add the epoch to ``state``; keep ``best.pt`` on dev MAP (else count a bad epoch for early stopping);
+    write ``last.pt`` and ``history.json``."""
+    epoch, dev = entry["epoch"], entry["dev"]
+    state["history"].append(entry)
+    state["seconds"] += entry["seconds"]
+    state["epoch"] = epoch
+    if dev["MAP"] > state["best_metric"]:
+        state.update(best_metric=dev["MAP"], best_epoch=epoch, bad_epochs=0)
+        model = trainee.model
+        _save_torch(run_dir / BEST, {"config": record["config"], "run": record["run"], "epoch": epoch,
+                                     "model": model.state_dict(), "dev": dev,
+                                     "text_dim": train.text_dim if train.text_dim is not None else int(model.dim),
+                                     "region_dim": train.region_dim,
+                                     "threshold": threshold, "features": features})
+    else:
+        state["bad_epochs"] += 1
+    _save_torch(run_dir / LAST, _checkpoint_payload(record, trainee, state))
+    atomic_write_json(run_dir / "history.json", state["history"])
+
+
+def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: bool = True,
+        run_info: dict | None = None) -> dict:
+    """Train/evaluate on already loaded splits (``{"train", "dev", "test"}`` ->
+    :class:`~mmss_lib.loader.MRHPSplitData`) into ``run_dir``; return the metrics.json content.
+
+    See the module docstring for the procedure, the files written and the resume rules.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"config": cfg.to_json(), "run": dict(run_info or {}), "threshold": threshold}
+    features = _store_manifests(splits["train"])    # extraction settings, for predict
+    last_path = run_dir / LAST
+
+    # ---- a finished run of this identity is skipped (mmss_lib.run_folder)
+    done = finished_metrics(run_dir, record["config"], record["run"])
+    if done is not None:
+        return done
+
+    train = splits["train"]
+    _check_trainable(cfg, train, run_info)    # before anything is written
+    trainee = _build_trainee(cfg, train, run_dir, threshold)
     state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
              "seconds": 0.0}
-    # ---- resume
     if last_path.exists():
-        ck = _load_torch(last_path)
-        old_cfg = ck.get("config", {})
-        diff = resume_mismatch(ck, record["config"], record["run"])
-        if diff:
-            raise CheckpointError(
-                f"{last_path}: checkpoint from another configuration; differing field(s): "
-                + ", ".join(f"{k} (checkpoint {old_cfg.get(k)!r}, now {record['config'].get(k)!r})"
-                            if k in record["config"] else k for k in diff)
-                + "; use another run folder or delete it")
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scaler is not None and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        if ssp is not None:
-            ssp.load_state_dict(ck["ssp"])
-        for k in state:
-            state[k] = ck["state"][k]
-        _set_rng_state(ck["rng"])
-    atomic_write_json(cfg_path, {**record, "features": features})
+        _resume(last_path, record, trainee, state)
+    atomic_write_json(run_dir / CONFIG, {**record, "features": features})
 
-    def checkpoint_payload() -> dict:
-        return {"config": record["config"], "run": record["run"], "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "ssp": ssp.state_dict() if ssp is not None else None, "state": dict(state),
-                "rng": _rng_state()}
-
-    collate = collate_for(train, cfg, tokenizer)
+    collate = collate_for(train, cfg, trainee.tokenizer)
     bar_cls = None
     if progress:
         from tqdm.auto import tqdm as bar_cls  # noqa: N813
@@ -612,59 +724,16 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1
         t0 = time.perf_counter()
-        model.train()
-        pairs = draw_pairs(train, cfg, epoch)
-        sums = {"loss": 0.0, "loss_tar": 0.0, "loss_aux": 0.0, "loss_sub": 0.0}
-        n_batches = (len(pairs) + cfg.batch_size - 1) // cfg.batch_size
-        it = range(n_batches)
-        bar = bar_cls(it, desc=f"{run_dir.parent.name}/{run_dir.name} epoch {epoch}", leave=False) if bar_cls else None
-        timings: dict = {}
-        for b in (bar if bar is not None else it):
-            pb = pairs[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            parts = train_step(model, optimizer, train, collate, pb, cfg, device, ssp=ssp, epoch=epoch,
-                               scaler=scaler, where=f"{run_dir}: epoch {epoch}, batch {b + 1}/{n_batches}",
-                               last_good=f"{last_path.name} (epoch {state['epoch']})", timings=timings)
-            for k in sums:
-                sums[k] += parts[k]
-            if bar is not None:
-                bar.set_postfix(loss=f"{sums['loss'] / (b + 1):.4f}")
-        if bar is not None:
-            bar.close()
-        if ssp is not None:
-            rec = ssp.end_epoch(epoch)
-            if cfg.ssp_record_seeds is None or int(cfg.seed) in [int(x) for x in cfg.ssp_record_seeds]:
-                from mmss_lib.ssp_records import write_record
-                write_record(run_dir, epoch, train.review_ids, rec)
-            ssp_entry = {"ssp": ssp_health(rec)}     # SSP health per subtask (history.json)
-        else:
-            ssp_entry = {}
+        trained = _train_epoch(cfg, trainee, train, collate, epoch, run_dir,
+                               last_good=f"{last_path.name} (epoch {state['epoch']})", bar_cls=bar_cls)
         train_seconds = time.perf_counter() - t0
+        entry = _evaluate_epoch(cfg, trainee, splits, threshold, epoch, trained, train_seconds, t0)
+        _record_epoch(run_dir, record, features, threshold, trainee, train, state, entry)
 
-        ev_dev = evaluate(model, dev, cfg, device, threshold, tokenizer)
-        ev_test = evaluate(model, test, cfg, device, threshold, tokenizer) if cfg.eval_test else None
-        entry = {"epoch": epoch, "n_pairs": int(len(pairs)), "n_batches": n_batches,
-                 **{k: v / max(n_batches, 1) for k, v in sums.items()},
-                 "dev": ev_dev.metrics, "test": ev_test.metrics if ev_test else None,
-                 **ssp_entry, "train_seconds": train_seconds, "data_seconds": timings.get("data", 0.0),
-                 "seconds": time.perf_counter() - t0}
-        state["history"].append(entry)
-        state["seconds"] += entry["seconds"]
-        state["epoch"] = epoch
-        if ev_dev.metrics["MAP"] > state["best_metric"]:
-            state.update(best_metric=ev_dev.metrics["MAP"], best_epoch=epoch, bad_epochs=0)
-            _save_torch(best_path, {"config": record["config"], "run": record["run"], "epoch": epoch,
-                                    "model": model.state_dict(), "dev": ev_dev.metrics,
-                                    "text_dim": train.text_dim if train.text_dim is not None else int(model.dim),
-                                    "region_dim": train.region_dim,
-                                    "threshold": threshold, "features": features})
-        else:
-            state["bad_epochs"] += 1
-        _save_torch(last_path, checkpoint_payload())
-        atomic_write_json(run_dir / "history.json", state["history"])
-
-    if ssp is not None:
-        ssp.close()                      # memory-mapped banks (large training sets) are scratch
-    return _finalize(cfg, model, splits, run_dir, record, state, device, threshold, tokenizer)
+    if trainee.ssp is not None:
+        trainee.ssp.close()                      # memory-mapped banks (large training sets) are scratch
+    return _finalize(cfg, trainee.model, splits, run_dir, record, state, trainee.device, threshold,
+                     trainee.tokenizer)
 
 
 def _check_trainable(cfg: TrainConfig, train, run_info: dict | None) -> None:
