@@ -47,8 +47,8 @@ def ssp_health_table(hist) -> pd.DataFrame:
     """Per epoch and subtask over the reviews SSP-Label has seen (``hist``: an
     :class:`mmss_lib.ssp_records.SSPHistory`): ``epoch, subtask, n_seen, share_up, share_down,
     mean_offset, sd_offset, mean_abs_offset, mean_abs_change, mean_chi_s, mean_chi_g, mean_abs_chi_gap``.
-    With the default scale of Eq. 18 (``scale="mean"``) the bank means of chi_s and chi_g are 1 by
-    construction; ``mean_abs_chi_gap`` = mean |chi_s - chi_g| is the part that moves the labels.
+    Under the ``"mean"`` reading of Eq. 18's scale the bank means of chi_s and chi_g are 1 by
+    construction (under the default ``"common"`` only chi_g's); ``mean_abs_chi_gap`` = mean |chi_s - chi_g| is the part that moves the labels.
     ``mean_abs_change`` is mean |y_s(i) - y_s(i-1)| (0 in the first recorded epoch when it is
     epoch 1, NaN when the previous epoch is not recorded)."""
     rows = []
@@ -103,8 +103,8 @@ def write_ssp_health(hist, tables_dir, tag: str, *, tol: float = CHANGE_TOL) -> 
     tables_dir.mkdir(parents=True, exist_ok=True)
     note = ("Per epoch and subtask over the training reviews SSP-Label has seen: shares of offsets y_s - y_g "
             "above / below zero, offsets, mean change |y_s(i) - y_s(i-1)| (EWMA settling), mean distances "
-            "chi_s / chi_g (Eq. 18; 1 by construction when the scale s_k is the bank's mean distance, "
-            f"scale='mean') and mean |chi_s - chi_g|, the gap that moves the labels. First epoch with mean change < {tol:g}: "
+            "chi_s / chi_g (Eq. 18; both 1 by construction under scale='mean', chi_g's only under the "
+            f"default scale='common') and mean |chi_s - chi_g|, the gap that moves the labels. First epoch with mean change < {tol:g}: "
             + ", ".join(f"{k} {'never' if v is None else v}" for k, v in settle.items()) + ".")
     save_table(table.set_index(["epoch", "subtask"]), tables_dir / f"ssp_pseudo_labels_{tag}", decimals=3, note=note)
     return table

@@ -98,7 +98,8 @@ class TrainConfig:
     ssp_alpha2: float = 1.0              # SSP-Label alpha2 (Eq. 20)
     ssp_pivot: Optional[float] = None    # SSP-Label anchor pivot (Eq. 17 reading); None: threshold + 0.5 (1.5 Amazon, 0.5 Lazada)
     ssp_record_seeds: Optional[list] = None  # seeds whose runs write ssp/epoch*.npz (per review, ~100 B/epoch); None: all
-    ssp_scale: str = "mean"              # SSP-Label reading of Eq. 18's scale s_k: ssp_label.SCALES (mean, rms, common)
+    ssp_scale: str = "common"            # SSP-Label reading of Eq. 18's scale s_k: ssp_label.SCALES (mean, rms, common);
+                                         # the default is ssp_label.DEFAULT_SCALE (chosen on dev MAP, see its docstring)
     fine_tune_text: bool = False         # older switch for text_mode="finetune" (kept equal to it)
     text_model: Optional[str] = None     # HF name or local folder of the encoder (text_mode frozen/finetune)
     text_mode: str = "cached"            # "cached" (text stores), "frozen" / "finetune" (encoded on the fly, mmss_lib.online_text)

@@ -80,7 +80,7 @@ def test_eq18_covariance_and_distance_hand_numbers():
     bank = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
     m_hand = np.array([math.sqrt((r - A) @ inv @ (r - A)) for r in bank])
     np.testing.assert_allclose(ssp.bank_mahalanobis("g").numpy(), m_hand, rtol=1e-9)
-    # Eq. 18 scale "mean" (default): s = (mean m)^2 -> chi = m / mean(m)
+    # Eq. 18 scale "mean": s = (mean m)^2 -> chi = m / mean(m)
     assert ssp.scale("g") == pytest.approx(m_hand.mean() ** 2, rel=1e-9)
     assert ssp.distance("g", f).tolist() == pytest.approx(
         [math.sqrt(1.6) / m_hand.mean(), math.sqrt(2.4) / m_hand.mean(), 0.0], abs=1e-6)
@@ -164,7 +164,7 @@ def _ref_estimate(y_g, chi_s, chi_g):
 
 
 def test_eq11_ewma_at_epoch_ends_from_the_bank():
-    ssp, g = _filled(fresh_only=False)          # every seen sample in the statistics (stale ones too)
+    ssp, g = _filled(fresh_only=False, scale="mean")   # every seen sample in the statistics (stale ones too)
     rec1 = ssp.end_epoch(1)
     y_g = ssp.y_g.numpy()
     np.testing.assert_array_equal(rec1["label_ptrt"], y_g.astype(np.float32))    # Eq. 12
@@ -375,7 +375,7 @@ def test_low_rank_subtask_gets_offsets_of_both_signs():
     y = torch.arange(n).remainder(5).float()                                  # labels 0..4, 60 each
     base_g = torch.randn(n, d, generator=g)
     base_s = torch.randn(n, 1, generator=g) @ torch.randn(1, d, generator=g)
-    ssp = SSPLabel(n, y, {"g": d, "ptrt": d})
+    ssp = SSPLabel(n, y, {"g": d, "ptrt": d}, scale="mean")     # the reading whose offsets split both ways
     old_offsets = []
     for epoch in (1, 2, 3, 4):
         for idx in torch.randperm(n, generator=g).split(32):
@@ -414,7 +414,7 @@ def test_sums_after_end_epoch_equal_a_full_recompute():
 
 # ------------------------------------------------------------------ stale bank entries, scales, readings
 def test_stale_samples_leave_the_statistics_and_keep_their_labels():
-    ssp, g = _filled()                                   # fresh_only=True (default)
+    ssp, g = _filled(scale="mean")                       # fresh_only=True (default)
     ssp.end_epoch(1)
     idx = torch.tensor([0, 1, 3, 4])                     # samples 2 and 5 are not visited in epoch 2
     feats = {"g": torch.randn(4, 3, generator=g), "ptrt": torch.randn(4, 3, generator=g),
