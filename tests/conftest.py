@@ -88,3 +88,15 @@ def tiny_demo(tmp_path_factory):
     for kind, path in feature_dirs(root / "features", "demo", "home").items():
         write_store(path, items[kind], kind=kind.split("_")[0], dim=TINY_DR if "region" in kind else TINY_DT)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny models / tensors: fastest, and no spinning on
+    a shared CPU (use as ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

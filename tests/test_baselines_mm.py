@@ -27,13 +27,7 @@ NAMES = ["ssecross", "drnet", "mcr", "mcl"]
 SMALL = dict(text_dim=32, region_dim=16, d=32, n_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and avoids spinning on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny tensors: one intra-op thread
 
 
 def _build(name, **kw):

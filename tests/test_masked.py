@@ -150,13 +150,7 @@ def old_guard_empty(mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and avoids spinning on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny tensors: one intra-op thread
 
 
 # ============================================================================ random inputs
