@@ -224,7 +224,7 @@ def _dispatch(jobs: list, common: dict, base: TrainConfig, executor) -> tuple[li
     metrics: list = [None] * len(jobs)
     todo = []
     for i, (category, cfg, rd) in enumerate(jobs):
-        done = _finished_metrics(rd, cfg, dataset, category)
+        done = finished_metrics(rd, cfg.to_json(), {"dataset": dataset, "category": category})
         if done is not None:
             metrics[i] = done
             if progress:
@@ -295,11 +295,6 @@ def _experiment_job(category: str, cfg: TrainConfig, run_dir: str, common: dict,
     return train_run(cfg, data_root=common["data_root"], dataset=common["dataset"], category=category,
                      features_root=common["features_root"], run_dir=Path(run_dir),
                      progress=common["progress"], splits=splits)
-
-
-def _finished_metrics(run_dir: Path, cfg: TrainConfig, dataset: str, category: str) -> dict | None:
-    """metrics.json of a finished run of this configuration (:func:`mmss_lib.run_folder.finished_metrics`)."""
-    return finished_metrics(run_dir, cfg.to_json(), {"dataset": dataset, "category": category})
 
 
 def summarize(results):

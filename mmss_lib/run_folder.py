@@ -115,17 +115,17 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
     run_dir = Path(run_dir)
     key = str(run_dir.resolve())
     if key in _HELD_LOCKS:
-        yield run_dir / ".lock"
+        yield run_dir / LOCK
         return
     try:
         import fcntl
     except ImportError:                    # pragma: no cover - not POSIX
-        yield run_dir / ".lock"
+        yield run_dir / LOCK
         return
     from mmss_lib.errors import RunInUseError
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
+    path = run_dir / LOCK
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:                        # a read-only folder (finished runs are read there): no lock

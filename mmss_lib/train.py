@@ -61,8 +61,7 @@ import numpy as np
 from mmss_lib.data import SPLITS
 from mmss_lib.errors import CheckpointError, DataError, TrainingError
 from mmss_lib.metrics import METRIC_NAMES
-from mmss_lib.run_folder import (BEST, CONFIG, LAST, METRICS, RESUME_FREE_FIELDS, finished_metrics,  # noqa: F401
-                                 resume_mismatch, run_dir_for, run_lock, run_name)
+from mmss_lib.run_folder import BEST, CONFIG, LAST, METRICS, finished_metrics, resume_mismatch, run_lock, run_name
 from mmss_lib.utils import atomic_path, atomic_write_json, pick_device, seed_everything
 
 # Fields that may change between an interrupted run and its resumption.

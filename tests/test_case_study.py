@@ -49,7 +49,8 @@ def trained(tmp_path_factory):
 def test_load_run_config_history_and_reference_config(trained, tmp_path):
     from mmss_lib.experiments import reference_config
     from mmss_lib.run_folder import load_history, load_run_config
-    from mmss_lib.train import TrainConfig, run_dir_for
+    from mmss_lib.run_folder import run_dir_for
+    from mmss_lib.train import TrainConfig
 
     root, base, results = trained
     full = run_dir_for(root / "runs", "demo", "home", "mmss", "full", 0)

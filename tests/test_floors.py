@@ -165,7 +165,8 @@ def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_p
     """The trainer's no-training path: no feature stores exist here, floors need none."""
     from mmss_lib.experiments import run_experiment
     from mmss_lib.summary import per_run_per_product
-    from mmss_lib.train import TrainConfig, run_dir_for, train_run
+    from mmss_lib.run_folder import run_dir_for
+    from mmss_lib.train import TrainConfig, train_run
 
     runs = tmp_path / "runs"
     m = train_run(TrainConfig(system="length"), data_root=demo_root, dataset="demo", category="home",
