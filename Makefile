@@ -29,7 +29,9 @@ demo: $(STAMP)
 reproduce: demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	# one xdist worker per core, whole modules per worker (their module fixtures built once), the
+	# 15 slowest tests listed at the end
+	$(PY) -m pytest -q -n auto --dist loadscope --durations=15
 
 bench: $(STAMP)
 	$(PY) -m mmss_lib bench all
