@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("mmss_lib.features.extract", "extract text and region features into a feature store"),
     "import-features": ("mmss_lib.features.importers", "import bottom-up .npz / MCR .pth region features into a store"),
     "train": ("mmss_lib.experiments", "train and evaluate a system over seeds"),
+    "tune": ("mmss_lib.tune", "tune each system's settings on the dev split (Optuna; resumable studies)"),
     "predict": ("mmss_lib.predict", "rank the reviews of a product with a trained checkpoint"),
     "reproduce": ("mmss_lib.pipeline", "run the notebook pipeline with papermill (profiles: smoke, demo, benchmark, paper)"),
     "bench": ("mmss_lib.bench", "benchmarks: build, extract, train, metrics, all"),

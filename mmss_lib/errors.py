@@ -51,3 +51,14 @@ class SweepError(TrainingError):
         self.failures = dict(failures or {})
         self.results = results
         self.tracebacks: dict = {}
+
+
+class RunStopped(MMSSError):
+    """Raised by an ``on_epoch`` callback of :func:`mmss_lib.train.fit` to stop a run after an epoch
+    (a tuner pruning a trial): the run keeps ``last.pt`` and ``history.json`` and writes no
+    ``metrics.json``, so it is not finished and could be resumed."""
+
+
+class TuneError(MMSSError, ValueError):
+    """A hyperparameter search (``mmss tune``) that cannot run as asked: an unknown system or
+    parameter, an empty or inverted range, a budget of 0 trials, a study file of another study."""

@@ -45,7 +45,7 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
                    systems, seeds: Sequence[int] = (0, 1, 2, 3, 4), base_config: TrainConfig | None = None,
                    progress: bool = True, n_jobs: int = 1, executor="local", ray_address: str | None = None,
                    folds: int = 0, fold_seed: int = 0, dev_fraction: float | None = None, summary: bool = True,
-                   ray_timeout: float | None = None):
+                   ray_timeout: float | None = None, tuned=None):
     """Train every (category, system/variant, seed) and return tidy test results (pandas).
 
     ``systems``: names (variant "full", ``base_config.model_options``) or ``(system, variant,
@@ -56,7 +56,8 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     single-threaded runs use the cores better than one multi-threaded run. Every run is seeded
     by its own config, so the results do not depend on ``n_jobs`` beyond float rounding of
     the thread count. Columns: dataset, category, system, variant, seed, MAP, NDCG@3, NDCG@5,
-    MRR (test split), dev_MAP, best_epoch, epochs_run, sec_per_epoch, run_dir.
+    MRR (test split), dev_MAP, best_epoch, epochs_run, sec_per_epoch, ceiling_while_improving (the
+    run hit its epoch ceiling while dev MAP still rose), run_dir.
 
     ``executor``: ``"local"`` (this machine, ``n_jobs`` as above) or ``"ray"``: every run a Ray
     task (one GPU per run where the cluster has GPUs, else one CPU and one torch thread) on the
@@ -70,6 +71,10 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
 
     ``ray_timeout``: seconds to wait for the Ray head at ``ray_address`` (default 30) before a
     clear error naming the address.
+
+    ``tuned``: a tune root of ``mmss tune`` (:func:`mmss_lib.tune.apply_tuned`): every trained
+    system takes the best settings of its study for the category (an MM-SS ablation the full
+    model's), recorded in the run's ``tuned_from``; a missing study is refused before any run starts.
 
     ``folds`` >= 2: K-fold cross-validation over each category's pooled products
     (:mod:`mmss_lib.folds`: ``fold_seed`` shuffles, ``dev_fraction`` of the non-test products,
@@ -102,6 +107,10 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     design = (F.design_folds(data_root, dataset, categories, runs_root, k_folds, seed=fold_seed,
                              dev_fraction=F.DEFAULT_DEV_FRACTION if dev_fraction is None else dev_fraction)
               if tag else None)
+    from mmss_lib.train import _check_model_options
+    for system, _, options in specs:            # model options (--option) checked before any run starts
+        if not is_floor(system):
+            _check_model_options(system, {**base.model_options, **options})
     from mmss_lib.floors import check_ceiling_data
     for category in categories:                 # ceilings need planted cues: refuse before any run starts
         for system, _, _ in specs:
@@ -120,6 +129,9 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
                     for seed in seeds:
                         cfg = replace(base, system=system, variant=variant,
                                       model_options={**base.model_options, **options}, seed=int(seed))
+                        if tuned:
+                            from mmss_lib.tune import apply_tuned
+                            cfg = apply_tuned(cfg, tuned, dataset, category)
                         rd = (run_dir_for(runs_root, dataset, category, system, variant, seed) if fold is None else
                               fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed))
                         fold_jobs.append((category, cfg, rd))
@@ -141,6 +153,7 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
                      **{k: m["test"][k] for k in METRIC_NAMES},
                      "dev_MAP": m["dev"]["MAP"], "best_epoch": m["best_epoch"],
                      "epochs_run": m["epochs_run"], "sec_per_epoch": m["sec_per_epoch"],
+                     "ceiling_while_improving": bool(m.get("ceiling_while_improving", False)),
                      "run_dir": str(rd)})
     results = pd.DataFrame(rows)
     if summary and not failures and len(results):
@@ -396,13 +409,86 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                          "local Ray instance)")
     ap.add_argument("--ray-timeout", type=float, default=None, metavar="SECONDS",
                     help="seconds to wait for the Ray head at --ray-address before giving up (default 30)")
+    _add_config_options(ap)
+    ap.add_argument("--tuned", default=None, metavar="DIR",
+                    help="take each system's settings from its `mmss tune` study in DIR "
+                         "(DIR/{dataset}/{category}/{system}/best.json; an MM-SS ablation takes the full model's)")
     return ap
+
+
+# TrainConfig fields a sweep sets per run (system/variant/seed, model options), or that a run records
+# (tuned_from), or the legacy switch --fine-tune-text keeps: no option of their own here.
+_NOT_OPTIONS = ("system", "variant", "model_options", "seed", "fine_tune_text", "tuned_from", "amp")
+
+
+def _config_help() -> dict:
+    """Each TrainConfig field's comment in its declaration (the one place its meaning is written)."""
+    import inspect
+    import re
+
+    out = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _none_or(kind):
+    def parse(text: str):
+        if text.lower() in ("none", "null"):
+            return None
+        return kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_config_options(ap: argparse.ArgumentParser) -> None:
+    """An option for every TrainConfig field that has none yet (``--ssp-scale``,
+    ``--max-regions-per-image``, ``--weight-decay``, ...): name, type and default from the field,
+    help from its comment; values are checked by ``TrainConfig`` before any run starts."""
+    import dataclasses
+    import typing
+
+    taken = {a.dest for a in ap._actions}
+    hints = typing.get_type_hints(TrainConfig)
+    helps = _config_help()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in taken or f.name in _NOT_OPTIONS:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if optional else hint
+        flag = "--" + f.name.replace("_", "-")
+        text = helps.get(f.name, "") + f" (default {default!r})"
+        if base is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif base in (list, typing.List) or typing.get_origin(base) is list:
+            kind = int if f.name.endswith("seeds") else str
+            ap.add_argument(flag, nargs="+", type=kind, default=default, help=text)
+        else:
+            kind = base if base in (int, float, str) else str
+            ap.add_argument(flag, type=_none_or(kind) if optional else kind, default=default, help=text)
+
+
+def _config_fields_from_args(args) -> dict:
+    """The TrainConfig fields of :func:`_add_config_options`'s options."""
+    import dataclasses
+
+    explicit = {"epochs", "patience", "batch_size", "lr", "lr_text", "pair_scheme", "n_neg", "loss", "margin",
+                "threshold", "max_text_len", "device", "num_threads", "text_model", "text_mode"}
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name not in explicit and f.name not in _NOT_OPTIONS and hasattr(args, f.name)}
 
 
 def _check_args(args) -> None:
     """Values argparse lets through: one clear error naming the option and what it expects."""
     import math
 
+    if getattr(args, "folds", None) is None:        # mmss tune: the released splits only
+        args.folds, args.dev_fraction = 0, None
     if args.dev_fraction is not None and not (math.isfinite(args.dev_fraction) and 0 < args.dev_fraction < 1):
         raise DataError(f"--dev-fraction {args.dev_fraction!r}: expected a share strictly between 0 and 1 "
                         "(e.g. 0.125: an eighth of each fold's non-test products is its dev part)")
@@ -418,20 +504,19 @@ def _check_args(args) -> None:
     if args.ray_timeout is not None and not (math.isfinite(args.ray_timeout) and args.ray_timeout > 0):
         raise DataError(f"--ray-timeout {args.ray_timeout!r}: expected a number of seconds > 0")
     for name in ("seeds", "categories", "systems"):
-        values = list(getattr(args, name))
+        values = list(getattr(args, name, None) or [])
         twice = sorted({str(v) for v in values if values.count(v) > 1})
         if twice:
             raise DataError(f"--{name} {' '.join(map(str, values))}: {', '.join(twice)} given more than once "
                             "(one run folder trained twice, or one run counted twice in the mean); give each once")
-    if any(s < 0 for s in args.seeds):
+    if any(s < 0 for s in getattr(args, "seeds", None) or []):
         raise DataError(f"--seeds {' '.join(map(str, args.seeds))}: expected integers >= 0")
 
 
-def cli_main(argv: list[str], prog: str = "mmss train") -> int:
-    args = build_parser(prog).parse_args(argv)
-    _check_args(args)
+def parse_systems(names: Sequence[str]) -> list[tuple[str, str, dict]]:
+    """``--systems`` values (``mmss:wo_b`` for an MM-SS ablation) as ``(system, variant, options)``."""
     systems = []
-    for s in args.systems:
+    for s in names:
         if ":" in s:
             name, variant = s.split(":", 1)
             from mmss_lib.model import ABLATIONS
@@ -440,19 +525,36 @@ def cli_main(argv: list[str], prog: str = "mmss train") -> int:
             systems.append((name, variant, dict(ABLATIONS[variant])))
         else:
             systems.append((s, "full", {}))
-    cfg = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
-                      lr_text=args.lr_text, pair_scheme=args.pair_scheme, n_neg=args.n_neg, loss=args.loss,
-                      margin=args.margin, threshold=args.threshold, max_text_len=args.max_text_len,
-                      device=args.device, amp=not args.no_amp, num_threads=args.num_threads,
-                      fine_tune_text=bool(args.fine_tune_text), text_model=args.text_model or args.fine_tune_text,
-                      text_mode=args.text_mode,
-                      model_options=_parse_options(args.option))
+    return systems
+
+
+def base_config_from_args(args) -> TrainConfig:
+    """The base :class:`TrainConfig` of ``mmss train`` / ``mmss tune`` from the parsed options."""
+    return TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
+                       lr_text=args.lr_text, pair_scheme=args.pair_scheme, n_neg=args.n_neg, loss=args.loss,
+                       margin=args.margin, threshold=args.threshold, max_text_len=args.max_text_len,
+                       device=args.device, amp=not args.no_amp, num_threads=args.num_threads,
+                       fine_tune_text=bool(args.fine_tune_text), text_model=args.text_model or args.fine_tune_text,
+                       text_mode=args.text_mode,
+                       model_options=_parse_options(args.option), **_config_fields_from_args(args))
+
+
+def check_common_args(args) -> None:
+    """Checks of the options ``mmss train`` and ``mmss tune`` share."""
+    _check_args(args)
+
+
+def cli_main(argv: list[str], prog: str = "mmss train") -> int:
+    args = build_parser(prog).parse_args(argv)
+    _check_args(args)
+    systems = parse_systems(args.systems)
+    cfg = base_config_from_args(args)
     results = run_experiment(data_root=args.data_root, dataset=args.dataset, categories=args.categories,
                              features_root=args.features, runs_root=args.runs, systems=systems,
                              seeds=args.seeds, base_config=cfg, progress=not args.no_progress,
                              n_jobs=args.n_jobs, executor=args.executor, ray_address=args.ray_address,
                              folds=args.folds, fold_seed=args.fold_seed, dev_fraction=args.dev_fraction,
-                             ray_timeout=args.ray_timeout)
+                             ray_timeout=args.ray_timeout, tuned=args.tuned)
     if results.attrs.get("summary_paths"):
         from mmss_lib.summary import format_summary, read_summaries
 

@@ -90,6 +90,7 @@ class MMSSConfig:
     source_embeddings: bool = True      # learned vector per field (pt, rt, pv, rv) added after (a)
     source_init_std: float = 0.02       # init std of the source vectors (the features they join are LayerNorm'd: std 1)
     head_hidden: int = 64               # hidden width of the subtask MLPs (Eq. 9) and of the w/o-(b) MLP
+    sub_log_var_init: float = 0.0       # Eq. 15's start s_k = log sigma_k^2 (paper: unstated; 0 weights each subtask 1/2)
 
     def __post_init__(self):
         subs = tuple(self.subtasks)
@@ -239,7 +240,8 @@ class MMSS(nn.Module):
             self.fuse = nn.Linear(4 * cfg.d, cfg.d)
             self.dropout = nn.Dropout(cfg.dropout)
             self.score_head = nn.Linear(cfg.d, 1)
-        self.uncertainty = UncertaintyWeighting(len(self.subtasks)) if self.subtasks else None
+        self.uncertainty = (UncertaintyWeighting(len(self.subtasks), init_log_var=cfg.sub_log_var_init)
+                            if self.subtasks else None)
 
     # ----------------------------------------------------------------------------------------
     def _text_features(self, batch: Batch) -> tuple[Tensor, Tensor]:

@@ -61,6 +61,17 @@ def fold_run_dir(runs_root, dataset: str, category: str, system: str, variant: s
     return Path(runs_root) / dataset / category / run_name(system, variant) / tag / f"fold{int(fold)}" / f"seed{int(seed)}"
 
 
+def study_dir_for(tune_root, dataset: str, category: str, system: str, variant: str | None = "full") -> Path:
+    """An ``mmss tune`` study's folder: ``{tune_root}/{dataset}/{category}/{system}[__{variant}]``."""
+    return Path(tune_root) / dataset / category / run_name(system, variant)
+
+
+def trial_run_dir(study_dir, number: int) -> Path:
+    """A study trial's run folder, ``{study_dir}/trials/trial{NNNN}`` (an ordinary run folder: resumable,
+    lockable; inside the study's folder, so never one of a sweep's ``seed{n}`` folders)."""
+    return Path(study_dir) / "trials" / f"trial{int(number):04d}"
+
+
 # ------------------------------------------------------------------------------------ identity
 
 def config_diff(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:

@@ -24,7 +24,9 @@ exact expectations). Then, per (category, system, variant):
 Scale: metrics, bounds and differences are x100 (the tables' scale); p-values are plain.
 Columns: ``dataset, category, system, variant, MAP, MAP_lo, MAP_hi, NDCG@3, ..., NDCG@5_hi, MRR,
 MRR_lo, MRR_hi, n_products, n_seeds, folds, rival, MAP_diff, MAP_diff_lo, MAP_diff_hi, MAP_p,
-...`` (``folds`` = K, 0 for the released splits). Rows keep the order of the results frame.
+...`` (``folds`` = K, 0 for the released splits), and ``runs_at_ceiling``: how many of the
+system's runs hit their epoch ceiling while dev MAP still rose (``ceiling_while_improving`` of
+``metrics.json``; such a system might gain from more epochs). Rows keep the order of the results frame.
 """
 from __future__ import annotations
 
@@ -71,7 +73,9 @@ def per_run_per_product(results, *, split: str = "test"):
         if "fold" in results.columns:
             fold = getattr(row, "fold")
             keys["fold"] = -1 if fold is None or fold != fold else int(fold)
-        frames.append(pp.assign(**keys, product_id=pp["product_id"].astype(str)))
+        flag = getattr(row, "ceiling_while_improving", False)
+        frames.append(pp.assign(**keys, product_id=pp["product_id"].astype(str),
+                                ceiling_while_improving=int(bool(flag) if flag == flag else False)))
     if not frames:
         raise DataError("summary: no runs to summarise")
     return pd.concat(frames, ignore_index=True)
@@ -96,8 +100,11 @@ def pooled_per_product(results, *, split: str = "test"):
         bad = folds_per[folds_per > 1].index[0]
         raise DataError(f"summary: product {bad[-1]!r} of {bad[1]}/{bad[2]} ({bad[3]}) is a test product of "
                         f"several folds; the fold runs come from different fold designs")
+    if "ceiling_while_improving" not in df.columns:
+        df = df.assign(ceiling_while_improving=0)
     g = df.groupby(keys + ["product_id"], sort=False)
     out = g[cols].mean()
+    out["ceiling_runs"] = g["ceiling_while_improving"].sum()     # flagged seeds (of the product's fold)
     out["n_seeds"] = g["seed"].nunique()
     out["fold"] = g["fold"].first()
     return out.reset_index()
@@ -137,6 +144,9 @@ def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: f
                 lo, hi = bootstrap_interval(vals, n_boot=n_boot, level=level, seed=seed)
                 row.update({m: SCALE * float(vals.mean()), f"{m}_lo": SCALE * lo, f"{m}_hi": SCALE * hi})
             row.update(n_products=int(len(g)), n_seeds=int(g["n_seeds"].min()), folds=int(folds))
+            if "ceiling_runs" in g.columns:                 # one count per fold (a product is in one fold)
+                row["runs_at_ceiling"] = int(g.groupby("fold")["ceiling_runs"].first().sum()
+                                             if "fold" in g.columns else g["ceiling_runs"].max())
             others = [k for k in ranked if k != key]
             rival = others[0] if others else None
             row["rival"] = "" if rival is None else _label(*rival)

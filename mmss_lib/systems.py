@@ -64,3 +64,46 @@ def system_class(name: str):
 def build_system(name: str, *, text_dim: int, region_dim: int = 2048, **options):
     """Instantiate system ``name`` for inputs of the given feature sizes."""
     return system_class(name)(text_dim=text_dim, region_dim=region_dim, **options)
+
+
+# ------------------------------------------------------------------------------ search spaces
+# What `mmss tune` (mmss_lib.tune) searches per trained system, declared here beside the systems.
+# Every entry is a TrainConfig field or, with ``model_option=True``, a keyword of the system's class.
+# The settings a run would get without tuning (the base configuration: the paper's, or a profile's)
+# are always the study's first trial, so a categorical's choices gain that value when it is missing.
+
+@dataclass(frozen=True)
+class SearchParam:
+    name: str                    # TrainConfig field, or model option (model_option=True)
+    kind: str                    # "float" | "int" | "categorical"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+    model_option: bool = False
+    why: str = ""
+
+
+_COMMON_SPACE = (
+    # App. A.2's 1e-4 is the paper's rate for its own data and features; one decade below it to
+    # 30x above (the project's learning tests train at 1e-3 and 3e-3), on a log scale.
+    SearchParam("lr", "float", 1e-5, 3e-3, log=True, why="Adam rate: 0.1x to 30x the paper's 1e-4"),
+    # the paper uses none; 0 plus three decades of L2 (Adam's coupled weight decay)
+    SearchParam("weight_decay", "categorical", choices=(0.0, 1e-6, 1e-5, 1e-4),
+                why="Adam weight decay: the paper's 0 and three decades"),
+    # MCR's scheme draws n_neg negatives per positive (MCR/paper: 7; the demo: 3)
+    SearchParam("n_neg", "categorical", choices=(1, 3, 5, 7), why="negatives per positive (MCR's 7 and fewer)"),
+    # App. A.2: 32 pairs per batch; half and double
+    SearchParam("batch_size", "categorical", choices=(16, 32, 64), why="pairs per batch: App. A.2's 32, half, double"),
+    # every trained system has one dropout rate (0.1 by default; Conv-KNRM 0)
+    SearchParam("dropout", "float", 0.0, 0.5, model_option=True, why="the system's dropout rate"),
+)
+
+SEARCH_SPACES: dict[str, tuple[SearchParam, ...]] = {
+    name: _COMMON_SPACE for name, info in SYSTEMS.items() if info.kind in ("text-only", "multimodal")}
+SEARCH_SPACES["mmss"] = _COMMON_SPACE + (
+    # what the paper leaves open: the start of Eq. 15's learned log-variances s_k (0 weights each
+    # subtask loss 1/2 at the first step; -2..2 spans weights 3.7 to 0.07)
+    SearchParam("sub_log_var_init", "float", -2.0, 2.0, model_option=True,
+                why="Eq. 15's start s_k = log sigma_k^2 (unstated in the paper)"),
+)

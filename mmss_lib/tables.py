@@ -43,6 +43,8 @@ CATEGORY_LABELS = {"clothing": "CS&J", "electronics": "Elec.", "home": "H&K"}
 TYPE_LABELS = {"floor": "Floor", "ceiling": "Ceiling", "text-only": "Text-only", "multimodal": "Multimodal"}
 MARKER = "∗"          # significantly better than the best other system
 WORSE_MARKER = "†"    # significantly worse than the best other system
+CEILING_MARKER = "↑"   # some run of this cell hit its epoch ceiling while dev MAP still rose
+
 MISSING = "-"
 FULL = "full"
 
@@ -172,6 +174,8 @@ def comparison_table(results, dataset: str, *, summary=None, with_std: bool = Fa
                     continue
                 st = stats.get((c, s))
                 mark = _marker(st, m, alpha) if st is not None else ""
+                if st is not None and _runs_at_ceiling(st):
+                    mark += CEILING_MARKER
                 sd = 100.0 * std.loc[(s, c), m] if with_std else None
                 iv = (float(st[f"{m}_lo"]), float(st[f"{m}_hi"])) if with_interval and st is not None else None
                 row.append(format_cell(100.0 * mean.loc[(s, c), m], sd, decimals=decimals, marker=mark,
@@ -189,6 +193,13 @@ def _summary_rows(summary, dataset: Optional[str]) -> dict:
         df = df[df["dataset"].astype(str) == str(dataset)]
     df = df[_variant(df) == FULL]
     return {(str(r["category"]), str(r["system"])): r for _, r in df.iterrows()}
+
+
+def _runs_at_ceiling(row) -> int:
+    """How many runs of a summary row hit their epoch ceiling while dev MAP still rose (0 for
+    summaries written before the flag existed)."""
+    v = row.get("runs_at_ceiling", 0) if hasattr(row, "get") else 0
+    return int(v) if v == v and v is not None else 0
 
 
 def _marker(row, metric: str, alpha: float) -> str:
@@ -266,6 +277,11 @@ def comparison_note(summary=None, *, dataset: Optional[str] = None, alpha: float
                         "never a rival in the tests"
                         if any(is_ceiling(s) for _, s in rows) else "")
                      + ". Test products: " + ", ".join(f"{CATEGORY_LABELS.get(c, c)} {k}" for c, k in n.items()))
+        flagged = [f"{CATEGORY_LABELS.get(c, c)} {s_} ({_runs_at_ceiling(r)} of {int(r['n_seeds']) * max(int(r.get('folds', 0) or 0), 1)} runs)"
+                   for (c, s_), r in rows.items() if _runs_at_ceiling(r)]
+        if flagged:
+            parts.append(f"{CEILING_MARKER}: hit the epoch ceiling while dev MAP still rose (more epochs might "
+                         f"change the result): " + ", ".join(flagged))
     if region_note:
         parts.append(region_note)
     return ". ".join(parts) + "."

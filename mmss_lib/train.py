@@ -105,6 +105,7 @@ class TrainConfig:
     finetune_systems: list = field(default_factory=lambda: ["mmss"])  # under "finetune": systems whose encoder trains (others: frozen)
     eval_test: bool = True               # also evaluate the test split every epoch (for the history)
     num_threads: Optional[int] = None    # torch.set_num_threads (None: leave as is)
+    tuned_from: Optional[str] = None     # best.json of the `mmss tune` study whose settings this run took (None: untuned)
 
     def __post_init__(self):
         if self.pair_scheme not in ("mcr", "all"):
@@ -267,24 +268,22 @@ def build_model(cfg: TrainConfig, text_dim: int, region_dim: int):
         raise DataError(f"system {cfg.system!r}: bad model option(s) {sorted(options)}: {exc}") from None
 
 
-def _check_model_options(system: str, options: dict) -> None:
-    """Each model option (``--option KEY=VALUE``) is a keyword of the system's class and has the
-    type of its default (an integer for ``d=128``, ...): a clear error naming the option, instead
-    of the model's own failure (e.g. "not all arguments converted during string formatting")."""
+def model_option_defaults(system: str) -> tuple[dict, list | None]:
+    """The model options of ``system`` with their defaults (``inspect.Parameter.empty`` where none),
+    and the list of known option names (None: any name is taken)."""
+    import dataclasses
     import inspect
+    import typing
 
     from mmss_lib.systems import SYSTEMS, system_class
 
     if system not in SYSTEMS:
-        return                                  # build_system names the unknown system
-    import dataclasses
-    import typing
-
+        return {}, None
     try:
         cls = system_class(system)
         params = inspect.signature(cls.__init__).parameters
     except (TypeError, ValueError, ImportError, AttributeError):
-        return
+        return {}, None
     empty = inspect.Parameter.empty
     defaults = {n: p.default for n, p in params.items() if n not in ("self", "text_dim", "region_dim", "config")
                 and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
@@ -301,6 +300,21 @@ def _check_model_options(system: str, options: dict) -> None:
                     defaults[f.name] = (f.default if f.default is not dataclasses.MISSING else
                                         f.default_factory() if f.default_factory is not dataclasses.MISSING else empty)
                 known = [n for n in defaults if n not in ("text_dim", "region_dim")]
+    return defaults, known
+
+
+def _check_model_options(system: str, options: dict) -> None:
+    """Each model option (``--option KEY=VALUE``) is a keyword of the system's class and has the
+    type of its default (an integer for ``d=128``, ...): a clear error naming the option, instead
+    of the model's own failure (e.g. "not all arguments converted during string formatting")."""
+    import inspect
+
+    from mmss_lib.systems import SYSTEMS
+
+    if system not in SYSTEMS:
+        return                                  # build_system names the unknown system
+    empty = inspect.Parameter.empty
+    defaults, known = model_option_defaults(system)
     for key, value in options.items():
         if known is not None and key not in known:
             raise DataError(f"--option {key}={value!r}: system {system!r} has no model option {key!r}; "
@@ -690,12 +704,19 @@ def _record_epoch(run_dir: Path, record: dict, features: dict, threshold: float,
 
 
 def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: bool = True,
-        run_info: dict | None = None) -> dict:
+        run_info: dict | None = None, on_epoch=None, score_test: bool = True) -> dict:
     """Train/evaluate on already loaded splits (``{"train", "dev", "test"}`` ->
     :class:`~mmss_lib.loader.MRHPSplitData`) into ``run_dir``; return the metrics.json content.
 
     See the module docstring for the procedure, the files written and the resume rules.
+    ``on_epoch(entry)`` is called with each epoch's history entry once ``last.pt`` and
+    ``history.json`` hold it; it may raise (e.g. :class:`~mmss_lib.errors.RunStopped`, a tuner's
+    pruning) to stop the run there, resumable, with no ``metrics.json``. ``score_test=False``
+    never scores the test split (a tuner's trials: choices are made on dev only); metrics.json's
+    ``"test"`` is then None and no ``scores_test.csv`` is written (``cfg.eval_test`` must be False).
     """
+    if not score_test and cfg.eval_test:
+        raise TrainingError("fit(score_test=False) needs TrainConfig.eval_test=False (no test split read at all)")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"config": cfg.to_json(), "run": dict(run_info or {}), "threshold": threshold}
@@ -729,11 +750,18 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
         train_seconds = time.perf_counter() - t0
         entry = _evaluate_epoch(cfg, trainee, splits, threshold, epoch, trained, train_seconds, t0)
         _record_epoch(run_dir, record, features, threshold, trainee, train, state, entry)
+        if on_epoch is not None:
+            try:
+                on_epoch(entry)
+            except BaseException:
+                if trainee.ssp is not None:
+                    trainee.ssp.close()
+                raise
 
     if trainee.ssp is not None:
         trainee.ssp.close()                      # memory-mapped banks (large training sets) are scratch
     return _finalize(cfg, trainee.model, splits, run_dir, record, state, trainee.device, threshold,
-                     trainee.tokenizer)
+                     trainee.tokenizer, score_test=score_test)
 
 
 def _check_trainable(cfg: TrainConfig, train, run_info: dict | None) -> None:
@@ -766,19 +794,51 @@ def _ssp_bank_dir(run_dir: Path, n: int, dims: dict) -> Optional[Path]:
     return Path(run_dir) / "ssp_banks" if 4 * n * sum(dims.values()) > SSP_BANK_FILE_BYTES else None
 
 
-def _finalize(cfg, model, splits, run_dir: Path, record, state, device, threshold, tokenizer) -> dict:
+def still_improving_at_ceiling(best_epoch: int, epochs_run: int, epochs: int, stopped_early: bool) -> bool:
+    """Whether a run hit its epoch ceiling while dev MAP still rose: it ran all ``epochs`` without
+    early stopping and its last epoch was its best on dev (so more epochs might have helped).
+    Such runs are flagged in ``metrics.json`` / ``history.json`` (``ceiling_while_improving``), in the
+    summary CSVs and in the comparison tables."""
+    return (not stopped_early) and epochs_run >= epochs and best_epoch == epochs_run
+
+
+def _flag_ceiling(run_dir: Path, history: list, flag: bool) -> None:
+    """Mark the last history entry ``ceiling_while_improving`` (and no other: a resumed run with more
+    epochs moves the mark)."""
+    changed = False
+    for i, h in enumerate(history):
+        want = flag and i == len(history) - 1
+        if bool(h.get("ceiling_while_improving")) != want:
+            if want:
+                h["ceiling_while_improving"] = True
+            else:
+                h.pop("ceiling_while_improving", None)
+            changed = True
+    if changed:
+        atomic_write_json(run_dir / "history.json", history)
+
+
+def _finalize(cfg, model, splits, run_dir: Path, record, state, device, threshold, tokenizer, *,
+              score_test: bool = True) -> dict:
     """Score dev and test with the best model; write scores_{dev,test}.csv and metrics.json."""
     best = _load_torch(run_dir / "best.pt") if (run_dir / "best.pt").exists() else None
     if best is None:
         raise TrainingError(f"{run_dir}: no best.pt after training (no epoch finished)")
     model.load_state_dict(best["model"])
     ev_dev = evaluate(model, splits["dev"], cfg, device, threshold, tokenizer)
-    ev_test = evaluate(model, splits["test"], cfg, device, threshold, tokenizer, keep_sub_scores=True)
     _write_csv(run_dir / "scores_dev.csv", _scores_frame(splits["dev"], ev_dev))
-    _write_csv(run_dir / "scores_test.csv", _scores_frame(splits["test"], ev_test))
+    ev_test = None
+    if score_test:
+        ev_test = evaluate(model, splits["test"], cfg, device, threshold, tokenizer, keep_sub_scores=True)
+        _write_csv(run_dir / "scores_test.csv", _scores_frame(splits["test"], ev_test))
     epochs_run = len(state["history"])
-    metrics = {"best_epoch": int(best["epoch"]), "dev": ev_dev.metrics, "test": ev_test.metrics,
-               "epochs_run": epochs_run, "stopped_early": state["bad_epochs"] >= cfg.patience,
+    stopped_early = state["bad_epochs"] >= cfg.patience
+    ceiling = still_improving_at_ceiling(int(best["epoch"]), epochs_run, cfg.epochs, stopped_early)
+    _flag_ceiling(run_dir, state["history"], ceiling)
+    metrics = {"best_epoch": int(best["epoch"]), "dev": ev_dev.metrics,
+               "test": ev_test.metrics if ev_test is not None else None,
+               "epochs_run": epochs_run, "stopped_early": stopped_early,
+               "ceiling_while_improving": ceiling,
                "seconds": state["seconds"],
                "sec_per_epoch": state["seconds"] / max(epochs_run, 1),
                "train_sec_per_epoch": sum(h["train_seconds"] for h in state["history"]) / max(epochs_run, 1),
@@ -788,13 +848,14 @@ def _finalize(cfg, model, splits, run_dir: Path, record, state, device, threshol
 
 
 def train_run(cfg: TrainConfig, *, data_root, dataset: str, category: str, features_root, run_dir,
-              progress: bool = True, splits: dict | None = None) -> dict:
+              progress: bool = True, splits: dict | None = None, on_epoch=None, score_test: bool = True) -> dict:
     """Train one run from the dataset files and feature stores; return metrics.json's content.
 
     ``splits`` may pass splits already loaded with :func:`load_splits` (shared across runs).
     The threshold is ``cfg.threshold`` or :func:`mmss_lib.data.default_threshold` of ``dataset``.
     A floor (``mmss_lib.systems.is_floor``: ``random``, ``length``) is not trained:
     :func:`mmss_lib.floors.run_floor` writes its run folder (no feature stores needed).
+    ``on_epoch`` and ``score_test``: as in :func:`fit` (trained systems only).
     """
     threshold = cfg.threshold
     if threshold is None:
@@ -805,11 +866,11 @@ def train_run(cfg: TrainConfig, *, data_root, dataset: str, category: str, featu
     with run_lock(run_dir, f"run ({dataset}/{category} {run_name(cfg.system, cfg.variant)} seed {cfg.seed})"):
         return _train_run_locked(cfg, data_root=data_root, dataset=dataset, category=category,
                                  features_root=features_root, run_dir=run_dir, progress=progress, splits=splits,
-                                 threshold=threshold, run_info=run_info)
+                                 threshold=threshold, run_info=run_info, on_epoch=on_epoch, score_test=score_test)
 
 
 def _train_run_locked(cfg: TrainConfig, *, data_root, dataset, category, features_root, run_dir: Path, progress,
-                      splits, threshold, run_info) -> dict:
+                      splits, threshold, run_info, on_epoch=None, score_test=True) -> dict:
     """:func:`train_run` while its run folder's lock is held (``mmss_lib.run_folder.run_lock``)."""
     from mmss_lib.systems import is_floor
     if is_floor(cfg.system):       # no training: score dev/test into the same run-folder contract
@@ -822,5 +883,6 @@ def _train_run_locked(cfg: TrainConfig, *, data_root, dataset, category, feature
         return done
     if splits is None:
         splits = load_splits(data_root, dataset, category, features_root, cfg)
-    return fit(cfg, splits, run_dir, threshold=float(threshold), progress=progress, run_info=run_info)
+    return fit(cfg, splits, run_dir, threshold=float(threshold), progress=progress, run_info=run_info,
+               on_epoch=on_epoch, score_test=score_test)
 

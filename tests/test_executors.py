@@ -245,6 +245,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
+def test_tune_through_ray_gives_the_same_trials_as_local(local_ray, tiny_demo, tmp_path):
+    """`mmss tune` on Ray tasks: the same study (settings and dev MAP of every trial, the same best)
+    as in this process, since trials are asked and told in batches of ``parallel``."""
+    import pandas as pd
+
+    from mmss_lib.train import TrainConfig
+    from mmss_lib.tune import tune
+
+    base = TrainConfig(epochs=2, patience=2, batch_size=16, n_neg=3, device="cpu", num_threads=1,
+                       model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8})
+    common = dict(data_root=tiny_demo / "data", dataset="demo", category="home", features_root=tiny_demo / "features",
+                  system="mmss", base_config=base, n_trials=3, parallel=2, progress=False)
+    local = tune(tune_root=tmp_path / "local", n_jobs=1, **common)
+    ray = tune(tune_root=tmp_path / "ray", executor="ray", **common)
+    cols = lambda df: df[["trial", "state", "dev_MAP"] + [c for c in df.columns if c.startswith("param_")]]  # noqa: E731
+    a, b = (pd.read_csv(tmp_path / w / "demo" / "home" / "mmss" / "trials.csv") for w in ("local", "ray"))
+    pd.testing.assert_frame_equal(cols(a), cols(b))
+    assert (local["trial"], local["params"]) == (ray["trial"], ray["params"])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_local_workers_die_with_a_killed_sweep(tmp_path):
     """kill -9 of the process running a local sweep stops its worker processes too (they would

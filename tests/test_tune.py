@@ -1,0 +1,221 @@
+"""`mmss tune`: Optuna studies on the dev split (tiny demo category with random-feature stores)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import TINY_DR, TINY_DT  # noqa: F401  (the stores' sizes)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY_MMSS = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}
+
+
+def _base(**kw):
+    from mmss_lib.train import TrainConfig
+
+    base = dict(epochs=3, patience=3, batch_size=16, n_neg=3, device="cpu", num_threads=1, eval_batch_size=64,
+                model_options=dict(TINY_MMSS))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _tune(tiny_demo, out, **kw):
+    from mmss_lib.tune import tune
+
+    args = dict(data_root=tiny_demo / "data", dataset="demo", category="home", features_root=tiny_demo / "features",
+                tune_root=out, system="mmss", base_config=_base(), n_trials=3, parallel=2, n_jobs=1, progress=False)
+    args.update(kw)
+    return tune(**args)
+
+
+class _NoTest:
+    """Stands in for the test split: any use of it fails the trial."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"a trial touched the test split ({name})")
+
+
+def test_study_finishes_picks_best_on_dev_and_never_reads_test(tiny_demo, tmp_path, monkeypatch):
+    import mmss_lib.train as T
+
+    real = T.load_splits
+
+    def no_test(*a, **k):
+        splits = real(*a, **k)
+        return {**splits, "test": _NoTest()}
+
+    monkeypatch.setattr(T, "load_splits", no_test)
+    best = _tune(tiny_demo, tmp_path)
+    sdir = tmp_path / "demo" / "home" / "mmss"
+    trials = pd.read_csv(sdir / "trials.csv")
+    assert len(trials) == 3 and set(trials["state"]) <= {"complete", "pruned"}, trials[["state", "error"]]
+    done = trials[trials["state"] == "complete"]
+    assert best["dev_MAP"] == pytest.approx(done["dev_MAP"].max())
+    assert best["trial"] == int(done.loc[done["dev_MAP"].idxmax(), "trial"])
+    # trial 0 is the base configuration (the settings a run gets untuned): never worse than it on dev
+    base = trials[trials["base"]]
+    assert list(base["trial"]) == [0] and best["base_trial"] == 0 and best["dev_MAP"] >= best["base_dev_MAP"]
+    assert best["base_params"] == {"lr": 1e-4, "weight_decay": 0.0, "n_neg": 3, "batch_size": 16, "dropout": 0.1,
+                                   "sub_log_var_init": 0.0}
+    assert best["cpu_seconds"] > 0 and best["budget"]["trials"] == 3 and best["budget"]["epochs"] == 3
+    for name in ("history.png", "importance.png"):
+        assert (sdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| trial | state | dev_MAP |" in (sdir / "trials.md").read_text()
+    for t in trials["trial"]:                       # ordinary run folders, dev only
+        rd = sdir / "trials" / f"trial{t:04d}"
+        assert (rd / "last.pt").exists() and not (rd / "scores_test.csv").exists()
+        for h in json.loads((rd / "history.json").read_text()):
+            assert h["test"] is None
+    # a finished study is not rerun: same best, no new trial
+    again = _tune(tiny_demo, tmp_path)
+    assert again["trial"] == best["trial"] and len(pd.read_csv(sdir / "trials.csv")) == 3
+
+
+def test_killed_study_resumes_keeping_finished_trials(tiny_demo, tmp_path, monkeypatch):
+    """A driver killed inside trial 2 (KeyboardInterrupt after its first epoch): the rerun keeps
+    trials 0 and 1, resumes trial 2 from its last.pt (same trial, same settings) and ends with the
+    same trials as an uninterrupted study."""
+    whole = _tune(tiny_demo, tmp_path / "whole", parallel=1)
+    ref = pd.read_csv(tmp_path / "whole" / "demo" / "home" / "mmss" / "trials.csv")
+
+    import mmss_lib.train as T
+    real = T.train_run
+
+    def killing(cfg, **kw):
+        if kw["run_dir"].name == "trial0002":
+            inner = kw["on_epoch"]
+
+            def on_epoch(entry):
+                inner(entry)
+                raise KeyboardInterrupt
+            kw["on_epoch"] = on_epoch
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(T, "train_run", killing)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(tiny_demo, tmp_path / "killed", parallel=1)
+    sdir = tmp_path / "killed" / "demo" / "home" / "mmss"
+    assert (sdir / "trials" / "trial0002" / "last.pt").exists() and not (sdir / "best.json").exists()
+    monkeypatch.setattr(T, "train_run", real)
+    resumed = _tune(tiny_demo, tmp_path / "killed", parallel=1)
+    got = pd.read_csv(sdir / "trials.csv")
+    cols = ["trial", "state", "dev_MAP"] + [c for c in ref.columns if c.startswith("param_")]
+    pd.testing.assert_frame_equal(got[cols], ref[cols])
+    assert resumed["trial"] == whole["trial"] and resumed["dev_MAP"] == pytest.approx(whole["dev_MAP"])
+
+
+def test_more_trials_continue_a_study(tiny_demo, tmp_path):
+    _tune(tiny_demo, tmp_path, n_trials=2, parallel=1, system="bimpm", base_config=_base(model_options={}))
+    sdir = tmp_path / "demo" / "home" / "bimpm"
+    first = pd.read_csv(sdir / "trials.csv")
+    _tune(tiny_demo, tmp_path, n_trials=3, parallel=1, system="bimpm", base_config=_base(model_options={}))
+    both = pd.read_csv(sdir / "trials.csv")
+    assert len(both) == 3
+    pd.testing.assert_frame_equal(both.iloc[:2][["trial", "dev_MAP"]], first[["trial", "dev_MAP"]])
+
+
+def test_train_tuned_takes_best_settings_and_records_the_study(tiny_demo, tmp_path):
+    from mmss_lib.experiments import run_experiment
+    from mmss_lib.errors import TuneError
+    from mmss_lib.run_folder import load_run_config
+
+    best = _tune(tiny_demo, tmp_path / "tune", n_trials=2, parallel=2)
+    common = dict(data_root=tiny_demo / "data", dataset="demo", categories=["home"],
+                  features_root=tiny_demo / "features", seeds=[0], base_config=_base(epochs=1), progress=False)
+    res = run_experiment(runs_root=tmp_path / "runs", systems=[("mmss", "full", {}), ("mmss", "wo_d",
+                                                                                     {"use_module_d": False})],
+                         tuned=tmp_path / "tune", **common)
+    for rd in res["run_dir"]:
+        cfg = load_run_config(rd)
+        assert cfg.tuned_from == str(tmp_path / "tune" / "demo" / "home" / "mmss" / "best.json")   # ablation: full's
+        assert cfg.lr == pytest.approx(best["params"]["lr"]) and cfg.n_neg == best["params"]["n_neg"]
+        assert cfg.model_options["dropout"] == pytest.approx(best["params"]["dropout"])
+    assert load_run_config(res["run_dir"].iloc[1]).model_options["use_module_d"] is False
+    with pytest.raises(TuneError, match="no study for demo/home bimpm"):
+        run_experiment(runs_root=tmp_path / "runs", systems=["bimpm"], tuned=tmp_path / "tune", **common)
+
+
+def _cli(args, capsys):
+    from mmss_lib.cli import main
+
+    rc = main(["tune", *args])
+    return rc, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--systems", "nosuch"], "unknown system 'nosuch'"),
+    (["--systems", "length"], "system 'length' is not trained"),
+    (["--space", "momentum=0:1"], "no tuned parameter 'momentum'"),
+    (["--space", "lr=1e-3:1e-3"], "empty range"),
+    (["--space", "lr=1e-2:1e-4"], "inverted range"),
+    (["--space", "lr=0:1e-3"], "log scale"),
+    (["--space", "n_neg="], "no value given"),
+    (["--space", "lr=2e-4:1e-3"], "base setting lr=0.0001 lies outside"),
+    (["--trials", "0"], "a budget of 0 trials"),
+])
+def test_bad_input_is_one_line_naming_it(tiny_demo, tmp_path, capsys, extra, message):
+    args = ["--data-root", str(tiny_demo / "data"), "--dataset", "demo", "--categories", "home",
+            "--features", str(tiny_demo / "features"), "--out", str(tmp_path), "--systems", "mmss", *extra]
+    rc, err = _cli(args, capsys)
+    assert rc == 1 and message in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.rglob("trial*"))                  # refused before any trial
+
+
+def test_storage_of_another_study_or_dataset_is_refused(tiny_demo, tmp_path, capsys):
+    import shutil
+
+    from mmss_lib.errors import TuneError
+
+    _tune(tiny_demo, tmp_path / "a", n_trials=1, parallel=1, system="bimpm", base_config=_base(model_options={}))
+    journal = tmp_path / "a" / "demo" / "home" / "bimpm" / "study.journal"
+    before = journal.read_bytes()
+    with pytest.raises(TuneError, match="holds study 'demo/home/bimpm', not 'demo/home/mcr'"):
+        _tune(tiny_demo, tmp_path / "b", n_trials=1, parallel=1, system="mcr", base_config=_base(model_options={}),
+              storage=str(journal))
+    # the same study on other data: another dataset (labels of the train split changed)
+    other = tmp_path / "otherdata"
+    shutil.copytree(tiny_demo / "data", other / "data")
+    rel = other / "data" / "demo" / "home" / "home.rel.train"
+    rel.write_bytes(rel.read_bytes() + b"\n")          # any change of the train or dev files
+    with pytest.raises(TuneError, match="was run on other data"):
+        _tune(other, tmp_path / "a", n_trials=1, parallel=1, system="bimpm", base_config=_base(model_options={}),
+              features_root=tiny_demo / "features")
+    # other settings (another epoch ceiling): refused, naming the field
+    with pytest.raises(TuneError, match=r"other settings: budget \(epochs\)"):
+        _tune(tiny_demo, tmp_path / "a", n_trials=1, parallel=1, system="bimpm",
+              base_config=_base(model_options={}, epochs=2))
+    assert journal.read_bytes() == before                       # nothing lost
+
+
+def test_ceiling_flag_in_metrics_history_summary_and_table(tiny_demo, tmp_path):
+    from mmss_lib import tables
+    from mmss_lib.experiments import run_experiment
+    from mmss_lib.summary import read_summaries, table_summary, per_run_per_product
+
+    res = run_experiment(data_root=tiny_demo / "data", dataset="demo", categories=["home"],
+                         features_root=tiny_demo / "features", runs_root=tmp_path, systems=["random", "mmss"],
+                         seeds=[0], base_config=_base(epochs=1, lr=1e-3), progress=False)
+    m = json.loads((tmp_path / "demo" / "home" / "mmss" / "seed0" / "metrics.json").read_text())
+    h = json.loads((tmp_path / "demo" / "home" / "mmss" / "seed0" / "history.json").read_text())
+    # one epoch, the ceiling, and it is the best one: still improving
+    assert m["ceiling_while_improving"] is True and h[-1]["ceiling_while_improving"] is True
+    assert bool(res.loc[res["system"] == "mmss", "ceiling_while_improving"].iloc[0])
+    summ = read_summaries(res).set_index("system")
+    assert summ.loc["mmss", "runs_at_ceiling"] == 1 and summ.loc["random", "runs_at_ceiling"] == 0
+    stats = table_summary(per_run_per_product(res), dataset="demo")
+    table = tables.comparison_table(res, "demo", summary=stats, categories=["home"])
+    cells = table.loc[("Multimodal", "MM-SS (Ours)")].tolist()
+    assert all(tables.CEILING_MARKER in c for c in cells)
+    assert not any(tables.CEILING_MARKER in c for c in table.loc[("Floor", "Random")].tolist())
+    assert "hit the epoch ceiling while dev MAP still rose" in tables.comparison_note(stats, dataset="demo")
+
+
+def test_no_ceiling_flag_when_early_stopping_decides():
+    from mmss_lib.train import still_improving_at_ceiling
+
+    assert still_improving_at_ceiling(best_epoch=5, epochs_run=5, epochs=5, stopped_early=False)
+    assert not still_improving_at_ceiling(best_epoch=3, epochs_run=5, epochs=5, stopped_early=False)   # fell back
+    assert not still_improving_at_ceiling(best_epoch=2, epochs_run=5, epochs=10, stopped_early=True)
