@@ -21,7 +21,8 @@ from typing import Sequence
 
 from mmss_lib.errors import DataError, SweepError
 from mmss_lib.run_folder import finished_metrics, fold_run_dir, load_run_config, run_dir_for, run_name
-from mmss_lib.train import METRIC_NAMES, TrainConfig, load_splits, train_run
+from mmss_lib.run_config import TrainConfig
+from mmss_lib.train import METRIC_NAMES, load_splits, train_run
 from mmss_lib.systems import is_floor
 
 
@@ -130,7 +131,7 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
                         cfg = replace(base, system=system, variant=variant,
                                       model_options={**base.model_options, **options}, seed=int(seed))
                         if tuned:
-                            from mmss_lib.tune import apply_tuned
+                            from mmss_lib.tuned import apply_tuned
                             cfg = apply_tuned(cfg, tuned, dataset, category)
                         rd = (run_dir_for(runs_root, dataset, category, system, variant, seed) if fold is None else
                               fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed))
@@ -313,7 +314,6 @@ def _experiment_job(category: str, cfg: TrainConfig, run_dir: str, common: dict,
 def summarize(results):
     """Mean and std over seeds per (dataset, category, system, variant): columns ``{metric}_mean``,
     ``{metric}_std`` for MAP, NDCG@3, NDCG@5, MRR, dev_MAP, sec_per_epoch, plus ``n_seeds``."""
-    import pandas as pd
 
     keys = ["dataset", "category", "system", "variant"]
     cols = [c for c in list(METRIC_NAMES) + ["dev_MAP", "best_epoch", "sec_per_epoch"] if c in results.columns]

@@ -194,7 +194,7 @@ def load_history(run_dir) -> list[dict]:
 
 def load_run_config(run_dir):
     """The :class:`~mmss_lib.train.TrainConfig` a run folder's ``config.json`` records (None if absent)."""
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.run_config import TrainConfig
 
     path = Path(run_dir) / CONFIG
     if not path.exists():

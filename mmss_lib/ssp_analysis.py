@@ -29,9 +29,8 @@ seaborn and matplotlib are imported inside the plotting functions.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd

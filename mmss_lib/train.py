@@ -52,7 +52,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -61,132 +61,9 @@ import numpy as np
 from mmss_lib.data import SPLITS
 from mmss_lib.errors import CheckpointError, DataError, TrainingError
 from mmss_lib.metrics import METRIC_NAMES
-from mmss_lib.run_folder import BEST, CONFIG, LAST, METRICS, finished_metrics, resume_mismatch, run_lock, run_name
+from mmss_lib.run_config import TrainConfig
+from mmss_lib.run_folder import BEST, CONFIG, LAST, finished_metrics, resume_mismatch, run_lock, run_name
 from mmss_lib.utils import atomic_path, atomic_write_json, pick_device, seed_everything
-
-# Fields that may change between an interrupted run and its resumption.
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines one training run (saved as ``config.json``)."""
-
-    system: str = "mmss"                 # "mmss" or a baseline name of mmss_lib.systems.SYSTEMS
-    variant: str = "full"                # run name suffix, e.g. an MM-SS ablation of model.ABLATIONS ("full": none)
-    model_options: dict = field(default_factory=dict)  # keyword options of the system class
-    epochs: int = 30                     # max epochs (paper: until early stop; the shared code ran 30)
-    batch_size: int = 32                 # pairs per batch (App. A.2); the batch holds their unique samples
-    eval_batch_size: int = 64            # samples per evaluation batch
-    lr: float = 1e-4                     # Adam learning rate of all but the text encoder (App. A.2)
-    lr_text: float = 5e-5                # Adam learning rate of a fine-tuned text encoder (App. A.2)
-    weight_decay: float = 0.0            # Adam weight decay (the paper uses none)
-    grad_clip: Optional[float] = None    # max gradient norm (None: no clipping)
-    pair_scheme: str = "mcr"             # "mcr" (MCR's positives/negatives) or "all" (every ordered pair)
-    n_neg: int = 7                       # negatives per positive under "mcr"
-    loss: str = "hinge"                  # "hinge" (Eq. 13, margin below) or "label_gap" (MCR's margin y+ - y-)
-    margin: float = 1.0                  # margin of Eq. 13 (App. A.2: 1)
-    patience: int = 5                    # early stopping: epochs without a dev MAP gain
-    seed: int = 0                        # seeds python, numpy, torch and the pair sampler
-    device: str = "auto"                 # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
-    amp: bool = True                     # mixed precision (bf16, else fp16 + grad scaler) on CUDA only
-    max_text_len: Optional[int] = 512    # tokens kept per text ([CLS] included)
-    max_regions_per_image: int = 32      # MCR's read-time cap per image
-    max_regions_per_item: int = 128      # MCR's read-time cap per item
-    threshold: Optional[float] = None    # relevance threshold of the metrics (None: data.default_threshold)
-    ssp_alpha1: float = 1.0              # SSP-Label alpha1 (Eq. 19)
-    ssp_alpha2: float = 1.0              # SSP-Label alpha2 (Eq. 20)
-    ssp_pivot: Optional[float] = None    # SSP-Label anchor pivot (Eq. 17 reading); None: threshold + 0.5 (1.5 Amazon, 0.5 Lazada)
-    ssp_record_seeds: Optional[list] = None  # seeds whose runs write ssp/epoch*.npz (per review, ~100 B/epoch); None: all
-    ssp_scale: str = "common"            # SSP-Label reading of Eq. 18's scale s_k: ssp_label.SCALES (mean, rms, common);
-                                         # the default is ssp_label.DEFAULT_SCALE (chosen on dev MAP, see its docstring)
-    fine_tune_text: bool = False         # older switch for text_mode="finetune" (kept equal to it)
-    text_model: Optional[str] = None     # HF name or local folder of the encoder (text_mode frozen/finetune)
-    text_mode: str = "cached"            # "cached" (text stores), "frozen" / "finetune" (encoded on the fly, mmss_lib.online_text)
-    finetune_systems: list = field(default_factory=lambda: ["mmss"])  # under "finetune": systems whose encoder trains (others: frozen)
-    eval_test: bool = True               # also evaluate the test split every epoch (for the history)
-    num_threads: Optional[int] = None    # torch.set_num_threads (None: leave as is)
-    tuned_from: Optional[str] = None     # best.json of the `mmss tune` study whose settings this run took (None: untuned)
-
-    def __post_init__(self):
-        if self.pair_scheme not in ("mcr", "all"):
-            raise DataError(f"TrainConfig.pair_scheme={self.pair_scheme!r}: expected 'mcr' or 'all'")
-        if self.loss not in ("hinge", "label_gap"):
-            raise DataError(f"TrainConfig.loss={self.loss!r}: expected 'hinge' or 'label_gap'")
-        for name in ("epochs", "batch_size", "eval_batch_size", "n_neg"):
-            if int(getattr(self, name)) < 1:
-                raise DataError(f"TrainConfig.{name}={getattr(self, name)!r}: expected an integer >= 1")
-        if self.patience < 1:
-            raise DataError(f"TrainConfig.patience={self.patience!r}: expected an integer >= 1")
-        self._check_numbers()
-        if self.ssp_scale not in ("mean", "rms", "common"):        # mmss_lib.ssp_label.SCALES (imports torch)
-            raise DataError(f"TrainConfig.ssp_scale={self.ssp_scale!r}: expected one of mean, rms, common")
-        from mmss_lib.online_text import TEXT_MODES
-
-        if self.fine_tune_text and self.text_mode == "cached":
-            self.text_mode = "finetune"          # the older switch
-        if self.text_mode not in TEXT_MODES:
-            raise DataError(f"TrainConfig.text_mode={self.text_mode!r}: expected one of {', '.join(TEXT_MODES)}")
-        if self.text_mode != "cached" and not self.text_model:
-            raise DataError(f"TrainConfig.text_mode={self.text_mode!r} needs text_model (a HF name or local folder)")
-        self.finetune_systems = [str(x) for x in (self.finetune_systems or [])]
-        self.fine_tune_text = self.effective_text_mode == "finetune"
-        self.model_options = dict(self.model_options or {})
-
-    def _check_numbers(self) -> None:
-        """Numbers that would fail later with someone else's words (a NaN loss blamed on the
-        features, torch's thread error after the run started): refused here, naming the field
-        (the CLI option is the field's name with dashes)."""
-        def number(name: str, value, *, low=None, strict=False, optional=False, integer=False):
-            if value is None and optional:
-                return
-            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-            if ok and integer:
-                ok = float(value).is_integer()
-            if ok and low is not None:
-                ok = value > low if strict else value >= low
-            if not ok:
-                what = "an integer" if integer else "a finite number"
-                if low is not None:
-                    what += f" {'>' if strict else '>='} {low:g}"
-                raise DataError(f"TrainConfig.{name}={value!r} (--{name.replace('_', '-')}): expected {what}"
-                                + (" or None" if optional else ""))
-
-        number("lr", self.lr, low=0)                # 0: a frozen model (tests, sanity checks)
-        number("lr_text", self.lr_text, low=0)
-        number("weight_decay", self.weight_decay, low=0)
-        number("margin", self.margin, low=0)
-        number("grad_clip", self.grad_clip, low=0, strict=True, optional=True)
-        number("threshold", self.threshold, optional=True)
-        number("ssp_alpha1", self.ssp_alpha1)
-        number("ssp_alpha2", self.ssp_alpha2)
-        number("ssp_pivot", self.ssp_pivot, optional=True)
-        number("num_threads", self.num_threads, low=1, optional=True, integer=True)
-        number("max_text_len", self.max_text_len, low=2, optional=True, integer=True)
-        number("max_regions_per_image", self.max_regions_per_image, low=1, integer=True)
-        number("max_regions_per_item", self.max_regions_per_item, low=1, integer=True)
-        number("seed", self.seed, low=0, integer=True)
-        if not isinstance(self.model_options or {}, dict):
-            raise DataError(f"TrainConfig.model_options={self.model_options!r}: expected a mapping of option -> value")
-
-    @property
-    def effective_text_mode(self) -> str:
-        """The text mode of this run's system: ``finetune`` only for ``finetune_systems``, else
-        ``frozen`` (the paper fine-tunes BERT for MM-SS, App. A.2; baselines read features)."""
-        if self.text_mode == "finetune" and self.system not in self.finetune_systems:
-            return "frozen"
-        return self.text_mode
-
-    def to_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self), default=list))
-
-    @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CheckpointError(f"config has unknown field(s) {unknown}; written by another version?")
-        return cls(**d)
-
 
 # ------------------------------------------------------------------------------------ paths
 
@@ -624,6 +501,7 @@ class _EpochTraining(NamedTuple):
     sums: dict                   # loss parts summed over the batches
     ssp_entry: dict              # {"ssp": SSP health per subtask}, or {} without an SSP-Label
     data_seconds: float          # building batches and moving them to the device
+    ssp_seconds: float           # SSP-Label: per-step labels + update, and the end of epoch
 
 
 def _train_epoch(cfg: TrainConfig, trainee: _Trainee, train, collate, epoch: int, run_dir: Path, *,
@@ -649,8 +527,10 @@ def _train_epoch(cfg: TrainConfig, trainee: _Trainee, train, collate, epoch: int
             bar.set_postfix(loss=f"{sums['loss'] / (b + 1):.4f}")
     if bar is not None:
         bar.close()
+    t_ssp = time.perf_counter()
     ssp_entry = _end_ssp_epoch(cfg, trainee.ssp, run_dir, epoch, train.review_ids)
-    return _EpochTraining(int(len(pairs)), n_batches, sums, ssp_entry, timings.get("data", 0.0))
+    ssp_seconds = timings.get("ssp", 0.0) + (time.perf_counter() - t_ssp if trainee.ssp is not None else 0.0)
+    return _EpochTraining(int(len(pairs)), n_batches, sums, ssp_entry, timings.get("data", 0.0), ssp_seconds)
 
 
 def _end_ssp_epoch(cfg: TrainConfig, ssp, run_dir: Path, epoch: int, review_ids) -> dict:
@@ -669,15 +549,22 @@ def _end_ssp_epoch(cfg: TrainConfig, ssp, run_dir: Path, epoch: int, review_ids)
 
 def _evaluate_epoch(cfg: TrainConfig, trainee: _Trainee, splits: dict, threshold: float, epoch: int,
                     trained: _EpochTraining, train_seconds: float, t0: float) -> dict:
-    """Evaluate dev (and test) after an epoch; the epoch's ``history.json`` entry."""
+    """Evaluate dev (and test) after an epoch; the epoch's ``history.json`` entry. Its seconds:
+    ``train_seconds`` (the epoch's training, SSP-Label's end of epoch included), of which
+    ``data_seconds`` building and moving batches and ``ssp_seconds`` SSP-Label; ``eval_seconds``
+    scoring dev (and test); ``seconds`` all of it (``checkpoint_seconds``, writing best.pt / last.pt,
+    is added by :func:`_record_epoch`)."""
+    t_eval = time.perf_counter()
     ev_dev = evaluate(trainee.model, splits["dev"], cfg, trainee.device, threshold, trainee.tokenizer)
     ev_test = (evaluate(trainee.model, splits["test"], cfg, trainee.device, threshold, trainee.tokenizer)
                if cfg.eval_test else None)
+    eval_seconds = time.perf_counter() - t_eval
     n_batches = trained.n_batches
     return {"epoch": epoch, "n_pairs": trained.n_pairs, "n_batches": n_batches,
             **{k: v / max(n_batches, 1) for k, v in trained.sums.items()},
             "dev": ev_dev.metrics, "test": ev_test.metrics if ev_test else None,
             **trained.ssp_entry, "train_seconds": train_seconds, "data_seconds": trained.data_seconds,
+            "ssp_seconds": trained.ssp_seconds, "eval_seconds": eval_seconds,
             "seconds": time.perf_counter() - t0}
 
 
@@ -686,8 +573,8 @@ def _record_epoch(run_dir: Path, record: dict, features: dict, threshold: float,
     """Add the epoch to ``state``; keep ``best.pt`` on dev MAP (else count a bad epoch for early stopping);
     write ``last.pt`` and ``history.json``."""
     epoch, dev = entry["epoch"], entry["dev"]
+    t_ck = time.perf_counter()
     state["history"].append(entry)
-    state["seconds"] += entry["seconds"]
     state["epoch"] = epoch
     if dev["MAP"] > state["best_metric"]:
         state.update(best_metric=dev["MAP"], best_epoch=epoch, bad_epochs=0)
@@ -699,7 +586,15 @@ def _record_epoch(run_dir: Path, record: dict, features: dict, threshold: float,
                                      "threshold": threshold, "features": features})
     else:
         state["bad_epochs"] += 1
+    entry["checkpoint_seconds"] = time.perf_counter() - t_ck        # best.pt so far; last.pt below
+    entry["seconds"] += entry["checkpoint_seconds"]
+    state["seconds"] += entry["seconds"]
+    t_last = time.perf_counter()
     _save_torch(run_dir / LAST, _checkpoint_payload(record, trainee, state))
+    last_seconds = time.perf_counter() - t_last
+    entry["checkpoint_seconds"] += last_seconds     # in history.json; last.pt holds the entry as it was before
+    entry["seconds"] += last_seconds
+    state["seconds"] += last_seconds
     atomic_write_json(run_dir / "history.json", state["history"])
 
 

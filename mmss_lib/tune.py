@@ -37,7 +37,7 @@ The search (issue "Every system at its best"):
   refused, naming it; nothing is deleted.
 
 ``mmss train --tuned DIR`` (and ``run_experiment(tuned=DIR)``, notebook 02's ``tuned``) takes each
-system's ``best.json`` from ``DIR`` (:func:`apply_tuned`); a variant without its own study (an MM-SS
+system's ``best.json`` from ``DIR`` (:func:`mmss_lib.tuned.apply_tuned`); a variant without its own study (an MM-SS
 ablation) takes the full system's (the usual ablation practice); the run records the file in
 ``TrainConfig.tuned_from``.
 """
@@ -56,9 +56,10 @@ from typing import Sequence
 from mmss_lib.errors import DataError, RunStopped, TuneError
 from mmss_lib.run_folder import load_history, run_lock, study_dir_for, trial_run_dir
 from mmss_lib.systems import SEARCH_SPACES, SYSTEMS, SearchParam
+from mmss_lib.tuned import BEST_FILE, apply_params
 from mmss_lib.utils import atomic_path, atomic_write_json
 
-STUDY_FILE, BEST_FILE = "study.journal", "best.json"
+STUDY_FILE = "study.journal"
 FORMAT = 1                 # of the study's identity record
 PRUNER = {"n_startup_trials": 3, "n_warmup_steps": 2}
 
@@ -174,21 +175,6 @@ def distributions(space: dict[str, SearchParam]) -> dict:
     return out
 
 
-def apply_params(cfg, params: dict, space: dict[str, SearchParam] | None = None):
-    """``cfg`` with the tuned ``params``: TrainConfig fields set, model options merged."""
-    space = space if space is not None else {p.name: p for p in SEARCH_SPACES.get(cfg.system, ())}
-    fields, options = {}, {}
-    for name, value in params.items():
-        p = space.get(name)
-        if p is None:
-            raise TuneError(f"parameter {name!r} is not in {cfg.system}'s search space ({', '.join(space)})")
-        (options if p.model_option else fields)[name] = value
-    for name in ("n_neg", "batch_size"):
-        if name in fields:
-            fields[name] = int(fields[name])
-    return replace(cfg, **fields, model_options={**cfg.model_options, **options})
-
-
 # ------------------------------------------------------------------------------------ the study
 
 def data_fingerprint(data_root, dataset: str, category: str) -> str:
@@ -287,7 +273,8 @@ def _trial_job(spec: dict) -> dict:
     pruner may stop it), never score the test split."""
     import optuna
 
-    from mmss_lib.train import TrainConfig, train_run
+    from mmss_lib.run_config import TrainConfig
+    from mmss_lib.train import train_run
 
     t0, c0 = time.perf_counter(), time.process_time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -329,7 +316,7 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
     from mmss_lib.data import default_threshold  # noqa: F401  (fails early on a broken install)
     from mmss_lib.executors import Job, make_executor
     from mmss_lib.model import ABLATIONS
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.run_config import TrainConfig
 
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise TuneError(f"n_trials={n_trials!r} (--trials): expected an integer >= 1 (a budget of 0 trials tunes nothing)")
@@ -378,7 +365,9 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
                 if cfg.num_threads is None and threads:
                     for j in jobs:
                         j.args[0]["config"]["num_threads"] = threads
-                for res in ex.run(jobs):
+                # told together once the whole batch has finished, in trial order: a trial still
+                # running is never pruned against a trial of its own batch
+                for res in sorted(ex.run(jobs), key=lambda r: r.index):
                     _tell(study, batch[res.index], res, progress, n_trials)
         best = write_outputs(study, sdir, sp, cfg, budget)
     if progress:
@@ -522,37 +511,6 @@ def _save(fig, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-
-
-# ------------------------------------------------------------------------------------ using a study
-
-def tuned_best_path(tune_root, dataset: str, category: str, system: str, variant: str = "full") -> Path:
-    """The ``best.json`` a run of ``system``/``variant`` takes from ``tune_root``: its own study's, else
-    (an ablation variant) the full system's."""
-    own = study_dir_for(tune_root, dataset, category, system, variant) / BEST_FILE
-    if own.exists() or variant in (None, "", "full"):
-        return own
-    return study_dir_for(tune_root, dataset, category, system, "full") / BEST_FILE
-
-
-def apply_tuned(cfg, tune_root, dataset: str, category: str):
-    """``cfg`` with the settings of its study's ``best.json`` under ``tune_root`` (``tuned_from`` set)."""
-    from mmss_lib.systems import is_floor
-
-    if is_floor(cfg.system):
-        return cfg
-    path = tuned_best_path(tune_root, dataset, category, cfg.system, cfg.variant)
-    if not path.exists():
-        raise TuneError(f"--tuned {tune_root}: no study for {dataset}/{category} {cfg.system} ({path} missing); "
-                        f"run `mmss tune --systems {cfg.system} --categories {category}` first, or train it untuned")
-    try:
-        best = json.loads(path.read_text())
-        params = dict(best["params"])
-        if best.get("system") != cfg.system:
-            raise TuneError(f"{path}: a study of {best.get('system')!r}, not {cfg.system!r}")
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise TuneError(f"{path}: not a best.json of mmss tune ({type(exc).__name__}: {exc})") from None
-    return replace(apply_params(cfg, params), tuned_from=str(path))
 
 
 # ------------------------------------------------------------------------------------ `mmss tune`

@@ -1,6 +1,8 @@
 """The benchmark package: dispatcher, shared helpers, and tiny runs of the benchmarks (no timing asserts)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mmss_lib import bench
@@ -105,3 +107,23 @@ def test_precision_bench_trains_both_arms_and_reports_speed_wait_and_agreement(t
     assert "egcnn: test MAP bf16" in capsys.readouterr().out
     with pytest.raises(Exception, match="no finished runs"):
         bench_precision([*args[:7], str(tmp_path / "empty"), "--report-only"])
+
+
+def test_epoch_shares_sum_to_one_and_every_epoch_records_its_parts(tiny_demo, tmp_path):
+    """`mmss bench train` (5): where an epoch's time goes, from the history.json entries the
+    trainer writes (batches, SSP-Label, evaluation, checkpoints; compute is the rest of training)."""
+    from mmss_lib.bench.train import SHARES, epoch_shares
+    from mmss_lib.run_config import TrainConfig
+    from mmss_lib.train import train_run
+
+    cfg = TrainConfig(system="mmss", epochs=3, patience=3, batch_size=16, n_neg=3, device="cpu", num_threads=1,
+                      model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8})
+    train_run(cfg, data_root=tiny_demo / "data", dataset="demo", category="home",
+              features_root=tiny_demo / "features", run_dir=tmp_path / "run", progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    for h in history:
+        parts = [h[k] for k in ("data_seconds", "ssp_seconds", "eval_seconds", "checkpoint_seconds")]
+        assert all(p > 0 for p in parts) and h["data_seconds"] + h["ssp_seconds"] < h["train_seconds"]
+        assert h["train_seconds"] + h["eval_seconds"] + h["checkpoint_seconds"] <= h["seconds"] + 1e-6
+    sh = epoch_shares(history)
+    assert sum(sh[k] for k in SHARES) == pytest.approx(1.0, abs=0.02) and all(sh[k] > 0 for k in SHARES)

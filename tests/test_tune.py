@@ -135,7 +135,8 @@ def test_train_tuned_takes_best_settings_and_records_the_study(tiny_demo, tmp_pa
         assert cfg.model_options["dropout"] == pytest.approx(best["params"]["dropout"])
     assert load_run_config(res["run_dir"].iloc[1]).model_options["use_module_d"] is False
     with pytest.raises(TuneError, match="no study for demo/home bimpm"):
-        run_experiment(runs_root=tmp_path / "runs", systems=["bimpm"], tuned=tmp_path / "tune", **common)
+        run_experiment(runs_root=tmp_path / "runs", systems=["bimpm"], tuned=tmp_path / "tune",
+                       **{**common, "base_config": _base(epochs=1, model_options={})})
 
 
 def _cli(args, capsys):

@@ -36,7 +36,7 @@ def _write_run(run_dir: Path, system: str, variant: str, *, data_root: Path, cat
     import torch
 
     from mmss_lib.data import load_mrhp
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.run_config import TrainConfig
     from mmss_lib.utils import atomic_path, atomic_write_json
 
     run_dir.mkdir(parents=True, exist_ok=True)

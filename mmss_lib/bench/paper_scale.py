@@ -209,7 +209,7 @@ def paper_runs(profile_path: Path) -> list[dict]:
     text mode (the trainer's effective one for that system)."""
     from mmss_lib.pipeline import read_profile
     from mmss_lib.systems import SYSTEMS, is_floor
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.run_config import TrainConfig
 
     raw = read_profile(profile_path)
     sweep = raw.get("sweep") or [{}]
@@ -428,7 +428,7 @@ def _time_systems(names: list[str], data_root: Path, feats_root: Path, runs_root
                   review_image_share: float, review_images: float, echo) -> tuple[dict, float, float]:
     """Per system, one epoch on synthetic stores at the paper's sizes (--tiny: short texts);
     returns (per-system measurements, samples per training review, products per sample)."""
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.run_config import TrainConfig
 
     full_rt, full_pt = int(review_tokens), int(min(product_tokens, ext["text_max_len"]))
     syn_rt, syn_pt = (16, 32) if tiny else (full_rt, full_pt)

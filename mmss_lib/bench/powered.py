@@ -142,7 +142,7 @@ def extract(out: Path) -> None:
 
 
 def base_config(**over):
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.run_config import TrainConfig
 
     return TrainConfig(**{**TRAIN, **over})
 

@@ -34,7 +34,7 @@ DEMO_OPTIONS = dict(n_neg=3, max_regions_per_image=10, max_regions_per_item=20)
 def train_both(args) -> dict:
     """Train every system x seed under both precisions; ``{precision: results frame}``."""
     from mmss_lib.experiments import run_experiment
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.run_config import TrainConfig
 
     out = {}
     for prec in PRECISIONS:

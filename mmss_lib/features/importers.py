@@ -197,7 +197,6 @@ def import_features(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str 
                              "clipped_images": 0}
     writer = None
     dim = None
-    chunk: list = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
