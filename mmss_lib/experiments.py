@@ -246,6 +246,9 @@ def _dispatch(jobs: list, common: dict, base: TrainConfig, executor) -> tuple[li
                       flush=True)
         else:
             todo.append(i)
+    if not executor.in_process:      # longest runs first (workers ending together); results stay in run order
+        from mmss_lib.systems import run_cost
+        todo.sort(key=lambda i: -run_cost(jobs[i][1].system, jobs[i][1].variant))
     if executor.in_process:
         cache, run_common = _SplitsCache(common), common
     else:

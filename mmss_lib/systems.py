@@ -42,6 +42,23 @@ CEILINGS = [n for n, s in SYSTEMS.items() if s.kind == "ceiling"]
 BASELINES = [n for n, s in SYSTEMS.items() if n != "mmss" and s.kind not in ("floor", "ceiling")]
 
 
+# What a run of each system costs, relative to the others: CPU seconds to early stopping on one demo
+# category of 120 products with the demo profile's settings (one thread; measured 2026-11-28 for
+# MM-SS, BiMPM and MCR; the others: their measured seconds per epoch x 10 epochs). Sweeps start
+# their most expensive runs first (longest-processing-time order), so that the workers do not end
+# with one busy and the others idle; results never depend on this order.
+RUN_COST: dict[str, float] = {"random": 0.0, "length": 0.0, "ceiling_text": 0.0, "ceiling_all": 0.0,
+                              "bimpm": 243.0, "mmss": 157.0, "mcr": 144.0, "mcl": 116.0, "ssecross": 89.0,
+                              "drnet": 73.0, "prhnet": 65.0, "convknrm": 63.0, "egcnn": 27.0}
+
+
+def run_cost(name: str, variant: str | None = "full") -> float:
+    """:data:`RUN_COST` of a system (an MM-SS without module (b) skips the five interactions: a
+    third of the full model's), 100 for a system it does not know."""
+    cost = RUN_COST.get(name, 100.0)
+    return cost / 3 if (name == "mmss" and variant == "wo_b") else cost
+
+
 def is_floor(name: str) -> bool:
     """Whether ``name`` needs no training (:func:`mmss_lib.floors.run_floor` runs it): the floors
     and the ceilings of generated data."""

@@ -22,7 +22,7 @@ The search (issue "Every system at its best"):
   random. The sampler is seeded afresh for every batch from the seed and the number of finished
   trials, so a resumed study asks what an uninterrupted one would have asked.
 - **Pruner**: Optuna's median pruner fed the dev MAP after every epoch (no pruning before 3 trials
-  have finished, nor before epoch 3: SSP-Label's first epoch has no subtask loss).
+  have finished; a trial is first judged on its epoch-2 dev MAP: Optuna prunes at steps >= n_warmup_steps=2).
 - **Batches**: ``parallel`` trials are asked, run at once through an executor of
   :mod:`mmss_lib.executors` (local worker processes, or Ray tasks on a cluster: the same code path as
   the sweeps), and told together; the pruner sees only trials of earlier batches, so the trials do not

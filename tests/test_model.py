@@ -186,3 +186,25 @@ def test_build_system_registry():
     assert isinstance(m, MMSS) and m(_batch(2)).score.shape == (2,)
 
 
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_dropout_drops_p_keeps_the_expectation_and_masks_the_gradient(p):
+    """model.Dropout's 16-bit keep mask: drop share p (rounded to 1/65536), mean preserved, the
+    gradient zero exactly where the output is; identity in eval mode; seeded like torch."""
+    import torch
+
+    from mmss_lib.model import Dropout
+
+    torch.manual_seed(0)
+    d = Dropout(p).train()
+    x = torch.ones(400, 500, requires_grad=True)
+    y = d(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 4 * (p * (1 - p) / x.numel()) ** 0.5 + 1e-4
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)
+    torch.manual_seed(0)
+    assert torch.equal(Dropout(p).train()(torch.ones(400, 500)), y.detach())      # the torch seed decides
+    assert torch.equal(d.eval()(x), x)
