@@ -16,6 +16,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from mmss_lib.errors import DataError
+from mmss_lib.run_folder import BEST
 
 
 def score_with_checkpoint(run_dir: str | os.PathLike, split, indices) -> dict[str, np.ndarray]:
@@ -30,7 +31,7 @@ def score_with_checkpoint(run_dir: str | os.PathLike, split, indices) -> dict[st
     from mmss_lib.predict import load_checkpoint
     from mmss_lib.train import TrainConfig, build_model, collate_for
 
-    ck, path = load_checkpoint(Path(run_dir) / "best.pt")     # weights-only: a shared run folder runs no code
+    ck, path = load_checkpoint(Path(run_dir) / BEST)     # weights-only: a shared run folder runs no code
     cfg = TrainConfig.from_json({**ck["config"], "device": "cpu"})
     model = build_model(cfg, int(ck["text_dim"]), int(ck["region_dim"]))   # frozen / finetune: with its encoder
     model.load_state_dict(ck["model"])
@@ -76,7 +77,7 @@ class CaseStudy:
 
         run_dir = Path(run_dir)
         cfg = load_run_config(run_dir)
-        if cfg is None or not (run_dir / "best.pt").exists():
+        if cfg is None or not (run_dir / BEST).exists():
             print(f"note: {run_dir} has no trained model; its prediction is shown as n/a")
             return None
         rv = self._reviews(split, review_ids)

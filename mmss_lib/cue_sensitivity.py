@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mmss_lib.errors import DataError
+from mmss_lib.run_folder import scores_path
 
 CUES = ("match", "detail", "agree", "img_match")
 LABEL_ROW = "label itself"
@@ -84,7 +85,7 @@ def cue_sensitivity_table(results, data_root, *, split: str = "test") -> pd.Data
         cat = str(r.category)
         if cat not in cues_of:
             cues_of[cat] = load_cues(data_root, cat, split)
-        path = Path(r.run_dir) / f"scores_{split}.csv"
+        path = scores_path(r.run_dir, split)
         if not path.exists():
             raise DataError(f"{path}: no scores for this run; train it first")
         sc = pd.read_csv(path, dtype={"review_id": str, "product_id": str})

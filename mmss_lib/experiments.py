@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mmss_lib.errors import DataError, SweepError
-from mmss_lib.run_folder import finished_metrics, fold_run_dir, load_run_config, run_dir_for, run_name
+from mmss_lib.run_folder import CONFIG, finished_metrics, fold_run_dir, load_run_config, run_dir_for, run_name
 from mmss_lib.run_config import TrainConfig
 from mmss_lib.train import METRIC_NAMES, load_splits, train_run
 from mmss_lib.systems import is_floor
@@ -339,7 +339,7 @@ def reference_config(runs_root, dataset: str, category: str, seeds: Sequence[int
         rd = run_dir_for(runs_root, dataset, category, system, variant, seed)
         cfg = load_run_config(rd)
         if cfg is not None:
-            return replace(cfg, variant=variant, seed=int(seeds[0])), rd / "config.json"
+            return replace(cfg, variant=variant, seed=int(seeds[0])), rd / CONFIG
     return fallback, None
 
 

@@ -36,6 +36,12 @@ from typing import Iterable, Iterator
 from mmss_lib.errors import DataError
 
 CONFIG, HISTORY, METRICS, LAST, BEST, LOCK = "config.json", "history.json", "metrics.json", "last.pt", "best.pt", ".lock"
+SCORES = "scores_{split}.csv"          # scores_dev.csv, scores_test.csv
+
+
+def scores_path(run_dir, split: str) -> Path:
+    """``{run_dir}/scores_{split}.csv``: review_id, product_id, label, score (and sub-scores) of a split."""
+    return Path(run_dir) / SCORES.format(split=split)
 
 # config fields that say where a run was trained, not what
 PLACEMENT_FIELDS = ("device", "num_threads")

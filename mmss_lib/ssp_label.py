@@ -590,9 +590,6 @@ class SSPLabel:
             raise CheckpointError(f"SSPLabel state lacks the entry {exc}; not an SSPLabel.state_dict()") from exc
 
 
-HEALTH_KEYS = ("share_up", "share_down", "mean_chi_s", "mean_chi_g", "mean_change")
-
-
 def ssp_health(record: dict) -> dict[str, dict[str, float]]:
     """Per subtask the health of one epoch's record (module docstring), JSON-able:
     ``{s: {"share_up", "share_down", "mean_chi_s", "mean_chi_g", "mean_change", "n_seen"}}``.

@@ -38,7 +38,6 @@ SYSTEMS: dict[str, SystemInfo] = {s.name: s for s in [
 ]}
 
 FLOORS = [n for n, s in SYSTEMS.items() if s.kind == "floor"]
-CEILINGS = [n for n, s in SYSTEMS.items() if s.kind == "ceiling"]
 BASELINES = [n for n, s in SYSTEMS.items() if n != "mmss" and s.kind not in ("floor", "ceiling")]
 
 

@@ -62,7 +62,8 @@ from mmss_lib.data import SPLITS
 from mmss_lib.errors import CheckpointError, DataError, TrainingError
 from mmss_lib.metrics import METRIC_NAMES
 from mmss_lib.run_config import TrainConfig
-from mmss_lib.run_folder import BEST, CONFIG, LAST, finished_metrics, resume_mismatch, run_lock, run_name
+from mmss_lib.run_folder import (BEST, CONFIG, HISTORY, LAST, METRICS, finished_metrics, resume_mismatch, run_lock,
+                                 run_name, scores_path)
 from mmss_lib.utils import atomic_path, atomic_write_json, pick_device, seed_everything
 
 # ------------------------------------------------------------------------------------ paths
@@ -595,7 +596,7 @@ def _record_epoch(run_dir: Path, record: dict, features: dict, threshold: float,
     entry["checkpoint_seconds"] += last_seconds     # in history.json; last.pt holds the entry as it was before
     entry["seconds"] += last_seconds
     state["seconds"] += last_seconds
-    atomic_write_json(run_dir / "history.json", state["history"])
+    atomic_write_json(run_dir / HISTORY, state["history"])
 
 
 def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: bool = True,
@@ -710,22 +711,22 @@ def _flag_ceiling(run_dir: Path, history: list, flag: bool) -> None:
                 h.pop("ceiling_while_improving", None)
             changed = True
     if changed:
-        atomic_write_json(run_dir / "history.json", history)
+        atomic_write_json(run_dir / HISTORY, history)
 
 
 def _finalize(cfg, model, splits, run_dir: Path, record, state, device, threshold, tokenizer, *,
               score_test: bool = True) -> dict:
     """Score dev and test with the best model; write scores_{dev,test}.csv and metrics.json."""
-    best = _load_torch(run_dir / "best.pt") if (run_dir / "best.pt").exists() else None
+    best = _load_torch(run_dir / BEST) if (run_dir / BEST).exists() else None
     if best is None:
         raise TrainingError(f"{run_dir}: no best.pt after training (no epoch finished)")
     model.load_state_dict(best["model"])
     ev_dev = evaluate(model, splits["dev"], cfg, device, threshold, tokenizer)
-    _write_csv(run_dir / "scores_dev.csv", _scores_frame(splits["dev"], ev_dev))
+    _write_csv(scores_path(run_dir, "dev"), _scores_frame(splits["dev"], ev_dev))
     ev_test = None
     if score_test:
         ev_test = evaluate(model, splits["test"], cfg, device, threshold, tokenizer, keep_sub_scores=True)
-        _write_csv(run_dir / "scores_test.csv", _scores_frame(splits["test"], ev_test))
+        _write_csv(scores_path(run_dir, "test"), _scores_frame(splits["test"], ev_test))
     epochs_run = len(state["history"])
     stopped_early = state["bad_epochs"] >= cfg.patience
     ceiling = still_improving_at_ceiling(int(best["epoch"]), epochs_run, cfg.epochs, stopped_early)
@@ -738,7 +739,7 @@ def _finalize(cfg, model, splits, run_dir: Path, record, state, device, threshol
                "sec_per_epoch": state["seconds"] / max(epochs_run, 1),
                "train_sec_per_epoch": sum(h["train_seconds"] for h in state["history"]) / max(epochs_run, 1),
                "threshold": threshold, "n_train": splits["train"].n}
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / METRICS, metrics)
     return metrics
 
 

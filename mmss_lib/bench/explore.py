@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mmss_lib.bench.common import report
+from mmss_lib.run_folder import CONFIG, HISTORY, METRICS, scores_path
 
 SUBTASKS = ("ptrt", "pvrv", "ptrv", "pvrt", "rtrv")
 TARGET_S = 1.0
@@ -41,8 +42,8 @@ def _write_run(run_dir: Path, system: str, variant: str, *, data_root: Path, cat
 
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(system=system, variant=variant, seed=0)
-    atomic_write_json(run_dir / "config.json", {"config": cfg.to_json(), "run": {"dataset": "demo", "category": category}})
-    atomic_write_json(run_dir / "history.json", [{"epoch": e + 1} for e in range(max(ssp_epochs, 1))])
+    atomic_write_json(run_dir / CONFIG, {"config": cfg.to_json(), "run": {"dataset": "demo", "category": category}})
+    atomic_write_json(run_dir / HISTORY, [{"epoch": e + 1} for e in range(max(ssp_epochs, 1))])
     for split in ("dev", "test"):
         _, rv = load_mrhp(data_root, "demo", category, split)
         df = pd.DataFrame({"review_id": rv["review_id"], "product_id": rv["product_id"], "label": rv["label"],
@@ -50,8 +51,8 @@ def _write_run(run_dir: Path, system: str, variant: str, *, data_root: Path, cat
         if system == "mmss":
             for s in SUBTASKS:
                 df[f"score_{s}"] = df["score"] + rng.normal(scale=0.3, size=len(rv))
-        df.to_csv(run_dir / f"scores_{split}.csv", index=False)
-    atomic_write_json(run_dir / "metrics.json", {"threshold": 1.0, "best_epoch": max(ssp_epochs, 1)})
+        df.to_csv(scores_path(run_dir, split), index=False)
+    atomic_write_json(run_dir / METRICS, {"threshold": 1.0, "best_epoch": max(ssp_epochs, 1)})
     if not ssp_epochs:
         return
     from mmss_lib.ssp_label import SSPLabel
@@ -107,7 +108,7 @@ def bench_explore(argv: list[str], prog: str = "mmss bench explore") -> int:
         for system, variant, epochs in specs:
             name = system if variant == "full" else f"{system}__{variant}"
             rd = runs_root / "demo" / args.category / name / "seed0"
-            if not (rd / "metrics.json").exists():
+            if not (rd / METRICS).exists():
                 _write_run(rd, system, variant, data_root=data_root, category=args.category, ssp_epochs=epochs,
                            rng=rng)
         report("setup", f"demo/{args.category}: {args.products} products, runs {[s[:2] for s in specs]}, "

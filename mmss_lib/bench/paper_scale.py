@@ -48,7 +48,6 @@ the GPU the paper profile will use; ``--tiny --device cpu`` checks the machinery
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -397,21 +396,22 @@ def _time_system(cfg, splits: dict, run_dir: Path, dev, *, u: float, token_scale
     review (scaled by ``token_scale``), memory, and the bytes of its run folder."""
     import torch
 
+    from mmss_lib.run_folder import BEST, LAST, load_history, scores_path
     from mmss_lib.train import fit
 
     n_eval = splits["dev"].n + splits["test"].n
     _peak_reset(dev)
     torch.manual_seed(0)
     fit(cfg, splits, run_dir, threshold=1.0, progress=False, run_info={"dataset": "demo", "category": "home"})
-    hist = json.loads((run_dir / "history.json").read_text())[0]
+    hist = load_history(run_dir)[0]
     samples = u * splits["train"].n
     eval_s = max(hist["seconds"] - hist["train_seconds"], 1e-9)
     mem_name, mem = _peak_mb(dev)
-    ck = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    ck = torch.load(run_dir / BEST, map_location="cpu", weights_only=True)
     params = sum(v.numel() for v in ck["model"].values())
-    ck_bytes = (run_dir / "best.pt").stat().st_size + (run_dir / "last.pt").stat().st_size
+    ck_bytes = (run_dir / BEST).stat().st_size + (run_dir / LAST).stat().st_size
     ssp = _ssp_bytes_per_review(run_dir, splits["train"].n)
-    scores = sum((run_dir / f"scores_{s}.csv").stat().st_size for s in ("dev", "test"))
+    scores = sum(scores_path(run_dir, s).stat().st_size for s in ("dev", "test"))
     echo(f"[train] {cfg.system}: {samples / hist['train_seconds']:.1f} training samples/s, {hist['seconds']:.2f} s "
          f"per epoch (train + dev/test evaluation), evaluation {n_eval / eval_s:.1f} reviews/s, "
          f"{mem_name} {mem:.0f} MB")

@@ -24,7 +24,6 @@ runs (to test the machinery) and says so.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 PRECISIONS = ("bf16", "fp32")
@@ -49,12 +48,14 @@ def train_both(args) -> dict:
 
 def speed_rows(results: dict) -> list[dict]:
     """Per system and precision: epochs, training seconds per epoch and per batch, data-wait share."""
+    from mmss_lib.run_folder import load_history
+
     rows = []
     for prec, res in results.items():
         for system, g in res.groupby("system", sort=False):
             train_s = data_s = batches = epochs = 0.0
             for rd in g["run_dir"]:
-                for h in json.loads((Path(rd) / "history.json").read_text()):
+                for h in load_history(rd):
                     epochs += 1
                     batches += h.get("n_batches", 0)
                     train_s += h["train_seconds"]

@@ -208,6 +208,7 @@ def _demo_size_shares(tmp: Path, systems, epochs: int) -> dict:
     from mmss_lib.data import load_mrhp
     from mmss_lib.demo import make_demo
     from mmss_lib.features.store import feature_dirs, write_store
+    from mmss_lib.run_folder import load_history
     from mmss_lib.train import train_run
 
     make_demo(tmp / "data", n_products=90, categories=("home",), images=False)
@@ -231,7 +232,7 @@ def _demo_size_shares(tmp: Path, systems, epochs: int) -> dict:
         rd = tmp / "runs" / system
         train_run(cfg, data_root=tmp / "data", dataset="demo", category="home", features_root=tmp / "features",
                   run_dir=rd, progress=False)
-        out[system] = epoch_shares(json.loads((rd / "history.json").read_text()))
+        out[system] = epoch_shares(load_history(rd))
     return out
 
 

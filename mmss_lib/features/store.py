@@ -192,10 +192,6 @@ class FeatureStore:
         return out
 
 
-def _as_store(store: "FeatureStore | str | os.PathLike") -> FeatureStore:
-    return store if isinstance(store, FeatureStore) else FeatureStore(store)
-
-
 def read_text(store: FeatureStore, item_id: str, max_len: int | None = None) -> np.ndarray:
     """Token features of one text, ``[CLS]`` first: (n, dim) float16, truncated to ``max_len``."""
     if store.kind != "text":
