@@ -85,18 +85,17 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 TINY_DT, TINY_DR = 8, 12   # feature sizes of the tiny_demo stores
 
 
-@pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory):
-    """A tiny demo category on disk (8 products, no images) with random-feature stores of
-    TINY_DT-d tokens and TINY_DR-d regions."""
+def write_tiny_demo(root: Path, *, n_products: int = 8, images: bool = False) -> Path:
+    """A tiny demo category "home" under ``root / "data"`` and random-feature stores of all its items
+    under ``root / "features"`` (TINY_DT-d tokens, four per text; 0-2 TINY_DR-d regions per item),
+    the same for the same arguments. The one set-up of the tests that train tiny models on disk."""
     import numpy as np
 
     from mmss_lib.data import load_mrhp
     from mmss_lib.demo import make_demo
     from mmss_lib.features.store import feature_dirs, write_store
 
-    root = tmp_path_factory.mktemp("tiny_demo")
-    make_demo(root / "data", n_products=8, categories=("home",), images=False)
+    make_demo(root / "data", n_products=n_products, categories=("home",), images=images)
     rng = np.random.default_rng(0)
     items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
     for split in ("train", "dev", "test"):
@@ -110,6 +109,13 @@ def tiny_demo(tmp_path_factory):
     for kind, path in feature_dirs(root / "features", "demo", "home").items():
         write_store(path, items[kind], kind=kind.split("_")[0], dim=TINY_DR if "region" in kind else TINY_DT)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """A tiny demo category on disk (8 products, no images) with random-feature stores of
+    TINY_DT-d tokens and TINY_DR-d regions (:func:`write_tiny_demo`), shared read-only."""
+    return write_tiny_demo(tmp_path_factory.mktemp("tiny_demo"))
 
 
 @pytest.fixture(scope="module")

@@ -17,27 +17,12 @@ TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Demo category "home" (no images) with random-feature stores; MM-SS full and wo_d, seed 0, one epoch."""
-    from mmss_lib.data import load_mrhp
-    from mmss_lib.demo import make_demo
+    from conftest import write_tiny_demo
     from mmss_lib.experiments import run_experiment
-    from mmss_lib.features.store import feature_dirs, write_store
     from mmss_lib.model import ABLATIONS
-    from mmss_lib.train import SPLITS, TrainConfig
+    from mmss_lib.run_config import TrainConfig
 
-    root = tmp_path_factory.mktemp("case")
-    make_demo(root / "data", n_products=8, categories=("home",), images=False)
-    rng = np.random.default_rng(0)
-    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
-    for split in SPLITS:
-        products, reviews = load_mrhp(root / "data", "demo", "home", split)
-        for side, ids in (("prd", products["product_id"]), ("rvw", reviews["review_id"])):
-            for i in ids:
-                items[f"text_{side}"][i] = {"x": rng.normal(size=(4, DT))}
-                k = int(rng.integers(0, 3))
-                items[f"region_{side}"][i] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
-                                              "image": np.zeros(k, np.int32)}
-    for kind, path in feature_dirs(root / "features", "demo", "home").items():
-        write_store(path, items[kind], kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
+    root = write_tiny_demo(tmp_path_factory.mktemp("case"))
     base = TrainConfig(epochs=1, device="cpu", num_threads=1, model_options=dict(TINY))
     results = run_experiment(data_root=root / "data", dataset="demo", categories=["home"],
                              features_root=root / "features", runs_root=root / "runs",

@@ -211,23 +211,9 @@ def test_config_roundtrip_and_validation():
 
 def _demo_with_random_stores(root):
     """A tiny demo dataset on disk (no images) and random-feature stores for all of its items."""
-    from mmss_lib.data import load_mrhp
-    from mmss_lib.demo import make_demo
-    from mmss_lib.features.store import feature_dirs
+    from conftest import write_tiny_demo
 
-    make_demo(root / "data", n_products=8, categories=("home",), images=False)
-    rng = np.random.default_rng(0)
-    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
-    for split in T.SPLITS:
-        products, reviews = load_mrhp(root / "data", "demo", "home", split)
-        for side, ids in (("prd", products["product_id"]), ("rvw", reviews["review_id"])):
-            for i in ids:
-                items[f"text_{side}"][i] = {"x": rng.normal(size=(4, DT))}
-                k = int(rng.integers(0, 3))
-                items[f"region_{side}"][i] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
-                                              "image": np.zeros(k, np.int32)}
-    for kind, path in feature_dirs(root / "features", "demo", "home").items():
-        write_store(path, items[kind], kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
+    write_tiny_demo(root)
 
 
 def test_run_experiment_parallel_jobs_match_sequential(tmp_path):
