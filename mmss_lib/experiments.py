@@ -392,8 +392,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                     help="cached: text feature stores; frozen / finetune: the encoder --text-model runs on "
                          "the fly (only region stores needed; finetune trains it at --lr-text for MM-SS)")
     ap.add_argument("--text-model", default=None, help="encoder of --text-mode frozen/finetune (HF name or folder)")
-    ap.add_argument("--fine-tune-text", metavar="TEXT_MODEL", default=None,
-                    help="fine-tune this text encoder end to end (MM-SS only)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="model option for every system (repeatable; JSON values)")
     ap.add_argument("--no-progress", action="store_true")
@@ -420,8 +418,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 # TrainConfig fields a sweep sets per run (system/variant/seed, model options), or that a run records
-# (tuned_from), or the legacy switch --fine-tune-text keeps: no option of their own here.
-_NOT_OPTIONS = ("system", "variant", "model_options", "seed", "fine_tune_text", "tuned_from", "amp")
+# (tuned_from), or --no-amp sets: no option of their own here.
+_NOT_OPTIONS = ("system", "variant", "model_options", "seed", "tuned_from", "amp")
 
 
 def _config_help() -> dict:
@@ -537,7 +535,7 @@ def base_config_from_args(args) -> TrainConfig:
                        lr_text=args.lr_text, pair_scheme=args.pair_scheme, n_neg=args.n_neg, loss=args.loss,
                        margin=args.margin, threshold=args.threshold, max_text_len=args.max_text_len,
                        device=args.device, amp=not args.no_amp, num_threads=args.num_threads,
-                       fine_tune_text=bool(args.fine_tune_text), text_model=args.text_model or args.fine_tune_text,
+                       text_model=args.text_model,
                        text_mode=args.text_mode,
                        model_options=_parse_options(args.option), **_config_fields_from_args(args))
 

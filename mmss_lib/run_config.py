@@ -12,6 +12,10 @@ from typing import Optional
 
 from mmss_lib.errors import CheckpointError, DataError
 
+# Fields older versions recorded in config.json and this one no longer has: read (from_json maps
+# them), never compared (a run recorded with them is the same run without them).
+RETIRED_FIELDS = ("fine_tune_text",)   # the older switch for text_mode="finetune"
+
 
 @dataclass
 class TrainConfig:
@@ -45,7 +49,6 @@ class TrainConfig:
     ssp_record_seeds: Optional[list] = None  # seeds whose runs write ssp/epoch*.npz (per review, ~100 B/epoch); None: all
     ssp_scale: str = "common"            # SSP-Label reading of Eq. 18's scale s_k: ssp_label.SCALES (mean, rms, common);
                                          # the default is ssp_label.DEFAULT_SCALE (chosen on dev MAP, see its docstring)
-    fine_tune_text: bool = False         # older switch for text_mode="finetune" (kept equal to it)
     text_model: Optional[str] = None     # HF name or local folder of the encoder (text_mode frozen/finetune)
     text_mode: str = "cached"            # "cached" (text stores), "frozen" / "finetune" (encoded on the fly, mmss_lib.online_text)
     finetune_systems: list = field(default_factory=lambda: ["mmss"])  # under "finetune": systems whose encoder trains (others: frozen)
@@ -68,14 +71,11 @@ class TrainConfig:
             raise DataError(f"TrainConfig.ssp_scale={self.ssp_scale!r}: expected one of mean, rms, common")
         from mmss_lib.online_text import TEXT_MODES
 
-        if self.fine_tune_text and self.text_mode == "cached":
-            self.text_mode = "finetune"          # the older switch
         if self.text_mode not in TEXT_MODES:
             raise DataError(f"TrainConfig.text_mode={self.text_mode!r}: expected one of {', '.join(TEXT_MODES)}")
         if self.text_mode != "cached" and not self.text_model:
             raise DataError(f"TrainConfig.text_mode={self.text_mode!r} needs text_model (a HF name or local folder)")
         self.finetune_systems = [str(x) for x in (self.finetune_systems or [])]
-        self.fine_tune_text = self.effective_text_mode == "finetune"
         self.model_options = dict(self.model_options or {})
 
     def _check_numbers(self) -> None:
@@ -127,6 +127,9 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        if d.pop("fine_tune_text", False) and d.get("text_mode", "cached") == "cached":
+            d["text_mode"] = "finetune"          # a run recorded with the retired switch
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -81,8 +81,11 @@ def trial_run_dir(study_dir, number: int) -> Path:
 # ------------------------------------------------------------------------------------ identity
 
 def config_diff(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
-    """Sorted names of the fields that differ between two config dicts, ``ignore`` aside."""
-    ignore = set(ignore)
+    """Sorted names of the fields that differ between two config dicts, ``ignore`` and
+    :data:`mmss_lib.run_config.RETIRED_FIELDS` aside."""
+    from mmss_lib.run_config import RETIRED_FIELDS
+
+    ignore = set(ignore) | set(RETIRED_FIELDS)
     keys = sorted((set(a) | set(b)) - ignore)
     return [k for k in keys if a.get(k) != b.get(k)]
 

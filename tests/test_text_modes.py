@@ -132,7 +132,10 @@ def test_text_mode_config(tiny_bert_dir):
     # baselines read the encoder frozen unless listed in finetune_systems
     assert _cfg(tiny_bert_dir, "finetune", system="mcr").effective_text_mode == "frozen"
     assert _cfg(tiny_bert_dir, "finetune", system="mcr", finetune_systems=["mcr"]).effective_text_mode == "finetune"
-    assert TrainConfig(fine_tune_text=True, text_model=str(tiny_bert_dir)).text_mode == "finetune"  # older switch
+    old = {k: v for k, v in TrainConfig(text_model=str(tiny_bert_dir)).to_json().items()}   # a run recorded with
+    assert TrainConfig.from_json({**old, "fine_tune_text": True}).text_mode == "finetune"    # the retired switch
+    from mmss_lib.run_folder import same_run
+    assert same_run({"config": {**old, "fine_tune_text": False}, "run": {}}, old, {})
     with pytest.raises(DataError, match="text_mode"):
         TrainConfig(text_mode="online")
     with pytest.raises(DataError, match="text_model"):

@@ -266,3 +266,43 @@ def test_another_scale_reading_recomputed_from_a_runs_records(splits, tmp_path, 
             np.testing.assert_allclose(got[f"offset_{s}"], other.offsets[s][e - 1], rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(got[f"chi_{s}"], other.chi[s][e - 1], rtol=1e-4, atol=1e-5)
     assert np.abs(other.offsets["ptrt"][1]).max() > 0                             # epoch 2 moved the labels
+
+
+def test_every_config_field_reaches_mmss_train(capsys):
+    """`mmss train --help` lists every TrainConfig field: its own option (derived from the field:
+    name, type, default, help), or the option that sets it (--systems, --seeds, --option, --no-amp,
+    --tuned); values are checked by TrainConfig before any run starts."""
+    import dataclasses
+
+    from mmss_lib.experiments import base_config_from_args, build_parser
+    from mmss_lib.run_config import TrainConfig
+
+    ap = build_parser("mmss train")
+    ap.print_help()
+    help_text = capsys.readouterr().out
+    via = {"system": "--systems", "variant": "--systems", "model_options": "--option", "seed": "--seeds",
+           "amp": "--no-amp", "tuned_from": "--tuned"}
+    for f in dataclasses.fields(TrainConfig):
+        assert via.get(f.name, "--" + f.name.replace("_", "-")) in help_text, f.name
+    req = ["--data-root", "d", "--dataset", "demo", "--categories", "home", "--features", "f", "--runs", "r"]
+    args = ap.parse_args(req + ["--ssp-scale", "rms", "--max-regions-per-image", "10", "--no-eval-test",
+                                "--grad-clip", "none", "--ssp-record-seeds", "0", "1"])
+    cfg = base_config_from_args(args)
+    assert (cfg.ssp_scale, cfg.max_regions_per_image, cfg.eval_test, cfg.grad_clip, cfg.ssp_record_seeds) == \
+        ("rms", 10, False, None, [0, 1])
+    assert base_config_from_args(ap.parse_args(req)) == TrainConfig()          # the defaults are the config's
+    with pytest.raises(Exception, match="ssp_scale"):
+        base_config_from_args(ap.parse_args(req + ["--ssp-scale", "median"]))
+
+
+def test_bad_model_option_refused_before_any_run_folder(tiny_demo, tmp_path, capsys):
+    """`--option d=notjson` (a bare word where the option is an integer): one line naming it, before
+    any run starts (no empty seed0/ with a .lock left behind)."""
+    from mmss_lib.cli import main
+
+    rc = main(["train", "--data-root", str(tiny_demo / "data"), "--dataset", "demo", "--categories", "home",
+               "--features", str(tiny_demo / "features"), "--runs", str(tmp_path / "runs"), "--systems", "length",
+               "mmss", "--seeds", "0", "--option", "d=notjson", "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "--option d='notjson'" in err and "expects an integer" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
