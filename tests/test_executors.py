@@ -167,23 +167,24 @@ def _mtimes(runs_root):
 @pytest.mark.slow
 def test_ray_sweep_equals_local_reports_failures_and_skips_finished(local_ray, tiny_demo, tmp_path, capsys):
     """The same runs through executor='ray' give exactly the metrics of the local worker
-    processes; a failing run (a model option the system does not take) is reported by name with
-    its error while the others finish; a rerun skips every finished run."""
+    processes; a failing run (a model the system cannot build: d=15 with 2 heads; option names and
+    types are checked before a sweep starts) is reported by name with its error while the others
+    finish; a rerun skips every finished run."""
     from mmss_lib.errors import SweepError
     from mmss_lib.experiments import run_experiment
 
-    systems = [("mmss", "full", TINY), ("mmss", "broken", {**TINY, "no_such_option": 1})]
+    systems = [("mmss", "full", TINY), ("mmss", "broken", {**TINY, "d": 15})]
     runs = {}
     for name, extra in (("local", {"n_jobs": 2}), ("ray", {"executor": "ray"})):
         with pytest.raises(SweepError) as ei:
             run_experiment(runs_root=tmp_path / name, **_sweep_kw(tiny_demo, systems=systems, **extra))
         err = ei.value
         assert sorted(err.failures) == ["demo/home mmss__broken seed 0", "demo/home mmss__broken seed 1"]
-        assert all("no_such_option" in e for e in err.failures.values())
+        assert all("divisible" in e for e in err.failures.values())
         assert "Traceback" in err.tracebacks["demo/home mmss__broken seed 1"]
         assert "demo/home mmss__broken seed 0" in str(err) and "2 of 4 runs failed" in str(err)
         out = capsys.readouterr().out
-        assert "FAILED demo/home mmss__broken seed 1" in out and "no_such_option" in out
+        assert "FAILED demo/home mmss__broken seed 1" in out and "divisible" in out
         assert out.count("finished demo/home mmss seed") == 2           # progress per finished run
         runs[name] = err.results
         assert len(err.results) == 2 and set(err.results["variant"]) == {"full"}
