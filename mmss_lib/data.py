@@ -33,7 +33,8 @@ caller asks (``bin_votes=True``) with the published binning ``>=16 -> 4, 8..15 -
 Policies for bad input (each a :class:`~mmss_lib.errors.DataError` naming the file and the row
 or field): a missing split file, a truncated / non-JSON file, a missing column, columns whose
 row indices differ, a review whose product is not in the product file, a review without a
-relation row (and vice versa), duplicate review or product ids, an empty or non-string text,
+relation row (and vice versa), duplicate review or product ids, a non-string text or one that
+shows nothing (only whitespace, control characters such as NUL, or zero-width characters),
 a label that is not an integer, labels outside 0..4 (without ``bin_votes``), an id that is
 not ASIN- or number-based (path separators, ``..``, NUL or control characters, empty:
 :func:`check_item_id`), a file in another JSON orientation (``orient='index'`` is named as such).
@@ -121,10 +122,24 @@ def image_dir(root: str | os.PathLike, dataset: str, category: str, kind: str) -
     return Path(root) / dataset / category / "images" / kind
 
 
+def split_sizes(n_products: int, *, test_frac: float = 0.2, dev_frac: float = 0.2) -> dict[str, int]:
+    """Products per split that :func:`split_by_product` gives ``n_products`` products: ``ceil(test_frac
+    * n)`` to test, ``ceil(dev_frac * rest)`` of the rest to dev, the remainder to train. Callers
+    that write a dataset check every count is >= 1 before writing (``mmss make-demo``).
+
+    >>> split_sizes(40), split_sizes(40, dev_frac=0.99)
+    ({'train': 25, 'dev': 7, 'test': 8}, {'train': 0, 'dev': 32, 'test': 8})
+    """
+    n_test = math.ceil(test_frac * n_products) if n_products else 0
+    rest = n_products - n_test
+    n_dev = math.ceil(dev_frac * rest) if rest else 0
+    return {"train": rest - n_dev, "dev": n_dev, "test": n_test}
+
+
 def split_by_product(product_ids: Sequence[str], *, seed: int = 0, test_frac: float = 0.2,
                      dev_frac: float = 0.2) -> dict[str, str]:
     """Product-level split (MRHP_FACTS.md section 1): ``test_frac`` of the products to test, then
-    ``dev_frac`` of the rest to dev, the remainder to train.
+    ``dev_frac`` of the rest to dev, the remainder to train (counts: :func:`split_sizes`).
 
     Each step follows scikit-learn's ``train_test_split(ids, test_size=frac, random_state=seed)``
     (a ``RandomState(seed).permutation``; the first ``ceil(frac * n)`` permuted items are held
@@ -136,14 +151,14 @@ def split_by_product(product_ids: Sequence[str], *, seed: int = 0, test_frac: fl
     ids = list(product_ids)
     if len(set(ids)) != len(ids):
         raise DataError("split_by_product: product ids must be unique")
+    sizes = split_sizes(len(ids), test_frac=test_frac, dev_frac=dev_frac)
 
-    def _hold_out(items: list[str], frac: float) -> tuple[list[str], list[str]]:
-        n_out = math.ceil(frac * len(items)) if items else 0
+    def _hold_out(items: list[str], n_out: int) -> tuple[list[str], list[str]]:
         perm = np.random.RandomState(seed).permutation(len(items))
         return [items[i] for i in perm[n_out:]], [items[i] for i in perm[:n_out]]
 
-    rest, test = _hold_out(ids, test_frac)
-    train, dev = _hold_out(rest, dev_frac)
+    rest, test = _hold_out(ids, sizes["test"])
+    train, dev = _hold_out(rest, sizes["dev"])
     out = {p: "train" for p in train}
     out.update({p: "dev" for p in dev})
     out.update({p: "test" for p in test})
@@ -254,18 +269,21 @@ def _as_text(value: Any, path: Path, row: str, field: str) -> str:
         raise DataError(f"{path}: row {row}, field {field!r}: expected a non-empty string, got "
                         f"{type(value).__name__} {value!r:.60}")
     if not visible_text(value):
-        raise DataError(f"{path}: row {row}, field {field!r}: empty text (only whitespace or invisible "
-                        "characters); every item needs a non-empty text")
+        raise DataError(f"{path}: row {row}, field {field!r}: empty text (only whitespace, control or "
+                        "invisible characters); every item needs a non-empty text")
     return value
 
 
-# characters that print nothing: zero-width space / joiners, word joiner, BOM, soft hyphen
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
+# characters that print nothing: zero-width space / joiners, word joiner, BOM, soft hyphen, and
+# every control character (C0 incl. NUL, DEL, C1; tab and newlines are whitespace as well)
+_INVISIBLE = dict.fromkeys([*map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"),
+                            *range(0x20), 0x7f, *range(0x80, 0xa0)], None)
 
 
 def visible_text(value: str) -> str:
-    """``value`` without whitespace and invisible characters (zero-width space, BOM, ...): empty
-    for a text that shows nothing."""
+    """``value`` without whitespace, control characters (NUL, ESC, ...) and invisible characters
+    (zero-width space, BOM, ...): empty for a text that shows nothing. The loader and ``mmss
+    predict`` refuse such texts alike."""
     return value.translate(_INVISIBLE).strip()
 
 

@@ -73,7 +73,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from mmss_lib.data import CATEGORIES, SPLITS, image_dir, split_by_product, split_file, write_mrhp
+from mmss_lib.data import CATEGORIES, SPLITS, image_dir, split_by_product, split_file, split_sizes, write_mrhp
 from mmss_lib.errors import DataError
 from mmss_lib.utils import atomic_path, atomic_write_json
 
@@ -81,6 +81,7 @@ DATASET = "demo"
 SIZES: dict[str, int] = {"small": 40, "medium": 500, "benchmark": 3500, "large": 6500}  # products per category
 DEFAULT_PRODUCTS = SIZES["small"]
 IMAGE_WEIGHT = 0.6  # weight of the image cues in the label (step 3 of the module docstring)
+MAX_SEED = 2**32 - 1  # numpy's RandomState (the product split) takes seeds 0 .. 2**32 - 1
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (210, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200), "yellow": (230, 200, 30),
@@ -324,6 +325,17 @@ def load_cues(root: str | os.PathLike, category: str, split: str) -> pd.DataFram
     return df
 
 
+def empty_splits(n_products: int, test_frac: float, dev_frac: float) -> str:
+    """The counts per split (``"0 train, 4 dev, 36 test products"``) when the product split of
+    ``n_products`` products (:func:`mmss_lib.data.split_sizes`) leaves a split without products,
+    for the error that refuses it (such a dataset cannot be trained or evaluated on, and writing
+    it would only be noticed at training time); an empty string when every split has some."""
+    sizes = split_sizes(n_products, test_frac=test_frac, dev_frac=dev_frac)
+    if all(sizes[s] >= 1 for s in SPLITS):
+        return ""
+    return ", ".join(f"{sizes[s]} {s}" for s in SPLITS) + " products"
+
+
 def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS, seed: int = 0,
               categories: Sequence[str] = CATEGORIES, images: bool = True,
               image_weight: float = IMAGE_WEIGHT, test_frac: float = 0.2, dev_frac: float = 0.2) -> dict[str, Any]:
@@ -337,11 +349,14 @@ def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS
     :data:`IMAGE_WEIGHT` = 0.6 the demo's own). It changes the labels only: every random draw,
     text, image and split is the same for every w, so feature stores of one w serve all.
     ``test_frac`` / ``dev_frac``: the product split (:func:`mmss_lib.data.split_by_product`;
-    e.g. a large test split for powered comparisons).
+    e.g. a large test split for powered comparisons); shares that leave a split without products
+    are refused before anything is written (:func:`empty_splits`). ``seed``: 0 .. :data:`MAX_SEED`.
     Deterministic: the same arguments give byte-identical files.
     """
     if n_products < 5:
         raise DataError(f"make_demo: n_products must be >= 5 (three splits need products), got {n_products}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise DataError(f"make_demo: seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     if not (np.isfinite(image_weight) and image_weight >= 0):
         raise DataError(f"make_demo: image_weight must be a finite number >= 0, got {image_weight!r}")
     for name, frac in (("test_frac", test_frac), ("dev_frac", dev_frac)):
@@ -350,6 +365,10 @@ def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS
     unknown = [c for c in categories if c not in OBJECTS]
     if unknown:
         raise DataError(f"make_demo: unknown categories {unknown}: expected some of {', '.join(OBJECTS)}")
+    empty = empty_splits(n_products, test_frac, dev_frac)
+    if empty:
+        raise DataError(f"make_demo: test_frac={test_frac!r}, dev_frac={dev_frac!r} with n_products={n_products}: "
+                        f"{empty}; every split needs at least one product")
     out_root = Path(out_root)
     report: dict[str, Any] = {"dataset": DATASET, "seed": seed, "n_products": n_products, "categories": {}}
     if image_weight != IMAGE_WEIGHT or (test_frac, dev_frac) != (0.2, 0.2):   # the default report is unchanged
@@ -389,9 +408,16 @@ def cli_main(argv: list[str], prog: str = "mmss make-demo") -> int:
         if not (math.isfinite(v) and lo <= v and (v < hi or hi == math.inf)) or (opt != "--image-weight" and v <= 0):
             raise DataError(f"{opt} {v!r}: expected " + ("a number >= 0" if opt == "--image-weight"
                                                          else "a share strictly between 0 and 1"))
+    if not 0 <= a.seed <= MAX_SEED:
+        raise DataError(f"--seed {a.seed}: expected an integer from 0 to {MAX_SEED} (numpy's seeds)")
     if len(set(a.categories)) != len(a.categories):
         raise DataError(f"--categories {' '.join(a.categories)}: a category given more than once")
     n = a.products_per_category if a.products_per_category is not None else SIZES[a.size or "small"]
+    empty = empty_splits(n, a.test_frac, a.dev_frac)
+    if empty:              # refused before anything is written
+        raise DataError(f"--test-frac {a.test_frac!r} --dev-frac {a.dev_frac!r} with {n} products per category give "
+                        f"{empty}; every split needs at least one product: lower --test-frac / --dev-frac or "
+                        "raise --products-per-category")
     rep = make_demo(a.out, n_products=n, seed=a.seed, categories=a.categories, images=not a.no_images,
                     image_weight=a.image_weight, test_frac=a.test_frac, dev_frac=a.dev_frac)
     for cat, r in rep["categories"].items():

@@ -11,6 +11,11 @@ message area, never a traceback. Nothing is written anywhere.
 
 ``ipywidgets`` is imported when an :class:`ExplorerApp` is built (``import mmss_lib`` stays light).
 CSS classes ``mmss-*`` name the parts for the browser test.
+
+``mmss explore`` serves the app with a Voila child process on 127.0.0.1 from a temporary notebook
+folder. ``--port 0`` takes a free port and prints its real address. Ctrl-C or SIGTERM (``kill
+PID``, a service manager) stops the Voila server and its kernels and removes the temporary folder
+(SIGTERM alone used to kill only the parent, leaving Voila serving).
 """
 from __future__ import annotations
 
@@ -318,15 +323,49 @@ def serve_command(notebook, port: int) -> list[str]:
             "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", "--theme=light"]
 
 
+def _stop_server(proc) -> None:
+    """Stop the Voila child as Ctrl-C does: SIGTERM (Voila shuts its kernels down and removes its
+    connection files), SIGKILL after 10 s; then whatever it started (kernels) and left running is
+    killed too, so nothing keeps serving or computing after ``mmss explore`` ends."""
+    import subprocess
+
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)       # kernels and their children
+    except psutil.Error:
+        family = []
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(family, timeout=5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def _interrupt(signum, frame):
+    """SIGTERM handler of ``mmss explore``: stop the way Ctrl-C does (KeyboardInterrupt)."""
+    raise KeyboardInterrupt(signum)
+
+
 def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
     """``mmss explore [--runs DIR] [--data DIR] [--port N]``: serve the explorer with Voila on
-    127.0.0.1 and print the address; Ctrl-C stops it."""
+    127.0.0.1 and print the address; Ctrl-C or SIGTERM stops it (Voila, its kernels and the
+    temporary notebook folder go with it)."""
     import argparse
     import json
     import shutil
+    import signal
     import socket
     import subprocess
     import tempfile
+    import threading
     from pathlib import Path
 
     from mmss_lib.errors import DataError
@@ -335,8 +374,11 @@ def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
                                  "local web app (Voila) on 127.0.0.1. Read-only: nothing is written to the runs.")
     ap.add_argument("--runs", default="outputs/runs", help="runs folder (default: outputs/runs, `make demo`'s)")
     ap.add_argument("--data", default=None, help="MRHP data folder (default: the 'data' folder beside --runs)")
-    ap.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT,
+                    help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0: a free one, printed)")
     args = ap.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise DataError(f"--port {args.port}: expected a port from 0 to 65535 (0: a free one)")
     try:
         import voila  # noqa: F401
         import ipywidgets  # noqa: F401
@@ -352,19 +394,28 @@ def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
             s.bind(("127.0.0.1", args.port))
         except OSError:
             raise DataError(f"port {args.port} on 127.0.0.1 is in use; choose another with --port") from None
-    tmp = Path(tempfile.mkdtemp(prefix="mmss-explore-"))         # the served notebook; never in the runs folder
-    nb = tmp / "mmss_explore.ipynb"
-    nb.write_text(json.dumps(app_notebook(runs, data), indent=1), encoding="utf-8")
-    print(f"mmss explore: serving {runs} at http://127.0.0.1:{args.port}/  (Ctrl-C stops)", flush=True)
-    proc = subprocess.Popen(serve_command(nb, args.port))
+        port = s.getsockname()[1]              # --port 0: the free port the system picked, handed to Voila
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:                            # SIGTERM stops as Ctrl-C does
+        previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _interrupt)
+    tmp, proc = None, None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix="mmss-explore-"))     # the served notebook; never in the runs folder
+        nb = tmp / "mmss_explore.ipynb"
+        nb.write_text(json.dumps(app_notebook(runs, data), indent=1), encoding="utf-8")
+        print(f"mmss explore: serving {runs} at http://127.0.0.1:{port}/  (Ctrl-C stops)", flush=True)
+        proc = subprocess.Popen(serve_command(nb, port))
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        return 130
+    except KeyboardInterrupt as exc:
+        if main_thread:                        # a second Ctrl-C / SIGTERM must not cut the clean-up short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if proc is not None:
+            _stop_server(proc)
+        return 128 + signal.SIGTERM if exc.args == (signal.SIGTERM,) else 130
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if main_thread:
+            for sig, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)

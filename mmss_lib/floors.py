@@ -346,14 +346,20 @@ class _Split:
         self.n = len(self.review_ids)
 
 
-def _splits_from_disk(data_root, dataset: str, category: str) -> dict[str, _Split]:
-    from mmss_lib.data import load_mrhp
+def _splits_from_disk(data_root, dataset: str, category: str, *, disjoint: bool = True) -> dict[str, _Split]:
+    """The three released splits of a category. ``disjoint``: refuse a product or review id in two
+    splits (:func:`mmss_lib.data.check_disjoint_splits`, the check trained systems make in
+    :func:`mmss_lib.train.load_splits`): a floor or ceiling on leaked splits would be compared
+    with systems that refuse them."""
+    from mmss_lib.data import check_disjoint_splits, load_mrhp
 
-    out = {}
-    for s in SPLITS:
-        _, rv = load_mrhp(data_root, dataset, category, s)
-        out[s] = _Split(rv["review_id"].astype(str), rv["product_id"].astype(str), rv["label"], rv["text"])
-    return out
+    frames = {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS}     # (products, reviews)
+    if disjoint:
+        check_disjoint_splits(data_root, dataset, category,
+                              {s: (p["product_id"].astype(str).tolist(), r["review_id"].astype(str).tolist())
+                               for s, (p, r) in frames.items()})
+    return {s: _Split(rv["review_id"].astype(str), rv["product_id"].astype(str), rv["label"], rv["text"])
+            for s, (_, rv) in frames.items()}
 
 
 def _adopt_splits(splits: dict, data_root, dataset: str, category: str, need_texts: bool) -> dict[str, _Split]:
@@ -370,7 +376,7 @@ def _adopt_splits(splits: dict, data_root, dataset: str, category: str, need_tex
         if texts is None and need_texts:
             if lookup is None:
                 lookup = {}
-                for d in _splits_from_disk(data_root, dataset, category).values():
+                for d in _splits_from_disk(data_root, dataset, category, disjoint=False).values():
                     lookup.update(zip(d.review_ids, d.texts))
             missing = [r for r in sp.review_ids if r not in lookup]
             if missing:
@@ -389,8 +395,10 @@ def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold
     ``cfg`` is the :class:`~mmss_lib.train.TrainConfig` of the run (recorded in config.json; its
     ``seed`` seeds the random floor's written realisation). ``splits``: optional already-made
     ``{"train", "dev", "test"}`` split objects (``review_ids``, ``product_ids``, ``labels``), e.g.
-    cross-validation folds; by default the dataset files under ``data_root``. A finished run
-    with the same configuration is returned as is.
+    cross-validation folds; by default the dataset files under ``data_root``, refused like a
+    trained system's when a product or review id is in two of them (a :class:`DataError` naming
+    the ids and both files, before anything is written). A finished run with the same
+    configuration is returned as is.
     """
     from mmss_lib.run_folder import CONFIG, METRICS, finished_metrics
     from mmss_lib.utils import atomic_path, atomic_write_json
@@ -408,7 +416,7 @@ def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold
     if is_ceiling(cfg.system):                        # fit on train + dev cues and labels, never on test
         cues = load_all_cues(data_root, dataset, category, cfg.system)
     data = (_adopt_splits(splits, data_root, dataset, category, need_texts) if splits is not None
-            else _splits_from_disk(data_root, dataset, category))
+            else _splits_from_disk(data_root, dataset, category))     # leaked released splits: refused
     if is_ceiling(cfg.system):
         fit_on = [data["train"], data["dev"]]
         system.fit(cues, np.concatenate([d.review_ids for d in fit_on]), np.concatenate([d.labels for d in fit_on]))

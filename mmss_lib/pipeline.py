@@ -105,8 +105,40 @@ def profile_path(profile: str | os.PathLike, params_dir: str | os.PathLike | Non
     return path
 
 
+# Bounds on a profile's values once YAML aliases are expanded: a profile holds a few parameters,
+# while a ~1 KB "billion laughs" of nested aliases (&a [*b, *b, ...]) expands to ~10^9 values that
+# every later step (substitution, checks, a value quoted in an error) would walk.
+MAX_PROFILE_VALUES = 10_000
+MAX_PROFILE_DEPTH = 16
+
+
+def _check_profile_size(raw: dict[str, Any], path: Path) -> None:
+    """Refuse a profile whose values, aliases expanded, exceed :data:`MAX_PROFILE_VALUES` or nest
+    deeper than :data:`MAX_PROFILE_DEPTH` (a recursive alias too), naming the field. The walk
+    stops at the bound, so it costs at most that many steps however large the expansion."""
+    count = 0
+    stack: list[tuple[Any, str, int]] = [(v, str(k), 1) for k, v in raw.items()]   # (value, field, depth)
+    while stack:
+        value, where, depth = stack.pop()
+        count += 1
+        if count > MAX_PROFILE_VALUES:
+            raise PipelineError(f"profile {path}: field {where!r} holds more than {MAX_PROFILE_VALUES:,} values once "
+                                "its YAML aliases (*name) are expanded; a profile holds a few parameters: write "
+                                "the values out without aliases")
+        if isinstance(value, (dict, list)):
+            if depth > MAX_PROFILE_DEPTH:
+                raise PipelineError(f"profile {path}: field {where!r} nests lists or mappings more than "
+                                    f"{MAX_PROFILE_DEPTH} levels deep (a recursive YAML alias?); a profile "
+                                    "holds a few parameters")
+            if isinstance(value, dict):
+                stack.extend((v, f"{where}.{k}" if depth == 1 else where, depth + 1) for k, v in value.items())
+            else:
+                stack.extend((v, where, depth + 1) for v in value)
+
+
 def read_profile(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse and structurally check a profile YAML (no substitution yet)."""
+    """Parse and structurally check a profile YAML (no substitution yet); its size is bounded
+    (:func:`_check_profile_size`) before any value is walked or quoted in a message."""
     import yaml
 
     path = Path(path)
@@ -114,10 +146,14 @@ def read_profile(path: str | os.PathLike) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise PipelineError(f"profile {path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise PipelineError(f"profile {path}: lists or mappings nested too deep to read; a profile holds a "
+                            "few parameters") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise PipelineError(f"profile {path}: expected a mapping at the top level, got {type(raw).__name__}")
+    _check_profile_size(raw, path)
     for key, value in raw.items():
         if not isinstance(key, str):
             raise PipelineError(f"profile {path}: top-level key {key!r} is not a string")

@@ -6,6 +6,9 @@ its maximum length, the detector's input sizes and box-selection policy. The fin
 the encoder and detector weights are compared with the recorded ones, so a model is never fed
 features from another encoder. The features go through small temporary stores and the same
 loader as training (same read-time caps, same padding), then the best checkpoint scores them.
+Reviews are encoded, stored and scored in batches of ``--batch-size`` (default: the run's
+``eval_batch_size``), so memory stays flat in the number of reviews of the product; the scores
+are those of one batch.
 
 Input JSON of the CLI::
 
@@ -126,9 +129,9 @@ def _check_inputs(product: dict, reviews: Sequence[dict]) -> None:
             raise DataError(f"predict: product image file {f} does not exist")
 
 
-def _text_features(ck, path, tman, product, reviews, text_model, encoder, device) -> list:
-    """Token features of the product text and the review texts (cached text mode) with the
-    encoder the run's text stores were extracted with (checked by its weights fingerprint)."""
+def _text_encoder(ck, path, tman, text_model, encoder, device):
+    """The encoder the run's text stores were extracted with (cached text mode), loaded unless
+    given, checked by its weights fingerprint and feature size against the checkpoint."""
     if encoder is None:
         from mmss_lib.features.text import TextEncoder
         name = text_model or tman.get("encoder")
@@ -142,12 +145,42 @@ def _text_features(ck, path, tman, product, reviews, text_model, encoder, device
     if encoder.dim != int(ck["text_dim"]):
         raise ModelNotAvailableError(f"text model {encoder.name!r} gives {encoder.dim}-d features, the run "
                                      f"was trained on {ck['text_dim']}-d ones")
-    return encoder.encode([str(product["text"])] + [str(r["text"]) for r in reviews])
+    return encoder
+
+
+def _region_extractor(rman, extractor, detector_weights, allow_random_weights, device):
+    """The region extractor with the detector settings the run's region stores were made with
+    (grid boxes + a pooled backbone, or the detector), checked by its weights fingerprint."""
+    sel = rman.get("selection", {})
+    if extractor is None and sel.get("box") == "grid":       # grid boxes + a pretrained pooled backbone
+        from mmss_lib.features.regions import make_region_extractor
+        extractor = make_region_extractor(None, region_boxes="grid", device=device, min_size=rman.get("min_size"),
+                                          max_size=rman.get("max_size"), grid=tuple(sel.get("levels", (1, 2, 3))),
+                                          region_backbone=(rman.get("region_backbone") or {}).get("name",
+                                                                                                  "mobilenet_v2"))
+    if extractor is None:
+        from mmss_lib.features.regions import RegionExtractor
+        opts = {k: sel[k] for k in ("conf_thresh", "min_boxes", "max_boxes", "nms_thresh", "candidate_thresh",
+                                    "rpn_post_nms_top_n") if k in sel}
+        extractor = RegionExtractor(detector_weights, allow_random_weights=allow_random_weights, device=device,
+                                    min_size=rman.get("min_size"), max_size=rman.get("max_size"), **opts)
+    if rman.get("weights_fingerprint") and extractor.fingerprint != rman["weights_fingerprint"]:
+        raise ModelNotAvailableError(
+            f"detector weights {extractor.weights_source} are not those the run's features were extracted "
+            f"with ({rman.get('detector_weights')}, fingerprint {rman['weights_fingerprint']})")
+    return extractor
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise DataError(f"predict: batch_size={batch_size!r} (--batch-size): expected an integer >= 1 (reviews "
+                        "per forward pass)")
+    return int(batch_size)
 
 
 def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, text_model: str | None = None,
             detector_weights=None, allow_random_weights: bool = False, device: str = "cpu",
-            encoder=None, extractor=None):
+            encoder=None, extractor=None, batch_size: int | None = None):
     """Rank ``reviews`` of ``product`` with the run's best model; returns a DataFrame sorted by
     score (descending, stable) with ``rank`` (1 = most helpful), ``review_id``, ``score`` and the
     subtask outputs ``score_{s}`` of MM-SS.
@@ -156,11 +189,16 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
     ``detector_weights`` / ``allow_random_weights`` as for ``mmss extract``. ``encoder`` /
     ``extractor`` may pass already loaded :class:`~mmss_lib.features.text.TextEncoder` /
     :class:`~mmss_lib.features.regions.RegionExtractor` objects.
+
+    ``batch_size`` reviews (default: the run's ``eval_batch_size``) at a time are encoded,
+    written to the temporary stores and scored, so memory stays flat in the number of reviews
+    (one product with 10,000 reviews used to go through one forward pass); a review's score does
+    not depend on the other reviews of its batch.
     """
     import pandas as pd
     import torch
 
-    from mmss_lib.features.store import write_store
+    from mmss_lib.features.store import FeatureStore, FeatureStoreWriter
     from mmss_lib.loader import MRHPSplitData, ReadCaps
     from mmss_lib.train import TrainConfig, build_model, collate_for
 
@@ -168,65 +206,64 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
     _check_images(product, reviews)
     ck, path = load_checkpoint(checkpoint_dir_or_file)
     cfg = TrainConfig.from_json(ck["config"])
+    bs = _check_batch_size(cfg.eval_batch_size if batch_size is None else batch_size)
     feats = ck.get("features") or {}
     tman, rman = feats.get("text_rvw", {}), feats.get("region_rvw", {})
     on_the_fly = cfg.text_mode != "cached"     # frozen / finetune: the model encodes the raw texts itself
     rids = [str(check_item_id(r.get("review_id", f"r{i}"), file="predict input", row=i, field="review_id"))
             for i, r in enumerate(reviews)]
-    tx = None if on_the_fly else _text_features(ck, path, tman, product, reviews, text_model, encoder, device)
-
-    # ---- region features with the recorded detector settings
+    texts = [str(r["text"]) for r in reviews]
+    if not on_the_fly:
+        encoder = _text_encoder(ck, path, tman, text_model, encoder, device)
     image_lists = [list(product.get("image_files") or [])] + [list(r.get("image_files") or []) for r in reviews]
-    if any(image_lists):
-        sel = rman.get("selection", {})
-        if extractor is None and sel.get("box") == "grid":       # grid boxes + a pretrained pooled backbone
-            from mmss_lib.features.regions import make_region_extractor
-            extractor = make_region_extractor(None, region_boxes="grid", device=device, min_size=rman.get("min_size"),
-                                              max_size=rman.get("max_size"), grid=tuple(sel.get("levels", (1, 2, 3))),
-                                              region_backbone=(rman.get("region_backbone") or {}).get("name",
-                                                                                                      "mobilenet_v2"))
-        if extractor is None:
-            from mmss_lib.features.regions import RegionExtractor
-            opts = {k: sel[k] for k in ("conf_thresh", "min_boxes", "max_boxes", "nms_thresh", "candidate_thresh",
-                                        "rpn_post_nms_top_n") if k in sel}
-            extractor = RegionExtractor(detector_weights, allow_random_weights=allow_random_weights, device=device,
-                                        min_size=rman.get("min_size"), max_size=rman.get("max_size"), **opts)
-        if rman.get("weights_fingerprint") and extractor.fingerprint != rman["weights_fingerprint"]:
-            raise ModelNotAvailableError(
-                f"detector weights {extractor.weights_source} are not those the run's features were extracted "
-                f"with ({rman.get('detector_weights')}, fingerprint {rman['weights_fingerprint']})")
-        rx = extractor.extract_items(image_lists, ["product"] + rids)
-    else:
-        empty = {"x": np.zeros((0, int(ck["region_dim"])), np.float16), "boxes": np.zeros((0, 4), np.float32),
-                 "image": np.zeros(0, np.int32)}
-        rx = [empty] * len(image_lists)
+    if any(image_lists):                       # region features with the recorded detector settings
+        extractor = _region_extractor(rman, extractor, detector_weights, allow_random_weights, device)
+    dt, dr = int(ck["text_dim"]), int(ck["region_dim"])
+    no_regions = {"x": np.zeros((0, dr), np.float16), "boxes": np.zeros((0, 4), np.float32),
+                  "image": np.zeros(0, np.int32)}
+
+    def regions(lists, ids):
+        return extractor.extract_items(lists, ids) if any(lists) else [no_regions] * len(lists)
 
     with tempfile.TemporaryDirectory(prefix="mmss-predict-") as tmp:
         tmp = Path(tmp)
         pid = "product"
-        stores = {} if on_the_fly else {
-            "text_prd": write_store(tmp / "text_prd", [(pid, {"x": tx[0]})], kind="text", dim=int(tx[0].shape[-1])),
-            "text_rvw": write_store(tmp / "text_rvw", [(r, {"x": x}) for r, x in zip(rids, tx[1:])], kind="text",
-                                    dim=int(tx[0].shape[-1]))}
-        stores |= {
-            "region_prd": write_store(tmp / "region_prd", [(pid, rx[0])], kind="region", dim=int(ck["region_dim"])),
-            "region_rvw": write_store(tmp / "region_rvw", list(zip(rids, rx[1:])), kind="region",
-                                      dim=int(ck["region_dim"])),
-        }
-        frame = pd.DataFrame({"review_id": rids, "product_id": pid, "label": 0,
-                              "text": [str(r["text"]) for r in reviews]})
+        kinds = ("region_prd", "region_rvw") if on_the_fly else ("text_prd", "text_rvw", "region_prd", "region_rvw")
+        writers = {k: FeatureStoreWriter(tmp / k, kind=k.split("_")[0], dim=dr if k.startswith("region") else dt,
+                                         shard_size=bs) for k in kinds}
+        if not on_the_fly:
+            writers["text_prd"].add(pid, encoder.encode([str(product["text"])])[0])
+        writers["region_prd"].add(pid, **regions(image_lists[:1], [pid])[0])
+        for a in range(0, len(rids), bs):                  # features of one batch of reviews at a time
+            ids = rids[a:a + bs]
+            if not on_the_fly:
+                for r, x in zip(ids, encoder.encode(texts[a:a + bs])):
+                    writers["text_rvw"].add(r, x)
+            for r, item in zip(ids, regions(image_lists[1 + a:1 + a + bs], ids)):
+                writers["region_rvw"].add(r, **item)
+        for w in writers.values():
+            w.close()
+        stores = {k: FeatureStore(tmp / k) for k in kinds}
+        frame = pd.DataFrame({"review_id": rids, "product_id": pid, "label": 0, "text": texts})
         products = pd.DataFrame({"product_id": [pid], "text": [str(product["text"])]})
         caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
         split = MRHPSplitData(frame, products, stores, caps=caps, keep_texts=on_the_fly, name="predict")
         run_cfg = TrainConfig.from_json({**ck["config"], "device": device})
-        model = build_model(run_cfg, int(ck["text_dim"]), int(ck["region_dim"]))   # on the fly: with its encoder
+        model = build_model(run_cfg, dt, dr)       # on the fly: with its encoder
         model.load_state_dict(ck["model"])
         model.eval()
+        scores = np.zeros(split.n, dtype=np.float32)
+        subs: dict[str, np.ndarray] = {}
+        collate = collate_for(split, run_cfg, getattr(model, "tokenizer", None))
         with torch.no_grad():
-            out = model(collate_for(split, run_cfg, getattr(model, "tokenizer", None))(np.arange(split.n)))
-    df = pd.DataFrame({"review_id": rids, "score": out.score.float().numpy()})
-    for s, v in out.sub_scores.items():
-        df[f"score_{s}"] = v.float().numpy()
+            for idx, batch in split.iter_batches(None, bs, collate=collate):    # one batch of reviews at a time
+                out = model(batch)
+                scores[idx] = out.score.float().numpy()
+                for s_, v in out.sub_scores.items():
+                    subs.setdefault(s_, np.zeros(split.n, dtype=np.float32))[idx] = v.float().numpy()
+    df = pd.DataFrame({"review_id": rids, "score": scores})
+    for s_, v in subs.items():
+        df[f"score_{s_}"] = v
     df = df.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
     df.insert(0, "rank", np.arange(1, len(df) + 1))
     return df
@@ -260,10 +297,14 @@ def cli_main(argv: list[str], prog: str = "mmss predict") -> int:
     ap.add_argument("--allow-random-weights", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--csv", default=None, help="also write the ranking to this CSV file")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="reviews encoded and scored at a time (default: the run's eval_batch_size)")
     args = ap.parse_args(argv)
+    if args.batch_size is not None:
+        _check_batch_size(args.batch_size)
     product, reviews = _read_input(Path(args.input))
     df = predict(args.run, product, reviews, text_model=args.text_model, detector_weights=args.detector_weights,
-                 allow_random_weights=args.allow_random_weights, device=args.device)
+                 allow_random_weights=args.allow_random_weights, device=args.device, batch_size=args.batch_size)
     if args.csv:
         from mmss_lib.utils import atomic_path
         with atomic_path(args.csv) as tmp:

@@ -129,9 +129,12 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
     :class:`~mmss_lib.errors.RunInUseError` naming the folder and the holder's PID (written into
     the lock file). The kernel drops the lock when its holder exits, however it dies, so a stale
     lock file from a killed process never blocks. Re-entrant within one process (nested calls on
-    the same folder). No lock is taken where ``fcntl`` is missing (Windows), in a folder that cannot
-    hold the lock file (read-only: finished runs are only read there), or on a file system without
-    locks (with a warning)."""
+    the same folder). No lock is taken where ``fcntl`` is missing (Windows), in a read-only folder
+    (the folder itself not writable, or on a read-only file system: finished runs are only read
+    there), or on a file system without locks (with a warning). A ``.lock`` that cannot be opened
+    for writing in a writable folder (a folder of that name, a read-only or immutable file) is a
+    :class:`~mmss_lib.errors.DataError` naming it: going on unlocked there would let two processes
+    train one run at once."""
     run_dir = Path(run_dir)
     key = str(run_dir.resolve())
     if key in _HELD_LOCKS:
@@ -146,9 +149,22 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
+    fd = None
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:                        # a read-only folder (finished runs are read there): no lock
+    except OSError as exc:
+        import errno
+        writable = exc.errno != errno.EROFS and os.access(run_dir, os.W_OK | os.X_OK)
+        if writable and path.is_dir():
+            raise DataError(f"{path}: the lock file of this {what} is a folder; remove it (rm -r '{path}') and "
+                            "run again (the lock file only holds the PID of the process that trains or writes "
+                            "the folder)") from None
+        if writable:
+            raise DataError(f"{path}: the lock file of this {what} cannot be opened for writing ({exc.strerror}) "
+                            f"although its folder is writable (a read-only or immutable file); remove it (rm -f "
+                            f"'{path}', after chattr -i if immutable) and run again; it would not keep two "
+                            "processes apart") from None
+    if fd is None:                         # a read-only folder (finished runs are read there): no lock
         yield path
         return
     try:

@@ -20,7 +20,6 @@ input). ``test_corpus_summary`` prints the table of cases and outcomes (``pytest
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -803,7 +802,6 @@ def _two_trains_one_folder(ctx: Ctx, tiny: Path):
     refused (naming the run and the first one's PID) while the first trains; the folder holds one
     consistent run (config, history and metrics of the first)."""
     import subprocess
-    import sys
     import time
     ctx.protect()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -964,6 +962,241 @@ TRAIN_ARGS = ("train", "--data-root", "{root}/data", "--dataset", "demo", "--cat
               "--runs", "{root}/runs", "--no-progress")
 
 
+# ------------------------------------------------------------------------------------ round 3 helpers
+# (issue "Quality round 3": run-folder locks, leaked splits under floors, make-demo options,
+# invisible texts, the explorer's stop and port, alias bombs in profiles, predict at scale)
+
+R3 = 28                   # the issue number of "Quality round 3" in the corpus counts
+
+
+def _lock_unusable(kind: str):
+    """The run folder's ``.lock`` is a folder, a read-only file or an immutable file while the
+    folder is writable: ``train_run`` refuses, naming the lock file, before anything is written
+    (it used to train unlocked). As root a file's mode does not stop the opening, so the errno a
+    user gets (EACCES; EPERM for an immutable file) is answered by ``os.open`` for that path."""
+    def act(ctx: Ctx):
+        import errno
+        from unittest import mock
+        from mmss_lib.train import train_run
+        _mini_category(ctx)
+        run = ctx.root / "runs" / "seed0"
+        lock = run / ".lock"
+        if kind == "dir":
+            lock.mkdir(parents=True)
+            (lock / "kept").write_text("a file inside the folder")
+        else:
+            run.mkdir(parents=True)
+            lock.write_text("12345\n")
+            lock.chmod(0o444)
+        ctx.protect()
+        code = {"readonly": errno.EACCES, "immutable": errno.EPERM}.get(kind)
+        real_open = os.open
+
+        def refusing_open(path, flags, *a, **kw):
+            if code is not None and (kind == "immutable" or os.geteuid() == 0) and Path(path) == lock:
+                raise OSError(code, os.strerror(code), str(path))
+            return real_open(path, flags, *a, **kw)
+        try:
+            with mock.patch("os.open", refusing_open):
+                return train_run(_mini_cfg(), data_root=ctx.root / "data", dataset=DS, category=MINI,
+                                 features_root=ctx.root / "features", run_dir=run, progress=False)
+        finally:
+            if lock.is_file():
+                lock.chmod(0o644)
+            assert not (run / "config.json").exists(), "the run started without its lock"
+    return act
+
+
+def _leak_floor(system: str, leak: str = "product"):
+    """A product (or review) in both the train and the test split, and a floor or ceiling (the
+    category has cues files, so a ceiling gets that far): refused as trained systems refuse it
+    (they used to score leaked splits silently)."""
+    def act(ctx: Ctx):
+        import pandas as pd
+        from mmss_lib.data import load_mrhp, split_file
+        from mmss_lib.demo import CUE_COLUMNS
+        from mmss_lib.train import train_run
+        _mini_category(ctx, leak=leak)
+        for split in ("train", "dev", "test"):           # planted cues, as make-demo writes them
+            ids = load_mrhp(ctx.root / "data", DS, MINI, split)[1]["review_id"]
+            pd.DataFrame({c: (ids if c == "review_id" else 1) for c in CUE_COLUMNS}).to_json(
+                split_file(ctx.root / "data", DS, MINI, "cues", split))
+        ctx.protect()
+        run = ctx.root / "runs" / system
+        try:
+            return train_run(_mini_cfg(system=system, model_options={}), data_root=ctx.root / "data", dataset=DS,
+                             category=MINI, features_root=ctx.root / "features", run_dir=run, progress=False)
+        finally:
+            assert not list(run.glob("*.json")) and not list(run.glob("scores_*.csv")), "files of a leaked run"
+    return act
+
+
+def _make_demo_refused(*argv):
+    """`mmss make-demo` with options it must refuse before writing anything."""
+    def act(ctx: Ctx):
+        try:
+            return _cli("make-demo", "--out", "{root}/demo", "--products-per-category", "40", *argv)(ctx)
+        finally:
+            assert not (ctx.root / "demo").exists(), "make-demo wrote files before refusing"
+    return act
+
+
+def _make_demo_library_no_train(ctx: Ctx):
+    from mmss_lib.demo import make_demo
+    ctx.protect()
+    try:
+        return make_demo(ctx.root / "demo", n_products=40, test_frac=0.9, dev_frac=0.9, categories=["home"])
+    finally:
+        assert not (ctx.root / "demo").exists()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _explore_stopped(how: str):
+    """`mmss explore` in a subprocess (temporary files under the case folder: TMPDIR). ``"sigterm"``:
+    once a page is served and its kernel runs, SIGTERM to the mmss process alone (not its group,
+    as `kill PID` or a service manager sends it): Voila, its kernels and the temporary notebook
+    folder go with it (Voila used to serve on). ``"port0"``: ``--port 0`` prints the port it
+    serves on (it printed ``:0``)."""
+    def act(ctx: Ctx):
+        import re
+        import signal
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+        import psutil
+        for mod in ("voila", "ipywidgets"):
+            pytest.importorskip(mod)
+        tmp = ctx.root / "tmp"
+        tmp.mkdir()
+        ctx.protect()
+        env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+        port = "0" if how == "port0" else str(_free_port())
+        log = open(ctx.root / "explore.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "mmss_lib", "explore", "--runs", str(ctx.root / "runs"),
+                                 "--port", port], stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                                start_new_session=True)
+        family: list = []
+        try:
+            line = ""
+            while "serving" not in line and proc.poll() is None:
+                line = proc.stdout.readline()
+            m = re.search(r"at http://127\.0\.0\.1:(\d+)/", line)
+            assert m, (line, (ctx.root / "explore.log").read_text()[-2000:])
+            assert int(m.group(1)) != 0 and (how == "port0" or m.group(1) == port), line
+            url, deadline = m.group(0)[3:], time.time() + 180
+            while True:                                  # the printed address serves the page
+                try:
+                    with urllib.request.urlopen(url, timeout=60) as r:
+                        assert r.status == 200 and b"<html" in r.read().lower()
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.time() < deadline, (ctx.root / "explore.log").read_text()[-2000:]
+                    time.sleep(0.3)
+            family = psutil.Process(proc.pid).children(recursive=True)
+            assert any("ipykernel" in " ".join(p.cmdline()) for p in family), "no kernel runs the page"
+            assert any(p.name.startswith("mmss-explore-") for p in tmp.iterdir())     # the served notebook
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 128 + signal.SIGTERM
+            _, alive = psutil.wait_procs(family, timeout=30)
+            assert not alive, f"still running after SIGTERM: {[' '.join(p.cmdline()[:4]) for p in alive]}"
+            assert not list(tmp.iterdir()), f"left behind: {sorted(p.name for p in tmp.iterdir())}"
+            return url
+        finally:
+            log.close()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            for p in family:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+    return act
+
+
+def _alias_bomb(depth: int = 9, width: int = 9) -> str:
+    """A "billion laughs" YAML flow value (~1 KB): ``width ** depth`` values once expanded."""
+    value = "&a0 [" + ", ".join(["0"] * width) + "]"
+    for i in range(1, depth):
+        value = f"&a{i} [" + ", ".join([value] + [f"*a{i - 1}"] * (width - 1)) + "]"
+    return value
+
+
+def _profile_quick(text):
+    """:func:`_profile`, refused within seconds (the alias bomb used to hang `--dry-run`)."""
+    def act(ctx: Ctx):
+        import time
+        t0 = time.monotonic()
+        try:
+            return _profile(text)(ctx)
+        finally:
+            assert time.monotonic() - t0 < 10, "the profile was not refused at once"
+    return act
+
+
+class _HashEncoder:
+    """A stand-in text encoder (no model to load): token features drawn from each text's bytes,
+    so a text's features never depend on the other texts of a call; records each call's size."""
+
+    name, dim = "hash", TINY_DT
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def fingerprint(self) -> str:
+        return "hash"
+
+    def encode(self, texts):
+        self.calls.append(len(texts))
+        return [np.random.default_rng(list(t.encode())).normal(size=(1 + len(t) % 4, TINY_DT)).astype(np.float16)
+                for t in texts]
+
+
+def _predict_many_reviews(ctx: Ctx, tiny: Path):
+    """`mmss predict` on one product with 10,000 reviews (it put them through one forward pass:
+    minutes, then out of memory): encoded and scored in batches of the run's eval_batch_size, and
+    a review's score equals the one it gets in a batch of five."""
+    import torch
+    from unittest import mock
+    import mmss_lib.train
+    from mmss_lib.predict import predict
+    from mmss_lib.train import train_run
+    cfg, run = _mini_cfg(), ctx.root / "run"
+    threads = torch.get_num_threads()
+    try:
+        train_run(cfg, data_root=tiny / "data", dataset=DS, category="tiny", features_root=tiny / "features",
+                  run_dir=run, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    ctx.protect()
+    n = 10_000
+    reviews = [{"review_id": f"r{i}", "text": f"review {i} " + "detail " * (i % 7)} for i in range(n)]
+    seen: list[int] = []
+    build = mmss_lib.train.build_model
+
+    def counting_build(*a, **kw):                 # records the reviews of every forward pass
+        model = build(*a, **kw)
+        model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+        return model
+    enc, enc5 = _HashEncoder(), _HashEncoder()
+    with mock.patch.object(mmss_lib.train, "build_model", counting_build):
+        df = predict(run, {"text": "product 0"}, reviews, encoder=enc)
+        bs = cfg.eval_batch_size
+        assert sum(seen) == n and max(seen) == bs and len(seen) == -(-n // bs), seen[:5]
+        assert sum(enc.calls) == n + 1 and max(enc.calls) == bs            # + the product text
+        five = predict(run, {"text": "product 0"}, reviews[:5], encoder=enc5, batch_size=5)
+    got = df.set_index("review_id").loc[five["review_id"], "score"].to_numpy()
+    np.testing.assert_array_equal(got, five["score"].to_numpy())
+    return df
+
+
 # ------------------------------------------------------------------------------------ the corpus
 
 @dataclass
@@ -1122,6 +1355,32 @@ CASES = [
     C("profile_unknown_system", "reproduce", _profile("02_train:\n  systems: [mmss, mmss_plus]\n"), PipelineError, ("'systems'", "system names of", "mmss_plus"), issue=21),
     C("profile_train_options_margin_nan", "reproduce", _profile("02_train:\n  train_options: {margin: .nan}\n"), PipelineError, ("'train_options'", r"margin=nan"), issue=21),
     C("make_demo_0_products", "builder", _cli("make-demo", "--out", "{root}/demo", "--products-per-category", "0"), CliFailed, ("mmss make-demo: error", "--products-per-category 0", ">= 5"), fixed=True, issue=21),
+    # ---- round 3: run-folder locks that do not lock
+    C("lock_file_a_folder", "train", _lock_unusable("dir"), DataError, (r"runs/seed0/\.lock", r"lock file of this run .*is a folder", r"remove it \(rm -r"), fixed=True, issue=R3),
+    C("lock_file_read_only", "train", _lock_unusable("readonly"), DataError, (r"runs/seed0/\.lock", "cannot be opened for writing", "Permission denied", "although its folder is writable", "remove it"), fixed=True, issue=R3),
+    C("lock_file_immutable", "train", _lock_unusable("immutable"), DataError, (r"runs/seed0/\.lock", "cannot be opened for writing", "Operation not permitted", "chattr -i"), fixed=True, issue=R3),
+    # ---- round 3: floors and ceilings on leaked splits
+    C("product_in_two_splits_length", "train", _leak_floor("length"), DataError, (r"mini\.prd\.train", r"mini\.prd\.test", "product id", "'Ptrain0'", "disjoint"), fixed=True, issue=R3),
+    C("product_in_two_splits_random", "train", _leak_floor("random"), DataError, (r"mini\.prd\.train", r"mini\.prd\.test", "'Ptrain0'", "disjoint"), fixed=True, issue=R3),
+    C("review_in_two_splits_ceiling", "train", _leak_floor("ceiling_all", "review"), DataError, (r"mini\.rvw\.train", r"mini\.rvw\.test", "review id", "'Ptrain1-0'"), fixed=True, issue=R3),
+    # ---- round 3: make-demo options
+    C("make_demo_dev_frac_0_99", "builder", _make_demo_refused("--dev-frac", "0.99"), CliFailed, ("mmss make-demo: error", "--dev-frac 0.99", "0 train, 32 dev, 8 test products", "every split needs at least one product"), fixed=True, issue=R3),
+    C("make_demo_test_dev_0_9", "builder", _make_demo_refused("--test-frac", "0.9", "--dev-frac", "0.9"), CliFailed, ("mmss make-demo: error", "--test-frac 0.9 --dev-frac 0.9", "0 train, 4 dev, 36 test products"), fixed=True, issue=R3),
+    C("make_demo_library_no_train", "builder", _make_demo_library_no_train, DataError, ("make_demo: test_frac=0.9, dev_frac=0.9", "n_products=40", "0 train, 4 dev, 36 test products"), fixed=True, issue=R3),
+    C("make_demo_seed_minus_1", "builder", _make_demo_refused("--seed", "-1"), CliFailed, ("mmss make-demo: error", "--seed -1", "an integer from 0 to 4294967295"), fixed=True, issue=R3),
+    # ---- round 3: texts of control characters only
+    C("text_nul_only", "loader", _loader("rvw", "content", "\x00\x00\x00"), DataError, (RVW, "row 1", "'content'", "empty text", "control"), fixed=True, issue=R3),
+    C("predict_text_nul_only", "predict", _predict_obj({"product": PRED_OK, "reviews": [{"text": "ok"}, {"text": "\x00\x00\x00"}]}), DataError, (r"'reviews\[1\]\.text'", "expected a non-empty string"), fixed=True, issue=R3),
+    # ---- round 3: the explorer's web app
+    C("explore_sigterm", "explore", _explore_stopped("sigterm"), policy="mmss_lib.explore_widgets: stops the Voila server and its kernels and removes the temporary folder", fixed=True, issue=R3),
+    C("explore_port_70000", "explore", _cli("explore", "--runs", "{root}/runs", "--port", "70000"), CliFailed, ("mmss explore: error", "--port 70000", "a port from 0 to 65535"), fixed=True, issue=R3),
+    C("explore_port_0", "explore", _explore_stopped("port0"), policy="mmss_lib.explore_widgets: ``--port 0`` takes a free port and prints its real address", fixed=True, issue=R3),
+    # ---- round 3: YAML alias bombs in profiles
+    C("profile_alias_bomb_in_seeds", "reproduce", _profile_quick("02_train:\n  seeds: " + _alias_bomb() + "\n"), PipelineError, (r"bad\.yaml", r"'02_train\.seeds'", "more than 10,000 values", "YAML aliases"), fixed=True, issue=R3),
+    C("profile_alias_bomb_top_level", "reproduce", _profile_quick("lol: " + _alias_bomb() + "\n"), PipelineError, (r"bad\.yaml", "'lol'", "more than 10,000 values"), issue=R3),
+    C("profile_recursive_alias", "reproduce", _profile_quick("02_train:\n  seeds: &a [0, *a]\n"), PipelineError, (r"bad\.yaml", r"'02_train\.seeds'", "more than 16 levels deep"), fixed=True, issue=R3),
+    # ---- round 3: predict at scale
+    C("predict_10000_reviews_one_product", "predict", _predict_many_reviews, policy="mmss_lib.predict: so memory stays flat in the number of reviews of the product", needs=("tiny_category",), fixed=True, issue=R3),
 ]
 
 

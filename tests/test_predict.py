@@ -93,3 +93,41 @@ def test_predict_errors(trained, tmp_path):
         predict(run, {"text": "x"}, [{"text": "y", "image_files": [str(tmp_path / "missing.png")]}])
     with pytest.raises(ModelNotAvailableError, match="not the encoder"):
         predict(run, {"text": "x"}, [{"text": "y"}], text_model="all-MiniLM-L6-v2")
+
+
+def test_predict_in_batches_equals_one_batch(trained, tmp_path, monkeypatch):
+    """Reviews are encoded and scored ``batch_size`` at a time (memory flat in the number of
+    reviews): every forward pass sees at most that many, and the scores equal one batch's."""
+    from PIL import Image
+
+    import mmss_lib.train
+    from mmss_lib.data import load_mrhp
+    from mmss_lib.predict import predict
+
+    root, run = trained
+    products, reviews = load_mrhp(root / "data", "demo", "home", "test")
+    pid = reviews["product_id"].value_counts().index[0]                  # the test product with most reviews
+    prod = products[products["product_id"] == pid].iloc[0]
+    revs = reviews[reviews["product_id"] == pid]
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "r.png")
+    items = [{"review_id": r.review_id, "text": r.text, "image_files": [str(tmp_path / "r.png")] if i % 3 == 1 else []}
+             for i, r in enumerate(revs.itertuples())]
+    assert len(items) >= 5
+    seen: list[int] = []
+    build = mmss_lib.train.build_model
+
+    def counting_build(*a, **kw):                  # records the reviews of every forward pass
+        model = build(*a, **kw)
+        model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+        return model
+
+    monkeypatch.setattr(mmss_lib.train, "build_model", counting_build)
+    kw = {"allow_random_weights": True}
+    one = predict(run, {"text": prod["text"], "image_files": []}, items, batch_size=len(items), **kw)
+    assert seen == [len(items)]
+    seen.clear()
+    batched = predict(run, {"text": prod["text"], "image_files": []}, items, batch_size=2, **kw)
+    assert seen == [2] * (len(items) // 2) + [1] * (len(items) % 2)
+    pd.testing.assert_frame_equal(batched, one)            # the same ranking and scores, bit for bit
+    with pytest.raises(DataError, match=r"batch_size=0 \(--batch-size\): expected an integer >= 1"):
+        predict(run, {"text": "x"}, [{"text": "y"}], batch_size=0)

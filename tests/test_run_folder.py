@@ -3,6 +3,7 @@ resume, and that the trainer, the floors and the sweeps all follow them."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -71,3 +72,51 @@ def test_trainer_floors_and_sweeps_share_the_rule(tiny_demo, tmp_path):
     for system in ("egcnn", "length"):
         assert (RF.run_dir_for(tmp_path, "demo", "home", system, "full", 0) / "metrics.json").stat().st_mtime_ns \
             == stamps[system]
+
+
+def test_run_lock_read_only_folder_goes_unlocked(tmp_path, monkeypatch):
+    """A read-only folder (a read-only file system, or a folder this user cannot write: finished
+    runs are read there) is used without a lock, as before; the same refusal to open the lock file
+    in a writable folder is an error naming it (the bad-input corpus: a .lock that is a folder, a
+    read-only or an immutable file)."""
+    import errno
+    from pathlib import Path
+
+    from mmss_lib.errors import DataError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    real_open, real_access = os.open, os.access
+
+    def refusing(code):
+        def fake_open(path, flags, *a, **kw):
+            if Path(path) == run / RF.LOCK:
+                raise OSError(code, os.strerror(code), str(path))
+            return real_open(path, flags, *a, **kw)
+        return fake_open
+
+    monkeypatch.setattr(os, "open", refusing(errno.EROFS))
+    with RF.run_lock(run) as p:                               # read-only file system
+        assert p == run / RF.LOCK and not p.exists()
+    monkeypatch.setattr(os, "open", refusing(errno.EACCES))
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == run else real_access(path, mode))
+    with RF.run_lock(run) as p:                               # a folder this user cannot write
+        assert not p.exists()
+    monkeypatch.setattr(os, "access", real_access)            # the folder writable: refused
+    with pytest.raises(DataError, match=r"run/\.lock: the lock file of this run cannot be opened for writing"), \
+            RF.run_lock(run):
+        pass
+    assert not (run / RF.LOCK).exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_run_lock_in_a_folder_without_write_permission(tmp_path):
+    """The real thing, without mocks: a finished run in a folder mode 0555 is read unlocked."""
+    run = tmp_path / "run"
+    run.mkdir()
+    run.chmod(0o555)
+    try:
+        with RF.run_lock(run) as p:
+            assert not p.exists()
+    finally:
+        run.chmod(0o755)
