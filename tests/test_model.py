@@ -190,8 +190,8 @@ def test_build_system_registry():
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
 def test_dropout_drops_p_keeps_the_expectation_and_masks_the_gradient(p):
-    """model.Dropout's 16-bit keep mask: drop share p (rounded to 1/65536), mean preserved, the
-    gradient zero exactly where the output is; identity in eval mode; seeded like torch."""
+    """model.Dropout's keep mask (uniform >= p): drop share p, mean preserved, the gradient zero
+    exactly where the output is; identity in eval mode; seeded like torch."""
     import torch
 
     from mmss_lib.model import Dropout
