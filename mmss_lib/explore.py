@@ -33,7 +33,6 @@ traceback in the view: :mod:`mmss_lib.explore_widgets` shows the message.
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -45,13 +44,13 @@ import numpy as np
 
 from mmss_lib.data import SPLITS
 from mmss_lib.errors import DataError
-from mmss_lib.ssp_records import RECORD_DIR
+from mmss_lib.run_folder import CONFIG, HISTORY, METRICS, load_history, scores_path
+from mmss_lib.ssp_records import SSPRecords
 
 SORTS = ("file order", "AP: lowest first", "AP: highest first", "largest offsets", "most reviews")
 SNIPPET = 160            # characters of a review text shown in the table
 THUMB_PX = 72            # thumbnail edge in pixels
 _SEED_DIR = re.compile(r"^seed(\d+)$")
-_EPOCH_FILE = re.compile(r"^epoch(\d+)\.npz$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,99 +108,6 @@ class RunStatus:
     ssp_epochs: list[int]   # epochs with an SSP-Label record
     score_splits: list[str]  # splits with scores_{split}.csv
     notes: list[str] = field(default_factory=list)
-
-
-class SSPRecords:
-    """The SSP-Label records of one run (``ssp/epoch{i:03d}.npz``, written by the trainer from
-    ``SSPLabel.record``), read lazily: a key of an epoch file is decompressed only when asked
-    for, and kept. Extra keys in a record are ignored; a missing key or an unreadable file is a
-    :class:`DataError` naming the file."""
-
-    def __init__(self, run_dir: str | os.PathLike):
-        self.dir = Path(run_dir) / RECORD_DIR            # the layout of mmss_lib.ssp_records
-        files = []
-        if self.dir.is_dir():
-            for p in self.dir.iterdir():
-                m = _EPOCH_FILE.match(p.name)
-                if m:
-                    files.append((int(m.group(1)), p))
-        files.sort()
-        self.epochs = [e for e, _ in files]
-        self.files = [p for _, p in files]
-        self._cache: dict[tuple[int, str], np.ndarray] = {}
-        self._index: Optional[dict[str, int]] = None
-        self._ids = None
-        self._subtasks: Optional[list[str]] = None
-
-    def __bool__(self) -> bool:
-        return bool(self.files)
-
-    def _read(self, j: int, key: str, *also: str) -> np.ndarray:
-        """``key`` of epoch file ``j``; the keys ``also`` are read in the same opening of the file."""
-        want = [k for k in (key, *also) if (j, k) not in self._cache]
-        if want:
-            f = self.files[j]
-            try:
-                with np.load(f, allow_pickle=False) as z:    # no pickled objects: a shared run runs no code
-                    for k in want:
-                        if k not in z.files:
-                            raise DataError(f"{f}: key {k!r} missing (keys: {', '.join(sorted(z.files)[:12])} ...); "
-                                            "not an SSP-Label record of this version")
-                        self._cache[(j, k)] = np.asarray(z[k])
-            except DataError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - corrupt, truncated, pickled: one sentence for the view
-                first = str(exc).splitlines()[0][:160] if str(exc) else ""
-                raise DataError(f"{f}: not a readable SSP-Label record ({type(exc).__name__}: {first})") from None
-        return self._cache[(j, key)]
-
-    @property
-    def subtasks(self) -> list[str]:
-        if self._subtasks is None:
-            f = self.files[-1]
-            try:
-                with np.load(f, allow_pickle=False) as z:
-                    keys = list(z.files)
-            except Exception as exc:  # noqa: BLE001
-                raise DataError(f"{f}: not a readable SSP-Label record ({type(exc).__name__})") from None
-            self._subtasks = [k[len("label_"):] for k in keys if k.startswith("label_")]
-        return self._subtasks
-
-    def index(self) -> dict[str, int]:
-        """review_id -> sample index (the order of the records' arrays), from the last record."""
-        if self._index is None:
-            ids = self._read(len(self.files) - 1, "review_id").astype(str)
-            self._index = {r: i for i, r in enumerate(ids)}
-        return self._index
-
-    def positions(self, review_ids) -> np.ndarray:
-        """Sample index of each review id, -1 where a review has no record (vectorised)."""
-        import pandas as pd
-
-        if self._ids is None:
-            self._ids = pd.Index(self._read(len(self.files) - 1, "review_id").astype(str))
-        return self._ids.get_indexer(pd.Index(review_ids, dtype=object).astype(str))
-
-    def last(self, key: str, *also: str) -> np.ndarray:
-        """``key`` of the last epoch's record, (N,) (``also``: keys read in the same opening)."""
-        return self._read(len(self.files) - 1, key, *also)
-
-    def series(self, keys: list[str], i: int) -> dict[str, np.ndarray]:
-        """Each of ``keys`` of sample ``i`` in every epoch's record, (E,) per key (each epoch file
-        opened once for all of them, each key read once per run)."""
-        cols = {k: np.empty(len(self.files)) for k in keys}
-        for j in range(len(self.files)):
-            for k in keys:
-                cols[k][j] = float(self._read(j, k, *keys)[i])
-        return cols
-
-    def mean_abs_offset(self) -> np.ndarray:
-        """(N,) mean over subtasks of |y_s - y_g| after the last epoch; NaN for unseen reviews."""
-        keys = [f"offset_{s}" for s in self.subtasks]
-        self.last("seen", *keys)
-        off = np.mean([np.abs(self.last(k).astype(float)) for k in keys], axis=0)
-        seen = self.last("seen").astype(bool)
-        return np.where(seen, off, np.nan)
 
 
 @dataclass
@@ -308,22 +214,22 @@ class Explorer:
         d = run.path
         epochs = 0
         notes = []
-        hp = d / "history.json"
+        hp = d / HISTORY
         if hp.exists():
             try:
-                epochs = len(json.loads(hp.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
+                epochs = len(load_history(d))
+            except (OSError, DataError):
                 notes.append(f"{hp} is not readable JSON")
-        finished = (d / "metrics.json").exists()
+        finished = (d / METRICS).exists()
         rec = self.ssp(run)
-        splits = [s for s in ("dev", "test") if (d / f"scores_{s}.csv").exists()]
-        if not (d / "config.json").exists():
+        splits = [s for s in ("dev", "test") if scores_path(d, s).exists()]
+        if not (d / CONFIG).exists():
             notes.append(f"{d} has no config.json: not a finished or running run folder")
         if not finished:
             notes.append(f"{run.label} is still training (or was interrupted): {epochs} epoch(s) finished, "
                          "no scores yet; its ranking appears when metrics.json is written")
         if not rec:
-            notes.append(f"{run.label} has no SSP-Label records ({d / 'ssp'}): only MM-SS with module (d) writes "
+            notes.append(f"{run.label} has no SSP-Label records ({rec.dir}): only MM-SS with module (d) writes "
                          "pseudo labels (and only for the seeds in ssp_record_seeds); baselines and the wo_d "
                          "ablation have none")
         return RunStatus(finished, epochs, rec.epochs, splits, notes)
@@ -360,7 +266,7 @@ class Explorer:
         if key not in self._scores:
             import pandas as pd
 
-            path = run.path / f"scores_{split}.csv"
+            path = scores_path(run.path, split)
             df = None
             if path.exists():
                 try:

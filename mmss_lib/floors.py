@@ -61,6 +61,7 @@ import numpy as np
 from mmss_lib.data import SPLITS
 from mmss_lib.errors import DataError
 from mmss_lib.metrics import DEFAULT_KS, PER_PRODUCT_COLUMN, _as_1d, _numeric, per_product_metrics
+from mmss_lib.run_folder import CONFIG, HISTORY, METRICS, finished_metrics, scores_path
 from mmss_lib.systems import is_ceiling
 
 # ceiling -> the planted cues its least-squares fit uses (module docstring)
@@ -308,7 +309,7 @@ def per_product_for_run(run_dir, split: str = "test", threshold: float | None = 
     import pandas as pd
 
     rd = Path(run_dir)
-    path = rd / f"scores_{split}.csv"
+    path = scores_path(rd, split)
     if not path.exists():
         raise DataError(f"{path}: no scores for this run; train it first")
     df = pd.read_csv(path, dtype={"review_id": str, "product_id": str})
@@ -317,12 +318,12 @@ def per_product_for_run(run_dir, split: str = "test", threshold: float | None = 
             raise DataError(f"{path}: column {col!r} missing; expected review_id, product_id, label, score")
     th = threshold
     if th is None:
-        mp = rd / "metrics.json"
+        mp = rd / METRICS
         if not mp.exists():
             raise DataError(f"{mp}: missing; it records the run's relevance threshold (or pass threshold=)")
         th = json.loads(mp.read_text(encoding="utf-8"))["threshold"]
     system = None
-    cp = rd / "config.json"
+    cp = rd / CONFIG
     if cp.exists():
         system = json.loads(cp.read_text(encoding="utf-8")).get("config", {}).get("system")
     if system == "random":
@@ -400,7 +401,6 @@ def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold
     the ids and both files, before anything is written). A finished run with the same
     configuration is returned as is.
     """
-    from mmss_lib.run_folder import CONFIG, METRICS, finished_metrics
     from mmss_lib.utils import atomic_path, atomic_write_json
 
     t0 = time.perf_counter()
@@ -422,7 +422,7 @@ def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold
         system.fit(cues, np.concatenate([d.review_ids for d in fit_on]), np.concatenate([d.labels for d in fit_on]))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg_path, {**record, "features": {}, "floor": True})
-    atomic_write_json(run_dir / "history.json", [])
+    atomic_write_json(run_dir / HISTORY, [])
     import pandas as pd
 
     result: dict[str, Any] = {}
@@ -432,7 +432,7 @@ def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold
                               seed=int(cfg.seed) * 2 + (s == "test"))
         df = pd.DataFrame({"review_id": sp.review_ids, "product_id": sp.product_ids, "label": sp.labels,
                            "score": scores})
-        with atomic_path(run_dir / f"scores_{s}.csv") as tmp:
+        with atomic_path(scores_path(run_dir, s)) as tmp:
             df.to_csv(tmp, index=False)
         result[s] = summary_metrics(system.per_product(sp.product_ids, sp.labels, scores, threshold=threshold))
     seconds = time.perf_counter() - t0

@@ -34,6 +34,7 @@ import numpy as np
 
 from mmss_lib.data import check_item_id
 from mmss_lib.errors import CheckpointError, DataError, ModelNotAvailableError
+from mmss_lib.run_folder import BEST
 
 
 def load_checkpoint(path) -> tuple[dict, Path]:
@@ -43,7 +44,7 @@ def load_checkpoint(path) -> tuple[dict, Path]:
 
     p = Path(path)
     if p.is_dir():
-        p = p / "best.pt"
+        p = p / BEST
     if not p.is_file():
         raise CheckpointError(f"{p}: no checkpoint here; pass a run folder holding best.pt (after `mmss train`)")
     ck = _load_torch(p)

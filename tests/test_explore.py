@@ -15,33 +15,19 @@ import pytest
 
 from mmss_lib.errors import DataError
 
-DT, DR = 8, 12
 TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}
 
 
 def build_small_runs(root: Path, *, epochs: int = 2, n_products: int = 8) -> tuple[Path, Path]:
     """Demo category "home" with images, random-feature stores, and runs: MM-SS full and wo_d,
     the length floor (seed 0). Returns (data_root, runs_root). Used by the browser test too."""
-    from mmss_lib.data import load_mrhp
-    from mmss_lib.demo import make_demo
-    from mmss_lib.experiments import run_experiment
-    from mmss_lib.features.store import feature_dirs, write_store
-    from mmss_lib.model import ABLATIONS
-    from mmss_lib.train import SPLITS, TrainConfig
+    from conftest import write_tiny_demo
 
-    make_demo(root / "data", n_products=n_products, categories=("home",), images=True)
-    rng = np.random.default_rng(0)
-    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
-    for split in SPLITS:
-        products, reviews = load_mrhp(root / "data", "demo", "home", split)
-        for side, ids in (("prd", products["product_id"]), ("rvw", reviews["review_id"])):
-            for i in ids:
-                items[f"text_{side}"][i] = {"x": rng.normal(size=(4, DT))}
-                k = int(rng.integers(0, 3))
-                items[f"region_{side}"][i] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
-                                              "image": np.zeros(k, np.int32)}
-    for kind, path in feature_dirs(root / "features", "demo", "home").items():
-        write_store(path, items[kind], kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
+    from mmss_lib.experiments import run_experiment
+    from mmss_lib.model import ABLATIONS
+    from mmss_lib.train import TrainConfig
+
+    write_tiny_demo(root, n_products=n_products, images=True)
     base = TrainConfig(epochs=epochs, patience=epochs, device="cpu", num_threads=1, model_options=dict(TINY))
     run_experiment(data_root=root / "data", dataset="demo", categories=["home"], features_root=root / "features",
                    runs_root=root / "runs", systems=[("mmss", v, ABLATIONS[v]) for v in ("full", "wo_d")] + ["length"],
