@@ -277,7 +277,7 @@ def collate_for(split, cfg: TrainConfig, tokenizer):
 
 
 def train_step(model, optimizer, split, collate, pairs: np.ndarray, cfg: TrainConfig, device, *, ssp=None,
-               epoch: int = 1, scaler=None, where: str = "", last_good: str = "last.pt",
+               epoch: int = 1, scaler=None, where: str = "", last_good: str = LAST,
                timings: dict | None = None) -> dict:
     """One optimisation step on a batch of pairs (P, 2) of sample indices of ``split``.
 
