@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -365,3 +366,52 @@ def test_bench_explore_tiny_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[switch] product (train, trajectories)" in out and "[result] slowest" in out
     assert (tmp_path / "b" / "runs" / "demo" / "clothing" / "mmss" / "seed0" / "ssp" / "epoch003.npz").exists()
+
+
+@pytest.mark.slow
+def test_explorer_reads_a_run_while_mmss_train_writes_it(tiny_demo, tmp_path):
+    """`mmss train` and the explorer on one runs folder at the same moment (issue 28's unprobed
+    case): every file the trainer writes is replaced atomically, so the explorer, re-reading the
+    folder again and again while the run trains, sees a consistent run each time (never an error
+    or a half-written file): 'still training' with the epochs finished so far, then finished."""
+    import subprocess
+    import sys
+    import time
+
+    from mmss_lib.explore import Explorer
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "mmss_lib", "train", "--data-root", str(tiny_demo / "data"), "--dataset", "demo",
+           "--categories", "home", "--features", str(tiny_demo / "features"), "--runs", str(runs),
+           "--systems", "mmss", "--seeds", "0", "--epochs", "25", "--patience", "25", "--batch-size", "16",
+           "--n-neg", "3", "--device", "cpu", "--num-threads", "1", "--no-progress",
+           "--option", "d=16", "--option", "n_heads=2", "--option", "ff_dim=32", "--option", "head_hidden=8"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    seen_training, epochs_seen = False, []
+    config = runs / "demo" / "home" / "mmss" / "seed0" / "config.json"
+    try:
+        while not config.exists() and proc.poll() is None:     # an empty runs folder is refused (no runs)
+            time.sleep(0.01)
+        while proc.poll() is None:
+            ex = Explorer(runs, tiny_demo / "data")
+            for run in ex.runs():
+                st = ex.run_status(run)
+                assert not any("not readable" in n for n in st.notes), st.notes
+                if not st.finished:
+                    seen_training = True
+                    epochs_seen.append(st.epochs)
+                    assert set(st.ssp_epochs) <= set(range(1, st.epochs + 2))
+                if st.ssp_epochs:                            # the pseudo-label records read so far
+                    ex.review_offsets(run, "demo", "home", "train")
+                prods, _ = ex.product_list("demo", "home", "test", run)
+                ex.review_table("demo", "home", "test", prods["product_id"].iloc[0], run)
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.wait() == 0, proc.stderr.read()[-2000:]
+    assert seen_training and max(epochs_seen) >= 1          # it did read the run mid-training
+    ex = Explorer(runs, tiny_demo / "data")
+    st = ex.run_status(ex.runs()[0])
+    assert st.finished and st.epochs == 25 and st.score_splits == ["dev", "test"] and not st.notes
