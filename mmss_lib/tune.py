@@ -313,7 +313,6 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
     """Run (or continue) one study; write its outputs; return best.json's content."""
     import optuna
 
-    from mmss_lib.data import default_threshold  # noqa: F401  (fails early on a broken install)
     from mmss_lib.executors import Job, make_executor
     from mmss_lib.model import ABLATIONS
     from mmss_lib.run_config import TrainConfig

@@ -6,8 +6,6 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import TINY_DR, TINY_DT  # noqa: F401  (the stores' sizes)
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_MMSS = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}
