@@ -31,6 +31,11 @@ Generative process (per category, all draws from one ``numpy`` generator seeded 
    + N(0, 0.45^2)``, binned by fixed cut points into 0..4; ``w`` = ``image_weight``, 0.6 by default
    (``0.6 * agree + 0.6 * img_match - 0.3``; 0: the images carry nothing). No single cue decides the label
    (each shifts ``s`` by at most 1.1 of a range of about 3.5) and labels spread within a product.
+   The text cues have a weight too, ``t`` = ``text_weight`` (1 by default, the formula above): their
+   part becomes ``t * (1.1 * match + 0.9 * k / 3) + (1 - t) * 1.11``, 1.11 being that part's expected
+   value under the draws (``1.1 * 0.6 + 0.9 * 0.5``), so the label's mean, and with it the share of
+   relevant reviews, stays where it is; ``t = 0``: only the images and their agreement carry the
+   label (the "images alone" setting of ``mmss bench claims``).
 
 Latent cues. Next to each split the generator writes the cues it drew,
 ``{root}/demo/{category}/{category}.cues.{split}``, in the layout of the other MRHP files (pandas
@@ -81,6 +86,8 @@ DATASET = "demo"
 SIZES: dict[str, int] = {"small": 40, "medium": 500, "benchmark": 3500, "large": 6500}  # products per category
 DEFAULT_PRODUCTS = SIZES["small"]
 IMAGE_WEIGHT = 0.6  # weight of the image cues in the label (step 3 of the module docstring)
+TEXT_WEIGHT = 1.0   # weight of the text cues in the label (step 3)
+TEXT_MEAN = 1.1 * 0.6 + 0.9 * 1.5 / 3   # expected value of the text cues' part of s (match p 0.6, k uniform 0..3)
 MAX_SEED = 2**32 - 1  # numpy's RandomState (the product split) takes seeds 0 .. 2**32 - 1
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -213,7 +220,7 @@ def _other_kind(kind: tuple[str, str], colours: Sequence[str], objects: Sequence
 
 def _category(out_root: Path, category: str, cat_index: int, n_products: int, seed: int,
               images: bool, image_weight: float = IMAGE_WEIGHT, test_frac: float = 0.2,
-              dev_frac: float = 0.2) -> dict[str, Any]:
+              dev_frac: float = 0.2, text_weight: float = TEXT_WEIGHT) -> dict[str, Any]:
     rng = np.random.default_rng([seed, cat_index])
     colours, objects = list(COLOURS), list(OBJECTS[category])
     prod_rows, rev_rows, img_jobs = [], [], []
@@ -251,7 +258,10 @@ def _category(out_root: Path, category: str, cat_index: int, n_products: int, se
                 if rng.random() > 0.05:
                     for j in range(n_img):
                         img_jobs.append(("rvw", rid, j, img_kind, mode))
-            s = (1.1 * match + 0.9 * k / 3                                      # ptrt / pvrt, review text
+            text_part = 1.1 * match + 0.9 * k / 3                              # ptrt / pvrt, review text
+            if text_weight != TEXT_WEIGHT:
+                text_part = text_weight * text_part + (1.0 - text_weight) * TEXT_MEAN
+            s = (text_part
                  + (image_weight * (agree + img_match - 0.5) if n_img else 0.0)  # rtrv; pvrv / ptrv
                  + rng.normal(0.0, 0.45))
             label = int(np.digitize(s, _CUTS))
@@ -338,7 +348,8 @@ def empty_splits(n_products: int, test_frac: float, dev_frac: float) -> str:
 
 def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS, seed: int = 0,
               categories: Sequence[str] = CATEGORIES, images: bool = True,
-              image_weight: float = IMAGE_WEIGHT, test_frac: float = 0.2, dev_frac: float = 0.2) -> dict[str, Any]:
+              image_weight: float = IMAGE_WEIGHT, test_frac: float = 0.2, dev_frac: float = 0.2,
+              text_weight: float = TEXT_WEIGHT) -> dict[str, Any]:
     """Write the demo dataset under ``out_root/demo/{category}/`` and return a report dict
     (per category: products/reviews per split, label counts, images written).
 
@@ -346,8 +357,9 @@ def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS
     ``images=False`` skips the PNG files (image URLs are still written), for large scale sets.
     ``image_weight`` is the weight w of the image cues in the label (module docstring, step 3:
     ``w * (agree + img_match - 0.5)`` for a review with images; 0 = the images carry nothing,
-    :data:`IMAGE_WEIGHT` = 0.6 the demo's own). It changes the labels only: every random draw,
-    text, image and split is the same for every w, so feature stores of one w serve all.
+    :data:`IMAGE_WEIGHT` = 0.6 the demo's own); ``text_weight`` the weight t of the text cues (step 3;
+    0: the images alone carry the label, 1 the default). Both change the labels only: every random
+    draw, text, image and split is the same for every w and t, so feature stores of one serve all.
     ``test_frac`` / ``dev_frac``: the product split (:func:`mmss_lib.data.split_by_product`;
     e.g. a large test split for powered comparisons); shares that leave a split without products
     are refused before anything is written (:func:`empty_splits`). ``seed``: 0 .. :data:`MAX_SEED`.
@@ -359,6 +371,8 @@ def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS
         raise DataError(f"make_demo: seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     if not (np.isfinite(image_weight) and image_weight >= 0):
         raise DataError(f"make_demo: image_weight must be a finite number >= 0, got {image_weight!r}")
+    if not (np.isfinite(text_weight) and text_weight >= 0):
+        raise DataError(f"make_demo: text_weight must be a finite number >= 0, got {text_weight!r}")
     for name, frac in (("test_frac", test_frac), ("dev_frac", dev_frac)):
         if not (np.isfinite(frac) and 0 < frac < 1):
             raise DataError(f"make_demo: {name} must lie strictly between 0 and 1, got {frac!r}")
@@ -373,9 +387,11 @@ def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS
     report: dict[str, Any] = {"dataset": DATASET, "seed": seed, "n_products": n_products, "categories": {}}
     if image_weight != IMAGE_WEIGHT or (test_frac, dev_frac) != (0.2, 0.2):   # the default report is unchanged
         report.update(image_weight=float(image_weight), test_frac=float(test_frac), dev_frac=float(dev_frac))
+    if text_weight != TEXT_WEIGHT:
+        report.update(text_weight=float(text_weight))
     for cat in categories:
         report["categories"][cat] = _category(out_root, cat, CATEGORIES.index(cat), n_products, seed, images,
-                                              image_weight, test_frac, dev_frac)
+                                              image_weight, test_frac, dev_frac, text_weight)
     atomic_write_json(out_root / DATASET / "make_demo.json", report)
     return report
 
@@ -394,6 +410,8 @@ def cli_main(argv: list[str], prog: str = "mmss make-demo") -> int:
     ap.add_argument("--no-images", action="store_true", help="skip PNG files (URLs are still written)")
     ap.add_argument("--image-weight", type=float, default=IMAGE_WEIGHT,
                     help="weight w of the image cues in the label (0: the images carry nothing; default 0.6)")
+    ap.add_argument("--text-weight", type=float, default=TEXT_WEIGHT,
+                    help="weight t of the text cues in the label (0: the images alone carry it; default 1)")
     ap.add_argument("--test-frac", type=float, default=0.2, help="share of the products in test (default 0.2)")
     ap.add_argument("--dev-frac", type=float, default=0.2, help="share of the other products in dev (default 0.2)")
     a = ap.parse_args(argv)
@@ -404,10 +422,10 @@ def cli_main(argv: list[str], prog: str = "mmss make-demo") -> int:
         raise DataError(f"--products-per-category {a.products_per_category}: expected an integer >= 5 (the three "
                         "splits need products)")
     for opt, v, lo, hi in (("--test-frac", a.test_frac, 0, 1), ("--dev-frac", a.dev_frac, 0, 1),
-                           ("--image-weight", a.image_weight, 0, math.inf)):
-        if not (math.isfinite(v) and lo <= v and (v < hi or hi == math.inf)) or (opt != "--image-weight" and v <= 0):
-            raise DataError(f"{opt} {v!r}: expected " + ("a number >= 0" if opt == "--image-weight"
-                                                         else "a share strictly between 0 and 1"))
+                           ("--image-weight", a.image_weight, 0, math.inf), ("--text-weight", a.text_weight, 0, math.inf)):
+        weight = opt.endswith("-weight")
+        if not (math.isfinite(v) and lo <= v and (v < hi or hi == math.inf)) or (not weight and v <= 0):
+            raise DataError(f"{opt} {v!r}: expected " + ("a number >= 0" if weight else "a share strictly between 0 and 1"))
     if not 0 <= a.seed <= MAX_SEED:
         raise DataError(f"--seed {a.seed}: expected an integer from 0 to {MAX_SEED} (numpy's seeds)")
     if len(set(a.categories)) != len(a.categories):
@@ -419,7 +437,7 @@ def cli_main(argv: list[str], prog: str = "mmss make-demo") -> int:
                         f"{empty}; every split needs at least one product: lower --test-frac / --dev-frac or "
                         "raise --products-per-category")
     rep = make_demo(a.out, n_products=n, seed=a.seed, categories=a.categories, images=not a.no_images,
-                    image_weight=a.image_weight, test_frac=a.test_frac, dev_frac=a.dev_frac)
+                    image_weight=a.image_weight, test_frac=a.test_frac, dev_frac=a.dev_frac, text_weight=a.text_weight)
     for cat, r in rep["categories"].items():
         splits = ", ".join(f"{s} {r[s]['products']}/{r[s]['reviews']}" for s in SPLITS)
         print(f"{cat}: {splits} (#P/#R); labels {r['labels']}; {r['images_written']} images")

@@ -22,7 +22,12 @@ The search (issue "Every system at its best"):
   random. The sampler is seeded afresh for every batch from the seed and the number of finished
   trials, so a resumed study asks what an uninterrupted one would have asked.
 - **Pruner**: Optuna's median pruner fed the dev MAP after every epoch (no pruning before 3 trials
-  have finished; a trial is first judged on its epoch-2 dev MAP: Optuna prunes at steps >= n_warmup_steps=2).
+  have finished). A trial is first judged on its dev MAP after epoch ``prune_from`` (default
+  :data:`PRUNE_FROM` = 4, ``--prune-from``; Optuna prunes at steps >= ``n_warmup_steps``): MM-SS's
+  subtask objective starts in epoch 3 (the first estimated pseudo labels, :mod:`mmss_lib.train`),
+  so epoch 4 is the first dev MAP of a model trained with all of its losses; the same warm-up for
+  every system. (Studies of issue 26 judged from epoch 2, which was harder on MM-SS than on the
+  baselines; the warm-up is part of the study's budget, so a study is continued only with its own.)
 - **Batches**: ``parallel`` trials are asked, run at once through an executor of
   :mod:`mmss_lib.executors` (local worker processes, or Ray tasks on a cluster: the same code path as
   the sweeps), and told together; the pruner sees only trials of earlier batches, so the trials do not
@@ -61,7 +66,8 @@ from mmss_lib.utils import atomic_path, atomic_write_json
 
 STUDY_FILE = "study.journal"
 FORMAT = 1                 # of the study's identity record
-PRUNER = {"n_startup_trials": 3, "n_warmup_steps": 2}
+PRUNE_STARTUP = 3         # finished trials before any pruning
+PRUNE_FROM = 4            # first epoch whose dev MAP can prune a trial (module docstring)
 
 
 # ------------------------------------------------------------------------------------ the space
@@ -204,10 +210,10 @@ def _storage(spec: str):
     return optuna.storages.JournalStorage(JournalFileBackend(spec, lock_obj=JournalFileOpenLock(spec)))
 
 
-def _pruner():
+def _pruner(prune_from: int = PRUNE_FROM):
     import optuna
 
-    return optuna.pruners.MedianPruner(**PRUNER)
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP, n_warmup_steps=int(prune_from))
 
 
 def _sampler(seed: int, n_finished: int, n_trials: int):
@@ -225,7 +231,7 @@ def _identity(cfg, dataset: str, category: str, fingerprint: str, space: dict, b
     return {"format": FORMAT, "dataset": dataset, "category": category, "system": cfg.system,
             "variant": cfg.variant, "data_sha256": fingerprint,
             "space": {n: json.loads(json.dumps(asdict(p))) for n, p in space.items()},
-            "budget": {k: budget[k] for k in ("epochs", "patience", "parallel", "seed")},
+            "budget": {k: budget[k] for k in ("epochs", "patience", "parallel", "seed", "prune_from")},
             "base_config": config}
 
 
@@ -278,7 +284,8 @@ def _trial_job(spec: dict) -> dict:
 
     t0, c0 = time.perf_counter(), time.process_time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=spec["study"], storage=_storage(spec["storage"]), pruner=_pruner())
+    study = optuna.load_study(study_name=spec["study"], storage=_storage(spec["storage"]),
+                              pruner=_pruner(spec.get("prune_from", PRUNE_FROM)))
     trial = optuna.trial.Trial(study, int(spec["trial_id"]))
     cfg = TrainConfig.from_json(spec["config"])
     reported = set(study._storage.get_trial(int(spec["trial_id"])).intermediate_values)   # a resumed trial
@@ -309,7 +316,8 @@ def _trial_job(spec: dict) -> dict:
 def tune(*, data_root, dataset: str, category: str, features_root, tune_root, system: str, variant: str = "full",
          base_config=None, n_trials: int = 12, parallel: int = 2, seed: int = 0, space: Sequence[str] = (),
          executor="local", n_jobs: int | None = None, ray_address: str | None = None,
-         ray_timeout: float | None = None, storage: str | None = None, progress: bool = True) -> dict:
+         ray_timeout: float | None = None, storage: str | None = None, progress: bool = True,
+         prune_from: int = PRUNE_FROM) -> dict:
     """Run (or continue) one study; write its outputs; return best.json's content."""
     import optuna
 
@@ -321,6 +329,8 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
         raise TuneError(f"n_trials={n_trials!r} (--trials): expected an integer >= 1 (a budget of 0 trials tunes nothing)")
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise TuneError(f"parallel={parallel!r} (--parallel): expected an integer >= 1")
+    if isinstance(prune_from, bool) or not isinstance(prune_from, int) or prune_from < 1:
+        raise TuneError(f"prune_from={prune_from!r} (--prune-from): expected an epoch number >= 1")
     sp = resolve_space(system, space)
     if system == "mmss" and variant not in ABLATIONS:
         raise TuneError(f"unknown MM-SS variant {variant!r}; known: {', '.join(ABLATIONS)}")
@@ -337,7 +347,8 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
     sdir.mkdir(parents=True, exist_ok=True)
     storage_spec = storage or str(sdir / STUDY_FILE)
     name = f"{dataset}/{category}/{cfg.system}" + ("" if variant == "full" else f"__{variant}")
-    budget = {"trials": n_trials, "epochs": cfg.epochs, "patience": cfg.patience, "parallel": parallel, "seed": seed}
+    budget = {"trials": n_trials, "epochs": cfg.epochs, "patience": cfg.patience, "parallel": parallel, "seed": seed,
+              "prune_from": prune_from}
     identity = _identity(cfg, dataset, category, data_fingerprint(data_root, dataset, category), sp, budget)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ex = make_executor(executor, n_jobs=n_jobs or parallel, ray_address=ray_address,
@@ -352,14 +363,14 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
                 if len(finished) >= n_trials:
                     break
                 study = optuna.load_study(study_name=name, storage=study._storage,
-                                          sampler=_sampler(seed, len(finished), n_trials), pruner=_pruner())
+                                          sampler=_sampler(seed, len(finished), n_trials), pruner=_pruner(prune_from))
                 batch = [optuna.trial.Trial(study, t._trial_id) for t in trials
                          if t.state == optuna.trial.TrialState.RUNNING][:parallel]   # killed earlier: resumed
                 while len(batch) < parallel and len(finished) + len(batch) < n_trials:
                     batch.append(study.ask(dists))
                 jobs = [_job(Job, study, t, cfg, sp, sdir, storage_spec, name, remote,
                              dict(data_root=data_root, dataset=dataset, category=category,
-                                  features_root=features_root)) for t in batch]
+                                  features_root=features_root, prune_from=prune_from)) for t in batch]
                 threads = ex.threads_per_run(len(jobs))
                 if cfg.num_threads is None and threads:
                     for j in jobs:
@@ -534,6 +545,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's run")
     ap.add_argument("--space", action="append", default=[], metavar="NAME=LOW:HIGH|NAME=A,B,C",
                     help="override one parameter's range or choices (repeatable)")
+    ap.add_argument("--prune-from", type=int, default=PRUNE_FROM, metavar="EPOCH",
+                    help="first epoch whose dev MAP may prune a trial (default %(default)s: MM-SS's subtask "
+                    "objective starts in epoch 3); part of the budget")
     ap.add_argument("--storage", default=None, help="Optuna storage URL (e.g. sqlite:///study.db; one system and "
                     "category only); default: a journal file in the study's folder")
     return ap
@@ -553,6 +567,8 @@ def cli_main(argv: list[str], prog: str = "mmss tune") -> int:
         raise TuneError(f"--trials {args.trials}: expected an integer >= 1 (a budget of 0 trials tunes nothing)")
     if args.parallel < 1:
         raise TuneError(f"--parallel {args.parallel}: expected an integer >= 1")
+    if args.prune_from < 1:
+        raise TuneError(f"--prune-from {args.prune_from}: expected an epoch number >= 1")
     base = base_config_from_args(args)
     for s, v, _ in systems:            # every system and override checked before any trial runs
         sp = resolve_space(s, args.space)
@@ -566,7 +582,7 @@ def cli_main(argv: list[str], prog: str = "mmss tune") -> int:
                         base_config=base, n_trials=args.trials, parallel=args.parallel, seed=args.seed,
                         space=args.space, executor=args.executor, n_jobs=args.n_jobs if args.n_jobs > 1 else None,
                         ray_address=args.ray_address, ray_timeout=args.ray_timeout, storage=args.storage,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, prune_from=args.prune_from)
             rows.append(best)
     print("category | system | trials (complete/pruned/failed) | base dev MAP | tuned dev MAP | CPU-s | best settings")
     for b in rows:

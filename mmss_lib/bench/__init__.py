@@ -18,9 +18,10 @@ BENCHES: dict[str, str] = {
     "precision": "mmss_lib.bench.precision:bench_precision",
     "powered": "mmss_lib.bench.powered:bench_powered",
     "explore": "mmss_lib.bench.explore:bench_explore",
+    "claims": "mmss_lib.bench.claims:bench_claims",
 }
 
-NOT_IN_ALL = {"powered", "precision"}   # experiments of hours, or that need a prepared data set
+NOT_IN_ALL = {"powered", "precision", "claims"}   # experiments of hours, or that need a prepared data set
 
 # one-line help per benchmark (names without an entry show their function's first docstring line)
 HELP: dict[str, str] = {
@@ -31,6 +32,7 @@ HELP: dict[str, str] = {
     "paper-scale": "throughput on a device and the paper profile's disk / extraction / GPU-hour projection",
     "precision": "bf16 vs fp32 on a device: speed, data-wait share of a step, metric agreement (needs data)",
     "powered": "the paper's claims on generated data: 2,100 test products, 3 seeds, paired intervals (about 2 h)",
+    "claims": "the claims again: every system tuned, to convergence, data-size curve, images alone (hours)",
     "explore": "explorer switch-product / switch-run times on a 3,500-product demo category (target < 1 s)",
 }
 

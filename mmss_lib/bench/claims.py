@@ -1,0 +1,439 @@
+"""``mmss bench claims``: the paper's claims asked again with every system tuned and trained until
+early stopping decides, as the training data grows, and with the images (or the texts) alone
+carrying the label (issue "The claims asked again, tuned...").
+
+It works in the folder of ``mmss bench powered`` (default ``outputs/powered``) and reuses its data
+and feature stores (made there when missing): the demo generator, electronics, 2,400 products
+split 200 train / 100 dev / 2,100 test, generator seed 0, MiniLM token features at 64 tokens and
+ImageNet MobileNetV2 grid-box region features.
+
+Design (fixed before any result of it was seen):
+
+- **Tuning** (phase ``tune``): one ``mmss tune`` study per system (BiMPM, MCR, MM-SS) on the
+  powered train/dev split at image weight 0.6, the same budget for each: :data:`TUNE_TRIALS` = 6
+  trials, 2 at a time, each at most :data:`TUNE_EPOCHS` = 15 epochs with patience 3, the median
+  pruner judging from epoch 4 (:data:`mmss_lib.tune.PRUNE_FROM`; MM-SS's subtask objective starts in
+  epoch 3), sampler seed 0, the search spaces of :data:`mmss_lib.systems.SEARCH_SPACES`. Trial 0 is
+  the powered benchmark's untuned setting (Adam 1e-4, 3 negatives, batch 32, the systems' own
+  dropout), so a study never chooses worse on dev. Trials never score test. The budget was set
+  from the measured cost alone (about 1 CPU-minute per epoch at 200 training products, so the
+  three studies take about 1.5 hours on 2 cores), before any trial ran.
+- MM-SS uses the library's reading of Eq. 18 (:data:`mmss_lib.ssp_label.DEFAULT_SCALE`, "common",
+  chosen on dev by the powered benchmark), not the "mean" its untuned runs were made with.
+- **Final runs**: each system with its study's best settings (MM-SS w/o (b) and w/o (d) take
+  MM-SS's: the usual ablation practice), at most :data:`FINAL_EPOCHS` = 40 epochs, patience 3:
+  early stopping decides; a run that reaches 40 while its dev MAP still rises is flagged (↑).
+  Test is scored once, at the best dev epoch. Two single-threaded runs at once.
+  * ``tuned``: Random, Length, both ceilings, BiMPM, MCR, MM-SS, w/o (b), w/o (d); seeds 0, 1, 2.
+    Compared with the untuned runs of ``mmss bench powered`` (phase ``main``) where they are in the
+    same folder.
+  * ``alone``: the same systems without the ablations on two label designs, the generator
+    otherwise unchanged (same texts, images, splits and feature stores): **images alone**
+    (``text_weight`` 0, image weight 0.6: only the images and their agreement with the text carry
+    the label; :mod:`mmss_lib.demo`, step 3) and **text alone** (image weight 0, the powered
+    benchmark's ``w0`` data); seed 0 (intervals over the 2,100 test products).
+  * ``size``: BiMPM, MCR, MM-SS and the floors and ceilings trained on 100, 400 and 800 products,
+    with the same 100 dev products and the same test products. The extra training products come
+    from the powered test split: its first :data:`SIZE_EXTRA` = 600 products by id move into train
+    (400 = the powered train + 200 of them, 800 = + all 600; 100 = the first 100 powered training
+    products by id). Every size's dataset holds all 2,400 products (what is not train or dev is
+    test, so the feature stores' content fingerprints match), and the report compares the sizes on
+    the 1,500 test products that no size trains on; the 200 point is phase ``tuned``'s runs scored
+    on those 1,500 (seeds 0 and 1). Seeds 0 and 1 (0 only at 800).
+- **Order** (a bare ``mmss bench claims``; every run resumable, finished runs skipped): the
+  studies, then one seed of every question (``tuned``, ``alone``, ``size``), then the other seeds.
+  A later run finishes what an earlier one could not. Measured cost: see the report's time table;
+  at these sizes one seed of MM-SS costs about 1 CPU-minute per epoch at 200 training products
+  (linear in them), so the whole plan is several hours on 2 cores, more than one 3-hour session.
+- **Report** (:func:`report`, ``--report-only``): the studies (base and chosen dev MAP, settings,
+  CPU seconds), the tuned table (means with 95% bootstrap intervals over test products, runs at
+  the ceiling), the paired differences that answer each claim, tuned and (where present) untuned,
+  the headroom shares and cue sensitivity of every tuned run, the images-alone and text-alone
+  tables against both ceilings, the data-size table (MM-SS - BiMPM with its paired interval per
+  size) and figure; the measured wall time of every phase.
+
+Not built yet: the Amazon 2018 Magazine sample at 256 and 512 tokens (question 5 of the issue)
+and the image-pathway diagnostics its question 3 asks for when MM-SS stays below ``ceiling_all``.
+Choices are made on dev, never on test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from mmss_lib.bench import powered as P
+
+TUNE_TRIALS = 6
+TUNE_EPOCHS = 15
+FINAL_EPOCHS = 40
+PATIENCE = 3
+TUNED_SYSTEMS = ("bimpm", "mcr", "mmss")
+SEEDS = (0, 1, 2)
+SIZES = (100, 200, 400, 800)
+SIZE_EXTRA = 600
+SIZE_SEEDS = {100: (0, 1), 400: (0, 1), 800: (0,)}
+ALONE = {"images_alone": dict(text_weight=0.0, image_weight=0.6), "text_alone": dict(text_weight=1.0, image_weight=0.0)}
+# a bare run: (phase, seeds); None = the phase's own seeds
+PLAN = [("tune", None), ("tuned", (0,)), ("alone", (0,)), ("size", (0,)), ("tuned", (1, 2)), ("size", (1,))]
+CLAIMS = [c for c in P.CLAIMS if c[0] not in ("MM-SS src1 - MM-SS",)]
+
+
+def tune_root(out: Path) -> Path:
+    return out / "tune"
+
+
+def runs_root(out: Path, tag: str) -> Path:
+    return out / "runs_tuned" / tag
+
+
+def alone_root(out: Path, name: str) -> Path:
+    return P.data_root(out, 0.0) if name == "text_alone" else out / "data" / name
+
+
+def size_root(out: Path, n: int) -> Path:
+    return P.data_root(out, P.MAIN_WEIGHT) if n == 200 else out / "data" / f"size{n}"
+
+
+def claims_config(**over):
+    """The powered benchmark's training settings with the library's SSP-Label reading."""
+    from mmss_lib.ssp_label import DEFAULT_SCALE
+
+    return P.base_config(**{"ssp_scale": DEFAULT_SCALE, "patience": PATIENCE, **over})
+
+
+def final_config(**over):
+    return claims_config(epochs=FINAL_EPOCHS, **over)
+
+
+# ------------------------------------------------------------------------------------ data
+
+def _read_split(root: Path, kind: str, split: str) -> dict:
+    from mmss_lib.data import split_file
+
+    return json.loads(split_file(root, "demo", P.CATEGORY, kind, split).read_text())
+
+
+def _keep_rows(table: dict, rows: set) -> dict:
+    return {col: {r: v for r, v in vals.items() if r in rows} for col, vals in table.items()}
+
+
+def size_design(src: Path) -> dict[str, list[str]]:
+    """Product ids per split of every size (module docstring), from the powered split under
+    ``src``: ``{"train{n}": [...], "test{n}": [...], "dev": [...], "common": [...]}``, ``common`` the
+    test products of every size."""
+    ids = {s: sorted(set(_read_split(src, "prd", s)["product_id"].values())) for s in ("train", "dev", "test")}
+    every = set().union(*ids.values())
+    extra = ids["test"][:SIZE_EXTRA]
+    design = {"dev": ids["dev"], "common": ids["test"][SIZE_EXTRA:]}
+    for n in SIZES:
+        train = ids["train"][:n] if n <= len(ids["train"]) else ids["train"] + extra[:n - len(ids["train"])]
+        if len(train) != n:
+            raise ValueError(f"size {n}: only {len(train)} products available")
+        design[f"train{n}"] = train
+        design[f"test{n}"] = sorted(every - set(train) - set(ids["dev"]))
+    return design
+
+
+def write_subset(src: Path, dst: Path, products: dict[str, Sequence[str]]) -> None:
+    """Write a dataset under ``dst`` whose split ``s`` holds the products ``products[s]`` of the
+    dataset under ``src`` (any of its splits), rows unchanged (the released layout; the cues file
+    follows the reviews' rows); its images folder is a link to ``src``'s (the feature stores'
+    fingerprints do not depend on folders)."""
+    from mmss_lib.data import SPLITS, split_file
+    from mmss_lib.utils import atomic_write_text
+
+    tables = {k: [_read_split(src, k, s) for s in SPLITS] for k in ("prd", "rvw", "rel", "cues")}
+    merged = {k: {col: {r: v for t in ts for r, v in t[col].items()} for col in ts[0]} for k, ts in tables.items()}
+    for split, ids in products.items():
+        keep = set(ids)
+        rows = {k: {r for r, p in merged[k]["product_id"].items() if p in keep} for k in ("prd", "rvw", "rel")}
+        rows["cues"] = rows["rvw"]
+        for k in ("prd", "rvw", "rel", "cues"):
+            path = split_file(dst, "demo", P.CATEGORY, k, split)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(_keep_rows(merged[k], rows[k])))
+    img = dst / "demo" / P.CATEGORY / "images"
+    if not img.exists():
+        img.symlink_to((src / "demo" / P.CATEGORY / "images").resolve(), target_is_directory=True)
+
+
+def make_data(out: Path) -> None:
+    """The powered data (weights 0.6 and 0), the images-alone data and the size datasets."""
+    from mmss_lib.demo import make_demo
+    from mmss_lib.utils import atomic_write_json
+
+    P.make_data(out, (P.MAIN_WEIGHT, 0.0))
+    root = alone_root(out, "images_alone")
+    stamp = root / "demo" / "make_demo.json"
+    if not (stamp.exists() and json.loads(stamp.read_text()).get("text_weight") == 0.0):
+        make_demo(root, n_products=P.N_PRODUCTS, seed=0, categories=[P.CATEGORY], test_frac=P.TEST_FRAC,
+                  dev_frac=P.DEV_FRAC, **ALONE["images_alone"])
+    src = P.data_root(out, P.MAIN_WEIGHT)
+    design = size_design(src)
+    for n in SIZES:
+        if n == 200:
+            continue
+        root = size_root(out, n)
+        stamp = root / "demo" / "size_design.json"
+        want = {"train": design[f"train{n}"], "dev": design["dev"], "test": design[f"test{n}"]}
+        if stamp.exists() and json.loads(stamp.read_text()) == want:
+            continue
+        write_subset(src, root, want)
+        atomic_write_json(stamp, want)
+
+
+# ------------------------------------------------------------------------------------ phases
+
+def run_tune(out: Path, n_jobs: int) -> dict:
+    from mmss_lib.tune import tune
+
+    return {s: tune(data_root=P.data_root(out, P.MAIN_WEIGHT), dataset="demo", category=P.CATEGORY,
+                    features_root=out / "features", tune_root=tune_root(out), system=s,
+                    base_config=claims_config(epochs=TUNE_EPOCHS), n_trials=TUNE_TRIALS,
+                    parallel=n_jobs, seed=0, progress=True)
+            for s in TUNED_SYSTEMS}
+
+
+def _run(out: Path, data: Path, tag: str, systems, seeds, n_jobs: int):
+    from mmss_lib.experiments import run_experiment
+
+    return run_experiment(data_root=data, dataset="demo", categories=[P.CATEGORY], features_root=out / "features",
+                          runs_root=runs_root(out, tag), systems=systems, seeds=seeds, base_config=final_config(),
+                          progress=True, n_jobs=n_jobs, summary=False, tuned=tune_root(out))
+
+
+def run_phase(out: Path, phase: str, seeds: Sequence[int] | None, n_jobs: int) -> None:
+    from mmss_lib.model import ABLATIONS
+
+    base = P.FLOORS_AND_CEILINGS + list(TUNED_SYSTEMS)
+    if phase == "tune":
+        run_tune(out, n_jobs)
+    elif phase == "tuned":
+        systems = base + [("mmss", "wo_b", ABLATIONS["wo_b"]), ("mmss", "wo_d", ABLATIONS["wo_d"])]
+        _run(out, P.data_root(out, P.MAIN_WEIGHT), "main", systems, seeds or SEEDS, n_jobs)
+    elif phase == "alone":
+        for name in ALONE:
+            _run(out, alone_root(out, name), name, base, seeds or (0,), n_jobs)
+    elif phase == "size":
+        for n, own in SIZE_SEEDS.items():
+            todo = [s for s in (seeds or own) if s in own]
+            if todo:
+                _run(out, size_root(out, n), f"size{n}", base, todo, n_jobs)
+    else:
+        raise ValueError(f"unknown phase {phase!r}")
+
+
+# ------------------------------------------------------------------------------------ report
+
+def finished(out: Path, tag: str):
+    from mmss_lib.run_folder import finished_results
+
+    return finished_results(runs_root(out, tag), "demo", P.CATEGORY)
+
+
+def studies_table(out: Path):
+    import pandas as pd
+
+    from mmss_lib.run_folder import study_dir_for
+    from mmss_lib.tuned import BEST_FILE
+
+    rows = []
+    for s in TUNED_SYSTEMS:
+        path = study_dir_for(tune_root(out), "demo", P.CATEGORY, s) / BEST_FILE
+        if path.exists():
+            b = json.loads(path.read_text())
+            rows.append({"system": s, "trials": b["n_trials"], "complete": b["n_complete"], "pruned": b["n_pruned"],
+                         "base_dev_MAP": 100 * b["base_dev_MAP"], "tuned_dev_MAP": 100 * b["dev_MAP"],
+                         "best_trial": b["trial"], "cpu_seconds": b["cpu_seconds"], "params": json.dumps(b["params"])})
+    return pd.DataFrame(rows)
+
+
+def size_curve(out: Path):
+    """Per training size: each system's MAP and MM-SS - BiMPM (and MCR - BiMPM) with the paired
+    interval, over the test products common to every size."""
+    import pandas as pd
+
+    from mmss_lib.summary import paired_differences, pooled_per_product
+
+    design = size_design(P.data_root(out, P.MAIN_WEIGHT))
+    common = set(design["common"])
+    rows = []
+    for n in SIZES:
+        res = finished(out, "main" if n == 200 else f"size{n}")
+        if res.empty:
+            continue
+        res = res[res["variant"] == "full"]
+        if n == 200:
+            res = res[res["seed"].isin(SIZE_SEEDS[400])]      # the seeds the other sizes have
+        pooled = pooled_per_product(res)
+        pooled = pooled[pooled["product_id"].isin(common)]
+        means = pooled.groupby("system")["AP"].mean() * 100
+        comps = [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full")),
+                 ("MCR - BiMPM", ("mcr", "full"), ("bimpm", "full")),
+                 ("ceiling_all - BiMPM", ("ceiling_all", "full"), ("bimpm", "full"))]
+        d = paired_differences(pooled, comps)
+        seeds = res.groupby("system")["seed"].nunique()
+        row = {"train_products": n, **{f"MAP_{s}": means.get(s) for s in ("bimpm", "mcr", "mmss", "length",
+                                                                         "ceiling_text", "ceiling_all")},
+               "n_seeds_mmss": int(seeds.get("mmss", 0)), "n_seeds_bimpm": int(seeds.get("bimpm", 0)),
+               "runs_at_ceiling": int(res["ceiling_while_improving"].fillna(0).astype(bool).sum())}
+        for r in d.itertuples(index=False):
+            row.update({f"{r.comparison}": r.diff, f"{r.comparison} lo": r.lo, f"{r.comparison} hi": r.hi})
+        row["n_products"] = int(pooled["product_id"].nunique())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_size_curve(curve, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmss_lib.utils import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for s, label in (("bimpm", "BiMPM"), ("mcr", "MCR"), ("mmss", "MM-SS"), ("ceiling_all", "ceiling (all cues)"),
+                     ("length", "Length")):
+        col = f"MAP_{s}"
+        if col in curve and curve[col].notna().any():
+            axes[0].plot(curve["train_products"], curve[col], marker="o", label=label,
+                         ls="--" if s in ("ceiling_all", "length") else "-")
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xlabel("training products")
+    axes[0].set_ylabel("test MAP x100")
+    axes[0].legend(fontsize=8)
+    for comp in ("MM-SS - BiMPM", "MCR - BiMPM"):
+        if comp in curve:
+            g = curve.dropna(subset=[comp])
+            axes[1].errorbar(g["train_products"], g[comp], yerr=[g[comp] - g[f"{comp} lo"], g[f"{comp} hi"] - g[comp]],
+                             marker="o", capsize=3, label=comp)
+    axes[1].axhline(0.0, color="grey", lw=0.8)
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_xlabel("training products")
+    axes[1].set_ylabel("paired difference (MAP x100, 95% interval)")
+    axes[1].legend(fontsize=8)
+    n = int(curve["n_products"].max()) if len(curve) else 0
+    fig.suptitle(f"Data size ({P.CATEGORY}, tuned settings, {n} common test products)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _comparison(res, claims, title: str, tables: Path, tag: str, data: Path) -> list[str]:
+    from mmss_lib.cue_sensitivity import format_cue_sensitivity, write_cue_sensitivity
+    from mmss_lib.summary import format_summary, headroom_shares, paired_differences, pooled_per_product, product_summary
+
+    pooled = pooled_per_product(res)
+    summ = product_summary(pooled)
+    claims_df = paired_differences(pooled, claims)
+    shares = headroom_shares(pooled)
+    cs = write_cue_sensitivity(res, data, tables, f"claims_{tag}")
+    for name, df in (("summary", summ), ("claims", claims_df), ("headroom", shares)):
+        df.to_csv(tables / f"claims_{tag}_{name}.csv", index=False)
+    return [f"## {title} (test products: {int(summ['n_products'].max())}; seeds per system: "
+            f"{res.groupby('variant')['seed'].nunique().max()})", "", format_summary(summ), "",
+            "### Paired differences (MAP x100; per-product AP averaged over seeds; 95% paired bootstrap interval; "
+            "paired t-test)", "", P._md(claims_df), "",
+            "### Share of the headroom (system - ceiling_text) / (ceiling_all - ceiling_text)", "", P._md(shares), "",
+            "### Cue sensitivity (test scores z-scored within product on the planted cues)", "",
+            P._md(format_cue_sensitivity(cs)), ""]
+
+
+def report(out: Path) -> str:
+    """Write every table and figure of the benchmark from what has finished; return the text."""
+    from mmss_lib.utils import atomic_write_text
+
+    tables, figures = out / "tables", out / "figures"
+    tables.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    lines = ["# mmss bench claims", ""]
+    st = studies_table(out)
+    if not st.empty:
+        st.to_csv(tables / "claims_studies.csv", index=False)
+        lines += [f"## Studies ({TUNE_TRIALS} trials each, at most {TUNE_EPOCHS} epochs, dev MAP x100)", "",
+                  P._md(st), ""]
+    res = finished(out, "main")
+    if not res.empty:
+        lines += _comparison(res, CLAIMS, "Tuned comparison (image weight 0.6)", tables, "tuned",
+                             P.data_root(out, P.MAIN_WEIGHT))
+        old = P.finished_results(out, P.MAIN_WEIGHT)
+        old = old[old["variant"].isin(["full", "wo_b", "wo_d"])] if not old.empty else old
+        if not old.empty:
+            from mmss_lib.summary import paired_differences, pooled_per_product
+
+            d = paired_differences(pooled_per_product(old), CLAIMS)
+            lines += ["### The same differences untuned (mmss bench powered, phase main: at most 10 epochs)", "",
+                      P._md(d), ""]
+    for name, spec in ALONE.items():
+        r = finished(out, name)
+        if not r.empty:
+            comps = [(f"{s} - ceiling_{c}", (s, "full"), (f"ceiling_{c}", "full"))
+                     for s in TUNED_SYSTEMS for c in ("text", "all")] + \
+                    [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full"))]
+            lines += _comparison(r, comps, f"{name.replace('_', ' ').capitalize()} (text weight "
+                                 f"{spec['text_weight']:g}, image weight {spec['image_weight']:g})", tables, name,
+                                 alone_root(out, name))
+    curve = size_curve(out)
+    if not curve.empty:
+        curve.to_csv(tables / "claims_size.csv", index=False)
+        plot_size_curve(curve, figures / "claims_size.png")
+        lines += ["## Data size (tuned settings; MAP x100 over the test products common to every size)", "",
+                  P._md(curve, 2), "", f"Figure: {figures / 'claims_size.png'}", ""]
+    timing = out / "claims_timing.json"
+    if timing.exists():
+        t = json.loads(timing.read_text())
+        lines += ["## Measured time (wall clock, this machine)", "",
+                  ", ".join(f"{k} {v / 60:.1f} min" for k, v in t.items()), ""]
+    text = "\n".join(lines)
+    atomic_write_text(out / "CLAIMS.md", text + "\n")
+    return text
+
+
+def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
+    """The claims asked again: every system tuned, trained to convergence, as data grows, images alone."""
+    from mmss_lib.errors import DataError
+    from mmss_lib.utils import atomic_write_json
+
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="outputs/powered", help="the powered benchmark's folder (default %(default)s)")
+    ap.add_argument("--phases", nargs="+", choices=["tune", "tuned", "alone", "size"], default=None,
+                    help="run these phases only (default: the whole plan, in its order)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="with --phases: these seeds only")
+    ap.add_argument("--n-jobs", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true", help="only write the report from finished runs")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    if a.report_only:
+        if not (out / "runs_tuned").is_dir() and not tune_root(out).is_dir():
+            raise DataError(f"--out {out}: no studies or runs of mmss bench claims there; nothing to report")
+        print(report(out))
+        return 0
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: a file, not a folder")
+    if a.n_jobs < 1:
+        raise DataError(f"--n-jobs {a.n_jobs}: expected an integer >= 1")
+    out.mkdir(parents=True, exist_ok=True)
+    plan = [(p, a.seeds) for p in a.phases] if a.phases else PLAN
+    timing_path = out / "claims_timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        fn()
+        timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
+        atomic_write_json(timing_path, timing)
+        print(f"claims: {name} done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+
+    timed("data", lambda: make_data(out))
+    timed("features", lambda: P.extract(out))
+    for phase, seeds in plan:
+        name = phase if seeds is None else f"{phase} seeds {' '.join(map(str, seeds))}"
+        timed(name, lambda phase=phase, seeds=seeds: run_phase(out, phase, seeds, a.n_jobs))
+        report(out)
+    print(report(out))
+    return 0

@@ -1,0 +1,167 @@
+"""mmss bench claims (issue 27): the generator's text weight, the data-size design, the pruner's
+warm-up, and the benchmark's refusals. The long runs themselves are measured, not tested."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmss_lib.bench import claims as C
+from mmss_lib.bench import powered as P
+from mmss_lib.data import SPLITS, load_mrhp
+from mmss_lib.demo import cli_main as make_demo_cli
+from mmss_lib.demo import load_cues, make_demo
+from mmss_lib.errors import DataError
+
+
+def _labels_and_cues(root, category="home"):
+    frames = []
+    for s in SPLITS:
+        _, rvw = load_mrhp(root, "demo", category, s)
+        cues = load_cues(root, category, s)
+        frames.append(rvw[["review_id", "label"]].merge(cues, on="review_id"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_text_weight_default_is_the_old_generator(tmp_path):
+    make_demo(tmp_path / "a", n_products=12, categories=("home",), images=False)
+    make_demo(tmp_path / "b", n_products=12, categories=("home",), images=False, text_weight=1.0)
+    for f in sorted((tmp_path / "a" / "demo" / "home").glob("home.*")):
+        assert f.read_bytes() == (tmp_path / "b" / "demo" / "home" / f.name).read_bytes(), f.name
+
+
+def test_text_weight_zero_leaves_the_images_alone(tmp_path):
+    """t = 0: the label no longer depends on the text cues (match, detail) but still on the image
+    cues; texts, cues and splits are those of t = 1; the label's mean stays about where it was."""
+    kw = dict(n_products=400, categories=("home",), images=False)
+    make_demo(tmp_path / "t1", **kw)
+    make_demo(tmp_path / "t0", text_weight=0.0, **kw)
+    one, zero = _labels_and_cues(tmp_path / "t1"), _labels_and_cues(tmp_path / "t0")
+    assert one["review_id"].tolist() == zero["review_id"].tolist()
+    assert one[["match", "detail", "img_match"]].equals(zero[["match", "detail", "img_match"]])
+    assert one["label"].corr(one["match"]) > 0.3
+    assert abs(zero["label"].corr(zero["match"])) < 0.08 and abs(zero["label"].corr(zero["detail"])) < 0.08
+    with_img = zero[zero["has_images"] == 1]
+    assert with_img["label"].corr(with_img["img_match"]) > 0.15
+    assert abs(zero["label"].mean() - one["label"].mean()) < 0.4
+    assert json.loads((tmp_path / "t0" / "demo" / "make_demo.json").read_text())["text_weight"] == 0.0
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_text_weight_refused(tmp_path, value):
+    with pytest.raises(DataError, match="--text-weight"):
+        make_demo_cli(["--out", str(tmp_path), "--text-weight", value, "--no-images"])
+    with pytest.raises(DataError, match="text_weight"):
+        make_demo(tmp_path, text_weight=float(value))
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.fixture
+def small_powered(tmp_path, monkeypatch):
+    """The powered layout at a tiny size: 60 products of "home", 10 train / 10 dev / 40 test."""
+    monkeypatch.setattr(P, "CATEGORY", "home")
+    monkeypatch.setattr(C, "SIZES", (5, 10, 20, 30))
+    monkeypatch.setattr(C, "SIZE_EXTRA", 20)
+    root = P.data_root(tmp_path, P.MAIN_WEIGHT)
+    make_demo(root, n_products=60, categories=("home",), images=False, test_frac=40 / 60, dev_frac=0.5)
+    return tmp_path, root
+
+
+def test_size_design_nested_and_same_items(small_powered):
+    from mmss_lib.features.fingerprint import category_frames, content_fingerprint
+
+    out, src = small_powered
+    d = C.size_design(src)
+    every = set().union(*(set(load_mrhp(src, "demo", "home", s)[0]["product_id"]) for s in SPLITS))
+    common, dev = set(d["common"]), set(d["dev"])
+    assert len(common) == 20 and not common & dev
+    prev = set()
+    for n in C.SIZES:
+        train, test = set(d[f"train{n}"]), set(d[f"test{n}"])
+        assert len(train) == n and prev <= train                    # nested
+        assert not train & (dev | test) and train | dev | test == every and common <= test
+        prev = train
+    want = {"train": d["train30"], "dev": d["dev"], "test": d["test30"]}
+    C.write_subset(src, out / "sub", want)
+    frames = {s: load_mrhp(out / "sub", "demo", "home", s) for s in SPLITS}
+    assert sorted(frames["train"][0]["product_id"]) == sorted(want["train"])
+    # the same items in all: the feature stores' content fingerprints match
+    src_frames = {s: load_mrhp(src, "demo", "home", s) for s in SPLITS}
+    for kind, side in (("text", 0), ("region", 0), ("text", 1), ("region", 1)):
+        col = "product_id" if side == 0 else "review_id"
+        assert content_fingerprint(kind, category_frames(frames)[side], col) == \
+            content_fingerprint(kind, category_frames(src_frames)[side], col)
+    # the cues follow the reviews of each split
+    for s in SPLITS:
+        assert set(load_cues(out / "sub", "home", s)["review_id"]) == set(frames[s][1]["review_id"])
+
+
+def test_pruner_judges_from_prune_from():
+    """The median pruner never stops a trial before epoch ``prune_from``, and does from then on."""
+    import optuna
+
+    from mmss_lib.tune import _pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=_pruner(4))
+    for _ in range(3):
+        t = study.ask()
+        for step in range(1, 7):
+            t.report(0.8, step)
+        study.tell(t, 0.8)
+    bad = study.ask()
+    judged = []
+    for step in range(1, 6):
+        bad.report(0.1, step)
+        judged.append(bad.should_prune())
+    assert judged == [False, False, False, True, True]
+
+
+def test_prune_from_refused(tmp_path):
+    from mmss_lib.errors import TuneError
+    from mmss_lib.tune import cli_main
+
+    with pytest.raises(TuneError, match="--prune-from 0"):
+        cli_main(["--data-root", str(tmp_path), "--dataset", "demo", "--categories", "home", "--features",
+                  str(tmp_path), "--out", str(tmp_path / "t"), "--systems", "bimpm", "--prune-from", "0"])
+
+
+def test_claims_report_only_refuses_an_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="nothing to report"):
+        C.bench_claims(["--out", str(tmp_path / "none"), "--report-only"])
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="a file, not a folder"):
+        C.bench_claims(["--out", str(tmp_path / "f")])
+
+
+def test_size_curve_on_common_products(small_powered, monkeypatch):
+    """The size table compares every size on the common test products only, with MM-SS - BiMPM's
+    paired interval (runs faked by their per-product score files)."""
+    out, src = small_powered
+    d = C.size_design(src)
+    rows = []
+    rng = np.random.default_rng(0)
+    for n in C.SIZES:
+        test = d[f"test{n}"]
+        for system in ("bimpm", "mmss"):
+            for p in test:
+                rows.append({"dataset": "demo", "category": "home", "system": system, "variant": "full", "seed": 0,
+                             "product_id": p, "AP": 0.5 + rng.normal(0, 0.01) + (0.01 * n if system == "mmss" else 0.0),
+                             "NDCG@3": 0.5, "NDCG@5": 0.5, "RR": 0.5, "ceiling_while_improving": 0, "n": n})
+    per = pd.DataFrame(rows)
+
+    def fake_finished(out_, tag):
+        n = 200 if tag == "main" else int(tag.removeprefix("size"))
+        n = {200: 10}.get(n, n)
+        return per[per["n"] == n].drop(columns="n")
+
+    monkeypatch.setattr(C, "finished", fake_finished)
+    monkeypatch.setattr(C, "SIZES", (5, 200, 20, 30))
+    monkeypatch.setattr(C, "size_design", lambda src_: d)
+    curve = C.size_curve(out)
+    assert list(curve["train_products"]) == [5, 200, 20, 30]
+    assert (curve["n_products"] == len(d["common"])).all()
+    assert curve["MM-SS - BiMPM"].iloc[-1] > curve["MM-SS - BiMPM"].iloc[0]
+    assert (curve["MM-SS - BiMPM lo"] <= curve["MM-SS - BiMPM"]).all()
