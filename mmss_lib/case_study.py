@@ -73,7 +73,7 @@ class CaseStudy:
         """Scores of ``review_ids`` of ``split`` by a run's best checkpoint: ``{"score": (n,),
         "score_{s}": (n,)}``; None (with a note) when the run has no trained model."""
         from mmss_lib.run_folder import load_run_config
-        from mmss_lib.loader import REGION_KINDS, STORE_KINDS, MRHPSplitData, ReadCaps, open_stores
+        from mmss_lib.loader import MRHPSplitData, ReadCaps, run_stores
 
         run_dir = Path(run_dir)
         cfg = load_run_config(run_dir)
@@ -81,11 +81,9 @@ class CaseStudy:
             print(f"note: {run_dir} has no trained model; its prediction is shown as n/a")
             return None
         rv = self._reviews(split, review_ids)
-        caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
         on_the_fly = cfg.text_mode != "cached"          # the run encodes texts itself: region stores only
-        stores = open_stores(self.features_root, self.dataset, self.category,
-                             kinds=REGION_KINDS if on_the_fly else STORE_KINDS)
-        sub = MRHPSplitData(rv, self.products[split], stores, caps=caps, keep_texts=on_the_fly,
+        stores = run_stores(self.features_root, self.dataset, self.category, keep_texts=on_the_fly)
+        sub = MRHPSplitData(rv, self.products[split], stores, caps=ReadCaps.of(cfg), keep_texts=on_the_fly,
                             name=f"{self.dataset}/{self.category}/{split} (case study)", check=False)
         return score_with_checkpoint(run_dir, sub, np.arange(len(rv)))
 

@@ -177,10 +177,9 @@ def _check_fold_features(data_root, dataset: str, category: str, features_root, 
     (:mod:`mmss_lib.features.fingerprint`)."""
     from mmss_lib.data import SPLITS, load_mrhp
     from mmss_lib.features.fingerprint import check_features_match
-    from mmss_lib.loader import REGION_KINDS, STORE_KINDS, open_stores
+    from mmss_lib.loader import run_stores
 
-    stores = open_stores(features_root, dataset, category,
-                         kinds=REGION_KINDS if base.text_mode != "cached" else STORE_KINDS)
+    stores = run_stores(features_root, dataset, category, keep_texts=base.text_mode != "cached")
     check_features_match(stores, {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS},
                          where=f"{dataset}/{category}")
 

@@ -153,11 +153,11 @@ def fold_split_data(data_root, dataset: str, category: str, features_root, fold:
     products from all released split files (train, dev, test file order), sharing the feature
     stores (which hold every item of the category). ``frames``: optional ``(products, reviews)``
     already pooled by :func:`pooled_frames` (shared across folds)."""
-    from mmss_lib.loader import REGION_KINDS, STORE_KINDS, MRHPSplitData, open_stores
+    from mmss_lib.loader import MRHPSplitData, run_stores
 
     products, reviews = frames if frames is not None else pooled_frames(data_root, dataset, category)
     if stores is None:
-        stores = open_stores(features_root, dataset, category, kinds=REGION_KINDS if keep_texts else STORE_KINDS)
+        stores = run_stores(features_root, dataset, category, keep_texts=keep_texts)
     pid = reviews["product_id"].astype(str)
     ppid = products["product_id"].astype(str)
     out = {}
@@ -222,7 +222,6 @@ def splits_for_run(cfg, *, data_root, dataset: str, category: str, features_root
         return {s: PlainSplit(reviews[pid.isin(set(map(str, fold[s])))].reset_index(drop=True)) for s in SPLITS}
     from mmss_lib.loader import ReadCaps
 
-    caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
     on_the_fly = getattr(cfg, "text_mode", "cached") != "cached"
-    return fold_split_data(data_root, dataset, category, features_root, fold, caps=caps, keep_texts=on_the_fly,
-                           frames=frames)
+    return fold_split_data(data_root, dataset, category, features_root, fold, caps=ReadCaps.of(cfg),
+                           keep_texts=on_the_fly, frames=frames)

@@ -73,6 +73,11 @@ class ReadCaps:
     max_regions_per_image: int = 32      # first regions of each image
     max_regions_per_item: int = 128      # regions of all images of one item
 
+    @classmethod
+    def of(cls, cfg) -> "ReadCaps":
+        """The caps a run's configuration (:class:`~mmss_lib.run_config.TrainConfig`) sets."""
+        return cls(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
+
 
 def pad_rows(rows: Sequence[np.ndarray], dim: int, *, min_len: int = 1):
     """Stack variable-length ``(n_i, dim)`` arrays into ``(B, L, dim)`` float32 plus a ``(B, L)``
@@ -160,20 +165,25 @@ class MRHPSplitData:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_disk(cls, data_root, dataset: str, category: str, split: str, features_root, *,
-                  caps: ReadCaps | None = None, keep_texts: bool = False,
-                  stores: Mapping[str, Any] | None = None) -> "MRHPSplitData":
-        """Load a split with :func:`mmss_lib.data.load_mrhp` and open its feature stores
-        (``stores`` may pass already-opened ones, shared between splits). With ``keep_texts``
-        (on-the-fly text) only the region stores are opened."""
-        from mmss_lib.data import load_mrhp
+    def from_disk(cls, data_root, dataset: str, category: str, features_root, *, caps: ReadCaps | None = None,
+                  keep_texts: bool = False, stores: Mapping[str, Any] | None = None) -> dict[str, "MRHPSplitData"]:
+        """The three splits of a released dataset/category, sharing one set of opened stores
+        (:func:`run_stores`; ``stores`` may pass them already opened): the one place a run's data is
+        assembled from disk. Refuses splits that share a product or review
+        (:func:`mmss_lib.data.check_disjoint_splits`) and stores extracted from other texts or
+        images (:func:`mmss_lib.features.fingerprint.check_features_match`)."""
+        from mmss_lib.data import SPLITS, check_disjoint_splits, load_mrhp
+        from mmss_lib.features.fingerprint import check_features_match
 
-        products, reviews = load_mrhp(data_root, dataset, category, split)
         if stores is None:
-            stores = open_stores(features_root, dataset, category,
-                                 kinds=REGION_KINDS if keep_texts else STORE_KINDS)
-        return cls(reviews, products, stores, training=(split == "train"), caps=caps,
-                   keep_texts=keep_texts, name=f"{dataset}/{category}/{split}")
+            stores = run_stores(features_root, dataset, category, keep_texts=keep_texts)
+        frames = {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS}     # (products, reviews)
+        check_disjoint_splits(data_root, dataset, category,
+                              {s: (p["product_id"].astype(str).tolist(), r["review_id"].astype(str).tolist())
+                               for s, (p, r) in frames.items()})
+        check_features_match(stores, frames, where=f"{dataset}/{category}")
+        return {s: cls(frames[s][1], frames[s][0], stores, training=(s == "train"), caps=caps,
+                       keep_texts=keep_texts, name=f"{dataset}/{category}/{s}") for s in SPLITS}
 
     def check_stores(self) -> None:
         """Every review and product of the split has an item in each store (clear error otherwise)."""
@@ -288,6 +298,12 @@ class MRHPSplitData:
 
     def __len__(self) -> int:
         return self.n
+
+
+def run_stores(features_root, dataset: str, category: str, *, keep_texts: bool = False) -> dict[str, Any]:
+    """The stores a run reads: all four, or with ``keep_texts`` (a run that encodes its texts
+    itself, text modes ``frozen`` / ``finetune``) the region stores only."""
+    return open_stores(features_root, dataset, category, kinds=REGION_KINDS if keep_texts else STORE_KINDS)
 
 
 def open_stores(features_root, dataset: str, category: str, *,

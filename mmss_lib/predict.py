@@ -247,8 +247,7 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
         stores = {k: FeatureStore(tmp / k) for k in kinds}
         frame = pd.DataFrame({"review_id": rids, "product_id": pid, "label": 0, "text": texts})
         products = pd.DataFrame({"product_id": [pid], "text": [str(product["text"])]})
-        caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
-        split = MRHPSplitData(frame, products, stores, caps=caps, keep_texts=on_the_fly, name="predict")
+        split = MRHPSplitData(frame, products, stores, caps=ReadCaps.of(cfg), keep_texts=on_the_fly, name="predict")
         run_cfg = TrainConfig.from_json({**ck["config"], "device": device})
         model = build_model(run_cfg, dt, dr)       # on the fly: with its encoder
         model.load_state_dict(ck["model"])

@@ -58,7 +58,6 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from mmss_lib.data import SPLITS
 from mmss_lib.errors import CheckpointError, DataError, TrainingError
 from mmss_lib.metrics import METRIC_NAMES
 from mmss_lib.run_config import TrainConfig
@@ -71,23 +70,12 @@ from mmss_lib.utils import atomic_path, atomic_write_json, pick_device, seed_eve
 # ------------------------------------------------------------------------------------ data
 
 def load_splits(data_root, dataset: str, category: str, features_root, cfg: TrainConfig) -> dict:
-    """The three :class:`~mmss_lib.loader.MRHPSplitData` of a category, sharing opened stores."""
-    from mmss_lib.loader import REGION_KINDS, STORE_KINDS, MRHPSplitData, ReadCaps, open_stores
+    """The three :class:`~mmss_lib.loader.MRHPSplitData` of a category for a run of ``cfg``
+    (:meth:`~mmss_lib.loader.MRHPSplitData.from_disk`: shared stores, leakage and stale-feature checks)."""
+    from mmss_lib.loader import MRHPSplitData, ReadCaps
 
-    caps = ReadCaps(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
-    on_the_fly = cfg.text_mode != "cached"          # no text stores: only the regions are read
-    stores = open_stores(features_root, dataset, category, kinds=REGION_KINDS if on_the_fly else STORE_KINDS)
-    from mmss_lib.data import check_disjoint_splits, load_mrhp
-    from mmss_lib.features.fingerprint import check_features_match
-
-    frames = {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS}     # (products, reviews)
-    # leakage: no product and no review in two splits
-    check_disjoint_splits(data_root, dataset, category,
-                          {s: (p["product_id"].astype(str).tolist(), r["review_id"].astype(str).tolist())
-                           for s, (p, r) in frames.items()})
-    check_features_match(stores, frames, where=f"{dataset}/{category}")   # stale features
-    return {s: MRHPSplitData(frames[s][1], frames[s][0], stores, training=(s == "train"), caps=caps,
-                             keep_texts=on_the_fly, name=f"{dataset}/{category}/{s}") for s in SPLITS}
+    return MRHPSplitData.from_disk(data_root, dataset, category, features_root, caps=ReadCaps.of(cfg),
+                                   keep_texts=cfg.text_mode != "cached")
 
 
 # ------------------------------------------------------------------------------------ RNG state

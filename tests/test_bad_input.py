@@ -1448,7 +1448,7 @@ def test_case_study_scores_a_real_best_pt_weights_only(tiny_category, tmp_path):
     try:
         train_run(cfg, data_root=tiny_category / "data", dataset=DS, category="tiny",
                   features_root=tiny_category / "features", run_dir=tmp_path, progress=False)
-        test = MRHPSplitData.from_disk(tiny_category / "data", DS, "tiny", "test", tiny_category / "features")
+        test = MRHPSplitData.from_disk(tiny_category / "data", DS, "tiny", tiny_category / "features")["test"]
         got = score_with_checkpoint(tmp_path, test, np.arange(test.n))
     finally:
         torch.set_num_threads(threads)

@@ -50,9 +50,9 @@ def test_regions_only_split_and_clear_errors(demo_root, tiny_bert_dir):
     from mmss_lib.errors import FeatureStoreError
 
     with pytest.raises(FeatureStoreError, match="text_prd not found"):
-        MRHPSplitData.from_disk(demo_root / "data", "demo", "home", "train", demo_root / "regions_only")
-    split = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", "train", demo_root / "regions_only",
-                                    keep_texts=True)
+        MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "regions_only")
+    split = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "regions_only",
+                                    keep_texts=True)["train"]
     assert split.text_dim is None and set(split.stores) == {"region_prd", "region_rvw"}
     with pytest.raises(FeatureStoreError, match="collate_tokens"):
         split.collate([0, 1])
@@ -69,9 +69,9 @@ def test_frozen_on_the_fly_equals_cached_features(demo_root, tiny_bert_dir):
     the same MM-SS scores up to the stores' float16 rounding."""
     from mmss_lib.model import MMSS
 
-    cached = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", "dev", demo_root / "cached")
-    onfly = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", "dev", demo_root / "regions_only",
-                                    keep_texts=True)
+    cached = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "cached")["dev"]
+    onfly = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "regions_only",
+                                    keep_texts=True)["dev"]
     tok, enc = load_text_model(str(tiny_bert_dir))
     torch.manual_seed(0)
     system = MMSS(text_dim=32, region_dim=DR, **TINY).eval()

@@ -378,17 +378,14 @@ def _synthetic_splits(data_root: Path, feats_root: Path, prds, rvws, *, ext: dic
                       review_images: float) -> dict:
     """Write synthetic stores of the demo items (:func:`write_synthetic_stores`) and open the three
     splits on them."""
-    from mmss_lib.loader import MRHPSplitData, ReadCaps, open_stores
-    from mmss_lib.train import SPLITS
+    from mmss_lib.loader import MRHPSplitData, ReadCaps
 
     write_synthetic_stores(feats_root / "demo" / "home", prds, rvws, review_tokens=review_tokens,
                            product_tokens=product_tokens,
                            product_images=product_images, review_image_share=review_image_share,
                            review_images=review_images, regions=ext["max_boxes"])
     caps = ReadCaps(ext["text_max_len"], 32, 128)
-    stores = open_stores(feats_root, "demo", "home")
-    return {s: MRHPSplitData.from_disk(data_root, "demo", "home", s, feats_root, caps=caps, stores=stores)
-            for s in SPLITS}
+    return MRHPSplitData.from_disk(data_root, "demo", "home", feats_root, caps=caps)
 
 
 def _time_system(cfg, splits: dict, run_dir: Path, dev, *, u: float, token_scale: float, echo) -> dict:
