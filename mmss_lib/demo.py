@@ -332,7 +332,28 @@ def load_cues(root: str | os.PathLike, category: str, split: str) -> pd.DataFram
         raise DataError(f"{path}: column(s) {missing} missing; expected {list(CUE_COLUMNS)}")
     df = df[list(CUE_COLUMNS)].copy()
     df["review_id"] = df["review_id"].astype(str)
+    _check_cue_values(df, path)
     return df
+
+
+_CUE_RANGES = {"match": (0, 1), "detail": (0, 3), "has_images": (0, 1), "agree": (0, 1), "img_match": (0, 1)}
+
+
+def _check_cue_values(df: pd.DataFrame, path: Path) -> None:
+    """Every cue a number in its range; ``agree`` / ``img_match`` may be missing (NaN) only for a
+    review without images (``has_images`` 0): a missing or corrupt cue is refused naming the file,
+    row and column, never read as 0."""
+    for col, (lo, hi) in _CUE_RANGES.items():
+        v = pd.to_numeric(df[col], errors="coerce")
+        optional = col in ("agree", "img_match")
+        missing = v.isna() & ~(optional & (pd.to_numeric(df["has_images"], errors="coerce") == 0))
+        bad = missing | (v.notna() & ((v < lo) | (v > hi) | (v != v.round())))
+        if bad.any():
+            row = df.index[bad.to_numpy()][0]
+            what = "a review with images needs it" if optional else "every review needs it"
+            raise DataError(f"{path}: row {row} (review_id {df.at[row, 'review_id']!r}), column {col!r}: "
+                            f"{df.at[row, col]!r}; expected an integer from {lo} to {hi} ({what}; "
+                            f"{int(bad.sum())} such row(s))")
 
 
 def empty_splits(n_products: int, test_frac: float, dev_frac: float) -> str:

@@ -29,6 +29,9 @@ read-only to the explorer (caches live in memory).
 Bad input is a :class:`~mmss_lib.errors.DataError` with a sentence for the view (an empty runs
 folder, a run without records, a corrupt record or image, a product with one review), never a
 traceback in the view: :mod:`mmss_lib.explore_widgets` shows the message.
+
+Folders under the runs root that cannot be read are skipped when runs are listed (``mmss explore
+--runs /`` lists nothing instead of failing on ``/proc``).
 """
 from __future__ import annotations
 
@@ -79,21 +82,36 @@ class RunRef:
         return f"{self.system}{v} seed{self.seed}"
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    """The sub-folders of ``folder``, sorted; a folder this process may not read (e.g. ``--runs /``
+    meets ``/proc/1/cwd``) has none."""
+    def is_dir(p: Path) -> bool:
+        try:
+            return p.is_dir()
+        except OSError:
+            return False
+
+    try:
+        return sorted(p for p in folder.iterdir() if is_dir(p))
+    except OSError:
+        return []
+
+
 def discover_runs(runs_root: str | os.PathLike) -> list[RunRef]:
     """Every run folder under ``runs_root`` (released splits; cross-validation folds are not
     listed), sorted by dataset, category, system, variant, seed. An empty or missing folder gives
-    ``[]``; only folder names are read."""
+    ``[]``; only folder names are read, and folders that cannot be read are skipped."""
     root = Path(runs_root)
     out: list[RunRef] = []
     if not root.is_dir():
         return out
-    for ds in sorted(p for p in root.iterdir() if p.is_dir()):
-        for cat in sorted(p for p in ds.iterdir() if p.is_dir()):
-            for run in sorted(p for p in cat.iterdir() if p.is_dir()):
+    for ds in _subfolders(root):
+        for cat in _subfolders(ds):
+            for run in _subfolders(cat):
                 system, _, variant = run.name.partition("__")
-                for sd in run.iterdir():
+                for sd in _subfolders(run):
                     m = _SEED_DIR.match(sd.name)
-                    if m and sd.is_dir():
+                    if m:
                         out.append(RunRef(ds.name, cat.name, system, variant or "full", int(m.group(1)), sd))
     out.sort(key=lambda r: (r.dataset, r.category, r.system, r.variant != "full", r.variant, r.seed))
     return out

@@ -274,6 +274,11 @@ def _read_input(path: Path) -> tuple[dict, list[dict]]:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: input file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, not a JSON input file") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); JSON "
+                        "input must be UTF-8: save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(obj, dict) or "product" not in obj or "reviews" not in obj:

@@ -936,19 +936,50 @@ def _all_pairs_huge(ctx: Ctx):
     return sample_pairs(["B0HUGE"] * n + ["B0SMALL"] * 2, np.r_[np.arange(n) % 5, [0, 1]], scheme="all")
 
 
-def _predict_obj(obj, *, bad_image: bool = False):
-    """predict input JSON ``obj`` (a bad image file 'bad.jpg' beside it if asked), read and checked
-    as `mmss predict` does before it loads any model."""
+def _predict_obj(obj, *, bad_image: bool = False, encoding: str | None = None):
+    """predict input JSON ``obj`` (a bad image file 'bad.jpg' beside it if asked; the text written
+    in ``encoding`` instead of UTF-8 if given), read and checked as `mmss predict` does before it
+    loads any model."""
     def act(ctx: Ctx):
         from mmss_lib.predict import _check_images, _check_inputs, _read_input
         if bad_image:
             ctx.image("bad.jpg", raw=b"\xff\xd8\xff\xe0 truncated")
         p = ctx.root / "input.json"
-        p.write_text(json.dumps(obj))
+        p.write_bytes(json.dumps(obj, ensure_ascii=False).encode(encoding or "utf-8"))
         ctx.protect()
         product, reviews = _read_input(p)
         _check_inputs(product, reviews)
         return _check_images(product, reviews)
+    return act
+
+
+def _runs_root_unreadable(ctx: Ctx):
+    """`mmss explore --runs /`: listing the runs meets folders it may not read (``/proc/1/cwd``
+    raised PermissionError); they are skipped, the readable run is listed."""
+    import pathlib
+    from unittest import mock
+    from mmss_lib.explore import discover_runs
+    (ctx.root / "runs" / "demo" / "home" / "mmss" / "seed0").mkdir(parents=True)
+    (ctx.root / "runs" / "demo" / "home" / "locked").mkdir()
+    (ctx.root / "runs" / "demo" / "locked").mkdir()
+    ctx.protect()
+    is_dir = pathlib.Path.is_dir
+
+    def guarded(self):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_dir(self)
+    with mock.patch.object(pathlib.Path, "is_dir", guarded):
+        runs = discover_runs(ctx.root / "runs")
+    assert [(r.system, r.seed) for r in runs] == [("mmss", 0)], runs
+    assert discover_runs("/") is not None
+
+
+def _out_file_cli(*argv):
+    """``mmss ARGV FILE``: an option that names a folder given an existing file."""
+    def act(ctx: Ctx):
+        (ctx.root / "afile").write_text("not a folder")
+        return _cli(*argv, "{root}/afile")(ctx)
     return act
 
 
@@ -1031,6 +1062,33 @@ def _leak_floor(system: str, leak: str = "product"):
     return act
 
 
+def _corrupt_cue(column: str, value):
+    """A ceiling fitted on a cues file whose first training review has ``column`` = ``value``
+    (null, NaN, out of range): refused naming the file, row and column (a NaN cue used to be read as
+    0), before the run writes anything."""
+    def act(ctx: Ctx):
+        import pandas as pd
+        from mmss_lib.data import load_mrhp, split_file
+        from mmss_lib.demo import CUE_COLUMNS
+        from mmss_lib.train import train_run
+        _mini_category(ctx)
+        for split in ("train", "dev", "test"):
+            ids = load_mrhp(ctx.root / "data", DS, MINI, split)[1]["review_id"]
+            cues = pd.DataFrame({c: (ids if c == "review_id" else 1) for c in CUE_COLUMNS}).astype(
+                {c: "float64" for c in CUE_COLUMNS if c != "review_id"})
+            if split == "train":
+                cues.loc[cues.index[0], column] = value
+            cues.to_json(split_file(ctx.root / "data", DS, MINI, "cues", split))
+        ctx.protect()
+        run = ctx.root / "runs" / "ceiling_all"
+        try:
+            return train_run(_mini_cfg(system="ceiling_all", model_options={}), data_root=ctx.root / "data", dataset=DS,
+                             category=MINI, features_root=ctx.root / "features", run_dir=run, progress=False)
+        finally:
+            assert not list(run.glob("*.json")) and not list(run.glob("scores_*.csv")), "files of a refused run"
+    return act
+
+
 def _make_demo_refused(*argv):
     """`mmss make-demo` with options it must refuse before writing anything."""
     def act(ctx: Ctx):
@@ -1055,6 +1113,33 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _bench_explore_sigterm(ctx: Ctx):
+    """`mmss bench explore` (temporary runs folder under TMPDIR = the case folder) sent SIGTERM while
+    it works: it exits and removes its temporary folder (a ~370 MB folder used to stay behind)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    tmp = ctx.root / "tmp"
+    tmp.mkdir()
+    ctx.protect()
+    env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mmss_lib", "bench", "explore", "--products", "3000", "--no-images",
+                             "--category", "home", "--clicks", "2"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not any((p / "data").exists() for p in tmp.glob("mmss-bench-explore-*")):   # generating the data
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:] if proc.stderr else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and not list(tmp.iterdir()), (proc.returncode, list(tmp.iterdir()))
 
 
 def _explore_stopped(how: str):
@@ -1380,6 +1465,20 @@ CASES = [
     C("profile_alias_bomb_top_level", "reproduce", _profile_quick("lol: " + _alias_bomb() + "\n"), PipelineError, (r"bad\.yaml", "'lol'", "more than 10,000 values"), issue=R3),
     C("profile_recursive_alias", "reproduce", _profile_quick("02_train:\n  seeds: &a [0, *a]\n"), PipelineError, (r"bad\.yaml", r"'02_train\.seeds'", "more than 16 levels deep"), fixed=True, issue=R3),
     # ---- round 3: predict at scale
+    C("predict_input_latin1", "predict", _predict_obj({"product": {"text": "caf\u00e9"}, "reviews": [{"text": "tr\u00e8s bien"}]},
+                                                  encoding="latin-1"), DataError,
+      (r"input\.json", "not UTF-8", "0xe9", "offset"), fixed=True, issue=R3),
+    C("cue_match_null", "train", _corrupt_cue("match", None), DataError, (r"mini\.cues\.train", "row", "column 'match'", "expected an integer from 0 to 1"), fixed=True, issue=R3),
+    C("cue_detail_nan", "train", _corrupt_cue("detail", float("nan")), DataError, (r"mini\.cues\.train", "column 'detail'", "every review needs it"), fixed=True, issue=R3),
+    C("cue_img_match_nan_with_images", "train", _corrupt_cue("img_match", float("nan")), DataError, (r"mini\.cues\.train", "column 'img_match'", "a review with images needs it"), fixed=True, issue=R3),
+    C("cue_detail_out_of_range", "train", _corrupt_cue("detail", 7), DataError, (r"mini\.cues\.train", "column 'detail'", "from 0 to 3"), fixed=True, issue=R3),
+    C("explore_runs_root_unreadable", "explore", _runs_root_unreadable, policy="mmss_lib.explore: Folders under the runs root that cannot be read are skipped", fixed=True, issue=R3),
+    C("bench_explore_clicks_0", "bench", _cli("bench", "explore", "--clicks", "0"), CliFailed, ("--clicks 0", ">= 1"), fixed=True, issue=R3),
+    C("bench_explore_epochs_0", "bench", _cli("bench", "explore", "--epochs", "0"), CliFailed, ("--epochs 0", ">= 1"), fixed=True, issue=R3),
+    C("bench_explore_out_file", "bench", _out_file_cli("bench", "explore", "--out"), CliFailed, ("--out", "a file, not a folder"), fixed=True, issue=R3),
+    C("bench_powered_out_file", "bench", _out_file_cli("bench", "powered", "--out"), CliFailed, ("--out", "a file, not a folder"), fixed=True, issue=R3),
+    C("bench_powered_report_only_empty", "bench", _cli("bench", "powered", "--report-only", "--out", "{root}/none"), CliFailed, ("no runs of mmss bench powered", "nothing to report"), fixed=True, issue=R3),
+    C("bench_explore_sigterm", "bench", _bench_explore_sigterm, policy="mmss_lib.bench.explore: SIGTERM ends it like Ctrl-C; its temporary runs folder is removed", fixed=True, issue=R3),
     C("predict_10000_reviews_one_product", "predict", _predict_many_reviews, policy="mmss_lib.predict: so memory stays flat in the number of reviews of the product", needs=("tiny_category",), fixed=True, issue=R3),
 ]
 

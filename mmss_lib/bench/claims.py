@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -384,11 +383,9 @@ def report(out: Path) -> str:
         plot_size_curve(curve, figures / "claims_size.png")
         lines += ["## Data size (tuned settings; MAP x100 over the test products common to every size)", "",
                   P._md(curve, 2), "", f"Figure: {figures / 'claims_size.png'}", ""]
-    timing = out / "claims_timing.json"
-    if timing.exists():
-        t = json.loads(timing.read_text())
-        lines += ["## Measured time (wall clock, this machine)", "",
-                  ", ".join(f"{k} {v / 60:.1f} min" for k, v in t.items()), ""]
+    from mmss_lib.bench.common import timing_lines
+
+    lines += timing_lines(out / "claims_timing.json")
     text = "\n".join(lines)
     atomic_write_text(out / "CLAIMS.md", text + "\n")
     return text
@@ -396,8 +393,8 @@ def report(out: Path) -> str:
 
 def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
     """The claims asked again: every system tuned, trained to convergence, as data grows, images alone."""
+    from mmss_lib.bench.common import phase_timer
     from mmss_lib.errors import DataError
-    from mmss_lib.utils import atomic_write_json
 
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/powered", help="the powered benchmark's folder (default %(default)s)")
@@ -419,16 +416,7 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
         raise DataError(f"--n-jobs {a.n_jobs}: expected an integer >= 1")
     out.mkdir(parents=True, exist_ok=True)
     plan = [(p, a.seeds) for p in a.phases] if a.phases else PLAN
-    timing_path = out / "claims_timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
-
-    def timed(name, fn):
-        t0 = time.perf_counter()
-        fn()
-        timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
-        atomic_write_json(timing_path, timing)
-        print(f"claims: {name} done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-
+    timed = phase_timer(out / "claims_timing.json", "claims")
     timed("data", lambda: make_data(out))
     timed("features", lambda: P.extract(out))
     for phase, seeds in plan:

@@ -124,3 +124,39 @@ class PeakRSS:
 def report(tag: str, message: str) -> None:
     """Print one result line ``[tag] message`` now (flushed, so a long run shows progress)."""
     print(f"[{tag}] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------ long benchmarks
+
+def phase_timer(path, tag: str):
+    """``timed(name, fn)`` for a benchmark of resumable phases: runs ``fn`` and adds its wall
+    seconds to ``name`` in the JSON file ``path`` (kept across resumed runs, written atomically),
+    printing ``{tag}: {name} done in ... min``."""
+    import json
+    from pathlib import Path
+
+    from mmss_lib.utils import atomic_write_json
+
+    path = Path(path)
+    timing = json.loads(path.read_text()) if path.exists() else {}
+
+    def timed(name: str, fn: Callable[[], object]) -> None:
+        t0 = time.perf_counter()
+        fn()
+        timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
+        atomic_write_json(path, timing)
+        print(f"{tag}: {name} done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+
+    return timed
+
+
+def timing_lines(path) -> list[str]:
+    """The report's "Measured time" section from a :func:`phase_timer` file (none when missing)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    t = json.loads(path.read_text())
+    return ["## Measured time (wall clock, this machine)", "", ", ".join(f"{k} {v / 60:.1f} min" for k, v in t.items()), ""]

@@ -12,11 +12,16 @@ category (reading the split once), switching product (median and slowest of many
 (the first visit of a run reads its scores and last record; later visits are cached) and switching
 review (the trajectory reads one key per epoch file, once per run). Prints the times and their
 ratio to the issue's 1-second target; nothing asserts a time.
+
+SIGTERM ends it like Ctrl-C; its temporary runs folder is removed (``--out`` keeps one; ``--epochs``,
+``--clicks`` and ``--products`` are checked before anything is written).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -87,17 +92,46 @@ def bench_explore(argv: list[str], prog: str = "mmss bench explore") -> int:
     p.add_argument("--out", default=None, help="keep the generated runs folder here (default: a temporary "
                    "folder, removed afterwards)")
     args = p.parse_args(argv)
-    from mmss_lib.demo import make_demo
+    from mmss_lib.demo import OBJECTS, make_demo
+    from mmss_lib.errors import DataError
+
+    for opt, value, low in (("--products", args.products, 5), ("--epochs", args.epochs, 1), ("--clicks", args.clicks, 1)):
+        if value < low:
+            raise DataError(f"{opt} {value}: expected an integer >= {low}")
+    if args.category not in OBJECTS:
+        raise DataError(f"--category {args.category!r}: expected one of {', '.join(OBJECTS)}")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise DataError(f"--out {args.out}: a file, not a folder")
 
     try:
         from mmss_lib.explore_widgets import ExplorerApp
     except ImportError as exc:
         print(f"{prog}: needs ipywidgets ({exc}); pip install -e '.[notebooks]'")
         return 1
-    tmp = None
-    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mmss-bench-explore-"))
-    if not args.out:
-        tmp = root
+    with _removed_on_sigterm():
+        root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mmss-bench-explore-"))
+        return _measure(args, root, None if args.out else root, ExplorerApp, make_demo)
+
+
+@contextlib.contextmanager
+def _removed_on_sigterm():
+    """SIGTERM (what ``kill`` and ``timeout`` send) ends the benchmark like Ctrl-C: its ``finally``
+    blocks run, so the temporary runs folder does not stay behind."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:                       # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _measure(args, root: Path, tmp: Path | None, ExplorerApp, make_demo) -> int:
     try:
         t0 = time.perf_counter()
         data_root, runs_root = root / "data", root / "runs"

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -353,11 +352,9 @@ def report(out: Path) -> str:
             if not r.empty:
                 cs = write_cue_sensitivity(r, data_root(out, w), tables, f"powered_{weight_tag(w)}")
                 lines += [f"Cue sensitivity at image weight {w:g}:", "", _md(format_cue_sensitivity(cs)), ""]
-    timing = out / "timing.json"
-    if timing.exists():
-        t = json.loads(timing.read_text())
-        lines += ["## Measured time (wall clock, this machine)", "",
-                  ", ".join(f"{k} {v / 60:.1f} min" for k, v in t.items()), ""]
+    from mmss_lib.bench.common import timing_lines
+
+    lines += timing_lines(out / "timing.json")
     text = "\n".join(lines)
     atomic_write_text(out / "REPORT.md", text + "\n")
     return text
@@ -374,18 +371,17 @@ def bench_powered(argv: list[str], prog: str = "mmss bench powered") -> int:
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="only write the report from finished runs")
     a = ap.parse_args(argv)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    timing_path = out / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    from mmss_lib.bench.common import phase_timer
+    from mmss_lib.errors import DataError
 
-    def timed(name, fn):
-        t0 = time.perf_counter()
-        fn()
-        timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
-        from mmss_lib.utils import atomic_write_json
-        atomic_write_json(timing_path, timing)
-        print(f"powered: {name} done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: a file, not a folder")
+    if a.report_only and not (out / "runs").is_dir():
+        raise DataError(f"--out {out}: no runs of mmss bench powered there (no {out / 'runs'}); nothing to report")
+    out.mkdir(parents=True, exist_ok=True)
+
+    timed = phase_timer(out / "timing.json", "powered")
 
     if not a.report_only:
         weights = sorted({MAIN_WEIGHT} | (set(SIGNAL_WEIGHTS) if "signal" in a.phases else set()))
