@@ -111,6 +111,20 @@ def write_tiny_demo(root: Path, *, n_products: int = 8, images: bool = False) ->
     return root
 
 
+def counting_build_model(seen: list):
+    """``mmss_lib.train.build_model`` wrapped: every forward pass of a model it builds appends its
+    number of reviews to ``seen`` (patch it in to check how predict batches)."""
+    import mmss_lib.train
+
+    build = mmss_lib.train.build_model
+
+    def counting_build(*a, **kw):
+        model = build(*a, **kw)
+        model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+        return model
+    return counting_build
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """A tiny demo category on disk (8 products, no images) with random-feature stores of

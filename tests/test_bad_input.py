@@ -1263,13 +1263,9 @@ def _predict_many_reviews(ctx: Ctx, tiny: Path):
     ctx.protect()
     n = 10_000
     reviews = [{"review_id": f"r{i}", "text": f"review {i} " + "detail " * (i % 7)} for i in range(n)]
+    from conftest import counting_build_model
     seen: list[int] = []
-    build = mmss_lib.train.build_model
-
-    def counting_build(*a, **kw):                 # records the reviews of every forward pass
-        model = build(*a, **kw)
-        model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
-        return model
+    counting_build = counting_build_model(seen)   # records the reviews of every forward pass
     enc, enc5 = _HashEncoder(), _HashEncoder()
     with mock.patch.object(mmss_lib.train, "build_model", counting_build):
         df = predict(run, {"text": "product 0"}, reviews, encoder=enc)

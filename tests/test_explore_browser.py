@@ -177,7 +177,6 @@ def test_explorer_in_a_real_browser(served, driver, tmp_path):
     _choose(driver, "products", lambda t: t.endswith(pid))
     _wait(driver, lambda: pid in _html(driver, "product-view") and _html(driver, "table") != table_before, STEP_S,
           f"product {pid}'s review table")
-    table = _html(driver, "table")
     rows = driver.execute_script("return Array.from(document.querySelectorAll('.mmss-review-table tr[data-review]'))"
                                  ".map(r => r.getAttribute('data-review'));")
     assert sorted(rows) == sorted(reviews.loc[reviews["product_id"] == pid, "review_id"])

@@ -113,15 +113,10 @@ def test_predict_in_batches_equals_one_batch(trained, tmp_path, monkeypatch):
     items = [{"review_id": r.review_id, "text": r.text, "image_files": [str(tmp_path / "r.png")] if i % 3 == 1 else []}
              for i, r in enumerate(revs.itertuples())]
     assert len(items) >= 5
+    from conftest import counting_build_model
+
     seen: list[int] = []
-    build = mmss_lib.train.build_model
-
-    def counting_build(*a, **kw):                  # records the reviews of every forward pass
-        model = build(*a, **kw)
-        model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
-        return model
-
-    monkeypatch.setattr(mmss_lib.train, "build_model", counting_build)
+    monkeypatch.setattr(mmss_lib.train, "build_model", counting_build_model(seen))   # reviews per forward pass
     kw = {"allow_random_weights": True}
     one = predict(run, {"text": prod["text"], "image_files": []}, items, batch_size=len(items), **kw)
     assert seen == [len(items)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmss_lib.features.store import feature_dirs, write_store
-from mmss_lib.loader import MRHPSplitData, ReadCaps, open_stores
+from mmss_lib.loader import MRHPSplitData
 from mmss_lib.online_text import load_text_model, on_the_fly_text
 
 DR = 12

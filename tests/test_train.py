@@ -143,7 +143,7 @@ def test_resume_equals_uninterrupted(splits, tmp_path):
 def test_fixed_seed_rerun_identical_and_other_seed_differs(splits, tmp_path):
     m1 = fit(cfg(epochs=2), splits, tmp_path / "a")
     m2 = fit(cfg(epochs=2), splits, tmp_path / "b")
-    m3 = fit(cfg(epochs=2, seed=1), splits, tmp_path / "c")
+    fit(cfg(epochs=2, seed=1), splits, tmp_path / "c")
     assert m1["dev"] == m2["dev"] and m1["test"] == m2["test"]
     s1 = pd.read_csv(tmp_path / "a" / "scores_dev.csv")["score"]
     s3 = pd.read_csv(tmp_path / "c" / "scores_dev.csv")["score"]
