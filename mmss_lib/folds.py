@@ -119,6 +119,39 @@ def released_products(data_root, dataset: str, category: str) -> dict[str, list[
     return {s: load_mrhp(data_root, dataset, category, s)[0]["product_id"].astype(str).tolist() for s in SPLITS}
 
 
+def write_resplit(src_root, dst_root, dataset: str, category: str, products: Mapping[str, Sequence[str]]) -> Path:
+    """Write ``dst_root/dataset/category/`` as a dataset whose split ``s`` holds the products
+    ``products[s]`` of the dataset under ``src_root`` (from any of its splits), every row unchanged
+    (the released layout: ``prd``, ``rvw``, ``rel`` and, where present, the demo's ``cues``, which
+    follow the reviews' rows); its ``images`` folder is a link to the source's. A fold (or any other
+    re-split) becomes data that every command reads as released splits, e.g. ``mmss tune`` on a
+    fold's train and dev parts; the feature stores of the source serve it when it holds the same
+    items (their content fingerprints ignore splits and folders). Returns the category folder."""
+    from mmss_lib.data import split_file
+    from mmss_lib.utils import atomic_write_text
+
+    kinds = [k for k in ("prd", "rvw", "rel", "cues") if split_file(src_root, dataset, category, k, "train").exists()]
+    tables = {k: [json.loads(split_file(src_root, dataset, category, k, s).read_text()) for s in SPLITS] for k in kinds}
+    merged = {k: {col: {r: v for t in ts for r, v in t[col].items()} for col in ts[0]} for k, ts in tables.items()}
+    wanted = set().union(*(set(map(str, ids)) for ids in products.values()))
+    known = set(map(str, merged["prd"]["product_id"].values()))
+    if wanted - known:
+        raise DataError(f"write_resplit: product(s) {sorted(wanted - known)[:3]} not in {src_root}/{dataset}/{category}")
+    for split, ids in products.items():
+        keep = set(map(str, ids))
+        rows = {k: {r for r, p in merged[k]["product_id"].items() if str(p) in keep} for k in kinds if k != "cues"}
+        rows["cues"] = rows["rvw"]
+        for k in kinds:
+            path = split_file(dst_root, dataset, category, k, split)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({col: {r: v for r, v in vals.items() if r in rows[k]}
+                                                for col, vals in merged[k].items()}))
+    src_img, img = Path(src_root) / dataset / category / "images", Path(dst_root) / dataset / category / "images"
+    if src_img.is_dir() and not img.exists():
+        img.symlink_to(src_img.resolve(), target_is_directory=True)
+    return Path(dst_root) / dataset / category
+
+
 def assignment_path(runs_root, dataset: str, category: str, k: int, seed: int = 0) -> Path:
     return Path(runs_root) / dataset / category / f"{folds_tag(k, seed)}.json"
 

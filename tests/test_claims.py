@@ -14,6 +14,7 @@ from mmss_lib.data import SPLITS, load_mrhp
 from mmss_lib.demo import cli_main as make_demo_cli
 from mmss_lib.demo import load_cues, make_demo
 from mmss_lib.errors import DataError
+from mmss_lib.folds import write_resplit
 
 
 def _labels_and_cues(root, category="home"):
@@ -84,7 +85,7 @@ def test_size_design_nested_and_same_items(small_powered):
         assert not train & (dev | test) and train | dev | test == every and common <= test
         prev = train
     want = {"train": d["train30"], "dev": d["dev"], "test": d["test30"]}
-    C.write_subset(src, out / "sub", want)
+    write_resplit(src, out / "sub", "demo", "home", want)
     frames = {s: load_mrhp(out / "sub", "demo", "home", s) for s in SPLITS}
     assert sorted(frames["train"][0]["product_id"]) == sorted(want["train"])
     # the same items in all: the feature stores' content fingerprints match
@@ -165,3 +166,47 @@ def test_size_curve_on_common_products(small_powered, monkeypatch):
     assert (curve["n_products"] == len(d["common"])).all()
     assert curve["MM-SS - BiMPM"].iloc[-1] > curve["MM-SS - BiMPM"].iloc[0]
     assert (curve["MM-SS - BiMPM lo"] <= curve["MM-SS - BiMPM"]).all()
+
+
+def test_magazine_folds_as_datasets(amazon2018_sample, tmp_path):
+    """Phase magazine's data: the real sample built once, each of the five folds written as a
+    dataset whose splits are the fold's (no cues files: real data), every product a test product
+    of exactly one fold, and the same items in every fold (one feature store serves all)."""
+    from mmss_lib.bench import magazine as M
+
+    folds = M.make_data(tmp_path, amazon2018_sample)
+    assert len(folds) == M.K
+    seen = []
+    for f, fold in enumerate(folds):
+        got = {s: set(load_mrhp(M.fold_root(tmp_path, f), M.DATASET, M.CATEGORY, s)[0]["product_id"]) for s in SPLITS}
+        assert got == {s: set(fold[s]) for s in SPLITS}
+        assert not list((M.fold_root(tmp_path, f) / M.DATASET / M.CATEGORY).glob("*.cues.*"))
+        seen += fold["test"]
+    assert len(seen) == len(set(seen)) == 85
+    stamp = M.fold_root(tmp_path, 0) / M.DATASET / "fold.json"
+    before = stamp.stat().st_mtime_ns
+    M.make_data(tmp_path, amazon2018_sample)                   # a rerun reuses what is there
+    assert stamp.stat().st_mtime_ns == before
+    with pytest.raises(DataError, match="Magazine_Subscriptions"):
+        M.make_data(tmp_path / "other", tmp_path / "nowhere")
+
+
+def test_magazine_table_against_length():
+    """The Magazine table: per length and setting, every system's MAP over all products and its
+    paired difference to Length; the tuned rows are compared with the same (untuned) floor runs."""
+    from mmss_lib.bench import magazine as M
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for setting, systems in (("untuned", ("length", "random", "bimpm")), ("tuned", ("bimpm",))):
+        for s in systems:
+            for p in range(40):
+                ap = {"length": 0.8, "random": 0.5, "bimpm": 0.7 if setting == "untuned" else 0.9}[s]
+                rows.append({"dataset": "amazon", "category": "magazine", "system": s, "variant": "full", "seed": 0,
+                             "product_id": f"P{p}", "AP": ap + rng.normal(0, 0.01), "NDCG@3": 0.5, "NDCG@5": 0.5,
+                             "RR": 0.5, "ceiling_while_improving": 0, "length": 256, "setting": setting})
+    t = M.table(pd.DataFrame(rows)).set_index(["setting", "system"])
+    assert t.loc[("untuned", "bimpm"), "minus_Length"] == pytest.approx(-10, abs=1)
+    assert t.loc[("tuned", "bimpm"), "minus_Length"] == pytest.approx(10, abs=1)
+    assert t.loc[("tuned", "bimpm"), "lo"] > 0 and ("tuned", "length") not in t.index
+    assert (t["n_products"] == 40).all()

@@ -76,7 +76,9 @@ SIZE_EXTRA = 600
 SIZE_SEEDS = {100: (0, 1), 400: (0, 1), 800: (0,)}
 ALONE = {"images_alone": dict(text_weight=0.0, image_weight=0.6), "text_alone": dict(text_weight=1.0, image_weight=0.0)}
 # a bare run: (phase, seeds); None = the phase's own seeds
-PLAN = [("tune", None), ("tuned", (0,)), ("alone", (0,)), ("size", (0,)), ("tuned", (1, 2)), ("size", (1,))]
+AMAZON2018 = Path("../shared/data/amazon2018")
+PLAN = [("tune", None), ("tuned", (0,)), ("magazine", (0,)), ("alone", (0,)), ("size", (0,)), ("tuned", (1, 2)),
+        ("magazine", (1, 2)), ("size", (1,))]
 CLAIMS = [c for c in P.CLAIMS if c[0] not in ("MM-SS src1 - MM-SS",)]
 
 
@@ -115,10 +117,6 @@ def _read_split(root: Path, kind: str, split: str) -> dict:
     return json.loads(split_file(root, "demo", P.CATEGORY, kind, split).read_text())
 
 
-def _keep_rows(table: dict, rows: set) -> dict:
-    return {col: {r: v for r, v in vals.items() if r in rows} for col, vals in table.items()}
-
-
 def size_design(src: Path) -> dict[str, list[str]]:
     """Product ids per split of every size (module docstring), from the powered split under
     ``src``: ``{"train{n}": [...], "test{n}": [...], "dev": [...], "common": [...]}``, ``common`` the
@@ -136,32 +134,10 @@ def size_design(src: Path) -> dict[str, list[str]]:
     return design
 
 
-def write_subset(src: Path, dst: Path, products: dict[str, Sequence[str]]) -> None:
-    """Write a dataset under ``dst`` whose split ``s`` holds the products ``products[s]`` of the
-    dataset under ``src`` (any of its splits), rows unchanged (the released layout; the cues file
-    follows the reviews' rows); its images folder is a link to ``src``'s (the feature stores'
-    fingerprints do not depend on folders)."""
-    from mmss_lib.data import SPLITS, split_file
-    from mmss_lib.utils import atomic_write_text
-
-    tables = {k: [_read_split(src, k, s) for s in SPLITS] for k in ("prd", "rvw", "rel", "cues")}
-    merged = {k: {col: {r: v for t in ts for r, v in t[col].items()} for col in ts[0]} for k, ts in tables.items()}
-    for split, ids in products.items():
-        keep = set(ids)
-        rows = {k: {r for r, p in merged[k]["product_id"].items() if p in keep} for k in ("prd", "rvw", "rel")}
-        rows["cues"] = rows["rvw"]
-        for k in ("prd", "rvw", "rel", "cues"):
-            path = split_file(dst, "demo", P.CATEGORY, k, split)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(_keep_rows(merged[k], rows[k])))
-    img = dst / "demo" / P.CATEGORY / "images"
-    if not img.exists():
-        img.symlink_to((src / "demo" / P.CATEGORY / "images").resolve(), target_is_directory=True)
-
-
 def make_data(out: Path) -> None:
     """The powered data (weights 0.6 and 0), the images-alone data and the size datasets."""
     from mmss_lib.demo import make_demo
+    from mmss_lib.folds import write_resplit
     from mmss_lib.utils import atomic_write_json
 
     P.make_data(out, (P.MAIN_WEIGHT, 0.0))
@@ -180,7 +156,7 @@ def make_data(out: Path) -> None:
         want = {"train": design[f"train{n}"], "dev": design["dev"], "test": design[f"test{n}"]}
         if stamp.exists() and json.loads(stamp.read_text()) == want:
             continue
-        write_subset(src, root, want)
+        write_resplit(src, root, "demo", P.CATEGORY, want)
         atomic_write_json(stamp, want)
 
 
@@ -204,7 +180,7 @@ def _run(out: Path, data: Path, tag: str, systems, seeds, n_jobs: int):
                           progress=True, n_jobs=n_jobs, summary=False, tuned=tune_root(out))
 
 
-def run_phase(out: Path, phase: str, seeds: Sequence[int] | None, n_jobs: int) -> None:
+def run_phase(out: Path, phase: str, seeds: Sequence[int] | None, n_jobs: int, amazon2018: Path = AMAZON2018) -> None:
     from mmss_lib.model import ABLATIONS
 
     base = P.FLOORS_AND_CEILINGS + list(TUNED_SYSTEMS)
@@ -221,6 +197,10 @@ def run_phase(out: Path, phase: str, seeds: Sequence[int] | None, n_jobs: int) -
             todo = [s for s in (seeds or own) if s in own]
             if todo:
                 _run(out, size_root(out, n), f"size{n}", base, todo, n_jobs)
+    elif phase == "magazine":
+        from mmss_lib.bench import magazine
+
+        magazine.run(out, amazon2018, n_jobs, seeds=seeds or magazine.SEEDS)
     else:
         raise ValueError(f"unknown phase {phase!r}")
 
@@ -383,8 +363,10 @@ def report(out: Path) -> str:
         plot_size_curve(curve, figures / "claims_size.png")
         lines += ["## Data size (tuned settings; MAP x100 over the test products common to every size)", "",
                   P._md(curve, 2), "", f"Figure: {figures / 'claims_size.png'}", ""]
+    from mmss_lib.bench import magazine
     from mmss_lib.bench.common import timing_lines
 
+    lines += magazine.report_lines(out, tables)
     lines += timing_lines(out / "claims_timing.json")
     text = "\n".join(lines)
     atomic_write_text(out / "CLAIMS.md", text + "\n")
@@ -398,7 +380,9 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
 
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/powered", help="the powered benchmark's folder (default %(default)s)")
-    ap.add_argument("--phases", nargs="+", choices=["tune", "tuned", "alone", "size"], default=None,
+    ap.add_argument("--amazon2018", default=str(AMAZON2018), help="folder of the Amazon 2018 Magazine sample "
+                    "(phase magazine; default %(default)s)")
+    ap.add_argument("--phases", nargs="+", choices=["tune", "tuned", "alone", "size", "magazine"], default=None,
                     help="run these phases only (default: the whole plan, in its order)")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="with --phases: these seeds only")
     ap.add_argument("--n-jobs", type=int, default=2)
@@ -421,7 +405,7 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
     timed("features", lambda: P.extract(out))
     for phase, seeds in plan:
         name = phase if seeds is None else f"{phase} seeds {' '.join(map(str, seeds))}"
-        timed(name, lambda phase=phase, seeds=seeds: run_phase(out, phase, seeds, a.n_jobs))
+        timed(name, lambda phase=phase, seeds=seeds: run_phase(out, phase, seeds, a.n_jobs, Path(a.amazon2018)))
         report(out)
     print(report(out))
     return 0

@@ -130,7 +130,8 @@ def report(tag: str, message: str) -> None:
 
 def phase_timer(path, tag: str):
     """``timed(name, fn)`` for a benchmark of resumable phases: runs ``fn`` and adds its wall
-    seconds to ``name`` in the JSON file ``path`` (kept across resumed runs, written atomically),
+    seconds to ``name`` in the JSON file ``path`` (kept across resumed runs and read again before each
+    write, so runs of other phases at the same time keep theirs; written atomically),
     printing ``{tag}: {name} done in ... min``."""
     import json
     from pathlib import Path
@@ -138,11 +139,11 @@ def phase_timer(path, tag: str):
     from mmss_lib.utils import atomic_write_json
 
     path = Path(path)
-    timing = json.loads(path.read_text()) if path.exists() else {}
 
     def timed(name: str, fn: Callable[[], object]) -> None:
         t0 = time.perf_counter()
         fn()
+        timing = json.loads(path.read_text()) if path.exists() else {}   # read now: another run may have added
         timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
         atomic_write_json(path, timing)
         print(f"{tag}: {name} done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)

@@ -1,0 +1,190 @@
+"""Phase ``magazine`` of ``mmss bench claims``: real text, at the paper's text lengths, tuned inside
+each fold (question 5 of the issue "The claims asked again").
+
+On the Amazon 2018 Magazine sample no trained system cleared the Length floor with 64-token text
+stores (5-fold CV). Real reviews are long (this sample: median 115 words, 80% over 48), so a
+system reading 64 tokens cannot see the length the floor ranks by. This phase measures the same
+sample at 64, 256 and 512 tokens and tunes BiMPM and MM-SS inside each fold.
+
+Design (fixed before any result of it was seen):
+
+- Data: ``Magazine_Subscriptions_5.json.gz`` and its metadata (``--amazon2018 DIR``, default
+  ``../shared/data/amazon2018``) built by :func:`mmss_lib.amazon2018.build_amazon2018` with
+  ``min_reviews=3`` (the sample is small; the other rules at their defaults): 85 products, 431
+  reviews, no images.
+- Folds: :func:`mmss_lib.folds.fold_splits` (K = 5, seed 0, dev 0.125 of the rest), every fold
+  written as its own dataset (:func:`mmss_lib.folds.write_resplit`), so tuning and early stopping
+  see the fold's train and dev parts only and its test products are scored once.
+- Features: all-MiniLM-L6-v2 token features at :data:`LENGTHS` = 64, 256 and 512 tokens (one
+  features root per length; the region stores of a text-only category are empty, MM-SS reads
+  none).
+- Systems, per length and fold: Random, Length, BiMPM and MM-SS with the powered benchmark's
+  untuned settings (at most 30 epochs, patience 3); at 256 and 512 tokens BiMPM and MM-SS also
+  tuned per fold (:data:`TUNE_TRIALS` = 6 trials, at most 20 epochs, pruning from epoch 4, sampler
+  seed 0) and trained with the fold's best settings. Seeds 0, 1, 2.
+- Report: per length and setting, MAP x100 over the 85 products (each a test product of one
+  fold; per-product AP averaged over seeds) with 95% bootstrap intervals, and every trained system
+  minus Length with its paired interval.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CATEGORY, DATASET = "magazine", "amazon"
+LENGTHS = (64, 256, 512)
+TUNED_LENGTHS = (256, 512)
+SYSTEMS = ("bimpm", "mmss")
+K, FOLD_SEED = 5, 0
+SEEDS = (0, 1, 2)
+TUNE_TRIALS, TUNE_EPOCHS, EPOCHS = 6, 20, 30
+BUILD = {"min_reviews": 3}
+REVIEWS, META = "Magazine_Subscriptions_5.json.gz", "meta_Magazine_Subscriptions.json.gz"
+
+
+def root(out: Path) -> Path:
+    return Path(out) / "magazine"
+
+
+def fold_root(out: Path, f: int) -> Path:
+    return root(out) / "folds" / f"fold{f}"
+
+
+def features_root(out: Path, length: int) -> Path:
+    return root(out) / f"features_L{length}"
+
+
+def runs_root(out: Path, length: int, setting: str, f: int) -> Path:
+    return root(out) / "runs" / f"L{length}" / setting / f"fold{f}"
+
+
+def tune_root(out: Path, length: int, f: int) -> Path:
+    return root(out) / "tune" / f"L{length}" / f"fold{f}"
+
+
+def config(**over):
+    from mmss_lib.bench.claims import claims_config
+
+    return claims_config(**{"epochs": EPOCHS, **over})
+
+
+def make_data(out: Path, amazon2018: Path) -> list[dict]:
+    """Build the category (once), write the five folds as datasets; return the folds."""
+    from mmss_lib.amazon2018 import build_amazon2018
+    from mmss_lib.errors import DataError
+    from mmss_lib.folds import fold_splits, released_products, write_resplit
+    from mmss_lib.utils import atomic_write_json
+
+    data = root(out) / "data"
+    if not (data / DATASET / CATEGORY / "build_report.json").exists():
+        paths = [Path(amazon2018) / REVIEWS, Path(amazon2018) / META]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise DataError(f"--amazon2018 {amazon2018}: {', '.join(missing)} missing (the Amazon Review Data 2018 "
+                            "Magazine_Subscriptions sample)")
+        build_amazon2018(*paths, data, CATEGORY, dataset=DATASET, **BUILD)
+    folds = fold_splits(released_products(data, DATASET, CATEGORY), K, seed=FOLD_SEED)
+    for f, fold in enumerate(folds):
+        stamp = fold_root(out, f) / DATASET / "fold.json"
+        if stamp.exists() and json.loads(stamp.read_text()) == fold:
+            continue
+        write_resplit(data, fold_root(out, f), DATASET, CATEGORY, fold)
+        atomic_write_json(stamp, fold)
+    return folds
+
+
+def extract(out: Path) -> None:
+    from mmss_lib.bench.powered import EXTRACT
+    from mmss_lib.features.extract import cli_main
+
+    for length in LENGTHS:
+        args = list(EXTRACT)
+        args[args.index("--text-max-len") + 1] = str(length)
+        rc = cli_main(["--data-root", str(root(out) / "data"), "--dataset", DATASET, "--categories", CATEGORY,
+                       "--features", str(features_root(out, length)), "--no-progress", *args])
+        if rc:
+            raise SystemExit(f"feature extraction at {length} tokens failed ({rc})")
+
+
+def run(out: Path, amazon2018: Path, n_jobs: int, seeds=SEEDS) -> None:
+    """Every run of the phase (finished runs skipped): untuned at every length, then the studies
+    and the tuned runs at 256 and 512 tokens."""
+    from mmss_lib.experiments import run_experiment
+    from mmss_lib.tune import tune
+
+    folds = make_data(out, amazon2018)
+    extract(out)
+    common = {"dataset": DATASET, "categories": [CATEGORY], "progress": True, "n_jobs": n_jobs, "summary": False}
+    for length in LENGTHS:
+        for f in range(len(folds)):
+            run_experiment(data_root=fold_root(out, f), features_root=features_root(out, length),
+                           runs_root=runs_root(out, length, "untuned", f),
+                           systems=["random", "length", *SYSTEMS], seeds=seeds, base_config=config(), **common)
+    for length in TUNED_LENGTHS:
+        for f in range(len(folds)):
+            for system in SYSTEMS:
+                tune(data_root=fold_root(out, f), dataset=DATASET, category=CATEGORY,
+                     features_root=features_root(out, length), tune_root=tune_root(out, length, f), system=system,
+                     base_config=config(epochs=TUNE_EPOCHS), n_trials=TUNE_TRIALS, parallel=n_jobs, seed=0)
+            run_experiment(data_root=fold_root(out, f), features_root=features_root(out, length),
+                           runs_root=runs_root(out, length, "tuned", f), systems=list(SYSTEMS), seeds=seeds,
+                           base_config=config(), tuned=tune_root(out, length, f), **common)
+
+
+def results(out: Path):
+    """Finished runs of every length, setting and fold, one frame (``length``, ``setting`` columns)."""
+    import pandas as pd
+
+    from mmss_lib.run_folder import finished_results
+
+    frames = []
+    for length in LENGTHS:
+        for setting in ("untuned", "tuned"):
+            for f in range(K):
+                r = finished_results(runs_root(out, length, setting, f), DATASET, CATEGORY)
+                if not r.empty:
+                    frames.append(r.assign(length=length, setting=setting, cv_fold=f))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def table(res):
+    """Per length and setting: MAP x100 over all products (pooled over folds, averaged over seeds)
+    with its bootstrap interval, and system - Length with the paired interval."""
+    import pandas as pd
+
+    from mmss_lib.summary import paired_differences, pooled_per_product, product_summary
+
+    rows = []
+    untuned_floors = res[(res["setting"] == "untuned") & res["system"].isin(["random", "length"])]
+    for (length, setting), g in res.groupby(["length", "setting"], sort=True):
+        if setting == "tuned":      # the floors do not depend on tuning: the same runs on each side
+            g = pd.concat([g, untuned_floors[untuned_floors["length"] == length]], ignore_index=True)
+        pooled = pooled_per_product(g)
+        summ = product_summary(pooled).set_index("system")
+        comps = [(f"{s} - Length", (s, "full"), ("length", "full")) for s in SYSTEMS]
+        diff = paired_differences(pooled, comps).set_index("a_system") if "length" in set(pooled["system"]) else None
+        for s in summ.index:
+            if setting == "tuned" and s in ("random", "length"):
+                continue
+            runs = g[g["system"] == s]
+            row = {"tokens": length, "setting": setting, "system": s, "MAP": summ.loc[s, "MAP"],
+                   "MAP_lo": summ.loc[s, "MAP_lo"], "MAP_hi": summ.loc[s, "MAP_hi"],
+                   "n_products": int(summ.loc[s, "n_products"]), "n_seeds": int(runs["seed"].nunique()),
+                   "runs_at_ceiling": int(runs["ceiling_while_improving"].fillna(0).astype(bool).sum())}
+            if diff is not None and s in diff.index:
+                row.update({"minus_Length": diff.loc[s, "diff"], "lo": diff.loc[s, "lo"], "hi": diff.loc[s, "hi"],
+                            "p": diff.loc[s, "p"]})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def report_lines(out: Path, tables: Path) -> list[str]:
+    from mmss_lib.tables import plain_markdown
+
+    res = results(out)
+    if res.empty:
+        return []
+    t = table(res)
+    t.to_csv(tables / "claims_magazine.csv", index=False)
+    return [f"## Real text: Amazon 2018 Magazine sample, {K}-fold CV, text only (MAP x100 over all products; "
+            "system - Length with its 95% paired interval)", "", plain_markdown(t, decimals=2), ""]
