@@ -98,15 +98,8 @@ def size_root(out: Path, n: int) -> Path:
     return P.data_root(out, P.MAIN_WEIGHT) if n == 200 else out / "data" / f"size{n}"
 
 
-def claims_config(**over):
-    """The powered benchmark's training settings with the library's SSP-Label reading."""
-    from mmss_lib.ssp_label import DEFAULT_SCALE
-
-    return P.base_config(**{"ssp_scale": DEFAULT_SCALE, "patience": PATIENCE, **over})
-
-
 def final_config(**over):
-    return claims_config(epochs=FINAL_EPOCHS, **over)
+    return P.current_config(epochs=FINAL_EPOCHS, patience=PATIENCE, **over)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -167,7 +160,7 @@ def run_tune(out: Path, n_jobs: int) -> dict:
 
     return {s: tune(data_root=P.data_root(out, P.MAIN_WEIGHT), dataset="demo", category=P.CATEGORY,
                     features_root=out / "features", tune_root=tune_root(out), system=s,
-                    base_config=claims_config(epochs=TUNE_EPOCHS), n_trials=TUNE_TRIALS,
+                    base_config=P.current_config(epochs=TUNE_EPOCHS, patience=PATIENCE), n_trials=TUNE_TRIALS,
                     parallel=n_jobs, seed=0, progress=True)
             for s in TUNED_SYSTEMS}
 

@@ -67,9 +67,9 @@ def tune_root(out: Path, length: int, f: int) -> Path:
 
 
 def config(**over):
-    from mmss_lib.bench.claims import claims_config
+    from mmss_lib.bench.powered import current_config
 
-    return claims_config(**{"epochs": EPOCHS, **over})
+    return current_config(**{"epochs": EPOCHS, **over})
 
 
 def make_data(out: Path, amazon2018: Path) -> list[dict]:

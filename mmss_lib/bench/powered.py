@@ -146,6 +146,15 @@ def base_config(**over):
     return TrainConfig(**{**TRAIN, **over})
 
 
+def current_config(**over):
+    """:data:`TRAIN` with the library's reading of Eq. 18 (:data:`mmss_lib.ssp_label.DEFAULT_SCALE`,
+    chosen by phase ``scales``) instead of the "mean" this design's runs were made with: the
+    settings of the benchmarks that came after it (``mmss bench claims``)."""
+    from mmss_lib.ssp_label import DEFAULT_SCALE
+
+    return base_config(**{"ssp_scale": DEFAULT_SCALE, **over})
+
+
 def run_phase(out: Path, phase: str, *, seeds: Sequence[int], n_jobs: int, signal_seeds: Sequence[int] = SIGNAL_SEEDS):
     """Train (or skip, when finished) every run of ``phase``; return its results frames by tag."""
     from mmss_lib.experiments import run_experiment
