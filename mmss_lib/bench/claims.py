@@ -50,11 +50,12 @@ Design (fixed before any result of it was seen):
   the ceiling), the paired differences that answer each claim, tuned and (where present) untuned,
   the headroom shares and cue sensitivity of every tuned run, the images-alone and text-alone
   tables against both ceilings, the data-size table (MM-SS - BiMPM with its paired interval per
-  size) and figure; the measured wall time of every phase.
+  size) and figure; for MM-SS (seed 0) of the tuned and the images-alone runs, where its signal
+  comes from (:mod:`mmss_lib.diagnose`: dev MAP with each interaction knocked out, gradient norms
+  of the parts of the model); the measured wall time of every phase.
 
-Not built yet: the Amazon 2018 Magazine sample at 256 and 512 tokens (question 5 of the issue)
-and the image-pathway diagnostics its question 3 asks for when MM-SS stays below ``ceiling_all``.
-Choices are made on dev, never on test.
+Phase ``magazine`` (real text at 64/256/512 tokens, tuned inside each fold) is
+:mod:`mmss_lib.bench.magazine`. Choices are made on dev, never on test.
 """
 from __future__ import annotations
 
@@ -316,6 +317,32 @@ def _comparison(res, claims, title: str, tables: Path, tag: str, data: Path) -> 
             P._md(format_cue_sensitivity(cs)), ""]
 
 
+def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
+    """Issue question 3: where MM-SS (seed 0) of the runs ``tag`` takes its signal from, on dev
+    (:mod:`mmss_lib.diagnose`: interaction knock-out, gradient norms); computed once per trained
+    run (cached beside the tables)."""
+    import pandas as pd
+
+    from mmss_lib.diagnose import gradient_norms, interaction_knockout
+    from mmss_lib.run_folder import BEST, METRICS, run_dir_for
+
+    run = run_dir_for(runs_root(out, tag), "demo", P.CATEGORY, "mmss", "full", 0)
+    if not (run / METRICS).exists():
+        return []
+    lines = []
+    for name, fn in (("knockout", lambda: interaction_knockout(run, data, out / "features", split="dev")),
+                     ("gradients", lambda: gradient_norms(run, data, out / "features"))):
+        path = tables / f"claims_{tag}_diagnosis_{name}.csv"
+        if path.exists() and path.stat().st_mtime >= (run / BEST).stat().st_mtime:
+            df = pd.read_csv(path)
+        else:
+            df = fn()
+            df.to_csv(path, index=False)
+        lines += [f"MM-SS seed 0, {'dev MAP with each interaction replaced by its mean (drop x100)' if name == 'knockout' else 'target-loss gradient norms on 4 training batches'}:",
+                  "", P._md(df, 4), ""]
+    return [f"### Where MM-SS takes its signal from ({tag.replace('_', ' ')})", ""] + lines
+
+
 def report(out: Path) -> str:
     """Write every table and figure of the benchmark from what has finished; return the text."""
     from mmss_lib.utils import atomic_write_text
@@ -333,6 +360,7 @@ def report(out: Path) -> str:
     if not res.empty:
         lines += _comparison(res, CLAIMS, "Tuned comparison (image weight 0.6)", tables, "tuned",
                              P.data_root(out, P.MAIN_WEIGHT))
+        lines += diagnosis(out, tables, "main", P.data_root(out, P.MAIN_WEIGHT))
         old = P.finished_results(out, P.MAIN_WEIGHT)
         old = old[old["variant"].isin(["full", "wo_b", "wo_d"])] if not old.empty else old
         if not old.empty:
@@ -350,6 +378,7 @@ def report(out: Path) -> str:
             lines += _comparison(r, comps, f"{name.replace('_', ' ').capitalize()} (text weight "
                                  f"{spec['text_weight']:g}, image weight {spec['image_weight']:g})", tables, name,
                                  alone_root(out, name))
+            lines += diagnosis(out, tables, name, alone_root(out, name))
     curve = size_curve(out)
     if not curve.empty:
         curve.to_csv(tables / "claims_size.csv", index=False)
