@@ -41,7 +41,8 @@ Design (fixed before any result of it was seen):
     the 1,500 test products that no size trains on; the 200 point is phase ``tuned``'s runs scored
     on those 1,500 (seeds 0 and 1). Seeds 0 and 1 (0 only at 800).
 - **Order** (a bare ``mmss bench claims``; every run resumable, finished runs skipped): the
-  studies, then one seed of every question (``tuned``, ``alone``, ``size``), then the other seeds.
+  studies, then one seed of every question (``tuned``, ``magazine``, ``alone``, ``size``), then the
+  other seeds (:data:`PLAN`).
   A later run finishes what an earlier one could not. Measured cost: see the report's time table;
   at these sizes one seed of MM-SS costs about 1 CPU-minute per epoch at 200 training products
   (linear in them), so the whole plan is several hours on 2 cores, more than one 3-hour session.
