@@ -253,7 +253,8 @@ def size_curve(out: Path):
         row = {"train_products": n, **{f"MAP_{s}": means.get(s) for s in ("bimpm", "mcr", "mmss", "length",
                                                                          "ceiling_text", "ceiling_all")},
                "n_seeds_mmss": int(seeds.get("mmss", 0)), "n_seeds_bimpm": int(seeds.get("bimpm", 0)),
-               "runs_at_ceiling": int(res["ceiling_while_improving"].fillna(0).astype(bool).sum())}
+               "runs_at_ceiling": int(res.get("ceiling_while_improving", pd.Series(dtype=float))
+                                      .fillna(0).astype(bool).sum())}
         for r in d.itertuples(index=False):
             row.update({f"{r.comparison}": r.diff, f"{r.comparison} lo": r.lo, f"{r.comparison} hi": r.hi})
         row["n_products"] = int(pooled["product_id"].nunique())

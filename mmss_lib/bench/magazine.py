@@ -166,7 +166,8 @@ def table(res):
         pooled = pooled_per_product(g)
         summ = product_summary(pooled).set_index("system")
         comps = [(f"{s} - Length", (s, "full"), ("length", "full")) for s in SYSTEMS]
-        diff = paired_differences(pooled, comps).set_index("a_system") if "length" in set(pooled["system"]) else None
+        diff = paired_differences(pooled, comps)
+        diff = diff.set_index("a_system") if len(diff) else None
         for s in summ.index:
             if setting == "tuned" and s in ("random", "length"):
                 continue
@@ -174,7 +175,8 @@ def table(res):
             row = {"tokens": length, "setting": setting, "system": s, "MAP": summ.loc[s, "MAP"],
                    "MAP_lo": summ.loc[s, "MAP_lo"], "MAP_hi": summ.loc[s, "MAP_hi"],
                    "n_products": int(summ.loc[s, "n_products"]), "n_seeds": int(runs["seed"].nunique()),
-                   "runs_at_ceiling": int(runs["ceiling_while_improving"].fillna(0).astype(bool).sum())}
+                   "runs_at_ceiling": int(runs.get("ceiling_while_improving", pd.Series(dtype=float))
+                                          .fillna(0).astype(bool).sum())}
             if diff is not None and s in diff.index:
                 row.update({"minus_Length": diff.loc[s, "diff"], "lo": diff.loc[s, "lo"], "hi": diff.loc[s, "hi"],
                             "p": diff.loc[s, "p"]})
