@@ -210,3 +210,61 @@ def test_magazine_table_against_length():
     assert t.loc[("tuned", "bimpm"), "minus_Length"] == pytest.approx(10, abs=1)
     assert t.loc[("tuned", "bimpm"), "lo"] > 0 and ("tuned", "length") not in t.index
     assert (t["n_products"] == 40).all()
+
+
+def _random_stores(out):
+    """Random-feature stores of every item of the powered data under ``out`` (instead of MiniLM and
+    MobileNet: the phases are what is tested here, not the features)."""
+    from mmss_lib.features.store import feature_dirs, write_store
+
+    rng = np.random.default_rng(0)
+    items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
+    root = P.data_root(out, P.MAIN_WEIGHT)
+    for split in SPLITS:
+        products, reviews = load_mrhp(root, "demo", P.CATEGORY, split)
+        for side, ids in (("prd", products["product_id"]), ("rvw", reviews["review_id"])):
+            for i in ids:
+                items[f"text_{side}"][i] = {"x": rng.normal(size=(4, 8))}
+                k = int(rng.integers(0, 3))
+                items[f"region_{side}"][i] = {"x": rng.random((k, 12)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                                              "image": np.zeros(k, np.int32)}
+    for kind, path in feature_dirs(out / "features", "demo", P.CATEGORY).items():
+        write_store(path, items[kind], kind=kind.split("_")[0], dim=12 if "region" in kind else 8)
+
+
+@pytest.mark.slow
+def test_claims_phases_end_to_end(tmp_path, monkeypatch):
+    """Every generated-data phase of mmss bench claims at a tiny size: the studies, the tuned runs
+    (which record the study they took), images alone and text alone, the data sizes; the report
+    has each section, and a rerun trains nothing."""
+    from mmss_lib.run_folder import load_run_config
+
+    monkeypatch.setattr(P, "CATEGORY", "home")
+    monkeypatch.setattr(P, "N_PRODUCTS", 36)
+    monkeypatch.setattr(P, "TEST_FRAC", 0.5)
+    monkeypatch.setattr(P, "DEV_FRAC", 0.3)
+    monkeypatch.setattr(P, "TRAIN", {**P.TRAIN, "batch_size": 16, "eval_batch_size": 64})
+    monkeypatch.setattr(P, "extract", _random_stores)
+    monkeypatch.setattr(C, "TUNE_TRIALS", 2)
+    monkeypatch.setattr(C, "TUNE_EPOCHS", 1)
+    monkeypatch.setattr(C, "FINAL_EPOCHS", 2)
+    monkeypatch.setattr(C, "BASE_SIZE", 12)               # split_sizes(36, test 0.5, dev 0.3): 12 train
+    monkeypatch.setattr(C, "SIZES", (6, 12, 15))
+    monkeypatch.setattr(C, "SIZE_EXTRA", 3)
+    monkeypatch.setattr(C, "SIZE_SEEDS", {6: (0,), 15: (0,)})
+    argv = ["--out", str(tmp_path), "--phases", "tune", "tuned", "alone", "size", "--seeds", "0", "--n-jobs", "1"]
+    assert C.bench_claims(argv) == 0
+    text = (tmp_path / "CLAIMS.md").read_text()
+    for section in ("## Studies", "## Tuned comparison", "### Paired differences", "## Images alone",
+                    "## Text alone", "## Data size", "### Where MM-SS takes its signal from (main)",
+                    "### Where MM-SS takes its signal from (images alone)", "## Measured time"):
+        assert section in text, section
+    cfg = load_run_config(C.runs_root(tmp_path, "main") / "demo" / "home" / "mmss__wo_d" / "seed0")
+    assert cfg.tuned_from and cfg.tuned_from.endswith("mmss/best.json")       # the ablation takes MM-SS's study
+    assert cfg.epochs == C.FINAL_EPOCHS and cfg.ssp_scale == "common"
+    size = pd.read_csv(tmp_path / "tables" / "claims_size.csv")
+    assert list(size["train_products"]) == [6, 12, 15] and size["n_products"].nunique() == 1
+    stamp = (tmp_path / "runs_tuned").rglob("metrics.json")
+    before = {p: p.stat().st_mtime_ns for p in stamp}
+    assert C.bench_claims(argv) == 0                                   # resumable: nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in before} == before

@@ -74,6 +74,7 @@ PATIENCE = 3
 TUNED_SYSTEMS = ("bimpm", "mcr", "mmss")
 SEEDS = (0, 1, 2)
 SIZES = (100, 200, 400, 800)
+BASE_SIZE = 200        # the powered train split: its size point is phase tuned's runs
 SIZE_EXTRA = 600
 SIZE_SEEDS = {100: (0, 1), 400: (0, 1), 800: (0,)}
 ALONE = {"images_alone": dict(text_weight=0.0, image_weight=0.6), "text_alone": dict(text_weight=1.0, image_weight=0.0)}
@@ -97,7 +98,7 @@ def alone_root(out: Path, name: str) -> Path:
 
 
 def size_root(out: Path, n: int) -> Path:
-    return P.data_root(out, P.MAIN_WEIGHT) if n == 200 else out / "data" / f"size{n}"
+    return P.data_root(out, P.MAIN_WEIGHT) if n == BASE_SIZE else out / "data" / f"size{n}"
 
 
 def final_config(**over):
@@ -144,7 +145,7 @@ def make_data(out: Path) -> None:
     src = P.data_root(out, P.MAIN_WEIGHT)
     design = size_design(src)
     for n in SIZES:
-        if n == 200:
+        if n == BASE_SIZE:
             continue
         root = size_root(out, n)
         stamp = root / "demo" / "size_design.json"
@@ -236,12 +237,12 @@ def size_curve(out: Path):
     common = set(design["common"])
     rows = []
     for n in SIZES:
-        res = finished(out, "main" if n == 200 else f"size{n}")
+        res = finished(out, "main" if n == BASE_SIZE else f"size{n}")
         if res.empty:
             continue
         res = res[res["variant"] == "full"]
-        if n == 200:
-            res = res[res["seed"].isin(SIZE_SEEDS[400])]      # the seeds the other sizes have
+        if n == BASE_SIZE:
+            res = res[res["seed"].isin(max(SIZE_SEEDS.values(), key=len))]   # the seeds the other sizes have
         pooled = pooled_per_product(res)
         pooled = pooled[pooled["product_id"].isin(common)]
         means = pooled.groupby("system")["AP"].mean() * 100
