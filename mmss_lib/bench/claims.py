@@ -78,8 +78,8 @@ BASE_SIZE = 200        # the powered train split: its size point is phase tuned'
 SIZE_EXTRA = 600
 SIZE_SEEDS = {100: (0, 1), 400: (0, 1), 800: (0,)}
 ALONE = {"images_alone": dict(text_weight=0.0, image_weight=0.6), "text_alone": dict(text_weight=1.0, image_weight=0.0)}
+AMAZON2018 = Path("../shared/data/amazon2018")   # the Magazine sample, beside the checkout
 # a bare run: (phase, seeds); None = the phase's own seeds
-AMAZON2018 = Path("../shared/data/amazon2018")
 PLAN = [("tune", None), ("tuned", (0,)), ("magazine", (0,)), ("alone", (0,)), ("size", (0,)), ("tuned", (1, 2)),
         ("magazine", (1, 2)), ("size", (1,))]
 CLAIMS = [c for c in P.CLAIMS if c[0] not in ("MM-SS src1 - MM-SS",)]
