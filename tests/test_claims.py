@@ -247,11 +247,11 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "extract", _random_stores)
     monkeypatch.setattr(C, "TUNE_TRIALS", 2)
     monkeypatch.setattr(C, "TUNE_EPOCHS", 1)
-    monkeypatch.setattr(C, "FINAL_EPOCHS", 2)
+    monkeypatch.setattr(C, "FINAL_EPOCHS", 1)
     monkeypatch.setattr(C, "BASE_SIZE", 12)               # split_sizes(36, test 0.5, dev 0.3): 12 train
-    monkeypatch.setattr(C, "SIZES", (6, 12, 15))
+    monkeypatch.setattr(C, "SIZES", (6, 12))
     monkeypatch.setattr(C, "SIZE_EXTRA", 3)
-    monkeypatch.setattr(C, "SIZE_SEEDS", {6: (0,), 15: (0,)})
+    monkeypatch.setattr(C, "SIZE_SEEDS", {6: (0,)})
     argv = ["--out", str(tmp_path), "--phases", "tune", "tuned", "alone", "size", "--seeds", "0", "--n-jobs", "1"]
     assert C.bench_claims(argv) == 0
     text = (tmp_path / "CLAIMS.md").read_text()
@@ -263,7 +263,7 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     assert cfg.tuned_from and cfg.tuned_from.endswith("mmss/best.json")       # the ablation takes MM-SS's study
     assert cfg.epochs == C.FINAL_EPOCHS and cfg.ssp_scale == "common"
     size = pd.read_csv(tmp_path / "tables" / "claims_size.csv")
-    assert list(size["train_products"]) == [6, 12, 15] and size["n_products"].nunique() == 1
+    assert list(size["train_products"]) == [6, 12] and size["n_products"].nunique() == 1
     stamp = (tmp_path / "runs_tuned").rglob("metrics.json")
     before = {p: p.stat().st_mtime_ns for p in stamp}
     assert C.bench_claims(argv) == 0                                   # resumable: nothing retrained

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mmss_lib.data import SPLITS
 from mmss_lib.errors import CheckpointError, TrainingError
 from mmss_lib.features.store import write_store
 from mmss_lib.loader import MRHPSplitData
@@ -27,7 +28,7 @@ def make_synthetic(root, *, n_products=(10, 6, 6), per_product=6, seed=0):
     direction = rng.normal(size=DT)
     items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
     frames = {}
-    for split, n_prod in zip(T.SPLITS, n_products):
+    for split, n_prod in zip(SPLITS, n_products):
         rows, prods = [], []
         for p in range(n_prod):
             pid = f"{split}{p}"
@@ -54,7 +55,7 @@ def make_synthetic(root, *, n_products=(10, 6, 6), per_product=6, seed=0):
     stores = {kind: write_store(root / kind, its, kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
               for kind, its in items.items()}
     return {s: MRHPSplitData(frames[s][1], frames[s][0], stores, training=(s == "train"), name=s)
-            for s in T.SPLITS}
+            for s in SPLITS}
 
 
 @pytest.fixture(scope="module")
