@@ -46,7 +46,7 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
                    systems, seeds: Sequence[int] = (0, 1, 2, 3, 4), base_config: TrainConfig | None = None,
                    progress: bool = True, n_jobs: int = 1, executor="local", ray_address: str | None = None,
                    folds: int = 0, fold_seed: int = 0, dev_fraction: float | None = None, summary: bool = True,
-                   ray_timeout: float | None = None, tuned=None):
+                   ray_timeout: float | None = None, tuned=None, extra_runs=()):
     """Train every (category, system/variant, seed) and return tidy test results (pandas).
 
     ``systems``: names (variant "full", ``base_config.model_options``) or ``(system, variant,
@@ -77,6 +77,14 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     system takes the best settings of its study for the category (an MM-SS ablation the full
     model's), recorded in the run's ``tuned_from``; a missing study is refused before any run starts.
 
+    ``extra_runs``: ``(category, system, variant, options)`` runs (each for every seed) that a
+    later step reads, trained in the same schedule as the others (longest first over all of them,
+    so that the workers end together instead of one idling through a later sweep's longest run)
+    but left out of the returned frame and its summaries; notebook 02 trains notebook 03's
+    ablation variants this way. Their configuration is the one that later sweep gives them (the
+    base configuration, the options on top of its model options), so it finds them finished.
+    Released splits only.
+
     ``folds`` >= 2: K-fold cross-validation over each category's pooled products
     (:mod:`mmss_lib.folds`: ``fold_seed`` shuffles, ``dev_fraction`` of the non-test products,
     default 0.125, is each fold's dev part); every (system, fold, seed) is a run in
@@ -95,6 +103,7 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     base = base_config or TrainConfig()
     specs = _normalise_systems(systems)
     _refuse_duplicates(categories, specs, seeds)
+    extras = _normalise_extra_runs(extra_runs, specs, folds)
     if dev_fraction is not None:
         import math
         ok = isinstance(dev_fraction, (int, float)) and not isinstance(dev_fraction, bool) \
@@ -109,13 +118,15 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
                              dev_fraction=F.DEFAULT_DEV_FRACTION if dev_fraction is None else dev_fraction)
               if tag else None)
     from mmss_lib.train import _check_model_options
-    for system, _, options in specs:            # model options (--option) checked before any run starts
+    for system, _, options in specs + [e[1:] for e in extras]:   # model options (--option) checked before any run starts
         if not is_floor(system):
             _check_model_options(system, {**base.model_options, **options})
     from mmss_lib.floors import check_ceiling_data
     for category in categories:                 # ceilings need planted cues: refuse before any run starts
         for system, _, _ in specs:
             check_ceiling_data(system, data_root, dataset, category)
+    for category, system, _, _ in extras:
+        check_ceiling_data(system, data_root, dataset, category)
     if tag and any(not is_floor(system) for system, _, _ in specs):
         for category in categories:             # cross-validation reads the stores outside load_splits
             _check_fold_features(data_root, dataset, category, features_root, base)
@@ -136,13 +147,22 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
                         rd = (run_dir_for(runs_root, dataset, category, system, variant, seed) if fold is None else
                               fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed))
                         fold_jobs.append((category, cfg, rd))
+            n_main = len(fold_jobs)
+            for category, system, variant, options in (extras if fold is None else ()):
+                for seed in seeds:
+                    cfg = replace(base, system=system, variant=variant,
+                                  model_options={**base.model_options, **options}, seed=int(seed))
+                    if tuned:
+                        from mmss_lib.tuned import apply_tuned
+                        cfg = apply_tuned(cfg, tuned, dataset, category)
+                    fold_jobs.append((category, cfg, run_dir_for(runs_root, dataset, category, system, variant, seed)))
             common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
             if fold is not None:
                 common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
             fj, fm, ff, ft = _dispatch(fold_jobs, common, base, ex)
-            jobs += fj
-            metrics += fm
-            fold_of += [fold] * len(fj)
+            jobs += fj[:n_main]                 # the extra runs are trained, not returned
+            metrics += fm[:n_main]
+            fold_of += [fold] * n_main
             failures.update(ff)
             tracebacks.update(ft)
     rows = []
@@ -169,6 +189,26 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
         exc.tracebacks = tracebacks
         raise exc
     return results
+
+
+def _normalise_extra_runs(extra_runs, specs, folds) -> list[tuple[str, str, str, dict]]:
+    """``run_experiment``'s ``extra_runs`` as ``(category, system, variant, options)`` tuples,
+    refused (naming the entry) when malformed, under cross-validation or already a main run."""
+    out = []
+    for e in extra_runs or ():
+        e = tuple(e) if isinstance(e, (list, tuple)) else (e,)
+        if len(e) not in (3, 4) or not all(isinstance(x, str) for x in e[:3]) or \
+                (len(e) == 4 and not isinstance(e[3] or {}, dict)):
+            raise DataError(f"extra_runs entry {e!r}: expected (category, system, variant[, options])")
+        category, system, variant = e[:3]
+        out.append((category, system, variant, dict((e[3] if len(e) == 4 else None) or {})))
+    if out and int(folds or 0) >= 2:
+        raise DataError("extra_runs: only with the released splits (folds 0 or 1), not under cross-validation")
+    main = {(s, v) for s, v, _ in specs}
+    for category, system, variant, _ in out:
+        if (system, variant) in main:
+            raise DataError(f"extra_runs entry ({category!r}, {system!r}, {variant!r}): already one of the systems")
+    return out
 
 
 def _check_fold_features(data_root, dataset: str, category: str, features_root, base: TrainConfig) -> None:

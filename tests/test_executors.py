@@ -237,6 +237,43 @@ def test_killed_sweep_resumes_only_missing_runs(local_ray, tiny_demo, tmp_path, 
     pd.testing.assert_frame_equal(resumed[METRICS], reference[METRICS])
 
 
+def test_extra_runs_share_the_schedule_and_a_later_sweep_finds_them_finished(tiny_demo, tmp_path, capsys):
+    """Notebook 02 trains notebook 03's ablation variants in its own schedule (``extra_runs``): they
+    are trained (in worker processes, longest first), left out of the returned frame, and the
+    ablation sweep that copies the full model's configuration (``reference_config``, as 03 does)
+    finds every one finished and retrains nothing. Malformed entries, an entry that is already a
+    system, and cross-validation are refused before any run starts."""
+    from mmss_lib.errors import DataError
+    from mmss_lib.experiments import reference_config, run_experiment
+    from mmss_lib.model import ABLATIONS
+    from mmss_lib.train import TrainConfig
+
+    runs = tmp_path / "runs"
+    extra = [("home", "mmss", v, {**TINY, **ABLATIONS[v]}) for v in ("wo_b", "wo_d")]
+    kw = _sweep_kw(tiny_demo, seeds=(0,))
+    got = run_experiment(runs_root=runs, n_jobs=2, extra_runs=extra, **kw)
+    assert list(got["variant"]) == ["full"]
+    assert capsys.readouterr().out.count("finished demo/home mmss") == 3      # the two extra runs too
+    stamps = _mtimes(runs)
+    assert sorted(stamps) == [f"demo/home/mmss{v}/seed0/metrics.json" for v in ("", "__wo_b", "__wo_d")]
+
+    base, source = reference_config(runs, "demo", "home", [0], TrainConfig())   # notebook 03's copy
+    assert source
+    again = run_experiment(runs_root=runs, **{**kw, "base_config": base,
+                                              "systems": [("mmss", v, ABLATIONS[v]) for v in ("full", "wo_b", "wo_d")]})
+    assert _mtimes(runs) == stamps                                           # nothing retrained
+    assert capsys.readouterr().out.count("skipped (finished before)") == 3
+    assert list(again["variant"]) == ["full", "wo_b", "wo_d"]
+
+    for bad, match in (([("home", "mmss")], "expected \\(category, system, variant"),
+                       ([("home", "mmss", "full", TINY)], "already one of the systems")):
+        with pytest.raises(DataError, match=match):
+            run_experiment(runs_root=tmp_path / "bad", extra_runs=bad, **kw)
+    with pytest.raises(DataError, match="not under cross-validation"):
+        run_experiment(runs_root=tmp_path / "bad", extra_runs=extra, folds=2, **kw)
+    assert not (tmp_path / "bad").exists()
+
+
 def _alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:

@@ -328,6 +328,10 @@ def test_smoke_profile_end_to_end(tmp_path):
     np.testing.assert_allclose(t4["ΔMAP"], t4["MAP"] - t4.loc["MM-SS (Ours)", "MAP"], atol=0.011)
     seeds = pd.read_csv(tables / "table4_ablation_seeds_demo.csv")
     assert sorted(seeds["variant"]) == ["full", "wo_b", "wo_d"] and set(seeds["seed"]) == {0}
+    # 02 trained 03's variants in its own schedule (the profile's `ablation`); 03 reused them
+    done_02 = res[1].executed.stat().st_mtime_ns
+    for v in ("wo_b", "wo_d"):
+        assert (tmp_path / "runs" / "demo" / "home" / f"mmss__{v}" / "seed0" / "metrics.json").stat().st_mtime_ns < done_02
 
     # Case study: a training review (pseudo labels in -4..8) and a test review, H in 0..4, M and O present.
     case = pd.read_csv(tables / "case_study_demo_home_seed0.csv")
