@@ -17,7 +17,9 @@ Layout::
 
 Identity. A run is the same run when its ``run`` record (dataset, category) is equal and its
 configuration is equal apart from :data:`PLACEMENT_FIELDS` (where it was trained, not what: a run
-finished on a GPU, or with another thread count, is finished for every caller). A finished run
+finished on a GPU, or with another thread count, is finished for every caller) and
+:data:`PROVENANCE_FIELDS` (where its settings were read from, not what they are: the settings
+themselves are compared, so a study's results moved to another folder still name their runs). A finished run
 of the same identity is returned as is; with another identity it is trained again into the folder
 (resume rules apply). Resuming from ``last.pt`` additionally tolerates
 :data:`RESUME_FREE_FIELDS` (a longer ``epochs``, another ``patience`` or evaluation batch size
@@ -45,8 +47,10 @@ def scores_path(run_dir, split: str) -> Path:
 
 # config fields that say where a run was trained, not what
 PLACEMENT_FIELDS = ("device", "num_threads")
+# config fields that say where a run's settings were read from (the study's best.json), not what they are
+PROVENANCE_FIELDS = ("tuned_from",)
 # fields that may change between an interrupted run and its resumption
-RESUME_FREE_FIELDS = PLACEMENT_FIELDS + ("epochs", "patience", "eval_batch_size")
+RESUME_FREE_FIELDS = PLACEMENT_FIELDS + PROVENANCE_FIELDS + ("epochs", "patience", "eval_batch_size")
 
 
 # ------------------------------------------------------------------------------------ layout
@@ -92,9 +96,9 @@ def config_diff(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
 
 def same_run(record: dict, config: dict, run_info: dict) -> bool:
     """Whether a config.json ``record`` is the run (``config``, ``run_info``): equal ``run``, equal
-    configuration apart from :data:`PLACEMENT_FIELDS`."""
+    configuration apart from :data:`PLACEMENT_FIELDS` and :data:`PROVENANCE_FIELDS`."""
     return (dict(record.get("run") or {}) == dict(run_info or {})
-            and not config_diff(dict(record.get("config") or {}), config, PLACEMENT_FIELDS))
+            and not config_diff(dict(record.get("config") or {}), config, PLACEMENT_FIELDS + PROVENANCE_FIELDS))
 
 
 def resume_mismatch(checkpoint: dict, config: dict, run_info: dict) -> list[str]:

@@ -18,11 +18,13 @@ def test_layout():
         "R/amazon/mag/mcr/folds5/fold3/seed0"
 
 
-def test_identity_ignores_placement_only():
+def test_identity_ignores_placement_and_provenance_only():
     cfg = {"system": "mmss", "seed": 0, "lr": 1e-4, "device": "cpu", "num_threads": 1, "epochs": 5}
     run = {"dataset": "demo", "category": "home"}
     rec = {"config": cfg, "run": run}
     assert RF.same_run(rec, {**cfg, "device": "cuda", "num_threads": 8}, run)
+    moved = {**cfg, "tuned_from": "/elsewhere/tune/demo/home/mmss/best.json"}   # the same settings read from a moved study
+    assert RF.same_run({**rec, "config": {**rec["config"], "tuned_from": "/old/tune/demo/home/mmss/best.json"}}, moved, run)
     assert not RF.same_run(rec, {**cfg, "lr": 2e-4}, run)
     assert not RF.same_run(rec, {**cfg, "epochs": 6}, run)               # finished under another cap: not the same
     assert not RF.same_run(rec, cfg, {"dataset": "demo", "category": "clothing"})
