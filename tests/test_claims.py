@@ -268,3 +268,17 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     before = {p: p.stat().st_mtime_ns for p in stamp}
     assert C.bench_claims(argv) == 0                                   # resumable: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+    # carried to another folder without checkpoints (how outputs/powered travels in git): the runs
+    # are found finished there (tuned_from names the old folder) and the report is written again
+    import shutil
+
+    moved = tmp_path.parent / (tmp_path.name + "_moved")
+    shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("*.pt"))
+    argv_moved = ["--out", str(moved)] + argv[2:]
+    assert C.bench_claims(argv_moved) == 0
+    assert {p: p.stat().st_mtime_ns for p in (moved / "runs_tuned").rglob("metrics.json")} == \
+        {moved / p.relative_to(tmp_path): t for p, t in before.items()}
+    assert not list(moved.rglob("*.pt"))                                 # nothing trained again
+    again = (moved / "CLAIMS.md").read_text().replace(str(moved), str(tmp_path))   # the figure's path aside
+    assert again.split("## Measured time")[0] == text.split("## Measured time")[0]

@@ -323,7 +323,7 @@ def _comparison(res, claims, title: str, tables: Path, tag: str, data: Path) -> 
 def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
     """Issue question 3: where MM-SS (seed 0) of the runs ``tag`` takes its signal from, on dev
     (:mod:`mmss_lib.diagnose`: interaction knock-out, gradient norms); computed once per trained
-    run (cached beside the tables)."""
+    run (cached beside the tables, and read from there where the run's checkpoint is gone)."""
     import pandas as pd
 
     from mmss_lib.diagnose import gradient_norms, interaction_knockout
@@ -336,7 +336,8 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
     for name, fn in (("knockout", lambda: interaction_knockout(run, data, out / "features", split="dev")),
                      ("gradients", lambda: gradient_norms(run, data, out / "features"))):
         path = tables / f"claims_{tag}_diagnosis_{name}.csv"
-        if path.exists() and path.stat().st_mtime >= (run / BEST).stat().st_mtime:
+        best = run / BEST          # absent where the results were carried without checkpoints (outputs/powered in git)
+        if path.exists() and (not best.exists() or path.stat().st_mtime >= best.stat().st_mtime):
             df = pd.read_csv(path)
         else:
             df = fn()
