@@ -41,9 +41,13 @@ Design (fixed before any result of it was seen):
     the 1,500 test products that no size trains on; the 200 point is phase ``tuned``'s runs scored
     on those 1,500 (seeds 0 and 1). Seeds 0 and 1 (0 only at 800).
 - **Order** (a bare ``mmss bench claims``; every run resumable, finished runs skipped): the
-  studies, then one seed of every question (``tuned``, ``magazine``, ``alone``, ``size``), then the
-  other seeds (:data:`PLAN`).
-  A later run finishes what an earlier one could not. Measured cost: see the report's time table;
+  studies, then one seed of every question (``tuned``, ``alone``, ``size``, ``magazine``), then the
+  other seeds (:data:`PLAN`). The Magazine phase, the costliest (5 folds x 3 text lengths, a study per
+  fold and system), comes after the generated-data questions (moved there from the measured cost of
+  its untuned part, 2026-12-05, before any tuned run).
+  A later run finishes what an earlier one could not: the results travel in git
+  (``outputs/powered``'s small files; ``.gitignore`` says which), so ``mmss bench claims`` there
+  continues them after rebuilding the data and features. Measured cost: see the report's time table;
   at these sizes one seed of MM-SS costs about 1 CPU-minute per epoch at 200 training products
   (linear in them), so the whole plan is several hours on 2 cores, more than one 3-hour session.
 - **Report** (:func:`report`, ``--report-only``): the studies (base and chosen dev MAP, settings,
@@ -80,7 +84,7 @@ SIZE_SEEDS = {100: (0, 1), 400: (0, 1), 800: (0,)}
 ALONE = {"images_alone": dict(text_weight=0.0, image_weight=0.6), "text_alone": dict(text_weight=1.0, image_weight=0.0)}
 AMAZON2018 = Path("../shared/data/amazon2018")   # the Magazine sample, beside the checkout
 # a bare run: (phase, seeds); None = the phase's own seeds
-PLAN = [("tune", None), ("tuned", (0,)), ("magazine", (0,)), ("alone", (0,)), ("size", (0,)), ("tuned", (1, 2)),
+PLAN = [("tune", None), ("tuned", (0,)), ("alone", (0,)), ("size", (0,)), ("magazine", (0,)), ("tuned", (1, 2)),
         ("magazine", (1, 2)), ("size", (1,))]
 CLAIMS = [c for c in P.CLAIMS if c[0] not in ("MM-SS src1 - MM-SS",)]
 
