@@ -130,6 +130,14 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     if tag and any(not is_floor(system) for system, _, _ in specs):
         for category in categories:             # cross-validation reads the stores outside load_splits
             _check_fold_features(data_root, dataset, category, features_root, base)
+    def run_config(category, system, variant, options, seed) -> TrainConfig:
+        cfg = replace(base, system=system, variant=variant, model_options={**base.model_options, **options},
+                      seed=int(seed))
+        if tuned:
+            from mmss_lib.tuned import apply_tuned
+            cfg = apply_tuned(cfg, tuned, dataset, category)
+        return cfg
+
     ex = make_executor(executor, n_jobs=n_jobs, ray_address=ray_address,
                        **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}))
     jobs, metrics, fold_of, failures, tracebacks = [], [], [], {}, {}
@@ -139,23 +147,15 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
             for category in categories:
                 for system, variant, options in specs:
                     for seed in seeds:
-                        cfg = replace(base, system=system, variant=variant,
-                                      model_options={**base.model_options, **options}, seed=int(seed))
-                        if tuned:
-                            from mmss_lib.tuned import apply_tuned
-                            cfg = apply_tuned(cfg, tuned, dataset, category)
+                        cfg = run_config(category, system, variant, options, seed)
                         rd = (run_dir_for(runs_root, dataset, category, system, variant, seed) if fold is None else
                               fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed))
                         fold_jobs.append((category, cfg, rd))
             n_main = len(fold_jobs)
             for category, system, variant, options in (extras if fold is None else ()):
                 for seed in seeds:
-                    cfg = replace(base, system=system, variant=variant,
-                                  model_options={**base.model_options, **options}, seed=int(seed))
-                    if tuned:
-                        from mmss_lib.tuned import apply_tuned
-                        cfg = apply_tuned(cfg, tuned, dataset, category)
-                    fold_jobs.append((category, cfg, run_dir_for(runs_root, dataset, category, system, variant, seed)))
+                    fold_jobs.append((category, run_config(category, system, variant, options, seed),
+                                      run_dir_for(runs_root, dataset, category, system, variant, seed)))
             common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
             if fold is not None:
                 common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
