@@ -204,12 +204,31 @@ def test_magazine_table_against_length():
                 ap = {"length": 0.8, "random": 0.5, "bimpm": 0.7 if setting == "untuned" else 0.9}[s]
                 rows.append({"dataset": "amazon", "category": "magazine", "system": s, "variant": "full", "seed": 0,
                              "product_id": f"P{p}", "AP": ap + rng.normal(0, 0.01), "NDCG@3": 0.5, "NDCG@5": 0.5,
-                             "RR": 0.5, "ceiling_while_improving": 0, "length": 256, "setting": setting})
+                             "RR": 0.5, "ceiling_while_improving": 0, "length": 256, "setting": setting,
+                             "cv_fold": 0})
     t = M.table(pd.DataFrame(rows)).set_index(["setting", "system"])
     assert t.loc[("untuned", "bimpm"), "minus_Length"] == pytest.approx(-10, abs=1)
     assert t.loc[("tuned", "bimpm"), "minus_Length"] == pytest.approx(10, abs=1)
     assert t.loc[("tuned", "bimpm"), "lo"] > 0 and ("tuned", "length") not in t.index
     assert (t["n_products"] == 40).all()
+
+
+def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp_path):
+    """An interrupted Magazine phase: a fold enters the table only where every system of its
+    setting finished, so the paired comparisons see the same products."""
+    import mmss_lib.run_folder
+    from mmss_lib.bench import magazine as M
+
+    done = {(64, "untuned", 0): ("random", "length", "bimpm", "mmss"), (64, "untuned", 1): ("random", "length", "bimpm"),
+            (256, "tuned", 0): ("bimpm", "mmss"), (256, "tuned", 1): ("bimpm",)}
+
+    def finished(root, dataset, category):
+        key = next((k for k in done if root == M.runs_root(tmp_path, *k)), None)
+        return pd.DataFrame({"system": list(done[key]), "seed": 0}) if key else pd.DataFrame()
+
+    monkeypatch.setattr(mmss_lib.run_folder, "finished_results", finished)
+    got = M.results(tmp_path)
+    assert sorted(set(zip(got["length"], got["setting"], got["cv_fold"]))) == [(64, "untuned", 0), (256, "tuned", 0)]
 
 
 def _random_stores(out):

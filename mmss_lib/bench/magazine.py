@@ -136,7 +136,10 @@ def run(out: Path, amazon2018: Path, n_jobs: int, seeds=SEEDS) -> None:
 
 
 def results(out: Path):
-    """Finished runs of every length, setting and fold, one frame (``length``, ``setting`` columns)."""
+    """Finished runs of every length, setting and fold, one frame (``length``, ``setting`` columns).
+    A fold enters only where every system of its setting finished there (untuned: the floors and
+    :data:`SYSTEMS`; tuned: :data:`SYSTEMS`), so an interrupted phase compares its systems on the
+    same products."""
     import pandas as pd
 
     from mmss_lib.run_folder import finished_results
@@ -144,9 +147,10 @@ def results(out: Path):
     frames = []
     for length in LENGTHS:
         for setting in ("untuned", "tuned"):
+            need = set(SYSTEMS) | ({"random", "length"} if setting == "untuned" else set())
             for f in range(K):
                 r = finished_results(runs_root(out, length, setting, f), DATASET, CATEGORY)
-                if not r.empty:
+                if not r.empty and need <= set(r["system"]):
                     frames.append(r.assign(length=length, setting=setting, cv_fold=f))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -161,8 +165,9 @@ def table(res):
     rows = []
     untuned_floors = res[(res["setting"] == "untuned") & res["system"].isin(["random", "length"])]
     for (length, setting), g in res.groupby(["length", "setting"], sort=True):
-        if setting == "tuned":      # the floors do not depend on tuning: the same runs on each side
-            g = pd.concat([g, untuned_floors[untuned_floors["length"] == length]], ignore_index=True)
+        if setting == "tuned":      # the floors do not depend on tuning: the same runs (and folds) on each side
+            floors = untuned_floors[(untuned_floors["length"] == length) & untuned_floors["cv_fold"].isin(g["cv_fold"])]
+            g = pd.concat([g, floors], ignore_index=True)
         pooled = pooled_per_product(g)
         summ = product_summary(pooled).set_index("system")
         comps = [(f"{s} - Length", (s, "full"), ("length", "full")) for s in SYSTEMS]
@@ -174,7 +179,8 @@ def table(res):
             runs = g[g["system"] == s]
             row = {"tokens": length, "setting": setting, "system": s, "MAP": summ.loc[s, "MAP"],
                    "MAP_lo": summ.loc[s, "MAP_lo"], "MAP_hi": summ.loc[s, "MAP_hi"],
-                   "n_products": int(summ.loc[s, "n_products"]), "n_seeds": int(runs["seed"].nunique()),
+                   "n_products": int(summ.loc[s, "n_products"]), "n_folds": int(runs["cv_fold"].nunique()),
+                   "n_seeds": int(runs["seed"].nunique()),
                    "runs_at_ceiling": int(runs.get("ceiling_while_improving", pd.Series(dtype=float))
                                           .fillna(0).astype(bool).sum())}
             if diff is not None and s in diff.index:
