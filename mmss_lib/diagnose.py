@@ -16,6 +16,16 @@ Two readings of a finished run's best checkpoint, on one split of its data:
   is orders of magnitude below the text projection's is not being taught by the ranking loss.
 
 Both read the run's ``best.pt`` weights-only and write nothing.
+
+And one reading of the data, no run needed: :func:`cue_probes`, whether the frozen features hold
+the image cues at all (the demo generator's cue files are the ground truth): for every review with
+images, the masked means of its text tokens, of its regions and of its product's regions;
+``img_match`` probed without training by cos(product regions, review regions), ``agree`` (the review
+images show the kind the review text names: a text-image comparison) by a supervised bilinear probe,
+a logistic regression on the outer product of the two means after a PCA of each side to
+:data:`PROBE_DIMS` dimensions (fitted on the training reviews), scored on another split. A probe
+that separates a cue which a trained model does not follow says the model, not the features,
+misses it.
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ import numpy as np
 from mmss_lib.errors import DataError
 
 IMAGE_INTERACTIONS = ("pvrt", "pvrv", "ptrv", "rtrv")
+PROBE_DIMS, PROBE_C = 16, 0.1      # bilinear probe: PCA size per side, inverse L2 strength (fixed, not searched)
 
 
 def _load(run_dir, data_root, features_root, split: str):
@@ -151,4 +162,73 @@ def gradient_norms(run_dir: str | os.PathLike, data_root, features_root, *, n_ba
         rows.append({"part": f"fusion block {s}", "grad_norm": float(g), "param_norm": float(w),
                      "ratio": float(g / w)})
     model.zero_grad()
+    return pd.DataFrame(rows)
+
+
+def _probe_rows(data_root, features_root, dataset: str, category: str, split: str) -> dict:
+    """Per review with images of ``split``: the masked means of the review's text tokens, its
+    regions and its product's regions (None where the product has none), and its image cues."""
+    import pandas as pd
+
+    from mmss_lib.data import split_file
+    from mmss_lib.features.store import FeatureStore, feature_dirs
+
+    cue_path = Path(data_root) / dataset / category / f"{category}.cues.{split}"
+    if not cue_path.exists():
+        raise DataError(f"{cue_path}: no cue file (the demo generator writes one per split; real data has none)")
+    cues = pd.read_json(cue_path).set_index("review_id")
+    rvw = pd.read_json(split_file(data_root, dataset, category, "rvw", split))
+    stores = {k: FeatureStore(v) for k, v in feature_dirs(features_root, dataset, category).items()}
+
+    def mean(kind, item):
+        x = stores[kind].get(item)["x"].astype(np.float32)
+        return x.mean(0) if len(x) else None
+
+    out = {"tr": [], "vr": [], "vp": [], "agree": [], "img_match": []}
+    for rid, pid in zip(rvw["review_id"], rvw["product_id"]):
+        vr = mean("region_rvw", rid)
+        if vr is None or rid not in cues.index or np.isnan(cues.at[rid, "agree"]):
+            continue
+        out["tr"].append(mean("text_rvw", rid))
+        out["vr"].append(vr)
+        out["vp"].append(mean("region_prd", pid))
+        out["agree"].append(int(cues.at[rid, "agree"]))
+        out["img_match"].append(int(cues.at[rid, "img_match"]))
+    if len(set(out["agree"])) < 2:
+        raise DataError(f"{cue_path}: fewer than two classes of 'agree' among the reviews with region features")
+    return out
+
+
+def cue_probes(data_root, features_root, *, dataset: str = "demo", category: str, split: str = "dev"):
+    """The probes of the module docstring on ``split`` (bilinear probe fitted on ``train``). Columns:
+    ``cue``, ``probe``, ``n_train``, ``n_eval``, ``auc`` (ROC AUC on ``split``), ``train_auc``."""
+    import pandas as pd
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    tr = _probe_rows(data_root, features_root, dataset, category, "train")
+    ev = _probe_rows(data_root, features_root, dataset, category, split)
+    rows = []
+    has_p = [i for i, v in enumerate(ev["vp"]) if v is not None]
+    if has_p:
+        vp, vr = np.stack([ev["vp"][i] for i in has_p]), np.stack([ev["vr"][i] for i in has_p])
+        cos = (vp * vr).sum(1) / (np.linalg.norm(vp, axis=1) * np.linalg.norm(vr, axis=1) + 1e-12)
+        y = [ev["img_match"][i] for i in has_p]
+        if len(set(y)) == 2:
+            rows.append({"cue": "img_match", "probe": "cos(product regions, review regions), untrained",
+                         "n_train": 0, "n_eval": len(has_p), "auc": roc_auc_score(y, cos), "train_auc": float("nan")})
+    xt, xv = np.stack(tr["tr"]), np.stack(tr["vr"])
+    k = min(PROBE_DIMS, len(xt) - 1, xt.shape[1], xv.shape[1])   # PROBE_DIMS unless the data are smaller
+    pca_t, pca_v = PCA(k, random_state=0).fit(xt), PCA(k, random_state=0).fit(xv)
+
+    def outer(d):
+        a, b = pca_t.transform(np.stack(d["tr"])), pca_v.transform(np.stack(d["vr"]))
+        return np.einsum("ni,nj->nij", a, b).reshape(len(a), -1)
+
+    clf = LogisticRegression(C=PROBE_C, max_iter=5000).fit(outer(tr), tr["agree"])
+    rows.append({"cue": "agree", "probe": f"bilinear (PCA {k} x {k} of review text x review regions), supervised",
+                 "n_train": len(tr["agree"]), "n_eval": len(ev["agree"]),
+                 "auc": roc_auc_score(ev["agree"], clf.decision_function(outer(ev))),
+                 "train_auc": roc_auc_score(tr["agree"], clf.decision_function(outer(tr)))})
     return pd.DataFrame(rows)

@@ -91,6 +91,7 @@ class MMSSConfig:
     source_init_std: float = 0.02       # init std of the source vectors (the features they join are LayerNorm'd: std 1)
     head_hidden: int = 64               # hidden width of the subtask MLPs (Eq. 9) and of the w/o-(b) MLP
     sub_log_var_init: float = 0.0       # Eq. 15's start s_k = log sigma_k^2 (paper: unstated; 0 weights each subtask 1/2)
+    match_term: bool = False            # not in the paper: f_s += W_m (mean A * mean B) in every interaction (see Interaction)
 
     def __post_init__(self):
         subs = tuple(self.subtasks)
@@ -167,12 +168,23 @@ def _self_att_layer(cfg: MMSSConfig) -> nn.TransformerEncoderLayer:
 
 
 class Interaction(nn.Module):
-    """One interaction of module (b): f_s = SoftPool(Self-ATT([A; B])) (Eq. 3-5), masked."""
+    """One interaction of module (b): f_s = SoftPool(Self-ATT([A; B])) (Eq. 3-5), masked.
+
+    ``match_term`` (an option outside the paper, off by default): f_s = SoftPool(Self-ATT([A; B]))
+    + W_m (mean(A) * mean(B)), the elementwise product of the two sides' masked means (zero when a
+    side is empty) through a bias-free Linear(d, d). It gives each interaction a direct
+    multiplicative comparison of its two sides, a rank-d bilinear form of their projected features;
+    Self-ATT alone can compare them only through softmax-normalised attention weights. It is the
+    repair tried for the image pathway in ``mmss bench claims`` (phase ``fix``): the text-image
+    agreement cue is in the features (a bilinear probe on the pooled review text and review regions
+    separates it), but MM-SS does not learn it from the label.
+    """
 
     def __init__(self, cfg: MMSSConfig):
         super().__init__()
         self.self_att = _self_att_layer(cfg)
         self.empty = nn.Parameter(torch.zeros(cfg.d))  # f_s when [A; B] has no real position
+        self.match = nn.Linear(cfg.d, cfg.d, bias=False) if cfg.match_term else None
 
     def forward(self, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tensor:
         x = torch.cat([a, b], dim=1)                                # (B, La+Lb, d)
@@ -180,6 +192,8 @@ class Interaction(nn.Module):
         any_real, safe = guard_empty(mask)
         h = self.self_att(x, src_key_padding_mask=~safe)            # (B, La+Lb, d), Self-ATT
         pooled = soft_pool(h, safe)                                 # (B, d), SoftPool
+        if self.match is not None:                                  # option match_term (not in the paper)
+            pooled = pooled + self.match(masked_mean(a, a_mask) * masked_mean(b, b_mask))
         return torch.where(any_real.unsqueeze(-1), pooled, self.empty.to(pooled.dtype).expand_as(pooled))
 
 

@@ -271,16 +271,22 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "SIZES", (6, 12))
     monkeypatch.setattr(C, "SIZE_EXTRA", 3)
     monkeypatch.setattr(C, "SIZE_SEEDS", {6: (0,)})
-    argv = ["--out", str(tmp_path), "--phases", "tune", "tuned", "alone", "size", "--seeds", "0", "--n-jobs", "1"]
+    argv = ["--out", str(tmp_path), "--phases", "tune", "tuned", "alone", "fix", "size", "--seeds", "0", "--n-jobs", "1"]
     assert C.bench_claims(argv) == 0
     text = (tmp_path / "CLAIMS.md").read_text()
     for section in ("## Studies", "## Tuned comparison", "### Paired differences", "## Images alone",
                     "## Text alone", "## Data size", "### Where MM-SS takes its signal from (main)",
-                    "### Where MM-SS takes its signal from (images alone)", "## Measured time"):
+                    "### Where MM-SS takes its signal from (images alone)", "## Fix tried for the image pathway",
+                    "Do the frozen features hold the image cues?", "## Measured time"):
         assert section in text, section
     cfg = load_run_config(C.runs_root(tmp_path, "main") / "demo" / "home" / "mmss__wo_d" / "seed0")
     assert cfg.tuned_from and cfg.tuned_from.endswith("mmss/best.json")       # the ablation takes MM-SS's study
     assert cfg.epochs == C.FINAL_EPOCHS and cfg.ssp_scale == "common"
+    fix = load_run_config(C.runs_root(tmp_path, "images_alone") / "demo" / "home" / "mmss__match" / "seed0")
+    full = load_run_config(C.runs_root(tmp_path, "images_alone") / "demo" / "home" / "mmss" / "seed0")
+    assert fix.model_options == {**full.model_options, **C.FIX[2]} and fix.tuned_from == full.tuned_from   # MM-SS's settings
+    assert set(pd.read_csv(tmp_path / "tables" / "claims_fix.csv")["data"]) == set(C.FIX_DESIGNS)
+    assert "MM-SS+match - MM-SS" in set(pd.read_csv(tmp_path / "tables" / "claims_images_alone_claims.csv")["comparison"])
     size = pd.read_csv(tmp_path / "tables" / "claims_size.csv")
     assert list(size["train_products"]) == [6, 12] and size["n_products"].nunique() == 1
     stamp = (tmp_path / "runs_tuned").rglob("metrics.json")

@@ -208,3 +208,35 @@ def test_dropout_drops_p_keeps_the_expectation_and_masks_the_gradient(p):
     torch.manual_seed(0)
     assert torch.equal(Dropout(p).train()(torch.ones(400, 500)), y.detach())      # the torch seed decides
     assert torch.equal(d.eval()(x), x)
+
+
+def test_match_term_adds_the_product_of_the_two_sides_means():
+    """Option match_term (not in the paper, off by default): f_s = SoftPool(Self-ATT([A; B]))
+    + W_m (mean A * mean B); padding and empty image sets change nothing; the default has no W_m."""
+    from mmss_lib.masked import masked_mean
+
+    assert all(i.match is None for i in _model().interactions.values())
+    m = _model(match_term=True).eval()
+    batch = _no_images(_batch(), [1])
+    bases = {}
+    with torch.no_grad():
+        feats = m.modality_features(batch)
+        f = m.interaction_features(batch)
+        for s, (a, b) in INTERACTIONS.items():
+            inter = m.interactions[s]
+            xa, ma = feats[a]
+            xb, mb = feats[b]
+            plain = inter.match
+            inter.match = None
+            base = bases[s] = inter(xa, ma, xb, mb)
+            inter.match = plain
+            want = base + plain(masked_mean(xa, ma) * masked_mean(xb, mb))
+            real = torch.cat([ma, mb], 1).any(1)
+            assert torch.allclose(f[s][real], want[real], atol=1e-6), s
+            assert not torch.allclose(f[s][real], base[real]), s
+        # rtrv of the row without images: the review side is empty, so the product adds nothing
+        assert torch.equal(masked_mean(*feats["vr"])[1], torch.zeros(D))
+        assert torch.allclose(f["rtrv"][1], bases["rtrv"][1], atol=1e-6)
+    out = m.train()(batch)
+    out.score.sum().backward()
+    assert all(m.interactions[s].match.weight.grad.abs().sum() > 0 for s in SUBTASKS)

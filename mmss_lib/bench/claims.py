@@ -59,6 +59,17 @@ Design (fixed before any result of it was seen):
   comes from (:mod:`mmss_lib.diagnose`: dev MAP with each interaction knocked out, gradient norms
   of the parts of the model); the measured wall time of every phase.
 
+- **Fix** (phase ``fix``; designed 2026-12-06 after the images-alone diagnosis, before any run of
+  it): a supervised bilinear probe on the frozen features separates the text-image agreement cue
+  (``agree``) that the trained MM-SS hardly follows (:func:`mmss_lib.diagnose.cue_probes`), and the
+  images-alone MM-SS fits its training pairs within a few epochs (best dev epoch 2). The one repair
+  tried: :data:`FIX` = MM-SS with ``match_term`` (:class:`mmss_lib.model.Interaction`: each
+  interaction also gets the elementwise product of its two sides' means, a direct multiplicative
+  comparison), MM-SS's tuned settings, seed 0, on the images-alone data first, then the main data and
+  text alone. The rule, fixed beforehand: it counts as a repair of the image pathway when it raises
+  MM-SS's images-alone **dev** MAP; test is scored once and reported either way, as MM-SS+match -
+  MM-SS with its paired interval. MM-SS itself stays as the paper describes (``match_term`` off).
+
 Phase ``magazine`` (real text at 64/256/512 tokens, tuned inside each fold) is
 :mod:`mmss_lib.bench.magazine`. Choices are made on dev, never on test.
 """
@@ -84,9 +95,12 @@ SIZE_SEEDS = {100: (0, 1), 400: (0, 1), 800: (0,)}
 ALONE = {"images_alone": dict(text_weight=0.0, image_weight=0.6), "text_alone": dict(text_weight=1.0, image_weight=0.0)}
 AMAZON2018 = Path("../shared/data/amazon2018")   # the Magazine sample, beside the checkout
 # a bare run: (phase, seeds); None = the phase's own seeds
-PLAN = [("tune", None), ("tuned", (0,)), ("alone", (0,)), ("size", (0,)), ("magazine", (0,)), ("tuned", (1, 2)),
+PLAN = [("tune", None), ("tuned", (0,)), ("alone", (0,)), ("fix", (0,)), ("size", (0,)), ("magazine", (0,)), ("tuned", (1, 2)),
         ("magazine", (1, 2)), ("size", (1,))]
-CLAIMS = [c for c in P.CLAIMS if c[0] not in ("MM-SS src1 - MM-SS",)]
+FIX = ("mmss", "match", {"match_term": True})
+FIX_CLAIM = ("MM-SS+match - MM-SS", ("mmss", "match"), ("mmss", "full"))
+FIX_DESIGNS = ("images_alone", "main", "text_alone")   # in this order
+CLAIMS = [c for c in P.CLAIMS if c[0] not in ("MM-SS src1 - MM-SS",)] + [FIX_CLAIM]
 
 
 def tune_root(out: Path) -> Path:
@@ -192,6 +206,10 @@ def run_phase(out: Path, phase: str, seeds: Sequence[int] | None, n_jobs: int, a
     elif phase == "alone":
         for name in ALONE:
             _run(out, alone_root(out, name), name, base, seeds or (0,), n_jobs)
+    elif phase == "fix":
+        for tag in FIX_DESIGNS:
+            data = P.data_root(out, P.MAIN_WEIGHT) if tag == "main" else alone_root(out, tag)
+            _run(out, data, tag, [FIX], seeds or (0,), n_jobs)
     elif phase == "size":
         for n, own in SIZE_SEEDS.items():
             todo = [s for s in (seeds or own) if s in own]
@@ -324,6 +342,40 @@ def _comparison(res, claims, title: str, tables: Path, tag: str, data: Path) -> 
             P._md(format_cue_sensitivity(cs)), ""]
 
 
+def fix_table(out: Path):
+    """Phase ``fix``: per data design, MM-SS and MM-SS+match (seed 0) on dev (the choice) and test."""
+    import pandas as pd
+
+    rows = []
+    for tag in FIX_DESIGNS:
+        res = finished(out, tag)
+        if res.empty:
+            continue
+        res = res[(res["system"] == "mmss") & (res["seed"] == 0)].set_index("variant")
+        if not {"full", "match"} <= set(res.index):
+            continue
+        row = {"data": tag}
+        for v, name in (("full", "MM-SS"), ("match", "MM-SS+match")):
+            row.update({f"{name} dev MAP": 100 * res.at[v, "dev_MAP"], f"{name} best epoch": int(res.at[v, "best_epoch"]),
+                        f"{name} test MAP": 100 * res.at[v, "MAP"]})
+        row["dev gain"] = row["MM-SS+match dev MAP"] - row["MM-SS dev MAP"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fix_lines(out: Path, tables: Path) -> list[str]:
+    df = fix_table(out)
+    if df.empty:
+        return []
+    df.to_csv(tables / "claims_fix.csv", index=False)
+    img = df[df["data"] == "images_alone"]
+    verdict = ("" if img.empty else "By the rule fixed beforehand (images-alone dev MAP), the match term "
+               + ("repairs" if float(img["dev gain"].iloc[0]) > 0 else "does not repair") + " the image pathway. ")
+    return ["## Fix tried for the image pathway (phase fix: MM-SS+match, seed 0; chosen on dev)", "", P._md(df, 2), "",
+            verdict + "The test differences MM-SS+match - MM-SS with their paired intervals are in each design's "
+            "table of paired differences above.", ""]
+
+
 def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
     """Issue question 3: where MM-SS (seed 0) of the runs ``tag`` takes its signal from, on dev
     (:mod:`mmss_lib.diagnose`: interaction knock-out, gradient norms); computed once per trained
@@ -331,6 +383,7 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
     import pandas as pd
 
     from mmss_lib.diagnose import gradient_norms, interaction_knockout
+    from mmss_lib.errors import DataError
     from mmss_lib.run_folder import BEST, METRICS, run_dir_for
 
     run = run_dir_for(runs_root(out, tag), "demo", P.CATEGORY, "mmss", "full", 0)
@@ -348,6 +401,25 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
             df.to_csv(path, index=False)
         lines += [f"MM-SS seed 0, {'dev MAP with each interaction replaced by its mean (drop x100)' if name == 'knockout' else 'target-loss gradient norms on 4 training batches'}:",
                   "", P._md(df, 4), ""]
+    hist = json.loads((run / "history.json").read_text())
+    curve = pd.DataFrame([{"epoch": e["epoch"], "train target loss": e["loss_tar"], "train subtask loss": e["loss_sub"],
+                           "dev MAP": 100 * e["dev"]["MAP"]} for e in hist if isinstance(e.get("dev"), dict)])
+    lines += ["MM-SS seed 0, training curve (target loss on the training pairs, Eq. 12; dev MAP x100):", "",
+              P._md(curve, 4), ""]
+    if tag == "images_alone":
+        from mmss_lib.diagnose import cue_probes
+
+        path = tables / f"claims_{tag}_diagnosis_probes.csv"
+        title = "Do the frozen features hold the image cues? (mmss_lib.diagnose.cue_probes; ROC AUC on dev reviews with images)"
+        try:
+            if path.exists():
+                probes = pd.read_csv(path)
+            else:
+                probes = cue_probes(data, out / "features", category=P.CATEGORY, split="dev")
+                probes.to_csv(path, index=False)
+            lines += [title, "", P._md(probes, 3), ""]
+        except DataError as e:                     # e.g. too few reviews with images for a probe
+            lines += [title, "", f"No probe: {e}", ""]
     return [f"### Where MM-SS takes its signal from ({tag.replace('_', ' ')})", ""] + lines
 
 
@@ -382,11 +454,12 @@ def report(out: Path) -> str:
         if not r.empty:
             comps = [(f"{s} - ceiling_{c}", (s, "full"), (f"ceiling_{c}", "full"))
                      for s in TUNED_SYSTEMS for c in ("text", "all")] + \
-                    [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full"))]
+                    [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full")), FIX_CLAIM]
             lines += _comparison(r, comps, f"{name.replace('_', ' ').capitalize()} (text weight "
                                  f"{spec['text_weight']:g}, image weight {spec['image_weight']:g})", tables, name,
                                  alone_root(out, name))
             lines += diagnosis(out, tables, name, alone_root(out, name))
+    lines += fix_lines(out, tables)
     curve = size_curve(out)
     if not curve.empty:
         curve.to_csv(tables / "claims_size.csv", index=False)
@@ -412,7 +485,7 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
     ap.add_argument("--out", default="outputs/powered", help="the powered benchmark's folder (default %(default)s)")
     ap.add_argument("--amazon2018", default=str(AMAZON2018), help="folder of the Amazon 2018 Magazine sample "
                     "(phase magazine; default %(default)s)")
-    ap.add_argument("--phases", nargs="+", choices=["tune", "tuned", "alone", "size", "magazine"], default=None,
+    ap.add_argument("--phases", nargs="+", choices=["tune", "tuned", "alone", "fix", "size", "magazine"], default=None,
                     help="run these phases only (default: the whole plan, in its order)")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="with --phases: these seeds only")
     ap.add_argument("--n-jobs", type=int, default=2)
