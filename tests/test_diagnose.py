@@ -52,3 +52,54 @@ def test_not_an_mmss_run(tmp_path, tiny_demo):
 
     with pytest.raises(DataError, match="no trained run"):
         interaction_knockout(tmp_path, tiny_demo / "data", tiny_demo / "features")
+
+
+def _planted_cues(root, rng):
+    """Rewrite the tiny demo's cue files: for every review with regions, ``agree`` = whether its
+    centred text mean . u and centred region mean . w have the same sign (u, w: each side's first
+    principal direction), a bilinear function of the two means; ``img_match`` at random."""
+    import pandas as pd
+
+    from mmss_lib.features.store import FeatureStore, feature_dirs
+
+    stores = {k: FeatureStore(v) for k, v in feature_dirs(root / "features", "demo", "home").items()}
+    paths = [root / "data" / "demo" / "home" / f"home.cues.{split}" for split in ("train", "dev", "test")]
+    frames = [pd.read_json(p) for p in paths]
+    means = {}
+    for rid in pd.concat(frames)["review_id"]:
+        v = stores["region_rvw"].get(rid)["x"].astype(float)
+        if len(v):
+            means[rid] = (stores["text_rvw"].get(rid)["x"].astype(float).mean(0), v.mean(0))
+    t0, v0 = (np.mean([m[i] for m in means.values()], axis=0) for i in (0, 1))
+    # u, w: each side's first principal direction (kept by any PCA of the probe)
+    u, w = (np.linalg.svd(np.stack([m[i] for m in means.values()]) - c, full_matrices=False)[2][0]
+            for i, c in ((0, t0), (1, v0)))
+    for path, cues in zip(paths, frames):
+        cues["agree"] = [float(((means[r][0] - t0) @ u) * ((means[r][1] - v0) @ w) > 0) if r in means else np.nan
+                         for r in cues["review_id"]]
+        cues["img_match"] = [float(rng.random() < 0.5) if r in means else np.nan for r in cues["review_id"]]
+        cues.to_json(path)
+
+
+def test_cue_probes_find_a_planted_bilinear_cue(tmp_path):
+    """The bilinear probe separates an ``agree`` that is a bilinear function of the review's text and
+    region means (a probe that mixed up reviews or sides could not), and the random ``img_match``
+    stays near chance for the cosine probe."""
+    from conftest import write_tiny_demo
+
+    from mmss_lib.diagnose import cue_probes
+
+    root = write_tiny_demo(tmp_path, n_products=150)
+    _planted_cues(root, np.random.default_rng(1))
+    probes = cue_probes(root / "data", root / "features", category="home", split="dev").set_index("cue")
+    assert list(probes.index) == ["img_match", "agree"]
+    assert probes.loc["agree", "n_train"] > 400 and probes.loc["agree", "n_eval"] > 100
+    assert probes.loc["agree", "auc"] > 0.8, probes          # a probe that mixed up reviews: about 0.5
+    assert 0.2 < probes.loc["img_match", "auc"] < 0.8, probes
+
+
+def test_cue_probes_need_cue_files(tmp_path, tiny_demo):
+    from mmss_lib.diagnose import cue_probes
+
+    with pytest.raises(DataError, match="no cue file"):
+        cue_probes(tmp_path, tiny_demo / "features", category="home")
