@@ -95,8 +95,8 @@ SIZE_SEEDS = {100: (0, 1), 400: (0, 1), 800: (0,)}
 ALONE = {"images_alone": dict(text_weight=0.0, image_weight=0.6), "text_alone": dict(text_weight=1.0, image_weight=0.0)}
 AMAZON2018 = Path("../shared/data/amazon2018")   # the Magazine sample, beside the checkout
 # a bare run: (phase, seeds); None = the phase's own seeds
-PLAN = [("tune", None), ("tuned", (0,)), ("alone", (0,)), ("fix", (0,)), ("size", (0,)), ("magazine", (0,)), ("tuned", (1, 2)),
-        ("magazine", (1, 2)), ("size", (1,))]
+PLAN = [("tune", None), ("tuned", (0,)), ("alone", (0,)), ("fix", (0,)), ("size", (0,)), ("magazine", (0,)),
+        ("tuned", (1, 2)), ("magazine", (1, 2)), ("size", (1,))]
 FIX = ("mmss", "match", {"match_term": True})
 FIX_CLAIMS = [("MM-SS+match - MM-SS", ("mmss", "match"), ("mmss", "full")),
               ("MM-SS+match - BiMPM", ("mmss", "match"), ("bimpm", "full"))]
@@ -385,7 +385,7 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
 
     from mmss_lib.diagnose import gradient_norms, interaction_knockout
     from mmss_lib.errors import DataError
-    from mmss_lib.run_folder import BEST, METRICS, run_dir_for
+    from mmss_lib.run_folder import BEST, HISTORY, METRICS, run_dir_for
 
     run = run_dir_for(runs_root(out, tag), "demo", P.CATEGORY, "mmss", "full", 0)
     if not (run / METRICS).exists():
@@ -402,7 +402,7 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
             df.to_csv(path, index=False)
         lines += [f"MM-SS seed 0, {'dev MAP with each interaction replaced by its mean (drop x100)' if name == 'knockout' else 'target-loss gradient norms on 4 training batches'}:",
                   "", P._md(df, 4), ""]
-    hist = json.loads((run / "history.json").read_text())
+    hist = json.loads((run / HISTORY).read_text())
     curve = pd.DataFrame([{"epoch": e["epoch"], "train target loss": e["loss_tar"], "train subtask loss": e["loss_sub"],
                            "dev MAP": 100 * e["dev"]["MAP"]} for e in hist if isinstance(e.get("dev"), dict)])
     lines += ["MM-SS seed 0, training curve (target loss on the training pairs, Eq. 12; dev MAP x100):", "",
