@@ -301,8 +301,6 @@ def plot_size_curve(curve, path: Path) -> None:
         if col in curve and curve[col].notna().any():
             axes[0].plot(curve["train_products"], curve[col], marker="o", label=label,
                          ls="--" if s in ("ceiling_all", "length") else "-")
-    axes[0].set_xscale("log", base=2)
-    axes[0].set_xlabel("training products")
     axes[0].set_ylabel("test MAP x100")
     axes[0].legend(fontsize=8)
     for comp in ("MM-SS - BiMPM", "MCR - BiMPM"):
@@ -311,10 +309,13 @@ def plot_size_curve(curve, path: Path) -> None:
             axes[1].errorbar(g["train_products"], g[comp], yerr=[g[comp] - g[f"{comp} lo"], g[f"{comp} hi"] - g[comp]],
                              marker="o", capsize=3, label=comp)
     axes[1].axhline(0.0, color="grey", lw=0.8)
-    axes[1].set_xscale("log", base=2)
-    axes[1].set_xlabel("training products")
-    axes[1].set_ylabel("paired difference (MAP x100, 95% interval)")
+    axes[1].set_ylabel("paired difference, MAP x100 (95% CI)")
     axes[1].legend(fontsize=8)
+    for ax in axes:                              # the sizes themselves as ticks, on a log axis
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(curve["train_products"]), [str(n) for n in curve["train_products"]])
+        ax.minorticks_off()
+        ax.set_xlabel("training products")
     n = int(curve["n_products"].max()) if len(curve) else 0
     fig.suptitle(f"Data size ({P.CATEGORY}, tuned settings, {n} common test products)")
     fig.tight_layout()
