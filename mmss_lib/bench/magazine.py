@@ -26,6 +26,9 @@ Design (fixed before any result of it was seen):
   on a fold's training part costs about 6.5 CPU-seconds and grows with the text length, so 6
   trials per fold at both 256 and 512 tokens (120 trials) would take several CPU-hours; 512
   tokens is measured untuned only.
+- Order (:func:`run`): untuned at 64 and 256 tokens, then the studies and tuned runs at 256, then
+  untuned at 512, the costliest runs (moved last from cost alone on 2026-12-06, before any tuned or
+  512-token run had finished).
 - Report: per length and setting, MAP x100 over the 85 products (each a test product of one
   fold; per-product AP averaged over seeds) with 95% bootstrap intervals, and every trained system
   minus Length with its paired interval.
@@ -111,19 +114,25 @@ def extract(out: Path) -> None:
 
 
 def run(out: Path, amazon2018: Path, n_jobs: int, seeds=SEEDS) -> None:
-    """Every run of the phase (finished runs skipped): untuned at every length, then the studies
-    and the tuned runs at 256 and 512 tokens."""
+    """Every run of the phase (finished runs skipped), cheapest question first: untuned at the
+    lengths below the longest, then the studies and the tuned runs (:data:`TUNED_LENGTHS`), then
+    untuned at the longest length, the costliest runs of the phase (order set from cost alone,
+    2026-12-06: an epoch at 256 tokens costs about 4 times one at 64, and 512 more again)."""
     from mmss_lib.experiments import run_experiment
     from mmss_lib.tune import tune
 
     folds = make_data(out, amazon2018)
     extract(out)
     common = {"dataset": DATASET, "categories": [CATEGORY], "progress": True, "n_jobs": n_jobs, "summary": False}
-    for length in LENGTHS:
+
+    def untuned(length):
         for f in range(len(folds)):
             run_experiment(data_root=fold_root(out, f), features_root=features_root(out, length),
                            runs_root=runs_root(out, length, "untuned", f),
                            systems=["random", "length", *SYSTEMS], seeds=seeds, base_config=config(), **common)
+
+    for length in LENGTHS[:-1]:
+        untuned(length)
     for length in TUNED_LENGTHS:
         for f in range(len(folds)):
             for system in SYSTEMS:
@@ -133,6 +142,7 @@ def run(out: Path, amazon2018: Path, n_jobs: int, seeds=SEEDS) -> None:
             run_experiment(data_root=fold_root(out, f), features_root=features_root(out, length),
                            runs_root=runs_root(out, length, "tuned", f), systems=list(SYSTEMS), seeds=seeds,
                            base_config=config(), tuned=tune_root(out, length, f), **common)
+    untuned(LENGTHS[-1])
 
 
 def results(out: Path):
