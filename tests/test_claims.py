@@ -231,6 +231,29 @@ def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp
     assert sorted(set(zip(got["length"], got["setting"], got["cv_fold"]))) == [(64, "untuned", 0), (256, "tuned", 0)]
 
 
+def test_magazine_studies_table_reads_each_folds_choice(tmp_path):
+    """The Magazine studies table: one row per fold and system whose study wrote its best.json, with
+    the chosen trial, its dev MAP next to the untuned first trial's and the chosen settings; folds
+    without a finished study are absent, and the report writes the table beside the MAP table."""
+    from mmss_lib.bench import magazine as M
+    from mmss_lib.run_folder import study_dir_for
+
+    for f, system, dev in ((0, "bimpm", 0.8), (0, "mmss", 0.7), (2, "mmss", 0.9)):
+        d = study_dir_for(M.tune_root(tmp_path, 256, f), M.DATASET, M.CATEGORY, system, "full")
+        d.mkdir(parents=True)
+        (d / "best.json").write_text(json.dumps({
+            "trial": 3, "dev_MAP": dev, "base_dev_MAP": dev - 0.1, "params": {"lr": 0.00123456, "n_neg": 3},
+            "n_complete": 4, "n_pruned": 1, "wall_seconds": 600.0}))
+    st = M.studies(tmp_path)
+    assert list(zip(st["fold"], st["system"])) == [(0, "bimpm"), (0, "mmss"), (2, "mmss")]
+    assert st["dev_MAP"].tolist() == pytest.approx([80, 70, 90])
+    assert (st["dev_MAP"] - st["untuned_dev_MAP"]).tolist() == pytest.approx([10, 10, 10])
+    assert st["settings"].iloc[0] == "lr=0.00123, n_neg=3" and (st["wall_min"] == 10).all()
+    lines = M.study_lines(tmp_path, tmp_path)
+    assert (tmp_path / "claims_magazine_studies.csv").exists() and any("lr=0.00123" in line for line in lines)
+    assert M.study_lines(tmp_path / "none", tmp_path) == []
+
+
 def _random_stores(out):
     """Random-feature stores of every item of the powered data under ``out`` (instead of MiniLM and
     MobileNet: the phases are what is tested here, not the features)."""
