@@ -210,6 +210,8 @@ def test_magazine_table_against_length():
     assert t.loc[("untuned", "bimpm"), "minus_Length"] == pytest.approx(-10, abs=1)
     assert t.loc[("tuned", "bimpm"), "minus_Length"] == pytest.approx(10, abs=1)
     assert t.loc[("tuned", "bimpm"), "lo"] > 0 and ("tuned", "length") not in t.index
+    assert t.loc[("tuned", "bimpm"), "minus_untuned"] == pytest.approx(20, abs=1)
+    assert t.loc[("tuned", "bimpm"), "untuned_lo"] > 15 and pd.isna(t.loc[("untuned", "bimpm"), "minus_untuned"])
     assert (t["n_products"] == 40).all()
 
 
@@ -248,7 +250,7 @@ def test_magazine_studies_table_reads_each_folds_choice(tmp_path):
     assert list(zip(st["fold"], st["system"])) == [(0, "bimpm"), (0, "mmss"), (2, "mmss")]
     assert st["dev_MAP"].tolist() == pytest.approx([80, 70, 90])
     assert (st["dev_MAP"] - st["untuned_dev_MAP"]).tolist() == pytest.approx([10, 10, 10])
-    assert st["settings"].iloc[0] == "lr=0.00123, n_neg=3" and (st["wall_min"] == 10).all()
+    assert st["settings"].iloc[0] == "lr=0.00123, n_neg=3" and (st["trials_wall_min"] == 10).all()
     lines = M.study_lines(tmp_path, tmp_path)
     assert (tmp_path / "claims_magazine_studies.csv").exists() and any("lr=0.00123" in line for line in lines)
     assert M.study_lines(tmp_path / "none", tmp_path) == []

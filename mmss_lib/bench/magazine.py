@@ -167,7 +167,8 @@ def results(out: Path):
 
 def table(res):
     """Per length and setting: MAP x100 over all products (pooled over folds, averaged over seeds)
-    with its bootstrap interval, and system - Length with the paired interval."""
+    with its bootstrap interval, and system - Length with the paired interval; tuned rows also give
+    tuned - untuned (``minus_untuned``) with its paired interval, on the same products."""
     import pandas as pd
 
     from mmss_lib.summary import paired_differences, pooled_per_product, product_summary
@@ -183,6 +184,7 @@ def table(res):
         comps = [(f"{s} - Length", (s, "full"), ("length", "full")) for s in SYSTEMS]
         diff = paired_differences(pooled, comps)
         diff = diff.set_index("a_system") if len(diff) else None
+        gain = _tuning_gain(res, g, length) if setting == "tuned" else None
         for s in summ.index:
             if setting == "tuned" and s in ("random", "length"):
                 continue
@@ -196,14 +198,34 @@ def table(res):
             if diff is not None and s in diff.index:
                 row.update({"minus_Length": diff.loc[s, "diff"], "lo": diff.loc[s, "lo"], "hi": diff.loc[s, "hi"],
                             "p": diff.loc[s, "p"]})
+            if gain is not None and s in gain.index:
+                row.update({"minus_untuned": gain.loc[s, "diff"], "untuned_lo": gain.loc[s, "lo"],
+                            "untuned_hi": gain.loc[s, "hi"]})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _tuning_gain(res, tuned, length):
+    """Tuned - untuned per system of :data:`SYSTEMS`, paired over the tuned runs' products (the
+    untuned runs of the same folds and length, as the variant ``untuned``); indexed by system."""
+    import pandas as pd
+
+    from mmss_lib.summary import paired_differences, pooled_per_product
+
+    untuned = res[(res["setting"] == "untuned") & (res["length"] == length) & res["system"].isin(SYSTEMS)
+                  & res["cv_fold"].isin(tuned["cv_fold"])].assign(variant="untuned")
+    if untuned.empty:
+        return None
+    both = pd.concat([tuned[tuned["system"].isin(SYSTEMS)], untuned], ignore_index=True)
+    diff = paired_differences(pooled_per_product(both),
+                              [(f"{s} tuned - untuned", (s, "full"), (s, "untuned")) for s in SYSTEMS])
+    return diff.set_index("a_system") if len(diff) else None
 
 
 def studies(out: Path):
     """What each fold's study chose (from its ``best.json``): per tuned length, fold and system the
     chosen trial, its dev MAP next to the untuned first trial's, the chosen settings, the trials
-    completed and pruned, and the study's wall time. Folds whose study has not finished are absent."""
+    completed and pruned, and its trials' wall time summed (two trials run at once). Folds whose study has not finished are absent."""
     import pandas as pd
 
     from mmss_lib.run_folder import study_dir_for
@@ -222,7 +244,7 @@ def studies(out: Path):
                 rows.append({"tokens": length, "fold": f, "system": system, "trial": best["trial"],
                              "dev_MAP": 100 * best["dev_MAP"], "untuned_dev_MAP": 100 * best["base_dev_MAP"],
                              "settings": params, "complete": best["n_complete"], "pruned": best["n_pruned"],
-                             "wall_min": best["wall_seconds"] / 60})
+                             "trials_wall_min": best["wall_seconds"] / 60})
     return pd.DataFrame(rows)
 
 
