@@ -225,17 +225,17 @@ def _tuning_gain(res, tuned, length):
 def studies(out: Path):
     """What each fold's study chose (from its ``best.json``): per tuned length, fold and system the
     chosen trial, its dev MAP next to the untuned first trial's, the chosen settings, the trials
-    completed and pruned, and its trials' wall time summed (two trials run at once). Folds whose study has not finished are absent."""
+    completed and pruned, and its trials' wall time summed (two trials run at once). Folds whose
+    study has not finished are absent."""
     import pandas as pd
 
-    from mmss_lib.run_folder import study_dir_for
-    from mmss_lib.tuned import BEST_FILE
+    from mmss_lib.tuned import tuned_best_path
 
     rows = []
     for length in TUNED_LENGTHS:
         for f in range(K):
             for system in SYSTEMS:
-                path = study_dir_for(tune_root(out, length, f), DATASET, CATEGORY, system, "full") / BEST_FILE
+                path = tuned_best_path(tune_root(out, length, f), DATASET, CATEGORY, system)
                 if not path.exists():
                     continue
                 best = json.loads(path.read_text())
