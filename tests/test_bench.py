@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -55,6 +56,43 @@ def test_memory_readings_see_an_allocation():
 def test_report_prints_one_tagged_line(capsys):
     common.report("memory", "peak 3 MB")
     assert capsys.readouterr().out == "[memory] peak 3 MB\n"
+
+
+def test_phase_timer_adds_across_resumed_runs_and_keeps_a_killed_phases_time(tmp_path, capsys):
+    path = tmp_path / "timing.json"
+    timed = common.phase_timer(path, "t", every=0.01)
+    seen = {}
+
+    def slow():                  # waits for a heartbeat: the time so far grows on disk mid-run
+        first = json.loads(path.read_text())
+        assert first["_unfinished"] == ["a"]
+        for _ in range(1000):
+            time.sleep(0.01)
+            t = json.loads(path.read_text())
+            if t["a"] > first["a"]:
+                seen.update(t)
+                return
+
+    timed("a", slow)
+    assert seen["a"] > 0 and seen["_unfinished"] == ["a"]
+    done = json.loads(path.read_text())
+    assert "_unfinished" not in done and done["a"] >= seen["a"]
+    assert "t: a done in" in capsys.readouterr().out
+
+    def killed():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        timed("b", killed)
+    with pytest.raises(KeyboardInterrupt):
+        timed("a", killed)       # a resumed phase that did not finish this time reads as unfinished again
+    t = json.loads(path.read_text())
+    assert t["_unfinished"] == ["b", "a"] and t["a"] >= done["a"] and "b" in t
+    lines = common.timing_lines(path)
+    assert "a " in lines[2] and "b " in lines[2] and lines[2].count("(unfinished)") == 2
+    timed("b", lambda: None)     # a later run completes it
+    t = json.loads(path.read_text())
+    assert t["_unfinished"] == ["a"] and common.timing_lines(path)[2].count("(unfinished)") == 1
 
 
 def test_bench_build_tiny_run(capsys):

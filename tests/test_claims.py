@@ -205,7 +205,7 @@ def test_magazine_table_against_length():
                 rows.append({"dataset": "amazon", "category": "magazine", "system": s, "variant": "full", "seed": 0,
                              "product_id": f"P{p}", "AP": ap + rng.normal(0, 0.01), "NDCG@3": 0.5, "NDCG@5": 0.5,
                              "RR": 0.5, "ceiling_while_improving": 0, "length": 256, "setting": setting,
-                             "cv_fold": 0})
+                             "cv_fold": 0, "run_dir": f"{setting}/{s}", "seconds": 90.0})
     t = M.table(pd.DataFrame(rows)).set_index(["setting", "system"])
     assert t.loc[("untuned", "bimpm"), "minus_Length"] == pytest.approx(-10, abs=1)
     assert t.loc[("tuned", "bimpm"), "minus_Length"] == pytest.approx(10, abs=1)
@@ -213,6 +213,7 @@ def test_magazine_table_against_length():
     assert t.loc[("tuned", "bimpm"), "minus_untuned"] == pytest.approx(20, abs=1)
     assert t.loc[("tuned", "bimpm"), "untuned_lo"] > 15 and pd.isna(t.loc[("untuned", "bimpm"), "minus_untuned"])
     assert (t["n_products"] == 40).all()
+    assert (t["run_min"] == 1.5).all()          # one run of 90 s each, however many products it scored
 
 
 def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp_path):

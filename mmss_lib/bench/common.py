@@ -128,27 +128,63 @@ def report(tag: str, message: str) -> None:
 
 # ------------------------------------------------------------------------------------ long benchmarks
 
-def phase_timer(path, tag: str):
+def phase_timer(path, tag: str, every: float = 60.0):
     """``timed(name, fn)`` for a benchmark of resumable phases: runs ``fn`` and adds its wall
-    seconds to ``name`` in the JSON file ``path`` (kept across resumed runs and read again before each
-    write, so runs of other phases at the same time keep theirs; written atomically),
-    printing ``{tag}: {name} done in ... min``."""
+    seconds to ``name`` in the JSON file ``path``, printing ``{tag}: {name} done in ... min``.
+
+    The file keeps the seconds across resumed runs, so a phase finished over several sessions shows
+    its whole cost. While ``fn`` runs, a background thread adds the time so far every ``every``
+    seconds and ``name`` is listed under ``"_unfinished"``: a run killed outright (the end of a
+    session) loses at most ``every`` seconds and its phase reads as unfinished until a later run
+    completes it. Each write reads the file again (runs of other phases at the same time keep
+    theirs) and adds only the seconds since its own last write; writes are atomic."""
     import json
     from pathlib import Path
 
     from mmss_lib.utils import atomic_write_json
 
     path = Path(path)
+    lock = threading.Lock()
 
     def timed(name: str, fn: Callable[[], object]) -> None:
         t0 = time.perf_counter()
-        fn()
-        timing = json.loads(path.read_text()) if path.exists() else {}   # read now: another run may have added
-        timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
-        atomic_write_json(path, timing)
+        state = {"last": t0}
+
+        def add(finished: bool | None = None) -> None:
+            with lock:
+                now = time.perf_counter()
+                timing = json.loads(path.read_text()) if path.exists() else {}   # read now: another run may have added
+                timing[name] = timing.get(name, 0.0) + now - state["last"]
+                state["last"] = now
+                unfinished = [n for n in timing.get(UNFINISHED, []) if n != name]
+                timing[UNFINISHED] = unfinished if finished else [*unfinished, name]
+                if not timing[UNFINISHED]:
+                    del timing[UNFINISHED]
+                atomic_write_json(path, timing)
+
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                add()
+
+        add()
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        finished = False
+        try:
+            fn()
+            finished = True
+        finally:
+            stop.set()
+            thread.join()
+            add(finished=finished)
         print(f"{tag}: {name} done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
     return timed
+
+
+UNFINISHED = "_unfinished"
 
 
 def timing_lines(path) -> list[str]:
@@ -160,4 +196,6 @@ def timing_lines(path) -> list[str]:
     if not path.exists():
         return []
     t = json.loads(path.read_text())
-    return ["## Measured time (wall clock, this machine)", "", ", ".join(f"{k} {v / 60:.1f} min" for k, v in t.items()), ""]
+    unfinished = set(t.pop(UNFINISHED, []))
+    return ["## Measured time (wall clock, this machine, summed over the runs that made each phase)", "",
+            ", ".join(f"{k} {v / 60:.1f} min" + (" (unfinished)" if k in unfinished else "") for k, v in t.items()), ""]

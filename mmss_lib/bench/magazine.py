@@ -168,7 +168,9 @@ def results(out: Path):
 def table(res):
     """Per length and setting: MAP x100 over all products (pooled over folds, averaged over seeds)
     with its bootstrap interval, and system - Length with the paired interval; tuned rows also give
-    tuned - untuned (``minus_untuned``) with its paired interval, on the same products."""
+    tuned - untuned (``minus_untuned``) with its paired interval, on the same products. ``run_min``
+    is the system's runs' wall minutes summed (from their ``metrics.json``, so a phase finished over
+    several sessions still shows what each part cost; two runs share the cores at a time)."""
     import pandas as pd
 
     from mmss_lib.summary import paired_differences, pooled_per_product, product_summary
@@ -194,7 +196,9 @@ def table(res):
                    "n_products": int(summ.loc[s, "n_products"]), "n_folds": int(runs["cv_fold"].nunique()),
                    "n_seeds": int(runs["seed"].nunique()),
                    "runs_at_ceiling": int(runs.get("ceiling_while_improving", pd.Series(dtype=float))
-                                          .fillna(0).astype(bool).sum())}
+                                          .fillna(0).astype(bool).sum()),
+                   "run_min": (runs.drop_duplicates("run_dir")["seconds"].sum() / 60
+                               if {"seconds", "run_dir"} <= set(runs.columns) else float("nan"))}
             if diff is not None and s in diff.index:
                 row.update({"minus_Length": diff.loc[s, "diff"], "lo": diff.loc[s, "lo"], "hi": diff.loc[s, "hi"],
                             "p": diff.loc[s, "p"]})
@@ -257,7 +261,8 @@ def report_lines(out: Path, tables: Path) -> list[str]:
     t = table(res)
     t.to_csv(tables / "claims_magazine.csv", index=False)
     return [f"## Real text: Amazon 2018 Magazine sample, {K}-fold CV, text only (MAP x100 over all products; "
-            "system - Length with its 95% paired interval)", "", plain_markdown(t, decimals=2), "", *study_lines(out, tables)]
+            "system - Length with its 95% paired interval; run_min: the runs' wall minutes summed)", "",
+            plain_markdown(t, decimals=2), "", *study_lines(out, tables)]
 
 
 def study_lines(out: Path, tables: Path) -> list[str]:
