@@ -198,10 +198,10 @@ def test_magazine_table_against_length():
 
     rng = np.random.default_rng(0)
     rows = []
-    for setting, systems in (("untuned", ("length", "random", "bimpm")), ("tuned", ("bimpm",))):
+    for setting, systems in (("untuned", ("length", "random", "bimpm", "mmss")), ("tuned", ("bimpm",))):
         for s in systems:
             for p in range(40):
-                ap = {"length": 0.8, "random": 0.5, "bimpm": 0.7 if setting == "untuned" else 0.9}[s]
+                ap = {"length": 0.8, "random": 0.5, "mmss": 0.75, "bimpm": 0.7 if setting == "untuned" else 0.9}[s]
                 rows.append({"dataset": "amazon", "category": "magazine", "system": s, "variant": "full", "seed": 0,
                              "product_id": f"P{p}", "AP": ap + rng.normal(0, 0.01), "NDCG@3": 0.5, "NDCG@5": 0.5,
                              "RR": 0.5, "ceiling_while_improving": 0, "length": 256, "setting": setting,
@@ -213,6 +213,9 @@ def test_magazine_table_against_length():
     assert t.loc[("tuned", "bimpm"), "minus_untuned"] == pytest.approx(20, abs=1)
     assert t.loc[("tuned", "bimpm"), "untuned_lo"] > 15 and pd.isna(t.loc[("untuned", "bimpm"), "minus_untuned"])
     assert (t["n_products"] == 40).all()
+    assert t.loc[("untuned", "mmss"), "minus_BiMPM"] == pytest.approx(5, abs=1)
+    assert t.loc[("untuned", "mmss"), "bimpm_lo"] > 3 and pd.isna(t.loc[("untuned", "bimpm"), "minus_BiMPM"])
+    assert "minus_BiMPM" not in t.loc[("tuned", "bimpm")].dropna().index      # no tuned MM-SS to compare
     assert (t["run_min"] == 1.5).all()          # one run of 90 s each, however many products it scored
 
 

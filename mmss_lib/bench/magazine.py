@@ -46,6 +46,7 @@ K, FOLD_SEED = 5, 0
 SEEDS = (0, 1, 2)
 TUNE_TRIALS, TUNE_EPOCHS, EPOCHS = 5, 20, 30
 BUILD = {"min_reviews": 3}
+VERSUS, VERSUS_PAIR = "mmss - bimpm", (("mmss", "full"), ("bimpm", "full"))
 REVIEWS, META = "Magazine_Subscriptions_5.json.gz", "meta_Magazine_Subscriptions.json.gz"
 
 
@@ -168,7 +169,8 @@ def results(out: Path):
 def table(res):
     """Per length and setting: MAP x100 over all products (pooled over folds, averaged over seeds)
     with its bootstrap interval, and system - Length with the paired interval; tuned rows also give
-    tuned - untuned (``minus_untuned``) with its paired interval, on the same products. ``run_min``
+    tuned - untuned (``minus_untuned``) with its paired interval, on the same products; MM-SS's rows
+    give MM-SS - BiMPM of the same length and setting (``minus_BiMPM``, paired). ``run_min``
     is the system's runs' wall minutes summed (from their ``metrics.json``, so a phase finished over
     several sessions still shows what each part cost; two runs share the cores at a time)."""
     import pandas as pd
@@ -183,9 +185,9 @@ def table(res):
             g = pd.concat([g, floors], ignore_index=True)
         pooled = pooled_per_product(g)
         summ = product_summary(pooled).set_index("system")
-        comps = [(f"{s} - Length", (s, "full"), ("length", "full")) for s in SYSTEMS]
+        comps = [*((f"{s} - Length", (s, "full"), ("length", "full")) for s in SYSTEMS), (VERSUS, *VERSUS_PAIR)]
         diff = paired_differences(pooled, comps)
-        diff = diff.set_index("a_system") if len(diff) else None
+        diff = diff.set_index("comparison") if len(diff) else None
         gain = _tuning_gain(res, g, length) if setting == "tuned" else None
         for s in summ.index:
             if setting == "tuned" and s in ("random", "length"):
@@ -199,9 +201,12 @@ def table(res):
                                           .fillna(0).astype(bool).sum()),
                    "run_min": (runs.drop_duplicates("run_dir")["seconds"].sum() / 60
                                if {"seconds", "run_dir"} <= set(runs.columns) else float("nan"))}
-            if diff is not None and s in diff.index:
-                row.update({"minus_Length": diff.loc[s, "diff"], "lo": diff.loc[s, "lo"], "hi": diff.loc[s, "hi"],
-                            "p": diff.loc[s, "p"]})
+            if diff is not None and f"{s} - Length" in diff.index:
+                d = diff.loc[f"{s} - Length"]
+                row.update({"minus_Length": d["diff"], "lo": d["lo"], "hi": d["hi"], "p": d["p"]})
+            if diff is not None and s == VERSUS_PAIR[0][0] and VERSUS in diff.index:
+                d = diff.loc[VERSUS]
+                row.update({"minus_BiMPM": d["diff"], "bimpm_lo": d["lo"], "bimpm_hi": d["hi"]})
             if gain is not None and s in gain.index:
                 row.update({"minus_untuned": gain.loc[s, "diff"], "untuned_lo": gain.loc[s, "lo"],
                             "untuned_hi": gain.loc[s, "hi"]})
