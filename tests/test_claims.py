@@ -3,6 +3,7 @@ warm-up, and the benchmark's refusals. The long runs themselves are measured, no
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -235,6 +236,35 @@ def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp
     monkeypatch.setattr(mmss_lib.run_folder, "finished_results", finished)
     got = M.results(tmp_path)
     assert sorted(set(zip(got["length"], got["setting"], got["cv_fold"]))) == [(64, "untuned", 0), (256, "tuned", 0)]
+
+
+def test_magazine_folds_option_runs_those_folds_only_in_order(monkeypatch, tmp_path):
+    """``--folds`` shares the Magazine phase between processes: each step of the phase visits the
+    given folds only, in the given order; a bad fold, or --folds outside the phase, is refused."""
+    import mmss_lib.experiments
+    import mmss_lib.tune
+    from mmss_lib.bench import magazine as M
+
+    calls = []
+    monkeypatch.setattr(M, "make_data", lambda out, src: None)
+    monkeypatch.setattr(M, "extract", lambda out: None)
+    monkeypatch.setattr(mmss_lib.experiments, "run_experiment",
+                        lambda runs_root, **kw: calls.append(("run", Path(runs_root).relative_to(M.root(tmp_path)).parts)))
+    monkeypatch.setattr(mmss_lib.tune, "tune", lambda tune_root, system, **kw: calls.append(("tune", system)))
+    M.run(tmp_path, tmp_path, 1, seeds=(0,), folds=[4, 1, 4])
+    runs = [c[1][1:4] for c in calls if c[0] == "run"]
+    assert runs == [("L64", "untuned", "fold4"), ("L64", "untuned", "fold1"), ("L256", "untuned", "fold4"),
+                    ("L256", "untuned", "fold1"), ("L256", "tuned", "fold4"), ("L256", "tuned", "fold1"),
+                    ("L512", "untuned", "fold4"), ("L512", "untuned", "fold1")]
+    assert [c[1] for c in calls if c[0] == "tune"] == ["bimpm", "mmss"] * 2
+    calls.clear()
+    M.run(tmp_path, tmp_path, 1, seeds=(0,))
+    assert len([c for c in calls if c[0] == "run"]) == 4 * M.K
+    for bad in ([M.K], [-1], []):
+        with pytest.raises(DataError, match="magazine folds"):
+            M.run(tmp_path, tmp_path, 1, folds=bad)
+    with pytest.raises(DataError, match="only with --phases magazine"):
+        C.bench_claims(["--out", str(tmp_path), "--phases", "size", "--folds", "1"])
 
 
 def test_magazine_studies_table_reads_each_folds_choice(tmp_path):

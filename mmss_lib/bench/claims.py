@@ -80,6 +80,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from mmss_lib.bench import magazine
 from mmss_lib.bench import powered as P
 
 TUNE_TRIALS = 6
@@ -195,7 +196,8 @@ def _run(out: Path, data: Path, tag: str, systems, seeds, n_jobs: int):
                           progress=True, n_jobs=n_jobs, summary=False, tuned=tune_root(out))
 
 
-def run_phase(out: Path, phase: str, seeds: Sequence[int] | None, n_jobs: int, amazon2018: Path = AMAZON2018) -> None:
+def run_phase(out: Path, phase: str, seeds: Sequence[int] | None, n_jobs: int, amazon2018: Path = AMAZON2018,
+              folds: Sequence[int] | None = None) -> None:
     from mmss_lib.model import ABLATIONS
 
     base = P.FLOORS_AND_CEILINGS + list(TUNED_SYSTEMS)
@@ -217,9 +219,7 @@ def run_phase(out: Path, phase: str, seeds: Sequence[int] | None, n_jobs: int, a
             if todo:
                 _run(out, size_root(out, n), f"size{n}", base, todo, n_jobs)
     elif phase == "magazine":
-        from mmss_lib.bench import magazine
-
-        magazine.run(out, amazon2018, n_jobs, seeds=seeds or magazine.SEEDS)
+        magazine.run(out, amazon2018, n_jobs, seeds=seeds or magazine.SEEDS, folds=folds)
     else:
         raise ValueError(f"unknown phase {phase!r}")
 
@@ -468,7 +468,6 @@ def report(out: Path) -> str:
         plot_size_curve(curve, figures / "claims_size.png")
         lines += ["## Data size (tuned settings; MAP x100 over the test products common to every size)", "",
                   P._md(curve, 2), "", f"Figure: {figures / 'claims_size.png'}", ""]
-    from mmss_lib.bench import magazine
     from mmss_lib.bench.common import timing_lines
 
     lines += magazine.report_lines(out, tables)
@@ -490,6 +489,8 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
     ap.add_argument("--phases", nargs="+", choices=["tune", "tuned", "alone", "fix", "size", "magazine"], default=None,
                     help="run these phases only (default: the whole plan, in its order)")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="with --phases: these seeds only")
+    ap.add_argument("--folds", nargs="+", type=int, default=None, help="with --phases magazine: these of its "
+                    f"folds only (0-{magazine.K - 1}), so that several processes share the phase")
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="only write the report from finished runs")
     a = ap.parse_args(argv)
@@ -504,13 +505,17 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
     if a.n_jobs < 1:
         raise DataError(f"--n-jobs {a.n_jobs}: expected an integer >= 1")
     out.mkdir(parents=True, exist_ok=True)
+    if a.folds is not None and a.phases != ["magazine"]:
+        raise DataError(f"--folds {' '.join(map(str, a.folds))}: only with --phases magazine (the folds are its own)")
     plan = [(p, a.seeds) for p in a.phases] if a.phases else PLAN
     timed = phase_timer(out / "claims_timing.json", "claims")
     timed("data", lambda: make_data(out))
     timed("features", lambda: P.extract(out))
     for phase, seeds in plan:
         name = phase if seeds is None else f"{phase} seeds {' '.join(map(str, seeds))}"
-        timed(name, lambda phase=phase, seeds=seeds: run_phase(out, phase, seeds, a.n_jobs, Path(a.amazon2018)))
+        name += "" if a.folds is None else f" folds {' '.join(map(str, a.folds))}"
+        timed(name, lambda phase=phase, seeds=seeds: run_phase(out, phase, seeds, a.n_jobs, Path(a.amazon2018),
+                                                               folds=a.folds))
         report(out)
     print(report(out))
     return 0

@@ -114,20 +114,29 @@ def extract(out: Path) -> None:
             raise SystemExit(f"feature extraction at {length} tokens failed ({rc})")
 
 
-def run(out: Path, amazon2018: Path, n_jobs: int, seeds=SEEDS) -> None:
+def run(out: Path, amazon2018: Path, n_jobs: int, seeds=SEEDS, folds=None) -> None:
     """Every run of the phase (finished runs skipped), cheapest question first: untuned at the
     lengths below the longest, then the studies and the tuned runs (:data:`TUNED_LENGTHS`), then
     untuned at the longest length, the costliest runs of the phase (order set from cost alone,
-    2026-12-06: an epoch at 256 tokens costs about 4 times one at 64, and 512 more again)."""
+    2026-12-06: an epoch at 256 tokens costs about 4 times one at 64, and 512 more again).
+
+    ``folds``: these folds only, in this order (default all :data:`K`), so that several processes
+    or machines share the phase over one folder: each takes other folds (a run folder in use by
+    another process is refused, :func:`mmss_lib.run_folder.run_lock`), and a later run over all
+    folds finds theirs finished."""
+    from mmss_lib.errors import DataError
     from mmss_lib.experiments import run_experiment
     from mmss_lib.tune import tune
 
-    folds = make_data(out, amazon2018)
+    todo = list(range(K)) if folds is None else list(dict.fromkeys(folds))
+    if not todo or any(not isinstance(f, int) or not 0 <= f < K for f in todo):
+        raise DataError(f"magazine folds {folds!r}: expected fold numbers from 0 to {K - 1}")
+    make_data(out, amazon2018)
     extract(out)
     common = {"dataset": DATASET, "categories": [CATEGORY], "progress": True, "n_jobs": n_jobs, "summary": False}
 
     def untuned(length):
-        for f in range(len(folds)):
+        for f in todo:
             run_experiment(data_root=fold_root(out, f), features_root=features_root(out, length),
                            runs_root=runs_root(out, length, "untuned", f),
                            systems=["random", "length", *SYSTEMS], seeds=seeds, base_config=config(), **common)
@@ -135,7 +144,7 @@ def run(out: Path, amazon2018: Path, n_jobs: int, seeds=SEEDS) -> None:
     for length in LENGTHS[:-1]:
         untuned(length)
     for length in TUNED_LENGTHS:
-        for f in range(len(folds)):
+        for f in todo:
             for system in SYSTEMS:
                 tune(data_root=fold_root(out, f), dataset=DATASET, category=CATEGORY,
                      features_root=features_root(out, length), tune_root=tune_root(out, length, f), system=system,
