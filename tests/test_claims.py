@@ -250,13 +250,16 @@ def test_magazine_folds_option_runs_those_folds_only_in_order(monkeypatch, tmp_p
     monkeypatch.setattr(M, "extract", lambda out: None)
     monkeypatch.setattr(mmss_lib.experiments, "run_experiment",
                         lambda runs_root, **kw: calls.append(("run", Path(runs_root).relative_to(M.root(tmp_path)).parts)))
-    monkeypatch.setattr(mmss_lib.tune, "tune", lambda tune_root, system, **kw: calls.append(("tune", system)))
+    monkeypatch.setattr(mmss_lib.tune, "tune", lambda tune_root, system, parallel, n_jobs, **kw:
+                        calls.append(("tune", system, parallel, n_jobs)))
     M.run(tmp_path, tmp_path, 1, seeds=(0,), folds=[4, 1, 4])
     runs = [c[1][1:4] for c in calls if c[0] == "run"]
     assert runs == [("L64", "untuned", "fold4"), ("L64", "untuned", "fold1"), ("L256", "untuned", "fold4"),
                     ("L256", "untuned", "fold1"), ("L256", "tuned", "fold4"), ("L256", "tuned", "fold1"),
                     ("L512", "untuned", "fold4"), ("L512", "untuned", "fold1")]
     assert [c[1] for c in calls if c[0] == "tune"] == ["bimpm", "mmss"] * 2
+    # the studies' batch size is their budget's, not --n-jobs: a finished study continues with any
+    assert {c[2:] for c in calls if c[0] == "tune"} == {(M.TUNE_PARALLEL, 1)}
     calls.clear()
     M.run(tmp_path, tmp_path, 1, seeds=(0,))
     assert len([c for c in calls if c[0] == "run"]) == 4 * M.K

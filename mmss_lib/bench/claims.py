@@ -11,7 +11,7 @@ Design (fixed before any result of it was seen):
 
 - **Tuning** (phase ``tune``): one ``mmss tune`` study per system (BiMPM, MCR, MM-SS) on the
   powered train/dev split at image weight 0.6, the same budget for each: :data:`TUNE_TRIALS` = 6
-  trials, 2 at a time, each at most :data:`TUNE_EPOCHS` = 15 epochs with patience 3, the median
+  trials, :data:`TUNE_PARALLEL` = 2 at a time, each at most :data:`TUNE_EPOCHS` = 15 epochs with patience 3, the median
   pruner judging from epoch 4 (:data:`mmss_lib.tune.PRUNE_FROM`; MM-SS's subtask objective starts in
   epoch 3), sampler seed 0, the search spaces of :data:`mmss_lib.systems.SEARCH_SPACES`. Trial 0 is
   the powered benchmark's untuned setting (Adam 1e-4, 3 negatives, batch 32, the systems' own
@@ -85,6 +85,7 @@ from mmss_lib.bench import powered as P
 
 TUNE_TRIALS = 6
 TUNE_EPOCHS = 15
+TUNE_PARALLEL = 2      # trials per batch: part of a study's budget, whatever --n-jobs runs them
 FINAL_EPOCHS = 40
 PATIENCE = 3
 TUNED_SYSTEMS = ("bimpm", "mcr", "mmss")
@@ -184,7 +185,7 @@ def run_tune(out: Path, n_jobs: int) -> dict:
     return {s: tune(data_root=P.data_root(out, P.MAIN_WEIGHT), dataset="demo", category=P.CATEGORY,
                     features_root=out / "features", tune_root=tune_root(out), system=s,
                     base_config=P.current_config(epochs=TUNE_EPOCHS, patience=PATIENCE), n_trials=TUNE_TRIALS,
-                    parallel=n_jobs, seed=0, progress=True)
+                    parallel=TUNE_PARALLEL, n_jobs=n_jobs, seed=0, progress=True)
             for s in TUNED_SYSTEMS}
 
 

@@ -20,8 +20,8 @@ Design (fixed before any result of it was seen):
   none).
 - Systems, per length and fold: Random, Length, BiMPM and MM-SS with the powered benchmark's
   untuned settings (at most 30 epochs, patience 3); at 256 tokens BiMPM and MM-SS also tuned per
-  fold (:data:`TUNE_TRIALS` = 5 trials, the untuned setting first, at most 20 epochs, pruning from
-  epoch 4, sampler seed 0) and trained with the fold's best settings. Seeds 0, 1, 2. The tuning
+  fold (:data:`TUNE_TRIALS` = 5 trials, :data:`TUNE_PARALLEL` = 2 at a time, the untuned setting
+  first, at most 20 epochs, pruning from epoch 4, sampler seed 0) and trained with the fold's best settings. Seeds 0, 1, 2. The tuning
   budget was cut from cost alone, before any study ran: measured at 64 tokens, an epoch of BiMPM
   on a fold's training part costs about 6.5 CPU-seconds and grows with the text length, so 6
   trials per fold at both 256 and 512 tokens (120 trials) would take several CPU-hours; 512
@@ -45,6 +45,7 @@ SYSTEMS = ("bimpm", "mmss")
 K, FOLD_SEED = 5, 0
 SEEDS = (0, 1, 2)
 TUNE_TRIALS, TUNE_EPOCHS, EPOCHS = 5, 20, 30
+TUNE_PARALLEL = 2      # trials per batch: part of a study's budget, whatever --n-jobs runs them
 BUILD = {"min_reviews": 3}
 VERSUS, VERSUS_PAIR = "mmss - bimpm", (("mmss", "full"), ("bimpm", "full"))
 REVIEWS, META = "Magazine_Subscriptions_5.json.gz", "meta_Magazine_Subscriptions.json.gz"
@@ -148,7 +149,8 @@ def run(out: Path, amazon2018: Path, n_jobs: int, seeds=SEEDS, folds=None) -> No
             for system in SYSTEMS:
                 tune(data_root=fold_root(out, f), dataset=DATASET, category=CATEGORY,
                      features_root=features_root(out, length), tune_root=tune_root(out, length, f), system=system,
-                     base_config=config(epochs=TUNE_EPOCHS), n_trials=TUNE_TRIALS, parallel=n_jobs, seed=0)
+                     base_config=config(epochs=TUNE_EPOCHS), n_trials=TUNE_TRIALS, parallel=TUNE_PARALLEL,
+                     n_jobs=n_jobs, seed=0)
             run_experiment(data_root=fold_root(out, f), features_root=features_root(out, length),
                            runs_root=runs_root(out, length, "tuned", f), systems=list(SYSTEMS), seeds=seeds,
                            base_config=config(), tuned=tune_root(out, length, f), **common)
