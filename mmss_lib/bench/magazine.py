@@ -21,8 +21,8 @@ Design (fixed before any result of it was seen):
 - Systems, per length and fold: Random, Length, BiMPM and MM-SS with the powered benchmark's
   untuned settings (at most 30 epochs, patience 3); at 256 tokens BiMPM and MM-SS also tuned per
   fold (:data:`TUNE_TRIALS` = 5 trials, :data:`TUNE_PARALLEL` = 2 at a time, the untuned setting
-  first, at most 20 epochs, pruning from epoch 4, sampler seed 0) and trained with the fold's best settings. Seeds 0, 1, 2. The tuning
-  budget was cut from cost alone, before any study ran: measured at 64 tokens, an epoch of BiMPM
+  first, at most 20 epochs, pruning from epoch 4, sampler seed 0) and trained with the fold's best
+  settings. Seeds 0, 1, 2. The tuning budget was cut from cost alone, before any study ran: measured at 64 tokens, an epoch of BiMPM
   on a fold's training part costs about 6.5 CPU-seconds and grows with the text length, so 6
   trials per fold at both 256 and 512 tokens (120 trials) would take several CPU-hours; 512
   tokens is measured untuned only.
