@@ -12,12 +12,13 @@ Design (fixed before any result of it was seen):
 - **Tuning** (phase ``tune``): one ``mmss tune`` study per system (BiMPM, MCR, MM-SS) on the
   powered train/dev split at image weight 0.6, the same budget for each: :data:`TUNE_TRIALS` = 6
   trials, :data:`TUNE_PARALLEL` = 2 at a time, each at most :data:`TUNE_EPOCHS` = 15 epochs with
-  patience 3, the median pruner judging from epoch 4 (:data:`mmss_lib.tune.PRUNE_FROM`; MM-SS's subtask objective starts in
-  epoch 3), sampler seed 0, the search spaces of :data:`mmss_lib.systems.SEARCH_SPACES`. Trial 0 is
-  the powered benchmark's untuned setting (Adam 1e-4, 3 negatives, batch 32, the systems' own
-  dropout), so a study never chooses worse on dev. Trials never score test. The budget was set
-  from the measured cost alone (about 1 CPU-minute per epoch at 200 training products, so the
-  three studies take about 1.5 hours on 2 cores), before any trial ran.
+  patience 3, the median pruner judging from epoch 4 (:data:`mmss_lib.tune.PRUNE_FROM`; MM-SS's
+  subtask objective starts in epoch 3), sampler seed 0, the search spaces of
+  :data:`mmss_lib.systems.SEARCH_SPACES`. Trial 0 is the powered benchmark's untuned setting (Adam
+  1e-4, 3 negatives, batch 32, the systems' own dropout), so a study never chooses worse on dev.
+  Trials never score test. The budget was set from the measured cost alone (about 1 CPU-minute per
+  epoch at 200 training products, so the three studies take about 1.5 hours on 2 cores), before any
+  trial ran.
 - MM-SS uses the library's reading of Eq. 18 (:data:`mmss_lib.ssp_label.DEFAULT_SCALE`, "common",
   chosen on dev by the powered benchmark), not the "mean" its untuned runs were made with.
 - **Final runs**: each system with its study's best settings (MM-SS w/o (b) and w/o (d) take

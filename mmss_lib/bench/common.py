@@ -150,7 +150,7 @@ def phase_timer(path, tag: str, every: float = 60.0):
         t0 = time.perf_counter()
         state = {"last": t0}
 
-        def add(finished: bool | None = None) -> None:
+        def add(finished: bool = False) -> None:
             with lock:
                 now = time.perf_counter()
                 timing = json.loads(path.read_text()) if path.exists() else {}   # read now: another run may have added

@@ -22,10 +22,10 @@ Design (fixed before any result of it was seen):
   untuned settings (at most 30 epochs, patience 3); at 256 tokens BiMPM and MM-SS also tuned per
   fold (:data:`TUNE_TRIALS` = 5 trials, :data:`TUNE_PARALLEL` = 2 at a time, the untuned setting
   first, at most 20 epochs, pruning from epoch 4, sampler seed 0) and trained with the fold's best
-  settings. Seeds 0, 1, 2. The tuning budget was cut from cost alone, before any study ran: measured at 64 tokens, an epoch of BiMPM
-  on a fold's training part costs about 6.5 CPU-seconds and grows with the text length, so 6
-  trials per fold at both 256 and 512 tokens (120 trials) would take several CPU-hours; 512
-  tokens is measured untuned only.
+  settings. Seeds 0, 1, 2. The tuning budget was cut from cost alone, before any study ran: measured
+  at 64 tokens, an epoch of BiMPM on a fold's training part costs about 6.5 CPU-seconds and grows
+  with the text length, so 6 trials per fold at both 256 and 512 tokens (120 trials) would take
+  several CPU-hours; 512 tokens is measured untuned only.
 - Order (:func:`run`): untuned at 64 and 256 tokens, then the studies and tuned runs at 256, then
   untuned at 512, the costliest runs (moved last from cost alone on 2026-12-06, before any tuned or
   512-token run had finished).
