@@ -1,7 +1,7 @@
 """mmss: an open, reproducible implementation of MM-SS for multimodal review helpfulness prediction.
 
 `import mmss_lib` is deliberately light: it imports no torch, torchvision or transformers.
-Submodules are imported on first use (``mmss_lib.data``, ``mmss_lib.metrics``, ...).
+Submodules are imported on first use (``mmss_lib.data.mrhp``, ``mmss_lib.metrics.ranking``, ...).
 """
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "amazon2018", "batch", "bench", "cli", "data", "demo", "features", "losses", "metrics",
-    "model", "pairs", "pipeline", "ssp_label", "systems", "train", "tables", "loader",
-    "baselines", "predict", "utils", "ssp_records",
+    "bench", "cli", "data", "errors", "evaluation", "explore", "features", "metrics",
+    "model_selection", "models", "predict", "reproduce", "ssp", "training", "utils",
 }
 
 

@@ -11,17 +11,17 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "make-demo": ("mmss_lib.demo", "write the deterministic synthetic MRHP-format demo dataset"),
-    "build-amazon2018": ("mmss_lib.amazon2018", "build an Amazon-MRHP-style dataset from Amazon Review Data 2018 files"),
-    "stats": ("mmss_lib.data", "print dataset statistics (paper Table 3 layout) and label distribution"),
+    "make-demo": ("mmss_lib.data.synthetic", "write the deterministic synthetic MRHP-format demo dataset"),
+    "build-amazon2018": ("mmss_lib.data.amazon2018", "build an Amazon-MRHP-style dataset from Amazon Review Data 2018 files"),
+    "stats": ("mmss_lib.data.mrhp", "print dataset statistics (paper Table 3 layout) and label distribution"),
     "extract": ("mmss_lib.features.extract", "extract text and region features into a feature store"),
     "import-features": ("mmss_lib.features.importers", "import bottom-up .npz / MCR .pth region features into a store"),
-    "train": ("mmss_lib.experiments", "train and evaluate a system over seeds"),
-    "tune": ("mmss_lib.tune", "tune each system's settings on the dev split (Optuna; resumable studies)"),
+    "train": ("mmss_lib.model_selection.sweeps", "train and evaluate a system over seeds"),
+    "tune": ("mmss_lib.model_selection.search", "tune each system's settings on the dev split (Optuna; resumable studies)"),
     "predict": ("mmss_lib.predict", "rank the reviews of a product with a trained checkpoint"),
-    "reproduce": ("mmss_lib.pipeline", "run the notebook pipeline with papermill (profiles: smoke, demo, benchmark, paper)"),
+    "reproduce": ("mmss_lib.reproduce", "run the notebook pipeline with papermill (profiles: smoke, demo, benchmark, paper)"),
     "bench": ("mmss_lib.bench", "benchmarks: build, extract, train, metrics, all"),
-    "explore": ("mmss_lib.explore_widgets", "serve the pseudo-label explorer as a local web app (Voila, 127.0.0.1)"),
+    "explore": ("mmss_lib.explore.app", "serve the pseudo-label explorer as a local web app (Voila, 127.0.0.1)"),
 }
 
 

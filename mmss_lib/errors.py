@@ -27,7 +27,7 @@ class TrainingError(MMSSError):
 
 
 class RunInUseError(TrainingError):
-    """A run folder locked by another process (``mmss_lib.run_folder.run_lock``)."""
+    """A run folder locked by another process (``mmss_lib.training.run_folder.run_lock``)."""
 
 
 class DiskFullError(MMSSError, OSError):
@@ -54,7 +54,7 @@ class SweepError(TrainingError):
 
 
 class RunStopped(MMSSError):
-    """Raised by an ``on_epoch`` callback of :func:`mmss_lib.train.fit` to stop a run after an epoch
+    """Raised by an ``on_epoch`` callback of :func:`mmss_lib.training.trainer.fit` to stop a run after an epoch
     (a tuner pruning a trial): the run keeps ``last.pt`` and ``history.json`` and writes no
     ``metrics.json``, so it is not finished and could be resumed."""
 

@@ -32,15 +32,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmss_lib.data import check_item_id
+from mmss_lib.data.mrhp import check_item_id
 from mmss_lib.errors import CheckpointError, DataError, ModelNotAvailableError
-from mmss_lib.run_folder import BEST
+from mmss_lib.training.run_folder import BEST
 
 
 def load_checkpoint(path) -> tuple[dict, Path]:
     """A trained run's ``best.pt`` (a run folder or the file), loaded weights-only (a shared run
     folder runs no code), checked for the keys ``mmss train`` writes; returns ``(dict, path)``."""
-    from mmss_lib.train import _load_torch
+    from mmss_lib.training.trainer import _load_torch
 
     p = Path(path)
     if p.is_dir():
@@ -68,7 +68,7 @@ def _check_schema(product: Any, reviews: Any, where: str = "predict input") -> N
     with a non-empty string ``text``, optional ``review_id`` and ``image_files``. Unknown fields
     are refused (a misspelt ``image_file`` would silently drop the images). Each violation is one
     :class:`DataError` naming the field (``product.text``, ``reviews[2].image_files``)."""
-    from mmss_lib.data import visible_text
+    from mmss_lib.data.mrhp import visible_text
 
     if not isinstance(product, dict):
         raise _field_error(where, "product", "a mapping {\"text\": ..., \"image_files\": [...]}", product)
@@ -200,8 +200,8 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
     import torch
 
     from mmss_lib.features.store import FeatureStore, FeatureStoreWriter
-    from mmss_lib.loader import MRHPSplitData, ReadCaps
-    from mmss_lib.train import TrainConfig, build_model, collate_for
+    from mmss_lib.features.loader import MRHPSplitData, ReadCaps
+    from mmss_lib.training.trainer import TrainConfig, build_model, collate_for
 
     _check_inputs(product, reviews)
     _check_images(product, reviews)

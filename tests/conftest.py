@@ -91,8 +91,8 @@ def write_tiny_demo(root: Path, *, n_products: int = 8, images: bool = False) ->
     the same for the same arguments. The one set-up of the tests that train tiny models on disk."""
     import numpy as np
 
-    from mmss_lib.data import load_mrhp
-    from mmss_lib.demo import make_demo
+    from mmss_lib.data.mrhp import load_mrhp
+    from mmss_lib.data.synthetic import make_demo
     from mmss_lib.features.store import feature_dirs, write_store
 
     make_demo(root / "data", n_products=n_products, categories=("home",), images=images)
@@ -112,11 +112,11 @@ def write_tiny_demo(root: Path, *, n_products: int = 8, images: bool = False) ->
 
 
 def counting_build_model(seen: list):
-    """``mmss_lib.train.build_model`` wrapped: every forward pass of a model it builds appends its
+    """``mmss_lib.training.trainer.build_model`` wrapped: every forward pass of a model it builds appends its
     number of reviews to ``seen`` (patch it in to check how predict batches)."""
-    import mmss_lib.train
+    import mmss_lib.training.trainer
 
-    build = mmss_lib.train.build_model
+    build = mmss_lib.training.trainer.build_model
 
     def counting_build(*a, **kw):
         model = build(*a, **kw)

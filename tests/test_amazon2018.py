@@ -1,4 +1,4 @@
-"""mmss_lib.amazon2018: the builder's rules on hand-made files, bad input, and the real sample."""
+"""mmss_lib.data.amazon2018: the builder's rules on hand-made files, bad input, and the real sample."""
 from __future__ import annotations
 
 import gzip
@@ -8,10 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mmss_lib.amazon2018 import (build_amazon2018, clean_html, cli_main, full_size_url,
-                                 parse_vote)
+from mmss_lib.data.amazon2018 import build_amazon2018, clean_html, cli_main, full_size_url, parse_vote
 from mmss_lib.bench.build import generate_reviews
-from mmss_lib.data import SPLITS, load_mrhp
+from mmss_lib.data.mrhp import SPLITS, load_mrhp
 from mmss_lib.errors import DataError
 
 LONG = "This magazine has long, detailed articles and I read every issue cover to cover. "  # > 64 chars

@@ -34,8 +34,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 
-from mmss_lib.errors import (CheckpointError, DataError, DiskFullError, FeatureStoreError, MMSSError,
-                             ModelNotAvailableError, PipelineError, RunInUseError, TrainingError)
+from mmss_lib.errors import CheckpointError, DataError, DiskFullError, FeatureStoreError, MMSSError, ModelNotAvailableError, PipelineError, RunInUseError, TrainingError
 
 DS, CAT = "demo", "cat"
 
@@ -107,7 +106,7 @@ class Ctx:
             p.write_bytes(raw if (k == kind and raw is not None) else json.dumps(o).encode())
 
     def load(self):
-        from mmss_lib.data import load_mrhp
+        from mmss_lib.data.mrhp import load_mrhp
         return load_mrhp(self.data, DS, CAT, "train")
 
     # -- feature stores
@@ -211,7 +210,7 @@ def _big_text_encoder(ctx: Ctx, tiny_bert_dir):
 
 
 def _builder_truncated_gzip(ctx: Ctx):
-    from mmss_lib.amazon2018 import build_amazon2018
+    from mmss_lib.data.amazon2018 import build_amazon2018
     from mmss_lib.bench.build import generate_reviews
     src = ctx.root / "src" / "reviews.json.gz"
     src.parent.mkdir(parents=True)
@@ -227,7 +226,7 @@ def _builder_truncated_gzip(ctx: Ctx):
 
 def _builder_bad_asin(asin, raw_line: str | None = None):
     def act(ctx: Ctx):
-        from mmss_lib.amazon2018 import build_amazon2018
+        from mmss_lib.data.amazon2018 import build_amazon2018
         src = ctx.root / "src" / "reviews.json"
         src.parent.mkdir(parents=True)
         good = {"asin": "B000000001", "vote": "5", "reviewText": "x" * 80, "overall": 5.0}
@@ -339,7 +338,7 @@ def _import_nan(ctx: Ctx):
 
 
 def _other_category(ctx: Ctx):
-    from mmss_lib.loader import open_stores
+    from mmss_lib.features.loader import open_stores
     for name in ("text_prd", "text_rvw", "region_prd", "region_rvw"):
         ctx.store(name, manifest={"dataset": DS, "category": "clothing", "store": name})
     ctx.protect()
@@ -348,7 +347,7 @@ def _other_category(ctx: Ctx):
 
 def _missing_item(ctx: Ctx):
     """A store without some of the split's items (e.g. extracted before reviews were added)."""
-    from mmss_lib.loader import MRHPSplitData, open_stores
+    from mmss_lib.features.loader import MRHPSplitData, open_stores
     import pandas as pd
     for name in ("text_prd", "text_rvw", "region_prd", "region_rvw"):
         ctx.store(name)
@@ -359,7 +358,7 @@ def _missing_item(ctx: Ctx):
 
 def _store_nan_on_disk(ctx: Ctx):
     """A finished store whose x.npy was damaged after extraction (NaN rows): caught as rows are read."""
-    from mmss_lib.loader import MRHPSplitData, open_stores
+    from mmss_lib.features.loader import MRHPSplitData, open_stores
     import pandas as pd
     for name in ("text_prd", "text_rvw", "region_prd", "region_rvw"):
         ctx.store(name)
@@ -407,21 +406,21 @@ def _predict_checkpoint_payload(ctx: Ctx):
 
 
 def _case_study_payload(ctx: Ctx):
-    from mmss_lib.case_study import score_with_checkpoint
+    from mmss_lib.evaluation.case_study import score_with_checkpoint
     p = ctx.torch_payload(ctx.root / "run" / "best.pt")
     ctx.protect()
     return score_with_checkpoint(p.parent, None, [0])
 
 
 def _resume_payload(ctx: Ctx):
-    from mmss_lib.train import _load_torch     # what fit() uses for last.pt
+    from mmss_lib.training.trainer import _load_torch  # what fit() uses for last.pt
     p = ctx.torch_payload(ctx.root / "run" / "last.pt")
     ctx.protect()
     return _load_torch(p)
 
 
 def _ssp_record_payload(ctx: Ctx):
-    from mmss_lib.ssp_records import load_ssp_history
+    from mmss_lib.ssp.records import load_ssp_history
     ctx.npz_payload(ctx.root / "run" / "ssp" / "epoch001.npz", key="review_id")
     ctx.protect()
     return load_ssp_history(ctx.root / "run")
@@ -453,14 +452,14 @@ def _predict_input(review):
 
 
 def _unknown_system(ctx: Ctx):
-    from mmss_lib.train import TrainConfig, build_model
+    from mmss_lib.training.trainer import TrainConfig, build_model
     ctx.protect()
     return build_model(TrainConfig(system="mmss_plus", device="cpu"), 8, 12)
 
 
 def _epochs(n):
     def act(ctx: Ctx):
-        from mmss_lib.train import TrainConfig
+        from mmss_lib.training.trainer import TrainConfig
         ctx.protect()
         return TrainConfig(epochs=n)
     return act
@@ -478,7 +477,7 @@ TINY_TRAIN = ["--systems", "mmss", "--seeds", "0", "--patience", "50", "--batch-
 def tiny_category(tmp_path_factory):
     """``demo/tiny``: 16/4/4 products x 5 reviews, labels carried by the review [CLS] feature."""
     import pandas as pd
-    from mmss_lib.data import write_mrhp
+    from mmss_lib.data.mrhp import write_mrhp
     from mmss_lib.features.store import write_store
     root = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(0)
@@ -501,7 +500,7 @@ def tiny_category(tmp_path_factory):
                 items["region_rvw"][rid] = {"x": rng.random((1, TINY_DR)), "boxes": np.array([[0, 0, 1, 1]]),
                                             "image": np.zeros(1, np.int32)}
         write_mrhp(root / "data", DS, "tiny", split, pd.DataFrame(prods), pd.DataFrame(revs))
-    from mmss_lib.data import load_mrhp
+    from mmss_lib.data.mrhp import load_mrhp
     from mmss_lib.features.fingerprint import category_frames, content_fingerprint
     pooled = category_frames({s: load_mrhp(root / "data", DS, "tiny", s) for s in ("train", "dev", "test")})
     for kind, its in items.items():
@@ -540,7 +539,7 @@ def _kill9_resume(ctx: Ctx, tiny: Path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not (run / "metrics.json").exists(), "the run finished before the kill: nothing was interrupted"
-    from mmss_lib.train import _load_torch
+    from mmss_lib.training.trainer import _load_torch
     done = _load_torch(run / "last.pt")["state"]["epoch"]
     assert 1 <= done < epochs
     r = subprocess.run(_train_cmd(tiny, ctx.root / "killed", epochs), env=env, capture_output=True, text=True)
@@ -558,7 +557,7 @@ def _kill9_resume(ctx: Ctx, tiny: Path):
 
 def _corrupt_last_pt(ctx: Ctx, tiny: Path):
     """A last.pt cut in half (a crash mid-copy): refused with the file named; the file is kept."""
-    from mmss_lib.train import TrainConfig, train_run
+    from mmss_lib.training.trainer import TrainConfig, train_run
     run = ctx.root / "runs" / DS / "tiny" / "mmss" / "seed0"
     import torch
     cfg = TrainConfig(system="mmss", epochs=1, patience=50, batch_size=16, n_neg=3, lr=0.003, device="cpu",
@@ -599,7 +598,7 @@ def _cli(*argv, tiny_args: bool = False):
 
 def _profile(text):
     def act(ctx: Ctx):
-        from mmss_lib.pipeline import plan
+        from mmss_lib.reproduce import plan
         p = ctx.root / "bad.yaml"
         p.write_text(text)
         ctx.protect()
@@ -620,7 +619,7 @@ def _mini_category(ctx: Ctx, *, labels=None, leak: str | None = None, fingerprin
     labels (default 0..3 per product); ``leak``: "product" / "review" puts a training product /
     review id into the test split; ``images``: one PNG per review (region stores see the files)."""
     import pandas as pd
-    from mmss_lib.data import load_mrhp, write_mrhp
+    from mmss_lib.data.mrhp import load_mrhp, write_mrhp
     from mmss_lib.features.fingerprint import category_frames, content_fingerprint
     from mmss_lib.features.store import write_store
     root = ctx.root
@@ -663,21 +662,21 @@ def _mini_category(ctx: Ctx, *, labels=None, leak: str | None = None, fingerprin
 
 
 def _mini_cfg(**kw):
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.training.trainer import TrainConfig
     return TrainConfig(**{**dict(system="mmss", epochs=1, patience=50, batch_size=16, n_neg=3, lr=0.003, device="cpu",
                                  num_threads=1, model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}),
                           **kw})
 
 
 def _load_mini(ctx: Ctx, **kw):
-    from mmss_lib.train import load_splits
+    from mmss_lib.training.trainer import load_splits
     return load_splits(ctx.root / "data", DS, MINI, ctx.root / "features", _mini_cfg(**kw))
 
 
 def _all_labels_equal(ctx: Ctx):
     """All training labels equal: refused before anything is written, no summary."""
     import torch
-    from mmss_lib.experiments import run_experiment
+    from mmss_lib.model_selection.sweeps import run_experiment
     _mini_category(ctx, labels=[2] * 24)
     ctx.protect()
     threads = torch.get_num_threads()
@@ -694,7 +693,7 @@ def _all_labels_equal(ctx: Ctx):
 def _mcr_no_three_levels(ctx: Ctx):
     _mini_category(ctx, labels=[0, 1, 0, 1] * 6)            # two label levels per product: no MCR positives
     ctx.protect()
-    from mmss_lib.train import fit
+    from mmss_lib.training.trainer import fit
     splits = _load_mini(ctx)
     return fit(_mini_cfg(), splits, ctx.root / "run", threshold=1.0, progress=False,
                run_info={"dataset": DS, "category": MINI})
@@ -723,7 +722,7 @@ def _stale_text_train(ctx: Ctx):
 
 
 def _stale_text_folds(ctx: Ctx):
-    from mmss_lib.experiments import run_experiment
+    from mmss_lib.model_selection.sweeps import run_experiment
     _mini_category(ctx)
     _edit_review_text(ctx, split="test", row="2")
     ctx.protect()
@@ -834,7 +833,7 @@ def _two_trains_one_folder(ctx: Ctx, tiny: Path):
 def _lock_held(ctx: Ctx):
     """A run folder locked by another holder: train_run refuses at once, naming the folder and PID."""
     import multiprocessing as mp
-    from mmss_lib.train import train_run
+    from mmss_lib.training.trainer import train_run
     _mini_category(ctx)
     run = ctx.root / "runs" / "seed0"
     ready, stop = mp.get_context("spawn").Event(), mp.get_context("spawn").Event()
@@ -851,7 +850,7 @@ def _lock_held(ctx: Ctx):
 
 
 def _hold_lock(run: str, ready, stop) -> None:
-    from mmss_lib.run_folder import run_lock
+    from mmss_lib.training.run_folder import run_lock
     with run_lock(run):
         ready.set()
         stop.wait(60)
@@ -879,7 +878,7 @@ def _disk_full(kind):
 
 def _ray_nothing_listening(ctx: Ctx):
     import time
-    from mmss_lib.executors import RayExecutor
+    from mmss_lib.training.executors import RayExecutor
     pytest.importorskip("ray")
     ctx.protect()
     t0 = time.monotonic()
@@ -903,7 +902,7 @@ def _ray_token_like_the_head(preset):
         env["RAY_AUTH_TOKEN_PATH"] = str(tok)
         if preset:
             env["RAY_AUTH_MODE"] = preset
-        code = ("import os; from mmss_lib.executors import _token_auth_like_the_head as f; "
+        code = ("import os; from mmss_lib.training.executors import _token_auth_like_the_head as f; "
                 "f('10.0.0.1:6379'); print('MODE', os.environ.get('RAY_AUTH_MODE'))")
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert f"MODE {preset or 'token'}" in r.stdout, (r.stdout, r.stderr[-2000:])
@@ -913,7 +912,7 @@ def _ray_token_like_the_head(preset):
 
 def _model_option(options):
     def act(ctx: Ctx):
-        from mmss_lib.train import TrainConfig, build_model
+        from mmss_lib.training.trainer import TrainConfig, build_model
         ctx.protect()
         return build_model(TrainConfig(device="cpu", model_options=options), 8, 12)
     return act
@@ -921,7 +920,7 @@ def _model_option(options):
 
 def _experiment_args(**kw):
     def act(ctx: Ctx):
-        from mmss_lib.experiments import run_experiment
+        from mmss_lib.model_selection.sweeps import run_experiment
         ctx.protect()
         args = dict(data_root=ctx.root / "data", dataset=DS, categories=[MINI], features_root=ctx.root / "f",
                      runs_root=ctx.root / "runs", systems=["mmss"], seeds=[0], progress=False)
@@ -930,7 +929,7 @@ def _experiment_args(**kw):
 
 
 def _all_pairs_huge(ctx: Ctx):
-    from mmss_lib.pairs import sample_pairs
+    from mmss_lib.data.pairs import sample_pairs
     ctx.protect()
     n = 100_000
     return sample_pairs(["B0HUGE"] * n + ["B0SMALL"] * 2, np.r_[np.arange(n) % 5, [0, 1]], scheme="all")
@@ -958,7 +957,7 @@ def _runs_root_unreadable(ctx: Ctx):
     raised PermissionError); they are skipped, the readable run is listed."""
     import pathlib
     from unittest import mock
-    from mmss_lib.explore import discover_runs
+    from mmss_lib.explore.explorer import discover_runs
     (ctx.root / "runs" / "demo" / "home" / "mmss" / "seed0").mkdir(parents=True)
     (ctx.root / "runs" / "demo" / "home" / "locked").mkdir()
     (ctx.root / "runs" / "demo" / "locked").mkdir()
@@ -1008,7 +1007,7 @@ def _lock_unusable(kind: str):
     def act(ctx: Ctx):
         import errno
         from unittest import mock
-        from mmss_lib.train import train_run
+        from mmss_lib.training.trainer import train_run
         _mini_category(ctx)
         run = ctx.root / "runs" / "seed0"
         lock = run / ".lock"
@@ -1044,9 +1043,9 @@ def _leak_floor(system: str, leak: str = "product"):
     (they used to score leaked splits silently)."""
     def act(ctx: Ctx):
         import pandas as pd
-        from mmss_lib.data import load_mrhp, split_file
-        from mmss_lib.demo import CUE_COLUMNS
-        from mmss_lib.train import train_run
+        from mmss_lib.data.mrhp import load_mrhp, split_file
+        from mmss_lib.data.synthetic import CUE_COLUMNS
+        from mmss_lib.training.trainer import train_run
         _mini_category(ctx, leak=leak)
         for split in ("train", "dev", "test"):           # planted cues, as make-demo writes them
             ids = load_mrhp(ctx.root / "data", DS, MINI, split)[1]["review_id"]
@@ -1068,9 +1067,9 @@ def _corrupt_cue(column: str, value):
     0), before the run writes anything."""
     def act(ctx: Ctx):
         import pandas as pd
-        from mmss_lib.data import load_mrhp, split_file
-        from mmss_lib.demo import CUE_COLUMNS
-        from mmss_lib.train import train_run
+        from mmss_lib.data.mrhp import load_mrhp, split_file
+        from mmss_lib.data.synthetic import CUE_COLUMNS
+        from mmss_lib.training.trainer import train_run
         _mini_category(ctx)
         for split in ("train", "dev", "test"):
             ids = load_mrhp(ctx.root / "data", DS, MINI, split)[1]["review_id"]
@@ -1100,7 +1099,7 @@ def _make_demo_refused(*argv):
 
 
 def _make_demo_library_no_train(ctx: Ctx):
-    from mmss_lib.demo import make_demo
+    from mmss_lib.data.synthetic import make_demo
     ctx.protect()
     try:
         return make_demo(ctx.root / "demo", n_products=40, test_frac=0.9, dev_frac=0.9, categories=["home"])
@@ -1250,9 +1249,9 @@ def _predict_many_reviews(ctx: Ctx, tiny: Path):
     a review's score equals the one it gets in a batch of five."""
     import torch
     from unittest import mock
-    import mmss_lib.train
+    import mmss_lib.training.trainer
     from mmss_lib.predict import predict
-    from mmss_lib.train import train_run
+    from mmss_lib.training.trainer import train_run
     cfg, run = _mini_cfg(), ctx.root / "run"
     threads = torch.get_num_threads()
     try:
@@ -1267,7 +1266,7 @@ def _predict_many_reviews(ctx: Ctx, tiny: Path):
     seen: list[int] = []
     counting_build = counting_build_model(seen)   # records the reviews of every forward pass
     enc, enc5 = _HashEncoder(), _HashEncoder()
-    with mock.patch.object(mmss_lib.train, "build_model", counting_build):
+    with mock.patch.object(mmss_lib.training.trainer, "build_model", counting_build):
         df = predict(run, {"text": "product 0"}, reviews, encoder=enc)
         bs = cfg.eval_batch_size
         assert sum(seen) == n and max(seen) == bs and len(seen) == -(-n // bs), seen[:5]
@@ -1298,7 +1297,7 @@ REL_OR_RVW = r"cat\.(rel|rvw)\.train"     # ids shared by both files: the relati
 REC = json.dumps(_base_split()["prd"])
 
 CASES = [
-    # ---- loader (mmss_lib.data.load_mrhp)
+    # ---- loader (mmss_lib.data.mrhp.load_mrhp)
     C("json_orient_records", "loader", _loader("prd", raw=json.dumps([{"product_id": "B1"}]).encode()), DataError, (PRD, "column orientation")),
     C("json_orient_index", "loader", _loader("prd", raw=json.dumps({"0": {k: v["0"] for k, v in _base_split()["prd"].items()}}).encode()), DataError, (PRD, r"orient='index'", "column orientation"), fixed=True),
     C("json_truncated", "loader", _loader("rvw", raw=json.dumps(_base_split()["rvw"]).encode()[:-20]), DataError, (RVW, "not valid JSON", "line 1")),
@@ -1311,7 +1310,7 @@ CASES = [
     C("text_not_a_string", "loader", _loader("rvw", "content", 42), DataError, (RVW, "row 1", "'content'", "expected a non-empty string", "int")),
     C("text_list_product_name", "loader", _loader("prd", "name", ["a", "b"]), DataError, (PRD, "row 1", "'name'", "expected a string")),
     C("non_utf8_bytes", "loader", _loader("rvw", raw=json.dumps(_base_split()["rvw"]).encode().replace(b"fits well", b"fits \xff\xfe well")), DataError, (RVW, "not UTF-8")),
-    C("review_text_10mb", "loader", _big_text, policy="mmss_lib.data: a 10 MB review loads as is"),
+    C("review_text_10mb", "loader", _big_text, policy="mmss_lib.data.mrhp: a 10 MB review loads as is"),
     C("review_text_10mb_encoder", "extract", _big_text_encoder, policy="mmss_lib.features.text: truncated to a configurable maximum length", needs=("tiny_bert_dir",), fixed=True),  # was 45 s of tokenising
     C("id_path_traversal", "loader", _loader("rvw", "review_id", "../../../../outside"), DataError, (REL_OR_RVW, "row 1", "'review_id'", r"contains '/'", "ASIN- or number-based"), fixed=True),
     C("id_parent_ref", "loader", _loader("prd", "product_id", "..", row="0"), DataError, (PRD, "row 0", "'product_id'", r"contains '\.\.'"), fixed=True),
@@ -1323,7 +1322,7 @@ CASES = [
     C("missing_split_file", "loader", lambda ctx: (ctx.mrhp(), ctx.split_path("rel").unlink(), ctx.protect(), ctx.load())[3], DataError, (REL, "split file not found", "the folder holds")),
     C("id_empty", "loader", _loader("rvw", "review_id", ""), DataError, (REL_OR_RVW, "row 1", "'review_id'", "empty id")),
     C("id_float", "loader", _loader("rvw", "review_id", 1.5), DataError, (REL_OR_RVW, "row 1", "'review_id'", "expected an id")),
-    # ---- builder (mmss_lib.amazon2018.build_amazon2018)
+    # ---- builder (mmss_lib.data.amazon2018.build_amazon2018)
     C("gzip_cut_mid_stream", "builder", _builder_truncated_gzip, DataError, (r"reviews\.json\.gz", "truncated or corrupt gzip", "after line")),
     C("asin_path_traversal", "builder", _builder_bad_asin("../../etc"), DataError, (r"reviews\.json", "row 2", "'asin'", r"contains '/'"), fixed=True),
     C("builder_line_not_json", "builder", _builder_bad_asin(None, '{"asin": "B000000001", "vote": "3", "reviewText": "cut'), DataError, (r"reviews\.json", "line 2", "not valid JSON")),
@@ -1338,7 +1337,7 @@ CASES = [
     C("image_16bit", "extract", _image("h.png", "I;16"), policy="mmss_lib.features.regions: 16-bit images are converted to RGB"),
     C("image_8000x8000", "extract", _image("big.jpg", "RGB", fmt="JPEG", size=(8000, 8000)), policy="mmss_lib.features.regions: are downscaled on load"),
     C("image_bad_among_good", "extract", _extract_items_keeps_good_images, policy="mmss_lib.features.regions: its item keeps the regions of its other images"),
-    # ---- feature stores (read by train / predict through mmss_lib.loader)
+    # ---- feature stores (read by train / predict through mmss_lib.features.loader)
     C("store_shard_deleted", "train", _store_deleted_shard, FeatureStoreError, (r"shard_00001", "cannot read shard", "re-extract")),
     C("store_shard_truncated", "train", _store_truncated_shard, FeatureStoreError, (r"shard_00001", "cannot read shard|inconsistent shard")),
     C("store_shard_pickled_object", "train", _store_pickled_shard, FeatureStoreError, (r"shard_00000", "cannot read shard")),
@@ -1366,18 +1365,18 @@ CASES = [
     C("unknown_system", "train", _unknown_system, DataError, ("unknown system 'mmss_plus'", "known: .*mmss")),
     C("epochs_0", "train", _epochs(0), DataError, (r"TrainConfig\.epochs=0", "expected an integer >= 1")),
     C("last_pt_corrupt", "train", _corrupt_last_pt, CheckpointError, (r"seed0/last\.pt", "cannot read the checkpoint", "delete it"), needs=("tiny_category",)),
-    C("kill_9_then_rerun", "train", _kill9_resume, policy="mmss_lib.train: so the final metrics equal those of an uninterrupted run", needs=("tiny_category",)),
+    C("kill_9_then_rerun", "train", _kill9_resume, policy="mmss_lib.training.trainer: so the final metrics equal those of an uninterrupted run", needs=("tiny_category",)),
     C("cli_train_epochs_0", "train", _cli("train", "--data-root", "{tiny}/data", "--dataset", "demo", "--categories", "tiny", "--features", "{tiny}/features", "--runs", "{root}/runs", "--seeds", "0", "--no-progress", "--num-threads", "1", "--epochs", "0"), CliFailed, ("mmss train: error", r"epochs=0", ">= 1"), needs=("tiny_category",)),
     C("cli_train_unknown_system", "train", _cli("train", "--data-root", "{tiny}/data", "--dataset", "demo", "--categories", "tiny", "--features", "{tiny}/features", "--runs", "{root}/runs", "--seeds", "0", "--no-progress", "--num-threads", "1", "--epochs", "1", "--systems", "mmss_plus"), CliFailed, ("mmss train: error", "unknown system 'mmss_plus'"), needs=("tiny_category",)),
     C("cli_train_unknown_category", "train", _cli("train", "--data-root", "{tiny}/data", "--dataset", "demo", "--categories", "tiny2", "--features", "{tiny}/features", "--runs", "{root}/runs", "--seeds", "0", "--no-progress", "--num-threads", "1", "--epochs", "1"), CliFailed, ("mmss train: error", r"tiny2", "not found"), needs=("tiny_category",)),
     C("cli_predict_input_not_json", "predict", lambda ctx: (ctx.root.joinpath("in.json").write_text("{product:"), _cli("predict", "--run", "{root}", "--input", "{root}/in.json")(ctx))[1], CliFailed, ("mmss predict: error", r"in\.json", "not valid JSON")),
-    # ---- reproduce (mmss_lib.pipeline)
+    # ---- reproduce (mmss_lib.reproduce)
     C("profile_unknown_parameter", "reproduce", _profile("02_train:\n  epochz: 3\n"), PipelineError, (r"bad\.yaml", "unknown parameter", "epochz")),
     C("profile_unknown_notebook", "reproduce", _profile("99_nope:\n  a: 1\n"), PipelineError, (r"bad\.yaml", "99_nope", "no notebook")),
     C("profile_yaml_payload", "reproduce", lambda ctx: _profile(f'02_train: !!python/object/apply:os.system ["touch {ctx.marker}"]\n')(ctx), PipelineError, (r"bad\.yaml", "not valid YAML")),
     C("profile_not_a_mapping", "reproduce", _profile("- a\n- b\n"), PipelineError, (r"bad\.yaml", "expected a mapping")),
     # ---- issue 21: runs that cannot mix
-    C("two_trains_one_folder", "train", _two_trains_one_folder, policy="mmss_lib.train: A second process asking for the same run is refused at once", needs=("tiny_category",), fixed=True, issue=21),
+    C("two_trains_one_folder", "train", _two_trains_one_folder, policy="mmss_lib.training.trainer: A second process asking for the same run is refused at once", needs=("tiny_category",), fixed=True, issue=21),
     C("run_folder_locked", "train", _lock_held, RunInUseError, (r"runs/seed0", "in use by another process", r"PID \d+"), fixed=True, issue=21),
     C("seeds_twice", "train", _cli(*TRAIN_ARGS, "--seeds", "0", "0"), CliFailed, ("mmss train: error", "--seeds 0 0", "given more than once"), fixed=True, issue=21),
     C("seed_counted_twice", "train", _experiment_args(seeds=[0, 1, 1]), DataError, (r"seeds \[0, 1, 1\]", "1 given more than once"), fixed=True, issue=21),
@@ -1403,8 +1402,8 @@ CASES = [
     C("region_features_batch_neighbours", "extract", _region_batch_neighbours, policy="mmss_lib.features.regions: features never depend on the other images of its chunk", fixed=True, issue=21),
     # ---- issue 21: Ray
     C("ray_nothing_listening", "train", _ray_nothing_listening, MMSSError, ("127.0.0.1:1", "nothing answers", "after 1.5 s", "--ray-timeout"), fixed=True, issue=21),
-    C("ray_token_auth_like_the_head", "train", _ray_token_like_the_head(None), policy="mmss_lib.executors: the driver sets ``RAY_AUTH_MODE=token`` as ``ray start --head`` did", fixed=True, issue=21),
-    C("ray_auth_mode_preset_kept", "train", _ray_token_like_the_head("disabled"), policy="mmss_lib.executors: an explicit ``RAY_AUTH_MODE`` is kept", issue=21),
+    C("ray_token_auth_like_the_head", "train", _ray_token_like_the_head(None), policy="mmss_lib.training.executors: the driver sets ``RAY_AUTH_MODE=token`` as ``ray start --head`` did", fixed=True, issue=21),
+    C("ray_auth_mode_preset_kept", "train", _ray_token_like_the_head("disabled"), policy="mmss_lib.training.executors: an explicit ``RAY_AUTH_MODE`` is kept", issue=21),
     C("ray_timeout_0", "train", _cli(*TRAIN_ARGS, "--executor", "ray", "--ray-timeout", "0"), CliFailed, ("mmss train: error", "--ray-timeout 0", "> 0"), issue=21),
     # ---- issue 21: predict's input schema
     C("predict_product_a_list", "predict", _predict_obj({"product": [PRED_OK], "reviews": [{"text": "ok"}]}), DataError, ("input.json", "'product'", "expected a mapping", "list"), fixed=True, issue=21),
@@ -1453,9 +1452,9 @@ CASES = [
     C("text_nul_only", "loader", _loader("rvw", "content", "\x00\x00\x00"), DataError, (RVW, "row 1", "'content'", "empty text", "control"), fixed=True, issue=R3),
     C("predict_text_nul_only", "predict", _predict_obj({"product": PRED_OK, "reviews": [{"text": "ok"}, {"text": "\x00\x00\x00"}]}), DataError, (r"'reviews\[1\]\.text'", "expected a non-empty string"), fixed=True, issue=R3),
     # ---- round 3: the explorer's web app
-    C("explore_sigterm", "explore", _explore_stopped("sigterm"), policy="mmss_lib.explore_widgets: stops the Voila server and its kernels and removes the temporary folder", fixed=True, issue=R3),
+    C("explore_sigterm", "explore", _explore_stopped("sigterm"), policy="mmss_lib.explore.app: stops the Voila server and its kernels and removes the temporary folder", fixed=True, issue=R3),
     C("explore_port_70000", "explore", _cli("explore", "--runs", "{root}/runs", "--port", "70000"), CliFailed, ("mmss explore: error", "--port 70000", "a port from 0 to 65535"), fixed=True, issue=R3),
-    C("explore_port_0", "explore", _explore_stopped("port0"), policy="mmss_lib.explore_widgets: ``--port 0`` takes a free port and prints its real address", fixed=True, issue=R3),
+    C("explore_port_0", "explore", _explore_stopped("port0"), policy="mmss_lib.explore.app: ``--port 0`` takes a free port and prints its real address", fixed=True, issue=R3),
     # ---- round 3: YAML alias bombs in profiles
     C("profile_alias_bomb_in_seeds", "reproduce", _profile_quick("02_train:\n  seeds: " + _alias_bomb() + "\n"), PipelineError, (r"bad\.yaml", r"'02_train\.seeds'", "more than 10,000 values", "YAML aliases"), fixed=True, issue=R3),
     C("profile_alias_bomb_top_level", "reproduce", _profile_quick("lol: " + _alias_bomb() + "\n"), PipelineError, (r"bad\.yaml", "'lol'", "more than 10,000 values"), issue=R3),
@@ -1468,7 +1467,7 @@ CASES = [
     C("cue_detail_nan", "train", _corrupt_cue("detail", float("nan")), DataError, (r"mini\.cues\.train", "column 'detail'", "every review needs it"), fixed=True, issue=R3),
     C("cue_img_match_nan_with_images", "train", _corrupt_cue("img_match", float("nan")), DataError, (r"mini\.cues\.train", "column 'img_match'", "a review with images needs it"), fixed=True, issue=R3),
     C("cue_detail_out_of_range", "train", _corrupt_cue("detail", 7), DataError, (r"mini\.cues\.train", "column 'detail'", "from 0 to 3"), fixed=True, issue=R3),
-    C("explore_runs_root_unreadable", "explore", _runs_root_unreadable, policy="mmss_lib.explore: Folders under the runs root that cannot be read are skipped", fixed=True, issue=R3),
+    C("explore_runs_root_unreadable", "explore", _runs_root_unreadable, policy="mmss_lib.explore.explorer: Folders under the runs root that cannot be read are skipped", fixed=True, issue=R3),
     C("bench_explore_clicks_0", "bench", _cli("bench", "explore", "--clicks", "0"), CliFailed, ("--clicks 0", ">= 1"), fixed=True, issue=R3),
     C("bench_explore_epochs_0", "bench", _cli("bench", "explore", "--epochs", "0"), CliFailed, ("--epochs 0", ">= 1"), fixed=True, issue=R3),
     C("bench_explore_out_file", "bench", _out_file_cli("bench", "explore", "--out"), CliFailed, ("--out", "a file, not a folder"), fixed=True, issue=R3),
@@ -1534,9 +1533,9 @@ def test_case_study_scores_a_real_best_pt_weights_only(tiny_category, tmp_path):
     its scores of the test split equal the trainer's scores_test.csv."""
     import pandas as pd
     import torch
-    from mmss_lib.loader import MRHPSplitData
-    from mmss_lib.case_study import score_with_checkpoint
-    from mmss_lib.train import TrainConfig, train_run
+    from mmss_lib.features.loader import MRHPSplitData
+    from mmss_lib.evaluation.case_study import score_with_checkpoint
+    from mmss_lib.training.trainer import TrainConfig, train_run
     cfg = TrainConfig(system="mmss", epochs=1, patience=50, batch_size=16, n_neg=3, lr=0.003, device="cpu",
                       num_threads=1, model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8})
     threads = torch.get_num_threads()

@@ -10,15 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmss_lib.baselines._mm_common import CrossAttention
-from mmss_lib.baselines.mcl import adaptive_info_nce
-from mmss_lib.baselines.ssecross import stochastic_shared_embedding
-from mmss_lib.batch import Batch, random_batch
+from mmss_lib.models.baselines._mm_common import CrossAttention
+from mmss_lib.models.baselines.mcl import adaptive_info_nce
+from mmss_lib.models.baselines.ssecross import stochastic_shared_embedding
+from mmss_lib.data.batch import Batch, random_batch
 from mmss_lib.errors import DataError
-from mmss_lib.systems import build_system
+from mmss_lib.models.registry import build_system
 
 try:
-    from mmss_lib.losses import ranking_hinge
+    from mmss_lib.models.losses import ranking_hinge
 except ImportError:  # pragma: no cover - losses.py written by another engineer
     def ranking_hinge(s_pos, s_neg, margin=1.0):
         return torch.clamp(margin - s_pos + s_neg, min=0.0).mean()

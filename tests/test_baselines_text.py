@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmss_lib.baselines.common import MaskedBiLSTM, NGramConv
-from mmss_lib.batch import random_batch
+from mmss_lib.models.baselines.common import MaskedBiLSTM, NGramConv
+from mmss_lib.data.batch import random_batch
 from mmss_lib.errors import DataError
-from mmss_lib.systems import SYSTEMS, build_system
+from mmss_lib.models.registry import SYSTEMS, build_system
 
 NAMES = ["bimpm", "egcnn", "convknrm", "prhnet"]
 TEXT_DIM = 32
@@ -111,7 +111,7 @@ def test_ngram_conv_matches_manual_windows():
 # ----------------------------------------------------------------------------- system-specific pieces
 
 def test_kernel_mus_and_sigmas():
-    from mmss_lib.baselines.convknrm import kernel_mus_sigmas
+    from mmss_lib.models.baselines.convknrm import kernel_mus_sigmas
 
     mus, sigmas = kernel_mus_sigmas(11)
     want = torch.tensor([1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1, -0.3, -0.5, -0.7, -0.9])
@@ -122,7 +122,7 @@ def test_kernel_mus_and_sigmas():
 def test_kernel_pooling_matches_loop_reference():
     import math
 
-    from mmss_lib.baselines.convknrm import kernel_mus_sigmas, kernel_pooling
+    from mmss_lib.models.baselines.convknrm import kernel_mus_sigmas, kernel_pooling
 
     g = torch.Generator().manual_seed(0)
     sim = torch.rand(2, 3, 4, generator=g) * 2 - 1
@@ -144,7 +144,7 @@ def test_kernel_pooling_matches_loop_reference():
 
 
 def test_multi_perspective_cosine_matches_reference():
-    from mmss_lib.baselines.bimpm import multi_perspective_cosine, pairwise_multi_perspective_cosine
+    from mmss_lib.models.baselines.bimpm import multi_perspective_cosine, pairwise_multi_perspective_cosine
 
     g = torch.Generator().manual_seed(0)
     w = torch.rand(3, 4, generator=g)
@@ -159,7 +159,7 @@ def test_multi_perspective_cosine_matches_reference():
 
 
 def test_egcnn_gate_modes():
-    from mmss_lib.baselines.egcnn import EmbeddingGate
+    from mmss_lib.models.baselines.egcnn import EmbeddingGate
 
     e = torch.randn(2, 3, 4)
     tok = EmbeddingGate(4, "token")
@@ -262,7 +262,7 @@ def test_bad_inputs_raise_data_error(name):
 def _ranking_problem(n_products: int, seed: int, dim: int = 16):
     """Each product has one helpful review (copies of product tokens plus a planted direction)
     and one unhelpful review (noise). Returns a Batch with sample 2k helpful, 2k+1 unhelpful."""
-    from mmss_lib.batch import Batch
+    from mmss_lib.data.batch import Batch
 
     g = torch.Generator().manual_seed(seed)
     signal = torch.ones(dim) / dim ** 0.5 * 1.5                          # fixed planted direction
@@ -286,7 +286,7 @@ def _ranking_problem(n_products: int, seed: int, dim: int = 16):
 
 def _hinge(s_pos, s_neg, margin=1.0):
     try:
-        from mmss_lib.losses import ranking_hinge
+        from mmss_lib.models.losses import ranking_hinge
     except ImportError:
         return F.relu(margin - (s_pos - s_neg)).mean()
     return ranking_hinge(s_pos, s_neg, margin=margin)

@@ -21,11 +21,11 @@ def test_every_registered_benchmark_resolves_and_help_lists_it(capsys):
 
 
 def test_domain_modules_hold_no_benchmark_code():
-    import mmss_lib.amazon2018
-    import mmss_lib.metrics
-    import mmss_lib.train
+    import mmss_lib.data.amazon2018
+    import mmss_lib.metrics.ranking
+    import mmss_lib.training.trainer
 
-    for mod in (mmss_lib.amazon2018, mmss_lib.metrics, mmss_lib.train):
+    for mod in (mmss_lib.data.amazon2018, mmss_lib.metrics.ranking, mmss_lib.training.trainer):
         assert not [n for n in vars(mod) if n.startswith(("bench", "_bench", "generate_reviews"))], mod.__name__
 
 
@@ -126,7 +126,7 @@ def test_precision_bench_trains_both_arms_and_reports_speed_wait_and_agreement(t
     import json
 
     from mmss_lib.bench.precision import bench_precision
-    from mmss_lib.run_folder import finished_results
+    from mmss_lib.training.run_folder import finished_results
 
     args = ["--data-root", str(tiny_demo / "data"), "--category", "home", "--features", str(tiny_demo / "features"),
             "--out", str(tmp_path / "runs"), "--systems", "egcnn", "--seeds", "0", "--epochs", "2",
@@ -151,8 +151,8 @@ def test_epoch_shares_sum_to_one_and_every_epoch_records_its_parts(tiny_demo, tm
     """`mmss bench train` (5): where an epoch's time goes, from the history.json entries the
     trainer writes (batches, SSP-Label, evaluation, checkpoints; compute is the rest of training)."""
     from mmss_lib.bench.train import SHARES, epoch_shares
-    from mmss_lib.run_config import TrainConfig
-    from mmss_lib.train import train_run
+    from mmss_lib.training.config import TrainConfig
+    from mmss_lib.training.trainer import train_run
 
     cfg = TrainConfig(system="mmss", epochs=3, patience=3, batch_size=16, n_neg=3, device="cpu", num_threads=1,
                       model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8})

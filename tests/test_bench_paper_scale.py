@@ -48,7 +48,7 @@ def test_projection_arithmetic_known_values():
     epoch = 3 * n_tr * 0.01 + n_ev * 0.002 + 3 * n_tr * (100 + 0.1 * 200) / 1000 + eval_tokens / 1000
     final = n_ev * 0.002 + eval_tokens / 1000
     assert p["training_gpu_h"] == pytest.approx((2 * epoch + final) / 3600)
-    from mmss_lib.systems import build_system
+    from mmss_lib.models.registry import build_system
     params = sum(q.numel() for q in build_system("egcnn", text_dim=768, region_dim=2048).parameters())
     assert p["run_parts_gb"]["checkpoints"] == pytest.approx(params * 16 / 1e9)
     assert p["run_parts_gb"]["scores"] == pytest.approx(n_ev * 50 / 1e9)

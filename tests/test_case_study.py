@@ -18,9 +18,9 @@ TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}
 def trained(tmp_path_factory):
     """Demo category "home" (no images) with random-feature stores; MM-SS full and wo_d, seed 0, one epoch."""
     from conftest import write_tiny_demo
-    from mmss_lib.experiments import run_experiment
-    from mmss_lib.model import ABLATIONS
-    from mmss_lib.run_config import TrainConfig
+    from mmss_lib.model_selection.sweeps import run_experiment
+    from mmss_lib.models.mmss import ABLATIONS
+    from mmss_lib.training.config import TrainConfig
 
     root = write_tiny_demo(tmp_path_factory.mktemp("case"))
     base = TrainConfig(epochs=1, device="cpu", num_threads=1, model_options=dict(TINY))
@@ -32,10 +32,10 @@ def trained(tmp_path_factory):
 
 
 def test_load_run_config_history_and_reference_config(trained, tmp_path):
-    from mmss_lib.experiments import reference_config
-    from mmss_lib.run_folder import load_history, load_run_config
-    from mmss_lib.run_folder import run_dir_for
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.model_selection.sweeps import reference_config
+    from mmss_lib.training.run_folder import load_history, load_run_config
+    from mmss_lib.training.run_folder import run_dir_for
+    from mmss_lib.training.trainer import TrainConfig
 
     root, base, results = trained
     full = run_dir_for(root / "runs", "demo", "home", "mmss", "full", 0)
@@ -59,8 +59,8 @@ def test_load_run_config_history_and_reference_config(trained, tmp_path):
 
 
 def test_case_study_predicts_like_the_trainer_and_writes_figures(trained, tmp_path, capsys):
-    from mmss_lib.case_study import CaseStudy
-    from mmss_lib.run_folder import run_dir_for
+    from mmss_lib.evaluation.case_study import CaseStudy
+    from mmss_lib.training.run_folder import run_dir_for
 
     root, _, _ = trained
     full = run_dir_for(root / "runs", "demo", "home", "mmss", "full", 0)
@@ -87,7 +87,7 @@ def test_case_study_predicts_like_the_trainer_and_writes_figures(trained, tmp_pa
 
 
 def test_plain_table_and_csv_round_trip(tmp_path):
-    from mmss_lib import tables
+    from mmss_lib.evaluation import tables
 
     df = pd.DataFrame({"a": ["x", "y"], "v": [0.12345, 2.0], "n": [1, 2]})
     csv, md = tables.save_plain_table(df, tmp_path / "t")

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmss_lib.bench import claims as C
-from mmss_lib.bench import powered as P
-from mmss_lib.data import SPLITS, load_mrhp
-from mmss_lib.demo import cli_main as make_demo_cli
-from mmss_lib.demo import load_cues, make_demo
+from studies import claims as C
+from studies import powered as P
+from mmss_lib.data.mrhp import SPLITS, load_mrhp
+from mmss_lib.data.synthetic import cli_main as make_demo_cli
+from mmss_lib.data.synthetic import load_cues, make_demo
 from mmss_lib.errors import DataError
-from mmss_lib.folds import write_resplit
+from mmss_lib.model_selection.folds import write_resplit
 
 
 def _labels_and_cues(root, category="home"):
@@ -104,7 +104,7 @@ def test_pruner_judges_from_prune_from():
     """The median pruner never stops a trial before epoch ``prune_from``, and does from then on."""
     import optuna
 
-    from mmss_lib.tune import _pruner
+    from mmss_lib.model_selection.search import _pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", pruner=_pruner(4))
@@ -123,7 +123,7 @@ def test_pruner_judges_from_prune_from():
 
 def test_prune_from_refused(tmp_path):
     from mmss_lib.errors import TuneError
-    from mmss_lib.tune import cli_main
+    from mmss_lib.model_selection.search import cli_main
 
     with pytest.raises(TuneError, match="--prune-from 0"):
         cli_main(["--data-root", str(tmp_path), "--dataset", "demo", "--categories", "home", "--features",
@@ -173,7 +173,7 @@ def test_magazine_folds_as_datasets(amazon2018_sample, tmp_path):
     """Phase magazine's data: the real sample built once, each of the five folds written as a
     dataset whose splits are the fold's (no cues files: real data), every product a test product
     of exactly one fold, and the same items in every fold (one feature store serves all)."""
-    from mmss_lib.bench import magazine as M
+    from studies import magazine as M
 
     folds = M.make_data(tmp_path, amazon2018_sample)
     assert len(folds) == M.K
@@ -195,7 +195,7 @@ def test_magazine_folds_as_datasets(amazon2018_sample, tmp_path):
 def test_magazine_table_against_length():
     """The Magazine table: per length and setting, every system's MAP over all products and its
     paired difference to Length; the tuned rows are compared with the same (untuned) floor runs."""
-    from mmss_lib.bench import magazine as M
+    from studies import magazine as M
 
     rng = np.random.default_rng(0)
     rows = []
@@ -223,8 +223,8 @@ def test_magazine_table_against_length():
 def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp_path):
     """An interrupted Magazine phase: a fold enters the table only where every system of its
     setting finished, so the paired comparisons see the same products."""
-    import mmss_lib.run_folder
-    from mmss_lib.bench import magazine as M
+    import mmss_lib.training.run_folder
+    from studies import magazine as M
 
     done = {(64, "untuned", 0): ("random", "length", "bimpm", "mmss"), (64, "untuned", 1): ("random", "length", "bimpm"),
             (256, "tuned", 0): ("bimpm", "mmss"), (256, "tuned", 1): ("bimpm",)}
@@ -233,7 +233,7 @@ def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp
         key = next((k for k in done if root == M.runs_root(tmp_path, *k)), None)
         return pd.DataFrame({"system": list(done[key]), "seed": 0}) if key else pd.DataFrame()
 
-    monkeypatch.setattr(mmss_lib.run_folder, "finished_results", finished)
+    monkeypatch.setattr(mmss_lib.training.run_folder, "finished_results", finished)
     got = M.results(tmp_path)
     assert sorted(set(zip(got["length"], got["setting"], got["cv_fold"]))) == [(64, "untuned", 0), (256, "tuned", 0)]
 
@@ -241,16 +241,16 @@ def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp
 def test_magazine_folds_option_runs_those_folds_only_in_order(monkeypatch, tmp_path):
     """``--folds`` shares the Magazine phase between processes: each step of the phase visits the
     given folds only, in the given order; a bad fold, or --folds outside the phase, is refused."""
-    import mmss_lib.experiments
-    import mmss_lib.tune
-    from mmss_lib.bench import magazine as M
+    import mmss_lib.model_selection.sweeps
+    import mmss_lib.model_selection.search
+    from studies import magazine as M
 
     calls = []
     monkeypatch.setattr(M, "make_data", lambda out, src: None)
     monkeypatch.setattr(M, "extract", lambda out: None)
-    monkeypatch.setattr(mmss_lib.experiments, "run_experiment",
+    monkeypatch.setattr(mmss_lib.model_selection.sweeps, "run_experiment",
                         lambda runs_root, **kw: calls.append(("run", Path(runs_root).relative_to(M.root(tmp_path)).parts)))
-    monkeypatch.setattr(mmss_lib.tune, "tune", lambda tune_root, system, parallel, n_jobs, **kw:
+    monkeypatch.setattr(mmss_lib.model_selection.search, "tune", lambda tune_root, system, parallel, n_jobs, **kw:
                         calls.append(("tune", system, parallel, n_jobs)))
     M.run(tmp_path, tmp_path, 1, seeds=(0,), folds=[4, 1, 4])
     runs = [c[1][1:4] for c in calls if c[0] == "run"]
@@ -274,8 +274,8 @@ def test_magazine_studies_table_reads_each_folds_choice(tmp_path):
     """The Magazine studies table: one row per fold and system whose study wrote its best.json, with
     the chosen trial, its dev MAP next to the untuned first trial's and the chosen settings; folds
     without a finished study are absent, and the report writes the table beside the MAP table."""
-    from mmss_lib.bench import magazine as M
-    from mmss_lib.run_folder import study_dir_for
+    from studies import magazine as M
+    from mmss_lib.training.run_folder import study_dir_for
 
     for f, system, dev in ((0, "bimpm", 0.8), (0, "mmss", 0.7), (2, "mmss", 0.9)):
         d = study_dir_for(M.tune_root(tmp_path, 256, f), M.DATASET, M.CATEGORY, system, "full")
@@ -318,7 +318,7 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     """Every generated-data phase of mmss bench claims at a tiny size: the studies, the tuned runs
     (which record the study they took), images alone and text alone, the data sizes; the report
     has each section, and a rerun trains nothing."""
-    from mmss_lib.run_folder import load_run_config
+    from mmss_lib.training.run_folder import load_run_config
 
     monkeypatch.setattr(P, "CATEGORY", "home")
     monkeypatch.setattr(P, "N_PRODUCTS", 36)

@@ -1,4 +1,4 @@
-"""mmss_lib.data: loader/writer round trips (Amazon and Lazada variants), bad input, stats."""
+"""mmss_lib.data.mrhp: loader/writer round trips (Amazon and Lazada variants), bad input, stats."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from mmss_lib import data
-from mmss_lib.data import (bin_votes, dataset_stats, default_threshold, load_mrhp, parse_img_urls,
-                           split_by_product, split_file, stats_markdown, write_mrhp)
+from mmss_lib.data import mrhp as data
+from mmss_lib.data.mrhp import bin_votes, dataset_stats, default_threshold, load_mrhp, parse_img_urls, split_by_product, split_file, stats_markdown, write_mrhp
 from mmss_lib.errors import DataError
 
 

@@ -1,4 +1,4 @@
-"""mmss_lib.demo: determinism, format, images, and that every cue carries signal."""
+"""mmss_lib.data.synthetic: determinism, format, images, and that every cue carries signal."""
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmss_lib.data import SPLITS, load_mrhp
-from mmss_lib.demo import CUE_COLUMNS, _png_bytes, cli_main, load_cues, make_demo
+from mmss_lib.data.mrhp import SPLITS, load_mrhp
+from mmss_lib.data.synthetic import CUE_COLUMNS, _png_bytes, cli_main, load_cues, make_demo
 from mmss_lib.errors import DataError
 
 
@@ -151,8 +151,8 @@ def test_cli(tmp_path, capsys):
 
 
 def test_image_weight_changes_labels_only(tmp_path):
-    from mmss_lib.data import load_mrhp
-    from mmss_lib.demo import load_cues
+    from mmss_lib.data.mrhp import load_mrhp
+    from mmss_lib.data.synthetic import load_cues
 
     roots = {}
     for w in (0.0, 0.6, 1.5):

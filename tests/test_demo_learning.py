@@ -8,7 +8,7 @@ initialisation (epoch 0: ``seed_everything(seed)`` then ``build_model``, exactly
 starts) and (b) the mean dev MAP of 200 random permutations, each by ``MARGIN``. Besides MM-SS,
 one text-only (Conv-KNRM) and one multimodal (MCL) comparison system are checked.
 
-Where the signal is (``mmss_lib.demo`` docstring): the label adds 1.1 when the review text
+Where the signal is (``mmss_lib.data.synthetic`` docstring): the label adds 1.1 when the review text
 describes the product's kind (colour + object: a word match between product and review text),
 0.3 per informative detail sentence (review text alone) and up to 0.9 from the images. On this
 dev split (20 products, 134 reviews, relevance threshold 1) random rankings give MAP 0.52, a
@@ -88,10 +88,10 @@ def demo_category(tmp_path_factory):
     other processes two threads oversubscribe it, which made the epochs several times slower."""
     import torch
 
-    from mmss_lib.data import default_threshold
-    from mmss_lib.demo import make_demo
+    from mmss_lib.data.mrhp import default_threshold
+    from mmss_lib.data.synthetic import make_demo
     from mmss_lib.features.extract import extract_category, load_category_items
-    from mmss_lib.train import TrainConfig, load_splits
+    from mmss_lib.training.trainer import TrainConfig, load_splits
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -122,7 +122,7 @@ def test_vocabulary_covers_punctuation_and_keeps_specials_first():
 
 
 def random_ranking_map(split, threshold: float, n: int = N_RANDOM, seed: int = 0) -> float:
-    from mmss_lib.metrics import ranking_metrics
+    from mmss_lib.metrics.ranking import ranking_metrics
 
     rng = np.random.default_rng(seed)
     return float(np.mean([ranking_metrics(split.product_ids, split.labels, rng.permutation(split.n),
@@ -134,7 +134,7 @@ def random_ranking_map(split, threshold: float, n: int = N_RANDOM, seed: int = 0
 def test_training_on_demo_beats_untrained_and_random(demo_category, system, tmp_path):
     import torch
 
-    from mmss_lib.train import TrainConfig, build_model, evaluate, train_run
+    from mmss_lib.training.trainer import TrainConfig, build_model, evaluate, train_run
     from mmss_lib.utils import seed_everything
 
     options, epochs = SYSTEMS[system]
@@ -165,7 +165,7 @@ def test_ssp_pseudo_labels_move_both_ways_in_a_short_mmss_run(demo_category, tmp
     sign): after 8 MM-SS epochs the last SSP-Label record has, for every subtask, at least 10% of
     the seen training reviews' offsets above zero and 10% below, and reviews with human label
     y_g = 0 receive positive pseudo labels."""
-    from mmss_lib.train import TrainConfig, train_run
+    from mmss_lib.training.trainer import TrainConfig, train_run
 
     options, _ = SYSTEMS["mmss"]
     cfg = TrainConfig(system="mmss", model_options=options, epochs=8, patience=8, batch_size=32, lr=1e-3,

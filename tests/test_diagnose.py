@@ -1,4 +1,4 @@
-"""mmss_lib.diagnose: the interaction knock-out and gradient norms of a trained MM-SS run."""
+"""studies.diagnose: the interaction knock-out and gradient norms of a trained MM-SS run."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +13,8 @@ TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_demo, tmp_path_factory):
-    from mmss_lib.run_config import TrainConfig
-    from mmss_lib.train import train_run
+    from mmss_lib.training.config import TrainConfig
+    from mmss_lib.training.trainer import train_run
 
     run = tmp_path_factory.mktemp("diag") / "demo" / "home" / "mmss" / "seed0"
     cfg = TrainConfig(system="mmss", epochs=2, patience=5, batch_size=16, n_neg=3, lr=3e-3, device="cpu",
@@ -27,7 +27,7 @@ def tiny_run(tiny_demo, tmp_path_factory):
 def test_interaction_knockout(tiny_run, tiny_demo):
     import json
 
-    from mmss_lib.diagnose import interaction_knockout
+    from studies.diagnose import interaction_knockout
 
     ko = interaction_knockout(tiny_run, tiny_demo / "data", tiny_demo / "features", split="dev").set_index("knocked_out")
     assert list(ko.index) == ["none", "ptrt", "pvrv", "ptrv", "pvrt", "rtrv", "image interactions", "all"]
@@ -40,7 +40,7 @@ def test_interaction_knockout(tiny_run, tiny_demo):
 
 
 def test_gradient_norms(tiny_run, tiny_demo):
-    from mmss_lib.diagnose import gradient_norms
+    from studies.diagnose import gradient_norms
 
     g = gradient_norms(tiny_run, tiny_demo / "data", tiny_demo / "features", n_batches=2).set_index("part")
     assert {"text projection", "region projection", "interaction pvrv", "fusion block rtrv"} <= set(g.index)
@@ -48,7 +48,7 @@ def test_gradient_norms(tiny_run, tiny_demo):
 
 
 def test_not_an_mmss_run(tmp_path, tiny_demo):
-    from mmss_lib.diagnose import interaction_knockout
+    from studies.diagnose import interaction_knockout
 
     with pytest.raises(DataError, match="no trained run"):
         interaction_knockout(tmp_path, tiny_demo / "data", tiny_demo / "features")
@@ -87,7 +87,7 @@ def test_cue_probes_find_a_planted_bilinear_cue(tmp_path):
     stays near chance for the cosine probe."""
     from conftest import write_tiny_demo
 
-    from mmss_lib.diagnose import cue_probes
+    from studies.diagnose import cue_probes
 
     root = write_tiny_demo(tmp_path, n_products=150)
     _planted_cues(root, np.random.default_rng(1))
@@ -99,7 +99,7 @@ def test_cue_probes_find_a_planted_bilinear_cue(tmp_path):
 
 
 def test_cue_probes_need_cue_files(tmp_path, tiny_demo):
-    from mmss_lib.diagnose import cue_probes
+    from studies.diagnose import cue_probes
 
     with pytest.raises(DataError, match="no cue file"):
         cue_probes(tmp_path, tiny_demo / "features", category="home")

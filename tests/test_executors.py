@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from mmss_lib.errors import DataError, MMSSError
-from mmss_lib.executors import Job, LocalExecutor, RayExecutor, make_executor
+from mmss_lib.training.executors import Job, LocalExecutor, RayExecutor, make_executor
 
 
 def _jobs():
@@ -150,7 +150,7 @@ METRICS = ["system", "variant", "seed", "MAP", "NDCG@3", "NDCG@5", "MRR", "dev_M
 
 
 def _sweep_kw(root, **over):
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.training.trainer import TrainConfig
 
     base = TrainConfig(epochs=2, patience=2, batch_size=8, device="cpu",
                        threshold=2.0, n_neg=2, model_options={})
@@ -171,7 +171,7 @@ def test_ray_sweep_equals_local_reports_failures_and_skips_finished(local_ray, t
     types are checked before a sweep starts) is reported by name with its error while the others
     finish; a rerun skips every finished run."""
     from mmss_lib.errors import SweepError
-    from mmss_lib.experiments import run_experiment
+    from mmss_lib.model_selection.sweeps import run_experiment
 
     systems = [("mmss", "full", TINY), ("mmss", "broken", {**TINY, "d": 15})]
     runs = {}
@@ -208,7 +208,7 @@ def test_killed_sweep_resumes_only_missing_runs(local_ray, tiny_demo, tmp_path, 
     import signal
     import time
 
-    from mmss_lib.experiments import run_experiment
+    from mmss_lib.model_selection.sweeps import run_experiment
 
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "mmss_lib", "train", "--executor", "local", "--data-root", str(tiny_demo / "data"),
@@ -244,9 +244,9 @@ def test_extra_runs_share_the_schedule_and_a_later_sweep_finds_them_finished(tin
     finds every one finished and retrains nothing. Malformed entries, an entry that is already a
     system, and cross-validation are refused before any run starts."""
     from mmss_lib.errors import DataError
-    from mmss_lib.experiments import reference_config, run_experiment
-    from mmss_lib.model import ABLATIONS
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.model_selection.sweeps import reference_config, run_experiment
+    from mmss_lib.models.mmss import ABLATIONS
+    from mmss_lib.training.trainer import TrainConfig
 
     runs = tmp_path / "runs"
     extra = [("home", "mmss", v, {**TINY, **ABLATIONS[v]}) for v in ("wo_b", "wo_d")]
@@ -289,8 +289,8 @@ def test_tune_through_ray_gives_the_same_trials_as_local(local_ray, tiny_demo, t
     as in this process, since trials are asked and told in batches of ``parallel``."""
     import pandas as pd
 
-    from mmss_lib.train import TrainConfig
-    from mmss_lib.tune import tune
+    from mmss_lib.training.trainer import TrainConfig
+    from mmss_lib.model_selection.search import tune
 
     base = TrainConfig(epochs=2, patience=2, batch_size=16, n_neg=3, device="cpu", num_threads=1,
                        model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8})
@@ -314,7 +314,7 @@ def test_local_workers_die_with_a_killed_sweep(tmp_path):
 
     pid_files = [tmp_path / f"w{i}.pid" for i in range(2)]
     code = "import os, pathlib, time; pathlib.Path({!r}).write_text(str(os.getpid())); time.sleep(600)"
-    driver = ("from mmss_lib.executors import Job, LocalExecutor\n"
+    driver = ("from mmss_lib.training.executors import Job, LocalExecutor\n"
               f"jobs = [Job('w{{}}'.format(i), exec, ({code!r}.format(p),)) for i, p in enumerate({[str(p) for p in pid_files]!r})]\n"
               "list(LocalExecutor(2).run(jobs))\n")
     proc = subprocess.Popen([sys.executable, "-c", driver])

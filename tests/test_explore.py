@@ -1,5 +1,5 @@
-"""The pseudo-label explorer's data side (mmss_lib.explore) and its widgets without a browser
-(mmss_lib.explore_widgets), on a tiny demo category trained for two epochs: MM-SS (SSP records),
+"""The pseudo-label explorer's data side (mmss_lib.explore.explorer) and its widgets without a browser
+(mmss_lib.explore.app), on a tiny demo category trained for two epochs: MM-SS (SSP records),
 its wo_d ablation (no records) and the length floor; plus the bad inputs of issue 19 (a run
 without records, a run still training, a missing / corrupt image, a product with one review, an
 empty runs folder), each a message and never a write into the runs folder."""
@@ -24,9 +24,9 @@ def build_small_runs(root: Path, *, epochs: int = 2, n_products: int = 8) -> tup
     the length floor (seed 0). Returns (data_root, runs_root). Used by the browser test too."""
     from conftest import write_tiny_demo
 
-    from mmss_lib.experiments import run_experiment
-    from mmss_lib.model import ABLATIONS
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.model_selection.sweeps import run_experiment
+    from mmss_lib.models.mmss import ABLATIONS
+    from mmss_lib.training.trainer import TrainConfig
 
     write_tiny_demo(root, n_products=n_products, images=True)
     base = TrainConfig(epochs=epochs, patience=epochs, device="cpu", num_threads=1, model_options=dict(TINY))
@@ -51,7 +51,7 @@ def small(tmp_path_factory):
 
 @pytest.fixture
 def explorer(small):
-    from mmss_lib.explore import Explorer
+    from mmss_lib.explore.explorer import Explorer
 
     data_root, runs_root = small
     return Explorer(runs_root, data_root)
@@ -72,13 +72,13 @@ def test_discover_runs_and_status(explorer, small):
         st = explorer.run_status(runs[name])
         assert st.finished and st.ssp_epochs == [] and any("no SSP-Label records" in n for n in st.notes)
     # the data root defaults to the data folder beside the runs folder
-    from mmss_lib.explore import Explorer
+    from mmss_lib.explore.explorer import Explorer
     assert Explorer(small[1]).data_root == small[0]
 
 
 def test_product_list_search_and_sorts(explorer):
-    from mmss_lib.data import load_mrhp
-    from mmss_lib.floors import per_product_for_run
+    from mmss_lib.data.mrhp import load_mrhp
+    from mmss_lib.training.floors import per_product_for_run
 
     runs = _runs(explorer)
     prods, _ = explorer.product_list("demo", "home", "test", runs["mmss"])
@@ -127,7 +127,7 @@ def test_review_table_ranks_and_second_run(explorer):
     human = table.sort_values("human_rank")["label"].to_numpy()
     assert all(np.diff(human) <= 0)
     # the length floor ranks the longest text first
-    from mmss_lib.data import load_mrhp
+    from mmss_lib.data.mrhp import load_mrhp
     _, reviews = load_mrhp(explorer.data_root, "demo", "home", "test")
     lens = reviews.set_index("review_id").loc[table.sort_values("other_rank")["review_id"], "text"].str.len()
     assert all(np.diff(lens.to_numpy()) <= 0)
@@ -146,7 +146,7 @@ def test_review_table_ranks_and_second_run(explorer):
 
 
 def test_review_detail_train_matches_the_records(explorer):
-    from mmss_lib import ssp_records
+    from mmss_lib.ssp import records as ssp_records
 
     runs = _runs(explorer)
     hist = ssp_records.load_ssp_history(runs["mmss"].path)
@@ -160,7 +160,7 @@ def test_review_detail_train_matches_the_records(explorer):
         assert det.offsets[s] == pytest.approx(hist.offsets[s][-1, i], rel=1e-6)
         assert det.chi[s] == pytest.approx(hist.chi[s][-1, i], rel=1e-6)
     assert det.chi["g"] == pytest.approx(hist.chi_g[-1, i], rel=1e-6)
-    from mmss_lib.demo import load_cues
+    from mmss_lib.data.synthetic import load_cues
     cues = load_cues(explorer.data_root, "home", "train").set_index("review_id").loc[rid]
     assert det.cues["match"] == cues["match"] and det.cues["detail"] == cues["detail"]
     # farthest reviews: the same first review as ssp_records.largest_offset_reviews
@@ -171,7 +171,7 @@ def test_review_detail_train_matches_the_records(explorer):
     row = table.set_index("review_id").loc[rid]
     for s in hist.subtasks:
         assert row[f"y_{s}"] == pytest.approx(hist.labels[s][-1, i], rel=1e-6)
-    from mmss_lib.explore import trajectory_png
+    from mmss_lib.explore.explorer import trajectory_png
     png = trajectory_png(det)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -192,7 +192,7 @@ def test_review_detail_test_split_shows_heads(explorer):
 
 def test_bad_inputs_are_messages_and_nothing_is_written(small, tmp_path):
     """Issue 19's bad inputs on the data side; the runs folder is unchanged afterwards."""
-    from mmss_lib.explore import Explorer, images_html, review_table_html, thumbnail
+    from mmss_lib.explore.explorer import Explorer, images_html, review_table_html, thumbnail
 
     data_root, runs_root = small
     runs = tmp_path / "runs"
@@ -256,7 +256,7 @@ def test_widgets_without_a_browser(small, tmp_path):
     """The widget side on the kernel side (no browser): selections drive the views; bad input is a
     message in the view; nothing is written into the runs folder."""
     pytest.importorskip("ipywidgets")
-    from mmss_lib.explore_widgets import ExplorerApp
+    from mmss_lib.explore.app import ExplorerApp
 
     data_root, runs_root = small
     before = tree_digest(runs_root)
@@ -337,7 +337,7 @@ def test_notebook_05_headless_leaves_static_snapshots(small, tmp_path):
 
     data_root, runs_root = small
     before = tree_digest(runs_root)
-    from mmss_lib.data import load_mrhp
+    from mmss_lib.data.mrhp import load_mrhp
     pid = load_mrhp(data_root, "demo", "home", "test")[0]["product_id"].iloc[1]
     out = tmp_path / "05.ipynb"
     papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,
@@ -378,7 +378,7 @@ def test_explorer_reads_a_run_while_mmss_train_writes_it(tiny_demo, tmp_path):
     import sys
     import time
 
-    from mmss_lib.explore import Explorer
+    from mmss_lib.explore.explorer import Explorer
 
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "mmss_lib", "train", "--data-root", str(tiny_demo / "data"), "--dataset", "demo",

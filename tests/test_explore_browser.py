@@ -157,7 +157,7 @@ def _shot(d, path: Path):
 
 
 def test_explorer_in_a_real_browser(served, driver, tmp_path):
-    from mmss_lib.data import load_mrhp
+    from mmss_lib.data.mrhp import load_mrhp
 
     url, data_root, runs_root, _ = served
     before = tree_digest(runs_root)

@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 
 from mmss_lib.errors import FeatureStoreError
-from mmss_lib.features.store import (
-    FeatureStore, FeatureStoreWriter, cap_regions, feature_dirs, pad_items, read_regions,
-    read_text, write_store,
-)
+from mmss_lib.features.store import FeatureStore, FeatureStoreWriter, cap_regions, feature_dirs, pad_items, read_regions, read_text, write_store
 
 
 def _text_items(rng, n=7, dim=8):

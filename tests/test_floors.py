@@ -1,4 +1,4 @@
-"""mmss_lib.floors: the random floor's exact expectations, the length floor, floor run folders."""
+"""mmss_lib.training.floors: the random floor's exact expectations, the length floor, floor run folders."""
 from __future__ import annotations
 
 import itertools
@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError
-from mmss_lib.floors import (LengthFloor, RandomFloor, expected_random_per_product, length_scores,
-                             per_product_for_run, run_floor)
-from mmss_lib.metrics import per_product_metrics, product_metrics_reference
-from mmss_lib.systems import BASELINES, FLOORS, SYSTEMS, build_system, is_floor
+from mmss_lib.training.floors import LengthFloor, RandomFloor, expected_random_per_product, length_scores, per_product_for_run, run_floor
+from mmss_lib.metrics.ranking import per_product_metrics, product_metrics_reference
+from mmss_lib.models.registry import BASELINES, FLOORS, SYSTEMS, build_system, is_floor
 
 
 def brute_force_expectation(labels, threshold):
@@ -76,7 +75,7 @@ def test_registry():
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
-    from mmss_lib.demo import make_demo
+    from mmss_lib.data.synthetic import make_demo
 
     root = tmp_path_factory.mktemp("floors_data")
     make_demo(root, n_products=12, seed=0, categories=("home",), images=False)
@@ -84,13 +83,13 @@ def demo_root(tmp_path_factory):
 
 
 def _cfg(system, seed=0):
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.training.trainer import TrainConfig
 
     return TrainConfig(system=system, seed=seed)
 
 
 def test_run_floor_writes_the_run_folder_contract(demo_root, tmp_path):
-    from mmss_lib.data import load_mrhp
+    from mmss_lib.data.mrhp import load_mrhp
 
     rd = tmp_path / "runs" / "demo" / "home" / "length" / "seed0"
     m = run_floor(_cfg("length"), data_root=demo_root, dataset="demo", category="home", run_dir=rd, threshold=1.0)
@@ -134,7 +133,7 @@ def test_run_random_floor_is_exact_and_seed_independent(demo_root, tmp_path):
 
 
 def test_run_floor_with_given_splits_looks_up_texts(demo_root, tmp_path):
-    from mmss_lib.data import load_mrhp
+    from mmss_lib.data.mrhp import load_mrhp
 
     class Split:  # what a cross-validation fold hands in: ids and labels, no texts
         def __init__(self, rv):
@@ -163,10 +162,10 @@ def test_run_floor_with_given_splits_looks_up_texts(demo_root, tmp_path):
 
 def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_path):
     """The trainer's no-training path: no feature stores exist here, floors need none."""
-    from mmss_lib.experiments import run_experiment
-    from mmss_lib.summary import per_run_per_product
-    from mmss_lib.run_folder import run_dir_for
-    from mmss_lib.train import TrainConfig, train_run
+    from mmss_lib.model_selection.sweeps import run_experiment
+    from mmss_lib.evaluation.summary import per_run_per_product
+    from mmss_lib.training.run_folder import run_dir_for
+    from mmss_lib.training.trainer import TrainConfig, train_run
 
     runs = tmp_path / "runs"
     m = train_run(TrainConfig(system="length"), data_root=demo_root, dataset="demo", category="home",
@@ -188,9 +187,9 @@ def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_p
 
 # ------------------------------------------------------------------ ceilings (generated data)
 def test_ceilings_fit_on_train_and_dev_cues_only(demo_root, tmp_path):
-    from mmss_lib.data import load_mrhp
-    from mmss_lib.demo import load_cues
-    from mmss_lib.floors import CEILINGS, cue_design, floor_system
+    from mmss_lib.data.mrhp import load_mrhp
+    from mmss_lib.data.synthetic import load_cues
+    from mmss_lib.training.floors import CEILINGS, cue_design, floor_system
 
     assert is_floor("ceiling_text") and SYSTEMS["ceiling_all"].kind == "ceiling" and "ceiling_all" not in BASELINES
     fit_rows = []
@@ -217,7 +216,7 @@ def test_ceilings_fit_on_train_and_dev_cues_only(demo_root, tmp_path):
 def test_ceilings_refused_without_cues(tmp_path, demo_root):
     import shutil
 
-    from mmss_lib.experiments import run_experiment
+    from mmss_lib.model_selection.sweeps import run_experiment
 
     root = tmp_path / "data"
     shutil.copytree(demo_root, root)
@@ -233,8 +232,8 @@ def test_ceilings_refused_without_cues(tmp_path, demo_root):
 
 
 def test_ceilings_are_never_the_rival(demo_root, tmp_path):
-    from mmss_lib.experiments import run_experiment
-    from mmss_lib.summary import read_summaries
+    from mmss_lib.model_selection.sweeps import run_experiment
+    from mmss_lib.evaluation.summary import read_summaries
 
     res = run_experiment(data_root=demo_root, dataset="demo", categories=["home"], features_root=tmp_path / "f",
                          runs_root=tmp_path / "runs", systems=["random", "length", "ceiling_text", "ceiling_all"],

@@ -1,4 +1,4 @@
-"""mmss_lib.folds: the K-fold design over a category's products (issue 10)."""
+"""mmss_lib.model_selection.folds: the K-fold design over a category's products (issue 10)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from mmss_lib.errors import DataError
-from mmss_lib.folds import (assignment_path, fold_splits, folds_tag, pooled_products,
-                            write_or_check_assignment)
+from mmss_lib.model_selection.folds import assignment_path, fold_splits, folds_tag, pooled_products, write_or_check_assignment
 
 
 def _released(n_train=40, n_dev=7, n_test=9):
@@ -119,7 +118,7 @@ def test_train_folds_on_amazon2018_sample_covers_every_product(tmp_path, amazon2
     import pandas as pd
 
     from mmss_lib.cli import main
-    from mmss_lib.folds import pooled_products, released_products
+    from mmss_lib.model_selection.folds import pooled_products, released_products
 
     data, feats, runs = tmp_path / "data", tmp_path / "features", tmp_path / "runs"
     assert main(["build-amazon2018", "--reviews", str(amazon2018_sample / "Magazine_Subscriptions_5.json.gz"),

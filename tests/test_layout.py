@@ -91,6 +91,6 @@ def test_run_configuration_is_on_the_ground_floor():
     """The run configuration imports nothing of the library but its errors (and, lazily, the text
     modes); the trainer, the run folder and the sweeps read it from there."""
     graph = import_graph()
-    assert graph["mmss_lib.run_config"] <= {"mmss_lib.errors", "mmss_lib.online_text"}
-    for mod in ("mmss_lib.train", "mmss_lib.run_folder", "mmss_lib.experiments", "mmss_lib.tune"):
-        assert "mmss_lib.run_config" in graph[mod], mod
+    assert graph["mmss_lib.training.config"] <= {"mmss_lib.errors", "mmss_lib.models.online_text"}
+    for mod in ("mmss_lib.training.trainer", "mmss_lib.training.run_folder", "mmss_lib.model_selection.sweeps", "mmss_lib.model_selection.search"):
+        assert "mmss_lib.training.config" in graph[mod], mod

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from mmss_lib.batch import ModelOutput
-from mmss_lib.losses import UncertaintyWeighting, label_gap_hinge, mmss_subtask_loss, ranking_hinge, weighted_l1
+from mmss_lib.data.batch import ModelOutput
+from mmss_lib.models.losses import UncertaintyWeighting, label_gap_hinge, mmss_subtask_loss, ranking_hinge, weighted_l1
 
 
 def test_ranking_hinge_known_values():  # Eq. 13

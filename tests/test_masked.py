@@ -1,8 +1,8 @@
-"""mmss_lib.masked: the masked building blocks of MM-SS and every comparison system.
+"""mmss_lib.models.masked: the masked building blocks of MM-SS and every comparison system.
 
-The blocks were defined three times before they moved into :mod:`mmss_lib.masked`: in
-``mmss_lib/baselines/common.py`` (text-only systems), ``mmss_lib/baselines/_mm_common.py``
-(multimodal systems) and ``mmss_lib/model.py`` (MM-SS). The ``Old*`` / ``old_*`` definitions below
+The blocks were defined three times before they moved into :mod:`mmss_lib.models.masked`: in
+``mmss_lib/models/baselines/common.py`` (text-only systems), ``mmss_lib/models/baselines/_mm_common.py``
+(multimodal systems) and ``mmss_lib/models/mmss.py`` (MM-SS). The ``Old*`` / ``old_*`` definitions below
 are those pre-move versions, copied verbatim from commit 6f4f23e; each new block must compute
 exactly what its old version computed (``torch.equal`` on outputs and input gradients), on random
 inputs with fully-masked rows, garbage padding, and large and small values.
@@ -17,13 +17,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import mmss_lib.masked as masked_module
+import mmss_lib.models.masked as masked_module
 from mmss_lib.errors import DataError
-from mmss_lib.masked import (AttentionPool, guard_empty, has_any, lengths_from_mask, masked_attention, masked_max,
-                             masked_mean, masked_softmax, soft_pool, zero_padding)
+from mmss_lib.models.masked import AttentionPool, guard_empty, has_any, lengths_from_mask, masked_attention, masked_max, masked_mean, masked_softmax, soft_pool, zero_padding
 
 # ============================================================================ pre-move versions
-# --- mmss_lib/baselines/common.py @ 6f4f23e (BiMPM, EG-CNN, Conv-KNRM, PRH-Net)
+# --- mmss_lib/models/baselines/common.py @ 6f4f23e (BiMPM, EG-CNN, Conv-KNRM, PRH-Net)
 
 
 def old_text_masked_mean(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
@@ -81,7 +80,7 @@ def old_lengths_from_mask(mask: Tensor, *, name: str = "mask") -> Tensor:
     return lengths
 
 
-# --- mmss_lib/baselines/_mm_common.py @ 6f4f23e (SSE-Cross, D&R Net, MCR, MCL)
+# --- mmss_lib/models/baselines/_mm_common.py @ 6f4f23e (SSE-Cross, D&R Net, MCR, MCL)
 
 
 def old_mm_masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
@@ -128,7 +127,7 @@ class OldMMAttentionPool(nn.Module):
         return (w.unsqueeze(-1) * x).sum(1)  # (B, d)
 
 
-# --- mmss_lib/model.py @ 6f4f23e (MM-SS)
+# --- mmss_lib/models/mmss.py @ 6f4f23e (MM-SS)
 
 
 def old_soft_pool(x: Tensor, mask: Tensor) -> Tensor:

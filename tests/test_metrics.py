@@ -1,4 +1,4 @@
-"""mmss_lib.metrics: hand-computed cases, a plain per-product reference on random cases,
+"""mmss_lib.metrics.ranking: hand-computed cases, a plain per-product reference on random cases,
 sklearn on the cases where the conventions agree, paired tests, bootstrap intervals."""
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError, MMSSError
-from mmss_lib.metrics import (bootstrap_difference,
-                              bootstrap_interval, paired_test,
-                              per_product_metrics, ranking_metrics)
+from mmss_lib.metrics.ranking import bootstrap_difference, bootstrap_interval, paired_test, per_product_metrics, ranking_metrics
 
 L3 = math.log2(3)
 
@@ -316,9 +314,9 @@ def test_docstring_examples():
     """The worked example in the module docstring prints exactly what it says."""
     import doctest
 
-    import mmss_lib.metrics
+    import mmss_lib.metrics.ranking
 
-    result = doctest.testmod(mmss_lib.metrics)
+    result = doctest.testmod(mmss_lib.metrics.ranking)
     assert result.attempted >= 2 and result.failed == 0
 
 
@@ -352,7 +350,7 @@ def _ref_bootstrap(values, n_boot, level, seed, rows):
 @pytest.mark.parametrize("n,n_boot,level,cells", [(7, 500, 0.95, None), (30, 333, 0.9, None),
                                                   (11, 250, 0.95, 11 * 40)])
 def test_bootstrap_interval_matches_brute_force(monkeypatch, n, n_boot, level, cells):
-    import mmss_lib.metrics as M
+    import mmss_lib.metrics.ranking as M
 
     if cells is not None:                                   # force several row chunks
         monkeypatch.setattr(M, "_BOOT_CELLS", cells)

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmss_lib.batch import Batch, random_batch
+from mmss_lib.data.batch import Batch, random_batch
 from mmss_lib.errors import DataError, MMSSError
-from mmss_lib.losses import ranking_hinge
-from mmss_lib.model import ABLATION_LABELS, ABLATIONS, INTERACTIONS, MMSS, SUBTASKS
+from mmss_lib.models.losses import ranking_hinge
+from mmss_lib.models.mmss import ABLATION_LABELS, ABLATIONS, INTERACTIONS, MMSS, SUBTASKS
 
 TD, RD, D = 8, 12, 16
 
@@ -181,7 +181,7 @@ def test_a_few_steps_reduce_the_ranking_loss():
 
 
 def test_build_system_registry():
-    from mmss_lib.systems import build_system
+    from mmss_lib.models.registry import build_system
     m = build_system("mmss", text_dim=TD, region_dim=RD, d=D, ff_dim=32)
     assert isinstance(m, MMSS) and m(_batch(2)).score.shape == (2,)
 
@@ -194,7 +194,7 @@ def test_dropout_drops_p_keeps_the_expectation_and_masks_the_gradient(p):
     exactly where the output is; identity in eval mode; seeded like torch."""
     import torch
 
-    from mmss_lib.model import Dropout
+    from mmss_lib.models.mmss import Dropout
 
     torch.manual_seed(0)
     d = Dropout(p).train()
@@ -213,7 +213,7 @@ def test_dropout_drops_p_keeps_the_expectation_and_masks_the_gradient(p):
 def test_match_term_adds_the_product_of_the_two_sides_means():
     """Option match_term (not in the paper, off by default): f_s = SoftPool(Self-ATT([A; B]))
     + W_m (mean A * mean B); padding and empty image sets change nothing; the default has no W_m."""
-    from mmss_lib.masked import masked_mean
+    from mmss_lib.models.masked import masked_mean
 
     assert all(i.match is None for i in _model().interactions.values())
     m = _model(match_term=True).eval()

@@ -11,7 +11,7 @@ import pytest
 def test_notebook_02_smoke(tmp_path, tiny_bert_dir, repo_root):
     import papermill as pm
 
-    from mmss_lib.demo import make_demo
+    from mmss_lib.data.synthetic import make_demo
     from mmss_lib.features.extract import extract_category
 
     make_demo(tmp_path / "data", n_products=8, categories=["home"], images=False)

@@ -1,4 +1,4 @@
-"""mmss_lib.pairs.sample_pairs: hand examples, invariants against brute force, determinism,
+"""mmss_lib.data.pairs.sample_pairs: hand examples, invariants against brute force, determinism,
 the (1 - label frequency) weighting."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError
-from mmss_lib.pairs import sample_pairs
+from mmss_lib.data.pairs import sample_pairs
 
 
 def random_reviews(seed, n_products=25, max_reviews=15):

@@ -1,4 +1,4 @@
-"""Tests of mmss_lib.pipeline: profiles, placeholders, parameter checks, failures, skipping.
+"""Tests of mmss_lib.reproduce: profiles, placeholders, parameter checks, failures, skipping.
 
 The unit tests use tiny throwaway notebooks written into tmp_path; the slow test runs the real
 ``smoke`` profile through all four notebooks and checks the files it writes.
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmss_lib import pipeline
+from mmss_lib import reproduce as pipeline
 from mmss_lib.errors import PipelineError
 
 nbformat = pytest.importorskip("nbformat")

@@ -1,11 +1,12 @@
-"""Tests of mmss_lib.plots on synthetic arrays: known difference values, drawn data, files."""
+"""Tests of mmss_lib.evaluation.plots on synthetic arrays: known difference values, drawn data, files."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from mmss_lib import plots, ssp_records
+from mmss_lib.evaluation import plots
+from mmss_lib.ssp import records as ssp_records
 from mmss_lib.errors import DataError
 
 plt = pytest.importorskip("matplotlib.pyplot")

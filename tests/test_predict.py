@@ -15,7 +15,7 @@ TINY_OPTS = ["--option", "d=16", "--option", "n_heads=2", "--option", "ff_dim=32
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert_dir):
     from mmss_lib.cli import main
-    from mmss_lib.demo import make_demo
+    from mmss_lib.data.synthetic import make_demo
     from mmss_lib.features.extract import extract_category
 
     root = tmp_path_factory.mktemp("demo")
@@ -41,7 +41,7 @@ def test_cli_train_writes_run(trained):
 
 def test_predict_matches_training_scores(trained, tiny_bert_dir):
     """Features extracted on the fly + the loader give the scores the run wrote for the test split."""
-    from mmss_lib.data import load_mrhp
+    from mmss_lib.data.mrhp import load_mrhp
     from mmss_lib.predict import predict
 
     root, run = trained
@@ -100,8 +100,8 @@ def test_predict_in_batches_equals_one_batch(trained, tmp_path, monkeypatch):
     reviews): every forward pass sees at most that many, and the scores equal one batch's."""
     from PIL import Image
 
-    import mmss_lib.train
-    from mmss_lib.data import load_mrhp
+    import mmss_lib.training.trainer
+    from mmss_lib.data.mrhp import load_mrhp
     from mmss_lib.predict import predict
 
     root, run = trained
@@ -116,7 +116,7 @@ def test_predict_in_batches_equals_one_batch(trained, tmp_path, monkeypatch):
     from conftest import counting_build_model
 
     seen: list[int] = []
-    monkeypatch.setattr(mmss_lib.train, "build_model", counting_build_model(seen))   # reviews per forward pass
+    monkeypatch.setattr(mmss_lib.training.trainer, "build_model", counting_build_model(seen))   # reviews per forward pass
     kw = {"allow_random_weights": True}
     one = predict(run, {"text": prod["text"], "image_files": []}, items, batch_size=len(items), **kw)
     assert seen == [len(items)]

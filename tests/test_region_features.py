@@ -238,8 +238,7 @@ def test_grid_extractor_pretrained_features(images):
     import torch.nn.functional as F
     from torchvision.models import mobilenet_v2
 
-    from mmss_lib.features.regions import (IMAGENET_MEAN, IMAGENET_STD, box_mean_pool, grid_boxes,
-                                           make_region_extractor, mobilenet_v2_weights_file)
+    from mmss_lib.features.regions import IMAGENET_MEAN, IMAGENET_STD, box_mean_pool, grid_boxes, make_region_extractor, mobilenet_v2_weights_file
 
     ext = make_region_extractor(None, region_boxes="grid", device="cpu", min_size=64, max_size=128,
                                 rpn_post_nms_top_n=100)             # detector options are ignored

@@ -1,4 +1,4 @@
-"""The run folder's one set of rules (mmss_lib.run_folder): layout, identity, "finished?",
+"""The run folder's one set of rules (mmss_lib.training.run_folder): layout, identity, "finished?",
 resume, and that the trainer, the floors and the sweeps all follow them."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from mmss_lib import run_folder as RF
+from mmss_lib.training import run_folder as RF
 
 
 def test_layout():
@@ -53,8 +53,8 @@ def test_finished_metrics_and_unreadable_files(tmp_path):
 def test_trainer_floors_and_sweeps_share_the_rule(tiny_demo, tmp_path):
     """A run finished with one thread count is finished for train_run (trained system and
     floor) and for run_experiment under another thread count: no file is rewritten."""
-    from mmss_lib.experiments import run_experiment
-    from mmss_lib.train import TrainConfig, train_run
+    from mmss_lib.model_selection.sweeps import run_experiment
+    from mmss_lib.training.trainer import TrainConfig, train_run
 
     base = TrainConfig(epochs=1, patience=1, batch_size=8, device="cpu", threshold=2.0, n_neg=2, num_threads=1)
     kw = dict(data_root=tiny_demo / "data", dataset="demo", category="home", features_root=tiny_demo / "features",

@@ -1,13 +1,13 @@
-"""mmss_lib.ssp_analysis: health table, settling epoch, cue association on planted data."""
+"""mmss_lib.evaluation.ssp_analysis: health table, settling epoch, cue association on planted data."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from mmss_lib import ssp_analysis as sa
+from mmss_lib.evaluation import ssp_analysis as sa
 from mmss_lib.errors import DataError
-from mmss_lib.ssp_records import SSPHistory
+from mmss_lib.ssp.records import SSPHistory
 
 
 def _hist(y_g: np.ndarray, labels: dict[str, np.ndarray], seen: np.ndarray | None = None,

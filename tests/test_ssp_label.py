@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmss_lib.errors import CheckpointError, TrainingError
-from mmss_lib.ssp_label import SSPLabel, ewma, pseudo_label_estimate, shrunk_covariance, ssp_health
+from mmss_lib.ssp.label import SSPLabel, ewma, pseudo_label_estimate, shrunk_covariance, ssp_health
 
 
 def _sig(x: float) -> float:
@@ -458,7 +458,7 @@ def test_common_scale_is_the_main_tasks_for_every_task():
 
 @pytest.mark.parametrize("reading", ["rms", "common"])
 def test_another_reading_recomputed_from_a_record_matches_a_run_with_it(reading):
-    from mmss_lib.ssp_label import recompute_reading
+    from mmss_lib.ssp.label import recompute_reading
 
     def run(scale):
         ssp, g = _filled(scale=scale, seed=3)

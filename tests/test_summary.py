@@ -1,4 +1,4 @@
-"""mmss_lib.summary: pooled per-product metrics, bootstrap intervals, paired tests, the CSV."""
+"""mmss_lib.evaluation.summary: pooled per-product metrics, bootstrap intervals, paired tests, the CSV."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError
-from mmss_lib.metrics import bootstrap_difference, bootstrap_interval, paired_test, per_product_metrics
-from mmss_lib.summary import (format_summary, pooled_per_product, product_summary, read_summaries,
-                              summary_path, write_summaries)
+from mmss_lib.metrics.ranking import bootstrap_difference, bootstrap_interval, paired_test, per_product_metrics
+from mmss_lib.evaluation.summary import format_summary, pooled_per_product, product_summary, read_summaries, summary_path, write_summaries
 
 
 def _write_run(rd, system, pids, labels, scores, threshold=1.0):
@@ -82,7 +81,7 @@ def test_summary_means_intervals_and_tests_match_direct_computation(tmp_path):
     assert row["NDCG@3_p"] == pytest.approx(paired_test(mine["NDCG@3"], rival["NDCG@3"])["t_p"])
     assert row["MAP_p"] < 0.01                             # label-driven scores beat noise clearly
     # the random floor enters with its exact expectations (not its written realisation)
-    from mmss_lib.floors import expected_random_per_product
+    from mmss_lib.training.floors import expected_random_per_product
     exp = expected_random_per_product(pids, labels, threshold=1.0)
     assert summ.set_index("system").loc["random", "MAP"] == pytest.approx(100 * exp["AP"].mean())
     text = format_summary(summ)
@@ -140,7 +139,7 @@ def test_read_summaries_from_results_attrs(tmp_path):
 
 
 def test_pool_folds_gives_product_means_per_seed(tmp_path):
-    from mmss_lib.summary import pool_folds
+    from mmss_lib.evaluation.summary import pool_folds
 
     results, pids, labels = _experiment(tmp_path, folds=4, seeds=(0, 1))
     results = results.assign(MAP=0.0, dev_MAP=0.5, best_epoch=1, epochs_run=2, sec_per_epoch=1.0)

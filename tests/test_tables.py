@@ -1,4 +1,4 @@
-"""mmss_lib.tables: Table 1/2 and Table 4 layouts, significance markers, CSV + Markdown output."""
+"""mmss_lib.evaluation.tables: Table 1/2 and Table 4 layouts, significance markers, CSV + Markdown output."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,13 +6,12 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError
-from mmss_lib.metrics import paired_test
-from mmss_lib.systems import SYSTEMS, is_floor
+from mmss_lib.metrics.ranking import paired_test
+from mmss_lib.models.registry import SYSTEMS, is_floor
 
 TRAINED = [n for n in SYSTEMS if not is_floor(n)]    # the paper's nine systems
-from mmss_lib.summary import table_summary
-from mmss_lib.tables import (MARKER, ablation_table, comparison_note, comparison_table, region_weights_note,
-                             save_table, to_markdown)
+from mmss_lib.evaluation.summary import table_summary
+from mmss_lib.evaluation.tables import MARKER, ablation_table, comparison_note, comparison_table, region_weights_note, save_table, to_markdown
 
 CATS = ["home", "clothing", "electronics"]     # deliberately not the paper's order
 
@@ -71,7 +70,7 @@ def test_comparison_means_std_and_filters():
 def test_comparison_markers_come_from_the_summary():
     """A cell's marker is its summary row's: ∗ / † where p < alpha and the difference to the
     rival is positive / negative; none without a rival or at p >= alpha."""
-    from mmss_lib.tables import WORSE_MARKER
+    from mmss_lib.evaluation.tables import WORSE_MARKER
 
     res = make_results()
     rows = []
@@ -132,7 +131,7 @@ def test_ablation_table_layout_and_deltas():
 
 def test_ablation_table_default_labels_and_errors():
     pytest.importorskip("torch")
-    from mmss_lib.model import ABLATION_LABELS
+    from mmss_lib.models.mmss import ABLATION_LABELS
 
     t = ablation_table(make_ablation(), "lazada", "clothing")
     assert list(t.index[:4]) == [ABLATION_LABELS[v] for v in ["full", "wo_ptrt", "wo_b", "wo_d"]]
@@ -205,8 +204,8 @@ def _cell(text):
 
 
 def test_comparison_with_floors_intervals_and_markers():
-    from mmss_lib.metrics import bootstrap_interval
-    from mmss_lib.tables import WORSE_MARKER
+    from mmss_lib.metrics.ranking import bootstrap_interval
+    from mmss_lib.evaluation.tables import WORSE_MARKER
 
     pp, res = floor_frames()
     t = comparison_table(res, "demo", summary=table_summary(pp))
@@ -229,7 +228,7 @@ def test_comparison_with_floors_intervals_and_markers():
 def test_table_summary_rivals_ties_and_markers():
     """The statistics behind the table (summary.table_summary, the summary CSVs' chain): each
     system against the best other one, the runner-up for the best; ties carry no marker."""
-    from mmss_lib.tables import WORSE_MARKER, significance_frame
+    from mmss_lib.evaluation.tables import WORSE_MARKER, significance_frame
 
     pp, res = floor_frames()
     summ = table_summary(pp).set_index("system")
@@ -282,8 +281,8 @@ def test_comparison_note_and_region_weights(tmp_path):
 
 
 def test_per_run_per_product_reads_runs_and_significance_frame(tmp_path):
-    from mmss_lib.summary import per_run_per_product
-    from mmss_lib.tables import significance_frame
+    from mmss_lib.evaluation.summary import per_run_per_product
+    from mmss_lib.evaluation.tables import significance_frame
 
     rows = []
     for system, scores in [("random", [0.1, 0.2, 0.3]), ("length", [3.0, 2.0, 1.0])]:

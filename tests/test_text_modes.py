@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mmss_lib.features.store import feature_dirs, write_store
-from mmss_lib.loader import MRHPSplitData
-from mmss_lib.online_text import load_text_model, on_the_fly_text
+from mmss_lib.features.loader import MRHPSplitData
+from mmss_lib.models.online_text import load_text_model, on_the_fly_text
 
 DR = 12
 TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8, "dropout": 0.1}
@@ -20,7 +20,7 @@ TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8, "dropout": 0.1}
 def demo_root(tmp_path_factory, tiny_bert_dir):
     """A small demo category (no images) with region stores only, plus cached text stores made
     by the tiny BERT (for the equivalence test) in a second features root."""
-    from mmss_lib.demo import make_demo
+    from mmss_lib.data.synthetic import make_demo
     from mmss_lib.features.extract import load_category_items
     from mmss_lib.features.text import TextEncoder
 
@@ -67,7 +67,7 @@ def test_regions_only_split_and_clear_errors(demo_root, tiny_bert_dir):
 def test_frozen_on_the_fly_equals_cached_features(demo_root, tiny_bert_dir):
     """Eq. 2 on the fly ([CLS] + word pieces, [SEP] masked) = the stored features of TextEncoder:
     the same MM-SS scores up to the stores' float16 rounding."""
-    from mmss_lib.model import MMSS
+    from mmss_lib.models.mmss import MMSS
 
     cached = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "cached")["dev"]
     onfly = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "regions_only",
@@ -85,7 +85,7 @@ def test_frozen_on_the_fly_equals_cached_features(demo_root, tiny_bert_dir):
 
 
 def test_wrapper_parameters_groups_and_state(tiny_bert_dir):
-    from mmss_lib.model import MMSS
+    from mmss_lib.models.mmss import MMSS
 
     tok, enc = load_text_model(str(tiny_bert_dir))
     system = MMSS(text_dim=32, region_dim=DR, **TINY)
@@ -109,7 +109,7 @@ def test_wrapper_parameters_groups_and_state(tiny_bert_dir):
 # ------------------------------------------------------------------------------------ trainer
 
 def _cfg(tiny_bert_dir, mode, **kw):
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.training.trainer import TrainConfig
 
     base = dict(system="mmss", model_options=TINY, epochs=2, batch_size=8, eval_batch_size=16, lr=3e-3,
                 patience=10, seed=0, device="cpu", n_neg=2, threshold=1.0, max_text_len=32,
@@ -124,7 +124,7 @@ def _strip_seconds(history):
 
 def test_text_mode_config(tiny_bert_dir):
     from mmss_lib.errors import DataError
-    from mmss_lib.train import TrainConfig, build_model, build_optimizer
+    from mmss_lib.training.trainer import TrainConfig, build_model, build_optimizer
 
     c = _cfg(tiny_bert_dir, "finetune")
     assert c.effective_text_mode == "finetune"
@@ -134,7 +134,7 @@ def test_text_mode_config(tiny_bert_dir):
     assert _cfg(tiny_bert_dir, "finetune", system="mcr", finetune_systems=["mcr"]).effective_text_mode == "finetune"
     old = {k: v for k, v in TrainConfig(text_model=str(tiny_bert_dir)).to_json().items()}   # a run recorded with
     assert TrainConfig.from_json({**old, "fine_tune_text": True}).text_mode == "finetune"    # the retired switch
-    from mmss_lib.run_folder import same_run
+    from mmss_lib.training.run_folder import same_run
     assert same_run({"config": {**old, "fine_tune_text": False}, "run": {}}, old, {})
     with pytest.raises(DataError, match="text_mode"):
         TrainConfig(text_mode="online")
@@ -152,8 +152,8 @@ def test_train_run_on_the_fly_checkpoints_and_resumes(mode, demo_root, tiny_bert
     """A whole run from region stores only: trains, writes last.pt/best.pt (the encoder inside
     only when fine-tuned), and 1 epoch resumed to 2 equals 2 straight epochs (the subtask
     objective and the SSP-Label state start in epoch 2)."""
-    from mmss_lib.online_text import load_text_model
-    from mmss_lib.train import train_run
+    from mmss_lib.models.online_text import load_text_model
+    from mmss_lib.training.trainer import train_run
 
     common = dict(data_root=demo_root / "data", dataset="demo", category="home",
                   features_root=demo_root / "regions_only", progress=False)
@@ -193,7 +193,7 @@ def test_cuda_fp32_run_matches_cpu_and_bf16_agrees(mode, demo_root, tiny_bert_di
     """On the GPU: fp32 (amp off) and bf16 autocast runs of the same seed train with finite losses,
     and bf16's dev MAP is within 0.1 of fp32's (the dropout streams are the GPU's, so the CPU run
     is only a sanity reference: valid metrics, same epochs)."""
-    from mmss_lib.train import train_run
+    from mmss_lib.training.trainer import train_run
 
     common = dict(data_root=demo_root / "data", dataset="demo", category="home",
                   features_root=demo_root / "regions_only", progress=False)
@@ -210,7 +210,7 @@ def test_cuda_fp32_run_matches_cpu_and_bf16_agrees(mode, demo_root, tiny_bert_di
 
 @cuda
 def test_cuda_wrapper_moves_frozen_encoder(tiny_bert_dir):
-    from mmss_lib.model import MMSS
+    from mmss_lib.models.mmss import MMSS
 
     tok, enc = load_text_model(str(tiny_bert_dir))
     m = on_the_fly_text(MMSS(text_dim=32, region_dim=DR, **TINY), enc, tok, trainable=False).to("cuda")
@@ -218,7 +218,7 @@ def test_cuda_wrapper_moves_frozen_encoder(tiny_bert_dir):
 
 
 def test_cli_text_mode_frozen(demo_root, tiny_bert_dir, tmp_path, capsys):
-    from mmss_lib.experiments import cli_main
+    from mmss_lib.model_selection.sweeps import cli_main
 
     rc = cli_main(["--data-root", str(demo_root / "data"), "--dataset", "demo", "--categories", "home",
                    "--features", str(demo_root / "regions_only"), "--runs", str(tmp_path), "--systems", "egcnn",
@@ -236,11 +236,11 @@ def test_predict_and_case_study_on_runs_of_every_text_mode(mode, demo_root, tiny
     texts; cached: the text stores' encoder, here the same tiny BERT)."""
     import pandas as pd
 
-    from mmss_lib.case_study import CaseStudy
-    from mmss_lib.data import load_mrhp
+    from mmss_lib.evaluation.case_study import CaseStudy
+    from mmss_lib.data.mrhp import load_mrhp
     from mmss_lib.features.text import TextEncoder
     from mmss_lib.predict import predict
-    from mmss_lib.train import train_run
+    from mmss_lib.training.trainer import train_run
 
     import shutil
 

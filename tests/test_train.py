@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from mmss_lib.data import SPLITS
+from mmss_lib.data.mrhp import SPLITS
 from mmss_lib.errors import CheckpointError, TrainingError
 from mmss_lib.features.store import write_store
-from mmss_lib.loader import MRHPSplitData
-from mmss_lib import experiments as E
-from mmss_lib import train as T
-from mmss_lib.summary import per_run_per_product
+from mmss_lib.features.loader import MRHPSplitData
+from mmss_lib.model_selection import sweeps as E
+from mmss_lib.training import trainer as T
+from mmss_lib.evaluation.summary import per_run_per_product
 
 DT, DR = 8, 12
 TH = 2.0      # only labels 3 and 4 are relevant: MAP does not saturate on these tiny products
@@ -85,7 +85,7 @@ def _strip_seconds(history):
 
 
 def test_training_beats_untrained_and_random(big_splits, tmp_path):
-    from mmss_lib.metrics import ranking_metrics
+    from mmss_lib.metrics.ranking import ranking_metrics
 
     splits = big_splits
     c = cfg(epochs=4)
@@ -251,8 +251,8 @@ def test_another_scale_reading_recomputed_from_a_runs_records(splits, tmp_path, 
     """Issue 18: the records keep the raw sqrt(s_k) per task, so the offsets of another reading of
     Eq. 18's scale can be recomputed from a run's record and match a run made with that reading
     (epochs 1-2: the subtask objective starts in epoch 3, so both runs have the same features)."""
-    from mmss_lib.ssp_label import recompute_reading
-    from mmss_lib.ssp_records import load_ssp_history
+    from mmss_lib.ssp.label import recompute_reading
+    from mmss_lib.ssp.records import load_ssp_history
 
     fit(cfg(epochs=2, ssp_scale="mean"), splits, tmp_path / "mean")
     fit(cfg(epochs=2, ssp_scale=reading), splits, tmp_path / reading)
@@ -275,8 +275,8 @@ def test_every_config_field_reaches_mmss_train(capsys):
     --tuned); values are checked by TrainConfig before any run starts."""
     import dataclasses
 
-    from mmss_lib.experiments import base_config_from_args, build_parser
-    from mmss_lib.run_config import TrainConfig
+    from mmss_lib.model_selection.sweeps import base_config_from_args, build_parser
+    from mmss_lib.training.config import TrainConfig
 
     ap = build_parser("mmss train")
     ap.print_help()

@@ -12,7 +12,7 @@ TINY_MMSS = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}
 
 
 def _base(**kw):
-    from mmss_lib.train import TrainConfig
+    from mmss_lib.training.trainer import TrainConfig
 
     base = dict(epochs=3, patience=3, batch_size=16, n_neg=3, device="cpu", num_threads=1, eval_batch_size=64,
                 model_options=dict(TINY_MMSS))
@@ -21,7 +21,7 @@ def _base(**kw):
 
 
 def _tune(tiny_demo, out, **kw):
-    from mmss_lib.tune import tune
+    from mmss_lib.model_selection.search import tune
 
     args = dict(data_root=tiny_demo / "data", dataset="demo", category="home", features_root=tiny_demo / "features",
                 tune_root=out, system="mmss", base_config=_base(), n_trials=3, parallel=2, n_jobs=1, progress=False)
@@ -37,7 +37,7 @@ class _NoTest:
 
 
 def test_study_finishes_picks_best_on_dev_and_never_reads_test(tiny_demo, tmp_path, monkeypatch):
-    import mmss_lib.train as T
+    import mmss_lib.training.trainer as T
 
     real = T.load_splits
 
@@ -79,7 +79,7 @@ def test_killed_study_resumes_keeping_finished_trials(tiny_demo, tmp_path, monke
     whole = _tune(tiny_demo, tmp_path / "whole", parallel=1)
     ref = pd.read_csv(tmp_path / "whole" / "demo" / "home" / "mmss" / "trials.csv")
 
-    import mmss_lib.train as T
+    import mmss_lib.training.trainer as T
     real = T.train_run
 
     def killing(cfg, **kw):
@@ -116,9 +116,9 @@ def test_more_trials_continue_a_study(tiny_demo, tmp_path):
 
 
 def test_train_tuned_takes_best_settings_and_records_the_study(tiny_demo, tmp_path):
-    from mmss_lib.experiments import run_experiment
+    from mmss_lib.model_selection.sweeps import run_experiment
     from mmss_lib.errors import TuneError
-    from mmss_lib.run_folder import load_run_config
+    from mmss_lib.training.run_folder import load_run_config
 
     best = _tune(tiny_demo, tmp_path / "tune", n_trials=2, parallel=2)
     common = dict(data_root=tiny_demo / "data", dataset="demo", categories=["home"],
@@ -190,9 +190,9 @@ def test_storage_of_another_study_or_dataset_is_refused(tiny_demo, tmp_path, cap
 
 
 def test_ceiling_flag_in_metrics_history_summary_and_table(tiny_demo, tmp_path):
-    from mmss_lib import tables
-    from mmss_lib.experiments import run_experiment
-    from mmss_lib.summary import read_summaries, table_summary, per_run_per_product
+    from mmss_lib.evaluation import tables
+    from mmss_lib.model_selection.sweeps import run_experiment
+    from mmss_lib.evaluation.summary import read_summaries, table_summary, per_run_per_product
 
     res = run_experiment(data_root=tiny_demo / "data", dataset="demo", categories=["home"],
                          features_root=tiny_demo / "features", runs_root=tmp_path, systems=["random", "mmss"],
@@ -213,7 +213,7 @@ def test_ceiling_flag_in_metrics_history_summary_and_table(tiny_demo, tmp_path):
 
 
 def test_no_ceiling_flag_when_early_stopping_decides():
-    from mmss_lib.train import still_improving_at_ceiling
+    from mmss_lib.training.trainer import still_improving_at_ceiling
 
     assert still_improving_at_ceiling(best_epoch=5, epochs_run=5, epochs=5, stopped_early=False)
     assert not still_improving_at_ceiling(best_epoch=3, epochs_run=5, epochs=5, stopped_early=False)   # fell back

@@ -16,9 +16,9 @@ BENCHES: dict[str, str] = {
     "metrics": "mmss_lib.bench.metrics:bench_metrics",
     "paper-scale": "mmss_lib.bench.paper_scale:bench_paper_scale",
     "precision": "mmss_lib.bench.precision:bench_precision",
-    "powered": "mmss_lib.bench.powered:bench_powered",
+    "powered": "studies.powered:bench_powered",
     "explore": "mmss_lib.bench.explore:bench_explore",
-    "claims": "mmss_lib.bench.claims:bench_claims",
+    "claims": "studies.claims:bench_claims",
 }
 
 NOT_IN_ALL = {"powered", "precision", "claims"}   # experiments of hours, or that need a prepared data set

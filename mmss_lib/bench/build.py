@@ -1,4 +1,4 @@
-"""``mmss bench build``: the Amazon 2018 builder (:func:`mmss_lib.amazon2018.build_amazon2018`)
+"""``mmss bench build``: the Amazon 2018 builder (:func:`mmss_lib.data.amazon2018.build_amazon2018`)
 on generated review files: reviews/s and peak memory. :func:`generate_reviews` writes the
 synthetic Amazon-2018-style input (also used by the builder's tests)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from mmss_lib.amazon2018 import _open_lines, build_amazon2018
+from mmss_lib.data.amazon2018 import _open_lines, build_amazon2018
 from mmss_lib.bench.common import PeakRSS, max_rss_mib, report
 
 

@@ -1,12 +1,12 @@
 """``mmss bench explore``: how fast the pseudo-label explorer answers a click on a benchmark-sized
 demo category (3,500 products, as the ``benchmark`` profile generates), measured on the widget
-side (:class:`mmss_lib.explore_widgets.ExplorerApp`: everything the kernel does for a click; the
+side (:class:`mmss_lib.explore.app.ExplorerApp`: everything the kernel does for a click; the
 browser's drawing is not included).
 
 The runs folder is written for the benchmark: the demo data of one category at full size, and
 runs whose files follow the trainer's layout: ``config.json``, ``metrics.json``, ``history.json``,
 ``scores_{dev,test}.csv`` (random scores; MM-SS with its five subtask heads) and, for MM-SS, one
-SSP-Label record per epoch made by :class:`mmss_lib.ssp_label.SSPLabel` itself from random
+SSP-Label record per epoch made by :class:`mmss_lib.ssp.label.SSPLabel` itself from random
 features (the records' real layout and size, their values meaningless). Then it times: opening the
 category (reading the split once), switching product (median and slowest of many), switching run
 (the first visit of a run reads its scores and last record; later visits are cached) and switching
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mmss_lib.bench.common import report
-from mmss_lib.run_folder import CONFIG, HISTORY, METRICS, scores_path
+from mmss_lib.training.run_folder import CONFIG, HISTORY, METRICS, scores_path
 
 SUBTASKS = ("ptrt", "pvrv", "ptrv", "pvrt", "rtrv")
 TARGET_S = 1.0
@@ -41,8 +41,8 @@ def _write_run(run_dir: Path, system: str, variant: str, *, data_root: Path, cat
     import pandas as pd
     import torch
 
-    from mmss_lib.data import load_mrhp
-    from mmss_lib.run_config import TrainConfig
+    from mmss_lib.data.mrhp import load_mrhp
+    from mmss_lib.training.config import TrainConfig
     from mmss_lib.utils import atomic_path, atomic_write_json
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ def _write_run(run_dir: Path, system: str, variant: str, *, data_root: Path, cat
     atomic_write_json(run_dir / METRICS, {"threshold": 1.0, "best_epoch": max(ssp_epochs, 1)})
     if not ssp_epochs:
         return
-    from mmss_lib.ssp_label import SSPLabel
+    from mmss_lib.ssp.label import SSPLabel
 
     _, train = load_mrhp(data_root, "demo", category, "train")
     n, d = len(train), 8
@@ -92,7 +92,7 @@ def bench_explore(argv: list[str], prog: str = "mmss bench explore") -> int:
     p.add_argument("--out", default=None, help="keep the generated runs folder here (default: a temporary "
                    "folder, removed afterwards)")
     args = p.parse_args(argv)
-    from mmss_lib.demo import OBJECTS, make_demo
+    from mmss_lib.data.synthetic import OBJECTS, make_demo
     from mmss_lib.errors import DataError
 
     for opt, value, low in (("--products", args.products, 5), ("--epochs", args.epochs, 1), ("--clicks", args.clicks, 1)):
@@ -104,7 +104,7 @@ def bench_explore(argv: list[str], prog: str = "mmss bench explore") -> int:
         raise DataError(f"--out {args.out}: a file, not a folder")
 
     try:
-        from mmss_lib.explore_widgets import ExplorerApp
+        from mmss_lib.explore.app import ExplorerApp
     except ImportError as exc:
         print(f"{prog}: needs ipywidgets ({exc}); pip install -e '.[notebooks]'")
         return 1

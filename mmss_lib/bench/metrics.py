@@ -1,5 +1,5 @@
-"""``mmss bench metrics``: the vectorised :func:`mmss_lib.metrics.ranking_metrics` against a pandas
-groupby-apply of the per-product reference :func:`mmss_lib.metrics.product_metrics_reference`."""
+"""``mmss bench metrics``: the vectorised :func:`mmss_lib.metrics.ranking.ranking_metrics` against a pandas
+groupby-apply of the per-product reference :func:`mmss_lib.metrics.ranking.product_metrics_reference`."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from mmss_lib.bench.common import report, timed_calls
-from mmss_lib.metrics import product_metrics_reference, ranking_metrics
+from mmss_lib.metrics.ranking import product_metrics_reference, ranking_metrics
 
 
 def bench_metrics(argv: list[str], prog: str = "mmss bench metrics") -> int:

@@ -1,7 +1,7 @@
 """``mmss bench paper-scale``: throughput measured on one device, and a projection of the whole
 ``paper`` profile (disk, extraction hours, training GPU-hours) from those measurements.
 
-What is measured, on ``--device``, on synthetic MRHP data written by :func:`mmss_lib.demo.make_demo`
+What is measured, on ``--device``, on synthetic MRHP data written by :func:`mmss_lib.data.synthetic.make_demo`
 (one category, ``--products`` products, PNG images):
 
 1. text extraction: :class:`~mmss_lib.features.text.TextEncoder` over every product and review
@@ -12,7 +12,7 @@ What is measured, on ``--device``, on synthetic MRHP data written by :func:`mmss
 3. the text encoder's cost on the fly: forward (``frozen``) and forward + backward + Adam
    (``finetune``) tokens/s on batches of 16 texts x 128 tokens (bf16 autocast on CUDA);
 4. per system of the profile: one training epoch and one evaluation of dev + test with
-   :func:`mmss_lib.train.fit` on cached features: training samples forwarded per second,
+   :func:`mmss_lib.training.trainer.fit` on cached features: training samples forwarded per second,
    seconds per epoch, evaluation reviews/s, peak GPU memory (CUDA) or peak RSS (CPU);
 5. the bytes a run folder holds: checkpoints per model parameter, score files per evaluated
    review, SSP-Label records per training review and epoch.
@@ -190,7 +190,7 @@ class _null:
 def samples_per_train_review(train, cfg) -> tuple[float, float]:
     """(distinct samples forwarded per training review per epoch, distinct products per forwarded
     sample), from the epoch-1 pairs the trainer draws (batches of ``cfg.batch_size`` pairs)."""
-    from mmss_lib.train import draw_pairs
+    from mmss_lib.training.trainer import draw_pairs
 
     pairs = draw_pairs(train, cfg, 1)
     samples = products = 0
@@ -206,9 +206,9 @@ def samples_per_train_review(train, cfg) -> tuple[float, float]:
 def paper_runs(profile_path: Path) -> list[dict]:
     """Every training run of the profile: dataset, category, system, variant, seed, epochs,
     text mode (the trainer's effective one for that system)."""
-    from mmss_lib.pipeline import read_profile
-    from mmss_lib.systems import SYSTEMS, is_floor
-    from mmss_lib.run_config import TrainConfig
+    from mmss_lib.reproduce import read_profile
+    from mmss_lib.models.registry import SYSTEMS, is_floor
+    from mmss_lib.training.config import TrainConfig
 
     raw = read_profile(profile_path)
     sweep = raw.get("sweep") or [{}]
@@ -252,7 +252,7 @@ def _writes_ssp(cfg, seed) -> bool:
 
 def profile_extraction(profile_path: Path) -> dict:
     """Notebook 01's settings of the profile: whether text stores are written, boxes per image."""
-    from mmss_lib.pipeline import read_profile
+    from mmss_lib.reproduce import read_profile
 
     raw = read_profile(profile_path)
     nb1 = raw.get("01_extract_features") or {}
@@ -378,7 +378,7 @@ def _synthetic_splits(data_root: Path, feats_root: Path, prds, rvws, *, ext: dic
                       review_images: float) -> dict:
     """Write synthetic stores of the demo items (:func:`write_synthetic_stores`) and open the three
     splits on them."""
-    from mmss_lib.loader import MRHPSplitData, ReadCaps
+    from mmss_lib.features.loader import MRHPSplitData, ReadCaps
 
     write_synthetic_stores(feats_root / "demo" / "home", prds, rvws, review_tokens=review_tokens,
                            product_tokens=product_tokens,
@@ -389,12 +389,12 @@ def _synthetic_splits(data_root: Path, feats_root: Path, prds, rvws, *, ext: dic
 
 
 def _time_system(cfg, splits: dict, run_dir: Path, dev, *, u: float, token_scale: float, echo) -> dict:
-    """One epoch of one system with :func:`mmss_lib.train.fit`: its time per sample and per evaluated
+    """One epoch of one system with :func:`mmss_lib.training.trainer.fit`: its time per sample and per evaluated
     review (scaled by ``token_scale``), memory, and the bytes of its run folder."""
     import torch
 
-    from mmss_lib.run_folder import BEST, LAST, load_history, scores_path
-    from mmss_lib.train import fit
+    from mmss_lib.training.run_folder import BEST, LAST, load_history, scores_path
+    from mmss_lib.training.trainer import fit
 
     n_eval = splits["dev"].n + splits["test"].n
     _peak_reset(dev)
@@ -425,7 +425,7 @@ def _time_systems(names: list[str], data_root: Path, feats_root: Path, runs_root
                   review_image_share: float, review_images: float, echo) -> tuple[dict, float, float]:
     """Per system, one epoch on synthetic stores at the paper's sizes (--tiny: short texts);
     returns (per-system measurements, samples per training review, products per sample)."""
-    from mmss_lib.run_config import TrainConfig
+    from mmss_lib.training.config import TrainConfig
 
     full_rt, full_pt = int(review_tokens), int(min(product_tokens, ext["text_max_len"]))
     syn_rt, syn_pt = (16, 32) if tiny else (full_rt, full_pt)
@@ -469,7 +469,7 @@ def run_paper_scale(*, tiny: bool = False, device: str = "auto", products: int |
     """Measure and project (see the module docstring); prints as it goes and returns the numbers."""
     import torch
 
-    from mmss_lib.demo import make_demo
+    from mmss_lib.data.synthetic import make_demo
     from mmss_lib.features.extract import load_category_items
     from mmss_lib.utils import pick_device, repo_root
 
@@ -580,7 +580,7 @@ def project(runs: list[dict], per_system: dict, *, ext: dict, enc_forward_tokens
             p_share: float, review_tokens: float, product_tokens: float, product_images: float,
             review_image_share: float, review_images: float, data_bytes_per_review: float, echo=print) -> dict:
     """Disk (GB), extraction hours and training GPU-hours of ``runs`` at Table 3's sizes."""
-    from mmss_lib.systems import build_system
+    from mmss_lib.models.registry import build_system
 
     datasets = sorted({r["dataset"] for r in runs})
     # ---- extraction and stores
@@ -639,7 +639,7 @@ def project(runs: list[dict], per_system: dict, *, ext: dict, enc_forward_tokens
             by_system.get(r["system"] + ("" if r["variant"] == "full" else "__" + r["variant"]), 0.0) + run_h
         key = (r["system"], r["variant"])
         if key not in params_cache:
-            from mmss_lib.model import ABLATIONS
+            from mmss_lib.models.mmss import ABLATIONS
             opts = dict(ABLATIONS.get(r["variant"], {})) if r["system"] == "mmss" else {}
             model = build_system(r["system"], text_dim=768, region_dim=2048, **opts)
             params_cache[key] = sum(p.numel() for p in model.parameters())

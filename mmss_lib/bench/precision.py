@@ -3,7 +3,7 @@ in one run: training speed, the share of each training step the device waits for
 whether the metrics agree.
 
 Every (system, seed) is trained twice on the same data and features with the same settings, once
-with ``TrainConfig.amp`` on (bf16 autocast on CUDA, :func:`mmss_lib.train._autocast`) and once off
+with ``TrainConfig.amp`` on (bf16 autocast on CUDA, :func:`mmss_lib.training.trainer._autocast`) and once off
 (fp32), into ``{out}/bf16`` and ``{out}/fp32`` (finished runs are skipped: rerunning only reports).
 Reported, from the runs' own ``history.json`` and test scores:
 
@@ -32,8 +32,8 @@ DEMO_OPTIONS = dict(n_neg=3, max_regions_per_image=10, max_regions_per_item=20)
 
 def train_both(args) -> dict:
     """Train every system x seed under both precisions; ``{precision: results frame}``."""
-    from mmss_lib.experiments import run_experiment
-    from mmss_lib.run_config import TrainConfig
+    from mmss_lib.model_selection.sweeps import run_experiment
+    from mmss_lib.training.config import TrainConfig
 
     out = {}
     for prec in PRECISIONS:
@@ -48,7 +48,7 @@ def train_both(args) -> dict:
 
 def speed_rows(results: dict) -> list[dict]:
     """Per system and precision: epochs, training seconds per epoch and per batch, data-wait share."""
-    from mmss_lib.run_folder import load_history
+    from mmss_lib.training.run_folder import load_history
 
     rows = []
     for prec, res in results.items():
@@ -72,7 +72,7 @@ def report(results: dict, device: str) -> dict:
     import pandas as pd
 
     from mmss_lib.bench.common import report as line
-    from mmss_lib.summary import paired_differences, pooled_per_product
+    from mmss_lib.evaluation.summary import paired_differences, pooled_per_product
 
     speed = pd.DataFrame(speed_rows(results))
     pooled = pooled_per_product(pd.concat(list(results.values()), ignore_index=True))
@@ -118,7 +118,7 @@ def bench_precision(argv: list[str], prog: str = "mmss bench precision") -> int:
                     help="report the finished runs under --out (trained elsewhere, e.g. on the GPU machine)")
     args = ap.parse_args(argv)
     if args.report_only:
-        from mmss_lib.run_folder import finished_results
+        from mmss_lib.training.run_folder import finished_results
 
         results = {p: finished_results(Path(args.out) / p, args.dataset, args.category).assign(variant=p)
                    for p in PRECISIONS}

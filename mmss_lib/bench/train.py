@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from mmss_lib.bench.common import default_threads, memory_now, report
-from mmss_lib.run_config import TrainConfig
-from mmss_lib.train import _ssp_bank_dir, build_model, build_optimizer, draw_pairs, train_step
+from mmss_lib.training.config import TrainConfig
+from mmss_lib.training.trainer import _ssp_bank_dir, build_model, build_optimizer, draw_pairs, train_step
 from mmss_lib.utils import seed_everything
 
 
@@ -71,8 +71,8 @@ def _bench_child(spec: dict) -> dict:
 
     import pandas as pd
 
-    from mmss_lib.loader import MRHPSplitData, open_stores
-    from mmss_lib.ssp_label import SSPLabel
+    from mmss_lib.features.loader import MRHPSplitData, open_stores
+    from mmss_lib.ssp.label import SSPLabel
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -147,9 +147,9 @@ def _step_flops(*, batch: int, text_dim: int, lp: int, lr: int, np_: int, nr: in
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mmss_lib.batch import random_batch
-    from mmss_lib.losses import mmss_subtask_loss, ranking_hinge
-    from mmss_lib.model import MMSS
+    from mmss_lib.data.batch import random_batch
+    from mmss_lib.models.losses import mmss_subtask_loss, ranking_hinge
+    from mmss_lib.models.mmss import MMSS
 
     torch.manual_seed(0)
     model = MMSS(text_dim=text_dim, region_dim=2048, **model_options)
@@ -205,11 +205,11 @@ def _demo_size_shares(tmp: Path, systems, epochs: int) -> dict:
     item, test scored every epoch, one thread as in the demo's two workers) with random features
     of the demo's sizes (64 MiniLM tokens of 384 dims, MobileNetV2 regions of 1280 dims, up to 14
     grid boxes per image); return :func:`epoch_shares` per system."""
-    from mmss_lib.data import load_mrhp
-    from mmss_lib.demo import make_demo
+    from mmss_lib.data.mrhp import load_mrhp
+    from mmss_lib.data.synthetic import make_demo
     from mmss_lib.features.store import feature_dirs, write_store
-    from mmss_lib.run_folder import load_history
-    from mmss_lib.train import train_run
+    from mmss_lib.training.run_folder import load_history
+    from mmss_lib.training.trainer import train_run
 
     make_demo(tmp / "data", n_products=90, categories=("home",), images=False)
     rng = np.random.default_rng(0)

@@ -3,10 +3,6 @@ feature store. ``import mmss_lib.features`` loads only the store (numpy); the ex
 import torch, transformers and torchvision when they run."""
 from __future__ import annotations
 
-from mmss_lib.features.store import (  # noqa: F401
-    MAX_REGIONS_PER_IMAGE, MAX_REGIONS_PER_ITEM, STORE_NAMES, FeatureStore, FeatureStoreWriter,
-    cap_regions, feature_dirs, pad_items, read_regions, read_text, write_store,
-)
 
 __all__ = [
     "MAX_REGIONS_PER_IMAGE", "MAX_REGIONS_PER_ITEM", "STORE_NAMES", "FeatureStore",

@@ -1,6 +1,6 @@
 """Extraction driver: one dataset/category -> its four feature stores (Section 4.1), resumable.
 
-``extract_category`` loads the three splits with :func:`mmss_lib.data.load_mrhp`, and writes
+``extract_category`` loads the three splits with :func:`mmss_lib.data.mrhp.load_mrhp`, and writes
 ``text_prd`` / ``text_rvw`` (token features of product and review texts, Eq. 2) and
 ``region_prd`` / ``region_rvw`` (RoI features of product and review images) under
 ``feature_dirs(features_root, dataset, category)``. Items are processed in file order, split
@@ -28,11 +28,9 @@ import numpy as np
 
 from mmss_lib.errors import DataError
 from mmss_lib.features.fingerprint import content_fingerprint
-from mmss_lib.features.store import (
-    DEFAULT_SHARD_SIZE, FeatureStore, FeatureStoreWriter, feature_dirs, store_size_bytes,
-)
+from mmss_lib.features.store import DEFAULT_SHARD_SIZE, FeatureStore, FeatureStoreWriter, feature_dirs, store_size_bytes
 from mmss_lib.utils import atomic_write_json
-from mmss_lib.data import SPLITS
+from mmss_lib.data.mrhp import SPLITS
 
 __all__ = ["extract_category", "load_category_items", "cli_main", "region_options"]
 
@@ -42,7 +40,7 @@ def load_category_items(data_root, dataset: str, category: str):
     """Products and reviews of all three splits (ids unique within a category), in file order."""
     import pandas as pd
 
-    from mmss_lib.data import load_mrhp
+    from mmss_lib.data.mrhp import load_mrhp
 
     prds, rvws = [], []
     for split in SPLITS:

@@ -4,7 +4,7 @@ A store's fingerprint (``content_fingerprint`` in its ``plan.json`` and ``manife
 digest over its items, sorted by item id, of
 
 - text stores (``text_prd`` / ``text_rvw``): the item id and the item's text (the ``text`` column
-  of :func:`mmss_lib.data.load_mrhp`: product name + description, review text);
+  of :func:`mmss_lib.data.mrhp.load_mrhp`: product name + description, review text);
 - region stores (``region_prd`` / ``region_rvw``): the item id and, per local image file in
   order, its file name (not its folder), its size in bytes and a digest of its first 4 KiB.
 
@@ -17,7 +17,7 @@ of its first 4 KiB once per process (kept by path, size and modification time).
 - ``mmss extract`` rerun on changed inputs (a text edited, an image replaced, added or removed)
   refuses with a message naming ``--overwrite`` (which rebuilds the store); unchanged inputs skip
   the store as before.
-- Training (:func:`mmss_lib.train.load_splits`) refuses a store whose fingerprint differs from the
+- Training (:func:`mmss_lib.training.trainer.load_splits`) refuses a store whose fingerprint differs from the
   data it loads (:class:`~mmss_lib.errors.FeatureStoreError` naming the store, the category and
   ``mmss extract --overwrite``). A store written before fingerprints existed (no
   ``content_fingerprint`` in its manifest) is accepted with a warning (once per store and

@@ -190,7 +190,7 @@ def import_features(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str 
         raise ValueError(f"fmt must be auto, pth or npz, got {fmt!r}")
     found = sorted(p.name for p in src.iterdir() if p.is_dir())
     ids = list(item_ids) if item_ids is not None else found
-    from mmss_lib.data import check_item_id
+    from mmss_lib.data.mrhp import check_item_id
     ids = [check_item_id(i, file=src if item_ids is None else "item_ids", row=k, field="item_id")
            for k, i in enumerate(ids)]
     stats: dict[str, Any] = {"items": len(ids), "items_without_features": 0, "images": 0, "regions": 0,
@@ -259,7 +259,7 @@ def cli_main(argv: list[str], prog: str = "mmss import-features") -> int:
     if a.data_root:
         if not (a.dataset and a.category):
             p.error("--data-root needs --dataset and --category")
-        from mmss_lib.data import load_mrhp
+        from mmss_lib.data.mrhp import load_mrhp
         ids = []
         for split in ("train", "dev", "test"):
             prd, rvw = load_mrhp(a.data_root, a.dataset, a.category, split)

@@ -1,0 +1,1 @@
+"""The pseudo-label explorer: its data side (`explorer`) and its widgets and web app (`app`)."""

@@ -1,0 +1,252 @@
+"""A run folder: where one training run (or floor) keeps its files, and the rules that decide
+whether a run is finished, may be resumed, or is in use. Every caller (the trainer, the floors,
+the sweeps of :mod:`mmss_lib.model_selection.sweeps`, the notebooks and benchmarks that read results) asks
+this module.
+
+Layout::
+
+    {runs_root}/{dataset}/{category}/{system}[__{variant}]/seed{n}/            (run_dir_for)
+    {runs_root}/{dataset}/{category}/{system}[__{variant}]/{tag}/fold{f}/seed{n}  (fold_run_dir)
+
+    config.json       {"config": TrainConfig.to_json(), "run": {"dataset", "category"}, "threshold",
+                       "features": store manifests}; written when the run starts
+    history.json      one entry per finished epoch (losses, dev metrics, seconds; [] for floors)
+    last.pt / best.pt trainer checkpoints (the last epoch; the best dev-MAP epoch)
+    metrics.json      written last: its presence means the run is finished
+    scores_{dev,test}.csv, ssp/epochNNN.npz (MM-SS), .lock
+
+Identity. A run is the same run when its ``run`` record (dataset, category) is equal and its
+configuration is equal apart from :data:`PLACEMENT_FIELDS` (where it was trained, not what: a run
+finished on a GPU, or with another thread count, is finished for every caller) and
+:data:`PROVENANCE_FIELDS` (where its settings were read from, not what they are: the settings
+themselves are compared, so a study's results moved to another folder still name their runs). A finished run
+of the same identity is returned as is; with another identity it is trained again into the folder
+(resume rules apply). Resuming from ``last.pt`` additionally tolerates
+:data:`RESUME_FREE_FIELDS` (a longer ``epochs``, another ``patience`` or evaluation batch size
+continue the same trajectory).
+
+Lock: :func:`run_lock` (an OS lock on ``.lock`` while a process trains or writes the folder).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from mmss_lib.errors import DataError
+
+CONFIG, HISTORY, METRICS, LAST, BEST, LOCK = "config.json", "history.json", "metrics.json", "last.pt", "best.pt", ".lock"
+SCORES = "scores_{split}.csv"          # scores_dev.csv, scores_test.csv
+
+
+def scores_path(run_dir, split: str) -> Path:
+    """``{run_dir}/scores_{split}.csv``: review_id, product_id, label, score (and sub-scores) of a split."""
+    return Path(run_dir) / SCORES.format(split=split)
+
+# config fields that say where a run was trained, not what
+PLACEMENT_FIELDS = ("device", "num_threads")
+# config fields that say where a run's settings were read from (the study's best.json), not what they are
+PROVENANCE_FIELDS = ("tuned_from",)
+# fields that may change between an interrupted run and its resumption
+RESUME_FREE_FIELDS = PLACEMENT_FIELDS + PROVENANCE_FIELDS + ("epochs", "patience", "eval_batch_size")
+
+
+# ------------------------------------------------------------------------------------ layout
+
+def run_name(system: str, variant: str | None = "full") -> str:
+    """Folder name of a system/variant: ``mmss``, ``mmss__wo_b``, ``mcr``."""
+    return system if variant in (None, "", "full") else f"{system}__{variant}"
+
+
+def run_dir_for(runs_root, dataset: str, category: str, system: str, variant: str | None, seed: int) -> Path:
+    """``{runs_root}/{dataset}/{category}/{system}[__{variant}]/seed{n}``."""
+    return Path(runs_root) / dataset / category / run_name(system, variant) / f"seed{int(seed)}"
+
+
+def fold_run_dir(runs_root, dataset: str, category: str, system: str, variant: str | None, tag: str, fold: int,
+                 seed: int) -> Path:
+    """``{runs_root}/{dataset}/{category}/{system}[__{variant}]/{tag}/fold{f}/seed{n}``."""
+    return Path(runs_root) / dataset / category / run_name(system, variant) / tag / f"fold{int(fold)}" / f"seed{int(seed)}"
+
+
+def study_dir_for(tune_root, dataset: str, category: str, system: str, variant: str | None = "full") -> Path:
+    """An ``mmss tune`` study's folder: ``{tune_root}/{dataset}/{category}/{system}[__{variant}]``."""
+    return Path(tune_root) / dataset / category / run_name(system, variant)
+
+
+def trial_run_dir(study_dir, number: int) -> Path:
+    """A study trial's run folder, ``{study_dir}/trials/trial{NNNN}`` (an ordinary run folder: resumable,
+    lockable; inside the study's folder, so never one of a sweep's ``seed{n}`` folders)."""
+    return Path(study_dir) / "trials" / f"trial{int(number):04d}"
+
+
+# ------------------------------------------------------------------------------------ identity
+
+def config_diff(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """Sorted names of the fields that differ between two config dicts, ``ignore`` and
+    :data:`mmss_lib.training.config.RETIRED_FIELDS` aside."""
+    from mmss_lib.training.config import RETIRED_FIELDS
+
+    ignore = set(ignore) | set(RETIRED_FIELDS)
+    keys = sorted((set(a) | set(b)) - ignore)
+    return [k for k in keys if a.get(k) != b.get(k)]
+
+
+def same_run(record: dict, config: dict, run_info: dict) -> bool:
+    """Whether a config.json ``record`` is the run (``config``, ``run_info``): equal ``run``, equal
+    configuration apart from :data:`PLACEMENT_FIELDS` and :data:`PROVENANCE_FIELDS`."""
+    return (dict(record.get("run") or {}) == dict(run_info or {})
+            and not config_diff(dict(record.get("config") or {}), config, PLACEMENT_FIELDS + PROVENANCE_FIELDS))
+
+
+def resume_mismatch(checkpoint: dict, config: dict, run_info: dict) -> list[str]:
+    """What forbids resuming from a checkpoint (its ``config`` and ``run``): the differing fields
+    (``RESUME_FREE_FIELDS`` aside), plus ``"run (dataset/category)"`` when the run differs."""
+    diff = config_diff(dict(checkpoint.get("config") or {}), config, RESUME_FREE_FIELDS)
+    if dict(checkpoint.get("run") or {}) != dict(run_info or {}):
+        diff.append("run (dataset/category)")
+    return diff
+
+
+def finished_metrics(run_dir, config: dict, run_info: dict) -> dict | None:
+    """metrics.json of the finished run in ``run_dir`` when it is this run (:func:`same_run`),
+    else None (not finished, or another configuration)."""
+    cp, mp = Path(run_dir) / CONFIG, Path(run_dir) / METRICS
+    if not (cp.exists() and mp.exists()):
+        return None
+    if not same_run(_read_json(cp), config, run_info):
+        return None
+    return _read_json(mp)
+
+
+# ------------------------------------------------------------------------------------ lock
+
+_HELD_LOCKS: set = set()     # run folders this process holds (re-entrant lock)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive OS lock (``fcntl.flock``) on ``{run_dir}/.lock`` while a run trains or
+    writes its folder. A second process asking for the same folder is refused at once with a
+    :class:`~mmss_lib.errors.RunInUseError` naming the folder and the holder's PID (written into
+    the lock file). The kernel drops the lock when its holder exits, however it dies, so a stale
+    lock file from a killed process never blocks. Re-entrant within one process (nested calls on
+    the same folder). No lock is taken where ``fcntl`` is missing (Windows), in a read-only folder
+    (the folder itself not writable, or on a read-only file system: finished runs are only read
+    there), or on a file system without locks (with a warning). A ``.lock`` that cannot be opened
+    for writing in a writable folder (a folder of that name, a read-only or immutable file) is a
+    :class:`~mmss_lib.errors.DataError` naming it: going on unlocked there would let two processes
+    train one run at once."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD_LOCKS:
+        yield run_dir / LOCK
+        return
+    try:
+        import fcntl
+    except ImportError:                    # pragma: no cover - not POSIX
+        yield run_dir / LOCK
+        return
+    from mmss_lib.errors import RunInUseError
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    fd = None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        import errno
+        writable = exc.errno != errno.EROFS and os.access(run_dir, os.W_OK | os.X_OK)
+        if writable and path.is_dir():
+            raise DataError(f"{path}: the lock file of this {what} is a folder; remove it (rm -r '{path}') and "
+                            "run again (the lock file only holds the PID of the process that trains or writes "
+                            "the folder)") from None
+        if writable:
+            raise DataError(f"{path}: the lock file of this {what} cannot be opened for writing ({exc.strerror}) "
+                            f"although its folder is writable (a read-only or immutable file); remove it (rm -f "
+                            f"'{path}', after chattr -i if immutable) and run again; it would not keep two "
+                            "processes apart") from None
+    if fd is None:                         # a read-only folder (finished runs are read there): no lock
+        yield path
+        return
+    try:
+        locked = True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise RunInUseError(f"{run_dir}: this {what} is in use by another process (PID {holder}) that "
+                                "trains or writes it now; wait until it has finished (a finished run is then "
+                                "skipped) or give another runs folder") from None
+        except OSError as exc:             # a file system without locks (ENOLCK): go on unlocked, say so
+            import warnings
+            warnings.warn(f"{run_dir}: cannot lock the run folder ({exc}); two processes on it would not be "
+                          "kept apart", RuntimeWarning, stacklevel=3)
+            locked = False
+        if not locked:
+            yield path
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD_LOCKS.add(key)
+        try:
+            yield path
+        finally:
+            _HELD_LOCKS.discard(key)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------ reading
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a JSON file written by the trainer ({exc}); delete the run folder to "
+                        "train it again") from None
+
+
+def load_history(run_dir) -> list[dict]:
+    """A run's ``history.json``: one dict per finished epoch (``epoch``, losses, ``dev`` metrics)."""
+    path = Path(run_dir) / HISTORY
+    if not path.exists():
+        raise DataError(f"{path}: no training history; train this run first")
+    return _read_json(path)
+
+
+def load_run_config(run_dir):
+    """The :class:`~mmss_lib.training.trainer.TrainConfig` a run folder's ``config.json`` records (None if absent)."""
+    from mmss_lib.training.config import TrainConfig
+
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        return None
+    try:
+        return TrainConfig.from_json(json.loads(path.read_text(encoding="utf-8"))["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a config.json written by the trainer ({exc})") from None
+
+
+def finished_results(runs_root, dataset: str, category: str):
+    """The results frame of every finished run (a run folder with ``metrics.json``) of a category
+    under ``runs_root``, in :func:`mmss_lib.model_selection.sweeps.run_experiment`'s layout (rows sorted by run
+    folder): what a report needs when the runs were trained elsewhere or earlier."""
+    import pandas as pd
+
+    rows = []
+    for mp in sorted((Path(runs_root) / dataset / category).glob(f"*/seed*/{METRICS}")):
+        rd = mp.parent
+        cfg = _read_json(rd / CONFIG)["config"]
+        m = _read_json(mp)
+        rows.append({"dataset": dataset, "category": category, "system": cfg["system"], "variant": cfg["variant"],
+                     "seed": int(cfg["seed"]), **{k: m["test"][k] for k in ("MAP", "NDCG@3", "NDCG@5", "MRR")},
+                     "dev_MAP": m["dev"]["MAP"], "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+                     "seconds": m.get("seconds", 0.0), "run_dir": str(rd)})
+    return pd.DataFrame(rows)
