@@ -3,6 +3,7 @@
 `import mmss_lib` is deliberately light: it imports no torch, torchvision or transformers.
 Submodules are imported on first use (``mmss_lib.data.mrhp``, ``mmss_lib.metrics.ranking``, ...).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -10,8 +11,21 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "bench", "cli", "data", "errors", "evaluation", "explore", "features", "metrics",
-    "model_selection", "models", "predict", "reproduce", "ssp", "training", "utils",
+    "bench",
+    "cli",
+    "data",
+    "errors",
+    "evaluation",
+    "explore",
+    "features",
+    "metrics",
+    "model_selection",
+    "models",
+    "predict",
+    "reproduce",
+    "ssp",
+    "training",
+    "utils",
 }
 
 

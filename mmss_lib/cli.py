@@ -4,6 +4,7 @@ Each command lives in the module that implements it; that module is imported onl
 command runs, so ``mmss --help`` stays instant. A command module exposes
 ``cli_main(argv: list[str], prog: str) -> int`` and builds its own argparse parser.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,14 +13,23 @@ import sys
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo": ("mmss_lib.data.synthetic", "write the deterministic synthetic MRHP-format demo dataset"),
-    "build-amazon2018": ("mmss_lib.data.amazon2018", "build an Amazon-MRHP-style dataset from Amazon Review Data 2018 files"),
+    "build-amazon2018": (
+        "mmss_lib.data.amazon2018",
+        "build an Amazon-MRHP-style dataset from Amazon Review Data 2018 files",
+    ),
     "stats": ("mmss_lib.data.mrhp", "print dataset statistics (paper Table 3 layout) and label distribution"),
     "extract": ("mmss_lib.features.extract", "extract text and region features into a feature store"),
     "import-features": ("mmss_lib.features.importers", "import bottom-up .npz / MCR .pth region features into a store"),
     "train": ("mmss_lib.model_selection.sweeps", "train and evaluate a system over seeds"),
-    "tune": ("mmss_lib.model_selection.search", "tune each system's settings on the dev split (Optuna; resumable studies)"),
+    "tune": (
+        "mmss_lib.model_selection.search",
+        "tune each system's settings on the dev split (Optuna; resumable studies)",
+    ),
     "predict": ("mmss_lib.predict", "rank the reviews of a product with a trained checkpoint"),
-    "reproduce": ("mmss_lib.reproduce", "run the notebook pipeline with papermill (profiles: smoke, demo, benchmark, paper)"),
+    "reproduce": (
+        "mmss_lib.reproduce",
+        "run the notebook pipeline with papermill (profiles: smoke, demo, benchmark, paper)",
+    ),
     "bench": ("mmss_lib.bench", "benchmarks: build, extract, train, metrics, all"),
     "explore": ("mmss_lib.explore.app", "serve the pseudo-label explorer as a local web app (Voila, 127.0.0.1)"),
 }
@@ -41,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[0] in ("-V", "--version"):
         from mmss_lib import __version__
+
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]
@@ -55,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # user-facing errors carry their own message
         from mmss_lib.errors import MMSSError
+
         if isinstance(exc, MMSSError):
             print(f"mmss {name}: error: {exc}", file=sys.stderr)
             return 1

@@ -1,4 +1,5 @@
 """User-facing errors. Messages name the file, the row or field, what was expected and what to do."""
+
 from __future__ import annotations
 
 

@@ -22,6 +22,7 @@ violation is one error naming the field (``reviews[2].image_files``). An image t
 decoded is an error naming the file (extraction skips such images and lists them; here one
 dropped image would silently change the ranking of the product it belongs to).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,20 +72,22 @@ def _check_schema(product: Any, reviews: Any, where: str = "predict input") -> N
     from mmss_lib.data.mrhp import visible_text
 
     if not isinstance(product, dict):
-        raise _field_error(where, "product", "a mapping {\"text\": ..., \"image_files\": [...]}", product)
+        raise _field_error(where, "product", 'a mapping {"text": ..., "image_files": [...]}', product)
     if not isinstance(reviews, list) or not reviews:
-        raise _field_error(where, "reviews", "a non-empty list of mappings {\"review_id\", \"text\", "
-                           "\"image_files\"}", reviews)
+        raise _field_error(
+            where, "reviews", 'a non-empty list of mappings {"review_id", "text", "image_files"}', reviews
+        )
     items = [("product", product, PRODUCT_FIELDS)]
     for i, r in enumerate(reviews):
         if not isinstance(r, dict):
-            raise _field_error(where, f"reviews[{i}]", "a mapping {\"review_id\", \"text\", \"image_files\"}", r)
+            raise _field_error(where, f"reviews[{i}]", 'a mapping {"review_id", "text", "image_files"}', r)
         items.append((f"reviews[{i}]", r, REVIEW_FIELDS))
     for name, item, allowed in items:
         unknown = sorted(str(k) for k in item if k not in allowed)
         if unknown:
-            raise DataError(f"{where}: {name}: unknown field(s) {', '.join(map(repr, unknown))}; expected "
-                            f"{', '.join(allowed)}")
+            raise DataError(
+                f"{where}: {name}: unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(allowed)}"
+            )
         if "text" not in item:
             raise DataError(f"{where}: field '{name}.text' is missing; every item needs a non-empty text")
         text = item["text"]
@@ -105,8 +108,10 @@ def _check_images(product: dict, reviews: Sequence[dict]) -> None:
         for f in item.get("image_files") or []:
             if load_image(f, report=rep, item_id=name) is None:
                 reason = rep.bad[-1].split(": ", 2)[-1]
-                raise DataError(f"predict input: field '{name}.image_files': image {f} cannot be decoded ({reason}); "
-                                "give a readable image (JPEG, PNG, ...) or leave the file out")
+                raise DataError(
+                    f"predict input: field '{name}.image_files': image {f} cannot be decoded ({reason}); "
+                    "give a readable image (JPEG, PNG, ...) or leave the file out"
+                )
 
 
 def _check_inputs(product: dict, reviews: Sequence[dict]) -> None:
@@ -117,8 +122,10 @@ def _check_inputs(product: dict, reviews: Sequence[dict]) -> None:
             raise DataError(f"predict: review {i} must be a dict with 'text' (and optional 'review_id', 'image_files')")
         rid = check_item_id(r.get("review_id", f"r{i}"), file="predict input", row=i, field="review_id")
         if not isinstance(r["text"], str):
-            raise DataError(f"predict input: row {i} (review {rid}), field 'text': expected a string, got "
-                            f"{type(r['text']).__name__}")
+            raise DataError(
+                f"predict input: row {i} (review {rid}), field 'text': expected a string, got "
+                f"{type(r['text']).__name__}"
+            )
         if rid in seen:
             raise DataError(f"predict: review_id {rid!r} given twice (review {i})")
         seen.add(rid)
@@ -135,6 +142,7 @@ def _text_encoder(ck, path, tman, text_model, encoder, device):
     given, checked by its weights fingerprint and feature size against the checkpoint."""
     if encoder is None:
         from mmss_lib.features.text import TextEncoder
+
         name = text_model or tman.get("encoder")
         if not name:
             raise ModelNotAvailableError(f"{path}: the run records no text encoder; pass text_model")
@@ -142,10 +150,13 @@ def _text_encoder(ck, path, tman, text_model, encoder, device):
     if tman.get("weights_fingerprint") and encoder.fingerprint() != tman["weights_fingerprint"]:
         raise ModelNotAvailableError(
             f"text model {encoder.name!r} is not the encoder the run's features were extracted with "
-            f"({tman.get('encoder')!r}, fingerprint {tman['weights_fingerprint']}); pass that model")
+            f"({tman.get('encoder')!r}, fingerprint {tman['weights_fingerprint']}); pass that model"
+        )
     if encoder.dim != int(ck["text_dim"]):
-        raise ModelNotAvailableError(f"text model {encoder.name!r} gives {encoder.dim}-d features, the run "
-                                     f"was trained on {ck['text_dim']}-d ones")
+        raise ModelNotAvailableError(
+            f"text model {encoder.name!r} gives {encoder.dim}-d features, the run "
+            f"was trained on {ck['text_dim']}-d ones"
+        )
     return encoder
 
 
@@ -153,35 +164,63 @@ def _region_extractor(rman, extractor, detector_weights, allow_random_weights, d
     """The region extractor with the detector settings the run's region stores were made with
     (grid boxes + a pooled backbone, or the detector), checked by its weights fingerprint."""
     sel = rman.get("selection", {})
-    if extractor is None and sel.get("box") == "grid":       # grid boxes + a pretrained pooled backbone
+    if extractor is None and sel.get("box") == "grid":  # grid boxes + a pretrained pooled backbone
         from mmss_lib.features.regions import make_region_extractor
-        extractor = make_region_extractor(None, region_boxes="grid", device=device, min_size=rman.get("min_size"),
-                                          max_size=rman.get("max_size"), grid=tuple(sel.get("levels", (1, 2, 3))),
-                                          region_backbone=(rman.get("region_backbone") or {}).get("name",
-                                                                                                  "mobilenet_v2"))
+
+        extractor = make_region_extractor(
+            None,
+            region_boxes="grid",
+            device=device,
+            min_size=rman.get("min_size"),
+            max_size=rman.get("max_size"),
+            grid=tuple(sel.get("levels", (1, 2, 3))),
+            region_backbone=(rman.get("region_backbone") or {}).get("name", "mobilenet_v2"),
+        )
     if extractor is None:
         from mmss_lib.features.regions import RegionExtractor
-        opts = {k: sel[k] for k in ("conf_thresh", "min_boxes", "max_boxes", "nms_thresh", "candidate_thresh",
-                                    "rpn_post_nms_top_n") if k in sel}
-        extractor = RegionExtractor(detector_weights, allow_random_weights=allow_random_weights, device=device,
-                                    min_size=rman.get("min_size"), max_size=rman.get("max_size"), **opts)
+
+        opts = {
+            k: sel[k]
+            for k in ("conf_thresh", "min_boxes", "max_boxes", "nms_thresh", "candidate_thresh", "rpn_post_nms_top_n")
+            if k in sel
+        }
+        extractor = RegionExtractor(
+            detector_weights,
+            allow_random_weights=allow_random_weights,
+            device=device,
+            min_size=rman.get("min_size"),
+            max_size=rman.get("max_size"),
+            **opts,
+        )
     if rman.get("weights_fingerprint") and extractor.fingerprint != rman["weights_fingerprint"]:
         raise ModelNotAvailableError(
             f"detector weights {extractor.weights_source} are not those the run's features were extracted "
-            f"with ({rman.get('detector_weights')}, fingerprint {rman['weights_fingerprint']})")
+            f"with ({rman.get('detector_weights')}, fingerprint {rman['weights_fingerprint']})"
+        )
     return extractor
 
 
 def _check_batch_size(batch_size) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise DataError(f"predict: batch_size={batch_size!r} (--batch-size): expected an integer >= 1 (reviews "
-                        "per forward pass)")
+        raise DataError(
+            f"predict: batch_size={batch_size!r} (--batch-size): expected an integer >= 1 (reviews per forward pass)"
+        )
     return int(batch_size)
 
 
-def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, text_model: str | None = None,
-            detector_weights=None, allow_random_weights: bool = False, device: str = "cpu",
-            encoder=None, extractor=None, batch_size: int | None = None):
+def predict(
+    checkpoint_dir_or_file,
+    product: dict,
+    reviews: Sequence[dict],
+    *,
+    text_model: str | None = None,
+    detector_weights=None,
+    allow_random_weights: bool = False,
+    device: str = "cpu",
+    encoder=None,
+    extractor=None,
+    batch_size: int | None = None,
+):
     """Rank ``reviews`` of ``product`` with the run's best model; returns a DataFrame sorted by
     score (descending, stable) with ``rank`` (1 = most helpful), ``review_id``, ``score`` and the
     subtask outputs ``score_{s}`` of MM-SS.
@@ -210,18 +249,23 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
     bs = _check_batch_size(cfg.eval_batch_size if batch_size is None else batch_size)
     feats = ck.get("features") or {}
     tman, rman = feats.get("text_rvw", {}), feats.get("region_rvw", {})
-    on_the_fly = cfg.text_mode != "cached"     # frozen / finetune: the model encodes the raw texts itself
-    rids = [str(check_item_id(r.get("review_id", f"r{i}"), file="predict input", row=i, field="review_id"))
-            for i, r in enumerate(reviews)]
+    on_the_fly = cfg.text_mode != "cached"  # frozen / finetune: the model encodes the raw texts itself
+    rids = [
+        str(check_item_id(r.get("review_id", f"r{i}"), file="predict input", row=i, field="review_id"))
+        for i, r in enumerate(reviews)
+    ]
     texts = [str(r["text"]) for r in reviews]
     if not on_the_fly:
         encoder = _text_encoder(ck, path, tman, text_model, encoder, device)
     image_lists = [list(product.get("image_files") or [])] + [list(r.get("image_files") or []) for r in reviews]
-    if any(image_lists):                       # region features with the recorded detector settings
+    if any(image_lists):  # region features with the recorded detector settings
         extractor = _region_extractor(rman, extractor, detector_weights, allow_random_weights, device)
     dt, dr = int(ck["text_dim"]), int(ck["region_dim"])
-    no_regions = {"x": np.zeros((0, dr), np.float16), "boxes": np.zeros((0, 4), np.float32),
-                  "image": np.zeros(0, np.int32)}
+    no_regions = {
+        "x": np.zeros((0, dr), np.float16),
+        "boxes": np.zeros((0, 4), np.float32),
+        "image": np.zeros(0, np.int32),
+    }
 
     def regions(lists, ids):
         return extractor.extract_items(lists, ids) if any(lists) else [no_regions] * len(lists)
@@ -230,17 +274,21 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
         tmp = Path(tmp)
         pid = "product"
         kinds = ("region_prd", "region_rvw") if on_the_fly else ("text_prd", "text_rvw", "region_prd", "region_rvw")
-        writers = {k: FeatureStoreWriter(tmp / k, kind=k.split("_")[0], dim=dr if k.startswith("region") else dt,
-                                         shard_size=bs) for k in kinds}
+        writers = {
+            k: FeatureStoreWriter(
+                tmp / k, kind=k.split("_")[0], dim=dr if k.startswith("region") else dt, shard_size=bs
+            )
+            for k in kinds
+        }
         if not on_the_fly:
             writers["text_prd"].add(pid, encoder.encode([str(product["text"])])[0])
         writers["region_prd"].add(pid, **regions(image_lists[:1], [pid])[0])
-        for a in range(0, len(rids), bs):                  # features of one batch of reviews at a time
-            ids = rids[a:a + bs]
+        for a in range(0, len(rids), bs):  # features of one batch of reviews at a time
+            ids = rids[a : a + bs]
             if not on_the_fly:
-                for r, x in zip(ids, encoder.encode(texts[a:a + bs])):
+                for r, x in zip(ids, encoder.encode(texts[a : a + bs])):
                     writers["text_rvw"].add(r, x)
-            for r, item in zip(ids, regions(image_lists[1 + a:1 + a + bs], ids)):
+            for r, item in zip(ids, regions(image_lists[1 + a : 1 + a + bs], ids)):
                 writers["region_rvw"].add(r, **item)
         for w in writers.values():
             w.close()
@@ -249,14 +297,14 @@ def predict(checkpoint_dir_or_file, product: dict, reviews: Sequence[dict], *, t
         products = pd.DataFrame({"product_id": [pid], "text": [str(product["text"])]})
         split = MRHPSplitData(frame, products, stores, caps=ReadCaps.of(cfg), keep_texts=on_the_fly, name="predict")
         run_cfg = TrainConfig.from_json({**ck["config"], "device": device})
-        model = build_model(run_cfg, dt, dr)       # on the fly: with its encoder
+        model = build_model(run_cfg, dt, dr)  # on the fly: with its encoder
         model.load_state_dict(ck["model"])
         model.eval()
         scores = np.zeros(split.n, dtype=np.float32)
         subs: dict[str, np.ndarray] = {}
         collate = collate_for(split, run_cfg, getattr(model, "tokenizer", None))
         with torch.no_grad():
-            for idx, batch in split.iter_batches(None, bs, collate=collate):    # one batch of reviews at a time
+            for idx, batch in split.iter_batches(None, bs, collate=collate):  # one batch of reviews at a time
                 out = model(batch)
                 scores[idx] = out.score.float().numpy()
                 for s_, v in out.sub_scores.items():
@@ -277,24 +325,31 @@ def _read_input(path: Path) -> tuple[dict, list[dict]]:
     except IsADirectoryError:
         raise DataError(f"{path}: a folder, not a JSON input file") from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); JSON "
-                        "input must be UTF-8: save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); JSON "
+            "input must be UTF-8: save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(obj, dict) or "product" not in obj or "reviews" not in obj:
         raise DataError(f"{path}: expected an object with 'product' and 'reviews'")
     _check_schema(obj["product"], obj["reviews"], where=str(path))
     base = Path(path).parent
-    def fix(d):   # image paths relative to the input file
+
+    def fix(d):  # image paths relative to the input file
         d = dict(d)
         d["image_files"] = [str(f if Path(f).is_absolute() else base / f) for f in d.get("image_files") or []]
         return d
+
     return fix(obj["product"]), [fix(r) for r in obj["reviews"]]
 
 
 def cli_main(argv: list[str], prog: str = "mmss predict") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description="Rank the reviews of a product (JSON: product "
-                                 "{text, image_files}, reviews [{review_id, text, image_files}]) with a trained run.")
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="Rank the reviews of a product (JSON: product "
+        "{text, image_files}, reviews [{review_id, text, image_files}]) with a trained run.",
+    )
     ap.add_argument("--run", required=True, help="run folder (holding best.pt) or a best.pt file")
     ap.add_argument("--input", required=True, help="product JSON file")
     ap.add_argument("--text-model", default=None, help="default: the encoder recorded with the run's features")
@@ -302,16 +357,29 @@ def cli_main(argv: list[str], prog: str = "mmss predict") -> int:
     ap.add_argument("--allow-random-weights", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--csv", default=None, help="also write the ranking to this CSV file")
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="reviews encoded and scored at a time (default: the run's eval_batch_size)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="reviews encoded and scored at a time (default: the run's eval_batch_size)",
+    )
     args = ap.parse_args(argv)
     if args.batch_size is not None:
         _check_batch_size(args.batch_size)
     product, reviews = _read_input(Path(args.input))
-    df = predict(args.run, product, reviews, text_model=args.text_model, detector_weights=args.detector_weights,
-                 allow_random_weights=args.allow_random_weights, device=args.device, batch_size=args.batch_size)
+    df = predict(
+        args.run,
+        product,
+        reviews,
+        text_model=args.text_model,
+        detector_weights=args.detector_weights,
+        allow_random_weights=args.allow_random_weights,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
     if args.csv:
         from mmss_lib.utils import atomic_path
+
         with atomic_path(args.csv) as tmp:
             df.to_csv(tmp, index=False)
     print(df[["rank", "review_id", "score"]].to_string(index=False))

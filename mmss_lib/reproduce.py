@@ -44,6 +44,7 @@ A failure raises :class:`mmss_lib.errors.PipelineError` naming the notebook, the
 (execution count and cell index, first source line) and the exception, and keeps the partially
 executed notebook (papermill saves it cell by cell) at the path the message names.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,17 +76,19 @@ _STAGE_FILE = re.compile(r"^\d\d_[A-Za-z0-9_]+\.ipynb$")
 @dataclass
 class StageResult:
     """What happened to one notebook in a :func:`reproduce` run."""
-    name: str                       # notebook stem, e.g. "02_train"
-    status: str                     # "ran" | "skipped"
-    executed: Path                  # the executed notebook
-    record: Path                    # the stage record JSON
-    seconds: float                  # wall time of the execution (0 when skipped)
+
+    name: str  # notebook stem, e.g. "02_train"
+    status: str  # "ran" | "skipped"
+    executed: Path  # the executed notebook
+    record: Path  # the stage record JSON
+    seconds: float  # wall time of the execution (0 when skipped)
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
 # Profiles
 # ---------------------------------------------------------------------------------------------
+
 
 def profile_path(profile: str | os.PathLike, params_dir: str | os.PathLike | None = None) -> Path:
     """The YAML file of ``profile``: a name under ``params_dir`` (default ``notebooks/params``)
@@ -100,8 +103,8 @@ def profile_path(profile: str | os.PathLike, params_dir: str | os.PathLike | Non
     if not path.is_file():
         known = sorted(q.stem for q in d.glob("*.yaml")) if d.is_dir() else []
         raise PipelineError(
-            f"unknown profile {str(profile)!r}: {path} does not exist; "
-            f"known profiles: {', '.join(known) or '(none)'}")
+            f"unknown profile {str(profile)!r}: {path} does not exist; known profiles: {', '.join(known) or '(none)'}"
+        )
     return path
 
 
@@ -117,19 +120,23 @@ def _check_profile_size(raw: dict[str, Any], path: Path) -> None:
     deeper than :data:`MAX_PROFILE_DEPTH` (a recursive alias too), naming the field. The walk
     stops at the bound, so it costs at most that many steps however large the expansion."""
     count = 0
-    stack: list[tuple[Any, str, int]] = [(v, str(k), 1) for k, v in raw.items()]   # (value, field, depth)
+    stack: list[tuple[Any, str, int]] = [(v, str(k), 1) for k, v in raw.items()]  # (value, field, depth)
     while stack:
         value, where, depth = stack.pop()
         count += 1
         if count > MAX_PROFILE_VALUES:
-            raise PipelineError(f"profile {path}: field {where!r} holds more than {MAX_PROFILE_VALUES:,} values once "
-                                "its YAML aliases (*name) are expanded; a profile holds a few parameters: write "
-                                "the values out without aliases")
+            raise PipelineError(
+                f"profile {path}: field {where!r} holds more than {MAX_PROFILE_VALUES:,} values once "
+                "its YAML aliases (*name) are expanded; a profile holds a few parameters: write "
+                "the values out without aliases"
+            )
         if isinstance(value, (dict, list)):
             if depth > MAX_PROFILE_DEPTH:
-                raise PipelineError(f"profile {path}: field {where!r} nests lists or mappings more than "
-                                    f"{MAX_PROFILE_DEPTH} levels deep (a recursive YAML alias?); a profile "
-                                    "holds a few parameters")
+                raise PipelineError(
+                    f"profile {path}: field {where!r} nests lists or mappings more than "
+                    f"{MAX_PROFILE_DEPTH} levels deep (a recursive YAML alias?); a profile "
+                    "holds a few parameters"
+                )
             if isinstance(value, dict):
                 stack.extend((v, f"{where}.{k}" if depth == 1 else where, depth + 1) for k, v in value.items())
             else:
@@ -147,8 +154,9 @@ def read_profile(path: str | os.PathLike) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise PipelineError(f"profile {path}: not valid YAML: {exc}") from exc
     except RecursionError:
-        raise PipelineError(f"profile {path}: lists or mappings nested too deep to read; a profile holds a "
-                            "few parameters") from None
+        raise PipelineError(
+            f"profile {path}: lists or mappings nested too deep to read; a profile holds a few parameters"
+        ) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -160,14 +168,23 @@ def read_profile(path: str | os.PathLike) -> dict[str, Any]:
         if key == "sweep":
             if value is None:
                 continue
-            ok = (isinstance(value, dict) and len(value) == 1
-                  and isinstance(next(iter(value.values())), list) and next(iter(value.values())))
-            ok = ok or (isinstance(value, list) and value
-                        and all(isinstance(v, dict) and v and all(isinstance(k, str) for k in v) for v in value))
+            ok = (
+                isinstance(value, dict)
+                and len(value) == 1
+                and isinstance(next(iter(value.values())), list)
+                and next(iter(value.values()))
+            )
+            ok = ok or (
+                isinstance(value, list)
+                and value
+                and all(isinstance(v, dict) and v and all(isinstance(k, str) for k in v) for v in value)
+            )
             if not ok:
-                raise PipelineError(f"profile {path}: field 'sweep' must map one parameter name to a "
-                                    f"non-empty list of values ({{dataset: [amazon, lazada]}}) or be a "
-                                    f"non-empty list of parameter mappings; got {value!r}")
+                raise PipelineError(
+                    f"profile {path}: field 'sweep' must map one parameter name to a "
+                    f"non-empty list of values ({{dataset: [amazon, lazada]}}) or be a "
+                    f"non-empty list of parameter mappings; got {value!r}"
+                )
             continue
         if key in ("description", "out"):
             if value is not None and not isinstance(value, str):
@@ -175,12 +192,14 @@ def read_profile(path: str | os.PathLike) -> dict[str, Any]:
         elif value is not None and not isinstance(value, dict):
             raise PipelineError(
                 f"profile {path}: field {key!r} must be a mapping of parameter names to values, "
-                f"got {type(value).__name__}")
+                f"got {type(value).__name__}"
+            )
         elif value:
             bad = [k for k in value if not isinstance(k, str) or not k.isidentifier()]
             if bad:
-                raise PipelineError(f"profile {path}: field {key!r} has parameter names that are not "
-                                    f"Python identifiers: {bad}")
+                raise PipelineError(
+                    f"profile {path}: field {key!r} has parameter names that are not Python identifiers: {bad}"
+                )
     return raw
 
 
@@ -192,14 +211,18 @@ def substitute(value: Any, mapping: dict[str, str], *, where: str = "profile") -
     {'a': '/o/tables', 'b': ['/r', 3]}
     """
     if isinstance(value, str):
+
         def repl(m: re.Match) -> str:
             if m.group(0) == "$${":
                 return "${"
             name = m.group(1)
             if name not in mapping:
-                raise PipelineError(f"{where}: unknown placeholder ${{{name}}} in {value!r}; "
-                                    f"known: {', '.join('${' + k + '}' for k in mapping)}")
+                raise PipelineError(
+                    f"{where}: unknown placeholder ${{{name}}} in {value!r}; "
+                    f"known: {', '.join('${' + k + '}' for k in mapping)}"
+                )
             return mapping[name]
+
         return _PLACEHOLDER.sub(repl, value)
     if isinstance(value, dict):
         return {k: substitute(v, mapping, where=f"{where}.{k}") for k, v in value.items()}
@@ -208,8 +231,7 @@ def substitute(value: Any, mapping: dict[str, str], *, where: str = "profile") -
     return value
 
 
-def resolve_out_dir(raw_profile: dict[str, Any], out_dir: str | os.PathLike | None,
-                    repo: Path) -> Path:
+def resolve_out_dir(raw_profile: dict[str, Any], out_dir: str | os.PathLike | None, repo: Path) -> Path:
     """``--out`` if given, else the profile's ``out`` (relative to the repo), else ``outputs``."""
     if out_dir is not None:
         return Path(out_dir).expanduser().resolve()
@@ -229,9 +251,15 @@ def _check_out_dir(out: Path, what: str) -> None:
         raise PipelineError(f"{what} {out}: the folder {p} is not writable; give a writable folder for the outputs")
 
 
-def notebook_parameters(raw_profile: dict[str, Any], stages: Iterable[str],
-                        declared: dict[str, dict[str, Any]], *, out: Path, repo: Path,
-                        source: str = "profile") -> dict[str, dict[str, Any]]:
+def notebook_parameters(
+    raw_profile: dict[str, Any],
+    stages: Iterable[str],
+    declared: dict[str, dict[str, Any]],
+    *,
+    out: Path,
+    repo: Path,
+    source: str = "profile",
+) -> dict[str, dict[str, Any]]:
     """Resolve each stage's parameters: ``common`` (keys the notebook declares) then the stage's
     own mapping, placeholders substituted. ``declared[stage]`` is the stage's parameters cell as
     ``papermill.inspect_notebook`` reports it. Unknown names raise :class:`PipelineError`."""
@@ -243,7 +271,8 @@ def notebook_parameters(raw_profile: dict[str, Any], stages: Iterable[str],
         raise PipelineError(
             f"{source}: common parameter(s) {', '.join(unclaimed)} are declared by none of the "
             f"notebooks {', '.join(stages)}; known names: "
-            f"{', '.join(sorted(set().union(*[declared[s] for s in stages])))}")
+            f"{', '.join(sorted(set().union(*[declared[s] for s in stages])))}"
+        )
     resolved = {}
     for stage in stages:
         own = raw_profile.get(stage) or {}
@@ -251,7 +280,8 @@ def notebook_parameters(raw_profile: dict[str, Any], stages: Iterable[str],
         if unknown:
             raise PipelineError(
                 f"notebook {stage}: unknown parameter(s) {', '.join(unknown)} in {source}; "
-                f"the notebook's parameters cell declares: {', '.join(declared[stage]) or '(none)'}")
+                f"the notebook's parameters cell declares: {', '.join(declared[stage]) or '(none)'}"
+            )
         params = {k: v for k, v in common.items() if k in declared[stage]}
         params.update(own)
         resolved[stage] = substitute(params, mapping, where=f"{source}: {stage}")
@@ -274,23 +304,41 @@ def _default_value(info: dict[str, Any]) -> Any:
 
 _NO_DEFAULT = object()
 # parameters checked for value, not only type: name -> (minimum, what)
-_AT_LEAST = {"epochs": (1, "an integer >= 1"), "patience": (1, "an integer >= 1"),
-             "batch_size": (1, "an integer >= 1"), "n_jobs": (1, "an integer >= 1"),
-             "num_threads": (0, "an integer >= 0 (0: torch's default)"), "folds": (0, "an integer >= 0"),
-             "text_batch_size": (1, "an integer >= 1"), "image_batch_size": (1, "an integer >= 1"),
-             "shard_size": (1, "an integer >= 1"), "text_max_len": (2, "an integer >= 2"),
-             "demo_products": (1, "an integer >= 1"), "seed": (0, "an integer >= 0"),
-             "cue_boot": (1, "an integer >= 1"), "n_trajectories": (0, "an integer >= 0"),
-             "detector_max_boxes": (1, "an integer >= 1"), "rpn_post_nms_top_n": (1, "an integer >= 1")}
+_AT_LEAST = {
+    "epochs": (1, "an integer >= 1"),
+    "patience": (1, "an integer >= 1"),
+    "batch_size": (1, "an integer >= 1"),
+    "n_jobs": (1, "an integer >= 1"),
+    "num_threads": (0, "an integer >= 0 (0: torch's default)"),
+    "folds": (0, "an integer >= 0"),
+    "text_batch_size": (1, "an integer >= 1"),
+    "image_batch_size": (1, "an integer >= 1"),
+    "shard_size": (1, "an integer >= 1"),
+    "text_max_len": (2, "an integer >= 2"),
+    "demo_products": (1, "an integer >= 1"),
+    "seed": (0, "an integer >= 0"),
+    "cue_boot": (1, "an integer >= 1"),
+    "n_trajectories": (0, "an integer >= 0"),
+    "detector_max_boxes": (1, "an integer >= 1"),
+    "rpn_post_nms_top_n": (1, "an integer >= 1"),
+}
 
 
 def _type_name(v: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a mapping", tuple: "a list"}.get(type(v), type(v).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+        tuple: "a list",
+    }.get(type(v), type(v).__name__)
 
 
-def check_parameter_values(stage: str, params: dict[str, Any], declared: dict[str, dict[str, Any]], *,
-                           source: str = "profile") -> None:
+def check_parameter_values(
+    stage: str, params: dict[str, Any], declared: dict[str, dict[str, Any]], *, source: str = "profile"
+) -> None:
     """Check each value as the notebook will use it (what ``--dry-run`` promises): the type of the
     notebook's default (an integer for ``epochs = 10``, a list of strings for ``systems = [...]``;
     a ``None`` default takes anything), the ranges of counts (``epochs`` >= 1, ...), each seed,
@@ -300,8 +348,10 @@ def check_parameter_values(stage: str, params: dict[str, Any], declared: dict[st
     import math
 
     def bad(name: str, expected: str, value: Any) -> PipelineError:
-        return PipelineError(f"{source}: notebook {stage}, parameter {name!r}: expected {expected}, got "
-                             f"{_type_name(value)} {value!r:.80}")
+        return PipelineError(
+            f"{source}: notebook {stage}, parameter {name!r}: expected {expected}, got "
+            f"{_type_name(value)} {value!r:.80}"
+        )
 
     for name, value in params.items():
         default = _default_value(declared.get(name) or {})
@@ -339,8 +389,11 @@ def check_parameter_values(stage: str, params: dict[str, Any], declared: dict[st
             low, what = _AT_LEAST[name]
             if value < low:
                 raise bad(name, what, value)
-        if name == "seeds" and isinstance(value, (list, tuple)) and any(
-                isinstance(x, int) and not isinstance(x, bool) and x < 0 for x in value):
+        if (
+            name == "seeds"
+            and isinstance(value, (list, tuple))
+            and any(isinstance(x, int) and not isinstance(x, bool) and x < 0 for x in value)
+        ):
             raise bad(name, "seeds >= 0", value)
     if isinstance(params.get("executor"), str) and params["executor"] not in ("local", "ray"):
         raise bad("executor", "'local' or 'ray'", params["executor"])
@@ -365,6 +418,7 @@ def check_parameter_values(stage: str, params: dict[str, Any], declared: dict[st
 # ---------------------------------------------------------------------------------------------
 # Stages
 # ---------------------------------------------------------------------------------------------
+
 
 def discover_stages(notebooks_dir: Path) -> list[str]:
     """The numbered notebooks ``NN_name.ipynb`` of a folder, in order (file stems)."""
@@ -429,8 +483,9 @@ def _sha256_file(path: Path) -> str:
 
 def stage_key(notebook_sha256: str, parameters: dict[str, Any], upstream: list[Any]) -> str:
     """SHA-256 of what determines a stage's result: notebook bytes, parameters, earlier records."""
-    blob = json.dumps({"notebook": notebook_sha256, "parameters": parameters, "upstream": upstream},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"notebook": notebook_sha256, "parameters": parameters, "upstream": upstream}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -447,15 +502,26 @@ def _describe_failure(stage: str, exc: Exception, executed: Path) -> str:
 
     if isinstance(exc, PapermillExecutionError):
         first = next((ln.strip() for ln in (exc.source or "").splitlines() if ln.strip()), "")
-        return (f"notebook {stage} failed in cell [{exc.exec_count}] (cell index {exc.cell_index}"
-                f"{': ' + first[:80] if first else ''}): {exc.ename}: {exc.evalue}; "
-                f"partial executed notebook kept at {executed}")
-    return (f"notebook {stage} could not be executed: {type(exc).__name__}: {exc}; "
-            f"partial executed notebook (if any) at {executed}")
+        return (
+            f"notebook {stage} failed in cell [{exc.exec_count}] (cell index {exc.cell_index}"
+            f"{': ' + first[:80] if first else ''}): {exc.ename}: {exc.evalue}; "
+            f"partial executed notebook kept at {executed}"
+        )
+    return (
+        f"notebook {stage} could not be executed: {type(exc).__name__}: {exc}; "
+        f"partial executed notebook (if any) at {executed}"
+    )
 
 
-def run_stage(notebook: Path, executed: Path, parameters: dict[str, Any], *, cwd: Path,
-              kernel_name: str = KERNEL_NAME, log_output: bool = False) -> float:
+def run_stage(
+    notebook: Path,
+    executed: Path,
+    parameters: dict[str, Any],
+    *,
+    cwd: Path,
+    kernel_name: str = KERNEL_NAME,
+    log_output: bool = False,
+) -> float:
     """Execute one notebook with papermill; return its wall time. Failures -> PipelineError."""
     import papermill
 
@@ -464,16 +530,27 @@ def run_stage(notebook: Path, executed: Path, parameters: dict[str, Any], *, cwd
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(notebook), str(executed), parameters=parameters, kernel_name=kernel_name,
-            cwd=str(cwd), progress_bar=False, log_output=log_output)
+            str(notebook),
+            str(executed),
+            parameters=parameters,
+            kernel_name=kernel_name,
+            cwd=str(cwd),
+            progress_bar=False,
+            log_output=log_output,
+        )
     except Exception as exc:
         raise PipelineError(_describe_failure(notebook.stem, exc, executed)) from exc
     return time.perf_counter() - t0
 
 
-def plan(profile: str | os.PathLike = DEFAULT_PROFILE, *, out_dir: str | os.PathLike | None = None,
-         only: Optional[Iterable[str]] = None, params_dir: str | os.PathLike | None = None,
-         notebooks_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def plan(
+    profile: str | os.PathLike = DEFAULT_PROFILE,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    only: Optional[Iterable[str]] = None,
+    params_dir: str | os.PathLike | None = None,
+    notebooks_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Resolve a profile without executing anything: the output folder, the stages in order and
     each stage's checked parameters. Raises :class:`PipelineError` for every problem
     :func:`reproduce` would meet before its first cell runs."""
@@ -484,9 +561,11 @@ def plan(profile: str | os.PathLike = DEFAULT_PROFILE, *, out_dir: str | os.Path
     stages = discover_stages(nb_dir)
     stray = [k for k in raw if k not in RESERVED_KEYS and k not in stages]
     if stray:
-        raise PipelineError(f"profile {ypath}: {', '.join(stray)} name(s) no notebook in {nb_dir}; "
-                            f"notebooks: {', '.join(stages)}; other allowed fields: "
-                            f"{', '.join(RESERVED_KEYS)}")
+        raise PipelineError(
+            f"profile {ypath}: {', '.join(stray)} name(s) no notebook in {nb_dir}; "
+            f"notebooks: {', '.join(stages)}; other allowed fields: "
+            f"{', '.join(RESERVED_KEYS)}"
+        )
     out = resolve_out_dir(raw, out_dir, repo)
     _check_out_dir(out, "--out" if out_dir is not None else f"profile {ypath}: field 'out'")
     declared = {s: declared_parameters(nb_dir / f"{s}.ipynb") for s in stages}
@@ -508,17 +587,31 @@ def plan(profile: str | os.PathLike = DEFAULT_PROFILE, *, out_dir: str | os.Path
         params = notebook_parameters(raw_v, stages, declared, out=out, repo=repo, source=src)
         exec_dir = out / "executed" / name / label if label else out / "executed" / name
         points.append({"label": label, "exec_dir": exec_dir, "parameters": params})
-    return {"profile": name, "profile_path": ypath, "description": raw.get("description") or "",
-            "out": out, "notebooks_dir": nb_dir, "stages": stages,
-            "selected": _select(stages, only), "points": points,
-            "parameters": points[0]["parameters"]}
+    return {
+        "profile": name,
+        "profile_path": ypath,
+        "description": raw.get("description") or "",
+        "out": out,
+        "notebooks_dir": nb_dir,
+        "stages": stages,
+        "selected": _select(stages, only),
+        "points": points,
+        "parameters": points[0]["parameters"],
+    }
 
 
-def reproduce(profile: str | os.PathLike = DEFAULT_PROFILE, *, out_dir: str | os.PathLike | None = None,
-              skip_unchanged: bool = False, only: Optional[Iterable[str]] = None,
-              params_dir: str | os.PathLike | None = None,
-              notebooks_dir: str | os.PathLike | None = None, kernel_name: str = KERNEL_NAME,
-              log_output: bool = False, log: Callable[[str], None] | None = print) -> list[StageResult]:
+def reproduce(
+    profile: str | os.PathLike = DEFAULT_PROFILE,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    skip_unchanged: bool = False,
+    only: Optional[Iterable[str]] = None,
+    params_dir: str | os.PathLike | None = None,
+    notebooks_dir: str | os.PathLike | None = None,
+    kernel_name: str = KERNEL_NAME,
+    log_output: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> list[StageResult]:
     """Run the notebooks of ``profile`` in order; return what happened to each selected stage.
 
     ``profile``: a name under ``params_dir`` (default ``notebooks/params``: smoke, demo, benchmark, paper)
@@ -533,13 +626,22 @@ def reproduce(profile: str | os.PathLike = DEFAULT_PROFILE, *, out_dir: str | os
     say(f"mmss reproduce: profile {p['profile']} -> {p['out']}")
     results: list[StageResult] = []
     for point in p["points"]:
-        results += _run_point(p, point, repo, skip_unchanged=skip_unchanged, kernel_name=kernel_name,
-                              log_output=log_output, say=say)
+        results += _run_point(
+            p, point, repo, skip_unchanged=skip_unchanged, kernel_name=kernel_name, log_output=log_output, say=say
+        )
     return results
 
 
-def _run_point(p: dict, point: dict, repo: Path, *, skip_unchanged: bool, kernel_name: str,
-               log_output: bool, say: Callable[[str], None]) -> list[StageResult]:
+def _run_point(
+    p: dict,
+    point: dict,
+    repo: Path,
+    *,
+    skip_unchanged: bool,
+    kernel_name: str,
+    log_output: bool,
+    say: Callable[[str], None],
+) -> list[StageResult]:
     """Run the selected stages of one sweep point (or of the whole profile when it has no sweep)."""
     exec_dir = point["exec_dir"]
     results: list[StageResult] = []
@@ -550,7 +652,7 @@ def _run_point(p: dict, point: dict, repo: Path, *, skip_unchanged: bool, kernel
         rec_path = exec_dir / f"{stage}.stage.json"
         params = point["parameters"][stage]
         if stage not in p["selected"]:
-            upstream.append(_read_record(rec_path))   # an unselected earlier stage still counts
+            upstream.append(_read_record(rec_path))  # an unselected earlier stage still counts
             continue
         nb_sha = _sha256_file(nb)
         key = stage_key(nb_sha, params, upstream)
@@ -562,14 +664,21 @@ def _run_point(p: dict, point: dict, repo: Path, *, skip_unchanged: bool, kernel
             upstream.append(old)
             continue
         if rec_path.exists():
-            rec_path.unlink()        # a stage that fails must not look up to date afterwards
+            rec_path.unlink()  # a stage that fails must not look up to date afterwards
         say(f"{tag}: running ...")
-        seconds = run_stage(nb, executed, params, cwd=repo, kernel_name=kernel_name,
-                            log_output=log_output)
-        record = {"notebook": stage, "notebook_path": str(nb), "notebook_sha256": nb_sha,
-                  "parameters": params, "key": key, "executed": str(executed),
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(seconds, 3),
-                  "profile": p["profile"], "sweep": point["label"]}
+        seconds = run_stage(nb, executed, params, cwd=repo, kernel_name=kernel_name, log_output=log_output)
+        record = {
+            "notebook": stage,
+            "notebook_path": str(nb),
+            "notebook_sha256": nb_sha,
+            "parameters": params,
+            "key": key,
+            "executed": str(executed),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": round(seconds, 3),
+            "profile": p["profile"],
+            "sweep": point["label"],
+        }
         atomic_write_json(rec_path, record)
         say(f"{tag}: done in {seconds:.1f} s -> {executed}")
         results.append(StageResult(stage, "ran", executed, rec_path, seconds, params))
@@ -581,23 +690,33 @@ def _run_point(p: dict, point: dict, repo: Path, *, skip_unchanged: bool, kernel
 # CLI
 # ---------------------------------------------------------------------------------------------
 
+
 def cli_main(argv: list[str], prog: str = "mmss reproduce") -> int:
     ap = argparse.ArgumentParser(
         prog=prog,
         description="Run the notebook pipeline (01 extract features, 02 train, 03 ablation, "
-                    "04 case study) with papermill, parameters from notebooks/params/PROFILE.yaml.")
-    ap.add_argument("--profile", default=DEFAULT_PROFILE,
-                    help=f"profile name ({', '.join(PROFILES)}) or a path to a profile YAML "
-                         f"(default: {DEFAULT_PROFILE})")
-    ap.add_argument("--out", default=None,
-                    help="output folder (${out}); default: the profile's (outputs/, smoke: outputs/smoke)")
-    ap.add_argument("--skip-unchanged", action="store_true",
-                    help="skip a stage whose notebook, parameters and earlier stages are unchanged "
-                         "and whose executed notebook exists")
-    ap.add_argument("--only", nargs="+", metavar="NOTEBOOK", default=None,
-                    help="run only these notebooks (e.g. 03 or 03_ablation)")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="resolve and check the parameters, print them, execute nothing")
+        "04 case study) with papermill, parameters from notebooks/params/PROFILE.yaml.",
+    )
+    ap.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help=f"profile name ({', '.join(PROFILES)}) or a path to a profile YAML (default: {DEFAULT_PROFILE})",
+    )
+    ap.add_argument(
+        "--out", default=None, help="output folder (${out}); default: the profile's (outputs/, smoke: outputs/smoke)"
+    )
+    ap.add_argument(
+        "--skip-unchanged",
+        action="store_true",
+        help="skip a stage whose notebook, parameters and earlier stages are unchanged "
+        "and whose executed notebook exists",
+    )
+    ap.add_argument(
+        "--only", nargs="+", metavar="NOTEBOOK", default=None, help="run only these notebooks (e.g. 03 or 03_ablation)"
+    )
+    ap.add_argument(
+        "--dry-run", action="store_true", help="resolve and check the parameters, print them, execute nothing"
+    )
     ap.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     args = ap.parse_args(argv)
     if args.dry_run:
@@ -612,9 +731,12 @@ def cli_main(argv: list[str], prog: str = "mmss reproduce") -> int:
                     print(f"  {k} = {v!r}")
         return 0
     t0 = time.perf_counter()
-    results = reproduce(args.profile, out_dir=args.out, skip_unchanged=args.skip_unchanged,
-                        only=args.only, log_output=args.log_output)
+    results = reproduce(
+        args.profile, out_dir=args.out, skip_unchanged=args.skip_unchanged, only=args.only, log_output=args.log_output
+    )
     ran = sum(r.status == "ran" for r in results)
-    print(f"{ran} notebook(s) executed, {len(results) - ran} skipped, "
-          f"{time.perf_counter() - t0:.1f} s in all", file=sys.stderr)
+    print(
+        f"{ran} notebook(s) executed, {len(results) - ran} skipped, {time.perf_counter() - t0:.1f} s in all",
+        file=sys.stderr,
+    )
     return 0

@@ -1,4 +1,5 @@
 """Small shared helpers: atomic writes, seeding, device choice."""
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +58,10 @@ def _raise_if_disk_full(path: Path, exc: BaseException) -> None:
         full = True
     if full:
         left = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
-        raise DiskFullError(f"{path}: cannot write the file: no space left on the device ({left}); the "
-                            "earlier version of the file, if any, is kept; free some space and rerun") from exc
+        raise DiskFullError(
+            f"{path}: cannot write the file: no space left on the device ({left}); the "
+            "earlier version of the file, if any, is kept; free some space and rerun"
+        ) from exc
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -74,6 +74,7 @@ Design (fixed before any result of it was seen):
 Phase ``magazine`` (real text at 64/256/512 tokens, tuned inside each fold) is
 :mod:`studies.magazine`. Choices are made on dev, never on test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,24 +87,35 @@ from studies import powered as P
 
 TUNE_TRIALS = 6
 TUNE_EPOCHS = 15
-TUNE_PARALLEL = 2      # trials per batch: part of a study's budget, whatever --n-jobs runs them
+TUNE_PARALLEL = 2  # trials per batch: part of a study's budget, whatever --n-jobs runs them
 FINAL_EPOCHS = 40
 PATIENCE = 3
 TUNED_SYSTEMS = ("bimpm", "mcr", "mmss")
 SEEDS = (0, 1, 2)
 SIZES = (100, 200, 400, 800)
-BASE_SIZE = 200        # the powered train split: its size point is phase tuned's runs
+BASE_SIZE = 200  # the powered train split: its size point is phase tuned's runs
 SIZE_EXTRA = 600
 SIZE_SEEDS = {100: (0, 1), 400: (0, 1), 800: (0,)}
 ALONE = {"images_alone": dict(text_weight=0.0, image_weight=0.6), "text_alone": dict(text_weight=1.0, image_weight=0.0)}
-AMAZON2018 = Path("../shared/data/amazon2018")   # the Magazine sample, beside the checkout
+AMAZON2018 = Path("../shared/data/amazon2018")  # the Magazine sample, beside the checkout
 # a bare run: (phase, seeds); None = the phase's own seeds
-PLAN = [("tune", None), ("tuned", (0,)), ("alone", (0,)), ("fix", (0,)), ("size", (0,)), ("magazine", (0,)),
-        ("tuned", (1, 2)), ("magazine", (1, 2)), ("size", (1,))]
+PLAN = [
+    ("tune", None),
+    ("tuned", (0,)),
+    ("alone", (0,)),
+    ("fix", (0,)),
+    ("size", (0,)),
+    ("magazine", (0,)),
+    ("tuned", (1, 2)),
+    ("magazine", (1, 2)),
+    ("size", (1,)),
+]
 FIX = ("mmss", "match", {"match_term": True})
-FIX_CLAIMS = [("MM-SS+match - MM-SS", ("mmss", "match"), ("mmss", "full")),
-              ("MM-SS+match - BiMPM", ("mmss", "match"), ("bimpm", "full"))]
-FIX_DESIGNS = ("images_alone", "main", "text_alone")   # in this order
+FIX_CLAIMS = [
+    ("MM-SS+match - MM-SS", ("mmss", "match"), ("mmss", "full")),
+    ("MM-SS+match - BiMPM", ("mmss", "match"), ("bimpm", "full")),
+]
+FIX_DESIGNS = ("images_alone", "main", "text_alone")  # in this order
 CLAIMS = [c for c in P.CLAIMS if c[0] not in ("MM-SS src1 - MM-SS",)] + FIX_CLAIMS
 
 
@@ -129,6 +141,7 @@ def final_config(**over):
 
 # ------------------------------------------------------------------------------------ data
 
+
 def _read_split(root: Path, kind: str, split: str) -> dict:
     from mmss_lib.data.mrhp import split_file
 
@@ -144,7 +157,7 @@ def size_design(src: Path) -> dict[str, list[str]]:
     extra = ids["test"][:SIZE_EXTRA]
     design = {"dev": ids["dev"], "common": ids["test"][SIZE_EXTRA:]}
     for n in SIZES:
-        train = ids["train"][:n] if n <= len(ids["train"]) else ids["train"] + extra[:n - len(ids["train"])]
+        train = ids["train"][:n] if n <= len(ids["train"]) else ids["train"] + extra[: n - len(ids["train"])]
         if len(train) != n:
             raise ValueError(f"size {n}: only {len(train)} products available")
         design[f"train{n}"] = train
@@ -162,8 +175,15 @@ def make_data(out: Path) -> None:
     root = alone_root(out, "images_alone")
     stamp = root / "demo" / "make_demo.json"
     if not (stamp.exists() and json.loads(stamp.read_text()).get("text_weight") == 0.0):
-        make_demo(root, n_products=P.N_PRODUCTS, seed=0, categories=[P.CATEGORY], test_frac=P.TEST_FRAC,
-                  dev_frac=P.DEV_FRAC, **ALONE["images_alone"])
+        make_demo(
+            root,
+            n_products=P.N_PRODUCTS,
+            seed=0,
+            categories=[P.CATEGORY],
+            test_frac=P.TEST_FRAC,
+            dev_frac=P.DEV_FRAC,
+            **ALONE["images_alone"],
+        )
     src = P.data_root(out, P.MAIN_WEIGHT)
     design = size_design(src)
     for n in SIZES:
@@ -180,26 +200,56 @@ def make_data(out: Path) -> None:
 
 # ------------------------------------------------------------------------------------ phases
 
+
 def run_tune(out: Path, n_jobs: int) -> dict:
     from mmss_lib.model_selection.search import tune
 
-    return {s: tune(data_root=P.data_root(out, P.MAIN_WEIGHT), dataset="demo", category=P.CATEGORY,
-                    features_root=out / "features", tune_root=tune_root(out), system=s,
-                    base_config=P.current_config(epochs=TUNE_EPOCHS, patience=PATIENCE), n_trials=TUNE_TRIALS,
-                    parallel=TUNE_PARALLEL, n_jobs=n_jobs, seed=0, progress=True)
-            for s in TUNED_SYSTEMS}
+    return {
+        s: tune(
+            data_root=P.data_root(out, P.MAIN_WEIGHT),
+            dataset="demo",
+            category=P.CATEGORY,
+            features_root=out / "features",
+            tune_root=tune_root(out),
+            system=s,
+            base_config=P.current_config(epochs=TUNE_EPOCHS, patience=PATIENCE),
+            n_trials=TUNE_TRIALS,
+            parallel=TUNE_PARALLEL,
+            n_jobs=n_jobs,
+            seed=0,
+            progress=True,
+        )
+        for s in TUNED_SYSTEMS
+    }
 
 
 def _run(out: Path, data: Path, tag: str, systems, seeds, n_jobs: int):
     from mmss_lib.model_selection.sweeps import run_experiment
 
-    return run_experiment(data_root=data, dataset="demo", categories=[P.CATEGORY], features_root=out / "features",
-                          runs_root=runs_root(out, tag), systems=systems, seeds=seeds, base_config=final_config(),
-                          progress=True, n_jobs=n_jobs, summary=False, tuned=tune_root(out))
+    return run_experiment(
+        data_root=data,
+        dataset="demo",
+        categories=[P.CATEGORY],
+        features_root=out / "features",
+        runs_root=runs_root(out, tag),
+        systems=systems,
+        seeds=seeds,
+        base_config=final_config(),
+        progress=True,
+        n_jobs=n_jobs,
+        summary=False,
+        tuned=tune_root(out),
+    )
 
 
-def run_phase(out: Path, phase: str, seeds: Sequence[int] | None, n_jobs: int, amazon2018: Path = AMAZON2018,
-              folds: Sequence[int] | None = None) -> None:
+def run_phase(
+    out: Path,
+    phase: str,
+    seeds: Sequence[int] | None,
+    n_jobs: int,
+    amazon2018: Path = AMAZON2018,
+    folds: Sequence[int] | None = None,
+) -> None:
     from mmss_lib.models.mmss import ABLATIONS
 
     base = P.FLOORS_AND_CEILINGS + list(TUNED_SYSTEMS)
@@ -228,6 +278,7 @@ def run_phase(out: Path, phase: str, seeds: Sequence[int] | None, n_jobs: int, a
 
 # ------------------------------------------------------------------------------------ report
 
+
 def finished(out: Path, tag: str):
     from mmss_lib.training.run_folder import finished_results
 
@@ -245,9 +296,19 @@ def studies_table(out: Path):
         path = study_dir_for(tune_root(out), "demo", P.CATEGORY, s) / BEST_FILE
         if path.exists():
             b = json.loads(path.read_text())
-            rows.append({"system": s, "trials": b["n_trials"], "complete": b["n_complete"], "pruned": b["n_pruned"],
-                         "base_dev_MAP": 100 * b["base_dev_MAP"], "tuned_dev_MAP": 100 * b["dev_MAP"],
-                         "best_trial": b["trial"], "cpu_seconds": b["cpu_seconds"], "params": json.dumps(b["params"])})
+            rows.append(
+                {
+                    "system": s,
+                    "trials": b["n_trials"],
+                    "complete": b["n_complete"],
+                    "pruned": b["n_pruned"],
+                    "base_dev_MAP": 100 * b["base_dev_MAP"],
+                    "tuned_dev_MAP": 100 * b["dev_MAP"],
+                    "best_trial": b["trial"],
+                    "cpu_seconds": b["cpu_seconds"],
+                    "params": json.dumps(b["params"]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -267,20 +328,26 @@ def size_curve(out: Path):
             continue
         res = res[res["variant"] == "full"]
         if n == BASE_SIZE:
-            res = res[res["seed"].isin(max(SIZE_SEEDS.values(), key=len))]   # the seeds the other sizes have
+            res = res[res["seed"].isin(max(SIZE_SEEDS.values(), key=len))]  # the seeds the other sizes have
         pooled = pooled_per_product(res)
         pooled = pooled[pooled["product_id"].isin(common)]
         means = pooled.groupby("system")["AP"].mean() * 100
-        comps = [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full")),
-                 ("MCR - BiMPM", ("mcr", "full"), ("bimpm", "full")),
-                 ("ceiling_all - BiMPM", ("ceiling_all", "full"), ("bimpm", "full"))]
+        comps = [
+            ("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full")),
+            ("MCR - BiMPM", ("mcr", "full"), ("bimpm", "full")),
+            ("ceiling_all - BiMPM", ("ceiling_all", "full"), ("bimpm", "full")),
+        ]
         d = paired_differences(pooled, comps)
         seeds = res.groupby("system")["seed"].nunique()
-        row = {"train_products": n, **{f"MAP_{s}": means.get(s) for s in ("bimpm", "mcr", "mmss", "length",
-                                                                         "ceiling_text", "ceiling_all")},
-               "n_seeds_mmss": int(seeds.get("mmss", 0)), "n_seeds_bimpm": int(seeds.get("bimpm", 0)),
-               "runs_at_ceiling": int(res.get("ceiling_while_improving", pd.Series(dtype=float))
-                                      .fillna(0).astype(bool).sum())}
+        row = {
+            "train_products": n,
+            **{f"MAP_{s}": means.get(s) for s in ("bimpm", "mcr", "mmss", "length", "ceiling_text", "ceiling_all")},
+            "n_seeds_mmss": int(seeds.get("mmss", 0)),
+            "n_seeds_bimpm": int(seeds.get("bimpm", 0)),
+            "runs_at_ceiling": int(
+                res.get("ceiling_while_improving", pd.Series(dtype=float)).fillna(0).astype(bool).sum()
+            ),
+        }
         for r in d.itertuples(index=False):
             row.update({f"{r.comparison}": r.diff, f"{r.comparison} lo": r.lo, f"{r.comparison} hi": r.hi})
         row["n_products"] = int(pooled["product_id"].nunique())
@@ -297,23 +364,39 @@ def plot_size_curve(curve, path: Path) -> None:
     from mmss_lib.utils import atomic_path
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for s, label in (("bimpm", "BiMPM"), ("mcr", "MCR"), ("mmss", "MM-SS"), ("ceiling_all", "ceiling (all cues)"),
-                     ("length", "Length")):
+    for s, label in (
+        ("bimpm", "BiMPM"),
+        ("mcr", "MCR"),
+        ("mmss", "MM-SS"),
+        ("ceiling_all", "ceiling (all cues)"),
+        ("length", "Length"),
+    ):
         col = f"MAP_{s}"
         if col in curve and curve[col].notna().any():
-            axes[0].plot(curve["train_products"], curve[col], marker="o", label=label,
-                         ls="--" if s in ("ceiling_all", "length") else "-")
+            axes[0].plot(
+                curve["train_products"],
+                curve[col],
+                marker="o",
+                label=label,
+                ls="--" if s in ("ceiling_all", "length") else "-",
+            )
     axes[0].set_ylabel("test MAP x100")
     axes[0].legend(fontsize=8)
     for comp in ("MM-SS - BiMPM", "MCR - BiMPM"):
         if comp in curve:
             g = curve.dropna(subset=[comp])
-            axes[1].errorbar(g["train_products"], g[comp], yerr=[g[comp] - g[f"{comp} lo"], g[f"{comp} hi"] - g[comp]],
-                             marker="o", capsize=3, label=comp)
+            axes[1].errorbar(
+                g["train_products"],
+                g[comp],
+                yerr=[g[comp] - g[f"{comp} lo"], g[f"{comp} hi"] - g[comp]],
+                marker="o",
+                capsize=3,
+                label=comp,
+            )
     axes[1].axhline(0.0, color="grey", lw=0.8)
     axes[1].set_ylabel("paired difference, MAP x100 (95% CI)")
     axes[1].legend(fontsize=8)
-    for ax in axes:                              # the sizes themselves as ticks, on a log axis
+    for ax in axes:  # the sizes themselves as ticks, on a log axis
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(curve["train_products"]), [str(n) for n in curve["train_products"]])
         ax.minorticks_off()
@@ -328,7 +411,13 @@ def plot_size_curve(curve, path: Path) -> None:
 
 def _comparison(res, claims, title: str, tables: Path, tag: str, data: Path) -> list[str]:
     from mmss_lib.evaluation.cue_sensitivity import format_cue_sensitivity, write_cue_sensitivity
-    from mmss_lib.evaluation.summary import format_summary, headroom_shares, paired_differences, pooled_per_product, product_summary
+    from mmss_lib.evaluation.summary import (
+        format_summary,
+        headroom_shares,
+        paired_differences,
+        pooled_per_product,
+        product_summary,
+    )
 
     pooled = pooled_per_product(res)
     summ = product_summary(pooled)
@@ -337,13 +426,26 @@ def _comparison(res, claims, title: str, tables: Path, tag: str, data: Path) -> 
     cs = write_cue_sensitivity(res, data, tables, f"claims_{tag}")
     for name, df in (("summary", summ), ("claims", claims_df), ("headroom", shares)):
         df.to_csv(tables / f"claims_{tag}_{name}.csv", index=False)
-    return [f"## {title} (test products: {int(summ['n_products'].max())}; seeds per system: "
-            f"{res.groupby('variant')['seed'].nunique().max()})", "", format_summary(summ), "",
-            "### Paired differences (MAP x100; per-product AP averaged over seeds; 95% paired bootstrap interval; "
-            "paired t-test)", "", P._md(claims_df), "",
-            "### Share of the headroom (system - ceiling_text) / (ceiling_all - ceiling_text)", "", P._md(shares), "",
-            "### Cue sensitivity (test scores z-scored within product on the planted cues)", "",
-            P._md(format_cue_sensitivity(cs)), ""]
+    return [
+        f"## {title} (test products: {int(summ['n_products'].max())}; seeds per system: "
+        f"{res.groupby('variant')['seed'].nunique().max()})",
+        "",
+        format_summary(summ),
+        "",
+        "### Paired differences (MAP x100; per-product AP averaged over seeds; 95% paired bootstrap interval; "
+        "paired t-test)",
+        "",
+        P._md(claims_df),
+        "",
+        "### Share of the headroom (system - ceiling_text) / (ceiling_all - ceiling_text)",
+        "",
+        P._md(shares),
+        "",
+        "### Cue sensitivity (test scores z-scored within product on the planted cues)",
+        "",
+        P._md(format_cue_sensitivity(cs)),
+        "",
+    ]
 
 
 def fix_table(out: Path):
@@ -360,8 +462,13 @@ def fix_table(out: Path):
             continue
         row = {"data": tag}
         for v, name in (("full", "MM-SS"), ("match", "MM-SS+match")):
-            row.update({f"{name} dev MAP": 100 * res.at[v, "dev_MAP"], f"{name} best epoch": int(res.at[v, "best_epoch"]),
-                        f"{name} test MAP": 100 * res.at[v, "MAP"]})
+            row.update(
+                {
+                    f"{name} dev MAP": 100 * res.at[v, "dev_MAP"],
+                    f"{name} best epoch": int(res.at[v, "best_epoch"]),
+                    f"{name} test MAP": 100 * res.at[v, "MAP"],
+                }
+            )
         row["dev gain"] = row["MM-SS+match dev MAP"] - row["MM-SS dev MAP"]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -373,11 +480,22 @@ def fix_lines(out: Path, tables: Path) -> list[str]:
         return []
     df.to_csv(tables / "claims_fix.csv", index=False)
     img = df[df["data"] == "images_alone"]
-    verdict = ("" if img.empty else "By the rule fixed beforehand (images-alone dev MAP), the match term "
-               + ("repairs" if float(img["dev gain"].iloc[0]) > 0 else "does not repair") + " the image pathway. ")
-    return ["## Fix tried for the image pathway (phase fix: MM-SS+match, seed 0; chosen on dev)", "", P._md(df, 2), "",
-            verdict + "The test differences MM-SS+match - MM-SS and MM-SS+match - BiMPM with their paired intervals "
-            "are in each design's table of paired differences above.", ""]
+    verdict = (
+        ""
+        if img.empty
+        else "By the rule fixed beforehand (images-alone dev MAP), the match term "
+        + ("repairs" if float(img["dev gain"].iloc[0]) > 0 else "does not repair")
+        + " the image pathway. "
+    )
+    return [
+        "## Fix tried for the image pathway (phase fix: MM-SS+match, seed 0; chosen on dev)",
+        "",
+        P._md(df, 2),
+        "",
+        verdict + "The test differences MM-SS+match - MM-SS and MM-SS+match - BiMPM with their paired intervals "
+        "are in each design's table of paired differences above.",
+        "",
+    ]
 
 
 def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
@@ -394,22 +512,42 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
     if not (run / METRICS).exists():
         return []
     lines = []
-    for name, fn in (("knockout", lambda: interaction_knockout(run, data, out / "features", split="dev")),
-                     ("gradients", lambda: gradient_norms(run, data, out / "features"))):
+    for name, fn in (
+        ("knockout", lambda: interaction_knockout(run, data, out / "features", split="dev")),
+        ("gradients", lambda: gradient_norms(run, data, out / "features")),
+    ):
         path = tables / f"claims_{tag}_diagnosis_{name}.csv"
-        best = run / BEST          # absent where the results were carried without checkpoints (outputs/powered in git)
+        best = run / BEST  # absent where the results were carried without checkpoints (outputs/powered in git)
         if path.exists() and (not best.exists() or path.stat().st_mtime >= best.stat().st_mtime):
             df = pd.read_csv(path)
         else:
             df = fn()
             df.to_csv(path, index=False)
-        lines += [f"MM-SS seed 0, {'dev MAP with each interaction replaced by its mean (drop x100)' if name == 'knockout' else 'target-loss gradient norms on 4 training batches'}:",
-                  "", P._md(df, 4), ""]
+        lines += [
+            f"MM-SS seed 0, {'dev MAP with each interaction replaced by its mean (drop x100)' if name == 'knockout' else 'target-loss gradient norms on 4 training batches'}:",
+            "",
+            P._md(df, 4),
+            "",
+        ]
     hist = json.loads((run / HISTORY).read_text())
-    curve = pd.DataFrame([{"epoch": e["epoch"], "train target loss": e["loss_tar"], "train subtask loss": e["loss_sub"],
-                           "dev MAP": 100 * e["dev"]["MAP"]} for e in hist if isinstance(e.get("dev"), dict)])
-    lines += ["MM-SS seed 0, training curve (target loss on the training pairs, Eq. 12; dev MAP x100):", "",
-              P._md(curve, 4), ""]
+    curve = pd.DataFrame(
+        [
+            {
+                "epoch": e["epoch"],
+                "train target loss": e["loss_tar"],
+                "train subtask loss": e["loss_sub"],
+                "dev MAP": 100 * e["dev"]["MAP"],
+            }
+            for e in hist
+            if isinstance(e.get("dev"), dict)
+        ]
+    )
+    lines += [
+        "MM-SS seed 0, training curve (target loss on the training pairs, Eq. 12; dev MAP x100):",
+        "",
+        P._md(curve, 4),
+        "",
+    ]
     if tag == "images_alone":
         from studies.diagnose import cue_probes
 
@@ -422,7 +560,7 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
                 probes = cue_probes(data, out / "features", category=P.CATEGORY, split="dev")
                 probes.to_csv(path, index=False)
             lines += [title, "", P._md(probes, 3), ""]
-        except DataError as e:                     # e.g. too few reviews with images for a probe
+        except DataError as e:  # e.g. too few reviews with images for a probe
             lines += [title, "", f"No probe: {e}", ""]
     return [f"### Where MM-SS takes its signal from ({tag.replace('_', ' ')})", ""] + lines
 
@@ -438,12 +576,17 @@ def report(out: Path) -> str:
     st = studies_table(out)
     if not st.empty:
         st.to_csv(tables / "claims_studies.csv", index=False)
-        lines += [f"## Studies ({TUNE_TRIALS} trials each, at most {TUNE_EPOCHS} epochs, dev MAP x100)", "",
-                  P._md(st), ""]
+        lines += [
+            f"## Studies ({TUNE_TRIALS} trials each, at most {TUNE_EPOCHS} epochs, dev MAP x100)",
+            "",
+            P._md(st),
+            "",
+        ]
     res = finished(out, "main")
     if not res.empty:
-        lines += _comparison(res, CLAIMS, "Tuned comparison (image weight 0.6)", tables, "tuned",
-                             P.data_root(out, P.MAIN_WEIGHT))
+        lines += _comparison(
+            res, CLAIMS, "Tuned comparison (image weight 0.6)", tables, "tuned", P.data_root(out, P.MAIN_WEIGHT)
+        )
         lines += diagnosis(out, tables, "main", P.data_root(out, P.MAIN_WEIGHT))
         old = P.finished_results(out, P.MAIN_WEIGHT)
         old = old[old["variant"].isin(["full", "wo_b", "wo_d"])] if not old.empty else old
@@ -451,25 +594,47 @@ def report(out: Path) -> str:
             from mmss_lib.evaluation.summary import paired_differences, pooled_per_product
 
             d = paired_differences(pooled_per_product(old), CLAIMS)
-            lines += ["### The same differences untuned (mmss bench powered, phase main: at most 10 epochs)", "",
-                      P._md(d), ""]
+            lines += [
+                "### The same differences untuned (mmss bench powered, phase main: at most 10 epochs)",
+                "",
+                P._md(d),
+                "",
+            ]
     for name, spec in ALONE.items():
         r = finished(out, name)
         if not r.empty:
-            comps = [(f"{s} - ceiling_{c}", (s, "full"), (f"ceiling_{c}", "full"))
-                     for s in TUNED_SYSTEMS for c in ("text", "all")] + \
-                    [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full"))] + FIX_CLAIMS
-            lines += _comparison(r, comps, f"{name.replace('_', ' ').capitalize()} (text weight "
-                                 f"{spec['text_weight']:g}, image weight {spec['image_weight']:g})", tables, name,
-                                 alone_root(out, name))
+            comps = (
+                [
+                    (f"{s} - ceiling_{c}", (s, "full"), (f"ceiling_{c}", "full"))
+                    for s in TUNED_SYSTEMS
+                    for c in ("text", "all")
+                ]
+                + [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full"))]
+                + FIX_CLAIMS
+            )
+            lines += _comparison(
+                r,
+                comps,
+                f"{name.replace('_', ' ').capitalize()} (text weight "
+                f"{spec['text_weight']:g}, image weight {spec['image_weight']:g})",
+                tables,
+                name,
+                alone_root(out, name),
+            )
             lines += diagnosis(out, tables, name, alone_root(out, name))
     lines += fix_lines(out, tables)
     curve = size_curve(out)
     if not curve.empty:
         curve.to_csv(tables / "claims_size.csv", index=False)
         plot_size_curve(curve, figures / "claims_size.png")
-        lines += ["## Data size (tuned settings; MAP x100 over the test products common to every size)", "",
-                  P._md(curve, 2), "", f"Figure: {figures / 'claims_size.png'}", ""]
+        lines += [
+            "## Data size (tuned settings; MAP x100 over the test products common to every size)",
+            "",
+            P._md(curve, 2),
+            "",
+            f"Figure: {figures / 'claims_size.png'}",
+            "",
+        ]
     from mmss_lib.bench.common import timing_lines
 
     lines += magazine.report_lines(out, tables)
@@ -486,13 +651,27 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
 
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="outputs/powered", help="the powered benchmark's folder (default %(default)s)")
-    ap.add_argument("--amazon2018", default=str(AMAZON2018), help="folder of the Amazon 2018 Magazine sample "
-                    "(phase magazine; default %(default)s)")
-    ap.add_argument("--phases", nargs="+", choices=["tune", "tuned", "alone", "fix", "size", "magazine"], default=None,
-                    help="run these phases only (default: the whole plan, in its order)")
+    ap.add_argument(
+        "--amazon2018",
+        default=str(AMAZON2018),
+        help="folder of the Amazon 2018 Magazine sample (phase magazine; default %(default)s)",
+    )
+    ap.add_argument(
+        "--phases",
+        nargs="+",
+        choices=["tune", "tuned", "alone", "fix", "size", "magazine"],
+        default=None,
+        help="run these phases only (default: the whole plan, in its order)",
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="with --phases: these seeds only")
-    ap.add_argument("--folds", nargs="+", type=int, default=None, help="with --phases magazine: these of its "
-                    f"folds only (0-{magazine.K - 1}), so that several processes share the phase")
+    ap.add_argument(
+        "--folds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="with --phases magazine: these of its "
+        f"folds only (0-{magazine.K - 1}), so that several processes share the phase",
+    )
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="only write the report from finished runs")
     a = ap.parse_args(argv)
@@ -516,8 +695,10 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
     for phase, seeds in plan:
         name = phase if seeds is None else f"{phase} seeds {' '.join(map(str, seeds))}"
         name += "" if a.folds is None else f" folds {' '.join(map(str, a.folds))}"
-        timed(name, lambda phase=phase, seeds=seeds: run_phase(out, phase, seeds, a.n_jobs, Path(a.amazon2018),
-                                                               folds=a.folds))
+        timed(
+            name,
+            lambda phase=phase, seeds=seeds: run_phase(out, phase, seeds, a.n_jobs, Path(a.amazon2018), folds=a.folds),
+        )
         report(out)
     print(report(out))
     return 0

@@ -27,6 +27,7 @@ a logistic regression on the outer product of the two means after a PCA of each 
 that separates a cue which a trained model does not follow says the model, not the features,
 misses it.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,7 @@ import numpy as np
 from mmss_lib.errors import DataError
 
 IMAGE_INTERACTIONS = ("pvrt", "pvrv", "ptrv", "rtrv")
-PROBE_DIMS, PROBE_C = 16, 0.1      # bilinear probe: PCA size per side, inverse L2 strength (fixed, not searched)
+PROBE_DIMS, PROBE_C = 16, 0.1  # bilinear probe: PCA size per side, inverse L2 strength (fixed, not searched)
 
 
 def _load(run_dir, data_root, features_root, split: str):
@@ -56,14 +57,16 @@ def _load(run_dir, data_root, features_root, split: str):
     ck, _ = load_checkpoint(run_dir / BEST)
     cfg = TrainConfig.from_json({**ck["config"], "device": "cpu"})
     if cfg.system != "mmss" or not cfg.model_options.get("use_module_b", True):
-        raise DataError(f"{run_dir}: a run of {cfg.system} ({cfg.variant}); the diagnosis reads MM-SS's interactions "
-                        "(module (b))")
+        raise DataError(
+            f"{run_dir}: a run of {cfg.system} ({cfg.variant}); the diagnosis reads MM-SS's interactions (module (b))"
+        )
     dataset, category = record["run"]["dataset"], record["run"]["category"]
     model = build_model(cfg, int(ck["text_dim"]), int(ck["region_dim"]))
     model.load_state_dict(ck["model"])
     model.eval()
-    splits = MRHPSplitData.from_disk(data_root, dataset, category, features_root, caps=ReadCaps.of(cfg),
-                                     keep_texts=cfg.text_mode != "cached")
+    splits = MRHPSplitData.from_disk(
+        data_root, dataset, category, features_root, caps=ReadCaps.of(cfg), keep_texts=cfg.text_mode != "cached"
+    )
     return model, cfg, splits, splits[split], float(record["threshold"])
 
 
@@ -77,11 +80,13 @@ def _scores(model, split, cfg, replace: dict | None = None, capture: dict | None
     handles = []
     for s, module in model.interactions.items():
         if replace and s in replace:
-            handles.append(module.register_forward_hook(
-                lambda m, args, out, v=replace[s]: v.to(out.dtype).expand_as(out)))
+            handles.append(
+                module.register_forward_hook(lambda m, args, out, v=replace[s]: v.to(out.dtype).expand_as(out))
+            )
         elif capture is not None:
-            handles.append(module.register_forward_hook(
-                lambda m, args, out, s=s: capture.setdefault(s, []).append(out.detach())))
+            handles.append(
+                module.register_forward_hook(lambda m, args, out, s=s: capture.setdefault(s, []).append(out.detach()))
+            )
     scores = np.zeros(split.n, dtype=np.float64)
     try:
         collate = collate_for(split, cfg, getattr(model, "tokenizer", None))
@@ -113,8 +118,10 @@ def interaction_knockout(run_dir: str | os.PathLike, data_root, features_root, *
 
     base_map = metric(base)
     rows = [{"knocked_out": "none", "MAP": base_map, "drop": 0.0, "score_std": float(base.std())}]
-    sets = [(s, (s,)) for s in model.interactions] + [("image interactions", IMAGE_INTERACTIONS),
-                                                       ("all", tuple(model.interactions))]
+    sets = [(s, (s,)) for s in model.interactions] + [
+        ("image interactions", IMAGE_INTERACTIONS),
+        ("all", tuple(model.interactions)),
+    ]
     for name, group in sets:
         sc = _scores(model, data, cfg, replace={s: means[s] for s in group})
         m = metric(sc)
@@ -139,15 +146,17 @@ def gradient_norms(run_dir: str | os.PathLike, data_root, features_root, *, n_ba
     model.zero_grad()
     torch.manual_seed(0)
     for k in range(min(n_batches, max(1, len(pairs) // cfg.batch_size))):
-        chunk = pairs[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+        chunk = pairs[k * cfg.batch_size : (k + 1) * cfg.batch_size]
         uniq, inv = np.unique(chunk.ravel(), return_inverse=True)
         out = model(collate(uniq))
         pos, neg = inv.reshape(-1, 2).T
         y = torch.as_tensor(np.asarray(train.labels)[uniq], dtype=out.score.dtype)
         target_loss(cfg, out.score[pos], out.score[neg], y[pos], y[neg]).backward()
     d = model.config.d
-    parts = {"text projection": list(model.text_proj.parameters()),
-             "region projection": list(model.region_proj.parameters())}
+    parts = {
+        "text projection": list(model.text_proj.parameters()),
+        "region projection": list(model.region_proj.parameters()),
+    }
     for s in SUBTASKS:
         parts[f"interaction {s}"] = list(model.interactions[s].parameters())
     rows = []
@@ -156,11 +165,10 @@ def gradient_norms(run_dir: str | os.PathLike, data_root, features_root, *, n_ba
         w = torch.sqrt(sum((p.detach().float() ** 2).sum() for p in params))
         rows.append({"part": name, "grad_norm": float(g), "param_norm": float(w), "ratio": float(g / w)})
     fuse_w, fuse_g = model.fuse.weight.detach(), model.fuse.weight.grad
-    for i, s in enumerate(SUBTASKS):          # Eq. 6 concatenates f_s in this order
+    for i, s in enumerate(SUBTASKS):  # Eq. 6 concatenates f_s in this order
         block = slice(i * d, (i + 1) * d)
         g, w = fuse_g[:, block].norm(), fuse_w[:, block].norm()
-        rows.append({"part": f"fusion block {s}", "grad_norm": float(g), "param_norm": float(w),
-                     "ratio": float(g / w)})
+        rows.append({"part": f"fusion block {s}", "grad_norm": float(g), "param_norm": float(w), "ratio": float(g / w)})
     model.zero_grad()
     return pd.DataFrame(rows)
 
@@ -216,10 +224,18 @@ def cue_probes(data_root, features_root, *, dataset: str = "demo", category: str
         cos = (vp * vr).sum(1) / (np.linalg.norm(vp, axis=1) * np.linalg.norm(vr, axis=1) + 1e-12)
         y = [ev["img_match"][i] for i in has_p]
         if len(set(y)) == 2:
-            rows.append({"cue": "img_match", "probe": "cos(product regions, review regions), untrained",
-                         "n_train": 0, "n_eval": len(has_p), "auc": roc_auc_score(y, cos), "train_auc": float("nan")})
+            rows.append(
+                {
+                    "cue": "img_match",
+                    "probe": "cos(product regions, review regions), untrained",
+                    "n_train": 0,
+                    "n_eval": len(has_p),
+                    "auc": roc_auc_score(y, cos),
+                    "train_auc": float("nan"),
+                }
+            )
     xt, xv = np.stack(tr["tr"]), np.stack(tr["vr"])
-    k = min(PROBE_DIMS, len(xt) - 1, xt.shape[1], xv.shape[1])   # PROBE_DIMS unless the data are smaller
+    k = min(PROBE_DIMS, len(xt) - 1, xt.shape[1], xv.shape[1])  # PROBE_DIMS unless the data are smaller
     pca_t, pca_v = PCA(k, random_state=0).fit(xt), PCA(k, random_state=0).fit(xv)
 
     def outer(d):
@@ -227,8 +243,14 @@ def cue_probes(data_root, features_root, *, dataset: str = "demo", category: str
         return np.einsum("ni,nj->nij", a, b).reshape(len(a), -1)
 
     clf = LogisticRegression(C=PROBE_C, max_iter=5000).fit(outer(tr), tr["agree"])
-    rows.append({"cue": "agree", "probe": f"bilinear (PCA {k} x {k} of review text x review regions), supervised",
-                 "n_train": len(tr["agree"]), "n_eval": len(ev["agree"]),
-                 "auc": roc_auc_score(ev["agree"], clf.decision_function(outer(ev))),
-                 "train_auc": roc_auc_score(tr["agree"], clf.decision_function(outer(tr)))})
+    rows.append(
+        {
+            "cue": "agree",
+            "probe": f"bilinear (PCA {k} x {k} of review text x review regions), supervised",
+            "n_train": len(tr["agree"]),
+            "n_eval": len(ev["agree"]),
+            "auc": roc_auc_score(ev["agree"], clf.decision_function(outer(ev))),
+            "train_auc": roc_auc_score(tr["agree"], clf.decision_function(outer(tr))),
+        }
+    )
     return pd.DataFrame(rows)

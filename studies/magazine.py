@@ -33,6 +33,7 @@ Design (fixed before any result of it was seen):
   fold; per-product AP averaged over seeds) with 95% bootstrap intervals, and every trained system
   minus Length with its paired interval.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,7 @@ SYSTEMS = ("bimpm", "mmss")
 K, FOLD_SEED = 5, 0
 SEEDS = (0, 1, 2)
 TUNE_TRIALS, TUNE_EPOCHS, EPOCHS = 5, 20, 30
-TUNE_PARALLEL = 2      # trials per batch: part of a study's budget, whatever --n-jobs runs them
+TUNE_PARALLEL = 2  # trials per batch: part of a study's budget, whatever --n-jobs runs them
 BUILD = {"min_reviews": 3}
 VERSUS, VERSUS_PAIR = "mmss - bimpm", (("mmss", "full"), ("bimpm", "full"))
 REVIEWS, META = "Magazine_Subscriptions_5.json.gz", "meta_Magazine_Subscriptions.json.gz"
@@ -89,8 +90,10 @@ def make_data(out: Path, amazon2018: Path) -> list[dict]:
         paths = [Path(amazon2018) / REVIEWS, Path(amazon2018) / META]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
-            raise DataError(f"--amazon2018 {amazon2018}: {', '.join(missing)} missing (the Amazon Review Data 2018 "
-                            "Magazine_Subscriptions sample)")
+            raise DataError(
+                f"--amazon2018 {amazon2018}: {', '.join(missing)} missing (the Amazon Review Data 2018 "
+                "Magazine_Subscriptions sample)"
+            )
         build_amazon2018(*paths, data, CATEGORY, dataset=DATASET, **BUILD)
     folds = fold_splits(released_products(data, DATASET, CATEGORY), K, seed=FOLD_SEED)
     for f, fold in enumerate(folds):
@@ -109,8 +112,20 @@ def extract(out: Path) -> None:
     for length in LENGTHS:
         args = list(EXTRACT)
         args[args.index("--text-max-len") + 1] = str(length)
-        rc = cli_main(["--data-root", str(root(out) / "data"), "--dataset", DATASET, "--categories", CATEGORY,
-                       "--features", str(features_root(out, length)), "--no-progress", *args])
+        rc = cli_main(
+            [
+                "--data-root",
+                str(root(out) / "data"),
+                "--dataset",
+                DATASET,
+                "--categories",
+                CATEGORY,
+                "--features",
+                str(features_root(out, length)),
+                "--no-progress",
+                *args,
+            ]
+        )
         if rc:
             raise SystemExit(f"feature extraction at {length} tokens failed ({rc})")
 
@@ -138,22 +153,44 @@ def run(out: Path, amazon2018: Path, n_jobs: int, seeds=SEEDS, folds=None) -> No
 
     def untuned(length):
         for f in todo:
-            run_experiment(data_root=fold_root(out, f), features_root=features_root(out, length),
-                           runs_root=runs_root(out, length, "untuned", f),
-                           systems=["random", "length", *SYSTEMS], seeds=seeds, base_config=config(), **common)
+            run_experiment(
+                data_root=fold_root(out, f),
+                features_root=features_root(out, length),
+                runs_root=runs_root(out, length, "untuned", f),
+                systems=["random", "length", *SYSTEMS],
+                seeds=seeds,
+                base_config=config(),
+                **common,
+            )
 
     for length in LENGTHS[:-1]:
         untuned(length)
     for length in TUNED_LENGTHS:
         for f in todo:
             for system in SYSTEMS:
-                tune(data_root=fold_root(out, f), dataset=DATASET, category=CATEGORY,
-                     features_root=features_root(out, length), tune_root=tune_root(out, length, f), system=system,
-                     base_config=config(epochs=TUNE_EPOCHS), n_trials=TUNE_TRIALS, parallel=TUNE_PARALLEL,
-                     n_jobs=n_jobs, seed=0)
-            run_experiment(data_root=fold_root(out, f), features_root=features_root(out, length),
-                           runs_root=runs_root(out, length, "tuned", f), systems=list(SYSTEMS), seeds=seeds,
-                           base_config=config(), tuned=tune_root(out, length, f), **common)
+                tune(
+                    data_root=fold_root(out, f),
+                    dataset=DATASET,
+                    category=CATEGORY,
+                    features_root=features_root(out, length),
+                    tune_root=tune_root(out, length, f),
+                    system=system,
+                    base_config=config(epochs=TUNE_EPOCHS),
+                    n_trials=TUNE_TRIALS,
+                    parallel=TUNE_PARALLEL,
+                    n_jobs=n_jobs,
+                    seed=0,
+                )
+            run_experiment(
+                data_root=fold_root(out, f),
+                features_root=features_root(out, length),
+                runs_root=runs_root(out, length, "tuned", f),
+                systems=list(SYSTEMS),
+                seeds=seeds,
+                base_config=config(),
+                tuned=tune_root(out, length, f),
+                **common,
+            )
     untuned(LENGTHS[-1])
 
 
@@ -191,7 +228,7 @@ def table(res):
     rows = []
     untuned_floors = res[(res["setting"] == "untuned") & res["system"].isin(["random", "length"])]
     for (length, setting), g in res.groupby(["length", "setting"], sort=True):
-        if setting == "tuned":      # the floors do not depend on tuning: the same runs (and folds) on each side
+        if setting == "tuned":  # the floors do not depend on tuning: the same runs (and folds) on each side
             floors = untuned_floors[(untuned_floors["length"] == length) & untuned_floors["cv_fold"].isin(g["cv_fold"])]
             g = pd.concat([g, floors], ignore_index=True)
         pooled = pooled_per_product(g)
@@ -204,14 +241,25 @@ def table(res):
             if setting == "tuned" and s in ("random", "length"):
                 continue
             runs = g[g["system"] == s]
-            row = {"tokens": length, "setting": setting, "system": s, "MAP": summ.loc[s, "MAP"],
-                   "MAP_lo": summ.loc[s, "MAP_lo"], "MAP_hi": summ.loc[s, "MAP_hi"],
-                   "n_products": int(summ.loc[s, "n_products"]), "n_folds": int(runs["cv_fold"].nunique()),
-                   "n_seeds": int(runs["seed"].nunique()),
-                   "runs_at_ceiling": int(runs.get("ceiling_while_improving", pd.Series(dtype=float))
-                                          .fillna(0).astype(bool).sum()),
-                   "run_min": (runs.drop_duplicates("run_dir")["seconds"].sum() / 60
-                               if {"seconds", "run_dir"} <= set(runs.columns) else float("nan"))}
+            row = {
+                "tokens": length,
+                "setting": setting,
+                "system": s,
+                "MAP": summ.loc[s, "MAP"],
+                "MAP_lo": summ.loc[s, "MAP_lo"],
+                "MAP_hi": summ.loc[s, "MAP_hi"],
+                "n_products": int(summ.loc[s, "n_products"]),
+                "n_folds": int(runs["cv_fold"].nunique()),
+                "n_seeds": int(runs["seed"].nunique()),
+                "runs_at_ceiling": int(
+                    runs.get("ceiling_while_improving", pd.Series(dtype=float)).fillna(0).astype(bool).sum()
+                ),
+                "run_min": (
+                    runs.drop_duplicates("run_dir")["seconds"].sum() / 60
+                    if {"seconds", "run_dir"} <= set(runs.columns)
+                    else float("nan")
+                ),
+            }
             if diff is not None and f"{s} - Length" in diff.index:
                 d = diff.loc[f"{s} - Length"]
                 row.update({"minus_Length": d["diff"], "lo": d["lo"], "hi": d["hi"], "p": d["p"]})
@@ -219,8 +267,13 @@ def table(res):
                 d = diff.loc[VERSUS]
                 row.update({"minus_BiMPM": d["diff"], "bimpm_lo": d["lo"], "bimpm_hi": d["hi"]})
             if gain is not None and s in gain.index:
-                row.update({"minus_untuned": gain.loc[s, "diff"], "untuned_lo": gain.loc[s, "lo"],
-                            "untuned_hi": gain.loc[s, "hi"]})
+                row.update(
+                    {
+                        "minus_untuned": gain.loc[s, "diff"],
+                        "untuned_lo": gain.loc[s, "lo"],
+                        "untuned_hi": gain.loc[s, "hi"],
+                    }
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -232,13 +285,18 @@ def _tuning_gain(res, tuned, length):
 
     from mmss_lib.evaluation.summary import paired_differences, pooled_per_product
 
-    untuned = res[(res["setting"] == "untuned") & (res["length"] == length) & res["system"].isin(SYSTEMS)
-                  & res["cv_fold"].isin(tuned["cv_fold"])].assign(variant="untuned")
+    untuned = res[
+        (res["setting"] == "untuned")
+        & (res["length"] == length)
+        & res["system"].isin(SYSTEMS)
+        & res["cv_fold"].isin(tuned["cv_fold"])
+    ].assign(variant="untuned")
     if untuned.empty:
         return None
     both = pd.concat([tuned[tuned["system"].isin(SYSTEMS)], untuned], ignore_index=True)
-    diff = paired_differences(pooled_per_product(both),
-                              [(f"{s} tuned - untuned", (s, "full"), (s, "untuned")) for s in SYSTEMS])
+    diff = paired_differences(
+        pooled_per_product(both), [(f"{s} tuned - untuned", (s, "full"), (s, "untuned")) for s in SYSTEMS]
+    )
     return diff.set_index("a_system") if len(diff) else None
 
 
@@ -259,12 +317,23 @@ def studies(out: Path):
                 if not path.exists():
                     continue
                 best = json.loads(path.read_text())
-                params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in sorted(best["params"].items()))
-                rows.append({"tokens": length, "fold": f, "system": system, "trial": best["trial"],
-                             "dev_MAP": 100 * best["dev_MAP"], "untuned_dev_MAP": 100 * best["base_dev_MAP"],
-                             "settings": params, "complete": best["n_complete"], "pruned": best["n_pruned"],
-                             "trials_wall_min": best["wall_seconds"] / 60})
+                params = ", ".join(
+                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(best["params"].items())
+                )
+                rows.append(
+                    {
+                        "tokens": length,
+                        "fold": f,
+                        "system": system,
+                        "trial": best["trial"],
+                        "dev_MAP": 100 * best["dev_MAP"],
+                        "untuned_dev_MAP": 100 * best["base_dev_MAP"],
+                        "settings": params,
+                        "complete": best["n_complete"],
+                        "pruned": best["n_pruned"],
+                        "trials_wall_min": best["wall_seconds"] / 60,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -276,9 +345,14 @@ def report_lines(out: Path, tables: Path) -> list[str]:
         return []
     t = table(res)
     t.to_csv(tables / "claims_magazine.csv", index=False)
-    return [f"## Real text: Amazon 2018 Magazine sample, {K}-fold CV, text only (MAP x100 over all products; "
-            "system - Length with its 95% paired interval; run_min: the runs' wall minutes summed)", "",
-            plain_markdown(t, decimals=2), "", *study_lines(out, tables)]
+    return [
+        f"## Real text: Amazon 2018 Magazine sample, {K}-fold CV, text only (MAP x100 over all products; "
+        "system - Length with its 95% paired interval; run_min: the runs' wall minutes summed)",
+        "",
+        plain_markdown(t, decimals=2),
+        "",
+        *study_lines(out, tables),
+    ]
 
 
 def study_lines(out: Path, tables: Path) -> list[str]:
@@ -288,5 +362,10 @@ def study_lines(out: Path, tables: Path) -> list[str]:
     if st.empty:
         return []
     st.to_csv(tables / "claims_magazine_studies.csv", index=False)
-    return [f"What each fold's study chose ({TUNE_TRIALS} trials, the untuned setting first, dev MAP x100 of the "
-            "fold's dev part: a handful of products, so a noisy choice):", "", plain_markdown(st, decimals=2), ""]
+    return [
+        f"What each fold's study chose ({TUNE_TRIALS} trials, the untuned setting first, dev MAP x100 of the "
+        "fold's dev part: a handful of products, so a noisy choice):",
+        "",
+        plain_markdown(st, decimals=2),
+        "",
+    ]

@@ -52,6 +52,7 @@ Design (fixed before any result of it was seen):
 Choices are made on dev, never on test: the default scale reading is the one with the best mean
 dev MAP (:func:`choose_scale_on_dev`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,10 +71,32 @@ SIGNAL_SEEDS = (0,)
 SCALES = ("mean", "rms", "common")
 # ssp_scale "mean": the reading every run of this design was made with (main, signal, source);
 # phase scales adds the other two. (The library's default became "common" from this comparison.)
-TRAIN = dict(epochs=10, patience=3, batch_size=32, n_neg=3, max_regions_per_image=10, max_regions_per_item=20,
-             eval_test=False, num_threads=1, device="cpu", ssp_scale="mean")
-EXTRACT = ["--text-model", "all-MiniLM-L6-v2", "--text-max-len", "64", "--region-boxes", "grid",
-           "--region-backbone", "mobilenet_v2", "--detector-min-size", "160", "--detector-max-size", "160"]
+TRAIN = dict(
+    epochs=10,
+    patience=3,
+    batch_size=32,
+    n_neg=3,
+    max_regions_per_image=10,
+    max_regions_per_item=20,
+    eval_test=False,
+    num_threads=1,
+    device="cpu",
+    ssp_scale="mean",
+)
+EXTRACT = [
+    "--text-model",
+    "all-MiniLM-L6-v2",
+    "--text-max-len",
+    "64",
+    "--region-boxes",
+    "grid",
+    "--region-backbone",
+    "mobilenet_v2",
+    "--detector-min-size",
+    "160",
+    "--detector-max-size",
+    "160",
+]
 FLOORS_AND_CEILINGS = ["random", "length", "ceiling_text", "ceiling_all"]
 CLAIMS = [  # name, a, b: a - b per product
     ("MCR - BiMPM", ("mcr", "full"), ("bimpm", "full")),
@@ -106,8 +129,15 @@ def make_data(out: Path, weights: Sequence[float]) -> None:
         stamp = root / "demo" / "make_demo.json"
         if stamp.exists() and json.loads(stamp.read_text()).get("image_weight") == w:
             continue
-        make_demo(root, n_products=N_PRODUCTS, seed=0, categories=[CATEGORY], image_weight=w,
-                  test_frac=TEST_FRAC, dev_frac=DEV_FRAC)
+        make_demo(
+            root,
+            n_products=N_PRODUCTS,
+            seed=0,
+            categories=[CATEGORY],
+            image_weight=w,
+            test_frac=TEST_FRAC,
+            dev_frac=DEV_FRAC,
+        )
 
 
 def features_ready(out: Path) -> bool:
@@ -134,8 +164,20 @@ def extract(out: Path) -> None:
     if features_ready(out):
         print(f"powered: the feature stores under {out / 'features'} match the data; reused", flush=True)
         return
-    rc = cli_main(["--data-root", str(data_root(out, MAIN_WEIGHT)), "--dataset", "demo", "--categories", CATEGORY,
-                   "--features", str(out / "features"), "--no-progress", *EXTRACT])
+    rc = cli_main(
+        [
+            "--data-root",
+            str(data_root(out, MAIN_WEIGHT)),
+            "--dataset",
+            "demo",
+            "--categories",
+            CATEGORY,
+            "--features",
+            str(out / "features"),
+            "--no-progress",
+            *EXTRACT,
+        ]
+    )
     if rc:
         raise SystemExit(f"feature extraction failed ({rc})")
 
@@ -161,29 +203,60 @@ def run_phase(out: Path, phase: str, *, seeds: Sequence[int], n_jobs: int, signa
     from mmss_lib.models.mmss import ABLATIONS
 
     def go(w, systems, cfg):
-        return run_experiment(data_root=data_root(out, w), dataset="demo", categories=[CATEGORY],
-                              features_root=out / "features", runs_root=runs_root(out, w), systems=systems,
-                              seeds=seeds, base_config=cfg, progress=False, n_jobs=n_jobs, summary=False)
+        return run_experiment(
+            data_root=data_root(out, w),
+            dataset="demo",
+            categories=[CATEGORY],
+            features_root=out / "features",
+            runs_root=runs_root(out, w),
+            systems=systems,
+            seeds=seeds,
+            base_config=cfg,
+            progress=False,
+            n_jobs=n_jobs,
+            summary=False,
+        )
 
     if phase == "main":
-        systems = FLOORS_AND_CEILINGS + ["bimpm", "mcr", "mmss", ("mmss", "wo_b", ABLATIONS["wo_b"]),
-                                         ("mmss", "wo_d", ABLATIONS["wo_d"])]
+        systems = FLOORS_AND_CEILINGS + [
+            "bimpm",
+            "mcr",
+            "mmss",
+            ("mmss", "wo_b", ABLATIONS["wo_b"]),
+            ("mmss", "wo_d", ABLATIONS["wo_d"]),
+        ]
         return {"main": go(MAIN_WEIGHT, systems, base_config())}
     if phase == "source":
         return {"source": go(MAIN_WEIGHT, [("mmss", "src1", {"source_init_std": 1.0})], base_config())}
     if phase == "scales":
-        return {f"scale_{s}": go(MAIN_WEIGHT, [("mmss", f"scale_{s}", {})], base_config(ssp_scale=s))
-                for s in SCALES if s != "mean"}
+        return {
+            f"scale_{s}": go(MAIN_WEIGHT, [("mmss", f"scale_{s}", {})], base_config(ssp_scale=s))
+            for s in SCALES
+            if s != "mean"
+        }
     if phase == "signal":
-        return {weight_tag(w): run_experiment(
-                    data_root=data_root(out, w), dataset="demo", categories=[CATEGORY], features_root=out / "features",
-                    runs_root=runs_root(out, w), systems=FLOORS_AND_CEILINGS + ["bimpm", "mcr", "mmss"],
-                    seeds=signal_seeds, base_config=base_config(), progress=False, n_jobs=n_jobs, summary=False)
-                for w in SIGNAL_WEIGHTS if w != MAIN_WEIGHT}
+        return {
+            weight_tag(w): run_experiment(
+                data_root=data_root(out, w),
+                dataset="demo",
+                categories=[CATEGORY],
+                features_root=out / "features",
+                runs_root=runs_root(out, w),
+                systems=FLOORS_AND_CEILINGS + ["bimpm", "mcr", "mmss"],
+                seeds=signal_seeds,
+                base_config=base_config(),
+                progress=False,
+                n_jobs=n_jobs,
+                summary=False,
+            )
+            for w in SIGNAL_WEIGHTS
+            if w != MAIN_WEIGHT
+        }
     raise ValueError(f"unknown phase {phase!r}")
 
 
 # ----------------------------------------------------------------------------------- report
+
 
 def finished_results(out: Path, w: float):
     """The results frame of every finished run under a weight's runs root."""
@@ -222,10 +295,18 @@ def ssp_readings(results, data_root_: Path):
         for s in hist.subtasks:
             off = hist.offsets[s][e][seen]
             top = seen & (hist.y_g == 4)
-            signs.append({"reading": reading_of[r.variant], "seed": r.seed, "subtask": s, "epoch": int(hist.epochs[e]),
-                          "share_up": float((off > 0).mean()), "share_down": float((off < 0).mean()),
-                          "mean_abs_offset": float(np.abs(off).mean()),
-                          "mean_offset_label4": float(hist.offsets[s][e][top].mean()) if top.any() else np.nan})
+            signs.append(
+                {
+                    "reading": reading_of[r.variant],
+                    "seed": r.seed,
+                    "subtask": s,
+                    "epoch": int(hist.epochs[e]),
+                    "share_up": float((off > 0).mean()),
+                    "share_down": float((off < 0).mean()),
+                    "mean_abs_offset": float(np.abs(off).mean()),
+                    "mean_offset_label4": float(hist.offsets[s][e][top].mean()) if top.any() else np.nan,
+                }
+            )
         a = cue_association(cue_association_frame(hist, cues, SUBTASK_CUES, epoch_index=e), n_boot=1000)
         assoc.append(a.assign(reading=reading_of[r.variant], seed=r.seed))
     signs = pd.DataFrame(signs)
@@ -257,15 +338,26 @@ def signal_curve(out: Path, weights: Sequence[float]):
             continue
         res = res[res["variant"] == "full"]
         pooled = pooled_per_product(res)
-        comps = [(f"{s} - BiMPM", (s, "full"), ("bimpm", "full"))
-                 for s in ("mcr", "mmss", "ceiling_text", "ceiling_all")]
+        comps = [
+            (f"{s} - BiMPM", (s, "full"), ("bimpm", "full")) for s in ("mcr", "mmss", "ceiling_text", "ceiling_all")
+        ]
         d = paired_differences(pooled, comps)
         means = pooled.groupby("system")["AP"].mean() * 100
         for row in d.itertuples(index=False):
-            rows.append({"image_weight": w, "comparison": row.comparison, "MAP_a": means.get(row.a_system),
-                         "MAP_bimpm": means.get("bimpm"), "diff": row.diff, "lo": row.lo, "hi": row.hi,
-                         "p": row.p, "n_products": row.n_products,
-                         "n_seeds": int(res[res["system"] == row.a_system]["seed"].nunique())})
+            rows.append(
+                {
+                    "image_weight": w,
+                    "comparison": row.comparison,
+                    "MAP_a": means.get(row.a_system),
+                    "MAP_bimpm": means.get("bimpm"),
+                    "diff": row.diff,
+                    "lo": row.lo,
+                    "hi": row.hi,
+                    "p": row.p,
+                    "n_products": row.n_products,
+                    "n_seeds": int(res[res["system"] == row.a_system]["seed"].nunique()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -280,8 +372,14 @@ def plot_signal_curve(curve, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for comp, g in curve.groupby("comparison", sort=False):
         g = g.sort_values("image_weight")
-        ax.errorbar(g["image_weight"], g["diff"], yerr=[g["diff"] - g["lo"], g["hi"] - g["diff"]], marker="o",
-                    capsize=3, label=comp.replace(" - BiMPM", ""))
+        ax.errorbar(
+            g["image_weight"],
+            g["diff"],
+            yerr=[g["diff"] - g["lo"], g["hi"] - g["diff"]],
+            marker="o",
+            capsize=3,
+            label=comp.replace(" - BiMPM", ""),
+        )
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xlabel("weight of the image cues in the label (generator)")
     ax.set_ylabel("MAP - BiMPM's (x100, 95% paired interval)")
@@ -296,7 +394,13 @@ def plot_signal_curve(curve, path: Path) -> None:
 def report(out: Path) -> str:
     """Write every table and figure of the benchmark from the finished runs; return the text."""
     from mmss_lib.evaluation.cue_sensitivity import format_cue_sensitivity, write_cue_sensitivity
-    from mmss_lib.evaluation.summary import format_summary, headroom_shares, paired_differences, pooled_per_product, product_summary
+    from mmss_lib.evaluation.summary import (
+        format_summary,
+        headroom_shares,
+        paired_differences,
+        pooled_per_product,
+        product_summary,
+    )
     from mmss_lib.utils import atomic_write_text
 
     tables, figures = out / "tables", out / "figures"
@@ -307,42 +411,94 @@ def report(out: Path) -> str:
     if not res.empty:
         pooled = pooled_per_product(res)
         summ = product_summary(pooled)
-        lines += [f"## Main comparison ({CATEGORY}, image weight {MAIN_WEIGHT}; test products: "
-                  f"{int(summ['n_products'].max())})", "", format_summary(summ), ""]
+        lines += [
+            f"## Main comparison ({CATEGORY}, image weight {MAIN_WEIGHT}; test products: "
+            f"{int(summ['n_products'].max())})",
+            "",
+            format_summary(summ),
+            "",
+        ]
         claims = paired_differences(pooled, CLAIMS)
-        lines += ["### Paired differences (MAP x100, per-product AP averaged over seeds; 95% paired bootstrap "
-                  "interval; paired t-test)", "", _md(claims), ""]
+        lines += [
+            "### Paired differences (MAP x100, per-product AP averaged over seeds; 95% paired bootstrap "
+            "interval; paired t-test)",
+            "",
+            _md(claims),
+            "",
+        ]
         shares = headroom_shares(pooled)
-        lines += ["### Share of the headroom: (system - ceiling_text) / (ceiling_all - ceiling_text), MAP", "",
-                  _md(shares), ""]
+        lines += [
+            "### Share of the headroom: (system - ceiling_text) / (ceiling_all - ceiling_text), MAP",
+            "",
+            _md(shares),
+            "",
+        ]
         cs = write_cue_sensitivity(res, data_root(out, MAIN_WEIGHT), tables, "powered")
-        lines += ["### Cue sensitivity (test scores z-scored within product on the planted cues)", "",
-                  _md(format_cue_sensitivity(cs)), ""]
-        src = res[(res["system"] == "mmss") & res["variant"].isin(["full", "src1"])].groupby("variant")[
-            ["dev_MAP", "MAP"]].agg(["mean", "count"])
+        lines += [
+            "### Cue sensitivity (test scores z-scored within product on the planted cues)",
+            "",
+            _md(format_cue_sensitivity(cs)),
+            "",
+        ]
+        src = (
+            res[(res["system"] == "mmss") & res["variant"].isin(["full", "src1"])]
+            .groupby("variant")[["dev_MAP", "MAP"]]
+            .agg(["mean", "count"])
+        )
         if "src1" in src.index and "full" in src.index:
             better = src.loc["src1", ("dev_MAP", "mean")] > src.loc["full", ("dev_MAP", "mean")]
-            lines += [f"Source embeddings at std 1 (src1) vs 0.02 (full), mean dev MAP over seeds: "
-                      f"{100 * src.loc['src1', ('dev_MAP', 'mean')]:.2f} vs {100 * src.loc['full', ('dev_MAP', 'mean')]:.2f} "
-                      f"({int(src.loc['src1', ('dev_MAP', 'count')])} vs {int(src.loc['full', ('dev_MAP', 'count')])} seeds): "
-                      f"{'adopt std 1' if better else 'keep 0.02'} (decided on dev).", ""]
+            lines += [
+                f"Source embeddings at std 1 (src1) vs 0.02 (full), mean dev MAP over seeds: "
+                f"{100 * src.loc['src1', ('dev_MAP', 'mean')]:.2f} vs {100 * src.loc['full', ('dev_MAP', 'mean')]:.2f} "
+                f"({int(src.loc['src1', ('dev_MAP', 'count')])} vs {int(src.loc['full', ('dev_MAP', 'count')])} seeds): "
+                f"{'adopt std 1' if better else 'keep 0.02'} (decided on dev).",
+                "",
+            ]
         best, dev = choose_scale_on_dev(res)
         if len(dev) > 1:
             signs, assoc = ssp_readings(res, data_root(out, MAIN_WEIGHT))
-            read = paired_differences(pooled, [(f"full[{v}] - w/o (d)", ("mmss", v), ("mmss", "wo_d"))
-                                               for v in ("full", "scale_rms", "scale_common")])
+            read = paired_differences(
+                pooled,
+                [
+                    (f"full[{v}] - w/o (d)", ("mmss", v), ("mmss", "wo_d"))
+                    for v in ("full", "scale_rms", "scale_common")
+                ],
+            )
             dev_flat = dev.copy()
             dev_flat.columns = [f"{a}_{b}" for a, b in dev_flat.columns]
-            lines += ["## SSP-Label readings of Eq. 18's scale", "",
-                      f"Best mean dev MAP: {best} (the default follows dev, never test).", "",
-                      _md(dev_flat.reset_index(names="reading"), 4), "", _md(read), "",
-                      "Sign shares and offset sizes (best epoch of each run; mean over seeds):", "",
-                      _md(signs.groupby(["reading", "subtask"], sort=False)[
-                          ["share_up", "share_down", "mean_abs_offset", "mean_offset_label4"]].mean().reset_index(), 3),
-                      "", "Cue association per subtask (stratified by the human label; mean over seeds of the "
-                      "difference and of its 95% interval bounds):", "",
-                      _md(assoc.groupby(["reading", "subtask", "cue"], sort=False)[
-                          ["difference", "ci_low", "ci_high", "n_cue", "n_no_cue"]].mean().reset_index(), 3), ""]
+            lines += [
+                "## SSP-Label readings of Eq. 18's scale",
+                "",
+                f"Best mean dev MAP: {best} (the default follows dev, never test).",
+                "",
+                _md(dev_flat.reset_index(names="reading"), 4),
+                "",
+                _md(read),
+                "",
+                "Sign shares and offset sizes (best epoch of each run; mean over seeds):",
+                "",
+                _md(
+                    signs.groupby(["reading", "subtask"], sort=False)[
+                        ["share_up", "share_down", "mean_abs_offset", "mean_offset_label4"]
+                    ]
+                    .mean()
+                    .reset_index(),
+                    3,
+                ),
+                "",
+                "Cue association per subtask (stratified by the human label; mean over seeds of the "
+                "difference and of its 95% interval bounds):",
+                "",
+                _md(
+                    assoc.groupby(["reading", "subtask", "cue"], sort=False)[
+                        ["difference", "ci_low", "ci_high", "n_cue", "n_no_cue"]
+                    ]
+                    .mean()
+                    .reset_index(),
+                    3,
+                ),
+                "",
+            ]
             for name, df in (("ssp_readings_signs", signs), ("ssp_readings_assoc", assoc), ("ssp_readings_diff", read)):
                 df.to_csv(tables / f"{name}.csv", index=False)
         claims.to_csv(tables / "powered_claims.csv", index=False)
@@ -352,8 +508,14 @@ def report(out: Path) -> str:
     if not curve.empty:
         curve.to_csv(tables / "signal_recovery.csv", index=False)
         plot_signal_curve(curve, figures / "signal_recovery.png")
-        lines += ["## Signal recovery (MAP x100 minus BiMPM's, 95% paired interval over test products)", "",
-                  _md(curve, 2), "", f"Figure: {figures / 'signal_recovery.png'}", ""]
+        lines += [
+            "## Signal recovery (MAP x100 minus BiMPM's, 95% paired interval over test products)",
+            "",
+            _md(curve, 2),
+            "",
+            f"Figure: {figures / 'signal_recovery.png'}",
+            "",
+        ]
         for w in SIGNAL_WEIGHTS:
             if w == MAIN_WEIGHT:
                 continue
@@ -372,9 +534,15 @@ def report(out: Path) -> str:
 def bench_powered(argv: list[str], prog: str = "mmss bench powered") -> int:
     """Powered comparisons on generated data: the paper's claims with paired intervals over 2,100 test products."""
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="outputs/powered", help="folder for data, features, runs, tables (default %(default)s)")
-    ap.add_argument("--phases", nargs="+", default=["main", "signal", "scales", "source"],
-                    choices=["main", "signal", "scales", "source"])
+    ap.add_argument(
+        "--out", default="outputs/powered", help="folder for data, features, runs, tables (default %(default)s)"
+    )
+    ap.add_argument(
+        "--phases",
+        nargs="+",
+        default=["main", "signal", "scales", "source"],
+        choices=["main", "signal", "scales", "source"],
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     ap.add_argument("--signal-seeds", nargs="+", type=int, default=list(SIGNAL_SEEDS))
     ap.add_argument("--n-jobs", type=int, default=2)
@@ -397,8 +565,10 @@ def bench_powered(argv: list[str], prog: str = "mmss bench powered") -> int:
         timed("data", lambda: make_data(out, weights))
         timed("features", lambda: extract(out))
         for phase in a.phases:
-            timed(phase, lambda phase=phase: run_phase(out, phase, seeds=a.seeds, n_jobs=a.n_jobs,
-                                                       signal_seeds=a.signal_seeds))
+            timed(
+                phase,
+                lambda phase=phase: run_phase(out, phase, seeds=a.seeds, n_jobs=a.n_jobs, signal_seeds=a.signal_seeds),
+            )
             print(report(out), flush=True)
     print(report(out))
     return 0

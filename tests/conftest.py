@@ -1,4 +1,5 @@
 """Shared fixtures. Tests run offline, on CPU, with tiny random-init models."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[_var] = "1"
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
@@ -67,22 +69,30 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     d = tmp_path_factory.mktemp("tiny-bert")
-    words = ("the a and is it this to of for with not very good bad great poor quality product "
-             "review price size color fits works broke love hate use one two battery screen "
-             "fabric kitchen pan phone shirt cable light heavy small large").split()
+    words = (
+        "the a and is it this to of for with not very good bad great poor quality product "
+        "review price size color fits works broke love hate use one two battery screen "
+        "fabric kitchen pan phone shirt cable light heavy small large"
+    ).split()
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'") + words
     vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
     (d / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     tok = BertTokenizerFast(vocab=str(d / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(d)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(cfg).save_pretrained(d)
     return d
 
 
-TINY_DT, TINY_DR = 8, 12   # feature sizes of the tiny_demo stores
+TINY_DT, TINY_DR = 8, 12  # feature sizes of the tiny_demo stores
 
 
 def write_tiny_demo(root: Path, *, n_products: int = 8, images: bool = False) -> Path:
@@ -104,8 +114,11 @@ def write_tiny_demo(root: Path, *, n_products: int = 8, images: bool = False) ->
             for i in ids:
                 items[f"text_{side}"][i] = {"x": rng.normal(size=(4, TINY_DT))}
                 k = int(rng.integers(0, 3))
-                items[f"region_{side}"][i] = {"x": rng.random((k, TINY_DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
-                                              "image": np.zeros(k, np.int32)}
+                items[f"region_{side}"][i] = {
+                    "x": rng.random((k, TINY_DR)),
+                    "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                    "image": np.zeros(k, np.int32),
+                }
     for kind, path in feature_dirs(root / "features", "demo", "home").items():
         write_store(path, items[kind], kind=kind.split("_")[0], dim=TINY_DR if "region" in kind else TINY_DT)
     return root
@@ -122,6 +135,7 @@ def counting_build_model(seen: list):
         model = build(*a, **kw)
         model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
         return model
+
     return counting_build
 
 

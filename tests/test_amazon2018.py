@@ -1,4 +1,5 @@
 """mmss_lib.data.amazon2018: the builder's rules on hand-made files, bad input, and the real sample."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,8 +18,16 @@ LONG = "This magazine has long, detailed articles and I read every issue cover t
 
 
 def _review(asin, votes, text=LONG, n=0, **extra):
-    rec = {"overall": 4.0, "verified": True, "reviewTime": "01 2, 2015", "reviewerID": f"R{n}",
-           "asin": asin, "reviewText": text + str(n), "summary": f"s{n}", "unixReviewTime": 1420000000 + n}
+    rec = {
+        "overall": 4.0,
+        "verified": True,
+        "reviewTime": "01 2, 2015",
+        "reviewerID": f"R{n}",
+        "asin": asin,
+        "reviewText": text + str(n),
+        "summary": f"s{n}",
+        "unixReviewTime": 1420000000 + n,
+    }
     if votes is not None:
         rec["vote"] = votes
     rec.update(extra)
@@ -41,22 +50,38 @@ def _fixture(tmp_path, gz=True):
     recs, n = [], 0
     for asin in "ABCD":
         for v in ("1,204", "2", "1"):
-            recs.append(_review(asin, v, n=n)); n += 1
-        recs.append(_review(asin, None, n=n)); n += 1            # no vote -> removed
-        recs.append(_review(asin, "5", text="short", n=n)); n += 1  # too short -> removed
-    recs.append(_review("A", "1", n=50))                         # a 4th qualifying review of A
+            recs.append(_review(asin, v, n=n))
+            n += 1
+        recs.append(_review(asin, None, n=n))
+        n += 1  # no vote -> removed
+        recs.append(_review(asin, "5", text="short", n=n))
+        n += 1  # too short -> removed
+    recs.append(_review("A", "1", n=50))  # a 4th qualifying review of A
     recs += [_review("E", "9", n=100), _review("E", "9", n=101)]
     recs += [_review("F", "2", n=200 + i) for i in range(3)]
     recs += [_review("G", "4", n=300 + i) for i in range(3)]
     recs.append(_review("B", "3", n=1000, image=["https://images-na.ssl-images-amazon.com/images/I/71x._SY88.jpg"]))
-    recs.append(_review("B", "3", n=1000, image=["https://images-na.ssl-images-amazon.com/images/I/71x._SY88.jpg"]))  # duplicate
+    recs.append(
+        _review("B", "3", n=1000, image=["https://images-na.ssl-images-amazon.com/images/I/71x._SY88.jpg"])
+    )  # duplicate
     thumb = "https://images-na.ssl-images-amazon.com/images/I/51sY._SX38_SY50_CR,0,0,38,50_.jpg"
     meta = [
-        {"asin": "A", "title": '<span class="a-size-medium a-color-secondary"', "description": ["Economics &amp; politics.", ""],
-         "feature": [], "image": [thumb]},
+        {
+            "asin": "A",
+            "title": '<span class="a-size-medium a-color-secondary"',
+            "description": ["Economics &amp; politics.", ""],
+            "feature": [],
+            "image": [thumb],
+        },
         {"asin": "A", "title": "Second record of A (ignored)", "description": ["x"]},
-        {"asin": "B", "title": "Guitar Player", "description": [], "feature": ["For <b>musicians</b>"],
-         "imageURL": [thumb], "imageURLHighRes": ["https://images-na.ssl-images-amazon.com/images/I/51sY.jpg"]},
+        {
+            "asin": "B",
+            "title": "Guitar Player",
+            "description": [],
+            "feature": ["For <b>musicians</b>"],
+            "imageURL": [thumb],
+            "imageURLHighRes": ["https://images-na.ssl-images-amazon.com/images/I/51sY.jpg"],
+        },
         {"asin": "C", "title": "Reason", "description": "A single string"},
         {"asin": "D", "title": "Wired", "description": ["Tech."], "imageURL": ["https://x/i/1._SS40_.jpg"]},
         {"asin": "E", "title": "E", "description": ["e"]},
@@ -83,9 +108,9 @@ def test_build_rules_and_round_trip(tmp_path, gz):
     r, m = _fixture(tmp_path, gz)
     rep = build_amazon2018(r, m, tmp_path / "out", "mags", min_reviews=3, min_top_votes=3)
     assert rep["removed_reviews"]["min_votes"] == 4 and rep["removed_reviews"]["min_review_chars"] == 4
-    assert rep["removed_products"]["min_reviews"] == 1          # E
-    assert rep["removed_products"]["min_top_votes"] == 1        # F
-    assert rep["removed_products"]["no_metadata"] == 1          # G
+    assert rep["removed_products"]["min_reviews"] == 1  # E
+    assert rep["removed_products"]["min_top_votes"] == 1  # F
+    assert rep["removed_products"]["no_metadata"] == 1  # G
     assert rep["removed_reviews"]["duplicate"] == 1
     assert rep["meta_repeated_asins_ignored"] == 1
     assert rep["products_kept"] == 4
@@ -94,19 +119,20 @@ def test_build_rules_and_round_trip(tmp_path, gz):
     for split in SPLITS:
         p, rv = load_mrhp(tmp_path / "out", "amazon", "mags", split)
         assert len(p) == rep["splits"][split]["products"] and len(rv) == rep["splits"][split]["reviews"]
-        prods.append(p); revs.append(rv)
+        prods.append(p)
+        revs.append(rv)
     p = pd.concat(prods).set_index("product_id")
     rv = pd.concat(revs).set_index("review_id")
     assert sorted(p.index) == ["A", "B", "C", "D"]
-    assert p.loc["A", "name"] == "" and p.loc["A", "text"] == "Economics & politics."   # junk title, entities
+    assert p.loc["A", "name"] == "" and p.loc["A", "text"] == "Economics & politics."  # junk title, entities
     assert p.loc["A", "img_urls"] == ["https://images-na.ssl-images-amazon.com/images/I/51sY.jpg"]
-    assert p.loc["B", "text"] == "Guitar Player For musicians"                          # feature fallback
+    assert p.loc["B", "text"] == "Guitar Player For musicians"  # feature fallback
     assert p.loc["B", "img_urls"] == ["https://images-na.ssl-images-amazon.com/images/I/51sY.jpg"]  # HighRes first
     assert p.loc["C", "text"] == "Reason A single string"
     assert p.loc["D", "img_urls"] == ["https://x/i/1.jpg"]
     # labels: 1,204 -> 4, 2 -> 1, 1 -> 0, 3 -> 1; review ids in file order within the product
     assert rv.loc["A-0", "label"] == 4 and rv.loc["A-1", "label"] == 1 and rv.loc["A-2", "label"] == 0
-    assert rv.loc["A-3", "label"] == 0                                                 # the 4th A review (vote 1)
+    assert rv.loc["A-3", "label"] == 0  # the 4th A review (vote 1)
     assert rv.loc["B-3", "img_urls"] == ["https://images-na.ssl-images-amazon.com/images/I/71x.jpg"]
     assert len(rv) == rep["reviews_kept"] == 14
     assert json.loads((tmp_path / "out" / "amazon" / "mags" / "build_report.json").read_text())["products_kept"] == 4
@@ -167,9 +193,18 @@ def test_generated_input_builds(tmp_path):
 
 def test_real_sample_builds_and_loads(amazon2018_sample, tmp_path, capsys):
     """Build the real Magazine Subscriptions sample (relaxed --min-reviews 3) and load it back."""
-    argv = ["--reviews", str(amazon2018_sample / "Magazine_Subscriptions_5.json.gz"),
-            "--meta", str(amazon2018_sample / "meta_Magazine_Subscriptions.json.gz"),
-            "--out", str(tmp_path), "--category", "magazines", "--min-reviews", "3"]
+    argv = [
+        "--reviews",
+        str(amazon2018_sample / "Magazine_Subscriptions_5.json.gz"),
+        "--meta",
+        str(amazon2018_sample / "meta_Magazine_Subscriptions.json.gz"),
+        "--out",
+        str(tmp_path),
+        "--category",
+        "magazines",
+        "--min-reviews",
+        "3",
+    ]
     assert cli_main(argv, prog="mmss build-amazon2018") == 0
     assert "kept" in capsys.readouterr().out
     rep = json.loads((tmp_path / "amazon" / "magazines" / "build_report.json").read_text())
@@ -184,4 +219,4 @@ def test_real_sample_builds_and_loads(amazon2018_sample, tmp_path, capsys):
         total += len(rv)
     assert total == rep["reviews_kept"]
     n = rep["products_kept"]
-    assert rep["splits"]["test"]["products"] == -(-n * 2 // 10)   # ceil(0.2 n)
+    assert rep["splits"]["test"]["products"] == -(-n * 2 // 10)  # ceil(0.2 n)

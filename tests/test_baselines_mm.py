@@ -2,6 +2,7 @@
 
 Tiny inputs (text_dim 32, region_dim 16 unless a test checks the 2048-d default), CPU only.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -20,14 +21,16 @@ from mmss_lib.models.registry import build_system
 try:
     from mmss_lib.models.losses import ranking_hinge
 except ImportError:  # pragma: no cover - losses.py written by another engineer
+
     def ranking_hinge(s_pos, s_neg, margin=1.0):
         return torch.clamp(margin - s_pos + s_neg, min=0.0).mean()
+
 
 NAMES = ["ssecross", "drnet", "mcr", "mcl"]
 SMALL = dict(text_dim=32, region_dim=16, d=32, n_heads=2)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny tensors: one intra-op thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one intra-op thread
 
 
 def _build(name, **kw):
@@ -124,8 +127,7 @@ def test_padding_does_not_change_score(name):
 def test_no_images_anywhere_is_finite(name):
     model = _build(name).train()
     batch = _batch()
-    batch = replace(batch, rv_mask=torch.zeros_like(batch.rv_mask),
-                    pv_mask=batch.pv_mask.clone())
+    batch = replace(batch, rv_mask=torch.zeros_like(batch.rv_mask), pv_mask=batch.pv_mask.clone())
     batch.pv_mask[1] = False  # sample 1: neither product nor review images
     out = model(batch)
     assert torch.isfinite(out.score).all()

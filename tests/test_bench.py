@@ -1,4 +1,5 @@
 """The benchmark package: dispatcher, shared helpers, and tiny runs of the benchmarks (no timing asserts)."""
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,7 @@ def test_phase_timer_adds_across_resumed_runs_and_keeps_a_killed_phases_time(tmp
     timed = common.phase_timer(path, "t", every=0.01)
     seen = {}
 
-    def slow():                  # waits for a heartbeat: the time so far grows on disk mid-run
+    def slow():  # waits for a heartbeat: the time so far grows on disk mid-run
         first = json.loads(path.read_text())
         assert first["_unfinished"] == ["a"]
         for _ in range(1000):
@@ -85,12 +86,12 @@ def test_phase_timer_adds_across_resumed_runs_and_keeps_a_killed_phases_time(tmp
     with pytest.raises(KeyboardInterrupt):
         timed("b", killed)
     with pytest.raises(KeyboardInterrupt):
-        timed("a", killed)       # a resumed phase that did not finish this time reads as unfinished again
+        timed("a", killed)  # a resumed phase that did not finish this time reads as unfinished again
     t = json.loads(path.read_text())
     assert t["_unfinished"] == ["b", "a"] and t["a"] >= done["a"] and "b" in t
     lines = common.timing_lines(path)
     assert "a " in lines[2] and "b " in lines[2] and lines[2].count("(unfinished)") == 2
-    timed("b", lambda: None)     # a later run completes it
+    timed("b", lambda: None)  # a later run completes it
     t = json.loads(path.read_text())
     assert t["_unfinished"] == ["a"] and common.timing_lines(path)[2].count("(unfinished)") == 1
 
@@ -110,8 +111,16 @@ def test_bench_train_child_on_tiny_synthetic_stores(tmp_path):
     from mmss_lib.bench.train import _bench_child, _synthetic_bench_stores
 
     _synthetic_bench_stores(tmp_path / "bench" / "synthetic", 200, text_dim=8, text_len=4, region_dim=2048)
-    res = _bench_child({"n": 200, "per_product": 20, "root": str(tmp_path), "steps": 2, "threads": 1,
-                        "model_options": {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}})
+    res = _bench_child(
+        {
+            "n": 200,
+            "per_product": 20,
+            "root": str(tmp_path),
+            "steps": 2,
+            "threads": 1,
+            "model_options": {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8},
+        }
+    )
     assert res["n"] == 200
     for e in ("epoch1", "epoch2"):
         assert res[e]["samples"] > 0 and res[e]["n_pairs"] > 0
@@ -128,16 +137,37 @@ def test_precision_bench_trains_both_arms_and_reports_speed_wait_and_agreement(t
     from mmss_lib.bench.precision import bench_precision
     from mmss_lib.training.run_folder import finished_results
 
-    args = ["--data-root", str(tiny_demo / "data"), "--category", "home", "--features", str(tiny_demo / "features"),
-            "--out", str(tmp_path / "runs"), "--systems", "egcnn", "--seeds", "0", "--epochs", "2",
-            "--device", "cpu", "--num-threads", "1", "--json", str(tmp_path / "rep.json")]
+    args = [
+        "--data-root",
+        str(tiny_demo / "data"),
+        "--category",
+        "home",
+        "--features",
+        str(tiny_demo / "features"),
+        "--out",
+        str(tmp_path / "runs"),
+        "--systems",
+        "egcnn",
+        "--seeds",
+        "0",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--num-threads",
+        "1",
+        "--json",
+        str(tmp_path / "rep.json"),
+    ]
     assert bench_precision(args) == 0
     out = capsys.readouterr().out
     assert "both arms ran fp32" in out and "egcnn: test MAP bf16" in out
     rep = json.loads((tmp_path / "rep.json").read_text())["systems"]["egcnn"]
     assert rep["diff"]["diff"] == 0.0 and rep["bf16"]["epochs"] == rep["fp32"]["epochs"] == 2
     assert 0.0 < rep["fp32"]["data_share"] < 1.0
-    for h in json.loads((tmp_path / "runs" / "fp32" / "demo" / "home" / "egcnn" / "seed0" / "history.json").read_text()):
+    for h in json.loads(
+        (tmp_path / "runs" / "fp32" / "demo" / "home" / "egcnn" / "seed0" / "history.json").read_text()
+    ):
         assert 0.0 < h["data_seconds"] < h["train_seconds"]
     res = finished_results(tmp_path / "runs" / "bf16", "demo", "home")
     assert list(res["system"]) == ["egcnn"] and res["MAP"].between(0, 1).all()
@@ -154,10 +184,25 @@ def test_epoch_shares_sum_to_one_and_every_epoch_records_its_parts(tiny_demo, tm
     from mmss_lib.training.config import TrainConfig
     from mmss_lib.training.trainer import train_run
 
-    cfg = TrainConfig(system="mmss", epochs=3, patience=3, batch_size=16, n_neg=3, device="cpu", num_threads=1,
-                      model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8})
-    train_run(cfg, data_root=tiny_demo / "data", dataset="demo", category="home",
-              features_root=tiny_demo / "features", run_dir=tmp_path / "run", progress=False)
+    cfg = TrainConfig(
+        system="mmss",
+        epochs=3,
+        patience=3,
+        batch_size=16,
+        n_neg=3,
+        device="cpu",
+        num_threads=1,
+        model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8},
+    )
+    train_run(
+        cfg,
+        data_root=tiny_demo / "data",
+        dataset="demo",
+        category="home",
+        features_root=tiny_demo / "features",
+        run_dir=tmp_path / "run",
+        progress=False,
+    )
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     for h in history:
         parts = [h[k] for k in ("data_seconds", "ssp_seconds", "eval_seconds", "checkpoint_seconds")]

@@ -1,5 +1,6 @@
 """Notebook helpers of the library: the case study (notebook 04), reading finished runs and the
 reference configuration (notebooks 02/03), on a tiny demo category trained for one epoch."""
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,17 @@ def trained(tmp_path_factory):
 
     root = write_tiny_demo(tmp_path_factory.mktemp("case"))
     base = TrainConfig(epochs=1, device="cpu", num_threads=1, model_options=dict(TINY))
-    results = run_experiment(data_root=root / "data", dataset="demo", categories=["home"],
-                             features_root=root / "features", runs_root=root / "runs",
-                             systems=[("mmss", v, ABLATIONS[v]) for v in ("full", "wo_d")], seeds=(0,),
-                             base_config=base, progress=False)
+    results = run_experiment(
+        data_root=root / "data",
+        dataset="demo",
+        categories=["home"],
+        features_root=root / "features",
+        runs_root=root / "runs",
+        systems=[("mmss", v, ABLATIONS[v]) for v in ("full", "wo_d")],
+        seeds=(0,),
+        base_config=base,
+        progress=False,
+    )
     return root, base, results
 
 
@@ -51,9 +59,11 @@ def test_load_run_config_history_and_reference_config(trained, tmp_path):
         load_history(tmp_path)
 
     fallback = TrainConfig(epochs=7)
-    got, source = reference_config(root / "runs", "demo", "home", [3, 0], fallback)   # seed 3 has no run
+    got, source = reference_config(root / "runs", "demo", "home", [3, 0], fallback)  # seed 3 has no run
     assert source == full / "config.json"
-    assert got.seed == 3 and got.variant == "full" and got.epochs == cfg.epochs and got.model_options == cfg.model_options
+    assert (
+        got.seed == 3 and got.variant == "full" and got.epochs == cfg.epochs and got.model_options == cfg.model_options
+    )
     got, source = reference_config(root / "runs", "demo", "other", [0], fallback)
     assert got is fallback and source is None
 
@@ -75,10 +85,10 @@ def test_case_study_predicts_like_the_trainer_and_writes_figures(trained, tmp_pa
     with pytest.raises(DataError, match="no review"):
         case.predict(full, "test", ["nope"])
 
-    subtasks = [c[len("score_"):] for c in st.columns if c.startswith("score_")]
+    subtasks = [c[len("score_") :] for c in st.columns if c.startswith("score_")]
     (pick,) = case.test_cases(st, subtasks)
     spread = np.abs(st[[f"score_{s}" for s in subtasks]].to_numpy() - st[["score"]].to_numpy()).mean(axis=1)
-    assert pick == st["review_id"].iloc[int(np.argmax(spread))]      # no images in this demo: largest spread
+    assert pick == st["review_id"].iloc[int(np.argmax(spread))]  # no images in this demo: largest spread
 
     row = case.show("test", pick, {"H": 3.0, "M": 0.5, "O": None}, "subtask outputs")
     assert (tmp_path / f"fig4_case_test_t_{pick}.png").stat().st_size > 0

@@ -1,5 +1,6 @@
 """mmss bench claims (issue 27): the generator's text weight, the data-size design, the pruner's
 warm-up, and the benchmark's refusals. The long runs themselves are measured, not tested."""
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,7 @@ def test_size_design_nested_and_same_items(small_powered):
     prev = set()
     for n in C.SIZES:
         train, test = set(d[f"train{n}"]), set(d[f"test{n}"])
-        assert len(train) == n and prev <= train                    # nested
+        assert len(train) == n and prev <= train  # nested
         assert not train & (dev | test) and train | dev | test == every and common <= test
         prev = train
     want = {"train": d["train30"], "dev": d["dev"], "test": d["test30"]}
@@ -93,8 +94,9 @@ def test_size_design_nested_and_same_items(small_powered):
     src_frames = {s: load_mrhp(src, "demo", "home", s) for s in SPLITS}
     for kind, side in (("text", 0), ("region", 0), ("text", 1), ("region", 1)):
         col = "product_id" if side == 0 else "review_id"
-        assert content_fingerprint(kind, category_frames(frames)[side], col) == \
-            content_fingerprint(kind, category_frames(src_frames)[side], col)
+        assert content_fingerprint(kind, category_frames(frames)[side], col) == content_fingerprint(
+            kind, category_frames(src_frames)[side], col
+        )
     # the cues follow the reviews of each split
     for s in SPLITS:
         assert set(load_cues(out / "sub", "home", s)["review_id"]) == set(frames[s][1]["review_id"])
@@ -126,8 +128,24 @@ def test_prune_from_refused(tmp_path):
     from mmss_lib.model_selection.search import cli_main
 
     with pytest.raises(TuneError, match="--prune-from 0"):
-        cli_main(["--data-root", str(tmp_path), "--dataset", "demo", "--categories", "home", "--features",
-                  str(tmp_path), "--out", str(tmp_path / "t"), "--systems", "bimpm", "--prune-from", "0"])
+        cli_main(
+            [
+                "--data-root",
+                str(tmp_path),
+                "--dataset",
+                "demo",
+                "--categories",
+                "home",
+                "--features",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "t"),
+                "--systems",
+                "bimpm",
+                "--prune-from",
+                "0",
+            ]
+        )
 
 
 def test_claims_report_only_refuses_an_empty_folder(tmp_path):
@@ -149,9 +167,22 @@ def test_size_curve_on_common_products(small_powered, monkeypatch):
         test = d[f"test{n}"]
         for system in ("bimpm", "mmss"):
             for p in test:
-                rows.append({"dataset": "demo", "category": "home", "system": system, "variant": "full", "seed": 0,
-                             "product_id": p, "AP": 0.5 + rng.normal(0, 0.01) + (0.01 * n if system == "mmss" else 0.0),
-                             "NDCG@3": 0.5, "NDCG@5": 0.5, "RR": 0.5, "ceiling_while_improving": 0, "n": n})
+                rows.append(
+                    {
+                        "dataset": "demo",
+                        "category": "home",
+                        "system": system,
+                        "variant": "full",
+                        "seed": 0,
+                        "product_id": p,
+                        "AP": 0.5 + rng.normal(0, 0.01) + (0.01 * n if system == "mmss" else 0.0),
+                        "NDCG@3": 0.5,
+                        "NDCG@5": 0.5,
+                        "RR": 0.5,
+                        "ceiling_while_improving": 0,
+                        "n": n,
+                    }
+                )
     per = pd.DataFrame(rows)
 
     def fake_finished(out_, tag):
@@ -186,7 +217,7 @@ def test_magazine_folds_as_datasets(amazon2018_sample, tmp_path):
     assert len(seen) == len(set(seen)) == 85
     stamp = M.fold_root(tmp_path, 0) / M.DATASET / "fold.json"
     before = stamp.stat().st_mtime_ns
-    M.make_data(tmp_path, amazon2018_sample)                   # a rerun reuses what is there
+    M.make_data(tmp_path, amazon2018_sample)  # a rerun reuses what is there
     assert stamp.stat().st_mtime_ns == before
     with pytest.raises(DataError, match="Magazine_Subscriptions"):
         M.make_data(tmp_path / "other", tmp_path / "nowhere")
@@ -203,10 +234,26 @@ def test_magazine_table_against_length():
         for s in systems:
             for p in range(40):
                 ap = {"length": 0.8, "random": 0.5, "mmss": 0.75, "bimpm": 0.7 if setting == "untuned" else 0.9}[s]
-                rows.append({"dataset": "amazon", "category": "magazine", "system": s, "variant": "full", "seed": 0,
-                             "product_id": f"P{p}", "AP": ap + rng.normal(0, 0.01), "NDCG@3": 0.5, "NDCG@5": 0.5,
-                             "RR": 0.5, "ceiling_while_improving": 0, "length": 256, "setting": setting,
-                             "cv_fold": 0, "run_dir": f"{setting}/{s}", "seconds": 90.0})
+                rows.append(
+                    {
+                        "dataset": "amazon",
+                        "category": "magazine",
+                        "system": s,
+                        "variant": "full",
+                        "seed": 0,
+                        "product_id": f"P{p}",
+                        "AP": ap + rng.normal(0, 0.01),
+                        "NDCG@3": 0.5,
+                        "NDCG@5": 0.5,
+                        "RR": 0.5,
+                        "ceiling_while_improving": 0,
+                        "length": 256,
+                        "setting": setting,
+                        "cv_fold": 0,
+                        "run_dir": f"{setting}/{s}",
+                        "seconds": 90.0,
+                    }
+                )
     t = M.table(pd.DataFrame(rows)).set_index(["setting", "system"])
     assert t.loc[("untuned", "bimpm"), "minus_Length"] == pytest.approx(-10, abs=1)
     assert t.loc[("tuned", "bimpm"), "minus_Length"] == pytest.approx(10, abs=1)
@@ -216,8 +263,8 @@ def test_magazine_table_against_length():
     assert (t["n_products"] == 40).all()
     assert t.loc[("untuned", "mmss"), "minus_BiMPM"] == pytest.approx(5, abs=1)
     assert t.loc[("untuned", "mmss"), "bimpm_lo"] > 3 and pd.isna(t.loc[("untuned", "bimpm"), "minus_BiMPM"])
-    assert "minus_BiMPM" not in t.loc[("tuned", "bimpm")].dropna().index      # no tuned MM-SS to compare
-    assert (t["run_min"] == 1.5).all()          # one run of 90 s each, however many products it scored
+    assert "minus_BiMPM" not in t.loc[("tuned", "bimpm")].dropna().index  # no tuned MM-SS to compare
+    assert (t["run_min"] == 1.5).all()  # one run of 90 s each, however many products it scored
 
 
 def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp_path):
@@ -226,8 +273,12 @@ def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp
     import mmss_lib.training.run_folder
     from studies import magazine as M
 
-    done = {(64, "untuned", 0): ("random", "length", "bimpm", "mmss"), (64, "untuned", 1): ("random", "length", "bimpm"),
-            (256, "tuned", 0): ("bimpm", "mmss"), (256, "tuned", 1): ("bimpm",)}
+    done = {
+        (64, "untuned", 0): ("random", "length", "bimpm", "mmss"),
+        (64, "untuned", 1): ("random", "length", "bimpm"),
+        (256, "tuned", 0): ("bimpm", "mmss"),
+        (256, "tuned", 1): ("bimpm",),
+    }
 
     def finished(root, dataset, category):
         key = next((k for k in done if root == M.runs_root(tmp_path, *k)), None)
@@ -248,15 +299,28 @@ def test_magazine_folds_option_runs_those_folds_only_in_order(monkeypatch, tmp_p
     calls = []
     monkeypatch.setattr(M, "make_data", lambda out, src: None)
     monkeypatch.setattr(M, "extract", lambda out: None)
-    monkeypatch.setattr(mmss_lib.model_selection.sweeps, "run_experiment",
-                        lambda runs_root, **kw: calls.append(("run", Path(runs_root).relative_to(M.root(tmp_path)).parts)))
-    monkeypatch.setattr(mmss_lib.model_selection.search, "tune", lambda tune_root, system, parallel, n_jobs, **kw:
-                        calls.append(("tune", system, parallel, n_jobs)))
+    monkeypatch.setattr(
+        mmss_lib.model_selection.sweeps,
+        "run_experiment",
+        lambda runs_root, **kw: calls.append(("run", Path(runs_root).relative_to(M.root(tmp_path)).parts)),
+    )
+    monkeypatch.setattr(
+        mmss_lib.model_selection.search,
+        "tune",
+        lambda tune_root, system, parallel, n_jobs, **kw: calls.append(("tune", system, parallel, n_jobs)),
+    )
     M.run(tmp_path, tmp_path, 1, seeds=(0,), folds=[4, 1, 4])
     runs = [c[1][1:4] for c in calls if c[0] == "run"]
-    assert runs == [("L64", "untuned", "fold4"), ("L64", "untuned", "fold1"), ("L256", "untuned", "fold4"),
-                    ("L256", "untuned", "fold1"), ("L256", "tuned", "fold4"), ("L256", "tuned", "fold1"),
-                    ("L512", "untuned", "fold4"), ("L512", "untuned", "fold1")]
+    assert runs == [
+        ("L64", "untuned", "fold4"),
+        ("L64", "untuned", "fold1"),
+        ("L256", "untuned", "fold4"),
+        ("L256", "untuned", "fold1"),
+        ("L256", "tuned", "fold4"),
+        ("L256", "tuned", "fold1"),
+        ("L512", "untuned", "fold4"),
+        ("L512", "untuned", "fold1"),
+    ]
     assert [c[1] for c in calls if c[0] == "tune"] == ["bimpm", "mmss"] * 2
     # the studies' batch size is their budget's, not --n-jobs: a finished study continues with any
     assert {c[2:] for c in calls if c[0] == "tune"} == {(M.TUNE_PARALLEL, 1)}
@@ -280,9 +344,19 @@ def test_magazine_studies_table_reads_each_folds_choice(tmp_path):
     for f, system, dev in ((0, "bimpm", 0.8), (0, "mmss", 0.7), (2, "mmss", 0.9)):
         d = study_dir_for(M.tune_root(tmp_path, 256, f), M.DATASET, M.CATEGORY, system, "full")
         d.mkdir(parents=True)
-        (d / "best.json").write_text(json.dumps({
-            "trial": 3, "dev_MAP": dev, "base_dev_MAP": dev - 0.1, "params": {"lr": 0.00123456, "n_neg": 3},
-            "n_complete": 4, "n_pruned": 1, "wall_seconds": 600.0}))
+        (d / "best.json").write_text(
+            json.dumps(
+                {
+                    "trial": 3,
+                    "dev_MAP": dev,
+                    "base_dev_MAP": dev - 0.1,
+                    "params": {"lr": 0.00123456, "n_neg": 3},
+                    "n_complete": 4,
+                    "n_pruned": 1,
+                    "wall_seconds": 600.0,
+                }
+            )
+        )
     st = M.studies(tmp_path)
     assert list(zip(st["fold"], st["system"])) == [(0, "bimpm"), (0, "mmss"), (2, "mmss")]
     assert st["dev_MAP"].tolist() == pytest.approx([80, 70, 90])
@@ -307,8 +381,11 @@ def _random_stores(out):
             for i in ids:
                 items[f"text_{side}"][i] = {"x": rng.normal(size=(4, 8))}
                 k = int(rng.integers(0, 3))
-                items[f"region_{side}"][i] = {"x": rng.random((k, 12)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
-                                              "image": np.zeros(k, np.int32)}
+                items[f"region_{side}"][i] = {
+                    "x": rng.random((k, 12)),
+                    "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                    "image": np.zeros(k, np.int32),
+                }
     for kind, path in feature_dirs(out / "features", "demo", P.CATEGORY).items():
         write_store(path, items[kind], kind=kind.split("_")[0], dim=12 if "region" in kind else 8)
 
@@ -329,31 +406,57 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "TUNE_TRIALS", 2)
     monkeypatch.setattr(C, "TUNE_EPOCHS", 1)
     monkeypatch.setattr(C, "FINAL_EPOCHS", 1)
-    monkeypatch.setattr(C, "BASE_SIZE", 12)               # split_sizes(36, test 0.5, dev 0.3): 12 train
+    monkeypatch.setattr(C, "BASE_SIZE", 12)  # split_sizes(36, test 0.5, dev 0.3): 12 train
     monkeypatch.setattr(C, "SIZES", (6, 12))
     monkeypatch.setattr(C, "SIZE_EXTRA", 3)
     monkeypatch.setattr(C, "SIZE_SEEDS", {6: (0,)})
-    argv = ["--out", str(tmp_path), "--phases", "tune", "tuned", "alone", "fix", "size", "--seeds", "0", "--n-jobs", "1"]
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--phases",
+        "tune",
+        "tuned",
+        "alone",
+        "fix",
+        "size",
+        "--seeds",
+        "0",
+        "--n-jobs",
+        "1",
+    ]
     assert C.bench_claims(argv) == 0
     text = (tmp_path / "CLAIMS.md").read_text()
-    for section in ("## Studies", "## Tuned comparison", "### Paired differences", "## Images alone",
-                    "## Text alone", "## Data size", "### Where MM-SS takes its signal from (main)",
-                    "### Where MM-SS takes its signal from (images alone)", "## Fix tried for the image pathway",
-                    "Do the frozen features hold the image cues?", "## Measured time"):
+    for section in (
+        "## Studies",
+        "## Tuned comparison",
+        "### Paired differences",
+        "## Images alone",
+        "## Text alone",
+        "## Data size",
+        "### Where MM-SS takes its signal from (main)",
+        "### Where MM-SS takes its signal from (images alone)",
+        "## Fix tried for the image pathway",
+        "Do the frozen features hold the image cues?",
+        "## Measured time",
+    ):
         assert section in text, section
     cfg = load_run_config(C.runs_root(tmp_path, "main") / "demo" / "home" / "mmss__wo_d" / "seed0")
-    assert cfg.tuned_from and cfg.tuned_from.endswith("mmss/best.json")       # the ablation takes MM-SS's study
+    assert cfg.tuned_from and cfg.tuned_from.endswith("mmss/best.json")  # the ablation takes MM-SS's study
     assert cfg.epochs == C.FINAL_EPOCHS and cfg.ssp_scale == "common"
     fix = load_run_config(C.runs_root(tmp_path, "images_alone") / "demo" / "home" / "mmss__match" / "seed0")
     full = load_run_config(C.runs_root(tmp_path, "images_alone") / "demo" / "home" / "mmss" / "seed0")
-    assert fix.model_options == {**full.model_options, **C.FIX[2]} and fix.tuned_from == full.tuned_from   # MM-SS's settings
+    assert (
+        fix.model_options == {**full.model_options, **C.FIX[2]} and fix.tuned_from == full.tuned_from
+    )  # MM-SS's settings
     assert set(pd.read_csv(tmp_path / "tables" / "claims_fix.csv")["data"]) == set(C.FIX_DESIGNS)
-    assert "MM-SS+match - MM-SS" in set(pd.read_csv(tmp_path / "tables" / "claims_images_alone_claims.csv")["comparison"])
+    assert "MM-SS+match - MM-SS" in set(
+        pd.read_csv(tmp_path / "tables" / "claims_images_alone_claims.csv")["comparison"]
+    )
     size = pd.read_csv(tmp_path / "tables" / "claims_size.csv")
     assert list(size["train_products"]) == [6, 12] and size["n_products"].nunique() == 1
     stamp = (tmp_path / "runs_tuned").rglob("metrics.json")
     before = {p: p.stat().st_mtime_ns for p in stamp}
-    assert C.bench_claims(argv) == 0                                   # resumable: nothing retrained
+    assert C.bench_claims(argv) == 0  # resumable: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
     # carried to another folder without checkpoints (how outputs/powered travels in git): the runs
@@ -364,8 +467,9 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("*.pt"))
     argv_moved = ["--out", str(moved)] + argv[2:]
     assert C.bench_claims(argv_moved) == 0
-    assert {p: p.stat().st_mtime_ns for p in (moved / "runs_tuned").rglob("metrics.json")} == \
-        {moved / p.relative_to(tmp_path): t for p, t in before.items()}
-    assert not list(moved.rglob("*.pt"))                                 # nothing trained again
-    again = (moved / "CLAIMS.md").read_text().replace(str(moved), str(tmp_path))   # the figure's path aside
+    assert {p: p.stat().st_mtime_ns for p in (moved / "runs_tuned").rglob("metrics.json")} == {
+        moved / p.relative_to(tmp_path): t for p, t in before.items()
+    }
+    assert not list(moved.rglob("*.pt"))  # nothing trained again
+    again = (moved / "CLAIMS.md").read_text().replace(str(moved), str(tmp_path))  # the figure's path aside
     assert again.split("## Measured time")[0] == text.split("## Measured time")[0]

@@ -1,4 +1,5 @@
 """mmss_lib.data.mrhp: loader/writer round trips (Amazon and Lazada variants), bad input, stats."""
+
 from __future__ import annotations
 
 import json
@@ -7,24 +8,40 @@ import pandas as pd
 import pytest
 
 from mmss_lib.data import mrhp as data
-from mmss_lib.data.mrhp import bin_votes, dataset_stats, default_threshold, load_mrhp, parse_img_urls, split_by_product, split_file, stats_markdown, write_mrhp
+from mmss_lib.data.mrhp import (
+    bin_votes,
+    dataset_stats,
+    default_threshold,
+    load_mrhp,
+    parse_img_urls,
+    split_by_product,
+    split_file,
+    stats_markdown,
+    write_mrhp,
+)
 from mmss_lib.errors import DataError
 
 
 def _frames():
-    products = pd.DataFrame({
-        "product_id": ["P1", "P2", "P3"],
-        "name": ["Red shirt", "Blue lamp", "Pan"],
-        "text": ["Red shirt Soft cotton. Machine washable.", "Blue lamp Bright.", "Pan"],
-        "img_urls": [["http://i/p1a.jpg", "http://i/p1b.jpg"], [], ["http://i/p3.jpg"]],
-    }, index=[7, 2, 40])  # non-contiguous, unsorted row indices
-    reviews = pd.DataFrame({
-        "review_id": ["P1-0", "P1-1", "P2-0", "P3-0", "P3-1"],
-        "product_id": ["P1", "P1", "P2", "P3", "P3"],
-        "text": ["Great shirt, fits well.", "Faded after one wash.", "Too dim.", "Heats evenly.", "ok"],
-        "label": [4, 0, 2, 1, 3],
-        "img_urls": [["http://i/r0.jpg"], [], [], ["http://i/r3a.jpg", "http://i/r3b.jpg"], []],
-    }, index=[11, 3, 30, 31, 90])
+    products = pd.DataFrame(
+        {
+            "product_id": ["P1", "P2", "P3"],
+            "name": ["Red shirt", "Blue lamp", "Pan"],
+            "text": ["Red shirt Soft cotton. Machine washable.", "Blue lamp Bright.", "Pan"],
+            "img_urls": [["http://i/p1a.jpg", "http://i/p1b.jpg"], [], ["http://i/p3.jpg"]],
+        },
+        index=[7, 2, 40],
+    )  # non-contiguous, unsorted row indices
+    reviews = pd.DataFrame(
+        {
+            "review_id": ["P1-0", "P1-1", "P2-0", "P3-0", "P3-1"],
+            "product_id": ["P1", "P1", "P2", "P3", "P3"],
+            "text": ["Great shirt, fits well.", "Faded after one wash.", "Too dim.", "Heats evenly.", "ok"],
+            "label": [4, 0, 2, 1, 3],
+            "img_urls": [["http://i/r0.jpg"], [], [], ["http://i/r3a.jpg", "http://i/r3b.jpg"], []],
+        },
+        index=[11, 3, 30, 31, 90],
+    )
     return products, reviews
 
 
@@ -32,8 +49,7 @@ def _sorted(df):
     return df.sort_index().reset_index(drop=True)
 
 
-@pytest.mark.parametrize("dataset,category", [("amazon", "home"), ("demo", "clothing"),
-                                              ("lazada", "electronics")])
+@pytest.mark.parametrize("dataset,category", [("amazon", "home"), ("demo", "clothing"), ("lazada", "electronics")])
 def test_round_trip(tmp_path, dataset, category):
     products, reviews = _frames()
     write_mrhp(tmp_path, dataset, category, "dev", products, reviews)
@@ -42,9 +58,11 @@ def test_round_trip(tmp_path, dataset, category):
     assert list(r.columns) == list(data.REVIEW_COLUMNS)
     exp_p, exp_r = _sorted(products), _sorted(reviews)
     pd.testing.assert_frame_equal(p[["product_id", "name", "text", "img_urls"]], exp_p, check_dtype=False)
-    pd.testing.assert_frame_equal(r[["review_id", "product_id", "text", "label", "img_urls"]],
-                                  exp_r[["review_id", "product_id", "text", "label", "img_urls"]],
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        r[["review_id", "product_id", "text", "label", "img_urls"]],
+        exp_r[["review_id", "product_id", "text", "label", "img_urls"]],
+        check_dtype=False,
+    )
     assert r["label"].dtype == "int64"
     assert r.attrs["image_counts"] == {"with_images": 0, "without_images": 5}
     assert p.image_files.map(len).sum() == 0
@@ -57,7 +75,10 @@ def test_lazada_field_encoding(tmp_path):
     prd = json.loads(paths["prd"].read_text())
     rvw = json.loads(paths["rvw"].read_text())
     rel = json.loads(paths["rel"].read_text())
-    assert isinstance(prd["img_url"]["7"], str) and json.loads(prd["img_url"]["7"]) == ["http://i/p1a.jpg", "http://i/p1b.jpg"]
+    assert isinstance(prd["img_url"]["7"], str) and json.loads(prd["img_url"]["7"]) == [
+        "http://i/p1a.jpg",
+        "http://i/p1b.jpg",
+    ]
     assert json.loads(rvw["img_url"]["11"]) == [{"url": "http://i/r0.jpg"}]
     assert rel["rating"] == {"11": 5, "3": 1, "30": 3, "31": 4, "90": 2}
     assert "time" not in rvw
@@ -89,7 +110,10 @@ def test_amazon_description_list_and_urls(tmp_path):
     write_mrhp(tmp_path, "amazon", "home", "train", products, reviews)
     p, _ = load_mrhp(tmp_path, "amazon", "home", "train")
     assert p.set_index("product_id")["text"].to_dict() == {
-        "P1": "Red shirt Soft cotton. Washable.", "P2": "Blue lamp", "P3": "Pan One string"}
+        "P1": "Red shirt Soft cotton. Washable.",
+        "P2": "Blue lamp",
+        "P3": "Pan One string",
+    }
 
 
 def test_parse_img_urls_variants():
@@ -156,6 +180,7 @@ def test_split_by_product_fractions_and_determinism():
 
 # ----------------------------------------------------------------------------- bad input
 
+
 def _write(tmp_path, **mutate):
     products, reviews = _frames()
     write_mrhp(tmp_path, "amazon", "home", "train", products, reviews)
@@ -197,6 +222,7 @@ def test_missing_column(tmp_path):
 def test_unknown_product(tmp_path):
     def f(o):
         o["product_id"]["30"] = "P9"
+
     _write(tmp_path, rvw=f, rel=f)
     with pytest.raises(DataError, match=r"home\.rvw\.train: row 30, review 'P2-0': product_id 'P9' is not in"):
         load_mrhp(tmp_path, "amazon", "home", "train")
@@ -205,16 +231,25 @@ def test_unknown_product(tmp_path):
 def test_duplicate_review_ids(tmp_path):
     def f(o):
         o["review_id"]["90"] = "P3-0"
+
     _write(tmp_path, rvw=f)
     with pytest.raises(DataError, match=r"home\.rvw\.train: duplicate review_id 'P3-0' in rows 31 and 90"):
         load_mrhp(tmp_path, "amazon", "home", "train")
 
 
-@pytest.mark.parametrize("value,what", [("", "empty text"), ("   ", "empty text"), (None, "expected a non-empty string"),
-                                        (3, "expected a non-empty string")])
+@pytest.mark.parametrize(
+    "value,what",
+    [
+        ("", "empty text"),
+        ("   ", "empty text"),
+        (None, "expected a non-empty string"),
+        (3, "expected a non-empty string"),
+    ],
+)
 def test_empty_or_non_string_text(tmp_path, value, what):
     def f(o):
         o["content"]["3"] = value
+
     _write(tmp_path, rvw=f)
     with pytest.raises(DataError, match=rf"home\.rvw\.train: row 3, field 'content': {what}"):
         load_mrhp(tmp_path, "amazon", "home", "train")
@@ -224,8 +259,11 @@ def test_empty_or_non_string_text(tmp_path, value, what):
 def test_label_not_a_number(tmp_path, value):
     def f(o):
         o["upvotes"]["31"] = value
+
     _write(tmp_path, rel=f)
-    with pytest.raises(DataError, match=r"home\.rel\.train: row 31 \(review P3-0\), field 'upvotes': expected an integer"):
+    with pytest.raises(
+        DataError, match=r"home\.rel\.train: row 31 \(review P3-0\), field 'upvotes': expected an integer"
+    ):
         load_mrhp(tmp_path, "amazon", "home", "train")
 
 
@@ -233,6 +271,7 @@ def test_review_without_label_row(tmp_path):
     def f(o):
         for col in o.values():
             col.pop("11")
+
     _write(tmp_path, rel=f)
     with pytest.raises(DataError, match=r"review 'P1-0' has no label row in home\.rel\.train"):
         load_mrhp(tmp_path, "amazon", "home", "train")
@@ -246,15 +285,28 @@ def test_ragged_columns(tmp_path):
 
 # ----------------------------------------------------------------------------- stats
 
+
 def test_dataset_stats_and_cli(tmp_path, capsys):
     products, reviews = _frames()
     for split, keep in (("train", ["P1", "P3"]), ("dev", ["P2"]), ("test", ["P3"])):
-        write_mrhp(tmp_path, "amazon", "home", split, products[products.product_id.isin(keep)],
-                   reviews[reviews.product_id.isin(keep)])
+        write_mrhp(
+            tmp_path,
+            "amazon",
+            "home",
+            split,
+            products[products.product_id.isin(keep)],
+            reviews[reviews.product_id.isin(keep)],
+        )
     st = dataset_stats(tmp_path, "amazon", ["home"])
     row = st.iloc[0]
-    assert (row.train_products, row.train_reviews, row.dev_products, row.dev_reviews,
-            row.test_products, row.test_reviews) == (2, 4, 1, 1, 1, 2)
+    assert (
+        row.train_products,
+        row.train_reviews,
+        row.dev_products,
+        row.dev_reviews,
+        row.test_products,
+        row.test_reviews,
+    ) == (2, 4, 1, 1, 1, 2)
     assert [row[f"label_{k}"] for k in range(5)] == [1, 2, 1, 2, 1]
     md = stats_markdown(st)
     assert "| amazon | home | 2/4 | 1/1 | 1/2 |" in md

@@ -1,4 +1,5 @@
 """mmss_lib.data.synthetic: determinism, format, images, and that every cue carries signal."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,11 @@ from mmss_lib.errors import DataError
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +85,7 @@ def test_cues_files_layout(demo_root):
     for split in SPLITS:
         path = demo_root / "demo" / "home" / f"home.cues.{split}"
         raw = json.loads(path.read_text())
-        assert list(raw) == list(CUE_COLUMNS)                  # default orient="columns"
+        assert list(raw) == list(CUE_COLUMNS)  # default orient="columns"
         rvw = json.loads((demo_root / "demo" / "home" / f"home.rvw.{split}").read_text())
         assert list(raw["review_id"]) == list(rvw["review_id"])  # same (non-contiguous) row index
         assert raw["review_id"] == rvw["review_id"]
@@ -93,7 +97,9 @@ def test_cues_files_layout(demo_root):
         assert cues.loc[img, ["agree", "img_match"]].isin([0.0, 1.0]).all().all()
         # has_images: the review has image URLs (the label's has_images term)
         r = load_mrhp(demo_root, "demo", "home", split)[1].set_index("review_id").loc[cues["review_id"]]
-        np.testing.assert_array_equal(cues["has_images"].to_numpy(), (r["img_urls"].map(len) > 0).astype(int).to_numpy())
+        np.testing.assert_array_equal(
+            cues["has_images"].to_numpy(), (r["img_urls"].map(len) > 0).astype(int).to_numpy()
+        )
     assert not (demo_root / "demo" / "home" / "latent.csv").exists()
 
 
@@ -102,8 +108,11 @@ def test_cues_reproduce_the_label_formula_order(demo_root):
     s0 = 1.1 match + 0.9 detail/3 + has_images (0.6 agree + 0.6 img_match - 0.3) must rank-correlate
     strongly with the label (noise sd 0.45 against a range of about 3.5)."""
     lat = _cues_with_labels(demo_root, "home")
-    s0 = (1.1 * lat["match"] + 0.9 * lat["detail"] / 3
-          + lat["has_images"] * (0.6 * lat["agree"].fillna(0) + 0.6 * lat["img_match"].fillna(0) - 0.3))
+    s0 = (
+        1.1 * lat["match"]
+        + 0.9 * lat["detail"] / 3
+        + lat["has_images"] * (0.6 * lat["agree"].fillna(0) + 0.6 * lat["img_match"].fillna(0) - 0.3)
+    )
     assert s0.corr(lat["label"], method="spearman") > 0.6
 
 
@@ -144,8 +153,13 @@ def test_png_encoder_roundtrip():
 
 
 def test_cli(tmp_path, capsys):
-    assert cli_main(["--out", str(tmp_path), "--products-per-category", "6", "--categories", "home",
-                     "--no-images"], prog="mmss make-demo") == 0
+    assert (
+        cli_main(
+            ["--out", str(tmp_path), "--products-per-category", "6", "--categories", "home", "--no-images"],
+            prog="mmss make-demo",
+        )
+        == 0
+    )
     assert "home: train" in capsys.readouterr().out
     assert (tmp_path / "demo" / "home" / "home.rel.test").exists()
 
@@ -160,7 +174,7 @@ def test_image_weight_changes_labels_only(tmp_path):
         make_demo(roots[w], n_products=40, seed=2, categories=("home",), images=False, image_weight=w)
     base = tmp_path / "default"
     make_demo(base, n_products=40, seed=2, categories=("home",), images=False)
-    assert _digest(base) == _digest(roots[0.6])                 # 0.6 is the demo's own weight
+    assert _digest(base) == _digest(roots[0.6])  # 0.6 is the demo's own weight
     frames = {}
     for w, root in roots.items():
         _, rv = load_mrhp(root, "demo", "home", "train")
@@ -180,8 +194,7 @@ def test_image_weight_changes_labels_only(tmp_path):
 
 
 def test_split_fractions_and_bad_parameters(tmp_path):
-    rep = make_demo(tmp_path, n_products=60, seed=0, categories=("home",), images=False, test_frac=0.5,
-                    dev_frac=0.25)
+    rep = make_demo(tmp_path, n_products=60, seed=0, categories=("home",), images=False, test_frac=0.5, dev_frac=0.25)
     r = rep["categories"]["home"]
     assert (r["test"]["products"], r["dev"]["products"], r["train"]["products"]) == (30, 8, 22)
     with pytest.raises(DataError, match="image_weight"):

@@ -27,6 +27,7 @@ untrained / random: MM-SS 0.629 (0.634, 0.638) / 0.478 (0.526, 0.473) / 0.517; C
 Run: ``.venv/bin/python -m pytest -q -s tests/test_demo_learning.py`` (about 1.5-2 minutes on 2
 shared CPU cores; most of it is the detector over ~800 images and MM-SS's four epochs).
 """
+
 from __future__ import annotations
 
 import re
@@ -35,10 +36,10 @@ import numpy as np
 import pytest
 
 CATEGORY = "home"
-N_PRODUCTS = 120          # 76 / 20 / 24 products (581 / 134 / 187 reviews) in train / dev / test
+N_PRODUCTS = 120  # 76 / 20 / 24 products (581 / 134 / 187 reviews) in train / dev / test
 SEED = 0
-MARGIN = 0.05             # required gain in dev MAP over the untrained model and over random rankings
-N_RANDOM = 200            # random permutations averaged for the random-ranking MAP
+MARGIN = 0.05  # required gain in dev MAP over the untrained model and over random rankings
+N_RANDOM = 200  # random permutations averaged for the random-ranking MAP
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # BERT's basic tokenisation (lower case, split on white space and around punctuation), ASCII demo text.
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -46,8 +47,8 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 # system -> (model options, epochs): tiny models, each learning within a few epochs on CPU
 SYSTEMS = {
     "mmss": ({"d": 32, "n_heads": 2, "ff_dim": 64, "head_hidden": 16}, 4),
-    "convknrm": ({"filters": 16}, 3),                          # text-only
-    "mcl": ({"d": 32, "n_heads": 2, "n_layers": 1}, 4),        # multimodal
+    "convknrm": ({"filters": 16}, 3),  # text-only
+    "mcl": ({"d": 32, "n_heads": 2, "n_layers": 1}, 4),  # multimodal
 }
 
 
@@ -70,8 +71,14 @@ def build_demo_bert(path, vocab: list[str], *, seed: int = 0):
     tok = BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(path)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     model = BertModel(cfg)
     with torch.no_grad():
         model.embeddings.position_embeddings.weight.zero_()
@@ -104,13 +111,22 @@ def demo_category(tmp_path_factory):
     ids = tok(texts)["input_ids"]
     assert not any(tok.unk_token_id in row for row in ids), "the vocabulary must cover every demo word"
     assert max(map(len, ids)) <= 128
-    extract_category(data, "demo", CATEGORY, feats, text_model=str(root / "bert"), text_max_len=128,
-                     allow_random_weights=True, detector_min_size=64, detector_max_size=64,
-                     detector_options={"rpn_post_nms_top_n": 16, "min_boxes": 3, "max_boxes": 6},
-                     device="cpu", progress=False)
+    extract_category(
+        data,
+        "demo",
+        CATEGORY,
+        feats,
+        text_model=str(root / "bert"),
+        text_max_len=128,
+        allow_random_weights=True,
+        detector_min_size=64,
+        detector_max_size=64,
+        detector_options={"rpn_post_nms_top_n": 16, "min_boxes": 3, "max_boxes": 6},
+        device="cpu",
+        progress=False,
+    )
     splits = load_splits(data, "demo", CATEGORY, feats, TrainConfig(device="cpu"))
-    yield {"root": root, "data": data, "feats": feats, "splits": splits,
-           "threshold": float(default_threshold("demo"))}
+    yield {"root": root, "data": data, "feats": feats, "splits": splits, "threshold": float(default_threshold("demo"))}
     torch.set_num_threads(threads)
 
 
@@ -125,8 +141,14 @@ def random_ranking_map(split, threshold: float, n: int = N_RANDOM, seed: int = 0
     from mmss_lib.metrics.ranking import ranking_metrics
 
     rng = np.random.default_rng(seed)
-    return float(np.mean([ranking_metrics(split.product_ids, split.labels, rng.permutation(split.n),
-                                          threshold=threshold)["MAP"] for _ in range(n)]))
+    return float(
+        np.mean(
+            [
+                ranking_metrics(split.product_ids, split.labels, rng.permutation(split.n), threshold=threshold)["MAP"]
+                for _ in range(n)
+            ]
+        )
+    )
 
 
 @pytest.mark.slow
@@ -140,19 +162,38 @@ def test_training_on_demo_beats_untrained_and_random(demo_category, system, tmp_
     options, epochs = SYSTEMS[system]
     splits, th = demo_category["splits"], demo_category["threshold"]
     train, dev = splits["train"], splits["dev"]
-    cfg = TrainConfig(system=system, model_options=options, epochs=epochs, patience=epochs, batch_size=32,
-                      lr=1e-3, seed=SEED, device="cpu", eval_test=False)
+    cfg = TrainConfig(
+        system=system,
+        model_options=options,
+        epochs=epochs,
+        patience=epochs,
+        batch_size=32,
+        lr=1e-3,
+        seed=SEED,
+        device="cpu",
+        eval_test=False,
+    )
     # epoch 0: the initialisation fit() starts from (seed_everything, then build_model)
     seed_everything(cfg.seed)
-    untrained = evaluate(build_model(cfg, train.text_dim, train.region_dim), dev, cfg,
-                         torch.device("cpu"), th).metrics["MAP"]
+    untrained = evaluate(build_model(cfg, train.text_dim, train.region_dim), dev, cfg, torch.device("cpu"), th).metrics[
+        "MAP"
+    ]
     random_map = random_ranking_map(dev, th)
-    metrics = train_run(cfg, data_root=demo_category["data"], dataset="demo", category=CATEGORY,
-                        features_root=demo_category["feats"], run_dir=tmp_path / "run", progress=False,
-                        splits=splits)
+    metrics = train_run(
+        cfg,
+        data_root=demo_category["data"],
+        dataset="demo",
+        category=CATEGORY,
+        features_root=demo_category["feats"],
+        run_dir=tmp_path / "run",
+        progress=False,
+        splits=splits,
+    )
     trained = metrics["dev"]["MAP"]
-    print(f"\n{system}: dev MAP trained {trained:.3f} (epoch {metrics['best_epoch']}), "
-          f"untrained {untrained:.3f}, random {random_map:.3f}")
+    print(
+        f"\n{system}: dev MAP trained {trained:.3f} (epoch {metrics['best_epoch']}), "
+        f"untrained {untrained:.3f}, random {random_map:.3f}"
+    )
     assert metrics["epochs_run"] == epochs
     assert trained > untrained + MARGIN, (system, trained, untrained)
     assert trained > random_map + MARGIN, (system, trained, random_map)
@@ -168,11 +209,29 @@ def test_ssp_pseudo_labels_move_both_ways_in_a_short_mmss_run(demo_category, tmp
     from mmss_lib.training.trainer import TrainConfig, train_run
 
     options, _ = SYSTEMS["mmss"]
-    cfg = TrainConfig(system="mmss", model_options=options, epochs=8, patience=8, batch_size=32, lr=1e-3,
-                      seed=SEED, device="cpu", eval_test=False, ssp_scale="mean")
+    cfg = TrainConfig(
+        system="mmss",
+        model_options=options,
+        epochs=8,
+        patience=8,
+        batch_size=32,
+        lr=1e-3,
+        seed=SEED,
+        device="cpu",
+        eval_test=False,
+        ssp_scale="mean",
+    )
     run = tmp_path / "run"
-    train_run(cfg, data_root=demo_category["data"], dataset="demo", category=CATEGORY,
-              features_root=demo_category["feats"], run_dir=run, progress=False, splits=demo_category["splits"])
+    train_run(
+        cfg,
+        data_root=demo_category["data"],
+        dataset="demo",
+        category=CATEGORY,
+        features_root=demo_category["feats"],
+        run_dir=run,
+        progress=False,
+        splits=demo_category["splits"],
+    )
     rec = np.load(run / "ssp" / "epoch008.npz", allow_pickle=False)
     seen, y_g = rec["seen"].astype(bool), np.asarray(rec["y_g"], dtype=float)
     lines = []
@@ -180,7 +239,9 @@ def test_ssp_pseudo_labels_move_both_ways_in_a_short_mmss_run(demo_category, tmp
         off = rec[f"offset_{s}"][seen]
         up, down = float((off > 0).mean()), float((off < 0).mean())
         zero_up = int((rec[f"label_{s}"][seen & (y_g == 0)] > 0).sum())
-        lines.append(f"{s}: above {up:.3f} below {down:.3f}; y_g=0 with y_s>0: {zero_up} of {int((seen & (y_g == 0)).sum())}")
+        lines.append(
+            f"{s}: above {up:.3f} below {down:.3f}; y_g=0 with y_s>0: {zero_up} of {int((seen & (y_g == 0)).sum())}"
+        )
         assert up >= 0.10 and down >= 0.10, lines[-1]
         assert zero_up > 0, lines[-1]
     print("\n" + "\n".join(lines))

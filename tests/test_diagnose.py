@@ -1,4 +1,5 @@
 """studies.diagnose: the interaction knock-out and gradient norms of a trained MM-SS run."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,10 +18,26 @@ def tiny_run(tiny_demo, tmp_path_factory):
     from mmss_lib.training.trainer import train_run
 
     run = tmp_path_factory.mktemp("diag") / "demo" / "home" / "mmss" / "seed0"
-    cfg = TrainConfig(system="mmss", epochs=2, patience=5, batch_size=16, n_neg=3, lr=3e-3, device="cpu",
-                      num_threads=1, model_options=TINY)
-    train_run(cfg, data_root=tiny_demo / "data", dataset="demo", category="home",
-              features_root=tiny_demo / "features", run_dir=run, progress=False)
+    cfg = TrainConfig(
+        system="mmss",
+        epochs=2,
+        patience=5,
+        batch_size=16,
+        n_neg=3,
+        lr=3e-3,
+        device="cpu",
+        num_threads=1,
+        model_options=TINY,
+    )
+    train_run(
+        cfg,
+        data_root=tiny_demo / "data",
+        dataset="demo",
+        category="home",
+        features_root=tiny_demo / "features",
+        run_dir=run,
+        progress=False,
+    )
     return run
 
 
@@ -29,7 +46,9 @@ def test_interaction_knockout(tiny_run, tiny_demo):
 
     from studies.diagnose import interaction_knockout
 
-    ko = interaction_knockout(tiny_run, tiny_demo / "data", tiny_demo / "features", split="dev").set_index("knocked_out")
+    ko = interaction_knockout(tiny_run, tiny_demo / "data", tiny_demo / "features", split="dev").set_index(
+        "knocked_out"
+    )
     assert list(ko.index) == ["none", "ptrt", "pvrv", "ptrv", "pvrt", "rtrv", "image interactions", "all"]
     # as trained: the trainer's own dev MAP of the best epoch
     metrics = json.loads((tiny_run / "metrics.json").read_text())
@@ -72,11 +91,15 @@ def _planted_cues(root, rng):
             means[rid] = (stores["text_rvw"].get(rid)["x"].astype(float).mean(0), v.mean(0))
     t0, v0 = (np.mean([m[i] for m in means.values()], axis=0) for i in (0, 1))
     # u, w: each side's first principal direction (kept by any PCA of the probe)
-    u, w = (np.linalg.svd(np.stack([m[i] for m in means.values()]) - c, full_matrices=False)[2][0]
-            for i, c in ((0, t0), (1, v0)))
+    u, w = (
+        np.linalg.svd(np.stack([m[i] for m in means.values()]) - c, full_matrices=False)[2][0]
+        for i, c in ((0, t0), (1, v0))
+    )
     for path, cues in zip(paths, frames):
-        cues["agree"] = [float(((means[r][0] - t0) @ u) * ((means[r][1] - v0) @ w) > 0) if r in means else np.nan
-                         for r in cues["review_id"]]
+        cues["agree"] = [
+            float(((means[r][0] - t0) @ u) * ((means[r][1] - v0) @ w) > 0) if r in means else np.nan
+            for r in cues["review_id"]
+        ]
         cues["img_match"] = [float(rng.random() < 0.5) if r in means else np.nan for r in cues["review_id"]]
         cues.to_json(path)
 
@@ -94,7 +117,7 @@ def test_cue_probes_find_a_planted_bilinear_cue(tmp_path):
     probes = cue_probes(root / "data", root / "features", category="home", split="dev").set_index("cue")
     assert list(probes.index) == ["img_match", "agree"]
     assert probes.loc["agree", "n_train"] > 400 and probes.loc["agree", "n_eval"] > 100
-    assert probes.loc["agree", "auc"] > 0.8, probes          # a probe that mixed up reviews: about 0.5
+    assert probes.loc["agree", "auc"] > 0.8, probes  # a probe that mixed up reviews: about 0.5
     assert 0.2 < probes.loc["img_match", "auc"] < 0.8, probes
 
 

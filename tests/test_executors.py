@@ -3,6 +3,7 @@
 Job functions are library functions (math.sqrt, subprocess.run) so that worker processes and Ray
 workers import them by reference whatever the test module's import path is.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,13 +35,17 @@ def _ordered_jobs(flag):
     """'waiter' can only finish once ``flag`` exists, which the test writes only after it got a
     first result: an executor that yields results as jobs finish (not in submission order, not
     all at the end) gives 'writer' first."""
-    wait = ("import pathlib, sys, time\n"
-            "for _ in range(6000):\n"
-            f"    if pathlib.Path({str(flag)!r}).exists(): sys.exit(0)\n"
-            "    time.sleep(0.05)\n"
-            "sys.exit(3)\n")
-    return [Job("waiter", subprocess.run, ([sys.executable, "-c", wait],), {"check": True}, gpu=False),
-            Job("writer", subprocess.run, ([sys.executable, "-c", "pass"],), {"check": True}, gpu=False)]
+    wait = (
+        "import pathlib, sys, time\n"
+        "for _ in range(6000):\n"
+        f"    if pathlib.Path({str(flag)!r}).exists(): sys.exit(0)\n"
+        "    time.sleep(0.05)\n"
+        "sys.exit(3)\n"
+    )
+    return [
+        Job("waiter", subprocess.run, ([sys.executable, "-c", wait],), {"check": True}, gpu=False),
+        Job("writer", subprocess.run, ([sys.executable, "-c", "pass"],), {"check": True}, gpu=False),
+    ]
 
 
 def _check_streaming(ex, tmp_path):
@@ -57,7 +62,7 @@ def test_local_in_process_captures_errors_and_goes_on():
     ex = LocalExecutor(1)
     assert ex.in_process and ex.threads_per_run(5) is None
     res = list(ex.run(_jobs()))
-    assert [r.name for r in res] == ["four", "negative", "nine"]     # in order, one after the other
+    assert [r.name for r in res] == ["four", "negative", "nine"]  # in order, one after the other
     _check_results(res)
 
 
@@ -86,7 +91,7 @@ def test_make_executor_and_bad_arguments(monkeypatch):
 
 
 def test_ray_missing_gives_install_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray", None)       # `import ray` raises ImportError
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(MMSSError, match=r"pip install 'mmss\[ray\]'"):
         list(RayExecutor().run(_jobs()))
 
@@ -101,7 +106,7 @@ def test_ray_executor_starts_a_local_instance_once_per_with_block():
     ex = RayExecutor(num_cpus=2, log_to_driver=False)
     with ex:
         assert list(ex.run([])) == []
-    assert not ray.is_initialized()                  # nothing to run: no Ray started
+    assert not ray.is_initialized()  # nothing to run: no Ray started
     with ex:
         _check_results(list(ex.run(_jobs())))
         node = ray.get_runtime_context().get_node_id()
@@ -125,7 +130,7 @@ def local_ray():
 def test_ray_tasks_capture_errors_and_yield_as_jobs_finish(local_ray, tmp_path):
     ex = RayExecutor()
     _check_results(list(ex.run(_jobs())))
-    assert local_ray.is_initialized()          # a Ray it did not start is left running
+    assert local_ray.is_initialized()  # a Ray it did not start is left running
     _check_streaming(ex, tmp_path)
 
 
@@ -152,10 +157,17 @@ METRICS = ["system", "variant", "seed", "MAP", "NDCG@3", "NDCG@5", "MRR", "dev_M
 def _sweep_kw(root, **over):
     from mmss_lib.training.trainer import TrainConfig
 
-    base = TrainConfig(epochs=2, patience=2, batch_size=8, device="cpu",
-                       threshold=2.0, n_neg=2, model_options={})
-    kw = dict(data_root=root / "data", dataset="demo", categories=["home"], features_root=root / "features",
-              systems=[("mmss", "full", TINY)], seeds=(0, 1), base_config=base, progress=True)
+    base = TrainConfig(epochs=2, patience=2, batch_size=8, device="cpu", threshold=2.0, n_neg=2, model_options={})
+    kw = dict(
+        data_root=root / "data",
+        dataset="demo",
+        categories=["home"],
+        features_root=root / "features",
+        systems=[("mmss", "full", TINY)],
+        seeds=(0, 1),
+        base_config=base,
+        progress=True,
+    )
     kw.update(over)
     return kw
 
@@ -185,7 +197,7 @@ def test_ray_sweep_equals_local_reports_failures_and_skips_finished(local_ray, t
         assert "demo/home mmss__broken seed 0" in str(err) and "2 of 4 runs failed" in str(err)
         out = capsys.readouterr().out
         assert "FAILED demo/home mmss__broken seed 1" in out and "divisible" in out
-        assert out.count("finished demo/home mmss seed") == 2           # progress per finished run
+        assert out.count("finished demo/home mmss seed") == 2  # progress per finished run
         runs[name] = err.results
         assert len(err.results) == 2 and set(err.results["variant"]) == {"full"}
     pd = pytest.importorskip("pandas")
@@ -194,7 +206,7 @@ def test_ray_sweep_equals_local_reports_failures_and_skips_finished(local_ray, t
 
     before = _mtimes(tmp_path / "ray")
     again = run_experiment(runs_root=tmp_path / "ray", **_sweep_kw(tiny_demo, executor="ray"))
-    assert _mtimes(tmp_path / "ray") == before                       # nothing retrained or rewritten
+    assert _mtimes(tmp_path / "ray") == before  # nothing retrained or rewritten
     assert capsys.readouterr().out.count("skipped (finished before)") == 2
     pd.testing.assert_frame_equal(again[METRICS], runs["ray"][METRICS])
 
@@ -211,10 +223,44 @@ def test_killed_sweep_resumes_only_missing_runs(local_ray, tiny_demo, tmp_path, 
     from mmss_lib.model_selection.sweeps import run_experiment
 
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "mmss_lib", "train", "--executor", "local", "--data-root", str(tiny_demo / "data"),
-           "--dataset", "demo", "--categories", "home", "--features", str(tiny_demo / "features"),
-           "--runs", str(runs), "--systems", "mmss", "--seeds", "0", "1", "2", "--epochs", "2", "--patience", "2",
-           "--batch-size", "8", "--n-neg", "2", "--threshold", "2.0", "--device", "cpu", "--num-threads", "1"] + [arg for k, v in TINY.items() for arg in ("--option", f"{k}={v}")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmss_lib",
+        "train",
+        "--executor",
+        "local",
+        "--data-root",
+        str(tiny_demo / "data"),
+        "--dataset",
+        "demo",
+        "--categories",
+        "home",
+        "--features",
+        str(tiny_demo / "features"),
+        "--runs",
+        str(runs),
+        "--systems",
+        "mmss",
+        "--seeds",
+        "0",
+        "1",
+        "2",
+        "--epochs",
+        "2",
+        "--patience",
+        "2",
+        "--batch-size",
+        "8",
+        "--n-neg",
+        "2",
+        "--threshold",
+        "2.0",
+        "--device",
+        "cpu",
+        "--num-threads",
+        "1",
+    ] + [arg for k, v in TINY.items() for arg in ("--option", f"{k}={v}")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = runs / "demo" / "home" / "mmss" / "seed0" / "metrics.json"
     while not first.exists() and proc.poll() is None:
@@ -253,20 +299,24 @@ def test_extra_runs_share_the_schedule_and_a_later_sweep_finds_them_finished(tin
     kw = _sweep_kw(tiny_demo, seeds=(0,))
     got = run_experiment(runs_root=runs, n_jobs=2, extra_runs=extra, **kw)
     assert list(got["variant"]) == ["full"]
-    assert capsys.readouterr().out.count("finished demo/home mmss") == 3      # the two extra runs too
+    assert capsys.readouterr().out.count("finished demo/home mmss") == 3  # the two extra runs too
     stamps = _mtimes(runs)
     assert sorted(stamps) == [f"demo/home/mmss{v}/seed0/metrics.json" for v in ("", "__wo_b", "__wo_d")]
 
-    base, source = reference_config(runs, "demo", "home", [0], TrainConfig())   # notebook 03's copy
+    base, source = reference_config(runs, "demo", "home", [0], TrainConfig())  # notebook 03's copy
     assert source
-    again = run_experiment(runs_root=runs, **{**kw, "base_config": base,
-                                              "systems": [("mmss", v, ABLATIONS[v]) for v in ("full", "wo_b", "wo_d")]})
-    assert _mtimes(runs) == stamps                                           # nothing retrained
+    again = run_experiment(
+        runs_root=runs,
+        **{**kw, "base_config": base, "systems": [("mmss", v, ABLATIONS[v]) for v in ("full", "wo_b", "wo_d")]},
+    )
+    assert _mtimes(runs) == stamps  # nothing retrained
     assert capsys.readouterr().out.count("skipped (finished before)") == 3
     assert list(again["variant"]) == ["full", "wo_b", "wo_d"]
 
-    for bad, match in (([("home", "mmss")], "expected \\(category, system, variant"),
-                       ([("home", "mmss", "full", TINY)], "already one of the systems")):
+    for bad, match in (
+        ([("home", "mmss")], "expected \\(category, system, variant"),
+        ([("home", "mmss", "full", TINY)], "already one of the systems"),
+    ):
         with pytest.raises(DataError, match=match):
             run_experiment(runs_root=tmp_path / "bad", extra_runs=bad, **kw)
     with pytest.raises(DataError, match="not under cross-validation"):
@@ -292,10 +342,26 @@ def test_tune_through_ray_gives_the_same_trials_as_local(local_ray, tiny_demo, t
     from mmss_lib.training.trainer import TrainConfig
     from mmss_lib.model_selection.search import tune
 
-    base = TrainConfig(epochs=2, patience=2, batch_size=16, n_neg=3, device="cpu", num_threads=1,
-                       model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8})
-    common = dict(data_root=tiny_demo / "data", dataset="demo", category="home", features_root=tiny_demo / "features",
-                  system="mmss", base_config=base, n_trials=3, parallel=2, progress=False)
+    base = TrainConfig(
+        epochs=2,
+        patience=2,
+        batch_size=16,
+        n_neg=3,
+        device="cpu",
+        num_threads=1,
+        model_options={"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8},
+    )
+    common = dict(
+        data_root=tiny_demo / "data",
+        dataset="demo",
+        category="home",
+        features_root=tiny_demo / "features",
+        system="mmss",
+        base_config=base,
+        n_trials=3,
+        parallel=2,
+        progress=False,
+    )
     local = tune(tune_root=tmp_path / "local", n_jobs=1, **common)
     ray = tune(tune_root=tmp_path / "ray", executor="ray", **common)
     cols = lambda df: df[["trial", "state", "dev_MAP"] + [c for c in df.columns if c.startswith("param_")]]  # noqa: E731
@@ -314,13 +380,15 @@ def test_local_workers_die_with_a_killed_sweep(tmp_path):
 
     pid_files = [tmp_path / f"w{i}.pid" for i in range(2)]
     code = "import os, pathlib, time; pathlib.Path({!r}).write_text(str(os.getpid())); time.sleep(600)"
-    driver = ("from mmss_lib.training.executors import Job, LocalExecutor\n"
-              f"jobs = [Job('w{{}}'.format(i), exec, ({code!r}.format(p),)) for i, p in enumerate({[str(p) for p in pid_files]!r})]\n"
-              "list(LocalExecutor(2).run(jobs))\n")
+    driver = (
+        "from mmss_lib.training.executors import Job, LocalExecutor\n"
+        f"jobs = [Job('w{{}}'.format(i), exec, ({code!r}.format(p),)) for i, p in enumerate({[str(p) for p in pid_files]!r})]\n"
+        "list(LocalExecutor(2).run(jobs))\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", driver])
     pids: list[int] = []
     try:
-        for _ in range(1200):                              # spawned workers import torch: allow 2 minutes
+        for _ in range(1200):  # spawned workers import torch: allow 2 minutes
             if all(p.exists() and p.read_text() for p in pid_files):
                 break
             assert proc.poll() is None, "the sweep ended before its jobs started"

@@ -3,6 +3,7 @@
 its wo_d ablation (no records) and the length floor; plus the bad inputs of issue 19 (a run
 without records, a run still training, a missing / corrupt image, a product with one review, an
 empty runs folder), each a message and never a write into the runs folder."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,16 +31,27 @@ def build_small_runs(root: Path, *, epochs: int = 2, n_products: int = 8) -> tup
 
     write_tiny_demo(root, n_products=n_products, images=True)
     base = TrainConfig(epochs=epochs, patience=epochs, device="cpu", num_threads=1, model_options=dict(TINY))
-    run_experiment(data_root=root / "data", dataset="demo", categories=["home"], features_root=root / "features",
-                   runs_root=root / "runs", systems=[("mmss", v, ABLATIONS[v]) for v in ("full", "wo_d")] + ["length"],
-                   seeds=(0,), base_config=base, progress=False)
+    run_experiment(
+        data_root=root / "data",
+        dataset="demo",
+        categories=["home"],
+        features_root=root / "features",
+        runs_root=root / "runs",
+        systems=[("mmss", v, ABLATIONS[v]) for v in ("full", "wo_d")] + ["length"],
+        seeds=(0,),
+        base_config=base,
+        progress=False,
+    )
     return root / "data", root / "runs"
 
 
 def tree_digest(path: Path) -> dict[str, str]:
     """SHA-256 of every file under ``path`` (what 'nothing written' compares)."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +80,12 @@ def test_discover_runs_and_status(explorer, small):
     assert runs["mmss__wo_d"].label == "mmss (wo_d) seed0"
     st = explorer.run_status(runs["mmss"])
     assert st.finished and st.ssp_epochs == [1, 2] and st.score_splits == ["dev", "test"] and not st.notes
-    for name in ("mmss__wo_d", "length"):        # no SSP records: a note, not an error
+    for name in ("mmss__wo_d", "length"):  # no SSP records: a note, not an error
         st = explorer.run_status(runs[name])
         assert st.finished and st.ssp_epochs == [] and any("no SSP-Label records" in n for n in st.notes)
     # the data root defaults to the data folder beside the runs folder
     from mmss_lib.explore.explorer import Explorer
+
     assert Explorer(small[1]).data_root == small[0]
 
 
@@ -83,7 +96,7 @@ def test_product_list_search_and_sorts(explorer):
     runs = _runs(explorer)
     prods, _ = explorer.product_list("demo", "home", "test", runs["mmss"])
     products, reviews = load_mrhp(explorer.data_root, "demo", "home", "test")
-    assert list(prods["product_id"]) == list(products["product_id"])             # file order
+    assert list(prods["product_id"]) == list(products["product_id"])  # file order
     assert list(prods["n_reviews"]) == [int((reviews["product_id"] == p).sum()) for p in products["product_id"]]
     pp = per_product_for_run(runs["mmss"].path, "test").set_index("product_id")["AP"]
     np.testing.assert_allclose(prods["AP"], pp.reindex(prods["product_id"]).to_numpy())
@@ -95,8 +108,10 @@ def test_product_list_search_and_sorts(explorer):
     name = products["name"].iloc[1]
     hit, _ = explorer.product_list("demo", "home", "test", runs["mmss"], query=name.upper())
     assert products["product_id"].iloc[1] in set(hit["product_id"])
-    assert all(name.lower() in n.lower() or name.lower() in t.lower()
-               for n, t in zip(hit["name"], products.set_index("product_id").loc[hit["product_id"], "text"]))
+    assert all(
+        name.lower() in n.lower() or name.lower() in t.lower()
+        for n, t in zip(hit["name"], products.set_index("product_id").loc[hit["product_id"], "text"])
+    )
     none, _ = explorer.product_list("demo", "home", "test", runs["mmss"], query="no such product zzz")
     assert none.empty
     # largest offsets on train = the max over the product's training reviews of mean_s |y_s - y_g|
@@ -120,14 +135,15 @@ def test_review_table_ranks_and_second_run(explorer):
     table, notes = explorer.review_table("demo", "home", "test", pid, runs["mmss"], runs["length"])
     sc = pd.read_csv(runs["mmss"].path / "scores_test.csv", dtype={"review_id": str}).set_index("review_id")
     mine = sc.loc[table["review_id"], "score"].to_numpy()
-    assert list(table["rank"]) == list(range(1, len(table) + 1))                  # ranked by the run
-    assert all(np.diff(mine) <= 0)                                                 # highest score first
+    assert list(table["rank"]) == list(range(1, len(table) + 1))  # ranked by the run
+    assert all(np.diff(mine) <= 0)  # highest score first
     assert list(table["label"]) == list(sc.loc[table["review_id"], "label"])
     # the human order: label descending
     human = table.sort_values("human_rank")["label"].to_numpy()
     assert all(np.diff(human) <= 0)
     # the length floor ranks the longest text first
     from mmss_lib.data.mrhp import load_mrhp
+
     _, reviews = load_mrhp(explorer.data_root, "demo", "home", "test")
     lens = reviews.set_index("review_id").loc[table.sort_values("other_rank")["review_id"], "text"].str.len()
     assert all(np.diff(lens.to_numpy()) <= 0)
@@ -156,11 +172,12 @@ def test_review_detail_train_matches_the_records(explorer):
     assert det.epochs == [1, 2] and sorted(det.trajectory) == sorted(hist.subtasks)
     for s in hist.subtasks:
         np.testing.assert_allclose(det.trajectory[s], hist.labels[s][:, i], rtol=1e-6)
-        assert det.trajectory[s][0] == det.label                                   # Eq. 12: y_s = y_g in epoch 1
+        assert det.trajectory[s][0] == det.label  # Eq. 12: y_s = y_g in epoch 1
         assert det.offsets[s] == pytest.approx(hist.offsets[s][-1, i], rel=1e-6)
         assert det.chi[s] == pytest.approx(hist.chi[s][-1, i], rel=1e-6)
     assert det.chi["g"] == pytest.approx(hist.chi_g[-1, i], rel=1e-6)
     from mmss_lib.data.synthetic import load_cues
+
     cues = load_cues(explorer.data_root, "home", "train").set_index("review_id").loc[rid]
     assert det.cues["match"] == cues["match"] and det.cues["detail"] == cues["detail"]
     # farthest reviews: the same first review as ssp_records.largest_offset_reviews
@@ -172,6 +189,7 @@ def test_review_detail_train_matches_the_records(explorer):
     for s in hist.subtasks:
         assert row[f"y_{s}"] == pytest.approx(hist.labels[s][-1, i], rel=1e-6)
     from mmss_lib.explore.explorer import trajectory_png
+
     png = trajectory_png(det)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -214,16 +232,18 @@ def test_bad_inputs_are_messages_and_nothing_is_written(small, tmp_path):
     by = {(r.name, r.seed): r for r in ex.runs("demo", "home")}
     st = ex.run_status(by[("mmss__wo_b", 0)])
     assert not st.finished and st.epochs == 1 and any("still training" in n for n in st.notes)
-    table, notes = ex.review_table("demo", "home", "test", ex.product_list("demo", "home", "test")[0]["product_id"][0],
-                                   by[("mmss__wo_b", 0)])
+    table, notes = ex.review_table(
+        "demo", "home", "test", ex.product_list("demo", "home", "test")[0]["product_id"][0], by[("mmss__wo_b", 0)]
+    )
     assert table["rank"].isna().all() and any("no scores on test" in n for n in notes)
-    assert list(table["human_rank"]) == list(range(1, len(table) + 1))          # human order instead
+    assert list(table["human_rank"]) == list(range(1, len(table) + 1))  # human order instead
     with pytest.raises(DataError, match="epoch002.npz: not a readable SSP-Label record"):
         ex.product_list("demo", "home", "train", by[("mmss", 1)], sort="largest offsets")
     with pytest.raises(DataError, match="has no offsets on train"):
         ex.farthest_reviews("demo", "home", "train", by[("mmss__wo_d", 0)])
-    det = ex.review_detail("demo", "home", "train", ex.data("demo", "home", "train")[1]["review_id"][0],
-                           by[("mmss__wo_d", 0)])
+    det = ex.review_detail(
+        "demo", "home", "train", ex.data("demo", "home", "train")[1]["review_id"][0], by[("mmss__wo_d", 0)]
+    )
     assert not det.trajectory and any("no SSP-Label records" in n for n in det.notes)
     # a product with one review
     products, reviews, _ = ex.data("demo", "home", "test")
@@ -338,20 +358,31 @@ def test_notebook_05_headless_leaves_static_snapshots(small, tmp_path):
     data_root, runs_root = small
     before = tree_digest(runs_root)
     from mmss_lib.data.mrhp import load_mrhp
+
     pid = load_mrhp(data_root, "demo", "home", "test")[0]["product_id"].iloc[1]
     out = tmp_path / "05.ipynb"
-    papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,
-                               cwd=str(NOTEBOOK.parents[1]),
-                               parameters={"runs_root": str(runs_root), "data_root": str(data_root),
-                                           "compare_system": "length", "compare_variant": "full",
-                                           "product_id": pid, "split": "test"})
+    papermill.execute_notebook(
+        str(NOTEBOOK),
+        str(out),
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(NOTEBOOK.parents[1]),
+        parameters={
+            "runs_root": str(runs_root),
+            "data_root": str(data_root),
+            "compare_system": "length",
+            "compare_variant": "full",
+            "product_id": pid,
+            "split": "test",
+        },
+    )
     nb = nbformat.read(str(out), as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     html = [o.data["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     first = next(h for h in html if "mmss-review-table" in h)
     assert f"({pid}," in first and "rank (length seed0)" in first and "differ at" in first
-    assert any("demo/home train" in h and 'class="mmss-trajectory-img"' in h for h in html)   # the farthest review
+    assert any("demo/home train" in h and 'class="mmss-trajectory-img"' in h for h in html)  # the farthest review
     assert tree_digest(runs_root) == before
 
 
@@ -361,8 +392,13 @@ def test_bench_explore_tiny_run(tmp_path, capsys):
     pytest.importorskip("ipywidgets")
     from mmss_lib.bench import resolve
 
-    assert resolve("explore")(["--products", "20", "--epochs", "3", "--clicks", "3", "--no-images",
-                               "--out", str(tmp_path / "b")], prog="mmss bench explore") == 0
+    assert (
+        resolve("explore")(
+            ["--products", "20", "--epochs", "3", "--clicks", "3", "--no-images", "--out", str(tmp_path / "b")],
+            prog="mmss bench explore",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "[switch] product (train, trajectories)" in out and "[result] slowest" in out
     assert (tmp_path / "b" / "runs" / "demo" / "clothing" / "mmss" / "seed0" / "ssp" / "epoch003.npz").exists()
@@ -381,17 +417,54 @@ def test_explorer_reads_a_run_while_mmss_train_writes_it(tiny_demo, tmp_path):
     from mmss_lib.explore.explorer import Explorer
 
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "mmss_lib", "train", "--data-root", str(tiny_demo / "data"), "--dataset", "demo",
-           "--categories", "home", "--features", str(tiny_demo / "features"), "--runs", str(runs),
-           "--systems", "mmss", "--seeds", "0", "--epochs", "25", "--patience", "25", "--batch-size", "16",
-           "--n-neg", "3", "--device", "cpu", "--num-threads", "1", "--no-progress",
-           "--option", "d=16", "--option", "n_heads=2", "--option", "ff_dim=32", "--option", "head_hidden=8"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmss_lib",
+        "train",
+        "--data-root",
+        str(tiny_demo / "data"),
+        "--dataset",
+        "demo",
+        "--categories",
+        "home",
+        "--features",
+        str(tiny_demo / "features"),
+        "--runs",
+        str(runs),
+        "--systems",
+        "mmss",
+        "--seeds",
+        "0",
+        "--epochs",
+        "25",
+        "--patience",
+        "25",
+        "--batch-size",
+        "16",
+        "--n-neg",
+        "3",
+        "--device",
+        "cpu",
+        "--num-threads",
+        "1",
+        "--no-progress",
+        "--option",
+        "d=16",
+        "--option",
+        "n_heads=2",
+        "--option",
+        "ff_dim=32",
+        "--option",
+        "head_hidden=8",
+    ]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     seen_training, epochs_seen = False, []
     config = runs / "demo" / "home" / "mmss" / "seed0" / "config.json"
     try:
-        while not config.exists() and proc.poll() is None:     # an empty runs folder is refused (no runs)
+        while not config.exists() and proc.poll() is None:  # an empty runs folder is refused (no runs)
             time.sleep(0.01)
         while proc.poll() is None:
             ex = Explorer(runs, tiny_demo / "data")
@@ -402,7 +475,7 @@ def test_explorer_reads_a_run_while_mmss_train_writes_it(tiny_demo, tmp_path):
                     seen_training = True
                     epochs_seen.append(st.epochs)
                     assert set(st.ssp_epochs) <= set(range(1, st.epochs + 2))
-                if st.ssp_epochs:                            # the pseudo-label records read so far
+                if st.ssp_epochs:  # the pseudo-label records read so far
                     ex.review_offsets(run, "demo", "home", "train")
                 prods, _ = ex.product_list("demo", "home", "test", run)
                 ex.review_table("demo", "home", "test", prods["product_id"].iloc[0], run)
@@ -411,7 +484,7 @@ def test_explorer_reads_a_run_while_mmss_train_writes_it(tiny_demo, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.wait() == 0, proc.stderr.read()[-2000:]
-    assert seen_training and max(epochs_seen) >= 1          # it did read the run mid-training
+    assert seen_training and max(epochs_seen) >= 1  # it did read the run mid-training
     ex = Explorer(runs, tiny_demo / "data")
     st = ex.run_status(ex.runs()[0])
     assert st.finished and st.epochs == 25 and st.score_splits == ["dev", "test"] and not st.notes

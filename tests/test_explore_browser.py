@@ -6,6 +6,7 @@ and the trajectory change, that the images load, that a run without SSP records 
 test's tmp folder (and to $MMSS_EXPLORE_SHOTS when set).
 
 Skipped, with the reason, where Chromium, its driver, Selenium or Voila is missing."""
+
 from __future__ import annotations
 
 import os
@@ -24,13 +25,30 @@ from test_explore import build_small_runs, tree_digest
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
-                 if p and Path(p).exists()), None)
-DRIVER = next((p for p in ("/usr/bin/chromedriver", shutil.which("chromedriver") or "") if p and Path(p).exists()), None)
-CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1500,2000")
-RENDER_S = 180           # first render: kernel start + imports on a loaded 2-core machine
+CHROMIUM = next(
+    (
+        p
+        for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
+        if p and Path(p).exists()
+    ),
+    None,
+)
+DRIVER = next(
+    (p for p in ("/usr/bin/chromedriver", shutil.which("chromedriver") or "") if p and Path(p).exists()), None
+)
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1500,2000",
+)
+RENDER_S = 180  # first render: kernel start + imports on a loaded 2-core machine
 STEP_S = 60
 
 
@@ -43,8 +61,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def browser_stack():
     if CHROMIUM is None or DRIVER is None:
-        pytest.skip("no browser: Debian's chromium and chromium-driver are not installed "
-                    "(apt-get install -y chromium chromium-driver; .ci/run does it)")
+        pytest.skip(
+            "no browser: Debian's chromium and chromium-driver are not installed "
+            "(apt-get install -y chromium chromium-driver; .ci/run does it)"
+        )
     for mod in ("selenium", "voila", "ipywidgets"):
         pytest.importorskip(mod, reason=f"{mod} is not installed (pip install -e '.[notebooks,test]')")
     return CHROMIUM, DRIVER
@@ -56,9 +76,23 @@ def served(browser_stack, tmp_path_factory):
     data_root, runs_root = build_small_runs(root)
     port = _free_port()
     log = open(root / "explore.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mmss_lib", "explore", "--runs", str(runs_root), "--data",
-                             str(data_root), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)            # its own process group: voila goes with it
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mmss_lib",
+            "explore",
+            "--runs",
+            str(runs_root),
+            "--data",
+            str(data_root),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # its own process group: voila goes with it
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 90
@@ -113,10 +147,13 @@ def _wait(d, cond, timeout, what):
 
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
-    try:       # the widgets re-render their DOM: an element can go stale between two reads
-        return WebDriverWait(d, timeout, poll_frequency=0.25,
-                             ignored_exceptions=(StaleElementReferenceException, NoSuchElementException, IndexError)
-                             ).until(lambda _: cond())
+    try:  # the widgets re-render their DOM: an element can go stale between two reads
+        return WebDriverWait(
+            d,
+            timeout,
+            poll_frequency=0.25,
+            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException, IndexError),
+        ).until(lambda _: cond())
     except Exception:  # noqa: BLE001 - fail with what the page shows
         body = d.find_element("tag name", "body").text[-2000:]
         pytest.fail(f"timed out ({timeout} s) waiting for {what}; the page shows:\n{body}")
@@ -141,8 +178,9 @@ def _html(d, cls):
 
 
 def _attr(d, selector, name):
-    return d.execute_script(f"const e = document.querySelector('{selector}'); "
-                            f"return e ? e.getAttribute('{name}') : null;")
+    return d.execute_script(
+        f"const e = document.querySelector('{selector}'); return e ? e.getAttribute('{name}') : null;"
+    )
 
 
 def _shot(d, path: Path):
@@ -171,30 +209,50 @@ def test_explorer_in_a_real_browser(served, driver, tmp_path):
     n = reviews.groupby("product_id").size()
     with_images = products[(products["image_files"].map(len) > 0) & products["product_id"].map(n).gt(2)]
     pid = with_images["product_id"].iloc[-1]
-    _wait(driver, lambda: any(o.text.endswith(pid) for o in _css(driver, ".mmss-products option")), STEP_S,
-          "the training products")
+    _wait(
+        driver,
+        lambda: any(o.text.endswith(pid) for o in _css(driver, ".mmss-products option")),
+        STEP_S,
+        "the training products",
+    )
     table_before = _html(driver, "table")
     _choose(driver, "products", lambda t: t.endswith(pid))
-    _wait(driver, lambda: pid in _html(driver, "product-view") and _html(driver, "table") != table_before, STEP_S,
-          f"product {pid}'s review table")
-    rows = driver.execute_script("return Array.from(document.querySelectorAll('.mmss-review-table tr[data-review]'))"
-                                 ".map(r => r.getAttribute('data-review'));")
+    _wait(
+        driver,
+        lambda: pid in _html(driver, "product-view") and _html(driver, "table") != table_before,
+        STEP_S,
+        f"product {pid}'s review table",
+    )
+    rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.mmss-review-table tr[data-review]'))"
+        ".map(r => r.getAttribute('data-review'));"
+    )
     assert sorted(rows) == sorted(reviews.loc[reviews["product_id"] == pid, "review_id"])
     # the images load: every thumbnail of the product view decoded to a real picture
-    _wait(driver, lambda: driver.execute_script(
-        "const im = document.querySelectorAll('.mmss-product-view img.mmss-thumb');"
-        "return im.length > 0 && Array.from(im).every(i => i.complete && i.naturalWidth > 0);"), STEP_S,
-        "the product images")
+    _wait(
+        driver,
+        lambda: driver.execute_script(
+            "const im = document.querySelectorAll('.mmss-product-view img.mmss-thumb');"
+            "return im.length > 0 && Array.from(im).every(i => i.complete && i.naturalWidth > 0);"
+        ),
+        STEP_S,
+        "the product images",
+    )
     # a review: the trajectory changes
     traj_before = _attr(driver, ".mmss-trajectory img", "data-review")
     assert traj_before
     rid = _choose(driver, "reviews", lambda t: traj_before not in t).split()[1]
-    _wait(driver, lambda: _attr(driver, ".mmss-trajectory img", "data-review") == rid, STEP_S,
-          f"review {rid}'s trajectory")
-    assert driver.execute_script("const i = document.querySelector('.mmss-trajectory img');"
-                                 "return i.complete && i.naturalWidth > 100;")
+    _wait(
+        driver,
+        lambda: _attr(driver, ".mmss-trajectory img", "data-review") == rid,
+        STEP_S,
+        f"review {rid}'s trajectory",
+    )
+    assert driver.execute_script(
+        "const i = document.querySelector('.mmss-trajectory img');return i.complete && i.naturalWidth > 100;"
+    )
     assert f"review {rid}" in _html(driver, "detail") and "χ_g" in _html(driver, "detail")
-    assert _attr(driver, ".mmss-review-table tr[data-selected]", "data-review") == rid   # the selected row
+    assert _attr(driver, ".mmss-review-table tr[data-selected]", "data-review") == rid  # the selected row
     _shot(driver, tmp_path / "explore_review_trajectory.png")
 
     # a second run beside the first, on test: ranks of both, where they differ
@@ -211,4 +269,4 @@ def test_explorer_in_a_real_browser(served, driver, tmp_path):
     _wait(driver, lambda: "no SSP-Label records" in _html(driver, "message"), STEP_S, "the no-records message")
     assert "Traceback" not in driver.page_source
     assert (tmp_path / "explore_review_trajectory.png").stat().st_size > 10_000
-    assert tree_digest(runs_root) == before                                       # nothing written
+    assert tree_digest(runs_root) == before  # nothing written

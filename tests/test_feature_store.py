@@ -1,4 +1,5 @@
 """Feature store: round trips, resume after an interrupted run, read-time caps and masks."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,16 @@ import numpy as np
 import pytest
 
 from mmss_lib.errors import FeatureStoreError
-from mmss_lib.features.store import FeatureStore, FeatureStoreWriter, cap_regions, feature_dirs, pad_items, read_regions, read_text, write_store
+from mmss_lib.features.store import (
+    FeatureStore,
+    FeatureStoreWriter,
+    cap_regions,
+    feature_dirs,
+    pad_items,
+    read_regions,
+    read_text,
+    write_store,
+)
 
 
 def _text_items(rng, n=7, dim=8):
@@ -104,7 +114,7 @@ def test_pad_items_masks():
     np.testing.assert_array_equal(p[0], a)
     assert not p[1].any() and not p[2, 1:].any()
     p, m = pad_items([np.zeros((0, 2)), np.zeros((0, 2))])
-    assert p.shape == (2, 1, 2) and not m.any()          # min_len 1 keeps shapes valid
+    assert p.shape == (2, 1, 2) and not m.any()  # min_len 1 keeps shapes valid
     p, m = pad_items([a], max_len=2)
     assert p.shape == (1, 2, 2) and m.all()
 
@@ -112,7 +122,7 @@ def test_pad_items_masks():
 def test_resume_after_interrupted_run(tmp_path):
     rng = np.random.default_rng(3)
     items = list(_text_items(rng, n=10).items())
-    chunks = [items[i:i + 4] for i in range(0, 10, 4)]
+    chunks = [items[i : i + 4] for i in range(0, 10, 4)]
     path = tmp_path / "t"
     w = FeatureStoreWriter(path, kind="text", dim=8, shard_size=4, plan={"encoder": "a"})
     w.write_shard(0, chunks[0])
@@ -121,7 +131,7 @@ def test_resume_after_interrupted_run(tmp_path):
     half.mkdir()
     (half / "ids.json").write_text("[")
     with pytest.raises(FeatureStoreError, match="manifest.json missing"):
-        FeatureStore(path)                                 # unfinished: refused
+        FeatureStore(path)  # unfinished: refused
     # re-run: finished shard 0 is kept (not recomputed), the rest is written
     w2 = FeatureStoreWriter(path, kind="text", dim=8, shard_size=4, plan={"encoder": "a"})
     assert not half.exists()
@@ -181,6 +191,7 @@ def test_manifest_is_json_and_written_last(tmp_path):
 
 # ---- the extraction driver writes and resumes the four stores (data layer replaced by frames) ----
 
+
 @pytest.fixture
 def tiny_category(tmp_path, monkeypatch):
     import pandas as pd
@@ -194,21 +205,44 @@ def tiny_category(tmp_path, monkeypatch):
     for k in range(3):
         Image.fromarray((rng.random((40 + 10 * k, 50, 3)) * 255).astype(np.uint8)).save(img_dir / f"{k}.png")
     (img_dir / "bad.jpg").write_bytes(b"garbage")
-    products = pd.DataFrame({"product_id": ["p1", "p2"], "text": ["a good shirt", "kitchen pan"],
-                             "image_files": [[str(img_dir / "0.png"), str(img_dir / "1.png")], []]})
-    reviews = pd.DataFrame({"review_id": [f"r{i}" for i in range(5)], "product_id": ["p1"] * 3 + ["p2"] * 2,
-                            "text": ["love it", "", None, "broke after one use", "great"],
-                            "image_files": [[str(img_dir / "2.png")], [], [str(img_dir / "bad.jpg")], [], []]})
+    products = pd.DataFrame(
+        {
+            "product_id": ["p1", "p2"],
+            "text": ["a good shirt", "kitchen pan"],
+            "image_files": [[str(img_dir / "0.png"), str(img_dir / "1.png")], []],
+        }
+    )
+    reviews = pd.DataFrame(
+        {
+            "review_id": [f"r{i}" for i in range(5)],
+            "product_id": ["p1"] * 3 + ["p2"] * 2,
+            "text": ["love it", "", None, "broke after one use", "great"],
+            "image_files": [[str(img_dir / "2.png")], [], [str(img_dir / "bad.jpg")], [], []],
+        }
+    )
     monkeypatch.setattr(extract, "load_category_items", lambda root, ds, cat: (products, reviews))
     return tmp_path
 
 
 def _run(root, bert, **kw):
     from mmss_lib.features.extract import extract_category
-    return extract_category(root / "data", "demo", "home", root / "feats", text_model=str(bert),
-                            allow_random_weights=True, detector_min_size=64, detector_max_size=64,
-                            image_batch_size=2, progress=False, shard_size=2, device="cpu",
-                            detector_options={"min_boxes": 10, "max_boxes": 12}, **kw)
+
+    return extract_category(
+        root / "data",
+        "demo",
+        "home",
+        root / "feats",
+        text_model=str(bert),
+        allow_random_weights=True,
+        detector_min_size=64,
+        detector_max_size=64,
+        image_batch_size=2,
+        progress=False,
+        shard_size=2,
+        device="cpu",
+        detector_options={"min_boxes": 10, "max_boxes": 12},
+        **kw,
+    )
 
 
 def test_extract_category_writes_and_resumes(tiny_category, tiny_bert_dir):
@@ -222,7 +256,7 @@ def test_extract_category_writes_and_resumes(tiny_category, tiny_bert_dir):
     r = FeatureStore(dirs["region_prd"])
     assert r.manifest["random_weights"] is True and r.dim == 2048
     assert set(r.get("p1")["image"].tolist()) == {0, 1} and r.get("p2")["x"].shape == (0, 2048)
-    assert FeatureStore(dirs["region_rvw"]).get("r2")["x"].shape == (0, 2048)   # undecodable image
+    assert FeatureStore(dirs["region_rvw"]).get("r2")["x"].shape == (0, 2048)  # undecodable image
     before = (dirs["region_rvw"] / "shard_00000" / "x.npy").stat().st_mtime_ns
     x_before = np.array(FeatureStore(dirs["region_rvw"]).get("r0")["x"])
     # a complete store with the same settings is left alone
@@ -231,6 +265,7 @@ def test_extract_category_writes_and_resumes(tiny_category, tiny_bert_dir):
     # crash simulation: lose the manifest and the last shard of region_rvw; only that shard is redone
     (dirs["region_rvw"] / "manifest.json").unlink()
     import shutil
+
     shutil.rmtree(dirs["region_rvw"] / "shard_00002")
     rep3 = _run(tiny_category, tiny_bert_dir, stores=("region_rvw",))
     assert rep3["stores"]["region_rvw"]["shards_written"] == 1

@@ -1,4 +1,5 @@
 """mmss_lib.training.floors: the random floor's exact expectations, the length floor, floor run folders."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,7 +10,14 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError
-from mmss_lib.training.floors import LengthFloor, RandomFloor, expected_random_per_product, length_scores, per_product_for_run, run_floor
+from mmss_lib.training.floors import (
+    LengthFloor,
+    RandomFloor,
+    expected_random_per_product,
+    length_scores,
+    per_product_for_run,
+    run_floor,
+)
 from mmss_lib.metrics.ranking import per_product_metrics, product_metrics_reference
 from mmss_lib.models.registry import BASELINES, FLOORS, SYSTEMS, build_system, is_floor
 
@@ -20,15 +28,25 @@ def brute_force_expectation(labels, threshold):
     acc = None
     for perm in perms:
         scores = np.empty(len(labels))
-        scores[list(perm)] = -np.arange(len(labels), dtype=float)   # review perm[i] at rank i
+        scores[list(perm)] = -np.arange(len(labels), dtype=float)  # review perm[i] at rank i
         m = product_metrics_reference(labels, scores, threshold=threshold)
         acc = m if acc is None else {k: acc[k] + m[k] for k in acc}
     return {k: v / len(perms) for k, v in acc.items()}
 
 
-@pytest.mark.parametrize("labels,threshold", [
-    ([3, 0, 2, 1, 4], 1), ([0, 0, 1], 1), ([4], 1), ([2], 1), ([1, 1, 1, 0], 0),
-    ([2, 2, 2, 2, 0, 0], 1), ([4, 3, 2, 1, 0, 0, 2], 1), ([0, 4], 1)])
+@pytest.mark.parametrize(
+    "labels,threshold",
+    [
+        ([3, 0, 2, 1, 4], 1),
+        ([0, 0, 1], 1),
+        ([4], 1),
+        ([2], 1),
+        ([1, 1, 1, 0], 0),
+        ([2, 2, 2, 2, 0, 0], 1),
+        ([4, 3, 2, 1, 0, 0, 2], 1),
+        ([0, 4], 1),
+    ],
+)
 def test_expected_random_equals_mean_over_all_permutations(labels, threshold):
     pp = expected_random_per_product(["p"] * len(labels), labels, threshold=threshold)
     want = brute_force_expectation(labels, threshold)
@@ -107,8 +125,9 @@ def test_run_floor_writes_the_run_folder_contract(demo_root, tmp_path):
     assert m["threshold"] == 1.0 and m["epochs_run"] == 0
     # finished run with the same configuration: skipped (files untouched)
     stamp = (rd / "metrics.json").stat().st_mtime_ns
-    assert run_floor(_cfg("length"), data_root=demo_root, dataset="demo", category="home", run_dir=rd,
-                     threshold=1.0) == m
+    assert (
+        run_floor(_cfg("length"), data_root=demo_root, dataset="demo", category="home", run_dir=rd, threshold=1.0) == m
+    )
     assert (rd / "metrics.json").stat().st_mtime_ns == stamp
 
 
@@ -116,8 +135,11 @@ def test_run_random_floor_is_exact_and_seed_independent(demo_root, tmp_path):
     ms, scores = [], []
     for seed in (0, 1):
         rd = tmp_path / f"seed{seed}"
-        ms.append(run_floor(_cfg("random", seed), data_root=demo_root, dataset="demo", category="home",
-                            run_dir=rd, threshold=1.0))
+        ms.append(
+            run_floor(
+                _cfg("random", seed), data_root=demo_root, dataset="demo", category="home", run_dir=rd, threshold=1.0
+            )
+        )
         scores.append(pd.read_csv(rd / "scores_test.csv")["score"].to_numpy())
         pp = per_product_for_run(rd)
         sc = pd.read_csv(rd / "scores_test.csv", dtype={"product_id": str})
@@ -127,7 +149,7 @@ def test_run_random_floor_is_exact_and_seed_independent(demo_root, tmp_path):
         real = per_product_metrics(sc["product_id"], sc["label"], sc["score"], threshold=1.0)
         assert not np.allclose(pp["AP"], real["AP"])
     assert ms[0]["test"] == ms[1]["test"] and ms[0]["dev"] == ms[1]["dev"]
-    assert not np.array_equal(scores[0], scores[1])              # realisations differ by seed
+    assert not np.array_equal(scores[0], scores[1])  # realisations differ by seed
     # a threshold override recomputes the expectation
     assert not np.allclose(per_product_for_run(tmp_path / "seed0", threshold=0.0)["AP"], pp["AP"])
 
@@ -146,8 +168,16 @@ def test_run_floor_with_given_splits_looks_up_texts(demo_root, tmp_path):
     # a fold: test = the original train split, train = the original test split
     splits = {"train": Split(frames["test"]), "dev": Split(frames["dev"]), "test": Split(frames["train"])}
     rd = tmp_path / "fold"
-    m = run_floor(_cfg("length"), data_root=demo_root, dataset="demo", category="home", run_dir=rd,
-                  threshold=1.0, splits=splits, run_info={"dataset": "demo", "category": "home", "fold": 0})
+    m = run_floor(
+        _cfg("length"),
+        data_root=demo_root,
+        dataset="demo",
+        category="home",
+        run_dir=rd,
+        threshold=1.0,
+        splits=splits,
+        run_info={"dataset": "demo", "category": "home", "fold": 0},
+    )
     sc = pd.read_csv(rd / "scores_test.csv", dtype={"review_id": str})
     assert list(sc["review_id"]) == list(frames["train"]["review_id"])
     assert sc["score"].tolist() == [float(len(t)) for t in frames["train"]["text"]]
@@ -156,8 +186,15 @@ def test_run_floor_with_given_splits_looks_up_texts(demo_root, tmp_path):
     frames_bad = frames["test"].assign(review_id="nope")
     bad["test"] = Split(frames_bad)
     with pytest.raises(DataError, match="not in the dataset files"):
-        run_floor(_cfg("length"), data_root=demo_root, dataset="demo", category="home", run_dir=tmp_path / "bad",
-                  threshold=1.0, splits=bad)
+        run_floor(
+            _cfg("length"),
+            data_root=demo_root,
+            dataset="demo",
+            category="home",
+            run_dir=tmp_path / "bad",
+            threshold=1.0,
+            splits=bad,
+        )
 
 
 def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_path):
@@ -168,18 +205,32 @@ def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_p
     from mmss_lib.training.trainer import TrainConfig, train_run
 
     runs = tmp_path / "runs"
-    m = train_run(TrainConfig(system="length"), data_root=demo_root, dataset="demo", category="home",
-                  features_root=tmp_path / "no_features", run_dir=run_dir_for(runs, "demo", "home", "length", "full", 0))
+    m = train_run(
+        TrainConfig(system="length"),
+        data_root=demo_root,
+        dataset="demo",
+        category="home",
+        features_root=tmp_path / "no_features",
+        run_dir=run_dir_for(runs, "demo", "home", "length", "full", 0),
+    )
     assert m["floor"] == "length" and m["threshold"] == 1.0
-    res = run_experiment(data_root=demo_root, dataset="demo", categories=["home"], features_root=tmp_path / "none",
-                         runs_root=runs, systems=["random", "length"], seeds=[0, 1], progress=False)
+    res = run_experiment(
+        data_root=demo_root,
+        dataset="demo",
+        categories=["home"],
+        features_root=tmp_path / "none",
+        runs_root=runs,
+        systems=["random", "length"],
+        seeds=[0, 1],
+        progress=False,
+    )
     assert sorted(res["system"]) == ["length", "length", "random", "random"]
     # attrs hold file paths only (pandas compares attrs when frames are combined, as notebook 03 does)
     assert res.attrs["summary_paths"] and all(isinstance(p, str) for p in res.attrs["summary_paths"])
     assert len(pd.concat([res, res.copy()], ignore_index=True)) == 2 * len(res)
     assert res[res.system == "length"]["MAP"].tolist() == [m["test"]["MAP"]] * 2
-    pp = per_run_per_product(res)                                # what notebook 02 reads
-    ap = pp[pp.system == "random"].groupby("product_id")["AP"].mean()   # each product over seeds
+    pp = per_run_per_product(res)  # what notebook 02 reads
+    ap = pp[pp.system == "random"].groupby("product_id")["AP"].mean()  # each product over seeds
     assert ap.mean() == pytest.approx(res[res.system == "random"]["MAP"].iloc[0])
     want = per_product_for_run(run_dir_for(runs, "demo", "home", "random", "full", 0)).set_index("product_id")
     assert np.allclose(ap.loc[want.index], want["AP"])
@@ -206,8 +257,11 @@ def test_ceilings_fit_on_train_and_dev_cues_only(demo_root, tmp_path):
         sc = pd.read_csv(rd / "scores_test.csv", dtype={"review_id": str, "product_id": str})
         np.testing.assert_allclose(sc["score"], cue_design(test_cues, CEILINGS[name]) @ coef, rtol=1e-9)
         # test labels play no part: the same fit whatever they are
-        f = floor_system(name).fit(pd.concat([load_cues(demo_root, "home", s) for s in ("train", "dev", "test")]),
-                                   fit_df["review_id"], fit_df["label"])
+        f = floor_system(name).fit(
+            pd.concat([load_cues(demo_root, "home", s) for s in ("train", "dev", "test")]),
+            fit_df["review_id"],
+            fit_df["label"],
+        )
         np.testing.assert_allclose(f.coef, coef)
     text_cols = cue_design(fit_df, CEILINGS["ceiling_text"]).shape[1]
     assert text_cols == 3 and cue_design(fit_df, CEILINGS["ceiling_all"]).shape[1] == 6
@@ -223,21 +277,42 @@ def test_ceilings_refused_without_cues(tmp_path, demo_root):
     for p in (root / "demo" / "home").glob("home.cues.*"):
         p.unlink()
     with pytest.raises(DataError, match=r"ceiling_all needs the generator's planted cues.*home\.cues\.train"):
-        run_experiment(data_root=root, dataset="demo", categories=["home"], features_root=tmp_path / "f",
-                       runs_root=tmp_path / "runs", systems=["length", "ceiling_all"], seeds=[0], progress=False)
-    assert not (tmp_path / "runs").exists()          # refused before any run started
+        run_experiment(
+            data_root=root,
+            dataset="demo",
+            categories=["home"],
+            features_root=tmp_path / "f",
+            runs_root=tmp_path / "runs",
+            systems=["length", "ceiling_all"],
+            seeds=[0],
+            progress=False,
+        )
+    assert not (tmp_path / "runs").exists()  # refused before any run started
     with pytest.raises(DataError, match="'amazon' is not generated data"):
-        run_floor(_cfg("ceiling_text"), data_root=root, dataset="amazon", category="home",
-                  run_dir=tmp_path / "r", threshold=1.0)
+        run_floor(
+            _cfg("ceiling_text"),
+            data_root=root,
+            dataset="amazon",
+            category="home",
+            run_dir=tmp_path / "r",
+            threshold=1.0,
+        )
 
 
 def test_ceilings_are_never_the_rival(demo_root, tmp_path):
     from mmss_lib.model_selection.sweeps import run_experiment
     from mmss_lib.evaluation.summary import read_summaries
 
-    res = run_experiment(data_root=demo_root, dataset="demo", categories=["home"], features_root=tmp_path / "f",
-                         runs_root=tmp_path / "runs", systems=["random", "length", "ceiling_text", "ceiling_all"],
-                         seeds=[0], progress=False)
+    res = run_experiment(
+        data_root=demo_root,
+        dataset="demo",
+        categories=["home"],
+        features_root=tmp_path / "f",
+        runs_root=tmp_path / "runs",
+        systems=["random", "length", "ceiling_text", "ceiling_all"],
+        seeds=[0],
+        progress=False,
+    )
     summ = read_summaries(res)
     summ = summ if isinstance(summ, pd.DataFrame) else pd.concat(list(summ.values()))
     assert set(summ["rival"]) <= {"random", "length"}

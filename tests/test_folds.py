@@ -1,4 +1,5 @@
 """mmss_lib.model_selection.folds: the K-fold design over a category's products (issue 10)."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,18 @@ import numpy as np
 import pytest
 
 from mmss_lib.errors import DataError
-from mmss_lib.model_selection.folds import assignment_path, fold_splits, folds_tag, pooled_products, write_or_check_assignment
+from mmss_lib.model_selection.folds import (
+    assignment_path,
+    fold_splits,
+    folds_tag,
+    pooled_products,
+    write_or_check_assignment,
+)
 
 
 def _released(n_train=40, n_dev=7, n_test=9):
     ids = [f"P{i:03d}" for i in range(n_train + n_dev + n_test)]
-    return {"train": ids[:n_train], "dev": ids[n_train:n_train + n_dev], "test": ids[n_train + n_dev:]}
+    return {"train": ids[:n_train], "dev": ids[n_train : n_train + n_dev], "test": ids[n_train + n_dev :]}
 
 
 def _reference(released, k, seed, dev_fraction):
@@ -28,8 +35,13 @@ def _reference(released, k, seed, dev_fraction):
         n_dev = min(max(int(round(dev_fraction * len(rest))), 1), len(rest) - 1)
         perm = list(np.random.default_rng([seed, f]).permutation(len(rest)))
         dev = {rest[i] for i in perm[:n_dev]}
-        folds.append({"train": [p for p in rest if p not in dev], "dev": [p for p in rest if p in dev],
-                      "test": [p for p in pooled if fold_of[p] == f]})
+        folds.append(
+            {
+                "train": [p for p in rest if p not in dev],
+                "dev": [p for p in rest if p in dev],
+                "test": [p for p in pooled if fold_of[p] == f],
+            }
+        )
     return folds
 
 
@@ -51,7 +63,7 @@ def test_fold_splits_partition_and_reference(k, seed, frac):
         assert parts[0] | parts[1] | parts[2] == set(pooled)
         rest = len(pooled) - len(f["test"])
         assert len(f["dev"]) == min(max(round(frac * rest), 1), rest - 1) >= 1
-        for s in ("train", "dev", "test"):                 # pooled order kept inside each part
+        for s in ("train", "dev", "test"):  # pooled order kept inside each part
             pos = [pooled.index(p) for p in f[s]]
             assert pos == sorted(pos)
 
@@ -62,7 +74,7 @@ def test_fold_splits_deterministic_and_seeded():
     assert fold_splits(rel, 5, seed=3) != fold_splits(rel, 5, seed=4)
     # a shuffle, not the released order cut into blocks
     first = fold_splits(rel, 5, seed=0)[0]["test"]
-    assert first != pooled_products(rel)[:len(first)]
+    assert first != pooled_products(rel)[: len(first)]
 
 
 def test_fold_splits_dev_fraction_default_gives_70_10_20():
@@ -100,15 +112,18 @@ def test_assignment_file_written_once_and_checked(tmp_path):
     assert p.read_text() == before
     # another dev fraction, or other products, under the same tag: refused
     with pytest.raises(DataError, match="dev_fraction"):
-        write_or_check_assignment(tmp_path, "amazon", "mags", fold_splits(rel, 5, dev_fraction=0.2), k=5, seed=0,
-                                  dev_fraction=0.2)
+        write_or_check_assignment(
+            tmp_path, "amazon", "mags", fold_splits(rel, 5, dev_fraction=0.2), k=5, seed=0, dev_fraction=0.2
+        )
     with pytest.raises(DataError, match="folds"):
-        write_or_check_assignment(tmp_path, "amazon", "mags", fold_splits(_released(41), 5), k=5, seed=0,
-                                  dev_fraction=0.125)
+        write_or_check_assignment(
+            tmp_path, "amazon", "mags", fold_splits(_released(41), 5), k=5, seed=0, dev_fraction=0.125
+        )
     assert folds_tag(5) == "folds5" and folds_tag(5, 2) == "folds5_fs2"
 
 
 # ------------------------------------------------------------------ mmss train --folds on real data
+
 
 @pytest.mark.slow
 def test_train_folds_on_amazon2018_sample_covers_every_product(tmp_path, amazon2018_sample, tiny_bert_dir, capsys):
@@ -121,17 +136,85 @@ def test_train_folds_on_amazon2018_sample_covers_every_product(tmp_path, amazon2
     from mmss_lib.model_selection.folds import pooled_products, released_products
 
     data, feats, runs = tmp_path / "data", tmp_path / "features", tmp_path / "runs"
-    assert main(["build-amazon2018", "--reviews", str(amazon2018_sample / "Magazine_Subscriptions_5.json.gz"),
-                 "--meta", str(amazon2018_sample / "meta_Magazine_Subscriptions.json.gz"), "--out", str(data),
-                 "--category", "magazines", "--min-review-chars", "16", "--min-reviews", "3",
-                 "--min-top-votes", "2"]) == 0
-    assert main(["extract", "--data-root", str(data), "--dataset", "amazon", "--categories", "magazines",
-                 "--features", str(feats), "--text-model", str(tiny_bert_dir), "--text-max-len", "32",
-                 "--allow-random-weights", "--device", "cpu", "--no-progress"]) == 0
-    train = ["train", "--data-root", str(data), "--dataset", "amazon", "--categories", "magazines",
-             "--features", str(feats), "--runs", str(runs), "--systems", "random", "length", "mmss",
-             "--seeds", "0", "--epochs", "1", "--patience", "1", "--folds", "5", "--max-text-len", "32",
-             "--option", "d=8", "--device", "cpu", "--num-threads", "1"]
+    assert (
+        main(
+            [
+                "build-amazon2018",
+                "--reviews",
+                str(amazon2018_sample / "Magazine_Subscriptions_5.json.gz"),
+                "--meta",
+                str(amazon2018_sample / "meta_Magazine_Subscriptions.json.gz"),
+                "--out",
+                str(data),
+                "--category",
+                "magazines",
+                "--min-review-chars",
+                "16",
+                "--min-reviews",
+                "3",
+                "--min-top-votes",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "extract",
+                "--data-root",
+                str(data),
+                "--dataset",
+                "amazon",
+                "--categories",
+                "magazines",
+                "--features",
+                str(feats),
+                "--text-model",
+                str(tiny_bert_dir),
+                "--text-max-len",
+                "32",
+                "--allow-random-weights",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    train = [
+        "train",
+        "--data-root",
+        str(data),
+        "--dataset",
+        "amazon",
+        "--categories",
+        "magazines",
+        "--features",
+        str(feats),
+        "--runs",
+        str(runs),
+        "--systems",
+        "random",
+        "length",
+        "mmss",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--patience",
+        "1",
+        "--folds",
+        "5",
+        "--max-text-len",
+        "32",
+        "--option",
+        "d=8",
+        "--device",
+        "cpu",
+        "--num-threads",
+        "1",
+    ]
     assert main(train + ["--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "95% bootstrap interval" in out and "summary_folds5.csv" in out
@@ -142,13 +225,30 @@ def test_train_folds_on_amazon2018_sample_covers_every_product(tmp_path, amazon2
     for system in ("random", "length", "mmss"):
         seen = []
         for f in range(5):
-            scores = pd.read_csv(cat / system / "folds5" / f"fold{f}" / "seed0" / "scores_test.csv",
-                                 dtype={"product_id": str})
+            scores = pd.read_csv(
+                cat / system / "folds5" / f"fold{f}" / "seed0" / "scores_test.csv", dtype={"product_id": str}
+            )
             seen += list(dict.fromkeys(scores["product_id"]))
         assert sorted(seen) == sorted(products)
     summary = pd.read_csv(cat / "summary_folds5.csv")
-    for col in ("system", "variant", "MAP", "NDCG@3", "NDCG@5", "MAP_lo", "MAP_hi", "NDCG@3_lo", "NDCG@3_hi",
-                "NDCG@5_lo", "NDCG@5_hi", "n_products", "rival", "MAP_p", "NDCG@3_p", "NDCG@5_p"):
+    for col in (
+        "system",
+        "variant",
+        "MAP",
+        "NDCG@3",
+        "NDCG@5",
+        "MAP_lo",
+        "MAP_hi",
+        "NDCG@3_lo",
+        "NDCG@3_hi",
+        "NDCG@5_lo",
+        "NDCG@5_hi",
+        "n_products",
+        "rival",
+        "MAP_p",
+        "NDCG@3_p",
+        "NDCG@5_p",
+    ):
         assert col in summary.columns, col
     assert list(summary["system"]) == ["random", "length", "mmss"]
     assert (summary["n_products"] == len(products)).all() and (summary["folds"] == 5).all()

@@ -1,4 +1,5 @@
 """Import of bottom-up .npz / MCR .pth features, and refusal of pickles that would run code."""
+
 from __future__ import annotations
 
 import pickle
@@ -17,8 +18,13 @@ DIM = 16
 def _record(rng, n, h=480, w=640):
     x1y1 = rng.random((n, 2)) * [w / 2, h / 2]
     bbox = np.c_[x1y1, x1y1 + rng.random((n, 2)) * [w / 2, h / 2]]
-    return {"x": rng.random((n, DIM)).astype(np.float32), "bbox": bbox.astype(np.float32),
-            "num_bbox": np.int64(n), "image_h": np.int64(h), "image_w": np.int64(w)}
+    return {
+        "x": rng.random((n, DIM)).astype(np.float32),
+        "bbox": bbox.astype(np.float32),
+        "num_bbox": np.int64(n),
+        "image_h": np.int64(h),
+        "image_w": np.int64(w),
+    }
 
 
 @pytest.fixture
@@ -31,8 +37,7 @@ def _check_store(store, records):
     for item, recs in records.items():
         got = store.get(item)
         np.testing.assert_array_equal(got["x"], np.concatenate([r["x"] for r in recs]).astype(np.float16))
-        exp = np.concatenate([r["bbox"] / np.array([r["image_w"], r["image_h"]] * 2, dtype=np.float64)
-                              for r in recs])
+        exp = np.concatenate([r["bbox"] / np.array([r["image_w"], r["image_h"]] * 2, dtype=np.float64) for r in recs])
         np.testing.assert_allclose(got["boxes"], exp, rtol=1e-6)
         np.testing.assert_array_equal(got["image"], np.concatenate([[j] * len(r["x"]) for j, r in enumerate(recs)]))
 
@@ -49,7 +54,7 @@ def test_import_mcr_pth_round_trip(tmp_path, records):
     _check_store(store, records)
     x, b = read_regions(store, "p0")
     assert x.shape == (0, DIM) and b.shape == (0, 4)
-    assert len(read_regions(store, "p2")[0]) == 32          # MCR cap per image
+    assert len(read_regions(store, "p2")[0]) == 32  # MCR cap per image
 
 
 def test_import_plain_pickle_pth(tmp_path, records):
@@ -77,7 +82,7 @@ class _Evil:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return (open, (self.marker, "w"))      # unpickling would create the marker file
+        return (open, (self.marker, "w"))  # unpickling would create the marker file
 
 
 @pytest.mark.parametrize("writer", ["torch", "pickle"])
@@ -98,13 +103,16 @@ def test_malicious_pth_is_refused(tmp_path, writer):
     assert not (tmp_path / "store" / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda r: r.update(x=np.full_like(r["x"], np.nan)), "NaN"),
-    (lambda r: r.update(x=r["x"][:, :5]), r"'x' has shape \(10, 5\), expected \(N, 16\)"),
-    (lambda r: r.update(bbox=r["bbox"][:, :3]), "'bbox' has shape"),
-    (lambda r: r.update(num_bbox=np.int64(3)), "'num_bbox' is 3"),
-    (lambda r: r.pop("image_w"), "'image_w' missing"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda r: r.update(x=np.full_like(r["x"], np.nan)), "NaN"),
+        (lambda r: r.update(x=r["x"][:, :5]), r"'x' has shape \(10, 5\), expected \(N, 16\)"),
+        (lambda r: r.update(bbox=r["bbox"][:, :3]), "'bbox' has shape"),
+        (lambda r: r.update(num_bbox=np.int64(3)), "'num_bbox' is 3"),
+        (lambda r: r.pop("image_w"), "'image_w' missing"),
+    ],
+)
 def test_bad_npz_is_refused_naming_item(tmp_path, records, bad, match):
     recs = [dict(r) for r in records["p1"]]
     (tmp_path / "src" / "ok").mkdir(parents=True)

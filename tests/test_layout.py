@@ -2,6 +2,7 @@
 
 Every import counts, the ones at the top of a module and the ones inside functions (a lazy import
 still makes two modules depend on each other), found by reading the source with ``ast``."""
+
 from __future__ import annotations
 
 import ast
@@ -24,7 +25,7 @@ def import_graph(lib: Path = LIB) -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 if node.level:
-                    base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                     target = ".".join(base + ([node.module] if node.module else []))
                 else:
                     target = node.module or ""
@@ -77,7 +78,7 @@ def test_the_checker_finds_a_circle(tmp_path):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from mmss_lib.b import x\n")
-    (pkg / "b.py").write_text("def f():\n    from . import a\n")      # a lazy, relative import counts too
+    (pkg / "b.py").write_text("def f():\n    from . import a\n")  # a lazy, relative import counts too
     (pkg / "c.py").write_text("import mmss_lib.a\n")
     assert import_circles(import_graph(pkg)) == [["mmss_lib.a", "mmss_lib.b"]]
 
@@ -92,5 +93,10 @@ def test_run_configuration_is_on_the_ground_floor():
     modes); the trainer, the run folder and the sweeps read it from there."""
     graph = import_graph()
     assert graph["mmss_lib.training.config"] <= {"mmss_lib.errors", "mmss_lib.models.online_text"}
-    for mod in ("mmss_lib.training.trainer", "mmss_lib.training.run_folder", "mmss_lib.model_selection.sweeps", "mmss_lib.model_selection.search"):
+    for mod in (
+        "mmss_lib.training.trainer",
+        "mmss_lib.training.run_folder",
+        "mmss_lib.model_selection.sweeps",
+        "mmss_lib.model_selection.search",
+    ):
         assert "mmss_lib.training.config" in graph[mod], mod

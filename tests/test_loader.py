@@ -1,4 +1,5 @@
 """MRHPSplitData: gathering Batches from memory-mapped feature stores."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,25 +20,39 @@ def _text(n, v):
 
 def _regions(per_image, v):
     n = sum(per_image)
-    return {"x": np.full((n, DR), v, dtype=np.float32) + np.arange(n)[:, None],
-            "boxes": np.tile(np.array([0.1, 0.2, 0.3, 0.4], np.float32), (n, 1)),
-            "image": np.repeat(np.arange(len(per_image)), per_image).astype(np.int32)}
+    return {
+        "x": np.full((n, DR), v, dtype=np.float32) + np.arange(n)[:, None],
+        "boxes": np.tile(np.array([0.1, 0.2, 0.3, 0.4], np.float32), (n, 1)),
+        "image": np.repeat(np.arange(len(per_image)), per_image).astype(np.int32),
+    }
 
 
 @pytest.fixture
 def split(tmp_path):
     products = pd.DataFrame({"product_id": ["P1", "P2"], "text": ["good shirt", "phone"]})
-    reviews = pd.DataFrame({"review_id": ["P1-0", "P1-1", "P2-0"], "product_id": ["P1", "P1", "P2"],
-                            "label": [3, 0, 1], "text": ["great", "bad", "ok"]})
+    reviews = pd.DataFrame(
+        {
+            "review_id": ["P1-0", "P1-1", "P2-0"],
+            "product_id": ["P1", "P1", "P2"],
+            "label": [3, 0, 1],
+            "text": ["great", "bad", "ok"],
+        }
+    )
     stores = {
         "text_prd": write_store(tmp_path / "text_prd", {"P1": _text(4, 1.0), "P2": _text(2, 2.0)}, kind="text"),
-        "text_rvw": write_store(tmp_path / "text_rvw", {"P1-0": _text(3, 3.0), "P1-1": _text(1, 4.0),
-                                                        "P2-0": _text(5, 5.0)}, kind="text"),
+        "text_rvw": write_store(
+            tmp_path / "text_rvw", {"P1-0": _text(3, 3.0), "P1-1": _text(1, 4.0), "P2-0": _text(5, 5.0)}, kind="text"
+        ),
         # P2 has no images; P1 has two images of 3 and 2 regions
-        "region_prd": write_store(tmp_path / "region_prd", {"P1": _regions([3, 2], 1.0),
-                                                            "P2": _regions([], 0.0)}, kind="region", dim=DR),
-        "region_rvw": write_store(tmp_path / "region_rvw", {"P1-0": _regions([2], 7.0), "P1-1": _regions([], 0.0),
-                                                            "P2-0": _regions([], 0.0)}, kind="region", dim=DR),
+        "region_prd": write_store(
+            tmp_path / "region_prd", {"P1": _regions([3, 2], 1.0), "P2": _regions([], 0.0)}, kind="region", dim=DR
+        ),
+        "region_rvw": write_store(
+            tmp_path / "region_rvw",
+            {"P1-0": _regions([2], 7.0), "P1-1": _regions([], 0.0), "P2-0": _regions([], 0.0)},
+            kind="region",
+            dim=DR,
+        ),
     }
     return products, reviews, stores
 
@@ -64,13 +79,14 @@ def test_all_empty_regions_keep_one_padded_column(split):
     products, reviews, stores = split
     b = MRHPSplitData(reviews, products, stores).collate([1, 2])
     assert b.rv.shape == (2, 1, DR) and not b.rv_mask.any()
-    assert b.index.tolist() == [-1, -1]          # not the training split: no SSP index
+    assert b.index.tolist() == [-1, -1]  # not the training split: no SSP index
 
 
 def test_read_caps(split):
     products, reviews, stores = split
-    data = MRHPSplitData(reviews, products, stores, caps=ReadCaps(max_text_len=2, max_regions_per_image=1,
-                                                                  max_regions_per_item=8))
+    data = MRHPSplitData(
+        reviews, products, stores, caps=ReadCaps(max_text_len=2, max_regions_per_image=1, max_regions_per_item=8)
+    )
     b = data.collate([0])
     assert b.pt.shape[1] == 2 and b.rt_mask.sum().item() == 2
     # first region of each of P1's two images: rows 0 and 3

@@ -1,4 +1,5 @@
 """Eq. 13-16: ranking hinge, label-gap hinge, weighted L1, uncertainty weighting, total loss."""
+
 from __future__ import annotations
 
 import math
@@ -67,9 +68,9 @@ def test_uncertainty_weighting_matches_eq15():
     uw = UncertaintyWeighting(3)
     sigma = torch.tensor([0.5, 1.0, 2.0])
     with torch.no_grad():
-        uw.log_var.copy_(torch.log(sigma ** 2))
+        uw.log_var.copy_(torch.log(sigma**2))
     losses = torch.tensor([1.0, 2.0, 3.0])
-    expected = (losses / (2 * sigma ** 2)).sum() + torch.log(sigma.prod())  # Eq. 15 as printed
+    expected = (losses / (2 * sigma**2)).sum() + torch.log(sigma.prod())  # Eq. 15 as printed
     assert uw(losses).item() == pytest.approx(expected.item(), rel=1e-6)
     assert uw(list(losses)).item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -94,7 +95,9 @@ class _FakeModel:
 
 
 def test_mmss_subtask_loss_combines_eq14_and_eq15():
-    out = ModelOutput(score=torch.zeros(2), sub_scores={"ptrt": torch.tensor([1.0, 2.0]), "rtrv": torch.tensor([0.0, 0.0])})
+    out = ModelOutput(
+        score=torch.zeros(2), sub_scores={"ptrt": torch.tensor([1.0, 2.0]), "rtrv": torch.tensor([0.0, 0.0])}
+    )
     y_g = torch.tensor([1.0, 1.0])
     labels = {"ptrt": torch.tensor([2.0, 1.0]), "rtrv": torch.tensor([1.0, 3.0])}
     l1 = weighted_l1(out.sub_scores["ptrt"], labels["ptrt"], y_g)
@@ -106,6 +109,7 @@ def test_mmss_subtask_loss_combines_eq14_and_eq15():
 def test_mmss_subtask_loss_without_subtasks_is_zero():
     class NoSub:
         subtasks = ()
+
     out = ModelOutput(score=torch.ones(3, requires_grad=True))
     loss = mmss_subtask_loss(out, {}, torch.zeros(3), NoSub())
     assert loss.item() == 0.0 and loss.requires_grad

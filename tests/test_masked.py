@@ -7,6 +7,7 @@ are those pre-move versions, copied verbatim from commit 6f4f23e; each new block
 exactly what its old version computed (``torch.equal`` on outputs and input gradients), on random
 inputs with fully-masked rows, garbage padding, and large and small values.
 """
+
 from __future__ import annotations
 
 import doctest
@@ -19,21 +20,32 @@ from torch import Tensor, nn
 
 import mmss_lib.models.masked as masked_module
 from mmss_lib.errors import DataError
-from mmss_lib.models.masked import AttentionPool, guard_empty, has_any, lengths_from_mask, masked_attention, masked_max, masked_mean, masked_softmax, soft_pool, zero_padding
+from mmss_lib.models.masked import (
+    AttentionPool,
+    guard_empty,
+    has_any,
+    lengths_from_mask,
+    masked_attention,
+    masked_max,
+    masked_mean,
+    masked_softmax,
+    soft_pool,
+    zero_padding,
+)
 
 # ============================================================================ pre-move versions
 # --- mmss_lib/models/baselines/common.py @ 6f4f23e (BiMPM, EG-CNN, Conv-KNRM, PRH-Net)
 
 
 def old_text_masked_mean(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
-    m = mask.to(x.dtype).unsqueeze(-1)                       # (B, L, 1)
+    m = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
     total = (x * m).sum(dim)
     count = m.sum(dim).clamp_min(1.0)
     return total / count
 
 
 def old_text_masked_max(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
-    m = mask.unsqueeze(-1)                                   # (B, L, 1)
+    m = mask.unsqueeze(-1)  # (B, L, 1)
     filled = x.masked_fill(~m, torch.finfo(x.dtype).min)
     out = filled.max(dim).values
     any_real = m.any(dim)
@@ -47,13 +59,20 @@ def old_text_masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tens
     return weights * mask.to(scores.dtype)
 
 
-def old_text_masked_attention(query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor,
-                              *, scale: float | None = None, return_weights: bool = False):
+def old_text_masked_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_mask: Tensor,
+    *,
+    scale: float | None = None,
+    return_weights: bool = False,
+):
     if scale is None:
         scale = query.shape[-1] ** -0.5
-    scores = torch.einsum("bqd,bkd->bqk", query, key) * scale       # (B, Lq, Lk)
-    weights = old_text_masked_softmax(scores, key_mask[:, None, :], dim=-1)   # (B, Lq, Lk)
-    out = torch.einsum("bqk,bkd->bqd", weights, value)               # (B, Lq, dv)
+    scores = torch.einsum("bqd,bkd->bqk", query, key) * scale  # (B, Lq, Lk)
+    weights = old_text_masked_softmax(scores, key_mask[:, None, :], dim=-1)  # (B, Lq, Lk)
+    out = torch.einsum("bqk,bkd->bqd", weights, value)  # (B, Lq, dv)
     return (out, weights) if return_weights else out
 
 
@@ -66,8 +85,8 @@ class OldTextAttentionPool(nn.Module):
 
     def forward(self, h: Tensor, mask: Tensor) -> Tensor:
         logits = self.context(torch.tanh(self.proj(h))).squeeze(-1)  # (B, L)
-        weights = old_text_masked_softmax(logits, mask, dim=-1)      # (B, L)
-        return torch.einsum("bl,bld->bd", weights, h)                # (B, d)
+        weights = old_text_masked_softmax(logits, mask, dim=-1)  # (B, L)
+        return torch.einsum("bl,bld->bd", weights, h)  # (B, d)
 
 
 def old_lengths_from_mask(mask: Tensor, *, name: str = "mask") -> Tensor:
@@ -131,14 +150,14 @@ class OldMMAttentionPool(nn.Module):
 
 
 def old_soft_pool(x: Tensor, mask: Tensor) -> Tensor:
-    m = mask.unsqueeze(-1)                                          # (B, L, 1)
-    w = torch.softmax(x.masked_fill(~m, float("-inf")), dim=1)      # (B, L, d)
-    return (w * x.masked_fill(~m, 0.0)).sum(dim=1)                  # (B, d)
+    m = mask.unsqueeze(-1)  # (B, L, 1)
+    w = torch.softmax(x.masked_fill(~m, float("-inf")), dim=1)  # (B, L, d)
+    return (w * x.masked_fill(~m, 0.0)).sum(dim=1)  # (B, d)
 
 
 def old_model_masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    m = mask.unsqueeze(-1).to(x.dtype)                              # (B, L, 1)
-    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)                 # (B, d)
+    m = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, d)
 
 
 def old_guard_empty(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,13 +167,12 @@ def old_guard_empty(mask: Tensor) -> tuple[Tensor, Tensor]:
     return any_real, safe
 
 
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny tensors: one intra-op thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one intra-op thread
 
 
 # ============================================================================ random inputs
 
-SCALES = [1.0, 1e-6, 1e3, 1e30]      # ordinary, small, large (softmax saturates), huge
+SCALES = [1.0, 1e-6, 1e3, 1e30]  # ordinary, small, large (softmax saturates), huge
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -166,8 +184,8 @@ def _mask(g, *shape, prefix=False, empty_rows=(0,)) -> Tensor:
         m = torch.arange(L)[None, :] < lengths[:, None]
     else:
         m = torch.rand(B, L, generator=g) < 0.6
-        m[:, -1] |= ~m.any(1)                                # at least one real position ...
-    m[list(empty_rows)] = False                              # ... except in the empty rows
+        m[:, -1] |= ~m.any(1)  # at least one real position ...
+    m[list(empty_rows)] = False  # ... except in the empty rows
     return m
 
 
@@ -181,8 +199,10 @@ def _garbage(x: Tensor, mask: Tensor, g) -> Tensor:
 
 
 def _cases() -> list:
-    return [pytest.param(seed, scale, dtype, id=f"scale{scale:g}-{str(dtype)[6:]}")
-            for seed, (scale, dtype) in enumerate([(s, d) for s in SCALES for d in DTYPES])]
+    return [
+        pytest.param(seed, scale, dtype, id=f"scale{scale:g}-{str(dtype)[6:]}")
+        for seed, (scale, dtype) in enumerate([(s, d) for s in SCALES for d in DTYPES])
+    ]
 
 
 def _run(fn, *inputs, seed=0):
@@ -207,14 +227,15 @@ def assert_same(new, old):
 
 # ============================================================================ same numerics as before the move
 
+
 @pytest.mark.parametrize("seed,scale,dtype", _cases())
 def test_masked_softmax_methods_equal_the_old_versions(seed, scale, dtype):
     g = torch.Generator().manual_seed(seed)
     for shape, mask_shape, dim in [((5, 9), (5, 9), -1), ((4, 6, 7), (4, 1, 7), -1), ((3, 8, 5), (3, 8, 1), 1)]:
         scores = torch.randn(shape, generator=g, dtype=dtype) * scale
         mask = torch.rand(mask_shape, generator=g) < 0.6
-        mask[0] = False                                       # a fully-masked slice
-        scores = torch.where(mask.expand_as(scores), scores, scores * 1e6)   # huge values at padding
+        mask[0] = False  # a fully-masked slice
+        scores = torch.where(mask.expand_as(scores), scores, scores * 1e6)  # huge values at padding
         for method, old in (("fused", old_text_masked_softmax), ("shifted", old_mm_masked_softmax)):
             new_r = _run(lambda s: masked_softmax(s, mask, dim=dim, method=method), scores, seed=seed)
             assert_same(new_r, _run(lambda s: old(s, mask, dim=dim), scores, seed=seed))
@@ -228,8 +249,9 @@ def test_masked_softmax_default_is_fused_and_methods_agree():
     scores = torch.randn(6, 10, generator=g, dtype=torch.float64)
     mask = _mask(g, 6, 10, empty_rows=(2,))
     assert torch.equal(masked_softmax(scores, mask), masked_softmax(scores, mask, method="fused"))
-    assert torch.allclose(masked_softmax(scores, mask, method="fused"), masked_softmax(scores, mask, method="shifted"),
-                          rtol=0, atol=1e-15)
+    assert torch.allclose(
+        masked_softmax(scores, mask, method="fused"), masked_softmax(scores, mask, method="shifted"), rtol=0, atol=1e-15
+    )
     with pytest.raises(ValueError, match="method"):
         masked_softmax(scores, mask, method="plain")
 
@@ -239,36 +261,42 @@ def test_masked_pooling_equals_the_old_versions(seed, scale, dtype):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(6, 9, 5, generator=g, dtype=dtype) * scale
     mask = _mask(g, 6, 9, empty_rows=(0, 3))
-    xg = torch.where(mask.unsqueeze(-1), x, x * 1e6)         # finite garbage (mean multiplies padding by 0)
+    xg = torch.where(mask.unsqueeze(-1), x, x * 1e6)  # finite garbage (mean multiplies padding by 0)
     mean = _run(lambda t: masked_mean(t, mask), xg, seed=seed)
     for old in (old_text_masked_mean, old_mm_masked_mean, old_model_masked_mean):
         assert_same(mean, _run(lambda t: old(t, mask), xg, seed=seed))
-    xi = _garbage(x, mask, g)                                 # max ignores any padded value
+    xi = _garbage(x, mask, g)  # max ignores any padded value
     mx = _run(lambda t: masked_max(t, mask), xi, seed=seed)
     assert_same(mx, _run(lambda t: old_mm_masked_max(t, mask), xi, seed=seed))
-    assert_same(_run(lambda t: masked_max(t, mask, ties="first"), xi, seed=seed),
-                _run(lambda t: old_text_masked_max(t, mask), xi, seed=seed))
+    assert_same(
+        _run(lambda t: masked_max(t, mask, ties="first"), xi, seed=seed),
+        _run(lambda t: old_text_masked_max(t, mask), xi, seed=seed),
+    )
     # the 4-d form BiMPM uses: max over the steps of text 2 for each step of text 1
     pair = torch.randn(3, 4, 6, 2, generator=g, dtype=dtype) * scale
     m2 = _mask(g, 3, 6, prefix=True, empty_rows=(1,))[:, None, :].expand(-1, 4, -1)
-    assert_same(_run(lambda t: masked_max(t, m2, dim=2, ties="first"), pair, seed=seed),
-                _run(lambda t: old_text_masked_max(t, m2, dim=2), pair, seed=seed))
-    assert_same(_run(lambda t: masked_mean(t, m2, dim=2), pair, seed=seed),
-                _run(lambda t: old_text_masked_mean(t, m2, dim=2), pair, seed=seed))
+    assert_same(
+        _run(lambda t: masked_max(t, m2, dim=2, ties="first"), pair, seed=seed),
+        _run(lambda t: old_text_masked_max(t, m2, dim=2), pair, seed=seed),
+    )
+    assert_same(
+        _run(lambda t: masked_mean(t, m2, dim=2), pair, seed=seed),
+        _run(lambda t: old_text_masked_mean(t, m2, dim=2), pair, seed=seed),
+    )
 
 
 def test_masked_max_ties_equal_the_old_versions_in_bfloat16():
     """bfloat16 rounds neighbouring values together: ties are frequent, and the old versions
     differed there (text systems: the first maximum gets the gradient; multimodal: split)."""
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(6, 9, 5, generator=g) * 0.05 + 1.0).to(torch.bfloat16)   # few distinct values
+    x = (torch.randn(6, 9, 5, generator=g) * 0.05 + 1.0).to(torch.bfloat16)  # few distinct values
     mask = _mask(g, 6, 9, empty_rows=(2,))
     first = _run(lambda t: masked_max(t, mask, ties="first"), x)
     split = _run(lambda t: masked_max(t, mask, ties="split"), x)
     assert_same(first, _run(lambda t: old_text_masked_max(t, mask), x))
     assert_same(split, _run(lambda t: old_mm_masked_max(t, mask), x))
     assert torch.equal(first[0][0], split[0][0]) and not torch.equal(first[1][0], split[1][0])
-    assert torch.equal(masked_max(x, mask), split[0][0])                     # default: split
+    assert torch.equal(masked_max(x, mask), split[0][0])  # default: split
 
 
 def test_masked_max_tied_maximum_gradient():
@@ -284,11 +312,13 @@ def test_masked_max_tied_maximum_gradient():
 @pytest.mark.parametrize("seed,scale,dtype", _cases())
 def test_soft_pool_equals_the_old_version(seed, scale, dtype):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(6, 9, 5, generator=g, dtype=dtype) * min(scale, 1e3)   # SoftPool of 1e30 overflows exp
+    x = torch.randn(6, 9, 5, generator=g, dtype=dtype) * min(scale, 1e3)  # SoftPool of 1e30 overflows exp
     any_real, safe = guard_empty(_mask(g, 6, 9, empty_rows=(0, 3)))
     assert not any_real[0] and safe.any(1).all()
     xg = torch.where(safe.unsqueeze(-1), x, x * 1e6)
-    assert_same(_run(lambda t: soft_pool(t, safe), xg, seed=seed), _run(lambda t: old_soft_pool(t, safe), xg, seed=seed))
+    assert_same(
+        _run(lambda t: soft_pool(t, safe), xg, seed=seed), _run(lambda t: old_soft_pool(t, safe), xg, seed=seed)
+    )
 
 
 @pytest.mark.parametrize("seed,scale,dtype", _cases())
@@ -298,8 +328,10 @@ def test_masked_attention_equals_the_old_version(seed, scale, dtype):
     v = torch.randn(4, 7, 3, generator=g, dtype=dtype)
     mask = _mask(g, 4, 7, empty_rows=(2,))
     for kw in ({}, {"scale": 1.0}, {"scale": 0.3, "return_weights": True}):
-        assert_same(_run(lambda *t: masked_attention(*t, mask, **kw), q, k, v, seed=seed),
-                    _run(lambda *t: old_text_masked_attention(*t, mask, **kw), q, k, v, seed=seed))
+        assert_same(
+            _run(lambda *t: masked_attention(*t, mask, **kw), q, k, v, seed=seed),
+            _run(lambda *t: old_text_masked_attention(*t, mask, **kw), q, k, v, seed=seed),
+        )
 
 
 @pytest.mark.parametrize("seed,scale,dtype", _cases())
@@ -311,10 +343,18 @@ def test_attention_pool_equals_both_old_versions(seed, scale, dtype):
     configs = [  # (new pool, old pool, inputs): PRH-Net's defaults, D&R Net's and MCR's configuration
         (dict(), lambda: OldTextAttentionPool(12), ()),
         (dict(hidden=5), lambda: OldTextAttentionPool(12, hidden=5), ()),
-        (dict(hidden=64, activation="relu", score_bias=True, softmax="shifted", weighted_sum="broadcast"),
-         lambda: OldMMAttentionPool(12), ()),
-        (dict(claim_dim=12, hidden=64, activation="relu", score_bias=True, softmax="shifted",
-              weighted_sum="broadcast"), lambda: OldMMAttentionPool(12, claim_dim=12), (claim,)),
+        (
+            dict(hidden=64, activation="relu", score_bias=True, softmax="shifted", weighted_sum="broadcast"),
+            lambda: OldMMAttentionPool(12),
+            (),
+        ),
+        (
+            dict(
+                claim_dim=12, hidden=64, activation="relu", score_bias=True, softmax="shifted", weighted_sum="broadcast"
+            ),
+            lambda: OldMMAttentionPool(12, claim_dim=12),
+            (claim,),
+        ),
     ]
     for opts, make_old, extra in configs:
         torch.manual_seed(seed)
@@ -324,8 +364,10 @@ def test_attention_pool_equals_both_old_versions(seed, scale, dtype):
         # same initialisation, same parameter order (optimizer states index parameters by position)
         assert [p.shape for p in new.parameters()] == [p.shape for p in old.parameters()]
         assert all(torch.equal(a, b) for a, b in zip(new.parameters(), old.parameters()))
-        assert_same(_run(lambda t, *c: new(t, mask, *c), h, *extra, seed=seed),
-                    _run(lambda t, *c: old(t, mask, *c), h, *extra, seed=seed))
+        assert_same(
+            _run(lambda t, *c: new(t, mask, *c), h, *extra, seed=seed),
+            _run(lambda t, *c: old(t, mask, *c), h, *extra, seed=seed),
+        )
         new.zero_grad()
         old.zero_grad()
         new(h, mask, *extra).sum().backward()
@@ -336,14 +378,25 @@ def test_attention_pool_equals_both_old_versions(seed, scale, dtype):
 def test_attention_pool_loads_state_dicts_of_the_old_score_network():
     torch.manual_seed(0)
     old = OldMMAttentionPool(8, claim_dim=8)
-    outer = nn.ModuleDict({"pool": old})                     # prefixed keys, as inside a system
+    outer = nn.ModuleDict({"pool": old})  # prefixed keys, as inside a system
     assert "pool.score.0.weight" in outer.state_dict()
-    new = nn.ModuleDict({"pool": AttentionPool(8, claim_dim=8, hidden=64, activation="relu", score_bias=True,
-                                               softmax="shifted", weighted_sum="broadcast")})
-    new.load_state_dict(outer.state_dict())                  # strict: every key mapped
+    new = nn.ModuleDict(
+        {
+            "pool": AttentionPool(
+                8,
+                claim_dim=8,
+                hidden=64,
+                activation="relu",
+                score_bias=True,
+                softmax="shifted",
+                weighted_sum="broadcast",
+            )
+        }
+    )
+    new.load_state_dict(outer.state_dict())  # strict: every key mapped
     h, mask, claim = torch.randn(3, 4, 8), _mask(torch.Generator().manual_seed(1), 3, 4), torch.randn(3, 8)
     assert torch.equal(new["pool"](h, mask, claim), old(h, mask, claim))
-    new.load_state_dict(new.state_dict())                    # the current keys load too
+    new.load_state_dict(new.state_dict())  # the current keys load too
 
 
 def test_attention_pool_options_are_checked():
@@ -382,8 +435,9 @@ def test_masked_softmax_zero_on_padding_and_empty_rows():
 
 
 def test_masked_softmax_shifted_all_minus_inf_row_is_zero():
-    w = masked_softmax(torch.tensor([[float("-inf"), float("-inf")]]), torch.ones(1, 2, dtype=torch.bool),
-                       method="shifted")
+    w = masked_softmax(
+        torch.tensor([[float("-inf"), float("-inf")]]), torch.ones(1, 2, dtype=torch.bool), method="shifted"
+    )
     assert torch.equal(w, torch.zeros(1, 2))
 
 
@@ -424,13 +478,14 @@ def test_masked_attention_matches_unpadded_attention():
     q, k, v = (torch.randn(2, 3, 8, generator=g) for _ in range(3))
     mask = torch.tensor([[True, True, False], [False, False, False]])
     out = masked_attention(q, k, v, mask)
-    ref = torch.softmax(q[0] @ k[0, :2].T / 8 ** 0.5, -1) @ v[0, :2]
+    ref = torch.softmax(q[0] @ k[0, :2].T / 8**0.5, -1) @ v[0, :2]
     assert torch.allclose(out[0], ref, atol=1e-6)
     assert torch.equal(out[1], torch.zeros(3, 8))
 
 
-@pytest.mark.parametrize("opts", [{}, dict(claim_dim=4, activation="relu", softmax="shifted",
-                                           weighted_sum="broadcast")])
+@pytest.mark.parametrize(
+    "opts", [{}, dict(claim_dim=4, activation="relu", softmax="shifted", weighted_sum="broadcast")]
+)
 def test_attention_pool_ignores_padding(opts):
     torch.manual_seed(0)
     pool = AttentionPool(4, **opts)

@@ -1,5 +1,6 @@
 """mmss_lib.metrics.ranking: hand-computed cases, a plain per-product reference on random cases,
 sklearn on the cases where the conventions agree, paired tests, bootstrap intervals."""
+
 from __future__ import annotations
 
 import math
@@ -9,22 +10,29 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError, MMSSError
-from mmss_lib.metrics.ranking import bootstrap_difference, bootstrap_interval, paired_test, per_product_metrics, ranking_metrics
+from mmss_lib.metrics.ranking import (
+    bootstrap_difference,
+    bootstrap_interval,
+    paired_test,
+    per_product_metrics,
+    ranking_metrics,
+)
 
 L3 = math.log2(3)
 
 
 # ------------------------------------------------------------------ reference (facts file, section 4)
 
+
 def ref_product(labels, scores, th, ties="stable", ks=(3, 5)):
     """Literal transcription of MRHP_FACTS.md section 4 for one product."""
     idx = list(range(len(labels)))
     if ties == "stable":
-        key = lambda i: (-scores[i], i)                       # noqa: E731
+        key = lambda i: (-scores[i], i)  # noqa: E731
     elif ties == "pessimistic":
-        key = lambda i: (-scores[i], labels[i], i)            # noqa: E731
+        key = lambda i: (-scores[i], labels[i], i)  # noqa: E731
     else:
-        key = lambda i: (-scores[i], -labels[i], i)           # noqa: E731
+        key = lambda i: (-scores[i], -labels[i], i)  # noqa: E731
     ranked = [labels[i] for i in sorted(idx, key=key)]
     count, s, rr = 0, 0.0, 0.0
     for i, lab in enumerate(ranked):
@@ -39,7 +47,7 @@ def ref_product(labels, scores, th, ties="stable", ks=(3, 5)):
         tot = 0.0
         for i, lab in enumerate(seq[:k]):
             if lab > th:
-                tot += (2 ** lab - 1) / math.log(2 + i)           # natural log: the base cancels
+                tot += (2**lab - 1) / math.log(2 + i)  # natural log: the base cancels
         return tot
 
     for k in ks:
@@ -63,10 +71,10 @@ def random_split(seed, *, n_products=None, max_reviews=12, tie_decimals=1, float
     n_products = n_products or int(rng.integers(1, 30))
     sizes = rng.integers(1, max_reviews + 1, n_products)
     pids = np.repeat([f"P{seed}_{i}" for i in range(n_products)], sizes)
-    rng.shuffle(pids)                                          # products interleaved in the input
+    rng.shuffle(pids)  # products interleaved in the input
     n = len(pids)
     labels = rng.uniform(0, 4, n) if float_labels else rng.integers(0, 5, n)
-    scores = np.round(rng.normal(size=n), tie_decimals)        # coarse rounding: many ties
+    scores = np.round(rng.normal(size=n), tie_decimals)  # coarse rounding: many ties
     return pids, labels, scores
 
 
@@ -89,7 +97,7 @@ P1_N5 = (3 / L3 + 7 / 2 + 15 / math.log2(5)) / (15 + 7 / L3 + 3 / 2)
 def test_hand_computed_per_product():
     df = per_product_metrics(HAND_PIDS, HAND_LABELS, HAND_SCORES, threshold=1)
     assert list(df.columns) == ["product_id", "n_reviews", "AP", "NDCG@3", "NDCG@5", "RR"]
-    assert list(df["product_id"]) == ["p1", "p2", "p3"]        # first-appearance order
+    assert list(df["product_id"]) == ["p1", "p2", "p3"]  # first-appearance order
     assert list(df["n_reviews"]) == [4, 1, 3]
     np.testing.assert_allclose(df["AP"], [P1_AP, 1, 0])
     np.testing.assert_allclose(df["NDCG@3"], [P1_N3, 1, 0])
@@ -134,10 +142,11 @@ def test_ties_policies_hand():
 
 # ------------------------------------------------------------------ reference on random cases
 
+
 @pytest.mark.parametrize("seed", range(40))
 def test_against_reference_random(seed):
     pids, labels, scores = random_split(seed)
-    th = seed % 2                                               # both thresholds
+    th = seed % 2  # both thresholds
     ties = ("stable", "pessimistic", "optimistic")[seed % 3]
     got = per_product_metrics(pids, labels, scores, threshold=th, ties=ties)
     want = ref_all(pids, labels, scores, th, ties)
@@ -158,8 +167,9 @@ def test_against_reference_non_integer_labels(seed):
         labels = np.round(labels * 2) / 2
     got = per_product_metrics(pids, labels, scores, threshold=1, ks=(1, 3, 10))
     want = ref_all(pids, labels, scores, 1)
-    want_k = pd.DataFrame([ref_product(list(labels[pids == p]), list(scores[pids == p]), 1, ks=(1, 10))
-                           for p in want["product_id"]])
+    want_k = pd.DataFrame(
+        [ref_product(list(labels[pids == p]), list(scores[pids == p]), 1, ks=(1, 10)) for p in want["product_id"]]
+    )
     np.testing.assert_allclose(got["AP"], want["AP"], atol=1e-12)
     np.testing.assert_allclose(got["NDCG@3"], want["NDCG@3"], atol=1e-12)
     np.testing.assert_allclose(got["NDCG@1"], want_k["NDCG@1"], atol=1e-12)
@@ -175,7 +185,7 @@ def test_permutation_invariance_without_ties_and_means_of_per_product():
     per = per_product_metrics(pids, labels, scores)
     assert a["NDCG@5"] == pytest.approx(per["NDCG@5"].mean())
     # scores that sort the labels perfectly give NDCG = 1 wherever a relevant review exists
-    perfect = per_product_metrics(pids, labels, labels)        # ties only among equal labels
+    perfect = per_product_metrics(pids, labels, labels)  # ties only among equal labels
     has_rel = perfect["AP"] > 0
     assert has_rel.any()
     np.testing.assert_allclose(perfect.loc[has_rel, ["AP", "NDCG@3", "NDCG@5", "RR"]], 1.0)
@@ -183,6 +193,7 @@ def test_permutation_invariance_without_ties_and_means_of_per_product():
 
 
 # ------------------------------------------------------------------ sklearn where the conventions agree
+
 
 @pytest.mark.parametrize("seed", range(10))
 def test_ndcg_matches_sklearn_on_agreeing_cases(seed):
@@ -218,13 +229,14 @@ def test_sklearn_disagrees_on_ties():
 
     labels, scores = np.array([0, 4, 0]), np.array([1.0, 1.0, 0.0])
     ours = per_product_metrics(["x"] * 3, labels, scores)["NDCG@3"].iloc[0]
-    assert ours == pytest.approx(1 / L3)                        # label 4 at rank 2
-    theirs = ndcg_score([np.where(labels > 1, 2.0 ** labels - 1, 0)], [scores], k=3)
-    assert theirs == pytest.approx((1 + 1 / L3) / 2)            # average of ranks 1 and 2
+    assert ours == pytest.approx(1 / L3)  # label 4 at rank 2
+    theirs = ndcg_score([np.where(labels > 1, 2.0**labels - 1, 0)], [scores], k=3)
+    assert theirs == pytest.approx((1 + 1 / L3) / 2)  # average of ranks 1 and 2
     assert ours != pytest.approx(theirs)
 
 
 # ------------------------------------------------------------------ inputs and errors
+
 
 def test_input_types_agree():
     pids, labels, scores = random_split(3)
@@ -234,8 +246,9 @@ def test_input_types_agree():
     assert ranking_metrics(pd.Series(pids), pd.Series(labels), pd.Series(scores)) == pytest.approx(base)
     assert ranking_metrics(int_ids, labels.astype(np.float32), scores) == pytest.approx(base)
     torch = pytest.importorskip("torch")
-    assert ranking_metrics(torch.tensor(int_ids), torch.tensor(labels), torch.tensor(scores, dtype=torch.float64)) \
-        == pytest.approx(base)
+    assert ranking_metrics(
+        torch.tensor(int_ids), torch.tensor(labels), torch.tensor(scores, dtype=torch.float64)
+    ) == pytest.approx(base)
 
 
 def test_errors():
@@ -262,6 +275,7 @@ def test_empty_input():
 
 # ------------------------------------------------------------------ paired tests
 
+
 def test_paired_test_matches_scipy():
     from scipy import stats
 
@@ -285,7 +299,7 @@ def test_paired_test_degenerate_cases():
     assert (r["t_stat"], r["t_p"], r["wilcoxon_stat"], r["wilcoxon_p"], r["mean_diff"]) == (0.0, 1.0, 0.0, 1.0, 0.0)
     one = paired_test([0.5], [0.2])
     assert one["n"] == 1 and math.isnan(one["t_p"]) and one["mean_diff"] == pytest.approx(0.3)
-    const = paired_test([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])      # constant non-zero difference
+    const = paired_test([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])  # constant non-zero difference
     assert const["mean_diff"] == pytest.approx(0.1) and const["n"] == 3
     with pytest.raises(DataError, match="same length"):
         paired_test([0.1, 0.2], [0.1])
@@ -293,13 +307,14 @@ def test_paired_test_degenerate_cases():
 
 def test_paired_test_aligns_series_on_products():
     a = pd.Series([0.9, 0.1, 0.5], index=["x", "y", "z"])
-    b = pd.Series([0.5, 0.1, 0.9], index=["z", "y", "x"])      # same values per product, other order
+    b = pd.Series([0.5, 0.1, 0.9], index=["z", "y", "x"])  # same values per product, other order
     assert paired_test(a, b)["mean_diff"] == 0.0
     with pytest.raises(DataError, match="different products"):
         paired_test(a, pd.Series([0.1, 0.2, 0.3], index=["x", "y", "w"]))
 
 
 # ------------------------------------------------------------------ benchmark (smoke)
+
 
 def test_bench_metrics_smoke(capsys):
     """Smoke test: a tiny run of `mmss bench metrics` agrees with its groupby-apply baseline."""
@@ -321,6 +336,7 @@ def test_docstring_examples():
 
 
 # ------------------------------------------------------------------ bootstrap intervals (issue 10)
+
 
 def _ref_quantile(sorted_vals, q):
     """numpy's default ('linear') quantile, written out."""
@@ -347,12 +363,11 @@ def _ref_bootstrap(values, n_boot, level, seed, rows):
     return _ref_quantile(means, alpha), _ref_quantile(means, 1 - alpha)
 
 
-@pytest.mark.parametrize("n,n_boot,level,cells", [(7, 500, 0.95, None), (30, 333, 0.9, None),
-                                                  (11, 250, 0.95, 11 * 40)])
+@pytest.mark.parametrize("n,n_boot,level,cells", [(7, 500, 0.95, None), (30, 333, 0.9, None), (11, 250, 0.95, 11 * 40)])
 def test_bootstrap_interval_matches_brute_force(monkeypatch, n, n_boot, level, cells):
     import mmss_lib.metrics.ranking as M
 
-    if cells is not None:                                   # force several row chunks
+    if cells is not None:  # force several row chunks
         monkeypatch.setattr(M, "_BOOT_CELLS", cells)
     vals = list(np.random.default_rng(n).random(n))
     rows = max(1, M._BOOT_CELLS // n)
@@ -370,7 +385,7 @@ def test_bootstrap_interval_against_exact_bootstrap_distribution():
     vals = np.array([0.1, 0.35, 0.5, 0.8, 1.0])
     exact = np.sort(np.array([vals[list(ix)].mean() for ix in itertools.product(range(5), repeat=5)]))
     lo, hi = bootstrap_interval(vals, n_boot=40000, seed=1)
-    cdf = lambda t: np.searchsorted(exact, t + 1e-12, side="right") / len(exact)   # noqa: E731
+    cdf = lambda t: np.searchsorted(exact, t + 1e-12, side="right") / len(exact)  # noqa: E731
     assert abs(cdf(lo) - 0.025) < 0.01
     assert abs(cdf(hi) - 0.975) < 0.01
 
@@ -380,7 +395,7 @@ def test_bootstrap_interval_known_cases():
     assert bootstrap_interval([0.3]) == (0.3, 0.3)
     x = np.random.default_rng(0).normal(0.5, 0.2, size=400)
     lo, hi = bootstrap_interval(x, n_boot=4000)
-    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))         # normal-theory half width
+    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))  # normal-theory half width
     assert (hi - lo) / 2 == pytest.approx(half, rel=0.12)
     assert (lo + hi) / 2 == pytest.approx(x.mean(), abs=0.25 * half)
     # deterministic by seed, different with another seed, narrower at a lower level

@@ -1,4 +1,5 @@
 """MM-SS model (Eq. 3-9): shapes, masking invariants, empty image sets, ablations, fine-tuning mode."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -51,12 +52,12 @@ def test_eq6_to_eq9_recomputed_from_interactions():
     with torch.no_grad():
         out = m(batch)
         f = m.interaction_features(batch)
-        fc = torch.cat([f[s] for s in SUBTASKS], -1)                          # Eq. 6
-        f_g = F.gelu(fc @ m.fuse.weight.T + m.fuse.bias)                      # Eq. 7
-        y_g = f_g @ m.score_head.weight[0] + m.score_head.bias                # Eq. 8
+        fc = torch.cat([f[s] for s in SUBTASKS], -1)  # Eq. 6
+        f_g = F.gelu(fc @ m.fuse.weight.T + m.fuse.bias)  # Eq. 7
+        y_g = f_g @ m.score_head.weight[0] + m.score_head.bias  # Eq. 8
         assert torch.allclose(out.features["g"], f_g, atol=1e-6)
         assert torch.allclose(out.score, y_g, atol=1e-6)
-        for s in SUBTASKS:                                                    # Eq. 9
+        for s in SUBTASKS:  # Eq. 9
             h = m.heads[s]
             f_s = F.gelu(h.proj(f[s]))
             assert torch.allclose(out.features[s], f_s, atol=1e-6)
@@ -67,10 +68,17 @@ def test_masked_positions_do_not_change_the_output():
     m = _model().eval()
     batch = _no_images(_batch(), [2])
     g = torch.Generator().manual_seed(9)
-    noisy = replace(batch, **{
-        name: torch.where(getattr(batch, name + "_mask").unsqueeze(-1), getattr(batch, name),
-                          torch.randn(getattr(batch, name).shape, generator=g) * 1e3)
-        for name in ("pt", "rt", "pv", "rv")})
+    noisy = replace(
+        batch,
+        **{
+            name: torch.where(
+                getattr(batch, name + "_mask").unsqueeze(-1),
+                getattr(batch, name),
+                torch.randn(getattr(batch, name).shape, generator=g) * 1e3,
+            )
+            for name in ("pt", "rt", "pv", "rv")
+        },
+    )
     assert not torch.equal(noisy.pv, batch.pv)
     with torch.no_grad():
         a, b = m(batch), m(noisy)
@@ -86,24 +94,40 @@ def test_sample_output_independent_of_batch_padding():
     with torch.no_grad():
         full = m(batch).score
         for i in range(5):
+
             def trim(x, mask):
                 n = max(int(mask[i].sum()), 1)
-                return x[i:i + 1, :n], mask[i:i + 1, :n]
+                return x[i : i + 1, :n], mask[i : i + 1, :n]
+
             pt, ptm = trim(batch.pt, batch.pt_mask)
             rt, rtm = trim(batch.rt, batch.rt_mask)
             pv, pvm = trim(batch.pv, batch.pv_mask)
             rv, rvm = trim(batch.rv, batch.rv_mask)
-            one = Batch(pt=pt, pt_mask=ptm, rt=rt, rt_mask=rtm, pv=pv, pv_mask=pvm, rv=rv, rv_mask=rvm,
-                        label=batch.label[i:i + 1], index=batch.index[i:i + 1], product=batch.product[i:i + 1])
+            one = Batch(
+                pt=pt,
+                pt_mask=ptm,
+                rt=rt,
+                rt_mask=rtm,
+                pv=pv,
+                pv_mask=pvm,
+                rv=rv,
+                rv_mask=rvm,
+                label=batch.label[i : i + 1],
+                index=batch.index[i : i + 1],
+                product=batch.product[i : i + 1],
+            )
             assert m(one).score.item() == pytest.approx(full[i].item(), abs=1e-5)
 
 
 def test_no_nan_with_empty_image_sets_forward_and_backward():
     m = _model().train()
-    batch = _no_images(_batch(), [0, 3])     # neither product nor review has images in rows 0 and 3
+    batch = _no_images(_batch(), [0, 3])  # neither product nor review has images in rows 0 and 3
     out = m(batch)
-    loss = out.score.sum() + sum(v.sum() for v in out.sub_scores.values()) + \
-        sum(f.pow(2).sum() for f in out.features.values())
+    loss = (
+        out.score.sum()
+        + sum(v.sum() for v in out.sub_scores.values())
+        + sum(f.pow(2).sum() for f in out.features.values())
+    )
     assert torch.isfinite(loss)
     loss.backward()
     for name, p in m.named_parameters():
@@ -156,8 +180,13 @@ def test_bad_options_and_batches():
 
 
 def test_interactions_cover_the_five_concatenations():
-    assert INTERACTIONS == {"ptrt": ("tp", "tr"), "pvrv": ("vp", "vr"), "ptrv": ("tp", "vr"),
-                            "pvrt": ("vp", "tr"), "rtrv": ("tr", "vr")}
+    assert INTERACTIONS == {
+        "ptrt": ("tp", "tr"),
+        "pvrv": ("vp", "vr"),
+        "ptrv": ("tp", "vr"),
+        "pvrt": ("vp", "tr"),
+        "rtrv": ("tr", "vr"),
+    }
 
 
 def test_a_few_steps_reduce_the_ranking_loss():
@@ -166,8 +195,9 @@ def test_a_few_steps_reduce_the_ranking_loss():
     batch = _batch(8, seed=3)
     label = torch.tensor([4.0, 0.0, 3.0, 1.0, 2.0, 0.0, 4.0, 1.0])
     product = torch.arange(8) // 4
-    pairs = torch.tensor([(i, j) for i in range(8) for j in range(8)
-                          if product[i] == product[j] and label[i] > label[j]])
+    pairs = torch.tensor(
+        [(i, j) for i in range(8) for j in range(8) if product[i] == product[j] and label[i] > label[j]]
+    )
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
@@ -182,10 +212,9 @@ def test_a_few_steps_reduce_the_ranking_loss():
 
 def test_build_system_registry():
     from mmss_lib.models.registry import build_system
+
     m = build_system("mmss", text_dim=TD, region_dim=RD, d=D, ff_dim=32)
     assert isinstance(m, MMSS) and m(_batch(2)).score.shape == (2,)
-
-
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
@@ -206,7 +235,7 @@ def test_dropout_drops_p_keeps_the_expectation_and_masks_the_gradient(p):
     y.sum().backward()
     assert torch.equal(x.grad == 0, y == 0)
     torch.manual_seed(0)
-    assert torch.equal(Dropout(p).train()(torch.ones(400, 500)), y.detach())      # the torch seed decides
+    assert torch.equal(Dropout(p).train()(torch.ones(400, 500)), y.detach())  # the torch seed decides
     assert torch.equal(d.eval()(x), x)
 
 

@@ -1,5 +1,6 @@
 """notebooks/01_extract_features.ipynb under papermill, smoke configuration: a tiny demo made by
 the notebook itself, the tiny random BERT, a random detector with tiny sizes."""
+
 from __future__ import annotations
 
 import json
@@ -27,18 +28,37 @@ def test_notebook_01_smoke(repo_root, tmp_path, tiny_bert_dir):
     import papermill as pm
 
     params = {
-        "data_root": str(tmp_path / "data"), "dataset": "demo", "categories": ["home"],
-        "text_model": str(tiny_bert_dir), "text_max_len": 64, "allow_random_weights": True,
-        "features_root": str(tmp_path / "features"), "figures_dir": str(tmp_path / "figures"),
-        "tables_dir": str(tmp_path / "tables"), "text_batch_size": 16, "image_batch_size": 4,
-        "device": "cpu", "detector_min_size": 64, "detector_max_size": 64, "shard_size": 32,
-        "make_demo_if_missing": True, "demo_products": 5, "n_boxes_drawn": 5,
+        "data_root": str(tmp_path / "data"),
+        "dataset": "demo",
+        "categories": ["home"],
+        "text_model": str(tiny_bert_dir),
+        "text_max_len": 64,
+        "allow_random_weights": True,
+        "features_root": str(tmp_path / "features"),
+        "figures_dir": str(tmp_path / "figures"),
+        "tables_dir": str(tmp_path / "tables"),
+        "text_batch_size": 16,
+        "image_batch_size": 4,
+        "device": "cpu",
+        "detector_min_size": 64,
+        "detector_max_size": 64,
+        "shard_size": 32,
+        "make_demo_if_missing": True,
+        "demo_products": 5,
+        "n_boxes_drawn": 5,
     }
     out = tmp_path / "executed.ipynb"
-    pm.execute_notebook(str(repo_root / NOTEBOOK), str(out), parameters=params, kernel_name="python3",
-                        cwd=str(repo_root), progress_bar=False)
+    pm.execute_notebook(
+        str(repo_root / NOTEBOOK),
+        str(out),
+        parameters=params,
+        kernel_name="python3",
+        cwd=str(repo_root),
+        progress_bar=False,
+    )
     dirs = feature_dirs(tmp_path / "features", "demo", "home")
     from mmss_lib.features.extract import load_category_items
+
     products, reviews = load_category_items(tmp_path / "data", "demo", "home")
     text = FeatureStore(dirs["text_rvw"])
     assert text.ids == reviews["review_id"].tolist() and text.dim == 32

@@ -1,5 +1,6 @@
 """mmss_lib.data.pairs.sample_pairs: hand examples, invariants against brute force, determinism,
 the (1 - label frequency) weighting."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -16,15 +17,16 @@ from mmss_lib.data.pairs import sample_pairs
 def random_reviews(seed, n_products=25, max_reviews=15):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, max_reviews + 1, n_products)
-    prod = np.repeat(np.arange(n_products) * 7 + 3, sizes)      # int product ids
+    prod = np.repeat(np.arange(n_products) * 7 + 3, sizes)  # int product ids
     rng.shuffle(prod)
     label = rng.integers(0, 5, len(prod))
     return prod, label
 
 
 def brute_all(prod, label):
-    return sorted((i, j) for i, j in cartesian(range(len(prod)), repeat=2)
-                  if prod[i] == prod[j] and label[i] > label[j])
+    return sorted(
+        (i, j) for i, j in cartesian(range(len(prod)), repeat=2) if prod[i] == prod[j] and label[i] > label[j]
+    )
 
 
 def brute_mcr_candidates(prod, label):
@@ -54,8 +56,8 @@ def test_hand_example_mcr():
 
 def test_mcr_two_levels_give_no_pairs_and_edge_cases():
     rng = np.random.default_rng(0)
-    assert sample_pairs(["a"] * 4, [0, 4, 0, 4], rng=rng).shape == (0, 2)      # two levels only
-    assert sample_pairs(["a", "b", "c"], [0, 4, 2], rng=rng).shape == (0, 2)   # single-review products
+    assert sample_pairs(["a"] * 4, [0, 4, 0, 4], rng=rng).shape == (0, 2)  # two levels only
+    assert sample_pairs(["a", "b", "c"], [0, 4, 2], rng=rng).shape == (0, 2)  # single-review products
     assert sample_pairs(["a", "b", "c"], [0, 4, 2], scheme="all").shape == (0, 2)
     assert sample_pairs([], [], rng=rng).shape == (0, 2)
     assert sample_pairs(["a"] * 3, [1, 1, 1], scheme="all").shape == (0, 2)
@@ -75,10 +77,10 @@ def test_mcr_invariants(seed):
     pairs = sample_pairs(prod, label, n_neg=n_neg, rng=np.random.default_rng(seed))
     cand = brute_mcr_candidates(list(prod), list(label))
     positives = [i for i in sorted(cand) if cand[i]]
-    assert all(cand[i] for i in cand)                           # integer labels: every positive has candidates
+    assert all(cand[i] for i in cand)  # integer labels: every positive has candidates
     assert len(pairs) == n_neg * len(positives)
     assert pairs[:, 0].tolist() == [i for i in positives for _ in range(n_neg)]  # ordered by positive
-    assert np.all(prod[pairs[:, 0]] == prod[pairs[:, 1]])      # same product
+    assert np.all(prod[pairs[:, 0]] == prod[pairs[:, 1]])  # same product
     assert np.all(label[pairs[:, 0]] - label[pairs[:, 1]] >= 2)  # label gap >= 2
     for i, j in pairs.tolist():
         assert j in cand[i]
@@ -90,8 +92,8 @@ def test_determinism_and_fresh_draws():
     b = sample_pairs(prod, label, rng=np.random.default_rng(123))
     c = sample_pairs(prod, label, rng=np.random.default_rng(124))
     np.testing.assert_array_equal(a, b)
-    assert a.shape == c.shape and not np.array_equal(a, c)       # a new epoch redraws negatives
-    np.testing.assert_array_equal(a[:, 0], c[:, 0])              # ... of the same positives
+    assert a.shape == c.shape and not np.array_equal(a, c)  # a new epoch redraws negatives
+    np.testing.assert_array_equal(a[:, 0], c[:, 0])  # ... of the same positives
     np.testing.assert_array_equal(a, sample_pairs(prod, label, rng=123))  # int seed accepted
 
 
@@ -100,8 +102,9 @@ def test_input_types_and_string_ids():
     sprod = np.array([f"B00{p}" for p in prod])
     base = sample_pairs(prod, label, rng=np.random.default_rng(9))
     np.testing.assert_array_equal(base, sample_pairs(list(sprod), list(label), rng=np.random.default_rng(9)))
-    np.testing.assert_array_equal(base, sample_pairs(pd.Series(sprod), pd.Series(label.astype(float)),
-                                                     rng=np.random.default_rng(9)))
+    np.testing.assert_array_equal(
+        base, sample_pairs(pd.Series(sprod), pd.Series(label.astype(float)), rng=np.random.default_rng(9))
+    )
 
 
 def test_negatives_follow_one_minus_label_frequency():

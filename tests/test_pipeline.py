@@ -3,6 +3,7 @@
 The unit tests use tiny throwaway notebooks written into tmp_path; the slow test runs the real
 ``smoke`` profile through all four notebooks and checks the files it writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,17 +41,25 @@ def write_profile(path: Path, text: str) -> Path:
 def two_stage(tmp_path):
     """Two notebooks: 01 writes ${out}/a.txt, 02 reads it and writes b.txt; each appends to a log."""
     nbs = tmp_path / "nbs"
-    write_notebook(nbs / "01_make.ipynb", "out_dir = 'x'\nvalue = 1\nshared = 'c'",
-                   "from pathlib import Path\nPath(out_dir).mkdir(parents=True, exist_ok=True)\n"
-                   "Path(out_dir, 'a.txt').write_text(str(value))\n"
-                   "with open(Path(out_dir, 'log.txt'), 'a') as f: f.write('01\\n')")
-    write_notebook(nbs / "02_use.ipynb", "out_dir = 'x'\nfactor = 2",
-                   "from pathlib import Path\nv = int(Path(out_dir, 'a.txt').read_text())\n"
-                   "Path(out_dir, 'b.txt').write_text(str(v * factor))\n"
-                   "with open(Path(out_dir, 'log.txt'), 'a') as f: f.write('02\\n')")
-    prof = write_profile(tmp_path / "params" / "t.yaml",
-                         "description: tiny\nout: ignored_by_tests\ncommon:\n  out_dir: ${out}/data\n"
-                         "  shared: from-common\n01_make:\n  value: 21\n02_use:\n  factor: 2\n")
+    write_notebook(
+        nbs / "01_make.ipynb",
+        "out_dir = 'x'\nvalue = 1\nshared = 'c'",
+        "from pathlib import Path\nPath(out_dir).mkdir(parents=True, exist_ok=True)\n"
+        "Path(out_dir, 'a.txt').write_text(str(value))\n"
+        "with open(Path(out_dir, 'log.txt'), 'a') as f: f.write('01\\n')",
+    )
+    write_notebook(
+        nbs / "02_use.ipynb",
+        "out_dir = 'x'\nfactor = 2",
+        "from pathlib import Path\nv = int(Path(out_dir, 'a.txt').read_text())\n"
+        "Path(out_dir, 'b.txt').write_text(str(v * factor))\n"
+        "with open(Path(out_dir, 'log.txt'), 'a') as f: f.write('02\\n')",
+    )
+    prof = write_profile(
+        tmp_path / "params" / "t.yaml",
+        "description: tiny\nout: ignored_by_tests\ncommon:\n  out_dir: ${out}/data\n"
+        "  shared: from-common\n01_make:\n  value: 21\n02_use:\n  factor: 2\n",
+    )
     return nbs, prof, tmp_path / "out"
 
 
@@ -62,10 +71,12 @@ def log_lines(out: Path) -> list[str]:
 # Pure parts
 # ---------------------------------------------------------------------------------------------
 
+
 def test_substitute_placeholders_recursively_and_escape():
-    got = pipeline.substitute({"a": "${out}/tables", "b": ["${repo}/x", 3, {"c": "${out}"}],
-                               "d": "$${out} stays", "e": None},
-                              {"out": "/o", "repo": "/r"})
+    got = pipeline.substitute(
+        {"a": "${out}/tables", "b": ["${repo}/x", 3, {"c": "${out}"}], "d": "$${out} stays", "e": None},
+        {"out": "/o", "repo": "/r"},
+    )
     assert got == {"a": "/o/tables", "b": ["/r/x", 3, {"c": "/o"}], "d": "${out} stays", "e": None}
 
 
@@ -78,21 +89,24 @@ def test_notebook_parameters_merge_common_only_where_declared(tmp_path):
     declared = {"01_a": {"dataset": {}, "seeds": {}}, "02_b": {"dataset": {}, "epochs": {}}}
     raw = {"common": {"dataset": "demo", "seeds": [0]}, "02_b": {"epochs": 3, "dataset": "amazon"}}
     got = pipeline.notebook_parameters(raw, ["01_a", "02_b"], declared, out=tmp_path, repo=tmp_path)
-    assert got == {"01_a": {"dataset": "demo", "seeds": [0]},
-                   "02_b": {"dataset": "amazon", "epochs": 3}}   # own value wins over common
+    assert got == {
+        "01_a": {"dataset": "demo", "seeds": [0]},
+        "02_b": {"dataset": "amazon", "epochs": 3},
+    }  # own value wins over common
 
 
 def test_common_parameter_declared_nowhere_is_an_error(tmp_path):
     declared = {"01_a": {"dataset": {}}}
     with pytest.raises(PipelineError, match=r"common parameter\(s\) sedes .*known names: dataset"):
-        pipeline.notebook_parameters({"common": {"sedes": 1}}, ["01_a"], declared,
-                                     out=tmp_path, repo=tmp_path)
+        pipeline.notebook_parameters({"common": {"sedes": 1}}, ["01_a"], declared, out=tmp_path, repo=tmp_path)
 
 
 def test_select_only_by_number_or_name():
     stages = ["01_extract_features", "02_train", "03_ablation", "04_case_study"]
-    assert pipeline._select(stages, ["03", "notebooks/01_extract_features.ipynb"]) == \
-        ["01_extract_features", "03_ablation"]
+    assert pipeline._select(stages, ["03", "notebooks/01_extract_features.ipynb"]) == [
+        "01_extract_features",
+        "03_ablation",
+    ]
     assert pipeline._select(stages, None) == stages
     with pytest.raises(PipelineError, match="matches no notebook"):
         pipeline._select(stages, ["05"])
@@ -121,6 +135,7 @@ def test_default_out_dir_from_profile_and_override(tmp_path):
 # With throwaway notebooks (papermill.inspect_notebook; kernels only where something executes)
 # ---------------------------------------------------------------------------------------------
 
+
 def test_unknown_parameter_names_notebook_names_and_known(two_stage):
     nbs, prof, out = two_stage
     prof.write_text(prof.read_text().replace("  factor: 2", "  factor: 2\n  facter: 3\n  zeta: 1"))
@@ -129,7 +144,7 @@ def test_unknown_parameter_names_notebook_names_and_known(two_stage):
     msg = str(ei.value)
     assert "notebook 02_use" in msg and "facter, zeta" in msg
     assert "declares: out_dir, factor" in msg
-    assert not out.exists()                       # nothing executed
+    assert not out.exists()  # nothing executed
 
 
 def test_profile_key_naming_no_notebook_is_an_error(two_stage):
@@ -143,17 +158,19 @@ def test_plan_resolves_placeholders_and_common(two_stage):
     nbs, prof, out = two_stage
     p = pipeline.plan(prof, out_dir=out, notebooks_dir=nbs)
     assert p["stages"] == ["01_make", "02_use"]
-    assert p["parameters"]["01_make"] == {"out_dir": f"{out.resolve()}/data", "shared": "from-common",
-                                          "value": 21}
+    assert p["parameters"]["01_make"] == {"out_dir": f"{out.resolve()}/data", "shared": "from-common", "value": 21}
     assert p["parameters"]["02_use"] == {"out_dir": f"{out.resolve()}/data", "factor": 2}
 
 
 def test_failure_names_notebook_and_cell_and_keeps_partial(tmp_path):
     nbs = tmp_path / "nbs"
-    write_notebook(nbs / "01_boom.ipynb", "n = 1",
-                   "x = n + 41\nprint('first cell ran', x)",
-                   "# second\nraise ValueError(f'bad value {x}')",
-                   "print('never')")
+    write_notebook(
+        nbs / "01_boom.ipynb",
+        "n = 1",
+        "x = n + 41\nprint('first cell ran', x)",
+        "# second\nraise ValueError(f'bad value {x}')",
+        "print('never')",
+    )
     prof = write_profile(tmp_path / "p.yaml", "01_boom:\n  n: 1\n")
     with pytest.raises(PipelineError) as ei:
         pipeline.reproduce(prof, out_dir=tmp_path / "out", notebooks_dir=nbs, log=None)
@@ -163,16 +180,16 @@ def test_failure_names_notebook_and_cell_and_keeps_partial(tmp_path):
     assert "ValueError: bad value 42" in msg and "# second" in msg and str(executed) in msg
     nb = nbformat.read(str(executed), as_version=4)
     texts = json.dumps([c.get("outputs", []) for c in nb.cells])
-    assert "first cell ran 42" in texts                       # partial notebook kept, with outputs
+    assert "first cell ran 42" in texts  # partial notebook kept, with outputs
     assert "never" not in texts
-    assert not (executed.parent / "01_boom.stage.json").exists()   # failed stage has no record
+    assert not (executed.parent / "01_boom.stage.json").exists()  # failed stage has no record
 
 
 def test_runs_in_order_then_skips_unchanged_then_reruns_downstream(two_stage):
     nbs, prof, out = two_stage
     res = pipeline.reproduce(prof, out_dir=out, notebooks_dir=nbs, log=None)
     assert [r.status for r in res] == ["ran", "ran"]
-    assert (out / "data" / "b.txt").read_text() == "42"                  # 21 * 2, in order
+    assert (out / "data" / "b.txt").read_text() == "42"  # 21 * 2, in order
     exec_dir = out / "executed" / "t"
     rec = json.loads((exec_dir / "02_use.stage.json").read_text())
     assert rec["parameters"] == {"out_dir": f"{out.resolve()}/data", "factor": 2}
@@ -250,6 +267,7 @@ def test_committed_notebooks_carry_no_outputs():
         # every assignment of the parameters cell is seen by papermill (a '=' in a comment hides it)
         import re
         import papermill
+
         assigned = re.findall(r"^([A-Za-z_]\w*)\s*=", tagged[0].source, flags=re.M)
         assert list(papermill.inspect_notebook(str(path))) == assigned, name
         for c in nb.cells:
@@ -277,18 +295,23 @@ def test_sweep_runs_each_value_into_its_own_folder(two_stage):
 
 def test_sweep_list_form_sets_several_parameters(two_stage):
     nbs, prof, out = two_stage
-    prof.write_text(prof.read_text().replace("  value: 21\n", "")
-                    + "sweep:\n  - {value: 3, shared: a/b}\n  - {value: 4, shared: c}\n")
+    prof.write_text(
+        prof.read_text().replace("  value: 21\n", "")
+        + "sweep:\n  - {value: 3, shared: a/b}\n  - {value: 4, shared: c}\n"
+    )
     p = pipeline.plan(prof, out_dir=out, notebooks_dir=nbs)
     assert [pt["label"] for pt in p["points"]] == ["value-3_shared-a-b", "value-4_shared-c"]
-    assert [(pt["parameters"]["01_make"]["value"], pt["parameters"]["01_make"]["shared"])
-            for pt in p["points"]] == [(3, "a/b"), (4, "c")]
-    assert "value" not in p["points"][0]["parameters"]["02_use"]   # only where declared
+    assert [(pt["parameters"]["01_make"]["value"], pt["parameters"]["01_make"]["shared"]) for pt in p["points"]] == [
+        (3, "a/b"),
+        (4, "c"),
+    ]
+    assert "value" not in p["points"][0]["parameters"]["02_use"]  # only where declared
 
 
 # ---------------------------------------------------------------------------------------------
 # The smoke profile through all four notebooks (papermill, real library)
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_smoke_profile_end_to_end(tmp_path):
@@ -300,7 +323,7 @@ def test_smoke_profile_end_to_end(tmp_path):
     res = pipeline.reproduce("smoke", out_dir=tmp_path, log=None)
     assert [r.name for r in res] == list(pipeline.NOTEBOOKS)
     assert all(r.status == "ran" and r.executed.is_file() and r.record.is_file() for r in res)
-    for r in res:                                   # no cell ended in an error
+    for r in res:  # no cell ended in an error
         nb = nbformat.read(str(r.executed), as_version=4)
         assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     tables, figures = tmp_path / "tables", tmp_path / "figures"
@@ -318,7 +341,7 @@ def test_smoke_profile_end_to_end(tmp_path):
         assert row in comparison
     cues = pd.read_csv(tables / "cue_sensitivity_demo.csv")
     assert {"label itself", "ceiling_text", "ceiling_all", "length", "mcr", "mmss"} <= set(cues["system"])
-    assert cues.loc[cues["system"] == "length", "detail"].iloc[0] > 0       # longer texts: more detail sentences
+    assert cues.loc[cues["system"] == "length", "detail"].iloc[0] > 0  # longer texts: more detail sentences
 
     # Table 4: the three variants of the profile, metrics in points, full model's deltas 0.
     t4 = pd.read_csv(tables / "table4_ablation_demo.csv", index_col=0)
@@ -331,14 +354,16 @@ def test_smoke_profile_end_to_end(tmp_path):
     # 02 trained 03's variants in its own schedule (the profile's `ablation`); 03 reused them
     done_02 = res[1].executed.stat().st_mtime_ns
     for v in ("wo_b", "wo_d"):
-        assert (tmp_path / "runs" / "demo" / "home" / f"mmss__{v}" / "seed0" / "metrics.json").stat().st_mtime_ns < done_02
+        assert (
+            tmp_path / "runs" / "demo" / "home" / f"mmss__{v}" / "seed0" / "metrics.json"
+        ).stat().st_mtime_ns < done_02
 
     # Case study: a training review (pseudo labels in -4..8) and a test review, H in 0..4, M and O present.
     case = pd.read_csv(tables / "case_study_demo_home_seed0.csv")
     assert list(case["split"]) == ["train", "test"]
     assert case["H"].between(0, 4).all() and case[["M", "O"]].notna().all().all()
     ys = case.loc[0, [f"y_{s}" for s in ("ptrt", "pvrv", "ptrv", "pvrt", "rtrv")]].astype(float)
-    assert ys.between(-4, 8).all()          # SSP-Label's clamp: the label range widened by its width
+    assert ys.between(-4, 8).all()  # SSP-Label's clamp: the label range widened by its width
 
     # Pseudo-label statistics: epoch 1 pseudo labels equal the human labels (Eq. 12).
     ssp = pd.read_csv(tables / "ssp_pseudo_labels_demo_home_seed0.csv")
@@ -348,8 +373,12 @@ def test_smoke_profile_end_to_end(tmp_path):
     assert ssp["epoch"].max() >= 2
 
     pngs = {p.name for p in figures.glob("*.png")}
-    for name in ("fig_ablation_differences_demo.png", "fig_ssp_trajectories_demo_home_seed0.png",
-                 "fig_ssp_offsets_demo_home_seed0.png", "fig_ssp_anchor_distances_demo_home_seed0.png"):
+    for name in (
+        "fig_ablation_differences_demo.png",
+        "fig_ssp_trajectories_demo_home_seed0.png",
+        "fig_ssp_offsets_demo_home_seed0.png",
+        "fig_ssp_anchor_distances_demo_home_seed0.png",
+    ):
         assert name in pngs
         assert (figures / name).read_bytes()[:4] == b"\x89PNG"
     assert sum(n.startswith("fig4_case_") for n in pngs) == 2
@@ -360,6 +389,5 @@ def test_smoke_profile_end_to_end(tmp_path):
 
 
 def test_declared_parameters_include_lines_papermill_cannot_parse(tmp_path):
-    nb = write_notebook(tmp_path / "01_x.ipynb",
-                        "a = 1  # plain\nb = None  # None = the default\nc: int = 3\nd == 4\n")
+    nb = write_notebook(tmp_path / "01_x.ipynb", "a = 1  # plain\nb = None  # None = the default\nc: int = 3\nd == 4\n")
     assert list(pipeline.declared_parameters(nb)) == ["a", "b", "c"]

@@ -1,4 +1,5 @@
 """Tests of mmss_lib.evaluation.plots on synthetic arrays: known difference values, drawn data, files."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,12 +38,33 @@ def ewma_labels(E=6, N=20, seed=0):
 def test_ablation_differences_known_values():
     rows = []
     for seed, base in [(0, 0.60), (1, 0.62)]:
-        rows.append(dict(dataset="demo", category="home", system="mmss", variant="full", seed=seed,
-                         MAP=base, **{"NDCG@3": base - 0.1, "NDCG@5": base - 0.05}))
-        rows.append(dict(dataset="demo", category="home", system="mmss", variant="wo_d", seed=seed,
-                         MAP=base - 0.02 * (seed + 1), **{"NDCG@3": base - 0.1, "NDCG@5": base}))
-    rows.append(dict(dataset="demo", category="home", system="mcr", variant="", seed=0,
-                     MAP=0.1, **{"NDCG@3": 0.1, "NDCG@5": 0.1}))   # other system: dropped
+        rows.append(
+            dict(
+                dataset="demo",
+                category="home",
+                system="mmss",
+                variant="full",
+                seed=seed,
+                MAP=base,
+                **{"NDCG@3": base - 0.1, "NDCG@5": base - 0.05},
+            )
+        )
+        rows.append(
+            dict(
+                dataset="demo",
+                category="home",
+                system="mmss",
+                variant="wo_d",
+                seed=seed,
+                MAP=base - 0.02 * (seed + 1),
+                **{"NDCG@3": base - 0.1, "NDCG@5": base},
+            )
+        )
+    rows.append(
+        dict(
+            dataset="demo", category="home", system="mcr", variant="", seed=0, MAP=0.1, **{"NDCG@3": 0.1, "NDCG@5": 0.1}
+        )
+    )  # other system: dropped
     d = plots.ablation_differences(pd.DataFrame(rows))
     assert set(d["variant"]) == {"wo_d"}
     m = d[d["metric"] == "MAP"].sort_values("seed")
@@ -65,14 +87,13 @@ def test_ablation_differences_missing_variant_is_full_and_unpaired_is_error():
 
 
 def test_plot_ablation_differences_draws_means_in_points(tmp_path):
-    df = pd.DataFrame({"variant": ["full", "wo_b", "full", "wo_b"], "seed": [0, 0, 1, 1],
-                       "MAP": [0.5, 0.4, 0.6, 0.4]})
+    df = pd.DataFrame({"variant": ["full", "wo_b", "full", "wo_b"], "seed": [0, 0, 1, 1], "MAP": [0.5, 0.4, 0.6, 0.4]})
     d = plots.ablation_differences(df.assign(**{"NDCG@3": df["MAP"], "NDCG@5": df["MAP"]}))
     fig = plots.plot_ablation_differences(d, labels={"wo_b": "-w/o module(b)"})
     ax = fig.axes[0]
     bars = [b for c in ax.containers for b in c]
     heights = sorted(b.get_height() for b in bars)
-    np.testing.assert_allclose(heights, [-15.0] * 3)      # mean of -10 and -20 points, 3 metrics
+    np.testing.assert_allclose(heights, [-15.0] * 3)  # mean of -10 and -20 points, 3 metrics
     assert [t.get_text() for t in ax.get_xticklabels()] == ["-w/o module(b)"]
     # one dot per seed and metric, at the seed's difference, over its bar
     dots = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
@@ -80,9 +101,12 @@ def test_plot_ablation_differences_draws_means_in_points(tmp_path):
     centres = sorted(b.get_x() + b.get_width() / 2 for b in bars)
     np.testing.assert_allclose(sorted(set(np.round(dots[:, 0], 9))), centres)
     # error bars: mean +- sd over the seeds (sd of -10, -20 = 7.07 points)
-    spans = [[np.nanmin(ln.get_ydata()), np.nanmax(ln.get_ydata())] for ln in ax.get_lines()
-             if np.isnan(np.asarray(ln.get_ydata(), float)).any()]      # error bar + caps, NaN-separated
-    np.testing.assert_allclose(spans, [[-15.0 - 50 ** 0.5, -15.0 + 50 ** 0.5]] * 3)
+    spans = [
+        [np.nanmin(ln.get_ydata()), np.nanmax(ln.get_ydata())]
+        for ln in ax.get_lines()
+        if np.isnan(np.asarray(ln.get_ydata(), float)).any()
+    ]  # error bar + caps, NaN-separated
+    np.testing.assert_allclose(spans, [[-15.0 - 50**0.5, -15.0 + 50**0.5]] * 3)
     out = plots.save_figure(fig, tmp_path / "f" / "ablation.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.parent.glob(".*.tmp"))
@@ -97,7 +121,7 @@ def test_trajectories_plot_means_per_label_and_highlight():
     lines = ax.get_lines()
     n_labels = len(np.unique(y_g))
     assert len(lines) == 5 + n_labels + 1
-    mean_line = lines[5]                        # first mean line: the lowest label
+    mean_line = lines[5]  # first mean line: the lowest label
     lab = np.unique(y_g)[0]
     np.testing.assert_allclose(mean_line.get_ydata(), labels["ptrt"][:, y_g == lab].mean(axis=1))
     np.testing.assert_allclose(lines[-1].get_ydata(), labels["ptrt"][:, 3])
@@ -107,7 +131,7 @@ def test_trajectories_plot_means_per_label_and_highlight():
 
 def test_trajectories_accept_stacked_array_and_check_shapes():
     labels, y_g = ewma_labels(E=3, N=7)
-    arr = np.stack([labels[s] for s in SUB], axis=-1)       # (E, N, S)
+    arr = np.stack([labels[s] for s in SUB], axis=-1)  # (E, N, S)
     fig = plots.plot_pseudo_label_trajectories(arr, y_g, subtasks=SUB)
     assert len([a for a in fig.axes if a.get_visible()]) == 5
     with pytest.raises(DataError, match=r"human labels: shape \(6,\), expected \(7,\)"):
@@ -125,9 +149,8 @@ def test_offset_distributions_mean_markers_and_per_label_bars():
     diamonds = [ln for ln in ax.get_lines() if ln.get_marker() == "D"]
     np.testing.assert_allclose([ln.get_ydata()[0] for ln in diamonds], [offsets[s].mean() for s in SUB])
     labs = np.unique(y_g)
-    bars = ax2.patches[:len(labs)]                       # first subtask's bars
-    np.testing.assert_allclose([b.get_height() for b in bars],
-                               [offsets["ptrt"][y_g == lab].mean() for lab in labs])
+    bars = ax2.patches[: len(labs)]  # first subtask's bars
+    np.testing.assert_allclose([b.get_height() for b in bars], [offsets["ptrt"][y_g == lab].mean() for lab in labs])
 
 
 def test_anchor_distances_scatter_points_and_shape_check():
@@ -146,8 +169,10 @@ def test_anchor_distances_scatter_points_and_shape_check():
 
 
 def test_learning_curves_flatten_nested_and_plot_values():
-    hist = [{"epoch": 1, "loss": {"tar": 1.0, "sub": 0.5}, "dev": {"MAP": 0.4}},
-            {"epoch": 2, "loss": {"tar": 0.8, "sub": 0.3}, "dev": {"MAP": 0.5}}]
+    hist = [
+        {"epoch": 1, "loss": {"tar": 1.0, "sub": 0.5}, "dev": {"MAP": 0.4}},
+        {"epoch": 2, "loss": {"tar": 0.8, "sub": 0.3}, "dev": {"MAP": 0.5}},
+    ]
     fig = plots.plot_learning_curves({"seed0": hist, "seed1": hist[:1]})
     titles = [a.get_title() for a in fig.axes if a.get_visible()]
     assert titles == ["loss/tar", "loss/sub", "dev/MAP"]
@@ -161,8 +186,13 @@ def write_ssp_records(run_dir, labels, y_g, *, drop_key=None):
     (run_dir / "ssp").mkdir(parents=True)
     E, N = labels["ptrt"].shape
     for e in range(E):
-        rec = {"epoch": np.array(e + 1), "review_id": np.array([f"p-{i}" for i in range(N)]),
-               "y_g": y_g.astype(np.float32), "seen": np.ones(N, bool), "chi_g": np.full(N, 1.0, np.float32)}
+        rec = {
+            "epoch": np.array(e + 1),
+            "review_id": np.array([f"p-{i}" for i in range(N)]),
+            "y_g": y_g.astype(np.float32),
+            "seen": np.ones(N, bool),
+            "chi_g": np.full(N, 1.0, np.float32),
+        }
         for s in SUB:
             rec[f"label_{s}"] = labels[s][e].astype(np.float32)
             rec[f"offset_{s}"] = (labels[s][e] - y_g).astype(np.float32)
@@ -206,9 +236,14 @@ def test_case_study_figure_bars_and_missing_values(tmp_path):
     img = tmp_path / "a.png"
     Image.new("RGB", (8, 8), (200, 10, 10)).save(img)
     values = {"H": 4.0, "M": 3.675, "O": None, "y_ptrt": -0.8}
-    fig = plots.plot_case_study(product_name="Chalk markers", product_text="Bold bright markers",
-                                review_text="They dry out.", product_images=[str(img)],
-                                review_images=[str(tmp_path / "broken.png")], values=values)
+    fig = plots.plot_case_study(
+        product_name="Chalk markers",
+        product_text="Bold bright markers",
+        review_text="They dry out.",
+        product_images=[str(img)],
+        review_images=[str(tmp_path / "broken.png")],
+        values=values,
+    )
     bar_ax = fig.axes[-1]
     np.testing.assert_allclose([p.get_height() for p in bar_ax.patches], [4.0, 3.675, 0.0, -0.8])
     texts = [t.get_text() for t in bar_ax.texts]

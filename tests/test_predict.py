@@ -1,4 +1,5 @@
 """End to end on the demo data: make_demo -> extract (tiny BERT) -> `mmss train` -> `mmss predict`."""
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,46 @@ def trained(tmp_path_factory, tiny_bert_dir):
 
     root = tmp_path_factory.mktemp("demo")
     make_demo(root / "data", n_products=10, categories=["home"], images=False)
-    extract_category(root / "data", "demo", "home", root / "feats", text_model=str(tiny_bert_dir),
-                     allow_random_weights=True, detector_min_size=64, detector_max_size=64, progress=False,
-                     device="cpu", text_max_len=32)
-    rc = main(["train", "--data-root", str(root / "data"), "--dataset", "demo", "--categories", "home",
-               "--features", str(root / "feats"), "--runs", str(root / "runs"), "--systems", "mmss",
-               "--seeds", "0", "--epochs", "2", "--device", "cpu", "--no-progress", "--lr", "1e-3", *TINY_OPTS])
+    extract_category(
+        root / "data",
+        "demo",
+        "home",
+        root / "feats",
+        text_model=str(tiny_bert_dir),
+        allow_random_weights=True,
+        detector_min_size=64,
+        detector_max_size=64,
+        progress=False,
+        device="cpu",
+        text_max_len=32,
+    )
+    rc = main(
+        [
+            "train",
+            "--data-root",
+            str(root / "data"),
+            "--dataset",
+            "demo",
+            "--categories",
+            "home",
+            "--features",
+            str(root / "feats"),
+            "--runs",
+            str(root / "runs"),
+            "--systems",
+            "mmss",
+            "--seeds",
+            "0",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--lr",
+            "1e-3",
+            *TINY_OPTS,
+        ]
+    )
     assert rc == 0
     return root, root / "runs" / "demo" / "home" / "mmss" / "seed0"
 
@@ -68,13 +103,27 @@ def test_predict_cli_with_images(trained, tmp_path, capsys):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "p.png")
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "r.png")
-    spec = {"product": {"text": "a small kitchen pan", "image_files": ["p.png"]},
-            "reviews": [{"review_id": "a", "text": "great pan, good quality", "image_files": ["r.png"]},
-                        {"review_id": "b", "text": "bad", "image_files": []},
-                        {"review_id": "c", "text": "it works", "image_files": []}]}
+    spec = {
+        "product": {"text": "a small kitchen pan", "image_files": ["p.png"]},
+        "reviews": [
+            {"review_id": "a", "text": "great pan, good quality", "image_files": ["r.png"]},
+            {"review_id": "b", "text": "bad", "image_files": []},
+            {"review_id": "c", "text": "it works", "image_files": []},
+        ],
+    }
     (tmp_path / "in.json").write_text(json.dumps(spec))
-    rc = main(["predict", "--run", str(run), "--input", str(tmp_path / "in.json"), "--allow-random-weights",
-               "--csv", str(tmp_path / "out.csv")])
+    rc = main(
+        [
+            "predict",
+            "--run",
+            str(run),
+            "--input",
+            str(tmp_path / "in.json"),
+            "--allow-random-weights",
+            "--csv",
+            str(tmp_path / "out.csv"),
+        ]
+    )
     assert rc == 0
     out = pd.read_csv(tmp_path / "out.csv")
     assert sorted(out["review_id"]) == ["a", "b", "c"] and out["rank"].tolist() == [1, 2, 3]
@@ -106,23 +155,27 @@ def test_predict_in_batches_equals_one_batch(trained, tmp_path, monkeypatch):
 
     root, run = trained
     products, reviews = load_mrhp(root / "data", "demo", "home", "test")
-    pid = reviews["product_id"].value_counts().index[0]                  # the test product with most reviews
+    pid = reviews["product_id"].value_counts().index[0]  # the test product with most reviews
     prod = products[products["product_id"] == pid].iloc[0]
     revs = reviews[reviews["product_id"] == pid]
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "r.png")
-    items = [{"review_id": r.review_id, "text": r.text, "image_files": [str(tmp_path / "r.png")] if i % 3 == 1 else []}
-             for i, r in enumerate(revs.itertuples())]
+    items = [
+        {"review_id": r.review_id, "text": r.text, "image_files": [str(tmp_path / "r.png")] if i % 3 == 1 else []}
+        for i, r in enumerate(revs.itertuples())
+    ]
     assert len(items) >= 5
     from conftest import counting_build_model
 
     seen: list[int] = []
-    monkeypatch.setattr(mmss_lib.training.trainer, "build_model", counting_build_model(seen))   # reviews per forward pass
+    monkeypatch.setattr(
+        mmss_lib.training.trainer, "build_model", counting_build_model(seen)
+    )  # reviews per forward pass
     kw = {"allow_random_weights": True}
     one = predict(run, {"text": prod["text"], "image_files": []}, items, batch_size=len(items), **kw)
     assert seen == [len(items)]
     seen.clear()
     batched = predict(run, {"text": prod["text"], "image_files": []}, items, batch_size=2, **kw)
     assert seen == [2] * (len(items) // 2) + [1] * (len(items) % 2)
-    pd.testing.assert_frame_equal(batched, one)            # the same ranking and scores, bit for bit
+    pd.testing.assert_frame_equal(batched, one)  # the same ranking and scores, bit for bit
     with pytest.raises(DataError, match=r"batch_size=0 \(--batch-size\): expected an integer >= 1"):
         predict(run, {"text": "x"}, [{"text": "y"}], batch_size=0)

@@ -1,5 +1,6 @@
 """Region features with a random-init torchvision Faster R-CNN on tiny images: selection policy
 against a reference loop, image-policy cases (modes, corrupt, truncated, 1x1, large), weights."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,9 @@ from mmss_lib.features.regions import RegionExtractor, RegionReport, load_image
 
 @pytest.fixture(scope="module")
 def extractor():
-    return RegionExtractor(allow_random_weights=True, device="cpu", min_size=64, max_size=96,
-                           min_boxes=10, max_boxes=20, conf_thresh=0.5)
+    return RegionExtractor(
+        allow_random_weights=True, device="cpu", min_size=64, max_size=96, min_boxes=10, max_boxes=20, conf_thresh=0.5
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,10 @@ def images(tmp_path_factory):
 
 def test_image_policy(images):
     rep = RegionReport()
-    ok = {n: load_image(images / n, max_load_side=200, report=rep, item_id="i1")
-          for n in ["rgb.jpg", "gray.png", "cmyk.jpg", "alpha.png", "one.png", "large.png"]}
+    ok = {
+        n: load_image(images / n, max_load_side=200, report=rep, item_id="i1")
+        for n in ["rgb.jpg", "gray.png", "cmyk.jpg", "alpha.png", "one.png", "large.png"]
+    }
     for n, t in ok.items():
         assert t is not None and t.shape[0] == 3 and 0 <= float(t.min()) and float(t.max()) <= 1, n
     assert ok["one.png"].shape == (3, 1, 1)
@@ -51,13 +55,17 @@ def test_image_policy(images):
 
 def test_extract_items_invariants(extractor, images):
     rep = RegionReport()
-    files = [[str(images / "rgb.jpg"), str(images / "corrupt.jpg"), str(images / "gray.png")],
-             [], [str(images / "one.png")], [str(images / "truncated.jpg")]]
+    files = [
+        [str(images / "rgb.jpg"), str(images / "corrupt.jpg"), str(images / "gray.png")],
+        [],
+        [str(images / "one.png")],
+        [str(images / "truncated.jpg")],
+    ]
     out = extractor.extract_items(files, ["a", "b", "c", "d"], batch_size=2, report=rep)
     assert rep.n_images == 3 and len(rep.bad) == 2
     a = out[0]
     assert a["x"].dtype == np.float16 and a["x"].shape[1] == 2048 and np.isfinite(a["x"]).all()
-    assert set(a["image"].tolist()) == {0, 2}                    # the corrupt image 1 is skipped
+    assert set(a["image"].tolist()) == {0, 2}  # the corrupt image 1 is skipped
     assert np.all(np.diff(a["image"]) >= 0)
     for k in (0, 2):
         n = int((a["image"] == k).sum())
@@ -74,9 +82,10 @@ def test_scores_descending_and_deterministic(extractor):
     img = torch.rand(3, 70, 50, generator=torch.Generator().manual_seed(1))
     r1 = extractor.extract_images([img])[0]
     assert np.all(np.diff(r1["scores"]) <= 1e-6)
-    r2 = RegionExtractor(allow_random_weights=True, device="cpu", min_size=64, max_size=96,
-                         min_boxes=10, max_boxes=20, conf_thresh=0.5).extract_images([img])[0]
-    np.testing.assert_array_equal(r1["x"], r2["x"])                # seeded random init
+    r2 = RegionExtractor(
+        allow_random_weights=True, device="cpu", min_size=64, max_size=96, min_boxes=10, max_boxes=20, conf_thresh=0.5
+    ).extract_images([img])[0]
+    np.testing.assert_array_equal(r1["x"], r2["x"])  # seeded random init
     np.testing.assert_array_equal(r1["boxes"], r2["boxes"])
     assert extractor.describe()["random_weights"] is True
 
@@ -84,13 +93,14 @@ def test_scores_descending_and_deterministic(extractor):
 def _reference_select(boxes, probs, cand, nms, conf, min_b, max_b):
     """Bottom-up selection written as plain per-class loops."""
     from torchvision.ops import box_iou
+
     n, c = probs.shape
     max_conf = np.zeros(n)
     for k in range(c):
         idx = [i for i in np.argsort(-probs[:, k].numpy(), kind="stable") if probs[i, k] >= cand]
         kept = []
         for i in idx:
-            if all(box_iou(boxes[i:i + 1], boxes[j:j + 1]).item() <= nms for j in kept):
+            if all(box_iou(boxes[i : i + 1], boxes[j : j + 1]).item() <= nms for j in kept):
                 kept.append(i)
         for i in kept:
             max_conf[i] = max(max_conf[i], float(probs[i, k]))
@@ -103,19 +113,27 @@ def _reference_select(boxes, probs, cand, nms, conf, min_b, max_b):
 @pytest.mark.parametrize("seed", range(4))
 def test_selection_matches_reference(extractor, seed):
     from torchvision.ops import batched_nms
+
     g = torch.Generator().manual_seed(seed)
     n, c = 40, 5
     xy = torch.rand(n, 2, generator=g) * 50
     boxes = torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 30], 1)
     probs = torch.softmax(torch.randn(n, c + 1, generator=g) * 3, -1)[:, 1:]
     got = extractor._select(boxes, probs, batched_nms).numpy()
-    ref = _reference_select(boxes, probs, extractor.candidate_thresh, extractor.nms_thresh,
-                            extractor.conf_thresh, extractor.min_boxes, extractor.max_boxes)
+    ref = _reference_select(
+        boxes,
+        probs,
+        extractor.candidate_thresh,
+        extractor.nms_thresh,
+        extractor.conf_thresh,
+        extractor.min_boxes,
+        extractor.max_boxes,
+    )
     assert got.tolist() == ref.tolist()
 
 
 def test_weights_required_unless_random_allowed(monkeypatch, tmp_path):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))   # an empty cache
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # an empty cache
     with pytest.raises(ModelNotAvailableError, match="--allow-random-weights"):
         RegionExtractor()
     with pytest.raises(ModelNotAvailableError, match="does not exist"):
@@ -129,8 +147,9 @@ def test_weights_required_unless_random_allowed(monkeypatch, tmp_path):
 def test_weights_file_round_trip(tmp_path, extractor):
     f = tmp_path / "w.pth"
     torch.save(extractor.model.state_dict(), f)
-    e2 = RegionExtractor(f, device="cpu", min_size=64, max_size=96, min_boxes=10, max_boxes=20,
-                         conf_thresh=0.5, seed=123)
+    e2 = RegionExtractor(
+        f, device="cpu", min_size=64, max_size=96, min_boxes=10, max_boxes=20, conf_thresh=0.5, seed=123
+    )
     d = e2.describe()
     assert d["random_weights"] is False and d["detector_weights"] == str(f) and len(d["weights_fingerprint"]) == 16
     img = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(2))
@@ -141,10 +160,11 @@ def test_weights_file_round_trip(tmp_path, extractor):
 def test_box_mean_pool_equals_pixel_mean(seed):
     """Reference: nearest-upsample C5 to pixels (stride 4 here) and average the box's pixels."""
     from mmss_lib.features.regions import box_mean_pool
+
     g = torch.Generator().manual_seed(seed)
     fmap = torch.randn(2, 3, 5, 6, generator=g)
     stride = 4
-    pix = fmap.repeat_interleave(stride, 2).repeat_interleave(stride, 3)      # (2, 3, 20, 24)
+    pix = fmap.repeat_interleave(stride, 2).repeat_interleave(stride, 3)  # (2, 3, 20, 24)
     boxes = []
     for b in range(2):
         x1 = torch.randint(0, 18, (6,), generator=g)
@@ -153,8 +173,9 @@ def test_box_mean_pool_equals_pixel_mean(seed):
         y2 = y1 + torch.randint(4, 7, (6,), generator=g)
         boxes.append(torch.stack([x1, y1, x2, y2], 1).float())
     got = box_mean_pool(fmap, boxes, stride)
-    ref = torch.stack([pix[b, :, int(y1):int(y2), int(x1):int(x2)].mean((1, 2))
-                       for b in range(2) for x1, y1, x2, y2 in boxes[b]])
+    ref = torch.stack(
+        [pix[b, :, int(y1) : int(y2), int(x1) : int(x2)].mean((1, 2)) for b in range(2) for x1, y1, x2, y2 in boxes[b]]
+    )
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     # a box smaller than one cell is widened to one cell around its centre (6, 6) px = cell centre
     tiny = box_mean_pool(fmap, [torch.tensor([[5.9, 5.9, 6.1, 6.1]]), torch.zeros(0, 4)], stride)
@@ -162,6 +183,7 @@ def test_box_mean_pool_equals_pixel_mean(seed):
 
 
 # ------------------------------------------------------------------ pretrained pooled backbone (issue 10)
+
 
 def _mobilenet_installed() -> bool:
     from mmss_lib.errors import ModelNotAvailableError
@@ -197,13 +219,23 @@ def test_mobilenet_pooled_regions_equal_reference(extractor):
 
     from mmss_lib.features.regions import box_mean_pool, mobilenet_v2_weights_file
 
-    ext = RegionExtractor(allow_random_weights=True, device="cpu", min_size=64, max_size=96, min_boxes=10,
-                          max_boxes=20, conf_thresh=0.5, region_backbone="mobilenet_v2")
+    ext = RegionExtractor(
+        allow_random_weights=True,
+        device="cpu",
+        min_size=64,
+        max_size=96,
+        min_boxes=10,
+        max_boxes=20,
+        conf_thresh=0.5,
+        region_backbone="mobilenet_v2",
+    )
     d = ext.describe()
     assert d["dim"] == 1280 and d["region_backbone"]["name"] == "mobilenet_v2" and d["random_weights"]
     g = torch.Generator().manual_seed(0)
-    red = torch.zeros(3, 80, 80); red[0] = 0.9
-    blue = torch.zeros(3, 80, 80); blue[2] = 0.9
+    red = torch.zeros(3, 80, 80)
+    red[0] = 0.9
+    blue = torch.zeros(3, 80, 80)
+    blue[2] = 0.9
     imgs = [red + 0.05 * torch.rand(3, 80, 80, generator=g), blue + 0.05 * torch.rand(3, 80, 80, generator=g)]
     ours = ext.extract_images(imgs)
     base = extractor.extract_images(imgs)
@@ -238,15 +270,25 @@ def test_grid_extractor_pretrained_features(images):
     import torch.nn.functional as F
     from torchvision.models import mobilenet_v2
 
-    from mmss_lib.features.regions import IMAGENET_MEAN, IMAGENET_STD, box_mean_pool, grid_boxes, make_region_extractor, mobilenet_v2_weights_file
+    from mmss_lib.features.regions import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        box_mean_pool,
+        grid_boxes,
+        make_region_extractor,
+        mobilenet_v2_weights_file,
+    )
 
-    ext = make_region_extractor(None, region_boxes="grid", device="cpu", min_size=64, max_size=128,
-                                rpn_post_nms_top_n=100)             # detector options are ignored
+    ext = make_region_extractor(
+        None, region_boxes="grid", device="cpu", min_size=64, max_size=128, rpn_post_nms_top_n=100
+    )  # detector options are ignored
     d = ext.describe()
     assert d["random_weights"] is False and d["dim"] == 1280 and d["selection"]["boxes_per_image"] == 14
     g = torch.Generator().manual_seed(0)
-    red = torch.zeros(3, 40, 60); red[0] = 0.9
-    blue = torch.zeros(3, 50, 50); blue[2] = 0.9
+    red = torch.zeros(3, 40, 60)
+    red[0] = 0.9
+    blue = torch.zeros(3, 50, 50)
+    blue[2] = 0.9
     imgs = [red + 0.05 * torch.rand(3, 40, 60, generator=g), blue + 0.05 * torch.rand(3, 50, 50, generator=g)]
     out = ext.extract_images(imgs)
     assert [r["x"].shape for r in out] == [(14, 1280), (14, 1280)]
@@ -283,13 +325,28 @@ def test_extract_category_grid_stores(tmp_path, monkeypatch):
     for k in range(2):
         Image.fromarray((rng.random((40, 50 + 10 * k, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{k}.png")
     products = pd.DataFrame({"product_id": ["p1"], "text": ["shirt"], "image_files": [[str(tmp_path / "0.png")]]})
-    reviews = pd.DataFrame({"review_id": ["r0", "r1"], "product_id": ["p1", "p1"], "text": ["a", "b"],
-                            "image_files": [[str(tmp_path / "1.png"), str(tmp_path / "0.png")], []]})
+    reviews = pd.DataFrame(
+        {
+            "review_id": ["r0", "r1"],
+            "product_id": ["p1", "p1"],
+            "text": ["a", "b"],
+            "image_files": [[str(tmp_path / "1.png"), str(tmp_path / "0.png")], []],
+        }
+    )
     monkeypatch.setattr(extract, "load_category_items", lambda root, ds, cat: (products, reviews))
-    rep = extract.extract_category(tmp_path / "data", "demo", "home", tmp_path / "feats", text_model="unused",
-                                   device="cpu", progress=False, detector_min_size=64, detector_max_size=64,
-                                   stores=("region_prd", "region_rvw"),
-                                   detector_options=extract.region_options("grid", None))
+    rep = extract.extract_category(
+        tmp_path / "data",
+        "demo",
+        "home",
+        tmp_path / "feats",
+        text_model="unused",
+        device="cpu",
+        progress=False,
+        detector_min_size=64,
+        detector_max_size=64,
+        stores=("region_prd", "region_rvw"),
+        detector_options=extract.region_options("grid", None),
+    )
     assert rep["random_weights"] is False
     s = FeatureStore(feature_dirs(tmp_path / "feats", "demo", "home")["region_rvw"])
     assert s.dim == 1280 and s.manifest["region_backbone"]["name"] == "mobilenet_v2"

@@ -1,5 +1,6 @@
 """The run folder's one set of rules (mmss_lib.training.run_folder): layout, identity, "finished?",
 resume, and that the trainer, the floors and the sweeps all follow them."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,10 @@ def test_layout():
     assert RF.run_name("mmss", "full") == "mmss" and RF.run_name("mmss", None) == "mmss"
     assert RF.run_name("mmss", "wo_b") == "mmss__wo_b"
     assert RF.run_dir_for("R", "demo", "home", "mmss", "wo_d", 2).as_posix() == "R/demo/home/mmss__wo_d/seed2"
-    assert RF.fold_run_dir("R", "amazon", "mag", "mcr", "full", "folds5", 3, 0).as_posix() == \
-        "R/amazon/mag/mcr/folds5/fold3/seed0"
+    assert (
+        RF.fold_run_dir("R", "amazon", "mag", "mcr", "full", "folds5", 3, 0).as_posix()
+        == "R/amazon/mag/mcr/folds5/fold3/seed0"
+    )
 
 
 def test_identity_ignores_placement_and_provenance_only():
@@ -23,10 +26,15 @@ def test_identity_ignores_placement_and_provenance_only():
     run = {"dataset": "demo", "category": "home"}
     rec = {"config": cfg, "run": run}
     assert RF.same_run(rec, {**cfg, "device": "cuda", "num_threads": 8}, run)
-    moved = {**cfg, "tuned_from": "/elsewhere/tune/demo/home/mmss/best.json"}   # the same settings read from a moved study
-    assert RF.same_run({**rec, "config": {**rec["config"], "tuned_from": "/old/tune/demo/home/mmss/best.json"}}, moved, run)
+    moved = {
+        **cfg,
+        "tuned_from": "/elsewhere/tune/demo/home/mmss/best.json",
+    }  # the same settings read from a moved study
+    assert RF.same_run(
+        {**rec, "config": {**rec["config"], "tuned_from": "/old/tune/demo/home/mmss/best.json"}}, moved, run
+    )
     assert not RF.same_run(rec, {**cfg, "lr": 2e-4}, run)
-    assert not RF.same_run(rec, {**cfg, "epochs": 6}, run)               # finished under another cap: not the same
+    assert not RF.same_run(rec, {**cfg, "epochs": 6}, run)  # finished under another cap: not the same
     assert not RF.same_run(rec, cfg, {"dataset": "demo", "category": "clothing"})
     # resume tolerates more: a longer cap continues the same trajectory
     assert RF.resume_mismatch(rec, {**cfg, "epochs": 9, "patience": 7, "device": "cuda"}, run) == []
@@ -38,14 +46,15 @@ def test_finished_metrics_and_unreadable_files(tmp_path):
     rd = tmp_path / "run"
     rd.mkdir()
     cfg, run = {"system": "length", "device": "cpu"}, {"dataset": "demo", "category": "home"}
-    assert RF.finished_metrics(rd, cfg, run) is None                       # nothing there
+    assert RF.finished_metrics(rd, cfg, run) is None  # nothing there
     (rd / "config.json").write_text(json.dumps({"config": cfg, "run": run}))
-    assert RF.finished_metrics(rd, cfg, run) is None                       # started, not finished
+    assert RF.finished_metrics(rd, cfg, run) is None  # started, not finished
     (rd / "metrics.json").write_text(json.dumps({"test": {"MAP": 0.5}}))
     assert RF.finished_metrics(rd, {**cfg, "device": "cuda"}, run) == {"test": {"MAP": 0.5}}
     assert RF.finished_metrics(rd, {**cfg, "system": "random"}, run) is None
     (rd / "metrics.json").write_text('{"test": ')
     from mmss_lib.errors import DataError
+
     with pytest.raises(DataError, match=r"metrics\.json: not a JSON file written by the trainer"):
         RF.finished_metrics(rd, cfg, run)
 
@@ -57,9 +66,15 @@ def test_trainer_floors_and_sweeps_share_the_rule(tiny_demo, tmp_path):
     from mmss_lib.training.trainer import TrainConfig, train_run
 
     base = TrainConfig(epochs=1, patience=1, batch_size=8, device="cpu", threshold=2.0, n_neg=2, num_threads=1)
-    kw = dict(data_root=tiny_demo / "data", dataset="demo", category="home", features_root=tiny_demo / "features",
-              progress=False)
+    kw = dict(
+        data_root=tiny_demo / "data",
+        dataset="demo",
+        category="home",
+        features_root=tiny_demo / "features",
+        progress=False,
+    )
     from dataclasses import replace
+
     stamps = {}
     for system in ("egcnn", "length"):
         rd = RF.run_dir_for(tmp_path, "demo", "home", system, "full", 0)
@@ -67,13 +82,23 @@ def test_trainer_floors_and_sweeps_share_the_rule(tiny_demo, tmp_path):
         stamps[system] = (rd / "metrics.json").stat().st_mtime_ns
         again = train_run(replace(base, system=system, num_threads=2), run_dir=rd, **kw)
         assert again == first and (rd / "metrics.json").stat().st_mtime_ns == stamps[system]
-    res = run_experiment(data_root=tiny_demo / "data", dataset="demo", categories=["home"],
-                         features_root=tiny_demo / "features", runs_root=tmp_path, systems=["egcnn", "length"],
-                         seeds=[0], base_config=replace(base, num_threads=2), progress=False, summary=False)
+    res = run_experiment(
+        data_root=tiny_demo / "data",
+        dataset="demo",
+        categories=["home"],
+        features_root=tiny_demo / "features",
+        runs_root=tmp_path,
+        systems=["egcnn", "length"],
+        seeds=[0],
+        base_config=replace(base, num_threads=2),
+        progress=False,
+        summary=False,
+    )
     assert len(res) == 2
     for system in ("egcnn", "length"):
-        assert (RF.run_dir_for(tmp_path, "demo", "home", system, "full", 0) / "metrics.json").stat().st_mtime_ns \
-            == stamps[system]
+        assert (
+            RF.run_dir_for(tmp_path, "demo", "home", system, "full", 0) / "metrics.json"
+        ).stat().st_mtime_ns == stamps[system]
 
 
 def test_run_lock_read_only_folder_goes_unlocked(tmp_path, monkeypatch):
@@ -95,18 +120,21 @@ def test_run_lock_read_only_folder_goes_unlocked(tmp_path, monkeypatch):
             if Path(path) == run / RF.LOCK:
                 raise OSError(code, os.strerror(code), str(path))
             return real_open(path, flags, *a, **kw)
+
         return fake_open
 
     monkeypatch.setattr(os, "open", refusing(errno.EROFS))
-    with RF.run_lock(run) as p:                               # read-only file system
+    with RF.run_lock(run) as p:  # read-only file system
         assert p == run / RF.LOCK and not p.exists()
     monkeypatch.setattr(os, "open", refusing(errno.EACCES))
     monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == run else real_access(path, mode))
-    with RF.run_lock(run) as p:                               # a folder this user cannot write
+    with RF.run_lock(run) as p:  # a folder this user cannot write
         assert not p.exists()
-    monkeypatch.setattr(os, "access", real_access)            # the folder writable: refused
-    with pytest.raises(DataError, match=r"run/\.lock: the lock file of this run cannot be opened for writing"), \
-            RF.run_lock(run):
+    monkeypatch.setattr(os, "access", real_access)  # the folder writable: refused
+    with (
+        pytest.raises(DataError, match=r"run/\.lock: the lock file of this run cannot be opened for writing"),
+        RF.run_lock(run),
+    ):
         pass
     assert not (run / RF.LOCK).exists()
 

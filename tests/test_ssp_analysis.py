@@ -1,4 +1,5 @@
 """mmss_lib.evaluation.ssp_analysis: health table, settling epoch, cue association on planted data."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,23 +11,40 @@ from mmss_lib.errors import DataError
 from mmss_lib.ssp.records import SSPHistory
 
 
-def _hist(y_g: np.ndarray, labels: dict[str, np.ndarray], seen: np.ndarray | None = None,
-          chi: dict[str, np.ndarray] | None = None, chi_g: np.ndarray | None = None) -> SSPHistory:
+def _hist(
+    y_g: np.ndarray,
+    labels: dict[str, np.ndarray],
+    seen: np.ndarray | None = None,
+    chi: dict[str, np.ndarray] | None = None,
+    chi_g: np.ndarray | None = None,
+) -> SSPHistory:
     """An SSPHistory from (E, N) label arrays."""
     e, n = next(iter(labels.values())).shape
     seen = np.ones((e, n), bool) if seen is None else seen
     chi = chi or {s: np.ones((e, n)) for s in labels}
     chi_g = np.ones((e, n)) if chi_g is None else chi_g
-    return SSPHistory(epochs=np.arange(1, e + 1), review_id=np.array([f"r{i}" for i in range(n)]),
-                      y_g=y_g.astype(float), seen=seen, chi_g=chi_g, labels=labels,
-                      offsets={s: v - y_g for s, v in labels.items()}, estimates=labels, chi=chi)
+    return SSPHistory(
+        epochs=np.arange(1, e + 1),
+        review_id=np.array([f"r{i}" for i in range(n)]),
+        y_g=y_g.astype(float),
+        seen=seen,
+        chi_g=chi_g,
+        labels=labels,
+        offsets={s: v - y_g for s, v in labels.items()},
+        estimates=labels,
+        chi=chi,
+    )
 
 
 def test_health_table_hand_numbers():
     y_g = np.array([0.0, 2.0, 4.0, 1.0])
-    lab = np.array([[0.0, 2.0, 4.0, 1.0],          # epoch 1: y_s = y_g
-                    [0.5, 1.0, 4.0, 1.2],          # epoch 2
-                    [0.5, 1.005, 4.0, 1.2]])       # epoch 3: settled
+    lab = np.array(
+        [
+            [0.0, 2.0, 4.0, 1.0],  # epoch 1: y_s = y_g
+            [0.5, 1.0, 4.0, 1.2],  # epoch 2
+            [0.5, 1.005, 4.0, 1.2],
+        ]
+    )  # epoch 3: settled
     seen = np.ones((3, 4), bool)
     seen[:, 3] = [False, True, True]
     chi = {"ptrt": np.array([[1, 1, 1, 9], [0.5, 1.5, 1.0, 2.0], [1, 1, 1, 1]], float)}
@@ -34,14 +52,14 @@ def test_health_table_hand_numbers():
     t = sa.ssp_health_table(h)
     r1, r2, r3 = (t[t.epoch == e].iloc[0] for e in (1, 2, 3))
     assert r1.n_seen == 3 and r1.share_up == 0 and r1.share_down == 0 and r1.mean_abs_change == 0
-    assert r1.mean_chi_s == pytest.approx(1.0)                               # the unseen 9 is left out
+    assert r1.mean_chi_s == pytest.approx(1.0)  # the unseen 9 is left out
     # epoch 2, 4 seen: offsets +0.5, -1, 0, +0.2
     assert r2.share_up == pytest.approx(0.5) and r2.share_down == pytest.approx(0.25)
     assert r2.mean_offset == pytest.approx((0.5 - 1 + 0 + 0.2) / 4)
     assert r2.mean_abs_offset == pytest.approx((0.5 + 1 + 0 + 0.2) / 4)
     assert r2.mean_abs_change == pytest.approx((0.5 + 1 + 0 + 0.2) / 4)
     assert r2.mean_chi_s == pytest.approx(1.25) and r2.mean_chi_g == pytest.approx(2.0)
-    assert r2.mean_abs_chi_gap == pytest.approx((1.5 + 0.5 + 1.0 + 0.0) / 4)   # |chi_s - 2| per review
+    assert r2.mean_abs_chi_gap == pytest.approx((1.5 + 0.5 + 1.0 + 0.0) / 4)  # |chi_s - 2| per review
     assert r3.mean_abs_change == pytest.approx(0.005 / 4)
     assert sa.settling_epoch(t) == {"ptrt": 3, "all": 3}
     assert sa.settling_epoch(t, tol=1e-6) == {"ptrt": None, "all": None}
@@ -64,13 +82,14 @@ def _planted(seed: int = 0, n: int = 1000):
     rng = np.random.default_rng(seed)
     y_g = rng.integers(0, 5, n).astype(float)
     cue_a = rng.random(n) < 0.5
-    cue_b = rng.random(n) < 0.15 + 0.175 * y_g                               # 0.15 .. 0.85
-    img = rng.random(n) < 0.6                                                 # image cue defined for 60%
+    cue_b = rng.random(n) < 0.15 + 0.175 * y_g  # 0.15 .. 0.85
+    img = rng.random(n) < 0.6  # image cue defined for 60%
     y_a = y_g + 0.3 * cue_a + rng.normal(0, 0.2, n)
-    y_b = y_g + 0.5 * y_g / 4 + rng.normal(0, 0.2, n)                          # depends on y_g only
+    y_b = y_g + 0.5 * y_g / 4 + rng.normal(0, 0.2, n)  # depends on y_g only
     hist = _hist(y_g, {"ptrt": np.stack([y_g, y_a]), "rtrv": np.stack([y_g, y_b])})
-    cues = pd.DataFrame({"review_id": hist.review_id, "match": cue_a.astype(int),
-                         "agree": np.where(img, cue_b.astype(float), np.nan)})
+    cues = pd.DataFrame(
+        {"review_id": hist.review_id, "match": cue_a.astype(int), "agree": np.where(img, cue_b.astype(float), np.nan)}
+    )
     return hist, cues, img
 
 
@@ -78,7 +97,7 @@ def test_cue_association_recovers_planted_effects():
     hist, cues, img = _planted()
     frame = sa.cue_association_frame(hist, cues, {"ptrt": "match", "rtrv": "agree"})
     assert len(frame[frame.subtask == "ptrt"]) == 1000
-    assert len(frame[frame.subtask == "rtrv"]) == int(img.sum())                 # NaN cues left out
+    assert len(frame[frame.subtask == "rtrv"]) == int(img.sum())  # NaN cues left out
     res = sa.cue_association(frame, n_boot=500, seed=0).set_index("subtask")
     a, b = res.loc["ptrt"], res.loc["rtrv"]
     assert a.ci_low < 0.3 < a.ci_high and a.ci_low > 0.2
@@ -105,8 +124,15 @@ def test_cue_association_errors():
 
 def test_write_cue_association(tmp_path):
     hist, cues, _ = _planted(n=200)
-    res = sa.write_cue_association(hist, cues, {"ptrt": "match", "rtrv": "agree"}, tables_dir=tmp_path / "t",
-                                   figures_dir=tmp_path / "f", tag="x", n_boot=100)
+    res = sa.write_cue_association(
+        hist,
+        cues,
+        {"ptrt": "match", "rtrv": "agree"},
+        tables_dir=tmp_path / "t",
+        figures_dir=tmp_path / "f",
+        tag="x",
+        n_boot=100,
+    )
     assert list(res.subtask) == ["ptrt", "rtrv"]
     csv = pd.read_csv(tmp_path / "t" / "ssp_cue_association_x.csv")
     assert list(csv.subtask) == ["ptrt", "rtrv"] and "ci_low" in csv.columns

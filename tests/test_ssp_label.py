@@ -1,4 +1,5 @@
 """SSP-Label (Eq. 11-12, 17-21) on small hand-checked numbers, incremental statistics, resume."""
+
 from __future__ import annotations
 
 import io
@@ -41,9 +42,9 @@ def test_eq21_equal_distances_keep_the_human_label(y_g, chi):
 
 
 def test_eq11_ewma_hand_numbers():
-    assert ewma(torch.tensor(3.0), torch.tensor(0.0), epoch=2).item() == pytest.approx(1.0)   # beta = 2/3
-    assert ewma(torch.tensor(3.0), torch.tensor(1.0), epoch=3).item() == pytest.approx(2.0)   # beta = 1/2
-    assert ewma(torch.tensor(0.0), torch.tensor(5.0), epoch=4).item() == pytest.approx(2.0)   # beta = 2/5
+    assert ewma(torch.tensor(3.0), torch.tensor(0.0), epoch=2).item() == pytest.approx(1.0)  # beta = 2/3
+    assert ewma(torch.tensor(3.0), torch.tensor(1.0), epoch=3).item() == pytest.approx(2.0)  # beta = 1/2
+    assert ewma(torch.tensor(0.0), torch.tensor(5.0), epoch=4).item() == pytest.approx(2.0)  # beta = 2/5
 
 
 def test_shrunk_covariance_hand_numbers():
@@ -83,12 +84,14 @@ def test_eq18_covariance_and_distance_hand_numbers():
     # Eq. 18 scale "mean": s = (mean m)^2 -> chi = m / mean(m)
     assert ssp.scale("g") == pytest.approx(m_hand.mean() ** 2, rel=1e-9)
     assert ssp.distance("g", f).tolist() == pytest.approx(
-        [math.sqrt(1.6) / m_hand.mean(), math.sqrt(2.4) / m_hand.mean(), 0.0], abs=1e-6)
+        [math.sqrt(1.6) / m_hand.mean(), math.sqrt(2.4) / m_hand.mean(), 0.0], abs=1e-6
+    )
     # scale "rms": s = mean m^2 over the bank, here from the running sums
     rms = _hand_ssp(shrinkage=0.5, ridge=0.0, scale="rms")
-    assert rms.mean_squared_distance("g") == pytest.approx(float((m_hand ** 2).mean()), rel=1e-9)
+    assert rms.mean_squared_distance("g") == pytest.approx(float((m_hand**2).mean()), rel=1e-9)
     assert rms.distance("g", f).tolist() == pytest.approx(
-        [math.sqrt(1.6 / (m_hand ** 2).mean()), math.sqrt(2.4 / (m_hand ** 2).mean()), 0.0], abs=1e-6)
+        [math.sqrt(1.6 / (m_hand**2).mean()), math.sqrt(2.4 / (m_hand**2).mean()), 0.0], abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("scale", ["mean", "rms"])
@@ -99,8 +102,10 @@ def test_eq18_scale_matches_an_independent_bank_computation(scale):
     n = 60
     y = torch.randint(0, 5, (n,), generator=g).float()
     u = torch.randn(1, 6, generator=g)
-    feats = {"g": torch.randn(n, 6, generator=g) * 2 + 1,                         # full rank
-             "ptrt": torch.randn(n, 1, generator=g) @ u + 0.01 * torch.randn(n, 6, generator=g)}  # ~rank 1
+    feats = {
+        "g": torch.randn(n, 6, generator=g) * 2 + 1,  # full rank
+        "ptrt": torch.randn(n, 1, generator=g) @ u + 0.01 * torch.randn(n, 6, generator=g),
+    }  # ~rank 1
     ssp = SSPLabel(n, y, {"g": 6, "ptrt": 6}, scale=scale)
     ssp.update(torch.arange(n), feats, 1)
     rec = ssp.end_epoch(1)
@@ -111,7 +116,7 @@ def test_eq18_scale_matches_an_independent_bank_computation(scale):
         cov = np.cov(f.T, bias=True)
         sig = 0.95 * cov + (0.05 * np.trace(cov) / 6 + 1e-6) * np.eye(6)
         m = np.sqrt(np.einsum("ij,jk,ik->i", f - A, np.linalg.inv(sig), f - A))
-        s_ref = m.mean() ** 2 if scale == "mean" else (m ** 2).mean()
+        s_ref = m.mean() ** 2 if scale == "mean" else (m**2).mean()
         assert ssp.scale(k) == pytest.approx(s_ref, rel=1e-7)
         chi = rec["chi_g"] if k == "g" else rec[f"chi_{k}"]
         np.testing.assert_allclose(chi, m / math.sqrt(s_ref), rtol=1e-5)
@@ -135,8 +140,11 @@ def _filled(n=6, d=3, seed=0, **kw):
     g = torch.Generator().manual_seed(seed)
     y = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 2.0])[:n]
     ssp = SSPLabel(n, y, {"g": d, "ptrt": d, "rtrv": d + 1}, **kw)
-    feats = {"g": torch.randn(n, d, generator=g), "ptrt": torch.randn(n, d, generator=g),
-             "rtrv": torch.randn(n, d + 1, generator=g)}
+    feats = {
+        "g": torch.randn(n, d, generator=g),
+        "ptrt": torch.randn(n, d, generator=g),
+        "rtrv": torch.randn(n, d + 1, generator=g),
+    }
     ssp.update(torch.arange(n), feats, 1)
     return ssp, g
 
@@ -148,7 +156,9 @@ def test_eq12_first_epoch_labels_are_human_labels():
     assert bool(ssp.seen.all()) and ssp.count == 6
 
 
-def _ref_chi(f: np.ndarray, y_k: np.ndarray, pivot: float = 1.5, shrink: float = 0.05, ridge: float = 1e-6) -> np.ndarray:
+def _ref_chi(
+    f: np.ndarray, y_k: np.ndarray, pivot: float = 1.5, shrink: float = 0.05, ridge: float = 1e-6
+) -> np.ndarray:
     """Eq. 17-18 by hand in numpy over a whole bank: chi = m / mean(m)."""
     w = 1 / (1 + np.exp(-(y_k - pivot)))
     A = (w[:, None] * f).sum(0) / w.sum()
@@ -160,52 +170,63 @@ def _ref_chi(f: np.ndarray, y_k: np.ndarray, pivot: float = 1.5, shrink: float =
 
 
 def _ref_estimate(y_g, chi_s, chi_g):
-    return (y_g + (chi_s - chi_g)) / 2 + chi_s * y_g / (2 * (chi_g + 1e-6))      # Eq. 21, alpha = 1
+    return (y_g + (chi_s - chi_g)) / 2 + chi_s * y_g / (2 * (chi_g + 1e-6))  # Eq. 21, alpha = 1
 
 
 def test_eq11_ewma_at_epoch_ends_from_the_bank():
-    ssp, g = _filled(fresh_only=False, scale="mean")   # every seen sample in the statistics (stale ones too)
+    ssp, g = _filled(fresh_only=False, scale="mean")  # every seen sample in the statistics (stale ones too)
     rec1 = ssp.end_epoch(1)
     y_g = ssp.y_g.numpy()
-    np.testing.assert_array_equal(rec1["label_ptrt"], y_g.astype(np.float32))    # Eq. 12
+    np.testing.assert_array_equal(rec1["label_ptrt"], y_g.astype(np.float32))  # Eq. 12
     # the epoch-1 estimate is recorded (not applied), computed from the bank
     f1 = {k: ssp.bank[k].numpy().astype(np.float64) for k in ssp.tasks}
     chi_g1 = _ref_chi(f1["g"], y_g)
     np.testing.assert_allclose(rec1["estimate_ptrt"], _ref_estimate(y_g, _ref_chi(f1["ptrt"], y_g), chi_g1), rtol=1e-4)
 
     def feats(n):
-        return {"g": torch.randn(n, 3, generator=g), "ptrt": torch.randn(n, 3, generator=g),
-                "rtrv": torch.randn(n, 4, generator=g)}
+        return {
+            "g": torch.randn(n, 3, generator=g),
+            "ptrt": torch.randn(n, 3, generator=g),
+            "rtrv": torch.randn(n, 4, generator=g),
+        }
 
     idx = torch.tensor([0, 1, 4])
     ssp.update(idx, feats(3), 2)
     # during the epoch the labels do not change
     assert ssp.labels(torch.arange(6))["ptrt"].tolist() == pytest.approx(y_g.tolist())
-    ssp.update(idx[:1], feats(1), 2)                    # a second visit: the bank keeps the last row
+    ssp.update(idx[:1], feats(1), 2)  # a second visit: the bank keeps the last row
     rec2 = ssp.end_epoch(2)
     f2 = {k: ssp.bank[k].numpy().astype(np.float64) for k in ssp.tasks}
     chi_g2 = _ref_chi(f2["g"], y_g)
     end2 = {}
     for s in ("ptrt", "rtrv"):
-        est = _ref_estimate(y_g, _ref_chi(f2[s], y_g), chi_g2)               # anchors weighted by y_s^(1) = y_g
+        est = _ref_estimate(y_g, _ref_chi(f2[s], y_g), chi_g2)  # anchors weighted by y_s^(1) = y_g
         np.testing.assert_allclose(rec2[f"estimate_{s}"], est, rtol=1e-4, atol=1e-5)
-        end2[s] = np.clip(2 / 3 * est + 1 / 3 * y_g, -4, 8)                   # beta = 2/(2+1)
+        end2[s] = np.clip(2 / 3 * est + 1 / 3 * y_g, -4, 8)  # beta = 2/(2+1)
         np.testing.assert_allclose(rec2[f"label_{s}"], end2[s], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(rec2[f"mean_change_{s}"], np.abs(end2[s] - y_g).mean(), rtol=1e-5)
     ssp.update(idx, feats(3), 3)
     rec3 = ssp.end_epoch(3)
     f3 = {k: ssp.bank[k].numpy().astype(np.float64) for k in ssp.tasks}
     chi_g3 = _ref_chi(f3["g"], y_g)
-    est = _ref_estimate(y_g, _ref_chi(f3["rtrv"], end2["rtrv"]), chi_g3)      # subtask anchor: weights of y_s^(2)
-    np.testing.assert_allclose(rec3["label_rtrv"], np.clip(0.5 * est + 0.5 * end2["rtrv"], -4, 8),
-                               rtol=1e-5, atol=1e-5)                          # beta = 2/(3+1)
+    est = _ref_estimate(y_g, _ref_chi(f3["rtrv"], end2["rtrv"]), chi_g3)  # subtask anchor: weights of y_s^(2)
+    np.testing.assert_allclose(
+        rec3["label_rtrv"], np.clip(0.5 * est + 0.5 * end2["rtrv"], -4, 8), rtol=1e-5, atol=1e-5
+    )  # beta = 2/(3+1)
 
 
 def test_health_entries_of_the_record():
     ssp, g = _filled()
     ssp.end_epoch(1)
-    ssp.update(torch.arange(6), {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g),
-                                 "rtrv": torch.randn(6, 4, generator=g)}, 2)
+    ssp.update(
+        torch.arange(6),
+        {
+            "g": torch.randn(6, 3, generator=g),
+            "ptrt": torch.randn(6, 3, generator=g),
+            "rtrv": torch.randn(6, 4, generator=g),
+        },
+        2,
+    )
     rec = ssp.end_epoch(2)
     health = ssp_health(rec)
     assert set(health) == {"ptrt", "rtrv"}
@@ -218,7 +239,7 @@ def test_health_entries_of_the_record():
         assert h["mean_change"] == pytest.approx(float(np.abs(rec[f"label_{s}"] - rec["y_g"]).mean()), rel=1e-5)
         assert h["n_seen"] == 6
     assert ssp_health(ssp.record(2)) == health
-    json.dumps(health)                                                        # JSON-able for history.json
+    json.dumps(health)  # JSON-able for history.json
 
 
 def test_identical_subtask_features_keep_human_labels():
@@ -240,15 +261,18 @@ def test_labels_are_clamped_to_the_widened_range():
     for clamp, lo, hi in ((None, -4.0, 8.0), ((0.0, 4.0), 0.0, 4.0)):
         ssp, g = _filled(alpha1=100.0, clamp=clamp)
         ssp.end_epoch(1)
-        f = {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g) * 50,
-             "rtrv": torch.randn(6, 4, generator=g) * 50}
+        f = {
+            "g": torch.randn(6, 3, generator=g),
+            "ptrt": torch.randn(6, 3, generator=g) * 50,
+            "rtrv": torch.randn(6, 4, generator=g) * 50,
+        }
         ssp.update(torch.arange(6), f, 2)
         rec = ssp.end_epoch(2)
         lab, est = rec["label_ptrt"], rec["estimate_ptrt"]
         assert lab.min() >= lo and lab.max() <= hi
         raw = 2 / 3 * est + 1 / 3 * rec["y_g"]
         np.testing.assert_allclose(lab, np.clip(raw, lo, hi), rtol=1e-5, atol=1e-5)
-        assert ((raw > hi) | (raw < lo)).any()                                # the clamp was exercised
+        assert ((raw > hi) | (raw < lo)).any()  # the clamp was exercised
 
 
 # ------------------------------------------------------------------ incremental statistics
@@ -261,8 +285,10 @@ def test_incremental_statistics_equal_full_recompute():
         for _ in range(12):
             idx = torch.randint(0, n, (9,), generator=g)  # duplicates on purpose
             ssp.update(idx, {k: torch.randn(9, d, generator=g) * 3 + 1 for k, d in ssp.dims.items()}, epoch)
-        inc = {name: {k: v.clone() for k, v in getattr(ssp, name).items()}
-               for name in ("sum_w", "sum_wf", "sum_f", "sum_ff")}
+        inc = {
+            name: {k: v.clone() for k, v in getattr(ssp, name).items()}
+            for name in ("sum_w", "sum_wf", "sum_f", "sum_ff")
+        }
         count = ssp.count
         ssp.recompute_statistics()
         assert count == int(ssp.seen.sum())
@@ -289,7 +315,11 @@ def test_record_contents():
     rec1 = ssp.end_epoch(1)
     assert float(rec1["mean_change_ptrt"]) == 0.0 and float(rec1["share_up_ptrt"]) == 0.0
     assert ssp.record(1) is rec1 and int(rec1["epoch"]) == 1
-    f = {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g), "rtrv": torch.randn(6, 4, generator=g)}
+    f = {
+        "g": torch.randn(6, 3, generator=g),
+        "ptrt": torch.randn(6, 3, generator=g),
+        "rtrv": torch.randn(6, 4, generator=g),
+    }
     ssp.update(torch.arange(6), f, 2)
     rec = ssp.end_epoch(2)
     for s in ("ptrt", "rtrv"):
@@ -308,8 +338,10 @@ def test_state_dict_round_trip_resumes_exactly():
     n = 12
     y = torch.randint(0, 5, (n,), generator=g).float()
     dims = {"g": 3, "ptrt": 3, "rtrv": 2}
-    batches = [(torch.randint(0, n, (5,), generator=g), {k: torch.randn(5, d, generator=g) for k, d in dims.items()})
-               for _ in range(6)]
+    batches = [
+        (torch.randint(0, n, (5,), generator=g), {k: torch.randn(5, d, generator=g) for k, d in dims.items()})
+        for _ in range(6)
+    ]
     a = SSPLabel(n, y, dims)
     a.update(torch.arange(n), {k: torch.randn(n, d, generator=g) for k, d in dims.items()}, 1)
     a.end_epoch(1)
@@ -372,16 +404,18 @@ def test_low_rank_subtask_gets_offsets_of_both_signs():
     and lets y_g = 0 reviews rise."""
     g = torch.Generator().manual_seed(11)
     n, d = 300, 8
-    y = torch.arange(n).remainder(5).float()                                  # labels 0..4, 60 each
+    y = torch.arange(n).remainder(5).float()  # labels 0..4, 60 each
     base_g = torch.randn(n, d, generator=g)
     base_s = torch.randn(n, 1, generator=g) @ torch.randn(1, d, generator=g)
-    ssp = SSPLabel(n, y, {"g": d, "ptrt": d}, scale="mean")     # the reading whose offsets split both ways
+    ssp = SSPLabel(n, y, {"g": d, "ptrt": d}, scale="mean")  # the reading whose offsets split both ways
     old_offsets = []
     for epoch in (1, 2, 3, 4):
         for idx in torch.randperm(n, generator=g).split(32):
-            f = {"g": base_g[idx] + 0.05 * torch.randn(len(idx), d, generator=g),
-                 "ptrt": base_s[idx] + 0.05 * torch.randn(len(idx), d, generator=g)}
-            if epoch > 1:   # the earlier reading, on the same batch: m / sqrt(d) from the bank before storing
+            f = {
+                "g": base_g[idx] + 0.05 * torch.randn(len(idx), d, generator=g),
+                "ptrt": base_s[idx] + 0.05 * torch.randn(len(idx), d, generator=g),
+            }
+            if epoch > 1:  # the earlier reading, on the same batch: m / sqrt(d) from the bank before storing
                 chi_old = {k: ssp.mahalanobis(k, f[k]) / math.sqrt(d) for k in ("g", "ptrt")}
                 old_offsets.append(pseudo_label_estimate(y[idx].double(), chi_old["ptrt"], chi_old["g"]) - y[idx])
             ssp.update(idx, f, epoch)
@@ -400,9 +434,16 @@ def test_low_rank_subtask_gets_offsets_of_both_signs():
 def test_sums_after_end_epoch_equal_a_full_recompute():
     ssp, g = _filled()
     ssp.end_epoch(1)
-    ssp.update(torch.arange(6), {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g),
-                                 "rtrv": torch.randn(6, 4, generator=g)}, 2)
-    ssp.end_epoch(2)                                    # labels changed -> subtask weights changed
+    ssp.update(
+        torch.arange(6),
+        {
+            "g": torch.randn(6, 3, generator=g),
+            "ptrt": torch.randn(6, 3, generator=g),
+            "rtrv": torch.randn(6, 4, generator=g),
+        },
+        2,
+    )
+    ssp.end_epoch(2)  # labels changed -> subtask weights changed
     kept = {name: {k: v.clone() for k, v in getattr(ssp, name).items()} for name in ("sum_w", "sum_wf")}
     ssp.recompute_statistics()
     for name, per_task in kept.items():
@@ -414,18 +455,21 @@ def test_sums_after_end_epoch_equal_a_full_recompute():
 
 # ------------------------------------------------------------------ stale bank entries, scales, readings
 def test_stale_samples_leave_the_statistics_and_keep_their_labels():
-    ssp, g = _filled(scale="mean")                       # fresh_only=True (default)
+    ssp, g = _filled(scale="mean")  # fresh_only=True (default)
     ssp.end_epoch(1)
-    idx = torch.tensor([0, 1, 3, 4])                     # samples 2 and 5 are not visited in epoch 2
-    feats = {"g": torch.randn(4, 3, generator=g), "ptrt": torch.randn(4, 3, generator=g),
-             "rtrv": torch.randn(4, 4, generator=g)}
+    idx = torch.tensor([0, 1, 3, 4])  # samples 2 and 5 are not visited in epoch 2
+    feats = {
+        "g": torch.randn(4, 3, generator=g),
+        "ptrt": torch.randn(4, 3, generator=g),
+        "rtrv": torch.randn(4, 4, generator=g),
+    }
     ssp.update(idx, feats, 2)
     rec = ssp.end_epoch(2)
     assert int(rec["n_stale"]) == 2 and ssp_health(rec)["ptrt"]["n_stale"] == 2
     y_g = ssp.y_g.numpy()
     for s in ("ptrt", "rtrv"):
         assert np.isnan(rec[f"chi_{s}"][[2, 5]]).all() and np.isfinite(rec[f"chi_{s}"][[0, 1, 3, 4]]).all()
-        np.testing.assert_array_equal(rec[f"label_{s}"][[2, 5]], y_g[[2, 5]])   # kept: no new estimate
+        np.testing.assert_array_equal(rec[f"label_{s}"][[2, 5]], y_g[[2, 5]])  # kept: no new estimate
         fresh = np.array([0, 1, 3, 4])
         f = ssp.bank[s].numpy().astype(np.float64)[fresh]
         fg = ssp.bank["g"].numpy().astype(np.float64)[fresh]
@@ -452,7 +496,7 @@ def test_common_scale_is_the_main_tasks_for_every_task():
     assert float(np.mean(rec["chi_g"])) == pytest.approx(1.0, rel=1e-5)
     for k in ("ptrt", "rtrv"):
         np.testing.assert_allclose(rec[f"chi_{k}"], raw[k] / raw["g"].mean(), rtol=1e-5)
-        assert float(np.mean(rec[f"chi_{k}"])) != pytest.approx(1.0, abs=1e-3)   # not normalised per task
+        assert float(np.mean(rec[f"chi_{k}"])) != pytest.approx(1.0, abs=1e-3)  # not normalised per task
     assert m  # noqa
 
 
@@ -463,8 +507,11 @@ def test_another_reading_recomputed_from_a_record_matches_a_run_with_it(reading)
     def run(scale):
         ssp, g = _filled(scale=scale, seed=3)
         recs = [ssp.end_epoch(1)]
-        feats = {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g),
-                 "rtrv": torch.randn(6, 4, generator=g)}
+        feats = {
+            "g": torch.randn(6, 3, generator=g),
+            "ptrt": torch.randn(6, 3, generator=g),
+            "rtrv": torch.randn(6, 4, generator=g),
+        }
         ssp.update(torch.arange(6), feats, 2)
         recs.append(ssp.end_epoch(2))
         return recs
@@ -472,8 +519,16 @@ def test_another_reading_recomputed_from_a_record_matches_a_run_with_it(reading)
     base, other = run("mean"), run(reading)
     for rec_b, rec_o in zip(base, other):
         got = recompute_reading(rec_b, reading)
-        for key in ("chi_g", "chi_ptrt", "chi_rtrv", "estimate_ptrt", "estimate_rtrv", "label_ptrt", "label_rtrv",
-                    "offset_rtrv"):
+        for key in (
+            "chi_g",
+            "chi_ptrt",
+            "chi_rtrv",
+            "estimate_ptrt",
+            "estimate_rtrv",
+            "label_ptrt",
+            "label_rtrv",
+            "offset_rtrv",
+        ):
             np.testing.assert_allclose(got[key], rec_o[key].astype(np.float64), rtol=1e-4, atol=1e-5, err_msg=key)
     # and the record's own reading comes back unchanged
     own = recompute_reading(base[1], "mean")
@@ -484,8 +539,15 @@ def test_labels_estimated_only_after_epoch_two():
     ssp, g = _filled()
     assert not ssp.labels_estimated
     ssp.end_epoch(1)
-    assert not ssp.labels_estimated                         # y_s^(1) = y_g: Eq. 14 weights all 0
-    ssp.update(torch.arange(6), {"g": torch.randn(6, 3, generator=g), "ptrt": torch.randn(6, 3, generator=g),
-                                 "rtrv": torch.randn(6, 4, generator=g)}, 2)
+    assert not ssp.labels_estimated  # y_s^(1) = y_g: Eq. 14 weights all 0
+    ssp.update(
+        torch.arange(6),
+        {
+            "g": torch.randn(6, 3, generator=g),
+            "ptrt": torch.randn(6, 3, generator=g),
+            "rtrv": torch.randn(6, 4, generator=g),
+        },
+        2,
+    )
     ssp.end_epoch(2)
     assert ssp.labels_estimated

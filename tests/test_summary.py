@@ -1,4 +1,5 @@
 """mmss_lib.evaluation.summary: pooled per-product metrics, bootstrap intervals, paired tests, the CSV."""
+
 from __future__ import annotations
 
 import json
@@ -9,13 +10,21 @@ import pytest
 
 from mmss_lib.errors import DataError
 from mmss_lib.metrics.ranking import bootstrap_difference, bootstrap_interval, paired_test, per_product_metrics
-from mmss_lib.evaluation.summary import format_summary, pooled_per_product, product_summary, read_summaries, summary_path, write_summaries
+from mmss_lib.evaluation.summary import (
+    format_summary,
+    pooled_per_product,
+    product_summary,
+    read_summaries,
+    summary_path,
+    write_summaries,
+)
 
 
 def _write_run(rd, system, pids, labels, scores, threshold=1.0):
     rd.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"review_id": [f"r{i}" for i in range(len(pids))], "product_id": pids, "label": labels,
-                  "score": scores}).to_csv(rd / "scores_test.csv", index=False)
+    pd.DataFrame(
+        {"review_id": [f"r{i}" for i in range(len(pids))], "product_id": pids, "label": labels, "score": scores}
+    ).to_csv(rd / "scores_test.csv", index=False)
     (rd / "metrics.json").write_text(json.dumps({"threshold": threshold}))
     (rd / "config.json").write_text(json.dumps({"config": {"system": system}}))
 
@@ -41,12 +50,21 @@ def _experiment(tmp_path, folds=0, seeds=(0, 1)):
             rng = np.random.default_rng(100 + seed + 7 * len(system))
             noise = rng.random(len(pids))
             scores = labels + 2 * noise if system == "good" else noise
-            for f in (range(folds) if folds else [None]):
+            for f in range(folds) if folds else [None]:
                 mask = np.ones(len(pids), bool) if f is None else np.array([fold_of[p] == f for p in pids])
                 rd = tmp_path / system / (f"fold{f}" if f is not None else "") / f"seed{seed}"
                 _write_run(rd, system, pids[mask], labels[mask], scores[mask])
-                rows.append({"dataset": "amazon", "category": "mags", "system": system, "variant": "full",
-                             "seed": seed, "run_dir": str(rd), **({"fold": f} if f is not None else {})})
+                rows.append(
+                    {
+                        "dataset": "amazon",
+                        "category": "mags",
+                        "system": system,
+                        "variant": "full",
+                        "seed": seed,
+                        "run_dir": str(rd),
+                        **({"fold": f} if f is not None else {}),
+                    }
+                )
     return pd.DataFrame(rows), pids, labels
 
 
@@ -59,8 +77,9 @@ def test_summary_means_intervals_and_tests_match_direct_computation(tmp_path):
     per_seed = []
     for seed in (0, 1):
         df = pd.read_csv(tmp_path / "good" / f"seed{seed}" / "scores_test.csv", dtype={"product_id": str})
-        per_seed.append(per_product_metrics(df["product_id"], df["label"], df["score"], threshold=1.0)
-                        .set_index("product_id"))
+        per_seed.append(
+            per_product_metrics(df["product_id"], df["label"], df["score"], threshold=1.0).set_index("product_id")
+        )
     good = (per_seed[0][["AP", "NDCG@3", "NDCG@5", "RR"]] + per_seed[1][["AP", "NDCG@3", "NDCG@5", "RR"]]) / 2
     row = summ.set_index("system").loc["good"]
     assert row["MAP"] == pytest.approx(100 * good["AP"].mean())
@@ -79,9 +98,10 @@ def test_summary_means_intervals_and_tests_match_direct_computation(tmp_path):
     assert row["NDCG@3_diff"] == pytest.approx(100 * d)
     assert (row["NDCG@3_diff_lo"], row["NDCG@3_diff_hi"]) == pytest.approx((100 * dlo, 100 * dhi))
     assert row["NDCG@3_p"] == pytest.approx(paired_test(mine["NDCG@3"], rival["NDCG@3"])["t_p"])
-    assert row["MAP_p"] < 0.01                             # label-driven scores beat noise clearly
+    assert row["MAP_p"] < 0.01  # label-driven scores beat noise clearly
     # the random floor enters with its exact expectations (not its written realisation)
     from mmss_lib.training.floors import expected_random_per_product
+
     exp = expected_random_per_product(pids, labels, threshold=1.0)
     assert summ.set_index("system").loc["random", "MAP"] == pytest.approx(100 * exp["AP"].mean())
     text = format_summary(summ)
@@ -92,7 +112,7 @@ def test_summary_pools_folds_and_covers_every_product_once(tmp_path):
     results, pids, _ = _experiment(tmp_path, folds=4, seeds=(0,))
     pp = pooled_per_product(results)
     for system, g in pp.groupby("system"):
-        assert sorted(g["product_id"]) == sorted(set(pids))           # every product exactly once
+        assert sorted(g["product_id"]) == sorted(set(pids))  # every product exactly once
         assert set(g["fold"]) == {0, 1, 2, 3}
     summ = product_summary(pp, folds=4)
     assert (summ["n_products"] == 24).all() and (summ["folds"] == 4).all()
@@ -100,8 +120,24 @@ def test_summary_pools_folds_and_covers_every_product_once(tmp_path):
     extra = tmp_path / "good" / "fold9" / "seed0"
     first = pd.read_csv(tmp_path / "good" / "fold0" / "seed0" / "scores_test.csv", dtype={"product_id": str})
     _write_run(extra, "good", first["product_id"], first["label"], first["score"])
-    bad = pd.concat([results, pd.DataFrame([{"dataset": "amazon", "category": "mags", "system": "good",
-                                             "variant": "full", "seed": 0, "run_dir": str(extra), "fold": 9}])])
+    bad = pd.concat(
+        [
+            results,
+            pd.DataFrame(
+                [
+                    {
+                        "dataset": "amazon",
+                        "category": "mags",
+                        "system": "good",
+                        "variant": "full",
+                        "seed": 0,
+                        "run_dir": str(extra),
+                        "fold": 9,
+                    }
+                ]
+            ),
+        ]
+    )
     with pytest.raises(DataError, match="several folds"):
         pooled_per_product(bad)
 
@@ -119,8 +155,24 @@ def test_write_summaries_csv(tmp_path):
     path = summary_path(tmp_path / "runs", "amazon", "mags", "folds5")
     assert list(written) == [path] and path.name == "summary_folds5.csv"
     df = pd.read_csv(path)
-    for col in ("system", "variant", "MAP", "NDCG@3", "NDCG@5", "MAP_lo", "MAP_hi", "NDCG@3_lo", "NDCG@3_hi",
-                "NDCG@5_lo", "NDCG@5_hi", "n_products", "rival", "MAP_p", "NDCG@3_p", "NDCG@5_p"):
+    for col in (
+        "system",
+        "variant",
+        "MAP",
+        "NDCG@3",
+        "NDCG@5",
+        "MAP_lo",
+        "MAP_hi",
+        "NDCG@3_lo",
+        "NDCG@3_hi",
+        "NDCG@5_lo",
+        "NDCG@5_hi",
+        "n_products",
+        "rival",
+        "MAP_p",
+        "NDCG@3_p",
+        "NDCG@5_p",
+    ):
         assert col in df.columns, col
     assert (df["MAP_lo"] <= df["MAP"]).all() and (df["MAP"] <= df["MAP_hi"]).all()
     assert df["MAP"].between(0, 100).all()

@@ -1,4 +1,5 @@
 """mmss_lib.evaluation.tables: Table 1/2 and Table 4 layouts, significance markers, CSV + Markdown output."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,11 +10,19 @@ from mmss_lib.errors import DataError
 from mmss_lib.metrics.ranking import paired_test
 from mmss_lib.models.registry import SYSTEMS, is_floor
 
-TRAINED = [n for n in SYSTEMS if not is_floor(n)]    # the paper's nine systems
+TRAINED = [n for n in SYSTEMS if not is_floor(n)]  # the paper's nine systems
 from mmss_lib.evaluation.summary import table_summary
-from mmss_lib.evaluation.tables import MARKER, ablation_table, comparison_note, comparison_table, region_weights_note, save_table, to_markdown
+from mmss_lib.evaluation.tables import (
+    MARKER,
+    ablation_table,
+    comparison_note,
+    comparison_table,
+    region_weights_note,
+    save_table,
+    to_markdown,
+)
 
-CATS = ["home", "clothing", "electronics"]     # deliberately not the paper's order
+CATS = ["home", "clothing", "electronics"]  # deliberately not the paper's order
 
 
 def make_results():
@@ -25,13 +34,40 @@ def make_results():
             for seed in range(3):
                 base = 0.40 + 0.03 * si + 0.001 * ci
                 m = base + 0.01 * seed
-                rows.append(dict(dataset="amazon", category=cat, system=name, variant="" if name != "mmss" else "full",
-                                 seed=seed, MAP=m, **{"NDCG@3": m - 0.1, "NDCG@5": m - 0.05}))
+                rows.append(
+                    dict(
+                        dataset="amazon",
+                        category=cat,
+                        system=name,
+                        variant="" if name != "mmss" else "full",
+                        seed=seed,
+                        MAP=m,
+                        **{"NDCG@3": m - 0.1, "NDCG@5": m - 0.05},
+                    )
+                )
     # an ablation run (must not enter Tables 1/2), a lazada run, a dev row
-    rows.append(dict(dataset="amazon", category="home", system="mmss", variant="wo_b", seed=0, MAP=0.1,
-                     **{"NDCG@3": 0.1, "NDCG@5": 0.1}))
-    rows.append(dict(dataset="lazada", category="home", system="mcr", variant=None, seed=0, MAP=0.9,
-                     **{"NDCG@3": 0.9, "NDCG@5": 0.9}))
+    rows.append(
+        dict(
+            dataset="amazon",
+            category="home",
+            system="mmss",
+            variant="wo_b",
+            seed=0,
+            MAP=0.1,
+            **{"NDCG@3": 0.1, "NDCG@5": 0.1},
+        )
+    )
+    rows.append(
+        dict(
+            dataset="lazada",
+            category="home",
+            system="mcr",
+            variant=None,
+            seed=0,
+            MAP=0.9,
+            **{"NDCG@3": 0.9, "NDCG@5": 0.9},
+        )
+    )
     df = pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)  # shuffled rows
     df["split"] = "test"
     dev = df.iloc[:1].assign(split="dev", MAP=0.0)
@@ -41,9 +77,17 @@ def make_results():
 def test_comparison_layout_and_order():
     t = comparison_table(make_results(), "amazon")
     assert list(t.index.names) == ["Type", "Method"]
-    assert list(t.index) == [("Text-only", "BiMPM"), ("Text-only", "EG-CNN"), ("Text-only", "Conv-KNRM"),
-                             ("Text-only", "PRH-Net"), ("Multimodal", "SSE-Cross"), ("Multimodal", "D&R Net"),
-                             ("Multimodal", "MCR"), ("Multimodal", "MCL"), ("Multimodal", "MM-SS (Ours)")]
+    assert list(t.index) == [
+        ("Text-only", "BiMPM"),
+        ("Text-only", "EG-CNN"),
+        ("Text-only", "Conv-KNRM"),
+        ("Text-only", "PRH-Net"),
+        ("Multimodal", "SSE-Cross"),
+        ("Multimodal", "D&R Net"),
+        ("Multimodal", "MCR"),
+        ("Multimodal", "MCL"),
+        ("Multimodal", "MM-SS (Ours)"),
+    ]
     assert list(t.columns) == [(c, m) for c in ["CS&J", "Elec.", "H&K"] for m in ["MAP", "N@3", "N@5"]]
 
 
@@ -56,7 +100,7 @@ def test_comparison_means_std_and_filters():
     # BiMPM clothing (ci 1): 0.401, 0.411, 0.421 -> 41.1
     assert t.loc[("Text-only", "BiMPM"), ("CS&J", "MAP")] == "41.1"
     s = comparison_table(res, "amazon", with_std=True, decimals=2)
-    assert s.loc[("Text-only", "BiMPM"), ("CS&J", "N@5")] == "36.10 ± 1.00"   # std of (0, 1, 2) points = 1
+    assert s.loc[("Text-only", "BiMPM"), ("CS&J", "N@5")] == "36.10 ± 1.00"  # std of (0, 1, 2) points = 1
     assert list(comparison_table(res, "lazada").columns) == [("H&K", m) for m in ["MAP", "N@3", "N@5"]]
     lz = comparison_table(res, "lazada", categories=["clothing", "home"])
     assert list(lz.index) == [("Multimodal", "MCR")] and lz.iloc[0, 0] == "-"  # no clothing run
@@ -75,17 +119,23 @@ def test_comparison_markers_come_from_the_summary():
     res = make_results()
     rows = []
     for (cat, system), _ in res.groupby(["category", "system"]):
-        r = {"dataset": "amazon", "category": cat, "system": system, "variant": "full", "rival": "mcl",
-             "n_products": 10}
+        r = {
+            "dataset": "amazon",
+            "category": cat,
+            "system": system,
+            "variant": "full",
+            "rival": "mcl",
+            "n_products": 10,
+        }
         for m in ("MAP", "NDCG@3", "NDCG@5"):
             r.update({f"{m}_lo": 1.0, f"{m}_hi": 2.0, f"{m}_diff": 0.0, f"{m}_p": 0.5})
         rows.append(r)
     summ = pd.DataFrame(rows).set_index(["category", "system"])
-    summ.loc[("clothing", "mmss"), ["MAP_p", "MAP_diff"]] = [0.001, 1.5]          # better
-    summ.loc[("clothing", "mmss"), ["NDCG@3_p", "NDCG@3_diff"]] = [0.02, 1.5]     # p >= 0.01
-    summ.loc[("clothing", "mmss"), ["NDCG@5_p", "NDCG@5_diff"]] = [0.001, -2.0]   # worse
+    summ.loc[("clothing", "mmss"), ["MAP_p", "MAP_diff"]] = [0.001, 1.5]  # better
+    summ.loc[("clothing", "mmss"), ["NDCG@3_p", "NDCG@3_diff"]] = [0.02, 1.5]  # p >= 0.01
+    summ.loc[("clothing", "mmss"), ["NDCG@5_p", "NDCG@5_diff"]] = [0.001, -2.0]  # worse
     summ.loc[("home", "mmss"), ["MAP_p", "MAP_diff"]] = [0.001, 3.0]
-    summ.loc[("home", "mmss"), "rival"] = float("nan")                             # no rival (CSV round trip)
+    summ.loc[("home", "mmss"), "rival"] = float("nan")  # no rival (CSV round trip)
     t = comparison_table(res, "amazon", summary=summ.reset_index(), with_interval=False)
     ours = t.loc[("Multimodal", "MM-SS (Ours)")]
     assert ours[("CS&J", "MAP")] == "65.1" + MARKER
@@ -103,16 +153,38 @@ def make_ablation():
     for v, base in variants.items():
         for seed in range(2):
             m = base + (0.01 if seed else -0.01)
-            rows.append(dict(dataset="lazada", category="clothing", system="mmss",
-                             variant=None if v == "full" else v, seed=seed, MAP=m,
-                             **{"NDCG@3": m - 0.05, "NDCG@5": m - 0.01}))
-    rows.append(dict(dataset="lazada", category="clothing", system="mcl", variant="", seed=0, MAP=0.99,
-                     **{"NDCG@3": 0.99, "NDCG@5": 0.99}))
-    return pd.DataFrame(rows[::-1])                             # reversed: order must come from the labels
+            rows.append(
+                dict(
+                    dataset="lazada",
+                    category="clothing",
+                    system="mmss",
+                    variant=None if v == "full" else v,
+                    seed=seed,
+                    MAP=m,
+                    **{"NDCG@3": m - 0.05, "NDCG@5": m - 0.01},
+                )
+            )
+    rows.append(
+        dict(
+            dataset="lazada",
+            category="clothing",
+            system="mcl",
+            variant="",
+            seed=0,
+            MAP=0.99,
+            **{"NDCG@3": 0.99, "NDCG@5": 0.99},
+        )
+    )
+    return pd.DataFrame(rows[::-1])  # reversed: order must come from the labels
 
 
-LABELS = {"full": "MM-SS (Ours)", "wo_ptrt": "-w/o intra-modal-ptrt", "wo_pvrv": "-w/o intra-modal-pvrv",
-          "wo_b": "-w/o module(b)", "wo_d": "-w/o module(d)"}
+LABELS = {
+    "full": "MM-SS (Ours)",
+    "wo_ptrt": "-w/o intra-modal-ptrt",
+    "wo_pvrv": "-w/o intra-modal-pvrv",
+    "wo_b": "-w/o module(b)",
+    "wo_d": "-w/o module(d)",
+}
 
 
 def test_ablation_table_layout_and_deltas():
@@ -150,7 +222,7 @@ def test_to_markdown_groups_and_escapes():
     assert md[1].startswith("| --- | --- | --- |")
     assert len(md) == 2 + 9
     assert md[2].startswith("| Text-only | BiMPM |")
-    assert md[3].startswith("|  | EG-CNN |")                   # the Type is shown once per group
+    assert md[3].startswith("|  | EG-CNN |")  # the Type is shown once per group
     assert md[6].startswith("| Multimodal | SSE-Cross |")
     df = pd.DataFrame({"a|b": ["x|y"], "v": [1.23456]})
     out = to_markdown(df, decimals=2)
@@ -164,10 +236,11 @@ def test_save_table_writes_csv_and_markdown(tmp_path):
     back = pd.read_csv(csv, index_col=0)
     pd.testing.assert_frame_equal(back, t, check_dtype=False)
     text = md.read_text(encoding="utf-8")
-    assert text.splitlines()[0] == ("| Model Variant | MAP | N@3 | N@5 | ΔMAP | ΔN@3 | ΔN@5 "
-                                    "| MAP std | N@3 std | N@5 std | seeds |")
+    assert text.splitlines()[0] == (
+        "| Model Variant | MAP | N@3 | N@5 | ΔMAP | ΔN@3 | ΔN@5 | MAP std | N@3 std | N@5 std | seeds |"
+    )
     assert "| -w/o module(b) | 64.00 | 59.00 | 63.00 | -6.00 |" in text
-    assert sorted(p.name for p in csv.parent.iterdir()) == [csv.name, md.name]   # no temporary files left
+    assert sorted(p.name for p in csv.parent.iterdir()) == [csv.name, md.name]  # no temporary files left
     # the comparison table's MultiIndex round-trips through CSV
     c = comparison_table(make_results(), "amazon")
     csv2, _ = save_table(c, tmp_path / "table2")
@@ -176,6 +249,7 @@ def test_save_table_writes_csv_and_markdown(tmp_path):
 
 
 # ------------------------------------------------------------------ floors, intervals, markers (issue 10)
+
 
 def floor_frames(n=80, seeds=2):
     """Per-product AP (= NDCG@3 = NDCG@5) of random < length < bimpm < mmss on n clothing products
@@ -186,12 +260,29 @@ def floor_frames(n=80, seeds=2):
     for seed in range(seeds):
         for name, shift in [("random", 0.0), ("length", 0.1), ("bimpm", 0.2), ("mmss", 0.3)]:
             v = base + shift + rng.normal(0, 0.03, n)
-            rows.append(pd.DataFrame({"dataset": "demo", "category": "clothing", "system": name, "variant": "full",
-                                      "seed": seed, "product_id": [f"p{i}" for i in range(n)], "AP": v, "NDCG@3": v, "RR": v,
-                                      "NDCG@5": v}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "dataset": "demo",
+                        "category": "clothing",
+                        "system": name,
+                        "variant": "full",
+                        "seed": seed,
+                        "product_id": [f"p{i}" for i in range(n)],
+                        "AP": v,
+                        "NDCG@3": v,
+                        "RR": v,
+                        "NDCG@5": v,
+                    }
+                )
+            )
     pp = pd.concat(rows, ignore_index=True)
-    res = (pp.groupby(["dataset", "category", "system", "seed"], sort=False)[["AP", "NDCG@3", "NDCG@5"]].mean()
-           .reset_index().rename(columns={"AP": "MAP"}))
+    res = (
+        pp.groupby(["dataset", "category", "system", "seed"], sort=False)[["AP", "NDCG@3", "NDCG@5"]]
+        .mean()
+        .reset_index()
+        .rename(columns={"AP": "MAP"})
+    )
     return pp, res
 
 
@@ -200,7 +291,7 @@ def _cell(text):
     head, iv = text.split(" [")
     lo, hi = (float(x) for x in iv.rstrip("]").split(", "))
     mark = head.lstrip("0123456789.-")
-    return float(head[:len(head) - len(mark)]), mark, lo, hi
+    return float(head[: len(head) - len(mark)]), mark, lo, hi
 
 
 def test_comparison_with_floors_intervals_and_markers():
@@ -209,16 +300,20 @@ def test_comparison_with_floors_intervals_and_markers():
 
     pp, res = floor_frames()
     t = comparison_table(res, "demo", summary=table_summary(pp))
-    assert list(t.index) == [("Floor", "Random"), ("Floor", "Length"), ("Text-only", "BiMPM"),
-                             ("Multimodal", "MM-SS (Ours)")]
+    assert list(t.index) == [
+        ("Floor", "Random"),
+        ("Floor", "Length"),
+        ("Text-only", "BiMPM"),
+        ("Multimodal", "MM-SS (Ours)"),
+    ]
     mean, mark, lo, hi = _cell(t.loc[("Multimodal", "MM-SS (Ours)"), ("CS&J", "MAP")])
     seed_avg = pp[pp.system == "mmss"].groupby("product_id", sort=False)["AP"].mean().to_numpy()  # file order
     want = bootstrap_interval(seed_avg, n_boot=2000, level=0.95, seed=0)
     assert (lo, hi) == (round(100 * want[0], 1), round(100 * want[1], 1))
     assert lo < mean < hi and mean == round(100 * seed_avg.mean(), 1)
-    assert mark == MARKER                                   # beats the runner-up BiMPM
+    assert mark == MARKER  # beats the runner-up BiMPM
     for name in [("Floor", "Random"), ("Floor", "Length"), ("Text-only", "BiMPM")]:
-        assert _cell(t.loc[name, ("CS&J", "N@5")])[1] == WORSE_MARKER   # all below MM-SS
+        assert _cell(t.loc[name, ("CS&J", "N@5")])[1] == WORSE_MARKER  # all below MM-SS
     plain = comparison_table(res, "demo", summary=table_summary(pp), with_interval=False)
     assert plain.loc[("Multimodal", "MM-SS (Ours)"), ("CS&J", "MAP")] == f"{mean:.1f}{MARKER}"
     with pytest.raises(DataError, match="summary="):
@@ -237,14 +332,17 @@ def test_table_summary_rivals_ties_and_markers():
     pooled = pp.groupby(["system", "product_id"])["AP"].mean()
     want = paired_test(pooled.loc["length"], pooled.loc["mmss"])
     assert summ.loc["length", "MAP_p"] == pytest.approx(want["t_p"])
-    assert table_summary(pp, test="wilcoxon").set_index("system").loc["length", "MAP_p"] == \
-        pytest.approx(want["wilcoxon_p"])
+    assert table_summary(pp, test="wilcoxon").set_index("system").loc["length", "MAP_p"] == pytest.approx(
+        want["wilcoxon_p"]
+    )
     sf = significance_frame(table_summary(pp)).set_index(["system", "metric"])
     assert sf.loc[("length", "MAP"), "marker"] == WORSE_MARKER and sf.loc[("mmss", "MAP"), "marker"] == MARKER
     # two indistinguishable top systems: no marker on either
     tie = pp.copy()
     top = tie.system == "bimpm"
-    tie.loc[top, "AP"] = tie.loc[tie.system == "mmss", "AP"].to_numpy() + np.random.default_rng(5).normal(0, 0.03, top.sum())
+    tie.loc[top, "AP"] = tie.loc[tie.system == "mmss", "AP"].to_numpy() + np.random.default_rng(5).normal(
+        0, 0.03, top.sum()
+    )
     s2 = significance_frame(table_summary(tie)).set_index(["system", "metric"])
     assert s2.loc[("mmss", "MAP"), "marker"] == "" and s2.loc[("random", "MAP"), "marker"] == WORSE_MARKER
     # a rival on other products is refused
@@ -262,19 +360,36 @@ def test_comparison_note_and_region_weights(tmp_path):
     pp, _ = floor_frames(n=30)
     d = tmp_path / "demo" / "clothing" / "region_rvw"
     d.mkdir(parents=True)
-    (d / "manifest.json").write_text(json.dumps({"random_weights": True, "region_backbone": {
-        "name": "mobilenet_v2", "weights": "torchvision IMAGENET1K_V1 (ImageNet)"}}))
+    (d / "manifest.json").write_text(
+        json.dumps(
+            {
+                "random_weights": True,
+                "region_backbone": {"name": "mobilenet_v2", "weights": "torchvision IMAGENET1K_V1 (ImageNet)"},
+            }
+        )
+    )
     note_r = region_weights_note(tmp_path, "demo", ["clothing", "home"])
-    assert note_r == ("region features: random-weight Faster R-CNN boxes, mobilenet_v2 torchvision "
-                      "IMAGENET1K_V1 (ImageNet) features")
+    assert note_r == (
+        "region features: random-weight Faster R-CNN boxes, mobilenet_v2 torchvision IMAGENET1K_V1 (ImageNet) features"
+    )
     note = comparison_note(table_summary(pp), dataset="demo", region_note=note_r)
     assert "Test products: CS&J 30" in note and "95% percentile bootstrap" in note and note_r in note
     assert region_weights_note(tmp_path, "demo", ["home"]) == ""
     g = tmp_path / "demo" / "home" / "region_rvw"
     g.mkdir(parents=True)
-    (g / "manifest.json").write_text(json.dumps({"random_weights": False, "selection": {"box": "grid", "levels": [1, 2]},
-                                                "region_backbone": {"name": "mobilenet_v2", "weights": "W"}}))
-    assert region_weights_note(tmp_path, "demo", ["home"]) == "region features: grid boxes (1x1 + 2x2 per image), mobilenet_v2 W features"
+    (g / "manifest.json").write_text(
+        json.dumps(
+            {
+                "random_weights": False,
+                "selection": {"box": "grid", "levels": [1, 2]},
+                "region_backbone": {"name": "mobilenet_v2", "weights": "W"},
+            }
+        )
+    )
+    assert (
+        region_weights_note(tmp_path, "demo", ["home"])
+        == "region features: grid boxes (1x1 + 2x2 per image), mobilenet_v2 W features"
+    )
     stem = tmp_path / "t"
     save_table(pd.DataFrame({"a": [1]}), stem, note=note)
     assert (tmp_path / "t.md").read_text().rstrip().endswith(note)
@@ -288,15 +403,16 @@ def test_per_run_per_product_reads_runs_and_significance_frame(tmp_path):
     for system, scores in [("random", [0.1, 0.2, 0.3]), ("length", [3.0, 2.0, 1.0])]:
         rd = tmp_path / system
         rd.mkdir()
-        pd.DataFrame({"review_id": ["a", "b", "c"], "product_id": ["p", "p", "p"], "label": [4, 0, 2],
-                      "score": scores}).to_csv(rd / "scores_test.csv", index=False)
+        pd.DataFrame(
+            {"review_id": ["a", "b", "c"], "product_id": ["p", "p", "p"], "label": [4, 0, 2], "score": scores}
+        ).to_csv(rd / "scores_test.csv", index=False)
         (rd / "metrics.json").write_text('{"threshold": 1}')
         (rd / "config.json").write_text('{"config": {"system": "%s"}}' % system)
         rows.append(dict(dataset="demo", category="home", system=system, variant="full", seed=0, run_dir=str(rd)))
     pp = per_run_per_product(pd.DataFrame(rows))
     ap = dict(zip(pp["system"], pp["AP"]))
-    assert ap["length"] == pytest.approx((1 + 2 / 3) / 2)          # ranked labels 4, 0, 2
-    assert ap["random"] == pytest.approx((1 / 3) * (11 / 6 + 1 / 2 * (3 - 11 / 6)))   # exact expectation, n=3, R=2
+    assert ap["length"] == pytest.approx((1 + 2 / 3) / 2)  # ranked labels 4, 0, 2
+    assert ap["random"] == pytest.approx((1 / 3) * (11 / 6 + 1 / 2 * (3 - 11 / 6)))  # exact expectation, n=3, R=2
     pf, res = floor_frames(n=20)
     sf = significance_frame(table_summary(pf), dataset="demo")
     assert len(sf) == 4 * 3 and set(sf["marker"]) <= {MARKER, "†", ""}

@@ -1,4 +1,5 @@
 """Text features (Eq. 2) with the tiny random BERT: equal to a one-text-at-a-time reference."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,14 @@ import torch
 from mmss_lib.errors import ModelNotAvailableError
 from mmss_lib.features.text import MINILM_ALIASES, TextEncoder, TextReport, clean_texts, resolve_text_model
 
-TEXTS = ["great quality product", "", "the screen broke and the battery is very poor, not good",
-         "fits", "love this pan " * 30, "bad"]
+TEXTS = [
+    "great quality product",
+    "",
+    "the screen broke and the battery is very poor, not good",
+    "fits",
+    "love this pan " * 30,
+    "bad",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +30,16 @@ def test_matches_unbatched_reference(encoder):
     with torch.inference_mode():
         for text, got in zip(TEXTS, out):
             enc = encoder.tokenizer(text, truncation=True, max_length=24, return_tensors="pt")
-            ref = encoder.model(**enc).last_hidden_state[0, :-1]     # [CLS] + tokens, no [SEP]
+            ref = encoder.model(**enc).last_hidden_state[0, :-1]  # [CLS] + tokens, no [SEP]
             assert got.dtype == np.float16 and got.shape == (ref.shape[0], 32)
             np.testing.assert_allclose(got.astype(np.float32), ref.numpy(), atol=2e-3, rtol=2e-3)
 
 
 def test_lengths_cls_and_truncation(encoder):
     out = encoder.encode(TEXTS, batch_size=2)
-    assert out[1].shape[0] == 1                        # empty text -> [CLS] alone
-    assert out[4].shape[0] == 23                       # truncated: 24 with [SEP], minus [SEP]
-    assert out[3].shape[0] == 2                        # [CLS] fits
+    assert out[1].shape[0] == 1  # empty text -> [CLS] alone
+    assert out[4].shape[0] == 23  # truncated: 24 with [SEP], minus [SEP]
+    assert out[3].shape[0] == 2  # [CLS] fits
     # batch size and order do not change the features (dynamic padding is masked)
     again = encoder.encode(TEXTS[::-1], batch_size=1)[::-1]
     for a, b in zip(out, again):
@@ -48,8 +55,9 @@ def test_describe_and_fingerprint(encoder, tiny_bert_dir):
 
 def test_text_policy_counts():
     rep = TextReport()
-    out = clean_texts(["ok", None, float("nan"), "  ", b"caf\xc3\xa9", b"bad\xff", "x\udcff"],
-                      ids=list("abcdefg"), report=rep)
+    out = clean_texts(
+        ["ok", None, float("nan"), "  ", b"caf\xc3\xa9", b"bad\xff", "x\udcff"], ids=list("abcdefg"), report=rep
+    )
     assert out[:4] == ["ok", "", "", "  "] and out[4] == "café"
     assert out[5] == "bad\ufffd" and out[6] == "x\ufffd"
     assert rep.empty == ["b", "c", "d"] and rep.repaired == ["f", "g"] and rep.n_texts == 7

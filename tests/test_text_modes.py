@@ -1,5 +1,6 @@
 """Text modes (cached / frozen / finetune): on-the-fly encoding equals the cached features, the
 wrapper's parameters and checkpoints, and whole training runs that checkpoint and resume."""
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,15 @@ def demo_root(tmp_path_factory, tiny_bert_dir):
 
     def regions(n):
         k = int(rng.integers(0, 4)) if n else 0
-        return {"x": rng.random((k, DR)), "boxes": np.tile([0.0, 0.0, 1.0, 1.0], (k, 1)), "image": np.zeros(k, np.int32)}
+        return {
+            "x": rng.random((k, DR)),
+            "boxes": np.tile([0.0, 0.0, 1.0, 1.0], (k, 1)),
+            "image": np.zeros(k, np.int32),
+        }
 
     for feats in ("regions_only", "cached"):
         dirs = feature_dirs(root / feats, "demo", "home")
-        rng = np.random.default_rng(0)       # the same region features in both roots
+        rng = np.random.default_rng(0)  # the same region features in both roots
         write_store(dirs["region_prd"], {p: regions(1) for p in products["product_id"]}, kind="region", dim=DR)
         write_store(dirs["region_rvw"], {r: regions(1) for r in reviews["review_id"]}, kind="region", dim=DR)
     enc = TextEncoder(str(tiny_bert_dir), max_len=512, device="cpu")
@@ -51,8 +56,9 @@ def test_regions_only_split_and_clear_errors(demo_root, tiny_bert_dir):
 
     with pytest.raises(FeatureStoreError, match="text_prd not found"):
         MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "regions_only")
-    split = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "regions_only",
-                                    keep_texts=True)["train"]
+    split = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "regions_only", keep_texts=True)[
+        "train"
+    ]
     assert split.text_dim is None and set(split.stores) == {"region_prd", "region_rvw"}
     with pytest.raises(FeatureStoreError, match="collate_tokens"):
         split.collate([0, 1])
@@ -70,8 +76,9 @@ def test_frozen_on_the_fly_equals_cached_features(demo_root, tiny_bert_dir):
     from mmss_lib.models.mmss import MMSS
 
     cached = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "cached")["dev"]
-    onfly = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "regions_only",
-                                    keep_texts=True)["dev"]
+    onfly = MRHPSplitData.from_disk(demo_root / "data", "demo", "home", demo_root / "regions_only", keep_texts=True)[
+        "dev"
+    ]
     tok, enc = load_text_model(str(tiny_bert_dir))
     torch.manual_seed(0)
     system = MMSS(text_dim=32, region_dim=DR, **TINY).eval()
@@ -94,9 +101,9 @@ def test_wrapper_parameters_groups_and_state(tiny_bert_dir):
     assert {id(p) for p in frozen.parameters()} == {id(p) for p in system.parameters()}
     assert frozen.subtasks == system.subtasks and frozen.feature_dims() == system.feature_dims()
     frozen.train()
-    assert not frozen.text_encoder_module.training     # a frozen encoder stays in eval mode
+    assert not frozen.text_encoder_module.training  # a frozen encoder stays in eval mode
     frozen.to(torch.float64)
-    assert next(frozen.text_encoder_module.parameters()).dtype == torch.float64   # follows .to()
+    assert next(frozen.text_encoder_module.parameters()).dtype == torch.float64  # follows .to()
 
     _, enc2 = load_text_model(str(tiny_bert_dir))
     tuned = on_the_fly_text(MMSS(text_dim=32, region_dim=DR, **TINY), enc2, tok, trainable=True)
@@ -108,12 +115,26 @@ def test_wrapper_parameters_groups_and_state(tiny_bert_dir):
 
 # ------------------------------------------------------------------------------------ trainer
 
+
 def _cfg(tiny_bert_dir, mode, **kw):
     from mmss_lib.training.trainer import TrainConfig
 
-    base = dict(system="mmss", model_options=TINY, epochs=2, batch_size=8, eval_batch_size=16, lr=3e-3,
-                patience=10, seed=0, device="cpu", n_neg=2, threshold=1.0, max_text_len=32,
-                text_mode=mode, text_model=str(tiny_bert_dir))
+    base = dict(
+        system="mmss",
+        model_options=TINY,
+        epochs=2,
+        batch_size=8,
+        eval_batch_size=16,
+        lr=3e-3,
+        patience=10,
+        seed=0,
+        device="cpu",
+        n_neg=2,
+        threshold=1.0,
+        max_text_len=32,
+        text_mode=mode,
+        text_model=str(tiny_bert_dir),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -132,9 +153,10 @@ def test_text_mode_config(tiny_bert_dir):
     # baselines read the encoder frozen unless listed in finetune_systems
     assert _cfg(tiny_bert_dir, "finetune", system="mcr").effective_text_mode == "frozen"
     assert _cfg(tiny_bert_dir, "finetune", system="mcr", finetune_systems=["mcr"]).effective_text_mode == "finetune"
-    old = {k: v for k, v in TrainConfig(text_model=str(tiny_bert_dir)).to_json().items()}   # a run recorded with
-    assert TrainConfig.from_json({**old, "fine_tune_text": True}).text_mode == "finetune"    # the retired switch
+    old = {k: v for k, v in TrainConfig(text_model=str(tiny_bert_dir)).to_json().items()}  # a run recorded with
+    assert TrainConfig.from_json({**old, "fine_tune_text": True}).text_mode == "finetune"  # the retired switch
     from mmss_lib.training.run_folder import same_run
+
     assert same_run({"config": {**old, "fine_tune_text": False}, "run": {}}, old, {})
     with pytest.raises(DataError, match="text_mode"):
         TrainConfig(text_mode="online")
@@ -155,8 +177,13 @@ def test_train_run_on_the_fly_checkpoints_and_resumes(mode, demo_root, tiny_bert
     from mmss_lib.models.online_text import load_text_model
     from mmss_lib.training.trainer import train_run
 
-    common = dict(data_root=demo_root / "data", dataset="demo", category="home",
-                  features_root=demo_root / "regions_only", progress=False)
+    common = dict(
+        data_root=demo_root / "data",
+        dataset="demo",
+        category="home",
+        features_root=demo_root / "regions_only",
+        progress=False,
+    )
     straight = train_run(_cfg(tiny_bert_dir, mode), run_dir=tmp_path / "a", **common)
     # run b also checks ssp_record_seeds: seed 0 is not listed, so it writes no per-review SSP records
     train_run(_cfg(tiny_bert_dir, mode, epochs=1, ssp_record_seeds=[5]), run_dir=tmp_path / "b", **common)
@@ -170,10 +197,10 @@ def test_train_run_on_the_fly_checkpoints_and_resumes(mode, demo_root, tiny_bert
     ha = json.loads((tmp_path / "a" / "history.json").read_text())
     hb = json.loads((tmp_path / "b" / "history.json").read_text())
     assert _strip_seconds(ha) == _strip_seconds(hb)
-    assert ha[-1]["loss"] < ha[0]["loss"] or ha[-1]["dev"]["MAP"] != ha[0]["dev"]["MAP"]   # it trained
+    assert ha[-1]["loss"] < ha[0]["loss"] or ha[-1]["dev"]["MAP"] != ha[0]["dev"]["MAP"]  # it trained
     best = torch.load(tmp_path / "a" / "best.pt", map_location="cpu", weights_only=True)
     assert best["text_dim"] == 32
-    if mode == "finetune":   # the encoder moved away from its pretrained weights
+    if mode == "finetune":  # the encoder moved away from its pretrained weights
         _, pretrained = load_text_model(str(tiny_bert_dir))
         w0 = pretrained.state_dict()["embeddings.word_embeddings.weight"]
         w1 = best["model"]["encoder.embeddings.word_embeddings.weight"]
@@ -195,8 +222,13 @@ def test_cuda_fp32_run_matches_cpu_and_bf16_agrees(mode, demo_root, tiny_bert_di
     is only a sanity reference: valid metrics, same epochs)."""
     from mmss_lib.training.trainer import train_run
 
-    common = dict(data_root=demo_root / "data", dataset="demo", category="home",
-                  features_root=demo_root / "regions_only", progress=False)
+    common = dict(
+        data_root=demo_root / "data",
+        dataset="demo",
+        category="home",
+        features_root=demo_root / "regions_only",
+        progress=False,
+    )
     cpu = train_run(_cfg(tiny_bert_dir, mode), run_dir=tmp_path / "cpu", **common)
     fp32 = train_run(_cfg(tiny_bert_dir, mode, device="cuda", amp=False), run_dir=tmp_path / "fp32", **common)
     bf16 = train_run(_cfg(tiny_bert_dir, mode, device="cuda", amp=True), run_dir=tmp_path / "bf16", **common)
@@ -220,10 +252,35 @@ def test_cuda_wrapper_moves_frozen_encoder(tiny_bert_dir):
 def test_cli_text_mode_frozen(demo_root, tiny_bert_dir, tmp_path, capsys):
     from mmss_lib.model_selection.sweeps import cli_main
 
-    rc = cli_main(["--data-root", str(demo_root / "data"), "--dataset", "demo", "--categories", "home",
-                   "--features", str(demo_root / "regions_only"), "--runs", str(tmp_path), "--systems", "egcnn",
-                   "--seeds", "0", "--epochs", "1", "--max-text-len", "32", "--device", "cpu", "--no-progress",
-                   "--text-mode", "frozen", "--text-model", str(tiny_bert_dir)])
+    rc = cli_main(
+        [
+            "--data-root",
+            str(demo_root / "data"),
+            "--dataset",
+            "demo",
+            "--categories",
+            "home",
+            "--features",
+            str(demo_root / "regions_only"),
+            "--runs",
+            str(tmp_path),
+            "--systems",
+            "egcnn",
+            "--seeds",
+            "0",
+            "--epochs",
+            "1",
+            "--max-text-len",
+            "32",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--text-mode",
+            "frozen",
+            "--text-model",
+            str(tiny_bert_dir),
+        ]
+    )
     assert rc == 0
     cfg = json.loads((tmp_path / "demo" / "home" / "egcnn" / "seed0" / "config.json").read_text())["config"]
     assert cfg["text_mode"] == "frozen" and cfg["text_model"] == str(tiny_bert_dir)
@@ -257,11 +314,18 @@ def test_predict_and_case_study_on_runs_of_every_text_mode(mode, demo_root, tiny
         for kind in ("text_prd", "text_rvw"):
             shutil.copytree(src[kind], dirs[kind])
     run = tmp_path / "run"
-    train_run(_cfg(tiny_bert_dir, mode, epochs=1), data_root=demo_root / "data", dataset="demo", category="home",
-              features_root=feats, run_dir=run, progress=False)
+    train_run(
+        _cfg(tiny_bert_dir, mode, epochs=1),
+        data_root=demo_root / "data",
+        dataset="demo",
+        category="home",
+        features_root=feats,
+        run_dir=run,
+        progress=False,
+    )
     ref = pd.read_csv(run / "scores_test.csv", dtype={"review_id": str, "product_id": str}).set_index("review_id")
     products, reviews = load_mrhp(demo_root / "data", "demo", "home", "test")
-    pid = reviews["product_id"].value_counts().index[0]                  # the test product with most reviews
+    pid = reviews["product_id"].value_counts().index[0]  # the test product with most reviews
     prod = products[products["product_id"] == pid].iloc[0]
     revs = reviews[reviews["product_id"] == pid]
     items = [{"review_id": r.review_id, "text": r.text, "image_files": []} for r in revs.itertuples()]

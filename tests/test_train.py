@@ -1,4 +1,5 @@
 """The trainer on small synthetic feature stores: learning, resume, reproducibility, errors."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from mmss_lib.training import trainer as T
 from mmss_lib.evaluation.summary import per_run_per_product
 
 DT, DR = 8, 12
-TH = 2.0      # only labels 3 and 4 are relevant: MAP does not saturate on these tiny products
+TH = 2.0  # only labels 3 and 4 are relevant: MAP does not saturate on these tiny products
 TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8, "dropout": 0.1}
 
 
@@ -39,23 +40,30 @@ def make_synthetic(root, *, n_products=(10, 6, 6), per_product=6, seed=0):
                 labels[:] = 2
             items["text_prd"][pid] = {"x": rng.normal(size=(3, DT))}
             k = int(rng.integers(0, 4))
-            items["region_prd"][pid] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
-                                        "image": np.zeros(k, np.int32)}
+            items["region_prd"][pid] = {
+                "x": rng.random((k, DR)),
+                "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                "image": np.zeros(k, np.int32),
+            }
             for j, y in enumerate(labels):
                 rid = f"{pid}-{j}"
                 rows.append({"review_id": rid, "product_id": pid, "label": int(y), "text": "review"})
                 L = int(rng.integers(2, 6))
                 x = rng.normal(size=(L, DT)) * 0.5
-                x[0] += (y - 2) * direction            # the [CLS] row carries the label
+                x[0] += (y - 2) * direction  # the [CLS] row carries the label
                 items["text_rvw"][rid] = {"x": x}
                 k = int(rng.integers(0, 3))
-                items["region_rvw"][rid] = {"x": rng.random((k, DR)), "boxes": np.tile([0, 0, 1, 1], (k, 1)),
-                                            "image": np.zeros(k, np.int32)}
+                items["region_rvw"][rid] = {
+                    "x": rng.random((k, DR)),
+                    "boxes": np.tile([0, 0, 1, 1], (k, 1)),
+                    "image": np.zeros(k, np.int32),
+                }
         frames[split] = (pd.DataFrame(prods), pd.DataFrame(rows))
-    stores = {kind: write_store(root / kind, its, kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
-              for kind, its in items.items()}
-    return {s: MRHPSplitData(frames[s][1], frames[s][0], stores, training=(s == "train"), name=s)
-            for s in SPLITS}
+    stores = {
+        kind: write_store(root / kind, its, kind=kind.split("_")[0], dim=DR if "region" in kind else DT)
+        for kind, its in items.items()
+    }
+    return {s: MRHPSplitData(frames[s][1], frames[s][0], stores, training=(s == "train"), name=s) for s in SPLITS}
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +78,18 @@ def splits(tmp_path_factory):
 
 
 def cfg(**kw):
-    base = dict(system="mmss", model_options=TINY, epochs=3, batch_size=32, lr=3e-3, patience=10,
-                seed=0, device="cpu", eval_batch_size=32, n_neg=3)
+    base = dict(
+        system="mmss",
+        model_options=TINY,
+        epochs=3,
+        batch_size=32,
+        lr=3e-3,
+        patience=10,
+        seed=0,
+        device="cpu",
+        eval_batch_size=32,
+        n_neg=3,
+    )
     base.update(kw)
     return T.TrainConfig(**base)
 
@@ -94,8 +112,9 @@ def test_training_beats_untrained_and_random(big_splits, tmp_path):
     untrained = T.evaluate(model, splits["dev"], c, torch.device("cpu"), TH).metrics["MAP"]
     dev = splits["dev"]
     rng = np.random.default_rng(0)
-    random_map = np.mean([ranking_metrics(dev.product_ids, dev.labels, rng.random(dev.n), threshold=TH)["MAP"]
-                          for _ in range(20)])
+    random_map = np.mean(
+        [ranking_metrics(dev.product_ids, dev.labels, rng.random(dev.n), threshold=TH)["MAP"] for _ in range(20)]
+    )
     m = fit(c, splits, tmp_path / "run")
     assert m["dev"]["MAP"] > untrained + 0.05
     assert m["dev"]["MAP"] > random_map + 0.05
@@ -103,14 +122,14 @@ def test_training_beats_untrained_and_random(big_splits, tmp_path):
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
     rec1 = np.load(tmp_path / "run" / "ssp" / "epoch001.npz")
-    assert np.all(rec1["offset_ptrt"] == 0.0)    # Eq. 12: y_s = y_g after epoch 1
+    assert np.all(rec1["offset_ptrt"] == 0.0)  # Eq. 12: y_s = y_g after epoch 1
     # SSP health per epoch in history.json, equal to the epoch's record
     rec4 = np.load(tmp_path / "run" / "ssp" / "epoch004.npz")
     h4 = hist[3]["ssp"]["ptrt"]
     seen = rec4["seen"]
     assert h4["share_up"] == pytest.approx(float((rec4["offset_ptrt"][seen] > 0).mean()))
     assert h4["share_down"] == pytest.approx(float((rec4["offset_ptrt"][seen] < 0).mean()))
-    fresh = seen & np.isfinite(rec4["chi_g"])               # stale samples (not visited in epoch 4): NaN
+    fresh = seen & np.isfinite(rec4["chi_g"])  # stale samples (not visited in epoch 4): NaN
     assert int(fresh.sum()) == int(seen.sum()) - h4["n_stale"] and h4["sqrt_s"] > 0
     assert h4["mean_chi_g"] == pytest.approx(float(rec4["chi_g"][fresh].mean()), rel=1e-5)
     assert hist[0]["ssp"]["ptrt"]["mean_change"] == 0.0 and hist[1]["ssp"]["ptrt"]["mean_change"] > 0.0
@@ -119,7 +138,7 @@ def test_training_beats_untrained_and_random(big_splits, tmp_path):
     scores = pd.read_csv(tmp_path / "run" / "scores_test.csv", dtype={"product_id": str})
     assert list(scores.columns[:4]) == ["review_id", "product_id", "label", "score"]
     assert "score_ptrt" in scores.columns
-    assert len(scores) == splits["test"].n and "test0" in set(scores["product_id"])   # single-review product scored
+    assert len(scores) == splits["test"].n and "test0" in set(scores["product_id"])  # single-review product scored
     rec = np.load(tmp_path / "run" / "ssp" / "epoch002.npz")
     assert rec["label_ptrt"].shape == (splits["train"].n,) and int(rec["epoch"]) == 2
     for f in ("config.json", "best.pt", "last.pt", "scores_dev.csv", "metrics.json"):
@@ -174,7 +193,7 @@ def test_nan_loss_stops_with_epoch_and_batch(splits, tmp_path, monkeypatch):
 
 
 def test_early_stopping_stops_after_patience(splits, tmp_path):
-    m = fit(cfg(epochs=6, lr=0.0, patience=2), splits, tmp_path / "r")   # lr 0: dev MAP never improves
+    m = fit(cfg(epochs=6, lr=0.0, patience=2), splits, tmp_path / "r")  # lr 0: dev MAP never improves
     assert m["epochs_run"] == 3 and m["best_epoch"] == 1 and m["stopped_early"]
 
 
@@ -187,9 +206,17 @@ def test_no_subtask_variant_and_label_gap(splits, tmp_path):
 def test_run_experiment_summarize_and_per_product(splits, tmp_path, monkeypatch):
     monkeypatch.setattr(E, "load_splits", lambda *a, **k: splits)
     base = cfg(epochs=1, threshold=1.0)
-    res = E.run_experiment(data_root=tmp_path, dataset="syn", categories=["c"], features_root=tmp_path,
-                           runs_root=tmp_path / "runs", systems=["mmss", ("mmss", "wo_d", {"use_module_d": False})],
-                           seeds=(0, 1), base_config=base, progress=False)
+    res = E.run_experiment(
+        data_root=tmp_path,
+        dataset="syn",
+        categories=["c"],
+        features_root=tmp_path,
+        runs_root=tmp_path / "runs",
+        systems=["mmss", ("mmss", "wo_d", {"use_module_d": False})],
+        seeds=(0, 1),
+        base_config=base,
+        progress=False,
+    )
     assert len(res) == 4 and set(res["variant"]) == {"full", "wo_d"}
     assert (tmp_path / "runs" / "syn" / "c" / "mmss__wo_d" / "seed1" / "metrics.json").exists()
     summ = E.summarize(res)
@@ -197,7 +224,7 @@ def test_run_experiment_summarize_and_per_product(splits, tmp_path, monkeypatch)
     assert row["n_seeds"] == 2
     assert row["MAP_mean"] == pytest.approx(res[res["variant"] == "full"]["MAP"].mean())
     pp = per_run_per_product(res[res["variant"] == "full"])
-    ap = pp.groupby("product_id")["AP"].mean()                  # each product over seeds
+    ap = pp.groupby("product_id")["AP"].mean()  # each product over seeds
     assert len(ap) == 4
     assert ap.mean() == pytest.approx(row["MAP_mean"])
 
@@ -221,9 +248,16 @@ def test_run_experiment_parallel_jobs_match_sequential(tmp_path):
     """n_jobs=2 (spawned worker processes) gives the same results as one process."""
     _demo_with_random_stores(tmp_path)
     base = cfg(epochs=2, num_threads=1, model_options={})
-    kw = dict(data_root=tmp_path / "data", dataset="demo", categories=["home"],
-              features_root=tmp_path / "features", systems=[("mmss", "full", TINY), "egcnn"], seeds=(0, 1),
-              base_config=base, progress=False)
+    kw = dict(
+        data_root=tmp_path / "data",
+        dataset="demo",
+        categories=["home"],
+        features_root=tmp_path / "features",
+        systems=[("mmss", "full", TINY), "egcnn"],
+        seeds=(0, 1),
+        base_config=base,
+        progress=False,
+    )
     seq = E.run_experiment(runs_root=tmp_path / "seq", **kw)
     par = E.run_experiment(runs_root=tmp_path / "par", n_jobs=2, **kw)
     assert len(seq) == len(par) == 4
@@ -257,7 +291,7 @@ def test_another_scale_reading_recomputed_from_a_runs_records(splits, tmp_path, 
     fit(cfg(epochs=2, ssp_scale="mean"), splits, tmp_path / "mean")
     fit(cfg(epochs=2, ssp_scale=reading), splits, tmp_path / reading)
     hist = json.loads((tmp_path / "mean" / "history.json").read_text())
-    assert all(h["ssp"][s]["sqrt_s"] > 0 for h in hist for s in h["ssp"])          # raw scale per epoch
+    assert all(h["ssp"][s]["sqrt_s"] > 0 for h in hist for s in h["ssp"])  # raw scale per epoch
     other = load_ssp_history(tmp_path / reading)
     for e in (1, 2):
         with np.load(tmp_path / "mean" / "ssp" / f"epoch{e:03d}.npz") as z:
@@ -266,7 +300,7 @@ def test_another_scale_reading_recomputed_from_a_runs_records(splits, tmp_path, 
         for s in other.subtasks:
             np.testing.assert_allclose(got[f"offset_{s}"], other.offsets[s][e - 1], rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(got[f"chi_{s}"], other.chi[s][e - 1], rtol=1e-4, atol=1e-5)
-    assert np.abs(other.offsets["ptrt"][1]).max() > 0                             # epoch 2 moved the labels
+    assert np.abs(other.offsets["ptrt"][1]).max() > 0  # epoch 2 moved the labels
 
 
 def test_every_config_field_reaches_mmss_train(capsys):
@@ -281,17 +315,41 @@ def test_every_config_field_reaches_mmss_train(capsys):
     ap = build_parser("mmss train")
     ap.print_help()
     help_text = capsys.readouterr().out
-    via = {"system": "--systems", "variant": "--systems", "model_options": "--option", "seed": "--seeds",
-           "amp": "--no-amp", "tuned_from": "--tuned"}
+    via = {
+        "system": "--systems",
+        "variant": "--systems",
+        "model_options": "--option",
+        "seed": "--seeds",
+        "amp": "--no-amp",
+        "tuned_from": "--tuned",
+    }
     for f in dataclasses.fields(TrainConfig):
         assert via.get(f.name, "--" + f.name.replace("_", "-")) in help_text, f.name
     req = ["--data-root", "d", "--dataset", "demo", "--categories", "home", "--features", "f", "--runs", "r"]
-    args = ap.parse_args(req + ["--ssp-scale", "rms", "--max-regions-per-image", "10", "--no-eval-test",
-                                "--grad-clip", "none", "--ssp-record-seeds", "0", "1"])
+    args = ap.parse_args(
+        req
+        + [
+            "--ssp-scale",
+            "rms",
+            "--max-regions-per-image",
+            "10",
+            "--no-eval-test",
+            "--grad-clip",
+            "none",
+            "--ssp-record-seeds",
+            "0",
+            "1",
+        ]
+    )
     cfg = base_config_from_args(args)
-    assert (cfg.ssp_scale, cfg.max_regions_per_image, cfg.eval_test, cfg.grad_clip, cfg.ssp_record_seeds) == \
-        ("rms", 10, False, None, [0, 1])
-    assert base_config_from_args(ap.parse_args(req)) == TrainConfig()          # the defaults are the config's
+    assert (cfg.ssp_scale, cfg.max_regions_per_image, cfg.eval_test, cfg.grad_clip, cfg.ssp_record_seeds) == (
+        "rms",
+        10,
+        False,
+        None,
+        [0, 1],
+    )
+    assert base_config_from_args(ap.parse_args(req)) == TrainConfig()  # the defaults are the config's
     with pytest.raises(Exception, match="ssp_scale"):
         base_config_from_args(ap.parse_args(req + ["--ssp-scale", "median"]))
 
@@ -301,9 +359,31 @@ def test_bad_model_option_refused_before_any_run_folder(tiny_demo, tmp_path, cap
     any run starts (no empty seed0/ with a .lock left behind)."""
     from mmss_lib.cli import main
 
-    rc = main(["train", "--data-root", str(tiny_demo / "data"), "--dataset", "demo", "--categories", "home",
-               "--features", str(tiny_demo / "features"), "--runs", str(tmp_path / "runs"), "--systems", "length",
-               "mmss", "--seeds", "0", "--option", "d=notjson", "--device", "cpu", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data-root",
+            str(tiny_demo / "data"),
+            "--dataset",
+            "demo",
+            "--categories",
+            "home",
+            "--features",
+            str(tiny_demo / "features"),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--systems",
+            "length",
+            "mmss",
+            "--seeds",
+            "0",
+            "--option",
+            "d=notjson",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "--option d='notjson'" in err and "expects an integer" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()

@@ -1,4 +1,5 @@
 """`mmss tune`: Optuna studies on the dev split (tiny demo category with random-feature stores)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,16 @@ TINY_MMSS = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}
 def _base(**kw):
     from mmss_lib.training.trainer import TrainConfig
 
-    base = dict(epochs=3, patience=3, batch_size=16, n_neg=3, device="cpu", num_threads=1, eval_batch_size=64,
-                model_options=dict(TINY_MMSS))
+    base = dict(
+        epochs=3,
+        patience=3,
+        batch_size=16,
+        n_neg=3,
+        device="cpu",
+        num_threads=1,
+        eval_batch_size=64,
+        model_options=dict(TINY_MMSS),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -23,8 +32,19 @@ def _base(**kw):
 def _tune(tiny_demo, out, **kw):
     from mmss_lib.model_selection.search import tune
 
-    args = dict(data_root=tiny_demo / "data", dataset="demo", category="home", features_root=tiny_demo / "features",
-                tune_root=out, system="mmss", base_config=_base(), n_trials=3, parallel=2, n_jobs=1, progress=False)
+    args = dict(
+        data_root=tiny_demo / "data",
+        dataset="demo",
+        category="home",
+        features_root=tiny_demo / "features",
+        tune_root=out,
+        system="mmss",
+        base_config=_base(),
+        n_trials=3,
+        parallel=2,
+        n_jobs=1,
+        progress=False,
+    )
     args.update(kw)
     return tune(**args)
 
@@ -56,13 +76,19 @@ def test_study_finishes_picks_best_on_dev_and_never_reads_test(tiny_demo, tmp_pa
     # trial 0 is the base configuration (the settings a run gets untuned): never worse than it on dev
     base = trials[trials["base"]]
     assert list(base["trial"]) == [0] and best["base_trial"] == 0 and best["dev_MAP"] >= best["base_dev_MAP"]
-    assert best["base_params"] == {"lr": 1e-4, "weight_decay": 0.0, "n_neg": 3, "batch_size": 16, "dropout": 0.1,
-                                   "sub_log_var_init": 0.0}
+    assert best["base_params"] == {
+        "lr": 1e-4,
+        "weight_decay": 0.0,
+        "n_neg": 3,
+        "batch_size": 16,
+        "dropout": 0.1,
+        "sub_log_var_init": 0.0,
+    }
     assert best["cpu_seconds"] > 0 and best["budget"]["trials"] == 3 and best["budget"]["epochs"] == 3
     for name in ("history.png", "importance.png"):
         assert (sdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| trial | state | dev_MAP |" in (sdir / "trials.md").read_text()
-    for t in trials["trial"]:                       # ordinary run folders, dev only
+    for t in trials["trial"]:  # ordinary run folders, dev only
         rd = sdir / "trials" / f"trial{t:04d}"
         assert (rd / "last.pt").exists() and not (rd / "scores_test.csv").exists()
         for h in json.loads((rd / "history.json").read_text()):
@@ -80,6 +106,7 @@ def test_killed_study_resumes_keeping_finished_trials(tiny_demo, tmp_path, monke
     ref = pd.read_csv(tmp_path / "whole" / "demo" / "home" / "mmss" / "trials.csv")
 
     import mmss_lib.training.trainer as T
+
     real = T.train_run
 
     def killing(cfg, **kw):
@@ -89,6 +116,7 @@ def test_killed_study_resumes_keeping_finished_trials(tiny_demo, tmp_path, monke
             def on_epoch(entry):
                 inner(entry)
                 raise KeyboardInterrupt
+
             kw["on_epoch"] = on_epoch
         return real(cfg, **kw)
 
@@ -121,20 +149,34 @@ def test_train_tuned_takes_best_settings_and_records_the_study(tiny_demo, tmp_pa
     from mmss_lib.training.run_folder import load_run_config
 
     best = _tune(tiny_demo, tmp_path / "tune", n_trials=2, parallel=2)
-    common = dict(data_root=tiny_demo / "data", dataset="demo", categories=["home"],
-                  features_root=tiny_demo / "features", seeds=[0], base_config=_base(epochs=1), progress=False)
-    res = run_experiment(runs_root=tmp_path / "runs", systems=[("mmss", "full", {}), ("mmss", "wo_d",
-                                                                                     {"use_module_d": False})],
-                         tuned=tmp_path / "tune", **common)
+    common = dict(
+        data_root=tiny_demo / "data",
+        dataset="demo",
+        categories=["home"],
+        features_root=tiny_demo / "features",
+        seeds=[0],
+        base_config=_base(epochs=1),
+        progress=False,
+    )
+    res = run_experiment(
+        runs_root=tmp_path / "runs",
+        systems=[("mmss", "full", {}), ("mmss", "wo_d", {"use_module_d": False})],
+        tuned=tmp_path / "tune",
+        **common,
+    )
     for rd in res["run_dir"]:
         cfg = load_run_config(rd)
-        assert cfg.tuned_from == str(tmp_path / "tune" / "demo" / "home" / "mmss" / "best.json")   # ablation: full's
+        assert cfg.tuned_from == str(tmp_path / "tune" / "demo" / "home" / "mmss" / "best.json")  # ablation: full's
         assert cfg.lr == pytest.approx(best["params"]["lr"]) and cfg.n_neg == best["params"]["n_neg"]
         assert cfg.model_options["dropout"] == pytest.approx(best["params"]["dropout"])
     assert load_run_config(res["run_dir"].iloc[1]).model_options["use_module_d"] is False
     with pytest.raises(TuneError, match="no study for demo/home bimpm"):
-        run_experiment(runs_root=tmp_path / "runs", systems=["bimpm"], tuned=tmp_path / "tune",
-                       **{**common, "base_config": _base(epochs=1, model_options={})})
+        run_experiment(
+            runs_root=tmp_path / "runs",
+            systems=["bimpm"],
+            tuned=tmp_path / "tune",
+            **{**common, "base_config": _base(epochs=1, model_options={})},
+        )
 
 
 def _cli(args, capsys):
@@ -144,23 +186,39 @@ def _cli(args, capsys):
     return rc, capsys.readouterr().err.strip()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--systems", "nosuch"], "unknown system 'nosuch'"),
-    (["--systems", "length"], "system 'length' is not trained"),
-    (["--space", "momentum=0:1"], "no tuned parameter 'momentum'"),
-    (["--space", "lr=1e-3:1e-3"], "empty range"),
-    (["--space", "lr=1e-2:1e-4"], "inverted range"),
-    (["--space", "lr=0:1e-3"], "log scale"),
-    (["--space", "n_neg="], "no value given"),
-    (["--space", "lr=2e-4:1e-3"], "base setting lr=0.0001 lies outside"),
-    (["--trials", "0"], "a budget of 0 trials"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--systems", "nosuch"], "unknown system 'nosuch'"),
+        (["--systems", "length"], "system 'length' is not trained"),
+        (["--space", "momentum=0:1"], "no tuned parameter 'momentum'"),
+        (["--space", "lr=1e-3:1e-3"], "empty range"),
+        (["--space", "lr=1e-2:1e-4"], "inverted range"),
+        (["--space", "lr=0:1e-3"], "log scale"),
+        (["--space", "n_neg="], "no value given"),
+        (["--space", "lr=2e-4:1e-3"], "base setting lr=0.0001 lies outside"),
+        (["--trials", "0"], "a budget of 0 trials"),
+    ],
+)
 def test_bad_input_is_one_line_naming_it(tiny_demo, tmp_path, capsys, extra, message):
-    args = ["--data-root", str(tiny_demo / "data"), "--dataset", "demo", "--categories", "home",
-            "--features", str(tiny_demo / "features"), "--out", str(tmp_path), "--systems", "mmss", *extra]
+    args = [
+        "--data-root",
+        str(tiny_demo / "data"),
+        "--dataset",
+        "demo",
+        "--categories",
+        "home",
+        "--features",
+        str(tiny_demo / "features"),
+        "--out",
+        str(tmp_path),
+        "--systems",
+        "mmss",
+        *extra,
+    ]
     rc, err = _cli(args, capsys)
     assert rc == 1 and message in err and len(err.splitlines()) == 1, err
-    assert not list(tmp_path.rglob("trial*"))                  # refused before any trial
+    assert not list(tmp_path.rglob("trial*"))  # refused before any trial
 
 
 def test_storage_of_another_study_or_dataset_is_refused(tiny_demo, tmp_path, capsys):
@@ -172,21 +230,41 @@ def test_storage_of_another_study_or_dataset_is_refused(tiny_demo, tmp_path, cap
     journal = tmp_path / "a" / "demo" / "home" / "bimpm" / "study.journal"
     before = journal.read_bytes()
     with pytest.raises(TuneError, match="holds study 'demo/home/bimpm', not 'demo/home/mcr'"):
-        _tune(tiny_demo, tmp_path / "b", n_trials=1, parallel=1, system="mcr", base_config=_base(model_options={}),
-              storage=str(journal))
+        _tune(
+            tiny_demo,
+            tmp_path / "b",
+            n_trials=1,
+            parallel=1,
+            system="mcr",
+            base_config=_base(model_options={}),
+            storage=str(journal),
+        )
     # the same study on other data: another dataset (labels of the train split changed)
     other = tmp_path / "otherdata"
     shutil.copytree(tiny_demo / "data", other / "data")
     rel = other / "data" / "demo" / "home" / "home.rel.train"
-    rel.write_bytes(rel.read_bytes() + b"\n")          # any change of the train or dev files
+    rel.write_bytes(rel.read_bytes() + b"\n")  # any change of the train or dev files
     with pytest.raises(TuneError, match="was run on other data"):
-        _tune(other, tmp_path / "a", n_trials=1, parallel=1, system="bimpm", base_config=_base(model_options={}),
-              features_root=tiny_demo / "features")
+        _tune(
+            other,
+            tmp_path / "a",
+            n_trials=1,
+            parallel=1,
+            system="bimpm",
+            base_config=_base(model_options={}),
+            features_root=tiny_demo / "features",
+        )
     # other settings (another epoch ceiling): refused, naming the field
     with pytest.raises(TuneError, match=r"other settings: budget \(epochs\)"):
-        _tune(tiny_demo, tmp_path / "a", n_trials=1, parallel=1, system="bimpm",
-              base_config=_base(model_options={}, epochs=2))
-    assert journal.read_bytes() == before                       # nothing lost
+        _tune(
+            tiny_demo,
+            tmp_path / "a",
+            n_trials=1,
+            parallel=1,
+            system="bimpm",
+            base_config=_base(model_options={}, epochs=2),
+        )
+    assert journal.read_bytes() == before  # nothing lost
 
 
 def test_ceiling_flag_in_metrics_history_summary_and_table(tiny_demo, tmp_path):
@@ -194,9 +272,17 @@ def test_ceiling_flag_in_metrics_history_summary_and_table(tiny_demo, tmp_path):
     from mmss_lib.model_selection.sweeps import run_experiment
     from mmss_lib.evaluation.summary import read_summaries, table_summary, per_run_per_product
 
-    res = run_experiment(data_root=tiny_demo / "data", dataset="demo", categories=["home"],
-                         features_root=tiny_demo / "features", runs_root=tmp_path, systems=["random", "mmss"],
-                         seeds=[0], base_config=_base(epochs=1, lr=1e-3), progress=False)
+    res = run_experiment(
+        data_root=tiny_demo / "data",
+        dataset="demo",
+        categories=["home"],
+        features_root=tiny_demo / "features",
+        runs_root=tmp_path,
+        systems=["random", "mmss"],
+        seeds=[0],
+        base_config=_base(epochs=1, lr=1e-3),
+        progress=False,
+    )
     m = json.loads((tmp_path / "demo" / "home" / "mmss" / "seed0" / "metrics.json").read_text())
     h = json.loads((tmp_path / "demo" / "home" / "mmss" / "seed0" / "history.json").read_text())
     # one epoch, the ceiling, and it is the best one: still improving
@@ -216,5 +302,5 @@ def test_no_ceiling_flag_when_early_stopping_decides():
     from mmss_lib.training.trainer import still_improving_at_ceiling
 
     assert still_improving_at_ceiling(best_epoch=5, epochs_run=5, epochs=5, stopped_early=False)
-    assert not still_improving_at_ceiling(best_epoch=3, epochs_run=5, epochs=5, stopped_early=False)   # fell back
+    assert not still_improving_at_ceiling(best_epoch=3, epochs_run=5, epochs=5, stopped_early=False)  # fell back
     assert not still_improving_at_ceiling(best_epoch=2, epochs_run=5, epochs=10, stopped_early=True)

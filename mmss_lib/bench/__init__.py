@@ -3,6 +3,7 @@
 report) in :mod:`mmss_lib.bench.common`; a benchmark function has the ``cli_main`` signature
 ``(argv: list[str], prog: str) -> int``. Add one with a line in :data:`BENCHES`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -21,7 +22,7 @@ BENCHES: dict[str, str] = {
     "claims": "studies.claims:bench_claims",
 }
 
-NOT_IN_ALL = {"powered", "precision", "claims"}   # experiments of hours, or that need a prepared data set
+NOT_IN_ALL = {"powered", "precision", "claims"}  # experiments of hours, or that need a prepared data set
 
 # one-line help per benchmark (names without an entry show their function's first docstring line)
 HELP: dict[str, str] = {

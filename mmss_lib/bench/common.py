@@ -2,6 +2,7 @@
 readings of this process (RSS, anonymous memory, a sampled peak), the thread count, and the
 one-line report printer. Benchmarks print ratios measured in one run; nothing here asserts a time.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from typing import Callable, Sequence
 
 
 # ------------------------------------------------------------------------------------ timing
+
 
 def interleaved(fns: Sequence[Callable[[], object]], repeat: int) -> list[float]:
     """Best-of-``repeat`` seconds of each function, the functions run in turn within each round so
@@ -67,6 +69,7 @@ def memory_now() -> dict:
                     out[name] = int(value.split()[0]) / 1024.0
     except OSError:  # not Linux: fall back to the peak RSS only
         import resource
+
         out["rss"] = out["hwm"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
 
@@ -121,12 +124,14 @@ class PeakRSS:
 
 # ------------------------------------------------------------------------------------ report
 
+
 def report(tag: str, message: str) -> None:
     """Print one result line ``[tag] message`` now (flushed, so a long run shows progress)."""
     print(f"[{tag}] {message}", flush=True)
 
 
 # ------------------------------------------------------------------------------------ long benchmarks
+
 
 def phase_timer(path, tag: str, every: float = 60.0):
     """``timed(name, fn)`` for a benchmark of resumable phases: runs ``fn`` and adds its wall
@@ -153,7 +158,7 @@ def phase_timer(path, tag: str, every: float = 60.0):
         def add(finished: bool = False) -> None:
             with lock:
                 now = time.perf_counter()
-                timing = json.loads(path.read_text()) if path.exists() else {}   # read now: another run may have added
+                timing = json.loads(path.read_text()) if path.exists() else {}  # read now: another run may have added
                 timing[name] = timing.get(name, 0.0) + now - state["last"]
                 state["last"] = now
                 unfinished = [n for n in timing.get(UNFINISHED, []) if n != name]
@@ -197,5 +202,9 @@ def timing_lines(path) -> list[str]:
         return []
     t = json.loads(path.read_text())
     unfinished = set(t.pop(UNFINISHED, []))
-    return ["## Measured time (wall clock, this machine, summed over the runs that made each phase)", "",
-            ", ".join(f"{k} {v / 60:.1f} min" + (" (unfinished)" if k in unfinished else "") for k, v in t.items()), ""]
+    return [
+        "## Measured time (wall clock, this machine, summed over the runs that made each phase)",
+        "",
+        ", ".join(f"{k} {v / 60:.1f} min" + (" (unfinished)" if k in unfinished else "") for k, v in t.items()),
+        "",
+    ]

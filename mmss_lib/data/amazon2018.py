@@ -37,6 +37,7 @@ empty result is an error that says which rule removed everything. The report (re
 by the CLI and written to ``{out}/{dataset}/{category}/build_report.json``) counts what each rule
 removed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,6 +66,7 @@ _WS_RE = re.compile(r"\s+")
 
 
 # ----------------------------------------------------------------------------- field helpers
+
 
 def parse_vote(value: Any) -> int:
     """``"1,234"`` -> 1234; absent / empty / None -> 0; ints pass through.
@@ -127,6 +129,7 @@ def _text_list(value: Any) -> list[str]:
 
 # ----------------------------------------------------------------------------- streaming
 
+
 def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, line) of a JSON-lines file, gzipped (by magic bytes) or not."""
     if not path.exists():
@@ -141,8 +144,9 @@ def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
                 for n, line in enumerate(fh, 1):
                     yield n, line
             except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-                raise DataError(f"{path}: truncated or corrupt gzip data after line {n} ({exc}); "
-                                f"re-download the file") from None
+                raise DataError(
+                    f"{path}: truncated or corrupt gzip data after line {n} ({exc}); re-download the file"
+                ) from None
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}: line {n + 1} is not UTF-8 text ({exc.reason})") from None
     finally:
@@ -153,8 +157,10 @@ def _decode(line: str, path: Path, n: int) -> dict:
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: line {n} is not valid JSON ({exc.msg} at column {exc.colno}); expected one "
-                        f"JSON object per line (truncated or wrong file?)") from None
+        raise DataError(
+            f"{path}: line {n} is not valid JSON ({exc.msg} at column {exc.colno}); expected one "
+            f"JSON object per line (truncated or wrong file?)"
+        ) from None
     if not isinstance(rec, dict):
         raise DataError(f"{path}: line {n}: expected a JSON object, got {type(rec).__name__}")
     return rec
@@ -169,7 +175,7 @@ def _review_fields(rec: dict, path: Path, n: int) -> tuple[str, int, str]:
     asin = rec.get("asin")
     if not isinstance(asin, str) or not asin:
         raise DataError(f"{path}: line {n}: field 'asin' missing or not a string")
-    check_item_id(asin, file=path, row=n, field="asin")   # row = line number
+    check_item_id(asin, file=path, row=n, field="asin")  # row = line number
     try:
         votes = parse_vote(rec.get("vote"))
     except (TypeError, ValueError):
@@ -180,12 +186,13 @@ def _review_fields(rec: dict, path: Path, n: int) -> tuple[str, int, str]:
 
 class _ReviewCounts(NamedTuple):
     """What pass 1 keeps of the review file: totals and per-asin counters of qualifying reviews."""
-    reviews: int                  # non-blank lines
-    products: int                 # distinct asins
-    low_votes: int                # reviews removed by min_votes
-    short: int                    # reviews removed by min_review_chars
-    qualifying: dict[str, int]    # asin -> qualifying reviews
-    top: dict[str, int]           # asin -> highest vote among its qualifying reviews
+
+    reviews: int  # non-blank lines
+    products: int  # distinct asins
+    low_votes: int  # reviews removed by min_votes
+    short: int  # reviews removed by min_review_chars
+    qualifying: dict[str, int]  # asin -> qualifying reviews
+    top: dict[str, int]  # asin -> highest vote among its qualifying reviews
 
 
 def _check_options(min_votes: int, category: str) -> None:
@@ -231,33 +238,54 @@ def _count_reviews(reviews_path: Path, min_votes: int, min_review_chars: int) ->
     return _ReviewCounts(n_reviews, len(all_asins), low_votes, short, count, top)
 
 
-def _start_report(reviews_path: Path, meta_path: Path, dataset: str, category: str, thresholds: dict[str, int],
-                  counts: _ReviewCounts, few: set[str], weak: set[str]) -> dict[str, Any]:
+def _start_report(
+    reviews_path: Path,
+    meta_path: Path,
+    dataset: str,
+    category: str,
+    thresholds: dict[str, int],
+    counts: _ReviewCounts,
+    few: set[str],
+    weak: set[str],
+) -> dict[str, Any]:
     """The report after pass 1: the settings, what was read, what the review and product rules removed."""
     return {
-        "reviews_path": str(reviews_path), "meta_path": str(meta_path), "dataset": dataset, "category": category,
+        "reviews_path": str(reviews_path),
+        "meta_path": str(meta_path),
+        "dataset": dataset,
+        "category": category,
         "thresholds": thresholds,
-        "reviews_read": counts.reviews, "products_read": counts.products,
-        "removed_reviews": {"min_votes": counts.low_votes, "min_review_chars": counts.short,
-                            "min_reviews": sum(counts.qualifying[a] for a in few),
-                            "min_top_votes": sum(counts.qualifying[a] for a in weak)},
-        "removed_products": {"no_qualifying_review": counts.products - len(counts.qualifying),
-                             "min_reviews": len(few), "min_top_votes": len(weak)},
+        "reviews_read": counts.reviews,
+        "products_read": counts.products,
+        "removed_reviews": {
+            "min_votes": counts.low_votes,
+            "min_review_chars": counts.short,
+            "min_reviews": sum(counts.qualifying[a] for a in few),
+            "min_top_votes": sum(counts.qualifying[a] for a in weak),
+        },
+        "removed_products": {
+            "no_qualifying_review": counts.products - len(counts.qualifying),
+            "min_reviews": len(few),
+            "min_top_votes": len(weak),
+        },
     }
 
 
 def _nothing_left(report: dict[str, Any], stage: str) -> DataError:
     """The error for an empty result: the stage, the thresholds and what each rule removed."""
     t = report["thresholds"]
-    return DataError(f"{report['reviews_path']}: no product left after {stage} (min_votes={t['min_votes']}, "
-                     f"min_review_chars={t['min_review_chars']}, min_reviews={t['min_reviews']}, "
-                     f"min_top_votes={t['min_top_votes']}); removed: reviews {report['removed_reviews']}, "
-                     f"products {report['removed_products']}. Relax the thresholds "
-                     f"(e.g. --min-reviews) for a small category.")
+    return DataError(
+        f"{report['reviews_path']}: no product left after {stage} (min_votes={t['min_votes']}, "
+        f"min_review_chars={t['min_review_chars']}, min_reviews={t['min_reviews']}, "
+        f"min_top_votes={t['min_top_votes']}); removed: reviews {report['removed_reviews']}, "
+        f"products {report['removed_products']}. Relax the thresholds "
+        f"(e.g. --min-reviews) for a small category."
+    )
 
 
-def _read_metadata(meta_path: Path, candidates: set[str]
-                   ) -> tuple[dict[str, tuple[str, list[str], list[str]]], int, int]:
+def _read_metadata(
+    meta_path: Path, candidates: set[str]
+) -> tuple[dict[str, tuple[str, list[str], list[str]]], int, int]:
     """Pass 2: (name, description, image URLs) of each candidate asin's first metadata record,
     the number of records and of repeated records ignored; an empty metadata file is an error."""
     meta: dict[str, tuple[str, list[str], list[str]]] = {}
@@ -278,29 +306,39 @@ def _read_metadata(meta_path: Path, candidates: set[str]
         if asin in meta:
             meta_dups += 1
             continue
-        meta[asin] = (clean_html(rec.get("title")),
-                      _text_list(rec.get("description")) or _text_list(rec.get("feature")),
-                      _meta_images(rec))
+        meta[asin] = (
+            clean_html(rec.get("title")),
+            _text_list(rec.get("description")) or _text_list(rec.get("feature")),
+            _meta_images(rec),
+        )
     if meta_lines == 0:
         raise DataError(f"{meta_path}: no metadata records (empty file)")
     return meta, meta_lines, meta_dups
 
 
-def _match_metadata(report: dict[str, Any], candidates: set[str], meta: dict, qualifying: dict[str, int],
-                    meta_lines: int, meta_dups: int) -> set[str]:
+def _match_metadata(
+    report: dict[str, Any],
+    candidates: set[str],
+    meta: dict,
+    qualifying: dict[str, int],
+    meta_lines: int,
+    meta_dups: int,
+) -> set[str]:
     """The candidates with a metadata record that gives a text; the removed ones counted in ``report``."""
     no_meta = candidates - set(meta)
     no_text = {a for a, (name, desc, _) in meta.items() if not name and not desc}
     report["meta_records"] = meta_lines
     report["meta_repeated_asins_ignored"] = meta_dups
     report["removed_products"].update(no_metadata=len(no_meta), no_text=len(no_text))
-    report["removed_reviews"].update(no_metadata=sum(qualifying[a] for a in no_meta),
-                                     no_text=sum(qualifying[a] for a in no_text))
+    report["removed_reviews"].update(
+        no_metadata=sum(qualifying[a] for a in no_meta), no_text=sum(qualifying[a] for a in no_text)
+    )
     return candidates - no_meta - no_text
 
 
-def _read_kept_reviews(reviews_path: Path, kept: set[str], min_votes: int, min_review_chars: int
-                       ) -> tuple[dict[str, list[tuple]], int]:
+def _read_kept_reviews(
+    reviews_path: Path, kept: set[str], min_votes: int, min_review_chars: int
+) -> tuple[dict[str, list[tuple]], int]:
     """Pass 3: per kept asin, (text, votes, summary, image URLs, review time) of its qualifying
     reviews in file order, exact duplicates dropped; and the number of duplicates."""
     rows: dict[str, list[tuple]] = defaultdict(list)
@@ -322,13 +360,26 @@ def _read_kept_reviews(reviews_path: Path, kept: set[str], min_votes: int, min_r
             continue
         seen.add(key)
         summary = rec.get("summary")
-        rows[asin].append((text, votes, summary if isinstance(summary, str) else "",
-                           _url_list(rec.get("image")), str(rec.get("reviewTime") or "")))
+        rows[asin].append(
+            (
+                text,
+                votes,
+                summary if isinstance(summary, str) else "",
+                _url_list(rec.get("image")),
+                str(rec.get("reviewTime") or ""),
+            )
+        )
     return rows, dups
 
 
-def _drop_fallen(report: dict[str, Any], kept: set[str], rows: dict[str, list[tuple]], dups: int,
-                 min_reviews: int, min_top_votes: int) -> set[str]:
+def _drop_fallen(
+    report: dict[str, Any],
+    kept: set[str],
+    rows: dict[str, list[tuple]],
+    dups: int,
+    min_reviews: int,
+    min_top_votes: int,
+) -> set[str]:
     """The kept asins that still pass the product rules once duplicates are gone; counted in ``report``."""
     fallen = {a for a in kept if len(rows[a]) < min_reviews or max((r[1] for r in rows[a]), default=0) < min_top_votes}
     report["removed_reviews"]["duplicate"] = dups
@@ -342,16 +393,34 @@ def _frames(asins: list[str], meta: dict, rows: dict[str, list[tuple]]) -> tuple
     prd_rows, rvw_rows = [], []
     for asin in asins:
         name, desc, urls = meta[asin]
-        prd_rows.append({"product_id": asin, "name": name, "description": desc, "img_urls": urls,
-                         "keyword": None, "brand_name": None})
+        prd_rows.append(
+            {
+                "product_id": asin,
+                "name": name,
+                "description": desc,
+                "img_urls": urls,
+                "keyword": None,
+                "brand_name": None,
+            }
+        )
         for i, (text, votes, summary, imgs, rtime) in enumerate(rows[asin]):
-            rvw_rows.append({"review_id": f"{asin}-{i}", "product_id": asin, "title": summary, "text": text,
-                             "label": bin_votes(votes), "img_urls": imgs, "time": rtime})
+            rvw_rows.append(
+                {
+                    "review_id": f"{asin}-{i}",
+                    "product_id": asin,
+                    "title": summary,
+                    "text": text,
+                    "label": bin_votes(votes),
+                    "img_urls": imgs,
+                    "time": rtime,
+                }
+            )
     return pd.DataFrame(prd_rows), pd.DataFrame(rvw_rows)
 
 
-def _write_splits(out_root: Path, dataset: str, category: str, prd: pd.DataFrame, rvw: pd.DataFrame,
-                  split_of: dict[str, str]) -> dict[str, dict[str, int]]:
+def _write_splits(
+    out_root: Path, dataset: str, category: str, prd: pd.DataFrame, rvw: pd.DataFrame, split_of: dict[str, str]
+) -> dict[str, dict[str, int]]:
     """Write each split's MRHP files; return products and reviews per split."""
     splits = {}
     for split in SPLITS:
@@ -362,10 +431,19 @@ def _write_splits(out_root: Path, dataset: str, category: str, prd: pd.DataFrame
     return splits
 
 
-def build_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLike,
-                     out_root: str | os.PathLike, category: str, *, min_votes: int = 1,
-                     min_review_chars: int = 64, min_reviews: int = 20, min_top_votes: int = 3,
-                     seed: int = 0, dataset: str = "amazon") -> dict[str, Any]:
+def build_amazon2018(
+    reviews_path: str | os.PathLike,
+    meta_path: str | os.PathLike,
+    out_root: str | os.PathLike,
+    category: str,
+    *,
+    min_votes: int = 1,
+    min_review_chars: int = 64,
+    min_reviews: int = 20,
+    min_top_votes: int = 3,
+    seed: int = 0,
+    dataset: str = "amazon",
+) -> dict[str, Any]:
     """Build ``out_root/dataset/category/`` (three splits) and return the report dict.
 
     See the module docstring for the rules; the thresholds default to the published ones.
@@ -375,22 +453,27 @@ def build_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLi
     reviews_path, meta_path, out_root = Path(reviews_path), Path(meta_path), Path(out_root)
     t0 = time.perf_counter()
 
-    counts = _count_reviews(reviews_path, min_votes, min_review_chars)                      # pass 1
+    counts = _count_reviews(reviews_path, min_votes, min_review_chars)  # pass 1
     few = {a for a, c in counts.qualifying.items() if c < min_reviews}
     weak = {a for a, c in counts.qualifying.items() if c >= min_reviews and counts.top[a] < min_top_votes}
     candidates = set(counts.qualifying) - few - weak
-    thresholds = {"min_votes": min_votes, "min_review_chars": min_review_chars, "min_reviews": min_reviews,
-                  "min_top_votes": min_top_votes, "seed": seed}
+    thresholds = {
+        "min_votes": min_votes,
+        "min_review_chars": min_review_chars,
+        "min_reviews": min_reviews,
+        "min_top_votes": min_top_votes,
+        "seed": seed,
+    }
     report = _start_report(reviews_path, meta_path, dataset, category, thresholds, counts, few, weak)
     if not candidates:
         raise _nothing_left(report, "the review and product rules")
 
-    meta, meta_lines, meta_dups = _read_metadata(meta_path, candidates)                     # pass 2
+    meta, meta_lines, meta_dups = _read_metadata(meta_path, candidates)  # pass 2
     kept = _match_metadata(report, candidates, meta, counts.qualifying, meta_lines, meta_dups)
     if not kept:
         raise _nothing_left(report, "matching the metadata")
 
-    rows, dups = _read_kept_reviews(reviews_path, kept, min_votes, min_review_chars)        # pass 3
+    rows, dups = _read_kept_reviews(reviews_path, kept, min_votes, min_review_chars)  # pass 3
     # duplicates can push a product below the rules again
     kept = _drop_fallen(report, kept, rows, dups, min_reviews, min_top_votes)
     if not kept:
@@ -413,33 +496,56 @@ def build_amazon2018(reviews_path: str | os.PathLike, meta_path: str | os.PathLi
 
 def format_report(rep: dict[str, Any]) -> str:
     """A few readable lines of a build report."""
-    lines = [f"read {rep['reviews_read']:,} reviews of {rep['products_read']:,} products",
-             "reviews removed: " + ", ".join(f"{k} {v:,}" for k, v in rep["removed_reviews"].items()),
-             "products removed: " + ", ".join(f"{k} {v:,}" for k, v in rep["removed_products"].items()),
-             f"kept {rep['products_kept']:,} products / {rep['reviews_kept']:,} reviews; "
-             + "; ".join(f"{s} {v['products']:,}/{v['reviews']:,}" for s, v in rep["splits"].items()) + " (#P/#R)",
-             f"labels {rep['labels']}; reviews with image URLs {rep['reviews_with_images']:,}",
-             f"wrote {rep['out']}"]
+    lines = [
+        f"read {rep['reviews_read']:,} reviews of {rep['products_read']:,} products",
+        "reviews removed: " + ", ".join(f"{k} {v:,}" for k, v in rep["removed_reviews"].items()),
+        "products removed: " + ", ".join(f"{k} {v:,}" for k, v in rep["removed_products"].items()),
+        f"kept {rep['products_kept']:,} products / {rep['reviews_kept']:,} reviews; "
+        + "; ".join(f"{s} {v['products']:,}/{v['reviews']:,}" for s, v in rep["splits"].items())
+        + " (#P/#R)",
+        f"labels {rep['labels']}; reviews with image URLs {rep['reviews_with_images']:,}",
+        f"wrote {rep['out']}",
+    ]
     return "\n".join(lines)
 
 
 def cli_main(argv: list[str], prog: str = "mmss build-amazon2018") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description="Build an Amazon-MRHP-style dataset (three splits) "
-                                 "from one category of the Amazon Review Data 2018.")
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="Build an Amazon-MRHP-style dataset (three splits) "
+        "from one category of the Amazon Review Data 2018.",
+    )
     ap.add_argument("--reviews", required=True, help="the category's review file (JSON lines, .gz or not)")
     ap.add_argument("--meta", required=True, help="the category's metadata file (JSON lines, .gz or not)")
     ap.add_argument("--out", required=True, help="data root; writes OUT/DATASET/CATEGORY/")
     ap.add_argument("--category", required=True, help="category folder name, e.g. clothing")
     ap.add_argument("--dataset", default="amazon", help="dataset folder name (default amazon)")
     ap.add_argument("--min-votes", type=int, default=1, help="a review needs >= this many votes (default 1)")
-    ap.add_argument("--min-review-chars", type=int, default=64, help="a review needs >= this many characters (default 64)")
-    ap.add_argument("--min-reviews", type=int, default=20, help="a product needs >= this many qualifying reviews (default 20)")
-    ap.add_argument("--min-top-votes", type=int, default=3,
-                    help="a product needs a review with >= this many votes (default 3: 'more than 2 votes')")
+    ap.add_argument(
+        "--min-review-chars", type=int, default=64, help="a review needs >= this many characters (default 64)"
+    )
+    ap.add_argument(
+        "--min-reviews", type=int, default=20, help="a product needs >= this many qualifying reviews (default 20)"
+    )
+    ap.add_argument(
+        "--min-top-votes",
+        type=int,
+        default=3,
+        help="a product needs a review with >= this many votes (default 3: 'more than 2 votes')",
+    )
     ap.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     a = ap.parse_args(argv)
-    rep = build_amazon2018(a.reviews, a.meta, a.out, a.category, min_votes=a.min_votes,
-                           min_review_chars=a.min_review_chars, min_reviews=a.min_reviews,
-                           min_top_votes=a.min_top_votes, seed=a.seed, dataset=a.dataset)
+    rep = build_amazon2018(
+        a.reviews,
+        a.meta,
+        a.out,
+        a.category,
+        min_votes=a.min_votes,
+        min_review_chars=a.min_review_chars,
+        min_reviews=a.min_reviews,
+        min_top_votes=a.min_top_votes,
+        seed=a.seed,
+        dataset=a.dataset,
+    )
     print(format_report(rep))
     return 0

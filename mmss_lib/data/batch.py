@@ -7,6 +7,7 @@ tensor still has at least one padded column so shapes stay valid).
 
 Every model is an ``nn.Module`` whose ``forward(batch: Batch) -> ModelOutput``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -20,25 +21,25 @@ from torch import Tensor
 class Batch:
     # Product text token features incl. [CLS] at position 0: (B, Lp, dt), float32
     pt: Optional[Tensor]
-    pt_mask: Tensor          # (B, Lp) bool
+    pt_mask: Tensor  # (B, Lp) bool
     # Review text token features incl. [CLS]: (B, Lr, dt)
     rt: Optional[Tensor]
-    rt_mask: Tensor          # (B, Lr) bool
+    rt_mask: Tensor  # (B, Lr) bool
     # Product image regions over all its images: (B, Np, dr) with dr = 2048 by default
     pv: Tensor
-    pv_mask: Tensor          # (B, Np) bool; all False for a product without images
+    pv_mask: Tensor  # (B, Np) bool; all False for a product without images
     # Review image regions: (B, Nr, dr)
     rv: Tensor
-    rv_mask: Tensor          # (B, Nr) bool; all False for a review without images
-    label: Tensor            # (B,) float32, human helpfulness label 0..4 (y_g)
-    index: Tensor            # (B,) int64, stable sample index into the training set; -1 outside it
-    product: Tensor          # (B,) int64, product group id (reviews of one product share it)
+    rv_mask: Tensor  # (B, Nr) bool; all False for a review without images
+    label: Tensor  # (B,) float32, human helpfulness label 0..4 (y_g)
+    index: Tensor  # (B,) int64, stable sample index into the training set; -1 outside it
+    product: Tensor  # (B,) int64, product group id (reviews of one product share it)
     # Normalised box coordinates (x1, y1, x2, y2 in [0, 1]) of the regions, when available.
     pv_boxes: Optional[Tensor] = None  # (B, Np, 4)
     rv_boxes: Optional[Tensor] = None  # (B, Nr, 4)
     # Fine-tuning mode: token ids for an encoder inside the model (then pt / rt are None).
-    pt_ids: Optional[Tensor] = None    # (B, Lp) int64
-    rt_ids: Optional[Tensor] = None    # (B, Lr) int64
+    pt_ids: Optional[Tensor] = None  # (B, Lp) int64
+    rt_ids: Optional[Tensor] = None  # (B, Lr) int64
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         kw = {}
@@ -53,10 +54,10 @@ class Batch:
 
 @dataclass
 class ModelOutput:
-    score: Tensor                                   # (B,) predicted helpfulness (y_hat_g)
-    aux_loss: Optional[Tensor] = None               # a system's own extra loss (scalar), if any
+    score: Tensor  # (B,) predicted helpfulness (y_hat_g)
+    aux_loss: Optional[Tensor] = None  # a system's own extra loss (scalar), if any
     sub_scores: dict[str, Tensor] = field(default_factory=dict)  # MM-SS subtask outputs (B,)
-    features: dict[str, Tensor] = field(default_factory=dict)    # "g" and subtasks: (B, d) reps
+    features: dict[str, Tensor] = field(default_factory=dict)  # "g" and subtasks: (B, d) reps
 
 
 def random_batch(

@@ -45,6 +45,7 @@ Local images (optional): ``{root}/{dataset}/{category}/images/{prd|rvw}/{item_id
 sorted by file name. Items without images are normal; ``attrs["image_counts"]`` of each frame
 says how many items have local image files and how many do not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -136,8 +137,9 @@ def split_sizes(n_products: int, *, test_frac: float = 0.2, dev_frac: float = 0.
     return {"train": rest - n_dev, "dev": n_dev, "test": n_test}
 
 
-def split_by_product(product_ids: Sequence[str], *, seed: int = 0, test_frac: float = 0.2,
-                     dev_frac: float = 0.2) -> dict[str, str]:
+def split_by_product(
+    product_ids: Sequence[str], *, seed: int = 0, test_frac: float = 0.2, dev_frac: float = 0.2
+) -> dict[str, str]:
     """Product-level split (MRHP_FACTS.md section 1): ``test_frac`` of the products to test, then
     ``dev_frac`` of the rest to dev, the remainder to train (counts: :func:`split_sizes`).
 
@@ -167,6 +169,7 @@ def split_by_product(product_ids: Sequence[str], *, seed: int = 0, test_frac: fl
 
 # ----------------------------------------------------------------------------- reading
 
+
 def _read_column_json(path: Path, required: Iterable[str]) -> tuple[list[str], dict[str, list[Any]]]:
     """Read a ``to_json()`` column-oriented file -> (row keys in file order, {column: values}).
 
@@ -176,26 +179,33 @@ def _read_column_json(path: Path, required: Iterable[str]) -> tuple[list[str], d
     if not path.exists():
         folder = path.parent
         present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        hint = f" (the folder holds: {', '.join(present[:12])})" if present else f" (folder {folder} is missing or empty)"
+        hint = (
+            f" (the folder holds: {', '.join(present[:12])})" if present else f" (folder {folder} is missing or empty)"
+        )
         raise DataError(f"{path}: split file not found{hint}")
     try:
         with open(path, "rb") as fh:
             obj = json.load(fh)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON (truncated or corrupt file?) at line {exc.lineno}, "
-                        f"column {exc.colno}: {exc.msg}") from None
+        raise DataError(
+            f"{path}: not valid JSON (truncated or corrupt file?) at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason}); expected a pandas to_json() dump") from None
     if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
-        raise DataError(f"{path}: expected a pandas to_json() dump in column orientation "
-                        '({"column": {"row": value}}), got ' + type(obj).__name__)
+        raise DataError(
+            f"{path}: expected a pandas to_json() dump in column orientation "
+            '({"column": {"row": value}}), got ' + type(obj).__name__
+        )
     missing = [c for c in required if c not in obj]
     if missing:
         inner = next(iter(obj.values()), {})
-        if obj and all(c in inner for c in required):   # rows outside, columns inside
-            raise DataError(f"{path}: looks like a pandas to_json(orient='index') dump ({{\"row\": {{\"column\": "
-                            f"value}}}}); expected the default column orientation ({{\"column\": {{\"row\": value}}}}): "
-                            f"write it with DataFrame.to_json() without orient")
+        if obj and all(c in inner for c in required):  # rows outside, columns inside
+            raise DataError(
+                f'{path}: looks like a pandas to_json(orient=\'index\') dump ({{"row": {{"column": '
+                f'value}}}}); expected the default column orientation ({{"column": {{"row": value}}}}): '
+                f"write it with DataFrame.to_json() without orient"
+            )
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(obj) or 'none'}")
     cols = list(required)
     keys = list(obj[cols[0]].keys())
@@ -203,8 +213,10 @@ def _read_column_json(path: Path, required: Iterable[str]) -> tuple[list[str], d
     for c in cols[1:]:
         if set(obj[c].keys()) != key_set:
             diff = sorted(set(obj[c].keys()) ^ key_set)[:5]
-            raise DataError(f"{path}: column {c!r} and column {cols[0]!r} hold different rows "
-                            f"(e.g. row {', '.join(diff)}); expected one value per row in every column")
+            raise DataError(
+                f"{path}: column {c!r} and column {cols[0]!r} hold different rows "
+                f"(e.g. row {', '.join(diff)}); expected one value per row in every column"
+            )
     try:
         keys.sort(key=int)
     except ValueError:
@@ -239,8 +251,12 @@ def check_item_id(value: Any, *, file: Any, row: Any, field: str) -> str:
     mmss_lib.errors.DataError: x.rvw.train: row 3, field 'review_id': id '../etc' contains '/' ...
     """
     where = f"{file}: row {row}, field {field!r}"
-    if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()) \
-            or not isinstance(value, (str, int, float)):
+    if (
+        isinstance(value, bool)
+        or value is None
+        or (isinstance(value, float) and not value.is_integer())
+        or not isinstance(value, (str, int, float))
+    ):
         raise DataError(f"{where}: expected an id (string or integer), got {type(value).__name__} {value!r:.60}")
     if isinstance(value, float):
         value = int(value)
@@ -249,12 +265,15 @@ def check_item_id(value: Any, *, file: Any, row: Any, field: str) -> str:
         raise DataError(f"{where}: empty id; expected an ASIN- or number-based id")
     for bad, what in (("/", "'/'"), ("\\", "'\\'"), ("..", "'..'")):
         if bad in s:
-            raise DataError(f"{where}: id {s[:60]!r} contains {what} (a path separator or parent reference); "
-                            f"expected an ASIN- or number-based id (ids name image folders)")
+            raise DataError(
+                f"{where}: id {s[:60]!r} contains {what} (a path separator or parent reference); "
+                f"expected an ASIN- or number-based id (ids name image folders)"
+            )
     ctrl = next((c for c in s if ord(c) < 32 or 127 <= ord(c) < 160), None)
     if ctrl is not None:
-        raise DataError(f"{where}: id {s[:60]!r} contains the control character {ctrl!r}; expected an "
-                        f"ASIN- or number-based id")
+        raise DataError(
+            f"{where}: id {s[:60]!r} contains the control character {ctrl!r}; expected an ASIN- or number-based id"
+        )
     if s == ".":
         raise DataError(f"{where}: id '.' names the current folder; expected an ASIN- or number-based id")
     return s
@@ -266,18 +285,22 @@ def _as_id(value: Any, path: Path, row: str, field: str) -> str:
 
 def _as_text(value: Any, path: Path, row: str, field: str) -> str:
     if not isinstance(value, str):
-        raise DataError(f"{path}: row {row}, field {field!r}: expected a non-empty string, got "
-                        f"{type(value).__name__} {value!r:.60}")
+        raise DataError(
+            f"{path}: row {row}, field {field!r}: expected a non-empty string, got {type(value).__name__} {value!r:.60}"
+        )
     if not visible_text(value):
-        raise DataError(f"{path}: row {row}, field {field!r}: empty text (only whitespace, control or "
-                        "invisible characters); every item needs a non-empty text")
+        raise DataError(
+            f"{path}: row {row}, field {field!r}: empty text (only whitespace, control or "
+            "invisible characters); every item needs a non-empty text"
+        )
     return value
 
 
 # characters that print nothing: zero-width space / joiners, word joiner, BOM, soft hyphen, and
 # every control character (C0 incl. NUL, DEL, C1; tab and newlines are whitespace as well)
-_INVISIBLE = dict.fromkeys([*map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"),
-                            *range(0x20), 0x7f, *range(0x80, 0xa0)], None)
+_INVISIBLE = dict.fromkeys(
+    [*map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), *range(0x20), 0x7F, *range(0x80, 0xA0)], None
+)
 
 
 def visible_text(value: str) -> str:
@@ -287,22 +310,26 @@ def visible_text(value: str) -> str:
     return value.translate(_INVISIBLE).strip()
 
 
-def check_disjoint_splits(root: str | os.PathLike, dataset: str, category: str,
-                          ids: dict[str, tuple[Sequence[str], Sequence[str]]]) -> None:
+def check_disjoint_splits(
+    root: str | os.PathLike, dataset: str, category: str, ids: dict[str, tuple[Sequence[str], Sequence[str]]]
+) -> None:
     """Leakage check of the released splits: ``ids`` maps split -> (product ids, review ids); a
     product id or a review id found in two splits is a :class:`DataError` naming the ids (up to 5)
     and both split files."""
     names = list(ids)
     for col, kind, what in ((0, "prd", "product id"), (1, "rvw", "review id")):
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 both = sorted(set(map(str, ids[a][col])) & set(map(str, ids[b][col])))
                 if both:
-                    shown = ", ".join(repr(x) for x in both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
+                    shown = ", ".join(repr(x) for x in both[:5]) + (
+                        f" and {len(both) - 5} more" if len(both) > 5 else ""
+                    )
                     raise DataError(
                         f"{split_file(root, dataset, category, kind, a)} and {split_file(root, dataset, category, kind, b)}: "
                         f"{len(both)} {what}(s) in both the {a} and the {b} split ({shown}); the splits must be "
-                        "disjoint (leakage between training and evaluation): remove them from one split")
+                        "disjoint (leakage between training and evaluation): remove them from one split"
+                    )
 
 
 def _description_text(value: Any, path: Path, row: str) -> str:
@@ -312,8 +339,9 @@ def _description_text(value: Any, path: Path, row: str) -> str:
         return value.strip()
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return " ".join(v.strip() for v in value if v.strip())
-    raise DataError(f"{path}: row {row}, field 'description': expected a list of strings, a string "
-                    f"or null, got {value!r:.80}")
+    raise DataError(
+        f"{path}: row {row}, field 'description': expected a list of strings, a string or null, got {value!r:.80}"
+    )
 
 
 def parse_img_urls(value: Any, *, where: str = "img_url") -> list[str]:
@@ -332,7 +360,9 @@ def parse_img_urls(value: Any, *, where: str = "img_url") -> list[str]:
             try:
                 value = json.loads(s)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: a JSON-encoded image list that does not parse ({exc.msg}): {s[:80]!r}") from None
+                raise DataError(
+                    f"{where}: a JSON-encoded image list that does not parse ({exc.msg}): {s[:80]!r}"
+                ) from None
         else:
             return [s]  # a single bare URL
     if isinstance(value, dict):
@@ -344,7 +374,7 @@ def parse_img_urls(value: Any, *, where: str = "img_url") -> list[str]:
         if isinstance(v, dict):
             v = v.get("url")
         if not isinstance(v, str):
-            raise DataError(f"{where}: expected URL strings or {{\"url\": ...}} dicts, got {v!r:.80}")
+            raise DataError(f'{where}: expected URL strings or {{"url": ...}} dicts, got {v!r:.80}')
         if v:
             out.append(v)
     return out
@@ -363,8 +393,9 @@ def _local_images(root: Path, dataset: str, category: str, kind: str, item_ids: 
             out.append([])
             continue
         d = base / item
-        files = sorted(e.name for e in os.scandir(d)
-                       if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+        files = sorted(
+            e.name for e in os.scandir(d) if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+        )
         out.append([str((d / f).resolve()) for f in files])
     return out
 
@@ -379,13 +410,16 @@ def _parse_label(value: Any, path: Path, row: str, review_id: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value, ok = int(value), True
     if not ok:
-        raise DataError(f"{path}: row {row} (review {review_id}), field 'upvotes': expected an integer "
-                        f"label, got {type(value).__name__} {value!r:.40}")
+        raise DataError(
+            f"{path}: row {row} (review {review_id}), field 'upvotes': expected an integer "
+            f"label, got {type(value).__name__} {value!r:.40}"
+        )
     return value
 
 
-def load_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str, *,
-              bin_votes: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_mrhp(
+    root: str | os.PathLike, dataset: str, category: str, split: str, *, bin_votes: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load one split of an MRHP dataset -> ``(products, reviews)`` in the normalised schema.
 
     ``root/dataset/category/category.{prd,rvw,rel}.split`` are read (see the module docstring
@@ -416,7 +450,9 @@ def load_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str, 
         if not isinstance(name, str):
             raise DataError(f"{p_path}: row {row}, field 'name': expected a string, got {name!r:.60}")
         name = name.strip()
-        text = name if name_only else " ".join(t for t in (name, _description_text(p["description"][i], p_path, row)) if t)
+        text = (
+            name if name_only else " ".join(t for t in (name, _description_text(p["description"][i], p_path, row)) if t)
+        )
         _as_text(text, p_path, row, "name" if name_only else "name + description")
         prod_ids.append(pid)
         names.append(name)
@@ -433,8 +469,11 @@ def load_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str, 
         rid = _as_id(rel["review_id"][i], l_path, row, "review_id")
         if rid in label_of:
             raise DataError(f"{l_path}: duplicate review_id {rid!r} in rows {label_of[rid][2]} and {row}")
-        label_of[rid] = (_parse_label(rel["upvotes"][i], l_path, row, rid),
-                         _as_id(rel["product_id"][i], l_path, row, "product_id"), row)
+        label_of[rid] = (
+            _parse_label(rel["upvotes"][i], l_path, row, rid),
+            _as_id(rel["product_id"][i], l_path, row, "product_id"),
+            row,
+        )
 
     # --- reviews
     r_path = paths["rvw"]
@@ -451,8 +490,9 @@ def load_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str, 
             raise DataError(f"{r_path}: row {row}, review {rid!r} has no label row in {l_path.name}")
         label, rel_pid, rel_row = label_of[rid]
         if rel_pid != pid:
-            raise DataError(f"{l_path}: row {rel_row}, review {rid!r}: product_id {rel_pid!r} differs from "
-                            f"{pid!r} in {r_path.name}")
+            raise DataError(
+                f"{l_path}: row {rel_row}, review {rid!r}: product_id {rel_pid!r} differs from {pid!r} in {r_path.name}"
+            )
         rev_ids.append(rid)
         rev_prod.append(pid)
         rev_text.append(_as_text(r["content"][i], r_path, row, "content"))
@@ -460,17 +500,28 @@ def load_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str, 
         rev_urls.append(parse_img_urls(r["img_url"][i], where=f"{r_path}: row {row}, field 'img_url'"))
     orphans = [rid for rid in label_of if rid not in seen_r]
     if orphans:
-        raise DataError(f"{l_path}: {len(orphans)} label row(s) name reviews that are not in {r_path.name} "
-                        f"(e.g. {orphans[0]!r}, row {label_of[orphans[0]][2]})")
+        raise DataError(
+            f"{l_path}: {len(orphans)} label row(s) name reviews that are not in {r_path.name} "
+            f"(e.g. {orphans[0]!r}, row {label_of[orphans[0]][2]})"
+        )
 
-    reviews = pd.DataFrame({"review_id": rev_ids, "product_id": rev_prod, "text": rev_text,
-                            "label": pd.Series(rev_label, dtype="int64"), "img_urls": rev_urls})
+    reviews = pd.DataFrame(
+        {
+            "review_id": rev_ids,
+            "product_id": rev_prod,
+            "text": rev_text,
+            "label": pd.Series(rev_label, dtype="int64"),
+            "img_urls": rev_urls,
+        }
+    )
     dropped = 0
     if bin_votes:
         neg = reviews["label"] < 0
         if neg.any():
-            raise DataError(f"{l_path}: {int(neg.sum())} row(s) with negative vote counts "
-                            f"(e.g. review {reviews.loc[neg, 'review_id'].iloc[0]!r})")
+            raise DataError(
+                f"{l_path}: {int(neg.sum())} row(s) with negative vote counts "
+                f"(e.g. review {reviews.loc[neg, 'review_id'].iloc[0]!r})"
+            )
         zero = reviews["label"] == 0
         dropped = int(zero.sum())
         reviews = reviews.loc[~zero].reset_index(drop=True)
@@ -479,14 +530,17 @@ def load_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str, 
         bad = ~reviews["label"].between(0, 4)
         if bad.any():
             ex = reviews.loc[bad].iloc[0]
-            raise DataError(f"{l_path}: {int(bad.sum())} of {len(reviews)} row(s) have a label outside 0..4 "
-                            f"(e.g. review {ex['review_id']!r}: {ex['label']}); if these are raw vote counts, "
-                            f"load with bin_votes=True to apply the documented binning")
+            raise DataError(
+                f"{l_path}: {int(bad.sum())} of {len(reviews)} row(s) have a label outside 0..4 "
+                f"(e.g. review {ex['review_id']!r}: {ex['label']}); if these are raw vote counts, "
+                f"load with bin_votes=True to apply the documented binning"
+            )
     reviews["image_files"] = _local_images(root, dataset, category, "rvw", list(reviews["review_id"]))
 
     products.attrs.update(source=str(p_path), image_counts=_image_counts(products["image_files"]))
-    reviews.attrs.update(source=str(r_path), image_counts=_image_counts(reviews["image_files"]),
-                         dropped_zero_votes=dropped)
+    reviews.attrs.update(
+        source=str(r_path), image_counts=_image_counts(reviews["image_files"]), dropped_zero_votes=dropped
+    )
     return products, reviews
 
 
@@ -495,6 +549,7 @@ bin_votes_fn = bin_votes  # alias: ``load_mrhp``'s keyword shadows the function 
 
 # ----------------------------------------------------------------------------- writing
 
+
 def _row_index(df: pd.DataFrame, what: str) -> pd.Index:
     idx = df.index
     if not idx.is_unique:
@@ -502,8 +557,9 @@ def _row_index(df: pd.DataFrame, what: str) -> pd.Index:
     return idx
 
 
-def _check_write_args(variant: str | None, dataset: str, split: str, products: pd.DataFrame,
-                      reviews: pd.DataFrame) -> str:
+def _check_write_args(
+    variant: str | None, dataset: str, split: str, products: pd.DataFrame, reviews: pd.DataFrame
+) -> str:
     """The variant (``dataset``'s own when None) after refusing an unknown variant or split and
     frames that lack a required column."""
     variant = variant or ("lazada" if dataset == "lazada" else "amazon")
@@ -539,17 +595,20 @@ def _descriptions(products: pd.DataFrame, variant: str, name_only: bool) -> list
     for pid, name, text in zip(products["product_id"], products["name"], products["text"]):
         if name_only:
             if text != name:
-                raise DataError(f"write_mrhp: product {pid!r}: Lazada clothing uses the name as the "
-                                f"model text, but text differs from name")
+                raise DataError(
+                    f"write_mrhp: product {pid!r}: Lazada clothing uses the name as the "
+                    f"model text, but text differs from name"
+                )
             descriptions.append("")
         elif text == name:
             descriptions.append([] if variant == "amazon" else "")
         elif text.startswith(name + " ") or not name:
-            rest = text[len(name) + 1:] if name else text
+            rest = text[len(name) + 1 :] if name else text
             descriptions.append([rest] if variant == "amazon" else rest)
         else:
-            raise DataError(f"write_mrhp: product {pid!r}: text does not start with its name; "
-                            f"give a 'description' column instead")
+            raise DataError(
+                f"write_mrhp: product {pid!r}: text does not start with its name; give a 'description' column instead"
+            )
     return descriptions
 
 
@@ -560,14 +619,17 @@ def _prd_frame(products: pd.DataFrame, descriptions: list, variant: str, p_idx: 
         p_img = [json.dumps(u) for u in p_urls]
     else:
         p_img = p_urls
-    return pd.DataFrame({
-        "product_id": [str(x) for x in products["product_id"]],
-        "name": list(products["name"]),
-        "description": descriptions,
-        "img_url": p_img,
-        "keyword": list(products["keyword"]) if "keyword" in products.columns else [None] * len(products),
-        "brand_name": list(products["brand_name"]) if "brand_name" in products.columns else [None] * len(products),
-    }, index=p_idx)
+    return pd.DataFrame(
+        {
+            "product_id": [str(x) for x in products["product_id"]],
+            "name": list(products["name"]),
+            "description": descriptions,
+            "img_url": p_img,
+            "keyword": list(products["keyword"]) if "keyword" in products.columns else [None] * len(products),
+            "brand_name": list(products["brand_name"]) if "brand_name" in products.columns else [None] * len(products),
+        },
+        index=p_idx,
+    )
 
 
 def _rvw_frame(reviews: pd.DataFrame, variant: str, r_idx: pd.Index) -> pd.DataFrame:
@@ -580,13 +642,16 @@ def _rvw_frame(reviews: pd.DataFrame, variant: str, r_idx: pd.Index) -> pd.DataF
         r_img = [json.dumps([{"url": u} for u in urls]) for urls in r_urls]
     else:
         r_img = r_urls
-    rvw = pd.DataFrame({
-        "product_id": [str(x) for x in reviews["product_id"]],
-        "review_id": [str(x) for x in reviews["review_id"]],
-        "title": list(reviews["title"]) if "title" in reviews.columns else [""] * len(reviews),
-        "content": list(reviews[text_col]),
-        "img_url": r_img,
-    }, index=r_idx)
+    rvw = pd.DataFrame(
+        {
+            "product_id": [str(x) for x in reviews["product_id"]],
+            "review_id": [str(x) for x in reviews["review_id"]],
+            "title": list(reviews["title"]) if "title" in reviews.columns else [""] * len(reviews),
+            "content": list(reviews[text_col]),
+            "img_url": r_img,
+        },
+        index=r_idx,
+    )
     if "time" in reviews.columns:
         rvw["time"] = list(reviews["time"])
     return rvw
@@ -609,15 +674,22 @@ def _int_labels(reviews: pd.DataFrame) -> list[int]:
 def _rel_frame(reviews: pd.DataFrame, rvw: pd.DataFrame, variant: str, r_idx: pd.Index) -> pd.DataFrame:
     """The ``rel`` file's frame (ids and integer ``upvotes``; Lazada adds ``rating``)."""
     labels = _int_labels(reviews)
-    rel = pd.DataFrame({"product_id": rvw["product_id"], "review_id": rvw["review_id"],
-                        "upvotes": pd.Series(labels, index=r_idx, dtype="int64")}, index=r_idx)
+    rel = pd.DataFrame(
+        {
+            "product_id": rvw["product_id"],
+            "review_id": rvw["review_id"],
+            "upvotes": pd.Series(labels, index=r_idx, dtype="int64"),
+        },
+        index=r_idx,
+    )
     if variant == "lazada":
         rel["rating"] = list(reviews["rating"]) if "rating" in reviews.columns else [None] * len(reviews)
     return rel
 
 
-def _write_split_files(root: str | os.PathLike, dataset: str, category: str, split: str,
-                       frames: dict[str, pd.DataFrame]) -> dict[str, Path]:
+def _write_split_files(
+    root: str | os.PathLike, dataset: str, category: str, split: str, frames: dict[str, pd.DataFrame]
+) -> dict[str, Path]:
     """Write each frame atomically to its split file (``prd``, ``rvw``, ``rel``); the paths written."""
     out = {}
     for kind, df in frames.items():
@@ -628,8 +700,16 @@ def _write_split_files(root: str | os.PathLike, dataset: str, category: str, spl
     return out
 
 
-def write_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str,
-               products: pd.DataFrame, reviews: pd.DataFrame, *, variant: str | None = None) -> dict[str, Path]:
+def write_mrhp(
+    root: str | os.PathLike,
+    dataset: str,
+    category: str,
+    split: str,
+    products: pd.DataFrame,
+    reviews: pd.DataFrame,
+    *,
+    variant: str | None = None,
+) -> dict[str, Path]:
     """Write one split in the released format (pandas ``to_json()``, default column orientation).
 
     ``products`` needs ``product_id, name`` and either ``description`` (list of strings or a
@@ -658,6 +738,7 @@ def write_mrhp(root: str | os.PathLike, dataset: str, category: str, split: str,
 
 
 # ----------------------------------------------------------------------------- statistics
+
 
 def available_categories(root: str | os.PathLike, dataset: str) -> list[str]:
     """Categories of ``root/dataset`` that hold a train product file, in the paper's order first."""
@@ -698,25 +779,31 @@ def dataset_stats(root: str | os.PathLike, dataset: str, categories: Sequence[st
 
 def stats_markdown(stats: pd.DataFrame) -> str:
     """Render :func:`dataset_stats` as the paper's Table 3 (``#P/#R`` per split) and a label table."""
-    lines = ["| Dataset | Cate | Train (#P/#R) | Dev (#P/#R) | Test (#P/#R) |",
-             "|---|---|---|---|---|"]
+    lines = ["| Dataset | Cate | Train (#P/#R) | Dev (#P/#R) | Test (#P/#R) |", "|---|---|---|---|---|"]
     for _, r in stats.iterrows():
         cells = [f"{r[f'{s}_products']:,}/{r[f'{s}_reviews']:,}" for s in SPLITS]
         lines.append(f"| {r['dataset']} | {r['category']} | " + " | ".join(cells) + " |")
-    lines += ["", "| Dataset | Cate | " + " | ".join(f"label {k}" for k in LABELS) + " | reviews with images |",
-              "|---|---|" + "---|" * (len(LABELS) + 1)]
+    lines += [
+        "",
+        "| Dataset | Cate | " + " | ".join(f"label {k}" for k in LABELS) + " | reviews with images |",
+        "|---|---|" + "---|" * (len(LABELS) + 1),
+    ]
     for _, r in stats.iterrows():
         total = sum(int(r[f"label_{k}"]) for k in LABELS) or 1
         cells = [f"{int(r[f'label_{k}']):,} ({100 * int(r[f'label_{k}']) / total:.1f}%)" for k in LABELS]
-        lines.append(f"| {r['dataset']} | {r['category']} | " + " | ".join(cells)
-                     + f" | {int(r['reviews_with_images']):,} |")
+        lines.append(
+            f"| {r['dataset']} | {r['category']} | " + " | ".join(cells) + f" | {int(r['reviews_with_images']):,} |"
+        )
     return "\n".join(lines)
 
 
 def cli_main(argv: list[str], prog: str = "mmss stats") -> int:
     """``mmss stats --root R --dataset D [--categories ...] [--csv PATH]``."""
-    ap = argparse.ArgumentParser(prog=prog, description="Dataset statistics in the layout of the paper's "
-                                 "Table 3 (products/reviews per split) and the label distribution.")
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="Dataset statistics in the layout of the paper's "
+        "Table 3 (products/reviews per split) and the label distribution.",
+    )
     ap.add_argument("--root", required=True, help="data root holding {dataset}/{category}/...")
     ap.add_argument("--dataset", required=True, help="amazon, lazada or demo (or any folder name)")
     ap.add_argument("--categories", nargs="*", default=None, help="default: every category found")

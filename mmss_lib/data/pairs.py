@@ -35,6 +35,7 @@ Worked example (``"all"``): products [a, a, a, b, b], labels [2, 0, 1, 3, 3] giv
 has levels {0, 1, 2}; review 0 (label 2) is the only positive and review 1 (label 0) its only
 candidate, so every draw is [0, 1].
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,9 +48,9 @@ SCHEMES = ("mcr", "all")
 
 
 def _as_1d(x: Any, name: str) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):           # torch tensor, without importing torch
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch
         x = x.detach().cpu().numpy()
-    elif hasattr(x, "to_numpy"):                              # pandas Series
+    elif hasattr(x, "to_numpy"):  # pandas Series
         x = x.to_numpy()
     arr = np.asarray(x)
     if arr.ndim != 1:
@@ -70,13 +71,15 @@ def _group_sort(product, label):
     except (TypeError, ValueError):
         raise DataError(f"sample_pairs: labels must be numeric, got dtype {lab.dtype}") from None
     if not np.isfinite(lab).all():
-        raise DataError(f"sample_pairs: label has a non-finite value at position "
-                        f"{int(np.flatnonzero(~np.isfinite(lab))[0])}; labels must be finite numbers")
+        raise DataError(
+            f"sample_pairs: label has a non-finite value at position "
+            f"{int(np.flatnonzero(~np.isfinite(lab))[0])}; labels must be finite numbers"
+        )
     codes, _ = pd.factorize(prod, sort=False)
     if (codes < 0).any():
         raise DataError(f"sample_pairs: product has a missing value at position {int(np.flatnonzero(codes < 0)[0])}")
     codes = codes.astype(np.int64)
-    order = np.lexsort((np.arange(len(lab)), lab, codes))    # (n,) by product, label ascending, index
+    order = np.lexsort((np.arange(len(lab)), lab, codes))  # (n,) by product, label ascending, index
     return codes, lab, order
 
 
@@ -88,8 +91,9 @@ def _span_key(codes: np.ndarray, lab: np.ndarray) -> np.ndarray:
     return codes * span + (lab - lo)
 
 
-def sample_pairs(product, label, *, scheme: str = "mcr", n_neg: int = 7,
-                 rng: np.random.Generator | int | None = None) -> np.ndarray:
+def sample_pairs(
+    product, label, *, scheme: str = "mcr", n_neg: int = 7, rng: np.random.Generator | int | None = None
+) -> np.ndarray:
     """Sample (more helpful, less helpful) index pairs within products (see the module docstring).
 
     ``product``: product id per sample (str or int; list, numpy array, Series or tensor);
@@ -106,8 +110,10 @@ def sample_pairs(product, label, *, scheme: str = "mcr", n_neg: int = 7,
     if isinstance(n_neg, bool) or int(n_neg) != n_neg or n_neg < 1:
         raise ValueError(f"sample_pairs: n_neg must be a positive integer, got {n_neg!r}")
     if rng is None:
-        raise ValueError("sample_pairs: scheme 'mcr' draws at random; pass rng=numpy.random.default_rng(seed) "
-                         "(a new state every epoch)")
+        raise ValueError(
+            "sample_pairs: scheme 'mcr' draws at random; pass rng=numpy.random.default_rng(seed) "
+            "(a new state every epoch)"
+        )
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     return _mcr_pairs(codes, lab, order, int(n_neg), rng)
@@ -122,14 +128,14 @@ def _all_pairs(codes: np.ndarray, lab: np.ndarray, order: np.ndarray, product=No
     """Every ordered pair with a strictly higher label, same product (refused above
     :data:`MAX_ALL_PAIRS`, naming the product with the most pairs)."""
     key = _span_key(codes, lab)
-    skey = key[order]                                        # (n,) non-decreasing
+    skey = key[order]  # (n,) non-decreasing
     n_groups = int(codes.max()) + 1
     counts = np.bincount(codes, minlength=n_groups)
-    starts = np.cumsum(counts) - counts                      # (G,) block start in sorted order
+    starts = np.cumsum(counts) - counts  # (G,) block start in sorted order
     c_sorted = codes[order]
-    block_start = starts[c_sorted]                           # (n,)
-    below_end = np.searchsorted(skey, skey, side="left")     # (n,) end of strictly-lower labels of the block
-    n_below = below_end - block_start                        # (n,) negatives of each sorted review
+    block_start = starts[c_sorted]  # (n,)
+    below_end = np.searchsorted(skey, skey, side="left")  # (n,) end of strictly-lower labels of the block
+    n_below = below_end - block_start  # (n,) negatives of each sorted review
     total = int(n_below.sum())
     if total == 0:
         return np.zeros((0, 2), dtype=np.int64)
@@ -138,38 +144,41 @@ def _all_pairs(codes: np.ndarray, lab: np.ndarray, order: np.ndarray, product=No
         worst = int(np.argmax(per_product))
         first = int(order[np.searchsorted(c_sorted, worst)])
         name = _as_1d(product, "product")[first] if product is not None else f"#{worst}"
-        raise DataError(f"sample_pairs: pair scheme 'all' would make {total:,} training pairs in one epoch "
-                        f"(about {total * 64 / 2**30:.1f} GiB), product {str(name)!r} alone {int(per_product[worst]):,} "
-                        f"from its {int(counts[worst]):,} reviews; the cap is {MAX_ALL_PAIRS:,} pairs: use "
-                        "--pair-scheme mcr (n_neg negatives per positive) for data this size")
-    pos_sorted = np.repeat(np.arange(len(lab)), n_below)     # (P,) sorted position of the positive
+        raise DataError(
+            f"sample_pairs: pair scheme 'all' would make {total:,} training pairs in one epoch "
+            f"(about {total * 64 / 2**30:.1f} GiB), product {str(name)!r} alone {int(per_product[worst]):,} "
+            f"from its {int(counts[worst]):,} reviews; the cap is {MAX_ALL_PAIRS:,} pairs: use "
+            "--pair-scheme mcr (n_neg negatives per positive) for data this size"
+        )
+    pos_sorted = np.repeat(np.arange(len(lab)), n_below)  # (P,) sorted position of the positive
     offs = np.arange(total) - np.repeat(np.cumsum(n_below) - n_below, n_below)  # (P,) 0.. within its run
-    neg_sorted = np.repeat(block_start, n_below) + offs      # (P,) sorted position of the negative
+    neg_sorted = np.repeat(block_start, n_below) + offs  # (P,) sorted position of the negative
     pairs = np.stack([order[pos_sorted], order[neg_sorted]], axis=1)  # (P, 2) original indices
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def _mcr_pairs(codes: np.ndarray, lab: np.ndarray, order: np.ndarray, n_neg: int,
-               rng: np.random.Generator) -> np.ndarray:
+def _mcr_pairs(
+    codes: np.ndarray, lab: np.ndarray, order: np.ndarray, n_neg: int, rng: np.random.Generator
+) -> np.ndarray:
     """MCR/MCL sampling: positives above the two lowest levels, n_neg weighted draws each."""
     key = _span_key(codes, lab)
-    skey = key[order]                                        # (n,) non-decreasing
+    skey = key[order]  # (n,) non-decreasing
     c_sorted = codes[order]
     l_sorted = lab[order]
     n_groups = int(codes.max()) + 1
     counts = np.bincount(codes, minlength=n_groups)
-    starts = np.cumsum(counts) - counts                      # (G,)
+    starts = np.cumsum(counts) - counts  # (G,)
 
     # label levels: a new level starts where the product or the label changes (sorted order)
     new_level = np.r_[True, (c_sorted[1:] != c_sorted[:-1]) | (l_sorted[1:] != l_sorted[:-1])]
-    level_id = np.cumsum(new_level) - 1                      # (n,) global id of (product, label)
-    level_rank = level_id - level_id[starts[c_sorted]]       # (n,) 0 = lowest level of the product
-    level_size = np.bincount(level_id)                       # (levels,)
-    freq = level_size[level_id] / counts[c_sorted]           # (n,) frequency of the label in its product
-    weight = 1.0 - freq                                      # MCR's (1 - label frequency)
+    level_id = np.cumsum(new_level) - 1  # (n,) global id of (product, label)
+    level_rank = level_id - level_id[starts[c_sorted]]  # (n,) 0 = lowest level of the product
+    level_size = np.bincount(level_id)  # (levels,)
+    freq = level_size[level_id] / counts[c_sorted]  # (n,) frequency of the label in its product
+    weight = 1.0 - freq  # MCR's (1 - label frequency)
 
     # positives: not among the two lowest levels; candidates: same product, label <= y - 2
-    pos = np.flatnonzero(level_rank >= 2)                    # sorted positions
+    pos = np.flatnonzero(level_rank >= 2)  # sorted positions
     block_start = starts[c_sorted[pos]]
     cand_end = np.searchsorted(skey, skey[pos] - 2.0, side="right")  # (n_pos,) end of label <= y - 2
     has_cand = cand_end > block_start
@@ -178,14 +187,14 @@ def _mcr_pairs(codes: np.ndarray, lab: np.ndarray, order: np.ndarray, n_neg: int
         return np.zeros((0, 2), dtype=np.int64)
 
     # weighted draws with replacement: inverse CDF on the global cumulative weights
-    cum_w = np.cumsum(weight)                                # (n,) non-decreasing
+    cum_w = np.cumsum(weight)  # (n,) non-decreasing
     base = np.where(block_start > 0, cum_w[np.maximum(block_start - 1, 0)], 0.0)  # weight before the block
-    mass = cum_w[cand_end - 1] - base                        # (n_pos,) total candidate weight (> 0)
+    mass = cum_w[cand_end - 1] - base  # (n_pos,) total candidate weight (> 0)
     u = base[:, None] + rng.random((len(pos), n_neg)) * mass[:, None]  # (n_pos, n_neg)
-    neg = np.searchsorted(cum_w, u, side="right")            # first position whose cumulative weight > u
+    neg = np.searchsorted(cum_w, u, side="right")  # first position whose cumulative weight > u
     neg = np.clip(neg, block_start[:, None], cand_end[:, None] - 1)  # guard against rounding at the edges
 
     pos_orig = order[pos]
-    first = np.argsort(pos_orig, kind="stable")              # output ordered by the positive's index
+    first = np.argsort(pos_orig, kind="stable")  # output ordered by the positive's index
     pairs = np.stack([np.repeat(pos_orig[first], n_neg), order[neg[first]].ravel()], axis=1)  # (P, 2)
     return pairs.astype(np.int64)

@@ -66,6 +66,7 @@ that file).
 The demo's relevance threshold is 1 (:func:`mmss_lib.data.mrhp.default_threshold`), as for Amazon.
 Same seed -> byte-identical files (PNG written without timestamps or metadata).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,22 +87,46 @@ DATASET = "demo"
 SIZES: dict[str, int] = {"small": 40, "medium": 500, "benchmark": 3500, "large": 6500}  # products per category
 DEFAULT_PRODUCTS = SIZES["small"]
 IMAGE_WEIGHT = 0.6  # weight of the image cues in the label (step 3 of the module docstring)
-TEXT_WEIGHT = 1.0   # weight of the text cues in the label (step 3)
-TEXT_MEAN = 1.1 * 0.6 + 0.9 * 1.5 / 3   # expected value of the text cues' part of s (match p 0.6, k uniform 0..3)
+TEXT_WEIGHT = 1.0  # weight of the text cues in the label (step 3)
+TEXT_MEAN = 1.1 * 0.6 + 0.9 * 1.5 / 3  # expected value of the text cues' part of s (match p 0.6, k uniform 0..3)
 MAX_SEED = 2**32 - 1  # numpy's RandomState (the product split) takes seeds 0 .. 2**32 - 1
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (210, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200), "yellow": (230, 200, 30),
-    "purple": (130, 50, 170), "orange": (240, 130, 20), "black": (25, 25, 25), "white": (245, 245, 245),
+    "red": (210, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 70, 200),
+    "yellow": (230, 200, 30),
+    "purple": (130, 50, 170),
+    "orange": (240, 130, 20),
+    "black": (25, 25, 25),
+    "white": (245, 245, 245),
 }
 # object -> shape drawn in its images
 OBJECTS: dict[str, dict[str, str]] = {
-    "clothing": {"shirt": "square", "dress": "triangle", "scarf": "stripes", "hat": "circle",
-                 "jacket": "cross", "sock": "diamond"},
-    "electronics": {"phone": "square", "speaker": "circle", "cable": "stripes", "charger": "cross",
-                    "headset": "ring", "keyboard": "grid"},
-    "home": {"lamp": "triangle", "vase": "diamond", "pan": "circle", "towel": "stripes",
-             "clock": "ring", "shelf": "grid"},
+    "clothing": {
+        "shirt": "square",
+        "dress": "triangle",
+        "scarf": "stripes",
+        "hat": "circle",
+        "jacket": "cross",
+        "sock": "diamond",
+    },
+    "electronics": {
+        "phone": "square",
+        "speaker": "circle",
+        "cable": "stripes",
+        "charger": "cross",
+        "headset": "ring",
+        "keyboard": "grid",
+    },
+    "home": {
+        "lamp": "triangle",
+        "vase": "diamond",
+        "pan": "circle",
+        "towel": "stripes",
+        "clock": "ring",
+        "shelf": "grid",
+    },
 }
 MATERIALS: dict[str, tuple[str, ...]] = {
     "clothing": ("cotton", "wool", "linen", "denim"),
@@ -118,16 +143,27 @@ _DETAILS = (
     "Weight and build of the {object} feel solid, the seams and edges are neat.",
 )
 _FILLER = (
-    "I bought this last month.", "Delivery was on time.", "It is okay.", "Nothing special to say.",
-    "My friend recommended it.", "Will see how it goes.", "Ordered it on a whim.", "Fine I guess.",
+    "I bought this last month.",
+    "Delivery was on time.",
+    "It is okay.",
+    "Nothing special to say.",
+    "My friend recommended it.",
+    "Will see how it goes.",
+    "Ordered it on a whim.",
+    "Fine I guess.",
 )
-_HEADLINE = ("Got the {colour} {object}.", "This {colour} {object} is what I ordered.",
-             "About the {colour} {object}:", "Review of my {colour} {object}.")
+_HEADLINE = (
+    "Got the {colour} {object}.",
+    "This {colour} {object} is what I ordered.",
+    "About the {colour} {object}:",
+    "Review of my {colour} {object}.",
+)
 _TITLES = ("Great", "Okay", "Not bad", "Disappointed", "As expected", "Love it", "Meh")
 _CUTS = (0.55, 1.15, 1.75, 2.35)  # s -> label 0..4 (np.digitize)
 
 
 # ----------------------------------------------------------------------------- images
+
 
 def _png_bytes(pixels: np.ndarray) -> bytes:
     """Encode a (H, W), (H, W, 3) or (H, W, 4) uint8 array as a PNG (no metadata, deterministic)."""
@@ -142,8 +178,12 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def render_kind(colour: str, shape: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
@@ -156,10 +196,10 @@ def render_kind(colour: str, shape: str, rng: np.random.Generator, size: int = 6
     r = rng.uniform(0.22, 0.32)
     dx, dy = xx - cx, yy - cy
     if shape == "circle":
-        mask = dx ** 2 + dy ** 2 < r ** 2
+        mask = dx**2 + dy**2 < r**2
     elif shape == "ring":
-        d2 = dx ** 2 + dy ** 2
-        mask = (d2 < r ** 2) & (d2 > (0.55 * r) ** 2)
+        d2 = dx**2 + dy**2
+        mask = (d2 < r**2) & (d2 > (0.55 * r) ** 2)
     elif shape == "square":
         mask = (np.abs(dx) < r) & (np.abs(dy) < r)
     elif shape == "diamond":
@@ -190,12 +230,21 @@ def _variant(img: np.ndarray, mode: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- text
 
+
 def _product_text(colour: str, obj: str, material: str, brand: str, rng: np.random.Generator) -> tuple[str, list[str]]:
     name = f"{colour.capitalize()} {material} {obj}"
-    desc = [f"A {colour} {obj} made by {brand}.",
-            f"This {material} {obj} comes in {colour}.",
-            rng.choice(["Everyday quality at a fair price.", "Designed for daily use.",
-                        "Easy to care for.", "A customer favourite."])]
+    desc = [
+        f"A {colour} {obj} made by {brand}.",
+        f"This {material} {obj} comes in {colour}.",
+        rng.choice(
+            [
+                "Everyday quality at a fair price.",
+                "Designed for daily use.",
+                "Easy to care for.",
+                "A customer favourite.",
+            ]
+        ),
+    ]
     return name, [str(s) for s in desc]
 
 
@@ -210,17 +259,28 @@ def _review_text(colour: str, obj: str, k: int, rng: np.random.Generator) -> str
 
 # ----------------------------------------------------------------------------- generator
 
-def _other_kind(kind: tuple[str, str], colours: Sequence[str], objects: Sequence[str],
-                rng: np.random.Generator) -> tuple[str, str]:
+
+def _other_kind(
+    kind: tuple[str, str], colours: Sequence[str], objects: Sequence[str], rng: np.random.Generator
+) -> tuple[str, str]:
     while True:
         cand = (str(rng.choice(colours)), str(rng.choice(objects)))
         if cand != kind:
             return cand
 
 
-def _category(out_root: Path, category: str, cat_index: int, n_products: int, seed: int,
-              images: bool, image_weight: float = IMAGE_WEIGHT, test_frac: float = 0.2,
-              dev_frac: float = 0.2, text_weight: float = TEXT_WEIGHT) -> dict[str, Any]:
+def _category(
+    out_root: Path,
+    category: str,
+    cat_index: int,
+    n_products: int,
+    seed: int,
+    images: bool,
+    image_weight: float = IMAGE_WEIGHT,
+    test_frac: float = 0.2,
+    dev_frac: float = 0.2,
+    text_weight: float = TEXT_WEIGHT,
+) -> dict[str, Any]:
     rng = np.random.default_rng([seed, cat_index])
     colours, objects = list(COLOURS), list(OBJECTS[category])
     prod_rows, rev_rows, img_jobs = [], [], []
@@ -236,8 +296,17 @@ def _category(out_root: Path, category: str, cat_index: int, n_products: int, se
         p_local = rng.random() > 0.05  # a few products: URLs but no downloaded files
         for j in range(n_pimg if p_local else 0):
             img_jobs.append(("prd", pid, j, kind, "RGB"))
-        prod_rows.append({"product_id": pid, "name": name, "description": desc, "img_urls": p_urls,
-                          "keyword": [category, kind[1]], "brand_name": brand, "_kind": kind})
+        prod_rows.append(
+            {
+                "product_id": pid,
+                "name": name,
+                "description": desc,
+                "img_urls": p_urls,
+                "keyword": [category, kind[1]],
+                "brand_name": brand,
+                "_kind": kind,
+            }
+        )
         n_rev = 1 if rng.random() < 0.12 else int(rng.integers(2, 16))
         for n in range(n_rev):
             rid = f"{pid}-{n}"
@@ -258,18 +327,30 @@ def _category(out_root: Path, category: str, cat_index: int, n_products: int, se
                 if rng.random() > 0.05:
                     for j in range(n_img):
                         img_jobs.append(("rvw", rid, j, img_kind, mode))
-            text_part = 1.1 * match + 0.9 * k / 3                              # ptrt / pvrt, review text
+            text_part = 1.1 * match + 0.9 * k / 3  # ptrt / pvrt, review text
             if text_weight != TEXT_WEIGHT:
                 text_part = text_weight * text_part + (1.0 - text_weight) * TEXT_MEAN
-            s = (text_part
-                 + (image_weight * (agree + img_match - 0.5) if n_img else 0.0)  # rtrv; pvrv / ptrv
-                 + rng.normal(0.0, 0.45))
+            s = (
+                text_part
+                + (image_weight * (agree + img_match - 0.5) if n_img else 0.0)  # rtrv; pvrv / ptrv
+                + rng.normal(0.0, 0.45)
+            )
             label = int(np.digitize(s, _CUTS))
-            rev_rows.append({"review_id": rid, "product_id": pid, "title": str(rng.choice(_TITLES)),
-                             "text": _review_text(text_kind[0], text_kind[1], k, rng), "label": label,
-                             "img_urls": [f"https://demo.invalid/{category}/rvw/{rid}/{j}.png" for j in range(n_img)],
-                             "time": f"2019-{int(rng.integers(1, 13)):02d}-{int(rng.integers(1, 29)):02d}",
-                             "match": match, "detail": k, "agree": agree, "img_match": img_match})
+            rev_rows.append(
+                {
+                    "review_id": rid,
+                    "product_id": pid,
+                    "title": str(rng.choice(_TITLES)),
+                    "text": _review_text(text_kind[0], text_kind[1], k, rng),
+                    "label": label,
+                    "img_urls": [f"https://demo.invalid/{category}/rvw/{rid}/{j}.png" for j in range(n_img)],
+                    "time": f"2019-{int(rng.integers(1, 13)):02d}-{int(rng.integers(1, 29)):02d}",
+                    "match": match,
+                    "detail": k,
+                    "agree": agree,
+                    "img_match": img_match,
+                }
+            )
 
     if images:
         for kind_dir, item, j, (colour, obj), mode in img_jobs:
@@ -290,8 +371,14 @@ def _category(out_root: Path, category: str, cat_index: int, n_products: int, se
     for split in SPLITS:
         ps = prd[prd["product_id"].map(split_of) == split]
         rs = rvw[rvw["product_id"].map(split_of) == split]
-        write_mrhp(out_root, DATASET, category, split, ps.drop(columns="_kind"),
-                   rs[["review_id", "product_id", "title", "text", "label", "img_urls", "time"]])
+        write_mrhp(
+            out_root,
+            DATASET,
+            category,
+            split,
+            ps.drop(columns="_kind"),
+            rs[["review_id", "product_id", "title", "text", "label", "img_urls", "time"]],
+        )
         report[split] = {"products": int(len(ps)), "reviews": int(len(rs))}
         # The latent cues drawn per review (never read by a model; for analyses and tests).
         cues = rs[["review_id"]].copy()
@@ -299,7 +386,7 @@ def _category(out_root: Path, category: str, cat_index: int, n_products: int, se
         cues["detail"] = rs["detail"].astype("int64")
         has_img = rs["img_urls"].map(len) > 0
         cues["has_images"] = has_img.astype("int64")
-        for cue in ("agree", "img_match"):             # no images: no image cue (NaN)
+        for cue in ("agree", "img_match"):  # no images: no image cue (NaN)
             cues[cue] = rs[cue].astype("float64").where(has_img)
         with atomic_path(split_file(out_root, DATASET, category, "cues", split)) as tmp:
             cues.to_json(tmp)  # the MRHP layout: default orient="columns", the rvw file's row index
@@ -311,8 +398,13 @@ def _category(out_root: Path, category: str, cat_index: int, n_products: int, se
 
 CUE_COLUMNS = ("review_id", "match", "detail", "has_images", "agree", "img_match")
 # interaction (subtask) -> the planted cue that feeds it (module docstring)
-SUBTASK_CUES: dict[str, str] = {"ptrt": "match", "pvrt": "match", "pvrv": "img_match", "ptrv": "img_match",
-                                "rtrv": "agree"}
+SUBTASK_CUES: dict[str, str] = {
+    "ptrt": "match",
+    "pvrt": "match",
+    "pvrv": "img_match",
+    "ptrv": "img_match",
+    "rtrv": "agree",
+}
 
 
 def load_cues(root: str | os.PathLike, category: str, split: str) -> pd.DataFrame:
@@ -321,8 +413,10 @@ def load_cues(root: str | os.PathLike, category: str, split: str) -> pd.DataFram
     when it is missing or lacks a column."""
     path = split_file(root, DATASET, category, "cues", split)
     if not path.exists():
-        raise DataError(f"{path}: no cues file; make the demo data again with `mmss make-demo` "
-                        f"(cues exist for the demo dataset only)")
+        raise DataError(
+            f"{path}: no cues file; make the demo data again with `mmss make-demo` "
+            f"(cues exist for the demo dataset only)"
+        )
     try:
         df = pd.read_json(path, dtype={"review_id": str})
     except ValueError as exc:
@@ -351,9 +445,11 @@ def _check_cue_values(df: pd.DataFrame, path: Path) -> None:
         if bad.any():
             row = df.index[bad.to_numpy()][0]
             what = "a review with images needs it" if optional else "every review needs it"
-            raise DataError(f"{path}: row {row} (review_id {df.at[row, 'review_id']!r}), column {col!r}: "
-                            f"{df.at[row, col]!r}; expected an integer from {lo} to {hi} ({what}; "
-                            f"{int(bad.sum())} such row(s))")
+            raise DataError(
+                f"{path}: row {row} (review_id {df.at[row, 'review_id']!r}), column {col!r}: "
+                f"{df.at[row, col]!r}; expected an integer from {lo} to {hi} ({what}; "
+                f"{int(bad.sum())} such row(s))"
+            )
 
 
 def empty_splits(n_products: int, test_frac: float, dev_frac: float) -> str:
@@ -367,10 +463,18 @@ def empty_splits(n_products: int, test_frac: float, dev_frac: float) -> str:
     return ", ".join(f"{sizes[s]} {s}" for s in SPLITS) + " products"
 
 
-def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS, seed: int = 0,
-              categories: Sequence[str] = CATEGORIES, images: bool = True,
-              image_weight: float = IMAGE_WEIGHT, test_frac: float = 0.2, dev_frac: float = 0.2,
-              text_weight: float = TEXT_WEIGHT) -> dict[str, Any]:
+def make_demo(
+    out_root: str | os.PathLike,
+    *,
+    n_products: int = DEFAULT_PRODUCTS,
+    seed: int = 0,
+    categories: Sequence[str] = CATEGORIES,
+    images: bool = True,
+    image_weight: float = IMAGE_WEIGHT,
+    test_frac: float = 0.2,
+    dev_frac: float = 0.2,
+    text_weight: float = TEXT_WEIGHT,
+) -> dict[str, Any]:
     """Write the demo dataset under ``out_root/demo/{category}/`` and return a report dict
     (per category: products/reviews per split, label counts, images written).
 
@@ -402,63 +506,109 @@ def make_demo(out_root: str | os.PathLike, *, n_products: int = DEFAULT_PRODUCTS
         raise DataError(f"make_demo: unknown categories {unknown}: expected some of {', '.join(OBJECTS)}")
     empty = empty_splits(n_products, test_frac, dev_frac)
     if empty:
-        raise DataError(f"make_demo: test_frac={test_frac!r}, dev_frac={dev_frac!r} with n_products={n_products}: "
-                        f"{empty}; every split needs at least one product")
+        raise DataError(
+            f"make_demo: test_frac={test_frac!r}, dev_frac={dev_frac!r} with n_products={n_products}: "
+            f"{empty}; every split needs at least one product"
+        )
     out_root = Path(out_root)
     report: dict[str, Any] = {"dataset": DATASET, "seed": seed, "n_products": n_products, "categories": {}}
-    if image_weight != IMAGE_WEIGHT or (test_frac, dev_frac) != (0.2, 0.2):   # the default report is unchanged
+    if image_weight != IMAGE_WEIGHT or (test_frac, dev_frac) != (0.2, 0.2):  # the default report is unchanged
         report.update(image_weight=float(image_weight), test_frac=float(test_frac), dev_frac=float(dev_frac))
     if text_weight != TEXT_WEIGHT:
         report.update(text_weight=float(text_weight))
     for cat in categories:
-        report["categories"][cat] = _category(out_root, cat, CATEGORIES.index(cat), n_products, seed, images,
-                                              image_weight, test_frac, dev_frac, text_weight)
+        report["categories"][cat] = _category(
+            out_root,
+            cat,
+            CATEGORIES.index(cat),
+            n_products,
+            seed,
+            images,
+            image_weight,
+            test_frac,
+            dev_frac,
+            text_weight,
+        )
     atomic_write_json(out_root / DATASET / "make_demo.json", report)
     return report
 
 
 def cli_main(argv: list[str], prog: str = "mmss make-demo") -> int:
     """``mmss make-demo --out ROOT [--size small|medium|large | --products-per-category N] [--seed 0]``."""
-    ap = argparse.ArgumentParser(prog=prog, description="Write the deterministic synthetic MRHP-format "
-                                 "demo dataset (three categories, PNG images).")
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="Write the deterministic synthetic MRHP-format demo dataset (three categories, PNG images).",
+    )
     ap.add_argument("--out", required=True, help="data root; files go to OUT/demo/{category}/")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--size", choices=list(SIZES), default=None,
-                   help="products per category: " + ", ".join(f"{k}={v}" for k, v in SIZES.items()))
+    g.add_argument(
+        "--size",
+        choices=list(SIZES),
+        default=None,
+        help="products per category: " + ", ".join(f"{k}={v}" for k, v in SIZES.items()),
+    )
     g.add_argument("--products-per-category", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=list(CATEGORIES))
     ap.add_argument("--no-images", action="store_true", help="skip PNG files (URLs are still written)")
-    ap.add_argument("--image-weight", type=float, default=IMAGE_WEIGHT,
-                    help="weight w of the image cues in the label (0: the images carry nothing; default 0.6)")
-    ap.add_argument("--text-weight", type=float, default=TEXT_WEIGHT,
-                    help="weight t of the text cues in the label (0: the images alone carry it; default 1)")
+    ap.add_argument(
+        "--image-weight",
+        type=float,
+        default=IMAGE_WEIGHT,
+        help="weight w of the image cues in the label (0: the images carry nothing; default 0.6)",
+    )
+    ap.add_argument(
+        "--text-weight",
+        type=float,
+        default=TEXT_WEIGHT,
+        help="weight t of the text cues in the label (0: the images alone carry it; default 1)",
+    )
     ap.add_argument("--test-frac", type=float, default=0.2, help="share of the products in test (default 0.2)")
     ap.add_argument("--dev-frac", type=float, default=0.2, help="share of the other products in dev (default 0.2)")
     a = ap.parse_args(argv)
     import math
 
     from mmss_lib.errors import DataError
+
     if a.products_per_category is not None and a.products_per_category < 5:
-        raise DataError(f"--products-per-category {a.products_per_category}: expected an integer >= 5 (the three "
-                        "splits need products)")
-    for opt, v, lo, hi in (("--test-frac", a.test_frac, 0, 1), ("--dev-frac", a.dev_frac, 0, 1),
-                           ("--image-weight", a.image_weight, 0, math.inf), ("--text-weight", a.text_weight, 0, math.inf)):
+        raise DataError(
+            f"--products-per-category {a.products_per_category}: expected an integer >= 5 (the three "
+            "splits need products)"
+        )
+    for opt, v, lo, hi in (
+        ("--test-frac", a.test_frac, 0, 1),
+        ("--dev-frac", a.dev_frac, 0, 1),
+        ("--image-weight", a.image_weight, 0, math.inf),
+        ("--text-weight", a.text_weight, 0, math.inf),
+    ):
         weight = opt.endswith("-weight")
         if not (math.isfinite(v) and lo <= v and (v < hi or hi == math.inf)) or (not weight and v <= 0):
-            raise DataError(f"{opt} {v!r}: expected " + ("a number >= 0" if weight else "a share strictly between 0 and 1"))
+            raise DataError(
+                f"{opt} {v!r}: expected " + ("a number >= 0" if weight else "a share strictly between 0 and 1")
+            )
     if not 0 <= a.seed <= MAX_SEED:
         raise DataError(f"--seed {a.seed}: expected an integer from 0 to {MAX_SEED} (numpy's seeds)")
     if len(set(a.categories)) != len(a.categories):
         raise DataError(f"--categories {' '.join(a.categories)}: a category given more than once")
     n = a.products_per_category if a.products_per_category is not None else SIZES[a.size or "small"]
     empty = empty_splits(n, a.test_frac, a.dev_frac)
-    if empty:              # refused before anything is written
-        raise DataError(f"--test-frac {a.test_frac!r} --dev-frac {a.dev_frac!r} with {n} products per category give "
-                        f"{empty}; every split needs at least one product: lower --test-frac / --dev-frac or "
-                        "raise --products-per-category")
-    rep = make_demo(a.out, n_products=n, seed=a.seed, categories=a.categories, images=not a.no_images,
-                    image_weight=a.image_weight, test_frac=a.test_frac, dev_frac=a.dev_frac, text_weight=a.text_weight)
+    if empty:  # refused before anything is written
+        raise DataError(
+            f"--test-frac {a.test_frac!r} --dev-frac {a.dev_frac!r} with {n} products per category give "
+            f"{empty}; every split needs at least one product: lower --test-frac / --dev-frac or "
+            "raise --products-per-category"
+        )
+    rep = make_demo(
+        a.out,
+        n_products=n,
+        seed=a.seed,
+        categories=a.categories,
+        images=not a.no_images,
+        image_weight=a.image_weight,
+        test_frac=a.test_frac,
+        dev_frac=a.dev_frac,
+        text_weight=a.text_weight,
+    )
     for cat, r in rep["categories"].items():
         splits = ", ".join(f"{s} {r[s]['products']}/{r[s]['reviews']}" for s in SPLITS)
         print(f"{cat}: {splits} (#P/#R); labels {r['labels']}; {r['images_written']} images")

@@ -7,6 +7,7 @@ for a test review the subtask heads' outputs yhat_s (Eq. 9) of the final model. 
 training review are computed with the runs' best checkpoints (the trainer saves scores for dev
 and test only).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,9 +32,9 @@ def score_with_checkpoint(run_dir: str | os.PathLike, split, indices) -> dict[st
     from mmss_lib.predict import load_checkpoint
     from mmss_lib.training.trainer import TrainConfig, build_model, collate_for
 
-    ck, path = load_checkpoint(Path(run_dir) / BEST)     # weights-only: a shared run folder runs no code
+    ck, path = load_checkpoint(Path(run_dir) / BEST)  # weights-only: a shared run folder runs no code
     cfg = TrainConfig.from_json({**ck["config"], "device": "cpu"})
-    model = build_model(cfg, int(ck["text_dim"]), int(ck["region_dim"]))   # frozen / finetune: with its encoder
+    model = build_model(cfg, int(ck["text_dim"]), int(ck["region_dim"]))  # frozen / finetune: with its encoder
     model.load_state_dict(ck["model"])
     model.eval()
     idx = np.asarray(indices, dtype=np.int64)
@@ -52,8 +53,17 @@ class CaseStudy:
     """Products and reviews of one ``dataset``/``category`` (train and test splits), with the
     feature stores of ``features_root``; figures go to ``figures_dir`` named with ``tag``."""
 
-    def __init__(self, data_root, features_root, dataset: str, category: str, *, figures_dir, tag: str,
-                 splits: Sequence[str] = ("train", "test")):
+    def __init__(
+        self,
+        data_root,
+        features_root,
+        dataset: str,
+        category: str,
+        *,
+        figures_dir,
+        tag: str,
+        splits: Sequence[str] = ("train", "test"),
+    ):
         from mmss_lib.data.mrhp import load_mrhp
 
         self.features_root, self.dataset, self.category = features_root, dataset, category
@@ -81,10 +91,17 @@ class CaseStudy:
             print(f"note: {run_dir} has no trained model; its prediction is shown as n/a")
             return None
         rv = self._reviews(split, review_ids)
-        on_the_fly = cfg.text_mode != "cached"          # the run encodes texts itself: region stores only
+        on_the_fly = cfg.text_mode != "cached"  # the run encodes texts itself: region stores only
         stores = run_stores(self.features_root, self.dataset, self.category, keep_texts=on_the_fly)
-        sub = MRHPSplitData(rv, self.products[split], stores, caps=ReadCaps.of(cfg), keep_texts=on_the_fly,
-                            name=f"{self.dataset}/{self.category}/{split} (case study)", check=False)
+        sub = MRHPSplitData(
+            rv,
+            self.products[split],
+            stores,
+            caps=ReadCaps.of(cfg),
+            keep_texts=on_the_fly,
+            name=f"{self.dataset}/{self.category}/{split} (case study)",
+            check=False,
+        )
         return score_with_checkpoint(run_dir, sub, np.arange(len(rv)))
 
     def show(self, split: str, review_id: str, values: Mapping[str, Optional[float]], kind: str) -> dict:
@@ -95,13 +112,23 @@ class CaseStudy:
         rv = self.reviews[split].set_index("review_id").loc[review_id]
         prd = self.products[split].set_index("product_id").loc[rv["product_id"]]
         fig = plots.plot_case_study(
-            product_name=prd["name"], product_text=prd["text"], review_text=rv["text"],
-            product_images=prd["image_files"], review_images=rv["image_files"], values=dict(values),
-            title=f"{self.dataset}/{self.category} {split} review {review_id} ({kind})")
+            product_name=prd["name"],
+            product_text=prd["text"],
+            review_text=rv["text"],
+            product_images=prd["image_files"],
+            review_images=rv["image_files"],
+            values=dict(values),
+            title=f"{self.dataset}/{self.category} {split} review {review_id} ({kind})",
+        )
         path = plots.save_figure(fig, self.figures_dir / f"fig4_case_{split}_{self.tag}_{review_id}.png")
         print("written:", path)
-        return {"split": split, "review_id": review_id, "product_id": rv["product_id"], "kind": kind,
-                **{k: (np.nan if v is None else float(v)) for k, v in values.items()}}
+        return {
+            "split": split,
+            "review_id": review_id,
+            "product_id": rv["product_id"],
+            "kind": kind,
+            **{k: (np.nan if v is None else float(v)) for k, v in values.items()},
+        }
 
     def test_cases(self, scores_test, subtasks: Sequence[str], n: int = 1) -> list[str]:
         """The ``n`` test reviews whose subtask outputs yhat_s lie farthest from the global score
@@ -109,8 +136,9 @@ class CaseStudy:
         first, ties in file order."""
         sub_cols = [f"score_{s}" for s in subtasks if f"score_{s}" in scores_test.columns]
         st = scores_test
-        spread = (np.abs(st[sub_cols].to_numpy() - st[["score"]].to_numpy()).mean(axis=1) if sub_cols
-                  else np.zeros(len(st)))
+        spread = (
+            np.abs(st[sub_cols].to_numpy() - st[["score"]].to_numpy()).mean(axis=1) if sub_cols else np.zeros(len(st))
+        )
         img = st["review_id"].map(self.reviews["test"].set_index("review_id")["image_files"].map(len)).to_numpy() > 0
-        order = np.lexsort((np.arange(len(st)), -spread, ~img))       # with images first, then largest spread
+        order = np.lexsort((np.arange(len(st)), -spread, ~img))  # with images first, then largest spread
         return [str(st["review_id"].iloc[i]) for i in order[:n]]

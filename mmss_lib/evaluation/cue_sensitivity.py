@@ -21,6 +21,7 @@ to 3 informative sentences); a system that uses the cues as the label does has c
 proportional to the label row's. Per (category, system, variant) the table gives the mean over
 seeds (and the seeds' sd). No model reads the cues; only generated data has them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,16 +49,21 @@ def cue_coefficients(scores: pd.DataFrame, cues: pd.DataFrame, column: str = "sc
         if col not in scores.columns:
             raise DataError(f"cue sensitivity: scores lack column {col!r}; expected a run's scores_{{split}}.csv")
     df = scores.assign(review_id=scores["review_id"].astype(str)).merge(
-        cues.assign(review_id=cues["review_id"].astype(str)), on="review_id", how="left", validate="one_to_one")
+        cues.assign(review_id=cues["review_id"].astype(str)), on="review_id", how="left", validate="one_to_one"
+    )
     if df["match"].isna().any():
         missing = df.loc[df["match"].isna(), "review_id"].iloc[0]
-        raise DataError(f"cue sensitivity: review {missing!r} has no planted cues; scores and cues must come "
-                        "from the same generated data")
+        raise DataError(
+            f"cue sensitivity: review {missing!r} has no planted cues; scores and cues must come "
+            "from the same generated data"
+        )
     z = _zscore_within(df[column].to_numpy(np.float64), df["product_id"].to_numpy())
     zl = _zscore_within(df["label"].to_numpy(np.float64), df["product_id"].to_numpy())
     keep = (df["has_images"].to_numpy() == 1) & np.isfinite(z) & np.isfinite(zl)
-    x = np.column_stack([np.ones(int(keep.sum()))] + [
-        df.loc[keep, c].to_numpy(np.float64) / (3.0 if c == "detail" else 1.0) for c in CUES])
+    x = np.column_stack(
+        [np.ones(int(keep.sum()))]
+        + [df.loc[keep, c].to_numpy(np.float64) / (3.0 if c == "detail" else 1.0) for c in CUES]
+    )
     if keep.sum() < len(CUES) + 2:
         return {**{c: float("nan") for c in CUES}, "n": int(keep.sum())}
     coef = np.linalg.lstsq(x, z[keep], rcond=None)[0]
@@ -77,8 +83,10 @@ def cue_sensitivity_table(results, data_root, *, split: str = "test") -> pd.Data
     if missing:
         raise DataError(f"cue sensitivity: results lack column(s) {missing}; expected those of run_experiment")
     if len(results) and set(results["dataset"].astype(str)) != {"demo"}:
-        raise DataError(f"cue sensitivity needs generated data (dataset 'demo', whose cues files exist); "
-                        f"got datasets {sorted(set(results['dataset'].astype(str)))}")
+        raise DataError(
+            f"cue sensitivity needs generated data (dataset 'demo', whose cues files exist); "
+            f"got datasets {sorted(set(results['dataset'].astype(str)))}"
+        )
     rows = []
     cues_of: dict[str, pd.DataFrame] = {}
     for r in results.itertuples(index=False):
@@ -90,10 +98,24 @@ def cue_sensitivity_table(results, data_root, *, split: str = "test") -> pd.Data
             raise DataError(f"{path}: no scores for this run; train it first")
         sc = pd.read_csv(path, dtype={"review_id": str, "product_id": str})
         if not any(x["category"] == cat and x["system"] == LABEL_ROW for x in rows):
-            rows.append({"category": cat, "system": LABEL_ROW, "variant": "", "seed": 0,
-                         **cue_coefficients(sc.assign(score=sc["label"]), cues_of[cat])})
-        rows.append({"category": cat, "system": str(r.system), "variant": str(r.variant), "seed": int(r.seed),
-                     **cue_coefficients(sc, cues_of[cat])})
+            rows.append(
+                {
+                    "category": cat,
+                    "system": LABEL_ROW,
+                    "variant": "",
+                    "seed": 0,
+                    **cue_coefficients(sc.assign(score=sc["label"]), cues_of[cat]),
+                }
+            )
+        rows.append(
+            {
+                "category": cat,
+                "system": str(r.system),
+                "variant": str(r.variant),
+                "seed": int(r.seed),
+                **cue_coefficients(sc, cues_of[cat]),
+            }
+        )
     if not rows:
         raise DataError("cue sensitivity: no runs")
     df = pd.DataFrame(rows)
@@ -112,8 +134,10 @@ def format_cue_sensitivity(table: pd.DataFrame, decimals: int = 2) -> pd.DataFra
     out = table[["category", "system", "variant"]].copy()
     out["system"] = [s if v in ("", "full") else f"{s}:{v}" for s, v in zip(table["system"], table["variant"])]
     for c in CUES:
-        out[c] = [f"{m:.{decimals}f}" + (f" ± {sd:.{decimals}f}" if n > 1 else "")
-                  for m, sd, n in zip(table[c], table[f"{c}_sd"], table["n_seeds"])]
+        out[c] = [
+            f"{m:.{decimals}f}" + (f" ± {sd:.{decimals}f}" if n > 1 else "")
+            for m, sd, n in zip(table[c], table[f"{c}_sd"], table["n_seeds"])
+        ]
     out["reviews"] = table["n_reviews"]
     return out.drop(columns="variant")
 
@@ -127,10 +151,12 @@ def write_cue_sensitivity(results, data_root, tables_dir, tag: str, *, split: st
     table = cue_sensitivity_table(results, data_root, split=split)
     tables_dir = Path(tables_dir)
     save_csv(table, tables_dir / f"cue_sensitivity_{tag}.csv")
-    note = ("Test scores z-scored within product, regressed on the planted cues over reviews with images "
-            "(detail / 3); mean ± sd over seeds. 'label itself': the same regression of the human label "
-            "(mmss_lib/evaluation/cue_sensitivity.py).")
-    atomic_write_text(tables_dir / f"cue_sensitivity_{tag}.md", plain_markdown(format_cue_sensitivity(table))
-                      + "\n\n" + note + "\n")
+    note = (
+        "Test scores z-scored within product, regressed on the planted cues over reviews with images "
+        "(detail / 3); mean ± sd over seeds. 'label itself': the same regression of the human label "
+        "(mmss_lib/evaluation/cue_sensitivity.py)."
+    )
+    atomic_write_text(
+        tables_dir / f"cue_sensitivity_{tag}.md", plain_markdown(format_cue_sensitivity(table)) + "\n\n" + note + "\n"
+    )
     return table
-

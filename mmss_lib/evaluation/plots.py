@@ -13,6 +13,7 @@ The pseudo-label figures show SSP-Label (paper Sec. 4.4 and Appendix A.1) on rea
 
 matplotlib is imported inside the functions (``import mmss_lib.evaluation.plots`` stays light).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ from mmss_lib.errors import DataError
 from mmss_lib.metrics.ranking import TESTED_METRICS as METRICS
 from mmss_lib.utils import atomic_path
 
-LABEL_RANGE = (0.0, 4.0)    # MRHP helpfulness labels 0..4
+LABEL_RANGE = (0.0, 4.0)  # MRHP helpfulness labels 0..4
 
 
 def _plt():
@@ -54,8 +55,10 @@ def _as_subtask_dict(values: Any, subtasks: Optional[Sequence[str]], what: str) 
         return out
     arr = np.asarray(values, dtype=float)
     if subtasks is None or arr.shape[-1] != len(subtasks):
-        raise DataError(f"{what}: an array needs its last axis = the {len(subtasks or [])} subtasks "
-                        f"{list(subtasks or [])}, got shape {arr.shape}")
+        raise DataError(
+            f"{what}: an array needs its last axis = the {len(subtasks or [])} subtasks "
+            f"{list(subtasks or [])}, got shape {arr.shape}"
+        )
     return {s: arr[..., j] for j, s in enumerate(subtasks)}
 
 
@@ -63,8 +66,9 @@ def _grid(n: int, *, ncols: int = 3, size=(4.2, 3.2)):
     plt = _plt()
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -74,11 +78,18 @@ def _grid(n: int, *, ncols: int = 3, size=(4.2, 3.2)):
 # Pseudo labels
 # ---------------------------------------------------------------------------------------------
 
-def plot_pseudo_label_trajectories(labels: Mapping[str, np.ndarray] | np.ndarray, y_g: np.ndarray, *,
-                                   epochs: Optional[Sequence[int]] = None,
-                                   subtasks: Optional[Sequence[str]] = None,
-                                   n_show: int = 40, highlight: Optional[int] = None,
-                                   seed: int = 0, title: Optional[str] = None):
+
+def plot_pseudo_label_trajectories(
+    labels: Mapping[str, np.ndarray] | np.ndarray,
+    y_g: np.ndarray,
+    *,
+    epochs: Optional[Sequence[int]] = None,
+    subtasks: Optional[Sequence[str]] = None,
+    n_show: int = 40,
+    highlight: Optional[int] = None,
+    seed: int = 0,
+    title: Optional[str] = None,
+):
     """Pseudo labels over epochs, one panel per subtask.
 
     ``labels[s]``: (E, N) pseudo label of N training reviews after each of E epochs (or an array
@@ -106,11 +117,24 @@ def plot_pseudo_label_trajectories(labels: Mapping[str, np.ndarray] | np.ndarray
             ax.plot(x, v[:, i], color=cmap(norm(y_g[i])), lw=0.6, alpha=0.45)
         for lab in np.unique(y_g):
             sel = y_g == lab
-            ax.plot(x, v[:, sel].mean(axis=1), color=cmap(norm(lab)), lw=2.4,
-                    label=f"mean, $y_g$={lab:g} (n={int(sel.sum())})")
+            ax.plot(
+                x,
+                v[:, sel].mean(axis=1),
+                color=cmap(norm(lab)),
+                lw=2.4,
+                label=f"mean, $y_g$={lab:g} (n={int(sel.sum())})",
+            )
         if highlight is not None:
-            ax.plot(x, v[:, highlight], color="black", lw=2.0, ls="--", marker="o", ms=3,
-                    label=f"case review ($y_g$={y_g[highlight]:g})")
+            ax.plot(
+                x,
+                v[:, highlight],
+                color="black",
+                lw=2.0,
+                ls="--",
+                marker="o",
+                ms=3,
+                label=f"case review ($y_g$={y_g[highlight]:g})",
+            )
         ax.set_title(f"$y_{{{s}}}$")
         ax.set_xlabel("epoch")
         ax.set_ylabel("pseudo label")
@@ -120,9 +144,13 @@ def plot_pseudo_label_trajectories(labels: Mapping[str, np.ndarray] | np.ndarray
     return fig
 
 
-def plot_offset_distributions(offsets: Mapping[str, np.ndarray] | np.ndarray, *,
-                              subtasks: Optional[Sequence[str]] = None,
-                              y_g: Optional[np.ndarray] = None, title: Optional[str] = None):
+def plot_offset_distributions(
+    offsets: Mapping[str, np.ndarray] | np.ndarray,
+    *,
+    subtasks: Optional[Sequence[str]] = None,
+    y_g: Optional[np.ndarray] = None,
+    title: Optional[str] = None,
+):
     """Distribution of the offsets ``delta_gs = y_s - y_g`` (Eq. 21) per subtask (seaborn).
 
     ``offsets[s]``: (N,) (or an (N, S) array). Left: one violin (quartiles inside) per subtask with
@@ -139,17 +167,33 @@ def plot_offset_distributions(offsets: Mapping[str, np.ndarray] | np.ndarray, *,
     ncols = 2 if y_g is not None else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.0 * ncols, 3.8), squeeze=False)
     ax = axes[0, 0]
-    long = pd.DataFrame({"subtask": np.repeat(np.arange(len(names)), [d.size for d in data]),
-                         "offset": np.concatenate(data) if data else np.zeros(0)})
+    long = pd.DataFrame(
+        {
+            "subtask": np.repeat(np.arange(len(names)), [d.size for d in data]),
+            "offset": np.concatenate(data) if data else np.zeros(0),
+        }
+    )
     if len(long):
-        sns.violinplot(data=long, x="subtask", y="offset", order=list(range(len(names))), inner="quart",
-                       cut=0, density_norm="width", color="#9ecae1", linewidth=0.8, ax=ax)
+        sns.violinplot(
+            data=long,
+            x="subtask",
+            y="offset",
+            order=list(range(len(names))),
+            inner="quart",
+            cut=0,
+            density_norm="width",
+            color="#9ecae1",
+            linewidth=0.8,
+            ax=ax,
+        )
     for i, d in enumerate(data):
         if d.size:
             ax.plot(i, d.mean(), "D", color="crimson", ms=5)
     ax.axhline(0.0, color="grey", lw=0.8)
-    ticks = [f"$\\delta_{{g,{s}}}$" + (f"\n+{(d > 0).mean():.0%} / -{(d < 0).mean():.0%}" if d.size else "")
-             for s, d in zip(names, data)]
+    ticks = [
+        f"$\\delta_{{g,{s}}}$" + (f"\n+{(d > 0).mean():.0%} / -{(d < 0).mean():.0%}" if d.size else "")
+        for s, d in zip(names, data)
+    ]
     ax.set_xticks(np.arange(len(names)), ticks)
     ax.set_xlim(-0.5, len(names) - 0.5)
     ax.set_xlabel("")
@@ -162,12 +206,25 @@ def plot_offset_distributions(offsets: Mapping[str, np.ndarray] | np.ndarray, *,
         labs = np.unique(y_g)
         for s, d in zip(names, data):
             if d.shape != y_g.shape:
-                raise DataError(f"offsets of subtask {s}: shape {d.shape}, expected {y_g.shape} "
-                                "(one per review, like the human labels)")
-        per_label = pd.DataFrame({"label": np.tile(y_g, len(names)), "offset": np.concatenate(data),
-                                  "subtask": np.repeat(names, y_g.size)})
-        sns.barplot(data=per_label, x="label", y="offset", hue="subtask", hue_order=names, order=list(labs),
-                    errorbar=("ci", 95), seed=0, err_kws={"linewidth": 0.8}, ax=ax2)
+                raise DataError(
+                    f"offsets of subtask {s}: shape {d.shape}, expected {y_g.shape} "
+                    "(one per review, like the human labels)"
+                )
+        per_label = pd.DataFrame(
+            {"label": np.tile(y_g, len(names)), "offset": np.concatenate(data), "subtask": np.repeat(names, y_g.size)}
+        )
+        sns.barplot(
+            data=per_label,
+            x="label",
+            y="offset",
+            hue="subtask",
+            hue_order=names,
+            order=list(labs),
+            errorbar=("ci", 95),
+            seed=0,
+            err_kws={"linewidth": 0.8},
+            ax=ax2,
+        )
         ax2.set_xticks(np.arange(len(labs)), [f"{lab:g}" for lab in labs])
         ax2.set_xlabel("human label $y_g$")
         ax2.set_ylabel("mean offset")
@@ -179,11 +236,15 @@ def plot_offset_distributions(offsets: Mapping[str, np.ndarray] | np.ndarray, *,
     return fig
 
 
-def plot_anchor_distances(chi_g: Mapping[str, np.ndarray] | np.ndarray,
-                          chi_s: Mapping[str, np.ndarray] | np.ndarray,
-                          offsets: Mapping[str, np.ndarray] | np.ndarray, *,
-                          subtasks: Optional[Sequence[str]] = None,
-                          highlight: Optional[int] = None, title: Optional[str] = None):
+def plot_anchor_distances(
+    chi_g: Mapping[str, np.ndarray] | np.ndarray,
+    chi_s: Mapping[str, np.ndarray] | np.ndarray,
+    offsets: Mapping[str, np.ndarray] | np.ndarray,
+    *,
+    subtasks: Optional[Sequence[str]] = None,
+    highlight: Optional[int] = None,
+    title: Optional[str] = None,
+):
     """Figure 3 on real numbers: per subtask, each review's distance of the subtask representation
     to its anchor ``chi_s`` (Eq. 18) against the global representation's ``chi_g``, coloured by
     the offset ``delta_gs`` SSP-Label derives from them (Eq. 21). Points above the diagonal have
@@ -207,15 +268,24 @@ def plot_anchor_distances(chi_g: Mapping[str, np.ndarray] | np.ndarray,
     for ax, s in zip(axes, names):
         xg, xs, off = (np.asarray(a, dtype=float).ravel() for a in (chi_g[s], chi_s[s], offsets[s]))
         if not (xg.shape == xs.shape == off.shape):
-            raise DataError(f"subtask {s}: chi_g {xg.shape}, chi_s {xs.shape} and offsets {off.shape} "
-                            "must have one value per review each")
+            raise DataError(
+                f"subtask {s}: chi_g {xg.shape}, chi_s {xs.shape} and offsets {off.shape} "
+                "must have one value per review each"
+            )
         sc = ax.scatter(xg, xs, c=off, cmap="coolwarm", norm=norm, s=9, alpha=0.8, lw=0)
         if xg.size:
             hi = float(np.nanmax(np.concatenate([xg, xs])))
             ax.plot([0, hi], [0, hi], color="grey", lw=0.8, ls="--")
         if highlight is not None:
-            ax.scatter([xg[highlight]], [xs[highlight]], s=80, facecolors="none", edgecolors="black",
-                       lw=1.5, label="case review")
+            ax.scatter(
+                [xg[highlight]],
+                [xs[highlight]],
+                s=80,
+                facecolors="none",
+                edgecolors="black",
+                lw=1.5,
+                label="case review",
+            )
             ax.legend(fontsize=7)
         ax.set_title(f"{s}")
         ax.set_xlabel("$\\chi_g$ (global rep. to anchor)")
@@ -231,6 +301,7 @@ def plot_anchor_distances(chi_g: Mapping[str, np.ndarray] | np.ndarray,
 # Ablation
 # ---------------------------------------------------------------------------------------------
 
+
 def _variant_column(df, full: str):
     v = df["variant"] if "variant" in df.columns else None
     if v is None:
@@ -238,8 +309,14 @@ def _variant_column(df, full: str):
     return v.where(v.notna() & (v.astype(str) != ""), full).astype(str).to_numpy()
 
 
-def ablation_differences(results, *, full: str = "full", metrics: Iterable[str] = METRICS,
-                         system: Optional[str] = "mmss", by: Sequence[str] = ("dataset", "category")):
+def ablation_differences(
+    results,
+    *,
+    full: str = "full",
+    metrics: Iterable[str] = METRICS,
+    system: Optional[str] = "mmss",
+    by: Sequence[str] = ("dataset", "category"),
+):
     """Paired per-seed differences of each ablation variant to the full model.
 
     ``results``: tidy rows (``run_experiment``'s DataFrame) with ``variant``, ``seed`` and the
@@ -256,14 +333,14 @@ def ablation_differences(results, *, full: str = "full", metrics: Iterable[str] 
         df = df[df["system"] == system]
     metrics = [m for m in metrics if m in df.columns]
     if not metrics:
-        raise DataError(f"ablation results: none of the metric columns {list(METRICS)} present; "
-                        f"columns: {list(results.columns)}")
+        raise DataError(
+            f"ablation results: none of the metric columns {list(METRICS)} present; columns: {list(results.columns)}"
+        )
     if "seed" not in df.columns:
         raise DataError("ablation results: column 'seed' missing (needed to pair with the full model)")
     df["variant"] = _variant_column(df, full)
     keys = [c for c in by if c in df.columns]
-    long = df.melt(id_vars=keys + ["variant", "seed"], value_vars=metrics, var_name="metric",
-                   value_name="value")
+    long = df.melt(id_vars=keys + ["variant", "seed"], value_vars=metrics, var_name="metric", value_name="value")
     ref = long[long["variant"] == full].drop(columns="variant").rename(columns={"value": "full_value"})
     if ref.duplicated(keys + ["seed", "metric"]).any():
         raise DataError("ablation results: the full model has several rows for one seed")
@@ -272,25 +349,30 @@ def ablation_differences(results, *, full: str = "full", metrics: Iterable[str] 
     unpaired = out[out["full_value"].isna()]
     if len(unpaired):
         r = unpaired.iloc[0]
-        raise DataError(f"ablation results: variant {r['variant']!r} seed {r['seed']} has no run of the "
-                        f"full model ({full!r}) with the same seed to compare with")
+        raise DataError(
+            f"ablation results: variant {r['variant']!r} seed {r['seed']} has no run of the "
+            f"full model ({full!r}) with the same seed to compare with"
+        )
     out["diff"] = out["value"] - out["full_value"]
-    return pd.DataFrame(out[keys + ["variant", "seed", "metric", "value", "full_value", "diff"]]
-                        ).reset_index(drop=True)
+    return pd.DataFrame(out[keys + ["variant", "seed", "metric", "value", "full_value", "diff"]]).reset_index(drop=True)
 
 
 def summarize_differences(diffs, *, by: Sequence[str] = ("dataset", "category")):
     """Mean, standard deviation (ddof=1; 0 for one seed) and count of ``diff`` per variant/metric."""
     keys = [c for c in by if c in diffs.columns] + ["variant", "metric"]
     g = diffs.groupby(keys, sort=False)["diff"]
-    out = g.agg(mean="mean", std=lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0,
-                n="count").reset_index()
+    out = g.agg(mean="mean", std=lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0, n="count").reset_index()
     return out
 
 
-def plot_ablation_differences(diffs, *, labels: Optional[Mapping[str, str]] = None,
-                              metrics: Sequence[str] = METRICS, scale: Optional[float] = None,
-                              title: Optional[str] = None):
+def plot_ablation_differences(
+    diffs,
+    *,
+    labels: Optional[Mapping[str, str]] = None,
+    metrics: Sequence[str] = METRICS,
+    scale: Optional[float] = None,
+    title: Optional[str] = None,
+):
     """Bars of the mean difference to the full model per variant and metric (one panel per
     dataset/category present), error bars = standard deviation over seeds, dots = single seeds
     (seaborn ``barplot`` + ``stripplot``).
@@ -308,21 +390,23 @@ def plot_ablation_differences(diffs, *, labels: Optional[Mapping[str, str]] = No
     keys = [c for c in ("dataset", "category") if c in diffs.columns]
     groups = list(diffs.groupby(keys, sort=False)) if keys else [((), diffs)]
     variants = list(dict.fromkeys(diffs["variant"]))
-    fig, axes = plt.subplots(len(groups), 1, figsize=(max(6.0, 1.3 * len(variants) * len(metrics) / 2), 3.6 * len(groups)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(groups), 1, figsize=(max(6.0, 1.3 * len(variants) * len(metrics) / 2), 3.6 * len(groups)), squeeze=False
+    )
     palette = dict(zip(metrics, sns.color_palette("tab10", len(metrics))))
     for ax, (gkey, gdf) in zip(axes[:, 0], groups):
         d = gdf[gdf["metric"].isin(metrics)].assign(points=lambda x: x["diff"] * scale)
         common = dict(data=d, x="variant", y="points", hue="metric", order=variants, hue_order=metrics, ax=ax)
         # bars: mean over seeds, error bars: sd over seeds (none with a single seed)
-        sns.barplot(**common, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1.0}, palette=palette,
-                    alpha=0.85)
+        sns.barplot(**common, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1.0}, palette=palette, alpha=0.85)
         # dots: the single seeds, over their bar
-        sns.stripplot(**common, dodge=True, jitter=False, palette=["black"] * len(metrics), size=3,
-                      legend=False, zorder=3)
+        sns.stripplot(
+            **common, dodge=True, jitter=False, palette=["black"] * len(metrics), size=3, legend=False, zorder=3
+        )
         ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_xticks(np.arange(len(variants)),
-                      [(labels or {}).get(v, v) for v in variants], rotation=25, ha="right", fontsize=8)
+        ax.set_xticks(
+            np.arange(len(variants)), [(labels or {}).get(v, v) for v in variants], rotation=25, ha="right", fontsize=8
+        )
         ax.set_xlabel("")
         unit = "points" if scale == 100.0 else "metric units"
         ax.set_ylabel(f"difference to full model ({unit})")
@@ -339,8 +423,13 @@ def plot_ablation_differences(diffs, *, labels: Optional[Mapping[str, str]] = No
 # Learning curves
 # ---------------------------------------------------------------------------------------------
 
-def plot_learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]] | Sequence[Mapping[str, Any]],
-                         *, keys: Optional[Sequence[str]] = None, title: Optional[str] = None):
+
+def plot_learning_curves(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]] | Sequence[Mapping[str, Any]],
+    *,
+    keys: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+):
     """One panel per quantity (loss parts, dev metrics) over epochs; one line per run.
 
     ``histories``: a run's ``history.json`` list (one dict per epoch, numeric values and an
@@ -381,10 +470,18 @@ def plot_learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]] | 
     return fig
 
 
-def plot_case_study(*, product_name: str, product_text: str, review_text: str,
-                    product_images: Sequence[str] = (), review_images: Sequence[str] = (),
-                    values: Mapping[str, Optional[float]], title: Optional[str] = None,
-                    max_images: int = 3, wrap: int = 70):
+def plot_case_study(
+    *,
+    product_name: str,
+    product_text: str,
+    review_text: str,
+    product_images: Sequence[str] = (),
+    review_images: Sequence[str] = (),
+    values: Mapping[str, Optional[float]],
+    title: Optional[str] = None,
+    max_images: int = 3,
+    wrap: int = 70,
+):
     """Figure 4's layout: product and review text beside their images, and a bar chart of the
     values (``H`` human label, ``M`` model, ``O`` model without SSP labels, one per subtask;
     ``None`` = not available, drawn as an empty slot and labelled ``n/a``).
@@ -394,8 +491,9 @@ def plot_case_study(*, product_name: str, product_text: str, review_text: str,
     import textwrap
 
     plt = _plt()
-    imgs = [("product", p) for p in list(product_images)[:max_images]] + \
-           [("review", p) for p in list(review_images)[:max_images]]
+    imgs = [("product", p) for p in list(product_images)[:max_images]] + [
+        ("review", p) for p in list(review_images)[:max_images]
+    ]
     ncols = max(len(imgs), 1)
     fig = plt.figure(figsize=(max(10.0, 2.2 * ncols), 7.0))
     gs = fig.add_gridspec(3, ncols, height_ratios=[1.0, 0.7, 1.2])
@@ -408,8 +506,9 @@ def plot_case_study(*, product_name: str, product_text: str, review_text: str,
                 ax.imshow(np.asarray(im.convert("RGB")))
         except Exception as exc:  # noqa: BLE001 - show the problem in the panel instead
             ax.text(0.5, 0.5, f"unreadable:\n{type(exc).__name__}", ha="center", va="center", fontsize=7)
-        ax.set_title(f"{kind} image {j + 1 if kind == 'product' else j + 1 - min(len(product_images), max_images)}",
-                     fontsize=8)
+        ax.set_title(
+            f"{kind} image {j + 1 if kind == 'product' else j + 1 - min(len(product_images), max_images)}", fontsize=8
+        )
         ax.axis("off")
     if not imgs:
         ax = fig.add_subplot(gs[0, :])
@@ -417,19 +516,26 @@ def plot_case_study(*, product_name: str, product_text: str, review_text: str,
         ax.axis("off")
     ax = fig.add_subplot(gs[1, :])
     ax.axis("off")
-    body = (f"Product name: {product_name}\n"
-            + textwrap.fill(f"Product description: {product_text}", wrap * 2, max_lines=4, placeholder=" ...")
-            + "\n\n" + textwrap.fill(f"Review: {review_text}", wrap * 2, max_lines=6, placeholder=" ..."))
+    body = (
+        f"Product name: {product_name}\n"
+        + textwrap.fill(f"Product description: {product_text}", wrap * 2, max_lines=4, placeholder=" ...")
+        + "\n\n"
+        + textwrap.fill(f"Review: {review_text}", wrap * 2, max_lines=6, placeholder=" ...")
+    )
     ax.text(0.0, 1.0, body, va="top", ha="left", fontsize=8.5, family="monospace", wrap=True)
     ax = fig.add_subplot(gs[2, :])
     names = list(values)
     heights = [np.nan if values[k] is None else float(values[k]) for k in names]
-    colors = ["#444444" if k == "H" else "#1f77b4" if k == "M" else "#ff7f0e" if k == "O" else "#2ca02c"
-              for k in names]
+    colors = ["#444444" if k == "H" else "#1f77b4" if k == "M" else "#ff7f0e" if k == "O" else "#2ca02c" for k in names]
     bars = ax.bar(range(len(names)), np.nan_to_num(heights), color=colors)
     for b, h in zip(bars, heights):
-        ax.annotate("n/a" if np.isnan(h) else f"{h:.3f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                    ha="center", va="bottom" if b.get_height() >= 0 else "top", fontsize=8)
+        ax.annotate(
+            "n/a" if np.isnan(h) else f"{h:.3f}",
+            (b.get_x() + b.get_width() / 2, b.get_height()),
+            ha="center",
+            va="bottom" if b.get_height() >= 0 else "top",
+            fontsize=8,
+        )
     ax.set_xticks(range(len(names)), names)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel("label / score")

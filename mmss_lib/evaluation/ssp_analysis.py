@@ -27,6 +27,7 @@ pseudo labels carry the planted cues of the demo data.
 
 seaborn and matplotlib are imported inside the plotting functions.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,10 +38,11 @@ import pandas as pd
 
 from mmss_lib.errors import DataError
 
-CHANGE_TOL = 0.01   # the mean change below which the pseudo labels count as settled
+CHANGE_TOL = 0.01  # the mean change below which the pseudo labels count as settled
 
 
 # ----------------------------------------------------------------------------- health
+
 
 def ssp_health_table(hist) -> pd.DataFrame:
     """Per epoch and subtask over the reviews SSP-Label has seen (``hist``: an
@@ -56,23 +58,30 @@ def ssp_health_table(hist) -> pd.DataFrame:
         for s in hist.subtasks:
             off = hist.offsets[s][e_i][seen]
             if e_i and int(hist.epochs[e_i - 1]) == int(e) - 1:
-                change = float(np.abs(hist.labels[s][e_i] - hist.labels[s][e_i - 1])[seen].mean()) if seen.any() else np.nan
+                change = (
+                    float(np.abs(hist.labels[s][e_i] - hist.labels[s][e_i - 1])[seen].mean()) if seen.any() else np.nan
+                )
             else:
                 change = 0.0 if int(e) == 1 else np.nan
             chi_s, chi_g = hist.chi[s][e_i][seen], hist.chi_g[e_i][seen]
-            rows.append({
-                "epoch": int(e), "subtask": s, "n_seen": int(seen.sum()),
-                "share_up": float((off > 0).mean()) if off.size else np.nan,
-                "share_down": float((off < 0).mean()) if off.size else np.nan,
-                "mean_offset": float(off.mean()) if off.size else np.nan,
-                "sd_offset": float(off.std()) if off.size else np.nan,
-                "mean_abs_offset": float(np.abs(off).mean()) if off.size else np.nan,
-                "mean_abs_change": change,
-                "mean_chi_s": float(np.nanmean(chi_s)) if np.isfinite(chi_s).any() else np.nan,
-                "mean_chi_g": float(np.nanmean(chi_g)) if np.isfinite(chi_g).any() else np.nan,
-                "mean_abs_chi_gap": (float(np.nanmean(np.abs(chi_s - chi_g)))
-                                     if np.isfinite(chi_s - chi_g).any() else np.nan),
-            })
+            rows.append(
+                {
+                    "epoch": int(e),
+                    "subtask": s,
+                    "n_seen": int(seen.sum()),
+                    "share_up": float((off > 0).mean()) if off.size else np.nan,
+                    "share_down": float((off < 0).mean()) if off.size else np.nan,
+                    "mean_offset": float(off.mean()) if off.size else np.nan,
+                    "sd_offset": float(off.std()) if off.size else np.nan,
+                    "mean_abs_offset": float(np.abs(off).mean()) if off.size else np.nan,
+                    "mean_abs_change": change,
+                    "mean_chi_s": float(np.nanmean(chi_s)) if np.isfinite(chi_s).any() else np.nan,
+                    "mean_chi_g": float(np.nanmean(chi_g)) if np.isfinite(chi_g).any() else np.nan,
+                    "mean_abs_chi_gap": (
+                        float(np.nanmean(np.abs(chi_s - chi_g))) if np.isfinite(chi_s - chi_g).any() else np.nan
+                    ),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -100,19 +109,24 @@ def write_ssp_health(hist, tables_dir, tag: str, *, tol: float = CHANGE_TOL) -> 
     settle = settling_epoch(table, tol)
     tables_dir = Path(tables_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
-    note = ("Per epoch and subtask over the training reviews SSP-Label has seen: shares of offsets y_s - y_g "
-            "above / below zero, offsets, mean change |y_s(i) - y_s(i-1)| (EWMA settling), mean distances "
-            "chi_s / chi_g (Eq. 18; both 1 by construction under scale='mean', chi_g's only under the "
-            f"default scale='common') and mean |chi_s - chi_g|, the gap that moves the labels. First epoch with mean change < {tol:g}: "
-            + ", ".join(f"{k} {'never' if v is None else v}" for k, v in settle.items()) + ".")
+    note = (
+        "Per epoch and subtask over the training reviews SSP-Label has seen: shares of offsets y_s - y_g "
+        "above / below zero, offsets, mean change |y_s(i) - y_s(i-1)| (EWMA settling), mean distances "
+        "chi_s / chi_g (Eq. 18; both 1 by construction under scale='mean', chi_g's only under the "
+        f"default scale='common') and mean |chi_s - chi_g|, the gap that moves the labels. First epoch with mean change < {tol:g}: "
+        + ", ".join(f"{k} {'never' if v is None else v}" for k, v in settle.items())
+        + "."
+    )
     save_table(table.set_index(["epoch", "subtask"]), tables_dir / f"ssp_pseudo_labels_{tag}", decimals=3, note=note)
     return table
 
 
 # ----------------------------------------------------------------------------- cue association
 
-def cue_association_frame(hist, cues: pd.DataFrame, subtask_cues: Mapping[str, str], *,
-                          epoch_index: int = -1) -> pd.DataFrame:
+
+def cue_association_frame(
+    hist, cues: pd.DataFrame, subtask_cues: Mapping[str, str], *, epoch_index: int = -1
+) -> pd.DataFrame:
     """Long frame, one row per (seen training review, subtask) whose cue is defined:
     ``review_id, subtask, cue, cue_value (0/1), y_g, y_s, offset``, from the record
     ``hist.epochs[epoch_index]`` (default: the last epoch) and the cues (``review_id`` + cue
@@ -122,8 +136,10 @@ def cue_association_frame(hist, cues: pd.DataFrame, subtask_cues: Mapping[str, s
     cue_ix = cues.assign(review_id=cues["review_id"].astype(str)).drop_duplicates("review_id").set_index("review_id")
     missing_reviews = np.setdiff1d(hist.review_id, cue_ix.index.to_numpy(dtype=str))
     if missing_reviews.size:
-        raise DataError(f"cues: {missing_reviews.size} training review(s) of the run have no cues "
-                        f"(e.g. {missing_reviews[0]!r}); cues and run must come from the same data")
+        raise DataError(
+            f"cues: {missing_reviews.size} training review(s) of the run have no cues "
+            f"(e.g. {missing_reviews[0]!r}); cues and run must come from the same data"
+        )
     seen = np.asarray(hist.seen[epoch_index], dtype=bool)
     parts = []
     for s, cue in subtask_cues.items():
@@ -136,12 +152,23 @@ def cue_association_frame(hist, cues: pd.DataFrame, subtask_cues: Mapping[str, s
         if not np.isin(val[ok], (0.0, 1.0)).all():
             raise DataError(f"cues: column {cue!r} must be 0/1 (or NaN), got values {sorted(set(val[ok]))[:5]}")
         y_s = hist.labels[s][epoch_index][ok]
-        parts.append(pd.DataFrame({"review_id": hist.review_id[ok], "subtask": s, "cue": cue,
-                                   "cue_value": val[ok].astype(int), "y_g": hist.y_g[ok], "y_s": y_s,
-                                   "offset": y_s - hist.y_g[ok]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "review_id": hist.review_id[ok],
+                    "subtask": s,
+                    "cue": cue,
+                    "cue_value": val[ok].astype(int),
+                    "y_g": hist.y_g[ok],
+                    "y_s": y_s,
+                    "offset": y_s - hist.y_g[ok],
+                }
+            )
+        )
     if not parts:
-        raise DataError(f"cue association: none of the subtasks {list(subtask_cues)} is in the run "
-                        f"(its subtasks: {hist.subtasks})")
+        raise DataError(
+            f"cue association: none of the subtasks {list(subtask_cues)} is in the run (its subtasks: {hist.subtasks})"
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -168,7 +195,7 @@ def _bootstrap_stratified(y, cue, strata, n_boot: int, rng: np.random.Generator)
     for lab in np.unique(strata):
         idx = np.flatnonzero(strata == lab)
         n_l = idx.size
-        draw = idx[rng.integers(0, n_l, size=(n_boot, n_l))]                 # (B, n_l)
+        draw = idx[rng.integers(0, n_l, size=(n_boot, n_l))]  # (B, n_l)
         yy, cc = y[draw], cue[draw]
         n1 = cc.sum(1)
         n0 = n_l - n1
@@ -181,8 +208,7 @@ def _bootstrap_stratified(y, cue, strata, n_boot: int, rng: np.random.Generator)
         return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
-def cue_association(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0,
-                    level: float = 0.95) -> pd.DataFrame:
+def cue_association(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """Per subtask of a :func:`cue_association_frame`: the stratified difference D_s of the pseudo
     labels between reviews with and without the subtask's cue within the same human label (module
     docstring), its percentile bootstrap interval, and the group sizes. Columns: ``subtask, cue,
@@ -202,16 +228,25 @@ def cue_association(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0,
             if boots.size:
                 lo, hi = (float(v) for v in np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]))
         off = g["offset"].to_numpy(float)
-        rows.append({"subtask": s, "cue": str(g["cue"].iloc[0]), "n_reviews": int(len(g)),
-                     "n_cue": int((cue == 1).sum()), "n_no_cue": int((cue == 0).sum()), "n_strata": k,
-                     "difference": d, "ci_low": lo, "ci_high": hi,
-                     "mean_offset_cue": float(off[cue == 1].mean()) if (cue == 1).any() else np.nan,
-                     "mean_offset_no_cue": float(off[cue == 0].mean()) if (cue == 0).any() else np.nan})
+        rows.append(
+            {
+                "subtask": s,
+                "cue": str(g["cue"].iloc[0]),
+                "n_reviews": int(len(g)),
+                "n_cue": int((cue == 1).sum()),
+                "n_no_cue": int((cue == 0).sum()),
+                "n_strata": k,
+                "difference": d,
+                "ci_low": lo,
+                "ci_high": hi,
+                "mean_offset_cue": float(off[cue == 1].mean()) if (cue == 1).any() else np.nan,
+                "mean_offset_no_cue": float(off[cue == 0].mean()) if (cue == 0).any() else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def plot_cue_association(frame: pd.DataFrame, assoc: Optional[pd.DataFrame] = None, *,
-                         title: Optional[str] = None):
+def plot_cue_association(frame: pd.DataFrame, assoc: Optional[pd.DataFrame] = None, *, title: Optional[str] = None):
     """seaborn figure: per subtask, the offset y_s - y_g by human label (x) and cue (hue; points:
     means with 95% intervals), the panel title giving the stratified difference and its interval
     from ``assoc`` (:func:`cue_association`)."""
@@ -223,17 +258,31 @@ def plot_cue_association(frame: pd.DataFrame, assoc: Optional[pd.DataFrame] = No
         raise DataError("plot_cue_association: empty frame")
     ncols = min(3, len(subtasks))
     nrows = int(np.ceil(len(subtasks) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.4 * nrows), squeeze=False,
-                             layout="constrained", sharey=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.3 * ncols, 3.4 * nrows), squeeze=False, layout="constrained", sharey=True
+    )
     by_s = assoc.set_index("subtask") if assoc is not None else None
     for ax, s in zip(axes.flat, subtasks):
         g = frame[frame["subtask"] == s].assign(
             label=lambda d: d["y_g"].map(lambda v: f"{v:g}"),
-            cue_present=lambda d: d["cue_value"].map({1: "present", 0: "absent"}))
+            cue_present=lambda d: d["cue_value"].map({1: "present", 0: "absent"}),
+        )
         order = [f"{v:g}" for v in sorted(g["y_g"].unique())]
-        sns.pointplot(data=g, x="label", y="offset", hue="cue_present", hue_order=["absent", "present"],
-                      order=order, dodge=0.3, errorbar=("ci", 95), seed=0, linestyle="none",
-                      markers=["o", "D"], palette=["#7f7f7f", "#d62728"], ax=ax)
+        sns.pointplot(
+            data=g,
+            x="label",
+            y="offset",
+            hue="cue_present",
+            hue_order=["absent", "present"],
+            order=order,
+            dodge=0.3,
+            errorbar=("ci", 95),
+            seed=0,
+            linestyle="none",
+            markers=["o", "D"],
+            palette=["#7f7f7f", "#d62728"],
+            ax=ax,
+        )
         ax.axhline(0.0, color="grey", lw=0.8)
         cue = g["cue"].iloc[0]
         head = f"{s} (cue: {cue})"
@@ -246,14 +295,23 @@ def plot_cue_association(frame: pd.DataFrame, assoc: Optional[pd.DataFrame] = No
         ax.grid(axis="y", alpha=0.3)
         if ax.get_legend() is not None:
             ax.legend(title="cue", fontsize=7, title_fontsize=7)
-    for ax in list(axes.flat)[len(subtasks):]:
+    for ax in list(axes.flat)[len(subtasks) :]:
         ax.set_visible(False)
     fig.suptitle(title or "Pseudo labels and the planted cues, within each human label (last epoch)")
     return fig
 
 
-def write_cue_association(hist, cues: pd.DataFrame, subtask_cues: Mapping[str, str], *, tables_dir,
-                          figures_dir, tag: str, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def write_cue_association(
+    hist,
+    cues: pd.DataFrame,
+    subtask_cues: Mapping[str, str],
+    *,
+    tables_dir,
+    figures_dir,
+    tag: str,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Compute :func:`cue_association` of the last epoch and write ``ssp_cue_association_{tag}``
     (CSV + Markdown, :func:`mmss_lib.evaluation.tables.save_table`) and ``fig_ssp_cue_association_{tag}.png``;
     return the table."""
@@ -265,11 +323,17 @@ def write_cue_association(hist, cues: pd.DataFrame, subtask_cues: Mapping[str, s
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    save_table(assoc.set_index("subtask"), tables_dir / f"ssp_cue_association_{tag}", decimals=3,
-               note=(f"Stratified difference of the pseudo labels y_s (epoch {int(hist.epochs[-1])}) between "
-                     "training reviews with and without the subtask's planted cue, within the same human label "
-                     f"(weights: stratum sizes); 95% percentile bootstrap interval ({n_boot} resamples within "
-                     f"strata, seed {seed})."))
+    save_table(
+        assoc.set_index("subtask"),
+        tables_dir / f"ssp_cue_association_{tag}",
+        decimals=3,
+        note=(
+            f"Stratified difference of the pseudo labels y_s (epoch {int(hist.epochs[-1])}) between "
+            "training reviews with and without the subtask's planted cue, within the same human label "
+            f"(weights: stratum sizes); 95% percentile bootstrap interval ({n_boot} resamples within "
+            f"strata, seed {seed})."
+        ),
+    )
     fig = plot_cue_association(frame, assoc)
     save_figure(fig, figures_dir / f"fig_ssp_cue_association_{tag}.png")
     import matplotlib.pyplot as plt

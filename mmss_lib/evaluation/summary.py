@@ -28,6 +28,7 @@ MRR_lo, MRR_hi, n_products, n_seeds, folds, rival, MAP_diff, MAP_diff_lo, MAP_di
 system's runs hit their epoch ceiling while dev MAP still rose (``ceiling_while_improving`` of
 ``metrics.json``; such a system might gain from more epochs). Rows keep the order of the results frame.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,6 +39,7 @@ from mmss_lib.errors import DataError
 from mmss_lib.metrics.ranking import METRIC_NAMES as METRICS
 from mmss_lib.metrics.ranking import PER_PRODUCT_COLUMN
 from mmss_lib.metrics.ranking import TESTED_METRICS as TESTED  # metrics with a paired test against the rival
+
 SCALE = 100.0
 
 
@@ -68,14 +70,24 @@ def per_run_per_product(results, *, split: str = "test"):
         pp = per_product_for_run(rd, split)
         if "product_id" not in pp.columns:
             pp = pp.reset_index()
-        keys = dict(dataset=str(row.dataset), category=str(row.category), system=str(row.system),
-                    variant=str(row.variant), seed=int(row.seed))
+        keys = dict(
+            dataset=str(row.dataset),
+            category=str(row.category),
+            system=str(row.system),
+            variant=str(row.variant),
+            seed=int(row.seed),
+        )
         if "fold" in results.columns:
             fold = getattr(row, "fold")
             keys["fold"] = -1 if fold is None or fold != fold else int(fold)
         flag = getattr(row, "ceiling_while_improving", False)
-        frames.append(pp.assign(**keys, product_id=pp["product_id"].astype(str),
-                                ceiling_while_improving=int(bool(flag) if flag == flag else False)))
+        frames.append(
+            pp.assign(
+                **keys,
+                product_id=pp["product_id"].astype(str),
+                ceiling_while_improving=int(bool(flag) if flag == flag else False),
+            )
+        )
     if not frames:
         raise DataError("summary: no runs to summarise")
     return pd.concat(frames, ignore_index=True)
@@ -98,20 +110,23 @@ def pooled_per_product(results, *, split: str = "test"):
     folds_per = df.groupby(keys + ["product_id"], sort=False)["fold"].nunique()
     if (folds_per > 1).any():
         bad = folds_per[folds_per > 1].index[0]
-        raise DataError(f"summary: product {bad[-1]!r} of {bad[1]}/{bad[2]} ({bad[3]}) is a test product of "
-                        f"several folds; the fold runs come from different fold designs")
+        raise DataError(
+            f"summary: product {bad[-1]!r} of {bad[1]}/{bad[2]} ({bad[3]}) is a test product of "
+            f"several folds; the fold runs come from different fold designs"
+        )
     if "ceiling_while_improving" not in df.columns:
         df = df.assign(ceiling_while_improving=0)
     g = df.groupby(keys + ["product_id"], sort=False)
     out = g[cols].mean()
-    out["ceiling_runs"] = g["ceiling_while_improving"].sum()     # flagged seeds (of the product's fold)
+    out["ceiling_runs"] = g["ceiling_while_improving"].sum()  # flagged seeds (of the product's fold)
     out["n_seeds"] = g["seed"].nunique()
     out["fold"] = g["fold"].first()
     return out.reset_index()
 
 
-def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                    test: str = "t"):
+def product_summary(
+    per_product, *, folds: int = 0, n_boot: int = 2000, level: float = 0.95, seed: int = 0, test: str = "t"
+):
     """The summary rows (module docstring) from :func:`pooled_per_product`'s frame; ``test``: the
     paired test behind ``{m}_p``, "t" (paired t-test) or "wilcoxon" (signed-rank)."""
     import numpy as np
@@ -133,8 +148,10 @@ def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: f
         for k, ps in products.items():
             if ps != products[first]:
                 diff = sorted(ps ^ products[first])[:3]
-                raise DataError(f"summary: {dataset}/{category}: {k[0]} ({k[1]}) and {first[0]} ({first[1]}) were "
-                                f"evaluated on different products (e.g. {diff}); compare runs of the same splits/folds")
+                raise DataError(
+                    f"summary: {dataset}/{category}: {k[0]} ({k[1]}) and {first[0]} ({first[1]}) were "
+                    f"evaluated on different products (e.g. {diff}); compare runs of the same splits/folds"
+                )
         score = {k: float(v["AP"].mean()) for k, v in entries.items()}
         ranked = [k for k in sorted(entries, key=lambda k: -score[k]) if not is_ceiling(k[0])]  # oracles are no rivals
         for key, g in entries.items():
@@ -144,22 +161,35 @@ def product_summary(per_product, *, folds: int = 0, n_boot: int = 2000, level: f
                 lo, hi = bootstrap_interval(vals, n_boot=n_boot, level=level, seed=seed)
                 row.update({m: SCALE * float(vals.mean()), f"{m}_lo": SCALE * lo, f"{m}_hi": SCALE * hi})
             row.update(n_products=int(len(g)), n_seeds=int(g["n_seeds"].min()), folds=int(folds))
-            if "ceiling_runs" in g.columns:                 # one count per fold (a product is in one fold)
-                row["runs_at_ceiling"] = int(g.groupby("fold")["ceiling_runs"].first().sum()
-                                             if "fold" in g.columns else g["ceiling_runs"].max())
+            if "ceiling_runs" in g.columns:  # one count per fold (a product is in one fold)
+                row["runs_at_ceiling"] = int(
+                    g.groupby("fold")["ceiling_runs"].first().sum() if "fold" in g.columns else g["ceiling_runs"].max()
+                )
             others = [k for k in ranked if k != key]
             rival = others[0] if others else None
             row["rival"] = "" if rival is None else _label(*rival)
             for m in TESTED:
                 col = PER_PRODUCT_COLUMN[m]
                 if rival is None:
-                    row.update({f"{m}_diff": float("nan"), f"{m}_diff_lo": float("nan"),
-                                f"{m}_diff_hi": float("nan"), f"{m}_p": float("nan")})
+                    row.update(
+                        {
+                            f"{m}_diff": float("nan"),
+                            f"{m}_diff_lo": float("nan"),
+                            f"{m}_diff_hi": float("nan"),
+                            f"{m}_p": float("nan"),
+                        }
+                    )
                     continue
                 a, b = g[col], entries[rival][col]
                 d, lo, hi = bootstrap_difference(a, b, n_boot=n_boot, level=level, seed=seed)
-                row.update({f"{m}_diff": SCALE * d, f"{m}_diff_lo": SCALE * lo, f"{m}_diff_hi": SCALE * hi,
-                            f"{m}_p": paired_test(a, b)[f"{test}_p"]})
+                row.update(
+                    {
+                        f"{m}_diff": SCALE * d,
+                        f"{m}_diff_lo": SCALE * lo,
+                        f"{m}_diff_hi": SCALE * hi,
+                        f"{m}_p": paired_test(a, b)[f"{test}_p"],
+                    }
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -249,8 +279,10 @@ def pool_folds(results, split: str = "test"):
         pp = pd.concat([per_product_for_run(rd, split) for rd in g["run_dir"]], ignore_index=True)
         if pp["product_id"].duplicated().any():
             dup = pp.loc[pp["product_id"].duplicated(), "product_id"].iloc[0]
-            raise DataError(f"pool_folds: product {dup!r} is a test product of several folds of "
-                            f"{key[1]}/{_label(key[2], key[3])} seed {key[4]}")
+            raise DataError(
+                f"pool_folds: product {dup!r} is a test product of several folds of "
+                f"{key[1]}/{_label(key[2], key[3])} seed {key[4]}"
+            )
         row = dict(zip(keys, key))
         row.update({m: float(pp[PER_PRODUCT_COLUMN[m]].mean()) for m in METRICS})
         for c in ("dev_MAP", "best_epoch", "epochs_run", "sec_per_epoch"):
@@ -263,12 +295,14 @@ def pool_folds(results, split: str = "test"):
 
 def _per_system(pooled, column: str) -> dict:
     """``{(category, system, variant): Series of column by product_id}`` of a pooled frame."""
-    return {k: g.set_index("product_id")[column]
-            for k, g in pooled.groupby(["category", "system", "variant"], sort=False)}
+    return {
+        k: g.set_index("product_id")[column] for k, g in pooled.groupby(["category", "system", "variant"], sort=False)
+    }
 
 
-def paired_differences(pooled, comparisons, *, metric: str = "MAP", n_boot: int = 2000, level: float = 0.95,
-                       seed: int = 0):
+def paired_differences(
+    pooled, comparisons, *, metric: str = "MAP", n_boot: int = 2000, level: float = 0.95, seed: int = 0
+):
     """Named paired differences between systems on the same test products.
 
     ``pooled``: :func:`pooled_per_product`'s frame (per-product values averaged over seeds);
@@ -291,15 +325,35 @@ def paired_differences(pooled, comparisons, *, metric: str = "MAP", n_boot: int 
             if ka not in by or kb not in by:
                 continue
             d, lo, hi = bootstrap_difference(by[ka], by[kb], n_boot=n_boot, level=level, seed=seed)
-            rows.append({"category": cat, "comparison": name, "a_system": a[0], "a_variant": a[1],
-                         "b_system": b[0], "b_variant": b[1], "diff": SCALE * d, "lo": SCALE * lo, "hi": SCALE * hi,
-                         "half_width": SCALE * (hi - lo) / 2, "p": paired_test(by[ka], by[kb])["t_p"],
-                         "n_products": int(len(by[ka]))})
+            rows.append(
+                {
+                    "category": cat,
+                    "comparison": name,
+                    "a_system": a[0],
+                    "a_variant": a[1],
+                    "b_system": b[0],
+                    "b_variant": b[1],
+                    "diff": SCALE * d,
+                    "lo": SCALE * lo,
+                    "hi": SCALE * hi,
+                    "half_width": SCALE * (hi - lo) / 2,
+                    "p": paired_test(by[ka], by[kb])["t_p"],
+                    "n_products": int(len(by[ka])),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def headroom_shares(pooled, *, low=("ceiling_text", "full"), high=("ceiling_all", "full"), metric: str = "MAP",
-                    n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+def headroom_shares(
+    pooled,
+    *,
+    low=("ceiling_text", "full"),
+    high=("ceiling_all", "full"),
+    metric: str = "MAP",
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+):
     """Each system's share of the headroom the images leave: (system - low) / (high - low) of the
     mean ``metric`` over products (defaults: the text-cue and all-cue ceilings of generated
     data), with a percentile bootstrap interval (products resampled, the same draws for the three
@@ -328,6 +382,15 @@ def headroom_shares(pooled, *, low=("ceiling_text", "full"), high=("ceiling_all"
             share = (x.mean() - lo_v.mean()) / (hi_v.mean() - lo_v.mean())
             boots = (x[idx].mean(1) - lo_v[idx].mean(1)) / gap_b
             q_lo, q_hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-            rows.append({"category": cat, "system": system, "variant": variant, "share": float(share),
-                         "lo": float(q_lo), "hi": float(q_hi), "headroom": SCALE * float(hi_v.mean() - lo_v.mean())})
+            rows.append(
+                {
+                    "category": cat,
+                    "system": system,
+                    "variant": variant,
+                    "share": float(share),
+                    "lo": float(q_lo),
+                    "hi": float(q_hi),
+                    "headroom": SCALE * float(hi_v.mean() - lo_v.mean()),
+                }
+            )
     return pd.DataFrame(rows)

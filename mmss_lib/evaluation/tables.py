@@ -26,6 +26,7 @@ metrics x100 like the paper.
 
 Table 3 (dataset statistics) is ``mmss_lib.data.mrhp.dataset_stats``.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,9 +42,9 @@ from mmss_lib.models.registry import is_ceiling
 METRIC_LABELS = {"MAP": "MAP", "NDCG@3": "N@3", "NDCG@5": "N@5"}
 CATEGORY_LABELS = {"clothing": "CS&J", "electronics": "Elec.", "home": "H&K"}
 TYPE_LABELS = {"floor": "Floor", "ceiling": "Ceiling", "text-only": "Text-only", "multimodal": "Multimodal"}
-MARKER = "∗"          # significantly better than the best other system
-WORSE_MARKER = "†"    # significantly worse than the best other system
-CEILING_MARKER = "↑"   # some run of this cell hit its epoch ceiling while dev MAP still rose
+MARKER = "∗"  # significantly better than the best other system
+WORSE_MARKER = "†"  # significantly worse than the best other system
+CEILING_MARKER = "↑"  # some run of this cell hit its epoch ceiling while dev MAP still rose
 
 MISSING = "-"
 FULL = "full"
@@ -53,11 +54,13 @@ FULL = "full"
 # helpers
 # --------------------------------------------------------------------------------------------
 
+
 def _require(df, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise DataError(f"{what}: column(s) {missing} missing; expected columns "
-                        f"{list(columns)}, got {list(df.columns)}")
+        raise DataError(
+            f"{what}: column(s) {missing} missing; expected columns {list(columns)}, got {list(df.columns)}"
+        )
 
 
 def _variant(df):
@@ -90,8 +93,14 @@ def _ordered(values: Sequence[str], preferred: Sequence[str]) -> list[str]:
     return [p for p in preferred if p in present] + [v for v in present if v not in preferred]
 
 
-def format_cell(mean: float, std: Optional[float] = None, *, decimals: int = 1, marker: str = "",
-                interval: Optional[tuple[float, float]] = None) -> str:
+def format_cell(
+    mean: float,
+    std: Optional[float] = None,
+    *,
+    decimals: int = 1,
+    marker: str = "",
+    interval: Optional[tuple[float, float]] = None,
+) -> str:
     """``"69.5"``, ``"69.5∗"``, ``"69.5 ± 0.3"`` or ``"69.5∗ [67.1, 71.8]"`` from values already in
     table units (x100)."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -117,9 +126,18 @@ def _seed_stats(df, keys: list[str], metrics: Sequence[str]):
 # Tables 1 / 2
 # --------------------------------------------------------------------------------------------
 
-def comparison_table(results, dataset: str, *, summary=None, with_std: bool = False, decimals: int = 1,
-                     alpha: float = 0.01, categories: Optional[Sequence[str]] = None,
-                     with_interval: Optional[bool] = None):
+
+def comparison_table(
+    results,
+    dataset: str,
+    *,
+    summary=None,
+    with_std: bool = False,
+    decimals: int = 1,
+    alpha: float = 0.01,
+    categories: Optional[Sequence[str]] = None,
+    with_interval: Optional[bool] = None,
+):
     """Tables 1/2 layout for one dataset (test split, full models only).
 
     Rows: MultiIndex (Type, Method) — systems of :data:`mmss_lib.models.registry.SYSTEMS` in its
@@ -160,10 +178,12 @@ def comparison_table(results, dataset: str, *, summary=None, with_std: bool = Fa
 
     type_order = list(TYPE_LABELS.values()) + ["Other"]
     systems = sorted(systems, key=lambda s: type_order.index(kind(s)) if kind(s) in type_order else len(type_order))
-    rows = pd.MultiIndex.from_tuples([(kind(s), SYSTEMS[s].display if s in SYSTEMS else s) for s in systems],
-                                     names=["Type", "Method"])
-    cols = pd.MultiIndex.from_tuples([(CATEGORY_LABELS.get(c, c), METRIC_LABELS[m]) for c in cats for m in METRICS],
-                                     names=["Category", "Metric"])
+    rows = pd.MultiIndex.from_tuples(
+        [(kind(s), SYSTEMS[s].display if s in SYSTEMS else s) for s in systems], names=["Type", "Method"]
+    )
+    cols = pd.MultiIndex.from_tuples(
+        [(CATEGORY_LABELS.get(c, c), METRIC_LABELS[m]) for c in cats for m in METRICS], names=["Category", "Metric"]
+    )
     cells = []
     for s in systems:
         row = []
@@ -178,16 +198,26 @@ def comparison_table(results, dataset: str, *, summary=None, with_std: bool = Fa
                     mark += CEILING_MARKER
                 sd = 100.0 * std.loc[(s, c), m] if with_std else None
                 iv = (float(st[f"{m}_lo"]), float(st[f"{m}_hi"])) if with_interval and st is not None else None
-                row.append(format_cell(100.0 * mean.loc[(s, c), m], sd, decimals=decimals, marker=mark,
-                                       interval=iv))
+                row.append(format_cell(100.0 * mean.loc[(s, c), m], sd, decimals=decimals, marker=mark, interval=iv))
         cells.append(row)
     return pd.DataFrame(cells, index=rows, columns=cols)
 
 
 def _summary_rows(summary, dataset: Optional[str]) -> dict:
     """``{(category, system): summary row}`` of the full models of ``dataset``."""
-    _require(summary, ["dataset", "category", "system", "variant", "rival", "n_products",
-                       *[f"{m}{x}" for m in METRICS for x in ("_lo", "_hi", "_diff", "_p")]], "product-level summary")
+    _require(
+        summary,
+        [
+            "dataset",
+            "category",
+            "system",
+            "variant",
+            "rival",
+            "n_products",
+            *[f"{m}{x}" for m in METRICS for x in ("_lo", "_hi", "_diff", "_p")],
+        ],
+        "product-level summary",
+    )
     df = summary
     if dataset is not None:
         df = df[df["dataset"].astype(str) == str(dataset)]
@@ -221,9 +251,18 @@ def significance_frame(summary, *, dataset: Optional[str] = None, alpha: float =
         if not isinstance(r["rival"], str) or not r["rival"]:
             continue
         for m in METRICS:
-            rows.append({"category": cat, "system": system, "metric": METRIC_LABELS.get(m, m), "rival": r["rival"],
-                         "mean_diff": round(float(r[f"{m}_diff"]), 2), "p": float(r[f"{m}_p"]),
-                         "n": int(r["n_products"]), "marker": _marker(r, m, alpha)})
+            rows.append(
+                {
+                    "category": cat,
+                    "system": system,
+                    "metric": METRIC_LABELS.get(m, m),
+                    "rival": r["rival"],
+                    "mean_diff": round(float(r[f"{m}_diff"]), 2),
+                    "p": float(r[f"{m}_p"]),
+                    "n": int(r["n_products"]),
+                    "marker": _marker(r, m, alpha),
+                }
+            )
     return pd.DataFrame(rows, columns=["category", "system", "metric", "rival", "mean_diff", "p", "n", "marker"])
 
 
@@ -247,8 +286,9 @@ def region_weights_note(features_root, dataset: str, categories: Sequence[str]) 
             grid = " + ".join(f"{g}x{g}" for g in levels)
             text = f"grid boxes ({grid} per image), {bb.get('name')} {bb.get('weights', '')} features".rstrip()
         elif bb.get("name", "c5") == "c5":
-            text = f"{det} boxes and C5 features" + (" (random weights: no pretrained image features)"
-                                                      if m.get("random_weights") else "")
+            text = f"{det} boxes and C5 features" + (
+                " (random weights: no pretrained image features)" if m.get("random_weights") else ""
+            )
         else:
             text = f"{det} boxes, {bb['name']} {bb.get('weights', '')} features".rstrip()
         if text not in seen:
@@ -256,8 +296,15 @@ def region_weights_note(features_root, dataset: str, categories: Sequence[str]) 
     return ("region features: " + "; ".join(seen)) if seen else ""
 
 
-def comparison_note(summary=None, *, dataset: Optional[str] = None, alpha: float = 0.01, level: float = 0.95,
-                    test: str = "t", region_note: str = "") -> str:
+def comparison_note(
+    summary=None,
+    *,
+    dataset: Optional[str] = None,
+    alpha: float = 0.01,
+    level: float = 0.95,
+    test: str = "t",
+    region_note: str = "",
+) -> str:
     """The legend printed under a comparison table: cell format, interval, test and markers, the
     number of test products per category (from the product-level ``summary``) and
     (``region_note``) the region-feature weights."""
@@ -267,21 +314,32 @@ def comparison_note(summary=None, *, dataset: Optional[str] = None, alpha: float
         n = {}
         for (c, _), r in rows.items():
             n.setdefault(c, int(r["n_products"]))
-        parts[0] += (f" [{round(100 * level)}% percentile bootstrap interval of the mean over test products]; "
-                     f"{MARKER} / {WORSE_MARKER}: significantly better / worse than the best other system of the "
-                     f"category ({'paired t-test' if test == 't' else 'Wilcoxon signed-rank test'} on per-product "
-                     f"values averaged over seeds, p < {alpha:g}); Floor: rankings without training (Random: "
-                     f"expected value of a uniformly random ranking; Length: longest review first)"
-                     + ("; Ceiling: rankings by a least-squares fit of the label on the generator's planted cues, "
-                        "fitted on train and dev (text cues: match, detail; all cues: also the image cues), "
-                        "never a rival in the tests"
-                        if any(is_ceiling(s) for _, s in rows) else "")
-                     + ". Test products: " + ", ".join(f"{CATEGORY_LABELS.get(c, c)} {k}" for c, k in n.items()))
-        flagged = [f"{CATEGORY_LABELS.get(c, c)} {s_} ({_runs_at_ceiling(r)} of {int(r['n_seeds']) * max(int(r.get('folds', 0) or 0), 1)} runs)"
-                   for (c, s_), r in rows.items() if _runs_at_ceiling(r)]
+        parts[0] += (
+            f" [{round(100 * level)}% percentile bootstrap interval of the mean over test products]; "
+            f"{MARKER} / {WORSE_MARKER}: significantly better / worse than the best other system of the "
+            f"category ({'paired t-test' if test == 't' else 'Wilcoxon signed-rank test'} on per-product "
+            f"values averaged over seeds, p < {alpha:g}); Floor: rankings without training (Random: "
+            f"expected value of a uniformly random ranking; Length: longest review first)"
+            + (
+                "; Ceiling: rankings by a least-squares fit of the label on the generator's planted cues, "
+                "fitted on train and dev (text cues: match, detail; all cues: also the image cues), "
+                "never a rival in the tests"
+                if any(is_ceiling(s) for _, s in rows)
+                else ""
+            )
+            + ". Test products: "
+            + ", ".join(f"{CATEGORY_LABELS.get(c, c)} {k}" for c, k in n.items())
+        )
+        flagged = [
+            f"{CATEGORY_LABELS.get(c, c)} {s_} ({_runs_at_ceiling(r)} of {int(r['n_seeds']) * max(int(r.get('folds', 0) or 0), 1)} runs)"
+            for (c, s_), r in rows.items()
+            if _runs_at_ceiling(r)
+        ]
         if flagged:
-            parts.append(f"{CEILING_MARKER}: hit the epoch ceiling while dev MAP still rose (more epochs might "
-                         f"change the result): " + ", ".join(flagged))
+            parts.append(
+                f"{CEILING_MARKER}: hit the epoch ceiling while dev MAP still rose (more epochs might "
+                f"change the result): " + ", ".join(flagged)
+            )
     if region_note:
         parts.append(region_note)
     return ". ".join(parts) + "."
@@ -291,6 +349,7 @@ def comparison_note(summary=None, *, dataset: Optional[str] = None, alpha: float
 # Table 4
 # --------------------------------------------------------------------------------------------
 
+
 def _ablation_labels() -> dict[str, str]:
     try:
         from mmss_lib.models.mmss import ABLATION_LABELS  # imports torch: only when a table is built
@@ -299,8 +358,16 @@ def _ablation_labels() -> dict[str, str]:
     return dict(ABLATION_LABELS)
 
 
-def ablation_table(results, dataset: str, category: str, *, system: str = "mmss", full: str = FULL,
-                   labels: Optional[Mapping[str, str]] = None, decimals: int = 2):
+def ablation_table(
+    results,
+    dataset: str,
+    category: str,
+    *,
+    system: str = "mmss",
+    full: str = FULL,
+    labels: Optional[Mapping[str, str]] = None,
+    decimals: int = 2,
+):
     """Table 4 layout for one dataset and category (test split).
 
     Rows: variants of ``system`` in the order of ``labels`` (default
@@ -322,8 +389,10 @@ def ablation_table(results, dataset: str, category: str, *, system: str = "mmss"
         raise DataError(f"{what}: no test results of system {system!r} for this dataset and category")
     df = df.assign(variant=_variant(df))
     if full not in set(df["variant"]):
-        raise DataError(f"{what}: no run of the full model (variant {full!r} or empty); the Δ columns "
-                        f"need it. Variants present: {sorted(set(df['variant']))}")
+        raise DataError(
+            f"{what}: no run of the full model (variant {full!r} or empty); the Δ columns "
+            f"need it. Variants present: {sorted(set(df['variant']))}"
+        )
     labels = dict(labels) if labels is not None else _ablation_labels()
     variants = _ordered(df["variant"].tolist(), [full] + [v for v in labels if v != full])
     mean, std, n = _seed_stats(df, ["variant"], METRICS)
@@ -342,6 +411,7 @@ def ablation_table(results, dataset: str, category: str, *, system: str = "mmss"
 # --------------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------------
+
 
 def _md_escape(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
@@ -413,8 +483,10 @@ def plain_markdown(df, *, decimals: int = 3) -> str:
     def fmt(v: Any) -> str:
         return f"{v:.{decimals}f}" if isinstance(v, (float, np.floating)) else str(v)
 
-    return "\n".join(["| " + " | ".join(str(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-                     + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)])
+    return "\n".join(
+        ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+        + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    )
 
 
 def save_plain_table(df, path_stem: str | Path, markdown: Optional[str] = None) -> tuple[Path, Path]:

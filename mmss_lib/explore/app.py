@@ -17,6 +17,7 @@ folder. ``--port 0`` takes a free port and prints its real address. Ctrl-C or SI
 PID``, a service manager) stops the Voila server and its kernels and removes the temporary folder
 (SIGTERM alone used to kill only the parent, leaving Voila serving).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,18 @@ from html import escape
 from typing import Optional
 
 from mmss_lib.errors import MMSSError
-from mmss_lib.explore.explorer import SORTS, SPLITS, Explorer, data_uri, product_html, review_detail_html, review_table_html, trajectory_png
+from mmss_lib.explore.explorer import (
+    SORTS,
+    SPLITS,
+    Explorer,
+    data_uri,
+    product_html,
+    review_detail_html,
+    review_table_html,
+    trajectory_png,
+)
 
-PRODUCT_LIMIT = 500          # products listed at once (refine the search for the others)
+PRODUCT_LIMIT = 500  # products listed at once (refine the search for the others)
 
 
 class ExplorerApp:
@@ -38,16 +48,34 @@ class ExplorerApp:
     ``mmss__wo_d``, with ``seed``), ``split``, ``product`` and ``review`` ids, ``sort``.
     """
 
-    def __init__(self, runs_root: str | os.PathLike, data_root: str | os.PathLike | None = None, *,
-                 dataset: Optional[str] = None, category: Optional[str] = None, run: Optional[str] = None,
-                 other: Optional[str] = None, seed: Optional[int] = None, split: str = "test",
-                 product: Optional[str] = None, review: Optional[str] = None, sort: str = "file order"):
+    def __init__(
+        self,
+        runs_root: str | os.PathLike,
+        data_root: str | os.PathLike | None = None,
+        *,
+        dataset: Optional[str] = None,
+        category: Optional[str] = None,
+        run: Optional[str] = None,
+        other: Optional[str] = None,
+        seed: Optional[int] = None,
+        split: str = "test",
+        product: Optional[str] = None,
+        review: Optional[str] = None,
+        sort: str = "file order",
+    ):
         import ipywidgets as W
 
         self.explorer = Explorer(runs_root, data_root)
-        self._want = {"dataset": dataset, "category": category, "run": run, "other": other, "seed": seed,
-                      "product": product, "review": review}
-        self._quiet = 0                       # > 0 while options are set programmatically
+        self._want = {
+            "dataset": dataset,
+            "category": category,
+            "run": run,
+            "other": other,
+            "seed": seed,
+            "product": product,
+            "review": review,
+        }
+        self._quiet = 0  # > 0 while options are set programmatically
         self._notes: list[str] = []
         self._error: Optional[str] = None
         self._table = None
@@ -61,14 +89,22 @@ class ExplorerApp:
         self.other = dd("beside")
         self.split = dd("split", options=list(SPLITS), value=split if split in SPLITS else "test")
         self.refresh = W.Button(description="reload runs", tooltip="read the runs folder again")
-        self.search = W.Text(placeholder="search products (id, name, text)", continuous_update=False,
-                             layout=W.Layout(width="26em"))
+        self.search = W.Text(
+            placeholder="search products (id, name, text)", continuous_update=False, layout=W.Layout(width="26em")
+        )
         self.sort = dd("order", options=list(SORTS), value=sort if sort in SORTS else "file order")
         self.products = W.Select(rows=16, layout=W.Layout(width="26em"))
         self.count = W.HTML()
-        self.min_offset = W.FloatSlider(value=0.0, min=0.0, max=3.0, step=0.05, readout_format=".2f",
-                                        description="min |offset|", continuous_update=False,
-                                        layout=W.Layout(width="26em"))
+        self.min_offset = W.FloatSlider(
+            value=0.0,
+            min=0.0,
+            max=3.0,
+            step=0.05,
+            readout_format=".2f",
+            description="min |offset|",
+            continuous_update=False,
+            layout=W.Layout(width="26em"),
+        )
         self.product = W.HTML()
         self.summary = W.HTML()
         self.table = W.HTML()
@@ -76,29 +112,64 @@ class ExplorerApp:
         self.detail = W.HTML()
         self.trajectory = W.HTML()
         self.message = W.HTML()
-        for w, cls in ((self.dataset, "dataset"), (self.category, "category"), (self.run, "run"),
-                       (self.other, "other"), (self.split, "split"), (self.search, "search"), (self.sort, "sort"),
-                       (self.products, "products"), (self.reviews, "reviews"), (self.product, "product-view"),
-                       (self.table, "table"), (self.summary, "summary"), (self.detail, "detail"),
-                       (self.trajectory, "trajectory"), (self.message, "message"), (self.min_offset, "min-offset"),
-                       (self.refresh, "refresh")):
+        for w, cls in (
+            (self.dataset, "dataset"),
+            (self.category, "category"),
+            (self.run, "run"),
+            (self.other, "other"),
+            (self.split, "split"),
+            (self.search, "search"),
+            (self.sort, "sort"),
+            (self.products, "products"),
+            (self.reviews, "reviews"),
+            (self.product, "product-view"),
+            (self.table, "table"),
+            (self.summary, "summary"),
+            (self.detail, "detail"),
+            (self.trajectory, "trajectory"),
+            (self.message, "message"),
+            (self.min_offset, "min-offset"),
+            (self.refresh, "refresh"),
+        ):
             w.add_class(f"mmss-{cls}")
-        left = W.VBox([self.search, self.sort, self.count, self.products, self.min_offset,
-                       W.HTML("<b>reviews</b> (click one)"), self.reviews],
-                      layout=W.Layout(flex="0 0 27em", min_width="27em"))
-        right = W.VBox([self.product, self.summary, self.table, self.detail, self.trajectory],
-                       layout=W.Layout(flex="1 1 auto"))
-        self.widget = W.VBox([W.HTML("<h3>mmss · pseudo-label explorer</h3>"),
-                              W.HBox([self.dataset, self.category, self.split]),
-                              W.HBox([self.run, self.other, self.refresh]),
-                              self.message, W.HBox([left, right])])
+        left = W.VBox(
+            [
+                self.search,
+                self.sort,
+                self.count,
+                self.products,
+                self.min_offset,
+                W.HTML("<b>reviews</b> (click one)"),
+                self.reviews,
+            ],
+            layout=W.Layout(flex="0 0 27em", min_width="27em"),
+        )
+        right = W.VBox(
+            [self.product, self.summary, self.table, self.detail, self.trajectory], layout=W.Layout(flex="1 1 auto")
+        )
+        self.widget = W.VBox(
+            [
+                W.HTML("<h3>mmss · pseudo-label explorer</h3>"),
+                W.HBox([self.dataset, self.category, self.split]),
+                W.HBox([self.run, self.other, self.refresh]),
+                self.message,
+                W.HBox([left, right]),
+            ]
+        )
         self.widget.add_class("mmss-explorer")
 
-        for w, fn in ((self.dataset, self._fill_categories), (self.category, self._fill_runs),
-                      (self.run, self._fill_products), (self.other, self._fill_products),
-                      (self.split, self._fill_products), (self.search, self._fill_products),
-                      (self.sort, self._fill_products), (self.products, self._show_product),
-                      (self.min_offset, self._show_product), (self.reviews, self._show_review)):
+        for w, fn in (
+            (self.dataset, self._fill_categories),
+            (self.category, self._fill_runs),
+            (self.run, self._fill_products),
+            (self.other, self._fill_products),
+            (self.split, self._fill_products),
+            (self.search, self._fill_products),
+            (self.sort, self._fill_products),
+            (self.products, self._show_product),
+            (self.min_offset, self._show_product),
+            (self.reviews, self._show_review),
+        ):
             w.observe(self._handler(fn), names="value")
         self.refresh.on_click(lambda _: self._act(self._reload))
         self._act(self._fill_datasets)
@@ -113,6 +184,7 @@ class ExplorerApp:
         def on_change(change):
             if not self._quiet:
                 self._act(fn)
+
         return on_change
 
     def _act(self, fn) -> None:
@@ -186,10 +258,16 @@ class ExplorerApp:
             return hits[0] if hits else current
 
         first = next((r for r in runs if r.name == "mmss"), runs[0] if runs else None)
-        self._set(self.run, [(r.label, r) for r in runs],
-                  pick(self._want.pop("run", None), self.run.value if self.run.value in runs else first))
-        self._set(self.other, [("(none)", None)] + [(r.label, r) for r in runs],
-                  pick(self._want.pop("other", None), self.other.value if self.other.value in runs else None))
+        self._set(
+            self.run,
+            [(r.label, r) for r in runs],
+            pick(self._want.pop("run", None), self.run.value if self.run.value in runs else first),
+        )
+        self._set(
+            self.other,
+            [("(none)", None)] + [(r.label, r) for r in runs],
+            pick(self._want.pop("other", None), self.other.value if self.other.value in runs else None),
+        )
         self._fill_products()
 
     def _fill_products(self) -> None:
@@ -208,12 +286,22 @@ class ExplorerApp:
             extra = ([f"AP {ap:.2f}"] if ap == ap else []) + ([f"offset {off:.2f}"] if off == off else [])
             return f"{name} · {n} rev" + "".join(f" · {e}" for e in extra) + f" · {pid}"
 
-        options = [(label(*row), row[0]) for row in zip(shown["product_id"], shown["name"], shown["n_reviews"],
-                                                         shown["AP"].to_numpy(dtype=float),
-                                                         shown["offset"].to_numpy(dtype=float))]
-        self.count.value = (f"{total} product(s)" + (f", the first {PRODUCT_LIMIT} listed: refine the search"
-                                                     if total > PRODUCT_LIMIT else "")
-                            if total else "<i>no product matches</i>")
+        options = [
+            (label(*row), row[0])
+            for row in zip(
+                shown["product_id"],
+                shown["name"],
+                shown["n_reviews"],
+                shown["AP"].to_numpy(dtype=float),
+                shown["offset"].to_numpy(dtype=float),
+            )
+        ]
+        self.count.value = (
+            f"{total} product(s)"
+            + (f", the first {PRODUCT_LIMIT} listed: refine the search" if total > PRODUCT_LIMIT else "")
+            if total
+            else "<i>no product matches</i>"
+        )
         self._set(self.products, options, self._want.pop("product", None) or self.products.value)
         self._show_product()
 
@@ -225,16 +313,19 @@ class ExplorerApp:
             self._set(self.reviews, [])
             return
         self.product.value = product_html(self.explorer.product(ds, cat, split, pid))
-        table, notes = self.explorer.review_table(ds, cat, split, pid, self.run.value, self.other.value,
-                                                  min_offset=self.min_offset.value)
+        table, notes = self.explorer.review_table(
+            ds, cat, split, pid, self.run.value, self.other.value, min_offset=self.min_offset.value
+        )
         self._notes += notes
         self._table = table
         diff = self.explorer.ranking_difference(table)
         if diff is not None:
-            self.summary.value = (f'<div class="mmss-compare">{escape(self.run.value.label)} vs '
-                                  f'{escape(self.other.value.label)}: ranks differ at {diff["differ"]} of {diff["n"]} '
-                                  f'reviews (tinted), Kendall τ = {diff["kendall_tau"]:.2f}, '
-                                  f'{"same" if diff["top_same"] else "different"} first review</div>')
+            self.summary.value = (
+                f'<div class="mmss-compare">{escape(self.run.value.label)} vs '
+                f"{escape(self.other.value.label)}: ranks differ at {diff['differ']} of {diff['n']} "
+                f"reviews (tinted), Kendall τ = {diff['kendall_tau']:.2f}, "
+                f"{'same' if diff['top_same'] else 'different'} first review</div>"
+            )
         else:
             self.summary.value = ""
 
@@ -243,8 +334,11 @@ class ExplorerApp:
             off = f" · offset {r['offset']:.2f}" if r["offset"] == r["offset"] else ""
             return f"{rank} {r['review_id']} · H={int(r['label'])}{off}"
 
-        self._set(self.reviews, [(label(r), r["review_id"]) for _, r in table.iterrows()],
-                  self._want.pop("review", None) or self.reviews.value)
+        self._set(
+            self.reviews,
+            [(label(r), r["review_id"]) for _, r in table.iterrows()],
+            self._want.pop("review", None) or self.reviews.value,
+        )
         self._show_review()
 
     def _show_review(self) -> None:
@@ -259,13 +353,24 @@ class ExplorerApp:
         det = self.explorer.review_detail(ds, cat, split, rid, self.run.value)
         self.detail.value = f'<div class="mmss-review">{review_detail_html(det)}</div>'
         png = trajectory_png(det)
-        self.trajectory.value = ("" if png is None else
-                                 f'<img class="mmss-trajectory-img" alt="trajectory of review {escape(rid)}" '
-                                 f'data-review="{escape(rid)}" src="{data_uri(png)}">')
+        self.trajectory.value = (
+            ""
+            if png is None
+            else f'<img class="mmss-trajectory-img" alt="trajectory of review {escape(rid)}" '
+            f'data-review="{escape(rid)}" src="{data_uri(png)}">'
+        )
 
-    def select(self, *, split: Optional[str] = None, sort: Optional[str] = None, run: Optional[str] = None,
-               other: Optional[str] = "", product: Optional[str] = None, review: Optional[str] = None,
-               min_offset: Optional[float] = None) -> None:
+    def select(
+        self,
+        *,
+        split: Optional[str] = None,
+        sort: Optional[str] = None,
+        run: Optional[str] = None,
+        other: Optional[str] = "",
+        product: Optional[str] = None,
+        review: Optional[str] = None,
+        min_offset: Optional[float] = None,
+    ) -> None:
         """Select from code what a person would click (the notebook's headless run): the split,
         the order, a run / second run by folder name (``other=None``: none; ``""``: keep), a
         product and a review by id (missing ones fall back to the first)."""
@@ -289,11 +394,23 @@ class ExplorerApp:
         """What the view shows now, as one static HTML block (kept by papermill and by nbconvert)."""
         if self.dataset.value is None:
             return "<h3>pseudo-label explorer</h3>" + self.message.value
-        head = (f"<h3>{escape(str(self.dataset.value))}/{escape(str(self.category.value))} "
-                f"{escape(str(self.split.value))} · run {escape(self.run.value.label if self.run.value else '-')}"
-                + (f" beside {escape(self.other.value.label)}" if self.other.value is not None else "") + "</h3>")
-        return "".join([head, self.message.value, self.product.value, self.summary.value, self.table.value,
-                        self.detail.value, self.trajectory.value])
+        head = (
+            f"<h3>{escape(str(self.dataset.value))}/{escape(str(self.category.value))} "
+            f"{escape(str(self.split.value))} · run {escape(self.run.value.label if self.run.value else '-')}"
+            + (f" beside {escape(self.other.value.label)}" if self.other.value is not None else "")
+            + "</h3>"
+        )
+        return "".join(
+            [
+                head,
+                self.message.value,
+                self.product.value,
+                self.summary.value,
+                self.table.value,
+                self.detail.value,
+                self.trajectory.value,
+            ]
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,19 +424,41 @@ def app_notebook(runs_root, data_root=None) -> dict:
     """The one-cell notebook Voila serves: an :class:`ExplorerApp` over ``runs_root``."""
     args = repr(str(runs_root)) + ("" if data_root is None else f", {str(data_root)!r}")
     src = f"from mmss_lib.explore.app import ExplorerApp\n\nExplorerApp({args}).show()\n"
-    return {"cells": [{"cell_type": "code", "execution_count": None, "id": "explorer", "metadata": {},
-                       "outputs": [], "source": src}],
-            "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                         "language_info": {"name": "python"}},
-            "nbformat": 4, "nbformat_minor": 5}
+    return {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": "explorer",
+                "metadata": {},
+                "outputs": [],
+                "source": src,
+            }
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
 
 
 def serve_command(notebook, port: int) -> list[str]:
     """The Voila command line: this Python, 127.0.0.1 only, exactly ``port`` (no retries)."""
     import sys
 
-    return [sys.executable, "-m", "voila", str(notebook), f"--port={int(port)}", "--no-browser",
-            "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", "--theme=light"]
+    return [
+        sys.executable,
+        "-m",
+        "voila",
+        str(notebook),
+        f"--port={int(port)}",
+        "--no-browser",
+        "--Voila.ip=127.0.0.1",
+        "--Voila.port_retries=0",
+        "--theme=light",
+    ]
 
 
 def _stop_server(proc) -> None:
@@ -331,7 +470,7 @@ def _stop_server(proc) -> None:
     import psutil
 
     try:
-        family = psutil.Process(proc.pid).children(recursive=True)       # kernels and their children
+        family = psutil.Process(proc.pid).children(recursive=True)  # kernels and their children
     except psutil.Error:
         family = []
     proc.terminate()
@@ -369,12 +508,19 @@ def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
 
     from mmss_lib.errors import DataError
 
-    ap = argparse.ArgumentParser(prog=prog, description="Serve the pseudo-label explorer (notebook 05's view) as a "
-                                 "local web app (Voila) on 127.0.0.1. Read-only: nothing is written to the runs.")
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve the pseudo-label explorer (notebook 05's view) as a "
+        "local web app (Voila) on 127.0.0.1. Read-only: nothing is written to the runs.",
+    )
     ap.add_argument("--runs", default="outputs/runs", help="runs folder (default: outputs/runs, `make demo`'s)")
     ap.add_argument("--data", default=None, help="MRHP data folder (default: the 'data' folder beside --runs)")
-    ap.add_argument("--port", type=int, default=DEFAULT_PORT,
-                    help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0: a free one, printed)")
+    ap.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0: a free one, printed)",
+    )
     args = ap.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise DataError(f"--port {args.port}: expected a port from 0 to 65535 (0: a free one)")
@@ -382,8 +528,9 @@ def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
         import voila  # noqa: F401
         import ipywidgets  # noqa: F401
     except ImportError as exc:
-        raise DataError(f"mmss explore needs voila and ipywidgets ({exc.name} is missing): "
-                        "pip install -e '.[notebooks]'") from None
+        raise DataError(
+            f"mmss explore needs voila and ipywidgets ({exc.name} is missing): pip install -e '.[notebooks]'"
+        ) from None
     runs = Path(args.runs).resolve()
     data = Path(args.data).resolve() if args.data else None
     if not runs.is_dir():
@@ -393,20 +540,20 @@ def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
             s.bind(("127.0.0.1", args.port))
         except OSError:
             raise DataError(f"port {args.port} on 127.0.0.1 is in use; choose another with --port") from None
-        port = s.getsockname()[1]              # --port 0: the free port the system picked, handed to Voila
+        port = s.getsockname()[1]  # --port 0: the free port the system picked, handed to Voila
     main_thread = threading.current_thread() is threading.main_thread()
-    if main_thread:                            # SIGTERM stops as Ctrl-C does
+    if main_thread:  # SIGTERM stops as Ctrl-C does
         previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _interrupt)
     tmp, proc = None, None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix="mmss-explore-"))     # the served notebook; never in the runs folder
+        tmp = Path(tempfile.mkdtemp(prefix="mmss-explore-"))  # the served notebook; never in the runs folder
         nb = tmp / "mmss_explore.ipynb"
         nb.write_text(json.dumps(app_notebook(runs, data), indent=1), encoding="utf-8")
         print(f"mmss explore: serving {runs} at http://127.0.0.1:{port}/  (Ctrl-C stops)", flush=True)
         proc = subprocess.Popen(serve_command(nb, port))
         return proc.wait()
     except KeyboardInterrupt as exc:
-        if main_thread:                        # a second Ctrl-C / SIGTERM must not cut the clean-up short
+        if main_thread:  # a second Ctrl-C / SIGTERM must not cut the clean-up short
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         if proc is not None:

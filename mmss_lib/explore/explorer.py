@@ -33,6 +33,7 @@ traceback in the view: :mod:`mmss_lib.explore.app` shows the message.
 Folders under the runs root that cannot be read are skipped when runs are listed (``mmss explore
 --runs /`` lists nothing instead of failing on ``/proc``).
 """
+
 from __future__ import annotations
 
 import io
@@ -51,14 +52,15 @@ from mmss_lib.training.run_folder import CONFIG, HISTORY, METRICS, load_history,
 from mmss_lib.ssp.records import SSPRecords
 
 SORTS = ("file order", "AP: lowest first", "AP: highest first", "largest offsets", "most reviews")
-SNIPPET = 160            # characters of a review text shown in the table
-THUMB_PX = 72            # thumbnail edge in pixels
+SNIPPET = 160  # characters of a review text shown in the table
+THUMB_PX = 72  # thumbnail edge in pixels
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
 # ---------------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RunRef:
@@ -67,7 +69,7 @@ class RunRef:
     dataset: str
     category: str
     system: str
-    variant: str            # "full" when the folder name has no ``__variant`` suffix
+    variant: str  # "full" when the folder name has no ``__variant`` suffix
     seed: int
     path: Path
 
@@ -85,6 +87,7 @@ class RunRef:
 def _subfolders(folder: Path) -> list[Path]:
     """The sub-folders of ``folder``, sorted; a folder this process may not read (e.g. ``--runs /``
     meets ``/proc/1/cwd``) has none."""
+
     def is_dir(p: Path) -> bool:
         try:
             return p.is_dir()
@@ -121,9 +124,9 @@ def discover_runs(runs_root: str | os.PathLike) -> list[RunRef]:
 class RunStatus:
     """What a run folder holds, and the sentences a view shows about it."""
 
-    finished: bool          # metrics.json present
-    epochs: int             # finished epochs recorded in history.json (0 when absent)
-    ssp_epochs: list[int]   # epochs with an SSP-Label record
+    finished: bool  # metrics.json present
+    epochs: int  # finished epochs recorded in history.json (0 when absent)
+    ssp_epochs: list[int]  # epochs with an SSP-Label record
     score_splits: list[str]  # splits with scores_{split}.csv
     notes: list[str] = field(default_factory=list)
 
@@ -138,19 +141,20 @@ class ReviewDetail:
     text: str
     label: int
     image_files: list[str]
-    epochs: list[int] = field(default_factory=list)                    # record epochs (train)
-    trajectory: dict[str, np.ndarray] = field(default_factory=dict)    # s -> (E,) y_s per epoch
-    offsets: dict[str, float] = field(default_factory=dict)            # s -> y_s - y_g, last epoch
-    estimates: dict[str, float] = field(default_factory=dict)          # s -> Eq. 21 estimate, last epoch
-    chi: dict[str, float] = field(default_factory=dict)                # s -> chi_s, and "g" -> chi_g
-    heads: dict[str, float] = field(default_factory=dict)              # dev/test: "score" and s -> yhat_s
-    cues: dict[str, Any] = field(default_factory=dict)                 # demo's planted cues
+    epochs: list[int] = field(default_factory=list)  # record epochs (train)
+    trajectory: dict[str, np.ndarray] = field(default_factory=dict)  # s -> (E,) y_s per epoch
+    offsets: dict[str, float] = field(default_factory=dict)  # s -> y_s - y_g, last epoch
+    estimates: dict[str, float] = field(default_factory=dict)  # s -> Eq. 21 estimate, last epoch
+    chi: dict[str, float] = field(default_factory=dict)  # s -> chi_s, and "g" -> chi_g
+    heads: dict[str, float] = field(default_factory=dict)  # dev/test: "score" and s -> yhat_s
+    cues: dict[str, Any] = field(default_factory=dict)  # demo's planted cues
     notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=4096)
 def thumbnail(path: str, px: int = THUMB_PX) -> bytes:
@@ -174,6 +178,7 @@ def thumbnail(path: str, px: int = THUMB_PX) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # The explorer's data
 # ---------------------------------------------------------------------------------------------
+
 
 def _rank(values: np.ndarray) -> np.ndarray:
     """1-based ranks, highest value first, ties in the given (file) order (the protocol's stable ties)."""
@@ -209,10 +214,15 @@ class Explorer:
         if self._runs is None:
             self._runs = discover_runs(self.runs_root)
         if not self._runs:
-            raise DataError(f"no runs in {self.runs_root}: train some first (`make demo`, `mmss train`) "
-                            "or point the explorer at another runs folder (--runs)")
-        return [r for r in self._runs if (dataset is None or r.dataset == dataset)
-                and (category is None or r.category == category)]
+            raise DataError(
+                f"no runs in {self.runs_root}: train some first (`make demo`, `mmss train`) "
+                "or point the explorer at another runs folder (--runs)"
+            )
+        return [
+            r
+            for r in self._runs
+            if (dataset is None or r.dataset == dataset) and (category is None or r.category == category)
+        ]
 
     def refresh(self) -> None:
         """Forget what was read (runs found, scores, records): a run that finished meanwhile shows."""
@@ -244,12 +254,16 @@ class Explorer:
         if not (d / CONFIG).exists():
             notes.append(f"{d} has no config.json: not a finished or running run folder")
         if not finished:
-            notes.append(f"{run.label} is still training (or was interrupted): {epochs} epoch(s) finished, "
-                         "no scores yet; its ranking appears when metrics.json is written")
+            notes.append(
+                f"{run.label} is still training (or was interrupted): {epochs} epoch(s) finished, "
+                "no scores yet; its ranking appears when metrics.json is written"
+            )
         if not rec:
-            notes.append(f"{run.label} has no SSP-Label records ({rec.dir}): only MM-SS with module (d) writes "
-                         "pseudo labels (and only for the seeds in ssp_record_seeds); baselines and the wo_d "
-                         "ablation have none")
+            notes.append(
+                f"{run.label} has no SSP-Label records ({rec.dir}): only MM-SS with module (d) writes "
+                "pseudo labels (and only for the seeds in ssp_record_seeds); baselines and the wo_d "
+                "ablation have none"
+            )
         return RunStatus(finished, epochs, rec.epochs, splits, notes)
 
     def ssp(self, run: RunRef) -> SSPRecords:
@@ -269,12 +283,14 @@ class Explorer:
             try:
                 products, reviews = load_mrhp(self.data_root, dataset, category, split)
             except FileNotFoundError as exc:
-                raise DataError(f"no MRHP data for {dataset}/{category}/{split} under {self.data_root} ({exc}); "
-                                "pass the data folder (--data)") from None
+                raise DataError(
+                    f"no MRHP data for {dataset}/{category}/{split} under {self.data_root} ({exc}); "
+                    "pass the data folder (--data)"
+                ) from None
             products = products.copy()
             counts = reviews.groupby("product_id", sort=False).size()
             products["n_reviews"] = products["product_id"].map(counts).fillna(0).astype(int).to_numpy()
-            rows = reviews.groupby("product_id", sort=False).indices          # product_id -> row positions
+            rows = reviews.groupby("product_id", sort=False).indices  # product_id -> row positions
             self._data[key] = (products.reset_index(drop=True), reviews.reset_index(drop=True), rows)
         return self._data[key]
 
@@ -309,7 +325,7 @@ class Explorer:
                 try:
                     pp = per_product_for_run(run.path, split).set_index("product_id")
                 except DataError:
-                    pp = None                         # e.g. no metrics.json yet: no threshold recorded
+                    pp = None  # e.g. no metrics.json yet: no threshold recorded
             self._per_product[key] = pp
         return self._per_product[key]
 
@@ -368,8 +384,17 @@ class Explorer:
         spread = (sc[cols].sub(sc["score"], axis=0)).abs().mean(axis=1)
         return spread.reindex(reviews["review_id"]).to_numpy(dtype=float)
 
-    def product_list(self, dataset: str, category: str, split: str, run: Optional[RunRef] = None, *,
-                     query: str = "", sort: str = "file order", limit: Optional[int] = None):
+    def product_list(
+        self,
+        dataset: str,
+        category: str,
+        split: str,
+        run: Optional[RunRef] = None,
+        *,
+        query: str = "",
+        sort: str = "file order",
+        limit: Optional[int] = None,
+    ):
         """Products of a split matching ``query`` (case-insensitive, in id, name or text), in the
         order ``sort`` (one of :data:`SORTS`), with ``n_reviews``, ``AP`` (the run's, NaN without
         scores) and ``offset`` (the largest review offset, NaN without). Returns (frame, notes)."""
@@ -385,22 +410,32 @@ class Explorer:
             if pp is not None:
                 df["AP"] = df["product_id"].map(pp["AP"]).to_numpy(dtype=float)
             elif sort.startswith("AP"):
-                notes.append(f"{run.label} has no ranking on {split} (scores exist for finished runs on dev and "
-                             "test only): products in file order")
+                notes.append(
+                    f"{run.label} has no ranking on {split} (scores exist for finished runs on dev and "
+                    "test only): products in file order"
+                )
             po = self.product_offsets(run, dataset, category, split)
             if po is not None:
                 df["offset"] = df["product_id"].map(po).to_numpy(dtype=float)
             elif sort == "largest offsets":
-                notes.append(f"{run.label} has no offsets on {split} (pseudo labels: training reviews of MM-SS "
-                             "runs; subtask heads: MM-SS scores on dev/test): products in file order")
+                notes.append(
+                    f"{run.label} has no offsets on {split} (pseudo labels: training reviews of MM-SS "
+                    "runs; subtask heads: MM-SS scores on dev/test): products in file order"
+                )
         q = query.strip().lower()
         if q:
-            hit = (df["product_id"].str.lower().str.contains(q, regex=False)
-                   | df["name"].str.lower().str.contains(q, regex=False)
-                   | products["text"].str.lower().str.contains(q, regex=False))
+            hit = (
+                df["product_id"].str.lower().str.contains(q, regex=False)
+                | df["name"].str.lower().str.contains(q, regex=False)
+                | products["text"].str.lower().str.contains(q, regex=False)
+            )
             df = df[hit.to_numpy()]
-        key = {"AP: lowest first": ("AP", True), "AP: highest first": ("AP", False),
-               "largest offsets": ("offset", False), "most reviews": ("n_reviews", False)}.get(sort)
+        key = {
+            "AP: lowest first": ("AP", True),
+            "AP: highest first": ("AP", False),
+            "largest offsets": ("offset", False),
+            "most reviews": ("n_reviews", False),
+        }.get(sort)
         if key is not None and df[key[0]].notna().any():
             df = df.sort_values(key[0], ascending=key[1], kind="stable", na_position="last")
         if limit is not None:
@@ -415,9 +450,17 @@ class Explorer:
         return products.iloc[int(hit[0])].to_dict()
 
     # ------------------------------------------------------------------ reviews
-    def review_table(self, dataset: str, category: str, split: str, product_id: str,
-                     run: Optional[RunRef] = None, other: Optional[RunRef] = None, *,
-                     min_offset: float = 0.0):
+    def review_table(
+        self,
+        dataset: str,
+        category: str,
+        split: str,
+        product_id: str,
+        run: Optional[RunRef] = None,
+        other: Optional[RunRef] = None,
+        *,
+        min_offset: float = 0.0,
+    ):
         """One product's reviews, ranked by ``run`` (by the human order where the run has no
         scores on ``split``). Columns: ``review_id``, ``label``, ``human_rank`` (label order, ties
         in file order), ``text`` (a snippet), ``image_files``, ``rank`` / ``score`` of ``run``,
@@ -432,9 +475,14 @@ class Explorer:
             raise DataError(f"product {product_id!r} has no reviews in {dataset}/{category}/{split}")
         sel = np.sort(rows[str(product_id)])
         rv = reviews.iloc[sel]
-        df = pd.DataFrame({"review_id": rv["review_id"].to_numpy(), "label": rv["label"].to_numpy(),
-                           "text": [t if len(t) <= SNIPPET else t[:SNIPPET - 3] + "..." for t in rv["text"]],
-                           "image_files": list(rv["image_files"])})
+        df = pd.DataFrame(
+            {
+                "review_id": rv["review_id"].to_numpy(),
+                "label": rv["label"].to_numpy(),
+                "text": [t if len(t) <= SNIPPET else t[: SNIPPET - 3] + "..." for t in rv["text"]],
+                "image_files": list(rv["image_files"]),
+            }
+        )
         df["human_rank"] = _rank(df["label"].to_numpy())
         notes = []
         if len(df) == 1:
@@ -445,9 +493,12 @@ class Explorer:
                 continue
             sc = self.scores(r, split)
             if sc is None:
-                notes.append("training reviews have no run scores (the trainer saves scores for dev and test): "
-                             "the table is in the human order" if split == "train" else
-                             f"{r.label}: no scores on {split} (the trainer saves them when a run finishes)")
+                notes.append(
+                    "training reviews have no run scores (the trainer saves scores for dev and test): "
+                    "the table is in the human order"
+                    if split == "train"
+                    else f"{r.label}: no scores on {split} (the trainer saves them when a run finishes)"
+                )
                 continue
             s = sc["score"].reindex(df["review_id"]).to_numpy(dtype=float)
             if np.isnan(s).any():
@@ -481,7 +532,7 @@ class Explorer:
             return None
         n = len(table)
         tau = float("nan")
-        if n > 1:      # Kendall's tau of two rankings without ties: (concordant - discordant) / pairs
+        if n > 1:  # Kendall's tau of two rankings without ties: (concordant - discordant) / pairs
             a, b = table["rank"].to_numpy(dtype=float), table["other_rank"].to_numpy(dtype=float)
             sign = np.sign(a[:, None] - a[None, :]) * np.sign(b[:, None] - b[None, :])
             tau = float(sign[np.triu_indices(n, 1)].mean())
@@ -497,23 +548,42 @@ class Explorer:
         _, reviews, _ = self.data(dataset, category, split)
         off = self.review_offsets(run, dataset, category, split)
         if off is None:
-            raise DataError(f"{run.label} has no offsets on {split}: pseudo labels exist for the training reviews "
-                            "of MM-SS runs (with module (d)), subtask heads for MM-SS on dev/test")
-        df = pd.DataFrame({"review_id": reviews["review_id"], "product_id": reviews["product_id"],
-                           "label": reviews["label"], "offset": off})
-        return df.dropna(subset=["offset"]).sort_values("offset", ascending=False, kind="stable").head(n) \
+            raise DataError(
+                f"{run.label} has no offsets on {split}: pseudo labels exist for the training reviews "
+                "of MM-SS runs (with module (d)), subtask heads for MM-SS on dev/test"
+            )
+        df = pd.DataFrame(
+            {
+                "review_id": reviews["review_id"],
+                "product_id": reviews["product_id"],
+                "label": reviews["label"],
+                "offset": off,
+            }
+        )
+        return (
+            df.dropna(subset=["offset"])
+            .sort_values("offset", ascending=False, kind="stable")
+            .head(n)
             .reset_index(drop=True)
+        )
 
-    def review_detail(self, dataset: str, category: str, split: str, review_id: str,
-                      run: Optional[RunRef] = None) -> ReviewDetail:
+    def review_detail(
+        self, dataset: str, category: str, split: str, review_id: str, run: Optional[RunRef] = None
+    ) -> ReviewDetail:
         """One review under ``run``: its trajectory, offsets, distances (train), heads (dev/test), cues."""
         _, reviews, _ = self.data(dataset, category, split)
         hit = np.flatnonzero(reviews["review_id"].to_numpy() == str(review_id))
         if not hit.size:
             raise DataError(f"review {review_id!r} is not in {dataset}/{category}/{split}")
         rv = reviews.iloc[int(hit[0])]
-        det = ReviewDetail(str(rv["review_id"]), str(rv["product_id"]), split, str(rv["text"]), int(rv["label"]),
-                           list(rv["image_files"]))
+        det = ReviewDetail(
+            str(rv["review_id"]),
+            str(rv["product_id"]),
+            split,
+            str(rv["text"]),
+            int(rv["label"]),
+            list(rv["image_files"]),
+        )
         if run is not None and split == "train":
             rec = self.ssp(run)
             i = rec.index().get(det.review_id) if rec else None
@@ -525,8 +595,10 @@ class Explorer:
                 det.epochs = list(rec.epochs)
                 seen = rec.last("seen").astype(bool)
                 if not seen[i]:
-                    det.notes.append("SSP-Label never saw this review (a product with a single label gives no "
-                                     "training pairs): its pseudo labels stay the human label")
+                    det.notes.append(
+                        "SSP-Label never saw this review (a product with a single label gives no "
+                        "training pairs): its pseudo labels stay the human label"
+                    )
                 traj = rec.series([f"label_{s}" for s in rec.subtasks], i)
                 rec.last("chi_g", *(f"{p}_{s}" for s in rec.subtasks for p in ("offset", "estimate", "chi")))
                 for s in rec.subtasks:
@@ -541,22 +613,29 @@ class Explorer:
                 det.notes.append(f"{run.label} has no score for this review on {split}")
             else:
                 row = sc.loc[det.review_id]
-                det.heads = {"score": float(row["score"]),
-                             **{c[len("score_"):]: float(row[c]) for c in sc.columns if c.startswith("score_")}}
+                det.heads = {
+                    "score": float(row["score"]),
+                    **{c[len("score_") :]: float(row[c]) for c in sc.columns if c.startswith("score_")},
+                }
                 if len(det.heads) == 1:
                     det.notes.append(f"{run.label} has no subtask heads (not MM-SS): only its score")
-            det.notes.append("pseudo labels exist for training reviews only; on dev/test the subtask heads' "
-                             "outputs yhat_s (Eq. 9) are shown")
+            det.notes.append(
+                "pseudo labels exist for training reviews only; on dev/test the subtask heads' "
+                "outputs yhat_s (Eq. 9) are shown"
+            )
         cues = self.cues(dataset, category, split)
         if cues is not None and det.review_id in cues.index:
-            det.cues = {k: (None if isinstance(v, float) and np.isnan(v) else v)
-                        for k, v in cues.loc[det.review_id].to_dict().items()}
+            det.cues = {
+                k: (None if isinstance(v, float) and np.isnan(v) else v)
+                for k, v in cues.loc[det.review_id].to_dict().items()
+            }
         return det
 
 
 # ---------------------------------------------------------------------------------------------
 # Figures and HTML (shared by the widgets and the notebook's static snapshot)
 # ---------------------------------------------------------------------------------------------
+
 
 def trajectory_png(det: ReviewDetail, *, dpi: int = 90) -> Optional[bytes]:
     """A PNG of the review's pseudo labels per epoch and subtask (the human label dashed), or of
@@ -568,7 +647,7 @@ def trajectory_png(det: ReviewDetail, *, dpi: int = 90) -> Optional[bytes]:
 
     if not det.trajectory and len(det.heads) <= 1:
         return None
-    fig = Figure(figsize=(6.4, 3.0))           # fixed margins: a layout engine doubles the drawing time
+    fig = Figure(figsize=(6.4, 3.0))  # fixed margins: a layout engine doubles the drawing time
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     fig.subplots_adjust(left=0.09, right=0.8 if det.trajectory else 0.98, bottom=0.17, top=0.9)
@@ -609,18 +688,23 @@ def images_html(files, *, max_images: int = 4, px: int = THUMB_PX) -> str:
     parts = []
     for f in list(files)[:max_images]:
         try:
-            parts.append(f'<img class="mmss-thumb" src="{data_uri(thumbnail(str(f), px))}" '
-                         f'title="{escape(Path(f).name)}" style="max-height:{px}px;margin:1px">')
+            parts.append(
+                f'<img class="mmss-thumb" src="{data_uri(thumbnail(str(f), px))}" '
+                f'title="{escape(Path(f).name)}" style="max-height:{px}px;margin:1px">'
+            )
         except DataError as exc:
-            parts.append(f'<span class="mmss-thumb-missing" style="color:#a00;font-size:80%">'
-                         f'[{escape(str(exc).replace(str(Path(f).parent) + os.sep, ""))}]</span>')
+            parts.append(
+                f'<span class="mmss-thumb-missing" style="color:#a00;font-size:80%">'
+                f"[{escape(str(exc).replace(str(Path(f).parent) + os.sep, ''))}]</span>"
+            )
     if len(files) > max_images:
         parts.append(f"<span>+{len(files) - max_images}</span>")
     return "".join(parts) or '<span style="color:#888">no images</span>'
 
 
-def review_table_html(table, *, selected: Optional[str] = None, other_label: Optional[str] = None,
-                      split: str = "train") -> str:
+def review_table_html(
+    table, *, selected: Optional[str] = None, other_label: Optional[str] = None, split: str = "train"
+) -> str:
     """The review table as HTML: run rank, human rank, (second run's rank and its difference),
     label, offset (train: mean |y_s - y_g|; dev/test: mean |yhat_s - yhat|), the last pseudo labels
     (train), text, thumbnails; rows where the two runs disagree are tinted."""
@@ -628,12 +712,19 @@ def review_table_html(table, *, selected: Optional[str] = None, other_label: Opt
 
     has_other = "rank_diff" in table.columns
     sub_cols = [c for c in table.columns if c.startswith("y_")]
-    head = ["run rank", "human rank"] + ([f"rank ({escape(other_label or 'second run')})", "diff"] if has_other else []) \
-        + ["review", "H", "mean |y_s − y_g|" if split == "train" else "mean |ŷ_s − ŷ|"] \
-        + [escape(c) for c in sub_cols] + ["text", "images"]
-    out = ['<table class="mmss-review-table" style="border-collapse:collapse;font-size:12px">',
-           "<tr>" + "".join(f'<th style="border-bottom:1px solid #999;padding:2px 6px;text-align:left">{h}</th>'
-                            for h in head) + "</tr>"]
+    head = (
+        ["run rank", "human rank"]
+        + ([f"rank ({escape(other_label or 'second run')})", "diff"] if has_other else [])
+        + ["review", "H", "mean |y_s − y_g|" if split == "train" else "mean |ŷ_s − ŷ|"]
+        + [escape(c) for c in sub_cols]
+        + ["text", "images"]
+    )
+    out = [
+        '<table class="mmss-review-table" style="border-collapse:collapse;font-size:12px">',
+        "<tr>"
+        + "".join(f'<th style="border-bottom:1px solid #999;padding:2px 6px;text-align:left">{h}</th>' for h in head)
+        + "</tr>",
+    ]
 
     def num(v, fmt="{:.0f}"):
         return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
@@ -647,13 +738,19 @@ def review_table_html(table, *, selected: Optional[str] = None, other_label: Opt
         cells = [num(r["rank"]), num(r["human_rank"])]
         if has_other:
             cells += [num(r["other_rank"]), num(r["rank_diff"], "{:+.0f}")]
-        cells += [f'<span style="white-space:nowrap">{escape(str(r["review_id"]))}</span>', str(int(r["label"])),
-                  num(r["offset"], "{:.2f}")]
+        cells += [
+            f'<span style="white-space:nowrap">{escape(str(r["review_id"]))}</span>',
+            str(int(r["label"])),
+            num(r["offset"], "{:.2f}"),
+        ]
         cells += [num(r[c], "{:.2f}") for c in sub_cols]
         cells += [escape(str(r["text"])), images_html(r["image_files"], max_images=2, px=48)]
         mark = ' data-selected="1"' if selected is not None and r["review_id"] == selected else ""
-        out.append(f'<tr data-review="{escape(str(r["review_id"]))}"{mark} style="{";".join(style)}">'
-                   + "".join(f'<td style="padding:2px 6px;vertical-align:top">{c}</td>' for c in cells) + "</tr>")
+        out.append(
+            f'<tr data-review="{escape(str(r["review_id"]))}"{mark} style="{";".join(style)}">'
+            + "".join(f'<td style="padding:2px 6px;vertical-align:top">{c}</td>' for c in cells)
+            + "</tr>"
+        )
     out.append("</table>")
     return "\n".join(out)
 
@@ -662,19 +759,28 @@ def review_detail_html(det: ReviewDetail) -> str:
     """The review panel's text: label, offsets, distances, heads, cues and notes."""
     from html import escape
 
-    lines = [f"<b>review {escape(det.review_id)}</b> (product {escape(det.product_id)}, {det.split}), "
-             f"human label H = {det.label}", f'<div style="max-width:60em">{escape(det.text)}</div>']
+    lines = [
+        f"<b>review {escape(det.review_id)}</b> (product {escape(det.product_id)}, {det.split}), "
+        f"human label H = {det.label}",
+        f'<div style="max-width:60em">{escape(det.text)}</div>',
+    ]
     if det.offsets:
-        rows = "".join(f"<tr><td>{escape(s)}</td><td>{det.trajectory[s][-1]:.3f}</td><td>{det.offsets[s]:+.3f}</td>"
-                       f"<td>{det.estimates[s]:.3f}</td><td>{det.chi[s]:.3f}</td></tr>" for s in det.offsets)
-        lines.append('<table class="mmss-offsets" style="font-size:12px"><tr><th>subtask</th><th>y_s (last)</th>'
-                     "<th>offset y_s − y_g</th><th>estimate (Eq. 21)</th><th>χ_s</th></tr>" + rows + "</table>"
-                     f"χ_g = {det.chi['g']:.3f} (Eq. 18; χ_s > χ_g raises the pseudo label)")
+        rows = "".join(
+            f"<tr><td>{escape(s)}</td><td>{det.trajectory[s][-1]:.3f}</td><td>{det.offsets[s]:+.3f}</td>"
+            f"<td>{det.estimates[s]:.3f}</td><td>{det.chi[s]:.3f}</td></tr>"
+            for s in det.offsets
+        )
+        lines.append(
+            '<table class="mmss-offsets" style="font-size:12px"><tr><th>subtask</th><th>y_s (last)</th>'
+            "<th>offset y_s − y_g</th><th>estimate (Eq. 21)</th><th>χ_s</th></tr>" + rows + "</table>"
+            f"χ_g = {det.chi['g']:.3f} (Eq. 18; χ_s > χ_g raises the pseudo label)"
+        )
     if det.heads:
         lines.append("heads: " + ", ".join(f"{escape(k)} = {v:.3f}" for k, v in det.heads.items()))
     if det.cues:
-        lines.append("planted cues (demo): " + ", ".join(f"{escape(str(k))} = {escape(str(v))}"
-                                                        for k, v in det.cues.items()))
+        lines.append(
+            "planted cues (demo): " + ", ".join(f"{escape(str(k))} = {escape(str(v))}" for k, v in det.cues.items())
+        )
     lines.append("images: " + images_html(det.image_files))
     for n in det.notes:
         lines.append(f'<i style="color:#666">{escape(n)}</i>')
@@ -685,7 +791,9 @@ def product_html(product: dict) -> str:
     from html import escape
 
     text = str(product.get("text", ""))
-    return (f'<div class="mmss-product"><b>{escape(str(product.get("name", "")))}</b> '
-            f'({escape(str(product["product_id"]))}, {int(product.get("n_reviews", 0))} reviews)<br>'
-            f'<div style="max-width:60em;font-size:12px">{escape(text[:600])}{"..." if len(text) > 600 else ""}</div>'
-            f'{images_html(product.get("image_files") or [])}</div>')
+    return (
+        f'<div class="mmss-product"><b>{escape(str(product.get("name", "")))}</b> '
+        f"({escape(str(product['product_id']))}, {int(product.get('n_reviews', 0))} reviews)<br>"
+        f'<div style="max-width:60em;font-size:12px">{escape(text[:600])}{"..." if len(text) > 600 else ""}</div>'
+        f"{images_html(product.get('image_files') or [])}</div>"
+    )

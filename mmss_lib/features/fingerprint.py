@@ -23,6 +23,7 @@ of its first 4 KiB once per process (kept by path, size and modification time).
   ``content_fingerprint`` in its manifest) is accepted with a warning (once per store and
   process) saying it cannot be checked; re-extract it with ``--overwrite`` to record one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,7 @@ IMAGE_HEAD_BYTES = 4096
 _warned: set = set()
 
 
-_heads: dict = {}       # (path, size, mtime_ns) -> digest of the first bytes (runs of one process share it)
+_heads: dict = {}  # (path, size, mtime_ns) -> digest of the first bytes (runs of one process share it)
 
 
 def _file_part(path: str) -> str:
@@ -58,11 +59,13 @@ def _file_part(path: str) -> str:
 
 def _item_parts(kind: str, frame, id_col: str) -> Iterable[tuple[str, str]]:
     ids = [str(i) for i in frame[id_col].tolist()]
-    if kind == "text":                  # a missing text (NaN, None) counts as its repr
+    if kind == "text":  # a missing text (NaN, None) counts as its repr
         return zip(ids, [t if isinstance(t, str) else repr(t) for t in frame["text"].tolist()])
     files = frame["image_files"].tolist() if "image_files" in frame.columns else [[]] * len(ids)
-    return ((i, "\x1e".join(_file_part(f) for f in (fs if isinstance(fs, (list, tuple)) else [])))
-            for i, fs in zip(ids, files))
+    return (
+        (i, "\x1e".join(_file_part(f) for f in (fs if isinstance(fs, (list, tuple)) else [])))
+        for i, fs in zip(ids, files)
+    )
 
 
 def content_fingerprint(kind: str, frame, id_col: str) -> str:
@@ -104,9 +107,13 @@ def check_features_match(stores: Mapping[str, Any], frames: Mapping[str, tuple[A
             key = str(path)
             if key not in _warned:
                 _warned.add(key)
-                warnings.warn(f"{path}: this feature store records no content fingerprint (extracted before "
-                              "fingerprints existed), so stale features cannot be detected; re-extract with "
-                              "`mmss extract --overwrite` to record one", UserWarning, stacklevel=3)
+                warnings.warn(
+                    f"{path}: this feature store records no content fingerprint (extracted before "
+                    "fingerprints existed), so stale features cannot be detected; re-extract with "
+                    "`mmss extract --overwrite` to record one",
+                    UserWarning,
+                    stacklevel=3,
+                )
             continue
         frame, id_col = (products, "product_id") if side == "prd" else (reviews, "review_id")
         now = content_fingerprint(kind, frame, id_col)
@@ -115,4 +122,5 @@ def check_features_match(stores: Mapping[str, Any], frames: Mapping[str, tuple[A
             raise FeatureStoreError(
                 f"{path}: stale features: the {what} of {where} changed since this store was extracted "
                 f"(content fingerprint {recorded}, the data now {now}); re-extract with "
-                "`mmss extract ... --overwrite` (or point --features at the store of this data)")
+                "`mmss extract ... --overwrite` (or point --features at the store of this data)"
+            )

@@ -19,6 +19,7 @@ missing field, ``x`` not 2-D or of another width than the store's, ``bbox`` not 
 ``num_bbox`` that disagrees with N, NaN or infinite values, a non-positive image size.
 Boxes slightly outside the image are clipped (counted).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,13 @@ from mmss_lib.errors import DataError
 __all__ = ["safe_load_pth", "load_npz_record", "normalise_record", "import_features", "cli_main"]
 
 _NUMPY_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 
@@ -50,7 +55,8 @@ def _resolve_numpy_global(module: str, name: str):
         return np.ndarray
     if name == "dtype":
         return np.dtype
-    from numpy._core import multiarray   # numpy >= 2; pickles written by numpy 1 name numpy.core
+    from numpy._core import multiarray  # numpy >= 2; pickles written by numpy 1 name numpy.core
+
     return getattr(multiarray, name)
 
 
@@ -64,8 +70,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _NUMPY_GLOBALS:
             return _resolve_numpy_global(module, name)
-        raise DataError(f"{self.where}: refused: the pickle references {module}.{name}, which is not an "
-                        "array type (loading it could run arbitrary code); re-export the features as .npz")
+        raise DataError(
+            f"{self.where}: refused: the pickle references {module}.{name}, which is not an "
+            "array type (loading it could run arbitrary code); re-export the features as .npz"
+        )
 
     def persistent_load(self, pid):
         raise DataError(f"{self.where}: refused: unexpected persistent id in a plain pickle")
@@ -78,9 +86,16 @@ def safe_load_pth(path: str | os.PathLike) -> Any:
     path = Path(path)
     if zipfile.is_zipfile(path):
         import numpy._core.multiarray as ma
-        allowed = [(ma._reconstruct, "numpy.core.multiarray._reconstruct"),
-                   (ma.scalar, "numpy.core.multiarray.scalar"), ma._reconstruct, ma.scalar,
-                   np.ndarray, np.dtype, *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFD"}]
+
+        allowed = [
+            (ma._reconstruct, "numpy.core.multiarray._reconstruct"),
+            (ma.scalar, "numpy.core.multiarray.scalar"),
+            ma._reconstruct,
+            ma.scalar,
+            np.ndarray,
+            np.dtype,
+            *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFD"},
+        ]
         try:
             with torch.serialization.safe_globals(allowed):
                 return torch.load(path, map_location="cpu", weights_only=True)
@@ -88,10 +103,13 @@ def safe_load_pth(path: str | os.PathLike) -> Any:
             msg = str(exc)
             glob = msg.split("Unsupported global: GLOBAL ")[-1].split(" ")[0] if "Unsupported global" in msg else None
             what = f"it references {glob}, which is not an array type" if glob else msg.splitlines()[0][:200]
-            raise DataError(f"{path}: refused: {what} (loading it could run arbitrary code); "
-                            "re-export the features as .npz") from None
+            raise DataError(
+                f"{path}: refused: {what} (loading it could run arbitrary code); re-export the features as .npz"
+            ) from None
         except Exception as exc:
-            raise DataError(f"{path}: cannot read this .pth ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+            raise DataError(
+                f"{path}: cannot read this .pth ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            ) from None
     try:
         with open(path, "rb") as f:
             return _RestrictedUnpickler(f, str(path)).load()
@@ -131,7 +149,9 @@ def normalise_record(rec: Any, where: str, dim: int | None = None, stats: dict |
     if bbox.shape != (n, 4):
         raise DataError(f"{where}: field 'bbox' has shape {bbox.shape}, expected ({n}, 4)")
     if "num_bbox" in rec and int(_to_numpy(rec["num_bbox"]).reshape(-1)[0]) != n:
-        raise DataError(f"{where}: field 'num_bbox' is {int(_to_numpy(rec['num_bbox']).reshape(-1)[0])} but x has {n} rows")
+        raise DataError(
+            f"{where}: field 'num_bbox' is {int(_to_numpy(rec['num_bbox']).reshape(-1)[0])} but x has {n} rows"
+        )
     if not (np.isfinite(x).all() and np.isfinite(bbox).all()):
         raise DataError(f"{where}: NaN or infinite values in 'x' or 'bbox'")
     h, w = float(_to_numpy(rec["image_h"]).reshape(-1)[0]), float(_to_numpy(rec["image_w"]).reshape(-1)[0])
@@ -171,9 +191,16 @@ def _item_records(src: Path, item_id: str, fmt: str) -> Iterator[tuple[str, Any]
             yield str(f), load_npz_record(f)
 
 
-def import_features(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "auto",
-                    item_ids: Sequence[str] | None = None, shard_size: int = 1024,
-                    overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
+def import_features(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    fmt: str = "auto",
+    item_ids: Sequence[str] | None = None,
+    shard_size: int = 1024,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Convert a folder of per-item bottom-up / MCR features into a region store.
 
     ``item_ids`` (e.g. every product or review id of a category) also gives items without a
@@ -191,20 +218,34 @@ def import_features(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str 
     found = sorted(p.name for p in src.iterdir() if p.is_dir())
     ids = list(item_ids) if item_ids is not None else found
     from mmss_lib.data.mrhp import check_item_id
-    ids = [check_item_id(i, file=src if item_ids is None else "item_ids", row=k, field="item_id")
-           for k, i in enumerate(ids)]
-    stats: dict[str, Any] = {"items": len(ids), "items_without_features": 0, "images": 0, "regions": 0,
-                             "clipped_images": 0}
+
+    ids = [
+        check_item_id(i, file=src if item_ids is None else "item_ids", row=k, field="item_id")
+        for k, i in enumerate(ids)
+    ]
+    stats: dict[str, Any] = {
+        "items": len(ids),
+        "items_without_features": 0,
+        "images": 0,
+        "regions": 0,
+        "clipped_images": 0,
+    }
     writer = None
     dim = None
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=len(ids), desc=f"import {src.name}", unit="item")
-    manifest = {"source": str(src.resolve()), "source_format": {"pth": "MCR packed .pth", "npz": "bottom-up .npz"}[fmt],
-                "detector": "bottom-up-attention Faster R-CNN (imported)", "random_weights": False,
-                "weights_fingerprint": "imported", "boxes": "x1 y1 x2 y2 normalised"}
-    pending: list = []     # items before the dimension is known (leading items without features)
+    manifest = {
+        "source": str(src.resolve()),
+        "source_format": {"pth": "MCR packed .pth", "npz": "bottom-up .npz"}[fmt],
+        "detector": "bottom-up-attention Faster R-CNN (imported)",
+        "random_weights": False,
+        "weights_fingerprint": "imported",
+        "boxes": "x1 y1 x2 y2 normalised",
+    }
+    pending: list = []  # items before the dimension is known (leading items without features)
     for item_id in ids:
         xs, bs, ims = [], [], []
         for j, (where, rec) in enumerate(_item_records(src, item_id, fmt)):
@@ -216,17 +257,30 @@ def import_features(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str 
         if not xs:
             stats["items_without_features"] += 1
         stats["images"] += len(xs)
-        item = {"x": np.concatenate(xs) if xs else None, "boxes": np.concatenate(bs) if bs else None,
-                "image": np.concatenate(ims) if ims else None}
+        item = {
+            "x": np.concatenate(xs) if xs else None,
+            "boxes": np.concatenate(bs) if bs else None,
+            "image": np.concatenate(ims) if ims else None,
+        }
         pending.append((item_id, item))
         if dim is not None:
             if writer is None:
-                writer = FeatureStoreWriter(out, kind="region", dim=dim, manifest=manifest, shard_size=shard_size,
-                                            plan={"source": manifest["source"], "ids": len(ids)}, overwrite=overwrite)
+                writer = FeatureStoreWriter(
+                    out,
+                    kind="region",
+                    dim=dim,
+                    manifest=manifest,
+                    shard_size=shard_size,
+                    plan={"source": manifest["source"], "ids": len(ids)},
+                    overwrite=overwrite,
+                )
             for pid, it in pending:
                 if it["x"] is None:
-                    it = {"x": np.zeros((0, dim), np.float32), "boxes": np.zeros((0, 4), np.float32),
-                          "image": np.zeros(0, np.int32)}
+                    it = {
+                        "x": np.zeros((0, dim), np.float32),
+                        "boxes": np.zeros((0, 4), np.float32),
+                        "image": np.zeros(0, np.int32),
+                    }
                 stats["regions"] += len(it["x"])
                 writer.add(pid, it["x"], it["boxes"], it["image"])
             pending = []
@@ -247,8 +301,11 @@ def cli_main(argv: list[str], prog: str = "mmss import-features") -> int:
     p.add_argument("--from", dest="src", required=True, help="folder of {item_id}/ sub-folders (.pth or .npz)")
     p.add_argument("--out", required=True, help="region store to write")
     p.add_argument("--format", default="auto", choices=["auto", "pth", "npz"])
-    p.add_argument("--data-root", help="with --dataset/--category/--side: include every item id of the "
-                                       "category (items without features get zero regions)")
+    p.add_argument(
+        "--data-root",
+        help="with --dataset/--category/--side: include every item id of the "
+        "category (items without features get zero regions)",
+    )
     p.add_argument("--dataset")
     p.add_argument("--category")
     p.add_argument("--side", choices=["prd", "rvw"], default="rvw")
@@ -260,15 +317,19 @@ def cli_main(argv: list[str], prog: str = "mmss import-features") -> int:
         if not (a.dataset and a.category):
             p.error("--data-root needs --dataset and --category")
         from mmss_lib.data.mrhp import load_mrhp
+
         ids = []
         for split in ("train", "dev", "test"):
             prd, rvw = load_mrhp(a.data_root, a.dataset, a.category, split)
             col = "product_id" if a.side == "prd" else "review_id"
             ids += (prd if a.side == "prd" else rvw)[col].astype(str).tolist()
         ids = list(dict.fromkeys(ids))
-    rep = import_features(a.src, a.out, fmt=a.format, item_ids=ids, shard_size=a.shard_size,
-                          overwrite=a.overwrite, progress=True)
-    print(f"imported {rep['items']} items ({rep['items_without_features']} without features), "
-          f"{rep['images']} images, {rep['regions']} regions of dim {rep['dim']} -> {rep['store']}"
-          + (f"; {rep['clipped_images']} images had boxes clipped to the image" if rep["clipped_images"] else ""))
+    rep = import_features(
+        a.src, a.out, fmt=a.format, item_ids=ids, shard_size=a.shard_size, overwrite=a.overwrite, progress=True
+    )
+    print(
+        f"imported {rep['items']} items ({rep['items_without_features']} without features), "
+        f"{rep['images']} images, {rep['regions']} regions of dim {rep['dim']} -> {rep['store']}"
+        + (f"; {rep['clipped_images']} images had boxes clipped to the image" if rep["clipped_images"] else "")
+    )
     return 0

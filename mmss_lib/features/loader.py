@@ -27,6 +27,7 @@ dataset/category (a features folder copied from another category), a split item 
 store, and an item whose stored features hold NaN or infinite values (checked per batch as rows
 are read) are each a :class:`~mmss_lib.errors.FeatureStoreError` naming the store path and the item.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,8 @@ def _check_item(store: Any, kind: str, item_id: str) -> None:
     if item_id not in store:
         raise FeatureStoreError(
             f"feature store {kind} ({_store_name(store)}) has no item {item_id!r}; "
-            f"run `mmss extract` for this dataset/category (all splits) before training")
+            f"run `mmss extract` for this dataset/category (all splits) before training"
+        )
 
 
 def _finite(x: np.ndarray, store: Any, kind: str, item_id: str) -> np.ndarray:
@@ -61,7 +63,8 @@ def _finite(x: np.ndarray, store: Any, kind: str, item_id: str) -> np.ndarray:
     if x.size and not np.isfinite(x).all():
         raise FeatureStoreError(
             f"feature store {kind} ({_store_name(store)}): item {item_id!r} holds NaN or infinite features; "
-            f"the store was damaged after extraction: delete it and re-run `mmss extract`")
+            f"the store was damaged after extraction: delete it and re-run `mmss extract`"
+        )
     return x
 
 
@@ -69,9 +72,9 @@ def _finite(x: np.ndarray, store: Any, kind: str, item_id: str) -> np.ndarray:
 class ReadCaps:
     """Read-time caps on the stored features (MRHP_FACTS.md section 3: MCR's caps)."""
 
-    max_text_len: Optional[int] = 512    # tokens kept per text, [CLS] included (None = all)
-    max_regions_per_image: int = 32      # first regions of each image
-    max_regions_per_item: int = 128      # regions of all images of one item
+    max_text_len: Optional[int] = 512  # tokens kept per text, [CLS] included (None = all)
+    max_regions_per_image: int = 32  # first regions of each image
+    max_regions_per_item: int = 128  # regions of all images of one item
 
     @classmethod
     def of(cls, cfg) -> "ReadCaps":
@@ -114,9 +117,18 @@ class MRHPSplitData:
     ``text_dim``, ``region_dim``.
     """
 
-    def __init__(self, reviews, products, stores: Mapping[str, Any], *, training: bool = False,
-                 caps: ReadCaps | None = None, keep_texts: bool = False, name: str = "split",
-                 check: bool = True):
+    def __init__(
+        self,
+        reviews,
+        products,
+        stores: Mapping[str, Any],
+        *,
+        training: bool = False,
+        caps: ReadCaps | None = None,
+        keep_texts: bool = False,
+        name: str = "split",
+        check: bool = True,
+    ):
         text_stores = all(k in stores for k in TEXT_KINDS)
         missing = [k for k in (STORE_KINDS if (text_stores or not keep_texts) else REGION_KINDS) if k not in stores]
         if missing:
@@ -131,11 +143,11 @@ class MRHPSplitData:
         self.review_ids = np.asarray(reviews["review_id"].astype(str).to_numpy(), dtype=object)
         self.product_ids = np.asarray(reviews["product_id"].astype(str).to_numpy(), dtype=object)
         labels = reviews["label"].to_numpy()
-        if len(labels) and (not np.all(np.isfinite(labels.astype(float)))
-                            or labels.min() < 0 or labels.max() > 4):
+        if len(labels) and (not np.all(np.isfinite(labels.astype(float))) or labels.min() < 0 or labels.max() > 4):
             bad = int(np.flatnonzero(~((labels >= 0) & (labels <= 4)))[0])
-            raise DataError(f"{name}: review {self.review_ids[bad]} (row {bad}) has label "
-                            f"{labels[bad]!r}; expected an integer 0..4")
+            raise DataError(
+                f"{name}: review {self.review_ids[bad]} (row {bad}) has label {labels[bad]!r}; expected an integer 0..4"
+            )
         self.labels = labels.astype(np.int64)
         _, first, codes = np.unique(self.product_ids, return_index=True, return_inverse=True)
         # renumber groups in order of first appearance so codes are stable and readable
@@ -147,12 +159,14 @@ class MRHPSplitData:
         self.has_text_stores = text_stores
         self.text_dim = int(self.stores["text_rvw"].dim) if text_stores else None
         self.region_dim = int(self.stores["region_rvw"].dim)
-        if (text_stores and int(self.stores["text_prd"].dim) != self.text_dim) \
-                or int(self.stores["region_prd"].dim) != self.region_dim:
+        if (text_stores and int(self.stores["text_prd"].dim) != self.text_dim) or int(
+            self.stores["region_prd"].dim
+        ) != self.region_dim:
             raise FeatureStoreError(
                 f"{name}: product and review stores disagree on feature sizes: text "
                 f"{self.stores['text_prd'].dim if text_stores else '-'} vs {self.text_dim}, region "
-                f"{self.stores['region_prd'].dim} vs {self.region_dim}; re-extract with one setting")
+                f"{self.stores['region_prd'].dim} vs {self.region_dim}; re-extract with one setting"
+            )
         self.product_texts: dict[str, str] | None = None
         self.review_texts: np.ndarray | None = None
         if keep_texts:
@@ -165,8 +179,17 @@ class MRHPSplitData:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_disk(cls, data_root, dataset: str, category: str, features_root, *, caps: ReadCaps | None = None,
-                  keep_texts: bool = False, stores: Mapping[str, Any] | None = None) -> dict[str, "MRHPSplitData"]:
+    def from_disk(
+        cls,
+        data_root,
+        dataset: str,
+        category: str,
+        features_root,
+        *,
+        caps: ReadCaps | None = None,
+        keep_texts: bool = False,
+        stores: Mapping[str, Any] | None = None,
+    ) -> dict[str, "MRHPSplitData"]:
         """The three splits of a released dataset/category, sharing one set of opened stores
         (:func:`run_stores`; ``stores`` may pass them already opened): the one place a run's data is
         assembled from disk. Refuses splits that share a product or review
@@ -177,20 +200,40 @@ class MRHPSplitData:
 
         if stores is None:
             stores = run_stores(features_root, dataset, category, keep_texts=keep_texts)
-        frames = {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS}     # (products, reviews)
-        check_disjoint_splits(data_root, dataset, category,
-                              {s: (p["product_id"].astype(str).tolist(), r["review_id"].astype(str).tolist())
-                               for s, (p, r) in frames.items()})
+        frames = {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS}  # (products, reviews)
+        check_disjoint_splits(
+            data_root,
+            dataset,
+            category,
+            {
+                s: (p["product_id"].astype(str).tolist(), r["review_id"].astype(str).tolist())
+                for s, (p, r) in frames.items()
+            },
+        )
         check_features_match(stores, frames, where=f"{dataset}/{category}")
-        return {s: cls(frames[s][1], frames[s][0], stores, training=(s == "train"), caps=caps,
-                       keep_texts=keep_texts, name=f"{dataset}/{category}/{s}") for s in SPLITS}
+        return {
+            s: cls(
+                frames[s][1],
+                frames[s][0],
+                stores,
+                training=(s == "train"),
+                caps=caps,
+                keep_texts=keep_texts,
+                name=f"{dataset}/{category}/{s}",
+            )
+            for s in SPLITS
+        }
 
     def check_stores(self) -> None:
         """Every review and product of the split has an item in each store (clear error otherwise)."""
-        for kind, ids in (("text_rvw", self.review_ids), ("region_rvw", self.review_ids),
-                          ("text_prd", np.unique(self.product_ids)), ("region_prd", np.unique(self.product_ids))):
+        for kind, ids in (
+            ("text_rvw", self.review_ids),
+            ("region_rvw", self.review_ids),
+            ("text_prd", np.unique(self.product_ids)),
+            ("region_prd", np.unique(self.product_ids)),
+        ):
             if kind not in self.stores:
-                continue                       # on-the-fly text: no text stores
+                continue  # on-the-fly text: no text stores
             store = self.stores[kind]
             for item in ids:
                 _check_item(store, kind, item)
@@ -208,8 +251,9 @@ class MRHPSplitData:
 
         store = self.stores[kind]
         _check_item(store, kind, item_id)
-        x, boxes = read_regions(store, item_id, max_per_image=self.caps.max_regions_per_image,
-                                max_per_item=self.caps.max_regions_per_item)
+        x, boxes = read_regions(
+            store, item_id, max_per_image=self.caps.max_regions_per_image, max_per_item=self.caps.max_regions_per_item
+        )
         return _finite(x, store, kind, item_id), boxes
 
     def _regions_part(self, indices: np.ndarray, products: np.ndarray) -> dict[str, Any]:
@@ -219,29 +263,37 @@ class MRHPSplitData:
         uniq, inv = np.unique(products, return_inverse=True)
         prd = [self._regions("region_prd", p) for p in uniq]
         rvw = [self._regions("region_rvw", self.review_ids[i]) for i in indices]
-        pv, pv_mask = pad_rows([prd[j][0] for j in inv], self.region_dim)        # (B, Np, dr)
-        pvb, _ = pad_rows([prd[j][1] for j in inv], 4)                            # (B, Np, 4)
-        rv, rv_mask = pad_rows([r[0] for r in rvw], self.region_dim)              # (B, Nr, dr)
-        rvb, _ = pad_rows([r[1] for r in rvw], 4)                                 # (B, Nr, 4)
-        return dict(pv=torch.from_numpy(pv), pv_mask=torch.from_numpy(pv_mask),
-                    rv=torch.from_numpy(rv), rv_mask=torch.from_numpy(rv_mask),
-                    pv_boxes=torch.from_numpy(pvb), rv_boxes=torch.from_numpy(rvb))
+        pv, pv_mask = pad_rows([prd[j][0] for j in inv], self.region_dim)  # (B, Np, dr)
+        pvb, _ = pad_rows([prd[j][1] for j in inv], 4)  # (B, Np, 4)
+        rv, rv_mask = pad_rows([r[0] for r in rvw], self.region_dim)  # (B, Nr, dr)
+        rvb, _ = pad_rows([r[1] for r in rvw], 4)  # (B, Nr, 4)
+        return dict(
+            pv=torch.from_numpy(pv),
+            pv_mask=torch.from_numpy(pv_mask),
+            rv=torch.from_numpy(rv),
+            rv_mask=torch.from_numpy(rv_mask),
+            pv_boxes=torch.from_numpy(pvb),
+            rv_boxes=torch.from_numpy(rvb),
+        )
 
     def _meta_part(self, indices: np.ndarray) -> dict[str, Any]:
         import torch
 
         index = indices.astype(np.int64) if self.training else np.full(len(indices), -1, dtype=np.int64)
-        return dict(label=torch.from_numpy(self.labels[indices].astype(np.float32)),
-                    index=torch.from_numpy(index),
-                    product=torch.from_numpy(self.product_codes[indices]))
+        return dict(
+            label=torch.from_numpy(self.labels[indices].astype(np.float32)),
+            index=torch.from_numpy(index),
+            product=torch.from_numpy(self.product_codes[indices]),
+        )
 
     def _as_indices(self, indices) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             raise DataError(f"{self.name}: cannot collate an empty batch")
         if idx.min() < 0 or idx.max() >= self.n:
-            raise DataError(f"{self.name}: sample index out of range 0..{self.n - 1}: "
-                            f"{int(idx.min())}..{int(idx.max())}")
+            raise DataError(
+                f"{self.name}: sample index out of range 0..{self.n - 1}: {int(idx.min())}..{int(idx.max())}"
+            )
         return idx
 
     # ------------------------------------------------------------------ batches
@@ -251,17 +303,24 @@ class MRHPSplitData:
         from mmss_lib.data.batch import Batch
 
         if not self.has_text_stores:
-            raise FeatureStoreError(f"{self.name}: no text feature stores (on-the-fly text); build the "
-                                    "batches with collate_tokens, or extract the text stores for cached text")
+            raise FeatureStoreError(
+                f"{self.name}: no text feature stores (on-the-fly text); build the "
+                "batches with collate_tokens, or extract the text stores for cached text"
+            )
         idx = self._as_indices(indices)
         products = self.product_ids[idx]
         uniq, inv = np.unique(products, return_inverse=True)
-        ptext = [self._text("text_prd", p) for p in uniq]            # once per distinct product
-        pt, pt_mask = pad_rows([ptext[j] for j in inv], self.text_dim)                           # (B, Lp, dt)
+        ptext = [self._text("text_prd", p) for p in uniq]  # once per distinct product
+        pt, pt_mask = pad_rows([ptext[j] for j in inv], self.text_dim)  # (B, Lp, dt)
         rt, rt_mask = pad_rows([self._text("text_rvw", self.review_ids[i]) for i in idx], self.text_dim)  # (B, Lr, dt)
-        return Batch(pt=torch.from_numpy(pt), pt_mask=torch.from_numpy(pt_mask),
-                     rt=torch.from_numpy(rt), rt_mask=torch.from_numpy(rt_mask),
-                     **self._regions_part(idx, products), **self._meta_part(idx))
+        return Batch(
+            pt=torch.from_numpy(pt),
+            pt_mask=torch.from_numpy(pt_mask),
+            rt=torch.from_numpy(rt),
+            rt_mask=torch.from_numpy(rt_mask),
+            **self._regions_part(idx, products),
+            **self._meta_part(idx),
+        )
 
     def collate_tokens(self, indices, tokenizer, *, max_len: int | None = None) -> "Batch":  # noqa: F821
         """Fine-tuning mode: token ids of the raw texts (``pt_ids``/``rt_ids``, masks from the
@@ -276,24 +335,31 @@ class MRHPSplitData:
         max_len = max_len or self.caps.max_text_len or 512
 
         def encode(texts):
-            enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_len,
-                            return_tensors="pt")
+            enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
             return enc["input_ids"].long(), enc["attention_mask"].bool()
 
         uniq, inv = np.unique(products, return_inverse=True)
-        pt_ids, pt_mask = encode(self.product_texts[p] for p in uniq)       # (P, Lp), each product once
+        pt_ids, pt_mask = encode(self.product_texts[p] for p in uniq)  # (P, Lp), each product once
         inv_t = torch.from_numpy(inv.reshape(-1).astype(np.int64))
-        pt_ids, pt_mask = pt_ids[inv_t], pt_mask[inv_t]                      # (B, Lp)
-        rt_ids, rt_mask = encode(self.review_texts[idx])                     # (B, Lr)
-        return Batch(pt=None, pt_mask=pt_mask, rt=None, rt_mask=rt_mask, pt_ids=pt_ids, rt_ids=rt_ids,
-                     **self._regions_part(idx, products), **self._meta_part(idx))
+        pt_ids, pt_mask = pt_ids[inv_t], pt_mask[inv_t]  # (B, Lp)
+        rt_ids, rt_mask = encode(self.review_texts[idx])  # (B, Lr)
+        return Batch(
+            pt=None,
+            pt_mask=pt_mask,
+            rt=None,
+            rt_mask=rt_mask,
+            pt_ids=pt_ids,
+            rt_ids=rt_ids,
+            **self._regions_part(idx, products),
+            **self._meta_part(idx),
+        )
 
     def iter_batches(self, indices=None, batch_size: int = 64, *, collate=None) -> Iterator[tuple[np.ndarray, "Batch"]]:  # noqa: F821
         """Yield ``(indices, Batch)`` over ``indices`` (default: all samples in order) in chunks."""
         idx = np.arange(self.n) if indices is None else np.asarray(indices, dtype=np.int64)
         collate = collate or self.collate
         for start in range(0, len(idx), batch_size):
-            chunk = idx[start:start + batch_size]
+            chunk = idx[start : start + batch_size]
             yield chunk, collate(chunk)
 
     def __len__(self) -> int:
@@ -306,8 +372,7 @@ def run_stores(features_root, dataset: str, category: str, *, keep_texts: bool =
     return open_stores(features_root, dataset, category, kinds=REGION_KINDS if keep_texts else STORE_KINDS)
 
 
-def open_stores(features_root, dataset: str, category: str, *,
-                kinds: Sequence[str] = STORE_KINDS) -> dict[str, Any]:
+def open_stores(features_root, dataset: str, category: str, *, kinds: Sequence[str] = STORE_KINDS) -> dict[str, Any]:
     """Open the stores ``kinds`` (default all four) of a dataset/category (clear error when one is
     missing); on-the-fly text needs only :data:`REGION_KINDS`."""
     from mmss_lib.features.store import FeatureStore, feature_dirs
@@ -319,13 +384,15 @@ def open_stores(features_root, dataset: str, category: str, *,
         if not path.exists():
             raise FeatureStoreError(
                 f"feature store {kind} not found at {path}; run `mmss extract --dataset {dataset} "
-                f"--category {category}` first (features root {os.fspath(features_root)})")
+                f"--category {category}` first (features root {os.fspath(features_root)})"
+            )
         store = FeatureStore(path)
         made_for = (store.manifest.get("dataset"), store.manifest.get("category"))
         if made_for[1] is not None and made_for != (dataset, category):
             raise FeatureStoreError(
                 f"feature store {kind} at {path} was extracted for {made_for[0]}/{made_for[1]}, not "
                 f"{dataset}/{category} (its manifest.json says so); point the features root at this "
-                f"category's features or run `mmss extract --dataset {dataset} --category {category}`")
+                f"category's features or run `mmss extract --dataset {dataset} --category {category}`"
+            )
         out[kind] = store
     return out

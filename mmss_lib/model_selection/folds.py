@@ -30,6 +30,7 @@ The assignment is written once to ``{runs_root}/{dataset}/{category}/{tag}.json`
 (:func:`write_or_check_assignment`); a later call with other products, another ``dev_fraction``
 or another assignment is refused, so runs of different fold designs never mix in one folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,10 @@ def pooled_products(products_by_split: Mapping[str, Sequence[str]]) -> list[str]
         for p in products_by_split[split]:
             p = str(p)
             if p in where:
-                raise DataError(f"fold_splits: product {p!r} appears in the {where[p]} and the {split} split; "
-                                f"cross-validation needs every product once")
+                raise DataError(
+                    f"fold_splits: product {p!r} appears in the {where[p]} and the {split} split; "
+                    f"cross-validation needs every product once"
+                )
             where[p] = split
             pooled.append(p)
     extra = sorted(set(products_by_split) - set(SPLITS))
@@ -70,8 +73,9 @@ def pooled_products(products_by_split: Mapping[str, Sequence[str]]) -> list[str]
     return pooled
 
 
-def fold_splits(products_by_split: Mapping[str, Sequence[str]], k: int, *, seed: int = 0,
-                dev_fraction: float = DEFAULT_DEV_FRACTION) -> list[dict[str, list[str]]]:
+def fold_splits(
+    products_by_split: Mapping[str, Sequence[str]], k: int, *, seed: int = 0, dev_fraction: float = DEFAULT_DEV_FRACTION
+) -> list[dict[str, list[str]]]:
     """K folds over the pooled products of a category (see the module docstring for the rule).
 
     ``products_by_split``: ``{"train": [...], "dev": [...], "test": [...]}`` product ids of the
@@ -82,8 +86,10 @@ def fold_splits(products_by_split: Mapping[str, Sequence[str]], k: int, *, seed:
         raise ValueError(f"fold_splits: k must be an integer >= 2 (k <= 1 means the released splits), got {k!r}")
     k = int(k)
     if not 0.0 < float(dev_fraction) < 1.0:
-        raise ValueError(f"fold_splits: dev_fraction must lie in (0, 1) (every fold needs a dev part for "
-                         f"early stopping), got {dev_fraction!r}")
+        raise ValueError(
+            f"fold_splits: dev_fraction must lie in (0, 1) (every fold needs a dev part for "
+            f"early stopping), got {dev_fraction!r}"
+        )
     pooled = pooled_products(products_by_split)
     n = len(pooled)
     if n < k:
@@ -96,21 +102,28 @@ def fold_splits(products_by_split: Mapping[str, Sequence[str]], k: int, *, seed:
         test = np.flatnonzero(fold_of == f)
         rest = np.flatnonzero(fold_of != f)
         if len(rest) < 2:
-            raise DataError(f"fold_splits: fold {f} leaves {len(rest)} product(s) for training and dev; "
-                            f"{n} products are too few for {k} folds")
+            raise DataError(
+                f"fold_splits: fold {f} leaves {len(rest)} product(s) for training and dev; "
+                f"{n} products are too few for {k} folds"
+            )
         n_dev = min(max(int(round(float(dev_fraction) * len(rest))), 1), len(rest) - 1)
         perm = np.random.default_rng([int(seed), f]).permutation(len(rest))
         dev_mask = np.zeros(len(rest), dtype=bool)
         dev_mask[perm[:n_dev]] = True
-        out.append({"train": [pooled[i] for i in rest[~dev_mask]],
-                    "dev": [pooled[i] for i in rest[dev_mask]],
-                    "test": [pooled[i] for i in test]})
+        out.append(
+            {
+                "train": [pooled[i] for i in rest[~dev_mask]],
+                "dev": [pooled[i] for i in rest[dev_mask]],
+                "test": [pooled[i] for i in test],
+            }
+        )
     return out
 
 
 # --------------------------------------------------------------------------------------------
 # on disk: the assignment file and the fold's split data
 # --------------------------------------------------------------------------------------------
+
 
 def released_products(data_root, dataset: str, category: str) -> dict[str, list[str]]:
     """Product ids of the released splits (file order), read with :func:`mmss_lib.data.mrhp.load_mrhp`."""
@@ -136,7 +149,9 @@ def write_resplit(src_root, dst_root, dataset: str, category: str, products: Map
     wanted = set().union(*(set(map(str, ids)) for ids in products.values()))
     known = set(map(str, merged["prd"]["product_id"].values()))
     if wanted - known:
-        raise DataError(f"write_resplit: product(s) {sorted(wanted - known)[:3]} not in {src_root}/{dataset}/{category}")
+        raise DataError(
+            f"write_resplit: product(s) {sorted(wanted - known)[:3]} not in {src_root}/{dataset}/{category}"
+        )
     for split, ids in products.items():
         keep = set(map(str, ids))
         rows = {k: {r for r, p in merged[k]["product_id"].items() if str(p) in keep} for k in kinds if k != "cues"}
@@ -144,8 +159,10 @@ def write_resplit(src_root, dst_root, dataset: str, category: str, products: Map
         for k in kinds:
             path = split_file(dst_root, dataset, category, k, split)
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps({col: {r: v for r, v in vals.items() if r in rows[k]}
-                                                for col, vals in merged[k].items()}))
+            atomic_write_text(
+                path,
+                json.dumps({col: {r: v for r, v in vals.items() if r in rows[k]} for col, vals in merged[k].items()}),
+            )
     src_img, img = Path(src_root) / dataset / category / "images", Path(dst_root) / dataset / category / "images"
     if src_img.is_dir() and not img.exists():
         img.symlink_to(src_img.resolve(), target_is_directory=True)
@@ -156,8 +173,9 @@ def assignment_path(runs_root, dataset: str, category: str, k: int, seed: int = 
     return Path(runs_root) / dataset / category / f"{folds_tag(k, seed)}.json"
 
 
-def write_or_check_assignment(runs_root, dataset: str, category: str, folds: list[dict], *, k: int, seed: int,
-                              dev_fraction: float) -> Path:
+def write_or_check_assignment(
+    runs_root, dataset: str, category: str, folds: list[dict], *, k: int, seed: int, dev_fraction: float
+) -> Path:
     """Write the fold design to ``{runs_root}/{dataset}/{category}/{tag}.json`` (atomically), or,
     when it exists, check that it is the same design; a different one is a :class:`DataError`."""
     from mmss_lib.utils import atomic_write_json
@@ -171,17 +189,29 @@ def write_or_check_assignment(runs_root, dataset: str, category: str, folds: lis
             raise DataError(f"{path}: not valid JSON ({exc}); remove it to write the fold assignment again") from None
         if old != record:
             what = [key for key in ("k", "seed", "dev_fraction") if old.get(key) != record[key]] or ["folds"]
-            raise DataError(f"{path}: the runs under this root used another fold design ({', '.join(what)} "
-                            f"differ: the dataset or the options changed); use another --runs root or remove "
-                            f"the {folds_tag(k, seed)} runs and this file")
+            raise DataError(
+                f"{path}: the runs under this root used another fold design ({', '.join(what)} "
+                f"differ: the dataset or the options changed); use another --runs root or remove "
+                f"the {folds_tag(k, seed)} runs and this file"
+            )
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, record)
     return path
 
 
-def fold_split_data(data_root, dataset: str, category: str, features_root, fold: Mapping[str, Sequence[str]], *,
-                    caps=None, keep_texts: bool = False, stores=None, frames=None) -> dict:
+def fold_split_data(
+    data_root,
+    dataset: str,
+    category: str,
+    features_root,
+    fold: Mapping[str, Sequence[str]],
+    *,
+    caps=None,
+    keep_texts: bool = False,
+    stores=None,
+    frames=None,
+) -> dict:
     """The three :class:`~mmss_lib.features.loader.MRHPSplitData` of one fold: the reviews of the fold's
     products from all released split files (train, dev, test file order), sharing the feature
     stores (which hold every item of the category). ``frames``: optional ``(products, reviews)``
@@ -198,8 +228,15 @@ def fold_split_data(data_root, dataset: str, category: str, features_root, fold:
         members = set(map(str, fold[split]))
         rv = reviews[pid.isin(members)].reset_index(drop=True)
         pr = products[ppid.isin(members)].reset_index(drop=True)
-        out[split] = MRHPSplitData(rv, pr, stores, training=(split == "train"), caps=caps, keep_texts=keep_texts,
-                                   name=f"{dataset}/{category}/fold:{split}")
+        out[split] = MRHPSplitData(
+            rv,
+            pr,
+            stores,
+            training=(split == "train"),
+            caps=caps,
+            keep_texts=keep_texts,
+            name=f"{dataset}/{category}/fold:{split}",
+        )
     return out
 
 
@@ -219,8 +256,17 @@ def pooled_frames(data_root, dataset: str, category: str):
 # what run_experiment needs
 # --------------------------------------------------------------------------------------------
 
-def design_folds(data_root, dataset: str, categories: Sequence[str], runs_root, k: int, *, seed: int = 0,
-                 dev_fraction: float = DEFAULT_DEV_FRACTION) -> dict[str, list[dict]]:
+
+def design_folds(
+    data_root,
+    dataset: str,
+    categories: Sequence[str],
+    runs_root,
+    k: int,
+    *,
+    seed: int = 0,
+    dev_fraction: float = DEFAULT_DEV_FRACTION,
+) -> dict[str, list[dict]]:
     """``{category: folds}`` (:func:`fold_splits` of the released products), each design written
     to / checked against its assignment file under ``runs_root``."""
     out = {}
@@ -256,5 +302,6 @@ def splits_for_run(cfg, *, data_root, dataset: str, category: str, features_root
     from mmss_lib.features.loader import ReadCaps
 
     on_the_fly = getattr(cfg, "text_mode", "cached") != "cached"
-    return fold_split_data(data_root, dataset, category, features_root, fold, caps=ReadCaps.of(cfg),
-                           keep_texts=on_the_fly, frames=frames)
+    return fold_split_data(
+        data_root, dataset, category, features_root, fold, caps=ReadCaps.of(cfg), keep_texts=on_the_fly, frames=frames
+    )

@@ -46,6 +46,7 @@ system's ``best.json`` from ``DIR`` (:func:`mmss_lib.model_selection.tuned.apply
 ablation) takes the full system's (the usual ablation practice); the run records the file in
 ``TrainConfig.tuned_from``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,12 +66,13 @@ from mmss_lib.model_selection.tuned import BEST_FILE, apply_params
 from mmss_lib.utils import atomic_path, atomic_write_json
 
 STUDY_FILE = "study.journal"
-FORMAT = 1                 # of the study's identity record
-PRUNE_STARTUP = 3         # finished trials before any pruning
-PRUNE_FROM = 4            # first epoch whose dev MAP can prune a trial (module docstring)
+FORMAT = 1  # of the study's identity record
+PRUNE_STARTUP = 3  # finished trials before any pruning
+PRUNE_FROM = 4  # first epoch whose dev MAP can prune a trial (module docstring)
 
 
 # ------------------------------------------------------------------------------------ the space
+
 
 def resolve_space(system: str, overrides: Sequence[str] = ()) -> dict[str, SearchParam]:
     """The search space of ``system`` with ``--space`` overrides (``NAME=LOW:HIGH`` for a number,
@@ -78,16 +80,19 @@ def resolve_space(system: str, overrides: Sequence[str] = ()) -> dict[str, Searc
     if system not in SYSTEMS:
         raise TuneError(f"unknown system {system!r}; known: {', '.join(SYSTEMS)}")
     if system not in SEARCH_SPACES:
-        raise TuneError(f"system {system!r} is not trained (a floor or ceiling): nothing to tune; "
-                        f"trained systems: {', '.join(SEARCH_SPACES)}")
+        raise TuneError(
+            f"system {system!r} is not trained (a floor or ceiling): nothing to tune; "
+            f"trained systems: {', '.join(SEARCH_SPACES)}"
+        )
     space = {p.name: p for p in SEARCH_SPACES[system]}
     for item in overrides or ():
         if "=" not in item:
             raise TuneError(f"--space {item!r}: expected NAME=LOW:HIGH or NAME=A,B,C")
         name, value = (x.strip() for x in item.split("=", 1))
         if name not in space:
-            raise TuneError(f"--space {item!r}: {system} has no tuned parameter {name!r}; its parameters: "
-                            f"{', '.join(space)}")
+            raise TuneError(
+                f"--space {item!r}: {system} has no tuned parameter {name!r}; its parameters: {', '.join(space)}"
+            )
         space[name] = _override(space[name], value, item)
     return space
 
@@ -108,8 +113,10 @@ def _override(p: SearchParam, value: str, item: str) -> SearchParam:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise TuneError(f"--space {item!r}: {v!r} is not a finite number")
         if lo == hi:
-            raise TuneError(f"--space {item!r}: empty range ({lo:g}:{hi:g}); give LOW < HIGH (to fix a value, "
-                            f"set it on the base configuration and leave it out of the search)")
+            raise TuneError(
+                f"--space {item!r}: empty range ({lo:g}:{hi:g}); give LOW < HIGH (to fix a value, "
+                f"set it on the base configuration and leave it out of the search)"
+            )
         if lo > hi:
             raise TuneError(f"--space {item!r}: inverted range ({lo:g} > {hi:g}); give LOW:HIGH with LOW < HIGH")
         if p.log and lo <= 0:
@@ -154,11 +161,17 @@ def with_base(space: dict[str, SearchParam], base: dict) -> dict[str, SearchPara
         v = base[name]
         if p.kind == "categorical":
             if not any(v == c and type(v) is type(c) for c in p.choices):
-                p = replace(p, choices=tuple(sorted(p.choices + (v,), key=float)) if _all_numbers(p.choices + (v,))
-                            else p.choices + (v,))
+                p = replace(
+                    p,
+                    choices=tuple(sorted(p.choices + (v,), key=float))
+                    if _all_numbers(p.choices + (v,))
+                    else p.choices + (v,),
+                )
         elif not (p.low <= v <= p.high):
-            raise TuneError(f"the base setting {name}={v!r} lies outside its searched range [{p.low:g}, {p.high:g}]; "
-                            f"widen it (--space {name}=LOW:HIGH) or change the base setting")
+            raise TuneError(
+                f"the base setting {name}={v!r} lies outside its searched range [{p.low:g}, {p.high:g}]; "
+                f"widen it (--space {name}=LOW:HIGH) or change the base setting"
+            )
         out[name] = p
     return out
 
@@ -183,6 +196,7 @@ def distributions(space: dict[str, SearchParam]) -> dict:
 
 # ------------------------------------------------------------------------------------ the study
 
+
 def data_fingerprint(data_root, dataset: str, category: str) -> str:
     """sha256 over the category's train and dev files (the only splits a study reads)."""
     from mmss_lib.data.mrhp import split_file
@@ -192,8 +206,10 @@ def data_fingerprint(data_root, dataset: str, category: str) -> str:
         for kind in ("prd", "rvw", "rel"):
             path = split_file(data_root, dataset, category, kind, split)
             if not path.exists():
-                raise DataError(f"{path}: missing ({dataset}/{category} {split} split); expected the MRHP files "
-                                f"{{data_root}}/{dataset}/{category}/{category}.{{prd,rvw,rel}}.{{train,dev,test}}")
+                raise DataError(
+                    f"{path}: missing ({dataset}/{category} {split} split); expected the MRHP files "
+                    f"{{data_root}}/{dataset}/{category}/{category}.{{prd,rvw,rel}}.{{train,dev,test}}"
+                )
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return h.hexdigest()
@@ -219,20 +235,28 @@ def _pruner(prune_from: int = PRUNE_FROM):
 def _sampler(seed: int, n_finished: int, n_trials: int):
     import optuna
 
-    return optuna.samplers.TPESampler(seed=int(seed) * 100_003 + n_finished, constant_liar=True,
-                                      n_startup_trials=max(3, n_trials // 3))
+    return optuna.samplers.TPESampler(
+        seed=int(seed) * 100_003 + n_finished, constant_liar=True, n_startup_trials=max(3, n_trials // 3)
+    )
 
 
 def _identity(cfg, dataset: str, category: str, fingerprint: str, space: dict, budget: dict) -> dict:
     from mmss_lib.training.run_folder import PLACEMENT_FIELDS
 
-    config = {k: v for k, v in cfg.to_json().items()
-              if k not in PLACEMENT_FIELDS + ("epochs", "patience", "seed")}    # those three: in the budget
-    return {"format": FORMAT, "dataset": dataset, "category": category, "system": cfg.system,
-            "variant": cfg.variant, "data_sha256": fingerprint,
-            "space": {n: json.loads(json.dumps(asdict(p))) for n, p in space.items()},
-            "budget": {k: budget[k] for k in ("epochs", "patience", "parallel", "seed", "prune_from")},
-            "base_config": config}
+    config = {
+        k: v for k, v in cfg.to_json().items() if k not in PLACEMENT_FIELDS + ("epochs", "patience", "seed")
+    }  # those three: in the budget
+    return {
+        "format": FORMAT,
+        "dataset": dataset,
+        "category": category,
+        "system": cfg.system,
+        "variant": cfg.variant,
+        "data_sha256": fingerprint,
+        "space": {n: json.loads(json.dumps(asdict(p))) for n, p in space.items()},
+        "budget": {k: budget[k] for k in ("epochs", "patience", "parallel", "seed", "prune_from")},
+        "base_config": config,
+    }
 
 
 def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where: str):
@@ -244,8 +268,10 @@ def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where:
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name not in names:
         if names:
-            raise TuneError(f"{where}: holds study {', '.join(repr(n) for n in names)}, not {name!r}: another "
-                            "study's storage; give another --out (or --storage)")
+            raise TuneError(
+                f"{where}: holds study {', '.join(repr(n) for n in names)}, not {name!r}: another "
+                "study's storage; give another --out (or --storage)"
+            )
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
         for k, v in identity.items():
             study.set_user_attr(k, v)
@@ -253,13 +279,19 @@ def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where:
         return study
     study = optuna.load_study(study_name=name, storage=storage)
     old = study.user_attrs
-    if old.get("data_sha256") != identity["data_sha256"] or old.get("dataset") != identity["dataset"] \
-            or old.get("category") != identity["category"]:
-        raise TuneError(f"{where}: study {name!r} was run on other data ({old.get('dataset')}/{old.get('category')}, "
-                        f"train+dev sha256 {str(old.get('data_sha256'))[:12]}, now {identity['data_sha256'][:12]}); "
-                        "give another --out (nothing is deleted)")
-    differ = sorted(k for k in ("format", "system", "variant", "space", "budget", "base_config")
-                    if old.get(k) != identity[k])
+    if (
+        old.get("data_sha256") != identity["data_sha256"]
+        or old.get("dataset") != identity["dataset"]
+        or old.get("category") != identity["category"]
+    ):
+        raise TuneError(
+            f"{where}: study {name!r} was run on other data ({old.get('dataset')}/{old.get('category')}, "
+            f"train+dev sha256 {str(old.get('data_sha256'))[:12]}, now {identity['data_sha256'][:12]}); "
+            "give another --out (nothing is deleted)"
+        )
+    differ = sorted(
+        k for k in ("format", "system", "variant", "space", "budget", "base_config") if old.get(k) != identity[k]
+    )
     if differ:
         detail = []
         for k in differ:
@@ -268,8 +300,10 @@ def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where:
                 detail.append(f"{k} ({', '.join(keys)})")
             else:
                 detail.append(f"{k} ({old.get(k)!r}, now {identity[k]!r})")
-        raise TuneError(f"{where}: study {name!r} was started with other settings: {'; '.join(detail)}; "
-                        "give the same settings to continue it, or another --out (nothing is deleted)")
+        raise TuneError(
+            f"{where}: study {name!r} was started with other settings: {'; '.join(detail)}; "
+            "give the same settings to continue it, or another --out (nothing is deleted)"
+        )
     return study
 
 
@@ -284,11 +318,12 @@ def _trial_job(spec: dict) -> dict:
 
     t0, c0 = time.perf_counter(), time.process_time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=spec["study"], storage=_storage(spec["storage"]),
-                              pruner=_pruner(spec.get("prune_from", PRUNE_FROM)))
+    study = optuna.load_study(
+        study_name=spec["study"], storage=_storage(spec["storage"]), pruner=_pruner(spec.get("prune_from", PRUNE_FROM))
+    )
     trial = optuna.trial.Trial(study, int(spec["trial_id"]))
     cfg = TrainConfig.from_json(spec["config"])
-    reported = set(study._storage.get_trial(int(spec["trial_id"])).intermediate_values)   # a resumed trial
+    reported = set(study._storage.get_trial(int(spec["trial_id"])).intermediate_values)  # a resumed trial
 
     def report(entry: dict) -> None:
         epoch = int(entry["epoch"])
@@ -299,25 +334,59 @@ def _trial_job(spec: dict) -> dict:
 
     run_dir = Path(spec["run_dir"])
     try:
-        m = train_run(cfg, data_root=spec["data_root"], dataset=spec["dataset"], category=spec["category"],
-                      features_root=spec["features_root"], run_dir=run_dir, progress=False, on_epoch=report,
-                      score_test=False)
-        out = {"state": "complete", "value": float(m["dev"]["MAP"]), "best_epoch": int(m["best_epoch"]),
-               "epochs_run": int(m["epochs_run"]), "ceiling_while_improving": bool(m.get("ceiling_while_improving"))}
+        m = train_run(
+            cfg,
+            data_root=spec["data_root"],
+            dataset=spec["dataset"],
+            category=spec["category"],
+            features_root=spec["features_root"],
+            run_dir=run_dir,
+            progress=False,
+            on_epoch=report,
+            score_test=False,
+        )
+        out = {
+            "state": "complete",
+            "value": float(m["dev"]["MAP"]),
+            "best_epoch": int(m["best_epoch"]),
+            "epochs_run": int(m["epochs_run"]),
+            "ceiling_while_improving": bool(m.get("ceiling_while_improving")),
+        }
     except RunStopped:
         history = load_history(run_dir)
-        out = {"state": "pruned", "value": float(history[-1]["dev"]["MAP"]), "epochs_run": len(history),
-               "best_epoch": int(max(history, key=lambda h: h["dev"]["MAP"])["epoch"]),
-               "pruned_at": int(history[-1]["epoch"])}
+        out = {
+            "state": "pruned",
+            "value": float(history[-1]["dev"]["MAP"]),
+            "epochs_run": len(history),
+            "best_epoch": int(max(history, key=lambda h: h["dev"]["MAP"])["epoch"]),
+            "pruned_at": int(history[-1]["epoch"]),
+        }
     out.update(wall_seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
     return out
 
 
-def tune(*, data_root, dataset: str, category: str, features_root, tune_root, system: str, variant: str = "full",
-         base_config=None, n_trials: int = 12, parallel: int = 2, seed: int = 0, space: Sequence[str] = (),
-         executor="local", n_jobs: int | None = None, ray_address: str | None = None,
-         ray_timeout: float | None = None, storage: str | None = None, progress: bool = True,
-         prune_from: int = PRUNE_FROM) -> dict:
+def tune(
+    *,
+    data_root,
+    dataset: str,
+    category: str,
+    features_root,
+    tune_root,
+    system: str,
+    variant: str = "full",
+    base_config=None,
+    n_trials: int = 12,
+    parallel: int = 2,
+    seed: int = 0,
+    space: Sequence[str] = (),
+    executor="local",
+    n_jobs: int | None = None,
+    ray_address: str | None = None,
+    ray_timeout: float | None = None,
+    storage: str | None = None,
+    progress: bool = True,
+    prune_from: int = PRUNE_FROM,
+) -> dict:
     """Run (or continue) one study; write its outputs; return best.json's content."""
     import optuna
 
@@ -326,7 +395,9 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
     from mmss_lib.training.config import TrainConfig
 
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise TuneError(f"n_trials={n_trials!r} (--trials): expected an integer >= 1 (a budget of 0 trials tunes nothing)")
+        raise TuneError(
+            f"n_trials={n_trials!r} (--trials): expected an integer >= 1 (a budget of 0 trials tunes nothing)"
+        )
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise TuneError(f"parallel={parallel!r} (--parallel): expected an integer >= 1")
     if isinstance(prune_from, bool) or not isinstance(prune_from, int) or prune_from < 1:
@@ -337,9 +408,16 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
     if system != "mmss" and variant != "full":
         raise TuneError(f"system {system!r} has no variants (only MM-SS's ablations of model.ABLATIONS)")
     base = base_config or TrainConfig()
-    cfg = replace(base, system=system, variant=variant, seed=int(seed), eval_test=False, tuned_from=None,
-                  model_options={**base.model_options, **(ABLATIONS.get(variant, {}) if system == "mmss" else {})})
-    cfg = TrainConfig.from_json(cfg.to_json())     # the checks of __post_init__
+    cfg = replace(
+        base,
+        system=system,
+        variant=variant,
+        seed=int(seed),
+        eval_test=False,
+        tuned_from=None,
+        model_options={**base.model_options, **(ABLATIONS.get(variant, {}) if system == "mmss" else {})},
+    )
+    cfg = TrainConfig.from_json(cfg.to_json())  # the checks of __post_init__
     base_params = base_values(cfg, sp)
     sp = with_base(sp, base_params)
     dists = distributions(sp)
@@ -347,12 +425,22 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
     sdir.mkdir(parents=True, exist_ok=True)
     storage_spec = storage or str(sdir / STUDY_FILE)
     name = f"{dataset}/{category}/{cfg.system}" + ("" if variant == "full" else f"__{variant}")
-    budget = {"trials": n_trials, "epochs": cfg.epochs, "patience": cfg.patience, "parallel": parallel, "seed": seed,
-              "prune_from": prune_from}
+    budget = {
+        "trials": n_trials,
+        "epochs": cfg.epochs,
+        "patience": cfg.patience,
+        "parallel": parallel,
+        "seed": seed,
+        "prune_from": prune_from,
+    }
     identity = _identity(cfg, dataset, category, data_fingerprint(data_root, dataset, category), sp, budget)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ex = make_executor(executor, n_jobs=n_jobs or parallel, ray_address=ray_address,
-                       **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}))
+    ex = make_executor(
+        executor,
+        n_jobs=n_jobs or parallel,
+        ray_address=ray_address,
+        **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}),
+    )
     remote = not ex.in_process
     with run_lock(sdir, f"study {name}"):
         study = _open_study(storage_spec, name, identity, base_params, storage_spec)
@@ -362,15 +450,38 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
                 finished = [t for t in trials if t.state.is_finished()]
                 if len(finished) >= n_trials:
                     break
-                study = optuna.load_study(study_name=name, storage=study._storage,
-                                          sampler=_sampler(seed, len(finished), n_trials), pruner=_pruner(prune_from))
-                batch = [optuna.trial.Trial(study, t._trial_id) for t in trials
-                         if t.state == optuna.trial.TrialState.RUNNING][:parallel]   # killed earlier: resumed
+                study = optuna.load_study(
+                    study_name=name,
+                    storage=study._storage,
+                    sampler=_sampler(seed, len(finished), n_trials),
+                    pruner=_pruner(prune_from),
+                )
+                batch = [
+                    optuna.trial.Trial(study, t._trial_id) for t in trials if t.state == optuna.trial.TrialState.RUNNING
+                ][:parallel]  # killed earlier: resumed
                 while len(batch) < parallel and len(finished) + len(batch) < n_trials:
                     batch.append(study.ask(dists))
-                jobs = [_job(Job, study, t, cfg, sp, sdir, storage_spec, name, remote,
-                             dict(data_root=data_root, dataset=dataset, category=category,
-                                  features_root=features_root, prune_from=prune_from)) for t in batch]
+                jobs = [
+                    _job(
+                        Job,
+                        study,
+                        t,
+                        cfg,
+                        sp,
+                        sdir,
+                        storage_spec,
+                        name,
+                        remote,
+                        dict(
+                            data_root=data_root,
+                            dataset=dataset,
+                            category=category,
+                            features_root=features_root,
+                            prune_from=prune_from,
+                        ),
+                    )
+                    for t in batch
+                ]
                 threads = ex.threads_per_run(len(jobs))
                 if cfg.num_threads is None and threads:
                     for j in jobs:
@@ -381,8 +492,11 @@ def tune(*, data_root, dataset: str, category: str, features_root, tune_root, sy
                     _tell(study, batch[res.index], res, progress, n_trials)
         best = write_outputs(study, sdir, sp, cfg, budget)
     if progress:
-        print(f"[tune] {name}: best trial {best['trial']} dev MAP {best['dev_MAP']:.4f} (base trial "
-              f"{best['base_dev_MAP']:.4f}); {best['cpu_seconds']:.0f} CPU-s; {sdir / BEST_FILE}", flush=True)
+        print(
+            f"[tune] {name}: best trial {best['trial']} dev MAP {best['dev_MAP']:.4f} (base trial "
+            f"{best['base_dev_MAP']:.4f}); {best['cpu_seconds']:.0f} CPU-s; {sdir / BEST_FILE}",
+            flush=True,
+        )
     return best
 
 
@@ -390,10 +504,14 @@ def _job(Job, study, trial, cfg, sp, sdir, storage_spec, name, remote, where: di
     params = study._storage.get_trial(trial._trial_id).params
     tcfg = apply_params(cfg, params, sp)
     run_dir = trial_run_dir(sdir, trial.number)
-    spec = {"study": name, "storage": str(Path(storage_spec).resolve()) if "://" not in storage_spec else storage_spec,
-            "trial_id": trial._trial_id, "config": tcfg.to_json(),
-            "run_dir": str(run_dir.resolve() if remote else run_dir),
-            **{k: (str(Path(v).resolve()) if remote and k.endswith("root") else v) for k, v in where.items()}}
+    spec = {
+        "study": name,
+        "storage": str(Path(storage_spec).resolve()) if "://" not in storage_spec else storage_spec,
+        "trial_id": trial._trial_id,
+        "config": tcfg.to_json(),
+        "run_dir": str(run_dir.resolve() if remote else run_dir),
+        **{k: (str(Path(v).resolve()) if remote and k.endswith("root") else v) for k, v in where.items()},
+    }
     return Job(f"{name} trial {trial.number}", _trial_job, (spec,), {}, gpu=tcfg.device != "cpu")
 
 
@@ -410,8 +528,11 @@ def _tell(study, trial, res, progress: bool, n_trials: int) -> None:
             study.tell(trial, state=S.PRUNED)
         else:
             study.tell(trial, out["value"])
-        msg = f"dev MAP {out['value']:.4f}" + (f", pruned after epoch {out['pruned_at']}" if out["state"] == "pruned"
-                                               else f", best epoch {out['best_epoch']}/{out['epochs_run']}")
+        msg = f"dev MAP {out['value']:.4f}" + (
+            f", pruned after epoch {out['pruned_at']}"
+            if out["state"] == "pruned"
+            else f", best epoch {out['best_epoch']}/{out['epochs_run']}"
+        )
     else:
         trial.set_user_attr("error", res.error)
         study.tell(trial, state=S.FAIL)
@@ -422,6 +543,7 @@ def _tell(study, trial, res, progress: bool, n_trials: int) -> None:
 
 # ------------------------------------------------------------------------------------ outputs
 
+
 def trials_frame(study):
     """One row per trial: number, state, dev_MAP, epochs, pruned_at, ceiling flag, seconds, params."""
     import pandas as pd
@@ -429,15 +551,27 @@ def trials_frame(study):
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
-        value = t.value if t.value is not None else (t.intermediate_values[max(t.intermediate_values)]
-                                                     if t.intermediate_values else None)
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "dev_MAP": value,
-                     "best_epoch": a.get("best_epoch"), "epochs_run": a.get("epochs_run"),
-                     "pruned_at": a.get("pruned_at"),
-                     "ceiling_while_improving": bool(a.get("ceiling_while_improving", False)),
-                     "cpu_seconds": a.get("cpu_seconds"), "wall_seconds": a.get("wall_seconds"),
-                     "base": bool(a.get("base", False)),
-                     **{f"param_{k}": v for k, v in t.params.items()}, "error": a.get("error")})
+        value = (
+            t.value
+            if t.value is not None
+            else (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
+        )
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                "dev_MAP": value,
+                "best_epoch": a.get("best_epoch"),
+                "epochs_run": a.get("epochs_run"),
+                "pruned_at": a.get("pruned_at"),
+                "ceiling_while_improving": bool(a.get("ceiling_while_improving", False)),
+                "cpu_seconds": a.get("cpu_seconds"),
+                "wall_seconds": a.get("wall_seconds"),
+                "base": bool(a.get("base", False)),
+                **{f"param_{k}": v for k, v in t.params.items()},
+                "error": a.get("error"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -448,9 +582,11 @@ def write_outputs(study, sdir: Path, sp: dict, cfg, budget: dict) -> dict:
     df = trials_frame(study)
     with atomic_path(sdir / "trials.csv") as tmp:
         df.to_csv(tmp, index=False)
-    legend = ("\n\nstate: complete (early stopping or the epoch ceiling decided), pruned (Optuna's median pruner "
-              "stopped it; dev MAP of its last epoch), fail. `ceiling_while_improving`: the trial hit the epoch "
-              "ceiling while dev MAP still rose. Dev split only: no trial scored the test split.\n")
+    legend = (
+        "\n\nstate: complete (early stopping or the epoch ceiling decided), pruned (Optuna's median pruner "
+        "stopped it; dev MAP of its last epoch), fail. `ceiling_while_improving`: the trial hit the epoch "
+        "ceiling while dev MAP still rose. Dev split only: no trial scored the test split.\n"
+    )
     with atomic_path(sdir / "trials.md") as tmp:
         tmp.write_text(_markdown(df) + legend)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
@@ -459,19 +595,29 @@ def write_outputs(study, sdir: Path, sp: dict, cfg, budget: dict) -> dict:
     bt = max(complete, key=lambda t: (t.value, -t.number))
     base_t = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("base")), None)
     tcfg = apply_params(cfg, bt.params, sp)
-    best = {"study": study.study_name, "system": cfg.system, "variant": cfg.variant,
-            "dataset": study.user_attrs.get("dataset"), "category": study.user_attrs.get("category"),
-            "trial": bt.number, "dev_MAP": bt.value, "params": bt.params,
-            "base_trial": base_t.number if base_t else None,
-            "base_dev_MAP": base_t.value if base_t is not None and base_t.value is not None else float("nan"),
-            "base_params": base_t.params if base_t else None,
-            "n_trials": len(df), "n_complete": len(complete), "n_pruned": int((df["state"] == "pruned").sum()),
-            "n_failed": int((df["state"] == "fail").sum()), "budget": budget,
-            "cpu_seconds": float(df["cpu_seconds"].fillna(0).sum()),
-            "wall_seconds": float(df["wall_seconds"].fillna(0).sum()),
-            "config": {k: v for k, v in tcfg.to_json().items() if k in ("lr", "weight_decay", "n_neg", "batch_size")},
-            "model_options": {k: v for k, v in bt.params.items() if sp[k].model_option},
-            "space": {n: asdict(p) for n, p in sp.items()}}
+    best = {
+        "study": study.study_name,
+        "system": cfg.system,
+        "variant": cfg.variant,
+        "dataset": study.user_attrs.get("dataset"),
+        "category": study.user_attrs.get("category"),
+        "trial": bt.number,
+        "dev_MAP": bt.value,
+        "params": bt.params,
+        "base_trial": base_t.number if base_t else None,
+        "base_dev_MAP": base_t.value if base_t is not None and base_t.value is not None else float("nan"),
+        "base_params": base_t.params if base_t else None,
+        "n_trials": len(df),
+        "n_complete": len(complete),
+        "n_pruned": int((df["state"] == "pruned").sum()),
+        "n_failed": int((df["state"] == "fail").sum()),
+        "budget": budget,
+        "cpu_seconds": float(df["cpu_seconds"].fillna(0).sum()),
+        "wall_seconds": float(df["wall_seconds"].fillna(0).sum()),
+        "config": {k: v for k, v in tcfg.to_json().items() if k in ("lr", "weight_decay", "n_neg", "batch_size")},
+        "model_options": {k: v for k, v in bt.params.items() if sp[k].model_option},
+        "space": {n: asdict(p) for n, p in sp.items()},
+    }
     atomic_write_json(sdir / BEST_FILE, best)
     _figures(study, sdir)
     return best
@@ -502,7 +648,7 @@ def _figures(study, sdir: Path) -> None:
     from optuna.visualization import matplotlib as ovm
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")      # Optuna marks its matplotlib backend experimental
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
         ax = ovm.plot_optimization_history(study, target_name="dev MAP")
         _save(ax.figure, sdir / "history.png")
         try:
@@ -525,12 +671,15 @@ def _save(fig, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ `mmss tune`
 
+
 def build_parser(prog: str) -> argparse.ArgumentParser:
     from mmss_lib.model_selection.sweeps import build_parser as train_parser
 
     ap = train_parser(prog)
-    ap.description = ("Tune each system's settings on the dev split with Optuna (TPE, median pruning, the "
-                      "base settings as the first trial); studies in OUT/{dataset}/{category}/{system}/.")
+    ap.description = (
+        "Tune each system's settings on the dev split with Optuna (TPE, median pruning, the "
+        "base settings as the first trial); studies in OUT/{dataset}/{category}/{system}/."
+    )
     for action in list(ap._actions):
         if action.dest in ("runs", "seeds", "folds", "fold_seed", "dev_fraction", "tuned"):
             ap._remove_action(action)
@@ -543,13 +692,27 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--trials", type=int, default=12, help="trials per study (the same budget for every system)")
     ap.add_argument("--parallel", type=int, default=2, help="trials run at once (one batch); part of the budget")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's run")
-    ap.add_argument("--space", action="append", default=[], metavar="NAME=LOW:HIGH|NAME=A,B,C",
-                    help="override one parameter's range or choices (repeatable)")
-    ap.add_argument("--prune-from", type=int, default=PRUNE_FROM, metavar="EPOCH",
-                    help="first epoch whose dev MAP may prune a trial (default %(default)s: MM-SS's subtask "
-                    "objective starts in epoch 3); part of the budget")
-    ap.add_argument("--storage", default=None, help="Optuna storage URL (e.g. sqlite:///study.db; one system and "
-                    "category only); default: a journal file in the study's folder")
+    ap.add_argument(
+        "--space",
+        action="append",
+        default=[],
+        metavar="NAME=LOW:HIGH|NAME=A,B,C",
+        help="override one parameter's range or choices (repeatable)",
+    )
+    ap.add_argument(
+        "--prune-from",
+        type=int,
+        default=PRUNE_FROM,
+        metavar="EPOCH",
+        help="first epoch whose dev MAP may prune a trial (default %(default)s: MM-SS's subtask "
+        "objective starts in epoch 3); part of the budget",
+    )
+    ap.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (e.g. sqlite:///study.db; one system and "
+        "category only); default: a journal file in the study's folder",
+    )
     return ap
 
 
@@ -570,23 +733,40 @@ def cli_main(argv: list[str], prog: str = "mmss tune") -> int:
     if args.prune_from < 1:
         raise TuneError(f"--prune-from {args.prune_from}: expected an epoch number >= 1")
     base = base_config_from_args(args)
-    for s, v, _ in systems:            # every system and override checked before any trial runs
+    for s, v, _ in systems:  # every system and override checked before any trial runs
         sp = resolve_space(s, args.space)
         cfg = replace(base, system=s, variant=v)
         with_base(sp, base_values(cfg, sp))
     rows = []
     for category in args.categories:
         for system, variant, _ in systems:
-            best = tune(data_root=args.data_root, dataset=args.dataset, category=category,
-                        features_root=args.features, tune_root=args.out, system=system, variant=variant,
-                        base_config=base, n_trials=args.trials, parallel=args.parallel, seed=args.seed,
-                        space=args.space, executor=args.executor, n_jobs=args.n_jobs if args.n_jobs > 1 else None,
-                        ray_address=args.ray_address, ray_timeout=args.ray_timeout, storage=args.storage,
-                        progress=not args.no_progress, prune_from=args.prune_from)
+            best = tune(
+                data_root=args.data_root,
+                dataset=args.dataset,
+                category=category,
+                features_root=args.features,
+                tune_root=args.out,
+                system=system,
+                variant=variant,
+                base_config=base,
+                n_trials=args.trials,
+                parallel=args.parallel,
+                seed=args.seed,
+                space=args.space,
+                executor=args.executor,
+                n_jobs=args.n_jobs if args.n_jobs > 1 else None,
+                ray_address=args.ray_address,
+                ray_timeout=args.ray_timeout,
+                storage=args.storage,
+                progress=not args.no_progress,
+                prune_from=args.prune_from,
+            )
             rows.append(best)
     print("category | system | trials (complete/pruned/failed) | base dev MAP | tuned dev MAP | CPU-s | best settings")
     for b in rows:
-        print(f"{b['category']} | {b['study'].split('/')[-1]} | {b['n_trials']} ({b['n_complete']}/{b['n_pruned']}/"
-              f"{b['n_failed']}) | {b['base_dev_MAP']:.4f} | {b['dev_MAP']:.4f} | {b['cpu_seconds']:.0f} | "
-              f"{json.dumps(b['params'])}")
+        print(
+            f"{b['category']} | {b['study'].split('/')[-1]} | {b['n_trials']} ({b['n_complete']}/{b['n_pruned']}/"
+            f"{b['n_failed']}) | {b['base_dev_MAP']:.4f} | {b['dev_MAP']:.4f} | {b['cpu_seconds']:.0f} | "
+            f"{json.dumps(b['params'])}"
+        )
     return 0

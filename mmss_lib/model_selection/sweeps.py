@@ -11,6 +11,7 @@ per-product metrics).
 over seeds of the test metrics and the product-level summary (``--folds K``: K-fold
 cross-validation over each category's products).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,28 @@ def _normalise_systems(systems) -> list[tuple[str, str, dict]]:
     return out
 
 
-def run_experiment(*, data_root, dataset: str, categories: Sequence[str], features_root, runs_root,
-                   systems, seeds: Sequence[int] = (0, 1, 2, 3, 4), base_config: TrainConfig | None = None,
-                   progress: bool = True, n_jobs: int = 1, executor="local", ray_address: str | None = None,
-                   folds: int = 0, fold_seed: int = 0, dev_fraction: float | None = None, summary: bool = True,
-                   ray_timeout: float | None = None, tuned=None, extra_runs=()):
+def run_experiment(
+    *,
+    data_root,
+    dataset: str,
+    categories: Sequence[str],
+    features_root,
+    runs_root,
+    systems,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    base_config: TrainConfig | None = None,
+    progress: bool = True,
+    n_jobs: int = 1,
+    executor="local",
+    ray_address: str | None = None,
+    folds: int = 0,
+    fold_seed: int = 0,
+    dev_fraction: float | None = None,
+    summary: bool = True,
+    ray_timeout: float | None = None,
+    tuned=None,
+    extra_runs=(),
+):
     """Train every (category, system/variant, seed) and return tidy test results (pandas).
 
     ``systems``: names (variant "full", ``base_config.model_options``) or ``(system, variant,
@@ -106,61 +124,95 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     extras = _normalise_extra_runs(extra_runs, specs, folds)
     if dev_fraction is not None:
         import math
-        ok = isinstance(dev_fraction, (int, float)) and not isinstance(dev_fraction, bool) \
-            and math.isfinite(dev_fraction) and 0 < dev_fraction < 1
+
+        ok = (
+            isinstance(dev_fraction, (int, float))
+            and not isinstance(dev_fraction, bool)
+            and math.isfinite(dev_fraction)
+            and 0 < dev_fraction < 1
+        )
         if not ok:
-            raise DataError(f"dev_fraction={dev_fraction!r} (--dev-fraction): expected a share strictly between 0 and 1")
+            raise DataError(
+                f"dev_fraction={dev_fraction!r} (--dev-fraction): expected a share strictly between 0 and 1"
+            )
     from mmss_lib.model_selection import folds as F
 
     k_folds = int(folds or 0)
     tag = F.folds_tag(k_folds, fold_seed) if k_folds >= 2 else None
-    design = (F.design_folds(data_root, dataset, categories, runs_root, k_folds, seed=fold_seed,
-                             dev_fraction=F.DEFAULT_DEV_FRACTION if dev_fraction is None else dev_fraction)
-              if tag else None)
+    design = (
+        F.design_folds(
+            data_root,
+            dataset,
+            categories,
+            runs_root,
+            k_folds,
+            seed=fold_seed,
+            dev_fraction=F.DEFAULT_DEV_FRACTION if dev_fraction is None else dev_fraction,
+        )
+        if tag
+        else None
+    )
     from mmss_lib.training.trainer import _check_model_options
-    for system, _, options in specs + [e[1:] for e in extras]:   # model options (--option) checked before any run starts
+
+    for system, _, options in specs + [e[1:] for e in extras]:  # model options (--option) checked before any run starts
         if not is_floor(system):
             _check_model_options(system, {**base.model_options, **options})
     from mmss_lib.training.floors import check_ceiling_data
-    for category in categories:                 # ceilings need planted cues: refuse before any run starts
+
+    for category in categories:  # ceilings need planted cues: refuse before any run starts
         for system, _, _ in specs:
             check_ceiling_data(system, data_root, dataset, category)
     for category, system, _, _ in extras:
         check_ceiling_data(system, data_root, dataset, category)
     if tag and any(not is_floor(system) for system, _, _ in specs):
-        for category in categories:             # cross-validation reads the stores outside load_splits
+        for category in categories:  # cross-validation reads the stores outside load_splits
             _check_fold_features(data_root, dataset, category, features_root, base)
+
     def run_config(category, system, variant, options, seed) -> TrainConfig:
-        cfg = replace(base, system=system, variant=variant, model_options={**base.model_options, **options},
-                      seed=int(seed))
+        cfg = replace(
+            base, system=system, variant=variant, model_options={**base.model_options, **options}, seed=int(seed)
+        )
         if tuned:
             from mmss_lib.model_selection.tuned import apply_tuned
+
             cfg = apply_tuned(cfg, tuned, dataset, category)
         return cfg
 
-    ex = make_executor(executor, n_jobs=n_jobs, ray_address=ray_address,
-                       **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}))
+    ex = make_executor(
+        executor,
+        n_jobs=n_jobs,
+        ray_address=ray_address,
+        **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}),
+    )
     jobs, metrics, fold_of, failures, tracebacks = [], [], [], {}, {}
-    with ex:                                   # one Ray connection for every fold
-        for fold in (range(k_folds) if tag else [None]):        # one dispatch per fold (its splits)
+    with ex:  # one Ray connection for every fold
+        for fold in range(k_folds) if tag else [None]:  # one dispatch per fold (its splits)
             fold_jobs = []
             for category in categories:
                 for system, variant, options in specs:
                     for seed in seeds:
                         cfg = run_config(category, system, variant, options, seed)
-                        rd = (run_dir_for(runs_root, dataset, category, system, variant, seed) if fold is None else
-                              fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed))
+                        rd = (
+                            run_dir_for(runs_root, dataset, category, system, variant, seed)
+                            if fold is None
+                            else fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed)
+                        )
                         fold_jobs.append((category, cfg, rd))
             n_main = len(fold_jobs)
-            for category, system, variant, options in (extras if fold is None else ()):
+            for category, system, variant, options in extras if fold is None else ():
                 for seed in seeds:
-                    fold_jobs.append((category, run_config(category, system, variant, options, seed),
-                                      run_dir_for(runs_root, dataset, category, system, variant, seed)))
+                    fold_jobs.append(
+                        (
+                            category,
+                            run_config(category, system, variant, options, seed),
+                            run_dir_for(runs_root, dataset, category, system, variant, seed),
+                        )
+                    )
             common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
             if fold is not None:
                 common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
             fj, fm, ff, ft = _dispatch(fold_jobs, common, base, ex)
-            jobs += fj[:n_main]                 # the extra runs are trained, not returned
+            jobs += fj[:n_main]  # the extra runs are trained, not returned
             metrics += fm[:n_main]
             fold_of += [fold] * n_main
             failures.update(ff)
@@ -169,13 +221,23 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
     for (category, cfg, rd), m, fold in zip(jobs, metrics, fold_of):
         if m is None:
             continue
-        rows.append({"dataset": dataset, "category": category, "system": cfg.system, "variant": cfg.variant,
-                     "seed": int(cfg.seed), **({"fold": int(fold)} if fold is not None else {}),
-                     **{k: m["test"][k] for k in METRIC_NAMES},
-                     "dev_MAP": m["dev"]["MAP"], "best_epoch": m["best_epoch"],
-                     "epochs_run": m["epochs_run"], "sec_per_epoch": m["sec_per_epoch"],
-                     "ceiling_while_improving": bool(m.get("ceiling_while_improving", False)),
-                     "run_dir": str(rd)})
+        rows.append(
+            {
+                "dataset": dataset,
+                "category": category,
+                "system": cfg.system,
+                "variant": cfg.variant,
+                "seed": int(cfg.seed),
+                **({"fold": int(fold)} if fold is not None else {}),
+                **{k: m["test"][k] for k in METRIC_NAMES},
+                "dev_MAP": m["dev"]["MAP"],
+                "best_epoch": m["best_epoch"],
+                "epochs_run": m["epochs_run"],
+                "sec_per_epoch": m["sec_per_epoch"],
+                "ceiling_while_improving": bool(m.get("ceiling_while_improving", False)),
+                "run_dir": str(rd),
+            }
+        )
     results = pd.DataFrame(rows)
     if summary and not failures and len(results):
         from mmss_lib.evaluation.summary import write_summaries
@@ -184,8 +246,12 @@ def run_experiment(*, data_root, dataset: str, categories: Sequence[str], featur
         results.attrs["summary_paths"] = [str(p) for p in written]
     if failures:
         listed = "; ".join(f"{name}: {' '.join(str(err).split())}" for name, err in failures.items())
-        exc = SweepError(f"{len(failures)} of {len(jobs)} runs failed: {listed} (the other runs finished and "
-                         "are kept; rerunning trains only the missing runs)", failures, results)
+        exc = SweepError(
+            f"{len(failures)} of {len(jobs)} runs failed: {listed} (the other runs finished and "
+            "are kept; rerunning trains only the missing runs)",
+            failures,
+            results,
+        )
         exc.tracebacks = tracebacks
         raise exc
     return results
@@ -197,8 +263,11 @@ def _normalise_extra_runs(extra_runs, specs, folds) -> list[tuple[str, str, str,
     out = []
     for e in extra_runs or ():
         e = tuple(e) if isinstance(e, (list, tuple)) else (e,)
-        if len(e) not in (3, 4) or not all(isinstance(x, str) for x in e[:3]) or \
-                (len(e) == 4 and not isinstance(e[3] or {}, dict)):
+        if (
+            len(e) not in (3, 4)
+            or not all(isinstance(x, str) for x in e[:3])
+            or (len(e) == 4 and not isinstance(e[3] or {}, dict))
+        ):
             raise DataError(f"extra_runs entry {e!r}: expected (category, system, variant[, options])")
         category, system, variant = e[:3]
         out.append((category, system, variant, dict((e[3] if len(e) == 4 else None) or {})))
@@ -220,8 +289,9 @@ def _check_fold_features(data_root, dataset: str, category: str, features_root, 
     from mmss_lib.features.loader import run_stores
 
     stores = run_stores(features_root, dataset, category, keep_texts=base.text_mode != "cached")
-    check_features_match(stores, {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS},
-                         where=f"{dataset}/{category}")
+    check_features_match(
+        stores, {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS}, where=f"{dataset}/{category}"
+    )
 
 
 def _refuse_duplicates(categories, specs, seeds) -> None:
@@ -231,16 +301,22 @@ def _refuse_duplicates(categories, specs, seeds) -> None:
 
     if isinstance(categories, str) or isinstance(seeds, (str, int)):
         raise DataError(f"categories={categories!r}, seeds={seeds!r}: expected lists (e.g. ['home'], [0, 1])")
-    for what, values in (("categories", [str(c) for c in categories]),
-                         ("systems", [run_name(s, v) for s, v, _ in specs]),
-                         ("seeds", [_as_seed(x) for x in seeds])):
+    for what, values in (
+        ("categories", [str(c) for c in categories]),
+        ("systems", [run_name(s, v) for s, v, _ in specs]),
+        ("seeds", [_as_seed(x) for x in seeds]),
+    ):
         twice = sorted({str(v) for v, n in Counter(values).items() if n > 1})
         if twice:
-            raise DataError(f"{what} {values}: {', '.join(twice)} given more than once (one run folder trained "
-                            f"twice, or one run counted twice in the mean); give each once")
+            raise DataError(
+                f"{what} {values}: {', '.join(twice)} given more than once (one run folder trained "
+                f"twice, or one run counted twice in the mean); give each once"
+            )
     if not len(seeds) or not len(categories) or not specs:
-        raise DataError(f"categories={list(categories)}, systems={[s for s, _, _ in specs]}, seeds={list(seeds)}: "
-                        "each needs at least one value")
+        raise DataError(
+            f"categories={list(categories)}, systems={[s for s, _, _ in specs]}, seeds={list(seeds)}: "
+            "each needs at least one value"
+        )
 
 
 def _as_seed(x) -> int:
@@ -281,26 +357,38 @@ def _dispatch(jobs: list, common: dict, base: TrainConfig, executor) -> tuple[li
         if done is not None:
             metrics[i] = done
             if progress:
-                print(f"[train] {_run_label(dataset, category, cfg, common.get('fold'))}: skipped (finished before)",
-                      flush=True)
+                print(
+                    f"[train] {_run_label(dataset, category, cfg, common.get('fold'))}: skipped (finished before)",
+                    flush=True,
+                )
         else:
             todo.append(i)
-    if not executor.in_process:      # longest runs first (workers ending together); results stay in run order
+    if not executor.in_process:  # longest runs first (workers ending together); results stay in run order
         from mmss_lib.models.registry import run_cost
+
         todo.sort(key=lambda i: -run_cost(jobs[i][1].system, jobs[i][1].variant))
     if executor.in_process:
         cache, run_common = _SplitsCache(common), common
     else:
         cache = None
-        run_common = {**common, "data_root": str(Path(common["data_root"]).resolve()),
-                      "features_root": str(Path(common["features_root"]).resolve())}
+        run_common = {
+            **common,
+            "data_root": str(Path(common["data_root"]).resolve()),
+            "features_root": str(Path(common["features_root"]).resolve()),
+        }
     tasks = []
     for i in todo:
         category, cfg, rd = jobs[i]
         run_dir = str(rd) if executor.in_process else str(Path(rd).resolve())
-        tasks.append(Job(_run_label(dataset, category, cfg, common.get("fold")), _experiment_job,
-                         (category, cfg, run_dir, run_common),
-                         {"splits": cache} if cache is not None else {}, gpu=cfg.device != "cpu"))
+        tasks.append(
+            Job(
+                _run_label(dataset, category, cfg, common.get("fold")),
+                _experiment_job,
+                (category, cfg, run_dir, run_common),
+                {"splits": cache} if cache is not None else {},
+                gpu=cfg.device != "cpu",
+            )
+        )
     failures: dict = {}
     tracebacks: dict = {}
     for n, res in enumerate(executor.run(tasks), 1):
@@ -309,8 +397,11 @@ def _dispatch(jobs: list, common: dict, base: TrainConfig, executor) -> tuple[li
             metrics[i] = res.value
             if progress:
                 m = res.value
-                print(f"[train] {n}/{len(tasks)} finished {res.name}: test MAP {m['test']['MAP']:.4f}, "
-                      f"best epoch {m['best_epoch']}, {m['sec_per_epoch']:.1f} s/epoch", flush=True)
+                print(
+                    f"[train] {n}/{len(tasks)} finished {res.name}: test MAP {m['test']['MAP']:.4f}, "
+                    f"best epoch {m['best_epoch']}, {m['sec_per_epoch']:.1f} s/epoch",
+                    flush=True,
+                )
         else:
             failures[res.name], tracebacks[res.name] = res.error, res.traceback
             print(f"[train] {n}/{len(tasks)} FAILED {res.name}: {res.error}", flush=True)
@@ -325,12 +416,19 @@ class _SplitsCache:
 
     def get(self, category: str, cfg: TrainConfig) -> dict:
         if category != self.category:
-            self.category, self.splits = None, None           # one category in memory at a time
+            self.category, self.splits = None, None  # one category in memory at a time
             c = self.common
-            if c.get("fold"):                                   # cross-validation: this fold's splits
+            if c.get("fold"):  # cross-validation: this fold's splits
                 from mmss_lib.model_selection.folds import splits_for_run
-                self.splits = splits_for_run(cfg, data_root=c["data_root"], dataset=c["dataset"], category=category,
-                                             features_root=c["features_root"], fold=c["fold"]["members"][category])
+
+                self.splits = splits_for_run(
+                    cfg,
+                    data_root=c["data_root"],
+                    dataset=c["dataset"],
+                    category=category,
+                    features_root=c["features_root"],
+                    fold=c["fold"]["members"][category],
+                )
             else:
                 self.splits = load_splits(c["data_root"], c["dataset"], category, c["features_root"], cfg)
             self.category = category
@@ -340,17 +438,31 @@ class _SplitsCache:
 def _experiment_job(category: str, cfg: TrainConfig, run_dir: str, common: dict, splits=None) -> dict:
     """One run of :func:`run_experiment` (a top-level function so worker processes and Ray tasks
     import it by reference). ``splits``: loaded splits, or a :class:`_SplitsCache` to take them from."""
-    if isinstance(splits, _SplitsCache):         # a floor is not trained: it needs no features
+    if isinstance(splits, _SplitsCache):  # a floor is not trained: it needs no features
         splits = None if is_floor(cfg.system) else splits.get(category, cfg)
-    if common.get("fold") and splits is None:    # a fold's splits (floors: ids, labels and texts only)
+    if common.get("fold") and splits is None:  # a fold's splits (floors: ids, labels and texts only)
         from mmss_lib.model_selection.folds import splits_for_run
-        splits = splits_for_run(cfg, data_root=common["data_root"], dataset=common["dataset"], category=category,
-                                features_root=common["features_root"], fold=common["fold"]["members"][category])
+
+        splits = splits_for_run(
+            cfg,
+            data_root=common["data_root"],
+            dataset=common["dataset"],
+            category=category,
+            features_root=common["features_root"],
+            fold=common["fold"]["members"][category],
+        )
     if common["progress"]:
         print(f"[train] {_run_label(common['dataset'], category, cfg, common.get('fold'))}", flush=True)
-    return train_run(cfg, data_root=common["data_root"], dataset=common["dataset"], category=category,
-                     features_root=common["features_root"], run_dir=Path(run_dir),
-                     progress=common["progress"], splits=splits)
+    return train_run(
+        cfg,
+        data_root=common["data_root"],
+        dataset=common["dataset"],
+        category=category,
+        features_root=common["features_root"],
+        run_dir=Path(run_dir),
+        progress=common["progress"],
+        splits=splits,
+    )
 
 
 def summarize(results):
@@ -368,8 +480,17 @@ def summarize(results):
 
 # ------------------------------------------------------------------------------------ reading finished runs
 
-def reference_config(runs_root, dataset: str, category: str, seeds: Sequence[int], fallback: TrainConfig, *,
-                     system: str = "mmss", variant: str = "full") -> tuple[TrainConfig, Path | None]:
+
+def reference_config(
+    runs_root,
+    dataset: str,
+    category: str,
+    seeds: Sequence[int],
+    fallback: TrainConfig,
+    *,
+    system: str = "mmss",
+    variant: str = "full",
+) -> tuple[TrainConfig, Path | None]:
     """The configuration of an earlier run of ``system``/``variant`` in this category (the first
     of ``seeds`` that has a ``config.json``), as variant ``variant`` and seed ``seeds[0]``; else
     ``fallback``. Returns the configuration and the config.json it came from (None: the fallback).
@@ -386,6 +507,7 @@ def reference_config(runs_root, dataset: str, category: str, seeds: Sequence[int
 # A command's parser lives at the bottom of the module that implements it (its ``cli_main``):
 # ``mmss train`` runs an experiment, so it is here.
 
+
 def _parse_options(items: Sequence[str]) -> dict:
     out = {}
     for it in items or ():
@@ -397,21 +519,28 @@ def _parse_options(items: Sequence[str]) -> dict:
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
-            out[k] = v          # a bare word is a string (the model option's type is checked by build_model)
+            out[k] = v  # a bare word is a string (the model option's type is checked by build_model)
     return out
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     d = TrainConfig()
-    ap = argparse.ArgumentParser(prog=prog, description="Train and evaluate systems over seeds "
-                                 "(results: runs/{dataset}/{category}/{system}[__variant]/seed{n}/).")
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="Train and evaluate systems over seeds "
+        "(results: runs/{dataset}/{category}/{system}[__variant]/seed{n}/).",
+    )
     ap.add_argument("--data-root", required=True, help="folder holding {dataset}/{category}/ files")
     ap.add_argument("--dataset", required=True, help="amazon, lazada or demo")
     ap.add_argument("--categories", nargs="+", required=True)
     ap.add_argument("--features", required=True, help="features root (mmss extract output)")
     ap.add_argument("--runs", required=True, help="runs root")
-    ap.add_argument("--systems", nargs="+", default=["mmss"],
-                    help="system names; mmss:VARIANT for an MM-SS ablation of model.ABLATIONS (e.g. mmss:wo_b)")
+    ap.add_argument(
+        "--systems",
+        nargs="+",
+        default=["mmss"],
+        help="system names; mmss:VARIANT for an MM-SS ablation of model.ABLATIONS (e.g. mmss:wo_b)",
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--epochs", type=int, default=d.epochs)
     ap.add_argument("--patience", type=int, default=d.patience)
@@ -427,32 +556,66 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     ap.add_argument("--num-threads", type=int, default=None)
-    ap.add_argument("--text-mode", choices=("cached", "frozen", "finetune"), default="cached",
-                    help="cached: text feature stores; frozen / finetune: the encoder --text-model runs on "
-                         "the fly (only region stores needed; finetune trains it at --lr-text for MM-SS)")
+    ap.add_argument(
+        "--text-mode",
+        choices=("cached", "frozen", "finetune"),
+        default="cached",
+        help="cached: text feature stores; frozen / finetune: the encoder --text-model runs on "
+        "the fly (only region stores needed; finetune trains it at --lr-text for MM-SS)",
+    )
     ap.add_argument("--text-model", default=None, help="encoder of --text-mode frozen/finetune (HF name or folder)")
-    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="model option for every system (repeatable; JSON values)")
+    ap.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option for every system (repeatable; JSON values)",
+    )
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--folds", type=int, default=0, metavar="K",
-                    help="K-fold cross-validation over each category's pooled products (K >= 2; runs in "
-                         "{system}/folds{K}/fold{f}/seed{n}/); 0 or 1: the released splits")
+    ap.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="K-fold cross-validation over each category's pooled products (K >= 2; runs in "
+        "{system}/folds{K}/fold{f}/seed{n}/); 0 or 1: the released splits",
+    )
     ap.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment (with --folds)")
-    ap.add_argument("--dev-fraction", type=float, default=None,
-                    help="share of each fold's non-test products used as its dev part (default 0.125)")
-    ap.add_argument("--executor", choices=("local", "ray"), default="local",
-                    help="local: this machine (--n-jobs worker processes); ray: every run a Ray task "
-                         "(one GPU per run where the cluster has GPUs, else one CPU)")
+    ap.add_argument(
+        "--dev-fraction",
+        type=float,
+        default=None,
+        help="share of each fold's non-test products used as its dev part (default 0.125)",
+    )
+    ap.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine (--n-jobs worker processes); ray: every run a Ray task "
+        "(one GPU per run where the cluster has GPUs, else one CPU)",
+    )
     ap.add_argument("--n-jobs", type=int, default=1, help="runs at once with --executor local")
-    ap.add_argument("--ray-address", default=None, metavar="ADDR",
-                    help="Ray cluster (HOST:6379, ray://HOST:10001, auto; default: RAY_ADDRESS, else a "
-                         "local Ray instance)")
-    ap.add_argument("--ray-timeout", type=float, default=None, metavar="SECONDS",
-                    help="seconds to wait for the Ray head at --ray-address before giving up (default 30)")
+    ap.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster (HOST:6379, ray://HOST:10001, auto; default: RAY_ADDRESS, else a local Ray instance)",
+    )
+    ap.add_argument(
+        "--ray-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds to wait for the Ray head at --ray-address before giving up (default 30)",
+    )
     _add_config_options(ap)
-    ap.add_argument("--tuned", default=None, metavar="DIR",
-                    help="take each system's settings from its `mmss tune` study in DIR "
-                         "(DIR/{dataset}/{category}/{system}/best.json; an MM-SS ablation takes the full model's)")
+    ap.add_argument(
+        "--tuned",
+        default=None,
+        metavar="DIR",
+        help="take each system's settings from its `mmss tune` study in DIR "
+        "(DIR/{dataset}/{category}/{system}/best.json; an MM-SS ablation takes the full model's)",
+    )
     return ap
 
 
@@ -479,6 +642,7 @@ def _none_or(kind):
         if text.lower() in ("none", "null"):
             return None
         return kind(text)
+
     parse.__name__ = kind.__name__
     return parse
 
@@ -517,28 +681,52 @@ def _config_fields_from_args(args) -> dict:
     """The TrainConfig fields of :func:`_add_config_options`'s options."""
     import dataclasses
 
-    explicit = {"epochs", "patience", "batch_size", "lr", "lr_text", "pair_scheme", "n_neg", "loss", "margin",
-                "threshold", "max_text_len", "device", "num_threads", "text_model", "text_mode"}
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-            if f.name not in explicit and f.name not in _NOT_OPTIONS and hasattr(args, f.name)}
+    explicit = {
+        "epochs",
+        "patience",
+        "batch_size",
+        "lr",
+        "lr_text",
+        "pair_scheme",
+        "n_neg",
+        "loss",
+        "margin",
+        "threshold",
+        "max_text_len",
+        "device",
+        "num_threads",
+        "text_model",
+        "text_mode",
+    }
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in explicit and f.name not in _NOT_OPTIONS and hasattr(args, f.name)
+    }
 
 
 def _check_args(args) -> None:
     """Values argparse lets through: one clear error naming the option and what it expects."""
     import math
 
-    if getattr(args, "folds", None) is None:        # mmss tune: the released splits only
+    if getattr(args, "folds", None) is None:  # mmss tune: the released splits only
         args.folds, args.dev_fraction = 0, None
     if args.dev_fraction is not None and not (math.isfinite(args.dev_fraction) and 0 < args.dev_fraction < 1):
-        raise DataError(f"--dev-fraction {args.dev_fraction!r}: expected a share strictly between 0 and 1 "
-                        "(e.g. 0.125: an eighth of each fold's non-test products is its dev part)")
+        raise DataError(
+            f"--dev-fraction {args.dev_fraction!r}: expected a share strictly between 0 and 1 "
+            "(e.g. 0.125: an eighth of each fold's non-test products is its dev part)"
+        )
     if args.dev_fraction is not None and args.folds < 2:
-        raise DataError(f"--dev-fraction {args.dev_fraction!r} needs --folds K (K >= 2); the released splits "
-                        "have their own dev split")
+        raise DataError(
+            f"--dev-fraction {args.dev_fraction!r} needs --folds K (K >= 2); the released splits "
+            "have their own dev split"
+        )
     if args.folds < 0:
         raise DataError(f"--folds {args.folds}: expected 0 or 1 (the released splits) or K >= 2")
     if args.num_threads is not None and args.num_threads < 1:
-        raise DataError(f"--num-threads {args.num_threads}: expected an integer >= 1 (leave it out for torch's default)")
+        raise DataError(
+            f"--num-threads {args.num_threads}: expected an integer >= 1 (leave it out for torch's default)"
+        )
     if args.n_jobs < 1:
         raise DataError(f"--n-jobs {args.n_jobs}: expected an integer >= 1")
     if args.ray_timeout is not None and not (math.isfinite(args.ray_timeout) and args.ray_timeout > 0):
@@ -547,8 +735,10 @@ def _check_args(args) -> None:
         values = list(getattr(args, name, None) or [])
         twice = sorted({str(v) for v in values if values.count(v) > 1})
         if twice:
-            raise DataError(f"--{name} {' '.join(map(str, values))}: {', '.join(twice)} given more than once "
-                            "(one run folder trained twice, or one run counted twice in the mean); give each once")
+            raise DataError(
+                f"--{name} {' '.join(map(str, values))}: {', '.join(twice)} given more than once "
+                "(one run folder trained twice, or one run counted twice in the mean); give each once"
+            )
     if any(s < 0 for s in getattr(args, "seeds", None) or []):
         raise DataError(f"--seeds {' '.join(map(str, args.seeds))}: expected integers >= 0")
 
@@ -560,6 +750,7 @@ def parse_systems(names: Sequence[str]) -> list[tuple[str, str, dict]]:
         if ":" in s:
             name, variant = s.split(":", 1)
             from mmss_lib.models.mmss import ABLATIONS
+
             if variant not in ABLATIONS:
                 raise DataError(f"--systems {s}: unknown MM-SS variant {variant!r}; known: {', '.join(ABLATIONS)}")
             systems.append((name, variant, dict(ABLATIONS[variant])))
@@ -570,13 +761,26 @@ def parse_systems(names: Sequence[str]) -> list[tuple[str, str, dict]]:
 
 def base_config_from_args(args) -> TrainConfig:
     """The base :class:`TrainConfig` of ``mmss train`` / ``mmss tune`` from the parsed options."""
-    return TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
-                       lr_text=args.lr_text, pair_scheme=args.pair_scheme, n_neg=args.n_neg, loss=args.loss,
-                       margin=args.margin, threshold=args.threshold, max_text_len=args.max_text_len,
-                       device=args.device, amp=not args.no_amp, num_threads=args.num_threads,
-                       text_model=args.text_model,
-                       text_mode=args.text_mode,
-                       model_options=_parse_options(args.option), **_config_fields_from_args(args))
+    return TrainConfig(
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_text=args.lr_text,
+        pair_scheme=args.pair_scheme,
+        n_neg=args.n_neg,
+        loss=args.loss,
+        margin=args.margin,
+        threshold=args.threshold,
+        max_text_len=args.max_text_len,
+        device=args.device,
+        amp=not args.no_amp,
+        num_threads=args.num_threads,
+        text_model=args.text_model,
+        text_mode=args.text_mode,
+        model_options=_parse_options(args.option),
+        **_config_fields_from_args(args),
+    )
 
 
 def check_common_args(args) -> None:
@@ -589,17 +793,32 @@ def cli_main(argv: list[str], prog: str = "mmss train") -> int:
     _check_args(args)
     systems = parse_systems(args.systems)
     cfg = base_config_from_args(args)
-    results = run_experiment(data_root=args.data_root, dataset=args.dataset, categories=args.categories,
-                             features_root=args.features, runs_root=args.runs, systems=systems,
-                             seeds=args.seeds, base_config=cfg, progress=not args.no_progress,
-                             n_jobs=args.n_jobs, executor=args.executor, ray_address=args.ray_address,
-                             folds=args.folds, fold_seed=args.fold_seed, dev_fraction=args.dev_fraction,
-                             ray_timeout=args.ray_timeout, tuned=args.tuned)
+    results = run_experiment(
+        data_root=args.data_root,
+        dataset=args.dataset,
+        categories=args.categories,
+        features_root=args.features,
+        runs_root=args.runs,
+        systems=systems,
+        seeds=args.seeds,
+        base_config=cfg,
+        progress=not args.no_progress,
+        n_jobs=args.n_jobs,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        folds=args.folds,
+        fold_seed=args.fold_seed,
+        dev_fraction=args.dev_fraction,
+        ray_timeout=args.ray_timeout,
+        tuned=args.tuned,
+    )
     if results.attrs.get("summary_paths"):
         from mmss_lib.evaluation.summary import format_summary, read_summaries
 
-        print("Test metrics x100: mean over products [95% bootstrap interval]; vs: the best other system, "
-              "p: paired t-test over products")
+        print(
+            "Test metrics x100: mean over products [95% bootstrap interval]; vs: the best other system, "
+            "p: paired t-test over products"
+        )
         print(format_summary(read_summaries(results)))
         for path in results.attrs.get("summary_paths", []):
             print(f"summary: {path}")

@@ -2,6 +2,7 @@
 ``run_experiment(tuned=DIR)`` read from ``mmss tune``'s ``best.json`` files (the search itself is
 :mod:`mmss_lib.model_selection.search`, above the sweeps; this module sits below them).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,10 @@ def apply_tuned(cfg, tune_root, dataset: str, category: str):
         return cfg
     path = tuned_best_path(tune_root, dataset, category, cfg.system, cfg.variant)
     if not path.exists():
-        raise TuneError(f"--tuned {tune_root}: no study for {dataset}/{category} {cfg.system} ({path} missing); "
-                        f"run `mmss tune --systems {cfg.system} --categories {category}` first, or train it untuned")
+        raise TuneError(
+            f"--tuned {tune_root}: no study for {dataset}/{category} {cfg.system} ({path} missing); "
+            f"run `mmss tune --systems {cfg.system} --categories {category}` first, or train it untuned"
+        )
     try:
         best = json.loads(path.read_text())
         params = dict(best["params"])

@@ -19,6 +19,7 @@ Worked example (Eq. 13, margin 1)::
     >>> ranking_hinge(torch.tensor([2.0, 0.5]), torch.tensor([0.0, 0.0]))
     tensor(0.2500)          # mean(max(0, 1-2+0), max(0, 1-0.5+0)) = mean(0, 0.5)
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -105,7 +106,9 @@ class UncertaintyWeighting(nn.Module):
         """Combine per-task scalar losses, given in task order, into one scalar (Eq. 15)."""
         losses = torch.stack(list(losses)) if not isinstance(losses, Tensor) else losses
         if losses.shape != (self.n_tasks,):
-            raise ValueError(f"UncertaintyWeighting: expected {self.n_tasks} task losses, got shape {tuple(losses.shape)}")
+            raise ValueError(
+                f"UncertaintyWeighting: expected {self.n_tasks} task losses, got shape {tuple(losses.shape)}"
+            )
         s = self.log_var
         return (0.5 * torch.exp(-s) * losses + 0.5 * s).sum()  # Eq. 15
 
@@ -127,6 +130,7 @@ def mmss_subtask_loss(output: ModelOutput, batch_labels: dict[str, Tensor], y_g:
     if missing:
         raise KeyError(f"mmss_subtask_loss: no pseudo labels or subtask output for {missing}")
     y_g = y_g.to(output.score.device)
-    losses = [weighted_l1(output.sub_scores[s], batch_labels[s].to(output.score.device), y_g)
-              for s in subtasks]  # Eq. 14, one L_s per subtask
+    losses = [
+        weighted_l1(output.sub_scores[s], batch_labels[s].to(output.score.device), y_g) for s in subtasks
+    ]  # Eq. 14, one L_s per subtask
     return model.uncertainty(losses)  # Eq. 15

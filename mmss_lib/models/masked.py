@@ -23,6 +23,7 @@ Worked example (an all-padding row pools to zeros)::
     >>> masked_mean(x, m)[:, 0].tolist()
     [1.0, 0.0]
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -34,15 +35,23 @@ from torch import Tensor, nn
 from mmss_lib.errors import DataError
 
 __all__ = [
-    "has_any", "lengths_from_mask", "guard_empty", "zero_padding",
-    "masked_mean", "masked_max", "soft_pool",
-    "masked_softmax", "masked_attention", "AttentionPool",
+    "has_any",
+    "lengths_from_mask",
+    "guard_empty",
+    "zero_padding",
+    "masked_mean",
+    "masked_max",
+    "soft_pool",
+    "masked_softmax",
+    "masked_attention",
+    "AttentionPool",
 ]
 
 SOFTMAX_METHODS = ("fused", "shifted")
 
 
 # ----------------------------------------------------------------------------- masks
+
 
 def has_any(mask: Tensor) -> Tensor:
     """(B, L) mask -> (B,) bool: the row has at least one real position (e.g. the item has images)."""
@@ -80,6 +89,7 @@ def zero_padding(x: Tensor, mask: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- pooling
 
+
 def masked_mean(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
     """Mean of ``x`` over the real positions of ``dim`` (``mask`` has ``x``'s shape without the
     last axis); zeros for a row with none. Padded values are multiplied by 0, so they must be
@@ -88,7 +98,7 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
     >>> masked_mean(torch.tensor([[[1.], [3.], [100.]]]), torch.tensor([[True, True, False]]))
     tensor([[2.]])
     """
-    m = mask.to(x.dtype).unsqueeze(-1)                       # (B, L, 1)
+    m = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
     return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
 
 
@@ -103,7 +113,7 @@ def masked_max(x: Tensor, mask: Tensor, dim: int = 1, *, ties: str = "split") ->
     >>> masked_max(torch.tensor([[[1.], [-3.], [100.]]]), torch.tensor([[True, True, False]]))
     tensor([[1.]])
     """
-    m = mask.unsqueeze(-1)                                   # (B, L, 1)
+    m = mask.unsqueeze(-1)  # (B, L, 1)
     filled = x.masked_fill(~m, torch.finfo(x.dtype).min)
     if ties == "split":
         out = filled.amax(dim)
@@ -122,12 +132,13 @@ def soft_pool(x: Tensor, mask: Tensor) -> Tensor:
     :func:`guard_empty`) -> (B, d); a row without one gives zeros.
     Example: one feature with real values [0, ln 3] gives weights [1/4, 3/4] and 0.75 * ln 3.
     """
-    m = mask.unsqueeze(-1)                                   # (B, L, 1)
-    w = masked_softmax(x, m, dim=1)                          # (B, L, d)
-    return (w * x.masked_fill(~m, 0.0)).sum(dim=1)           # (B, d)
+    m = mask.unsqueeze(-1)  # (B, L, 1)
+    w = masked_softmax(x, m, dim=1)  # (B, L, d)
+    return (w * x.masked_fill(~m, 0.0)).sum(dim=1)  # (B, d)
 
 
 # ----------------------------------------------------------------------------- attention
+
 
 def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1, *, method: str = "fused") -> Tensor:
     """Softmax of ``scores`` over the real positions along ``dim`` (``mask`` broadcasts to ``scores``).
@@ -156,8 +167,15 @@ def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1, *, method: str =
     raise ValueError(f"masked_softmax: method must be one of {SOFTMAX_METHODS}, got {method!r}")
 
 
-def masked_attention(query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor,
-                     *, scale: float | None = None, return_weights: bool = False):
+def masked_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_mask: Tensor,
+    *,
+    scale: float | None = None,
+    return_weights: bool = False,
+):
     """Dot-product attention of ``query`` (B, Lq, d) over ``key``/``value`` (B, Lk, d) / (B, Lk, dv).
 
     ``key_mask`` (B, Lk) marks the real keys; queries whose keys are all padding get zero vectors.
@@ -166,9 +184,9 @@ def masked_attention(query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor
     """
     if scale is None:
         scale = query.shape[-1] ** -0.5
-    scores = torch.einsum("bqd,bkd->bqk", query, key) * scale       # (B, Lq, Lk)
-    weights = masked_softmax(scores, key_mask[:, None, :], dim=-1)   # (B, Lq, Lk)
-    out = torch.einsum("bqk,bkd->bqd", weights, value)               # (B, Lq, dv)
+    scores = torch.einsum("bqd,bkd->bqk", query, key) * scale  # (B, Lq, Lk)
+    weights = masked_softmax(scores, key_mask[:, None, :], dim=-1)  # (B, Lq, Lk)
+    out = torch.einsum("bqk,bkd->bqd", weights, value)  # (B, Lq, dv)
     return (out, weights) if return_weights else out
 
 
@@ -191,8 +209,17 @@ class AttentionPool(nn.Module):
 
     ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu}
 
-    def __init__(self, dim: int, *, hidden: int | None = None, claim_dim: int = 0, activation: str = "tanh",
-                 score_bias: bool = False, softmax: str = "fused", weighted_sum: str = "matmul"):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        hidden: int | None = None,
+        claim_dim: int = 0,
+        activation: str = "tanh",
+        score_bias: bool = False,
+        softmax: str = "fused",
+        weighted_sum: str = "matmul",
+    ):
         super().__init__()
         if activation not in self.ACTIVATIONS:
             raise ValueError(f"AttentionPool: activation must be one of {list(self.ACTIVATIONS)}, got {activation!r}")
@@ -213,18 +240,20 @@ class AttentionPool(nn.Module):
         else:
             x_in = h
         act = self.ACTIVATIONS[self.activation]
-        logits = self.context(act(self.proj(x_in))).squeeze(-1)                 # (B, L)
-        weights = masked_softmax(logits, mask, dim=-1, method=self.softmax)     # (B, L)
+        logits = self.context(act(self.proj(x_in))).squeeze(-1)  # (B, L)
+        weights = masked_softmax(logits, mask, dim=-1, method=self.softmax)  # (B, L)
         if self.weighted_sum == "matmul":
-            return torch.einsum("bl,bld->bd", weights, h)                       # (B, d)
-        return (weights.unsqueeze(-1) * h).sum(1)                               # (B, d)
+            return torch.einsum("bl,bld->bd", weights, h)  # (B, d)
+        return (weights.unsqueeze(-1) * h).sum(1)  # (B, d)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for old, new in (("score.0.", "proj."), ("score.2.", "context.")):
             for key in [k for k in state_dict if k.startswith(prefix + old)]:
-                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return (f"claim_dim={self.claim_dim}, activation={self.activation!r}, softmax={self.softmax!r}, "
-                f"weighted_sum={self.weighted_sum!r}")
+        return (
+            f"claim_dim={self.claim_dim}, activation={self.activation!r}, softmax={self.softmax!r}, "
+            f"weighted_sum={self.weighted_sum!r}"
+        )

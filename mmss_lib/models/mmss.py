@@ -31,6 +31,7 @@ Ablations of Table 4 are configuration switches (:data:`ABLATIONS`): ``subtasks`
 subtask heads (module (b)'s five interactions still all feed the global score), and
 ``use_module_b=False`` / ``use_module_d=False`` give "w/o module (b)" / "w/o module (d)".
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -76,22 +77,22 @@ ABLATION_LABELS: dict[str, str] = {
 
 @dataclass
 class MMSSConfig:
-    text_dim: int = 768                 # size of the token features (an on-the-fly encoder's hidden size)
-    region_dim: int = 2048              # size of RoI features (Faster R-CNN pooled, Sec. 4.1)
-    d: int = 128                        # shared space of Tp, Tr, Vp, Vr and of every f_s, f*_s, f*_g (App. A.2)
-    n_heads: int = 4                    # heads of every Self-ATT layer
-    ff_dim: int = 512                   # feed-forward width of every Self-ATT layer
-    dropout: float = 0.1                # dropout inside Self-ATT layers (residual + feed-forward) and before the heads
-    attn_dropout: float = 0.0           # dropout on attention weights (0: keeps CPU training ~2x faster)
+    text_dim: int = 768  # size of the token features (an on-the-fly encoder's hidden size)
+    region_dim: int = 2048  # size of RoI features (Faster R-CNN pooled, Sec. 4.1)
+    d: int = 128  # shared space of Tp, Tr, Vp, Vr and of every f_s, f*_s, f*_g (App. A.2)
+    n_heads: int = 4  # heads of every Self-ATT layer
+    ff_dim: int = 512  # feed-forward width of every Self-ATT layer
+    dropout: float = 0.1  # dropout inside Self-ATT layers (residual + feed-forward) and before the heads
+    attn_dropout: float = 0.0  # dropout on attention weights (0: keeps CPU training ~2x faster)
     subtasks: tuple[str, ...] = SUBTASKS  # subtask heads of module (d) (Table 4 "w/o ..." rows drop one)
-    use_module_b: bool = True           # False: "w/o module (b)": mean-pool (a), concat, MLP; no subtasks
-    use_module_d: bool = True           # False: "w/o module (d)": no subtask heads, no SSP-Label
+    use_module_b: bool = True  # False: "w/o module (b)": mean-pool (a), concat, MLP; no subtasks
+    use_module_d: bool = True  # False: "w/o module (d)": no subtask heads, no SSP-Label
     region_self_attention: bool = True  # Self-ATT over [Vp; Vr] in module (a)
-    source_embeddings: bool = True      # learned vector per field (pt, rt, pv, rv) added after (a)
-    source_init_std: float = 0.02       # init std of the source vectors (the features they join are LayerNorm'd: std 1)
-    head_hidden: int = 64               # hidden width of the subtask MLPs (Eq. 9) and of the w/o-(b) MLP
-    sub_log_var_init: float = 0.0       # Eq. 15's start s_k = log sigma_k^2 (paper: unstated; 0 weights each subtask 1/2)
-    match_term: bool = False            # not in the paper: f_s += W_m (mean A * mean B) in every interaction (see Interaction)
+    source_embeddings: bool = True  # learned vector per field (pt, rt, pv, rv) added after (a)
+    source_init_std: float = 0.02  # init std of the source vectors (the features they join are LayerNorm'd: std 1)
+    head_hidden: int = 64  # hidden width of the subtask MLPs (Eq. 9) and of the w/o-(b) MLP
+    sub_log_var_init: float = 0.0  # Eq. 15's start s_k = log sigma_k^2 (paper: unstated; 0 weights each subtask 1/2)
+    match_term: bool = False  # not in the paper: f_s += W_m (mean A * mean B) in every interaction (see Interaction)
 
     def __post_init__(self):
         subs = tuple(self.subtasks)
@@ -138,22 +139,35 @@ class SelfATT(nn.TransformerEncoderLayer):
         p = self.dropout.p
         self.dropout, self.dropout1, self.dropout2 = Dropout(p), Dropout(p), Dropout(p)
 
-    def forward(self, src: Tensor, src_mask: Optional[Tensor] = None,
-                src_key_padding_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+    def forward(
+        self,
+        src: Tensor,
+        src_mask: Optional[Tensor] = None,
+        src_key_padding_mask: Optional[Tensor] = None,
+        is_causal: bool = False,
+    ) -> Tensor:
         mha = self.self_attn
-        if (src_mask is not None or is_causal or self.norm_first or not mha.batch_first
-                or not mha._qkv_same_embed_dim or mha.in_proj_bias is None or mha.bias_k is not None):
+        if (
+            src_mask is not None
+            or is_causal
+            or self.norm_first
+            or not mha.batch_first
+            or not mha._qkv_same_embed_dim
+            or mha.in_proj_bias is None
+            or mha.bias_k is not None
+        ):
             return super().forward(src, src_mask, src_key_padding_mask, is_causal)
         b, length, d = src.shape
         h = mha.num_heads
-        qkv = F.linear(src, mha.in_proj_weight, mha.in_proj_bias)          # (B, L, 3d)
+        qkv = F.linear(src, mha.in_proj_weight, mha.in_proj_bias)  # (B, L, 3d)
         q, k, v = qkv.view(b, length, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, L, d/h)
         keep = None
         if src_key_padding_mask is not None:
-            keep = (~src_key_padding_mask.bool()).view(b, 1, 1, length)    # (B, 1, 1, L), True = attend
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
-                                             dropout_p=mha.dropout if self.training else 0.0)  # (B, h, L, d/h)
-        att = mha.out_proj(att.transpose(1, 2).reshape(b, length, d))      # (B, L, d)
+            keep = (~src_key_padding_mask.bool()).view(b, 1, 1, length)  # (B, 1, 1, L), True = attend
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keep, dropout_p=mha.dropout if self.training else 0.0
+        )  # (B, h, L, d/h)
+        att = mha.out_proj(att.transpose(1, 2).reshape(b, length, d))  # (B, L, d)
         x = self.norm1(src + self.dropout1(att))
         ff = self.linear2(self.dropout(self.activation(self.linear1(x))))  # (B, L, d)
         return self.norm2(x + self.dropout2(ff))
@@ -161,8 +175,9 @@ class SelfATT(nn.TransformerEncoderLayer):
 
 def _self_att_layer(cfg: MMSSConfig) -> nn.TransformerEncoderLayer:
     """Self-ATT: one post-norm transformer encoder layer (d, n_heads, GELU)."""
-    layer = SelfATT(cfg.d, cfg.n_heads, dim_feedforward=cfg.ff_dim, dropout=cfg.dropout,
-                    activation="gelu", batch_first=True)
+    layer = SelfATT(
+        cfg.d, cfg.n_heads, dim_feedforward=cfg.ff_dim, dropout=cfg.dropout, activation="gelu", batch_first=True
+    )
     layer.self_attn.dropout = cfg.attn_dropout  # attention-weight dropout, separate from the residual dropout
     return layer
 
@@ -187,12 +202,12 @@ class Interaction(nn.Module):
         self.match = nn.Linear(cfg.d, cfg.d, bias=False) if cfg.match_term else None
 
     def forward(self, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor) -> Tensor:
-        x = torch.cat([a, b], dim=1)                                # (B, La+Lb, d)
-        mask = torch.cat([a_mask, b_mask], dim=1)                   # (B, La+Lb)
+        x = torch.cat([a, b], dim=1)  # (B, La+Lb, d)
+        mask = torch.cat([a_mask, b_mask], dim=1)  # (B, La+Lb)
         any_real, safe = guard_empty(mask)
-        h = self.self_att(x, src_key_padding_mask=~safe)            # (B, La+Lb, d), Self-ATT
-        pooled = soft_pool(h, safe)                                 # (B, d), SoftPool
-        if self.match is not None:                                  # option match_term (not in the paper)
+        h = self.self_att(x, src_key_padding_mask=~safe)  # (B, La+Lb, d), Self-ATT
+        pooled = soft_pool(h, safe)  # (B, d), SoftPool
+        if self.match is not None:  # option match_term (not in the paper)
             pooled = pooled + self.match(masked_mean(a, a_mask) * masked_mean(b, b_mask))
         return torch.where(any_real.unsqueeze(-1), pooled, self.empty.to(pooled.dtype).expand_as(pooled))
 
@@ -203,12 +218,13 @@ class SubtaskHead(nn.Module):
     def __init__(self, cfg: MMSSConfig):
         super().__init__()
         self.proj = nn.Linear(cfg.d, cfg.d)
-        self.mlp = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.d, cfg.head_hidden), nn.GELU(),
-                                 nn.Linear(cfg.head_hidden, 1))
+        self.mlp = nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.Linear(cfg.d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1)
+        )
 
     def forward(self, f_s: Tensor) -> tuple[Tensor, Tensor]:
-        f_star = F.gelu(self.proj(f_s))                             # (B, d), Eq. 9 first line
-        return f_star, self.mlp(f_star).squeeze(-1)                 # (B,), Eq. 9 second line
+        f_star = F.gelu(self.proj(f_s))  # (B, d), Eq. 9 first line
+        return f_star, self.mlp(f_star).squeeze(-1)  # (B,), Eq. 9 second line
 
 
 class MMSS(nn.Module):
@@ -245,31 +261,38 @@ class MMSS(nn.Module):
         if cfg.use_module_b:
             # (b) five interactions, (c) global scoring, (d) subtask heads
             self.interactions = nn.ModuleDict({s: Interaction(cfg) for s in SUBTASKS})
-            self.fuse = nn.Linear(len(SUBTASKS) * cfg.d, cfg.d)     # Eq. 7
+            self.fuse = nn.Linear(len(SUBTASKS) * cfg.d, cfg.d)  # Eq. 7
             self.dropout = nn.Dropout(cfg.dropout)
-            self.score_head = nn.Linear(cfg.d, 1)                   # Eq. 8
+            self.score_head = nn.Linear(cfg.d, 1)  # Eq. 8
             self.heads = nn.ModuleDict({s: SubtaskHead(cfg) for s in self.subtasks})
         else:
             # "w/o module (b)": pooled (a) features, concatenated, MLP to the score
             self.fuse = nn.Linear(4 * cfg.d, cfg.d)
             self.dropout = nn.Dropout(cfg.dropout)
             self.score_head = nn.Linear(cfg.d, 1)
-        self.uncertainty = (UncertaintyWeighting(len(self.subtasks), init_log_var=cfg.sub_log_var_init)
-                            if self.subtasks else None)
+        self.uncertainty = (
+            UncertaintyWeighting(len(self.subtasks), init_log_var=cfg.sub_log_var_init) if self.subtasks else None
+        )
 
     # ----------------------------------------------------------------------------------------
     def _text_features(self, batch: Batch) -> tuple[Tensor, Tensor]:
         if batch.pt is None or batch.rt is None:
-            raise DataError("MMSS needs token features batch.pt and batch.rt; got None (text modes frozen / "
-                            "finetune compute them with the encoder of mmss_lib.models.online_text, which wraps the model)")
+            raise DataError(
+                "MMSS needs token features batch.pt and batch.rt; got None (text modes frozen / "
+                "finetune compute them with the encoder of mmss_lib.models.online_text, which wraps the model)"
+            )
         return batch.pt, batch.rt
 
     def modality_features(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
         """Module (a): {"tp", "tr", "vp", "vr"} -> (features (B, L, d), mask (B, L))."""
         cfg = self.config
         pt, rt = self._text_features(batch)
-        for name, x, dim in (("pt", pt, self.text_proj[0].in_features), ("rt", rt, self.text_proj[0].in_features),
-                             ("pv", batch.pv, cfg.region_dim), ("rv", batch.rv, cfg.region_dim)):
+        for name, x, dim in (
+            ("pt", pt, self.text_proj[0].in_features),
+            ("rt", rt, self.text_proj[0].in_features),
+            ("pv", batch.pv, cfg.region_dim),
+            ("rv", batch.rv, cfg.region_dim),
+        ):
             if x.shape[-1] != dim:
                 raise DataError(f"MMSS: batch.{name} has feature size {x.shape[-1]}, the model expects {dim}")
         dtype = self.text_proj[0].weight.dtype
@@ -278,17 +301,21 @@ class MMSS(nn.Module):
         tp = self.text_proj(zero_padding(pt.to(dtype), batch.pt_mask))  # (B, Lp, d)
         tr = self.text_proj(zero_padding(rt.to(dtype), batch.rt_mask))  # (B, Lr, d)
         n_p = batch.pv.shape[1]
-        v_in = torch.cat([batch.pv, batch.rv], dim=1).to(dtype)     # (B, Np+Nr, dr)
-        v_mask = torch.cat([batch.pv_mask, batch.rv_mask], dim=1)   # (B, Np+Nr)
+        v_in = torch.cat([batch.pv, batch.rv], dim=1).to(dtype)  # (B, Np+Nr, dr)
+        v_mask = torch.cat([batch.pv_mask, batch.rv_mask], dim=1)  # (B, Np+Nr)
         # project only the real regions (padding is most of the tensor when few reviews have images)
-        real = self.region_proj(v_in[v_mask])                       # (n_real, d)
+        real = self.region_proj(v_in[v_mask])  # (n_real, d)
         v = real.new_zeros(*v_mask.shape, cfg.d).masked_scatter(v_mask.unsqueeze(-1), real)  # (B, Np+Nr, d)
         if self.region_att is not None:
             _, safe = guard_empty(v_mask)
-            v = self.region_att(v, src_key_padding_mask=~safe)       # (B, Np+Nr, d), Self-ATT over [V; K]
-        vp, vr = v[:, :n_p], v[:, n_p:]                              # (B, Np, d), (B, Nr, d)
-        out = {"tp": (tp, batch.pt_mask), "tr": (tr, batch.rt_mask),
-               "vp": (vp, batch.pv_mask), "vr": (vr, batch.rv_mask)}
+            v = self.region_att(v, src_key_padding_mask=~safe)  # (B, Np+Nr, d), Self-ATT over [V; K]
+        vp, vr = v[:, :n_p], v[:, n_p:]  # (B, Np, d), (B, Nr, d)
+        out = {
+            "tp": (tp, batch.pt_mask),
+            "tr": (tr, batch.rt_mask),
+            "vp": (vp, batch.pv_mask),
+            "vr": (vr, batch.rv_mask),
+        }
         if self.source is not None:
             out = {k: (x + self.source[i], m) for i, (k, (x, m)) in enumerate(out.items())}
         # re-zero padding (LayerNorm / attention / source embeddings give padded rows values)
@@ -305,17 +332,17 @@ class MMSS(nn.Module):
         if not self.config.use_module_b:
             feats = self.modality_features(batch)
             pooled = torch.cat([masked_mean(*feats[k]) for k in ("tp", "tr", "vp", "vr")], dim=-1)  # (B, 4d)
-            f_g = F.gelu(self.fuse(pooled))                          # (B, d)
-            score = self.score_head(self.dropout(f_g)).squeeze(-1)   # (B,)
+            f_g = F.gelu(self.fuse(pooled))  # (B, d)
+            score = self.score_head(self.dropout(f_g)).squeeze(-1)  # (B,)
             return ModelOutput(score=score, features={"g": f_g})
 
-        f = self.interaction_features(batch)                        # s -> (B, d)
-        fc = torch.cat([f[s] for s in SUBTASKS], dim=-1)            # (B, 5d), Eq. 6
-        f_g = F.gelu(self.fuse(self.dropout(fc)))                    # (B, d), Eq. 7
-        score = self.score_head(f_g).squeeze(-1)                     # (B,), Eq. 8
+        f = self.interaction_features(batch)  # s -> (B, d)
+        fc = torch.cat([f[s] for s in SUBTASKS], dim=-1)  # (B, 5d), Eq. 6
+        f_g = F.gelu(self.fuse(self.dropout(fc)))  # (B, d), Eq. 7
+        score = self.score_head(f_g).squeeze(-1)  # (B,), Eq. 8
         features, sub_scores = {"g": f_g}, {}
         for s in self.subtasks:
-            features[s], sub_scores[s] = self.heads[s](f[s])         # Eq. 9
+            features[s], sub_scores[s] = self.heads[s](f[s])  # Eq. 9
         return ModelOutput(score=score, sub_scores=sub_scores, features=features)
 
     def feature_dims(self) -> dict[str, int]:

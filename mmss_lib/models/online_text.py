@@ -27,6 +27,7 @@ Frozen encoders are not submodules: they are in neither ``parameters()`` nor ``s
 Attributes the wrapper does not have (``subtasks``, ``feature_dims``, ``uncertainty``, ...) are
 those of the wrapped system.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,13 +59,14 @@ def load_text_model(name: str | os.PathLike) -> tuple[Any, Any]:
         raise ModelNotAvailableError(
             f"text model {str(name)!r} is not available offline: pass a local folder holding config.json, "
             f"the weights and the tokenizer files, or put it in the Hugging Face cache "
-            f"[{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}]") from None
+            f"[{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}]"
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if not getattr(tok, "is_fast", False):
         raise ModelNotAvailableError(f"text model {str(name)!r}: a fast (Rust) tokenizer is required")
     limit = getattr(model.config, "max_position_embeddings", None)
-    if limit:   # the tokenizer's own limit may be unset (1e30): never give the encoder more positions
+    if limit:  # the tokenizer's own limit may be unset (1e30): never give the encoder more positions
         tok.model_max_length = int(min(tok.model_max_length or limit, limit))
     return tok, model
 
@@ -86,7 +88,7 @@ def _build_class():
             else:
                 encoder.requires_grad_(False)
                 encoder.eval()
-                object.__setattr__(self, "_frozen_encoder", encoder)   # not a submodule (no state_dict)
+                object.__setattr__(self, "_frozen_encoder", encoder)  # not a submodule (no state_dict)
             cfg = encoder.config
             self.dim = int(cfg.hidden_size)
             self.max_len = int(getattr(cfg, "max_position_embeddings", 512) or 512)
@@ -120,8 +122,7 @@ def _build_class():
 
         def param_groups(self, lr: float = 1e-4, lr_text: float = 5e-5) -> list[dict]:
             """The system's groups at ``lr`` plus, when fine-tuned, the encoder at ``lr_text``."""
-            groups = [{"params": [p for p in self.system.parameters() if p.requires_grad], "lr": lr,
-                       "name": "system"}]
+            groups = [{"params": [p for p in self.system.parameters() if p.requires_grad], "lr": lr, "name": "system"}]
             if self.trainable:
                 groups.append({"params": list(self.encoder.parameters()), "lr": lr_text, "name": "text_encoder"})
             return groups
@@ -132,14 +133,14 @@ def _build_class():
             distinct row encoded once; returns (features, feature mask without [SEP])."""
             enc = self.text_encoder_module
             b = ids.shape[0]
-            uniq, inv = torch.unique(ids, dim=0, return_inverse=True)                     # (U, L), (B,)
+            uniq, inv = torch.unique(ids, dim=0, return_inverse=True)  # (U, L), (B,)
             first = torch.full((uniq.shape[0],), b, dtype=torch.long, device=ids.device)
             first = first.scatter_reduce(0, inv, torch.arange(b, device=ids.device), reduce="amin")
-            umask = mask[first]                                                           # (U, L)
+            umask = mask[first]  # (U, L)
             grad = self.trainable and torch.is_grad_enabled()
             with torch.set_grad_enabled(grad):
-                h = enc(input_ids=uniq, attention_mask=umask.long()).last_hidden_state   # (U, L, dt)
-            h = h.float()[inv]                                                            # (B, L, dt)
+                h = enc(input_ids=uniq, attention_mask=umask.long()).last_hidden_state  # (U, L, dt)
+            h = h.float()[inv]  # (B, L, dt)
             keep = mask.bool()
             if self.sep_id is not None:
                 keep = keep & (ids != self.sep_id)
@@ -147,8 +148,10 @@ def _build_class():
 
         def forward(self, batch):
             if batch.pt_ids is None or batch.rt_ids is None:
-                raise DataError("on-the-fly text needs batch.pt_ids and batch.rt_ids (token ids); build the "
-                                "batches with MRHPSplitData.collate_tokens (text_mode frozen/finetune)")
+                raise DataError(
+                    "on-the-fly text needs batch.pt_ids and batch.rt_ids (token ids); build the "
+                    "batches with MRHPSplitData.collate_tokens (text_mode frozen/finetune)"
+                )
             pt, pt_mask = self.encode(batch.pt_ids, batch.pt_mask)
             rt, rt_mask = self.encode(batch.rt_ids, batch.rt_mask)
             return self.system(replace(batch, pt=pt, pt_mask=pt_mask, rt=rt, rt_mask=rt_mask))

@@ -7,6 +7,7 @@ defaults. Trained systems map a :class:`mmss_lib.data.batch.Batch` to a
 ``"ceiling"``: ``ceiling_text``, ``ceiling_all``), see :mod:`mmss_lib.training.floors`, need no training and
 score reviews directly (``needs_training = False``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,27 +16,30 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SystemInfo:
-    name: str         # key used in configs and tables
-    display: str      # row label in the paper's tables
-    kind: str         # "floor" | "ceiling" | "text-only" | "multimodal"
-    target: str       # "module:Class"
+    name: str  # key used in configs and tables
+    display: str  # row label in the paper's tables
+    kind: str  # "floor" | "ceiling" | "text-only" | "multimodal"
+    target: str  # "module:Class"
 
 
-SYSTEMS: dict[str, SystemInfo] = {s.name: s for s in [
-    SystemInfo("random", "Random", "floor", "mmss_lib.training.floors:RandomFloor"),
-    SystemInfo("length", "Length", "floor", "mmss_lib.training.floors:LengthFloor"),
-    SystemInfo("ceiling_text", "Ceiling (text cues)", "ceiling", "mmss_lib.training.floors:CeilingText"),
-    SystemInfo("ceiling_all", "Ceiling (all cues)", "ceiling", "mmss_lib.training.floors:CeilingAll"),
-    SystemInfo("bimpm", "BiMPM", "text-only", "mmss_lib.models.baselines.bimpm:BiMPM"),
-    SystemInfo("egcnn", "EG-CNN", "text-only", "mmss_lib.models.baselines.egcnn:EGCNN"),
-    SystemInfo("convknrm", "Conv-KNRM", "text-only", "mmss_lib.models.baselines.convknrm:ConvKNRM"),
-    SystemInfo("prhnet", "PRH-Net", "text-only", "mmss_lib.models.baselines.prhnet:PRHNet"),
-    SystemInfo("ssecross", "SSE-Cross", "multimodal", "mmss_lib.models.baselines.ssecross:SSECross"),
-    SystemInfo("drnet", "D&R Net", "multimodal", "mmss_lib.models.baselines.drnet:DRNet"),
-    SystemInfo("mcr", "MCR", "multimodal", "mmss_lib.models.baselines.mcr:MCR"),
-    SystemInfo("mcl", "MCL", "multimodal", "mmss_lib.models.baselines.mcl:MCL"),
-    SystemInfo("mmss", "MM-SS (Ours)", "multimodal", "mmss_lib.models.mmss:MMSS"),
-]}
+SYSTEMS: dict[str, SystemInfo] = {
+    s.name: s
+    for s in [
+        SystemInfo("random", "Random", "floor", "mmss_lib.training.floors:RandomFloor"),
+        SystemInfo("length", "Length", "floor", "mmss_lib.training.floors:LengthFloor"),
+        SystemInfo("ceiling_text", "Ceiling (text cues)", "ceiling", "mmss_lib.training.floors:CeilingText"),
+        SystemInfo("ceiling_all", "Ceiling (all cues)", "ceiling", "mmss_lib.training.floors:CeilingAll"),
+        SystemInfo("bimpm", "BiMPM", "text-only", "mmss_lib.models.baselines.bimpm:BiMPM"),
+        SystemInfo("egcnn", "EG-CNN", "text-only", "mmss_lib.models.baselines.egcnn:EGCNN"),
+        SystemInfo("convknrm", "Conv-KNRM", "text-only", "mmss_lib.models.baselines.convknrm:ConvKNRM"),
+        SystemInfo("prhnet", "PRH-Net", "text-only", "mmss_lib.models.baselines.prhnet:PRHNet"),
+        SystemInfo("ssecross", "SSE-Cross", "multimodal", "mmss_lib.models.baselines.ssecross:SSECross"),
+        SystemInfo("drnet", "D&R Net", "multimodal", "mmss_lib.models.baselines.drnet:DRNet"),
+        SystemInfo("mcr", "MCR", "multimodal", "mmss_lib.models.baselines.mcr:MCR"),
+        SystemInfo("mcl", "MCL", "multimodal", "mmss_lib.models.baselines.mcl:MCL"),
+        SystemInfo("mmss", "MM-SS (Ours)", "multimodal", "mmss_lib.models.mmss:MMSS"),
+    ]
+}
 
 FLOORS = [n for n, s in SYSTEMS.items() if s.kind == "floor"]
 BASELINES = [n for n, s in SYSTEMS.items() if n != "mmss" and s.kind not in ("floor", "ceiling")]
@@ -46,9 +50,21 @@ BASELINES = [n for n, s in SYSTEMS.items() if n != "mmss" and s.kind not in ("fl
 # MM-SS, BiMPM and MCR; the others: their measured seconds per epoch x 10 epochs). Sweeps start
 # their most expensive runs first (longest-processing-time order), so that the workers do not end
 # with one busy and the others idle; results never depend on this order.
-RUN_COST: dict[str, float] = {"random": 0.0, "length": 0.0, "ceiling_text": 0.0, "ceiling_all": 0.0,
-                              "bimpm": 243.0, "mmss": 157.0, "mcr": 144.0, "mcl": 116.0, "ssecross": 89.0,
-                              "drnet": 73.0, "prhnet": 65.0, "convknrm": 63.0, "egcnn": 27.0}
+RUN_COST: dict[str, float] = {
+    "random": 0.0,
+    "length": 0.0,
+    "ceiling_text": 0.0,
+    "ceiling_all": 0.0,
+    "bimpm": 243.0,
+    "mmss": 157.0,
+    "mcr": 144.0,
+    "mcl": 116.0,
+    "ssecross": 89.0,
+    "drnet": 73.0,
+    "prhnet": 65.0,
+    "convknrm": 63.0,
+    "egcnn": 27.0,
+}
 
 
 def run_cost(name: str, variant: str | None = "full") -> float:
@@ -88,10 +104,11 @@ def build_system(name: str, *, text_dim: int, region_dim: int = 2048, **options)
 # The settings a run would get without tuning (the base configuration: the paper's, or a profile's)
 # are always the study's first trial, so a categorical's choices gain that value when it is missing.
 
+
 @dataclass(frozen=True)
 class SearchParam:
-    name: str                    # TrainConfig field, or model option (model_option=True)
-    kind: str                    # "float" | "int" | "categorical"
+    name: str  # TrainConfig field, or model option (model_option=True)
+    kind: str  # "float" | "int" | "categorical"
     low: float | None = None
     high: float | None = None
     log: bool = False
@@ -105,8 +122,12 @@ _COMMON_SPACE = (
     # 30x above (the project's learning tests train at 1e-3 and 3e-3), on a log scale.
     SearchParam("lr", "float", 1e-5, 3e-3, log=True, why="Adam rate: 0.1x to 30x the paper's 1e-4"),
     # the paper uses none; 0 plus three decades of L2 (Adam's coupled weight decay)
-    SearchParam("weight_decay", "categorical", choices=(0.0, 1e-6, 1e-5, 1e-4),
-                why="Adam weight decay: the paper's 0 and three decades"),
+    SearchParam(
+        "weight_decay",
+        "categorical",
+        choices=(0.0, 1e-6, 1e-5, 1e-4),
+        why="Adam weight decay: the paper's 0 and three decades",
+    ),
     # MCR's scheme draws n_neg negatives per positive (MCR/paper: 7; the demo: 3)
     SearchParam("n_neg", "categorical", choices=(1, 3, 5, 7), why="negatives per positive (MCR's 7 and fewer)"),
     # App. A.2: 32 pairs per batch; half and double
@@ -116,10 +137,17 @@ _COMMON_SPACE = (
 )
 
 SEARCH_SPACES: dict[str, tuple[SearchParam, ...]] = {
-    name: _COMMON_SPACE for name, info in SYSTEMS.items() if info.kind in ("text-only", "multimodal")}
+    name: _COMMON_SPACE for name, info in SYSTEMS.items() if info.kind in ("text-only", "multimodal")
+}
 SEARCH_SPACES["mmss"] = _COMMON_SPACE + (
     # what the paper leaves open: the start of Eq. 15's learned log-variances s_k (0 weights each
     # subtask loss 1/2 at the first step; -2..2 spans weights 3.7 to 0.07)
-    SearchParam("sub_log_var_init", "float", -2.0, 2.0, model_option=True,
-                why="Eq. 15's start s_k = log sigma_k^2 (unstated in the paper)"),
+    SearchParam(
+        "sub_log_var_init",
+        "float",
+        -2.0,
+        2.0,
+        model_option=True,
+        why="Eq. 15's start s_k = log sigma_k^2 (unstated in the paper)",
+    ),
 )

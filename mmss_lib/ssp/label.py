@@ -127,6 +127,7 @@ EWMA settling) and ``n_seen``) that ``record(epoch)`` returns as numpy arrays fo
 :func:`ssp_health` turns a record into a JSON-able dict (the trainer's history.json).
 ``state_dict`` / ``load_state_dict`` resume exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -140,9 +141,9 @@ from torch import Tensor
 
 from mmss_lib.errors import CheckpointError, TrainingError
 
-_STATE_VERSION = 3   # 2: per-epoch estimation from the bank, scale option, widened clamp; 3: fresh-only statistics
+_STATE_VERSION = 3  # 2: per-epoch estimation from the bank, scale option, widened clamp; 3: fresh-only statistics
 SCALES = ("mean", "rms", "common")
-DEFAULT_SCALE = "common"      # chosen on dev MAP (module docstring, Eq. 18)
+DEFAULT_SCALE = "common"  # chosen on dev MAP (module docstring, Eq. 18)
 # Banks whose float32 size would exceed this are kept in float16 by default (bank_dtype=None).
 AUTO_FLOAT16_BYTES = 64 * 2**20
 _FLOAT16_MAX = 65504.0
@@ -152,8 +153,9 @@ def _finite(x: np.ndarray) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def pseudo_label_estimate(y_g: Tensor, chi_s: Tensor, chi_g: Tensor, *, alpha1: float = 1.0,
-                          alpha2: float = 1.0, eps: float = 1e-6) -> Tensor:
+def pseudo_label_estimate(
+    y_g: Tensor, chi_s: Tensor, chi_g: Tensor, *, alpha1: float = 1.0, alpha2: float = 1.0, eps: float = 1e-6
+) -> Tensor:
     """Eq. 21 (first line): (y_g + a2 (chi_s - chi_g))/2 + a1 chi_s y_g / (2 (chi_g + eps)).
 
     Example: y_g = 2, chi_s = 1.5, chi_g = 1, alpha1 = alpha2 = 1, eps = 0 gives
@@ -192,12 +194,26 @@ class SSPLabel:
     kernel can write them back and drop them under memory pressure. :meth:`close` removes them.
     """
 
-    def __init__(self, n_samples: int, y_g: Tensor, dims: dict[str, int], *, alpha1: float = 1.0,
-                 alpha2: float = 1.0, pivot: float = 1.5, shrinkage: float = 0.05, ridge: float = 1e-6,
-                 eps: float = 1e-6, label_range: tuple[float, float] = (0.0, 4.0),
-                 scale: str = DEFAULT_SCALE, clamp: Optional[tuple[float, float]] = None,
-                 bank_dtype: Optional[torch.dtype] = None, max_history: Optional[int] = None,
-                 bank_dir: Optional[str | os.PathLike] = None, fresh_only: bool = True):
+    def __init__(
+        self,
+        n_samples: int,
+        y_g: Tensor,
+        dims: dict[str, int],
+        *,
+        alpha1: float = 1.0,
+        alpha2: float = 1.0,
+        pivot: float = 1.5,
+        shrinkage: float = 0.05,
+        ridge: float = 1e-6,
+        eps: float = 1e-6,
+        label_range: tuple[float, float] = (0.0, 4.0),
+        scale: str = DEFAULT_SCALE,
+        clamp: Optional[tuple[float, float]] = None,
+        bank_dtype: Optional[torch.dtype] = None,
+        max_history: Optional[int] = None,
+        bank_dir: Optional[str | os.PathLike] = None,
+        fresh_only: bool = True,
+    ):
         y_g = torch.as_tensor(y_g).detach().to("cpu", torch.float64).reshape(-1)
         if int(n_samples) != y_g.shape[0]:
             raise TrainingError(f"SSPLabel: n_samples={n_samples} but y_g has {y_g.shape[0]} labels")
@@ -211,7 +227,7 @@ class SSPLabel:
         if scale not in SCALES:
             raise TrainingError(f"SSPLabel: scale must be one of {SCALES}, got {scale!r}")
         if clamp is None:
-            clamp = (lo - (hi - lo), hi + (hi - lo))          # module docstring: the added clamp range
+            clamp = (lo - (hi - lo), hi + (hi - lo))  # module docstring: the added clamp range
         if not float(clamp[0]) < float(clamp[1]):
             raise TrainingError(f"SSPLabel: clamp must be (low, high) with low < high, got {clamp}")
         self.n_samples = int(n_samples)
@@ -226,20 +242,20 @@ class SSPLabel:
         self.max_history = max_history
         n = self.n_samples
         self.y_g = y_g
-        self.epoch = 0                       # last closed epoch; update() runs in epoch + 1
+        self.epoch = 0  # last closed epoch; update() runs in epoch + 1
         self.seen = torch.zeros(n, dtype=torch.bool)
-        self.last_visit = torch.zeros(n, dtype=torch.int64)   # epoch of the last update (0: never)
+        self.last_visit = torch.zeros(n, dtype=torch.int64)  # epoch of the last update (0: never)
         self.fresh_only = bool(fresh_only)
-        self._stats_mask: Optional[Tensor] = None            # None: the statistics cover every seen sample
+        self._stats_mask: Optional[Tensor] = None  # None: the statistics cover every seen sample
         if bank_dtype is None:
             f32_bytes = 4 * n * sum(self.dims.values())
             bank_dtype = torch.float32 if f32_bytes <= AUTO_FLOAT16_BYTES else torch.float16
         self.bank_dtype = bank_dtype
         self.bank_dir = Path(bank_dir) if bank_dir is not None else None
         self.bank = {k: self._new_bank(k, n, d) for k, d in self.dims.items()}
-        self.weight = {k: torch.zeros(n, dtype=torch.float64) for k in self.tasks}      # w_k(i) of Eq. 17
-        self.y_prev = {s: y_g.clone() for s in self.subtasks}    # y_s^(i-1): label at the end of the last epoch
-        self.y_cur = {s: y_g.clone() for s in self.subtasks}     # y_s^(i): current label
+        self.weight = {k: torch.zeros(n, dtype=torch.float64) for k in self.tasks}  # w_k(i) of Eq. 17
+        self.y_prev = {s: y_g.clone() for s in self.subtasks}  # y_s^(i-1): label at the end of the last epoch
+        self.y_cur = {s: y_g.clone() for s in self.subtasks}  # y_s^(i): current label
         self.estimate_bank = {s: torch.full((n,), float("nan"), dtype=torch.float64) for s in self.subtasks}
         self.chi = {k: torch.full((n,), float("nan"), dtype=torch.float64) for k in self.tasks}
         self._zero_sums()
@@ -252,7 +268,7 @@ class SSPLabel:
         self.bank_dir.mkdir(parents=True, exist_ok=True)
         np_dtype = torch.empty(0, dtype=self.bank_dtype).numpy().dtype
         mm = np.memmap(self.bank_dir / f"bank_{task}.bin", dtype=np_dtype, mode="w+", shape=(max(n, 1), d))
-        return torch.from_numpy(mm)[:n]                              # (n, d), zeros (fresh file)
+        return torch.from_numpy(mm)[:n]  # (n, d), zeros (fresh file)
 
     def close(self) -> None:
         """Drop memory-mapped bank files (``bank_dir``); the object is unusable afterwards."""
@@ -273,10 +289,10 @@ class SSPLabel:
     def _zero_sums(self) -> None:
         f64 = torch.float64
         self.count = 0
-        self.sum_w = {k: torch.zeros((), dtype=f64) for k in self.tasks}                 # sum_i w_k(i)
-        self.sum_wf = {k: torch.zeros(d, dtype=f64) for k, d in self.dims.items()}       # sum_i w_k(i) f_k(i)
-        self.sum_f = {k: torch.zeros(d, dtype=f64) for k, d in self.dims.items()}        # sum_i f_k(i)
-        self.sum_ff = {k: torch.zeros(d, d, dtype=f64) for k, d in self.dims.items()}    # sum_i f_k(i) f_k(i)^T
+        self.sum_w = {k: torch.zeros((), dtype=f64) for k in self.tasks}  # sum_i w_k(i)
+        self.sum_wf = {k: torch.zeros(d, dtype=f64) for k, d in self.dims.items()}  # sum_i w_k(i) f_k(i)
+        self.sum_f = {k: torch.zeros(d, dtype=f64) for k, d in self.dims.items()}  # sum_i f_k(i)
+        self.sum_ff = {k: torch.zeros(d, d, dtype=f64) for k, d in self.dims.items()}  # sum_i f_k(i) f_k(i)^T
 
     @property
     def in_stats(self) -> Tensor:
@@ -290,10 +306,10 @@ class SSPLabel:
         idx = torch.nonzero(self.in_stats).squeeze(1)
         self.count = int(idx.numel())
         for start in range(0, idx.numel(), chunk):
-            j = idx[start:start + chunk]
+            j = idx[start : start + chunk]
             for k in self.tasks:
-                f = self.bank[k][j].to(torch.float64)                 # (n, d)
-                w = self.weight[k][j]                                 # (n,)
+                f = self.bank[k][j].to(torch.float64)  # (n, d)
+                w = self.weight[k][j]  # (n,)
                 self.sum_w[k] += w.sum()
                 self.sum_wf[k] += w @ f
                 self.sum_f[k] += f.sum(0)
@@ -315,9 +331,9 @@ class SSPLabel:
         """m_k of Eq. 18 (before the scale): Mahalanobis distance of each row of ``features``
         (B, d) to the current anchor under Sigma'_k, (B,) float64."""
         f = features.detach().to("cpu", torch.float64)
-        diff = (f - self.anchor(task)).T                             # (d, B)
-        chol = torch.linalg.cholesky(self.covariance(task))          # Sigma' = L L^T
-        z = torch.linalg.solve_triangular(chol, diff, upper=False)   # (d, B); |z|^2 = diff^T Sigma'^-1 diff
+        diff = (f - self.anchor(task)).T  # (d, B)
+        chol = torch.linalg.cholesky(self.covariance(task))  # Sigma' = L L^T
+        z = torch.linalg.solve_triangular(chol, diff, upper=False)  # (d, B); |z|^2 = diff^T Sigma'^-1 diff
         return torch.sqrt((z * z).sum(0))
 
     def mean_squared_distance(self, task: str) -> float:
@@ -327,7 +343,7 @@ class SSPLabel:
         mean = self.sum_f[task] / n
         cov = self.sum_ff[task] / n - torch.outer(mean, mean)
         dm = mean - self.anchor(task)
-        second = 0.5 * (cov + cov.T) + torch.outer(dm, dm)           # E[(f - A)(f - A)^T] over the bank
+        second = 0.5 * (cov + cov.T) + torch.outer(dm, dm)  # E[(f - A)(f - A)^T] over the bank
         chol = torch.linalg.cholesky(self.covariance(task))
         return float(torch.trace(torch.cholesky_solve(second, chol)))
 
@@ -336,7 +352,7 @@ class SSPLabel:
         out = torch.full((self.n_samples,), float("nan"), dtype=torch.float64)
         idx = torch.nonzero(self.in_stats).squeeze(1)
         for start in range(0, idx.numel(), chunk):
-            j = idx[start:start + chunk]
+            j = idx[start : start + chunk]
             out[j] = self.mahalanobis(task, self.bank[task][j])
         return out
 
@@ -364,8 +380,10 @@ class SSPLabel:
     def _check_index(self, index: Tensor) -> Tensor:
         idx = torch.as_tensor(index).detach().to("cpu", torch.int64).reshape(-1)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_samples):
-            raise TrainingError(f"SSPLabel: sample index out of range 0..{self.n_samples - 1} "
-                                f"(got min {int(idx.min())}, max {int(idx.max())}); only training samples have banks")
+            raise TrainingError(
+                f"SSPLabel: sample index out of range 0..{self.n_samples - 1} "
+                f"(got min {int(idx.min())}, max {int(idx.max())}); only training samples have banks"
+            )
         return idx
 
     @property
@@ -389,8 +407,9 @@ class SSPLabel:
         y_g = self.y_g[idx]
         out = {f"chi_{k}": chi[k] for k in self.tasks}
         for s in self.subtasks:
-            out[s] = pseudo_label_estimate(y_g, chi[s], chi["g"], alpha1=self.alpha1, alpha2=self.alpha2,
-                                           eps=self.eps)             # Eq. 19-21
+            out[s] = pseudo_label_estimate(
+                y_g, chi[s], chi["g"], alpha1=self.alpha1, alpha2=self.alpha2, eps=self.eps
+            )  # Eq. 19-21
         return out
 
     def update(self, index: Tensor, features: dict[str, Tensor], epoch: int) -> None:
@@ -402,8 +421,10 @@ class SSPLabel:
         """
         epoch = int(epoch)
         if epoch != self.epoch + 1:
-            raise TrainingError(f"SSPLabel.update: epoch {epoch} given, but the open epoch is {self.epoch + 1} "
-                                f"(call end_epoch({self.epoch + 1}) after each epoch; epochs are 1-based)")
+            raise TrainingError(
+                f"SSPLabel.update: epoch {epoch} given, but the open epoch is {self.epoch + 1} "
+                f"(call end_epoch({self.epoch + 1}) after each epoch; epochs are 1-based)"
+            )
         idx = self._check_index(index)
         missing = [k for k in self.tasks if k not in features]
         if missing:
@@ -412,13 +433,17 @@ class SSPLabel:
         for k in self.tasks:
             f = features[k].detach().to("cpu", torch.float32)
             if f.shape != (idx.numel(), self.dims[k]):
-                raise TrainingError(f"SSPLabel.update: features[{k!r}] has shape {tuple(f.shape)}, "
-                                    f"expected ({idx.numel()}, {self.dims[k]})")
+                raise TrainingError(
+                    f"SSPLabel.update: features[{k!r}] has shape {tuple(f.shape)}, "
+                    f"expected ({idx.numel()}, {self.dims[k]})"
+                )
             if not torch.isfinite(f).all():
                 raise TrainingError(f"SSPLabel.update: features[{k!r}] contain NaN or inf (epoch {epoch})")
             if self.bank_dtype == torch.float16 and f.numel() and float(f.abs().max()) > _FLOAT16_MAX:
-                raise TrainingError(f"SSPLabel.update: features[{k!r}] exceed the float16 range of the banks "
-                                    f"(max |f| {float(f.abs().max()):.4g}); pass bank_dtype=torch.float32")
+                raise TrainingError(
+                    f"SSPLabel.update: features[{k!r}] exceed the float16 range of the banks "
+                    f"(max |f| {float(f.abs().max()):.4g}); pass bank_dtype=torch.float32"
+                )
             feats[k] = f
         if idx.numel() == 0:
             return
@@ -434,11 +459,11 @@ class SSPLabel:
         j_old = idx[old]
         for k in self.tasks:
             y_k = self.y_g[idx] if k == "g" else self.y_cur[k][idx]
-            w_new = torch.sigmoid(y_k - self.pivot)                         # w_k(i) of Eq. 17
-            f_old = self.bank[k][j_old].to(torch.float64)                   # (n_old, d), read before overwrite
+            w_new = torch.sigmoid(y_k - self.pivot)  # w_k(i) of Eq. 17
+            f_old = self.bank[k][j_old].to(torch.float64)  # (n_old, d), read before overwrite
             w_old = self.weight[k][j_old]
             self.bank[k][idx] = feats[k].to(self.bank[k].dtype)
-            f_new = self.bank[k][idx].to(torch.float64)                    # as stored (same rounding as recompute)
+            f_new = self.bank[k][idx].to(torch.float64)  # as stored (same rounding as recompute)
             self.sum_w[k] += w_new.sum() - w_old.sum()
             self.sum_wf[k] += w_new @ f_new - w_old @ f_old
             self.sum_f[k] += f_new.sum(0) - f_old.sum(0)
@@ -460,34 +485,36 @@ class SSPLabel:
         # "Stale bank entries"); the others keep their labels
         fresh = seen & (self.last_visit == epoch) if self.fresh_only else seen.clone()
         self._stats_mask = fresh
-        self.recompute_statistics()                   # weights of the labels in force this epoch
+        self.recompute_statistics()  # weights of the labels in force this epoch
         self.sqrt_s = {k: float("nan") for k in self.tasks}
         self.chi = {k: torch.full((self.n_samples,), float("nan"), dtype=torch.float64) for k in self.tasks}
         if self.count >= 2:
             bank_m = {k: self.bank_mahalanobis(k) for k in self.tasks}
             for k in self.tasks:
-                ruler = "g" if self.scale_mode == "common" else k           # "common": the main task's scale
+                ruler = "g" if self.scale_mode == "common" else k  # "common": the main task's scale
                 self.sqrt_s[k] = math.sqrt(self.scale(ruler, bank_m[ruler]))
-                self.chi[k] = bank_m[k] / self.sqrt_s[k]                        # Eq. 18, NaN outside fresh
+                self.chi[k] = bank_m[k] / self.sqrt_s[k]  # Eq. 18, NaN outside fresh
             y_g = self.y_g[fresh]
             lo, hi = self.clamp
             for s in self.subtasks:
-                est = pseudo_label_estimate(y_g, self.chi[s][fresh], self.chi["g"][fresh], alpha1=self.alpha1,
-                                            alpha2=self.alpha2, eps=self.eps)     # Eq. 19-21
+                est = pseudo_label_estimate(
+                    y_g, self.chi[s][fresh], self.chi["g"][fresh], alpha1=self.alpha1, alpha2=self.alpha2, eps=self.eps
+                )  # Eq. 19-21
                 self.estimate_bank[s][fresh] = est
                 if epoch > 1:
-                    self.y_cur[s][fresh] = ewma(self.y_prev[s][fresh], est, epoch).clamp(lo, hi)   # Eq. 11
+                    self.y_cur[s][fresh] = ewma(self.y_prev[s][fresh], est, epoch).clamp(lo, hi)  # Eq. 11
         if epoch == 1:
             for s in self.subtasks:
-                self.y_cur[s] = self.y_g.clone()                                  # Eq. 12
+                self.y_cur[s] = self.y_g.clone()  # Eq. 12
         change = {s: (self.y_cur[s] - self.y_prev[s]).abs()[seen] for s in self.subtasks}
         for s in self.subtasks:
             self.y_prev[s] = self.y_cur[s].clone()
             # Eq. 17 weights of the new labels (the samples not seen yet keep weight 0)
-            self.weight[s] = torch.where(seen, torch.sigmoid(self.y_cur[s] - self.pivot),
-                                         torch.zeros((), dtype=torch.float64))
+            self.weight[s] = torch.where(
+                seen, torch.sigmoid(self.y_cur[s] - self.pivot), torch.zeros((), dtype=torch.float64)
+            )
         self._stats_mask = None
-        self.recompute_statistics()   # the running sums cover every seen sample again (next epoch's updates)
+        self.recompute_statistics()  # the running sums cover every seen sample again (next epoch's updates)
         self.n_fresh = int(fresh.sum())
         self.epoch = epoch
         rec = self._make_record(epoch, change)
@@ -511,12 +538,12 @@ class SSPLabel:
             "n_stale": np.array(int(seen.sum()) - int(getattr(self, "n_fresh", seen.sum())), dtype=np.int64),
             "mean_chi_g": mean(_finite(self.chi["g"].numpy()[seen])),
         }
-        for k in self.tasks:                       # the raw sqrt(s_k) of Eq. 18: m_k = chi_k * sqrt_s_k
+        for k in self.tasks:  # the raw sqrt(s_k) of Eq. 18: m_k = chi_k * sqrt_s_k
             rec[f"sqrt_s_{k}"] = np.array(getattr(self, "sqrt_s", {}).get(k, float("nan")), dtype=np.float64)
         for s in self.subtasks:
             off = (self.y_cur[s] - self.y_g).numpy()
             rec[f"label_{s}"] = self.y_cur[s].numpy().astype(np.float32)
-            rec[f"offset_{s}"] = off.astype(np.float32)                                # delta_gs = y_s - y_g
+            rec[f"offset_{s}"] = off.astype(np.float32)  # delta_gs = y_s - y_g
             rec[f"estimate_{s}"] = self.estimate_bank[s].numpy().astype(np.float32)
             rec[f"chi_{s}"] = self.chi[s].numpy().astype(np.float32)
             rec[f"share_up_{s}"] = mean((off[seen] > 0).astype(np.float64))
@@ -537,13 +564,25 @@ class SSPLabel:
         """Everything needed to resume exactly; tensors, lists, dicts and numbers only
         (loadable with ``torch.load(..., weights_only=True)``)."""
         return {
-            "version": _STATE_VERSION, "n_samples": self.n_samples, "dims": dict(self.dims),
-            "options": {"alpha1": self.alpha1, "alpha2": self.alpha2, "pivot": self.pivot,
-                        "shrinkage": self.shrinkage, "ridge": self.ridge, "eps": self.eps,
-                        "label_range": list(self.label_range), "scale": self.scale_mode,
-                        "clamp": list(self.clamp)},
-            "epoch": self.epoch, "count": self.count,
-            "y_g": self.y_g.clone(), "seen": self.seen.clone(), "last_visit": self.last_visit.clone(),
+            "version": _STATE_VERSION,
+            "n_samples": self.n_samples,
+            "dims": dict(self.dims),
+            "options": {
+                "alpha1": self.alpha1,
+                "alpha2": self.alpha2,
+                "pivot": self.pivot,
+                "shrinkage": self.shrinkage,
+                "ridge": self.ridge,
+                "eps": self.eps,
+                "label_range": list(self.label_range),
+                "scale": self.scale_mode,
+                "clamp": list(self.clamp),
+            },
+            "epoch": self.epoch,
+            "count": self.count,
+            "y_g": self.y_g.clone(),
+            "seen": self.seen.clone(),
+            "last_visit": self.last_visit.clone(),
             "fresh_only": self.fresh_only,
             "bank": {k: v.clone() for k, v in self.bank.items()},
             "weight": {k: v.clone() for k, v in self.weight.items()},
@@ -562,13 +601,16 @@ class SSPLabel:
         """Restore a :meth:`state_dict`; the number of samples and the task dims must match."""
         try:
             if int(state["version"]) != _STATE_VERSION:
-                raise CheckpointError(f"SSPLabel state version {state['version']} != {_STATE_VERSION}: the checkpoint "
-                                      "is from another SSP-Label reading; train this run again in a new folder")
+                raise CheckpointError(
+                    f"SSPLabel state version {state['version']} != {_STATE_VERSION}: the checkpoint "
+                    "is from another SSP-Label reading; train this run again in a new folder"
+                )
             if int(state["n_samples"]) != self.n_samples or dict(state["dims"]) != self.dims:
                 raise CheckpointError(
                     f"SSPLabel state is for {state['n_samples']} samples and tasks {dict(state['dims'])}, "
                     f"this run has {self.n_samples} samples and tasks {self.dims}: the checkpoint is from "
-                    "another training set or model configuration")
+                    "another training set or model configuration"
+                )
             opts = state["options"]
             self.alpha1, self.alpha2, self.pivot = opts["alpha1"], opts["alpha2"], opts["pivot"]
             self.shrinkage, self.ridge, self.eps = opts["shrinkage"], opts["ridge"], opts["eps"]
@@ -579,7 +621,7 @@ class SSPLabel:
             self.last_visit, self.fresh_only = state["last_visit"].clone(), bool(state["fresh_only"])
             for k, v in state["bank"].items():
                 if k in self.bank and self.bank[k].shape == v.shape:
-                    self.bank[k].copy_(v)                            # keeps dtype and memory mapping
+                    self.bank[k].copy_(v)  # keeps dtype and memory mapping
                 else:
                     self.bank[k] = v.clone()
             for name in ("weight", "y_prev", "y_cur", "chi", "sum_w", "sum_wf", "sum_f", "sum_ff"):
@@ -594,23 +636,39 @@ def ssp_health(record: dict) -> dict[str, dict[str, float]]:
     """Per subtask the health of one epoch's record (module docstring), JSON-able:
     ``{s: {"share_up", "share_down", "mean_chi_s", "mean_chi_g", "mean_change", "n_seen"}}``.
     Raises KeyError for a record without health entries (written by an older SSP-Label)."""
-    subtasks = [k[len("label_"):] for k in record if k.startswith("label_")]
+    subtasks = [k[len("label_") :] for k in record if k.startswith("label_")]
     out: dict[str, dict[str, float]] = {}
     for s in subtasks:
         if f"share_up_{s}" not in record:
-            raise KeyError(f"record of epoch {int(record.get('epoch', -1))} has no health entries for {s!r} "
-                           "(written by an older SSP-Label)")
-        out[s] = {"share_up": float(record[f"share_up_{s}"]), "share_down": float(record[f"share_down_{s}"]),
-                  "mean_chi_s": float(record[f"mean_chi_{s}"]), "mean_chi_g": float(record["mean_chi_g"]),
-                  "mean_change": float(record[f"mean_change_{s}"]), "n_seen": int(record["n_seen"])}
+            raise KeyError(
+                f"record of epoch {int(record.get('epoch', -1))} has no health entries for {s!r} "
+                "(written by an older SSP-Label)"
+            )
+        out[s] = {
+            "share_up": float(record[f"share_up_{s}"]),
+            "share_down": float(record[f"share_down_{s}"]),
+            "mean_chi_s": float(record[f"mean_chi_{s}"]),
+            "mean_chi_g": float(record["mean_chi_g"]),
+            "mean_change": float(record[f"mean_change_{s}"]),
+            "n_seen": int(record["n_seen"]),
+        }
         if "n_stale" in record:
-            out[s].update(n_stale=int(record["n_stale"]), sqrt_s=float(record[f"sqrt_s_{s}"]),
-                          sqrt_s_g=float(record["sqrt_s_g"]))
+            out[s].update(
+                n_stale=int(record["n_stale"]), sqrt_s=float(record[f"sqrt_s_{s}"]), sqrt_s_g=float(record["sqrt_s_g"])
+            )
     return out
 
 
-def recompute_reading(record: dict, scale: str, *, previous: Optional[dict] = None, alpha1: float = 1.0,
-                      alpha2: float = 1.0, eps: float = 1e-6, clamp: tuple[float, float] = (-4.0, 8.0)) -> dict:
+def recompute_reading(
+    record: dict,
+    scale: str,
+    *,
+    previous: Optional[dict] = None,
+    alpha1: float = 1.0,
+    alpha2: float = 1.0,
+    eps: float = 1e-6,
+    clamp: tuple[float, float] = (-4.0, 8.0),
+) -> dict:
     """Another reading of Eq. 18's scale, recomputed offline from one epoch's record.
 
     The record keeps chi_k and the raw sqrt(s_k) of the run's own reading, so the raw Mahalanobis
@@ -624,7 +682,7 @@ def recompute_reading(record: dict, scale: str, *, previous: Optional[dict] = No
     """
     if scale not in SCALES:
         raise ValueError(f"recompute_reading: scale must be one of {SCALES}, got {scale!r}")
-    tasks = ["g"] + [k[len("label_"):] for k in record if k.startswith("label_")]
+    tasks = ["g"] + [k[len("label_") :] for k in record if k.startswith("label_")]
     m = {k: np.asarray(record[f"chi_{k}"], np.float64) * float(record[f"sqrt_s_{k}"]) for k in tasks}
     ok = np.isfinite(m["g"])
 
@@ -638,7 +696,7 @@ def recompute_reading(record: dict, scale: str, *, previous: Optional[dict] = No
     chi = {k: m[k] / math.sqrt(max(s_of(k), 1e-12)) for k in tasks}
     out = {f"chi_{k}": chi[k] for k in tasks}
     for s in tasks[1:]:
-        est = pseudo_label_estimate(y_g, chi[s], chi["g"], alpha1=alpha1, alpha2=alpha2, eps=eps)   # Eq. 19-21
+        est = pseudo_label_estimate(y_g, chi[s], chi["g"], alpha1=alpha1, alpha2=alpha2, eps=eps)  # Eq. 19-21
         prev = y_g if previous is None else np.asarray(previous[s], np.float64)
         if epoch > 1:
             beta = 2.0 / (epoch + 1)

@@ -11,6 +11,7 @@ on first use, for the explorer), :func:`largest_offset_reviews`; the health tabl
 the cue association are :mod:`mmss_lib.evaluation.ssp_analysis`, the interactive view :mod:`mmss_lib.explore.explorer`.
 No torch here: the records are read where torch is not needed.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ from mmss_lib.errors import DataError
 from mmss_lib.utils import atomic_path
 
 RECORD_DIR = "ssp"
-_EPOCH_FILE = re.compile(r"^epoch(\d+)\.npz$")     # the lazy reader's file names (SSPRecords)
+_EPOCH_FILE = re.compile(r"^epoch(\d+)\.npz$")  # the lazy reader's file names (SSPRecords)
 
 
 def record_path(run_dir: str | os.PathLike, epoch: int) -> Path:
@@ -61,8 +62,10 @@ class SSPHistory:
     def index_of(self, review_id: str) -> int:
         hits = np.flatnonzero(self.review_id == str(review_id))
         if not hits.size:
-            raise DataError(f"review {review_id!r} is not a training review of this run "
-                            f"(pseudo labels exist for training reviews only)")
+            raise DataError(
+                f"review {review_id!r} is not a training review of this run "
+                f"(pseudo labels exist for training reviews only)"
+            )
         return int(hits[0])
 
     def final(self, i: int) -> dict[str, float]:
@@ -81,22 +84,23 @@ def load_ssp_history(run_dir: str | os.PathLike) -> SSPHistory:
     recs = []
     for f in files:
         try:
-            with np.load(f, allow_pickle=False) as z:   # no pickled objects: a shared run runs no code
+            with np.load(f, allow_pickle=False) as z:  # no pickled objects: a shared run runs no code
                 recs.append({k: z[k] for k in z.files})
         except Exception as exc:  # corrupt, truncated, or holding pickled objects
-            raise DataError(f"{f}: not a readable SSP-Label record ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); expected an .npz of plain "
-                            f"arrays written by mmss train") from None
+            raise DataError(
+                f"{f}: not a readable SSP-Label record ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); expected an .npz of plain "
+                f"arrays written by mmss train"
+            ) from None
     first = recs[0]
     for k in ("review_id", "y_g", "seen", "chi_g"):
         if k not in first:
             raise DataError(f"{files[0]}: key {k!r} missing; keys: {sorted(first)}")
-    subtasks = [k[len("label_"):] for k in first if k.startswith("label_")]
+    subtasks = [k[len("label_") :] for k in first if k.startswith("label_")]
     for f, r in zip(files, recs):
         if not np.array_equal(r.get("review_id"), first["review_id"]):
             raise DataError(f"{f}: its training reviews differ from those of {files[0]}")
-        missing = [f"{p}_{s}" for s in subtasks for p in ("label", "offset", "estimate", "chi")
-                   if f"{p}_{s}" not in r]
+        missing = [f"{p}_{s}" for s in subtasks for p in ("label", "offset", "estimate", "chi") if f"{p}_{s}" not in r]
         if missing:
             raise DataError(f"{f}: key(s) {missing} missing")
 
@@ -105,13 +109,16 @@ def load_ssp_history(run_dir: str | os.PathLike) -> SSPHistory:
 
     epochs = np.array([int(r["epoch"]) if "epoch" in r else int(f.stem[5:]) for f, r in zip(files, recs)])
     return SSPHistory(
-        epochs=epochs, review_id=np.asarray(first["review_id"]).astype(str),
-        y_g=np.asarray(first["y_g"], dtype=float), seen=np.stack([r["seen"].astype(bool) for r in recs]),
+        epochs=epochs,
+        review_id=np.asarray(first["review_id"]).astype(str),
+        y_g=np.asarray(first["y_g"], dtype=float),
+        seen=np.stack([r["seen"].astype(bool) for r in recs]),
         chi_g=stack("chi_g"),
         labels={s: stack(f"label_{s}") for s in subtasks},
         offsets={s: stack(f"offset_{s}") for s in subtasks},
         estimates={s: stack(f"estimate_{s}") for s in subtasks},
-        chi={s: stack(f"chi_{s}") for s in subtasks})
+        chi={s: stack(f"chi_{s}") for s in subtasks},
+    )
 
 
 class SSPRecords:
@@ -145,11 +152,13 @@ class SSPRecords:
         if want:
             f = self.files[j]
             try:
-                with np.load(f, allow_pickle=False) as z:    # no pickled objects: a shared run runs no code
+                with np.load(f, allow_pickle=False) as z:  # no pickled objects: a shared run runs no code
                     for k in want:
                         if k not in z.files:
-                            raise DataError(f"{f}: key {k!r} missing (keys: {', '.join(sorted(z.files)[:12])} ...); "
-                                            "not an SSP-Label record of this version")
+                            raise DataError(
+                                f"{f}: key {k!r} missing (keys: {', '.join(sorted(z.files)[:12])} ...); "
+                                "not an SSP-Label record of this version"
+                            )
                         self._cache[(j, k)] = np.asarray(z[k])
             except DataError:
                 raise
@@ -167,7 +176,7 @@ class SSPRecords:
                     keys = list(z.files)
             except Exception as exc:  # noqa: BLE001
                 raise DataError(f"{f}: not a readable SSP-Label record ({type(exc).__name__})") from None
-            self._subtasks = [k[len("label_"):] for k in keys if k.startswith("label_")]
+            self._subtasks = [k[len("label_") :] for k in keys if k.startswith("label_")]
         return self._subtasks
 
     def index(self) -> dict[str, int]:

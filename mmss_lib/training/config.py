@@ -3,6 +3,7 @@ as ``config.json``). It sits below every module that reads it (the trainer, the 
 floors, the sweeps, the tuner), so none of them imports another to know what a run is; its
 checks (``__post_init__``) refuse a bad value naming the field and its command-line option.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,47 +15,55 @@ from mmss_lib.errors import CheckpointError, DataError
 
 # Fields older versions recorded in config.json and this one no longer has: read (from_json maps
 # them), never compared (a run recorded with them is the same run without them).
-RETIRED_FIELDS = ("fine_tune_text",)   # the older switch for text_mode="finetune"
+RETIRED_FIELDS = ("fine_tune_text",)  # the older switch for text_mode="finetune"
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines one training run (saved as ``config.json``)."""
 
-    system: str = "mmss"                 # "mmss" or a baseline name of mmss_lib.models.registry.SYSTEMS
-    variant: str = "full"                # run name suffix, e.g. an MM-SS ablation of model.ABLATIONS ("full": none)
+    system: str = "mmss"  # "mmss" or a baseline name of mmss_lib.models.registry.SYSTEMS
+    variant: str = "full"  # run name suffix, e.g. an MM-SS ablation of model.ABLATIONS ("full": none)
     model_options: dict = field(default_factory=dict)  # keyword options of the system class
-    epochs: int = 30                     # max epochs (paper: until early stop; the shared code ran 30)
-    batch_size: int = 32                 # pairs per batch (App. A.2); the batch holds their unique samples
-    eval_batch_size: int = 64            # samples per evaluation batch
-    lr: float = 1e-4                     # Adam learning rate of all but the text encoder (App. A.2)
-    lr_text: float = 5e-5                # Adam learning rate of a fine-tuned text encoder (App. A.2)
-    weight_decay: float = 0.0            # Adam weight decay (the paper uses none)
-    grad_clip: Optional[float] = None    # max gradient norm (None: no clipping)
-    pair_scheme: str = "mcr"             # "mcr" (MCR's positives/negatives) or "all" (every ordered pair)
-    n_neg: int = 7                       # negatives per positive under "mcr"
-    loss: str = "hinge"                  # "hinge" (Eq. 13, margin below) or "label_gap" (MCR's margin y+ - y-)
-    margin: float = 1.0                  # margin of Eq. 13 (App. A.2: 1)
-    patience: int = 5                    # early stopping: epochs without a dev MAP gain
-    seed: int = 0                        # seeds python, numpy, torch and the pair sampler
-    device: str = "auto"                 # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
-    amp: bool = True                     # mixed precision (bf16, else fp16 + grad scaler) on CUDA only
-    max_text_len: Optional[int] = 512    # tokens kept per text ([CLS] included)
-    max_regions_per_image: int = 32      # MCR's read-time cap per image
-    max_regions_per_item: int = 128      # MCR's read-time cap per item
-    threshold: Optional[float] = None    # relevance threshold of the metrics (None: data.default_threshold)
-    ssp_alpha1: float = 1.0              # SSP-Label alpha1 (Eq. 19)
-    ssp_alpha2: float = 1.0              # SSP-Label alpha2 (Eq. 20)
-    ssp_pivot: Optional[float] = None    # SSP-Label anchor pivot (Eq. 17 reading); None: threshold + 0.5 (1.5 Amazon, 0.5 Lazada)
-    ssp_record_seeds: Optional[list] = None  # seeds whose runs write ssp/epoch*.npz (per review, ~100 B/epoch); None: all
-    ssp_scale: str = "common"            # SSP-Label reading of Eq. 18's scale s_k: ssp_label.SCALES (mean, rms, common);
-                                         # the default is ssp_label.DEFAULT_SCALE (chosen on dev MAP, see its docstring)
-    text_model: Optional[str] = None     # HF name or local folder of the encoder (text_mode frozen/finetune)
-    text_mode: str = "cached"            # "cached" (text stores), "frozen" / "finetune" (encoded on the fly, mmss_lib.models.online_text)
-    finetune_systems: list = field(default_factory=lambda: ["mmss"])  # under "finetune": systems whose encoder trains (others: frozen)
-    eval_test: bool = True               # also evaluate the test split every epoch (for the history)
-    num_threads: Optional[int] = None    # torch.set_num_threads (None: leave as is)
-    tuned_from: Optional[str] = None     # best.json of the `mmss tune` study whose settings this run took (None: untuned)
+    epochs: int = 30  # max epochs (paper: until early stop; the shared code ran 30)
+    batch_size: int = 32  # pairs per batch (App. A.2); the batch holds their unique samples
+    eval_batch_size: int = 64  # samples per evaluation batch
+    lr: float = 1e-4  # Adam learning rate of all but the text encoder (App. A.2)
+    lr_text: float = 5e-5  # Adam learning rate of a fine-tuned text encoder (App. A.2)
+    weight_decay: float = 0.0  # Adam weight decay (the paper uses none)
+    grad_clip: Optional[float] = None  # max gradient norm (None: no clipping)
+    pair_scheme: str = "mcr"  # "mcr" (MCR's positives/negatives) or "all" (every ordered pair)
+    n_neg: int = 7  # negatives per positive under "mcr"
+    loss: str = "hinge"  # "hinge" (Eq. 13, margin below) or "label_gap" (MCR's margin y+ - y-)
+    margin: float = 1.0  # margin of Eq. 13 (App. A.2: 1)
+    patience: int = 5  # early stopping: epochs without a dev MAP gain
+    seed: int = 0  # seeds python, numpy, torch and the pair sampler
+    device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True  # mixed precision (bf16, else fp16 + grad scaler) on CUDA only
+    max_text_len: Optional[int] = 512  # tokens kept per text ([CLS] included)
+    max_regions_per_image: int = 32  # MCR's read-time cap per image
+    max_regions_per_item: int = 128  # MCR's read-time cap per item
+    threshold: Optional[float] = None  # relevance threshold of the metrics (None: data.default_threshold)
+    ssp_alpha1: float = 1.0  # SSP-Label alpha1 (Eq. 19)
+    ssp_alpha2: float = 1.0  # SSP-Label alpha2 (Eq. 20)
+    ssp_pivot: Optional[float] = (
+        None  # SSP-Label anchor pivot (Eq. 17 reading); None: threshold + 0.5 (1.5 Amazon, 0.5 Lazada)
+    )
+    ssp_record_seeds: Optional[list] = (
+        None  # seeds whose runs write ssp/epoch*.npz (per review, ~100 B/epoch); None: all
+    )
+    ssp_scale: str = "common"  # SSP-Label reading of Eq. 18's scale s_k: ssp_label.SCALES (mean, rms, common);
+    # the default is ssp_label.DEFAULT_SCALE (chosen on dev MAP, see its docstring)
+    text_model: Optional[str] = None  # HF name or local folder of the encoder (text_mode frozen/finetune)
+    text_mode: str = (
+        "cached"  # "cached" (text stores), "frozen" / "finetune" (encoded on the fly, mmss_lib.models.online_text)
+    )
+    finetune_systems: list = field(
+        default_factory=lambda: ["mmss"]
+    )  # under "finetune": systems whose encoder trains (others: frozen)
+    eval_test: bool = True  # also evaluate the test split every epoch (for the history)
+    num_threads: Optional[int] = None  # torch.set_num_threads (None: leave as is)
+    tuned_from: Optional[str] = None  # best.json of the `mmss tune` study whose settings this run took (None: untuned)
 
     def __post_init__(self):
         if self.pair_scheme not in ("mcr", "all"):
@@ -67,7 +76,7 @@ class TrainConfig:
         if self.patience < 1:
             raise DataError(f"TrainConfig.patience={self.patience!r}: expected an integer >= 1")
         self._check_numbers()
-        if self.ssp_scale not in ("mean", "rms", "common"):        # mmss_lib.ssp.label.SCALES (imports torch)
+        if self.ssp_scale not in ("mean", "rms", "common"):  # mmss_lib.ssp.label.SCALES (imports torch)
             raise DataError(f"TrainConfig.ssp_scale={self.ssp_scale!r}: expected one of mean, rms, common")
         from mmss_lib.models.online_text import TEXT_MODES
 
@@ -82,6 +91,7 @@ class TrainConfig:
         """Numbers that would fail later with someone else's words (a NaN loss blamed on the
         features, torch's thread error after the run started): refused here, naming the field
         (the CLI option is the field's name with dashes)."""
+
         def number(name: str, value, *, low=None, strict=False, optional=False, integer=False):
             if value is None and optional:
                 return
@@ -94,10 +104,12 @@ class TrainConfig:
                 what = "an integer" if integer else "a finite number"
                 if low is not None:
                     what += f" {'>' if strict else '>='} {low:g}"
-                raise DataError(f"TrainConfig.{name}={value!r} (--{name.replace('_', '-')}): expected {what}"
-                                + (" or None" if optional else ""))
+                raise DataError(
+                    f"TrainConfig.{name}={value!r} (--{name.replace('_', '-')}): expected {what}"
+                    + (" or None" if optional else "")
+                )
 
-        number("lr", self.lr, low=0)                # 0: a frozen model (tests, sanity checks)
+        number("lr", self.lr, low=0)  # 0: a frozen model (tests, sanity checks)
         number("lr_text", self.lr_text, low=0)
         number("weight_decay", self.weight_decay, low=0)
         number("margin", self.margin, low=0)
@@ -129,7 +141,7 @@ class TrainConfig:
     def from_json(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         if d.pop("fine_tune_text", False) and d.get("text_mode", "cached") == "cached":
-            d["text_mode"] = "finetune"          # a run recorded with the retired switch
+            d["text_mode"] = "finetune"  # a run recorded with the retired switch
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -34,6 +34,7 @@ Ray is an optional dependency (``pip install 'mmss[ray]'``) imported only by :cl
 On a cluster every node needs the ``mmss`` package and the same paths for data, features and runs
 (a shared file system): a task writes its run folder where the driver will read it.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from mmss_lib.errors import DataError, MMSSError
 
 EXECUTORS = ("local", "ray")
-RAY_MISSING = ("executor='ray' needs the Ray package, which is not installed: "
-               "pip install 'mmss[ray]' (or pip install 'ray>=2.9')")
+RAY_MISSING = (
+    "executor='ray' needs the Ray package, which is not installed: pip install 'mmss[ray]' (or pip install 'ray>=2.9')"
+)
 
 
 @dataclass
@@ -93,8 +95,13 @@ def _result(index: int, job: Job, out: dict) -> JobResult:
 
 def _crash(index: int, job: Job, exc: BaseException) -> JobResult:
     """A job whose worker died (or whose result could not come back)."""
-    return JobResult(index, job.name, None, f"{type(exc).__name__}: {exc}",
-                     "".join(_tb.format_exception(type(exc), exc, exc.__traceback__)))
+    return JobResult(
+        index,
+        job.name,
+        None,
+        f"{type(exc).__name__}: {exc}",
+        "".join(_tb.format_exception(type(exc), exc, exc.__traceback__)),
+    )
 
 
 def _exit_with_parent() -> None:
@@ -107,7 +114,7 @@ def _exit_with_parent() -> None:
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)      # 1 = PR_SET_PDEATHSIG
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -146,8 +153,9 @@ class LocalExecutor:
         import multiprocessing as mp
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-        pool = ProcessPoolExecutor(max_workers=min(self.n_jobs, len(jobs)), mp_context=mp.get_context("spawn"),
-                                   initializer=_exit_with_parent)
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.n_jobs, len(jobs)), mp_context=mp.get_context("spawn"), initializer=_exit_with_parent
+        )
         try:
             futures = {pool.submit(_call, job.fn, job.args, job.kwargs): i for i, job in enumerate(jobs)}
             pending = set(futures)
@@ -166,7 +174,7 @@ class LocalExecutor:
         return f"LocalExecutor(n_jobs={self.n_jobs})"
 
 
-DEFAULT_CONNECT_TIMEOUT = 30.0      # seconds to wait for a Ray head's port (--ray-timeout)
+DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds to wait for a Ray head's port (--ray-timeout)
 
 
 def _head_endpoint(address: str) -> Optional[tuple[str, int]]:
@@ -177,7 +185,7 @@ def _head_endpoint(address: str) -> Optional[tuple[str, int]]:
         return None
     default = 6379
     if a.startswith("ray://"):
-        a, default = a[len("ray://"):], 10001
+        a, default = a[len("ray://") :], 10001
     elif "://" in a:
         return None
     host, sep, port = a.rpartition(":")
@@ -211,10 +219,12 @@ def _wait_for_head(address: str, timeout: float) -> None:
         except OSError as exc:
             last = exc
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
-    raise MMSSError(f"executor='ray': nothing answers at the Ray cluster address {address!r} "
-                    f"(host {end[0]}, port {end[1]}) after {timeout:g} s ({last}); start the head there "
-                    "(`ray start --head --port=PORT`), fix --ray-address / RAY_ADDRESS, or wait longer with "
-                    "--ray-timeout SECONDS")
+    raise MMSSError(
+        f"executor='ray': nothing answers at the Ray cluster address {address!r} "
+        f"(host {end[0]}, port {end[1]}) after {timeout:g} s ({last}); start the head there "
+        "(`ray start --head --port=PORT`), fix --ray-address / RAY_ADDRESS, or wait longer with "
+        "--ray-timeout SECONDS"
+    )
 
 
 def _token_auth_like_the_head(address: str) -> None:
@@ -248,13 +258,24 @@ class RayExecutor:
     name = "ray"
     in_process = False
 
-    def __init__(self, address: Optional[str] = None, *, num_cpus: Optional[int] = None,
-                 gpus_per_run: Optional[float] = None, cpus_per_run: int = 1, log_to_driver: bool = True,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT):
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        *,
+        num_cpus: Optional[int] = None,
+        gpus_per_run: Optional[float] = None,
+        cpus_per_run: int = 1,
+        log_to_driver: bool = True,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ):
         import math
 
-        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
-                or not math.isfinite(connect_timeout) or connect_timeout <= 0:
+        if (
+            isinstance(connect_timeout, bool)
+            or not isinstance(connect_timeout, (int, float))
+            or not math.isfinite(connect_timeout)
+            or connect_timeout <= 0
+        ):
             raise DataError(f"connect_timeout={connect_timeout!r} (--ray-timeout): expected a number of seconds > 0")
         self.connect_timeout = float(connect_timeout)
         if int(cpus_per_run) < 1:
@@ -266,8 +287,8 @@ class RayExecutor:
         self.gpus_per_run = gpus_per_run
         self.cpus_per_run = int(cpus_per_run)
         self.log_to_driver = log_to_driver
-        self._depth = 0                             # inside ``with``: connections are kept
-        self._session: Optional[tuple] = None      # (ray, started): the kept connection
+        self._depth = 0  # inside ``with``: connections are kept
+        self._session: Optional[tuple] = None  # (ray, started): the kept connection
 
     def threads_per_run(self, n_runs: int) -> int:
         """torch threads per run: the CPUs a task holds."""
@@ -286,8 +307,7 @@ class RayExecutor:
         ray = self._ray()
         if ray.is_initialized():
             return ray, False
-        kw: dict = {"include_dashboard": False, "log_to_driver": self.log_to_driver,
-                    "logging_level": "WARNING"}
+        kw: dict = {"include_dashboard": False, "log_to_driver": self.log_to_driver, "logging_level": "WARNING"}
         if self.address:
             kw["address"] = self.address
             _wait_for_head(self.address, self.connect_timeout)
@@ -303,9 +323,13 @@ class RayExecutor:
                     f"executor='ray': the Ray cluster at {self.address!r} refused this driver's authentication "
                     f"({type(exc).__name__}: {text[:300]}); a head started with token authentication needs "
                     "RAY_AUTH_MODE=token and its token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) "
-                    "in the environment of `mmss train` (README: Training sweeps on a Ray cluster)") from None
-            if (isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in text.lower()) and self.address \
-                    and _head_endpoint(self.address) is not None:
+                    "in the environment of `mmss train` (README: Training sweeps on a Ray cluster)"
+                ) from None
+            if (
+                (isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in text.lower())
+                and self.address
+                and _head_endpoint(self.address) is not None
+            ):
                 # the head's port answered (_wait_for_head): the head is up but refused this driver
                 mode = os.environ.get("RAY_AUTH_MODE")
                 raise MMSSError(
@@ -313,16 +337,19 @@ class RayExecutor:
                     f"the usual cause is token authentication (RAY_AUTH_MODE is {mode or 'unset'} here): give the "
                     "driver the head's token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, with "
                     "RAY_AUTH_MODE=token) or run every node and the driver with RAY_AUTH_MODE=disabled; else check "
-                    "that the address is a Ray head (GCS port, default 6379)") from None
+                    "that the address is a Ray head (GCS port, default 6379)"
+                ) from None
             if isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in text.lower():
-                raise MMSSError(f"executor='ray': cannot connect to the Ray cluster at {self.address!r} "
-                                f"({text[:300]}); check the address, or start a head with `ray start --head` "
-                                "(ray_address / --ray-address / RAY_ADDRESS)") from None
+                raise MMSSError(
+                    f"executor='ray': cannot connect to the Ray cluster at {self.address!r} "
+                    f"({text[:300]}); check the address, or start a head with `ray start --head` "
+                    "(ray_address / --ray-address / RAY_ADDRESS)"
+                ) from None
             raise
         return ray, True
 
     def __enter__(self):
-        self._depth += 1           # Ray starts at the first run with jobs (not for finished sweeps)
+        self._depth += 1  # Ray starts at the first run with jobs (not for finished sweeps)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -345,8 +372,11 @@ class RayExecutor:
             remote = ray.remote(_call)
             refs = {}
             for i, job in enumerate(jobs):
-                opts = {"num_cpus": self.cpus_per_run, "num_gpus": gpus if (job.gpu and has_gpu) else 0,
-                        "name": job.name}
+                opts = {
+                    "num_cpus": self.cpus_per_run,
+                    "num_gpus": gpus if (job.gpu and has_gpu) else 0,
+                    "name": job.name,
+                }
                 refs[remote.options(**opts).remote(job.fn, job.args, job.kwargs)] = i
             pending = list(refs)
             try:
@@ -361,15 +391,17 @@ class RayExecutor:
                         else:
                             yield _result(i, jobs[i], out)
             finally:
-                for ref in pending:      # interrupted: do not leave tasks running on the cluster
+                for ref in pending:  # interrupted: do not leave tasks running on the cluster
                     ray.cancel(ref, force=True)
         finally:
             if started:
                 ray.shutdown()
 
     def __repr__(self) -> str:
-        return (f"RayExecutor(address={self.address!r}, num_cpus={self.num_cpus}, "
-                f"gpus_per_run={self.gpus_per_run}, cpus_per_run={self.cpus_per_run})")
+        return (
+            f"RayExecutor(address={self.address!r}, num_cpus={self.num_cpus}, "
+            f"gpus_per_run={self.gpus_per_run}, cpus_per_run={self.cpus_per_run})"
+        )
 
 
 def make_executor(executor="local", *, n_jobs: int = 1, ray_address: Optional[str] = None, **ray_options):

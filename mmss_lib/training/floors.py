@@ -49,6 +49,7 @@ The label is the binned noisy score, so neither is an upper bound in the strict 
 file (every real dataset) both are refused with a :class:`~mmss_lib.errors.DataError` naming the
 file (:func:`check_ceiling_data`, called before any run of an experiment starts).
 """
+
 from __future__ import annotations
 
 import json
@@ -69,12 +70,13 @@ CEILINGS: dict[str, tuple[str, ...]] = {
     "ceiling_text": ("match", "detail"),
     "ceiling_all": ("match", "detail", "has_images", "agree", "img_match"),
 }
-NO_TRAINING = ("random", "length") + tuple(CEILINGS)   # the systems run_floor runs (mmss_lib.models.registry.is_floor)
+NO_TRAINING = ("random", "length") + tuple(CEILINGS)  # the systems run_floor runs (mmss_lib.models.registry.is_floor)
 
 
 # --------------------------------------------------------------------------------------------
 # the random floor: exact expectations
 # --------------------------------------------------------------------------------------------
+
 
 def _expected_ap(n: int, r: int) -> float:
     if r == 0:
@@ -98,8 +100,7 @@ def _expected_rr(n: int, r: int) -> float:
     return float(np.sum(probs / p))
 
 
-def expected_random_per_product(product_ids, labels, *, threshold: float = 1,
-                                ks: Sequence[int] = DEFAULT_KS):
+def expected_random_per_product(product_ids, labels, *, threshold: float = 1, ks: Sequence[int] = DEFAULT_KS):
     """Per-product expected AP, NDCG@k and RR of a uniformly random ranking (exact; see the module
     docstring), in the layout of :func:`mmss_lib.metrics.ranking.per_product_metrics`: one row per product
     in first-appearance order with ``product_id, n_reviews, AP, NDCG@k..., RR``."""
@@ -113,17 +114,23 @@ def expected_random_per_product(product_ids, labels, *, threshold: float = 1,
     pid = _as_1d(product_ids, "product_ids")
     lab = _numeric(_as_1d(labels, "labels"), "labels")
     if len(pid) != len(lab):
-        raise DataError(f"random floor: product_ids and labels must have the same length, got "
-                        f"{len(pid)} and {len(lab)}")
+        raise DataError(
+            f"random floor: product_ids and labels must have the same length, got {len(pid)} and {len(lab)}"
+        )
     codes, uniques = pd.factorize(pid, sort=False)
     g = len(uniques)
     th = float(threshold)
-    rows = {"product_id": np.asarray(uniques), "n_reviews": np.bincount(codes, minlength=g).astype(np.int64),
-            "AP": np.zeros(g), **{f"NDCG@{k}": np.zeros(g) for k in ks}, "RR": np.zeros(g)}
+    rows = {
+        "product_id": np.asarray(uniques),
+        "n_reviews": np.bincount(codes, minlength=g).astype(np.int64),
+        "AP": np.zeros(g),
+        **{f"NDCG@{k}": np.zeros(g) for k in ks},
+        "RR": np.zeros(g),
+    }
     order = np.argsort(codes, kind="stable")
     bounds = np.r_[0, np.cumsum(rows["n_reviews"])]
     for j in range(g):
-        y = lab[order[bounds[j]:bounds[j + 1]]]
+        y = lab[order[bounds[j] : bounds[j + 1]]]
         n = len(y)
         rel = y > th
         r = int(rel.sum())
@@ -133,7 +140,7 @@ def expected_random_per_product(product_ids, labels, *, threshold: float = 1,
         ideal = np.sort(gain)[::-1]
         for k in ks:
             disc = 1.0 / np.log2(np.arange(min(k, n)) + 2.0)
-            idcg = float(np.sum(ideal[:len(disc)] * disc))
+            idcg = float(np.sum(ideal[: len(disc)] * disc))
             rows[f"NDCG@{k}"][j] = float(gain.mean() * disc.sum()) / idcg if idcg > 0 else 0.0
     return pd.DataFrame(rows)
 
@@ -146,6 +153,7 @@ def length_scores(texts) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # the floors as system classes (mmss_lib.models.registry registry)
 # --------------------------------------------------------------------------------------------
+
 
 class _Floor:
     """A system that needs no training: :meth:`score` ranks reviews, :meth:`per_product` gives the
@@ -228,8 +236,10 @@ class CeilingFloor(_Floor):
         ids = [str(r) for r in review_ids]
         missing = [r for r in ids if r not in self.lookup.index]
         if missing:
-            raise DataError(f"{self.name}: review(s) {missing[:3]} ({len(missing)} in all) have no planted cues "
-                            f"({what}); the cues files do not match the dataset: make the demo data again")
+            raise DataError(
+                f"{self.name}: review(s) {missing[:3]} ({len(missing)} in all) have no planted cues "
+                f"({what}); the cues files do not match the dataset: make the demo data again"
+            )
         return self.lookup.loc[ids]
 
     def score(self, *, review_ids, product_ids, texts=None, seed: int = 0) -> np.ndarray:
@@ -270,14 +280,18 @@ def load_all_cues(data_root, dataset: str, category: str, system: str = "ceiling
     from mmss_lib.data.synthetic import load_cues
 
     if dataset != "demo":
-        raise DataError(f"{system} needs the generator's planted cues ({{root}}/demo/{{category}}/{{category}}"
-                        f".cues.{{split}}); dataset {dataset!r} is not generated data (only 'demo' has cues)")
+        raise DataError(
+            f"{system} needs the generator's planted cues ({{root}}/demo/{{category}}/{{category}}"
+            f".cues.{{split}}); dataset {dataset!r} is not generated data (only 'demo' has cues)"
+        )
     frames = []
     for s in SPLITS:
         try:
             frames.append(load_cues(data_root, category, s))
         except DataError as exc:
-            raise DataError(f"{system} needs the generator's planted cues, only generated data has them: {exc}") from None
+            raise DataError(
+                f"{system} needs the generator's planted cues, only generated data has them: {exc}"
+            ) from None
     return pd.concat(frames, ignore_index=True)
 
 
@@ -299,6 +313,7 @@ def summary_metrics(per_product) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 # per-product metrics of any run folder
 # --------------------------------------------------------------------------------------------
+
 
 def per_product_for_run(run_dir, split: str = "test", threshold: float | None = None):
     """Per-product metrics (layout of :func:`mmss_lib.metrics.ranking.per_product_metrics`, a
@@ -328,13 +343,15 @@ def per_product_for_run(run_dir, split: str = "test", threshold: float | None = 
         system = json.loads(cp.read_text(encoding="utf-8")).get("config", {}).get("system")
     if system == "random":
         return expected_random_per_product(df["product_id"].to_numpy(), df["label"].to_numpy(), threshold=th)
-    return per_product_metrics(df["product_id"].to_numpy(), df["label"].to_numpy(), df["score"].to_numpy(),
-                               threshold=th)
+    return per_product_metrics(
+        df["product_id"].to_numpy(), df["label"].to_numpy(), df["score"].to_numpy(), threshold=th
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # one floor run (the trainer's "no training" path)
 # --------------------------------------------------------------------------------------------
+
 
 class _Split:
     """review_ids, product_ids, labels (+ texts) of one split."""
@@ -354,13 +371,21 @@ def _splits_from_disk(data_root, dataset: str, category: str, *, disjoint: bool 
     with systems that refuse them."""
     from mmss_lib.data.mrhp import check_disjoint_splits, load_mrhp
 
-    frames = {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS}     # (products, reviews)
+    frames = {s: load_mrhp(data_root, dataset, category, s) for s in SPLITS}  # (products, reviews)
     if disjoint:
-        check_disjoint_splits(data_root, dataset, category,
-                              {s: (p["product_id"].astype(str).tolist(), r["review_id"].astype(str).tolist())
-                               for s, (p, r) in frames.items()})
-    return {s: _Split(rv["review_id"].astype(str), rv["product_id"].astype(str), rv["label"], rv["text"])
-            for s, (_, rv) in frames.items()}
+        check_disjoint_splits(
+            data_root,
+            dataset,
+            category,
+            {
+                s: (p["product_id"].astype(str).tolist(), r["review_id"].astype(str).tolist())
+                for s, (p, r) in frames.items()
+            },
+        )
+    return {
+        s: _Split(rv["review_id"].astype(str), rv["product_id"].astype(str), rv["label"], rv["text"])
+        for s, (_, rv) in frames.items()
+    }
 
 
 def _adopt_splits(splits: dict, data_root, dataset: str, category: str, need_texts: bool) -> dict[str, _Split]:
@@ -381,15 +406,26 @@ def _adopt_splits(splits: dict, data_root, dataset: str, category: str, need_tex
                     lookup.update(zip(d.review_ids, d.texts))
             missing = [r for r in sp.review_ids if r not in lookup]
             if missing:
-                raise DataError(f"{dataset}/{category}: review(s) {missing[:3]} of the {s} split are not in the "
-                                f"dataset files under {data_root}; the length floor needs their texts")
+                raise DataError(
+                    f"{dataset}/{category}: review(s) {missing[:3]} of the {s} split are not in the "
+                    f"dataset files under {data_root}; the length floor needs their texts"
+                )
             texts = [lookup[r] for r in sp.review_ids]
         out[s] = _Split(sp.review_ids, sp.product_ids, sp.labels, texts)
     return out
 
 
-def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold: float,
-              run_info: dict | None = None, splits: dict | None = None) -> dict:
+def run_floor(
+    cfg,
+    *,
+    data_root,
+    dataset: str,
+    category: str,
+    run_dir,
+    threshold: float,
+    run_info: dict | None = None,
+    splits: dict | None = None,
+) -> dict:
     """Score dev and test with floor ``cfg.system`` into ``run_dir`` (the trainer's run-folder
     contract, without checkpoints) and return the metrics.json content.
 
@@ -413,10 +449,13 @@ def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold
     if done is not None:
         return done
     need_texts = cfg.system == "length"
-    if is_ceiling(cfg.system):                        # fit on train + dev cues and labels, never on test
+    if is_ceiling(cfg.system):  # fit on train + dev cues and labels, never on test
         cues = load_all_cues(data_root, dataset, category, cfg.system)
-    data = (_adopt_splits(splits, data_root, dataset, category, need_texts) if splits is not None
-            else _splits_from_disk(data_root, dataset, category))     # leaked released splits: refused
+    data = (
+        _adopt_splits(splits, data_root, dataset, category, need_texts)
+        if splits is not None
+        else _splits_from_disk(data_root, dataset, category)
+    )  # leaked released splits: refused
     if is_ceiling(cfg.system):
         fit_on = [data["train"], data["dev"]]
         system.fit(cues, np.concatenate([d.review_ids for d in fit_on]), np.concatenate([d.labels for d in fit_on]))
@@ -428,16 +467,28 @@ def run_floor(cfg, *, data_root, dataset: str, category: str, run_dir, threshold
     result: dict[str, Any] = {}
     for s in ("dev", "test"):
         sp = data[s]
-        scores = system.score(review_ids=sp.review_ids, product_ids=sp.product_ids, texts=sp.texts,
-                              seed=int(cfg.seed) * 2 + (s == "test"))
-        df = pd.DataFrame({"review_id": sp.review_ids, "product_id": sp.product_ids, "label": sp.labels,
-                           "score": scores})
+        scores = system.score(
+            review_ids=sp.review_ids, product_ids=sp.product_ids, texts=sp.texts, seed=int(cfg.seed) * 2 + (s == "test")
+        )
+        df = pd.DataFrame(
+            {"review_id": sp.review_ids, "product_id": sp.product_ids, "label": sp.labels, "score": scores}
+        )
         with atomic_path(scores_path(run_dir, s)) as tmp:
             df.to_csv(tmp, index=False)
         result[s] = summary_metrics(system.per_product(sp.product_ids, sp.labels, scores, threshold=threshold))
     seconds = time.perf_counter() - t0
-    metrics = {"best_epoch": 0, "dev": result["dev"], "test": result["test"], "epochs_run": 0,
-               "stopped_early": False, "seconds": seconds, "sec_per_epoch": 0.0, "train_sec_per_epoch": 0.0,
-               "threshold": float(threshold), "n_train": int(data["train"].n), "floor": cfg.system}
+    metrics = {
+        "best_epoch": 0,
+        "dev": result["dev"],
+        "test": result["test"],
+        "epochs_run": 0,
+        "stopped_early": False,
+        "seconds": seconds,
+        "sec_per_epoch": 0.0,
+        "train_sec_per_epoch": 0.0,
+        "threshold": float(threshold),
+        "n_train": int(data["train"].n),
+        "floor": cfg.system,
+    }
     atomic_write_json(metrics_path, metrics)
     return metrics

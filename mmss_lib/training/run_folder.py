@@ -27,6 +27,7 @@ continue the same trajectory).
 
 Lock: :func:`run_lock` (an OS lock on ``.lock`` while a process trains or writes the folder).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,13 +38,21 @@ from typing import Iterable, Iterator
 
 from mmss_lib.errors import DataError
 
-CONFIG, HISTORY, METRICS, LAST, BEST, LOCK = "config.json", "history.json", "metrics.json", "last.pt", "best.pt", ".lock"
-SCORES = "scores_{split}.csv"          # scores_dev.csv, scores_test.csv
+CONFIG, HISTORY, METRICS, LAST, BEST, LOCK = (
+    "config.json",
+    "history.json",
+    "metrics.json",
+    "last.pt",
+    "best.pt",
+    ".lock",
+)
+SCORES = "scores_{split}.csv"  # scores_dev.csv, scores_test.csv
 
 
 def scores_path(run_dir, split: str) -> Path:
     """``{run_dir}/scores_{split}.csv``: review_id, product_id, label, score (and sub-scores) of a split."""
     return Path(run_dir) / SCORES.format(split=split)
+
 
 # config fields that say where a run was trained, not what
 PLACEMENT_FIELDS = ("device", "num_threads")
@@ -55,6 +64,7 @@ RESUME_FREE_FIELDS = PLACEMENT_FIELDS + PROVENANCE_FIELDS + ("epochs", "patience
 
 # ------------------------------------------------------------------------------------ layout
 
+
 def run_name(system: str, variant: str | None = "full") -> str:
     """Folder name of a system/variant: ``mmss``, ``mmss__wo_b``, ``mcr``."""
     return system if variant in (None, "", "full") else f"{system}__{variant}"
@@ -65,10 +75,13 @@ def run_dir_for(runs_root, dataset: str, category: str, system: str, variant: st
     return Path(runs_root) / dataset / category / run_name(system, variant) / f"seed{int(seed)}"
 
 
-def fold_run_dir(runs_root, dataset: str, category: str, system: str, variant: str | None, tag: str, fold: int,
-                 seed: int) -> Path:
+def fold_run_dir(
+    runs_root, dataset: str, category: str, system: str, variant: str | None, tag: str, fold: int, seed: int
+) -> Path:
     """``{runs_root}/{dataset}/{category}/{system}[__{variant}]/{tag}/fold{f}/seed{n}``."""
-    return Path(runs_root) / dataset / category / run_name(system, variant) / tag / f"fold{int(fold)}" / f"seed{int(seed)}"
+    return (
+        Path(runs_root) / dataset / category / run_name(system, variant) / tag / f"fold{int(fold)}" / f"seed{int(seed)}"
+    )
 
 
 def study_dir_for(tune_root, dataset: str, category: str, system: str, variant: str | None = "full") -> Path:
@@ -84,6 +97,7 @@ def trial_run_dir(study_dir, number: int) -> Path:
 
 # ------------------------------------------------------------------------------------ identity
 
+
 def config_diff(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
     """Sorted names of the fields that differ between two config dicts, ``ignore`` and
     :data:`mmss_lib.training.config.RETIRED_FIELDS` aside."""
@@ -97,8 +111,9 @@ def config_diff(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
 def same_run(record: dict, config: dict, run_info: dict) -> bool:
     """Whether a config.json ``record`` is the run (``config``, ``run_info``): equal ``run``, equal
     configuration apart from :data:`PLACEMENT_FIELDS` and :data:`PROVENANCE_FIELDS`."""
-    return (dict(record.get("run") or {}) == dict(run_info or {})
-            and not config_diff(dict(record.get("config") or {}), config, PLACEMENT_FIELDS + PROVENANCE_FIELDS))
+    return dict(record.get("run") or {}) == dict(run_info or {}) and not config_diff(
+        dict(record.get("config") or {}), config, PLACEMENT_FIELDS + PROVENANCE_FIELDS
+    )
 
 
 def resume_mismatch(checkpoint: dict, config: dict, run_info: dict) -> list[str]:
@@ -123,7 +138,7 @@ def finished_metrics(run_dir, config: dict, run_info: dict) -> dict | None:
 
 # ------------------------------------------------------------------------------------ lock
 
-_HELD_LOCKS: set = set()     # run folders this process holds (re-entrant lock)
+_HELD_LOCKS: set = set()  # run folders this process holds (re-entrant lock)
 
 
 @contextlib.contextmanager
@@ -146,7 +161,7 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
         return
     try:
         import fcntl
-    except ImportError:                    # pragma: no cover - not POSIX
+    except ImportError:  # pragma: no cover - not POSIX
         yield run_dir / LOCK
         return
     from mmss_lib.errors import RunInUseError
@@ -158,17 +173,22 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         import errno
+
         writable = exc.errno != errno.EROFS and os.access(run_dir, os.W_OK | os.X_OK)
         if writable and path.is_dir():
-            raise DataError(f"{path}: the lock file of this {what} is a folder; remove it (rm -r '{path}') and "
-                            "run again (the lock file only holds the PID of the process that trains or writes "
-                            "the folder)") from None
+            raise DataError(
+                f"{path}: the lock file of this {what} is a folder; remove it (rm -r '{path}') and "
+                "run again (the lock file only holds the PID of the process that trains or writes "
+                "the folder)"
+            ) from None
         if writable:
-            raise DataError(f"{path}: the lock file of this {what} cannot be opened for writing ({exc.strerror}) "
-                            f"although its folder is writable (a read-only or immutable file); remove it (rm -f "
-                            f"'{path}', after chattr -i if immutable) and run again; it would not keep two "
-                            "processes apart") from None
-    if fd is None:                         # a read-only folder (finished runs are read there): no lock
+            raise DataError(
+                f"{path}: the lock file of this {what} cannot be opened for writing ({exc.strerror}) "
+                f"although its folder is writable (a read-only or immutable file); remove it (rm -f "
+                f"'{path}', after chattr -i if immutable) and run again; it would not keep two "
+                "processes apart"
+            ) from None
+    if fd is None:  # a read-only folder (finished runs are read there): no lock
         yield path
         return
     try:
@@ -180,13 +200,19 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
                 holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             except OSError:
                 holder = "unknown"
-            raise RunInUseError(f"{run_dir}: this {what} is in use by another process (PID {holder}) that "
-                                "trains or writes it now; wait until it has finished (a finished run is then "
-                                "skipped) or give another runs folder") from None
-        except OSError as exc:             # a file system without locks (ENOLCK): go on unlocked, say so
+            raise RunInUseError(
+                f"{run_dir}: this {what} is in use by another process (PID {holder}) that "
+                "trains or writes it now; wait until it has finished (a finished run is then "
+                "skipped) or give another runs folder"
+            ) from None
+        except OSError as exc:  # a file system without locks (ENOLCK): go on unlocked, say so
             import warnings
-            warnings.warn(f"{run_dir}: cannot lock the run folder ({exc}); two processes on it would not be "
-                          "kept apart", RuntimeWarning, stacklevel=3)
+
+            warnings.warn(
+                f"{run_dir}: cannot lock the run folder ({exc}); two processes on it would not be kept apart",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             locked = False
         if not locked:
             yield path
@@ -205,12 +231,14 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
 
 # ------------------------------------------------------------------------------------ reading
 
+
 def _read_json(path: Path):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a JSON file written by the trainer ({exc}); delete the run folder to "
-                        "train it again") from None
+        raise DataError(
+            f"{path}: not a JSON file written by the trainer ({exc}); delete the run folder to train it again"
+        ) from None
 
 
 def load_history(run_dir) -> list[dict]:
@@ -245,8 +273,19 @@ def finished_results(runs_root, dataset: str, category: str):
         rd = mp.parent
         cfg = _read_json(rd / CONFIG)["config"]
         m = _read_json(mp)
-        rows.append({"dataset": dataset, "category": category, "system": cfg["system"], "variant": cfg["variant"],
-                     "seed": int(cfg["seed"]), **{k: m["test"][k] for k in ("MAP", "NDCG@3", "NDCG@5", "MRR")},
-                     "dev_MAP": m["dev"]["MAP"], "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
-                     "seconds": m.get("seconds", 0.0), "run_dir": str(rd)})
+        rows.append(
+            {
+                "dataset": dataset,
+                "category": category,
+                "system": cfg["system"],
+                "variant": cfg["variant"],
+                "seed": int(cfg["seed"]),
+                **{k: m["test"][k] for k in ("MAP", "NDCG@3", "NDCG@5", "MRR")},
+                "dev_MAP": m["dev"]["MAP"],
+                "best_epoch": m["best_epoch"],
+                "epochs_run": m["epochs_run"],
+                "seconds": m.get("seconds", 0.0),
+                "run_dir": str(rd),
+            }
+        )
     return pd.DataFrame(rows)

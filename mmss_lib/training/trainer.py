@@ -46,6 +46,7 @@ it), under ``"all"`` at least two different labels.
 Many runs (systems x categories x seeds) are :mod:`mmss_lib.model_selection.sweeps`; the ``mmss train``
 command is :func:`mmss_lib.model_selection.sweeps.cli_main`; the training benchmark is :mod:`mmss_lib.bench.train`.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,23 +62,37 @@ import numpy as np
 from mmss_lib.errors import CheckpointError, DataError, TrainingError
 from mmss_lib.metrics.ranking import METRIC_NAMES
 from mmss_lib.training.config import TrainConfig
-from mmss_lib.training.run_folder import BEST, CONFIG, HISTORY, LAST, METRICS, finished_metrics, resume_mismatch, run_lock, run_name, scores_path
+from mmss_lib.training.run_folder import (
+    BEST,
+    CONFIG,
+    HISTORY,
+    LAST,
+    METRICS,
+    finished_metrics,
+    resume_mismatch,
+    run_lock,
+    run_name,
+    scores_path,
+)
 from mmss_lib.utils import atomic_path, atomic_write_json, pick_device, seed_everything
 
 # ------------------------------------------------------------------------------------ paths
 
 # ------------------------------------------------------------------------------------ data
 
+
 def load_splits(data_root, dataset: str, category: str, features_root, cfg: TrainConfig) -> dict:
     """The three :class:`~mmss_lib.features.loader.MRHPSplitData` of a category for a run of ``cfg``
     (:meth:`~mmss_lib.features.loader.MRHPSplitData.from_disk`: shared stores, leakage and stale-feature checks)."""
     from mmss_lib.features.loader import MRHPSplitData, ReadCaps
 
-    return MRHPSplitData.from_disk(data_root, dataset, category, features_root, caps=ReadCaps.of(cfg),
-                                   keep_texts=cfg.text_mode != "cached")
+    return MRHPSplitData.from_disk(
+        data_root, dataset, category, features_root, caps=ReadCaps.of(cfg), keep_texts=cfg.text_mode != "cached"
+    )
 
 
 # ------------------------------------------------------------------------------------ RNG state
+
 
 def _rng_state() -> dict:
     """Python/NumPy/torch RNG states as tensors, lists and numbers (weights_only-loadable)."""
@@ -85,9 +100,11 @@ def _rng_state() -> dict:
 
     py = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [py[0], list(py[1]), py[2]],
-             "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -107,6 +124,7 @@ def _set_rng_state(state: dict) -> None:
 
 # ------------------------------------------------------------------------------------ pieces
 
+
 def build_model(cfg: TrainConfig, text_dim: int, region_dim: int):
     """The system of ``cfg`` for the given input sizes. Text modes ``frozen`` / ``finetune``: the
     encoder ``cfg.text_model`` is loaded and wraps the system (:mod:`mmss_lib.models.online_text`);
@@ -118,6 +136,7 @@ def build_model(cfg: TrainConfig, text_dim: int, region_dim: int):
     encoder = tokenizer = None
     if mode != "cached":
         from mmss_lib.models.online_text import load_text_model
+
         tokenizer, encoder = load_text_model(cfg.text_model)
         text_dim = int(encoder.config.hidden_size)
     _check_model_options(cfg.system, options)
@@ -126,6 +145,7 @@ def build_model(cfg: TrainConfig, text_dim: int, region_dim: int):
         if encoder is None:
             return system
         from mmss_lib.models.online_text import on_the_fly_text
+
         return on_the_fly_text(system, encoder, tokenizer, trainable=(mode == "finetune"))
     except KeyError as exc:
         raise DataError(str(exc.args[0] if exc.args else exc)) from None
@@ -150,20 +170,29 @@ def model_option_defaults(system: str) -> tuple[dict, list | None]:
     except (TypeError, ValueError, ImportError, AttributeError):
         return {}, None
     empty = inspect.Parameter.empty
-    defaults = {n: p.default for n, p in params.items() if n not in ("self", "text_dim", "region_dim", "config")
-                and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    defaults = {
+        n: p.default
+        for n, p in params.items()
+        if n not in ("self", "text_dim", "region_dim", "config")
+        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
     known: list | None = list(defaults)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        known = None                       # **options: the options of its config dataclass, if it says which
+        known = None  # **options: the options of its config dataclass, if it says which
         try:
             hint = typing.get_type_hints(cls.__init__).get("config")
         except Exception:  # noqa: BLE001 - unresolvable annotations: no check
             hint = None
-        for t in (typing.get_args(hint) or (hint,)):
+        for t in typing.get_args(hint) or (hint,):
             if dataclasses.is_dataclass(t):
                 for f in dataclasses.fields(t):
-                    defaults[f.name] = (f.default if f.default is not dataclasses.MISSING else
-                                        f.default_factory() if f.default_factory is not dataclasses.MISSING else empty)
+                    defaults[f.name] = (
+                        f.default
+                        if f.default is not dataclasses.MISSING
+                        else f.default_factory()
+                        if f.default_factory is not dataclasses.MISSING
+                        else empty
+                    )
                 known = [n for n in defaults if n not in ("text_dim", "region_dim")]
     return defaults, known
 
@@ -177,13 +206,15 @@ def _check_model_options(system: str, options: dict) -> None:
     from mmss_lib.models.registry import SYSTEMS
 
     if system not in SYSTEMS:
-        return                                  # build_system names the unknown system
+        return  # build_system names the unknown system
     empty = inspect.Parameter.empty
     defaults, known = model_option_defaults(system)
     for key, value in options.items():
         if known is not None and key not in known:
-            raise DataError(f"--option {key}={value!r}: system {system!r} has no model option {key!r}; "
-                            f"its options: {', '.join(known) or '(none)'}")
+            raise DataError(
+                f"--option {key}={value!r}: system {system!r} has no model option {key!r}; "
+                f"its options: {', '.join(known) or '(none)'}"
+            )
         if key not in defaults:
             continue
         default = defaults[key]
@@ -205,8 +236,10 @@ def _check_model_options(system: str, options: dict) -> None:
         else:
             continue
         if not ok:
-            raise DataError(f"--option {key}={value!r}: model option {key!r} of system {system!r} expects {want} "
-                            f"(default {default!r}); values are JSON, e.g. {key}={json.dumps(default)}")
+            raise DataError(
+                f"--option {key}={value!r}: model option {key!r} of system {system!r} expects {want} "
+                f"(default {default!r}); values are JSON, e.g. {key}={json.dumps(default)}"
+            )
 
 
 def build_optimizer(model, cfg: TrainConfig):
@@ -236,8 +269,10 @@ def draw_pairs(train, cfg: TrainConfig, epoch: int) -> np.ndarray:
     from mmss_lib.data.pairs import sample_pairs
 
     rng = np.random.default_rng([int(cfg.seed), int(epoch)])
-    pairs = np.asarray(sample_pairs(train.product_codes, train.labels, scheme=cfg.pair_scheme,
-                                    n_neg=cfg.n_neg, rng=rng), dtype=np.int64).reshape(-1, 2)
+    pairs = np.asarray(
+        sample_pairs(train.product_codes, train.labels, scheme=cfg.pair_scheme, n_neg=cfg.n_neg, rng=rng),
+        dtype=np.int64,
+    ).reshape(-1, 2)
     return pairs[rng.permutation(len(pairs))]
 
 
@@ -263,9 +298,22 @@ def collate_for(split, cfg: TrainConfig, tokenizer):
     return split.collate
 
 
-def train_step(model, optimizer, split, collate, pairs: np.ndarray, cfg: TrainConfig, device, *, ssp=None,
-               epoch: int = 1, scaler=None, where: str = "", last_good: str = LAST,
-               timings: dict | None = None) -> dict:
+def train_step(
+    model,
+    optimizer,
+    split,
+    collate,
+    pairs: np.ndarray,
+    cfg: TrainConfig,
+    device,
+    *,
+    ssp=None,
+    epoch: int = 1,
+    scaler=None,
+    where: str = "",
+    last_good: str = LAST,
+    timings: dict | None = None,
+) -> dict:
     """One optimisation step on a batch of pairs (P, 2) of sample indices of ``split``.
 
     The batch holds the pairs' unique samples, forwarded once; L = L_tar + aux_loss + L_sub
@@ -280,7 +328,7 @@ def train_step(model, optimizer, split, collate, pairs: np.ndarray, cfg: TrainCo
     from mmss_lib.models.losses import mmss_subtask_loss
 
     uniq, inv = np.unique(pairs, return_inverse=True)
-    inv = torch.as_tensor(inv.reshape(pairs.shape), device=device)                   # (P, 2)
+    inv = torch.as_tensor(inv.reshape(pairs.shape), device=device)  # (P, 2)
     t_data = time.perf_counter()
     batch = collate(uniq).to(device)
     if timings is not None:
@@ -288,7 +336,7 @@ def train_step(model, optimizer, split, collate, pairs: np.ndarray, cfg: TrainCo
     model.train()
     with _autocast(device, cfg):
         out = model(batch)
-    s = out.score.float()                                                            # (B,)
+    s = out.score.float()  # (B,)
     y = batch.label
     l_tar = target_loss(cfg, s[inv[:, 0]], s[inv[:, 1]], y[inv[:, 0]], y[inv[:, 1]])
     loss = l_tar
@@ -306,14 +354,15 @@ def train_step(model, optimizer, split, collate, pairs: np.ndarray, cfg: TrainCo
         if timings is not None:
             timings["ssp"] = timings.get("ssp", 0.0) + time.perf_counter() - t0
         fo = type(out)(score=s, sub_scores={k: v.float() for k, v in out.sub_scores.items()})
-        l_sub = mmss_subtask_loss(fo, labels, y, model)                              # Eq. 14-15
-        loss = loss + l_sub                                                          # Eq. 16
+        l_sub = mmss_subtask_loss(fo, labels, y, model)  # Eq. 14-15
+        loss = loss + l_sub  # Eq. 16
     if not torch.isfinite(loss):
         raise TrainingError(
             f"{where}: loss is {loss.item()} (target {l_tar.item():.4g}, aux "
             f"{l_aux.item() if l_aux is not None else 0:.4g}, subtask {l_sub.item() if l_sub is not None else 0:.4g}); "
             f"training stopped, the last good checkpoint {last_good} is kept. Check the features for "
-            "NaN/inf or lower the learning rate")
+            "NaN/inf or lower the learning rate"
+        )
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -332,20 +381,25 @@ def train_step(model, optimizer, split, collate, pairs: np.ndarray, cfg: TrainCo
         ssp.update(batch.index, {k: out.features[k].detach().float() for k in ssp.tasks}, epoch)
         if timings is not None:
             timings["ssp"] = timings.get("ssp", 0.0) + time.perf_counter() - t0
-    return {"loss": loss.item(), "loss_tar": l_tar.item(),
-            "loss_aux": l_aux.item() if l_aux is not None else 0.0,
-            "loss_sub": l_sub.item() if l_sub is not None else 0.0, "n_samples": int(len(uniq))}
+    return {
+        "loss": loss.item(),
+        "loss_tar": l_tar.item(),
+        "loss_aux": l_aux.item() if l_aux is not None else 0.0,
+        "loss_sub": l_sub.item() if l_sub is not None else 0.0,
+        "n_samples": int(len(uniq)),
+    }
 
 
 @dataclass
 class Evaluation:
-    scores: np.ndarray               # (N,) y_hat_g per sample of the split, file order
-    sub_scores: dict                 # subtask -> (N,) y_hat_s (MM-SS only)
-    metrics: dict                    # MAP, NDCG@3, NDCG@5, MRR
+    scores: np.ndarray  # (N,) y_hat_g per sample of the split, file order
+    sub_scores: dict  # subtask -> (N,) y_hat_s (MM-SS only)
+    metrics: dict  # MAP, NDCG@3, NDCG@5, MRR
 
 
-def evaluate(model, split, cfg: TrainConfig, device, threshold: float, tokenizer=None,
-             *, keep_sub_scores: bool = False) -> Evaluation:
+def evaluate(
+    model, split, cfg: TrainConfig, device, threshold: float, tokenizer=None, *, keep_sub_scores: bool = False
+) -> Evaluation:
     """Score every sample of ``split`` (eval mode, no grad) and compute the ranking metrics."""
     import torch
 
@@ -353,7 +407,7 @@ def evaluate(model, split, cfg: TrainConfig, device, threshold: float, tokenizer
 
     model.eval()
     if tokenizer is None:
-        tokenizer = getattr(model, "tokenizer", None)      # on-the-fly text: the wrapper's tokenizer
+        tokenizer = getattr(model, "tokenizer", None)  # on-the-fly text: the wrapper's tokenizer
     scores = np.zeros(split.n, dtype=np.float64)
     subs: dict[str, np.ndarray] = {}
     collate = collate_for(split, cfg, tokenizer)
@@ -371,10 +425,11 @@ def evaluate(model, split, cfg: TrainConfig, device, threshold: float, tokenizer
 def _scores_frame(split, ev: Evaluation):
     import pandas as pd
 
-    df = pd.DataFrame({"review_id": split.review_ids, "product_id": split.product_ids,
-                       "label": split.labels, "score": ev.scores})
+    df = pd.DataFrame(
+        {"review_id": split.review_ids, "product_id": split.product_ids, "label": split.labels, "score": ev.scores}
+    )
     for s, v in ev.sub_scores.items():
-        df[f"score_{s}"] = v          # y_hat_s of the subtask heads (case study)
+        df[f"score_{s}"] = v  # y_hat_s of the subtask heads (case study)
     return df
 
 
@@ -396,8 +451,9 @@ def _load_torch(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, not ours
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc}); "
-                              "delete it to start the run afresh") from None
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc}); delete it to start the run afresh"
+        ) from None
 
 
 def _store_manifests(split) -> dict:
@@ -411,10 +467,12 @@ def _store_manifests(split) -> dict:
 
 # ------------------------------------------------------------------------------------ training
 
+
 @dataclass
 class _Trainee:
     """What one run trains and with what: the model, its optimizer, the grad scaler (CUDA float16
     AMP only), the SSP-Label (systems with subtasks only), the tokenizer (on-the-fly text) and the device."""
+
     model: object
     optimizer: object
     scaler: object
@@ -432,7 +490,7 @@ def _build_trainee(cfg: TrainConfig, train, run_dir: Path, threshold: float) -> 
         torch.set_num_threads(int(cfg.num_threads))
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    model = build_model(cfg, train.text_dim, train.region_dim).to(device)   # text_dim None: on the fly
+    model = build_model(cfg, train.text_dim, train.region_dim).to(device)  # text_dim None: on the fly
     optimizer = build_optimizer(model, cfg)
     use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
@@ -442,11 +500,18 @@ def _build_trainee(cfg: TrainConfig, train, run_dir: Path, threshold: float) -> 
     subtasks = tuple(getattr(model, "subtasks", ()) or ())
     if subtasks:
         from mmss_lib.ssp.label import SSPLabel
-        ssp = SSPLabel(train.n, torch.as_tensor(train.labels, dtype=torch.float32), model.feature_dims(),
-                       alpha1=cfg.ssp_alpha1, alpha2=cfg.ssp_alpha2,
-                       pivot=cfg.ssp_pivot if cfg.ssp_pivot is not None else threshold + 0.5, max_history=1,
-                       scale=cfg.ssp_scale,
-                       bank_dir=_ssp_bank_dir(run_dir, train.n, model.feature_dims()))
+
+        ssp = SSPLabel(
+            train.n,
+            torch.as_tensor(train.labels, dtype=torch.float32),
+            model.feature_dims(),
+            alpha1=cfg.ssp_alpha1,
+            alpha2=cfg.ssp_alpha2,
+            pivot=cfg.ssp_pivot if cfg.ssp_pivot is not None else threshold + 0.5,
+            max_history=1,
+            scale=cfg.ssp_scale,
+            bank_dir=_ssp_bank_dir(run_dir, train.n, model.feature_dims()),
+        )
     return _Trainee(model, optimizer, scaler, ssp, tokenizer, device)
 
 
@@ -459,9 +524,12 @@ def _resume(last_path: Path, record: dict, trainee: _Trainee, state: dict) -> No
     if diff:
         raise CheckpointError(
             f"{last_path}: checkpoint from another configuration; differing field(s): "
-            + ", ".join(f"{k} (checkpoint {old_cfg.get(k)!r}, now {record['config'].get(k)!r})"
-                        if k in record["config"] else k for k in diff)
-            + "; use another run folder or delete it")
+            + ", ".join(
+                f"{k} (checkpoint {old_cfg.get(k)!r}, now {record['config'].get(k)!r})" if k in record["config"] else k
+                for k in diff
+            )
+            + "; use another run folder or delete it"
+        )
     trainee.model.load_state_dict(ck["model"])
     trainee.optimizer.load_state_dict(ck["optimizer"])
     if trainee.scaler is not None and ck.get("scaler"):
@@ -475,25 +543,32 @@ def _resume(last_path: Path, record: dict, trainee: _Trainee, state: dict) -> No
 
 def _checkpoint_payload(record: dict, trainee: _Trainee, state: dict) -> dict:
     """The content of ``last.pt``: everything :func:`_resume` restores."""
-    return {"config": record["config"], "run": record["run"], "model": trainee.model.state_dict(),
-            "optimizer": trainee.optimizer.state_dict(),
-            "scaler": trainee.scaler.state_dict() if trainee.scaler else None,
-            "ssp": trainee.ssp.state_dict() if trainee.ssp is not None else None, "state": dict(state),
-            "rng": _rng_state()}
+    return {
+        "config": record["config"],
+        "run": record["run"],
+        "model": trainee.model.state_dict(),
+        "optimizer": trainee.optimizer.state_dict(),
+        "scaler": trainee.scaler.state_dict() if trainee.scaler else None,
+        "ssp": trainee.ssp.state_dict() if trainee.ssp is not None else None,
+        "state": dict(state),
+        "rng": _rng_state(),
+    }
 
 
 class _EpochTraining(NamedTuple):
     """What one epoch's training reports to its history entry."""
+
     n_pairs: int
     n_batches: int
-    sums: dict                   # loss parts summed over the batches
-    ssp_entry: dict              # {"ssp": SSP health per subtask}, or {} without an SSP-Label
-    data_seconds: float          # building batches and moving them to the device
-    ssp_seconds: float           # SSP-Label: per-step labels + update, and the end of epoch
+    sums: dict  # loss parts summed over the batches
+    ssp_entry: dict  # {"ssp": SSP health per subtask}, or {} without an SSP-Label
+    data_seconds: float  # building batches and moving them to the device
+    ssp_seconds: float  # SSP-Label: per-step labels + update, and the end of epoch
 
 
-def _train_epoch(cfg: TrainConfig, trainee: _Trainee, train, collate, epoch: int, run_dir: Path, *,
-                 last_good: str, bar_cls) -> _EpochTraining:
+def _train_epoch(
+    cfg: TrainConfig, trainee: _Trainee, train, collate, epoch: int, run_dir: Path, *, last_good: str, bar_cls
+) -> _EpochTraining:
     """One epoch's training: its pairs drawn and stepped through in batches, then the SSP-Label's end
     of epoch."""
     trainee.model.train()
@@ -503,12 +578,23 @@ def _train_epoch(cfg: TrainConfig, trainee: _Trainee, train, collate, epoch: int
     it = range(n_batches)
     bar = bar_cls(it, desc=f"{run_dir.parent.name}/{run_dir.name} epoch {epoch}", leave=False) if bar_cls else None
     timings: dict = {}
-    for b in (bar if bar is not None else it):
-        pb = pairs[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-        parts = train_step(trainee.model, trainee.optimizer, train, collate, pb, cfg, trainee.device,
-                           ssp=trainee.ssp, epoch=epoch, scaler=trainee.scaler,
-                           where=f"{run_dir}: epoch {epoch}, batch {b + 1}/{n_batches}",
-                           last_good=last_good, timings=timings)
+    for b in bar if bar is not None else it:
+        pb = pairs[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        parts = train_step(
+            trainee.model,
+            trainee.optimizer,
+            train,
+            collate,
+            pb,
+            cfg,
+            trainee.device,
+            ssp=trainee.ssp,
+            epoch=epoch,
+            scaler=trainee.scaler,
+            where=f"{run_dir}: epoch {epoch}, batch {b + 1}/{n_batches}",
+            last_good=last_good,
+            timings=timings,
+        )
         for k in sums:
             sums[k] += parts[k]
         if bar is not None:
@@ -531,12 +617,21 @@ def _end_ssp_epoch(cfg: TrainConfig, ssp, run_dir: Path, epoch: int, review_ids)
     rec = ssp.end_epoch(epoch)
     if cfg.ssp_record_seeds is None or int(cfg.seed) in [int(x) for x in cfg.ssp_record_seeds]:
         from mmss_lib.ssp.records import write_record
+
         write_record(run_dir, epoch, review_ids, rec)
-    return {"ssp": ssp_health(rec)}     # SSP health per subtask (history.json)
+    return {"ssp": ssp_health(rec)}  # SSP health per subtask (history.json)
 
 
-def _evaluate_epoch(cfg: TrainConfig, trainee: _Trainee, splits: dict, threshold: float, epoch: int,
-                    trained: _EpochTraining, train_seconds: float, t0: float) -> dict:
+def _evaluate_epoch(
+    cfg: TrainConfig,
+    trainee: _Trainee,
+    splits: dict,
+    threshold: float,
+    epoch: int,
+    trained: _EpochTraining,
+    train_seconds: float,
+    t0: float,
+) -> dict:
     """Evaluate dev (and test) after an epoch; the epoch's ``history.json`` entry. Its seconds:
     ``train_seconds`` (the epoch's training, SSP-Label's end of epoch included), of which
     ``data_seconds`` building and moving batches and ``ssp_seconds`` SSP-Label; ``eval_seconds``
@@ -544,20 +639,32 @@ def _evaluate_epoch(cfg: TrainConfig, trainee: _Trainee, splits: dict, threshold
     is added by :func:`_record_epoch`)."""
     t_eval = time.perf_counter()
     ev_dev = evaluate(trainee.model, splits["dev"], cfg, trainee.device, threshold, trainee.tokenizer)
-    ev_test = (evaluate(trainee.model, splits["test"], cfg, trainee.device, threshold, trainee.tokenizer)
-               if cfg.eval_test else None)
+    ev_test = (
+        evaluate(trainee.model, splits["test"], cfg, trainee.device, threshold, trainee.tokenizer)
+        if cfg.eval_test
+        else None
+    )
     eval_seconds = time.perf_counter() - t_eval
     n_batches = trained.n_batches
-    return {"epoch": epoch, "n_pairs": trained.n_pairs, "n_batches": n_batches,
-            **{k: v / max(n_batches, 1) for k, v in trained.sums.items()},
-            "dev": ev_dev.metrics, "test": ev_test.metrics if ev_test else None,
-            **trained.ssp_entry, "train_seconds": train_seconds, "data_seconds": trained.data_seconds,
-            "ssp_seconds": trained.ssp_seconds, "eval_seconds": eval_seconds,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "epoch": epoch,
+        "n_pairs": trained.n_pairs,
+        "n_batches": n_batches,
+        **{k: v / max(n_batches, 1) for k, v in trained.sums.items()},
+        "dev": ev_dev.metrics,
+        "test": ev_test.metrics if ev_test else None,
+        **trained.ssp_entry,
+        "train_seconds": train_seconds,
+        "data_seconds": trained.data_seconds,
+        "ssp_seconds": trained.ssp_seconds,
+        "eval_seconds": eval_seconds,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def _record_epoch(run_dir: Path, record: dict, features: dict, threshold: float, trainee: _Trainee, train,
-                  state: dict, entry: dict) -> None:
+def _record_epoch(
+    run_dir: Path, record: dict, features: dict, threshold: float, trainee: _Trainee, train, state: dict, entry: dict
+) -> None:
     """Add the epoch to ``state``; keep ``best.pt`` on dev MAP (else count a bad epoch for early stopping);
     write ``last.pt`` and ``history.json``."""
     epoch, dev = entry["epoch"], entry["dev"]
@@ -567,27 +674,45 @@ def _record_epoch(run_dir: Path, record: dict, features: dict, threshold: float,
     if dev["MAP"] > state["best_metric"]:
         state.update(best_metric=dev["MAP"], best_epoch=epoch, bad_epochs=0)
         model = trainee.model
-        _save_torch(run_dir / BEST, {"config": record["config"], "run": record["run"], "epoch": epoch,
-                                     "model": model.state_dict(), "dev": dev,
-                                     "text_dim": train.text_dim if train.text_dim is not None else int(model.dim),
-                                     "region_dim": train.region_dim,
-                                     "threshold": threshold, "features": features})
+        _save_torch(
+            run_dir / BEST,
+            {
+                "config": record["config"],
+                "run": record["run"],
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "dev": dev,
+                "text_dim": train.text_dim if train.text_dim is not None else int(model.dim),
+                "region_dim": train.region_dim,
+                "threshold": threshold,
+                "features": features,
+            },
+        )
     else:
         state["bad_epochs"] += 1
-    entry["checkpoint_seconds"] = time.perf_counter() - t_ck        # best.pt so far; last.pt below
+    entry["checkpoint_seconds"] = time.perf_counter() - t_ck  # best.pt so far; last.pt below
     entry["seconds"] += entry["checkpoint_seconds"]
     state["seconds"] += entry["seconds"]
     t_last = time.perf_counter()
     _save_torch(run_dir / LAST, _checkpoint_payload(record, trainee, state))
     last_seconds = time.perf_counter() - t_last
-    entry["checkpoint_seconds"] += last_seconds     # in history.json; last.pt holds the entry as it was before
+    entry["checkpoint_seconds"] += last_seconds  # in history.json; last.pt holds the entry as it was before
     entry["seconds"] += last_seconds
     state["seconds"] += last_seconds
     atomic_write_json(run_dir / HISTORY, state["history"])
 
 
-def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: bool = True,
-        run_info: dict | None = None, on_epoch=None, score_test: bool = True) -> dict:
+def fit(
+    cfg: TrainConfig,
+    splits: dict,
+    run_dir,
+    *,
+    threshold: float,
+    progress: bool = True,
+    run_info: dict | None = None,
+    on_epoch=None,
+    score_test: bool = True,
+) -> dict:
     """Train/evaluate on already loaded splits (``{"train", "dev", "test"}`` ->
     :class:`~mmss_lib.features.loader.MRHPSplitData`) into ``run_dir``; return the metrics.json content.
 
@@ -603,7 +728,7 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"config": cfg.to_json(), "run": dict(run_info or {}), "threshold": threshold}
-    features = _store_manifests(splits["train"])    # extraction settings, for predict
+    features = _store_manifests(splits["train"])  # extraction settings, for predict
     last_path = run_dir / LAST
 
     # ---- a finished run of this identity is skipped (mmss_lib.training.run_folder)
@@ -612,10 +737,9 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
         return done
 
     train = splits["train"]
-    _check_trainable(cfg, train, run_info)    # before anything is written
+    _check_trainable(cfg, train, run_info)  # before anything is written
     trainee = _build_trainee(cfg, train, run_dir, threshold)
-    state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [],
-             "seconds": 0.0}
+    state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0}
     if last_path.exists():
         _resume(last_path, record, trainee, state)
     atomic_write_json(run_dir / CONFIG, {**record, "features": features})
@@ -628,8 +752,16 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1
         t0 = time.perf_counter()
-        trained = _train_epoch(cfg, trainee, train, collate, epoch, run_dir,
-                               last_good=f"{last_path.name} (epoch {state['epoch']})", bar_cls=bar_cls)
+        trained = _train_epoch(
+            cfg,
+            trainee,
+            train,
+            collate,
+            epoch,
+            run_dir,
+            last_good=f"{last_path.name} (epoch {state['epoch']})",
+            bar_cls=bar_cls,
+        )
         train_seconds = time.perf_counter() - t0
         entry = _evaluate_epoch(cfg, trainee, splits, threshold, epoch, trained, train_seconds, t0)
         _record_epoch(run_dir, record, features, threshold, trainee, train, state, entry)
@@ -642,9 +774,19 @@ def fit(cfg: TrainConfig, splits: dict, run_dir, *, threshold: float, progress: 
                 raise
 
     if trainee.ssp is not None:
-        trainee.ssp.close()                      # memory-mapped banks (large training sets) are scratch
-    return _finalize(cfg, trainee.model, splits, run_dir, record, state, trainee.device, threshold,
-                     trainee.tokenizer, score_test=score_test)
+        trainee.ssp.close()  # memory-mapped banks (large training sets) are scratch
+    return _finalize(
+        cfg,
+        trainee.model,
+        splits,
+        run_dir,
+        record,
+        state,
+        trainee.device,
+        threshold,
+        trainee.tokenizer,
+        score_test=score_test,
+    )
 
 
 def _check_trainable(cfg: TrainConfig, train, run_info: dict | None) -> None:
@@ -660,12 +802,17 @@ def _check_trainable(cfg: TrainConfig, train, run_info: dict | None) -> None:
         cause = f"all {len(labels)} training labels equal ({labels[0]:g})"
     else:
         import pandas as pd
+
         levels = int(pd.Series(labels).groupby(np.asarray(train.product_codes)).nunique().max())
         need = 3 if cfg.pair_scheme == "mcr" else 2
-        cause = (f"no training product has {need} different label levels (at most {levels}), which pair scheme "
-                 f"{cfg.pair_scheme!r} needs" + ("; try --pair-scheme all" if cfg.pair_scheme == "mcr" else ""))
-    raise TrainingError(f"{where}: no training pairs: {cause}; the run would take no optimizer step and report "
-                        "an untrained model, so it is refused (nothing written to the summary)")
+        cause = (
+            f"no training product has {need} different label levels (at most {levels}), which pair scheme "
+            f"{cfg.pair_scheme!r} needs" + ("; try --pair-scheme all" if cfg.pair_scheme == "mcr" else "")
+        )
+    raise TrainingError(
+        f"{where}: no training pairs: {cause}; the run would take no optimizer step and report "
+        "an untrained model, so it is refused (nothing written to the summary)"
+    )
 
 
 # SSP-Label banks larger than this (as float32) live in memory-mapped scratch files of the run
@@ -701,8 +848,9 @@ def _flag_ceiling(run_dir: Path, history: list, flag: bool) -> None:
         atomic_write_json(run_dir / HISTORY, history)
 
 
-def _finalize(cfg, model, splits, run_dir: Path, record, state, device, threshold, tokenizer, *,
-              score_test: bool = True) -> dict:
+def _finalize(
+    cfg, model, splits, run_dir: Path, record, state, device, threshold, tokenizer, *, score_test: bool = True
+) -> dict:
     """Score dev and test with the best model; write scores_{dev,test}.csv and metrics.json."""
     best = _load_torch(run_dir / BEST) if (run_dir / BEST).exists() else None
     if best is None:
@@ -718,20 +866,36 @@ def _finalize(cfg, model, splits, run_dir: Path, record, state, device, threshol
     stopped_early = state["bad_epochs"] >= cfg.patience
     ceiling = still_improving_at_ceiling(int(best["epoch"]), epochs_run, cfg.epochs, stopped_early)
     _flag_ceiling(run_dir, state["history"], ceiling)
-    metrics = {"best_epoch": int(best["epoch"]), "dev": ev_dev.metrics,
-               "test": ev_test.metrics if ev_test is not None else None,
-               "epochs_run": epochs_run, "stopped_early": stopped_early,
-               "ceiling_while_improving": ceiling,
-               "seconds": state["seconds"],
-               "sec_per_epoch": state["seconds"] / max(epochs_run, 1),
-               "train_sec_per_epoch": sum(h["train_seconds"] for h in state["history"]) / max(epochs_run, 1),
-               "threshold": threshold, "n_train": splits["train"].n}
+    metrics = {
+        "best_epoch": int(best["epoch"]),
+        "dev": ev_dev.metrics,
+        "test": ev_test.metrics if ev_test is not None else None,
+        "epochs_run": epochs_run,
+        "stopped_early": stopped_early,
+        "ceiling_while_improving": ceiling,
+        "seconds": state["seconds"],
+        "sec_per_epoch": state["seconds"] / max(epochs_run, 1),
+        "train_sec_per_epoch": sum(h["train_seconds"] for h in state["history"]) / max(epochs_run, 1),
+        "threshold": threshold,
+        "n_train": splits["train"].n,
+    }
     atomic_write_json(run_dir / METRICS, metrics)
     return metrics
 
 
-def train_run(cfg: TrainConfig, *, data_root, dataset: str, category: str, features_root, run_dir,
-              progress: bool = True, splits: dict | None = None, on_epoch=None, score_test: bool = True) -> dict:
+def train_run(
+    cfg: TrainConfig,
+    *,
+    data_root,
+    dataset: str,
+    category: str,
+    features_root,
+    run_dir,
+    progress: bool = True,
+    splits: dict | None = None,
+    on_epoch=None,
+    score_test: bool = True,
+) -> dict:
     """Train one run from the dataset files and feature stores; return metrics.json's content.
 
     ``splits`` may pass splits already loaded with :func:`load_splits` (shared across runs).
@@ -743,29 +907,71 @@ def train_run(cfg: TrainConfig, *, data_root, dataset: str, category: str, featu
     threshold = cfg.threshold
     if threshold is None:
         from mmss_lib.data.mrhp import default_threshold
+
         threshold = default_threshold(dataset)
     run_info = {"dataset": dataset, "category": category}
     run_dir = Path(run_dir)
     with run_lock(run_dir, f"run ({dataset}/{category} {run_name(cfg.system, cfg.variant)} seed {cfg.seed})"):
-        return _train_run_locked(cfg, data_root=data_root, dataset=dataset, category=category,
-                                 features_root=features_root, run_dir=run_dir, progress=progress, splits=splits,
-                                 threshold=threshold, run_info=run_info, on_epoch=on_epoch, score_test=score_test)
+        return _train_run_locked(
+            cfg,
+            data_root=data_root,
+            dataset=dataset,
+            category=category,
+            features_root=features_root,
+            run_dir=run_dir,
+            progress=progress,
+            splits=splits,
+            threshold=threshold,
+            run_info=run_info,
+            on_epoch=on_epoch,
+            score_test=score_test,
+        )
 
 
-def _train_run_locked(cfg: TrainConfig, *, data_root, dataset, category, features_root, run_dir: Path, progress,
-                      splits, threshold, run_info, on_epoch=None, score_test=True) -> dict:
+def _train_run_locked(
+    cfg: TrainConfig,
+    *,
+    data_root,
+    dataset,
+    category,
+    features_root,
+    run_dir: Path,
+    progress,
+    splits,
+    threshold,
+    run_info,
+    on_epoch=None,
+    score_test=True,
+) -> dict:
     """:func:`train_run` while its run folder's lock is held (``mmss_lib.training.run_folder.run_lock``)."""
     from mmss_lib.models.registry import is_floor
-    if is_floor(cfg.system):       # no training: score dev/test into the same run-folder contract
+
+    if is_floor(cfg.system):  # no training: score dev/test into the same run-folder contract
         from mmss_lib.training.floors import run_floor
-        return run_floor(cfg, data_root=data_root, dataset=dataset, category=category, run_dir=run_dir,
-                         threshold=float(threshold), run_info=run_info, splits=splits)
+
+        return run_floor(
+            cfg,
+            data_root=data_root,
+            dataset=dataset,
+            category=category,
+            run_dir=run_dir,
+            threshold=float(threshold),
+            run_info=run_info,
+            splits=splits,
+        )
     # skip a finished run before loading anything
     done = finished_metrics(run_dir, cfg.to_json(), run_info)
     if done is not None:
         return done
     if splits is None:
         splits = load_splits(data_root, dataset, category, features_root, cfg)
-    return fit(cfg, splits, run_dir, threshold=float(threshold), progress=progress, run_info=run_info,
-               on_epoch=on_epoch, score_test=score_test)
-
+    return fit(
+        cfg,
+        splits,
+        run_dir,
+        threshold=float(threshold),
+        progress=progress,
+        run_info=run_info,
+        on_epoch=on_epoch,
+        score_test=score_test,
+    )

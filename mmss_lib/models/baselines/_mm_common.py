@@ -13,6 +13,7 @@ softmax, pooling and :class:`~mmss_lib.models.masked.AttentionPool` they combine
 - :class:`ScoreHead` - the MLP that maps a fused representation to the ranking score (B,).
 - :func:`check_batch` - clear :class:`~mmss_lib.errors.DataError` on inputs a model cannot use.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -58,8 +59,7 @@ class CrossAttention(nn.Module):
         k, v = self.kv(context).view(B, Lk, 2, self.h, dh).permute(2, 0, 3, 1, 4)  # 2 x (B, h, Lk, dh)
         bias = torch.zeros(B, 1, 1, Lk, dtype=q.dtype, device=q.device)
         bias = bias.masked_fill(~context_mask[:, None, None, :], -1e9)  # (B, 1, 1, Lk)
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
         out = self.out(ctx.transpose(1, 2).reshape(B, Lq, d))  # (B, Lq, d)
         # a query with no real context gets exactly zero (not the output bias)
         return out * has_any(context_mask).to(out.dtype)[:, None, None]
@@ -75,8 +75,7 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = CrossAttention(d, n_heads=n_heads)
-        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Dropout(dropout),
-                                nn.Linear(ff_mult * d, d))
+        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * d, d))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -105,8 +104,16 @@ class InputEncoder(nn.Module):
 
     STREAMS = ("pt", "rt", "pv", "rv")
 
-    def __init__(self, *, text_dim: int, region_dim: int, d: int, dropout: float = 0.1,
-                 use_boxes: bool = True, type_embeddings: bool = False):
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        region_dim: int,
+        d: int,
+        dropout: float = 0.1,
+        use_boxes: bool = True,
+        type_embeddings: bool = False,
+    ):
         super().__init__()
         self.text_dim, self.region_dim, self.use_boxes = text_dim, region_dim, use_boxes
         self.text = nn.Sequential(nn.Linear(text_dim, d), nn.LayerNorm(d), nn.GELU(), nn.Dropout(dropout))
@@ -140,8 +147,7 @@ class ScoreHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, *, dropout: float = 0.1):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, 1))
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.mlp(z).squeeze(-1)  # (B,)
@@ -152,13 +158,22 @@ def check_batch(batch: Batch, *, text_dim: int, region_dim: int, system: str) ->
     if batch.pt is None or batch.rt is None:
         raise DataError(
             f"{system}: batch fields 'pt'/'rt' are None (fine-tuning mode with token ids); the "
-            f"comparison systems read token features: extract them into the feature store first")
-    for name, dim, what in (("pt", text_dim, "text_dim"), ("rt", text_dim, "text_dim"),
-                            ("pv", region_dim, "region_dim"), ("rv", region_dim, "region_dim")):
+            f"comparison systems read token features: extract them into the feature store first"
+        )
+    for name, dim, what in (
+        ("pt", text_dim, "text_dim"),
+        ("rt", text_dim, "text_dim"),
+        ("pv", region_dim, "region_dim"),
+        ("rv", region_dim, "region_dim"),
+    ):
         x, m = getattr(batch, name), getattr(batch, f"{name}_mask")
         if x.dim() != 3 or x.shape[-1] != dim:
-            raise DataError(f"{system}: batch field {name!r} has shape {tuple(x.shape)}; expected "
-                            f"(B, L, {dim}) for the model's {what}={dim}")
+            raise DataError(
+                f"{system}: batch field {name!r} has shape {tuple(x.shape)}; expected "
+                f"(B, L, {dim}) for the model's {what}={dim}"
+            )
         if m.shape != x.shape[:2] or m.dtype != torch.bool:
-            raise DataError(f"{system}: batch field '{name}_mask' has shape {tuple(m.shape)} and dtype "
-                            f"{m.dtype}; expected a bool mask of shape {tuple(x.shape[:2])}")
+            raise DataError(
+                f"{system}: batch field '{name}_mask' has shape {tuple(m.shape)} and dtype "
+                f"{m.dtype}; expected a bool mask of shape {tuple(x.shape[:2])}"
+            )

@@ -29,6 +29,7 @@ concatenated and a two-layer MLP maps them to the helpfulness score.
 
 No extra loss: ``aux_loss`` is None. Image inputs are ignored.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,7 +45,7 @@ _EPS = 1e-8
 
 def _perspective_norms(v: Tensor, w2: Tensor) -> Tensor:
     """||W_k * v|| for each perspective k: (..., h) -> (..., l), never below _EPS (finite gradients at 0)."""
-    return torch.einsum("...h,kh->...k", v * v, w2).clamp_min(_EPS ** 2).sqrt()
+    return torch.einsum("...h,kh->...k", v * v, w2).clamp_min(_EPS**2).sqrt()
 
 
 def multi_perspective_cosine(v1: Tensor, v2: Tensor, weight: Tensor) -> Tensor:
@@ -54,17 +55,17 @@ def multi_perspective_cosine(v1: Tensor, v2: Tensor, weight: Tensor) -> Tensor:
     Returns (..., l). Expanded as ``sum_h w_kh^2 v1_h v2_h / (||W_k v1|| ||W_k v2||)`` so that no
     (..., l, h) tensor is materialised.
     """
-    w2 = weight * weight                                                 # (l, h)
-    num = torch.einsum("...h,kh->...k", v1 * v2, w2)                     # (..., l)
+    w2 = weight * weight  # (l, h)
+    num = torch.einsum("...h,kh->...k", v1 * v2, w2)  # (..., l)
     return num / (_perspective_norms(v1, w2) * _perspective_norms(v2, w2))
 
 
 def pairwise_multi_perspective_cosine(h1: Tensor, h2: Tensor, weight: Tensor) -> Tensor:
     """All-pairs f_m between the steps of h1 (B, L1, h) and h2 (B, L2, h) -> (B, L1, L2, l)."""
-    w2 = weight * weight                                                 # (l, h)
-    num = torch.einsum("bih,kh,bjh->bijk", h1, w2, h2)                   # (B, L1, L2, l)
-    n1 = _perspective_norms(h1, w2)                                      # (B, L1, l)
-    n2 = _perspective_norms(h2, w2)                                      # (B, L2, l)
+    w2 = weight * weight  # (l, h)
+    num = torch.einsum("bih,kh,bjh->bijk", h1, w2, h2)  # (B, L1, L2, l)
+    n1 = _perspective_norms(h1, w2)  # (B, L1, l)
+    n2 = _perspective_norms(h2, w2)  # (B, L2, l)
     return num / (n1[:, :, None, :] * n2[:, None, :, :])
 
 
@@ -82,31 +83,31 @@ class MultiPerspectiveMatching(nn.Module):
         # one (l, h) weight per strategy x direction: full, maxpool, attentive, max-attentive
         self.weight = nn.Parameter(torch.rand(4, 2, perspectives, hidden))
 
-    def forward(self, h1: Tensor, mask1: Tensor, h2: Tensor, mask2: Tensor,
-                final2: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, h1: Tensor, mask1: Tensor, h2: Tensor, mask2: Tensor, final2: tuple[Tensor, Tensor]) -> Tensor:
         hd = self.hidden
         out = []
-        for d in range(2):                                             # 0 = forward, 1 = backward
-            s1 = h1[..., d * hd:(d + 1) * hd]                          # (B, L1, h)
-            s2 = h2[..., d * hd:(d + 1) * hd]                          # (B, L2, h)
+        for d in range(2):  # 0 = forward, 1 = backward
+            s1 = h1[..., d * hd : (d + 1) * hd]  # (B, L1, h)
+            s2 = h2[..., d * hd : (d + 1) * hd]  # (B, L2, h)
             # full matching: against text 2's final state of this direction
             out.append(multi_perspective_cosine(s1, final2[d][:, None, :], self.weight[0, d]))
             # max-pooling matching: max over the real steps of text 2
-            pair = pairwise_multi_perspective_cosine(s1, s2, self.weight[1, d])   # (B, L1, L2, l)
-            m2 = mask2[:, None, :].expand(-1, s1.shape[1], -1)                   # (B, L1, L2)
-            out.append(masked_max(pair, m2, dim=2, ties="first"))                # (B, L1, l)
+            pair = pairwise_multi_perspective_cosine(s1, s2, self.weight[1, d])  # (B, L1, L2, l)
+            m2 = mask2[:, None, :].expand(-1, s1.shape[1], -1)  # (B, L1, L2)
+            out.append(masked_max(pair, m2, dim=2, ties="first"))  # (B, L1, l)
             # cosine between the contextual states drives both attentive strategies
-            cos = torch.einsum("bih,bjh->bij", F.normalize(s1, dim=-1, eps=_EPS),
-                               F.normalize(s2, dim=-1, eps=_EPS))               # (B, L1, L2)
+            cos = torch.einsum(
+                "bih,bjh->bij", F.normalize(s1, dim=-1, eps=_EPS), F.normalize(s2, dim=-1, eps=_EPS)
+            )  # (B, L1, L2)
             # attentive matching: against the (softmax-)weighted mean of text 2
-            att = masked_softmax(cos, mask2[:, None, :], dim=-1)                 # (B, L1, L2)
-            mean2 = torch.einsum("bij,bjh->bih", att, s2)                        # (B, L1, h)
+            att = masked_softmax(cos, mask2[:, None, :], dim=-1)  # (B, L1, L2)
+            mean2 = torch.einsum("bij,bjh->bih", att, s2)  # (B, L1, h)
             out.append(multi_perspective_cosine(s1, mean2, self.weight[2, d]))
             # max-attentive matching: against text 2's step with the highest cosine
-            best = cos.masked_fill(~mask2[:, None, :], -2.0).argmax(-1)          # (B, L1)
-            pick = s2.gather(1, best.unsqueeze(-1).expand(-1, -1, hd))           # (B, L1, h)
+            best = cos.masked_fill(~mask2[:, None, :], -2.0).argmax(-1)  # (B, L1)
+            pick = s2.gather(1, best.unsqueeze(-1).expand(-1, -1, hd))  # (B, L1, h)
             out.append(multi_perspective_cosine(s1, pick, self.weight[3, d]))
-        m = torch.cat(out, dim=-1)                                               # (B, L1, 8l)
+        m = torch.cat(out, dim=-1)  # (B, L1, 8l)
         return m * mask1.unsqueeze(-1).to(m.dtype)
 
 
@@ -117,30 +118,44 @@ class BiMPM(nn.Module):
     ``agg_hidden`` (aggregation LSTM size per direction), ``dropout``.
     """
 
-    def __init__(self, *, text_dim: int, region_dim: int = 2048, hidden: int = 64,
-                 perspectives: int = 10, agg_hidden: int = 64, dropout: float = 0.1):
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        region_dim: int = 2048,
+        hidden: int = 64,
+        perspectives: int = 10,
+        agg_hidden: int = 64,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.text_dim, self.region_dim = text_dim, region_dim
         self.drop = nn.Dropout(dropout)
-        self.context = MaskedBiLSTM(text_dim, hidden)                     # shared by P and Q
-        self.match_pq = MultiPerspectiveMatching(hidden, perspectives)    # P against Q
-        self.match_qp = MultiPerspectiveMatching(hidden, perspectives)    # Q against P
-        self.aggregate = MaskedBiLSTM(8 * perspectives, agg_hidden)       # shared by both sides
+        self.context = MaskedBiLSTM(text_dim, hidden)  # shared by P and Q
+        self.match_pq = MultiPerspectiveMatching(hidden, perspectives)  # P against Q
+        self.match_qp = MultiPerspectiveMatching(hidden, perspectives)  # Q against P
+        self.aggregate = MaskedBiLSTM(8 * perspectives, agg_hidden)  # shared by both sides
         self.predict = nn.Sequential(
-            nn.Linear(4 * agg_hidden, 2 * agg_hidden), nn.Tanh(), nn.Dropout(dropout),
-            nn.Linear(2 * agg_hidden, 1))
+            nn.Linear(4 * agg_hidden, 2 * agg_hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(2 * agg_hidden, 1)
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         (p, pm), (q, qm) = text_inputs(batch, self.text_dim, system="BiMPM")
-        hp = self.drop(self.context(p, pm))                               # (B, Lp, 2h)
-        hq = self.drop(self.context(q, qm))                               # (B, Lq, 2h)
+        hp = self.drop(self.context(p, pm))  # (B, Lp, 2h)
+        hq = self.drop(self.context(q, qm))  # (B, Lq, 2h)
         final_p = (self.context.last_forward(hp, pm), self.context.last_backward(hp, pm))
         final_q = (self.context.last_forward(hq, qm), self.context.last_backward(hq, qm))
-        mp = self.drop(self.match_pq(hp, pm, hq, qm, final_q))            # (B, Lp, 8l)
-        mq = self.drop(self.match_qp(hq, qm, hp, pm, final_p))            # (B, Lq, 8l)
-        ap = self.aggregate(mp, pm)                                       # (B, Lp, 2a)
-        aq = self.aggregate(mq, qm)                                       # (B, Lq, 2a)
-        agg = torch.cat([self.aggregate.last_forward(ap, pm), self.aggregate.last_backward(ap, pm),
-                         self.aggregate.last_forward(aq, qm), self.aggregate.last_backward(aq, qm)],
-                        dim=-1)                                           # (B, 4a)
+        mp = self.drop(self.match_pq(hp, pm, hq, qm, final_q))  # (B, Lp, 8l)
+        mq = self.drop(self.match_qp(hq, qm, hp, pm, final_p))  # (B, Lq, 8l)
+        ap = self.aggregate(mp, pm)  # (B, Lp, 2a)
+        aq = self.aggregate(mq, qm)  # (B, Lq, 2a)
+        agg = torch.cat(
+            [
+                self.aggregate.last_forward(ap, pm),
+                self.aggregate.last_backward(ap, pm),
+                self.aggregate.last_forward(aq, qm),
+                self.aggregate.last_backward(aq, qm),
+            ],
+            dim=-1,
+        )  # (B, 4a)
         return ModelOutput(score=self.predict(agg).squeeze(-1))

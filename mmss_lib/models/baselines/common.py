@@ -6,6 +6,7 @@ Input checks: :func:`text_inputs`. Sequence encoders that respect lengths: :clas
 never changes a real position's output and an all-padding row gives zeros. The masked softmax,
 pooling and attention they combine with are in :mod:`mmss_lib.models.masked`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,10 @@ __all__ = ["text_inputs", "MaskedBiLSTM", "NGramConv"]
 
 # ----------------------------------------------------------------------------- input checks
 
-def text_inputs(batch, text_dim: int, *, system: str, fields: tuple[str, ...] = ("pt", "rt")) -> list[tuple[Tensor, Tensor]]:
+
+def text_inputs(
+    batch, text_dim: int, *, system: str, fields: tuple[str, ...] = ("pt", "rt")
+) -> list[tuple[Tensor, Tensor]]:
     """Return ``[(x, mask), ...]`` for the named text fields of ``batch``, after checking them.
 
     ``x`` is ``(B, L, text_dim)`` float and ``mask`` ``(B, L)`` bool. Raises :class:`DataError`
@@ -34,19 +38,21 @@ def text_inputs(batch, text_dim: int, *, system: str, fields: tuple[str, ...] = 
         if x is None:
             raise DataError(
                 f"{system}: batch.{name} is None (token ids only?); this system reads token features "
-                f"from the feature store: build the batch with text features of size {text_dim}")
+                f"from the feature store: build the batch with text features of size {text_dim}"
+            )
         if x.dim() != 3 or x.shape[-1] != text_dim:
             raise DataError(
                 f"{system}: batch.{name} has shape {tuple(x.shape)}, expected (B, L, {text_dim}) "
-                f"(text_dim of the model); rebuild the model with the feature store's dim")
+                f"(text_dim of the model); rebuild the model with the feature store's dim"
+            )
         if mask.shape != x.shape[:2]:
-            raise DataError(
-                f"{system}: batch.{name}_mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:2])}")
+            raise DataError(f"{system}: batch.{name}_mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:2])}")
         out.append((x.float(), mask.bool()))
     return out
 
 
 # ----------------------------------------------------------------------------- sequence encoders
+
 
 class MaskedBiLSTM(nn.Module):
     """A bidirectional LSTM that only reads the real tokens of each row.
@@ -74,28 +80,28 @@ class MaskedBiLSTM(nn.Module):
         Its own inverse.
         """
         L = x.shape[1]
-        t = torch.arange(L, device=x.device)[None, :]                    # (1, L)
+        t = torch.arange(L, device=x.device)[None, :]  # (1, L)
         idx = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # (B, L)
         return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         lengths = lengths_from_mask(mask, name="MaskedBiLSTM mask")
-        m = mask.unsqueeze(-1).to(x.dtype)                               # (B, L, 1)
-        x = x * m                                                        # zero the padding
-        h_fwd, _ = self.forward_lstm(x)                                  # (B, L, h)
+        m = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        x = x * m  # zero the padding
+        h_fwd, _ = self.forward_lstm(x)  # (B, L, h)
         h_bwd, _ = self.backward_lstm(self.reverse_within_length(x, lengths))
-        h_bwd = self.reverse_within_length(h_bwd, lengths)               # (B, L, h)
-        return torch.cat([h_fwd, h_bwd], dim=-1) * m                     # (B, L, 2h)
+        h_bwd = self.reverse_within_length(h_bwd, lengths)  # (B, L, h)
+        return torch.cat([h_fwd, h_bwd], dim=-1) * m  # (B, L, 2h)
 
     def last_forward(self, h: Tensor, mask: Tensor) -> Tensor:
         """Forward direction's state at the last real token: (B, L, 2h) -> (B, h); zeros if empty."""
-        last = (mask.sum(1) - 1).clamp_min(0)                           # (B,)
-        idx = last[:, None, None].expand(-1, 1, self.hidden)            # (B, 1, h)
-        return h[..., : self.hidden].gather(1, idx).squeeze(1)          # (B, h)
+        last = (mask.sum(1) - 1).clamp_min(0)  # (B,)
+        idx = last[:, None, None].expand(-1, 1, self.hidden)  # (B, 1, h)
+        return h[..., : self.hidden].gather(1, idx).squeeze(1)  # (B, h)
 
     def last_backward(self, h: Tensor, mask: Tensor) -> Tensor:
         """Backward direction's final state, i.e. its output at position 0: (B, h); zeros if empty."""
-        return h[:, 0, self.hidden:]
+        return h[:, 0, self.hidden :]
 
 
 class NGramConv(nn.Module):
@@ -115,7 +121,7 @@ class NGramConv(nn.Module):
         self.act = {"relu": F.relu, "tanh": torch.tanh, "none": lambda t: t}[activation]
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        x = x * mask.unsqueeze(-1).to(x.dtype)                           # (B, L, d)
-        x = F.pad(x.transpose(1, 2), (0, self.n - 1))                    # (B, d, L + n - 1)
-        y = self.act(self.conv(x)).transpose(1, 2)                       # (B, L, C)
+        x = x * mask.unsqueeze(-1).to(x.dtype)  # (B, L, d)
+        x = F.pad(x.transpose(1, 2), (0, self.n - 1))  # (B, d, L + n - 1)
+        y = self.act(self.conv(x)).transpose(1, 2)  # (B, L, C)
         return y * mask.unsqueeze(-1).to(y.dtype)

@@ -25,6 +25,7 @@ query n-gram adds nothing to phi.
 
 No extra loss: ``aux_loss`` is None. Image inputs are ignored.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,26 +45,27 @@ def kernel_mus_sigmas(n_kernels: int = 11, sigma: float = 0.1, exact_sigma: floa
     """
     assert n_kernels >= 2, "need the exact-match kernel and at least one soft kernel"
     n_soft = n_kernels - 1
-    width = 2.0 / n_soft                                       # bin width over [-1, 1]
+    width = 2.0 / n_soft  # bin width over [-1, 1]
     soft = [1.0 - width / 2 - i * width for i in range(n_soft)]
     mus = torch.tensor([1.0] + soft)
     sigmas = torch.tensor([exact_sigma] + [sigma] * n_soft)
     return mus, sigmas
 
 
-def kernel_pooling(sim: Tensor, q_mask: Tensor, d_mask: Tensor, mus: Tensor, sigmas: Tensor,
-                   *, log_scale: float = 0.01) -> Tensor:
+def kernel_pooling(
+    sim: Tensor, q_mask: Tensor, d_mask: Tensor, mus: Tensor, sigmas: Tensor, *, log_scale: float = 0.01
+) -> Tensor:
     """Soft-TF features of a translation matrix ``sim`` (B, Lq, Ld) -> (B, K).
 
     ``K_k(i) = sum_{j real} exp(-(sim_ij - mu_k)^2 / (2 sigma_k^2))``;
     ``phi_k = log_scale * sum_{i real} log(max(K_k(i), 1e-10))``.
     """
-    diff = sim.unsqueeze(-1) - mus                                       # (B, Lq, Ld, K)
-    rbf = torch.exp(-diff.pow(2) / (2 * sigmas.pow(2)))                  # (B, Lq, Ld, K)
-    rbf = rbf * d_mask[:, None, :, None].to(rbf.dtype)                   # padded documents add 0
-    soft_tf = rbf.sum(2)                                                 # (B, Lq, K)
-    log_tf = torch.log(soft_tf.clamp_min(1e-10)) * log_scale             # (B, Lq, K)
-    return (log_tf * q_mask.unsqueeze(-1).to(log_tf.dtype)).sum(1)       # (B, K)
+    diff = sim.unsqueeze(-1) - mus  # (B, Lq, Ld, K)
+    rbf = torch.exp(-diff.pow(2) / (2 * sigmas.pow(2)))  # (B, Lq, Ld, K)
+    rbf = rbf * d_mask[:, None, :, None].to(rbf.dtype)  # padded documents add 0
+    soft_tf = rbf.sum(2)  # (B, Lq, K)
+    log_tf = torch.log(soft_tf.clamp_min(1e-10)) * log_scale  # (B, Lq, K)
+    return (log_tf * q_mask.unsqueeze(-1).to(log_tf.dtype)).sum(1)  # (B, K)
 
 
 class ConvKNRM(nn.Module):
@@ -73,10 +75,21 @@ class ConvKNRM(nn.Module):
     ``exact_sigma``, ``cross_match``, ``log_scale``, ``tanh_output``, ``dropout``.
     """
 
-    def __init__(self, *, text_dim: int, region_dim: int = 2048, filters: int = 64,
-                 ngrams: tuple[int, ...] = (1, 2, 3), n_kernels: int = 11, sigma: float = 0.1,
-                 exact_sigma: float = 1e-3, cross_match: bool = True, log_scale: float = 0.01,
-                 tanh_output: bool = False, dropout: float = 0.0):
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        region_dim: int = 2048,
+        filters: int = 64,
+        ngrams: tuple[int, ...] = (1, 2, 3),
+        n_kernels: int = 11,
+        sigma: float = 0.1,
+        exact_sigma: float = 1e-3,
+        cross_match: bool = True,
+        log_scale: float = 0.01,
+        tanh_output: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.text_dim, self.region_dim = text_dim, region_dim
         self.convs = nn.ModuleList(NGramConv(text_dim, filters, n) for n in ngrams)
@@ -97,9 +110,9 @@ class ConvKNRM(nn.Module):
         d_grams = [F.normalize(conv(d, dm), dim=-1, eps=1e-8) for conv in self.convs]  # each (B, Ld, F)
         feats = []
         for a, b in self.pairs:
-            sim = torch.einsum("bif,bjf->bij", q_grams[a], d_grams[b])   # (B, Lq, Ld) translation matrix
+            sim = torch.einsum("bif,bjf->bij", q_grams[a], d_grams[b])  # (B, Lq, Ld) translation matrix
             feats.append(kernel_pooling(sim, qm, dm, self.mus, self.sigmas, log_scale=self.log_scale))
-        phi = self.drop(torch.cat(feats, dim=-1))                        # (B, pairs * K)
+        phi = self.drop(torch.cat(feats, dim=-1))  # (B, pairs * K)
         score = self.out(phi).squeeze(-1)
         if self.tanh_output:
             score = torch.tanh(score)

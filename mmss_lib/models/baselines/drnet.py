@@ -20,6 +20,7 @@ multimodal MRHP baseline (Tables 1-2); here it ranks reviews of a product.
 Image-dependent parts (decomposition pairs and relation (a)) are zero for a review without
 images; a has-image flag enters the fusion.
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,8 +59,9 @@ class Relation(nn.Module):
         super().__init__()
         self.attend = CrossAttention(d, n_heads=n_heads)
         self.ln = nn.LayerNorm(d)
-        self.pool = AttentionPool(d, hidden=64, activation="relu", score_bias=True, softmax="shifted",
-                                  weighted_sum="broadcast")
+        self.pool = AttentionPool(
+            d, hidden=64, activation="relu", score_bias=True, softmax="shifted", weighted_sum="broadcast"
+        )
 
     def forward(self, concepts: Tensor, c_mask: Tensor, text: Tensor, t_mask: Tensor) -> Tensor:
         a = self.ln(concepts + self.attend(concepts, text, t_mask))  # (B, Lc, d)
@@ -72,16 +74,23 @@ class DRNet(nn.Module):
     Options: ``d`` width, ``n_heads``, ``dropout``, ``use_boxes``.
     """
 
-    def __init__(self, *, text_dim: int, region_dim: int = 2048, d: int = 128, n_heads: int = 4,
-                 dropout: float = 0.1, use_boxes: bool = True):
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        region_dim: int = 2048,
+        d: int = 128,
+        n_heads: int = 4,
+        dropout: float = 0.1,
+        use_boxes: bool = True,
+    ):
         super().__init__()
         self.text_dim, self.region_dim = text_dim, region_dim
-        self.inputs = InputEncoder(text_dim=text_dim, region_dim=region_dim, d=d, dropout=dropout,
-                                   use_boxes=use_boxes)
+        self.inputs = InputEncoder(text_dim=text_dim, region_dim=region_dim, d=d, dropout=dropout, use_boxes=use_boxes)
         self.text_encoder = TransformerBlock(d, n_heads=n_heads, dropout=dropout)
-        self.decompose_review = Decomposition(d)   # review text vs review images
+        self.decompose_review = Decomposition(d)  # review text vs review images
         self.decompose_product = Decomposition(d)  # product text vs review images
-        self.relate_image = Relation(d, n_heads=n_heads, dropout=dropout)    # review regions -> review text
+        self.relate_image = Relation(d, n_heads=n_heads, dropout=dropout)  # review regions -> review text
         self.relate_product = Relation(d, n_heads=n_heads, dropout=dropout)  # product tokens -> review text
         self.head = ScoreHead(7 * d + 1, d, dropout=dropout)
 
@@ -90,11 +99,16 @@ class DRNet(nn.Module):
         s = self.inputs(batch)
         rt, rt_m = self.text_encoder(*s["rt"]), s["rt"][1]  # (B, Lr, d)
         pt, pt_m = self.text_encoder(*s["pt"]), s["pt"][1]  # (B, Lp, d)
-        rv, rv_m = s["rv"]                                   # (B, Nr, d)
-        hv = has_any(rv_m).to(rt.dtype)[:, None]             # (B, 1)
+        rv, rv_m = s["rv"]  # (B, Nr, d)
+        hv = has_any(rv_m).to(rt.dtype)[:, None]  # (B, 1)
         zt, zp, zv = masked_mean(rt, rt_m), masked_mean(pt, pt_m), masked_mean(rv, rv_m)
         dec = torch.cat([self.decompose_review(zt, zv), self.decompose_product(zp, zv)], -1) * hv  # (B, 4d)
-        rel = torch.cat([self.relate_image(rv, rv_m, rt, rt_m),     # zero without review images
-                         self.relate_product(pt, pt_m, rt, rt_m)], -1)  # (B, 2d)
+        rel = torch.cat(
+            [
+                self.relate_image(rv, rv_m, rt, rt_m),  # zero without review images
+                self.relate_product(pt, pt_m, rt, rt_m),
+            ],
+            -1,
+        )  # (B, 2d)
         g = torch.cat([zt, dec, rel, hv], dim=-1)  # (B, 7d + 1)
         return ModelOutput(score=self.head(g), features={"g": g})

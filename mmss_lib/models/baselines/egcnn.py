@@ -21,6 +21,7 @@ through dropout and a linear layer to the score.
 
 Image inputs and the product text are ignored.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,7 +45,7 @@ class EmbeddingGate(nn.Module):
         self.proj = nn.Linear(dim, 1 if mode == "token" else dim)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.proj(e)) * e                              # (B, L, d)
+        return torch.sigmoid(self.proj(e)) * e  # (B, L, d)
 
 
 class EGCNN(nn.Module):
@@ -54,8 +55,16 @@ class EGCNN(nn.Module):
     ``dropout``.
     """
 
-    def __init__(self, *, text_dim: int, region_dim: int = 2048, filters: int = 64,
-                 widths: tuple[int, ...] = (1, 2, 3), gate: str = "token", dropout: float = 0.1):
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        region_dim: int = 2048,
+        filters: int = 64,
+        widths: tuple[int, ...] = (1, 2, 3),
+        gate: str = "token",
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.text_dim, self.region_dim = text_dim, region_dim
         self.gate = EmbeddingGate(text_dim, gate)
@@ -65,7 +74,7 @@ class EGCNN(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         ((r, rm),) = text_inputs(batch, self.text_dim, system="EGCNN", fields=("rt",))
-        e = self.drop(self.gate(r))                                          # (B, L, d)
+        e = self.drop(self.gate(r))  # (B, L, d)
         pooled = [masked_max(conv(e, rm), rm, ties="first") for conv in self.convs]  # each (B, F)
-        h = self.drop(torch.cat(pooled, dim=-1))                             # (B, F * n_widths)
+        h = self.drop(torch.cat(pooled, dim=-1))  # (B, F * n_widths)
         return ModelOutput(score=self.out(h).squeeze(-1))

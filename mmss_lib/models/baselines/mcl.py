@@ -16,6 +16,7 @@ representation is scored.
 | samples in the contrast | those with images                                  | only samples whose review has images; zero loss when none has   |
 | output                  | MLP -> score; ranking loss + contrastive loss      | MLP -> score; ``aux_loss`` = ``aux_weight`` x mean of (a), (b) |
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,9 +28,16 @@ from mmss_lib.data.batch import Batch, ModelOutput
 from mmss_lib.models.masked import has_any, masked_mean
 
 
-def adaptive_info_nce(a: Tensor, b: Tensor, valid: Tensor, *, tau: float = 0.1,
-                      not_negative: Tensor | None = None, adaptive: bool = True,
-                      margin: float = 0.25) -> Tensor:
+def adaptive_info_nce(
+    a: Tensor,
+    b: Tensor,
+    valid: Tensor,
+    *,
+    tau: float = 0.1,
+    not_negative: Tensor | None = None,
+    adaptive: bool = True,
+    margin: float = 0.25,
+) -> Tensor:
     """Symmetric InfoNCE between rows of ``a`` and ``b`` (B, k): row i of ``a`` and row i of ``b``
     are the positive pair; other ``valid`` rows are in-batch negatives.
 
@@ -79,21 +87,37 @@ class MCL(nn.Module):
     ``use_boxes``.
     """
 
-    def __init__(self, *, text_dim: int, region_dim: int = 2048, d: int = 128, n_layers: int = 2,
-                 n_heads: int = 4, tau: float = 0.1, aux_weight: float = 0.1, adaptive: bool = True,
-                 margin: float = 0.25, dropout: float = 0.1, use_boxes: bool = True):
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        region_dim: int = 2048,
+        d: int = 128,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        tau: float = 0.1,
+        aux_weight: float = 0.1,
+        adaptive: bool = True,
+        margin: float = 0.25,
+        dropout: float = 0.1,
+        use_boxes: bool = True,
+    ):
         super().__init__()
         assert tau > 0, f"tau must be positive, got {tau}"
         self.text_dim, self.region_dim = text_dim, region_dim
         self.tau, self.aux_weight, self.adaptive, self.margin = tau, aux_weight, adaptive, margin
-        self.inputs = InputEncoder(text_dim=text_dim, region_dim=region_dim, d=d, dropout=dropout,
-                                   use_boxes=use_boxes, type_embeddings=True)
-        self.layers = nn.ModuleList(TransformerBlock(d, n_heads=n_heads, dropout=dropout)
-                                    for _ in range(n_layers))
+        self.inputs = InputEncoder(
+            text_dim=text_dim, region_dim=region_dim, d=d, dropout=dropout, use_boxes=use_boxes, type_embeddings=True
+        )
+        self.layers = nn.ModuleList(TransformerBlock(d, n_heads=n_heads, dropout=dropout) for _ in range(n_layers))
         self.ln = nn.LayerNorm(d)
         # projection heads for the contrastive space
-        self.proj = nn.ModuleDict({k: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
-                                   for k in ("text", "image", "product", "review")})
+        self.proj = nn.ModuleDict(
+            {
+                k: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+                for k in ("text", "image", "product", "review")
+            }
+        )
         self.head = ScoreHead(5 * d + 1, d, dropout=dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -108,7 +132,7 @@ class MCL(nn.Module):
         z, start = {}, 0
         for k in streams:  # pool each stream back out of the joint sequence
             L = s[k][1].shape[1]
-            z[k] = masked_mean(x[:, start:start + L], s[k][1])  # (B, d)
+            z[k] = masked_mean(x[:, start : start + L], s[k][1])  # (B, d)
             start += L
         hp = has_any(batch.pv_mask).to(x.dtype)[:, None]  # (B, 1)
         hr = has_any(batch.rv_mask).to(x.dtype)[:, None]
@@ -121,7 +145,8 @@ class MCL(nn.Module):
         same_product = batch.product[:, None] == batch.product[None, :]  # (B, B)
         kw = dict(tau=self.tau, adaptive=self.adaptive, margin=self.margin)
         l_ti = adaptive_info_nce(self.proj["text"](z["rt"]), self.proj["image"](z["rv"]), with_img, **kw)
-        l_pr = adaptive_info_nce(self.proj["review"](review), self.proj["product"](product), with_img,
-                                 not_negative=same_product, **kw)
+        l_pr = adaptive_info_nce(
+            self.proj["review"](review), self.proj["product"](product), with_img, not_negative=same_product, **kw
+        )
         aux = self.aux_weight * 0.5 * (l_ti + l_pr)
         return ModelOutput(score=score, aux_loss=aux, features={"g": torch.cat([review, product], -1)})

@@ -25,6 +25,7 @@ the coherence vector is pooled. All perspectives are concatenated -> MLP -> scor
 | output                    | MLP -> score                                       | same                                                        |
 | loss                      | label-gap hinge max(0, (y+ - y-) - (s+ - s-)) (MRHP_FACTS.md section 5) | the harness's loss (``mmss_lib.models.losses.label_gap_hinge`` reproduces MCR's own); no extra loss here |
 """
+
 from __future__ import annotations
 
 import torch
@@ -83,27 +84,37 @@ class MCR(nn.Module):
 
     PAIRS = (("rt", "pt"), ("rv", "pv"), ("rt", "pv"), ("rv", "pt"))  # intra-modal x2, inter-modal x2
 
-    def __init__(self, *, text_dim: int, region_dim: int = 2048, d: int = 128, n_heads: int = 4,
-                 dropout: float = 0.1, use_boxes: bool = True):
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        region_dim: int = 2048,
+        d: int = 128,
+        n_heads: int = 4,
+        dropout: float = 0.1,
+        use_boxes: bool = True,
+    ):
         super().__init__()
         self.text_dim, self.region_dim = text_dim, region_dim
-        self.inputs = InputEncoder(text_dim=text_dim, region_dim=region_dim, d=d, dropout=dropout,
-                                   use_boxes=use_boxes, type_embeddings=True)
+        self.inputs = InputEncoder(
+            text_dim=text_dim, region_dim=region_dim, d=d, dropout=dropout, use_boxes=use_boxes, type_embeddings=True
+        )
         self.text_encoder = TransformerBlock(d, n_heads=n_heads, dropout=dropout)
         self.image_gate = GatedTanh(d, d)
         self.review_reasoning = TransformerBlock(d, n_heads=n_heads, dropout=dropout)
-        self.review_pool = AttentionPool(d, claim_dim=d, hidden=64, activation="relu", score_bias=True,
-                                         softmax="shifted", weighted_sum="broadcast")
-        self.matches = nn.ModuleDict({f"{r}_{p}": CoherenceMatch(d, n_heads=n_heads, dropout=dropout)
-                                      for r, p in self.PAIRS})
+        self.review_pool = AttentionPool(
+            d, claim_dim=d, hidden=64, activation="relu", score_bias=True, softmax="shifted", weighted_sum="broadcast"
+        )
+        self.matches = nn.ModuleDict(
+            {f"{r}_{p}": CoherenceMatch(d, n_heads=n_heads, dropout=dropout) for r, p in self.PAIRS}
+        )
         self.head = ScoreHead(2 * d + len(self.PAIRS) * (d + 2) + 1, d, dropout=dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
         check_batch(batch, text_dim=self.text_dim, region_dim=self.region_dim, system="MCR")
         s = self.inputs(batch)
         enc = {k: (self.text_encoder(x, m), m) for k, (x, m) in s.items() if k in ("pt", "rt")}
-        enc.update({k: (zero_padding(self.image_gate(x), m), m) for k, (x, m) in s.items()
-                    if k in ("pv", "rv")})
+        enc.update({k: (zero_padding(self.image_gate(x), m), m) for k, (x, m) in s.items() if k in ("pv", "rv")})
         # product claim: mean of its available modalities
         zp_t, zp_v = masked_mean(*enc["pt"]), masked_mean(*enc["pv"])
         hp = has_any(enc["pv"][1]).to(zp_t.dtype)[:, None]  # (B, 1)

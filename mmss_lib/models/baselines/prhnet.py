@@ -22,6 +22,7 @@ representation r_s is an attention pooling of H_r. An MLP maps [r_s; r_p] to the
 
 No extra loss: ``aux_loss`` is None. Image inputs are ignored.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,8 @@ class ProductAwareAttention(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.bilinear = nn.Linear(dim, dim, bias=False)                  # W_a
-        self.fuse = nn.Linear(3 * dim, dim)                              # W_u
+        self.bilinear = nn.Linear(dim, dim, bias=False)  # W_a
+        self.fuse = nn.Linear(3 * dim, dim)  # W_u
 
     def forward(self, hr, rm, hp, pm):
         ctx = masked_attention(self.bilinear(hr), hp, hp, pm, scale=1.0)  # (B, Lr, k), bilinear scores
@@ -69,9 +70,9 @@ class PRHNet(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         (p, pm), (r, rm) = text_inputs(batch, self.text_dim, system="PRHNet")
-        hr = self.drop(self.review_encoder(r, rm))                       # (B, Lr, 2h)
-        hp = self.drop(self.product_encoder(p, pm))                      # (B, Lp, 2h)
-        u = self.product_attention(hr, rm, hp, pm)                       # (B, Lr, 2h)
-        r_self = self.pool_self(hr, rm)                                  # (B, 2h)
-        r_aware = self.pool_aware(u, rm)                                 # (B, 2h)
+        hr = self.drop(self.review_encoder(r, rm))  # (B, Lr, 2h)
+        hp = self.drop(self.product_encoder(p, pm))  # (B, Lp, 2h)
+        u = self.product_attention(hr, rm, hp, pm)  # (B, Lr, 2h)
+        r_self = self.pool_self(hr, rm)  # (B, 2h)
+        r_aware = self.pool_aware(u, rm)  # (B, 2h)
         return ModelOutput(score=self.mlp(torch.cat([r_self, r_aware], dim=-1)).squeeze(-1))

@@ -20,6 +20,7 @@ MRHP baseline (Tables 1-2); here it ranks reviews of a product.
 Samples without any image get a zero image embedding (never attended to); the fusion MLP also
 sees a has-image flag.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,9 @@ from mmss_lib.data.batch import Batch, ModelOutput
 from mmss_lib.models.masked import has_any, masked_mean
 
 
-def stochastic_shared_embedding(z: Tensor, label: Tensor, eligible: Tensor, p: float,
-                                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def stochastic_shared_embedding(
+    z: Tensor, label: Tensor, eligible: Tensor, p: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """SSE swap: each eligible row of ``z`` (B, d) is, with probability ``p``, replaced by the row
     of another eligible sample with the same ``label`` (chosen uniformly). Vectorised.
 
@@ -55,13 +57,23 @@ class SSECross(nn.Module):
     (training only), ``dropout``, ``use_boxes`` (add a box embedding to region features).
     """
 
-    def __init__(self, *, text_dim: int, region_dim: int = 2048, d: int = 128, n_heads: int = 4,
-                 p_sse: float = 0.2, dropout: float = 0.1, use_boxes: bool = True):
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        region_dim: int = 2048,
+        d: int = 128,
+        n_heads: int = 4,
+        p_sse: float = 0.2,
+        dropout: float = 0.1,
+        use_boxes: bool = True,
+    ):
         super().__init__()
         assert 0.0 <= p_sse <= 1.0, f"p_sse must be a probability, got {p_sse}"
         self.text_dim, self.region_dim, self.p_sse = text_dim, region_dim, p_sse
-        self.inputs = InputEncoder(text_dim=text_dim, region_dim=region_dim, d=d, dropout=dropout,
-                                   use_boxes=use_boxes, type_embeddings=True)
+        self.inputs = InputEncoder(
+            text_dim=text_dim, region_dim=region_dim, d=d, dropout=dropout, use_boxes=use_boxes, type_embeddings=True
+        )
         self.text_encoder = TransformerBlock(d, n_heads=n_heads, dropout=dropout)
         self.text_to_image = CrossAttention(d, n_heads=n_heads)
         self.image_to_text = CrossAttention(d, n_heads=n_heads)
@@ -90,7 +102,7 @@ class SSECross(nn.Module):
             zt, _ = stochastic_shared_embedding(zt, batch.label, torch.ones_like(has_img), self.p_sse)
             zv, _ = stochastic_shared_embedding(zv, batch.label, has_img, self.p_sse)
         hv = has_img.to(zt.dtype)[:, None]  # (B, 1)
-        gt = zt * torch.sigmoid(self.gate_t(zv))                 # image gates text
-        gv = zv * torch.sigmoid(self.gate_v(zt)) * hv            # text gates image (0 without images)
+        gt = zt * torch.sigmoid(self.gate_t(zv))  # image gates text
+        gv = zv * torch.sigmoid(self.gate_v(zt)) * hv  # text gates image (0 without images)
         score = self.head(torch.cat([gt, gv, gt * gv, hv], dim=-1))
         return ModelOutput(score=score, features={"g": torch.cat([gt, gv], dim=-1)})
