@@ -28,8 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -238,8 +239,8 @@ def predict(
     import pandas as pd
     import torch
 
-    from mmss_lib.features.store import FeatureStore, FeatureStoreWriter
     from mmss_lib.features.loader import MRHPSplitData, ReadCaps
+    from mmss_lib.features.store import FeatureStore, FeatureStoreWriter
     from mmss_lib.training.trainer import TrainConfig, build_model, collate_for
 
     _check_inputs(product, reviews)

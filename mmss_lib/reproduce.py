@@ -54,9 +54,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 from mmss_lib.errors import PipelineError
 from mmss_lib.utils import atomic_write_json, repo_root
@@ -430,7 +431,7 @@ def discover_stages(notebooks_dir: Path) -> list[str]:
     return names
 
 
-def _select(stages: list[str], only: Optional[Iterable[str]]) -> list[str]:
+def _select(stages: list[str], only: Iterable[str] | None) -> list[str]:
     """Map ``--only`` arguments ("03", "03_ablation", "notebooks/03_ablation.ipynb") to stages."""
     if not only:
         return list(stages)
@@ -489,7 +490,7 @@ def stage_key(notebook_sha256: str, parameters: dict[str, Any], upstream: list[A
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _read_record(path: Path) -> Optional[dict[str, Any]]:
+def _read_record(path: Path) -> dict[str, Any] | None:
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -547,7 +548,7 @@ def plan(
     profile: str | os.PathLike = DEFAULT_PROFILE,
     *,
     out_dir: str | os.PathLike | None = None,
-    only: Optional[Iterable[str]] = None,
+    only: Iterable[str] | None = None,
     params_dir: str | os.PathLike | None = None,
     notebooks_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
@@ -605,7 +606,7 @@ def reproduce(
     *,
     out_dir: str | os.PathLike | None = None,
     skip_unchanged: bool = False,
-    only: Optional[Iterable[str]] = None,
+    only: Iterable[str] | None = None,
     params_dir: str | os.PathLike | None = None,
     notebooks_dir: str | os.PathLike | None = None,
     kernel_name: str = KERNEL_NAME,

@@ -6,8 +6,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -84,7 +85,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(device: str | None = "auto") -> "torch.device":  # noqa: F821
+def pick_device(device: str | None = "auto") -> torch.device:  # noqa: F821
     """``"auto"`` -> CUDA when available, else CPU."""
     import torch
 

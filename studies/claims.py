@@ -79,8 +79,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from studies import magazine
 from studies import powered as P
@@ -288,8 +288,8 @@ def finished(out: Path, tag: str):
 def studies_table(out: Path):
     import pandas as pd
 
-    from mmss_lib.training.run_folder import study_dir_for
     from mmss_lib.model_selection.tuned import BEST_FILE
+    from mmss_lib.training.run_folder import study_dir_for
 
     rows = []
     for s in TUNED_SYSTEMS:
@@ -504,9 +504,9 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
     run (cached beside the tables, and read from there where the run's checkpoint is gone)."""
     import pandas as pd
 
-    from studies.diagnose import gradient_norms, interaction_knockout
     from mmss_lib.errors import DataError
     from mmss_lib.training.run_folder import BEST, HISTORY, METRICS, run_dir_for
+    from studies.diagnose import gradient_norms, interaction_knockout
 
     run = run_dir_for(runs_root(out, tag), "demo", P.CATEGORY, "mmss", "full", 0)
     if not (run / METRICS).exists():

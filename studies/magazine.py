@@ -106,8 +106,8 @@ def make_data(out: Path, amazon2018: Path) -> list[dict]:
 
 
 def extract(out: Path) -> None:
-    from studies.powered import EXTRACT
     from mmss_lib.features.extract import cli_main
+    from studies.powered import EXTRACT
 
     for length in LENGTHS:
         args = list(EXTRACT)
@@ -141,8 +141,8 @@ def run(out: Path, amazon2018: Path, n_jobs: int, seeds=SEEDS, folds=None) -> No
     another process is refused, :func:`mmss_lib.training.run_folder.run_lock`), and a later run over all
     folds finds theirs finished."""
     from mmss_lib.errors import DataError
-    from mmss_lib.model_selection.sweeps import run_experiment
     from mmss_lib.model_selection.search import tune
+    from mmss_lib.model_selection.sweeps import run_experiment
 
     todo = list(range(K)) if folds is None else list(dict.fromkeys(folds))
     if not todo or any(not isinstance(f, int) or not 0 <= f < K for f in todo):

@@ -57,8 +57,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 CATEGORY = "electronics"
 N_PRODUCTS = 2400
@@ -282,8 +282,8 @@ def ssp_readings(results, data_root_: Path):
     import pandas as pd
 
     from mmss_lib.data.synthetic import SUBTASK_CUES, load_cues
-    from mmss_lib.ssp.records import load_ssp_history
     from mmss_lib.evaluation.ssp_analysis import cue_association, cue_association_frame
+    from mmss_lib.ssp.records import load_ssp_history
 
     cues = load_cues(data_root_, CATEGORY, "train")
     reading_of = {"full": "mean", "scale_rms": "rms", "scale_common": "common"}
@@ -314,7 +314,7 @@ def ssp_readings(results, data_root_: Path):
     return signs, assoc
 
 
-def choose_scale_on_dev(results) -> tuple[str, "object"]:
+def choose_scale_on_dev(results) -> tuple[str, object]:
     """The reading of Eq. 18's scale with the best mean dev MAP over seeds (never test)."""
     reading_of = {"full": "mean", "scale_rms": "rms", "scale_common": "common"}
     sub = results[(results["system"] == "mmss") & results["variant"].isin(reading_of)]

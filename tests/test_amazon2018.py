@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mmss_lib.data.amazon2018 import build_amazon2018, clean_html, cli_main, full_size_url, parse_vote
 from mmss_lib.bench.build import generate_reviews
+from mmss_lib.data.amazon2018 import build_amazon2018, clean_html, cli_main, full_size_url, parse_vote
 from mmss_lib.data.mrhp import SPLITS, load_mrhp
 from mmss_lib.errors import DataError
 

@@ -28,9 +28,10 @@ import os
 import pickle
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,7 +90,7 @@ def _base_split() -> dict[str, dict]:
 @dataclass
 class Ctx:
     root: Path
-    protected: Optional[dict[str, str]] = None
+    protected: dict[str, str] | None = None
 
     # -- bookkeeping
     @property
@@ -258,8 +259,8 @@ def _big_text_encoder(ctx: Ctx, tiny_bert_dir):
 
 
 def _builder_truncated_gzip(ctx: Ctx):
-    from mmss_lib.data.amazon2018 import build_amazon2018
     from mmss_lib.bench.build import generate_reviews
+    from mmss_lib.data.amazon2018 import build_amazon2018
 
     src = ctx.root / "src" / "reviews.json.gz"
     src.parent.mkdir(parents=True)
@@ -417,8 +418,9 @@ def _other_category(ctx: Ctx):
 
 def _missing_item(ctx: Ctx):
     """A store without some of the split's items (e.g. extracted before reviews were added)."""
-    from mmss_lib.features.loader import MRHPSplitData, open_stores
     import pandas as pd
+
+    from mmss_lib.features.loader import MRHPSplitData, open_stores
 
     for name in ("text_prd", "text_rvw", "region_prd", "region_rvw"):
         ctx.store(name)
@@ -429,8 +431,9 @@ def _missing_item(ctx: Ctx):
 
 def _store_nan_on_disk(ctx: Ctx):
     """A finished store whose x.npy was damaged after extraction (NaN rows): caught as rows are read."""
-    from mmss_lib.features.loader import MRHPSplitData, open_stores
     import pandas as pd
+
+    from mmss_lib.features.loader import MRHPSplitData, open_stores
 
     for name in ("text_prd", "text_rvw", "region_prd", "region_rvw"):
         ctx.store(name)
@@ -593,6 +596,7 @@ TINY_TRAIN = [
 def tiny_category(tmp_path_factory):
     """``demo/tiny``: 16/4/4 products x 5 reviews, labels carried by the review [CLS] feature."""
     import pandas as pd
+
     from mmss_lib.data.mrhp import write_mrhp
     from mmss_lib.features.store import write_store
 
@@ -758,6 +762,7 @@ def _cli(*argv, tiny_args: bool = False):
 
     def act(ctx: Ctx, *fixtures):
         import contextlib
+
         from mmss_lib import cli
 
         args = [str(a).format(root=ctx.root, tiny=fixtures[0] if fixtures else "") for a in argv]
@@ -798,6 +803,7 @@ def _mini_category(
     labels (default 0..3 per product); ``leak``: "product" / "review" puts a training product /
     review id into the test split; ``images``: one PNG per review (region stores see the files)."""
     import pandas as pd
+
     from mmss_lib.data.mrhp import load_mrhp, write_mrhp
     from mmss_lib.features.fingerprint import category_frames, content_fingerprint
     from mmss_lib.features.store import write_store
@@ -877,6 +883,7 @@ def _load_mini(ctx: Ctx, **kw):
 def _all_labels_equal(ctx: Ctx):
     """All training labels equal: refused before anything is written, no summary."""
     import torch
+
     from mmss_lib.model_selection.sweeps import run_experiment
 
     _mini_category(ctx, labels=[2] * 24)
@@ -1071,6 +1078,7 @@ def _two_trains_one_folder(ctx: Ctx, tiny: Path):
 def _lock_held(ctx: Ctx):
     """A run folder locked by another holder: train_run refuses at once, naming the folder and PID."""
     import multiprocessing as mp
+
     from mmss_lib.training.trainer import train_run
 
     _mini_category(ctx)
@@ -1107,6 +1115,7 @@ def _disk_full(kind):
     def act(ctx: Ctx):
         import errno
         from unittest import mock
+
         from mmss_lib.utils import atomic_path
 
         p = ctx.root / "run" / "last.pt"
@@ -1127,6 +1136,7 @@ def _disk_full(kind):
 
 def _ray_nothing_listening(ctx: Ctx):
     import time
+
     from mmss_lib.training.executors import RayExecutor
 
     pytest.importorskip("ray")
@@ -1228,6 +1238,7 @@ def _runs_root_unreadable(ctx: Ctx):
     raised PermissionError); they are skipped, the readable run is listed."""
     import pathlib
     from unittest import mock
+
     from mmss_lib.explore.explorer import discover_runs
 
     (ctx.root / "runs" / "demo" / "home" / "mmss" / "seed0").mkdir(parents=True)
@@ -1295,6 +1306,7 @@ def _lock_unusable(kind: str):
     def act(ctx: Ctx):
         import errno
         from unittest import mock
+
         from mmss_lib.training.trainer import train_run
 
         _mini_category(ctx)
@@ -1342,6 +1354,7 @@ def _leak_floor(system: str, leak: str = "product"):
 
     def act(ctx: Ctx):
         import pandas as pd
+
         from mmss_lib.data.mrhp import load_mrhp, split_file
         from mmss_lib.data.synthetic import CUE_COLUMNS
         from mmss_lib.training.trainer import train_run
@@ -1377,6 +1390,7 @@ def _corrupt_cue(column: str, value):
 
     def act(ctx: Ctx):
         import pandas as pd
+
         from mmss_lib.data.mrhp import load_mrhp, split_file
         from mmss_lib.data.synthetic import CUE_COLUMNS
         from mmss_lib.training.trainer import train_run
@@ -1497,6 +1511,7 @@ def _explore_stopped(how: str):
         import sys
         import time
         import urllib.request
+
         import psutil
 
         for mod in ("voila", "ipywidgets"):
@@ -1604,8 +1619,10 @@ def _predict_many_reviews(ctx: Ctx, tiny: Path):
     """`mmss predict` on one product with 10,000 reviews (it put them through one forward pass:
     minutes, then out of memory): encoded and scored in batches of the run's eval_batch_size, and
     a review's score equals the one it gets in a batch of five."""
-    import torch
     from unittest import mock
+
+    import torch
+
     import mmss_lib.training.trainer
     from mmss_lib.predict import predict
     from mmss_lib.training.trainer import train_run
@@ -1651,7 +1668,7 @@ class C:
     name: str
     command: str
     act: Callable
-    error: Optional[type] = None
+    error: type | None = None
     says: tuple = ()
     policy: str = ""  # "module: quoted words of its docstring" for error=None cases
     fixed: bool = False  # wrong before issue `issue` (13 or 21), fixed there
@@ -2995,8 +3012,9 @@ def test_case_study_scores_a_real_best_pt_weights_only(tiny_category, tmp_path):
     its scores of the test split equal the trainer's scores_test.csv."""
     import pandas as pd
     import torch
-    from mmss_lib.features.loader import MRHPSplitData
+
     from mmss_lib.evaluation.case_study import score_with_checkpoint
+    from mmss_lib.features.loader import MRHPSplitData
     from mmss_lib.training.trainer import TrainConfig, train_run
 
     cfg = TrainConfig(

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmss_lib.data.batch import Batch, random_batch
+from mmss_lib.errors import DataError
 from mmss_lib.models.baselines._mm_common import CrossAttention
 from mmss_lib.models.baselines.mcl import adaptive_info_nce
 from mmss_lib.models.baselines.ssecross import stochastic_shared_embedding
-from mmss_lib.data.batch import Batch, random_batch
-from mmss_lib.errors import DataError
 from mmss_lib.models.registry import build_system
 
 try:

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmss_lib.models.baselines.common import MaskedBiLSTM, NGramConv
 from mmss_lib.data.batch import random_batch
 from mmss_lib.errors import DataError
+from mmss_lib.models.baselines.common import MaskedBiLSTM, NGramConv
 from mmss_lib.models.registry import SYSTEMS, build_system
 
 NAMES = ["bimpm", "egcnn", "convknrm", "prhnet"]

@@ -19,6 +19,7 @@ TINY = {"d": 16, "n_heads": 2, "ff_dim": 32, "head_hidden": 8}
 def trained(tmp_path_factory):
     """Demo category "home" (no images) with random-feature stores; MM-SS full and wo_d, seed 0, one epoch."""
     from conftest import write_tiny_demo
+
     from mmss_lib.model_selection.sweeps import run_experiment
     from mmss_lib.models.mmss import ABLATIONS
     from mmss_lib.training.config import TrainConfig
@@ -41,8 +42,7 @@ def trained(tmp_path_factory):
 
 def test_load_run_config_history_and_reference_config(trained, tmp_path):
     from mmss_lib.model_selection.sweeps import reference_config
-    from mmss_lib.training.run_folder import load_history, load_run_config
-    from mmss_lib.training.run_folder import run_dir_for
+    from mmss_lib.training.run_folder import load_history, load_run_config, run_dir_for
     from mmss_lib.training.trainer import TrainConfig
 
     root, base, results = trained

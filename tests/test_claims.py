@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from studies import claims as C
-from studies import powered as P
 from mmss_lib.data.mrhp import SPLITS, load_mrhp
 from mmss_lib.data.synthetic import cli_main as make_demo_cli
 from mmss_lib.data.synthetic import load_cues, make_demo
 from mmss_lib.errors import DataError
 from mmss_lib.model_selection.folds import write_resplit
+from studies import claims as C
+from studies import powered as P
 
 
 def _labels_and_cues(root, category="home"):
@@ -292,8 +292,8 @@ def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp
 def test_magazine_folds_option_runs_those_folds_only_in_order(monkeypatch, tmp_path):
     """``--folds`` shares the Magazine phase between processes: each step of the phase visits the
     given folds only, in the given order; a bad fold, or --folds outside the phase, is refused."""
-    import mmss_lib.model_selection.sweeps
     import mmss_lib.model_selection.search
+    import mmss_lib.model_selection.sweeps
     from studies import magazine as M
 
     calls = []
@@ -338,8 +338,8 @@ def test_magazine_studies_table_reads_each_folds_choice(tmp_path):
     """The Magazine studies table: one row per fold and system whose study wrote its best.json, with
     the chosen trial, its dev MAP next to the untuned first trial's and the chosen settings; folds
     without a finished study are absent, and the report writes the table beside the MAP table."""
-    from studies import magazine as M
     from mmss_lib.training.run_folder import study_dir_for
+    from studies import magazine as M
 
     for f, system, dev in ((0, "bimpm", 0.8), (0, "mmss", 0.7), (2, "mmss", 0.9)):
         d = study_dir_for(M.tune_root(tmp_path, 256, f), M.DATASET, M.CATEGORY, system, "full")

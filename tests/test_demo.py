@@ -142,8 +142,9 @@ def test_each_cue_carries_signal_none_decides(tmp_path):
 
 
 def test_png_encoder_roundtrip():
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     for shape in [(5, 7), (5, 7, 3), (4, 3, 4)]:

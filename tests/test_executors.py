@@ -339,8 +339,8 @@ def test_tune_through_ray_gives_the_same_trials_as_local(local_ray, tiny_demo, t
     as in this process, since trials are asked and told in batches of ``parallel``."""
     import pandas as pd
 
-    from mmss_lib.training.trainer import TrainConfig
     from mmss_lib.model_selection.search import tune
+    from mmss_lib.training.trainer import TrainConfig
 
     base = TrainConfig(
         epochs=2,

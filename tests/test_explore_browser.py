@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from test_explore import build_small_runs, tree_digest
 
 pytestmark = pytest.mark.slow
@@ -143,9 +142,8 @@ def _css(d, sel):
 
 
 def _wait(d, cond, timeout, what):
-    from selenium.webdriver.support.ui import WebDriverWait
-
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
 
     try:  # the widgets re-render their DOM: an element can go stale between two reads
         return WebDriverWait(

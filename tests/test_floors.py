@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError
+from mmss_lib.metrics.ranking import per_product_metrics, product_metrics_reference
+from mmss_lib.models.registry import BASELINES, FLOORS, SYSTEMS, build_system, is_floor
 from mmss_lib.training.floors import (
     LengthFloor,
     RandomFloor,
@@ -18,8 +20,6 @@ from mmss_lib.training.floors import (
     per_product_for_run,
     run_floor,
 )
-from mmss_lib.metrics.ranking import per_product_metrics, product_metrics_reference
-from mmss_lib.models.registry import BASELINES, FLOORS, SYSTEMS, build_system, is_floor
 
 
 def brute_force_expectation(labels, threshold):
@@ -199,8 +199,8 @@ def test_run_floor_with_given_splits_looks_up_texts(demo_root, tmp_path):
 
 def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_path):
     """The trainer's no-training path: no feature stores exist here, floors need none."""
-    from mmss_lib.model_selection.sweeps import run_experiment
     from mmss_lib.evaluation.summary import per_run_per_product
+    from mmss_lib.model_selection.sweeps import run_experiment
     from mmss_lib.training.run_folder import run_dir_for
     from mmss_lib.training.trainer import TrainConfig, train_run
 
@@ -300,8 +300,8 @@ def test_ceilings_refused_without_cues(tmp_path, demo_root):
 
 
 def test_ceilings_are_never_the_rival(demo_root, tmp_path):
-    from mmss_lib.model_selection.sweeps import run_experiment
     from mmss_lib.evaluation.summary import read_summaries
+    from mmss_lib.model_selection.sweeps import run_experiment
 
     res = run_experiment(
         data_root=demo_root,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mmss_lib.errors import DataError, FeatureStoreError
-from mmss_lib.features.store import write_store
 from mmss_lib.features.loader import MRHPSplitData, ReadCaps, pad_rows
+from mmss_lib.features.store import write_store
 
 DT, DR = 6, 10
 

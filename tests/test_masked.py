@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import doctest
 import math
-from typing import Optional
 
 import pytest
 import torch
@@ -136,7 +135,7 @@ class OldMMAttentionPool(nn.Module):
         self.claim_dim = claim_dim
         self.score = nn.Sequential(nn.Linear(d + claim_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def forward(self, x: Tensor, mask: Tensor, claim: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, claim: Tensor | None = None) -> Tensor:
         if self.claim_dim:
             assert claim is not None, "this AttentionPool was built with a claim: pass claim=(B, claim_dim)"
             x_in = torch.cat([x, claim[:, None, :].expand(-1, x.shape[1], -1)], dim=-1)  # (B, L, d + c)

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmss_lib.errors import DataError
 from mmss_lib.data.pairs import sample_pairs
+from mmss_lib.errors import DataError
 
 
 def random_reviews(seed, n_products=25, max_reviews=15):

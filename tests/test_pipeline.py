@@ -266,6 +266,7 @@ def test_committed_notebooks_carry_no_outputs():
         assert len(tagged) == 1, f"{name}: expected one cell tagged parameters"
         # every assignment of the parameters cell is seen by papermill (a '=' in a comment hides it)
         import re
+
         import papermill
 
         assigned = re.findall(r"^([A-Za-z_]\w*)\s*=", tagged[0].source, flags=re.M)

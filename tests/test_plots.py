@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mmss_lib.errors import DataError
 from mmss_lib.evaluation import plots
 from mmss_lib.ssp import records as ssp_records
-from mmss_lib.errors import DataError
 
 plt = pytest.importorskip("matplotlib.pyplot")
 SUB = ("ptrt", "pvrv", "ptrv", "pvrt", "rtrv")

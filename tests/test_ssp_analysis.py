@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmss_lib.evaluation import ssp_analysis as sa
 from mmss_lib.errors import DataError
+from mmss_lib.evaluation import ssp_analysis as sa
 from mmss_lib.ssp.records import SSPHistory
 
 

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError
-from mmss_lib.metrics.ranking import bootstrap_difference, bootstrap_interval, paired_test, per_product_metrics
 from mmss_lib.evaluation.summary import (
     format_summary,
     pooled_per_product,
@@ -18,6 +17,7 @@ from mmss_lib.evaluation.summary import (
     summary_path,
     write_summaries,
 )
+from mmss_lib.metrics.ranking import bootstrap_difference, bootstrap_interval, paired_test, per_product_metrics
 
 
 def _write_run(rd, system, pids, labels, scores, threshold=1.0):

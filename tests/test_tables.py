@@ -295,8 +295,8 @@ def _cell(text):
 
 
 def test_comparison_with_floors_intervals_and_markers():
-    from mmss_lib.metrics.ranking import bootstrap_interval
     from mmss_lib.evaluation.tables import WORSE_MARKER
+    from mmss_lib.metrics.ranking import bootstrap_interval
 
     pp, res = floor_frames()
     t = comparison_table(res, "demo", summary=table_summary(pp))

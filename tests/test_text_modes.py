@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmss_lib.features.store import feature_dirs, write_store
 from mmss_lib.features.loader import MRHPSplitData
+from mmss_lib.features.store import feature_dirs, write_store
 from mmss_lib.models.online_text import load_text_model, on_the_fly_text
 
 DR = 12
@@ -291,17 +291,16 @@ def test_predict_and_case_study_on_runs_of_every_text_mode(mode, demo_root, tiny
     """`mmss predict` and the case study score a run of any text mode like the trainer did: the
     test split's scores of the run come back (frozen/finetune: the run's own encoder reads the raw
     texts; cached: the text stores' encoder, here the same tiny BERT)."""
+    import shutil
+
     import pandas as pd
 
-    from mmss_lib.evaluation.case_study import CaseStudy
     from mmss_lib.data.mrhp import load_mrhp
+    from mmss_lib.evaluation.case_study import CaseStudy
+    from mmss_lib.features.extract import load_category_items
     from mmss_lib.features.text import TextEncoder
     from mmss_lib.predict import predict
     from mmss_lib.training.trainer import train_run
-
-    import shutil
-
-    from mmss_lib.features.extract import load_category_items
 
     # region stores without regions (predict is given no images), text stores for the cached mode
     feats = tmp_path / "feats"

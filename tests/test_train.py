@@ -11,11 +11,11 @@ import torch
 
 from mmss_lib.data.mrhp import SPLITS
 from mmss_lib.errors import CheckpointError, TrainingError
-from mmss_lib.features.store import write_store
+from mmss_lib.evaluation.summary import per_run_per_product
 from mmss_lib.features.loader import MRHPSplitData
+from mmss_lib.features.store import write_store
 from mmss_lib.model_selection import sweeps as E
 from mmss_lib.training import trainer as T
-from mmss_lib.evaluation.summary import per_run_per_product
 
 DT, DR = 8, 12
 TH = 2.0  # only labels 3 and 4 are relevant: MAP does not saturate on these tiny products

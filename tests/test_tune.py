@@ -144,8 +144,8 @@ def test_more_trials_continue_a_study(tiny_demo, tmp_path):
 
 
 def test_train_tuned_takes_best_settings_and_records_the_study(tiny_demo, tmp_path):
-    from mmss_lib.model_selection.sweeps import run_experiment
     from mmss_lib.errors import TuneError
+    from mmss_lib.model_selection.sweeps import run_experiment
     from mmss_lib.training.run_folder import load_run_config
 
     best = _tune(tiny_demo, tmp_path / "tune", n_trials=2, parallel=2)
@@ -269,8 +269,8 @@ def test_storage_of_another_study_or_dataset_is_refused(tiny_demo, tmp_path, cap
 
 def test_ceiling_flag_in_metrics_history_summary_and_table(tiny_demo, tmp_path):
     from mmss_lib.evaluation import tables
+    from mmss_lib.evaluation.summary import per_run_per_product, read_summaries, table_summary
     from mmss_lib.model_selection.sweeps import run_experiment
-    from mmss_lib.evaluation.summary import read_summaries, table_summary, per_run_per_product
 
     res = run_experiment(
         data_root=tiny_demo / "data",

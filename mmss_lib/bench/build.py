@@ -11,8 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from mmss_lib.data.amazon2018 import _open_lines, build_amazon2018
 from mmss_lib.bench.common import PeakRSS, max_rss_mib, report
+from mmss_lib.data.amazon2018 import _open_lines, build_amazon2018
 
 
 def generate_reviews(

@@ -8,8 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable, Sequence
-
+from collections.abc import Callable, Sequence
 
 # ------------------------------------------------------------------------------------ timing
 
@@ -106,7 +105,7 @@ class PeakRSS:
             self.peak = max(self.peak, rss_bytes())
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.base = self.peak = rss_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()

@@ -221,8 +221,8 @@ def samples_per_train_review(train, cfg) -> tuple[float, float]:
 def paper_runs(profile_path: Path) -> list[dict]:
     """Every training run of the profile: dataset, category, system, variant, seed, epochs,
     text mode (the trainer's effective one for that system)."""
-    from mmss_lib.reproduce import read_profile
     from mmss_lib.models.registry import SYSTEMS, is_floor
+    from mmss_lib.reproduce import read_profile
     from mmss_lib.training.config import TrainConfig
 
     raw = read_profile(profile_path)

@@ -11,7 +11,6 @@ Every model is an ``nn.Module`` whose ``forward(batch: Batch) -> ModelOutput``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -20,10 +19,10 @@ from torch import Tensor
 @dataclass
 class Batch:
     # Product text token features incl. [CLS] at position 0: (B, Lp, dt), float32
-    pt: Optional[Tensor]
+    pt: Tensor | None
     pt_mask: Tensor  # (B, Lp) bool
     # Review text token features incl. [CLS]: (B, Lr, dt)
-    rt: Optional[Tensor]
+    rt: Tensor | None
     rt_mask: Tensor  # (B, Lr) bool
     # Product image regions over all its images: (B, Np, dr) with dr = 2048 by default
     pv: Tensor
@@ -35,13 +34,13 @@ class Batch:
     index: Tensor  # (B,) int64, stable sample index into the training set; -1 outside it
     product: Tensor  # (B,) int64, product group id (reviews of one product share it)
     # Normalised box coordinates (x1, y1, x2, y2 in [0, 1]) of the regions, when available.
-    pv_boxes: Optional[Tensor] = None  # (B, Np, 4)
-    rv_boxes: Optional[Tensor] = None  # (B, Nr, 4)
+    pv_boxes: Tensor | None = None  # (B, Np, 4)
+    rv_boxes: Tensor | None = None  # (B, Nr, 4)
     # Fine-tuning mode: token ids for an encoder inside the model (then pt / rt are None).
-    pt_ids: Optional[Tensor] = None  # (B, Lp) int64
-    rt_ids: Optional[Tensor] = None  # (B, Lr) int64
+    pt_ids: Tensor | None = None  # (B, Lp) int64
+    rt_ids: Tensor | None = None  # (B, Lr) int64
 
-    def to(self, device, non_blocking: bool = False) -> "Batch":
+    def to(self, device, non_blocking: bool = False) -> Batch:
         kw = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -55,7 +54,7 @@ class Batch:
 @dataclass
 class ModelOutput:
     score: Tensor  # (B,) predicted helpfulness (y_hat_g)
-    aux_loss: Optional[Tensor] = None  # a system's own extra loss (scalar), if any
+    aux_loss: Tensor | None = None  # a system's own extra loss (scalar), if any
     sub_scores: dict[str, Tensor] = field(default_factory=dict)  # MM-SS subtask outputs (B,)
     features: dict[str, Tensor] = field(default_factory=dict)  # "g" and subtasks: (B, d) reps
 

@@ -11,8 +11,8 @@ and test only).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -79,11 +79,11 @@ class CaseStudy:
             raise DataError(f"{self.dataset}/{self.category}/{split}: no review(s) {missing[:5]}")
         return rv.loc[list(review_ids)].reset_index(drop=True)
 
-    def predict(self, run_dir: str | os.PathLike, split: str, review_ids) -> Optional[dict[str, np.ndarray]]:
+    def predict(self, run_dir: str | os.PathLike, split: str, review_ids) -> dict[str, np.ndarray] | None:
         """Scores of ``review_ids`` of ``split`` by a run's best checkpoint: ``{"score": (n,),
         "score_{s}": (n,)}``; None (with a note) when the run has no trained model."""
-        from mmss_lib.training.run_folder import load_run_config
         from mmss_lib.features.loader import MRHPSplitData, ReadCaps, run_stores
+        from mmss_lib.training.run_folder import load_run_config
 
         run_dir = Path(run_dir)
         cfg = load_run_config(run_dir)
@@ -104,7 +104,7 @@ class CaseStudy:
         )
         return score_with_checkpoint(run_dir, sub, np.arange(len(rv)))
 
-    def show(self, split: str, review_id: str, values: Mapping[str, Optional[float]], kind: str) -> dict:
+    def show(self, split: str, review_id: str, values: Mapping[str, float | None], kind: str) -> dict:
         """Draw and write the Figure 4 layout of one review (``fig4_case_{split}_{tag}_{review_id}.png``);
         return its row of the case table (``None`` values become NaN)."""
         from mmss_lib.evaluation import plots

@@ -25,6 +25,7 @@ seeds (and the seeds' sd). No model reads the cues; only generated data has them
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 

@@ -17,8 +17,9 @@ matplotlib is imported inside the functions (``import mmss_lib.evaluation.plots`
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 130) -> Path:
     return path
 
 
-def _as_subtask_dict(values: Any, subtasks: Optional[Sequence[str]], what: str) -> dict[str, np.ndarray]:
+def _as_subtask_dict(values: Any, subtasks: Sequence[str] | None, what: str) -> dict[str, np.ndarray]:
     """A mapping subtask -> array, from a mapping or an array whose last axis is the subtask."""
     if isinstance(values, Mapping):
         out = {s: np.asarray(v, dtype=float) for s, v in values.items()}
@@ -83,12 +84,12 @@ def plot_pseudo_label_trajectories(
     labels: Mapping[str, np.ndarray] | np.ndarray,
     y_g: np.ndarray,
     *,
-    epochs: Optional[Sequence[int]] = None,
-    subtasks: Optional[Sequence[str]] = None,
+    epochs: Sequence[int] | None = None,
+    subtasks: Sequence[str] | None = None,
     n_show: int = 40,
-    highlight: Optional[int] = None,
+    highlight: int | None = None,
     seed: int = 0,
-    title: Optional[str] = None,
+    title: str | None = None,
 ):
     """Pseudo labels over epochs, one panel per subtask.
 
@@ -147,9 +148,9 @@ def plot_pseudo_label_trajectories(
 def plot_offset_distributions(
     offsets: Mapping[str, np.ndarray] | np.ndarray,
     *,
-    subtasks: Optional[Sequence[str]] = None,
-    y_g: Optional[np.ndarray] = None,
-    title: Optional[str] = None,
+    subtasks: Sequence[str] | None = None,
+    y_g: np.ndarray | None = None,
+    title: str | None = None,
 ):
     """Distribution of the offsets ``delta_gs = y_s - y_g`` (Eq. 21) per subtask (seaborn).
 
@@ -241,9 +242,9 @@ def plot_anchor_distances(
     chi_s: Mapping[str, np.ndarray] | np.ndarray,
     offsets: Mapping[str, np.ndarray] | np.ndarray,
     *,
-    subtasks: Optional[Sequence[str]] = None,
-    highlight: Optional[int] = None,
-    title: Optional[str] = None,
+    subtasks: Sequence[str] | None = None,
+    highlight: int | None = None,
+    title: str | None = None,
 ):
     """Figure 3 on real numbers: per subtask, each review's distance of the subtask representation
     to its anchor ``chi_s`` (Eq. 18) against the global representation's ``chi_g``, coloured by
@@ -314,7 +315,7 @@ def ablation_differences(
     *,
     full: str = "full",
     metrics: Iterable[str] = METRICS,
-    system: Optional[str] = "mmss",
+    system: str | None = "mmss",
     by: Sequence[str] = ("dataset", "category"),
 ):
     """Paired per-seed differences of each ablation variant to the full model.
@@ -368,10 +369,10 @@ def summarize_differences(diffs, *, by: Sequence[str] = ("dataset", "category"))
 def plot_ablation_differences(
     diffs,
     *,
-    labels: Optional[Mapping[str, str]] = None,
+    labels: Mapping[str, str] | None = None,
     metrics: Sequence[str] = METRICS,
-    scale: Optional[float] = None,
-    title: Optional[str] = None,
+    scale: float | None = None,
+    title: str | None = None,
 ):
     """Bars of the mean difference to the full model per variant and metric (one panel per
     dataset/category present), error bars = standard deviation over seeds, dots = single seeds
@@ -427,8 +428,8 @@ def plot_ablation_differences(
 def plot_learning_curves(
     histories: Mapping[str, Sequence[Mapping[str, Any]]] | Sequence[Mapping[str, Any]],
     *,
-    keys: Optional[Sequence[str]] = None,
-    title: Optional[str] = None,
+    keys: Sequence[str] | None = None,
+    title: str | None = None,
 ):
     """One panel per quantity (loss parts, dev metrics) over epochs; one line per run.
 
@@ -477,8 +478,8 @@ def plot_case_study(
     review_text: str,
     product_images: Sequence[str] = (),
     review_images: Sequence[str] = (),
-    values: Mapping[str, Optional[float]],
-    title: Optional[str] = None,
+    values: Mapping[str, float | None],
+    title: str | None = None,
     max_images: int = 3,
     wrap: int = 70,
 ):

@@ -30,8 +30,8 @@ seaborn and matplotlib are imported inside the plotting functions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -85,10 +85,10 @@ def ssp_health_table(hist) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def settling_epoch(table: pd.DataFrame, tol: float = CHANGE_TOL) -> dict[str, Optional[int]]:
+def settling_epoch(table: pd.DataFrame, tol: float = CHANGE_TOL) -> dict[str, int | None]:
     """Per subtask (and ``"all"``: every subtask at once) the first epoch after the first whose
     mean change (``mean_abs_change`` of :func:`ssp_health_table`) is below ``tol``; None if never."""
-    out: dict[str, Optional[int]] = {}
+    out: dict[str, int | None] = {}
     t = table[table["epoch"] > 1]
     for s, g in t.groupby("subtask", sort=False):
         hit = g.loc[g["mean_abs_change"] < tol, "epoch"]
@@ -246,7 +246,7 @@ def cue_association(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, l
     return pd.DataFrame(rows)
 
 
-def plot_cue_association(frame: pd.DataFrame, assoc: Optional[pd.DataFrame] = None, *, title: Optional[str] = None):
+def plot_cue_association(frame: pd.DataFrame, assoc: pd.DataFrame | None = None, *, title: str | None = None):
     """seaborn figure: per subtask, the offset y_s - y_g by human label (x) and cue (hue; points:
     means with 95% intervals), the panel title giving the stratified difference and its interval
     from ``assoc`` (:func:`cue_association`)."""

@@ -31,11 +31,10 @@ system's runs hit their epoch ceiling while dev MAP still rose (``ceiling_while_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mmss_lib.errors import DataError
-
 from mmss_lib.metrics.ranking import METRIC_NAMES as METRICS
 from mmss_lib.metrics.ranking import PER_PRODUCT_COLUMN
 from mmss_lib.metrics.ranking import TESTED_METRICS as TESTED  # metrics with a paired test against the rival
@@ -66,7 +65,7 @@ def per_run_per_product(results, *, split: str = "test"):
         raise DataError(f"summary: results frame lacks column(s) {missing}; expected those of run_experiment")
     frames = []
     for row in results.itertuples(index=False):
-        rd = getattr(row, "run_dir")
+        rd = row.run_dir
         pp = per_product_for_run(rd, split)
         if "product_id" not in pp.columns:
             pp = pp.reset_index()
@@ -78,7 +77,7 @@ def per_run_per_product(results, *, split: str = "test"):
             seed=int(row.seed),
         )
         if "fold" in results.columns:
-            fold = getattr(row, "fold")
+            fold = row.fold
             keys["fold"] = -1 if fold is None or fold != fold else int(fold)
         flag = getattr(row, "ceiling_while_improving", False)
         frames.append(

@@ -30,8 +30,9 @@ Table 3 (dataset statistics) is ``mmss_lib.data.mrhp.dataset_stats``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def _variant(df):
     return v.where(v.notna() & (v.astype(str) != ""), FULL).astype(str)
 
 
-def _test_rows(results, dataset: Optional[str], what: str):
+def _test_rows(results, dataset: str | None, what: str):
     df = results
     if "split" in df.columns:
         df = df[df["split"].astype(str) == "test"]
@@ -95,11 +96,11 @@ def _ordered(values: Sequence[str], preferred: Sequence[str]) -> list[str]:
 
 def format_cell(
     mean: float,
-    std: Optional[float] = None,
+    std: float | None = None,
     *,
     decimals: int = 1,
     marker: str = "",
-    interval: Optional[tuple[float, float]] = None,
+    interval: tuple[float, float] | None = None,
 ) -> str:
     """``"69.5"``, ``"69.5∗"``, ``"69.5 ± 0.3"`` or ``"69.5∗ [67.1, 71.8]"`` from values already in
     table units (x100)."""
@@ -135,8 +136,8 @@ def comparison_table(
     with_std: bool = False,
     decimals: int = 1,
     alpha: float = 0.01,
-    categories: Optional[Sequence[str]] = None,
-    with_interval: Optional[bool] = None,
+    categories: Sequence[str] | None = None,
+    with_interval: bool | None = None,
 ):
     """Tables 1/2 layout for one dataset (test split, full models only).
 
@@ -203,7 +204,7 @@ def comparison_table(
     return pd.DataFrame(cells, index=rows, columns=cols)
 
 
-def _summary_rows(summary, dataset: Optional[str]) -> dict:
+def _summary_rows(summary, dataset: str | None) -> dict:
     """``{(category, system): summary row}`` of the full models of ``dataset``."""
     _require(
         summary,
@@ -240,7 +241,7 @@ def _marker(row, metric: str, alpha: float) -> str:
     return MARKER if diff > 0 else WORSE_MARKER if diff < 0 else ""
 
 
-def significance_frame(summary, *, dataset: Optional[str] = None, alpha: float = 0.01):
+def significance_frame(summary, *, dataset: str | None = None, alpha: float = 0.01):
     """The tests behind a comparison table's markers as a tidy frame, from the product-level
     summary (:func:`mmss_lib.evaluation.summary.table_summary`): ``category, system, metric, rival,
     mean_diff`` (points, this - rival), ``p``, ``n`` (test products) and ``marker``."""
@@ -299,7 +300,7 @@ def region_weights_note(features_root, dataset: str, categories: Sequence[str]) 
 def comparison_note(
     summary=None,
     *,
-    dataset: Optional[str] = None,
+    dataset: str | None = None,
     alpha: float = 0.01,
     level: float = 0.95,
     test: str = "t",
@@ -365,7 +366,7 @@ def ablation_table(
     *,
     system: str = "mmss",
     full: str = FULL,
-    labels: Optional[Mapping[str, str]] = None,
+    labels: Mapping[str, str] | None = None,
     decimals: int = 2,
 ):
     """Table 4 layout for one dataset and category (test split).
@@ -417,7 +418,7 @@ def _md_escape(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
-def to_markdown(df, *, decimals: Optional[int] = None) -> str:
+def to_markdown(df, *, decimals: int | None = None) -> str:
     """A GitHub-flavoured Markdown table of ``df``: index levels as leading columns (a repeated
     leading label is shown once per group, as in the paper's Type column), MultiIndex columns
     joined with a space, numbers right-aligned (floats with ``decimals`` decimals if given)."""
@@ -451,7 +452,7 @@ def to_markdown(df, *, decimals: Optional[int] = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_table(df, path_stem: str | Path, *, decimals: Optional[int] = None, note: str = "") -> tuple[Path, Path]:
+def save_table(df, path_stem: str | Path, *, decimals: int | None = None, note: str = "") -> tuple[Path, Path]:
     """Write ``{path_stem}.csv`` and ``{path_stem}.md`` atomically (``note``: a legend paragraph
     under the Markdown table); return both paths."""
     from mmss_lib.utils import atomic_path
@@ -489,7 +490,7 @@ def plain_markdown(df, *, decimals: int = 3) -> str:
     )
 
 
-def save_plain_table(df, path_stem: str | Path, markdown: Optional[str] = None) -> tuple[Path, Path]:
+def save_plain_table(df, path_stem: str | Path, markdown: str | None = None) -> tuple[Path, Path]:
     """Write ``{path_stem}.csv`` (no index) and ``{path_stem}.md`` (``markdown``, default
     :func:`plain_markdown`), both atomically; return both paths. For tables that are frames of
     records (the case study's, Table 3's statistics) rather than the paper's table layouts."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from html import escape
-from typing import Optional
 
 from mmss_lib.errors import MMSSError
 from mmss_lib.explore.explorer import (
@@ -53,14 +52,14 @@ class ExplorerApp:
         runs_root: str | os.PathLike,
         data_root: str | os.PathLike | None = None,
         *,
-        dataset: Optional[str] = None,
-        category: Optional[str] = None,
-        run: Optional[str] = None,
-        other: Optional[str] = None,
-        seed: Optional[int] = None,
+        dataset: str | None = None,
+        category: str | None = None,
+        run: str | None = None,
+        other: str | None = None,
+        seed: int | None = None,
         split: str = "test",
-        product: Optional[str] = None,
-        review: Optional[str] = None,
+        product: str | None = None,
+        review: str | None = None,
         sort: str = "file order",
     ):
         import ipywidgets as W
@@ -77,7 +76,7 @@ class ExplorerApp:
         }
         self._quiet = 0  # > 0 while options are set programmatically
         self._notes: list[str] = []
-        self._error: Optional[str] = None
+        self._error: str | None = None
         self._table = None
 
         def dd(description, **kw):
@@ -363,13 +362,13 @@ class ExplorerApp:
     def select(
         self,
         *,
-        split: Optional[str] = None,
-        sort: Optional[str] = None,
-        run: Optional[str] = None,
-        other: Optional[str] = "",
-        product: Optional[str] = None,
-        review: Optional[str] = None,
-        min_offset: Optional[float] = None,
+        split: str | None = None,
+        sort: str | None = None,
+        run: str | None = None,
+        other: str | None = "",
+        product: str | None = None,
+        review: str | None = None,
+        min_offset: float | None = None,
     ) -> None:
         """Select from code what a person would click (the notebook's headless run): the split,
         the order, a run / second run by folder name (``other=None``: none; ``""``: keep), a
@@ -525,8 +524,8 @@ def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
     if not 0 <= args.port <= 65535:
         raise DataError(f"--port {args.port}: expected a port from 0 to 65535 (0: a free one)")
     try:
-        import voila  # noqa: F401
         import ipywidgets  # noqa: F401
+        import voila  # noqa: F401
     except ImportError as exc:
         raise DataError(
             f"mmss explore needs voila and ipywidgets ({exc.name} is missing): pip install -e '.[notebooks]'"

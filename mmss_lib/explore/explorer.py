@@ -42,14 +42,14 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 from mmss_lib.data.mrhp import SPLITS
 from mmss_lib.errors import DataError
-from mmss_lib.training.run_folder import CONFIG, HISTORY, METRICS, load_history, scores_path
 from mmss_lib.ssp.records import SSPRecords
+from mmss_lib.training.run_folder import CONFIG, HISTORY, METRICS, load_history, scores_path
 
 SORTS = ("file order", "AP: lowest first", "AP: highest first", "largest offsets", "most reviews")
 SNIPPET = 160  # characters of a review text shown in the table
@@ -199,16 +199,16 @@ class Explorer:
     def __init__(self, runs_root: str | os.PathLike, data_root: str | os.PathLike | None = None):
         self.runs_root = Path(runs_root)
         self.data_root = Path(data_root) if data_root is not None else self.runs_root.parent / "data"
-        self._runs: Optional[list[RunRef]] = None
+        self._runs: list[RunRef] | None = None
         self._data: dict[tuple, tuple] = {}
         self._scores: dict[tuple, Any] = {}
         self._per_product: dict[tuple, Any] = {}
         self._ssp: dict[Path, SSPRecords] = {}
         self._cues: dict[tuple, Any] = {}
-        self._offsets: dict[tuple, Optional[np.ndarray]] = {}
+        self._offsets: dict[tuple, np.ndarray | None] = {}
 
     # ------------------------------------------------------------------ runs
-    def runs(self, dataset: Optional[str] = None, category: Optional[str] = None) -> list[RunRef]:
+    def runs(self, dataset: str | None = None, category: str | None = None) -> list[RunRef]:
         """The runs of the folder (optionally of one dataset / category). Raises DataError for an
         empty runs folder."""
         if self._runs is None:
@@ -358,7 +358,7 @@ class Explorer:
         s = pd.Series(per_review, index=reviews["product_id"].to_numpy())
         return s.groupby(level=0, sort=False).max()
 
-    def review_offsets(self, run: RunRef, dataset: str, category: str, split: str) -> Optional[np.ndarray]:
+    def review_offsets(self, run: RunRef, dataset: str, category: str, split: str) -> np.ndarray | None:
         """(n_reviews,) of the split: mean |y_s - y_g| (train, SSP records) or mean |yhat_s - yhat|
         (dev/test, the heads' outputs); NaN where a review has none; None when the run has neither.
         Cached per run and split."""
@@ -367,7 +367,7 @@ class Explorer:
             self._offsets[key] = self._review_offsets(run, dataset, category, split)
         return self._offsets[key]
 
-    def _review_offsets(self, run: RunRef, dataset: str, category: str, split: str) -> Optional[np.ndarray]:
+    def _review_offsets(self, run: RunRef, dataset: str, category: str, split: str) -> np.ndarray | None:
         _, reviews, _ = self.data(dataset, category, split)
         if split == "train":
             rec = self.ssp(run)
@@ -389,11 +389,11 @@ class Explorer:
         dataset: str,
         category: str,
         split: str,
-        run: Optional[RunRef] = None,
+        run: RunRef | None = None,
         *,
         query: str = "",
         sort: str = "file order",
-        limit: Optional[int] = None,
+        limit: int | None = None,
     ):
         """Products of a split matching ``query`` (case-insensitive, in id, name or text), in the
         order ``sort`` (one of :data:`SORTS`), with ``n_reviews``, ``AP`` (the run's, NaN without
@@ -456,8 +456,8 @@ class Explorer:
         category: str,
         split: str,
         product_id: str,
-        run: Optional[RunRef] = None,
-        other: Optional[RunRef] = None,
+        run: RunRef | None = None,
+        other: RunRef | None = None,
         *,
         min_offset: float = 0.0,
     ):
@@ -525,7 +525,7 @@ class Explorer:
         by = "rank" if df["rank"].notna().all() and len(df) else "human_rank"
         return df.sort_values(by, kind="stable").reset_index(drop=True), notes
 
-    def ranking_difference(self, table) -> Optional[dict]:
+    def ranking_difference(self, table) -> dict | None:
         """Where two runs' rankings of one product differ: ``n``, ``differ`` (positions whose
         rank differs), ``kendall_tau`` (NaN for one review), ``top_same`` (same first review)."""
         if "rank_diff" not in table.columns or table["rank"].isna().any() or table["other_rank"].isna().any():
@@ -568,7 +568,7 @@ class Explorer:
         )
 
     def review_detail(
-        self, dataset: str, category: str, split: str, review_id: str, run: Optional[RunRef] = None
+        self, dataset: str, category: str, split: str, review_id: str, run: RunRef | None = None
     ) -> ReviewDetail:
         """One review under ``run``: its trajectory, offsets, distances (train), heads (dev/test), cues."""
         _, reviews, _ = self.data(dataset, category, split)
@@ -637,7 +637,7 @@ class Explorer:
 # ---------------------------------------------------------------------------------------------
 
 
-def trajectory_png(det: ReviewDetail, *, dpi: int = 90) -> Optional[bytes]:
+def trajectory_png(det: ReviewDetail, *, dpi: int = 90) -> bytes | None:
     """A PNG of the review's pseudo labels per epoch and subtask (the human label dashed), or of
     its heads' outputs (dev/test); None when there is nothing to draw. Uses a bare matplotlib
     ``Figure`` (no pyplot state, nothing displayed)."""
@@ -703,7 +703,7 @@ def images_html(files, *, max_images: int = 4, px: int = THUMB_PX) -> str:
 
 
 def review_table_html(
-    table, *, selected: Optional[str] = None, other_label: Optional[str] = None, split: str = "train"
+    table, *, selected: str | None = None, other_label: str | None = None, split: str = "train"
 ) -> str:
     """The review table as HTML: run rank, human rank, (second run's rank and its difference),
     label, offset (train: mean |y_s - y_g|; dev/test: mean |yhat_s - yhat|), the last pseudo labels

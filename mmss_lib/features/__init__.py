@@ -4,7 +4,6 @@ import torch, transformers and torchvision when they run."""
 
 from __future__ import annotations
 
-
 __all__ = [
     "MAX_REGIONS_PER_IMAGE",
     "MAX_REGIONS_PER_ITEM",

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from mmss_lib.data.mrhp import SPLITS
 from mmss_lib.errors import DataError
 from mmss_lib.features.fingerprint import content_fingerprint
 from mmss_lib.features.store import DEFAULT_SHARD_SIZE, FeatureStore, FeatureStoreWriter, feature_dirs, store_size_bytes
 from mmss_lib.utils import atomic_write_json
-from mmss_lib.data.mrhp import SPLITS
 
 __all__ = ["extract_category", "load_category_items", "cli_main", "region_options"]
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 FINGERPRINT_VERSION = "content-v1"
 IMAGE_HEAD_BYTES = 4096

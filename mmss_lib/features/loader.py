@@ -31,9 +31,10 @@ are read) are each a :class:`~mmss_lib.errors.FeatureStoreError` naming the stor
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -72,12 +73,12 @@ def _finite(x: np.ndarray, store: Any, kind: str, item_id: str) -> np.ndarray:
 class ReadCaps:
     """Read-time caps on the stored features (MRHP_FACTS.md section 3: MCR's caps)."""
 
-    max_text_len: Optional[int] = 512  # tokens kept per text, [CLS] included (None = all)
+    max_text_len: int | None = 512  # tokens kept per text, [CLS] included (None = all)
     max_regions_per_image: int = 32  # first regions of each image
     max_regions_per_item: int = 128  # regions of all images of one item
 
     @classmethod
-    def of(cls, cfg) -> "ReadCaps":
+    def of(cls, cfg) -> ReadCaps:
         """The caps a run's configuration (:class:`~mmss_lib.training.config.TrainConfig`) sets."""
         return cls(cfg.max_text_len, cfg.max_regions_per_image, cfg.max_regions_per_item)
 
@@ -189,7 +190,7 @@ class MRHPSplitData:
         caps: ReadCaps | None = None,
         keep_texts: bool = False,
         stores: Mapping[str, Any] | None = None,
-    ) -> dict[str, "MRHPSplitData"]:
+    ) -> dict[str, MRHPSplitData]:
         """The three splits of a released dataset/category, sharing one set of opened stores
         (:func:`run_stores`; ``stores`` may pass them already opened): the one place a run's data is
         assembled from disk. Refuses splits that share a product or review
@@ -297,9 +298,10 @@ class MRHPSplitData:
         return idx
 
     # ------------------------------------------------------------------ batches
-    def collate(self, indices) -> "Batch":  # noqa: F821
+    def collate(self, indices) -> Batch:  # noqa: F821
         """The :class:`~mmss_lib.data.batch.Batch` of samples ``indices`` (positions in this split)."""
         import torch
+
         from mmss_lib.data.batch import Batch
 
         if not self.has_text_stores:
@@ -322,10 +324,11 @@ class MRHPSplitData:
             **self._meta_part(idx),
         )
 
-    def collate_tokens(self, indices, tokenizer, *, max_len: int | None = None) -> "Batch":  # noqa: F821
+    def collate_tokens(self, indices, tokenizer, *, max_len: int | None = None) -> Batch:  # noqa: F821
         """Fine-tuning mode: token ids of the raw texts (``pt_ids``/``rt_ids``, masks from the
         tokenizer's attention mask); ``pt``/``rt`` are None. Needs ``keep_texts=True``."""
         import torch
+
         from mmss_lib.data.batch import Batch
 
         if self.review_texts is None or self.product_texts is None:
@@ -354,7 +357,7 @@ class MRHPSplitData:
             **self._meta_part(idx),
         )
 
-    def iter_batches(self, indices=None, batch_size: int = 64, *, collate=None) -> Iterator[tuple[np.ndarray, "Batch"]]:  # noqa: F821
+    def iter_batches(self, indices=None, batch_size: int = 64, *, collate=None) -> Iterator[tuple[np.ndarray, Batch]]:  # noqa: F821
         """Yield ``(indices, Batch)`` over ``indices`` (default: all samples in order) in chunks."""
         idx = np.arange(self.n) if indices is None else np.asarray(indices, dtype=np.int64)
         collate = collate or self.collate

@@ -39,8 +39,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -530,7 +531,7 @@ class FeatureStoreWriter:
         self.closed = True
         return self.path
 
-    def __enter__(self) -> "FeatureStoreWriter":
+    def __enter__(self) -> FeatureStoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

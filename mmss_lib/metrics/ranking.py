@@ -40,7 +40,8 @@ AP = 1/2, RR = 1/2, NDCG = (15/log2(3)) / 15 = 0.6309. MAP = (0.8333 + 0.5) / 2.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -34,8 +34,8 @@ or another assignment is refused, so runs of different fold designs never mix in
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -55,14 +55,14 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Sequence
 
 from mmss_lib.errors import DataError, RunStopped, TuneError
-from mmss_lib.training.run_folder import load_history, run_lock, study_dir_for, trial_run_dir
-from mmss_lib.models.registry import SEARCH_SPACES, SYSTEMS, SearchParam
 from mmss_lib.model_selection.tuned import BEST_FILE, apply_params
+from mmss_lib.models.registry import SEARCH_SPACES, SYSTEMS, SearchParam
+from mmss_lib.training.run_folder import load_history, run_lock, study_dir_for, trial_run_dir
 from mmss_lib.utils import atomic_path, atomic_write_json
 
 STUDY_FILE = "study.journal"
@@ -390,9 +390,9 @@ def tune(
     """Run (or continue) one study; write its outputs; return best.json's content."""
     import optuna
 
-    from mmss_lib.training.executors import Job, make_executor
     from mmss_lib.models.mmss import ABLATIONS
     from mmss_lib.training.config import TrainConfig
+    from mmss_lib.training.executors import Job, make_executor
 
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise TuneError(

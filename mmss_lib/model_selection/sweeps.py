@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 from mmss_lib.errors import DataError, SweepError
-from mmss_lib.training.run_folder import CONFIG, finished_metrics, fold_run_dir, load_run_config, run_dir_for, run_name
-from mmss_lib.training.config import TrainConfig
-from mmss_lib.training.trainer import METRIC_NAMES, load_splits, train_run
 from mmss_lib.models.registry import is_floor
+from mmss_lib.training.config import TrainConfig
+from mmss_lib.training.run_folder import CONFIG, finished_metrics, fold_run_dir, load_run_config, run_dir_for, run_name
+from mmss_lib.training.trainer import METRIC_NAMES, load_splits, train_run
 
 
 def _normalise_systems(systems) -> list[tuple[str, str, dict]]:
@@ -114,9 +114,9 @@ def run_experiment(
     ``attrs`` when frames are combined, so no frame is kept there) and
     :func:`mmss_lib.evaluation.summary.read_summaries` reads them back.
     """
-    from mmss_lib.training.executors import make_executor
-
     import pandas as pd
+
+    from mmss_lib.training.executors import make_executor
 
     base = base_config or TrainConfig()
     specs = _normalise_systems(systems)
@@ -669,7 +669,7 @@ def _add_config_options(ap: argparse.ArgumentParser) -> None:
         text = helps.get(f.name, "") + f" (default {default!r})"
         if base is bool:
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
-        elif base in (list, typing.List) or typing.get_origin(base) is list:
+        elif base in (list, list) or typing.get_origin(base) is list:
             kind = int if f.name.endswith("seeds") else str
             ap.add_argument(flag, nargs="+", type=kind, default=default, help=text)
         else:

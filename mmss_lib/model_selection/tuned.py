@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from mmss_lib.errors import TuneError
-from mmss_lib.training.run_folder import study_dir_for
 from mmss_lib.models.registry import SEARCH_SPACES, SearchParam, is_floor
+from mmss_lib.training.run_folder import study_dir_for
 
 BEST_FILE = "best.json"
 

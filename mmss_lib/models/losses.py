@@ -22,7 +22,7 @@ Worked example (Eq. 13, margin 1)::
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -26,8 +26,6 @@ Worked example (an all-padding row pools to zeros)::
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -232,7 +230,7 @@ class AttentionPool(nn.Module):
         self.proj = nn.Linear(dim + claim_dim, hidden)
         self.context = nn.Linear(hidden, 1, bias=score_bias)
 
-    def forward(self, h: Tensor, mask: Tensor, claim: Optional[Tensor] = None) -> Tensor:
+    def forward(self, h: Tensor, mask: Tensor, claim: Tensor | None = None) -> Tensor:
         if self.claim_dim:
             if claim is None:
                 raise ValueError("this AttentionPool was built with a claim: pass claim=(B, claim_dim)")

@@ -35,7 +35,6 @@ subtask heads (module (b)'s five interactions still all feed the global score), 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -142,8 +141,8 @@ class SelfATT(nn.TransformerEncoderLayer):
     def forward(
         self,
         src: Tensor,
-        src_mask: Optional[Tensor] = None,
-        src_key_padding_mask: Optional[Tensor] = None,
+        src_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
         mha = self.self_attn

@@ -133,7 +133,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -208,10 +207,10 @@ class SSPLabel:
         eps: float = 1e-6,
         label_range: tuple[float, float] = (0.0, 4.0),
         scale: str = DEFAULT_SCALE,
-        clamp: Optional[tuple[float, float]] = None,
-        bank_dtype: Optional[torch.dtype] = None,
-        max_history: Optional[int] = None,
-        bank_dir: Optional[str | os.PathLike] = None,
+        clamp: tuple[float, float] | None = None,
+        bank_dtype: torch.dtype | None = None,
+        max_history: int | None = None,
+        bank_dir: str | os.PathLike | None = None,
         fresh_only: bool = True,
     ):
         y_g = torch.as_tensor(y_g).detach().to("cpu", torch.float64).reshape(-1)
@@ -246,7 +245,7 @@ class SSPLabel:
         self.seen = torch.zeros(n, dtype=torch.bool)
         self.last_visit = torch.zeros(n, dtype=torch.int64)  # epoch of the last update (0: never)
         self.fresh_only = bool(fresh_only)
-        self._stats_mask: Optional[Tensor] = None  # None: the statistics cover every seen sample
+        self._stats_mask: Tensor | None = None  # None: the statistics cover every seen sample
         if bank_dtype is None:
             f32_bytes = 4 * n * sum(self.dims.values())
             bank_dtype = torch.float32 if f32_bytes <= AUTO_FLOAT16_BYTES else torch.float16
@@ -356,7 +355,7 @@ class SSPLabel:
             out[j] = self.mahalanobis(task, self.bank[task][j])
         return out
 
-    def scale(self, task: str, bank_m: Optional[Tensor] = None) -> float:
+    def scale(self, task: str, bank_m: Tensor | None = None) -> float:
         """s_k of Eq. 18 (module docstring): "mean": (bank mean of m_k)^2; "rms": the bank's mean
         squared distance; "common": the main task's "mean" scale (bank mean of m_g)^2 for every
         task. ``bank_m``: the bank's m_k if already computed (ignored for "common" unless
@@ -663,7 +662,7 @@ def recompute_reading(
     record: dict,
     scale: str,
     *,
-    previous: Optional[dict] = None,
+    previous: dict | None = None,
     alpha1: float = 1.0,
     alpha2: float = 1.0,
     eps: float = 1e-6,

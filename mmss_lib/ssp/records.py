@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -139,9 +138,9 @@ class SSPRecords:
         self.epochs = [e for e, _ in files]
         self.files = [p for _, p in files]
         self._cache: dict[tuple[int, str], np.ndarray] = {}
-        self._index: Optional[dict[str, int]] = None
+        self._index: dict[str, int] | None = None
         self._ids = None
-        self._subtasks: Optional[list[str]] = None
+        self._subtasks: list[str] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.files)
@@ -216,7 +215,7 @@ class SSPRecords:
         return np.where(seen, off, np.nan)
 
 
-def largest_offset_reviews(hist: SSPHistory, n: int = 1, *, candidates: Optional[np.ndarray] = None) -> list[int]:
+def largest_offset_reviews(hist: SSPHistory, n: int = 1, *, candidates: np.ndarray | None = None) -> list[int]:
     """Indices of the ``n`` training reviews whose last-epoch offsets are largest (mean over
     subtasks of |y_s - y_g|), among ``candidates`` (a boolean mask, e.g. reviews with images)
     and the reviews SSP-Label has seen. Ties: the lower index first."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Optional
 
 from mmss_lib.errors import CheckpointError, DataError
 
@@ -31,7 +30,7 @@ class TrainConfig:
     lr: float = 1e-4  # Adam learning rate of all but the text encoder (App. A.2)
     lr_text: float = 5e-5  # Adam learning rate of a fine-tuned text encoder (App. A.2)
     weight_decay: float = 0.0  # Adam weight decay (the paper uses none)
-    grad_clip: Optional[float] = None  # max gradient norm (None: no clipping)
+    grad_clip: float | None = None  # max gradient norm (None: no clipping)
     pair_scheme: str = "mcr"  # "mcr" (MCR's positives/negatives) or "all" (every ordered pair)
     n_neg: int = 7  # negatives per positive under "mcr"
     loss: str = "hinge"  # "hinge" (Eq. 13, margin below) or "label_gap" (MCR's margin y+ - y-)
@@ -40,21 +39,19 @@ class TrainConfig:
     seed: int = 0  # seeds python, numpy, torch and the pair sampler
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # mixed precision (bf16, else fp16 + grad scaler) on CUDA only
-    max_text_len: Optional[int] = 512  # tokens kept per text ([CLS] included)
+    max_text_len: int | None = 512  # tokens kept per text ([CLS] included)
     max_regions_per_image: int = 32  # MCR's read-time cap per image
     max_regions_per_item: int = 128  # MCR's read-time cap per item
-    threshold: Optional[float] = None  # relevance threshold of the metrics (None: data.default_threshold)
+    threshold: float | None = None  # relevance threshold of the metrics (None: data.default_threshold)
     ssp_alpha1: float = 1.0  # SSP-Label alpha1 (Eq. 19)
     ssp_alpha2: float = 1.0  # SSP-Label alpha2 (Eq. 20)
-    ssp_pivot: Optional[float] = (
+    ssp_pivot: float | None = (
         None  # SSP-Label anchor pivot (Eq. 17 reading); None: threshold + 0.5 (1.5 Amazon, 0.5 Lazada)
     )
-    ssp_record_seeds: Optional[list] = (
-        None  # seeds whose runs write ssp/epoch*.npz (per review, ~100 B/epoch); None: all
-    )
+    ssp_record_seeds: list | None = None  # seeds whose runs write ssp/epoch*.npz (per review, ~100 B/epoch); None: all
     ssp_scale: str = "common"  # SSP-Label reading of Eq. 18's scale s_k: ssp_label.SCALES (mean, rms, common);
     # the default is ssp_label.DEFAULT_SCALE (chosen on dev MAP, see its docstring)
-    text_model: Optional[str] = None  # HF name or local folder of the encoder (text_mode frozen/finetune)
+    text_model: str | None = None  # HF name or local folder of the encoder (text_mode frozen/finetune)
     text_mode: str = (
         "cached"  # "cached" (text stores), "frozen" / "finetune" (encoded on the fly, mmss_lib.models.online_text)
     )
@@ -62,8 +59,8 @@ class TrainConfig:
         default_factory=lambda: ["mmss"]
     )  # under "finetune": systems whose encoder trains (others: frozen)
     eval_test: bool = True  # also evaluate the test split every epoch (for the history)
-    num_threads: Optional[int] = None  # torch.set_num_threads (None: leave as is)
-    tuned_from: Optional[str] = None  # best.json of the `mmss tune` study whose settings this run took (None: untuned)
+    num_threads: int | None = None  # torch.set_num_threads (None: leave as is)
+    tuned_from: str | None = None  # best.json of the `mmss tune` study whose settings this run took (None: untuned)
 
     def __post_init__(self):
         if self.pair_scheme not in ("mcr", "all"):
@@ -138,7 +135,7 @@ class TrainConfig:
         return json.loads(json.dumps(asdict(self), default=list))
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
+    def from_json(cls, d: dict) -> TrainConfig:
         d = dict(d)
         if d.pop("fine_tune_text", False) and d.get("text_mode", "cached") == "cached":
             d["text_mode"] = "finetune"  # a run recorded with the retired switch

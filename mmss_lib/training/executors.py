@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import os
 import traceback as _tb
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any
 
 from mmss_lib.errors import DataError, MMSSError
 
@@ -70,8 +71,8 @@ class JobResult:
     index: int
     name: str
     value: Any = None
-    error: Optional[str] = None
-    traceback: Optional[str] = None
+    error: str | None = None
+    traceback: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -133,7 +134,7 @@ class LocalExecutor:
     def in_process(self) -> bool:
         return self.n_jobs <= 1
 
-    def threads_per_run(self, n_runs: int) -> Optional[int]:
+    def threads_per_run(self, n_runs: int) -> int | None:
         """torch threads per run of a sweep of ``n_runs``: 1 in worker processes (several runs
         share the cores), else None (unchanged)."""
         return None if (self.in_process or n_runs <= 1) else 1
@@ -177,7 +178,7 @@ class LocalExecutor:
 DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds to wait for a Ray head's port (--ray-timeout)
 
 
-def _head_endpoint(address: str) -> Optional[tuple[str, int]]:
+def _head_endpoint(address: str) -> tuple[str, int] | None:
     """(host, port) of a Ray address: ``HOST:PORT`` (GCS, default port 6379), ``ray://HOST:PORT``
     (Ray Client, default 10001); None for ``auto`` / ``local`` (found by Ray itself)."""
     a = str(address).strip()
@@ -260,10 +261,10 @@ class RayExecutor:
 
     def __init__(
         self,
-        address: Optional[str] = None,
+        address: str | None = None,
         *,
-        num_cpus: Optional[int] = None,
-        gpus_per_run: Optional[float] = None,
+        num_cpus: int | None = None,
+        gpus_per_run: float | None = None,
         cpus_per_run: int = 1,
         log_to_driver: bool = True,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -288,7 +289,7 @@ class RayExecutor:
         self.cpus_per_run = int(cpus_per_run)
         self.log_to_driver = log_to_driver
         self._depth = 0  # inside ``with``: connections are kept
-        self._session: Optional[tuple] = None  # (ray, started): the kept connection
+        self._session: tuple | None = None  # (ray, started): the kept connection
 
     def threads_per_run(self, n_runs: int) -> int:
         """torch threads per run: the CPUs a task holds."""
@@ -404,7 +405,7 @@ class RayExecutor:
         )
 
 
-def make_executor(executor="local", *, n_jobs: int = 1, ray_address: Optional[str] = None, **ray_options):
+def make_executor(executor="local", *, n_jobs: int = 1, ray_address: str | None = None, **ray_options):
     """An executor from its name (``"local"``/``"ray"``) or an executor object passed through."""
     if not isinstance(executor, str):
         if not hasattr(executor, "run"):

@@ -54,16 +54,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from mmss_lib.data.mrhp import SPLITS
 from mmss_lib.errors import DataError
 from mmss_lib.metrics.ranking import DEFAULT_KS, PER_PRODUCT_COLUMN, _as_1d, _numeric, per_product_metrics
-from mmss_lib.training.run_folder import CONFIG, HISTORY, METRICS, finished_metrics, scores_path
 from mmss_lib.models.registry import is_ceiling
+from mmss_lib.training.run_folder import CONFIG, HISTORY, METRICS, finished_metrics, scores_path
 
 # ceiling -> the planted cues its least-squares fit uses (module docstring)
 CEILINGS: dict[str, tuple[str, ...]] = {
@@ -221,7 +222,7 @@ class CeilingFloor(_Floor):
         self.coef: np.ndarray | None = None
         self.lookup = None
 
-    def fit(self, cues, review_ids, labels) -> "CeilingFloor":
+    def fit(self, cues, review_ids, labels) -> CeilingFloor:
         """Fit on the reviews ``review_ids`` (their ``labels``), reading their cues from ``cues``
         (a frame of :data:`mmss_lib.data.synthetic.CUE_COLUMNS` covering at least those reviews)."""
         self.lookup = cues.drop_duplicates("review_id").set_index("review_id")

@@ -55,7 +55,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -820,7 +820,7 @@ def _check_trainable(cfg: TrainConfig, train, run_info: dict | None) -> None:
 SSP_BANK_FILE_BYTES = 64 * 2**20
 
 
-def _ssp_bank_dir(run_dir: Path, n: int, dims: dict) -> Optional[Path]:
+def _ssp_bank_dir(run_dir: Path, n: int, dims: dict) -> Path | None:
     return Path(run_dir) / "ssp_banks" if 4 * n * sum(dims.values()) > SSP_BANK_FILE_BYTES else None
 
 

@@ -16,8 +16,6 @@ softmax, pooling and :class:`~mmss_lib.models.masked.AttentionPool` they combine
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -122,7 +120,7 @@ class InputEncoder(nn.Module):
         self.region_out = nn.Sequential(nn.LayerNorm(d), nn.GELU(), nn.Dropout(dropout))
         self.type_emb = nn.Parameter(torch.randn(4, d) * 0.02) if type_embeddings else None
 
-    def _regions(self, x: Tensor, mask: Tensor, boxes: Optional[Tensor]) -> Tensor:
+    def _regions(self, x: Tensor, mask: Tensor, boxes: Tensor | None) -> Tensor:
         h = self.region(zero_padding(x, mask))  # (B, N, d)
         if self.box is not None and boxes is not None:
             b = zero_padding(boxes, mask)

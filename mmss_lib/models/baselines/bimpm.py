@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmss_lib.models.baselines.common import MaskedBiLSTM, text_inputs
 from mmss_lib.data.batch import Batch, ModelOutput
+from mmss_lib.models.baselines.common import MaskedBiLSTM, text_inputs
 from mmss_lib.models.masked import masked_max, masked_softmax
 
 _EPS = 1e-8

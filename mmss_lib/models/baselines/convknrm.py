@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmss_lib.models.baselines.common import NGramConv, text_inputs
 from mmss_lib.data.batch import Batch, ModelOutput
+from mmss_lib.models.baselines.common import NGramConv, text_inputs
 
 
 def kernel_mus_sigmas(n_kernels: int = 11, sigma: float = 0.1, exact_sigma: float = 1e-3) -> tuple[Tensor, Tensor]:

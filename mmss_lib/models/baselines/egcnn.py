@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmss_lib.models.baselines.common import NGramConv, text_inputs
 from mmss_lib.data.batch import Batch, ModelOutput
+from mmss_lib.models.baselines.common import NGramConv, text_inputs
 from mmss_lib.models.masked import masked_max
 
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmss_lib.models.baselines._mm_common import InputEncoder, ScoreHead, TransformerBlock, check_batch
 from mmss_lib.data.batch import Batch, ModelOutput
+from mmss_lib.models.baselines._mm_common import InputEncoder, ScoreHead, TransformerBlock, check_batch
 from mmss_lib.models.masked import has_any, masked_mean
 
 

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmss_lib.models.baselines._mm_common import CrossAttention, InputEncoder, ScoreHead, TransformerBlock, check_batch
 from mmss_lib.data.batch import Batch, ModelOutput
+from mmss_lib.models.baselines._mm_common import CrossAttention, InputEncoder, ScoreHead, TransformerBlock, check_batch
 from mmss_lib.models.masked import AttentionPool, has_any, masked_max, masked_mean, masked_softmax, zero_padding
 
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmss_lib.models.baselines._mm_common import CrossAttention, InputEncoder, ScoreHead, TransformerBlock, check_batch
 from mmss_lib.data.batch import Batch, ModelOutput
+from mmss_lib.models.baselines._mm_common import CrossAttention, InputEncoder, ScoreHead, TransformerBlock, check_batch
 from mmss_lib.models.masked import has_any, masked_mean
 
 
