@@ -35,26 +35,8 @@ from typing import Any
 import numpy as np
 
 from mmss_lib.data.mrhp import check_item_id
-from mmss_lib.errors import CheckpointError, DataError, ModelNotAvailableError
-from mmss_lib.training.run_folder import BEST
-
-
-def load_checkpoint(path) -> tuple[dict, Path]:
-    """A trained run's ``best.pt`` (a run folder or the file), loaded weights-only (a shared run
-    folder runs no code), checked for the keys ``mmss train`` writes; returns ``(dict, path)``."""
-    from mmss_lib.training.trainer import _load_torch
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / BEST
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no checkpoint here; pass a run folder holding best.pt (after `mmss train`)")
-    ck = _load_torch(p)
-    for key in ("config", "model", "text_dim", "region_dim"):
-        if not isinstance(ck, dict) or key not in ck:
-            raise CheckpointError(f"{p}: not a best.pt written by mmss train (no {key!r})")
-    return ck, p
-
+from mmss_lib.errors import DataError, ModelNotAvailableError
+from mmss_lib.training.checkpoints import load_checkpoint
 
 PRODUCT_FIELDS = ("text", "image_files", "product_id")
 REVIEW_FIELDS = ("text", "image_files", "review_id")

@@ -45,7 +45,7 @@ def _load(run_dir, data_root, features_root, split: str):
     import json
 
     from mmss_lib.features.loader import MRHPSplitData, ReadCaps
-    from mmss_lib.predict import load_checkpoint
+    from mmss_lib.training.checkpoints import load_checkpoint
     from mmss_lib.training.config import TrainConfig
     from mmss_lib.training.run_folder import BEST, CONFIG
     from mmss_lib.training.trainer import build_model

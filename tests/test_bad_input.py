@@ -483,7 +483,7 @@ def _import_bad_ids(ctx: Ctx):
 
 
 def _predict_checkpoint_payload(ctx: Ctx):
-    from mmss_lib.predict import load_checkpoint
+    from mmss_lib.training.checkpoints import load_checkpoint
 
     p = ctx.torch_payload(ctx.root / "run" / "best.pt")
     ctx.protect()
@@ -499,11 +499,11 @@ def _case_study_payload(ctx: Ctx):
 
 
 def _resume_payload(ctx: Ctx):
-    from mmss_lib.training.trainer import _load_torch  # what fit() uses for last.pt
+    from mmss_lib.training.checkpoints import load_torch  # what fit() uses for last.pt
 
     p = ctx.torch_payload(ctx.root / "run" / "last.pt")
     ctx.protect()
-    return _load_torch(p)
+    return load_torch(p)
 
 
 def _ssp_record_payload(ctx: Ctx):
@@ -698,9 +698,9 @@ def _kill9_resume(ctx: Ctx, tiny: Path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not (run / "metrics.json").exists(), "the run finished before the kill: nothing was interrupted"
-    from mmss_lib.training.trainer import _load_torch
+    from mmss_lib.training.checkpoints import load_torch
 
-    done = _load_torch(run / "last.pt")["state"]["epoch"]
+    done = load_torch(run / "last.pt")["state"]["epoch"]
     assert 1 <= done < epochs
     r = subprocess.run(_train_cmd(tiny, ctx.root / "killed", epochs), env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]  # the rerun resumes and finishes

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from mmss_lib.bench.common import default_threads, memory_now, report
+from mmss_lib.ssp.label import ssp_bank_dir
 from mmss_lib.training.config import TrainConfig
-from mmss_lib.training.trainer import _ssp_bank_dir, build_model, build_optimizer, draw_pairs, train_step
+from mmss_lib.training.trainer import build_model, build_optimizer, draw_pairs, train_step
 from mmss_lib.utils import seed_everything
 
 
@@ -119,7 +120,7 @@ def _bench_child(spec: dict) -> dict:
         torch.as_tensor(train.labels, dtype=torch.float32),
         dims,
         max_history=1,
-        bank_dir=_ssp_bank_dir(Path(spec["root"]) / "run", train.n, dims),
+        bank_dir=ssp_bank_dir(Path(spec["root"]) / "run", train.n, dims),
     )
     mark("model+ssp")
     out = {"n": n}

@@ -29,7 +29,7 @@ def score_with_checkpoint(run_dir: str | os.PathLike, split, indices) -> dict[st
     """
     import torch
 
-    from mmss_lib.predict import load_checkpoint
+    from mmss_lib.training.checkpoints import load_checkpoint
     from mmss_lib.training.trainer import TrainConfig, build_model, collate_for
 
     ck, path = load_checkpoint(Path(run_dir) / BEST)  # weights-only: a shared run folder runs no code

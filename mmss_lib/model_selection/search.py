@@ -138,7 +138,7 @@ def _override(p: SearchParam, value: str, item: str) -> SearchParam:
 
 def base_values(cfg, space: dict[str, SearchParam]) -> dict:
     """The base configuration's value of every searched parameter (trial 0's settings)."""
-    from mmss_lib.training.trainer import model_option_defaults
+    from mmss_lib.training.build import model_option_defaults
 
     defaults, _ = model_option_defaults(cfg.system)
     out = {}

@@ -152,11 +152,11 @@ def run_experiment(
         if tag
         else None
     )
-    from mmss_lib.training.trainer import _check_model_options
+    from mmss_lib.training.build import check_model_options
 
     for system, _, options in specs + [e[1:] for e in extras]:  # model options (--option) checked before any run starts
         if not is_floor(system):
-            _check_model_options(system, {**base.model_options, **options})
+            check_model_options(system, {**base.model_options, **options})
     from mmss_lib.training.floors import check_ceiling_data
 
     for category in categories:  # ceilings need planted cues: refuse before any run starts

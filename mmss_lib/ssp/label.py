@@ -704,3 +704,14 @@ def recompute_reading(
             lab = y_g.copy()
         out[f"estimate_{s}"], out[f"label_{s}"], out[f"offset_{s}"] = est, lab, lab - y_g
     return out
+
+
+# The bank's memory policy: banks larger than this (as float32) live in memory-mapped scratch files
+# of the run folder instead of anonymous memory, like the feature stores (their state is in last.pt).
+SSP_BANK_FILE_BYTES = 64 * 2**20
+
+
+def ssp_bank_dir(run_dir, n: int, dims: dict) -> Path | None:
+    """Where the banks of ``n`` samples with feature sizes ``dims`` live: ``{run_dir}/ssp_banks`` above
+    :data:`SSP_BANK_FILE_BYTES`, else None (in memory)."""
+    return Path(run_dir) / "ssp_banks" if 4 * n * sum(dims.values()) > SSP_BANK_FILE_BYTES else None

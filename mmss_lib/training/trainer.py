@@ -49,9 +49,7 @@ command is :func:`mmss_lib.model_selection.sweeps.cli_main`; the training benchm
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +57,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mmss_lib.errors import CheckpointError, DataError, TrainingError
+from mmss_lib.errors import CheckpointError, TrainingError
 from mmss_lib.metrics.ranking import METRIC_NAMES
+from mmss_lib.training.build import build_model, build_optimizer
+from mmss_lib.training.checkpoints import load_torch, rng_state, save_torch, set_rng_state
 from mmss_lib.training.config import TrainConfig
 from mmss_lib.training.run_folder import (
     BEST,
@@ -94,164 +94,7 @@ def load_splits(data_root, dataset: str, category: str, features_root, cfg: Trai
 # ------------------------------------------------------------------------------------ RNG state
 
 
-def _rng_state() -> dict:
-    """Python/NumPy/torch RNG states as tensors, lists and numbers (weights_only-loadable)."""
-    import torch
-
-    py = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    import torch
-
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ------------------------------------------------------------------------------------ pieces
-
-
-def build_model(cfg: TrainConfig, text_dim: int, region_dim: int):
-    """The system of ``cfg`` for the given input sizes. Text modes ``frozen`` / ``finetune``: the
-    encoder ``cfg.text_model`` is loaded and wraps the system (:mod:`mmss_lib.models.online_text`);
-    ``text_dim`` is then the encoder's hidden size."""
-    from mmss_lib.models.registry import build_system
-
-    options = dict(cfg.model_options)
-    mode = cfg.effective_text_mode
-    encoder = tokenizer = None
-    if mode != "cached":
-        from mmss_lib.models.online_text import load_text_model
-
-        tokenizer, encoder = load_text_model(cfg.text_model)
-        text_dim = int(encoder.config.hidden_size)
-    _check_model_options(cfg.system, options)
-    try:
-        system = build_system(cfg.system, text_dim=text_dim, region_dim=region_dim, **options)
-        if encoder is None:
-            return system
-        from mmss_lib.models.online_text import on_the_fly_text
-
-        return on_the_fly_text(system, encoder, tokenizer, trainable=(mode == "finetune"))
-    except KeyError as exc:
-        raise DataError(str(exc.args[0] if exc.args else exc)) from None
-    except TypeError as exc:
-        raise DataError(f"system {cfg.system!r}: bad model option(s) {sorted(options)}: {exc}") from None
-
-
-def model_option_defaults(system: str) -> tuple[dict, list | None]:
-    """The model options of ``system`` with their defaults (``inspect.Parameter.empty`` where none),
-    and the list of known option names (None: any name is taken)."""
-    import dataclasses
-    import inspect
-    import typing
-
-    from mmss_lib.models.registry import SYSTEMS, system_class
-
-    if system not in SYSTEMS:
-        return {}, None
-    try:
-        cls = system_class(system)
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError, ImportError, AttributeError):
-        return {}, None
-    empty = inspect.Parameter.empty
-    defaults = {
-        n: p.default
-        for n, p in params.items()
-        if n not in ("self", "text_dim", "region_dim", "config")
-        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    }
-    known: list | None = list(defaults)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        known = None  # **options: the options of its config dataclass, if it says which
-        try:
-            hint = typing.get_type_hints(cls.__init__).get("config")
-        except Exception:  # noqa: BLE001 - unresolvable annotations: no check
-            hint = None
-        for t in typing.get_args(hint) or (hint,):
-            if dataclasses.is_dataclass(t):
-                for f in dataclasses.fields(t):
-                    defaults[f.name] = (
-                        f.default
-                        if f.default is not dataclasses.MISSING
-                        else f.default_factory()
-                        if f.default_factory is not dataclasses.MISSING
-                        else empty
-                    )
-                known = [n for n in defaults if n not in ("text_dim", "region_dim")]
-    return defaults, known
-
-
-def _check_model_options(system: str, options: dict) -> None:
-    """Each model option (``--option KEY=VALUE``) is a keyword of the system's class and has the
-    type of its default (an integer for ``d=128``, ...): a clear error naming the option, instead
-    of the model's own failure (e.g. "not all arguments converted during string formatting")."""
-    import inspect
-
-    from mmss_lib.models.registry import SYSTEMS
-
-    if system not in SYSTEMS:
-        return  # build_system names the unknown system
-    empty = inspect.Parameter.empty
-    defaults, known = model_option_defaults(system)
-    for key, value in options.items():
-        if known is not None and key not in known:
-            raise DataError(
-                f"--option {key}={value!r}: system {system!r} has no model option {key!r}; "
-                f"its options: {', '.join(known) or '(none)'}"
-            )
-        if key not in defaults:
-            continue
-        default = defaults[key]
-        if default is empty or default is None:
-            continue
-        if isinstance(default, bool):
-            ok, want = isinstance(value, bool), "true or false"
-        elif isinstance(default, int):
-            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            want = "a finite number"
-        elif isinstance(default, str):
-            ok, want = isinstance(value, str), "a string"
-        elif isinstance(default, (list, tuple)):
-            ok, want = isinstance(value, (list, tuple)), "a JSON list"
-        elif isinstance(default, dict):
-            ok, want = isinstance(value, dict), "a JSON mapping"
-        else:
-            continue
-        if not ok:
-            raise DataError(
-                f"--option {key}={value!r}: model option {key!r} of system {system!r} expects {want} "
-                f"(default {default!r}); values are JSON, e.g. {key}={json.dumps(default)}"
-            )
-
-
-def build_optimizer(model, cfg: TrainConfig):
-    """Adam with the paper's two learning rates (``model.param_groups`` when the system has it)."""
-    import torch
-
-    if hasattr(model, "param_groups"):
-        groups = model.param_groups(lr=cfg.lr, lr_text=cfg.lr_text)
-    else:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
-    # foreach: one multi-tensor kernel per Adam operation instead of one per parameter (same update)
-    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def target_loss(cfg: TrainConfig, s_pos, s_neg, y_pos, y_neg):
@@ -438,24 +281,6 @@ def _write_csv(path: Path, df) -> None:
         df.to_csv(tmp, index=False)
 
 
-def _save_torch(path: Path, obj) -> None:
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _load_torch(path: Path) -> dict:
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, not ours
-        raise CheckpointError(
-            f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc}); delete it to start the run afresh"
-        ) from None
-
-
 def _store_manifests(split) -> dict:
     out = {}
     for kind, store in split.stores.items():
@@ -499,7 +324,7 @@ def _build_trainee(cfg: TrainConfig, train, run_dir: Path, threshold: float) -> 
     ssp = None
     subtasks = tuple(getattr(model, "subtasks", ()) or ())
     if subtasks:
-        from mmss_lib.ssp.label import SSPLabel
+        from mmss_lib.ssp.label import SSPLabel, ssp_bank_dir
 
         ssp = SSPLabel(
             train.n,
@@ -510,7 +335,7 @@ def _build_trainee(cfg: TrainConfig, train, run_dir: Path, threshold: float) -> 
             pivot=cfg.ssp_pivot if cfg.ssp_pivot is not None else threshold + 0.5,
             max_history=1,
             scale=cfg.ssp_scale,
-            bank_dir=_ssp_bank_dir(run_dir, train.n, model.feature_dims()),
+            bank_dir=ssp_bank_dir(run_dir, train.n, model.feature_dims()),
         )
     return _Trainee(model, optimizer, scaler, ssp, tokenizer, device)
 
@@ -518,7 +343,7 @@ def _build_trainee(cfg: TrainConfig, train, run_dir: Path, threshold: float) -> 
 def _resume(last_path: Path, record: dict, trainee: _Trainee, state: dict) -> None:
     """Continue from ``last.pt``: refuse a checkpoint of another configuration, else restore the model,
     optimizer, grad scaler, SSP-Label, ``state`` and the RNG states."""
-    ck = _load_torch(last_path)
+    ck = load_torch(last_path)
     old_cfg = ck.get("config", {})
     diff = resume_mismatch(ck, record["config"], record["run"])
     if diff:
@@ -538,7 +363,7 @@ def _resume(last_path: Path, record: dict, trainee: _Trainee, state: dict) -> No
         trainee.ssp.load_state_dict(ck["ssp"])
     for k in state:
         state[k] = ck["state"][k]
-    _set_rng_state(ck["rng"])
+    set_rng_state(ck["rng"])
 
 
 def _checkpoint_payload(record: dict, trainee: _Trainee, state: dict) -> dict:
@@ -551,7 +376,7 @@ def _checkpoint_payload(record: dict, trainee: _Trainee, state: dict) -> dict:
         "scaler": trainee.scaler.state_dict() if trainee.scaler else None,
         "ssp": trainee.ssp.state_dict() if trainee.ssp is not None else None,
         "state": dict(state),
-        "rng": _rng_state(),
+        "rng": rng_state(),
     }
 
 
@@ -674,7 +499,7 @@ def _record_epoch(
     if dev["MAP"] > state["best_metric"]:
         state.update(best_metric=dev["MAP"], best_epoch=epoch, bad_epochs=0)
         model = trainee.model
-        _save_torch(
+        save_torch(
             run_dir / BEST,
             {
                 "config": record["config"],
@@ -694,7 +519,7 @@ def _record_epoch(
     entry["seconds"] += entry["checkpoint_seconds"]
     state["seconds"] += entry["seconds"]
     t_last = time.perf_counter()
-    _save_torch(run_dir / LAST, _checkpoint_payload(record, trainee, state))
+    save_torch(run_dir / LAST, _checkpoint_payload(record, trainee, state))
     last_seconds = time.perf_counter() - t_last
     entry["checkpoint_seconds"] += last_seconds  # in history.json; last.pt holds the entry as it was before
     entry["seconds"] += last_seconds
@@ -815,15 +640,6 @@ def _check_trainable(cfg: TrainConfig, train, run_info: dict | None) -> None:
     )
 
 
-# SSP-Label banks larger than this (as float32) live in memory-mapped scratch files of the run
-# folder instead of anonymous memory, like the feature stores (their state is in last.pt).
-SSP_BANK_FILE_BYTES = 64 * 2**20
-
-
-def _ssp_bank_dir(run_dir: Path, n: int, dims: dict) -> Path | None:
-    return Path(run_dir) / "ssp_banks" if 4 * n * sum(dims.values()) > SSP_BANK_FILE_BYTES else None
-
-
 def still_improving_at_ceiling(best_epoch: int, epochs_run: int, epochs: int, stopped_early: bool) -> bool:
     """Whether a run hit its epoch ceiling while dev MAP still rose: it ran all ``epochs`` without
     early stopping and its last epoch was its best on dev (so more epochs might have helped).
@@ -852,7 +668,7 @@ def _finalize(
     cfg, model, splits, run_dir: Path, record, state, device, threshold, tokenizer, *, score_test: bool = True
 ) -> dict:
     """Score dev and test with the best model; write scores_{dev,test}.csv and metrics.json."""
-    best = _load_torch(run_dir / BEST) if (run_dir / BEST).exists() else None
+    best = load_torch(run_dir / BEST) if (run_dir / BEST).exists() else None
     if best is None:
         raise TrainingError(f"{run_dir}: no best.pt after training (no epoch finished)")
     model.load_state_dict(best["model"])
