@@ -192,7 +192,7 @@ def current_config(**over):
     """:data:`TRAIN` with the library's reading of Eq. 18 (:data:`mmss_lib.ssp.label.DEFAULT_SCALE`,
     chosen by phase ``scales``) instead of the "mean" this design's runs were made with: the
     settings of the benchmarks that came after it (``mmss bench claims``)."""
-    from mmss_lib.ssp.label import DEFAULT_SCALE
+    from mmss_lib.ssp.equations import DEFAULT_SCALE
 
     return base_config(**{"ssp_scale": DEFAULT_SCALE, **over})
 

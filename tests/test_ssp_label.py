@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mmss_lib.errors import CheckpointError, TrainingError
-from mmss_lib.ssp.label import SSPLabel, ewma, pseudo_label_estimate, shrunk_covariance, ssp_health
+from mmss_lib.ssp.equations import ewma, pseudo_label_estimate, shrunk_covariance
+from mmss_lib.ssp.label import SSPLabel, ssp_health
 
 
 def _sig(x: float) -> float:
@@ -551,3 +552,48 @@ def test_labels_estimated_only_after_epoch_two():
     )
     ssp.end_epoch(2)
     assert ssp.labels_estimated
+
+
+def test_config_apart_from_memory_policy():
+    """SSPConfig holds the method (checked, clamp resolved); SSPLabel takes it or its fields as
+    keywords, never both; the banks' memory policy stays with FeatureBanks."""
+    from mmss_lib.errors import TrainingError
+    from mmss_lib.ssp.config import SSPConfig
+
+    cfg = SSPConfig(label_range=(0, 4))
+    assert cfg.clamp == (-4.0, 8.0) and cfg.scale == "common"
+    with pytest.raises(TrainingError, match="shrinkage must be in"):
+        SSPConfig(shrinkage=0.0)
+    y = torch.tensor([0.0, 2.0, 4.0])
+    a = SSPLabel(3, y, {"g": 2, "ptrt": 2}, SSPConfig(pivot=0.5, scale="mean"))
+    b = SSPLabel(3, y, {"g": 2, "ptrt": 2}, pivot=0.5, scale="mean")
+    assert a.config == b.config and a.pivot == 0.5 and a.scale_mode == "mean"
+    with pytest.raises(TrainingError, match="not both"):
+        SSPLabel(3, y, {"g": 2}, SSPConfig(), pivot=0.5)
+    with pytest.raises(TrainingError, match="fields of SSPConfig"):
+        SSPLabel(3, y, {"g": 2}, bogus=1)
+
+
+def test_feature_banks_running_sums_equal_a_recompute():
+    """FeatureBanks.store keeps the running sums equal to a rebuild from the banks, also when rows
+    are replaced (their old contributions removed)."""
+    from mmss_lib.ssp.bank import FeatureBanks
+
+    g = torch.Generator().manual_seed(0)
+    banks = FeatureBanks(10, {"g": 3, "ptrt": 3}, ("g", "ptrt"))
+    seen = torch.zeros(10, dtype=torch.bool)
+    for idx in (torch.tensor([0, 1, 2, 3]), torch.tensor([2, 3, 4, 5, 6]), torch.tensor([0, 9])):
+        feats = {k: torch.randn(len(idx), 3, generator=g) for k in ("g", "ptrt")}
+        weights = {k: torch.rand(len(idx), generator=g, dtype=torch.float64) for k in ("g", "ptrt")}
+        banks.store(idx, seen[idx], feats, weights)
+        seen[idx] = True
+    running = {k: (banks.sum_w[k].clone(), banks.sum_wf[k].clone(), banks.sum_ff[k].clone()) for k in ("g", "ptrt")}
+    assert banks.count == 8
+    banks.recompute(seen)
+    assert banks.count == 8
+    for k, (w, wf, ff) in running.items():
+        assert torch.allclose(w, banks.sum_w[k]) and torch.allclose(wf, banks.sum_wf[k])
+        assert torch.allclose(ff, banks.sum_ff[k])
+    mean, cov = banks.moments("g")
+    rows = banks.bank["g"][seen].to(torch.float64)
+    assert torch.allclose(mean, rows.mean(0)) and torch.allclose(cov, torch.cov(rows.T, correction=0))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mmss_lib.bench.common import default_threads, memory_now, report
-from mmss_lib.ssp.label import ssp_bank_dir
+from mmss_lib.ssp.bank import ssp_bank_dir
 from mmss_lib.training.config import TrainConfig
 from mmss_lib.training.trainer import build_model, build_optimizer, draw_pairs, train_step
 from mmss_lib.utils import seed_everything

@@ -324,17 +324,22 @@ def _build_trainee(cfg: TrainConfig, train, run_dir: Path, threshold: float) -> 
     ssp = None
     subtasks = tuple(getattr(model, "subtasks", ()) or ())
     if subtasks:
-        from mmss_lib.ssp.label import SSPLabel, ssp_bank_dir
+        from mmss_lib.ssp.bank import ssp_bank_dir
+        from mmss_lib.ssp.config import SSPConfig
+        from mmss_lib.ssp.label import SSPLabel
 
+        method = SSPConfig(
+            alpha1=cfg.ssp_alpha1,
+            alpha2=cfg.ssp_alpha2,
+            pivot=cfg.ssp_pivot if cfg.ssp_pivot is not None else threshold + 0.5,
+            scale=cfg.ssp_scale,
+        )
         ssp = SSPLabel(
             train.n,
             torch.as_tensor(train.labels, dtype=torch.float32),
             model.feature_dims(),
-            alpha1=cfg.ssp_alpha1,
-            alpha2=cfg.ssp_alpha2,
-            pivot=cfg.ssp_pivot if cfg.ssp_pivot is not None else threshold + 0.5,
+            method,
             max_history=1,
-            scale=cfg.ssp_scale,
             bank_dir=ssp_bank_dir(run_dir, train.n, model.feature_dims()),
         )
     return _Trainee(model, optimizer, scaler, ssp, tokenizer, device)
