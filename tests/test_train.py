@@ -387,3 +387,30 @@ def test_bad_model_option_refused_before_any_run_folder(tiny_demo, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "--option d='notjson'" in err and "expects an integer" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_plan_sweep_plans_every_run_before_any_work(tmp_path):
+    """plan_sweep: one job per (category, system/variant, seed), extra runs after the returned ones,
+    run folders by the run folder's layout; nothing written; a duplicate is refused at planning."""
+    from mmss_lib.errors import DataError
+    from mmss_lib.model_selection.sweeps import plan_sweep
+    from mmss_lib.training.run_folder import run_dir_for
+
+    kw = dict(data_root=tmp_path / "data", dataset="demo", features_root=tmp_path / "f", runs_root=tmp_path / "runs")
+    plan = plan_sweep(
+        categories=["home", "clothing"],
+        systems=["bimpm", ("mmss", "wo_d", {"use_module_d": False})],
+        seeds=[0, 1],
+        extra_runs=[("home", "mmss", "wo_b", {"use_module_b": False})],
+        **kw,
+    )
+    (step,) = plan.steps
+    assert step.fold is None and step.n_main == 8 and len(step.jobs) == 10
+    category, cfg, rd = step.jobs[3]
+    assert (category, cfg.system, cfg.variant, cfg.seed) == ("home", "mmss", "wo_d", 1)
+    assert cfg.model_options == {"use_module_d": False}
+    assert rd == run_dir_for(tmp_path / "runs", "demo", "home", "mmss", "wo_d", 1)
+    assert [j[1].variant for j in step.jobs[8:]] == ["wo_b", "wo_b"]
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(DataError):
+        plan_sweep(categories=["home"], systems=["bimpm", "bimpm"], seeds=[0], **kw)

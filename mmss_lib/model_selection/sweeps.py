@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mmss_lib.errors import DataError, SweepError
@@ -114,10 +114,106 @@ def run_experiment(
     ``attrs`` when frames are combined, so no frame is kept there) and
     :func:`mmss_lib.evaluation.summary.read_summaries` reads them back.
     """
-    import pandas as pd
-
+    plan = plan_sweep(
+        data_root=data_root,
+        dataset=dataset,
+        categories=categories,
+        features_root=features_root,
+        runs_root=runs_root,
+        systems=systems,
+        seeds=seeds,
+        base_config=base_config,
+        progress=progress,
+        folds=folds,
+        fold_seed=fold_seed,
+        dev_fraction=dev_fraction,
+        tuned=tuned,
+        extra_runs=extra_runs,
+    )
     from mmss_lib.training.executors import make_executor
 
+    ex = make_executor(
+        executor,
+        n_jobs=n_jobs,
+        ray_address=ray_address,
+        **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}),
+    )
+    done = execute_sweep(plan, ex)
+    results = collect_sweep(plan, done)
+    if summary and not done.failures and len(results):
+        from mmss_lib.evaluation.summary import write_summaries
+
+        written = write_summaries(results, runs_root, tag=plan.tag, folds=plan.k_folds if plan.tag else 0)
+        results.attrs["summary_paths"] = [str(p) for p in written]
+    if done.failures:
+        listed = "; ".join(f"{name}: {' '.join(str(err).split())}" for name, err in done.failures.items())
+        exc = SweepError(
+            f"{len(done.failures)} of {len(done.jobs)} runs failed: {listed} (the other runs finished and "
+            "are kept; rerunning trains only the missing runs)",
+            done.failures,
+            results,
+        )
+        exc.tracebacks = done.tracebacks
+        raise exc
+    return results
+
+
+@dataclass
+class SweepStep:
+    """One dispatch of a sweep: the runs of one fold (or of the released splits, ``fold`` None),
+    as ``(category, TrainConfig, run_dir)`` jobs; the first ``n_main`` are returned, the rest are
+    the extra runs a later sweep reads."""
+
+    fold: int | None
+    jobs: list
+    n_main: int
+    common: dict
+
+
+@dataclass
+class SweepPlan:
+    """Every run of a sweep, planned and checked before any of them starts (:func:`plan_sweep`)."""
+
+    dataset: str
+    base: TrainConfig
+    tag: str | None  # the folds' tag (``folds{K}``), None for the released splits
+    k_folds: int
+    steps: list  # of SweepStep
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`execute_sweep` gives back: the returned jobs with their metrics (None: failed) and
+    fold, and the failures by run name with their tracebacks."""
+
+    jobs: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)
+    fold_of: list = field(default_factory=list)
+    failures: dict = field(default_factory=dict)
+    tracebacks: dict = field(default_factory=dict)
+
+
+def plan_sweep(
+    *,
+    data_root,
+    dataset: str,
+    categories: Sequence[str],
+    features_root,
+    runs_root,
+    systems,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    base_config: TrainConfig | None = None,
+    progress: bool = True,
+    folds: int = 0,
+    fold_seed: int = 0,
+    dev_fraction: float | None = None,
+    tuned=None,
+    extra_runs=(),
+) -> SweepPlan:
+    """The runs of :func:`run_experiment` (same arguments), each with its configuration and run folder,
+    after every check that can refuse the sweep (duplicates, ``dev_fraction``, the K-fold design,
+    model options, the ceilings' cues, the folds' features, the tuned studies): nothing is trained
+    or written but the folds' design file."""
     base = base_config or TrainConfig()
     specs = _normalise_systems(systems)
     _refuse_duplicates(categories, specs, seeds)
@@ -178,52 +274,62 @@ def run_experiment(
             cfg = apply_tuned(cfg, tuned, dataset, category)
         return cfg
 
-    ex = make_executor(
-        executor,
-        n_jobs=n_jobs,
-        ray_address=ray_address,
-        **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}),
-    )
-    jobs, metrics, fold_of, failures, tracebacks = [], [], [], {}, {}
-    with ex:  # one Ray connection for every fold
-        for fold in range(k_folds) if tag else [None]:  # one dispatch per fold (its splits)
-            fold_jobs = []
-            for category in categories:
-                for system, variant, options in specs:
-                    for seed in seeds:
-                        cfg = run_config(category, system, variant, options, seed)
-                        rd = (
-                            run_dir_for(runs_root, dataset, category, system, variant, seed)
-                            if fold is None
-                            else fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed)
-                        )
-                        fold_jobs.append((category, cfg, rd))
-            n_main = len(fold_jobs)
-            for category, system, variant, options in extras if fold is None else ():
+    steps = []
+    for fold in range(k_folds) if tag else [None]:  # one dispatch per fold (its splits)
+        fold_jobs = []
+        for category in categories:
+            for system, variant, options in specs:
                 for seed in seeds:
-                    fold_jobs.append(
-                        (
-                            category,
-                            run_config(category, system, variant, options, seed),
-                            run_dir_for(runs_root, dataset, category, system, variant, seed),
-                        )
+                    cfg = run_config(category, system, variant, options, seed)
+                    rd = (
+                        run_dir_for(runs_root, dataset, category, system, variant, seed)
+                        if fold is None
+                        else fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed)
                     )
-            common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
-            if fold is not None:
-                common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
-            fj, fm, ff, ft = _dispatch(fold_jobs, common, base, ex)
-            jobs += fj[:n_main]  # the extra runs are trained, not returned
-            metrics += fm[:n_main]
-            fold_of += [fold] * n_main
-            failures.update(ff)
-            tracebacks.update(ft)
+                    fold_jobs.append((category, cfg, rd))
+        n_main = len(fold_jobs)
+        for category, system, variant, options in extras if fold is None else ():
+            for seed in seeds:
+                fold_jobs.append(
+                    (
+                        category,
+                        run_config(category, system, variant, options, seed),
+                        run_dir_for(runs_root, dataset, category, system, variant, seed),
+                    )
+                )
+        common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
+        if fold is not None:
+            common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
+        steps.append(SweepStep(fold, fold_jobs, n_main, common))
+    return SweepPlan(dataset, base, tag, k_folds, steps)
+
+
+def execute_sweep(plan: SweepPlan, executor) -> SweepOutcome:
+    """Train the planned runs on ``executor`` (finished runs are read, not trained), one dispatch per
+    step, longest runs first; a failed run is recorded and the others go on."""
+    out = SweepOutcome()
+    with executor:  # one Ray connection for every fold
+        for step in plan.steps:
+            fj, fm, ff, ft = _dispatch(step.jobs, step.common, plan.base, executor)
+            out.jobs += fj[: step.n_main]  # the extra runs are trained, not returned
+            out.metrics += fm[: step.n_main]
+            out.fold_of += [step.fold] * step.n_main
+            out.failures.update(ff)
+            out.tracebacks.update(ft)
+    return out
+
+
+def collect_sweep(plan: SweepPlan, done: SweepOutcome):
+    """The tidy test results of the finished runs (see :func:`run_experiment`), in run order."""
+    import pandas as pd
+
     rows = []
-    for (category, cfg, rd), m, fold in zip(jobs, metrics, fold_of):
+    for (category, cfg, rd), m, fold in zip(done.jobs, done.metrics, done.fold_of, strict=True):
         if m is None:
             continue
         rows.append(
             {
-                "dataset": dataset,
+                "dataset": plan.dataset,
                 "category": category,
                 "system": cfg.system,
                 "variant": cfg.variant,
@@ -238,23 +344,7 @@ def run_experiment(
                 "run_dir": str(rd),
             }
         )
-    results = pd.DataFrame(rows)
-    if summary and not failures and len(results):
-        from mmss_lib.evaluation.summary import write_summaries
-
-        written = write_summaries(results, runs_root, tag=tag, folds=k_folds if tag else 0)
-        results.attrs["summary_paths"] = [str(p) for p in written]
-    if failures:
-        listed = "; ".join(f"{name}: {' '.join(str(err).split())}" for name, err in failures.items())
-        exc = SweepError(
-            f"{len(failures)} of {len(jobs)} runs failed: {listed} (the other runs finished and "
-            "are kept; rerunning trains only the missing runs)",
-            failures,
-            results,
-        )
-        exc.tracebacks = tracebacks
-        raise exc
-    return results
+    return pd.DataFrame(rows)
 
 
 def _normalise_extra_runs(extra_runs, specs, folds) -> list[tuple[str, str, str, dict]]:
