@@ -21,11 +21,11 @@ from mmss_lib.metrics.ranking import (
 L3 = math.log2(3)
 
 
-# ------------------------------------------------------------------ reference (facts file, section 4)
+# ------------------------------------------------------------------ reference (docs/MRHP.md section 4)
 
 
 def ref_product(labels, scores, th, ties="stable", ks=(3, 5)):
-    """Literal transcription of MRHP_FACTS.md section 4 for one product."""
+    """Literal transcription of docs/MRHP.md section 4 for one product."""
     idx = list(range(len(labels)))
     if ties == "stable":
         key = lambda i: (-scores[i], i)  # noqa: E731

@@ -30,7 +30,7 @@ def brute_all(prod, label):
 
 
 def brute_mcr_candidates(prod, label):
-    """positive index -> set of candidate negatives, straight from MRHP_FACTS.md section 5."""
+    """positive index -> set of candidate negatives, straight from docs/MRHP.md section 5."""
     out = {}
     for p in set(prod):
         idx = [i for i in range(len(prod)) if prod[i] == p]

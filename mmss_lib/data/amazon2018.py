@@ -2,7 +2,7 @@
 
 ``mmss build-amazon2018 --reviews R --meta M --out ROOT --category NAME`` reads one category's
 review file and metadata file (JSON lines, gzipped or not) and writes the three splits in the
-released MRHP format (:func:`mmss_lib.data.mrhp.write_mrhp`), following MRHP_FACTS.md section 2:
+released MRHP format (:func:`mmss_lib.data.mrhp.write_mrhp`), following docs/MRHP.md section 2:
 
 - a review qualifies with ``vote >= min_votes`` (default 1; ``vote`` is a string such as
   ``"1,234"``, absent = 0) and ``len(reviewText) >= min_review_chars`` (default 64);

@@ -1,6 +1,6 @@
 """MRHP datasets on disk: loader, writer, statistics (paper Table 3) and ``mmss stats``.
 
-The released Amazon-MRHP and Lazada-MRHP datasets (MRHP_FACTS.md section 1) are pandas
+The released Amazon-MRHP and Lazada-MRHP datasets (docs/MRHP.md section 1) are pandas
 ``DataFrame.to_json()`` dumps in the default column orientation, ``{"column": {"row": value}}``,
 three files per split::
 
@@ -22,7 +22,7 @@ Field variants handled (detected per value, not per dataset name):
   a string, or null.
 - ids written as JSON numbers are read as strings.
 
-Model text (MRHP_FACTS.md section 1): product = ``name + " " + description`` (Lazada clothing:
+Model text (docs/MRHP.md section 1): product = ``name + " " + description`` (Lazada clothing:
 ``name`` only); review = ``content`` (the review ``title`` is not used).
 
 Labels (``rel.upvotes``) must be integers in 0..4. Raw vote counts are binned only when the
@@ -141,7 +141,7 @@ def split_sizes(n_products: int, *, test_frac: float = 0.2, dev_frac: float = 0.
 def split_by_product(
     product_ids: Sequence[str], *, seed: int = 0, test_frac: float = 0.2, dev_frac: float = 0.2
 ) -> dict[str, str]:
-    """Product-level split (MRHP_FACTS.md section 1): ``test_frac`` of the products to test, then
+    """Product-level split (docs/MRHP.md section 1): ``test_frac`` of the products to test, then
     ``dev_frac`` of the rest to dev, the remainder to train (counts: :func:`split_sizes`).
 
     Each step follows scikit-learn's ``train_test_split(ids, test_size=frac, random_state=seed)``

@@ -1,4 +1,4 @@
-"""Training pairs for the pairwise ranking losses (paper Eq. 13; MRHP_FACTS.md section 5).
+"""Training pairs for the pairwise ranking losses (paper Eq. 13; docs/MRHP.md section 5).
 
 :func:`sample_pairs` returns an int array (P, 2) of (more helpful, less helpful) sample indices
 into the arrays it was given (one product id and one label per training review). Two schemes:

@@ -1,4 +1,4 @@
-"""Import region features extracted elsewhere (MRHP_FACTS.md section 3) into a region store.
+"""Import region features extracted elsewhere (docs/MRHP.md section 3) into a region store.
 
 Two source layouts under ``--from DIR`` (one folder per item, named by the item id):
 

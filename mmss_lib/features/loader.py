@@ -71,7 +71,7 @@ def _finite(x: np.ndarray, store: Any, kind: str, item_id: str) -> np.ndarray:
 
 @dataclass
 class ReadCaps:
-    """Read-time caps on the stored features (MRHP_FACTS.md section 3: MCR's caps)."""
+    """Read-time caps on the stored features (docs/MRHP.md section 3: MCR's caps)."""
 
     max_text_len: int | None = 512  # tokens kept per text, [CLS] included (None = all)
     max_regions_per_image: int = 32  # first regions of each image

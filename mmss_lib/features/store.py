@@ -27,7 +27,7 @@ truncated shard, a shard file holding pickled objects (arrays are read with
 ``allow_pickle=False``, so no code from a shared store runs), a manifest ``dim`` that disagrees
 with the shards. Writers refuse NaN / infinite features.
 
-Read-time caps follow MCR (MRHP_FACTS.md section 3): at most 32 regions per image and 128 per
+Read-time caps follow MCR (docs/MRHP.md section 3): at most 32 regions per image and 128 per
 item, both configurable; the padding masks are explicit (:func:`pad_items`) instead of MCR's
 16 zero regions that attention treats as real.
 """

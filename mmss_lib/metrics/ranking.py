@@ -1,7 +1,7 @@
 """MRHP ranking metrics (MAP, NDCG@k, MRR), per-product metrics, paired significance tests and
 percentile bootstrap intervals over products (:func:`bootstrap_interval`, :func:`bootstrap_difference`).
 
-The protocol is the one shared by every system of this line of work (MRHP_FACTS.md section 4),
+The protocol is the one shared by every system of this line of work (docs/MRHP.md section 4),
 which produced every number of the paper's Tables 1, 2 and 4:
 
 - Per product, its reviews are ranked by predicted score, descending, with a *stable* sort:
@@ -14,7 +14,7 @@ which produced every number of the paper's Tables 1, 2 and 4:
 - DCG@k = sum over the first k ranked reviews (i 0-based) of gain / log2(2 + i), with
   gain = 2^label - 1 for a relevant review and 0 otherwise (a review with 0 < label <= th has
   gain 0). NDCG@k = DCG@k / DCG@k of the ideal order of the same product, 0 when the ideal DCG
-  is 0. (The facts file writes ``log``; the base cancels in the ratio.)
+  is 0. (Any base of the logarithm gives the same NDCG: it cancels in the ratio.)
 - RR: 1 / rank of the first relevant review, 0 if there is none (MRR is its mean).
 - MAP, NDCG@k and MRR are unweighted means over all products of the split (single-review
   products and products without relevant reviews included).

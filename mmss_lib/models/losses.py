@@ -5,7 +5,7 @@
   averaged over the pairs of the batch (the paper writes a sum; the mean only rescales the
   learning rate and keeps the loss independent of the number of pairs sampled).
 - :func:`label_gap_hinge` — MCR/MCL's variant whose margin is the label gap y+ - y-
-  (MRHP_FACTS.md section 5), for the comparison systems.
+  (docs/MRHP.md section 5), for the comparison systems.
 - :func:`weighted_l1` — one subtask's loss L_s (Eq. 14): the L1 error to the pseudo label,
   weighted per sample by W_s = tanh(|y_s - y_g|). The weight (and the pseudo label) are
   constants for the gradient: only the subtask prediction y_hat_s is trained.

@@ -6,7 +6,7 @@ the reading implemented here, equation by equation; every addition to the paper 
 f*_k(i) is the latest detached representation of training sample i for task k (f*_g of Eq. 7,
 f*_s of Eq. 9); y_g(i) is the human label; y_s(i) the current pseudo label.
 
-Banks (as in Self-MM, MRHP_FACTS.md section 6). Per training sample, indexed by a stable
+Banks (as in Self-MM, docs/MRHP.md section 6). Per training sample, indexed by a stable
 sample index 0..N-1: the last f*_k(i) of every task (stored after each batch's loss and step),
 and the pseudo labels. A sample enters the statistics below at its first visit; before that it
 does not count, and its pseudo labels stay y_g.

@@ -324,7 +324,7 @@ class RayExecutor:
                     f"executor='ray': the Ray cluster at {self.address!r} refused this driver's authentication "
                     f"({type(exc).__name__}: {text[:300]}); a head started with token authentication needs "
                     "RAY_AUTH_MODE=token and its token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) "
-                    "in the environment of `mmss train` (README: Training sweeps on a Ray cluster)"
+                    "in the environment of `mmss train` (docs/SCALING.md: Training sweeps on a Ray cluster)"
                 ) from None
             if (
                 (isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in text.lower())

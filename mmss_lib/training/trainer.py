@@ -37,7 +37,7 @@ pair scheme needs) is refused before anything is written
 (:class:`~mmss_lib.errors.TrainingError` naming the cause and the category), so an untrained
 model's metrics never reach a summary.
 
-Evaluation follows MRHP_FACTS.md section 4 (every product scored, single-review products and
+Evaluation follows docs/MRHP.md section 4 (every product scored, single-review products and
 products without relevant reviews included). Training pairs come only from products whose labels
 allow them (:mod:`mmss_lib.data.pairs`): under the default ``pair_scheme="mcr"`` at least three label
 levels (a positive is above its product's two lowest levels and needs a negative at least 2 below

@@ -23,7 +23,7 @@ the coherence vector is pooled. All perspectives are concatenated -> MLP -> scor
 | intra-review coherence    | pairwise-relation reasoning graph over text ++ regions, attention pooling with the product as claim | one masked self-attention block over review text ++ review regions (dot-product instead of the O(L^2 d) pairwise MLP, for CPU), attention pooling with the product as claim |
 | product-review coherence  | cross-modal match: attend, cosine per review element, pool | same for (pt, rt), (pv, rv) [intra-modal] and (pv, rt), (pt, rv) [inter-modal]; pooled by masked max, masked mean and a coherence-weighted sum of the review elements |
 | output                    | MLP -> score                                       | same                                                        |
-| loss                      | label-gap hinge max(0, (y+ - y-) - (s+ - s-)) (MRHP_FACTS.md section 5) | the harness's loss (``mmss_lib.models.losses.label_gap_hinge`` reproduces MCR's own); no extra loss here |
+| loss                      | label-gap hinge max(0, (y+ - y-) - (s+ - s-)) (docs/MRHP.md section 5) | the harness's loss (``mmss_lib.models.losses.label_gap_hinge`` reproduces MCR's own); no extra loss here |
 """
 
 from __future__ import annotations
