@@ -450,7 +450,7 @@ def product_metrics_reference(
     labels: Sequence[float], scores: Sequence[float], threshold: float = 1, ks: Sequence[int] = DEFAULT_KS
 ) -> dict[str, float]:
     """The protocol for ONE product, written as a plain loop (the benchmark's baseline)."""
-    ranked = [lab for _, _, lab in sorted(zip((-float(s) for s in scores), range(len(labels)), labels))]
+    ranked = [lab for _, _, lab in sorted(zip((-float(s) for s in scores), range(len(labels)), labels, strict=True))]
     count, total, rr = 0, 0.0, 0.0
     for i, lab in enumerate(ranked, start=1):
         if lab > threshold:

@@ -218,7 +218,7 @@ def run_experiment(
             failures.update(ff)
             tracebacks.update(ft)
     rows = []
-    for (category, cfg, rd), m, fold in zip(jobs, metrics, fold_of):
+    for (category, cfg, rd), m, fold in zip(jobs, metrics, fold_of, strict=True):
         if m is None:
             continue
         rows.append(

@@ -404,7 +404,7 @@ def _adopt_splits(splits: dict, data_root, dataset: str, category: str, need_tex
             if lookup is None:
                 lookup = {}
                 for d in _splits_from_disk(data_root, dataset, category, disjoint=False).values():
-                    lookup.update(zip(d.review_ids, d.texts))
+                    lookup.update(zip(d.review_ids, d.texts, strict=True))
             missing = [r for r in sp.review_ids if r not in lookup]
             if missing:
                 raise DataError(
