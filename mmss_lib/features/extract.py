@@ -78,11 +78,11 @@ def _text_settings(text_model: str, max_len: int) -> tuple[dict, int]:
     from transformers import AutoConfig
 
     from mmss_lib.errors import ModelNotAvailableError
-    from mmss_lib.features.text import _offline, resolve_text_model
+    from mmss_lib.features.text import hf_offline, resolve_text_model
 
     source = resolve_text_model(text_model)
     try:
-        cfg = AutoConfig.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
+        cfg = AutoConfig.from_pretrained(source, local_files_only=hf_offline() or Path(source).is_dir())
     except (OSError, ValueError) as err:
         from mmss_lib.features.text import TextEncoder
 
