@@ -3,7 +3,8 @@
 - no module of ``mmss_lib`` is part of an import circle;
 - a lower layer never imports an upper one (:data:`LAYERS`, low to high);
 - no module imports another module's private (``_name``) names, in the library and in ``studies/``;
-- the library never imports ``studies/``.
+- the library never imports ``studies/``;
+- every subpackage exports its public names (``__all__``), and importing them stays light.
 
 Every import counts, the ones at the top of a module and the ones inside functions (a lazy import
 still makes two modules depend on each other)."""
@@ -11,12 +12,15 @@ still makes two modules depend on each other)."""
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "mmss_lib"
@@ -385,3 +389,52 @@ def test_cli_help_lists_every_benchmark_and_stays_light():
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("bench "))
     assert [b.strip() for b in line.split("benchmarks:")[1].split(",")] == [*BENCHES, "all"]
     assert out.strip().splitlines()[-1] == "[]"
+
+
+# -------------------------------------------------------------------------------- public names, light
+
+PACKAGES = (
+    "data",
+    "metrics",
+    "features",
+    "models",
+    "models.baselines",
+    "ssp",
+    "training",
+    "evaluation",
+    "model_selection",
+    "explore",
+)
+HEAVY = ("torch", "torchvision", "transformers", "optuna", "ray", "img2dataset")
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_exported_name_resolves(package):
+    pkg = importlib.import_module(f"mmss_lib.{package}")
+    assert pkg.__all__ and len(set(pkg.__all__)) == len(pkg.__all__), package
+    folder = LIB / package.replace(".", "/")
+    submodules = {p.stem for p in folder.glob("*.py")} | {p.parent.name for p in folder.glob("*/__init__.py")}
+    assert not set(pkg.__all__) & submodules, "an exported name would hide a submodule"
+    for name in pkg.__all__:
+        obj = getattr(pkg, name)
+        if callable(obj):  # defined in the package (not an import of numpy's or torch's)
+            assert obj.__module__.startswith(f"mmss_lib.{package}."), (name, obj.__module__)
+        assert name in dir(pkg)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        pkg.no_such_name  # noqa: B018
+
+
+def test_importing_the_packages_imports_no_heavy_library():
+    """``import mmss_lib`` and every subpackage: no torch, transformers, optuna, ray (nor torchvision,
+    img2dataset); a name exported by ``mmss_lib.models`` then loads torch on first use."""
+    code = (
+        f"import sys, mmss_lib, {', '.join(f'mmss_lib.{p}' for p in PACKAGES)}\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+        "from mmss_lib.models import MMSS\n"
+        "import mmss_lib.models.mmss as M\n"
+        "print(MMSS is M.MMSS, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, env=_env()
+    ).stdout.splitlines()
+    assert out == ["[]", "True True"]
