@@ -29,6 +29,9 @@ demo: $(STAMP)
 reproduce: demo
 
 test: $(STAMP)
+	# lint and format first: a finding or an unformatted file fails `make test` (and so CI)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	# one xdist worker per core, whole modules per worker (their module fixtures built once), the
 	# 15 slowest tests listed at the end
 	$(PY) -m pytest -q -n auto --dist loadscope --durations=15

@@ -269,9 +269,9 @@ def predict(
         for a in range(0, len(rids), bs):  # features of one batch of reviews at a time
             ids = rids[a : a + bs]
             if not on_the_fly:
-                for r, x in zip(ids, encoder.encode(texts[a : a + bs])):
+                for r, x in zip(ids, encoder.encode(texts[a : a + bs]), strict=True):
                     writers["text_rvw"].add(r, x)
-            for r, item in zip(ids, regions(image_lists[1 + a : 1 + a + bs], ids)):
+            for r, item in zip(ids, regions(image_lists[1 + a : 1 + a + bs], ids), strict=True):
                 writers["region_rvw"].add(r, **item)
         for w in writers.values():
             w.close()

@@ -96,3 +96,24 @@ def pick_device(device: str | None = "auto") -> torch.device:  # noqa: F821
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """PEP 562 hooks of a package that exports names of its submodules without importing them:
+    ``__getattr__, __dir__ = lazy_exports(__name__, {"MMSS": "mmss", ...})``. A name's submodule is
+    imported on the name's first access (so ``import mmss_lib.models`` imports no torch), then the
+    name is set on the package."""
+    import importlib
+    import sys
+
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*vars(sys.modules[package]), *exports})
+
+    return __getattr__, __dir__

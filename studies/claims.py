@@ -418,6 +418,7 @@ def _comparison(res, claims, title: str, tables: Path, tag: str, data: Path) -> 
         pooled_per_product,
         product_summary,
     )
+    from mmss_lib.evaluation.tables import plain_markdown
 
     pooled = pooled_per_product(res)
     summ = product_summary(pooled)
@@ -435,15 +436,15 @@ def _comparison(res, claims, title: str, tables: Path, tag: str, data: Path) -> 
         "### Paired differences (MAP x100; per-product AP averaged over seeds; 95% paired bootstrap interval; "
         "paired t-test)",
         "",
-        P._md(claims_df),
+        plain_markdown(claims_df, decimals=2),
         "",
         "### Share of the headroom (system - ceiling_text) / (ceiling_all - ceiling_text)",
         "",
-        P._md(shares),
+        plain_markdown(shares, decimals=2),
         "",
         "### Cue sensitivity (test scores z-scored within product on the planted cues)",
         "",
-        P._md(format_cue_sensitivity(cs)),
+        plain_markdown(format_cue_sensitivity(cs), decimals=2),
         "",
     ]
 
@@ -475,6 +476,8 @@ def fix_table(out: Path):
 
 
 def fix_lines(out: Path, tables: Path) -> list[str]:
+    from mmss_lib.evaluation.tables import plain_markdown
+
     df = fix_table(out)
     if df.empty:
         return []
@@ -490,7 +493,7 @@ def fix_lines(out: Path, tables: Path) -> list[str]:
     return [
         "## Fix tried for the image pathway (phase fix: MM-SS+match, seed 0; chosen on dev)",
         "",
-        P._md(df, 2),
+        plain_markdown(df, decimals=2),
         "",
         verdict + "The test differences MM-SS+match - MM-SS and MM-SS+match - BiMPM with their paired intervals "
         "are in each design's table of paired differences above.",
@@ -505,6 +508,7 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
     import pandas as pd
 
     from mmss_lib.errors import DataError
+    from mmss_lib.evaluation.tables import plain_markdown
     from mmss_lib.training.run_folder import BEST, HISTORY, METRICS, run_dir_for
     from studies.diagnose import gradient_norms, interaction_knockout
 
@@ -526,7 +530,7 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
         lines += [
             f"MM-SS seed 0, {'dev MAP with each interaction replaced by its mean (drop x100)' if name == 'knockout' else 'target-loss gradient norms on 4 training batches'}:",
             "",
-            P._md(df, 4),
+            plain_markdown(df, decimals=4),
             "",
         ]
     hist = json.loads((run / HISTORY).read_text())
@@ -545,7 +549,7 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
     lines += [
         "MM-SS seed 0, training curve (target loss on the training pairs, Eq. 12; dev MAP x100):",
         "",
-        P._md(curve, 4),
+        plain_markdown(curve, decimals=4),
         "",
     ]
     if tag == "images_alone":
@@ -559,7 +563,7 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
             else:
                 probes = cue_probes(data, out / "features", category=P.CATEGORY, split="dev")
                 probes.to_csv(path, index=False)
-            lines += [title, "", P._md(probes, 3), ""]
+            lines += [title, "", plain_markdown(probes, decimals=3), ""]
         except DataError as e:  # e.g. too few reviews with images for a probe
             lines += [title, "", f"No probe: {e}", ""]
     return [f"### Where MM-SS takes its signal from ({tag.replace('_', ' ')})", ""] + lines
@@ -567,6 +571,7 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
 
 def report(out: Path) -> str:
     """Write every table and figure of the benchmark from what has finished; return the text."""
+    from mmss_lib.evaluation.tables import plain_markdown
     from mmss_lib.utils import atomic_write_text
 
     tables, figures = out / "tables", out / "figures"
@@ -579,7 +584,7 @@ def report(out: Path) -> str:
         lines += [
             f"## Studies ({TUNE_TRIALS} trials each, at most {TUNE_EPOCHS} epochs, dev MAP x100)",
             "",
-            P._md(st),
+            plain_markdown(st, decimals=2),
             "",
         ]
     res = finished(out, "main")
@@ -597,7 +602,7 @@ def report(out: Path) -> str:
             lines += [
                 "### The same differences untuned (mmss bench powered, phase main: at most 10 epochs)",
                 "",
-                P._md(d),
+                plain_markdown(d, decimals=2),
                 "",
             ]
     for name, spec in ALONE.items():
@@ -630,7 +635,7 @@ def report(out: Path) -> str:
         lines += [
             "## Data size (tuned settings; MAP x100 over the test products common to every size)",
             "",
-            P._md(curve, 2),
+            plain_markdown(curve, decimals=2),
             "",
             f"Figure: {figures / 'claims_size.png'}",
             "",

@@ -286,7 +286,10 @@ def test_magazine_results_keep_only_folds_every_system_finished(monkeypatch, tmp
 
     monkeypatch.setattr(mmss_lib.training.run_folder, "finished_results", finished)
     got = M.results(tmp_path)
-    assert sorted(set(zip(got["length"], got["setting"], got["cv_fold"]))) == [(64, "untuned", 0), (256, "tuned", 0)]
+    assert sorted(set(zip(got["length"], got["setting"], got["cv_fold"], strict=True))) == [
+        (64, "untuned", 0),
+        (256, "tuned", 0),
+    ]
 
 
 def test_magazine_folds_option_runs_those_folds_only_in_order(monkeypatch, tmp_path):
@@ -358,7 +361,7 @@ def test_magazine_studies_table_reads_each_folds_choice(tmp_path):
             )
         )
     st = M.studies(tmp_path)
-    assert list(zip(st["fold"], st["system"])) == [(0, "bimpm"), (0, "mmss"), (2, "mmss")]
+    assert list(zip(st["fold"], st["system"], strict=True)) == [(0, "bimpm"), (0, "mmss"), (2, "mmss")]
     assert st["dev_MAP"].tolist() == pytest.approx([80, 70, 90])
     assert (st["dev_MAP"] - st["untuned_dev_MAP"]).tolist() == pytest.approx([10, 10, 10])
     assert st["settings"].iloc[0] == "lr=0.00123, n_neg=3" and (st["trials_wall_min"] == 10).all()

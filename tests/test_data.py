@@ -136,11 +136,11 @@ def test_local_images_and_counts(tmp_path):
             (base / item / n).write_bytes(b"x")
     (base / "rvw" / "P3-1").mkdir()  # an empty folder: still no images
     p, r = load_mrhp(tmp_path, "amazon", "home", "train")
-    files = dict(zip(p.product_id, p.image_files))
+    files = dict(zip(p.product_id, p.image_files, strict=True))
     assert [f.rsplit("/", 1)[1] for f in files["P3"]] == ["a.jpg", "b.png"]
     assert all(f.startswith("/") for f in files["P3"])
     assert files["P1"] == []
-    rfiles = dict(zip(r.review_id, r.image_files))
+    rfiles = dict(zip(r.review_id, r.image_files, strict=True))
     assert [f.rsplit("/", 1)[1] for f in rfiles["P1-0"]] == ["0.JPEG", "1.webp"]
     assert p.attrs["image_counts"] == {"with_images": 1, "without_images": 2}
     assert r.attrs["image_counts"] == {"with_images": 1, "without_images": 4}
@@ -159,7 +159,12 @@ def test_out_of_range_labels_error_or_explicit_binning(tmp_path):
     with pytest.raises(DataError, match=r"3 of 5 row\(s\).*home\.rel\.train.*bin_votes=True|home\.rel\.train.*3 of 5"):
         load_mrhp(tmp_path, "amazon", "home", "train")
     _, r = load_mrhp(tmp_path, "amazon", "home", "train", bin_votes=True)
-    assert dict(zip(r.review_id, r.label)) == {"P1-1": 0, "P1-0": 4, "P3-0": 3, "P3-1": 2}  # P2-0 (0 votes) dropped
+    assert dict(zip(r.review_id, r.label, strict=True)) == {
+        "P1-1": 0,
+        "P1-0": 4,
+        "P3-0": 3,
+        "P3-1": 2,
+    }  # P2-0 (0 votes) dropped
     assert r.attrs["dropped_zero_votes"] == 1
 
 

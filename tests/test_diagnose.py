@@ -95,7 +95,7 @@ def _planted_cues(root, rng):
         np.linalg.svd(np.stack([m[i] for m in means.values()]) - c, full_matrices=False)[2][0]
         for i, c in ((0, t0), (1, v0))
     )
-    for path, cues in zip(paths, frames):
+    for path, cues in zip(paths, frames, strict=True):
         cues["agree"] = [
             float(((means[r][0] - t0) @ u) * ((means[r][1] - v0) @ w) > 0) if r in means else np.nan
             for r in cues["review_id"]

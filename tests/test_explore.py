@@ -110,7 +110,7 @@ def test_product_list_search_and_sorts(explorer):
     assert products["product_id"].iloc[1] in set(hit["product_id"])
     assert all(
         name.lower() in n.lower() or name.lower() in t.lower()
-        for n, t in zip(hit["name"], products.set_index("product_id").loc[hit["product_id"], "text"])
+        for n, t in zip(hit["name"], products.set_index("product_id").loc[hit["product_id"], "text"], strict=True)
     )
     none, _ = explorer.product_list("demo", "home", "test", runs["mmss"], query="no such product zzz")
     assert none.empty

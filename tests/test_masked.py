@@ -218,7 +218,7 @@ def _run(fn, *inputs, seed=0):
 def assert_same(new, old):
     """Bit-identical outputs and input gradients (NaN in the same places)."""
     (out_a, grad_a), (out_b, grad_b) = new, old
-    for a, b in zip(out_a + grad_a, out_b + grad_b):
+    for a, b in zip(out_a + grad_a, out_b + grad_b, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert torch.equal(torch.nan_to_num(a, nan=7.0), torch.nan_to_num(b, nan=7.0)), (a - b).abs().max()
         assert torch.equal(a.isnan(), b.isnan())
@@ -236,8 +236,8 @@ def test_masked_softmax_methods_equal_the_old_versions(seed, scale, dtype):
         mask[0] = False  # a fully-masked slice
         scores = torch.where(mask.expand_as(scores), scores, scores * 1e6)  # huge values at padding
         for method, old in (("fused", old_text_masked_softmax), ("shifted", old_mm_masked_softmax)):
-            new_r = _run(lambda s: masked_softmax(s, mask, dim=dim, method=method), scores, seed=seed)
-            assert_same(new_r, _run(lambda s: old(s, mask, dim=dim), scores, seed=seed))
+            new_r = _run(lambda s, m=mask, d=dim, me=method: masked_softmax(s, m, dim=d, method=me), scores, seed=seed)
+            assert_same(new_r, _run(lambda s, f=old, m=mask, d=dim: f(s, m, dim=d), scores, seed=seed))
             w = new_r[0][0]
             assert torch.isfinite(w).all() and torch.isfinite(new_r[1][0]).all()
             assert torch.equal(w[~mask.expand_as(w)], torch.zeros_like(w[~mask.expand_as(w)]))
@@ -263,7 +263,7 @@ def test_masked_pooling_equals_the_old_versions(seed, scale, dtype):
     xg = torch.where(mask.unsqueeze(-1), x, x * 1e6)  # finite garbage (mean multiplies padding by 0)
     mean = _run(lambda t: masked_mean(t, mask), xg, seed=seed)
     for old in (old_text_masked_mean, old_mm_masked_mean, old_model_masked_mean):
-        assert_same(mean, _run(lambda t: old(t, mask), xg, seed=seed))
+        assert_same(mean, _run(lambda t, f=old: f(t, mask), xg, seed=seed))
     xi = _garbage(x, mask, g)  # max ignores any padded value
     mx = _run(lambda t: masked_max(t, mask), xi, seed=seed)
     assert_same(mx, _run(lambda t: old_mm_masked_max(t, mask), xi, seed=seed))
@@ -328,8 +328,8 @@ def test_masked_attention_equals_the_old_version(seed, scale, dtype):
     mask = _mask(g, 4, 7, empty_rows=(2,))
     for kw in ({}, {"scale": 1.0}, {"scale": 0.3, "return_weights": True}):
         assert_same(
-            _run(lambda *t: masked_attention(*t, mask, **kw), q, k, v, seed=seed),
-            _run(lambda *t: old_text_masked_attention(*t, mask, **kw), q, k, v, seed=seed),
+            _run(lambda *t, kw=kw: masked_attention(*t, mask, **kw), q, k, v, seed=seed),
+            _run(lambda *t, kw=kw: old_text_masked_attention(*t, mask, **kw), q, k, v, seed=seed),
         )
 
 
@@ -362,16 +362,16 @@ def test_attention_pool_equals_both_old_versions(seed, scale, dtype):
         old = make_old().to(dtype)
         # same initialisation, same parameter order (optimizer states index parameters by position)
         assert [p.shape for p in new.parameters()] == [p.shape for p in old.parameters()]
-        assert all(torch.equal(a, b) for a, b in zip(new.parameters(), old.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(new.parameters(), old.parameters(), strict=True))
         assert_same(
-            _run(lambda t, *c: new(t, mask, *c), h, *extra, seed=seed),
-            _run(lambda t, *c: old(t, mask, *c), h, *extra, seed=seed),
+            _run(lambda t, *c, f=new: f(t, mask, *c), h, *extra, seed=seed),
+            _run(lambda t, *c, f=old: f(t, mask, *c), h, *extra, seed=seed),
         )
         new.zero_grad()
         old.zero_grad()
         new(h, mask, *extra).sum().backward()
         old(h, mask, *extra).sum().backward()
-        assert all(torch.equal(a.grad, b.grad) for a, b in zip(new.parameters(), old.parameters()))
+        assert all(torch.equal(a.grad, b.grad) for a, b in zip(new.parameters(), old.parameters(), strict=True))
 
 
 def test_attention_pool_loads_state_dicts_of_the_old_score_network():
@@ -412,7 +412,7 @@ def test_mask_helpers_equal_the_old_versions():
     x = _garbage(torch.randn(7, 6, 3, generator=g), mask, g)
     assert torch.equal(has_any(mask), old_has_any(mask))
     assert torch.equal(zero_padding(x, mask), old_zero_padding(x, mask))
-    for a, b in zip(guard_empty(mask), old_guard_empty(mask)):
+    for a, b in zip(guard_empty(mask), old_guard_empty(mask), strict=True):
         assert torch.equal(a, b)
     prefix = _mask(g, 7, 6, prefix=True, empty_rows=(3,))
     assert torch.equal(lengths_from_mask(prefix), old_lengths_from_mask(prefix))

@@ -58,7 +58,7 @@ def ref_product(labels, scores, th, ties="stable", ks=(3, 5)):
 
 def ref_all(pids, labels, scores, th, ties="stable"):
     groups: dict = {}
-    for p, lab, s in zip(pids, labels, scores):
+    for p, lab, s in zip(pids, labels, scores, strict=True):
         groups.setdefault(p, ([], []))
         groups[p][0].append(lab)
         groups[p][1].append(s)

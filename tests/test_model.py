@@ -95,7 +95,7 @@ def test_sample_output_independent_of_batch_padding():
         full = m(batch).score
         for i in range(5):
 
-            def trim(x, mask):
+            def trim(x, mask, i=i):
                 n = max(int(mask[i].sum()), 1)
                 return x[i : i + 1, :n], mask[i : i + 1, :n]
 

@@ -64,7 +64,7 @@ def test_notebook_01_smoke(repo_root, tmp_path, tiny_bert_dir):
     assert text.ids == reviews["review_id"].tolist() and text.dim == 32
     region = FeatureStore(dirs["region_rvw"])
     assert region.manifest["random_weights"] is True and region.dim == 2048
-    for rid, files in zip(reviews["review_id"], reviews["image_files"]):
+    for rid, files in zip(reviews["review_id"], reviews["image_files"], strict=True):
         x, boxes = read_regions(region, rid)
         assert (len(x) == 0) == (len(files) == 0)
         assert np.isfinite(x).all() and (boxes >= 0).all() and (boxes <= 1).all()

@@ -166,7 +166,7 @@ def test_box_mean_pool_equals_pixel_mean(seed):
     stride = 4
     pix = fmap.repeat_interleave(stride, 2).repeat_interleave(stride, 3)  # (2, 3, 20, 24)
     boxes = []
-    for b in range(2):
+    for _ in range(2):
         x1 = torch.randint(0, 18, (6,), generator=g)
         y1 = torch.randint(0, 14, (6,), generator=g)
         x2 = x1 + torch.randint(4, 7, (6,), generator=g)
@@ -239,7 +239,7 @@ def test_mobilenet_pooled_regions_equal_reference(extractor):
     imgs = [red + 0.05 * torch.rand(3, 80, 80, generator=g), blue + 0.05 * torch.rand(3, 80, 80, generator=g)]
     ours = ext.extract_images(imgs)
     base = extractor.extract_images(imgs)
-    for o, b in zip(ours, base):
+    for o, b in zip(ours, base, strict=True):
         assert o["x"].shape == (len(b["boxes"]), 1280) and o["x"].dtype == np.float16
         np.testing.assert_array_equal(o["boxes"], b["boxes"])
     net = mobilenet_v2(weights=None)

@@ -152,7 +152,7 @@ def _filled(n=6, d=3, seed=0, **kw):
 
 def test_eq12_first_epoch_labels_are_human_labels():
     ssp, _ = _filled()
-    for s, lab in ssp.labels(torch.arange(6)).items():
+    for lab in ssp.labels(torch.arange(6)).values():
         assert lab.tolist() == ssp.y_g.float().tolist()
     assert bool(ssp.seen.all()) and ssp.count == 6
 
@@ -518,7 +518,7 @@ def test_another_reading_recomputed_from_a_record_matches_a_run_with_it(reading)
         return recs
 
     base, other = run("mean"), run(reading)
-    for rec_b, rec_o in zip(base, other):
+    for rec_b, rec_o in zip(base, other, strict=True):
         got = recompute_reading(rec_b, reading)
         for key in (
             "chi_g",

@@ -111,7 +111,7 @@ def test_summary_means_intervals_and_tests_match_direct_computation(tmp_path):
 def test_summary_pools_folds_and_covers_every_product_once(tmp_path):
     results, pids, _ = _experiment(tmp_path, folds=4, seeds=(0,))
     pp = pooled_per_product(results)
-    for system, g in pp.groupby("system"):
+    for _system, g in pp.groupby("system"):
         assert sorted(g["product_id"]) == sorted(set(pids))  # every product exactly once
         assert set(g["fold"]) == {0, 1, 2, 3}
     summ = product_summary(pp, folds=4)

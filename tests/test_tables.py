@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from mmss_lib.errors import DataError
-from mmss_lib.metrics.ranking import paired_test
-from mmss_lib.models.registry import SYSTEMS, is_floor
-
-TRAINED = [n for n in SYSTEMS if not is_floor(n)]  # the paper's nine systems
 from mmss_lib.evaluation.summary import table_summary
 from mmss_lib.evaluation.tables import (
     MARKER,
@@ -21,6 +19,10 @@ from mmss_lib.evaluation.tables import (
     save_table,
     to_markdown,
 )
+from mmss_lib.metrics.ranking import paired_test
+from mmss_lib.models.registry import SYSTEMS, is_floor
+
+TRAINED = [n for n in SYSTEMS if not is_floor(n)]  # the paper's nine systems
 
 CATS = ["home", "clothing", "electronics"]  # deliberately not the paper's order
 
@@ -407,10 +409,10 @@ def test_per_run_per_product_reads_runs_and_significance_frame(tmp_path):
             {"review_id": ["a", "b", "c"], "product_id": ["p", "p", "p"], "label": [4, 0, 2], "score": scores}
         ).to_csv(rd / "scores_test.csv", index=False)
         (rd / "metrics.json").write_text('{"threshold": 1}')
-        (rd / "config.json").write_text('{"config": {"system": "%s"}}' % system)
+        (rd / "config.json").write_text(json.dumps({"config": {"system": system}}))
         rows.append(dict(dataset="demo", category="home", system=system, variant="full", seed=0, run_dir=str(rd)))
     pp = per_run_per_product(pd.DataFrame(rows))
-    ap = dict(zip(pp["system"], pp["AP"]))
+    ap = dict(zip(pp["system"], pp["AP"], strict=True))
     assert ap["length"] == pytest.approx((1 + 2 / 3) / 2)  # ranked labels 4, 0, 2
     assert ap["random"] == pytest.approx((1 / 3) * (11 / 6 + 1 / 2 * (3 - 11 / 6)))  # exact expectation, n=3, R=2
     pf, res = floor_frames(n=20)

@@ -28,7 +28,7 @@ def test_matches_unbatched_reference(encoder):
     out = encoder.encode(TEXTS, batch_size=4)
     assert len(out) == len(TEXTS)
     with torch.inference_mode():
-        for text, got in zip(TEXTS, out):
+        for text, got in zip(TEXTS, out, strict=True):
             enc = encoder.tokenizer(text, truncation=True, max_length=24, return_tensors="pt")
             ref = encoder.model(**enc).last_hidden_state[0, :-1]  # [CLS] + tokens, no [SEP]
             assert got.dtype == np.float16 and got.shape == (ref.shape[0], 32)
@@ -42,7 +42,7 @@ def test_lengths_cls_and_truncation(encoder):
     assert out[3].shape[0] == 2  # [CLS] fits
     # batch size and order do not change the features (dynamic padding is masked)
     again = encoder.encode(TEXTS[::-1], batch_size=1)[::-1]
-    for a, b in zip(out, again):
+    for a, b in zip(out, again, strict=True):
         np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3)
 
 

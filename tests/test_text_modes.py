@@ -47,7 +47,7 @@ def demo_root(tmp_path_factory, tiny_bert_dir):
     dirs = feature_dirs(root / "cached", "demo", "home")
     for kind, frame, col in (("text_prd", products, "product_id"), ("text_rvw", reviews, "review_id")):
         xs = enc.encode(frame["text"].tolist())
-        write_store(dirs[kind], {i: {"x": x} for i, x in zip(frame[col], xs)}, kind="text", dim=enc.dim)
+        write_store(dirs[kind], {i: {"x": x} for i, x in zip(frame[col], xs, strict=True)}, kind="text", dim=enc.dim)
     return root
 
 

@@ -29,7 +29,7 @@ def make_synthetic(root, *, n_products=(10, 6, 6), per_product=6, seed=0):
     direction = rng.normal(size=DT)
     items = {k: {} for k in ("text_prd", "text_rvw", "region_prd", "region_rvw")}
     frames = {}
-    for split, n_prod in zip(SPLITS, n_products):
+    for split, n_prod in zip(SPLITS, n_products, strict=True):
         rows, prods = [], []
         for p in range(n_prod):
             pid = f"{split}{p}"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from mmss_lib.bench.common import PeakRSS, max_rss_mib, report
-from mmss_lib.data.amazon2018 import _open_lines, build_amazon2018
+from mmss_lib.data.amazon2018 import build_amazon2018, open_lines
 
 
 def generate_reviews(
@@ -94,7 +94,7 @@ def bench_build(argv: list[str], prog: str = "mmss bench build") -> int:
         t = time.perf_counter()
         gen = generate_reviews(src, a.reviews, n_products=a.products)
         t_gen = time.perf_counter() - t
-        raw_bytes = sum(len(line) for _, line in _open_lines(src))
+        raw_bytes = sum(len(line) for _, line in open_lines(src))
         report(
             "data",
             f"generated {gen['reviews']:,} reviews ({gen['reviews_with_votes']:,} with votes) of "

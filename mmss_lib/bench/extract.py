@@ -196,7 +196,7 @@ def bench_store(args, tmp: Path) -> None:
     for bsz in (32, 64):
         batches = [rng.choice(n, size=bsz, replace=False) for _ in range(args.n_batches)]
 
-        def run():
+        def run(batches=batches):
             for b in batches:
                 regs = [read_regions(region, f"r{i}") for i in b]
                 pad_items([r[0] for r in regs])

@@ -131,7 +131,7 @@ def _text_list(value: Any) -> list[str]:
 # ----------------------------------------------------------------------------- streaming
 
 
-def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
+def open_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, line) of a JSON-lines file, gzipped (by magic bytes) or not."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -210,7 +210,7 @@ def _count_reviews(reviews_path: Path, min_votes: int, min_review_chars: int) ->
     count: dict[str, int] = defaultdict(int)
     top: dict[str, int] = defaultdict(int)
     all_asins: set[str] = set()
-    for n, line in _open_lines(reviews_path):
+    for n, line in open_lines(reviews_path):
         if not line.strip():
             continue
         n_reviews += 1
@@ -291,7 +291,7 @@ def _read_metadata(
     the number of records and of repeated records ignored; an empty metadata file is an error."""
     meta: dict[str, tuple[str, list[str], list[str]]] = {}
     meta_dups = meta_lines = 0
-    for n, line in _open_lines(meta_path):
+    for n, line in open_lines(meta_path):
         if not line.strip():
             continue
         meta_lines += 1
@@ -345,7 +345,7 @@ def _read_kept_reviews(
     rows: dict[str, list[tuple]] = defaultdict(list)
     seen: set[tuple] = set()
     dups = 0
-    for n, line in _open_lines(reviews_path):
+    for n, line in open_lines(reviews_path):
         if '"vote"' not in line:
             continue
         m = _ASIN_RE.search(line)

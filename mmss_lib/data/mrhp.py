@@ -593,7 +593,7 @@ def _descriptions(products: pd.DataFrame, variant: str, name_only: bool) -> list
     if "text" not in products.columns:
         raise DataError("write_mrhp: products frame needs a 'description' or a 'text' column")
     descriptions = []
-    for pid, name, text in zip(products["product_id"], products["name"], products["text"]):
+    for pid, name, text in zip(products["product_id"], products["name"], products["text"], strict=True):
         if name_only:
             if text != name:
                 raise DataError(
@@ -661,7 +661,7 @@ def _rvw_frame(reviews: pd.DataFrame, variant: str, r_idx: pd.Index) -> pd.DataF
 def _int_labels(reviews: pd.DataFrame) -> list[int]:
     """The ``label`` column as ints; a value that is not a whole number is refused."""
     labels = []
-    for rid, v in zip(reviews["review_id"], reviews["label"]):
+    for rid, v in zip(reviews["review_id"], reviews["label"], strict=True):
         try:
             iv = int(v)
             if iv != v:

@@ -68,7 +68,7 @@ def cue_coefficients(scores: pd.DataFrame, cues: pd.DataFrame, column: str = "sc
     if keep.sum() < len(CUES) + 2:
         return {**{c: float("nan") for c in CUES}, "n": int(keep.sum())}
     coef = np.linalg.lstsq(x, z[keep], rcond=None)[0]
-    return {**{c: float(v) for c, v in zip(CUES, coef[1:])}, "n": int(keep.sum())}
+    return {**{c: float(v) for c, v in zip(CUES, coef[1:], strict=True)}, "n": int(keep.sum())}
 
 
 def cue_sensitivity_table(results, data_root, *, split: str = "test") -> pd.DataFrame:
@@ -133,11 +133,13 @@ def format_cue_sensitivity(table: pd.DataFrame, decimals: int = 2) -> pd.DataFra
     """The table as it is printed: one row per (category, system), cells ``mean`` (``mean +- sd``
     over seeds when there are several)."""
     out = table[["category", "system", "variant"]].copy()
-    out["system"] = [s if v in ("", "full") else f"{s}:{v}" for s, v in zip(table["system"], table["variant"])]
+    out["system"] = [
+        s if v in ("", "full") else f"{s}:{v}" for s, v in zip(table["system"], table["variant"], strict=True)
+    ]
     for c in CUES:
         out[c] = [
             f"{m:.{decimals}f}" + (f" ± {sd:.{decimals}f}" if n > 1 else "")
-            for m, sd, n in zip(table[c], table[f"{c}_sd"], table["n_seeds"])
+            for m, sd, n in zip(table[c], table[f"{c}_sd"], table["n_seeds"], strict=True)
         ]
     out["reviews"] = table["n_reviews"]
     return out.drop(columns="variant")

@@ -113,7 +113,7 @@ def plot_pseudo_label_trajectories(
     cmap = plt.get_cmap("viridis")
     norm = plt.Normalize(*LABEL_RANGE)
     fig, axes = _grid(len(labels))
-    for ax, (s, v) in zip(axes, labels.items()):
+    for ax, (s, v) in zip(axes, labels.items(), strict=True):
         for i in shown:
             ax.plot(x, v[:, i], color=cmap(norm(y_g[i])), lw=0.6, alpha=0.45)
         for lab in np.unique(y_g):
@@ -193,7 +193,7 @@ def plot_offset_distributions(
     ax.axhline(0.0, color="grey", lw=0.8)
     ticks = [
         f"$\\delta_{{g,{s}}}$" + (f"\n+{(d > 0).mean():.0%} / -{(d < 0).mean():.0%}" if d.size else "")
-        for s, d in zip(names, data)
+        for s, d in zip(names, data, strict=True)
     ]
     ax.set_xticks(np.arange(len(names)), ticks)
     ax.set_xlim(-0.5, len(names) - 0.5)
@@ -205,7 +205,7 @@ def plot_offset_distributions(
         y_g = np.asarray(y_g, dtype=float)
         ax2 = axes[0, 1]
         labs = np.unique(y_g)
-        for s, d in zip(names, data):
+        for s, d in zip(names, data, strict=True):
             if d.shape != y_g.shape:
                 raise DataError(
                     f"offsets of subtask {s}: shape {d.shape}, expected {y_g.shape} "
@@ -266,7 +266,7 @@ def plot_anchor_distances(
     norm = plt.Normalize(-lim, lim)
     fig, axes = _grid(len(names))
     sc = None
-    for ax, s in zip(axes, names):
+    for ax, s in zip(axes, names, strict=True):
         xg, xs, off = (np.asarray(a, dtype=float).ravel() for a in (chi_g[s], chi_s[s], offsets[s]))
         if not (xg.shape == xs.shape == off.shape):
             raise DataError(
@@ -394,8 +394,8 @@ def plot_ablation_differences(
     fig, axes = plt.subplots(
         len(groups), 1, figsize=(max(6.0, 1.3 * len(variants) * len(metrics) / 2), 3.6 * len(groups)), squeeze=False
     )
-    palette = dict(zip(metrics, sns.color_palette("tab10", len(metrics))))
-    for ax, (gkey, gdf) in zip(axes[:, 0], groups):
+    palette = dict(zip(metrics, sns.color_palette("tab10", len(metrics)), strict=True))
+    for ax, (gkey, gdf) in zip(axes[:, 0], groups, strict=True):
         d = gdf[gdf["metric"].isin(metrics)].assign(points=lambda x: x["diff"] * scale)
         common = dict(data=d, x="variant", y="points", hue="metric", order=variants, hue_order=metrics, ax=ax)
         # bars: mean over seeds, error bars: sd over seeds (none with a single seed)
@@ -456,11 +456,11 @@ def plot_learning_curves(
     if not keys:
         raise DataError("learning curves: the histories hold no numeric quantities")
     fig, axes = _grid(len(keys), ncols=min(3, len(keys)), size=(4.0, 2.9))
-    for ax, k in zip(axes, keys):
+    for ax, k in zip(axes, keys, strict=True):
         for run, rs in rows.items():
             pts = [(r.get("epoch", i + 1), r[k]) for i, r in enumerate(rs) if k in r]
             if pts:
-                x, y = zip(*pts)
+                x, y = zip(*pts, strict=True)
                 ax.plot(x, y, marker="o", ms=2.5, lw=1.2, label=run)
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("epoch")
@@ -529,7 +529,7 @@ def plot_case_study(
     heights = [np.nan if values[k] is None else float(values[k]) for k in names]
     colors = ["#444444" if k == "H" else "#1f77b4" if k == "M" else "#ff7f0e" if k == "O" else "#2ca02c" for k in names]
     bars = ax.bar(range(len(names)), np.nan_to_num(heights), color=colors)
-    for b, h in zip(bars, heights):
+    for b, h in zip(bars, heights, strict=True):
         ax.annotate(
             "n/a" if np.isnan(h) else f"{h:.3f}",
             (b.get_x() + b.get_width() / 2, b.get_height()),

@@ -262,9 +262,10 @@ def plot_cue_association(frame: pd.DataFrame, assoc: pd.DataFrame | None = None,
         nrows, ncols, figsize=(4.3 * ncols, 3.4 * nrows), squeeze=False, layout="constrained", sharey=True
     )
     by_s = assoc.set_index("subtask") if assoc is not None else None
-    for ax, s in zip(axes.flat, subtasks):
+    # strict=False: the grid has up to ncols - 1 cells more than subtasks (hidden below)
+    for ax, s in zip(axes.flat, subtasks, strict=False):
         g = frame[frame["subtask"] == s].assign(
-            label=lambda d: d["y_g"].map(lambda v: f"{v:g}"),
+            label=lambda d: d["y_g"].map("{:g}".format),
             cue_present=lambda d: d["cue_value"].map({1: "present", 0: "absent"}),
         )
         order = [f"{v:g}" for v in sorted(g["y_g"].unique())]

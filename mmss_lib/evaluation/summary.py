@@ -154,7 +154,7 @@ def product_summary(
         score = {k: float(v["AP"].mean()) for k, v in entries.items()}
         ranked = [k for k in sorted(entries, key=lambda k: -score[k]) if not is_ceiling(k[0])]  # oracles are no rivals
         for key, g in entries.items():
-            row = dict(zip(keys, (dataset, category, *key)))
+            row = dict(zip(keys, (dataset, category, *key), strict=True))
             for m in METRICS:
                 vals = g[PER_PRODUCT_COLUMN[m]].to_numpy(dtype=np.float64)
                 lo, hi = bootstrap_interval(vals, n_boot=n_boot, level=level, seed=seed)
@@ -282,7 +282,7 @@ def pool_folds(results, split: str = "test"):
                 f"pool_folds: product {dup!r} is a test product of several folds of "
                 f"{key[1]}/{_label(key[2], key[3])} seed {key[4]}"
             )
-        row = dict(zip(keys, key))
+        row = dict(zip(keys, key, strict=True))
         row.update({m: float(pp[PER_PRODUCT_COLUMN[m]].mean()) for m in METRICS})
         for c in ("dev_MAP", "best_epoch", "epochs_run", "sec_per_epoch"):
             if c in g.columns:

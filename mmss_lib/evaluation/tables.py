@@ -440,7 +440,7 @@ def to_markdown(df, *, decimals: int | None = None) -> str:
     align = (["---"] * len(idx_names) if show_index else []) + ["---:" if isnum else "---" for isnum in numeric]
     lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
     prev: tuple = ()
-    for key, row in zip(df.index, df.itertuples(index=False, name=None)):
+    for key, row in zip(df.index, df.itertuples(index=False, name=None), strict=True):
         key = key if isinstance(key, tuple) else (key,)
         shown = []
         for i, k in enumerate(key):

@@ -293,6 +293,7 @@ class ExplorerApp:
                 shown["n_reviews"],
                 shown["AP"].to_numpy(dtype=float),
                 shown["offset"].to_numpy(dtype=float),
+                strict=True,
             )
         ]
         self.count.value = (
@@ -562,5 +563,5 @@ def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if main_thread:
-            for sig, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
+            for sig, handler in zip((signal.SIGINT, signal.SIGTERM), previous, strict=True):
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)

@@ -78,16 +78,16 @@ def _text_settings(text_model: str, max_len: int) -> tuple[dict, int]:
     from transformers import AutoConfig
 
     from mmss_lib.errors import ModelNotAvailableError
-    from mmss_lib.features.text import _offline, resolve_text_model
+    from mmss_lib.features.text import hf_offline, resolve_text_model
 
     source = resolve_text_model(text_model)
     try:
-        cfg = AutoConfig.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
-    except (OSError, ValueError):
+        cfg = AutoConfig.from_pretrained(source, local_files_only=hf_offline() or Path(source).is_dir())
+    except (OSError, ValueError) as err:
         from mmss_lib.features.text import TextEncoder
 
         TextEncoder(text_model)  # raises ModelNotAvailableError with the how-to message
-        raise ModelNotAvailableError(f"text model {text_model!r}: cannot read its config")
+        raise ModelNotAvailableError(f"text model {text_model!r}: cannot read its config") from err
     eff = int(min(max_len, getattr(cfg, "max_position_embeddings", None) or max_len))
     return {"encoder": str(text_model), "encoder_source": source, "max_len": eff}, int(cfg.hidden_size)
 
@@ -142,10 +142,10 @@ class _Models:
             texts = clean_texts(sub["text"].tolist(), chunk_ids, policy)
             feats = self.encoder.encode(texts, batch_size=self.text_batch_size, progress=bar)
             policy.truncated += int(sum(len(f) >= self.encoder.max_len - 1 for f in feats))
-            return [(i, {"x": f}) for i, f in zip(chunk_ids, feats)]
+            return [(i, {"x": f}) for i, f in zip(chunk_ids, feats, strict=True)]
         files = [list(v) if v is not None else [] for v in sub["image_files"].tolist()]
         feats = self.extractor.extract_items(files, chunk_ids, batch_size=self.image_batch_size, report=policy)
-        items = list(zip(chunk_ids, feats))
+        items = list(zip(chunk_ids, feats, strict=True))
         if bar is not None:
             bar.update(len(chunk_ids))
         return items
@@ -558,7 +558,7 @@ def draw_boxes(
     frame, id_col = (products, "product_id") if side == "prd" else (reviews, "review_id")
     store = FeatureStore(feature_dirs(features_root, dataset, category)[f"region_{side}"])
     picks = []
-    for item_id, files in zip(frame[id_col], frame["image_files"]):
+    for item_id, files in zip(frame[id_col], frame["image_files"], strict=True):
         if files and item_id in store and store.n_rows(item_id):
             picks.append((item_id, files[0]))
         if len(picks) == n_images:
@@ -566,7 +566,7 @@ def draw_boxes(
     if not picks:
         return None
     fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.4), squeeze=False)
-    for ax, (item_id, file) in zip(axes[0], picks):
+    for ax, (item_id, file) in zip(axes[0], picks, strict=True):
         with Image.open(file) as im:
             img = np.asarray(im.convert("RGB"))
         h, w = img.shape[:2]

@@ -61,11 +61,11 @@ def _file_part(path: str) -> str:
 def _item_parts(kind: str, frame, id_col: str) -> Iterable[tuple[str, str]]:
     ids = [str(i) for i in frame[id_col].tolist()]
     if kind == "text":  # a missing text (NaN, None) counts as its repr
-        return zip(ids, [t if isinstance(t, str) else repr(t) for t in frame["text"].tolist()])
+        return zip(ids, [t if isinstance(t, str) else repr(t) for t in frame["text"].tolist()], strict=True)
     files = frame["image_files"].tolist() if "image_files" in frame.columns else [[]] * len(ids)
     return (
         (i, "\x1e".join(_file_part(f) for f in (fs if isinstance(fs, (list, tuple)) else [])))
-        for i, fs in zip(ids, files)
+        for i, fs in zip(ids, files, strict=True)
     )
 
 

@@ -174,7 +174,9 @@ class MRHPSplitData:
             if "text" not in reviews.columns or "text" not in products.columns:
                 raise DataError(f"{name}: fine-tuning needs a 'text' column in reviews and products")
             self.review_texts = np.asarray(reviews["text"].astype(str).to_numpy(), dtype=object)
-            self.product_texts = dict(zip(products["product_id"].astype(str), products["text"].astype(str)))
+            self.product_texts = dict(
+                zip(products["product_id"].astype(str), products["text"].astype(str), strict=True)
+            )
         if check:
             self.check_stores()
 

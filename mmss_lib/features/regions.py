@@ -488,7 +488,7 @@ class RegionExtractor:
             ]
             ok = [(k, j, t) for k, j, t in loaded if t is not None]
             results = self.extract_images([t for _, _, t in ok])
-            for (k, j, _), r in zip(ok, results):
+            for (k, j, _), r in zip(ok, results, strict=True):
                 per_item[k].append((j, r))
             report.n_images += len(ok)
             if progress is not None:
@@ -662,7 +662,7 @@ class GridRegionExtractor(RegionExtractor):
             boxes = [grid_boxes(h, w, self.grid).to(self.device) for h, w in sizes]
             feats = box_mean_pool(fmap, boxes, C5_STRIDE).to(torch.float16).cpu().numpy()
         out, a = [], 0
-        for (h, w), bx in zip(sizes, boxes):
+        for (h, w), bx in zip(sizes, boxes, strict=True):
             n = len(bx)
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=bx.device)
             out.append(

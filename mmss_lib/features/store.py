@@ -289,7 +289,7 @@ def pad_items(
         length = min(length, max(max_len, min_len))
     padded = np.zeros((len(arrays), length, *d), dtype=dtype)
     mask = np.zeros((len(arrays), length), dtype=bool)
-    for b, (a, n) in enumerate(zip(arrays, lens)):
+    for b, (a, n) in enumerate(zip(arrays, lens, strict=True)):
         if a.shape[1:] != d:
             raise ValueError(f"pad_items: array {b} has trailing shape {a.shape[1:]}, expected {d}")
         padded[b, :n] = a[:n]

@@ -41,7 +41,8 @@ MINILM_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", 
 DEFAULT_MAX_LEN = 512
 
 
-def _offline() -> bool:
+def hf_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set)."""
     return any(
         os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
         for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -151,7 +152,7 @@ class TextEncoder:
         self.name = str(model)
         self.source = resolve_text_model(model)
         self.device = pick_device(device)
-        offline = _offline()
+        offline = hf_offline()
         is_local = Path(self.source).is_dir()
         verbosity = hf_logging.get_verbosity()
         bars = hf_logging.is_progress_bar_enabled()

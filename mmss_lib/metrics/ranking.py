@@ -61,7 +61,7 @@ DEFAULT_KS = (3, 5)
 # --------------------------------------------------------------------------------------------
 
 
-def _as_1d(x: Any, name: str) -> np.ndarray:
+def as_1d(x: Any, name: str) -> np.ndarray:
     """A 1-d numpy array from a list, numpy array, pandas Series or torch tensor."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch
         x = x.detach().cpu().numpy()
@@ -75,7 +75,8 @@ def _as_1d(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _numeric(arr: np.ndarray, name: str) -> np.ndarray:
+def as_numeric(arr: np.ndarray, name: str) -> np.ndarray:
+    """``arr`` as float64; a non-numeric dtype or a NaN is refused, naming ``name`` and the first position."""
     try:
         out = arr.astype(np.float64)
     except (TypeError, ValueError) as exc:
@@ -98,16 +99,16 @@ def _prepare(product_ids, labels, scores, threshold, ties):
         raise ValueError(f"ranking metrics: ties must be one of {TIE_POLICIES}, got {ties!r}")
     if threshold is None or not np.isfinite(float(threshold)):
         raise ValueError(f"ranking metrics: threshold must be a finite number, got {threshold!r}")
-    pid = _as_1d(product_ids, "product_ids")
-    lab = _as_1d(labels, "labels")
-    sco = _as_1d(scores, "scores")
+    pid = as_1d(product_ids, "product_ids")
+    lab = as_1d(labels, "labels")
+    sco = as_1d(scores, "scores")
     if not (len(pid) == len(lab) == len(sco)):
         raise DataError(
             f"ranking metrics: product_ids, labels and scores must have the same length, "
             f"got {len(pid)}, {len(lab)} and {len(sco)}"
         )
-    lab = _numeric(lab, "labels")
-    sco = _numeric(sco, "scores")
+    lab = as_numeric(lab, "labels")
+    sco = as_numeric(sco, "scores")
     if np.isinf(lab).any():
         raise DataError(
             f"ranking metrics: labels must be finite, first infinite at position "
@@ -324,8 +325,8 @@ def paired_test(a, b, *, alternative: str = "two-sided") -> dict[str, float]:
                 f"(e.g. {missing}); pair them on the same test products"
             )
         b = b.reindex(a.index)
-    x = _numeric(_as_1d(a, "a"), "a")
-    y = _numeric(_as_1d(b, "b"), "b")
+    x = as_numeric(as_1d(a, "a"), "a")
+    y = as_numeric(as_1d(b, "b"), "b")
     if len(x) != len(y):
         raise DataError(
             f"paired_test: a and b must have the same length (one value per product), got {len(x)} and {len(y)}"
@@ -381,7 +382,7 @@ def bootstrap_means(values, *, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
     chunks of at most ``2**22 // n`` rows (so memory stays bounded for large ``n``; the chunking
     depends on ``n`` only, so the result is a deterministic function of values, n_boot and seed).
     """
-    x = _numeric(_as_1d(values, "values"), "values")
+    x = as_numeric(as_1d(values, "values"), "values")
     _check_boot_args(n_boot, 0.5, "bootstrap_means")
     n = len(x)
     if n == 0:
@@ -429,8 +430,8 @@ def bootstrap_difference(a, b, *, n_boot: int = 2000, level: float = 0.95, seed:
                 f"(e.g. {missing}); pair them on the same products"
             )
         b = b.reindex(a.index)
-    x = _numeric(_as_1d(a, "a"), "a")
-    y = _numeric(_as_1d(b, "b"), "b")
+    x = as_numeric(as_1d(a, "a"), "a")
+    y = as_numeric(as_1d(b, "b"), "b")
     if len(x) != len(y):
         raise DataError(
             f"bootstrap_difference: a and b must have the same length (one value per product), "
@@ -450,7 +451,7 @@ def product_metrics_reference(
     labels: Sequence[float], scores: Sequence[float], threshold: float = 1, ks: Sequence[int] = DEFAULT_KS
 ) -> dict[str, float]:
     """The protocol for ONE product, written as a plain loop (the benchmark's baseline)."""
-    ranked = [lab for _, _, lab in sorted(zip((-float(s) for s in scores), range(len(labels)), labels))]
+    ranked = [lab for _, _, lab in sorted(zip((-float(s) for s in scores), range(len(labels)), labels, strict=True))]
     count, total, rr = 0, 0.0, 0.0
     for i, lab in enumerate(ranked, start=1):
         if lab > threshold:

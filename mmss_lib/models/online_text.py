@@ -46,15 +46,15 @@ def load_text_model(name: str | os.PathLike) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from mmss_lib.features.text import _offline, resolve_text_model
+    from mmss_lib.features.text import hf_offline, resolve_text_model
 
     source = resolve_text_model(name)
     local = Path(source).is_dir()
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=_offline() or local)
-        model = AutoModel.from_pretrained(source, local_files_only=_offline() or local)
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=hf_offline() or local)
+        model = AutoModel.from_pretrained(source, local_files_only=hf_offline() or local)
     except (OSError, ValueError) as exc:
         raise ModelNotAvailableError(
             f"text model {str(name)!r} is not available offline: pass a local folder holding config.json, "

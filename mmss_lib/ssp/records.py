@@ -96,7 +96,7 @@ def load_ssp_history(run_dir: str | os.PathLike) -> SSPHistory:
         if k not in first:
             raise DataError(f"{files[0]}: key {k!r} missing; keys: {sorted(first)}")
     subtasks = [k[len("label_") :] for k in first if k.startswith("label_")]
-    for f, r in zip(files, recs):
+    for f, r in zip(files, recs, strict=True):
         if not np.array_equal(r.get("review_id"), first["review_id"]):
             raise DataError(f"{f}: its training reviews differ from those of {files[0]}")
         missing = [f"{p}_{s}" for s in subtasks for p in ("label", "offset", "estimate", "chi") if f"{p}_{s}" not in r]
@@ -106,7 +106,7 @@ def load_ssp_history(run_dir: str | os.PathLike) -> SSPHistory:
     def stack(key):
         return np.stack([np.asarray(r[key], dtype=float) for r in recs])
 
-    epochs = np.array([int(r["epoch"]) if "epoch" in r else int(f.stem[5:]) for f, r in zip(files, recs)])
+    epochs = np.array([int(r["epoch"]) if "epoch" in r else int(f.stem[5:]) for f, r in zip(files, recs, strict=True)])
     return SSPHistory(
         epochs=epochs,
         review_id=np.asarray(first["review_id"]).astype(str),

@@ -62,7 +62,7 @@ import numpy as np
 
 from mmss_lib.data.mrhp import SPLITS
 from mmss_lib.errors import DataError
-from mmss_lib.metrics.ranking import DEFAULT_KS, PER_PRODUCT_COLUMN, _as_1d, _numeric, per_product_metrics
+from mmss_lib.metrics.ranking import DEFAULT_KS, PER_PRODUCT_COLUMN, as_1d, as_numeric, per_product_metrics
 from mmss_lib.models.registry import is_ceiling
 from mmss_lib.training.run_folder import CONFIG, HISTORY, METRICS, finished_metrics, scores_path
 
@@ -112,8 +112,8 @@ def expected_random_per_product(product_ids, labels, *, threshold: float = 1, ks
     ks = tuple(int(k) for k in ks)
     if not ks or any(k < 1 for k in ks):
         raise ValueError(f"random floor: ks must be positive cut-offs, got {ks}")
-    pid = _as_1d(product_ids, "product_ids")
-    lab = _numeric(_as_1d(labels, "labels"), "labels")
+    pid = as_1d(product_ids, "product_ids")
+    lab = as_numeric(as_1d(labels, "labels"), "labels")
     if len(pid) != len(lab):
         raise DataError(
             f"random floor: product_ids and labels must have the same length, got {len(pid)} and {len(lab)}"
@@ -404,7 +404,7 @@ def _adopt_splits(splits: dict, data_root, dataset: str, category: str, need_tex
             if lookup is None:
                 lookup = {}
                 for d in _splits_from_disk(data_root, dataset, category, disjoint=False).values():
-                    lookup.update(zip(d.review_ids, d.texts))
+                    lookup.update(zip(d.review_ids, d.texts, strict=True))
             missing = [r for r in sp.review_ids if r not in lookup]
             if missing:
                 raise DataError(
