@@ -1,4 +1,4 @@
-"""mmss_lib.training.floors: the random floor's exact expectations, the length floor, floor run folders."""
+"""mmss_lib.models.floors and training.floors: the random floor's exact expectations, the length floor, floor run folders."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ import pytest
 
 from mmss_lib.errors import DataError
 from mmss_lib.metrics.ranking import per_product_metrics, product_metrics_reference
+from mmss_lib.models.floors import LengthFloor, RandomFloor, expected_random_per_product, length_scores
 from mmss_lib.models.registry import BASELINES, FLOORS, SYSTEMS, build_system, is_floor
-from mmss_lib.training.floors import (
-    LengthFloor,
-    RandomFloor,
-    expected_random_per_product,
-    length_scores,
-    per_product_for_run,
-    run_floor,
-)
+from mmss_lib.training.floors import per_product_for_run, run_floor
 
 
 def brute_force_expectation(labels, threshold):
@@ -240,7 +234,7 @@ def test_train_run_and_run_experiment_treat_floors_like_systems(demo_root, tmp_p
 def test_ceilings_fit_on_train_and_dev_cues_only(demo_root, tmp_path):
     from mmss_lib.data.mrhp import load_mrhp
     from mmss_lib.data.synthetic import load_cues
-    from mmss_lib.training.floors import CEILINGS, cue_design, floor_system
+    from mmss_lib.models.floors import CEILINGS, cue_design, floor_system
 
     assert is_floor("ceiling_text") and SYSTEMS["ceiling_all"].kind == "ceiling" and "ceiling_all" not in BASELINES
     fit_rows = []

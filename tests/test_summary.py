@@ -100,7 +100,7 @@ def test_summary_means_intervals_and_tests_match_direct_computation(tmp_path):
     assert row["NDCG@3_p"] == pytest.approx(paired_test(mine["NDCG@3"], rival["NDCG@3"])["t_p"])
     assert row["MAP_p"] < 0.01  # label-driven scores beat noise clearly
     # the random floor enters with its exact expectations (not its written realisation)
-    from mmss_lib.training.floors import expected_random_per_product
+    from mmss_lib.models.floors import expected_random_per_product
 
     exp = expected_random_per_product(pids, labels, threshold=1.0)
     assert summ.set_index("system").loc["random", "MAP"] == pytest.approx(100 * exp["AP"].mean())

@@ -1,5 +1,6 @@
 """The models: MM-SS (`mmss`), the masked building blocks every system shares (`masked`), the
-losses, on-the-fly text encoding, the system registry and the eight comparison systems."""
+losses, on-the-fly text encoding, the system registry, the untrained floors and ceilings (`floors`)
+and the eight comparison systems (`baselines`)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "build_system": "registry",
     "system_class": "registry",
     "is_floor": "registry",
+    "floor_system": "floors",
+    "expected_random_per_product": "floors",
     "is_ceiling": "registry",
 }
 __all__ = list(_EXPORTS)

@@ -25,10 +25,10 @@ class SystemInfo:
 SYSTEMS: dict[str, SystemInfo] = {
     s.name: s
     for s in [
-        SystemInfo("random", "Random", "floor", "mmss_lib.training.floors:RandomFloor"),
-        SystemInfo("length", "Length", "floor", "mmss_lib.training.floors:LengthFloor"),
-        SystemInfo("ceiling_text", "Ceiling (text cues)", "ceiling", "mmss_lib.training.floors:CeilingText"),
-        SystemInfo("ceiling_all", "Ceiling (all cues)", "ceiling", "mmss_lib.training.floors:CeilingAll"),
+        SystemInfo("random", "Random", "floor", "mmss_lib.models.floors:RandomFloor"),
+        SystemInfo("length", "Length", "floor", "mmss_lib.models.floors:LengthFloor"),
+        SystemInfo("ceiling_text", "Ceiling (text cues)", "ceiling", "mmss_lib.models.floors:CeilingText"),
+        SystemInfo("ceiling_all", "Ceiling (all cues)", "ceiling", "mmss_lib.models.floors:CeilingAll"),
         SystemInfo("bimpm", "BiMPM", "text-only", "mmss_lib.models.baselines.bimpm:BiMPM"),
         SystemInfo("egcnn", "EG-CNN", "text-only", "mmss_lib.models.baselines.egcnn:EGCNN"),
         SystemInfo("convknrm", "Conv-KNRM", "text-only", "mmss_lib.models.baselines.convknrm:ConvKNRM"),

@@ -1,6 +1,6 @@
 """One run: its configuration (`config`), its folder (`run_folder`), the model and optimizer it builds
 (`build`), its checkpoints (`checkpoints`), the trainer (`trainer`), the
-untrained floors and ceilings (`floors`) and where runs execute (`executors`)."""
+runs of the untrained floors and ceilings and the per-product reader of any run (`floors`) and where runs execute (`executors`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "build_model": "build",
     "build_optimizer": "build",
     "load_checkpoint": "checkpoints",
-    "floor_system": "floors",
+    "per_product_for_run": "floors",
     "run_floor": "floors",
     "Job": "executors",
     "JobResult": "executors",
