@@ -87,13 +87,20 @@ def _imports(mod: str, path: Path) -> Iterator[tuple[ast.stmt, str, list[ast.ali
 
 
 def import_graph(lib: Path = LIB) -> dict[str, set[str]]:
-    """``{module: modules of the package it imports}`` for every module under ``lib``."""
+    """``{module: modules of the package it imports}`` for every module under ``lib``. A string that
+    names a module of the package (``"mmss_lib.models.floors:RandomFloor"`` in a registry,
+    ``"mmss_lib.data.synthetic"`` for ``importlib``) is an import too: it is imported by that name."""
     files = _modules(lib)
     graph: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
         for _, target, aliases in _imports(mod, path):
             names = [target] + [f"{target}.{a.name}" for a in aliases]
             graph[mod] |= {n for n in names if n in files and n != mod}
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                name = node.value.split(":", 1)[0]
+                if name in files and name != mod and "." in name:
+                    graph[mod].add(name)
     return graph
 
 
@@ -290,10 +297,12 @@ def test_the_checker_finds_an_upward_import(tmp_path):
     (pkg / "models" / "baselines" / "y.py").write_text("from mmss_lib.data.x import f\nfrom mmss_lib import errors\n")
     (pkg / "models" / "z.py").write_text("from . import baselines\n")  # its own layer
     (pkg / "cli.py").write_text("import mmss_lib.models.z\n")  # an entry point imports anything
+    (pkg / "data" / "w.py").write_text('TABLE = {"z": "mmss_lib.models.z:Z"}\n')  # imported by name
     graph = import_graph(pkg)
     assert upward_imports(graph) == {  # the package and its module
         ("mmss_lib.data.x", "mmss_lib.models.baselines"),
         ("mmss_lib.data.x", "mmss_lib.models.baselines.y"),
+        ("mmss_lib.data.w", "mmss_lib.models.z"),
     }
     assert layer_of("mmss_lib.stray") is None and layer_of("mmss_lib") == 0
     assert layer_of("mmss_lib.models.baselines.y") == layer_of("mmss_lib.models")
