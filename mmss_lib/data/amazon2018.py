@@ -343,7 +343,11 @@ def _review_fields(rec: dict, path: Path, n: int, fmt: AmazonFormat = FORMATS["2
     except (TypeError, ValueError) as exc:
         raise DataError(
             f"{path}: line {n}: field {fmt.vote_field!r} = {rec.get(fmt.vote_field)!r:.60} is not a vote count ({exc}); "
-            "expected a whole number >= 0" + (" (or a string such as '1,234')" if fmt.votes is parse_vote else "")
+            + (
+                "expected [helpful votes, total votes], whole numbers, helpful <= total"
+                if fmt.votes is parse_helpful_2014
+                else "expected a whole number >= 0" + (" or a string such as '1,234'" if fmt.name == "2018" else "")
+            )
         ) from None
     text = rec.get(fmt.text)
     return asin, votes, text if isinstance(text, str) else ""
