@@ -145,6 +145,8 @@ class Outcome:
     payload: bytes | None = field(default=None, repr=False)
     ext: str = ""
     seconds_decode: float = 0.0
+    file: str = ""  # where the payload was stored (relative to images/), once placed
+    seconds_write: float = 0.0
 
 
 # ----------------------------------------------------------------------------- one URL
@@ -409,14 +411,20 @@ def _prune(base: Path, entries: Sequence[Entry], records: dict[tuple, dict]) -> 
 
 
 def _local_runner(s: FetchSettings):
+    """Threads here; each stores its image itself (``place``), so that writing runs in parallel."""
     pool = cf.ThreadPoolExecutor(max_workers=s.concurrency)
 
-    def run(urls: Sequence[str]) -> Iterable[tuple[str, Outcome]]:
+    def fetch_and_place(u: str, place: Callable[[str, Outcome], None]) -> Outcome:
+        out = fetch_one(u, s)
+        place(u, out)
+        return out
+
+    def run(urls: Sequence[str], place: Callable[[str, Outcome], None]) -> Iterable[tuple[str, Outcome]]:
         futs = {}
         it = iter(urls)
         # at most 4 x concurrency URLs in flight: bounded memory for a million URLs
         for u in it:
-            futs[pool.submit(fetch_one, u, s)] = u
+            futs[pool.submit(fetch_and_place, u, place)] = u
             if len(futs) >= 4 * s.concurrency:
                 break
         while futs:
@@ -426,7 +434,7 @@ def _local_runner(s: FetchSettings):
                 yield u, f.result()
                 nxt = next(it, None)
                 if nxt is not None:
-                    futs[pool.submit(fetch_one, nxt, s)] = nxt
+                    futs[pool.submit(fetch_and_place, nxt, place)] = nxt
 
     return run, pool.shutdown
 
@@ -479,17 +487,23 @@ def _ray_runner(s: FetchSettings, address: str | None, timeout: float, chunk: in
     task = ray.remote(num_cpus=1)(fetch_many)
     in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
-    def run(urls: Sequence[str]) -> Iterable[tuple[str, Outcome]]:
-        chunks = [list(urls[i : i + chunk]) for i in range(0, len(urls), chunk)]
+    def run(urls: Sequence[str], place: Callable[[str, Outcome], None]) -> Iterable[tuple[str, Outcome]]:
+        """The images come back through the object store and are stored here (no shared disk needed)."""
+
+        def placed(results):
+            for u, out in results:
+                place(u, out)
+                yield u, out
+
         pending = []
-        for c in chunks:
-            pending.append(task.remote(c, s))
+        for i in range(0, len(urls), chunk):
+            pending.append(task.remote(list(urls[i : i + chunk]), s))
             while len(pending) >= in_flight:
                 done, pending = ray.wait(pending, num_returns=1)
-                yield from ray.get(done[0])
+                yield from placed(ray.get(done[0]))
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield from ray.get(done[0])
+            yield from placed(ray.get(done[0]))
 
     def close() -> None:
         if started:
@@ -598,7 +612,7 @@ def fetch_category(
         by_url.setdefault(e.url, []).append(e)
     done_file = {r["url"]: r for r in records.values() if r.get("file") and r["result"] in ("fetched", "duplicate")}
     fetched_now = 0
-    timing = {"decode": 0.0, "write": 0.0}
+    timing = {"decode": 0.0, "write": 0.0, "journal": 0.0}
     bar = _progress(len(todo), label, progress)
     with open(journal_path, "rb") as fh:
         fh.seek(0, os.SEEK_END)
@@ -629,7 +643,16 @@ def fetch_category(
         urls = list(by_url)
         if limit is not None:
             urls = urls[:limit]
-        for url, out in run(urls):
+        first_of = {u: by_url[u][0] for u in urls}  # read by the worker threads
+
+        def place(url: str, out: Outcome) -> None:
+            if out.payload is not None:
+                t1 = time.perf_counter()
+                out.file = _place(base, first_of[url], out.payload, out.ext)
+                out.payload = None
+                out.seconds_write = time.perf_counter() - t1
+
+        for url, out in run(urls, place):
             t1 = time.perf_counter()
             waiting = by_url.pop(url)
             first, rest = waiting[0], waiting[1:]
@@ -638,12 +661,10 @@ def fetch_category(
                 "http_status": out.http_status,
                 "bytes": out.bytes,
                 "sha256": out.sha256,
-                "file": "",
+                "file": out.file,
                 "error": out.error,
             }
-            if out.payload is not None:
-                rec["file"] = _place(base, first, out.payload, out.ext)
-            timing["write"] += time.perf_counter() - t1
+            timing["write"] += out.seconds_write
             timing["decode"] += out.seconds_decode
             record(first, rec)
             fetched_now += 1
@@ -653,6 +674,7 @@ def fetch_category(
                 else:
                     dup = dict(rec, **base_rec(e))
                 record(e, dup)
+            timing["journal"] += time.perf_counter() - t1
     finally:
         bar.close()
         jf.close()
@@ -669,7 +691,8 @@ def fetch_category(
             )
     summary = _summary(label, entries, records, base, counts, fetched_now, time.perf_counter() - t0)
     summary["seconds_decode"] = round(timing["decode"], 3)
-    summary["seconds_write"] = round(timing["write"], 3)
+    summary["seconds_write"] = round(timing["write"], 3)  # storing the images (summed over threads)
+    summary["seconds_journal"] = round(timing["journal"], 3)  # records and duplicate copies (one thread)
     return summary
 
 
