@@ -144,6 +144,15 @@ class Server:
         self.httpd.server_close()
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """Requests go straight to 127.0.0.1 even where the environment names an HTTP proxy."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+
+
 @pytest.fixture()
 def server():
     s = Server()

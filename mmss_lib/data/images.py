@@ -436,7 +436,10 @@ def _local_runner(s: FetchSettings):
                 if nxt is not None:
                     futs[pool.submit(fetch_and_place, nxt, place)] = nxt
 
-    return run, pool.shutdown
+    def close() -> None:  # queued URLs dropped (an interrupt); the requests under way finish
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    return run, close
 
 
 def _connect_ray(address: str | None, timeout: float, num_cpus: int | None):
@@ -615,8 +618,11 @@ def fetch_category(
     timing = {"decode": 0.0, "write": 0.0, "journal": 0.0}
     bar = _progress(len(todo), label, progress)
     with open(journal_path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        cut = fh.tell() > 0 and (fh.seek(-1, os.SEEK_END) or fh.read(1) != b"\n")
+        size = fh.seek(0, os.SEEK_END)
+        cut = False
+        if size:
+            fh.seek(size - 1)
+            cut = fh.read(1) != b"\n"
     jf = open(journal_path, "a", encoding="utf-8")
     if cut:  # the last line was cut by a kill: start on a new line
         jf.write("\n")
