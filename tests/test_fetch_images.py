@@ -437,3 +437,17 @@ def test_fetch_extract_train_end_to_end(server, tmp_path, tiny_bert_dir):
     train += ["--epochs", "1", "--device", "cpu", "--no-progress"]
     assert main(train) == 0
     assert list(runs.rglob("*.json"))
+
+
+def test_bench_fetch_tiny_run(capsys):
+    """`mmss bench fetch` on 12 URLs: a rate per concurrency (every URL fetched) and the projection."""
+    from mmss_lib.bench import BENCHES
+    from mmss_lib.bench.fetch import bench_fetch
+
+    assert BENCHES["fetch"] == "mmss_lib.bench.fetch:bench_fetch"
+    assert bench_fetch(["--images", "12", "--levels", "1", "3", "--latency-ms", "10", "--latency-levels", "4"]) == 0
+    out = capsys.readouterr().out
+    runs = [line for line in out.splitlines() if "images/s" in line]
+    assert len(runs) == 3 and all("(12/12 fetched" in line for line in runs)
+    assert "latency   10 ms, concurrency   4" in out
+    assert "amazon: 59,117 products, 1,414,169 reviews" in out and "lazada: 20,924 products" in out

@@ -1,6 +1,6 @@
 """``mmss bench fetch``: the image fetcher (:mod:`mmss_lib.data.images`) against a local HTTP server.
 
-A threaded server on 127.0.0.1 serves generated JPEGs of an Amazon-like size (``--side`` pixels,
+A threaded server on 127.0.0.1 (a process of its own) serves generated JPEGs of an Amazon-like size (``--side`` pixels,
 about 40-60 KB); a generated category of ``--images`` products, one distinct URL each, is fetched
 with :func:`mmss_lib.data.images.fetch_category` at each ``--levels`` concurrency, first with no
 added latency (the machine's own ceiling: HTTP handling, decoding, writing, journal) and then
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import tempfile
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,41 +42,61 @@ def _images(n: int, side: int) -> list[bytes]:
     return out
 
 
+def _serve(bodies: list[bytes], latency, port_queue) -> None:
+    """The server process: a threaded HTTP server on 127.0.0.1; ``latency`` (a shared double, s)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            try:
+                k = int(self.path.rsplit("/", 1)[1].split(".")[0])
+            except ValueError:
+                k = -1
+            if k < 0:
+                self.send_error(404)
+                return
+            if latency.value:
+                time.sleep(latency.value)
+            body = bodies[k % len(bodies)]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    ThreadingHTTPServer.request_queue_size = 512
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    port_queue.put(httpd.server_address[1])
+    httpd.serve_forever()
+
+
 class _Server:
+    """The server in a process of its own, so that it does not share this process's GIL."""
+
     def __init__(self, bodies: list[bytes]):
-        self.latency = 0.0
-        server = self
+        import multiprocessing as mp
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        self._latency = ctx.Value("d", 0.0)
+        q = ctx.Queue()
+        self.proc = ctx.Process(target=_serve, args=(bodies, self._latency, q), daemon=True)
+        self.proc.start()
+        self.base = f"http://127.0.0.1:{q.get(timeout=60)}"
 
-            def do_GET(self):  # noqa: N802
-                try:
-                    k = int(self.path.rsplit("/", 1)[1].split(".")[0])
-                except ValueError:
-                    k = -1
-                if not 0 <= k:
-                    self.send_error(404)
-                    return
-                if server.latency:
-                    time.sleep(server.latency)
-                body = bodies[k % len(bodies)]
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    @property
+    def latency(self) -> float:
+        return self._latency.value
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.request_queue_size = 256
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    @latency.setter
+    def latency(self, value: float) -> None:
+        self._latency.value = value
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.proc.terminate()
+        self.proc.join(10)
 
 
 def _write_category(root: Path, base: str, n: int, offset: int) -> None:
