@@ -74,6 +74,7 @@ class Server:
             "/img/red.png": (PNG, "image/png"),
             "/img/blue.jpg": (JPEG, "image/jpeg"),
             "/img/green.gif": (GIF, "image/gif"),
+            "/img/caf%C3%A9%20red.png": (PNG, "image/png"),
             "/img/named_wrong.jpg": (PNG, "image/jpeg"),  # PNG bytes named .jpg: stored as .png
             "/html.jpg": (b"<html><body>not found</body></html>", "image/jpeg"),
             "/trunc.png": (_img("PNG", size=(300, 300))[:400], "image/png"),
@@ -451,3 +452,14 @@ def test_bench_fetch_tiny_run(capsys):
     assert len(runs) == 3 and all("(12/12 fetched" in line for line in runs)
     assert "latency   10 ms, concurrency   4" in out
     assert "amazon: 59,117 products, 1,414,169 reviews" in out and "lazada: 20,924 products" in out
+
+
+def test_urls_with_spaces_and_non_ascii_and_bad_urls(server, tmp_path):
+    u = server.url
+    urls = [u("/img/café red.png"), "http://127.0.0.1:notaport/x.jpg", "not a url", "https:///nohost.jpg"]
+    write_dataset(tmp_path, {"P": urls}, {})
+    (sm,) = fetch_images(tmp_path, "amazon", ["cat"], FAST)
+    assert sm["results"] == {"bad_url": 9, "duplicate": 2, "fetched": 1}
+    assert server.hits["/img/caf%C3%A9%20red.png"] == 1
+    rows = read_manifest(tmp_path / "amazon" / "cat" / "images" / "manifest.csv")
+    assert rows[0]["url"] == u("/img/café red.png")  # the manifest keeps the URL as the file has it

@@ -182,9 +182,15 @@ def _retry_after(exc: urllib.error.HTTPError) -> float | None:
 
 def download(url: str, s: FetchSettings) -> tuple[bytes | None, Outcome | None]:
     """GET ``url`` under the settings' limits: (body, None) or (None, the failure's Outcome)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        return None, Outcome("bad_url", error=f"not a URL ({exc})")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         return None, Outcome("bad_url", error="expected an http:// or https:// URL")
+    # spaces and non-ASCII characters percent-encoded (UTF-8), what is already encoded kept
+    url = urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~")
     last: Outcome | None = None
     for attempt in range(s.retries + 1):
         if attempt:
