@@ -463,3 +463,29 @@ def test_urls_with_spaces_and_non_ascii_and_bad_urls(server, tmp_path):
     assert server.hits["/img/caf%C3%A9%20red.png"] == 1
     rows = read_manifest(tmp_path / "amazon" / "cat" / "images" / "manifest.csv")
     assert rows[0]["url"] == u("/img/café red.png")  # the manifest keeps the URL as the file has it
+
+
+@pytest.mark.parametrize(
+    "fmt, mode, ext",
+    [
+        ("TIFF", "CMYK", ".png"),
+        ("BMP", "RGB", ".png"),
+        ("GIF", "P", ".png"),
+        ("WEBP", "RGB", ".webp"),
+        ("JPEG", "CMYK", ".jpg"),
+    ],
+)
+def test_check_image_types_and_resize(fmt, mode, ext):
+    """Any decodable type is kept (JPEG/PNG/WebP as is, others as PNG), downscaled on request."""
+    from mmss_lib.data.images import check_image
+
+    buf = io.BytesIO()
+    Image.new(mode, (120, 60)).save(buf, fmt)
+    body = buf.getvalue()
+    out = check_image(body, FetchSettings(max_side=30))
+    assert out.result == "fetched" and out.ext == ext
+    with Image.open(io.BytesIO(out.payload)) as im:
+        assert im.size == (30, 15)
+    kept = check_image(body, FetchSettings())
+    assert kept.ext == ext and (kept.payload == body) == (ext != ".png" or fmt == "PNG")
+    assert check_image(body, FetchSettings(max_pixels=7199)).result == "too_large"

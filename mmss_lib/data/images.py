@@ -258,12 +258,19 @@ def check_image(body: bytes, s: FetchSettings) -> Outcome:
             im.seek(0)
         if resize:
             im.thumbnail((s.max_side, s.max_side), Image.Resampling.LANCZOS)
-        if fmt == "JPEG":
-            buf, ext = io.BytesIO(), ".jpg"
-            im.convert("RGB" if im.mode not in ("RGB", "L") else im.mode).save(buf, "JPEG", quality=95)
-        else:
-            buf, ext = io.BytesIO(), ".png" if fmt != "WEBP" else ".webp"
-            im.save(buf, "PNG" if ext == ".png" else "WEBP")
+        buf = io.BytesIO()
+        try:
+            if fmt == "JPEG":
+                ext = ".jpg"
+                im.convert("RGB" if im.mode not in ("RGB", "L") else im.mode).save(buf, "JPEG", quality=95)
+            else:
+                ext = ".png" if fmt != "WEBP" else ".webp"
+                if im.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):  # CMYK, YCbCr, F ...
+                    im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+                im.save(buf, "PNG" if ext == ".png" else "WEBP")
+        except (OSError, ValueError) as exc:
+            out.result, out.error = "not_an_image", f"cannot be re-encoded: {type(exc).__name__}: {exc}"[:200]
+            return out
         out.payload, out.ext = buf.getvalue(), ext
     out.seconds_decode = time.perf_counter() - t0
     return out
