@@ -489,3 +489,22 @@ def test_check_image_types_and_resize(fmt, mode, ext):
     kept = check_image(body, FetchSettings())
     assert kept.ext == ext and (kept.payload == body) == (ext != ".png" or fmt == "PNG")
     assert check_image(body, FetchSettings(max_pixels=7199)).result == "too_large"
+
+
+def test_files_of_others_stay_and_a_changed_url_replaces_ours(server, tmp_path):
+    """A user's own files (the demo's ``0.png``, ``cover.jpg``) are never removed; when an item's URL
+    changes, the file fetched for the old one goes."""
+    u = server.url
+    write_dataset(tmp_path, {"P": [u("/img/red.png")]}, {})
+    d = tmp_path / "amazon" / "cat" / "images" / "prd" / "P0"
+    d.mkdir(parents=True)
+    (d / "0.png").write_bytes(PNG)
+    (d / "cover.jpg").write_bytes(JPEG)
+    fetch_category(tmp_path, "amazon", "cat", FAST)
+    assert sorted(f.name for f in d.iterdir()) == ["0.png", "000.png", "cover.jpg"]
+    write_dataset(tmp_path, {"P": [u("/img/blue.jpg")]}, {})  # the URL changed
+    sm = fetch_category(tmp_path, "amazon", "cat", FAST)
+    assert sm["requests_this_run"] == 1 and sm["results"] == {"duplicate": 2, "fetched": 1}
+    assert sorted(f.name for f in d.iterdir()) == ["0.png", "000.jpg", "cover.jpg"]
+    fetch_category(tmp_path, "amazon", "cat", FAST, overwrite=True)
+    assert sorted(f.name for f in d.iterdir()) == ["0.png", "000.jpg", "cover.jpg"]

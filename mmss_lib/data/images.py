@@ -61,7 +61,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import socket
 import time
@@ -94,7 +93,6 @@ RESULTS = (
     "bad_url",
 )
 KEPT_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}  # stored as is; others become PNG
-_OUR_FILE = re.compile(r"^\d+\.(jpg|png|webp)$")
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _CHUNK = 64 * 1024
 
@@ -384,11 +382,7 @@ def _place(base: Path, e: Entry, payload: bytes, ext: str) -> str:
     """Write one image atomically at ``base/kind/item/order.ext`` (other types of that order removed)."""
     d = base / e.kind / e.item_id
     d.mkdir(parents=True, exist_ok=True)
-    stem = e.stem()
-    for old in d.glob(f"{stem}.*"):
-        if old.suffix != ext and _OUR_FILE.match(old.name):
-            old.unlink()
-    target = d / f"{stem}{ext}"
+    target = d / f"{e.stem()}{ext}"
     with atomic_path(target) as tmp:
         tmp.write_bytes(payload)
     return str(target.relative_to(base))
@@ -405,8 +399,10 @@ def _copy_to(base: Path, src_rel: str, e: Entry) -> str:
     return str(target.relative_to(base))
 
 
-def _prune(base: Path, entries: Sequence[Entry], records: dict[tuple, dict]) -> int:
-    """Remove image files this command wrote earlier that no current fetched entry names."""
+def _prune(base: Path, entries: Sequence[Entry], records: dict[tuple, dict], ours: set[str]) -> int:
+    """Remove the image files this command wrote earlier (``ours``: named in the journal) that no
+    current entry names (a URL that changed, another type of the same order), and temporary files
+    a kill left; files it did not write (a user's own, the demo's) stay."""
     keep = {records[e.key]["file"] for e in entries if e.key in records and records[e.key].get("file")}
     removed = 0
     for kind in ("prd", "rvw"):
@@ -417,8 +413,9 @@ def _prune(base: Path, entries: Sequence[Entry], records: dict[tuple, dict]) -> 
             if not d.is_dir():
                 continue
             for f in d.iterdir():
+                rel = str(f.relative_to(base))
                 stale_tmp = f.name.startswith(".") and f.name.endswith(".tmp")  # left by a kill
-                if stale_tmp or (_OUR_FILE.match(f.name) and str(f.relative_to(base)) not in keep):
+                if stale_tmp or (rel in ours and rel not in keep):
                     f.unlink()
                     removed += 1
     return removed
@@ -585,7 +582,10 @@ def fetch_category(
     journal_path, manifest_path = base / JOURNAL, base / MANIFEST
     wanted = {k: getattr(s, k) for k in OUTPUT_SETTINGS}
 
-    header, records = (None, {}) if overwrite else _read_journal(journal_path)
+    header, records = _read_journal(journal_path)
+    ours = {r["file"] for r in records.values() if r.get("file")}  # files written by earlier runs
+    if overwrite:
+        header, records = None, {}
     if header is not None and {k: header.get(k) for k in OUTPUT_SETTINGS} != wanted:
         diff = ", ".join(
             f"{k} {header.get(k)!r} -> {wanted[k]!r}" for k in OUTPUT_SETTINGS if header.get(k) != wanted[k]
@@ -702,7 +702,7 @@ def fetch_category(
         bar.close()
         jf.close()
         close()
-        _prune(base, entries, records)
+        _prune(base, entries, records, ours)
         _write_manifest(manifest_path, entries, records)
         with atomic_path(journal_path) as tmp:  # compacted: the header and the current records
             tmp.write_text(
