@@ -17,6 +17,8 @@ Guarantees
   says so. Failed URLs are tried again only with ``--retry-failed``. The settings that change the
   files (``full_size``, ``max_side``, ``max_bytes``, ``max_pixels``) are recorded; a rerun with
   other settings is refused unless ``--overwrite`` (a result is never one of other inputs).
+  Only files this command wrote (named in the journal) are ever removed, when their URL changed;
+  other files in the item folders (a user's own, the demo's ``{j}.png``) stay.
 - **Polite and bounded.** ``concurrency`` requests at once (a thread pool; with Ray, per task),
   a per-request ``timeout`` (socket and total), ``retries`` with exponential backoff and jitter
   on timeouts, connection errors, 408, 429 and 5xx (``Retry-After`` honoured up to 30 s), at
