@@ -19,6 +19,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mmss_lib.data.amazon2018",
         "build an Amazon-MRHP-style dataset from Amazon Review Data 2018 files",
     ),
+    "build-amazon": (
+        "mmss_lib.data.amazon2018",
+        "build an MRHP dataset from Amazon review files of 2014, 2018 or 2023",
+    ),
+    "fetch-images": ("mmss_lib.data.images", "download the product and review images of MRHP files (resumable)"),
     "stats": ("mmss_lib.data.mrhp", "print dataset statistics (paper Table 3 layout) and label distribution"),
     "extract": ("mmss_lib.features.extract", "extract text and region features into a feature store"),
     "import-features": ("mmss_lib.features.importers", "import bottom-up .npz / MCR .pth region features into a store"),

@@ -180,6 +180,64 @@ def test_bad_vote_and_missing_file(tmp_path):
         build_amazon2018(r, m, tmp_path / "out", "mags", min_votes=0)
 
 
+@pytest.mark.parametrize(
+    "vote, why",
+    [
+        (2.7, r"2\.7 is not a vote count \(vote 2\.7 is not a whole number\)"),
+        ("-5", r"'-5' is not a vote count \(vote '-5' is negative\)"),
+        (-5, "-5 is not a vote count"),
+    ],
+)
+def test_fractional_and_negative_votes_are_errors(tmp_path, vote, why):
+    """Probe AM3 / AM4: a vote 2.7 was read as 2, a vote "-5" counted among the min_votes removals."""
+    r, m = _fixture(tmp_path, gz=False)
+    n = len(r.read_text().splitlines()) + 1
+    r.write_text(r.read_text() + json.dumps(_review("A", vote, n=5000)) + "\n")
+    with pytest.raises(DataError, match=rf"line {n}: field 'vote' = {why}"):
+        build_amazon2018(r, m, tmp_path / "out", "mags", min_reviews=3)
+    assert not (tmp_path / "out").exists()
+    assert parse_vote(3.0) == 3  # a JSON number with a whole value is a count
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"min_reviews": -5}, r"min_reviews \(--min-reviews\) must be an integer >= 1, got -5"),
+        ({"min_reviews": 0}, r"min_reviews \(--min-reviews\) must be an integer >= 1, got 0"),
+        ({"min_review_chars": -1}, r"min_review_chars \(--min-review-chars\) must be an integer >= 0"),
+        ({"min_top_votes": -2}, r"min_top_votes \(--min-top-votes\) must be an integer >= 0"),
+        ({"category": ".."}, r"category '\.\.': use letters"),
+        ({"category": "."}, r"category '\.': use letters"),
+        ({"category": ".hidden"}, r"category '\.hidden'"),
+        ({"dataset": "../../escaped"}, r"dataset '\.\./\.\./escaped': use letters"),
+        ({"dataset": ".."}, r"dataset '\.\.'"),
+        ({"dataset": "a/b"}, r"dataset 'a/b'"),
+    ],
+)
+def test_options_and_names_checked_before_reading(tmp_path, kw, match):
+    """Probes AM18 (--min-reviews -5 acted as 0), AM20 (--category .. wrote into --out itself) and
+    AM21 (--dataset ../../escaped wrote outside --out): each refused before anything is read."""
+    r, m = _fixture(tmp_path)
+    kw = {"category": "mags", **kw}
+    out = tmp_path / "o1" / "o2"
+    with pytest.raises(DataError, match=match):
+        build_amazon2018(r, m, out, kw.pop("category"), **kw)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_cli_refuses_an_escaping_dataset(tmp_path, capsys):
+    from mmss_lib.cli import main
+
+    r, m = _fixture(tmp_path)
+    argv = ["build-amazon2018", "--reviews", str(r), "--meta", str(m), "--out", str(tmp_path / "a" / "b")]
+    assert main([*argv, "--category", "mags", "--dataset", "../../escaped", "--min-reviews", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "dataset '../../escaped'" in err and len(err.strip().splitlines()) == 1
+    assert main([*argv, "--category", "..", "--min-reviews", "3"]) == 1
+    assert main([*argv, "--category", "mags", "--min-reviews", "-5"]) == 1
+    assert not (tmp_path / "a").exists() and not (tmp_path / "escaped").exists()
+
+
 def test_generated_input_builds(tmp_path):
     src = tmp_path / "gen.json.gz"
     gen = generate_reviews(src, 3000, n_products=60, seed=1)

@@ -20,6 +20,7 @@ BENCHES: dict[str, str] = {
     "powered": "studies.powered:bench_powered",
     "explore": "mmss_lib.bench.explore:bench_explore",
     "claims": "studies.claims:bench_claims",
+    "fetch": "mmss_lib.bench.fetch:bench_fetch",
 }
 
 NOT_IN_ALL = {"powered", "precision", "claims"}  # experiments of hours, or that need a prepared data set
@@ -34,6 +35,7 @@ HELP: dict[str, str] = {
     "precision": "bf16 vs fp32 on a device: speed, data-wait share of a step, metric agreement (needs data)",
     "powered": "the paper's claims on generated data: 2,100 test products, 3 seeds, paired intervals (about 2 h)",
     "claims": "the claims again: every system tuned, to convergence, data-size curve, images alone (hours)",
+    "fetch": "mmss fetch-images against a local server: images/s per concurrency, decode/write share, projection",
     "explore": "explorer switch-product / switch-run times on a 3,500-product demo category (target < 1 s)",
 }
 

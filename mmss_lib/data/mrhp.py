@@ -780,10 +780,16 @@ def dataset_stats(root: str | os.PathLike, dataset: str, categories: Sequence[st
 
 def stats_markdown(stats: pd.DataFrame) -> str:
     """Render :func:`dataset_stats` as the paper's Table 3 (``#P/#R`` per split) and a label table."""
-    lines = ["| Dataset | Cate | Train (#P/#R) | Dev (#P/#R) | Test (#P/#R) |", "|---|---|---|---|---|"]
+    lines = [
+        "| Dataset | Cate | Train (#P/#R) | Dev (#P/#R) | Test (#P/#R) | With >= 1 local image (#P / #R) |",
+        "|---|---|---|---|---|---|",
+    ]
     for _, r in stats.iterrows():
         cells = [f"{r[f'{s}_products']:,}/{r[f'{s}_reviews']:,}" for s in SPLITS]
-        lines.append(f"| {r['dataset']} | {r['category']} | " + " | ".join(cells) + " |")
+        n_p, n_r = (sum(int(r[f"{s}_{k}"]) for s in SPLITS) for k in ("products", "reviews"))
+        p_i, r_i = int(r["products_with_images"]), int(r["reviews_with_images"])
+        cov = f"{p_i:,}/{n_p:,} ({100 * p_i / max(n_p, 1):.1f}%) / {r_i:,}/{n_r:,} ({100 * r_i / max(n_r, 1):.1f}%)"
+        lines.append(f"| {r['dataset']} | {r['category']} | " + " | ".join(cells) + f" | {cov} |")
     lines += [
         "",
         "| Dataset | Cate | " + " | ".join(f"label {k}" for k in LABELS) + " | reviews with images |",
