@@ -1,4 +1,4 @@
-"""``mmss bench claims``: the paper's claims asked again with every system tuned and trained until
+"""The claims study (``python -m studies.claims``; report: ``mmss reproduce --profile claims``): the paper's claims asked again with every system tuned and trained until
 early stopping decides, as the training data grows, and with the images (or the texts) alone
 carrying the label (issue "The claims asked again, tuned...").
 
@@ -165,6 +165,40 @@ def size_design(src: Path) -> dict[str, list[str]]:
     return design
 
 
+SIZE_DESIGN = "size_design.json"  # under runs_tuned/: what the size table compares (no data needed to report)
+
+
+def size_design_path(out: Path) -> Path:
+    return out / "runs_tuned" / SIZE_DESIGN
+
+
+def record_size_design(out: Path, design: dict) -> None:
+    """Write the size design the report reads (``sizes``, ``base_size``, ``common``: the test
+    products no size trains on; generated-data product ids only), beside the runs it describes."""
+    from mmss_lib.utils import atomic_write_json
+
+    atomic_write_json(
+        size_design_path(out), {"sizes": list(SIZES), "base_size": BASE_SIZE, "common": sorted(design["common"])}
+    )
+
+
+def read_size_design(out: Path) -> dict:
+    """The recorded size design (:func:`record_size_design`); from the data where none is recorded."""
+    path = size_design_path(out)
+    if path.exists():
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if not {"sizes", "base_size", "common"} <= set(d):
+            from mmss_lib.errors import DataError
+
+            raise DataError(f"{path}: expected the fields sizes, base_size, common (written by record_size_design)")
+        return d
+    return {
+        "sizes": list(SIZES),
+        "base_size": BASE_SIZE,
+        "common": size_design(P.data_root(out, P.MAIN_WEIGHT))["common"],
+    }
+
+
 def make_data(out: Path) -> None:
     """The powered data (weights 0.6 and 0), the images-alone data and the size datasets."""
     from mmss_lib.data.synthetic import make_demo
@@ -186,6 +220,7 @@ def make_data(out: Path) -> None:
         )
     src = P.data_root(out, P.MAIN_WEIGHT)
     design = size_design(src)
+    record_size_design(out, design)
     for n in SIZES:
         if n == BASE_SIZE:
             continue
@@ -319,15 +354,15 @@ def size_curve(out: Path):
 
     from mmss_lib.evaluation.summary import paired_differences, pooled_per_product
 
-    design = size_design(P.data_root(out, P.MAIN_WEIGHT))
-    common = set(design["common"])
+    design = read_size_design(out)
+    common, base = set(design["common"]), int(design["base_size"])
     rows = []
-    for n in SIZES:
-        res = finished(out, "main" if n == BASE_SIZE else f"size{n}")
+    for n in design["sizes"]:
+        res = finished(out, "main" if n == base else f"size{n}")
         if res.empty:
             continue
         res = res[res["variant"] == "full"]
-        if n == BASE_SIZE:
+        if n == base:
             res = res[res["seed"].isin(max(SIZE_SEEDS.values(), key=len))]  # the seeds the other sizes have
         pooled = pooled_per_product(res)
         pooled = pooled[pooled["product_id"].isin(common)]
@@ -565,86 +600,138 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
     return [f"### Where MM-SS takes its signal from ({tag.replace('_', ' ')})", ""] + lines
 
 
-def report(out: Path) -> str:
-    """Write every table and figure of the benchmark from what has finished; return the text."""
-    from mmss_lib.utils import atomic_write_text
+def shown(path: Path) -> str:
+    """A path as the report prints it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve())) if Path(path).is_absolute() else str(path)
+    except ValueError:
+        return str(path)
 
+
+def report_dirs(out: Path) -> tuple[Path, Path]:
+    """``{out}/tables`` and ``{out}/figures``, made when missing."""
     tables, figures = out / "tables", out / "figures"
     tables.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
-    lines = ["# mmss bench claims", ""]
-    st = studies_table(out)
-    if not st.empty:
-        st.to_csv(tables / "claims_studies.csv", index=False)
-        lines += [
-            f"## Studies ({TUNE_TRIALS} trials each, at most {TUNE_EPOCHS} epochs, dev MAP x100)",
-            "",
-            P._md(st),
-            "",
-        ]
-    res = finished(out, "main")
-    if not res.empty:
-        lines += _comparison(
-            res, CLAIMS, "Tuned comparison (image weight 0.6)", tables, "tuned", P.data_root(out, P.MAIN_WEIGHT)
-        )
-        lines += diagnosis(out, tables, "main", P.data_root(out, P.MAIN_WEIGHT))
-        old = P.finished_results(out, P.MAIN_WEIGHT)
-        old = old[old["variant"].isin(["full", "wo_b", "wo_d"])] if not old.empty else old
-        if not old.empty:
-            from mmss_lib.evaluation.summary import paired_differences, pooled_per_product
+    return tables, figures
 
-            d = paired_differences(pooled_per_product(old), CLAIMS)
-            lines += [
-                "### The same differences untuned (mmss bench powered, phase main: at most 10 epochs)",
-                "",
-                P._md(d),
-                "",
-            ]
-    for name, spec in ALONE.items():
-        r = finished(out, name)
-        if not r.empty:
-            comps = (
-                [
-                    (f"{s} - ceiling_{c}", (s, "full"), (f"ceiling_{c}", "full"))
-                    for s in TUNED_SYSTEMS
-                    for c in ("text", "all")
-                ]
-                + [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full"))]
-                + FIX_CLAIMS
-            )
-            lines += _comparison(
-                r,
-                comps,
-                f"{name.replace('_', ' ').capitalize()} (text weight "
-                f"{spec['text_weight']:g}, image weight {spec['image_weight']:g})",
-                tables,
-                name,
-                alone_root(out, name),
-            )
-            lines += diagnosis(out, tables, name, alone_root(out, name))
-    lines += fix_lines(out, tables)
-    curve = size_curve(out)
-    if not curve.empty:
-        curve.to_csv(tables / "claims_size.csv", index=False)
-        plot_size_curve(curve, figures / "claims_size.png")
+
+def studies_lines(out: Path, tables: Path) -> list[str]:
+    """The studies: what each system's study chose, its budget read from the studies' records."""
+    st = studies_table(out)
+    if st.empty:
+        return []
+    st.to_csv(tables / "claims_studies.csv", index=False)
+    budgets = []
+    for s in st["system"]:
+        from mmss_lib.model_selection.tuned import BEST_FILE
+        from mmss_lib.training.run_folder import study_dir_for
+
+        b = json.loads((study_dir_for(tune_root(out), "demo", P.CATEGORY, s) / BEST_FILE).read_text())["budget"]
+        budgets.append((b["trials"], b["epochs"]))
+    trials, epochs = budgets[0] if len(set(budgets)) == 1 else (TUNE_TRIALS, TUNE_EPOCHS)
+    return [f"## Studies ({trials} trials each, at most {epochs} epochs, dev MAP x100)", "", P._md(st), ""]
+
+
+def tuned_lines(out: Path, tables: Path) -> list[str]:
+    """The tuned comparison at image weight 0.6, where MM-SS takes its signal from, and (where the
+    untuned runs of the powered study are in the folder) the same differences untuned."""
+    res = finished(out, "main")
+    if res.empty:
+        return []
+    data = P.data_root(out, P.MAIN_WEIGHT)
+    lines = _comparison(res, CLAIMS, "Tuned comparison (image weight 0.6)", tables, "tuned", data)
+    lines += diagnosis(out, tables, "main", data)
+    old = P.finished_results(out, P.MAIN_WEIGHT)
+    old = old[old["variant"].isin(["full", "wo_b", "wo_d"])] if not old.empty else old
+    if not old.empty:
+        from mmss_lib.evaluation.summary import paired_differences, pooled_per_product
+
+        d = paired_differences(pooled_per_product(old), CLAIMS)
         lines += [
-            "## Data size (tuned settings; MAP x100 over the test products common to every size)",
+            "### The same differences untuned (mmss bench powered, phase main: at most 10 epochs)",
             "",
-            P._md(curve, 2),
-            "",
-            f"Figure: {figures / 'claims_size.png'}",
+            P._md(d),
             "",
         ]
+    return lines
+
+
+def alone_lines(out: Path, tables: Path, name: str) -> list[str]:
+    """One label design of phase ``alone`` (``images_alone`` or ``text_alone``): its comparison
+    against both ceilings and where MM-SS takes its signal from."""
+    spec = ALONE[name]
+    r = finished(out, name)
+    if r.empty:
+        return []
+    comps = (
+        [(f"{s} - ceiling_{c}", (s, "full"), (f"ceiling_{c}", "full")) for s in TUNED_SYSTEMS for c in ("text", "all")]
+        + [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full"))]
+        + FIX_CLAIMS
+    )
+    lines = _comparison(
+        r,
+        comps,
+        f"{name.replace('_', ' ').capitalize()} (text weight {spec['text_weight']:g}, image weight {spec['image_weight']:g})",
+        tables,
+        name,
+        alone_root(out, name),
+    )
+    return lines + diagnosis(out, tables, name, alone_root(out, name))
+
+
+def size_lines(out: Path, tables: Path, figures: Path) -> list[str]:
+    """The data-size table and figure."""
+    curve = size_curve(out)
+    if curve.empty:
+        return []
+    curve.to_csv(tables / "claims_size.csv", index=False)
+    plot_size_curve(curve, figures / "claims_size.png")
+    return [
+        "## Data size (tuned settings; MAP x100 over the test products common to every size)",
+        "",
+        P._md(curve, 2),
+        "",
+        f"Figure: {shown(figures / 'claims_size.png')}",
+        "",
+    ]
+
+
+def time_lines(out: Path) -> list[str]:
     from mmss_lib.bench.common import timing_lines
 
-    lines += magazine.report_lines(out, tables)
-    lines += timing_lines(out / "claims_timing.json")
+    return timing_lines(out / "claims_timing.json")
+
+
+HEADER = ["# mmss bench claims", ""]
+
+
+def write_report(out: Path, lines: list[str]) -> str:
+    """Write ``{out}/CLAIMS.md`` from the sections' lines; return the text."""
+    from mmss_lib.utils import atomic_write_text
+
     text = "\n".join(lines)
     atomic_write_text(out / "CLAIMS.md", text + "\n")
     return text
 
 
-def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
+def report(out: Path) -> str:
+    """Write every table and figure of the study from what has finished, and CLAIMS.md; return the
+    text. The report notebook (studies/notebooks/claims.ipynb) makes the same calls, one section a cell."""
+    tables, figures = report_dirs(out)
+    lines = list(HEADER)
+    lines += studies_lines(out, tables)
+    lines += tuned_lines(out, tables)
+    for name in ALONE:
+        lines += alone_lines(out, tables, name)
+    lines += fix_lines(out, tables)
+    lines += size_lines(out, tables, figures)
+    lines += magazine.report_lines(out, tables)
+    lines += time_lines(out)
+    return write_report(out, lines)
+
+
+def main(argv: list[str], prog: str = "python -m studies.claims") -> int:
     """The claims asked again: every system tuned, trained to convergence, as data grows, images alone."""
     from mmss_lib.bench.common import phase_timer
     from mmss_lib.errors import DataError
@@ -678,7 +765,7 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
     out = Path(a.out)
     if a.report_only:
         if not (out / "runs_tuned").is_dir() and not tune_root(out).is_dir():
-            raise DataError(f"--out {out}: no studies or runs of mmss bench claims there; nothing to report")
+            raise DataError(f"--out {out}: no studies or runs of the claims study there; nothing to report")
         print(report(out))
         return 0
     if out.exists() and not out.is_dir():
@@ -702,3 +789,9 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
         report(out)
     print(report(out))
     return 0
+
+
+if __name__ == "__main__":
+    from studies import run_main
+
+    raise SystemExit(run_main(main, "python -m studies.claims"))

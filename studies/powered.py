@@ -1,4 +1,4 @@
-"""``mmss bench powered``: comparisons with enough test products to answer the paper's claims on
+"""The powered study (``python -m studies.powered``; report: ``mmss reproduce --profile powered``): comparisons with enough test products to answer the paper's claims on
 2 CPU cores (issues "Powered evidence on 2 cores" and "SSP-Label's readings").
 
 The paper claims (i) multimodal systems beat text-only ones (Tables 1-2) and (ii) module (d),
@@ -531,7 +531,7 @@ def report(out: Path) -> str:
     return text
 
 
-def bench_powered(argv: list[str], prog: str = "mmss bench powered") -> int:
+def main(argv: list[str], prog: str = "python -m studies.powered") -> int:
     """Powered comparisons on generated data: the paper's claims with paired intervals over 2,100 test products."""
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -555,7 +555,7 @@ def bench_powered(argv: list[str], prog: str = "mmss bench powered") -> int:
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: a file, not a folder")
     if a.report_only and not (out / "runs").is_dir():
-        raise DataError(f"--out {out}: no runs of mmss bench powered there (no {out / 'runs'}); nothing to report")
+        raise DataError(f"--out {out}: no runs of the powered study there (no {out / 'runs'}); nothing to report")
     out.mkdir(parents=True, exist_ok=True)
 
     timed = phase_timer(out / "timing.json", "powered")
@@ -572,3 +572,9 @@ def bench_powered(argv: list[str], prog: str = "mmss bench powered") -> int:
             print(report(out), flush=True)
     print(report(out))
     return 0
+
+
+if __name__ == "__main__":
+    from studies import run_main
+
+    raise SystemExit(run_main(main, "python -m studies.powered"))

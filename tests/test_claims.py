@@ -150,10 +150,10 @@ def test_prune_from_refused(tmp_path):
 
 def test_claims_report_only_refuses_an_empty_folder(tmp_path):
     with pytest.raises(DataError, match="nothing to report"):
-        C.bench_claims(["--out", str(tmp_path / "none"), "--report-only"])
+        C.main(["--out", str(tmp_path / "none"), "--report-only"])
     (tmp_path / "f").write_text("x")
     with pytest.raises(DataError, match="a file, not a folder"):
-        C.bench_claims(["--out", str(tmp_path / "f")])
+        C.main(["--out", str(tmp_path / "f")])
 
 
 def test_size_curve_on_common_products(small_powered, monkeypatch):
@@ -331,7 +331,7 @@ def test_magazine_folds_option_runs_those_folds_only_in_order(monkeypatch, tmp_p
         with pytest.raises(DataError, match="magazine folds"):
             M.run(tmp_path, tmp_path, 1, folds=bad)
     with pytest.raises(DataError, match="only with --phases magazine"):
-        C.bench_claims(["--out", str(tmp_path), "--phases", "size", "--folds", "1"])
+        C.main(["--out", str(tmp_path), "--phases", "size", "--folds", "1"])
 
 
 def test_magazine_studies_table_reads_each_folds_choice(tmp_path):
@@ -424,7 +424,7 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
         "--n-jobs",
         "1",
     ]
-    assert C.bench_claims(argv) == 0
+    assert C.main(argv) == 0
     text = (tmp_path / "CLAIMS.md").read_text()
     for section in (
         "## Studies",
@@ -456,7 +456,7 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     assert list(size["train_products"]) == [6, 12] and size["n_products"].nunique() == 1
     stamp = (tmp_path / "runs_tuned").rglob("metrics.json")
     before = {p: p.stat().st_mtime_ns for p in stamp}
-    assert C.bench_claims(argv) == 0  # resumable: nothing retrained
+    assert C.main(argv) == 0  # resumable: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
     # carried to another folder without checkpoints (how outputs/powered travels in git): the runs
@@ -466,7 +466,7 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     moved = tmp_path.parent / (tmp_path.name + "_moved")
     shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("*.pt"))
     argv_moved = ["--out", str(moved)] + argv[2:]
-    assert C.bench_claims(argv_moved) == 0
+    assert C.main(argv_moved) == 0
     assert {p: p.stat().st_mtime_ns for p in (moved / "runs_tuned").rglob("metrics.json")} == {
         moved / p.relative_to(tmp_path): t for p, t in before.items()
     }
