@@ -1,8 +1,8 @@
-"""The claims study (``python -m studies.claims``; report: ``mmss reproduce --profile claims``): the paper's claims asked again with every system tuned and trained until
-early stopping decides, as the training data grows, and with the images (or the texts) alone
+"""The claims study (``python -m studies.claims``; report: ``mmss reproduce --profile claims``): the
+paper's claims asked again with every system tuned and trained until early stopping decides, as the training data grows, and with the images (or the texts) alone
 carrying the label (issue "The claims asked again, tuned...").
 
-It works in the folder of ``mmss bench powered`` (default ``outputs/powered``) and reuses its data
+It works in the folder of the powered study (``python -m studies.powered``) (default ``outputs/powered``) and reuses its data
 and feature stores (made there when missing): the demo generator, electronics, 2,400 products
 split 200 train / 100 dev / 2,100 test, generator seed 0, MiniLM token features at 64 tokens and
 ImageNet MobileNetV2 grid-box region features.
@@ -26,7 +26,7 @@ Design (fixed before any result of it was seen):
   early stopping decides; a run that reaches 40 while its dev MAP still rises is flagged (↑).
   Test is scored once, at the best dev epoch. Two single-threaded runs at once.
   * ``tuned``: Random, Length, both ceilings, BiMPM, MCR, MM-SS, w/o (b), w/o (d); seeds 0, 1, 2.
-    Compared with the untuned runs of ``mmss bench powered`` (phase ``main``) where they are in the
+    Compared with the untuned runs of the powered study (phase ``main``) where they are in the
     same folder.
   * ``alone``: the same systems without the ablations on two label designs, the generator
     otherwise unchanged (same texts, images, splits and feature stores): **images alone**
@@ -41,13 +41,13 @@ Design (fixed before any result of it was seen):
     test, so the feature stores' content fingerprints match), and the report compares the sizes on
     the 1,500 test products that no size trains on; the 200 point is phase ``tuned``'s runs scored
     on those 1,500 (seeds 0 and 1). Seeds 0 and 1 (0 only at 800).
-- **Order** (a bare ``mmss bench claims``; every run resumable, finished runs skipped): the
+- **Order** (a bare ``python -m studies.claims``; every run resumable, finished runs skipped): the
   studies, then one seed of every question (``tuned``, ``alone``, ``size``, ``magazine``), then the
   other seeds (:data:`PLAN`). The Magazine phase, the costliest (5 folds x 3 text lengths, a study per
   fold and system), comes after the generated-data questions (moved there from the measured cost of
   its untuned part, 2026-12-05, before any tuned run).
   A later run finishes what an earlier one could not: the results travel in git
-  (``outputs/powered``'s small files; ``.gitignore`` says which), so ``mmss bench claims`` there
+  (the results of record, :mod:`studies.records`), so ``python -m studies.claims`` there
   continues them after rebuilding the data and features. Measured cost: see the report's time table;
   at these sizes one seed of MM-SS costs about 1 CPU-minute per epoch at 200 training products
   (linear in them), so the whole plan is several hours on 2 cores, more than one 3-hour session.
@@ -588,24 +588,19 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
 
         path = tables / f"claims_{tag}_diagnosis_probes.csv"
         title = "Do the frozen features hold the image cues? (studies.diagnose.cue_probes; ROC AUC on dev reviews with images)"
-        try:
-            if path.exists():
-                probes = pd.read_csv(path)
-            else:
+        if path.exists():
+            probes = pd.read_csv(path)
+        else:
+            try:
                 probes = cue_probes(data, out / "features", category=P.CATEGORY, split="dev")
-                probes.to_csv(path, index=False)
+            except DataError as e:  # e.g. too few reviews with images for a probe: recorded as such
+                probes = pd.DataFrame({"no_probe": [str(e)]})
+            probes.to_csv(path, index=False)
+        if "no_probe" in probes.columns:
+            lines += [title, "", f"No probe: {probes['no_probe'].iloc[0]}", ""]
+        else:
             lines += [title, "", P._md(probes, 3), ""]
-        except DataError as e:  # e.g. too few reviews with images for a probe
-            lines += [title, "", f"No probe: {e}", ""]
     return [f"### Where MM-SS takes its signal from ({tag.replace('_', ' ')})", ""] + lines
-
-
-def shown(path: Path) -> str:
-    """A path as the report prints it: relative to the working folder when inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve())) if Path(path).is_absolute() else str(path)
-    except ValueError:
-        return str(path)
 
 
 def report_dirs(out: Path) -> tuple[Path, Path]:
@@ -692,7 +687,7 @@ def size_lines(out: Path, tables: Path, figures: Path) -> list[str]:
         "",
         P._md(curve, 2),
         "",
-        f"Figure: {shown(figures / 'claims_size.png')}",
+        f"Figure: {P.shown(figures / 'claims_size.png')}",
         "",
     ]
 

@@ -193,7 +193,7 @@ def _probe_rows(data_root, features_root, dataset: str, category: str, split: st
         return x.mean(0) if len(x) else None
 
     out = {"tr": [], "vr": [], "vp": [], "agree": [], "img_match": []}
-    for rid, pid in zip(rvw["review_id"], rvw["product_id"]):
+    for rid, pid in zip(rvw["review_id"], rvw["product_id"], strict=True):
         vr = mean("region_rvw", rid)
         if vr is None or rid not in cues.index or np.isnan(cues.at[rid, "agree"]):
             continue

@@ -1,4 +1,4 @@
-"""Phase ``magazine`` of ``mmss bench claims``: real text, at the paper's text lengths, tuned inside
+"""Phase ``magazine`` of the claims study (``python -m studies.claims``): real text, at the paper's text lengths, tuned inside
 each fold (question 5 of the issue "The claims asked again").
 
 On the Amazon 2018 Magazine sample no trained system cleared the Length floor with 64-token text
