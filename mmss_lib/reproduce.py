@@ -22,6 +22,11 @@ Profile YAML::
     01_extract_features:                            # one mapping per notebook (by file stem)
       text_model: all-MiniLM-L6-v2
 
+``notebooks: [studies/notebooks/claims.ipynb]`` (optional; repository-relative paths, any
+``name.ipynb``) makes the profile run these notebooks, in this order, instead of the numbered
+notebooks of ``notebooks/``: how the studies' report notebooks run (profiles ``claims`` and
+``powered``: the studies are not stages of the paper's pipeline).
+
 ``sweep: {dataset: [amazon, lazada]}`` (optional) runs the whole pipeline once per value, the value
 overriding ``common``, into ``{out}/executed/{profile}/dataset-amazon/`` etc.; the list form
 ``sweep: [{dataset: amazon, text_model: X}, {dataset: lazada, text_model: Y}]`` sets several
@@ -40,6 +45,12 @@ records of the earlier stages). A stage that runs writes a fresh record (with it
 every later stage's key changes and it runs too: re-running an upstream stage invalidates
 everything downstream. A failed stage loses its record, so it is never skipped.
 
+Progress (``progress``): ``"cells"`` prints a line as each code cell starts (``[2/5] 02_train:
+cell 4/7: results = run_experiment(``); ``"output"`` also streams what the kernel prints (the runs
+finished of how many with their test MAP, the epochs, progress bars' final lines); ``"none"`` only
+the stage lines. The kernel talks to papermill over IPC sockets in a private temporary folder, not
+TCP on localhost, so ipykernel's "running over TCP without encryption" warning does not arise.
+
 A failure raises :class:`mmss_lib.errors.PipelineError` naming the notebook, the failing cell
 (execution count and cell index, first source line) and the exception, and keeps the partially
 executed notebook (papermill saves it cell by cell) at the path the message names.
@@ -48,6 +59,7 @@ executed notebook (papermill saves it cell by cell) at the path the message name
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -65,10 +77,13 @@ from mmss_lib.utils import atomic_write_json, repo_root
 # The stages of the repository's pipeline, in order (file stems under notebooks/).
 NOTEBOOKS: tuple[str, ...] = ("01_extract_features", "02_train", "03_ablation", "04_case_study", "05_explore")
 PROFILES: tuple[str, ...] = ("smoke", "demo", "benchmark", "paper")
+# profiles that run the studies' report notebooks (their field `notebooks` names them)
+STUDY_PROFILES: tuple[str, ...] = ("claims", "powered")
+PROGRESS: tuple[str, ...] = ("none", "cells", "output")
 DEFAULT_PROFILE = "demo"
 KERNEL_NAME = "python3"
 # Top-level profile keys that are not notebook names.
-RESERVED_KEYS = ("description", "out", "common", "sweep")
+RESERVED_KEYS = ("description", "out", "common", "sweep", "notebooks")
 
 _PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _STAGE_FILE = re.compile(r"^\d\d_[A-Za-z0-9_]+\.ipynb$")
@@ -185,6 +200,18 @@ def read_profile(path: str | os.PathLike) -> dict[str, Any]:
                     f"profile {path}: field 'sweep' must map one parameter name to a "
                     f"non-empty list of values ({{dataset: [amazon, lazada]}}) or be a "
                     f"non-empty list of parameter mappings; got {value!r}"
+                )
+            continue
+        if key == "notebooks":
+            if not (
+                isinstance(value, list)
+                and value
+                and all(isinstance(v, str) and v.endswith(".ipynb") for v in value)
+                and len(set(Path(v).stem for v in value)) == len(value)
+            ):
+                raise PipelineError(
+                    f"profile {path}: field 'notebooks' must be a non-empty list of notebook paths "
+                    f"(repository-relative, *.ipynb, distinct file names); got {value!r}"
                 )
             continue
         if key in ("description", "out"):
@@ -514,6 +541,84 @@ def _describe_failure(stage: str, exc: Exception, executed: Path) -> str:
     )
 
 
+class _Lines:
+    """A file-like sink for the kernel's streamed output: each finished line to ``say`` with a
+    prefix; a progress bar's carriage-return redraws keep only their last state."""
+
+    def __init__(self, say: Callable[[str], None], prefix: str):
+        self.say, self.prefix, self.buf = say, prefix, ""
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            line = line.split("\r")[-1].rstrip()
+            if line:
+                self.say(self.prefix + line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.write("\n")
+
+
+class _CellStarts:
+    """A handler on papermill's logger: one line per code cell as it starts (``cell 3/7: first
+    source line``), from papermill's "Executing Cell N" records; every other record is dropped (the
+    kernel's output reaches :class:`_Lines` instead)."""
+
+    def __init__(self, notebook: Path, parameters: dict, say: Callable[[str], None], tag: str):
+        import logging
+
+        import nbformat
+
+        nb = nbformat.read(str(notebook), as_version=4)
+        cells = list(nb.cells)
+        tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+        if parameters:  # papermill injects its parameters cell after the tagged one (or first)
+            at = tagged[0] + 1 if tagged else 0
+            cells.insert(at, nbformat.v4.new_code_cell("# injected parameters"))
+        self.code = {i + 1: c for i, c in enumerate(cells) if c.cell_type == "code"}
+        self.order = {n: k + 1 for k, n in enumerate(sorted(self.code))}
+        self.say, self.tag = say, tag
+        pattern = re.compile(r"^Executing Cell (\d+)")
+
+        class Handler(logging.Handler):
+            def emit(inner, record):  # noqa: N805 - the handler's self is the outer object's
+                m = pattern.match(record.getMessage())
+                if m and int(m.group(1)) in self.code:
+                    n = int(m.group(1))
+                    first = next((ln.strip() for ln in self.code[n].source.splitlines() if ln.strip()), "")
+                    self.say(f"{self.tag}: cell {self.order[n]}/{len(self.code)}: {first[:90]}")
+
+        self.handler = Handler(level=logging.INFO)
+
+
+@contextlib.contextmanager
+def _ipc_kernel_manager():
+    """A kernel manager class whose kernel listens on IPC sockets in a private temporary folder
+    (removed afterwards) instead of TCP on localhost."""
+    import shutil
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    folder = tempfile.mkdtemp(prefix="mmss-kernel-")
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.ip = os.path.join(folder, "kernel")
+
+    try:
+        yield IPCKernelManager
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_stage(
     notebook: Path,
     executed: Path,
@@ -522,25 +627,57 @@ def run_stage(
     cwd: Path,
     kernel_name: str = KERNEL_NAME,
     log_output: bool = False,
+    progress: str | None = None,
+    say: Callable[[str], None] | None = None,
+    tag: str = "",
 ) -> float:
-    """Execute one notebook with papermill; return its wall time. Failures -> PipelineError."""
+    """Execute one notebook with papermill; return its wall time. Failures -> PipelineError.
+    ``progress`` (:data:`PROGRESS`; default ``"output"`` with ``log_output``, else ``"none"``) goes
+    to ``say`` (default ``print`` to stderr), each line prefixed with ``tag``."""
+    import logging
+
     import papermill
 
+    progress = progress or ("output" if log_output else "none")
+    if progress not in PROGRESS:
+        raise PipelineError(f"progress {progress!r}: expected one of {', '.join(PROGRESS)}")
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    tag = tag or notebook.stem
     executed.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MPLBACKEND", "Agg")  # the kernel inherits it: no GUI backend
+    streams = {}
+    if progress == "output":
+        streams = {"stdout_file": _Lines(say, f"{tag} | "), "stderr_file": _Lines(say, f"{tag} | ")}
+    logger = logging.getLogger("papermill")
+    cells = _CellStarts(notebook, parameters, say, tag) if progress != "none" else None
+    saved = logger.level, logger.propagate
+    if cells is not None:
+        logger.addHandler(cells.handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # papermill's own records stay out of the caller's logging
     t0 = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(executed),
-            parameters=parameters,
-            kernel_name=kernel_name,
-            cwd=str(cwd),
-            progress_bar=False,
-            log_output=log_output,
-        )
+        with _ipc_kernel_manager() as km_class:
+            papermill.execute_notebook(
+                str(notebook),
+                str(executed),
+                parameters=parameters,
+                kernel_name=kernel_name,
+                cwd=str(cwd),
+                progress_bar=False,
+                log_output=cells is not None,
+                kernel_manager_class=km_class,
+                **streams,
+            )
     except Exception as exc:
         raise PipelineError(_describe_failure(notebook.stem, exc, executed)) from exc
+    finally:
+        for sink in streams.values():
+            sink.close()
+        if cells is not None:
+            logger.removeHandler(cells.handler)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
     return time.perf_counter() - t0
 
 
@@ -559,7 +696,15 @@ def plan(
     ypath = profile_path(profile, params_dir)
     raw = read_profile(ypath)
     nb_dir = Path(notebooks_dir) if notebooks_dir is not None else repo / "notebooks"
-    stages = discover_stages(nb_dir)
+    if raw.get("notebooks"):  # the profile names its notebooks (the studies' report notebooks)
+        paths = {Path(v).stem: (Path(v) if Path(v).is_absolute() else repo / v) for v in raw["notebooks"]}
+        missing = [str(v) for v in paths.values() if not v.is_file()]
+        if missing:
+            raise PipelineError(f"profile {ypath}: field 'notebooks': {', '.join(missing)} not found")
+        stages = list(paths)
+    else:
+        stages = discover_stages(nb_dir)
+        paths = {s: nb_dir / f"{s}.ipynb" for s in stages}
     stray = [k for k in raw if k not in RESERVED_KEYS and k not in stages]
     if stray:
         raise PipelineError(
@@ -569,7 +714,7 @@ def plan(
         )
     out = resolve_out_dir(raw, out_dir, repo)
     _check_out_dir(out, "--out" if out_dir is not None else f"profile {ypath}: field 'out'")
-    declared = {s: declared_parameters(nb_dir / f"{s}.ipynb") for s in stages}
+    declared = {s: declared_parameters(paths[s]) for s in stages}
     name = Path(profile).stem if ypath == Path(profile) else str(profile)
     # One pass per sweep value (the value overrides common; it goes to {out}/executed/NAME/KEY-VALUE/).
     sweep = raw.get("sweep") or {}
@@ -594,6 +739,7 @@ def plan(
         "description": raw.get("description") or "",
         "out": out,
         "notebooks_dir": nb_dir,
+        "notebook_paths": paths,
         "stages": stages,
         "selected": _select(stages, only),
         "points": points,
@@ -612,6 +758,7 @@ def reproduce(
     kernel_name: str = KERNEL_NAME,
     log_output: bool = False,
     log: Callable[[str], None] | None = print,
+    progress: str | None = None,
 ) -> list[StageResult]:
     """Run the notebooks of ``profile`` in order; return what happened to each selected stage.
 
@@ -619,7 +766,9 @@ def reproduce(
     or a path to a YAML file. ``out_dir`` overrides the profile's output folder (``${out}``).
     ``only``: run just these notebooks ("03", "03_ablation"); earlier stages' records still feed
     the skip keys. ``notebooks_dir`` (default ``notebooks/``) holds ``NN_name.ipynb`` files.
-    Executed notebooks and stage records go to ``{out}/executed/{profile}/``.
+    Executed notebooks and stage records go to ``{out}/executed/{profile}/``. ``progress``
+    (:data:`PROGRESS`; default ``"output"`` with ``log_output``, else ``"none"``): what of a running
+    notebook goes to ``log`` (module docstring).
     """
     say = log or (lambda _msg: None)
     p = plan(profile, out_dir=out_dir, only=only, params_dir=params_dir, notebooks_dir=notebooks_dir)
@@ -628,7 +777,13 @@ def reproduce(
     results: list[StageResult] = []
     for point in p["points"]:
         results += _run_point(
-            p, point, repo, skip_unchanged=skip_unchanged, kernel_name=kernel_name, log_output=log_output, say=say
+            p,
+            point,
+            repo,
+            skip_unchanged=skip_unchanged,
+            kernel_name=kernel_name,
+            progress=progress or ("output" if log_output else "none"),
+            say=say,
         )
     return results
 
@@ -640,7 +795,7 @@ def _run_point(
     *,
     skip_unchanged: bool,
     kernel_name: str,
-    log_output: bool,
+    progress: str,
     say: Callable[[str], None],
 ) -> list[StageResult]:
     """Run the selected stages of one sweep point (or of the whole profile when it has no sweep)."""
@@ -648,7 +803,7 @@ def _run_point(
     results: list[StageResult] = []
     upstream: list[Any] = []
     for i, stage in enumerate(p["stages"]):
-        nb = p["notebooks_dir"] / f"{stage}.ipynb"
+        nb = p["notebook_paths"][stage]
         executed = exec_dir / f"{stage}.ipynb"
         rec_path = exec_dir / f"{stage}.stage.json"
         params = point["parameters"][stage]
@@ -667,7 +822,9 @@ def _run_point(
         if rec_path.exists():
             rec_path.unlink()  # a stage that fails must not look up to date afterwards
         say(f"{tag}: running ...")
-        seconds = run_stage(nb, executed, params, cwd=repo, kernel_name=kernel_name, log_output=log_output)
+        seconds = run_stage(
+            nb, executed, params, cwd=repo, kernel_name=kernel_name, progress=progress, say=say, tag=tag
+        )
         record = {
             "notebook": stage,
             "notebook_path": str(nb),
@@ -701,7 +858,8 @@ def cli_main(argv: list[str], prog: str = "mmss reproduce") -> int:
     ap.add_argument(
         "--profile",
         default=DEFAULT_PROFILE,
-        help=f"profile name ({', '.join(PROFILES)}) or a path to a profile YAML (default: {DEFAULT_PROFILE})",
+        help=f"profile name ({', '.join(PROFILES + STUDY_PROFILES)}) or a path to a profile YAML "
+        f"(default: {DEFAULT_PROFILE})",
     )
     ap.add_argument(
         "--out", default=None, help="output folder (${out}); default: the profile's (outputs/, smoke: outputs/smoke)"
@@ -718,7 +876,14 @@ def cli_main(argv: list[str], prog: str = "mmss reproduce") -> int:
     ap.add_argument(
         "--dry-run", action="store_true", help="resolve and check the parameters, print them, execute nothing"
     )
-    ap.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    ap.add_argument(
+        "--progress",
+        choices=PROGRESS,
+        default="output",
+        help="what of a running notebook is shown: none, cells (a line as each code cell starts), output "
+        "(also what the kernel prints: runs finished of how many, epochs; default)",
+    )
+    ap.add_argument("--log-output", action="store_true", help="the same as --progress output (kept for scripts)")
     args = ap.parse_args(argv)
     if args.dry_run:
         p = plan(args.profile, out_dir=args.out, only=args.only)
@@ -733,7 +898,12 @@ def cli_main(argv: list[str], prog: str = "mmss reproduce") -> int:
         return 0
     t0 = time.perf_counter()
     results = reproduce(
-        args.profile, out_dir=args.out, skip_unchanged=args.skip_unchanged, only=args.only, log_output=args.log_output
+        args.profile,
+        out_dir=args.out,
+        skip_unchanged=args.skip_unchanged,
+        only=args.only,
+        progress="output" if args.log_output else args.progress,
+        log=lambda msg: print(msg, flush=True),
     )
     ran = sum(r.status == "ran" for r in results)
     print(

@@ -1,8 +1,8 @@
-"""``mmss bench claims``: the paper's claims asked again with every system tuned and trained until
-early stopping decides, as the training data grows, and with the images (or the texts) alone
+"""The claims study (``python -m studies.claims``; report: ``mmss reproduce --profile claims``): the
+paper's claims asked again with every system tuned and trained until early stopping decides, as the training data grows, and with the images (or the texts) alone
 carrying the label (issue "The claims asked again, tuned...").
 
-It works in the folder of ``mmss bench powered`` (default ``outputs/powered``) and reuses its data
+It works in the folder of the powered study (``python -m studies.powered``) (default ``outputs/powered``) and reuses its data
 and feature stores (made there when missing): the demo generator, electronics, 2,400 products
 split 200 train / 100 dev / 2,100 test, generator seed 0, MiniLM token features at 64 tokens and
 ImageNet MobileNetV2 grid-box region features.
@@ -26,7 +26,7 @@ Design (fixed before any result of it was seen):
   early stopping decides; a run that reaches 40 while its dev MAP still rises is flagged (↑).
   Test is scored once, at the best dev epoch. Two single-threaded runs at once.
   * ``tuned``: Random, Length, both ceilings, BiMPM, MCR, MM-SS, w/o (b), w/o (d); seeds 0, 1, 2.
-    Compared with the untuned runs of ``mmss bench powered`` (phase ``main``) where they are in the
+    Compared with the untuned runs of the powered study (phase ``main``) where they are in the
     same folder.
   * ``alone``: the same systems without the ablations on two label designs, the generator
     otherwise unchanged (same texts, images, splits and feature stores): **images alone**
@@ -41,13 +41,13 @@ Design (fixed before any result of it was seen):
     test, so the feature stores' content fingerprints match), and the report compares the sizes on
     the 1,500 test products that no size trains on; the 200 point is phase ``tuned``'s runs scored
     on those 1,500 (seeds 0 and 1). Seeds 0 and 1 (0 only at 800).
-- **Order** (a bare ``mmss bench claims``; every run resumable, finished runs skipped): the
+- **Order** (a bare ``python -m studies.claims``; every run resumable, finished runs skipped): the
   studies, then one seed of every question (``tuned``, ``alone``, ``size``, ``magazine``), then the
   other seeds (:data:`PLAN`). The Magazine phase, the costliest (5 folds x 3 text lengths, a study per
   fold and system), comes after the generated-data questions (moved there from the measured cost of
   its untuned part, 2026-12-05, before any tuned run).
   A later run finishes what an earlier one could not: the results travel in git
-  (``outputs/powered``'s small files; ``.gitignore`` says which), so ``mmss bench claims`` there
+  (the results of record, :mod:`studies.records`), so ``python -m studies.claims`` there
   continues them after rebuilding the data and features. Measured cost: see the report's time table;
   at these sizes one seed of MM-SS costs about 1 CPU-minute per epoch at 200 training products
   (linear in them), so the whole plan is several hours on 2 cores, more than one 3-hour session.
@@ -82,6 +82,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from mmss_lib.evaluation.tables import plain_markdown
 from studies import magazine
 from studies import powered as P
 
@@ -165,6 +166,40 @@ def size_design(src: Path) -> dict[str, list[str]]:
     return design
 
 
+SIZE_DESIGN = "size_design.json"  # under runs_tuned/: what the size table compares (no data needed to report)
+
+
+def size_design_path(out: Path) -> Path:
+    return out / "runs_tuned" / SIZE_DESIGN
+
+
+def record_size_design(out: Path, design: dict) -> None:
+    """Write the size design the report reads (``sizes``, ``base_size``, ``common``: the test
+    products no size trains on; generated-data product ids only), beside the runs it describes."""
+    from mmss_lib.utils import atomic_write_json
+
+    atomic_write_json(
+        size_design_path(out), {"sizes": list(SIZES), "base_size": BASE_SIZE, "common": sorted(design["common"])}
+    )
+
+
+def read_size_design(out: Path) -> dict:
+    """The recorded size design (:func:`record_size_design`); from the data where none is recorded."""
+    path = size_design_path(out)
+    if path.exists():
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if not {"sizes", "base_size", "common"} <= set(d):
+            from mmss_lib.errors import DataError
+
+            raise DataError(f"{path}: expected the fields sizes, base_size, common (written by record_size_design)")
+        return d
+    return {
+        "sizes": list(SIZES),
+        "base_size": BASE_SIZE,
+        "common": size_design(P.data_root(out, P.MAIN_WEIGHT))["common"],
+    }
+
+
 def make_data(out: Path) -> None:
     """The powered data (weights 0.6 and 0), the images-alone data and the size datasets."""
     from mmss_lib.data.synthetic import make_demo
@@ -186,6 +221,7 @@ def make_data(out: Path) -> None:
         )
     src = P.data_root(out, P.MAIN_WEIGHT)
     design = size_design(src)
+    record_size_design(out, design)
     for n in SIZES:
         if n == BASE_SIZE:
             continue
@@ -319,15 +355,15 @@ def size_curve(out: Path):
 
     from mmss_lib.evaluation.summary import paired_differences, pooled_per_product
 
-    design = size_design(P.data_root(out, P.MAIN_WEIGHT))
-    common = set(design["common"])
+    design = read_size_design(out)
+    common, base = set(design["common"]), int(design["base_size"])
     rows = []
-    for n in SIZES:
-        res = finished(out, "main" if n == BASE_SIZE else f"size{n}")
+    for n in design["sizes"]:
+        res = finished(out, "main" if n == base else f"size{n}")
         if res.empty:
             continue
         res = res[res["variant"] == "full"]
-        if n == BASE_SIZE:
+        if n == base:
             res = res[res["seed"].isin(max(SIZE_SEEDS.values(), key=len))]  # the seeds the other sizes have
         pooled = pooled_per_product(res)
         pooled = pooled[pooled["product_id"].isin(common)]
@@ -418,7 +454,6 @@ def _comparison(res, claims, title: str, tables: Path, tag: str, data: Path) -> 
         pooled_per_product,
         product_summary,
     )
-    from mmss_lib.evaluation.tables import plain_markdown
 
     pooled = pooled_per_product(res)
     summ = product_summary(pooled)
@@ -476,8 +511,6 @@ def fix_table(out: Path):
 
 
 def fix_lines(out: Path, tables: Path) -> list[str]:
-    from mmss_lib.evaluation.tables import plain_markdown
-
     df = fix_table(out)
     if df.empty:
         return []
@@ -508,7 +541,6 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
     import pandas as pd
 
     from mmss_lib.errors import DataError
-    from mmss_lib.evaluation.tables import plain_markdown
     from mmss_lib.training.run_folder import BEST, HISTORY, METRICS, run_dir_for
     from studies.diagnose import gradient_norms, interaction_knockout
 
@@ -557,99 +589,150 @@ def diagnosis(out: Path, tables: Path, tag: str, data: Path) -> list[str]:
 
         path = tables / f"claims_{tag}_diagnosis_probes.csv"
         title = "Do the frozen features hold the image cues? (studies.diagnose.cue_probes; ROC AUC on dev reviews with images)"
-        try:
-            if path.exists():
-                probes = pd.read_csv(path)
-            else:
+        if path.exists():
+            probes = pd.read_csv(path)
+        else:
+            try:
                 probes = cue_probes(data, out / "features", category=P.CATEGORY, split="dev")
-                probes.to_csv(path, index=False)
+            except DataError as e:  # e.g. too few reviews with images for a probe: recorded as such
+                probes = pd.DataFrame({"no_probe": [str(e)]})
+            probes.to_csv(path, index=False)
+        if "no_probe" in probes.columns:
+            lines += [title, "", f"No probe: {probes['no_probe'].iloc[0]}", ""]
+        else:
             lines += [title, "", plain_markdown(probes, decimals=3), ""]
-        except DataError as e:  # e.g. too few reviews with images for a probe
-            lines += [title, "", f"No probe: {e}", ""]
     return [f"### Where MM-SS takes its signal from ({tag.replace('_', ' ')})", ""] + lines
 
 
-def report(out: Path) -> str:
-    """Write every table and figure of the benchmark from what has finished; return the text."""
-    from mmss_lib.evaluation.tables import plain_markdown
-    from mmss_lib.utils import atomic_write_text
-
+def report_dirs(out: Path) -> tuple[Path, Path]:
+    """``{out}/tables`` and ``{out}/figures``, made when missing."""
     tables, figures = out / "tables", out / "figures"
     tables.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
-    lines = ["# mmss bench claims", ""]
-    st = studies_table(out)
-    if not st.empty:
-        st.to_csv(tables / "claims_studies.csv", index=False)
-        lines += [
-            f"## Studies ({TUNE_TRIALS} trials each, at most {TUNE_EPOCHS} epochs, dev MAP x100)",
-            "",
-            plain_markdown(st, decimals=2),
-            "",
-        ]
-    res = finished(out, "main")
-    if not res.empty:
-        lines += _comparison(
-            res, CLAIMS, "Tuned comparison (image weight 0.6)", tables, "tuned", P.data_root(out, P.MAIN_WEIGHT)
-        )
-        lines += diagnosis(out, tables, "main", P.data_root(out, P.MAIN_WEIGHT))
-        old = P.finished_results(out, P.MAIN_WEIGHT)
-        old = old[old["variant"].isin(["full", "wo_b", "wo_d"])] if not old.empty else old
-        if not old.empty:
-            from mmss_lib.evaluation.summary import paired_differences, pooled_per_product
+    return tables, figures
 
-            d = paired_differences(pooled_per_product(old), CLAIMS)
-            lines += [
-                "### The same differences untuned (mmss bench powered, phase main: at most 10 epochs)",
-                "",
-                plain_markdown(d, decimals=2),
-                "",
-            ]
-    for name, spec in ALONE.items():
-        r = finished(out, name)
-        if not r.empty:
-            comps = (
-                [
-                    (f"{s} - ceiling_{c}", (s, "full"), (f"ceiling_{c}", "full"))
-                    for s in TUNED_SYSTEMS
-                    for c in ("text", "all")
-                ]
-                + [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full"))]
-                + FIX_CLAIMS
-            )
-            lines += _comparison(
-                r,
-                comps,
-                f"{name.replace('_', ' ').capitalize()} (text weight "
-                f"{spec['text_weight']:g}, image weight {spec['image_weight']:g})",
-                tables,
-                name,
-                alone_root(out, name),
-            )
-            lines += diagnosis(out, tables, name, alone_root(out, name))
-    lines += fix_lines(out, tables)
-    curve = size_curve(out)
-    if not curve.empty:
-        curve.to_csv(tables / "claims_size.csv", index=False)
-        plot_size_curve(curve, figures / "claims_size.png")
+
+def studies_lines(out: Path, tables: Path) -> list[str]:
+    """The studies: what each system's study chose, its budget read from the studies' records."""
+    st = studies_table(out)
+    if st.empty:
+        return []
+    st.to_csv(tables / "claims_studies.csv", index=False)
+    budgets = []
+    for s in st["system"]:
+        from mmss_lib.model_selection.tuned import BEST_FILE
+        from mmss_lib.training.run_folder import study_dir_for
+
+        b = json.loads((study_dir_for(tune_root(out), "demo", P.CATEGORY, s) / BEST_FILE).read_text())["budget"]
+        budgets.append((b["trials"], b["epochs"]))
+    trials, epochs = budgets[0] if len(set(budgets)) == 1 else (TUNE_TRIALS, TUNE_EPOCHS)
+    return [
+        f"## Studies ({trials} trials each, at most {epochs} epochs, dev MAP x100)",
+        "",
+        plain_markdown(st, decimals=2),
+        "",
+    ]
+
+
+def tuned_lines(out: Path, tables: Path) -> list[str]:
+    """The tuned comparison at image weight 0.6, where MM-SS takes its signal from, and (where the
+    untuned runs of the powered study are in the folder) the same differences untuned."""
+    res = finished(out, "main")
+    if res.empty:
+        return []
+    data = P.data_root(out, P.MAIN_WEIGHT)
+    lines = _comparison(res, CLAIMS, "Tuned comparison (image weight 0.6)", tables, "tuned", data)
+    lines += diagnosis(out, tables, "main", data)
+    old = P.finished_results(out, P.MAIN_WEIGHT)
+    old = old[old["variant"].isin(["full", "wo_b", "wo_d"])] if not old.empty else old
+    if not old.empty:
+        from mmss_lib.evaluation.summary import paired_differences, pooled_per_product
+
+        d = paired_differences(pooled_per_product(old), CLAIMS)
         lines += [
-            "## Data size (tuned settings; MAP x100 over the test products common to every size)",
+            "### The same differences untuned (mmss bench powered, phase main: at most 10 epochs)",
             "",
-            plain_markdown(curve, decimals=2),
-            "",
-            f"Figure: {figures / 'claims_size.png'}",
+            plain_markdown(d, decimals=2),
             "",
         ]
+    return lines
+
+
+def alone_lines(out: Path, tables: Path, name: str) -> list[str]:
+    """One label design of phase ``alone`` (``images_alone`` or ``text_alone``): its comparison
+    against both ceilings and where MM-SS takes its signal from."""
+    spec = ALONE[name]
+    r = finished(out, name)
+    if r.empty:
+        return []
+    comps = (
+        [(f"{s} - ceiling_{c}", (s, "full"), (f"ceiling_{c}", "full")) for s in TUNED_SYSTEMS for c in ("text", "all")]
+        + [("MM-SS - BiMPM", ("mmss", "full"), ("bimpm", "full"))]
+        + FIX_CLAIMS
+    )
+    lines = _comparison(
+        r,
+        comps,
+        f"{name.replace('_', ' ').capitalize()} (text weight {spec['text_weight']:g}, image weight {spec['image_weight']:g})",
+        tables,
+        name,
+        alone_root(out, name),
+    )
+    return lines + diagnosis(out, tables, name, alone_root(out, name))
+
+
+def size_lines(out: Path, tables: Path, figures: Path) -> list[str]:
+    """The data-size table and figure."""
+    curve = size_curve(out)
+    if curve.empty:
+        return []
+    curve.to_csv(tables / "claims_size.csv", index=False)
+    plot_size_curve(curve, figures / "claims_size.png")
+    return [
+        "## Data size (tuned settings; MAP x100 over the test products common to every size)",
+        "",
+        plain_markdown(curve, decimals=2),
+        "",
+        f"Figure: {P.shown(figures / 'claims_size.png')}",
+        "",
+    ]
+
+
+def time_lines(out: Path) -> list[str]:
     from mmss_lib.bench.common import timing_lines
 
-    lines += magazine.report_lines(out, tables)
-    lines += timing_lines(out / "claims_timing.json")
+    return timing_lines(out / "claims_timing.json")
+
+
+HEADER = ["# mmss bench claims", ""]
+
+
+def write_report(out: Path, lines: list[str]) -> str:
+    """Write ``{out}/CLAIMS.md`` from the sections' lines; return the text."""
+    from mmss_lib.utils import atomic_write_text
+
     text = "\n".join(lines)
     atomic_write_text(out / "CLAIMS.md", text + "\n")
     return text
 
 
-def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
+def report(out: Path) -> str:
+    """Write every table and figure of the study from what has finished, and CLAIMS.md; return the
+    text. The report notebook (studies/notebooks/claims.ipynb) makes the same calls, one section a cell."""
+    tables, figures = report_dirs(out)
+    lines = list(HEADER)
+    lines += studies_lines(out, tables)
+    lines += tuned_lines(out, tables)
+    for name in ALONE:
+        lines += alone_lines(out, tables, name)
+    lines += fix_lines(out, tables)
+    lines += size_lines(out, tables, figures)
+    lines += magazine.report_lines(out, tables)
+    lines += time_lines(out)
+    return write_report(out, lines)
+
+
+def main(argv: list[str], prog: str = "python -m studies.claims") -> int:
     """The claims asked again: every system tuned, trained to convergence, as data grows, images alone."""
     from mmss_lib.bench.common import phase_timer
     from mmss_lib.errors import DataError
@@ -683,7 +766,7 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
     out = Path(a.out)
     if a.report_only:
         if not (out / "runs_tuned").is_dir() and not tune_root(out).is_dir():
-            raise DataError(f"--out {out}: no studies or runs of mmss bench claims there; nothing to report")
+            raise DataError(f"--out {out}: no studies or runs of the claims study there; nothing to report")
         print(report(out))
         return 0
     if out.exists() and not out.is_dir():
@@ -707,3 +790,9 @@ def bench_claims(argv: list[str], prog: str = "mmss bench claims") -> int:
         report(out)
     print(report(out))
     return 0
+
+
+if __name__ == "__main__":
+    from studies import run_main
+
+    raise SystemExit(run_main(main, "python -m studies.claims"))

@@ -1,4 +1,4 @@
-"""Phase ``magazine`` of ``mmss bench claims``: real text, at the paper's text lengths, tuned inside
+"""Phase ``magazine`` of the claims study (``python -m studies.claims``): real text, at the paper's text lengths, tuned inside
 each fold (question 5 of the issue "The claims asked again").
 
 On the Amazon 2018 Magazine sample no trained system cleared the Length floor with 64-token text
@@ -337,14 +337,25 @@ def studies(out: Path):
     return pd.DataFrame(rows)
 
 
+MAGAZINE_TABLE = "claims_magazine.csv"
+
+
 def report_lines(out: Path, tables: Path) -> list[str]:
+    """The phase's section of the report: the table from the finished runs (written to
+    ``claims_magazine.csv``), or, where the runs are not in the folder (a checkout: their scores hold
+    the Amazon sample's review ids and never travel in git), the table of record as committed."""
+    import pandas as pd
+
     from mmss_lib.evaluation.tables import plain_markdown
 
     res = results(out)
-    if res.empty:
+    if not res.empty:
+        t = table(res)
+        t.to_csv(tables / MAGAZINE_TABLE, index=False)
+    elif (tables / MAGAZINE_TABLE).exists():
+        t = pd.read_csv(tables / MAGAZINE_TABLE)
+    else:
         return []
-    t = table(res)
-    t.to_csv(tables / "claims_magazine.csv", index=False)
     return [
         f"## Real text: Amazon 2018 Magazine sample, {K}-fold CV, text only (MAP x100 over all products; "
         "system - Length with its 95% paired interval; run_min: the runs' wall minutes summed)",

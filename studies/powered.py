@@ -1,5 +1,5 @@
-"""``mmss bench powered``: comparisons with enough test products to answer the paper's claims on
-2 CPU cores (issues "Powered evidence on 2 cores" and "SSP-Label's readings").
+"""The powered study (``python -m studies.powered``; report: ``mmss reproduce --profile powered``):
+comparisons with enough test products to answer the paper's claims on 2 CPU cores (issues "Powered evidence on 2 cores" and "SSP-Label's readings").
 
 The paper claims (i) multimodal systems beat text-only ones (Tables 1-2) and (ii) module (d),
 SSP-Label, adds to MM-SS (Table 4: full vs w/o (d)). The demo (18 test products per category)
@@ -191,7 +191,7 @@ def base_config(**over):
 def current_config(**over):
     """:data:`TRAIN` with the library's reading of Eq. 18 (:data:`mmss_lib.ssp.label.DEFAULT_SCALE`,
     chosen by phase ``scales``) instead of the "mean" this design's runs were made with: the
-    settings of the benchmarks that came after it (``mmss bench claims``)."""
+    settings of the benchmarks that came after it (the claims study)."""
     from mmss_lib.ssp.equations import DEFAULT_SCALE
 
     return base_config(**{"ssp_scale": DEFAULT_SCALE, **over})
@@ -263,6 +263,14 @@ def finished_results(out: Path, w: float):
     from mmss_lib.training.run_folder import finished_results as finished
 
     return finished(runs_root(out, w), "demo", CATEGORY)
+
+
+def shown(path: Path) -> str:
+    """A path as a report prints it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve())) if Path(path).is_absolute() else str(path)
+    except ValueError:
+        return str(path)
 
 
 def _md(df, decimals: int = 2) -> str:
@@ -391,8 +399,17 @@ def plot_signal_curve(curve, path: Path) -> None:
     plt.close(fig)
 
 
-def report(out: Path) -> str:
-    """Write every table and figure of the benchmark from the finished runs; return the text."""
+def report_dirs(out: Path) -> tuple[Path, Path]:
+    """``{out}/tables`` and ``{out}/figures``, made when missing."""
+    tables, figures = out / "tables", out / "figures"
+    tables.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    return tables, figures
+
+
+def main_lines(out: Path, tables: Path) -> list[str]:
+    """Phases main, source and scales (image weight 0.6): the comparison, the paired differences,
+    the headroom shares, the cue sensitivity, the source-embedding choice and the SSP-Label readings."""
     from mmss_lib.evaluation.cue_sensitivity import format_cue_sensitivity, write_cue_sensitivity
     from mmss_lib.evaluation.summary import (
         format_summary,
@@ -401,11 +418,7 @@ def report(out: Path) -> str:
         pooled_per_product,
         product_summary,
     )
-    from mmss_lib.utils import atomic_write_text
 
-    tables, figures = out / "tables", out / "figures"
-    tables.mkdir(parents=True, exist_ok=True)
-    figures.mkdir(parents=True, exist_ok=True)
     lines = []
     res = finished_results(out, MAIN_WEIGHT)
     if not res.empty:
@@ -504,6 +517,14 @@ def report(out: Path) -> str:
         claims.to_csv(tables / "powered_claims.csv", index=False)
         shares.to_csv(tables / "powered_headroom.csv", index=False)
         summ.to_csv(tables / "powered_summary.csv", index=False)
+    return lines
+
+
+def signal_lines(out: Path, tables: Path, figures: Path) -> list[str]:
+    """Phase signal: the signal-recovery table and figure, the cue sensitivity per image weight."""
+    from mmss_lib.evaluation.cue_sensitivity import format_cue_sensitivity, write_cue_sensitivity
+
+    lines = []
     curve = signal_curve(out, SIGNAL_WEIGHTS)
     if not curve.empty:
         curve.to_csv(tables / "signal_recovery.csv", index=False)
@@ -513,7 +534,7 @@ def report(out: Path) -> str:
             "",
             _md(curve, 2),
             "",
-            f"Figure: {figures / 'signal_recovery.png'}",
+            f"Figure: {shown(figures / 'signal_recovery.png')}",
             "",
         ]
         for w in SIGNAL_WEIGHTS:
@@ -523,15 +544,32 @@ def report(out: Path) -> str:
             if not r.empty:
                 cs = write_cue_sensitivity(r, data_root(out, w), tables, f"powered_{weight_tag(w)}")
                 lines += [f"Cue sensitivity at image weight {w:g}:", "", _md(format_cue_sensitivity(cs)), ""]
+    return lines
+
+
+def time_lines(out: Path) -> list[str]:
     from mmss_lib.bench.common import timing_lines
 
-    lines += timing_lines(out / "timing.json")
+    return timing_lines(out / "timing.json")
+
+
+def write_report(out: Path, lines: list[str]) -> str:
+    """Write ``{out}/REPORT.md`` from the sections' lines; return the text."""
+    from mmss_lib.utils import atomic_write_text
+
     text = "\n".join(lines)
     atomic_write_text(out / "REPORT.md", text + "\n")
     return text
 
 
-def bench_powered(argv: list[str], prog: str = "mmss bench powered") -> int:
+def report(out: Path) -> str:
+    """Write every table and figure of the study from the finished runs, and REPORT.md; return the
+    text. The report notebook (studies/notebooks/powered.ipynb) makes the same calls."""
+    tables, figures = report_dirs(out)
+    return write_report(out, main_lines(out, tables) + signal_lines(out, tables, figures) + time_lines(out))
+
+
+def main(argv: list[str], prog: str = "python -m studies.powered") -> int:
     """Powered comparisons on generated data: the paper's claims with paired intervals over 2,100 test products."""
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -555,7 +593,7 @@ def bench_powered(argv: list[str], prog: str = "mmss bench powered") -> int:
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: a file, not a folder")
     if a.report_only and not (out / "runs").is_dir():
-        raise DataError(f"--out {out}: no runs of mmss bench powered there (no {out / 'runs'}); nothing to report")
+        raise DataError(f"--out {out}: no runs of the powered study there (no {out / 'runs'}); nothing to report")
     out.mkdir(parents=True, exist_ok=True)
 
     timed = phase_timer(out / "timing.json", "powered")
@@ -572,3 +610,9 @@ def bench_powered(argv: list[str], prog: str = "mmss bench powered") -> int:
             print(report(out), flush=True)
     print(report(out))
     return 0
+
+
+if __name__ == "__main__":
+    from studies import run_main
+
+    raise SystemExit(run_main(main, "python -m studies.powered"))

@@ -777,6 +777,27 @@ def _cli(*argv, tiny_args: bool = False):
     return act
 
 
+def _study_cli(study, *argv):
+    """Run ``python -m studies.STUDY ARGV`` in process; expect exit status 1 and a one-line error."""
+
+    def act(ctx: Ctx):
+        import contextlib
+        import importlib
+
+        from studies import run_main
+
+        args = [str(a).format(root=ctx.root) for a in argv]
+        ctx.protect()
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = run_main(importlib.import_module(f"studies.{study}").main, f"python -m studies.{study}", args)
+        lines = err.getvalue().strip().splitlines()
+        assert code == 1 and lines and "Traceback" not in err.getvalue(), (code, err.getvalue()[-2000:])
+        raise CliFailed(lines[-1])
+
+    return act
+
+
 def _profile(text):
     def act(ctx: Ctx):
         from mmss_lib.reproduce import plan
@@ -2919,7 +2940,10 @@ CASES = [
     C(
         "bench_powered_out_file",
         "bench",
-        _out_file_cli("bench", "powered", "--out"),
+        lambda ctx: (
+            (ctx.root / "afile").write_text("not a folder"),
+            _study_cli("powered", "--out", "{root}/afile")(ctx),
+        ),
         CliFailed,
         ("--out", "a file, not a folder"),
         fixed=True,
@@ -2928,9 +2952,9 @@ CASES = [
     C(
         "bench_powered_report_only_empty",
         "bench",
-        _cli("bench", "powered", "--report-only", "--out", "{root}/none"),
+        _study_cli("powered", "--report-only", "--out", "{root}/none"),
         CliFailed,
-        ("no runs of mmss bench powered", "nothing to report"),
+        ("no runs of the powered study", "nothing to report"),
         fixed=True,
         issue=R3,
     ),

@@ -108,3 +108,76 @@ def test_plain_table_and_csv_round_trip(tmp_path):
     p = tables.save_csv(df, tmp_path / "r.csv")
     assert p.read_text().splitlines()[0] == "a,v,n"
     assert json.loads(pd.read_csv(p).to_json())["v"]["0"] == 0.12345
+
+
+def test_load_scores_and_the_test_case_values(trained, tmp_path, capsys):
+    """Notebook 04's test-review values through the run folder: H, M, O and the subtask outputs,
+    in that order, read from the runs' scores files; a run without scores shows O as n/a."""
+    from mmss_lib.evaluation.case_study import load_scores, values_of_test_cases
+    from mmss_lib.training.run_folder import run_dir_for
+
+    root, _, _ = trained
+    full = run_dir_for(root / "runs", "demo", "home", "mmss", "full", 0)
+    wod = run_dir_for(root / "runs", "demo", "home", "mmss", "wo_d", 0)
+    st = load_scores(full, "test")
+    assert st.equals(pd.read_csv(full / "scores_test.csv", dtype={"review_id": str, "product_id": str}))
+    other = load_scores(wod, "test")
+    ids = list(st["review_id"].iloc[[2, 0]])
+    subtasks = ["ptrt", "pvrt", "nope"]
+    got = values_of_test_cases(st, other, ids, subtasks)
+    assert [rid for rid, _ in got] == ids
+    for rid, values in got:
+        r, o = st.set_index("review_id").loc[rid], other.set_index("review_id").loc[rid]
+        assert list(values) == ["H", "M", "O", "yhat_ptrt", "yhat_pvrt"]
+        assert values["H"] == r["label"] and values["M"] == r["score"] and values["O"] == o["score"]
+        assert values["yhat_pvrt"] == r["score_pvrt"]
+    assert load_scores(tmp_path, "test", missing_ok=True) is None
+    assert "no scores_test.csv" in capsys.readouterr().out
+    assert all(v["O"] is None for _, v in values_of_test_cases(st, None, ids, subtasks))
+    with pytest.raises(DataError, match="scores_test.csv"):
+        load_scores(tmp_path, "test")
+    with pytest.raises(DataError, match="not among the runs' test scores"):
+        values_of_test_cases(st, other, ["nope"], subtasks)
+
+
+def test_index_among_counts_the_true_entries_before():
+    from mmss_lib.evaluation.case_study import index_among
+
+    seen = np.array([True, False, True, True, False, True])
+    for i in range(len(seen)):
+        want = int(np.flatnonzero(np.flatnonzero(seen) == i)[0]) if seen[i] else None  # the notebook's old form
+        assert index_among(seen, i) == want
+    assert index_among(seen, 3) == 2 and index_among(seen, 4) is None
+    with pytest.raises(IndexError, match="outside"):
+        index_among(seen, 6)
+
+
+def test_region_extractor_options_as_notebook_01_built_them():
+    from mmss_lib.features.extract import region_extractor_options
+
+    assert region_extractor_options() == {"rpn_post_nms_top_n": 300}
+    assert region_extractor_options("grid", "mobilenet_v2", rpn_post_nms_top_n=300, max_boxes=100) == {
+        "rpn_post_nms_top_n": 300,
+        "region_boxes": "grid",
+        "region_backbone": "mobilenet_v2",
+    }
+    assert region_extractor_options("grid") == {
+        "rpn_post_nms_top_n": 300,
+        "region_boxes": "grid",
+        "region_backbone": "mobilenet_v2",
+    }
+    assert region_extractor_options(rpn_post_nms_top_n=50, max_boxes=5) == {
+        "rpn_post_nms_top_n": 50,
+        "max_boxes": 5,
+        "min_boxes": 5,
+    }
+    assert region_extractor_options(max_boxes=36)["min_boxes"] == 10
+    for kwargs, match in (
+        ({"region_boxes": "boxes"}, "region_boxes"),
+        ({"region_backbone": "resnet"}, "region_backbone"),
+        ({"max_boxes": 0}, "max_boxes"),
+        ({"rpn_post_nms_top_n": 2.5}, "rpn_post_nms_top_n"),
+        ({"max_boxes": True}, "max_boxes"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            region_extractor_options(**kwargs)

@@ -150,10 +150,10 @@ def test_prune_from_refused(tmp_path):
 
 def test_claims_report_only_refuses_an_empty_folder(tmp_path):
     with pytest.raises(DataError, match="nothing to report"):
-        C.bench_claims(["--out", str(tmp_path / "none"), "--report-only"])
+        C.main(["--out", str(tmp_path / "none"), "--report-only"])
     (tmp_path / "f").write_text("x")
     with pytest.raises(DataError, match="a file, not a folder"):
-        C.bench_claims(["--out", str(tmp_path / "f")])
+        C.main(["--out", str(tmp_path / "f")])
 
 
 def test_size_curve_on_common_products(small_powered, monkeypatch):
@@ -334,7 +334,7 @@ def test_magazine_folds_option_runs_those_folds_only_in_order(monkeypatch, tmp_p
         with pytest.raises(DataError, match="magazine folds"):
             M.run(tmp_path, tmp_path, 1, folds=bad)
     with pytest.raises(DataError, match="only with --phases magazine"):
-        C.bench_claims(["--out", str(tmp_path), "--phases", "size", "--folds", "1"])
+        C.main(["--out", str(tmp_path), "--phases", "size", "--folds", "1"])
 
 
 def test_magazine_studies_table_reads_each_folds_choice(tmp_path):
@@ -400,7 +400,8 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     has each section, and a rerun trains nothing."""
     from mmss_lib.training.run_folder import load_run_config
 
-    monkeypatch.setattr(P, "CATEGORY", "home")
+    # the category of the study itself (electronics): the report notebook runs in a kernel of its own,
+    # which reads the runs under the study's category (sizes and budgets come from the runs' records)
     monkeypatch.setattr(P, "N_PRODUCTS", 36)
     monkeypatch.setattr(P, "TEST_FRAC", 0.5)
     monkeypatch.setattr(P, "DEV_FRAC", 0.3)
@@ -427,7 +428,7 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
         "--n-jobs",
         "1",
     ]
-    assert C.bench_claims(argv) == 0
+    assert C.main(argv) == 0
     text = (tmp_path / "CLAIMS.md").read_text()
     for section in (
         "## Studies",
@@ -443,11 +444,11 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
         "## Measured time",
     ):
         assert section in text, section
-    cfg = load_run_config(C.runs_root(tmp_path, "main") / "demo" / "home" / "mmss__wo_d" / "seed0")
+    cfg = load_run_config(C.runs_root(tmp_path, "main") / "demo" / P.CATEGORY / "mmss__wo_d" / "seed0")
     assert cfg.tuned_from and cfg.tuned_from.endswith("mmss/best.json")  # the ablation takes MM-SS's study
     assert cfg.epochs == C.FINAL_EPOCHS and cfg.ssp_scale == "common"
-    fix = load_run_config(C.runs_root(tmp_path, "images_alone") / "demo" / "home" / "mmss__match" / "seed0")
-    full = load_run_config(C.runs_root(tmp_path, "images_alone") / "demo" / "home" / "mmss" / "seed0")
+    fix = load_run_config(C.runs_root(tmp_path, "images_alone") / "demo" / P.CATEGORY / "mmss__match" / "seed0")
+    full = load_run_config(C.runs_root(tmp_path, "images_alone") / "demo" / P.CATEGORY / "mmss" / "seed0")
     assert (
         fix.model_options == {**full.model_options, **C.FIX[2]} and fix.tuned_from == full.tuned_from
     )  # MM-SS's settings
@@ -459,7 +460,7 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     assert list(size["train_products"]) == [6, 12] and size["n_products"].nunique() == 1
     stamp = (tmp_path / "runs_tuned").rglob("metrics.json")
     before = {p: p.stat().st_mtime_ns for p in stamp}
-    assert C.bench_claims(argv) == 0  # resumable: nothing retrained
+    assert C.main(argv) == 0  # resumable: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
     # carried to another folder without checkpoints (how outputs/powered travels in git): the runs
@@ -469,10 +470,72 @@ def test_claims_phases_end_to_end(tmp_path, monkeypatch):
     moved = tmp_path.parent / (tmp_path.name + "_moved")
     shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("*.pt"))
     argv_moved = ["--out", str(moved)] + argv[2:]
-    assert C.bench_claims(argv_moved) == 0
+    assert C.main(argv_moved) == 0
     assert {p: p.stat().st_mtime_ns for p in (moved / "runs_tuned").rglob("metrics.json")} == {
         moved / p.relative_to(tmp_path): t for p, t in before.items()
     }
     assert not list(moved.rglob("*.pt"))  # nothing trained again
     again = (moved / "CLAIMS.md").read_text().replace(str(moved), str(tmp_path))  # the figure's path aside
     assert again.split("## Measured time")[0] == text.split("## Measured time")[0]
+
+    # every finished run keeps its per-product ranking record (what git carries instead of the scores)
+    for mp in (tmp_path / "runs_tuned").rglob("metrics.json"):
+        assert (mp.parent / "ranking_test.csv.gz").exists() and (mp.parent / "ranking_dev.csv.gz").exists(), mp
+
+
+@pytest.mark.slow
+@pytest.mark.smoke
+def test_claims_profile_regenerates_the_report_from_the_records(tmp_path, monkeypatch):
+    """``mmss reproduce --profile claims`` (papermill, the report notebook) on a tiny study folder
+    as git carries it (no scores, data, features, checkpoints or trial folders) writes the same
+    CLAIMS.md and tables as the runner wrote from the full folder."""
+    from mmss_lib.reproduce import plan, reproduce
+    from studies.records import without_scores
+
+    monkeypatch.setattr(P, "N_PRODUCTS", 36)
+    monkeypatch.setattr(P, "TEST_FRAC", 0.5)
+    monkeypatch.setattr(P, "DEV_FRAC", 0.3)
+    monkeypatch.setattr(P, "TRAIN", {**P.TRAIN, "batch_size": 16, "eval_batch_size": 64})
+    monkeypatch.setattr(P, "extract", _random_stores)
+    monkeypatch.setattr(C, "TUNE_TRIALS", 2)
+    monkeypatch.setattr(C, "TUNE_EPOCHS", 1)
+    monkeypatch.setattr(C, "FINAL_EPOCHS", 1)
+    monkeypatch.setattr(C, "BASE_SIZE", 12)
+    monkeypatch.setattr(C, "SIZES", (6, 12))
+    monkeypatch.setattr(C, "SIZE_EXTRA", 3)
+    monkeypatch.setattr(C, "SIZE_SEEDS", {6: (0,)})
+    monkeypatch.setattr(C, "SEEDS", (0,))
+    full = tmp_path / "full"
+    assert C.main(["--out", str(full), "--phases", "tune", "tuned", "size", "--seeds", "0", "--n-jobs", "1"]) == 0
+    want = (full / "CLAIMS.md").read_text()
+    # runs finished before the per-run records existed: the one-time migration writes them, and checks
+    # that the report from the records alone is the report from the scores
+    from studies.records import migrate
+
+    for old in [
+        *full.rglob("ranking_*.csv.gz"),
+        *full.rglob("cue_sensitivity_test.json"),
+        full / "runs_tuned" / C.SIZE_DESIGN,
+    ]:
+        old.unlink()
+    assert migrate(full) + "\n" == want
+    assert list(full.rglob("ranking_test.csv.gz")) and (full / "runs_tuned" / C.SIZE_DESIGN).exists()
+    bare = without_scores(full, tmp_path / "bare")
+    assert not list(bare.rglob("scores_*.csv")) and not (bare / "data").exists()
+    for t in (bare / "tables").glob("*.csv"):
+        if not t.name.startswith("claims_main_diagnosis"):  # the diagnosis is cached: it needs the checkpoint
+            t.unlink()
+    (bare / "CLAIMS.md").unlink()
+    p = plan("claims", out_dir=bare)
+    assert p["stages"] == ["claims"] and p["parameters"]["claims"] == {"out": str(bare)}
+    lines: list[str] = []
+    res = reproduce("claims", out_dir=bare, progress="cells", log=lines.append)
+    assert [r.status for r in res] == ["ran"]
+    assert (bare / "executed" / "claims" / "claims.ipynb").exists()
+    assert any("cell 4/" in ln and "studies_lines" in ln for ln in lines), lines
+    got = (bare / "CLAIMS.md").read_text().replace(str(bare), str(full))
+    assert got == want
+    for t in (full / "tables").glob("*.csv"):
+        assert (bare / "tables" / t.name).read_bytes() == t.read_bytes(), t.name
+    for section in ("## Studies", "## Tuned comparison", "## Data size", "## Measured time"):
+        assert section in got, section

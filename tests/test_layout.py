@@ -49,10 +49,7 @@ KNOWN_UPWARD_IMPORTS: set[tuple[str, str]] = set()
 KNOWN_PRIVATE_USES: set[str] = set()
 # The library's references to studies/, being removed by the studies' move out of `mmss bench`
 # (issue 36, item 2: `mmss bench` keeps only timing benchmarks).
-KNOWN_STUDIES_REFERENCES: set[str] = {
-    "mmss_lib.bench: studies.powered:bench_powered",
-    "mmss_lib.bench: studies.claims:bench_claims",
-}
+KNOWN_STUDIES_REFERENCES: set[str] = set()
 
 
 def _env() -> dict[str, str]:

@@ -392,3 +392,92 @@ def test_smoke_profile_end_to_end(tmp_path):
 def test_declared_parameters_include_lines_papermill_cannot_parse(tmp_path):
     nb = write_notebook(tmp_path / "01_x.ipynb", "a = 1  # plain\nb = None  # None = the default\nc: int = 3\nd == 4\n")
     assert list(pipeline.declared_parameters(nb)) == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles that name their notebooks (the studies' reports); progress of a running notebook
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", pipeline.STUDY_PROFILES)
+def test_study_profiles_run_the_studies_report_notebooks(profile, tmp_path):
+    p = pipeline.plan(profile, out_dir=tmp_path)
+    path = Path(pipeline.repo_root()) / "studies" / "notebooks" / f"{profile}.ipynb"
+    assert p["stages"] == [profile] and p["notebook_paths"] == {profile: path}
+    assert p["parameters"] == {profile: {"out": str(tmp_path)}}
+    assert pipeline.plan(profile)["out"] == (pipeline.repo_root() / "outputs" / "powered").resolve()
+    nb = nbformat.read(str(path), as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].source.startswith("out = ")
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+def test_profile_notebooks_field_runs_those_notebooks_in_order(tmp_path):
+    write_notebook(tmp_path / "nb" / "b_second.ipynb", "x = 1", "print('second', x)")
+    write_notebook(tmp_path / "nb" / "a_first.ipynb", "x = 1", "print('first', x)")
+    prof = write_profile(
+        tmp_path / "p.yaml",
+        f"notebooks: [{tmp_path}/nb/b_second.ipynb, {tmp_path}/nb/a_first.ipynb]\na_first:\n  x: 3\n",
+    )
+    p = pipeline.plan(prof, out_dir=tmp_path / "out")
+    assert p["stages"] == ["b_second", "a_first"] and p["parameters"] == {"b_second": {}, "a_first": {"x": 3}}
+    for bad, why in (
+        ("notebooks: []\n", "non-empty list"),
+        ("notebooks: [x.py]\n", "non-empty list"),
+        ("notebooks: [a/n.ipynb, b/n.ipynb]\n", "distinct file names"),
+        (f"notebooks: [{tmp_path}/none.ipynb]\n", "not found"),
+    ):
+        with pytest.raises(PipelineError, match=why):
+            pipeline.plan(write_profile(tmp_path / "bad.yaml", bad), out_dir=tmp_path / "out")
+
+
+@pytest.mark.parametrize("progress", ["none", "cells", "output"])
+def test_progress_shows_cells_and_the_kernels_output(tmp_path, progress, capfd):
+    """cells: a line per code cell as it starts; output: also what the kernel prints (a progress
+    bar's redraws down to its last state); none: neither. The kernel runs over IPC, so its
+    'running over TCP without encryption' warning never appears, and its socket folder is removed."""
+    import glob
+    import tempfile
+
+    before = set(glob.glob(str(Path(tempfile.gettempdir()) / "mmss-kernel-*")))
+    nb = write_notebook(
+        tmp_path / "nb" / "long_one.ipynb",
+        "n_runs = 2",
+        "import sys\nfor i in range(n_runs):\n    print(f'[train] {i + 1}/{n_runs} finished: dev MAP 0.{i}', flush=True)",
+        "sys.stderr.write('bar  10%\\rbar  50%\\rbar 100%\\n')\nsys.stderr.flush()",
+        "1 + 1",
+    )
+    prof = write_profile(tmp_path / "p.yaml", f"notebooks: [{nb}]\nlong_one:\n  n_runs: 3\n")
+    lines: list[str] = []
+    pipeline.reproduce(prof, out_dir=tmp_path / "out", progress=progress, log=lines.append)
+    shown = [ln for ln in lines if "cell " in ln or " | " in ln]
+    if progress == "none":
+        assert shown == []
+    else:
+        cells = [ln for ln in shown if ": cell " in ln]
+        assert cells == [
+            "[1/1] long_one: cell 1/5: n_runs = 2",
+            "[1/1] long_one: cell 2/5: # injected parameters",
+            "[1/1] long_one: cell 3/5: import sys",
+            "[1/1] long_one: cell 4/5: sys.stderr.write('bar  10%\\rbar  50%\\rbar 100%\\n')",
+            "[1/1] long_one: cell 5/5: 1 + 1",
+        ]
+    out = [ln.split(" | ", 1)[1] for ln in shown if " | " in ln]
+    if progress == "output":
+        assert out == [f"[train] {i}/3 finished: dev MAP 0.{i - 1}" for i in (1, 2, 3)] + ["bar 100%"]
+    else:
+        assert out == []
+    err = capfd.readouterr()
+    assert "without encryption" not in err.out + err.err + "\n".join(lines)
+    assert set(glob.glob(str(Path(tempfile.gettempdir()) / "mmss-kernel-*"))) == before
+
+
+def test_cli_streams_progress_by_default(tmp_path, monkeypatch, capsys):
+    nb = write_notebook(tmp_path / "nb" / "one.ipynb", "x = 1", "print('hello from the kernel', x)")
+    prof = write_profile(tmp_path / "p.yaml", f"notebooks: [{nb}]\n")
+    assert pipeline.cli_main(["--profile", str(prof), "--out", str(tmp_path / "out")]) == 0
+    got = capsys.readouterr().out
+    assert "[1/1] one: cell 2/2: print('hello from the kernel', x)" in got
+    assert "[1/1] one | hello from the kernel 1" in got
+    assert pipeline.cli_main(["--profile", str(prof), "--out", str(tmp_path / "out"), "--progress", "none"]) == 0
+    assert "hello from the kernel" not in capsys.readouterr().out

@@ -1,6 +1,7 @@
-"""``mmss bench <name>``: every benchmark of the library, each printing ratios measured in one run
-(no wall-clock asserts). One module per benchmark, shared helpers (timing, memory, the one-line
-report) in :mod:`mmss_lib.bench.common`; a benchmark function has the ``cli_main`` signature
+"""``mmss bench <name>``: the library's timing benchmarks, each printing ratios measured in one run
+(no wall-clock asserts). The project's studies (the powered comparisons, the claims asked again)
+are not benchmarks: they live in top-level ``studies/`` (``python -m studies.claims``). One module
+per benchmark, shared helpers (timing, memory, the one-line report) in :mod:`mmss_lib.bench.common`; a benchmark function has the ``cli_main`` signature
 ``(argv: list[str], prog: str) -> int``. Add one with a line in :data:`BENCHES`.
 """
 
@@ -17,13 +18,11 @@ BENCHES: dict[str, str] = {
     "metrics": "mmss_lib.bench.metrics:bench_metrics",
     "paper-scale": "mmss_lib.bench.paper_scale:bench_paper_scale",
     "precision": "mmss_lib.bench.precision:bench_precision",
-    "powered": "studies.powered:bench_powered",
     "explore": "mmss_lib.bench.explore:bench_explore",
-    "claims": "studies.claims:bench_claims",
     "fetch": "mmss_lib.bench.fetch:bench_fetch",
 }
 
-NOT_IN_ALL = {"powered", "precision", "claims"}  # experiments of hours, or that need a prepared data set
+NEEDS_DATA = {"precision"}  # measured on a prepared data set and a device: run by name, not by 'all'
 
 # one-line help per benchmark (names without an entry show their function's first docstring line)
 HELP: dict[str, str] = {
@@ -33,8 +32,6 @@ HELP: dict[str, str] = {
     "metrics": "ranking_metrics vs a pandas groupby-apply on 1,000,000 reviews",
     "paper-scale": "throughput on a device and the paper profile's disk / extraction / GPU-hour projection",
     "precision": "bf16 vs fp32 on a device: speed, data-wait share of a step, metric agreement (needs data)",
-    "powered": "the paper's claims on generated data: 2,100 test products, 3 seeds, paired intervals (about 2 h)",
-    "claims": "the claims again: every system tuned, to convergence, data-size curve, images alone (hours)",
     "fetch": "mmss fetch-images against a local server: images/s per concurrency, decode/write share, projection",
     "explore": "explorer switch-product / switch-run times on a 3,500-product demo category (target < 1 s)",
 }
@@ -63,8 +60,11 @@ def cli_main(argv: list[str], prog: str = "mmss bench") -> int:
     if name == "all":
         rc = 0
         for n in BENCHES:
-            if n in NOT_IN_ALL:
-                print(f"\n=== mmss bench {n}: not part of 'all' (hours, or needs data); run it by name ===", flush=True)
+            if n in NEEDS_DATA:
+                print(
+                    f"\n=== mmss bench {n}: not part of 'all' (needs a prepared data set); run it by name ===",
+                    flush=True,
+                )
                 continue
             print(f"\n=== mmss bench {n} ===", flush=True)
             rc |= int(resolve(n)(rest, prog=f"{prog} {n}") or 0)

@@ -17,7 +17,54 @@ from pathlib import Path
 import numpy as np
 
 from mmss_lib.errors import DataError
-from mmss_lib.training.run_folder import BEST
+from mmss_lib.training.run_folder import BEST, scores_path
+
+
+def load_scores(run_dir: str | os.PathLike, split: str = "test", *, missing_ok: bool = False):
+    """A run's per-review scores of ``split`` (``scores_{split}.csv``: ``review_id, product_id,
+    label, score`` and MM-SS's subtask outputs ``score_{s}``), ids as strings. Absent: None with a
+    note when ``missing_ok`` (the case study then shows that run as n/a), else a :class:`DataError`
+    naming the file."""
+    import pandas as pd
+
+    path = scores_path(run_dir, split)
+    if not path.exists():
+        if missing_ok:
+            print(f"note: {Path(run_dir)} has no {path.name}; its prediction is shown as n/a")
+            return None
+        raise DataError(f"{path}: no per-review scores of this run (train it, or it ran without scoring {split})")
+    return pd.read_csv(path, dtype={"review_id": str, "product_id": str})
+
+
+def values_of_test_cases(
+    scores, other_scores, review_ids: Sequence[str], subtasks: Sequence[str]
+) -> list[tuple[str, dict]]:
+    """The values shown for each test review of the case study, in order: ``H`` (human label),
+    ``M`` (the run's score), ``O`` (``other_scores``' score, None when that run has no scores) and
+    ``yhat_{s}`` per subtask head the run scored. ``scores`` / ``other_scores``: frames of
+    :func:`load_scores`."""
+    sub_cols = [f"score_{s}" for s in subtasks if f"score_{s}" in scores.columns]
+    ix = scores.set_index("review_id")
+    other = None if other_scores is None else other_scores.set_index("review_id")["score"]
+    missing = [r for r in review_ids if r not in ix.index or (other is not None and r not in other.index)]
+    if missing:
+        raise DataError(f"case study: test review(s) {missing[:5]} not among the runs' test scores")
+    out = []
+    for rid in review_ids:
+        r = ix.loc[rid]
+        values = {"H": r["label"], "M": r["score"], "O": None if other is None else other.loc[rid]}
+        values.update({f"yhat_{c[len('score_') :]}": r[c] for c in sub_cols})
+        out.append((rid, values))
+    return out
+
+
+def index_among(mask, index: int) -> int | None:
+    """The position of entry ``index`` among the True entries of a boolean ``mask`` (what a plot of
+    the masked values calls it), or None where ``mask[index]`` is False."""
+    mask = np.asarray(mask, dtype=bool)
+    if not 0 <= int(index) < len(mask):
+        raise IndexError(f"index {index} outside a mask of {len(mask)} entries")
+    return int(np.count_nonzero(mask[: int(index)])) if mask[int(index)] else None
 
 
 def score_with_checkpoint(run_dir: str | os.PathLike, split, indices) -> dict[str, np.ndarray]:

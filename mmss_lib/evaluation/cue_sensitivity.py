@@ -24,6 +24,7 @@ seeds (and the seeds' sd). No model reads the cues; only generated data has them
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,22 @@ from mmss_lib.training.run_folder import scores_path
 
 CUES = ("match", "detail", "agree", "img_match")
 LABEL_ROW = "label itself"
+# per run: its coefficients and the label's on the same reviews, kept beside metrics.json so the
+# table is rebuilt where the per-review scores are not kept (results of record in git)
+CUE_RECORD = "cue_sensitivity_{split}.json"
+
+
+def _keep_record(path: Path, coefs: dict) -> None:
+    """Write a run's coefficient record when it is missing or differs (a cache: a read-only run
+    folder keeps none)."""
+    from mmss_lib.utils import atomic_write_text
+
+    text = json.dumps(coefs, indent=2, sort_keys=True) + "\n"
+    try:
+        if not (path.exists() and path.read_text(encoding="utf-8") == text):
+            atomic_write_text(path, text)
+    except OSError:
+        pass
 
 
 def _zscore_within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -92,30 +109,24 @@ def cue_sensitivity_table(results, data_root, *, split: str = "test") -> pd.Data
     cues_of: dict[str, pd.DataFrame] = {}
     for r in results.itertuples(index=False):
         cat = str(r.category)
-        if cat not in cues_of:
-            cues_of[cat] = load_cues(data_root, cat, split)
-        path = scores_path(r.run_dir, split)
-        if not path.exists():
-            raise DataError(f"{path}: no scores for this run; train it first")
-        sc = pd.read_csv(path, dtype={"review_id": str, "product_id": str})
-        if not any(x["category"] == cat and x["system"] == LABEL_ROW for x in rows):
-            rows.append(
-                {
-                    "category": cat,
-                    "system": LABEL_ROW,
-                    "variant": "",
-                    "seed": 0,
-                    **cue_coefficients(sc.assign(score=sc["label"]), cues_of[cat]),
-                }
-            )
-        rows.append(
-            {
-                "category": cat,
-                "system": str(r.system),
-                "variant": str(r.variant),
-                "seed": int(r.seed),
-                **cue_coefficients(sc, cues_of[cat]),
+        path, record = scores_path(r.run_dir, split), Path(r.run_dir) / CUE_RECORD.format(split=split)
+        if path.exists():
+            if cat not in cues_of:
+                cues_of[cat] = load_cues(data_root, cat, split)
+            sc = pd.read_csv(path, dtype={"review_id": str, "product_id": str})
+            coefs = {
+                "label": cue_coefficients(sc.assign(score=sc["label"]), cues_of[cat]),
+                "run": cue_coefficients(sc, cues_of[cat]),
             }
+            _keep_record(record, coefs)
+        elif record.exists():  # the scores are not kept (results of record): the run's coefficients
+            coefs = json.loads(record.read_text(encoding="utf-8"))
+        else:
+            raise DataError(f"{path}: no scores (nor {record.name}) for this run; train it first")
+        if not any(x["category"] == cat and x["system"] == LABEL_ROW for x in rows):
+            rows.append({"category": cat, "system": LABEL_ROW, "variant": "", "seed": 0, **coefs["label"]})
+        rows.append(
+            {"category": cat, "system": str(r.system), "variant": str(r.variant), "seed": int(r.seed), **coefs["run"]}
         )
     if not rows:
         raise DataError("cue sensitivity: no runs")

@@ -401,6 +401,34 @@ def region_options(region_boxes: str, region_backbone: str | None) -> dict:
     }
 
 
+def region_extractor_options(
+    region_boxes: str = "detector",
+    region_backbone: str | None = None,
+    *,
+    rpn_post_nms_top_n: int = 300,
+    max_boxes: int = 100,
+) -> dict:
+    """The ``detector_options`` of :func:`extract_category` from notebook 01's parameters: the RPN
+    proposals scored per image (always recorded), the box source and pooled map
+    (:func:`region_options`), and, when ``max_boxes`` is not the default 100, the regions kept per
+    image (at most ``max_boxes``, at least ``min(10, max_boxes)``: bottom-up attention's 10-100).
+    A bad value is a ``ValueError`` naming the parameter, before any model is loaded."""
+    from mmss_lib.features.regions import REGION_BACKBONES
+
+    if region_boxes not in ("detector", "grid"):
+        raise ValueError(f"region_boxes {region_boxes!r}: expected 'detector' or 'grid'")
+    if region_backbone is not None and region_backbone not in REGION_BACKBONES:
+        raise ValueError(f"region_backbone {region_backbone!r}: expected None or one of {', '.join(REGION_BACKBONES)}")
+    for name, v in (("rpn_post_nms_top_n", rpn_post_nms_top_n), ("max_boxes", max_boxes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} {v!r}: expected an integer >= 1")
+    return {
+        "rpn_post_nms_top_n": rpn_post_nms_top_n,
+        **region_options(region_boxes, region_backbone),
+        **({"max_boxes": max_boxes, "min_boxes": min(10, max_boxes)} if max_boxes != 100 else {}),
+    }
+
+
 def _summary_line(rep: dict) -> str:
     parts = [
         f"{n}: {e['items']} items, {e['rows']} rows, {e['bytes'] / 1e6:.1f} MB "

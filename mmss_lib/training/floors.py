@@ -18,7 +18,16 @@ from mmss_lib.errors import DataError
 from mmss_lib.metrics.ranking import PER_PRODUCT_COLUMN, per_product_metrics
 from mmss_lib.models.floors import expected_random_per_product, floor_system
 from mmss_lib.models.registry import is_ceiling
-from mmss_lib.training.run_folder import CONFIG, HISTORY, METRICS, finished_metrics, scores_path
+from mmss_lib.training.run_folder import (
+    CONFIG,
+    HISTORY,
+    METRICS,
+    finished_metrics,
+    ranking_path,
+    read_ranking,
+    scores_path,
+    write_rankings,
+)
 
 
 def load_all_cues(data_root, dataset: str, category: str, system: str = "ceiling"):
@@ -67,16 +76,21 @@ def summary_metrics(per_product) -> dict[str, float]:
 def per_product_for_run(run_dir, split: str = "test", threshold: float | None = None):
     """Per-product metrics (layout of :func:`mmss_lib.metrics.ranking.per_product_metrics`, a
     ``product_id`` column) of the run in ``run_dir`` on ``split``: from ``scores_{split}.csv``,
-    and for the ``random`` floor the exact expectations from its labels. The threshold defaults to
-    the one recorded in the run's ``metrics.json``. Use this, not ``per_product_metrics`` on the
-    scores file, wherever runs of any system are read."""
+    where it is absent from the run's ranking record ``ranking_{split}.csv.gz`` (the same numbers,
+    :func:`mmss_lib.training.run_folder.read_ranking`), and for the ``random`` floor the exact
+    expectations from its labels. The threshold defaults to the one recorded in the run's
+    ``metrics.json``. Use this, not ``per_product_metrics`` on the scores file, wherever runs of
+    any system are read."""
     import pandas as pd
 
     rd = Path(run_dir)
     path = scores_path(rd, split)
-    if not path.exists():
-        raise DataError(f"{path}: no scores for this run; train it first")
-    df = pd.read_csv(path, dtype={"review_id": str, "product_id": str})
+    if not path.exists() and ranking_path(rd, split).exists():
+        df = read_ranking(rd, split)
+    elif not path.exists():
+        raise DataError(f"{path}: no scores (nor {ranking_path(rd, split).name}) for this run; train it first")
+    else:
+        df = pd.read_csv(path, dtype={"review_id": str, "product_id": str})
     for col in ("product_id", "label", "score"):
         if col not in df.columns:
             raise DataError(f"{path}: column {col!r} missing; expected review_id, product_id, label, score")
@@ -225,6 +239,7 @@ def run_floor(
         with atomic_path(scores_path(run_dir, s)) as tmp:
             df.to_csv(tmp, index=False)
         result[s] = summary_metrics(system.per_product(sp.product_ids, sp.labels, scores, threshold=threshold))
+    write_rankings(run_dir)
     seconds = time.perf_counter() - t0
     metrics = {
         "best_epoch": 0,

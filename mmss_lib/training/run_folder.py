@@ -14,6 +14,9 @@ Layout::
     last.pt / best.pt trainer checkpoints (the last epoch; the best dev-MAP epoch)
     metrics.json      written last: its presence means the run is finished
     scores_{dev,test}.csv, ssp/epochNNN.npz (MM-SS), .lock
+    ranking_{dev,test}.csv.gz  per product, its reviews' labels in the order the run ranks them
+                      (no review ids): every per-product metric, exactly, where the per-review
+                      scores are not kept (results of record in git); written with the scores
 
 Identity. A run is the same run when its ``run`` record (dataset, category) is equal and its
 configuration is equal apart from :data:`PLACEMENT_FIELDS` (where it was trained, not what: a run
@@ -52,6 +55,79 @@ SCORES = "scores_{split}.csv"  # scores_dev.csv, scores_test.csv
 def scores_path(run_dir, split: str) -> Path:
     """``{run_dir}/scores_{split}.csv``: review_id, product_id, label, score (and sub-scores) of a split."""
     return Path(run_dir) / SCORES.format(split=split)
+
+
+RANKING = "ranking_{split}.csv.gz"  # ranking_dev.csv.gz, ranking_test.csv.gz
+
+
+def ranking_path(run_dir, split: str) -> Path:
+    """``{run_dir}/ranking_{split}.csv.gz``: per product (first-appearance order of the scores
+    file) the labels of its reviews in the order the run ranks them (stable ties), space-separated."""
+    return Path(run_dir) / RANKING.format(split=split)
+
+
+def write_rankings(run_dir) -> list[Path]:
+    """Write ``ranking_{split}.csv.gz`` from every ``scores_{split}.csv`` of a run folder (the
+    per-product record that stays when the per-review scores are not kept: no review ids, a few
+    KB); return the files written. Deterministic bytes (gzip without a time stamp), atomic."""
+    import gzip
+
+    import numpy as np
+    import pandas as pd
+
+    from mmss_lib.utils import atomic_path
+
+    written = []
+    for split in ("dev", "test"):
+        src = scores_path(run_dir, split)
+        if not src.exists():
+            continue
+        df = pd.read_csv(src, dtype={"review_id": str, "product_id": str})
+        for col in ("product_id", "label", "score"):
+            if col not in df.columns:
+                raise DataError(f"{src}: column {col!r} missing; expected review_id, product_id, label, score")
+        labels = df["label"].to_numpy()
+        if not np.array_equal(labels, np.round(labels)):
+            raise DataError(f"{src}: labels must be integers for a ranking record, got {labels[:3].tolist()}")
+        codes, uniques = pd.factorize(df["product_id"], sort=False)
+        order = np.lexsort((np.arange(len(df)), -df["score"].to_numpy(np.float64), codes))  # stable ties
+        lines = ["product_id,labels"]
+        bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(uniques)))]
+        ranked = labels[order].astype(np.int64)
+        for j, pid in enumerate(uniques):
+            lines.append(f"{pid},{' '.join(map(str, ranked[bounds[j] : bounds[j + 1]]))}")
+        dst = ranking_path(run_dir, split)
+        with atomic_path(dst) as tmp:
+            tmp.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0))
+        written.append(dst)
+    return written
+
+
+def read_ranking(run_dir, split: str):
+    """A ranking record as a scores frame (``product_id, label, score``; the score a decreasing
+    rank, so any ranking metric of it equals the run's, stable ties included)."""
+    import numpy as np
+    import pandas as pd
+
+    path = ranking_path(run_dir, split)
+    if not path.exists():
+        raise DataError(f"{path}: no ranking record for this run; write it from its scores (write_rankings)")
+    try:
+        rec = pd.read_csv(path, dtype={"product_id": str, "labels": str}, keep_default_na=False)
+        if list(rec.columns) != ["product_id", "labels"]:
+            raise ValueError(f"columns {list(rec.columns)}, expected product_id, labels")
+        per = [np.array(s.split(), dtype=np.int64) for s in rec["labels"]]
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a ranking record written by write_rankings ({exc})") from None
+    n = np.array([len(x) for x in per])
+    label = np.concatenate(per) if per else np.zeros(0, np.int64)
+    return pd.DataFrame(
+        {
+            "product_id": np.repeat(rec["product_id"].to_numpy(), n),
+            "label": label,
+            "score": -np.arange(len(label), dtype=np.float64),
+        }
+    )
 
 
 # config fields that say where a run was trained, not what

@@ -73,6 +73,7 @@ from mmss_lib.training.run_folder import (
     run_lock,
     run_name,
     scores_path,
+    write_rankings,
 )
 from mmss_lib.utils import atomic_path, atomic_write_json, pick_device, seed_everything
 
@@ -683,6 +684,7 @@ def _finalize(
     if score_test:
         ev_test = evaluate(model, splits["test"], cfg, device, threshold, tokenizer, keep_sub_scores=True)
         _write_csv(scores_path(run_dir, "test"), _scores_frame(splits["test"], ev_test))
+    write_rankings(run_dir)  # the per-product record that stays where the scores are not kept
     epochs_run = len(state["history"])
     stopped_early = state["bad_epochs"] >= cfg.patience
     ceiling = still_improving_at_ceiling(int(best["epoch"]), epochs_run, cfg.epochs, stopped_early)
