@@ -35,7 +35,7 @@ Generative process (per category, all draws from one ``numpy`` generator seeded 
    part becomes ``t * (1.1 * match + 0.9 * k / 3) + (1 - t) * 1.11``, 1.11 being that part's expected
    value under the draws (``1.1 * 0.6 + 0.9 * 0.5``), so the label's mean, and with it the share of
    relevant reviews, stays where it is; ``t = 0``: only the images and their agreement carry the
-   label (the "images alone" setting of ``mmss bench claims``).
+   label (the "images alone" setting of the claims study, ``studies/claims.py``).
 
 Latent cues. Next to each split the generator writes the cues it drew,
 ``{root}/demo/{category}/{category}.cues.{split}``, in the layout of the other MRHP files (pandas

@@ -189,7 +189,7 @@ class Interaction(nn.Module):
     side is empty) through a bias-free Linear(d, d). It gives each interaction a direct
     multiplicative comparison of its two sides, a rank-d bilinear form of their projected features;
     Self-ATT alone can compare them only through softmax-normalised attention weights. It is the
-    repair tried for the image pathway in ``mmss bench claims`` (phase ``fix``): the text-image
+    repair tried for the image pathway in this project's claims study (``studies/claims.py``, phase ``fix``): the text-image
     agreement cue is in the features (a bilinear probe on the pooled review text and review regions
     separates it), but MM-SS does not learn it from the label.
     """
