@@ -1660,6 +1660,86 @@ def _predict_many_reviews(ctx: Ctx, tiny: Path):
     return df
 
 
+# ------------------------------------------------------------------------------------ round 4 helpers
+# (issue 38 "Quality round 4": a rerun never returns stale results, studies stay one study, and
+# the new surfaces fail cleanly)
+
+R4 = 38
+
+
+def _mini_sweep(ctx: Ctx, features: str = "features", **kw):
+    """``run_experiment`` of one tiny MM-SS run on ``demo/mini`` (torch's thread count restored)."""
+    import torch
+
+    from mmss_lib.model_selection.sweeps import run_experiment
+
+    threads = torch.get_num_threads()
+    try:
+        return run_experiment(
+            **{
+                **dict(
+                    data_root=ctx.root / "data",
+                    dataset=DS,
+                    categories=[MINI],
+                    features_root=ctx.root / features,
+                    runs_root=ctx.root / "runs",
+                    systems=["mmss"],
+                    seeds=[0],
+                    base_config=_mini_cfg(),
+                    progress=False,
+                ),
+                **kw,
+            }
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _relabel(ctx: Ctx, split: str = "train") -> None:
+    p = ctx.root / "data" / DS / MINI / f"{MINI}.rel.{split}"
+    obj = json.loads(p.read_text())
+    obj["upvotes"] = {k: (int(v) + 1) % 4 for k, v in obj["upvotes"].items()}
+    p.write_text(json.dumps(obj))
+
+
+def _rerun_after_relabel(ctx: Ctx):
+    """O30: the data regenerated with other labels (texts, images and stores unchanged), then the
+    same `mmss train` on the old runs folder: it returned the old run's metrics."""
+    _mini_category(ctx)
+    _mini_sweep(ctx)
+    _relabel(ctx, "test")
+    ctx.protect()
+    return _mini_sweep(ctx)
+
+
+def _other_text_features(ctx: Ctx, root: str = "features64"):
+    """A copy of the mini stores whose text_rvw holds 5 token rows per review instead of 3 (as a
+    store extracted at another --text-max-len: same texts, same content fingerprint)."""
+    from mmss_lib.features.store import FeatureStore, write_store
+
+    src, dst = ctx.root / "features", ctx.root / root
+    shutil.copytree(src, dst)
+    path = dst / DS / MINI / "text_rvw"
+    old = FeatureStore(path)
+    manifest = {k: old.manifest[k] for k in ("dataset", "category", "store", "content_fingerprint")}
+    ids = [i for s in old.manifest["shards"] for i in json.loads((path / s / "ids.json").read_text())]
+    shutil.rmtree(path)
+    rng = np.random.default_rng(1)
+    write_store(
+        path, {i: {"x": rng.normal(size=(5, TINY_DT))} for i in ids}, kind="text", dim=TINY_DT, manifest=manifest
+    )
+
+
+def _rerun_other_features(ctx: Ctx):
+    """O29: a finished run, then `mmss train --features F64` (other text features) on its runs folder:
+    it returned the run trained on the first stores, without a word."""
+    _mini_category(ctx)
+    _mini_sweep(ctx)
+    _other_text_features(ctx)
+    ctx.protect()
+    return _mini_sweep(ctx, features="features64")
+
+
 # ------------------------------------------------------------------------------------ the corpus
 
 
@@ -2950,6 +3030,31 @@ CASES = [
         needs=("tiny_category",),
         fixed=True,
         issue=R3,
+    ),
+    # ---- issue 38: a rerun never returns a result computed from other inputs
+    C(
+        "rerun_after_labels_changed",
+        "train",
+        _rerun_after_relabel,
+        DataError,
+        (
+            r"runs/demo/mini/mmss/seed0",
+            "finished run was trained on other inputs",
+            r"labels \(mini\.rel\.test changed\)",
+            "--runs",
+            "--retrain",
+        ),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "rerun_other_text_features",
+        "train",
+        _rerun_other_features,
+        DataError,
+        ("finished run was trained on other inputs", r"feature store text_rvw \(n_rows", "--retrain"),
+        fixed=True,
+        issue=R4,
     ),
 ]
 

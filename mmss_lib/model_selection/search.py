@@ -681,7 +681,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "base settings as the first trial); studies in OUT/{dataset}/{category}/{system}/."
     )
     for action in list(ap._actions):
-        if action.dest in ("runs", "seeds", "folds", "fold_seed", "dev_fraction", "tuned"):
+        if action.dest in ("runs", "seeds", "folds", "fold_seed", "dev_fraction", "tuned", "retrain"):
             ap._remove_action(action)
             for g in ap._action_groups:
                 if action in g._group_actions:

@@ -64,6 +64,7 @@ def run_experiment(
     ray_timeout: float | None = None,
     tuned=None,
     extra_runs=(),
+    retrain: bool = False,
 ):
     """Train every (category, system/variant, seed) and return tidy test results (pandas).
 
@@ -102,6 +103,12 @@ def run_experiment(
     ablation variants this way. Their configuration is the one that later sweep gives them (the
     base configuration, the options on top of its model options), so it finds them finished.
     Released splits only.
+
+    Inputs: every run's data and feature stores are checked against those its folder records
+    (:func:`mmss_lib.training.run_folder.check_run_inputs`) before any run starts: a finished or
+    interrupted run on other inputs (labels changed, other text features, ...) is refused with a
+    :class:`~mmss_lib.training.run_folder.StaleRunError` naming what changed, never returned;
+    ``retrain`` (``mmss train --retrain``) discards such runs and trains them again.
 
     ``folds`` >= 2: K-fold cross-validation over each category's pooled products
     (:mod:`mmss_lib.model_selection.folds`: ``fold_seed`` shuffles, ``dev_fraction`` of the non-test products,
@@ -178,6 +185,34 @@ def run_experiment(
             cfg = apply_tuned(cfg, tuned, dataset, category)
         return cfg
 
+    plans = []  # one dispatch per fold (its splits): (fold, its jobs, how many are main runs, common)
+    for fold in range(k_folds) if tag else [None]:
+        fold_jobs = []
+        for category in categories:
+            for system, variant, options in specs:
+                for seed in seeds:
+                    cfg = run_config(category, system, variant, options, seed)
+                    rd = (
+                        run_dir_for(runs_root, dataset, category, system, variant, seed)
+                        if fold is None
+                        else fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed)
+                    )
+                    fold_jobs.append((category, cfg, rd))
+        n_main = len(fold_jobs)
+        for category, system, variant, options in extras if fold is None else ():
+            for seed in seeds:
+                fold_jobs.append(
+                    (
+                        category,
+                        run_config(category, system, variant, options, seed),
+                        run_dir_for(runs_root, dataset, category, system, variant, seed),
+                    )
+                )
+        common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
+        if fold is not None:
+            common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
+        plans.append((fold, fold_jobs, n_main, common))
+    inputs = _check_inputs([j for _, fj, _, _ in plans for j in fj], data_root, dataset, features_root, retrain)
     ex = make_executor(
         executor,
         n_jobs=n_jobs,
@@ -186,39 +221,15 @@ def run_experiment(
     )
     jobs, metrics, fold_of, failures, tracebacks = [], [], [], {}, {}
     with ex:  # one Ray connection for every fold
-        for fold in range(k_folds) if tag else [None]:  # one dispatch per fold (its splits)
-            fold_jobs = []
-            for category in categories:
-                for system, variant, options in specs:
-                    for seed in seeds:
-                        cfg = run_config(category, system, variant, options, seed)
-                        rd = (
-                            run_dir_for(runs_root, dataset, category, system, variant, seed)
-                            if fold is None
-                            else fold_run_dir(runs_root, dataset, category, system, variant, tag, fold, seed)
-                        )
-                        fold_jobs.append((category, cfg, rd))
-            n_main = len(fold_jobs)
-            for category, system, variant, options in extras if fold is None else ():
-                for seed in seeds:
-                    fold_jobs.append(
-                        (
-                            category,
-                            run_config(category, system, variant, options, seed),
-                            run_dir_for(runs_root, dataset, category, system, variant, seed),
-                        )
-                    )
-            common = dict(data_root=data_root, dataset=dataset, features_root=features_root, progress=progress)
-            if fold is not None:
-                common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
-            fj, fm, ff, ft = _dispatch(fold_jobs, common, base, ex)
+        for fold, fold_jobs, n_main, common in plans:
+            fj, fm, ff, ft = _dispatch(fold_jobs, {**common, "inputs": inputs}, base, ex)
             jobs += fj[:n_main]  # the extra runs are trained, not returned
             metrics += fm[:n_main]
             fold_of += [fold] * n_main
             failures.update(ff)
             tracebacks.update(ft)
     rows = []
-    for (category, cfg, rd), m, fold in zip(jobs, metrics, fold_of):
+    for (category, cfg, rd), m, fold in zip(jobs, metrics, fold_of, strict=True):
         if m is None:
             continue
         rows.append(
@@ -255,6 +266,25 @@ def run_experiment(
         exc.tracebacks = tracebacks
         raise exc
     return results
+
+
+def _check_inputs(jobs: list, data_root, dataset: str, features_root, retrain: bool) -> dict:
+    """Every run's recorded inputs against the current ones, before any run starts
+    (:func:`mmss_lib.training.run_folder.check_run_inputs`): a run on other inputs is refused (or,
+    with ``retrain``, discarded); runs from before inputs were recorded get one warning. Returns
+    ``{(category, stores read): inputs}`` for the runs to record."""
+    from mmss_lib.training.run_folder import adopt_legacy_runs, check_run_inputs, run_inputs, stores_read
+
+    inputs: dict = {}
+    legacy = []
+    for category, cfg, rd in jobs:
+        key = (category, stores_read(cfg.to_json()))
+        if key not in inputs:
+            inputs[key] = run_inputs(data_root, dataset, category, features_root, cfg.to_json())
+        if check_run_inputs(rd, inputs[key], retrain=retrain) == "legacy":
+            legacy.append((rd, inputs[key]))
+    adopt_legacy_runs([rd for rd, _ in legacy], [inp for _, inp in legacy])
+    return inputs
 
 
 def _normalise_extra_runs(extra_runs, specs, folds) -> list[tuple[str, str, str, dict]]:
@@ -380,12 +410,17 @@ def _dispatch(jobs: list, common: dict, base: TrainConfig, executor) -> tuple[li
     for i in todo:
         category, cfg, rd = jobs[i]
         run_dir = str(rd) if executor.in_process else str(Path(rd).resolve())
+        from mmss_lib.training.run_folder import stores_read
+
+        kwargs = {"inputs": (common.get("inputs") or {}).get((category, stores_read(cfg.to_json())))}
+        if cache is not None:
+            kwargs["splits"] = cache
         tasks.append(
             Job(
                 _run_label(dataset, category, cfg, common.get("fold")),
                 _experiment_job,
-                (category, cfg, run_dir, run_common),
-                {"splits": cache} if cache is not None else {},
+                (category, cfg, run_dir, {k: v for k, v in run_common.items() if k != "inputs"}),
+                kwargs,
                 gpu=cfg.device != "cpu",
             )
         )
@@ -435,9 +470,20 @@ class _SplitsCache:
         return self.splits
 
 
-def _experiment_job(category: str, cfg: TrainConfig, run_dir: str, common: dict, splits=None) -> dict:
+def _experiment_job(category: str, cfg: TrainConfig, run_dir: str, common: dict, splits=None, inputs=None) -> dict:
     """One run of :func:`run_experiment` (a top-level function so worker processes and Ray tasks
-    import it by reference). ``splits``: loaded splits, or a :class:`_SplitsCache` to take them from."""
+    import it by reference). ``splits``: loaded splits, or a :class:`_SplitsCache` to take them from.
+    ``inputs``: the run's inputs (:func:`mmss_lib.training.run_folder.run_inputs`), checked again and
+    recorded in its folder, under its lock, before it trains."""
+    if inputs is not None:
+        from mmss_lib.training.run_folder import check_run_inputs, record_run_inputs, run_lock
+
+        with run_lock(
+            Path(run_dir), f"run ({common['dataset']}/{category} {run_name(cfg.system, cfg.variant)} seed {cfg.seed})"
+        ):
+            if check_run_inputs(run_dir, inputs) != "same":
+                record_run_inputs(run_dir, inputs)
+            return _experiment_job(category, cfg, run_dir, common, splits)
     if isinstance(splits, _SplitsCache):  # a floor is not trained: it needs no features
         splits = None if is_floor(cfg.system) else splits.get(category, cfg)
     if common.get("fold") and splits is None:  # a fold's splits (floors: ids, labels and texts only)
@@ -609,6 +655,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="seconds to wait for the Ray head at --ray-address before giving up (default 30)",
     )
     _add_config_options(ap)
+    ap.add_argument(
+        "--retrain",
+        action="store_true",
+        help="a finished or interrupted run whose inputs changed (labels, data, feature stores) is "
+        "discarded and trained again (without it, such a run is refused, naming what changed)",
+    )
     ap.add_argument(
         "--tuned",
         default=None,
@@ -811,6 +863,7 @@ def cli_main(argv: list[str], prog: str = "mmss train") -> int:
         dev_fraction=args.dev_fraction,
         ray_timeout=args.ray_timeout,
         tuned=args.tuned,
+        retrain=args.retrain,
     )
     if results.attrs.get("summary_paths"):
         from mmss_lib.evaluation.summary import format_summary, read_summaries
