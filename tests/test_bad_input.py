@@ -46,6 +46,7 @@ from mmss_lib.errors import (
     PipelineError,
     RunInUseError,
     TrainingError,
+    TuneError,
 )
 
 DS, CAT = "demo", "cat"
@@ -1501,8 +1502,11 @@ def _explore_stopped(how: str):
     """`mmss explore` in a subprocess (temporary files under the case folder: TMPDIR). ``"sigterm"``:
     once a page is served and its kernel runs, SIGTERM to the mmss process alone (not its group,
     as `kill PID` or a service manager sends it): Voila, its kernels and the temporary notebook
-    folder go with it (Voila used to serve on). ``"port0"``: ``--port 0`` prints the port it
-    serves on (it printed ``:0``)."""
+    folder go with it (Voila used to serve on). ``"kill9"`` (issue 38, E4): the same with SIGKILL,
+    which runs no clean-up in `mmss explore`: Voila's supervisor dies with it and takes Voila, the
+    kernels and the folder along within seconds (they kept serving). ``"host"`` (E3): a request
+    with a foreign Host header, or without the printed token, gets no page (HTTP 200 before).
+    ``"port0"``: ``--port 0`` prints the port it serves on (it printed ``:0``)."""
 
     def act(ctx: Ctx):
         import re
@@ -1510,6 +1514,7 @@ def _explore_stopped(how: str):
         import subprocess
         import sys
         import time
+        import urllib.error
         import urllib.request
 
         import psutil
@@ -1535,10 +1540,10 @@ def _explore_stopped(how: str):
             line = ""
             while "serving" not in line and proc.poll() is None:
                 line = proc.stdout.readline()
-            m = re.search(r"at http://127\.0\.0\.1:(\d+)/", line)
+            m = re.search(r"at (http://127\.0\.0\.1:(\d+)/\?token=([0-9a-f]{32,}))\s", line)
             assert m, (line, (ctx.root / "explore.log").read_text()[-2000:])
-            assert int(m.group(1)) != 0 and (how == "port0" or m.group(1) == port), line
-            url, deadline = m.group(0)[3:], time.time() + 180
+            assert int(m.group(2)) != 0 and (how == "port0" or m.group(2) == port), line
+            url, deadline = m.group(1), time.time() + 180
             while True:  # the printed address serves the page
                 try:
                     with urllib.request.urlopen(url, timeout=60) as r:
@@ -1552,10 +1557,38 @@ def _explore_stopped(how: str):
             family = psutil.Process(proc.pid).children(recursive=True)
             assert any("ipykernel" in " ".join(p.cmdline()) for p in family), "no kernel runs the page"
             assert any(p.name.startswith("mmss-explore-") for p in tmp.iterdir())  # the served notebook
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(60) == 128 + signal.SIGTERM
-            _, alive = psutil.wait_procs(family, timeout=30)
-            assert not alive, f"still running after SIGTERM: {[' '.join(p.cmdline()[:4]) for p in alive]}"
+            if how == "host":
+                bare = url.split("?")[0]
+                for req in (
+                    urllib.request.Request(url, headers={"Host": "evil.example.com"}),
+                    urllib.request.Request(bare),
+                ):
+                    opener = urllib.request.build_opener(_NoRedirect)
+                    try:
+                        with opener.open(req, timeout=60) as r:
+                            body = r.read().lower()
+                            assert r.status != 200 or b"voila" not in body or b"login" in body, (req.headers, r.status)
+                    except urllib.error.HTTPError as e:
+                        assert e.code in (302, 403), (req.headers, e.code)
+                import http.cookiejar
+
+                jar = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+                jar.open(url, timeout=60).read()  # the token URL once: a login cookie, as a browser keeps it
+                with jar.open(bare, timeout=60) as r:
+                    assert r.status == 200 and b"login" not in r.geturl().encode()
+            proc.send_signal(signal.SIGKILL if how == "kill9" else signal.SIGTERM)
+            if how == "kill9":
+                assert proc.wait(10) == -signal.SIGKILL
+                t0 = time.time()
+                _, alive = psutil.wait_procs(family, timeout=20)
+                assert not alive, f"still running after kill -9: {[' '.join(p.cmdline()[:4]) for p in alive]}"
+                assert time.time() - t0 < 20
+                while list(tmp.iterdir()) and time.time() - t0 < 20:
+                    time.sleep(0.2)
+            else:
+                assert proc.wait(60) == 128 + signal.SIGTERM
+                _, alive = psutil.wait_procs(family, timeout=30)
+                assert not alive, f"still running after SIGTERM: {[' '.join(p.cmdline()[:4]) for p in alive]}"
             assert not list(tmp.iterdir()), f"left behind: {sorted(p.name for p in tmp.iterdir())}"
             return url
         finally:
@@ -1570,6 +1603,13 @@ def _explore_stopped(how: str):
                     pass
 
     return act
+
+
+class _NoRedirect(__import__("urllib.request").request.HTTPRedirectHandler):
+    """urllib without redirects: a refused request's 302 to the login page is seen as such."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
 
 
 def _alias_bomb(depth: int = 9, width: int = 9) -> str:
@@ -1738,6 +1778,45 @@ def _rerun_other_features(ctx: Ctx):
     _other_text_features(ctx)
     ctx.protect()
     return _mini_sweep(ctx, features="features64")
+
+
+def _mini_tune(ctx: Ctx, features: str = "features", **kw):
+    """``mmss tune`` (the library call) of a tiny MM-SS study on ``demo/mini``, one trial at a time."""
+    import torch
+
+    from mmss_lib.model_selection.search import tune
+
+    threads = torch.get_num_threads()
+    try:
+        return tune(
+            **{
+                **dict(
+                    data_root=ctx.root / "data",
+                    dataset=DS,
+                    category=MINI,
+                    features_root=ctx.root / features,
+                    tune_root=ctx.root / "tune",
+                    system="mmss",
+                    base_config=_mini_cfg(),
+                    n_trials=1,
+                    parallel=1,
+                    progress=False,
+                ),
+                **kw,
+            }
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _study_other_features(ctx: Ctx):
+    """U28: a finished study continued with `--features F64 --trials 2`: its trials would mix two
+    feature sets (it was accepted, and best.json chose among both)."""
+    _mini_category(ctx)
+    _mini_tune(ctx)
+    _other_text_features(ctx)
+    ctx.protect()
+    return _mini_tune(ctx, features="features64", n_trials=2)
 
 
 # ------------------------------------------------------------------------------------ the corpus
@@ -2872,6 +2951,22 @@ CASES = [
         issue=R3,
     ),
     C(
+        "explore_kill9",
+        "explore",
+        _explore_stopped("kill9"),
+        policy="mmss_lib.explore.serve: on its parent's death, SIGTERM or SIGINT stops Voila as Ctrl-C does",
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "explore_foreign_host_no_token",
+        "explore",
+        _explore_stopped("host"),
+        policy="mmss_lib.explore.app: a page served under another name, as DNS rebinding does, is refused with 403",
+        fixed=True,
+        issue=R4,
+    ),
+    C(
         "explore_port_70000",
         "explore",
         _cli("explore", "--runs", "{root}/runs", "--port", "70000"),
@@ -3053,6 +3148,15 @@ CASES = [
         _rerun_other_features,
         DataError,
         ("finished run was trained on other inputs", r"feature store text_rvw \(n_rows", "--retrain"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "study_continued_other_features",
+        "tune",
+        _study_other_features,
+        TuneError,
+        (r"study\.journal", "was run on other features", r"feature store text_rvw \(n_rows", "mix two inputs", "--out"),
         fixed=True,
         issue=R4,
     ),

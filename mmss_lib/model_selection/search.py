@@ -240,7 +240,9 @@ def _sampler(seed: int, n_finished: int, n_trials: int):
     )
 
 
-def _identity(cfg, dataset: str, category: str, fingerprint: str, space: dict, budget: dict) -> dict:
+def _identity(
+    cfg, dataset: str, category: str, fingerprint: str, space: dict, budget: dict, features: dict | None = None
+) -> dict:
     from mmss_lib.training.run_folder import PLACEMENT_FIELDS
 
     config = {
@@ -256,10 +258,11 @@ def _identity(cfg, dataset: str, category: str, fingerprint: str, space: dict, b
         "space": {n: json.loads(json.dumps(asdict(p))) for n, p in space.items()},
         "budget": {k: budget[k] for k in ("epochs", "patience", "parallel", "seed", "prune_from")},
         "base_config": config,
+        "features": features or {},
     }
 
 
-def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where: str):
+def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where: str, sdir=None):
     """Load the study ``name`` from its storage, or create it (base trial enqueued); refuse a storage
     of another study or dataset, or a study made with other settings."""
     import optuna
@@ -289,6 +292,7 @@ def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where:
             f"train+dev sha256 {str(old.get('data_sha256'))[:12]}, now {identity['data_sha256'][:12]}); "
             "give another --out (nothing is deleted)"
         )
+    _check_study_features(study, name, identity, where, Path(sdir) if sdir is not None else Path(where).parent)
     differ = sorted(
         k for k in ("format", "system", "variant", "space", "budget", "base_config") if old.get(k) != identity[k]
     )
@@ -305,6 +309,49 @@ def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where:
             "give the same settings to continue it, or another --out (nothing is deleted)"
         )
     return study
+
+
+_warned_legacy_studies: set = set()
+
+
+def _check_study_features(study, name: str, identity: dict, where: str, sdir: Path) -> None:
+    """A study's trials all read the same feature stores: a study continued on other stores (other
+    text features, re-extracted images) is refused naming the store and what changed. A study
+    started before studies recorded their stores is compared with the stores its trials' config.json
+    record (their manifests); when they match it is accepted with one warning and its stores are
+    recorded from then on."""
+    from mmss_lib.training.run_folder import input_changes
+
+    old = study.user_attrs.get("features")
+    legacy = old is None
+    if legacy:
+        old = {}
+        for cp in sorted(sdir.glob("trials/trial*/config.json")):
+            try:
+                rec = json.loads(cp.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            from mmss_lib.features.fingerprint import store_identity
+
+            old = {k: store_identity(v) for k, v in (rec.get("features") or {}).items() if isinstance(v, dict)}
+            break
+    changes = input_changes({"features": old}, {"features": identity["features"]})
+    if changes:
+        raise TuneError(
+            f"{where}: study {name!r} was run on other features: {'; '.join(changes)}; its trials would "
+            "mix two inputs, so it is not continued; give another --out for a study of these features, "
+            "or point --features at the stores it was run on (nothing is deleted)"
+        )
+    if legacy:
+        if str(where) not in _warned_legacy_studies:
+            _warned_legacy_studies.add(str(where))
+            warnings.warn(
+                f"{where}: study {name!r} was started before studies recorded their feature stores; its "
+                "trials' recorded stores match these, so it is continued, and the stores are recorded now",
+                UserWarning,
+                stacklevel=3,
+            )
+        study.set_user_attr("features", identity["features"])
 
 
 def _trial_job(spec: dict) -> dict:
@@ -433,7 +480,17 @@ def tune(
         "seed": seed,
         "prune_from": prune_from,
     }
-    identity = _identity(cfg, dataset, category, data_fingerprint(data_root, dataset, category), sp, budget)
+    from mmss_lib.training.run_folder import feature_inputs, stores_read
+
+    identity = _identity(
+        cfg,
+        dataset,
+        category,
+        data_fingerprint(data_root, dataset, category),
+        sp,
+        budget,
+        feature_inputs(features_root, dataset, category, stores_read(cfg.to_json())),
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ex = make_executor(
         executor,
@@ -443,7 +500,7 @@ def tune(
     )
     remote = not ex.in_process
     with run_lock(sdir, f"study {name}"):
-        study = _open_study(storage_spec, name, identity, base_params, storage_spec)
+        study = _open_study(storage_spec, name, identity, base_params, storage_spec, sdir)
         with ex:
             while True:
                 trials = study.get_trials(deepcopy=False)
