@@ -1819,6 +1819,36 @@ def _study_other_features(ctx: Ctx):
     return _mini_tune(ctx, features="features64", n_trials=2)
 
 
+def _best_json(edit: dict | None = None, *, drop: tuple = (), params: dict | None = None):
+    """`mmss train --tuned` (``apply_tuned``) of a hand-written best.json of demo/mini mmss with
+    ``edit`` applied to its fields and ``params`` to its params (T4-T14 of the probe)."""
+
+    def act(ctx: Ctx):
+        from mmss_lib.model_selection.tuned import apply_tuned
+
+        best = {
+            "study": f"{DS}/{MINI}/mmss",
+            "system": "mmss",
+            "variant": "full",
+            "dataset": DS,
+            "category": MINI,
+            "trial": 1,
+            "dev_MAP": 0.5,
+            "params": {"lr": 1e-3, "n_neg": 3, "dropout": 0.1, "batch_size": 16, "weight_decay": 0.0},
+        }
+        best.update(edit or {})
+        best["params"] = {**best["params"], **(params or {})} if params != {} else {}
+        for k in drop:
+            best["params"].pop(k, None)
+        path = ctx.root / "tune" / DS / MINI / "mmss" / "best.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(best, allow_nan=True))
+        ctx.protect()
+        return apply_tuned(_mini_cfg(), ctx.root / "tune", DS, MINI)
+
+    return act
+
+
 # ------------------------------------------------------------------------------------ the corpus
 
 
@@ -3157,6 +3187,105 @@ CASES = [
         _study_other_features,
         TuneError,
         (r"study\.journal", "was run on other features", r"feature store text_rvw \(n_rows", "mix two inputs", "--out"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_n_neg_2_7",
+        "train",
+        _best_json(params={"n_neg": 2.7}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "n_neg=2.7", "expected an integer in"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_other_category",
+        "train",
+        _best_json({"dataset": "amazon", "category": "clothing", "study": "amazon/clothing/mmss"}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "amazon/clothing/mmss", "another dataset's or category's best.json"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_empty_params",
+        "train",
+        _best_json(params={}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "'params' is empty", "recorded as tuned"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_lr_string",
+        "train",
+        _best_json(params={"lr": "0.001"}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "lr='0.001'", "expected a number in"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_lr_nan",
+        "train",
+        _best_json(params={"lr": float("nan")}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "lr=nan", "a positive Adam learning rate"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_lr_1e9",
+        "train",
+        _best_json(params={"lr": 1e9}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "lr=1000000000.0", "at most 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_unknown_key",
+        "train",
+        _best_json(params={"foo": 1}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "parameter 'foo' is not in mmss's search space"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_dropout_5",
+        "train",
+        _best_json(params={"dropout": 5.0}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "dropout=5.0", r"\[0, 1\)"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_n_neg_abc",
+        "train",
+        _best_json(params={"n_neg": "abc"}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "n_neg='abc'", "expected an integer"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_sub_log_var_1e300",
+        "train",
+        _best_json(params={"sub_log_var_init": 1e300}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", r"sub_log_var_init=1e\+300", r"\[-10, 10\]"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_batch_size_1e9",
+        "train",
+        _best_json(params={"batch_size": 1e9}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "batch_size=1000000000.0", "an integer in"),
         fixed=True,
         issue=R4,
     ),

@@ -50,7 +50,7 @@ ablation) takes the full system's (the usual ablation practice); the run records
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import json
 import math
 import time
@@ -59,8 +59,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mmss_lib.errors import DataError, RunStopped, TuneError
-from mmss_lib.model_selection.tuned import BEST_FILE, apply_params
+from mmss_lib.errors import DataError, MMSSError, RunStopped, TuneError
+from mmss_lib.model_selection.tuned import BEST_FILE, apply_params, checked_value, data_fingerprint
 from mmss_lib.models.registry import SEARCH_SPACES, SYSTEMS, SearchParam
 from mmss_lib.training.run_folder import load_history, run_lock, study_dir_for, trial_run_dir
 from mmss_lib.utils import atomic_path, atomic_write_json
@@ -85,6 +85,7 @@ def resolve_space(system: str, overrides: Sequence[str] = ()) -> dict[str, Searc
             f"trained systems: {', '.join(SEARCH_SPACES)}"
         )
     space = {p.name: p for p in SEARCH_SPACES[system]}
+    given: dict = {}
     for item in overrides or ():
         if "=" not in item:
             raise TuneError(f"--space {item!r}: expected NAME=LOW:HIGH or NAME=A,B,C")
@@ -93,8 +94,19 @@ def resolve_space(system: str, overrides: Sequence[str] = ()) -> dict[str, Searc
             raise TuneError(
                 f"--space {item!r}: {system} has no tuned parameter {name!r}; its parameters: {', '.join(space)}"
             )
+        if name in given:
+            raise TuneError(f"--space {item!r}: {name} is already given ({given[name]!r}); give each parameter once")
+        given[name] = item
         space[name] = _override(space[name], value, item)
+        _check_domain(space[name], f"--space {item!r}")
     return space
+
+
+def _check_domain(p: SearchParam, where: str) -> None:
+    """Every value a parameter's range or choices can yield lies in its valid domain
+    (:data:`mmss_lib.models.registry.PARAM_DOMAINS`): checked before any trial runs."""
+    for v in p.choices if p.kind == "categorical" else (p.low, p.high):
+        checked_value(p.name, v, where)
 
 
 def _json_value(text: str, item: str):
@@ -197,22 +209,89 @@ def distributions(space: dict[str, SearchParam]) -> dict:
 # ------------------------------------------------------------------------------------ the study
 
 
-def data_fingerprint(data_root, dataset: str, category: str) -> str:
-    """sha256 over the category's train and dev files (the only splits a study reads)."""
-    from mmss_lib.data.mrhp import split_file
+def check_storage_spec(spec: str) -> None:
+    """``--storage`` checked before anything is created: an RDB URL whose dialect SQLAlchemy knows
+    (a sqlite file in an existing folder), or a journal file in an existing folder."""
+    if "://" in spec:
+        try:
+            from sqlalchemy.engine import make_url
 
-    h = hashlib.sha256()
-    for split in ("train", "dev"):
-        for kind in ("prd", "rvw", "rel"):
-            path = split_file(data_root, dataset, category, kind, split)
-            if not path.exists():
-                raise DataError(
-                    f"{path}: missing ({dataset}/{category} {split} split); expected the MRHP files "
-                    f"{{data_root}}/{dataset}/{category}/{category}.{{prd,rvw,rel}}.{{train,dev,test}}"
-                )
-            h.update(path.name.encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
+            url = make_url(spec)
+            url.get_dialect()
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many error types: one line
+            raise TuneError(
+                f"--storage {spec!r}: not a database URL Optuna can open ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); give sqlite:///PATH, postgresql://..., or a journal file path"
+            ) from None
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            folder = Path(url.database).expanduser().parent
+            if not folder.is_dir():
+                raise TuneError(f"--storage {spec!r}: the folder {folder} of the database file does not exist")
+        return
+    folder = Path(spec).expanduser().parent
+    if not folder.is_dir():
+        raise TuneError(f"--storage {spec!r}: the folder {folder} of the journal file does not exist; create it first")
+    if Path(spec).is_dir():
+        raise TuneError(f"--storage {spec!r}: a folder, not a journal file")
+
+
+def _check_writable(sdir: Path) -> None:
+    """A study folder (or its nearest existing parent) that cannot be written: one line, before
+    anything (``train --tuned`` reads a read-only study; tune writes its journal and outputs)."""
+    import os
+
+    p = Path(sdir)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.exists() and not os.access(p, os.W_OK | os.X_OK):
+        raise TuneError(
+            f"{p}: not writable; mmss tune writes the study's journal and outputs under --out: give a "
+            "writable --out (mmss train --tuned reads a read-only study as it is)"
+        )
+
+
+@contextlib.contextmanager
+def _study_errors(storage_spec: str, sdir: Path):
+    """Errors of the storage and the study folder as one line naming the file: a journal Optuna
+    cannot parse (truncated, halved, an edited line), a read-only folder or file system."""
+    import errno
+
+    try:
+        yield
+    except MMSSError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TuneError(
+            f"{storage_spec}: the study's journal cannot be read ({type(exc).__name__}: {exc}): a "
+            "truncated or edited file; restore it, or give another --out (nothing is deleted)"
+        ) from None
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise TuneError(
+                f"{exc.filename or sdir}: cannot write ({exc.strerror}); mmss tune writes the study's "
+                "journal and outputs under --out: give a writable --out (mmss train --tuned reads a "
+                "read-only study as it is)"
+            ) from None
+        raise
+
+
+def _claim_storage(study, sdir: Path, storage_spec: str) -> None:
+    """A ``--storage`` shared by two ``mmss tune`` with different ``--out`` would train one trial in
+    two folders (each process locks only its own study folder): the study records the folder that
+    trains it, and a process with another ``--out`` is refused. Several processes on one study
+    (Optuna's distributed pattern) are not supported: one mmss tune per study, ``--parallel`` and
+    ``--executor ray`` for more trials at once."""
+    here = str(Path(sdir).resolve())
+    owner = study.user_attrs.get("study_dir")
+    if owner is None:
+        study.set_user_attr("study_dir", here)
+    elif owner != here:
+        raise TuneError(
+            f"--storage {storage_spec}: study {study.study_name!r} is trained in {owner}, not {here}; "
+            "two mmss tune on one study are not supported (a trial would be trained twice): continue it "
+            f"with its own --out, or give another --storage (use --parallel / --executor ray for more "
+            "trials at once)"
+        )
 
 
 def _storage(spec: str):
@@ -469,6 +548,9 @@ def tune(
     sp = with_base(sp, base_params)
     dists = distributions(sp)
     sdir = study_dir_for(tune_root, dataset, category, system, variant)
+    if storage:
+        check_storage_spec(storage)  # before anything is created
+    _check_writable(sdir)
     sdir.mkdir(parents=True, exist_ok=True)
     storage_spec = storage or str(sdir / STUDY_FILE)
     name = f"{dataset}/{category}/{cfg.system}" + ("" if variant == "full" else f"__{variant}")
@@ -499,12 +581,21 @@ def tune(
         **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}),
     )
     remote = not ex.in_process
-    with run_lock(sdir, f"study {name}"):
+    with run_lock(sdir, f"study {name}"), _study_errors(storage_spec, sdir):
         study = _open_study(storage_spec, name, identity, base_params, storage_spec, sdir)
+        if storage:
+            _claim_storage(study, sdir, storage_spec)
+        held = _counted(study.get_trials(deepcopy=False))
+        if len(held) > n_trials:
+            raise TuneError(
+                f"--trials {n_trials}: study {name!r} ({sdir}) already holds {len(held)} finished trials; "
+                f"give --trials {len(held)} or more (a study is continued, never shortened: its best.json "
+                "would name a budget it does not describe)"
+            )
         with ex:
             while True:
                 trials = study.get_trials(deepcopy=False)
-                finished = [t for t in trials if t.state.is_finished()]
+                finished = _counted(trials)
                 if len(finished) >= n_trials:
                     break
                 study = optuna.load_study(
@@ -518,35 +609,38 @@ def tune(
                 ][:parallel]  # killed earlier: resumed
                 while len(batch) < parallel and len(finished) + len(batch) < n_trials:
                     batch.append(study.ask(dists))
-                jobs = [
-                    _job(
-                        Job,
-                        study,
-                        t,
-                        cfg,
-                        sp,
-                        sdir,
-                        storage_spec,
-                        name,
-                        remote,
-                        dict(
-                            data_root=data_root,
-                            dataset=dataset,
-                            category=category,
-                            features_root=features_root,
-                            prune_from=prune_from,
-                        ),
-                    )
-                    for t in batch
-                ]
+                where = dict(
+                    data_root=data_root,
+                    dataset=dataset,
+                    category=category,
+                    features_root=features_root,
+                    prune_from=prune_from,
+                )
+                jobs = []
+                for t in batch:
+                    try:
+                        jobs.append(_job(Job, study, t, cfg, sp, sdir, storage_spec, name, remote, where))
+                    except MMSSError as exc:  # never left RUNNING: every rerun would fail on it again
+                        t.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+                        study.tell(t, state=optuna.trial.TrialState.FAIL)
+                        raise
                 threads = ex.threads_per_run(len(jobs))
                 if cfg.num_threads is None and threads:
                     for j in jobs:
                         j.args[0]["config"]["num_threads"] = threads
                 # told together once the whole batch has finished, in trial order: a trial still
                 # running is never pruned against a trial of its own batch
+                transient = []
                 for res in sorted(ex.run(jobs), key=lambda r: r.index):
-                    _tell(study, batch[res.index], res, progress, n_trials)
+                    if _tell(study, batch[res.index], res, progress, n_trials):
+                        transient.append((batch[res.index].number, res.error))
+                if transient:
+                    number, error = transient[0]
+                    raise TuneError(
+                        f"{sdir}: trial {number} failed on a transient error ({' '.join(str(error).split())[:300]}); "
+                        "it is not counted: the same mmss tune retries it once the cause is gone (free "
+                        "space, memory), and the study's other trials are kept"
+                    )
         best = write_outputs(study, sdir, sp, cfg, budget)
     if progress:
         print(
@@ -557,9 +651,15 @@ def tune(
     return best
 
 
+def _counted(trials) -> list:
+    """The finished trials that count against the budget: a trial failed on a transient error (disk
+    full, a killed worker, out of memory) does not; its settings are asked again."""
+    return [t for t in trials if t.state.is_finished() and not t.user_attrs.get("transient")]
+
+
 def _job(Job, study, trial, cfg, sp, sdir, storage_spec, name, remote, where: dict):
     params = study._storage.get_trial(trial._trial_id).params
-    tcfg = apply_params(cfg, params, sp)
+    tcfg = apply_params(cfg, params, sp, where=f"{name} trial {trial.number}")
     run_dir = trial_run_dir(sdir, trial.number)
     spec = {
         "study": name,
@@ -572,7 +672,7 @@ def _job(Job, study, trial, cfg, sp, sdir, storage_spec, name, remote, where: di
     return Job(f"{name} trial {trial.number}", _trial_job, (spec,), {}, gpu=tcfg.device != "cpu")
 
 
-def _tell(study, trial, res, progress: bool, n_trials: int) -> None:
+def _tell(study, trial, res, progress: bool, n_trials: int) -> bool:
     import optuna
 
     S = optuna.trial.TrialState
@@ -592,10 +692,15 @@ def _tell(study, trial, res, progress: bool, n_trials: int) -> None:
         )
     else:
         trial.set_user_attr("error", res.error)
+        transient = bool(getattr(res, "transient", False))
+        if transient:  # not counted; the same settings are asked again first (a rerun retries them)
+            trial.set_user_attr("transient", True)
+            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
         study.tell(trial, state=S.FAIL)
-        msg = f"FAILED: {res.error}"
+        msg = f"FAILED{' (transient: retried on the next run)' if transient else ''}: {res.error}"
     if progress:
         print(f"[tune] trial {trial.number + 1}/{n_trials} {trial.params}: {msg}", flush=True)
+    return not res.ok and bool(getattr(res, "transient", False))
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -674,6 +779,8 @@ def write_outputs(study, sdir: Path, sp: dict, cfg, budget: dict) -> dict:
         "config": {k: v for k, v in tcfg.to_json().items() if k in ("lr", "weight_decay", "n_neg", "batch_size")},
         "model_options": {k: v for k, v in bt.params.items() if sp[k].model_option},
         "space": {n: asdict(p) for n, p in sp.items()},
+        "data_sha256": study.user_attrs.get("data_sha256"),
+        "features": study.user_attrs.get("features"),
     }
     atomic_write_json(sdir / BEST_FILE, best)
     _figures(study, sdir)

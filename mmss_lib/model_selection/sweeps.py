@@ -182,7 +182,7 @@ def run_experiment(
         if tuned:
             from mmss_lib.model_selection.tuned import apply_tuned
 
-            cfg = apply_tuned(cfg, tuned, dataset, category)
+            cfg = apply_tuned(cfg, tuned, dataset, category, data_root=data_root, features_root=features_root)
         return cfg
 
     plans = []  # one dispatch per fold (its splits): (fold, its jobs, how many are main runs, common)

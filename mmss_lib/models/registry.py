@@ -117,6 +117,53 @@ class SearchParam:
     why: str = ""
 
 
+@dataclass(frozen=True)
+class Domain:
+    """The values a tuned parameter can take at all (whatever a ``--space`` asks): a number from
+    ``low`` to ``high`` (each bound included unless ``open_low`` / ``open_high``), an integer
+    where ``integer``; ``why`` says where the bounds come from."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+    integer: bool = False
+    why: str = ""
+
+    def holds(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return False
+        if self.integer and not (isinstance(value, int) or float(value).is_integer()):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        lo, hi = ("(" if self.open_low else "["), (")" if self.open_high else "]")
+        kind = "an integer" if self.integer else "a number"
+        return (
+            f"{kind} in {lo}{self.low:g}, {self.high:g}{hi} ({self.why})"
+            if self.why
+            else f"{kind} in {lo}{self.low:g}, {self.high:g}{hi}"
+        )
+
+
+# The valid domain of every tuned parameter: a --space range or choice outside it, or a best.json
+# value outside it, is refused before any trial or run starts (a dropout of 1.02 failed inside
+# torch, a learning rate of 514 "completed" with a meaningless dev MAP).
+PARAM_DOMAINS: dict[str, Domain] = {
+    # Adam at rates above 1 diverges on every system here (the default space tops at 3e-3)
+    "lr": Domain(0.0, 1.0, open_low=True, why="a positive Adam learning rate, at most 1"),
+    "weight_decay": Domain(0.0, 1.0, why="Adam's L2 weight decay, >= 0 and at most 1"),
+    "n_neg": Domain(1, 1000, integer=True, why="negatives per positive"),
+    "batch_size": Domain(1, 65536, integer=True, why="pairs per batch"),
+    "dropout": Domain(0.0, 1.0, open_high=True, why="a dropout probability, 1 drops everything"),
+    # exp(-s) weights a subtask loss: beyond +-10 a weight of 2e4 or 5e-5
+    "sub_log_var_init": Domain(-10.0, 10.0, why="Eq. 15's log-variance start; weights exp(-s)"),
+}
+
+
 _COMMON_SPACE = (
     # App. A.2's 1e-4 is the paper's rate for its own data and features; one decade below it to
     # 30x above (the project's learning tests train at 1e-3 and 3e-3), on a log scale.
