@@ -1849,6 +1849,28 @@ def _best_json(edit: dict | None = None, *, drop: tuple = (), params: dict | Non
     return act
 
 
+def _study_journal_damaged(how: str):
+    """U32-U34: a finished study whose ``study.journal`` lost its last bytes, half its bytes, or got
+    a garbage line, continued: Optuna's JSONDecodeError traceback named no file."""
+
+    def act(ctx: Ctx):
+        _mini_category(ctx)
+        _mini_tune(ctx)
+        journal = ctx.root / "tune" / DS / MINI / "mmss" / "study.journal"
+        data = journal.read_bytes()
+        if how == "tail":
+            journal.write_bytes(data[:-100])
+        elif how == "half":
+            journal.write_bytes(data[: len(data) // 2])
+        else:
+            lines = data.splitlines(keepends=True)
+            journal.write_bytes(b"".join(lines[:3] + [b'{"op_code": 99, "garbage": true\n'] + lines[3:]))
+        ctx.protect()
+        return _mini_tune(ctx, n_trials=2)
+
+    return act
+
+
 # ------------------------------------------------------------------------------------ the corpus
 
 
@@ -3286,6 +3308,33 @@ CASES = [
         _best_json(params={"batch_size": 1e9}),
         TuneError,
         (r"tune/demo/mini/mmss/best\.json", "batch_size=1000000000.0", "an integer in"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "study_journal_tail",
+        "tune",
+        _study_journal_damaged("tail"),
+        TuneError,
+        (r"mmss/study\.journal", "the study's journal cannot be read", "truncated or edited", "--out"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "study_journal_half",
+        "tune",
+        _study_journal_damaged("half"),
+        TuneError,
+        (r"mmss/study\.journal", "the study's journal cannot be read", "truncated or edited", "--out"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "study_journal_garbage",
+        "tune",
+        _study_journal_damaged("garbage"),
+        TuneError,
+        (r"mmss/study\.journal", "the study's journal cannot be read", "truncated or edited", "--out"),
         fixed=True,
         issue=R4,
     ),

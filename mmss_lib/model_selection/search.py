@@ -275,6 +275,36 @@ def _study_errors(storage_spec: str, sdir: Path):
         raise
 
 
+def _check_journal(path: Path) -> None:
+    """A study journal read whole before Optuna opens it (and appends to it): every line a JSON
+    object and the last line complete; a truncated, halved or edited journal is refused naming the
+    file and the line (Optuna skipped a cut last line, then appended its next record to it)."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data:
+        return
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines[:-1], 1):
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except ValueError as exc:
+            raise TuneError(
+                f"{path}: the study's journal cannot be read (line {i}: {exc}): a truncated or edited "
+                "file; restore it, or give another --out (nothing is deleted)"
+            ) from None
+        if not ok:
+            raise TuneError(
+                f"{path}: the study's journal cannot be read (line {i} is not a JSON object): a truncated "
+                "or edited file; restore it, or give another --out (nothing is deleted)"
+            )
+    if lines[-1].strip():
+        raise TuneError(
+            f"{path}: the study's journal cannot be read (its last line {len(lines)} is cut off): a "
+            "truncated or edited file; restore it, or give another --out (nothing is deleted)"
+        )
+
+
 def _claim_storage(study, sdir: Path, storage_spec: str) -> None:
     """A ``--storage`` shared by two ``mmss tune`` with different ``--out`` would train one trial in
     two folders (each process locks only its own study folder): the study records the folder that
@@ -346,6 +376,8 @@ def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where:
     of another study or dataset, or a study made with other settings."""
     import optuna
 
+    if "://" not in storage_spec:
+        _check_journal(Path(storage_spec))
     storage = _storage(storage_spec)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name not in names:
