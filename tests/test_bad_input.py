@@ -1871,6 +1871,23 @@ def _study_journal_damaged(how: str):
     return act
 
 
+def _atomic_file_modes(ctx: Ctx):
+    """X1: every file written through utils.atomic_path was 0600 whatever the umask (another user
+    of a shared folder got "Permission denied" on the tables)."""
+    import stat
+
+    from mmss_lib.utils import atomic_write_json
+
+    ctx.protect()
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        old = os.umask(mask)
+        try:
+            atomic_write_json(ctx.root / f"out{mask:o}" / "table.json", {"MAP": 0.5})
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((ctx.root / f"out{mask:o}" / "table.json").stat().st_mode) == mode
+
+
 # ------------------------------------------------------------------------------------ the corpus
 
 
@@ -3335,6 +3352,14 @@ CASES = [
         _study_journal_damaged("garbage"),
         TuneError,
         (r"mmss/study\.journal", "the study's journal cannot be read", "truncated or edited", "--out"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "atomic_files_umask",
+        "train",
+        _atomic_file_modes,
+        policy="mmss_lib.utils: not the 0600 of the temporary file they are written to first",
         fixed=True,
         issue=R4,
     ),
