@@ -1888,6 +1888,46 @@ def _atomic_file_modes(ctx: Ctx):
         assert stat.S_IMODE((ctx.root / f"out{mask:o}" / "table.json").stat().st_mode) == mode
 
 
+def _duplicate_row_key(ctx: Ctx):
+    """DA5: row key "1" written twice in every column of rvw.train and rel.train (review
+    B000000001-1 given the key of B000000001-0): json kept the last entry, one review fewer, rc 0."""
+    ctx.mrhp()
+    for kind in ("rvw", "rel"):
+        p = ctx.split_path(kind)
+        text = p.read_text()
+        p.write_text(text.replace('"1":', '"0":'))
+    ctx.protect()
+    return ctx.load()
+
+
+def _stats_product_in_two_splits(ctx: Ctx):
+    """Case 19: `mmss stats` on data with a training product also in the test split: counted twice,
+    rc 0 (train refuses it); now flagged: a warning naming both files and the id, and a count."""
+    from mmss_lib.data.mrhp import dataset_stats
+
+    _mini_category(ctx, leak="product")
+    ctx.protect()
+    with pytest.warns(UserWarning) as seen:
+        st = dataset_stats(ctx.root / "data", DS, [MINI])
+    assert st.attrs["ids_in_two_splits"] == {MINI: 5}  # the product and its four reviews (same ids)
+    raise DataError(str(seen[0].message))
+
+
+def _product_without_reviews(ctx: Ctx):
+    """DA10: a product row without any review was counted without a word: now a warning naming the
+    file and the product (it is still counted: nothing to rank is not an error)."""
+    ctx.mrhp()
+    p = ctx.split_path("prd")
+    obj = json.loads(p.read_text())
+    for col, v in (("product_id", "B000000009"), ("name", "lonely"), ("description", ["x"]), ("img_url", [])):
+        obj[col]["2"] = v
+    p.write_text(json.dumps(obj))
+    ctx.protect()
+    with pytest.warns(UserWarning, match=r"cat\.prd\.train: 1 of 3 product\(s\) have no review .*'B000000009'"):
+        prd, _ = ctx.load()
+    assert len(prd) == 3 and prd.attrs["without_reviews"] == 1
+
+
 # ------------------------------------------------------------------------------------ the corpus
 
 
@@ -3360,6 +3400,41 @@ CASES = [
         "train",
         _atomic_file_modes,
         policy="mmss_lib.utils: not the 0600 of the temporary file they are written to first",
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "json_duplicate_row_key",
+        "loader",
+        _duplicate_row_key,
+        DataError,
+        (REL_OR_RVW, "row key '0' appears twice", "a row lost"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "stats_product_in_two_splits",
+        "loader",
+        _stats_product_in_two_splits,
+        DataError,
+        (r"mini\.prd\.train", r"mini\.prd\.test", "'Ptrain0'", "disjoint", "mmss train refuses it"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "label_1e300",
+        "loader",
+        _labels(1e300),
+        DataError,
+        (REL, "row 2", "'upvotes'", "out of range"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "product_without_reviews",
+        "loader",
+        _product_without_reviews,
+        policy="mmss_lib.data.mrhp: A product without any review is counted and named in a warning",
         fixed=True,
         issue=R4,
     ),
