@@ -1928,6 +1928,83 @@ def _product_without_reviews(ctx: Ctx):
     assert len(prd) == 3 and prd.attrs["without_reviews"] == 1
 
 
+TUNE_ARGS = (
+    "tune",
+    "--data-root",
+    "{root}/data",
+    "--dataset",
+    "demo",
+    "--categories",
+    "c",
+    "--features",
+    "{root}/f",
+    "--out",
+    "{root}/tune",
+    "--no-progress",
+)
+
+
+def _num_threads_oversubscribed(ctx: Ctx):
+    """--num-threads 1000 on a 2-core machine ran 3x slower without a word: now a warning."""
+    from mmss_lib.model_selection.sweeps import build_parser, check_common_args
+
+    ctx.protect()
+    args = build_parser("mmss train").parse_args(
+        [a.format(root=ctx.root) for a in TRAIN_ARGS[1:]] + ["--num-threads", "1000"]
+    )
+    with pytest.warns(UserWarning, match=r"--num-threads 1000: more threads than this machine's \d+ core"):
+        check_common_args(args)
+
+
+def _device_cuda_without_gpu(ctx: Ctx):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    return _cli(*TRAIN_ARGS, "--device", "cuda")(ctx)
+
+
+def _predict_nested(ctx: Ctx):
+    """P6: predict input nested 100,000 levels deep: a RecursionError traceback."""
+    (ctx.root / "in.json").write_text('{"product": ' + "[" * 100_000 + "]" * 100_000 + ', "reviews": []}')
+    return _cli("predict", "--run", "{root}", "--input", "{root}/in.json")(ctx)
+
+
+def _predict_csv_folder(ctx: Ctx):
+    """P16: `--csv` an existing folder: refused before any scoring (it failed after 12 s of it)."""
+    (ctx.root / "csvdir").mkdir()
+    return _cli("predict", "--run", "{root}/norun", "--input", "{root}/none.json", "--csv", "{root}/csvdir")(ctx)
+
+
+def _predict_other_system_checkpoint(ctx: Ctx, tiny: Path):
+    """P11: a best.pt whose config says ``mcr`` but holds MM-SS weights: a state_dict traceback after
+    the encoders had loaded; now one line naming the file before any encoder is loaded."""
+    import torch
+
+    from mmss_lib.predict import predict
+    from mmss_lib.training.trainer import train_run
+
+    run = ctx.root / "run"
+    threads = torch.get_num_threads()
+    try:
+        train_run(
+            _mini_cfg(),
+            data_root=tiny / "data",
+            dataset=DS,
+            category="tiny",
+            features_root=tiny / "features",
+            run_dir=run,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    ck = torch.load(run / "best.pt", weights_only=True)
+    ck["config"] = {**ck["config"], "system": "mcr", "model_options": {}}
+    torch.save(ck, run / "best.pt")
+    ctx.protect()
+    return predict(run, {"text": "a product"}, [{"review_id": "r0", "text": "fine"}], encoder=_HashEncoder())
+
+
 # ------------------------------------------------------------------------------------ the corpus
 
 
@@ -3435,6 +3512,234 @@ CASES = [
         "loader",
         _product_without_reviews,
         policy="mmss_lib.data.mrhp: A product without any review is counted and named in a warning",
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "threshold_1e9",
+        "train",
+        _cli(*TRAIN_ARGS, "--threshold", "1e9"),
+        CliFailed,
+        ("--threshold", "from 0 to below 4", "no review relevant"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "threshold_minus_5",
+        "train",
+        _cli(*TRAIN_ARGS, "--threshold", "-5"),
+        CliFailed,
+        ("--threshold", "every review relevant"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "ssp_alpha1_minus_5",
+        "train",
+        _cli(*TRAIN_ARGS, "--ssp-alpha1", "-5"),
+        CliFailed,
+        (r"ssp_alpha1=-5\.0 \(--ssp-alpha1\)", ">= 0"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "ssp_pivot_1e9",
+        "train",
+        _cli(*TRAIN_ARGS, "--ssp-pivot", "1e9"),
+        CliFailed,
+        ("--ssp-pivot", "from 0 to 4"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "ssp_record_seeds_minus_1",
+        "train",
+        _cli(*TRAIN_ARGS, "--ssp-record-seeds", "-1"),
+        CliFailed,
+        ("--ssp-record-seeds", r"integers >= 0"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "finetune_systems_bogus",
+        "train",
+        _cli(*TRAIN_ARGS, "--finetune-systems", "bogus"),
+        CliFailed,
+        ("--finetune-systems", "unknown system", "bogus"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "option_subtasks_empty",
+        "train",
+        _cli(*TRAIN_ARGS, "--option", "subtasks=[]"),
+        CliFailed,
+        ("--option subtasks=", "at least one subtask", "mmss:VARIANT"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "option_d_minus_5",
+        "train",
+        _cli(*TRAIN_ARGS, "--option", "d=-5"),
+        CliFailed,
+        ("--option d=-5", "an integer >= 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "option_d_0",
+        "train",
+        _cli(*TRAIN_ARGS, "--option", "d=0"),
+        CliFailed,
+        ("--option d=0", "an integer >= 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "option_dropout_5",
+        "train",
+        _cli(*TRAIN_ARGS, "--option", "dropout=5.0"),
+        CliFailed,
+        ("--option dropout=5.0", "a probability from 0 to below 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "device_bogus",
+        "train",
+        _cli(*TRAIN_ARGS, "--device", "bogus"),
+        CliFailed,
+        ("--device", "bogus", "auto, cpu, cuda"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "fold_seed_minus_1",
+        "train",
+        _cli(*TRAIN_ARGS, "--folds", "2", "--fold-seed", "-1"),
+        CliFailed,
+        ("--fold-seed -1", "0 to 4294967295"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "extract_features_a_file",
+        "extract",
+        _cli(
+            "extract",
+            "--data-root",
+            "{root}/data",
+            "--dataset",
+            "demo",
+            "--categories",
+            "c",
+            "--features",
+            "/etc/passwd",
+            "--text-model",
+            "none",
+        ),
+        CliFailed,
+        ("--features /etc/passwd", "a file, not a folder"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_storage_bogus_url",
+        "tune",
+        _cli(*TUNE_ARGS, "--storage", "bogus://x"),
+        CliFailed,
+        ("--storage 'bogus://x'", "not a database URL"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_storage_missing_folder",
+        "tune",
+        _cli(*TUNE_ARGS, "--storage", "{root}/nodir/j.journal"),
+        CliFailed,
+        ("nodir", "does not exist"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_space_twice",
+        "tune",
+        _cli(*TUNE_ARGS, "--space", "lr=1e-5:1e-3", "--space", "lr=1e-4:2e-4"),
+        CliFailed,
+        ("lr is already given", "give each parameter once"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_space_dropout_0_5",
+        "tune",
+        _cli(*TUNE_ARGS, "--space", "dropout=0:5"),
+        CliFailed,
+        ("dropout=5", r"\[0, 1\)"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_space_lr_1e9",
+        "tune",
+        _cli(*TUNE_ARGS, "--space", "lr=1e-5:1e9"),
+        CliFailed,
+        ("lr=1e\\+?0?9|lr=1000000000", "at most 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_space_weight_decay_negative",
+        "tune",
+        _cli(*TUNE_ARGS, "--space", "weight_decay=-1,-2,-3"),
+        CliFailed,
+        ("weight_decay=-1", ">= 0"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "num_threads_1000",
+        "train",
+        _num_threads_oversubscribed,
+        policy="mmss_lib.model_selection.sweeps: more threads than this machine's",
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "device_cuda_without_gpu",
+        "train",
+        _device_cuda_without_gpu,
+        CliFailed,
+        ("--device cuda", "no CUDA device on this machine", "--device cpu"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "predict_nested_100000",
+        "predict",
+        _predict_nested,
+        CliFailed,
+        (r"in\.json", "nested too deeply"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "predict_csv_a_folder",
+        "predict",
+        _predict_csv_folder,
+        CliFailed,
+        ("--csv", "csvdir", "a folder"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "predict_checkpoint_other_system",
+        "predict",
+        _predict_other_system_checkpoint,
+        CheckpointError,
+        (r"run/best\.pt", "do not fit the 'mcr' model", "another run"),
+        needs=("tiny_category",),
         fixed=True,
         issue=R4,
     ),

@@ -87,7 +87,7 @@ def _text_settings(text_model: str, max_len: int) -> tuple[dict, int]:
         from mmss_lib.features.text import TextEncoder
 
         TextEncoder(text_model)  # raises ModelNotAvailableError with the how-to message
-        raise ModelNotAvailableError(f"text model {text_model!r}: cannot read its config")
+        raise ModelNotAvailableError(f"text model {text_model!r}: cannot read its config") from None
     eff = int(min(max_len, getattr(cfg, "max_position_embeddings", None) or max_len))
     return {"encoder": str(text_model), "encoder_source": source, "max_len": eff}, int(cfg.hidden_size)
 
@@ -142,10 +142,10 @@ class _Models:
             texts = clean_texts(sub["text"].tolist(), chunk_ids, policy)
             feats = self.encoder.encode(texts, batch_size=self.text_batch_size, progress=bar)
             policy.truncated += int(sum(len(f) >= self.encoder.max_len - 1 for f in feats))
-            return [(i, {"x": f}) for i, f in zip(chunk_ids, feats)]
+            return [(i, {"x": f}) for i, f in zip(chunk_ids, feats, strict=False)]
         files = [list(v) if v is not None else [] for v in sub["image_files"].tolist()]
         feats = self.extractor.extract_items(files, chunk_ids, batch_size=self.image_batch_size, report=policy)
-        items = list(zip(chunk_ids, feats))
+        items = list(zip(chunk_ids, feats, strict=False))
         if bar is not None:
             bar.update(len(chunk_ids))
         return items
@@ -246,6 +246,24 @@ def _record_store(report: dict[str, Any], name: str, kind: str, entry: dict, pat
     report["stores"][name] = entry
 
 
+def check_extract_options(features_root, **numbers) -> None:
+    """``mmss extract``'s options checked before any data or model is loaded: the features root a
+    folder (or not there yet, with no file on its way: ``--features /etc/passwd`` failed after the
+    encoder had loaded), and the sizes integers >= 1 (``text_max_len`` >= 2: [CLS] and one token)."""
+    root = Path(features_root)
+    p = root
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise DataError(f"--features {features_root}: {p} is a file, not a folder; give the folder the stores go into")
+    for name, value in numbers.items():
+        if value is None and name.startswith("detector_"):
+            continue
+        low = 2 if name == "text_max_len" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise DataError(f"{name}={value!r} (--{name.replace('_', '-')}): expected an integer >= {low}")
+
+
 def extract_category(
     data_root,
     dataset: str,
@@ -279,6 +297,15 @@ def extract_category(
     holds ``"_models"``: ``{"encoder", "extractor"}`` as loaded (None if not needed), to pass to
     the next category; it is not part of the JSON file.
     """
+    check_extract_options(
+        features_root,
+        text_max_len=text_max_len,
+        text_batch_size=text_batch_size,
+        image_batch_size=image_batch_size,
+        shard_size=shard_size,
+        detector_min_size=detector_min_size,
+        detector_max_size=detector_max_size,
+    )
     dirs = feature_dirs(features_root, dataset, category)
     products, reviews = load_category_items(data_root, dataset, category)
     sides = {"prd": (products, "product_id"), "rvw": (reviews, "review_id")}
@@ -558,7 +585,7 @@ def draw_boxes(
     frame, id_col = (products, "product_id") if side == "prd" else (reviews, "review_id")
     store = FeatureStore(feature_dirs(features_root, dataset, category)[f"region_{side}"])
     picks = []
-    for item_id, files in zip(frame[id_col], frame["image_files"]):
+    for item_id, files in zip(frame[id_col], frame["image_files"], strict=False):
         if files and item_id in store and store.n_rows(item_id):
             picks.append((item_id, files[0]))
         if len(picks) == n_images:
@@ -566,7 +593,7 @@ def draw_boxes(
     if not picks:
         return None
     fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.4), squeeze=False)
-    for ax, (item_id, file) in zip(axes[0], picks):
+    for ax, (item_id, file) in zip(axes[0], picks, strict=False):
         with Image.open(file) as im:
             img = np.asarray(im.convert("RGB"))
         h, w = img.shape[:2]

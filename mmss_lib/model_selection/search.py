@@ -576,6 +576,11 @@ def tune(
         model_options={**base.model_options, **(ABLATIONS.get(variant, {}) if system == "mmss" else {})},
     )
     cfg = TrainConfig.from_json(cfg.to_json())  # the checks of __post_init__
+    from mmss_lib.models.registry import check_option_values
+    from mmss_lib.training.config import check_device_available
+
+    check_device_available(cfg.device)
+    check_option_values(system, cfg.model_options)
     base_params = base_values(cfg, sp)
     sp = with_base(sp, base_params)
     dists = distributions(sp)

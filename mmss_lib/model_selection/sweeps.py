@@ -9,13 +9,17 @@ an experiment (:func:`run_experiment`), skips finished runs, hands the others to
 per-product metrics).
 :func:`cli_main` is ``mmss train``: an experiment from the command line, printing the mean and std
 over seeds of the test metrics and the product-level summary (``--folds K``: K-fold
-cross-validation over each category's products).
+cross-validation over each category's products). Its options are checked before any work; a
+``--num-threads`` (times ``--n-jobs``) asking for more threads than this machine's cores is a
+warning (the runs oversubscribe the CPU). ``--retrain`` discards runs whose inputs changed
+(:mod:`mmss_lib.training.run_folder`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -159,11 +163,15 @@ def run_experiment(
         if tag
         else None
     )
+    from mmss_lib.models.registry import check_option_values
+    from mmss_lib.training.config import check_device_available
     from mmss_lib.training.trainer import _check_model_options
 
+    check_device_available(base.device)  # --device cuda without a GPU: before the data is loaded
     for system, _, options in specs + [e[1:] for e in extras]:  # model options (--option) checked before any run starts
         if not is_floor(system):
             _check_model_options(system, {**base.model_options, **options})
+            check_option_values(system, {**base.model_options, **options})
     from mmss_lib.training.floors import check_ceiling_data
 
     for category in categories:  # ceilings need planted cues: refuse before any run starts
@@ -251,10 +259,24 @@ def run_experiment(
         )
     results = pd.DataFrame(rows)
     if summary and not failures and len(results):
+        import errno
+
         from mmss_lib.evaluation.summary import write_summaries
 
-        written = write_summaries(results, runs_root, tag=tag, folds=k_folds if tag else 0)
-        results.attrs["summary_paths"] = [str(p) for p in written]
+        try:
+            written = write_summaries(results, runs_root, tag=tag, folds=k_folds if tag else 0)
+            results.attrs["summary_paths"] = [str(p) for p in written]
+        except OSError as exc:  # a read-only runs folder of finished runs: the results, not the files
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            import warnings
+
+            warnings.warn(
+                f"{runs_root}: cannot write the summary files ({exc.strerror}: {exc.filename}); the "
+                "results are returned (and printed by mmss train) but not saved there",
+                UserWarning,
+                stacklevel=2,
+            )
     if failures:
         listed = "; ".join(f"{name}: {' '.join(str(err).split())}" for name, err in failures.items())
         exc = SweepError(
@@ -781,6 +803,20 @@ def _check_args(args) -> None:
         )
     if args.n_jobs < 1:
         raise DataError(f"--n-jobs {args.n_jobs}: expected an integer >= 1")
+    if getattr(args, "fold_seed", None) is not None and not 0 <= args.fold_seed <= 2**32 - 1:
+        raise DataError(f"--fold-seed {args.fold_seed}: expected an integer from 0 to 4294967295 (numpy's seeds)")
+    cores = os.cpu_count() or 1
+    if args.num_threads is not None and args.num_threads * max(args.n_jobs, 1) > cores:
+        import warnings
+
+        warnings.warn(
+            f"--num-threads {args.num_threads}"
+            + (f" x --n-jobs {args.n_jobs}" if args.n_jobs > 1 else "")
+            + f": more threads than this machine's {cores} core(s); runs oversubscribe the CPU and "
+            "slow down (leave --num-threads out for torch's default)",
+            UserWarning,
+            stacklevel=2,
+        )
     if args.ray_timeout is not None and not (math.isfinite(args.ray_timeout) and args.ray_timeout > 0):
         raise DataError(f"--ray-timeout {args.ray_timeout!r}: expected a number of seconds > 0")
     for name in ("seeds", "categories", "systems"):

@@ -198,3 +198,48 @@ SEARCH_SPACES["mmss"] = _COMMON_SPACE + (
         why="Eq. 15's start s_k = log sigma_k^2 (unstated in the paper)",
     ),
 )
+
+
+# ------------------------------------------------------------------------------ model option values
+# The values a model option (``--option KEY=VALUE``) can take, by name, whatever the system: checked
+# before any run starts (``d=-5`` failed inside the run with "must be divisible by n_heads",
+# ``d=0`` / ``dropout=5.0`` with torch's words, ``subtasks=[]`` trained MM-SS without its subtask
+# heads and reported it as the full model). Types are the trainer's check (the default's type).
+_SIZES = ("d", "n_heads", "ff_dim", "head_hidden", "hidden", "perspectives", "agg_hidden", "filters", "n_kernels")
+_PROBABILITIES = ("dropout", "attn_dropout", "p_sse")
+_POSITIVE = ("sigma", "exact_sigma", "tau", "log_scale")
+_NON_NEGATIVE = ("aux_weight", "margin", "source_init_std")
+
+
+def check_option_values(system: str, options: dict) -> None:
+    """Refuse model option values outside their meaning (module comment above), naming the option,
+    the system and what is expected; values of another type are left to the type check."""
+    from mmss_lib.errors import DataError
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for key, value in (options or {}).items():
+        want = None
+        if key in _SIZES and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            want = "an integer >= 1 (a size or count)"
+        elif key == "n_layers" and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            want = "an integer >= 1 (layers)"
+        elif key in _PROBABILITIES and number(value) and not (0 <= value < 1):
+            want = "a probability from 0 to below 1"
+        elif key in _POSITIVE and number(value) and not (value > 0 and value < float("inf")):
+            want = "a finite number > 0"
+        elif key in _NON_NEGATIVE and number(value) and not (0 <= value < float("inf")):
+            want = "a finite number >= 0"
+        elif key == "sub_log_var_init" and number(value) and not PARAM_DOMAINS["sub_log_var_init"].holds(value):
+            want = PARAM_DOMAINS["sub_log_var_init"].describe()
+        elif key in ("widths", "ngrams") and isinstance(value, (list, tuple)):
+            if not value or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in value):
+                want = "a non-empty list of integers >= 1"
+        elif key == "subtasks" and isinstance(value, (list, tuple)) and not value:
+            want = (
+                "at least one subtask (an empty list trains no subtask head: use --systems mmss:VARIANT "
+                "for an ablation, so the run is not reported as the full model)"
+            )
+        if want:
+            raise DataError(f"--option {key}={value!r}: model option {key!r} of system {system!r} expects {want}")
