@@ -224,3 +224,34 @@ def test_input_changes_name_what_changed():
     assert RF.input_changes({"features": {"text_rvw": {"n_rows": 3}}}, new) == [
         "feature store text_rvw (n_rows 3 -> 5)"
     ]
+
+
+def test_read_only_runs_folder_returns_the_results(tiny_demo, tmp_path, monkeypatch):
+    """Every run finished in a runs folder that cannot be written (issue 38, O31: an OSError traceback,
+    no table): the results come back with one warning; the summary files are not written."""
+    import errno
+
+    import mmss_lib.evaluation.summary as S
+    from mmss_lib.model_selection.sweeps import run_experiment
+    from mmss_lib.training.trainer import TrainConfig
+
+    kw = dict(
+        data_root=tiny_demo / "data",
+        dataset="demo",
+        categories=["home"],
+        features_root=tiny_demo / "features",
+        runs_root=tmp_path,
+        systems=["length"],
+        seeds=[0],
+        base_config=TrainConfig(device="cpu", threshold=1.0, num_threads=1),
+        progress=False,
+    )
+    run_experiment(**kw)
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".summary.csv.tmp"))
+
+    monkeypatch.setattr(S, "write_summaries", read_only)
+    with pytest.warns(UserWarning, match=r"cannot write the summary files \(Read-only file system"):
+        res = run_experiment(**kw)
+    assert len(res) == 1 and "summary_paths" not in res.attrs

@@ -359,3 +359,19 @@ def test_no_ceiling_flag_when_early_stopping_decides():
     assert still_improving_at_ceiling(best_epoch=5, epochs_run=5, epochs=5, stopped_early=False)
     assert not still_improving_at_ceiling(best_epoch=3, epochs_run=5, epochs=5, stopped_early=False)  # fell back
     assert not still_improving_at_ceiling(best_epoch=2, epochs_run=5, epochs=10, stopped_early=True)
+
+
+def test_read_only_out_is_one_line(tiny_demo, tmp_path, monkeypatch):
+    """A study folder this user cannot write (issue 38, U35: an OSError traceback): one line naming
+    it and --out, before anything is created there."""
+    import os
+    from pathlib import Path
+
+    from mmss_lib.errors import TuneError
+
+    ro, real = tmp_path / "ro", os.access
+    ro.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **k: False if Path(p) == ro else real(p, m, *a, **k))
+    with pytest.raises(TuneError, match=r"/ro: not writable; mmss tune writes .* give a writable --out"):
+        _tune(tiny_demo, ro, n_trials=1, parallel=1, system="bimpm", base_config=_base(model_options={}))
+    assert not list(ro.iterdir())

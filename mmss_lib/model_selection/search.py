@@ -38,8 +38,23 @@ The search (issue "Every system at its best"):
   the CPU and wall seconds of every trial are recorded (systems differ in cost).
 - **On disk**: a killed ``mmss tune`` continues where it stopped (finished trials kept, a trial
   killed mid-way resumed from its ``last.pt``); a finished study is not rerun (its outputs are
-  rewritten from the storage). A storage of another study, another dataset or other settings is
-  refused, naming it; nothing is deleted.
+  rewritten from the storage). A storage of another study, another dataset, other feature stores
+  (its trials would mix two inputs) or other settings is refused, naming it; nothing is deleted.
+  ``--trials`` below the finished trials a study holds is refused (best.json would name a budget it
+  does not describe). A journal that is truncated or edited is refused naming the file and line
+  before Optuna appends to it.
+- **Domains**: every ``--space`` range or choice is checked against its parameter's valid domain
+  (:data:`mmss_lib.models.registry.PARAM_DOMAINS`: dropout in [0, 1), a learning rate in (0, 1],
+  weight decay >= 0, integer counts integral) before any trial; so is every value of a best.json.
+- **Transient failures**: a trial that fails on the machine rather than on its settings (disk full,
+  a killed worker, out of memory: :attr:`mmss_lib.training.executors.JobResult.transient`) is not
+  counted: its settings are enqueued again and the command stops with one line; rerunning it once
+  the cause is gone retries them (best.json's ``n_transient`` counts such failures). A trial whose
+  settings cannot even be built is told FAIL, never left RUNNING (every rerun failed on it).
+- **Shared storage**: one ``mmss tune`` per study. A ``--storage`` records the study folder that
+  trains it; another ``--out`` on the same storage (which would train a running trial a second
+  time) is refused with one line. More trials at once: ``--parallel`` with local workers or
+  ``--executor ray``.
 
 ``mmss train --tuned DIR`` (and ``run_experiment(tuned=DIR)``, notebook 02's ``tuned``) takes each
 system's ``best.json`` from ``DIR`` (:func:`mmss_lib.model_selection.tuned.apply_tuned`); a variant without its own study (an MM-SS
@@ -810,6 +825,7 @@ def write_outputs(study, sdir: Path, sp: dict, cfg, budget: dict) -> dict:
         "n_complete": len(complete),
         "n_pruned": int((df["state"] == "pruned").sum()),
         "n_failed": int((df["state"] == "fail").sum()),
+        "n_transient": sum(bool(t.user_attrs.get("transient")) for t in study.get_trials(deepcopy=False)),
         "budget": budget,
         "cpu_seconds": float(df["cpu_seconds"].fillna(0).sum()),
         "wall_seconds": float(df["wall_seconds"].fillna(0).sum()),

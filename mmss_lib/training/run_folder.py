@@ -396,7 +396,7 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
             raise RunInUseError(
                 f"{run_dir}: this {what} is in use by another process (PID {holder}) that "
                 "trains or writes it now; wait until it has finished (a finished run is then "
-                "skipped) or give another runs folder"
+                "skipped) or give another " + ("--out" if what.startswith("study") else "runs folder")
             ) from None
         except OSError as exc:  # a file system without locks (ENOLCK): go on unlocked, say so
             import warnings
