@@ -375,3 +375,41 @@ def test_read_only_out_is_one_line(tiny_demo, tmp_path, monkeypatch):
     with pytest.raises(TuneError, match=r"/ro: not writable; mmss tune writes .* give a writable --out"):
         _tune(tiny_demo, ro, n_trials=1, parallel=1, system="bimpm", base_config=_base(model_options={}))
     assert not list(ro.iterdir())
+
+
+def test_study_from_before_feature_records_is_checked_against_its_trials(tmp_path):
+    """A study started before studies recorded their stores (issue 38, U28): compared with the
+    stores its trials' config.json record; the same stores are adopted with one warning, other
+    ones refused (the probe's copied 32-token study continued on 64-token features)."""
+    import json
+
+    from mmss_lib.errors import TuneError
+    from mmss_lib.model_selection import search
+
+    class Study:
+        def __init__(self):
+            self.user_attrs = {}
+
+        def set_user_attr(self, k, v):
+            self.user_attrs[k] = v
+
+    manifest = {"kind": "text", "dim": 4, "n_items": 10, "n_rows": 320, "content_fingerprint": "content-v1:ab"}
+    (tmp_path / "trials" / "trial0000").mkdir(parents=True)
+    (tmp_path / "trials" / "trial0000" / "config.json").write_text(json.dumps({"features": {"text_rvw": manifest}}))
+    now = {"text_rvw": {**manifest, "settings": {"max_len": 32}}}
+    study = Study()
+    with pytest.warns(UserWarning, match="started before studies recorded their feature stores"):
+        search._check_study_features(study, "demo/home/mmss", {"features": now}, "j", tmp_path)
+    assert study.user_attrs["features"] == now
+    with pytest.raises(TuneError, match=r"other features: feature store text_rvw \(n_rows 320 -> 640\)"):
+        search._check_study_features(
+            Study(), "demo/home/mmss", {"features": {"text_rvw": {**manifest, "n_rows": 640}}}, "j", tmp_path
+        )
+    with pytest.raises(TuneError, match=r"text_rvw \(max_len 32 -> 64\)"):  # a study that records them
+        search._check_study_features(
+            study,
+            "demo/home/mmss",
+            {"features": {"text_rvw": {**manifest, "settings": {"max_len": 64}}}},
+            "j",
+            tmp_path,
+        )
