@@ -595,6 +595,9 @@ def tune(
     from mmss_lib.training.config import check_device_available
 
     check_device_available(cfg.device)
+    from mmss_lib.training.config import check_finetune_systems
+
+    check_finetune_systems(cfg, SYSTEMS)
     check_option_values(system, cfg.model_options)
     base_params = base_values(cfg, sp)
     sp = with_base(sp, base_params)

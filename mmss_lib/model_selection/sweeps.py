@@ -168,6 +168,10 @@ def run_experiment(
     from mmss_lib.training.trainer import _check_model_options
 
     check_device_available(base.device)  # --device cuda without a GPU: before the data is loaded
+    from mmss_lib.models.registry import SYSTEMS
+    from mmss_lib.training.config import check_finetune_systems
+
+    check_finetune_systems(base, SYSTEMS)
     for system, _, options in specs + [e[1:] for e in extras]:  # model options (--option) checked before any run starts
         if not is_floor(system):
             _check_model_options(system, {**base.model_options, **options})

@@ -31,6 +31,18 @@ def check_device_name(device) -> None:
         raise DataError(f"TrainConfig.device={device!r} (--device): expected auto, cpu, cuda, cuda:N or mps")
 
 
+def check_finetune_systems(cfg, known) -> None:
+    """``finetune_systems`` names among ``known`` (the registry's systems; passed in by the caller:
+    the configuration imports nothing of the models), refused naming the option otherwise (an
+    unknown name was accepted silently)."""
+    unknown = [x for x in cfg.finetune_systems if x not in known]
+    if unknown:
+        raise DataError(
+            f"TrainConfig.finetune_systems={cfg.finetune_systems!r} (--finetune-systems): unknown "
+            f"system(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+
+
 def check_device_available(device: str) -> None:
     """Before any run starts: a CUDA device asked for on a machine without one (torch said "Found no
     NVIDIA driver" after the data was loaded), or a CUDA index the machine does not have."""
@@ -114,14 +126,6 @@ class TrainConfig:
         if self.text_mode != "cached" and not self.text_model:
             raise DataError(f"TrainConfig.text_mode={self.text_mode!r} needs text_model (a HF name or local folder)")
         self.finetune_systems = [str(x) for x in (self.finetune_systems or [])]
-        from mmss_lib.models.registry import SYSTEMS
-
-        unknown = [x for x in self.finetune_systems if x not in SYSTEMS]
-        if unknown:
-            raise DataError(
-                f"TrainConfig.finetune_systems={self.finetune_systems!r} (--finetune-systems): unknown "
-                f"system(s) {', '.join(unknown)}; known: {', '.join(SYSTEMS)}"
-            )
         check_device_name(self.device)
         self.model_options = dict(self.model_options or {})
 
