@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from mmss_lib.data.mrhp import check_item_id
-from mmss_lib.errors import DataError, ModelNotAvailableError
+from mmss_lib.errors import CheckpointError, DataError, ModelNotAvailableError
 from mmss_lib.training.checkpoints import load_checkpoint
 
 PRODUCT_FIELDS = ("text", "image_files", "product_id")
@@ -244,6 +245,8 @@ def predict(
     if any(image_lists):  # region features with the recorded detector settings
         extractor = _region_extractor(rman, extractor, detector_weights, allow_random_weights, device)
     dt, dr = int(ck["text_dim"]), int(ck["region_dim"])
+    if not on_the_fly:  # the weights fit the recorded system, before any encoder is loaded
+        _load_weights(build_model(TrainConfig.from_json({**ck["config"], "device": "cpu"}), dt, dr), ck, path)
     no_regions = {
         "x": np.zeros((0, dr), np.float16),
         "boxes": np.zeros((0, 4), np.float32),
@@ -281,7 +284,7 @@ def predict(
         split = MRHPSplitData(frame, products, stores, caps=ReadCaps.of(cfg), keep_texts=on_the_fly, name="predict")
         run_cfg = TrainConfig.from_json({**ck["config"], "device": device})
         model = build_model(run_cfg, dt, dr)  # on the fly: with its encoder
-        model.load_state_dict(ck["model"])
+        _load_weights(model, ck, path)
         model.eval()
         scores = np.zeros(split.n, dtype=np.float32)
         subs: dict[str, np.ndarray] = {}
@@ -300,6 +303,20 @@ def predict(
     return df
 
 
+def _load_weights(model, ck: dict, path) -> None:
+    """The checkpoint's weights into ``model``; weights of another system than its config names (an
+    edited config, a file of another run) are one line naming the file, not torch's state_dict dump."""
+    try:
+        model.load_state_dict(ck["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: its weights do not fit the {ck['config'].get('system')!r} model its config names "
+            f"({first[:160]}); the file was edited or belongs to another run: pass the run folder that "
+            "wrote it"
+        ) from None
+
+
 def _read_input(path: Path) -> tuple[dict, list[dict]]:
     try:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -314,6 +331,11 @@ def _read_input(path: Path) -> tuple[dict, list[dict]]:
         ) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(
+            f"{path}: JSON nested too deeply (more than Python's {sys.getrecursionlimit()} levels); expected "
+            "an object with 'product' and 'reviews'"
+        ) from None
     if not isinstance(obj, dict) or "product" not in obj or "reviews" not in obj:
         raise DataError(f"{path}: expected an object with 'product' and 'reviews'")
     _check_schema(obj["product"], obj["reviews"], where=str(path))
@@ -349,6 +371,15 @@ def cli_main(argv: list[str], prog: str = "mmss predict") -> int:
     args = ap.parse_args(argv)
     if args.batch_size is not None:
         _check_batch_size(args.batch_size)
+    if args.csv:  # before any scoring: the ranking would be computed, then not written
+        csv = Path(args.csv)
+        if csv.is_dir():
+            raise DataError(f"--csv {args.csv}: a folder; give the path of the CSV file to write")
+        up = csv.parent
+        while not up.exists() and up != up.parent:
+            up = up.parent
+        if up.exists() and not up.is_dir():
+            raise DataError(f"--csv {args.csv}: {up} is a file, not a folder")
     product, reviews = _read_input(Path(args.input))
     df = predict(
         args.run,

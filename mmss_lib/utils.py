@@ -1,4 +1,10 @@
-"""Small shared helpers: atomic writes, seeding, device choice."""
+"""Small shared helpers: atomic writes, seeding, device choice.
+
+Files written through :func:`atomic_path` get the mode a plain ``open(path, "w")`` would give them:
+0666 less the process's umask (0644 under the usual umask 0022, 0600 under 0077), not the 0600 of
+the temporary file they are written to first, so another user of a shared folder can read the
+tables, figures, data, manifests and runs when the umask allows it.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would stay after the rename
+    except OSError:
+        pass
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -33,6 +43,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux
+    ``/proc/self/status``), else set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # below this many free bytes a failed write (torch's "inline_container.cc ... file write failed"

@@ -46,6 +46,7 @@ from mmss_lib.errors import (
     PipelineError,
     RunInUseError,
     TrainingError,
+    TuneError,
 )
 
 DS, CAT = "demo", "cat"
@@ -1522,8 +1523,11 @@ def _explore_stopped(how: str):
     """`mmss explore` in a subprocess (temporary files under the case folder: TMPDIR). ``"sigterm"``:
     once a page is served and its kernel runs, SIGTERM to the mmss process alone (not its group,
     as `kill PID` or a service manager sends it): Voila, its kernels and the temporary notebook
-    folder go with it (Voila used to serve on). ``"port0"``: ``--port 0`` prints the port it
-    serves on (it printed ``:0``)."""
+    folder go with it (Voila used to serve on). ``"kill9"`` (issue 38, E4): the same with SIGKILL,
+    which runs no clean-up in `mmss explore`: Voila's supervisor dies with it and takes Voila, the
+    kernels and the folder along within seconds (they kept serving). ``"host"`` (E3): a request
+    with a foreign Host header, or without the printed token, gets no page (HTTP 200 before).
+    ``"port0"``: ``--port 0`` prints the port it serves on (it printed ``:0``)."""
 
     def act(ctx: Ctx):
         import re
@@ -1531,6 +1535,7 @@ def _explore_stopped(how: str):
         import subprocess
         import sys
         import time
+        import urllib.error
         import urllib.request
 
         import psutil
@@ -1556,10 +1561,10 @@ def _explore_stopped(how: str):
             line = ""
             while "serving" not in line and proc.poll() is None:
                 line = proc.stdout.readline()
-            m = re.search(r"at http://127\.0\.0\.1:(\d+)/", line)
+            m = re.search(r"at (http://127\.0\.0\.1:(\d+)/\?token=([0-9a-f]{32,}))\s", line)
             assert m, (line, (ctx.root / "explore.log").read_text()[-2000:])
-            assert int(m.group(1)) != 0 and (how == "port0" or m.group(1) == port), line
-            url, deadline = m.group(0)[3:], time.time() + 180
+            assert int(m.group(2)) != 0 and (how == "port0" or m.group(2) == port), line
+            url, deadline = m.group(1), time.time() + 180
             while True:  # the printed address serves the page
                 try:
                     with urllib.request.urlopen(url, timeout=60) as r:
@@ -1573,10 +1578,38 @@ def _explore_stopped(how: str):
             family = psutil.Process(proc.pid).children(recursive=True)
             assert any("ipykernel" in " ".join(p.cmdline()) for p in family), "no kernel runs the page"
             assert any(p.name.startswith("mmss-explore-") for p in tmp.iterdir())  # the served notebook
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(60) == 128 + signal.SIGTERM
-            _, alive = psutil.wait_procs(family, timeout=30)
-            assert not alive, f"still running after SIGTERM: {[' '.join(p.cmdline()[:4]) for p in alive]}"
+            if how == "host":
+                bare = url.split("?")[0]
+                for req in (
+                    urllib.request.Request(url, headers={"Host": "evil.example.com"}),
+                    urllib.request.Request(bare),
+                ):
+                    opener = urllib.request.build_opener(_NoRedirect)
+                    try:
+                        with opener.open(req, timeout=60) as r:
+                            body = r.read().lower()
+                            assert r.status != 200 or b"voila" not in body or b"login" in body, (req.headers, r.status)
+                    except urllib.error.HTTPError as e:
+                        assert e.code in (302, 403), (req.headers, e.code)
+                import http.cookiejar
+
+                jar = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+                jar.open(url, timeout=60).read()  # the token URL once: a login cookie, as a browser keeps it
+                with jar.open(bare, timeout=60) as r:
+                    assert r.status == 200 and b"login" not in r.geturl().encode()
+            proc.send_signal(signal.SIGKILL if how == "kill9" else signal.SIGTERM)
+            if how == "kill9":
+                assert proc.wait(10) == -signal.SIGKILL
+                t0 = time.time()
+                _, alive = psutil.wait_procs(family, timeout=20)
+                assert not alive, f"still running after kill -9: {[' '.join(p.cmdline()[:4]) for p in alive]}"
+                assert time.time() - t0 < 20
+                while list(tmp.iterdir()) and time.time() - t0 < 20:
+                    time.sleep(0.2)
+            else:
+                assert proc.wait(60) == 128 + signal.SIGTERM
+                _, alive = psutil.wait_procs(family, timeout=30)
+                assert not alive, f"still running after SIGTERM: {[' '.join(p.cmdline()[:4]) for p in alive]}"
             assert not list(tmp.iterdir()), f"left behind: {sorted(p.name for p in tmp.iterdir())}"
             return url
         finally:
@@ -1591,6 +1624,13 @@ def _explore_stopped(how: str):
                     pass
 
     return act
+
+
+class _NoRedirect(__import__("urllib.request").request.HTTPRedirectHandler):
+    """urllib without redirects: a refused request's 302 to the login page is seen as such."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
 
 
 def _alias_bomb(depth: int = 9, width: int = 9) -> str:
@@ -1679,6 +1719,311 @@ def _predict_many_reviews(ctx: Ctx, tiny: Path):
     got = df.set_index("review_id").loc[five["review_id"], "score"].to_numpy()
     np.testing.assert_array_equal(got, five["score"].to_numpy())
     return df
+
+
+# ------------------------------------------------------------------------------------ round 4 helpers
+# (issue 38 "Quality round 4": a rerun never returns stale results, studies stay one study, and
+# the new surfaces fail cleanly)
+
+R4 = 38
+
+
+def _mini_sweep(ctx: Ctx, features: str = "features", **kw):
+    """``run_experiment`` of one tiny MM-SS run on ``demo/mini`` (torch's thread count restored)."""
+    import torch
+
+    from mmss_lib.model_selection.sweeps import run_experiment
+
+    threads = torch.get_num_threads()
+    try:
+        return run_experiment(
+            **{
+                **dict(
+                    data_root=ctx.root / "data",
+                    dataset=DS,
+                    categories=[MINI],
+                    features_root=ctx.root / features,
+                    runs_root=ctx.root / "runs",
+                    systems=["mmss"],
+                    seeds=[0],
+                    base_config=_mini_cfg(),
+                    progress=False,
+                ),
+                **kw,
+            }
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _relabel(ctx: Ctx, split: str = "train") -> None:
+    p = ctx.root / "data" / DS / MINI / f"{MINI}.rel.{split}"
+    obj = json.loads(p.read_text())
+    obj["upvotes"] = {k: (int(v) + 1) % 4 for k, v in obj["upvotes"].items()}
+    p.write_text(json.dumps(obj))
+
+
+def _rerun_after_relabel(ctx: Ctx):
+    """O30: the data regenerated with other labels (texts, images and stores unchanged), then the
+    same `mmss train` on the old runs folder: it returned the old run's metrics."""
+    _mini_category(ctx)
+    _mini_sweep(ctx)
+    _relabel(ctx, "test")
+    ctx.protect()
+    return _mini_sweep(ctx)
+
+
+def _other_text_features(ctx: Ctx, root: str = "features64"):
+    """A copy of the mini stores whose text_rvw holds 5 token rows per review instead of 3 (as a
+    store extracted at another --text-max-len: same texts, same content fingerprint)."""
+    from mmss_lib.features.store import FeatureStore, write_store
+
+    src, dst = ctx.root / "features", ctx.root / root
+    shutil.copytree(src, dst)
+    path = dst / DS / MINI / "text_rvw"
+    old = FeatureStore(path)
+    manifest = {k: old.manifest[k] for k in ("dataset", "category", "store", "content_fingerprint")}
+    ids = [i for s in old.manifest["shards"] for i in json.loads((path / s / "ids.json").read_text())]
+    shutil.rmtree(path)
+    rng = np.random.default_rng(1)
+    write_store(
+        path, {i: {"x": rng.normal(size=(5, TINY_DT))} for i in ids}, kind="text", dim=TINY_DT, manifest=manifest
+    )
+
+
+def _rerun_other_features(ctx: Ctx):
+    """O29: a finished run, then `mmss train --features F64` (other text features) on its runs folder:
+    it returned the run trained on the first stores, without a word."""
+    _mini_category(ctx)
+    _mini_sweep(ctx)
+    _other_text_features(ctx)
+    ctx.protect()
+    return _mini_sweep(ctx, features="features64")
+
+
+def _mini_tune(ctx: Ctx, features: str = "features", **kw):
+    """``mmss tune`` (the library call) of a tiny MM-SS study on ``demo/mini``, one trial at a time."""
+    import torch
+
+    from mmss_lib.model_selection.search import tune
+
+    threads = torch.get_num_threads()
+    try:
+        return tune(
+            **{
+                **dict(
+                    data_root=ctx.root / "data",
+                    dataset=DS,
+                    category=MINI,
+                    features_root=ctx.root / features,
+                    tune_root=ctx.root / "tune",
+                    system="mmss",
+                    base_config=_mini_cfg(),
+                    n_trials=1,
+                    parallel=1,
+                    progress=False,
+                ),
+                **kw,
+            }
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _study_other_features(ctx: Ctx):
+    """U28: a finished study continued with `--features F64 --trials 2`: its trials would mix two
+    feature sets (it was accepted, and best.json chose among both)."""
+    _mini_category(ctx)
+    _mini_tune(ctx)
+    _other_text_features(ctx)
+    ctx.protect()
+    return _mini_tune(ctx, features="features64", n_trials=2)
+
+
+def _best_json(edit: dict | None = None, *, drop: tuple = (), params: dict | None = None):
+    """`mmss train --tuned` (``apply_tuned``) of a hand-written best.json of demo/mini mmss with
+    ``edit`` applied to its fields and ``params`` to its params (T4-T14 of the probe)."""
+
+    def act(ctx: Ctx):
+        from mmss_lib.model_selection.tuned import apply_tuned
+
+        best = {
+            "study": f"{DS}/{MINI}/mmss",
+            "system": "mmss",
+            "variant": "full",
+            "dataset": DS,
+            "category": MINI,
+            "trial": 1,
+            "dev_MAP": 0.5,
+            "params": {"lr": 1e-3, "n_neg": 3, "dropout": 0.1, "batch_size": 16, "weight_decay": 0.0},
+        }
+        best.update(edit or {})
+        best["params"] = {**best["params"], **(params or {})} if params != {} else {}
+        for k in drop:
+            best["params"].pop(k, None)
+        path = ctx.root / "tune" / DS / MINI / "mmss" / "best.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(best, allow_nan=True))
+        ctx.protect()
+        return apply_tuned(_mini_cfg(), ctx.root / "tune", DS, MINI)
+
+    return act
+
+
+def _study_journal_damaged(how: str):
+    """U32-U34: a finished study whose ``study.journal`` lost its last bytes, half its bytes, or got
+    a garbage line, continued: Optuna's JSONDecodeError traceback named no file."""
+
+    def act(ctx: Ctx):
+        _mini_category(ctx)
+        _mini_tune(ctx)
+        journal = ctx.root / "tune" / DS / MINI / "mmss" / "study.journal"
+        data = journal.read_bytes()
+        if how == "tail":
+            journal.write_bytes(data[:-100])
+        elif how == "half":
+            journal.write_bytes(data[: len(data) // 2])
+        else:
+            lines = data.splitlines(keepends=True)
+            journal.write_bytes(b"".join(lines[:3] + [b'{"op_code": 99, "garbage": true\n'] + lines[3:]))
+        ctx.protect()
+        return _mini_tune(ctx, n_trials=2)
+
+    return act
+
+
+def _atomic_file_modes(ctx: Ctx):
+    """X1: every file written through utils.atomic_path was 0600 whatever the umask (another user
+    of a shared folder got "Permission denied" on the tables)."""
+    import stat
+
+    from mmss_lib.utils import atomic_write_json
+
+    ctx.protect()
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        old = os.umask(mask)
+        try:
+            atomic_write_json(ctx.root / f"out{mask:o}" / "table.json", {"MAP": 0.5})
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((ctx.root / f"out{mask:o}" / "table.json").stat().st_mode) == mode
+
+
+def _duplicate_row_key(ctx: Ctx):
+    """DA5: row key "1" written twice in every column of rvw.train and rel.train (review
+    B000000001-1 given the key of B000000001-0): json kept the last entry, one review fewer, rc 0."""
+    ctx.mrhp()
+    for kind in ("rvw", "rel"):
+        p = ctx.split_path(kind)
+        text = p.read_text()
+        p.write_text(text.replace('"1":', '"0":'))
+    ctx.protect()
+    return ctx.load()
+
+
+def _stats_product_in_two_splits(ctx: Ctx):
+    """Case 19: `mmss stats` on data with a training product also in the test split: counted twice,
+    rc 0 (train refuses it); now flagged: a warning naming both files and the id, and a count."""
+    from mmss_lib.data.mrhp import dataset_stats
+
+    _mini_category(ctx, leak="product")
+    ctx.protect()
+    with pytest.warns(UserWarning) as seen:
+        st = dataset_stats(ctx.root / "data", DS, [MINI])
+    assert st.attrs["ids_in_two_splits"] == {MINI: 5}  # the product and its four reviews (same ids)
+    raise DataError(str(seen[0].message))
+
+
+def _product_without_reviews(ctx: Ctx):
+    """DA10: a product row without any review was counted without a word: now a warning naming the
+    file and the product (it is still counted: nothing to rank is not an error)."""
+    ctx.mrhp()
+    p = ctx.split_path("prd")
+    obj = json.loads(p.read_text())
+    for col, v in (("product_id", "B000000009"), ("name", "lonely"), ("description", ["x"]), ("img_url", [])):
+        obj[col]["2"] = v
+    p.write_text(json.dumps(obj))
+    ctx.protect()
+    with pytest.warns(UserWarning, match=r"cat\.prd\.train: 1 of 3 product\(s\) have no review .*'B000000009'"):
+        prd, _ = ctx.load()
+    assert len(prd) == 3 and prd.attrs["without_reviews"] == 1
+
+
+TUNE_ARGS = (
+    "tune",
+    "--data-root",
+    "{root}/data",
+    "--dataset",
+    "demo",
+    "--categories",
+    "c",
+    "--features",
+    "{root}/f",
+    "--out",
+    "{root}/tune",
+    "--no-progress",
+)
+
+
+def _num_threads_oversubscribed(ctx: Ctx):
+    """--num-threads 1000 on a 2-core machine ran 3x slower without a word: now a warning."""
+    from mmss_lib.model_selection.sweeps import build_parser, check_common_args
+
+    ctx.protect()
+    args = build_parser("mmss train").parse_args(
+        [a.format(root=ctx.root) for a in TRAIN_ARGS[1:]] + ["--num-threads", "1000"]
+    )
+    with pytest.warns(UserWarning, match=r"--num-threads 1000: more threads than this machine's \d+ core"):
+        check_common_args(args)
+
+
+def _device_cuda_without_gpu(ctx: Ctx):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    return _cli(*TRAIN_ARGS, "--device", "cuda")(ctx)
+
+
+def _predict_nested(ctx: Ctx):
+    """P6: predict input nested 100,000 levels deep: a RecursionError traceback."""
+    (ctx.root / "in.json").write_text('{"product": ' + "[" * 100_000 + "]" * 100_000 + ', "reviews": []}')
+    return _cli("predict", "--run", "{root}", "--input", "{root}/in.json")(ctx)
+
+
+def _predict_csv_folder(ctx: Ctx):
+    """P16: `--csv` an existing folder: refused before any scoring (it failed after 12 s of it)."""
+    (ctx.root / "csvdir").mkdir()
+    return _cli("predict", "--run", "{root}/norun", "--input", "{root}/none.json", "--csv", "{root}/csvdir")(ctx)
+
+
+def _predict_other_system_checkpoint(ctx: Ctx, tiny: Path):
+    """P11: a best.pt whose config says ``mcr`` but holds MM-SS weights: a state_dict traceback after
+    the encoders had loaded; now one line naming the file before any encoder is loaded."""
+    import torch
+
+    from mmss_lib.predict import predict
+    from mmss_lib.training.trainer import train_run
+
+    run = ctx.root / "run"
+    threads = torch.get_num_threads()
+    try:
+        train_run(
+            _mini_cfg(),
+            data_root=tiny / "data",
+            dataset=DS,
+            category="tiny",
+            features_root=tiny / "features",
+            run_dir=run,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    ck = torch.load(run / "best.pt", weights_only=True)
+    ck["config"] = {**ck["config"], "system": "mcr", "model_options": {}}
+    torch.save(ck, run / "best.pt")
+    ctx.protect()
+    return predict(run, {"text": "a product"}, [{"review_id": "r0", "text": "fine"}], encoder=_HashEncoder())
 
 
 # ------------------------------------------------------------------------------------ the corpus
@@ -2813,6 +3158,22 @@ CASES = [
         issue=R3,
     ),
     C(
+        "explore_kill9",
+        "explore",
+        _explore_stopped("kill9"),
+        policy="mmss_lib.explore.serve: on its parent's death, SIGTERM or SIGINT stops Voila as Ctrl-C does",
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "explore_foreign_host_no_token",
+        "explore",
+        _explore_stopped("host"),
+        policy="mmss_lib.explore.app: a page served under another name, as DNS rebinding does, is refused with 403",
+        fixed=True,
+        issue=R4,
+    ),
+    C(
         "explore_port_70000",
         "explore",
         _cli("explore", "--runs", "{root}/runs", "--port", "70000"),
@@ -2974,6 +3335,437 @@ CASES = [
         needs=("tiny_category",),
         fixed=True,
         issue=R3,
+    ),
+    # ---- issue 38: a rerun never returns a result computed from other inputs
+    C(
+        "rerun_after_labels_changed",
+        "train",
+        _rerun_after_relabel,
+        DataError,
+        (
+            r"runs/demo/mini/mmss/seed0",
+            "finished run was trained on other inputs",
+            r"labels \(mini\.rel\.test changed\)",
+            "--runs",
+            "--retrain",
+        ),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "rerun_other_text_features",
+        "train",
+        _rerun_other_features,
+        DataError,
+        ("finished run was trained on other inputs", r"feature store text_rvw \(n_rows", "--retrain"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "study_continued_other_features",
+        "tune",
+        _study_other_features,
+        TuneError,
+        (r"study\.journal", "was run on other features", r"feature store text_rvw \(n_rows", "mix two inputs", "--out"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_n_neg_2_7",
+        "train",
+        _best_json(params={"n_neg": 2.7}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "n_neg=2.7", "expected an integer in"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_other_category",
+        "train",
+        _best_json({"dataset": "amazon", "category": "clothing", "study": "amazon/clothing/mmss"}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "amazon/clothing/mmss", "another dataset's or category's best.json"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_empty_params",
+        "train",
+        _best_json(params={}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "'params' is empty", "recorded as tuned"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_lr_string",
+        "train",
+        _best_json(params={"lr": "0.001"}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "lr='0.001'", "expected a number in"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_lr_nan",
+        "train",
+        _best_json(params={"lr": float("nan")}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "lr=nan", "a positive Adam learning rate"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_lr_1e9",
+        "train",
+        _best_json(params={"lr": 1e9}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "lr=1000000000.0", "at most 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_unknown_key",
+        "train",
+        _best_json(params={"foo": 1}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "parameter 'foo' is not in mmss's search space"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_dropout_5",
+        "train",
+        _best_json(params={"dropout": 5.0}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "dropout=5.0", r"\[0, 1\)"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_n_neg_abc",
+        "train",
+        _best_json(params={"n_neg": "abc"}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "n_neg='abc'", "expected an integer"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_sub_log_var_1e300",
+        "train",
+        _best_json(params={"sub_log_var_init": 1e300}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", r"sub_log_var_init=1e\+300", r"\[-10, 10\]"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "best_json_batch_size_1e9",
+        "train",
+        _best_json(params={"batch_size": 1e9}),
+        TuneError,
+        (r"tune/demo/mini/mmss/best\.json", "batch_size=1000000000.0", "an integer in"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "study_journal_tail",
+        "tune",
+        _study_journal_damaged("tail"),
+        TuneError,
+        (r"mmss/study\.journal", "the study's journal cannot be read", "truncated or edited", "--out"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "study_journal_half",
+        "tune",
+        _study_journal_damaged("half"),
+        TuneError,
+        (r"mmss/study\.journal", "the study's journal cannot be read", "truncated or edited", "--out"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "study_journal_garbage",
+        "tune",
+        _study_journal_damaged("garbage"),
+        TuneError,
+        (r"mmss/study\.journal", "the study's journal cannot be read", "truncated or edited", "--out"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "atomic_files_umask",
+        "train",
+        _atomic_file_modes,
+        policy="mmss_lib.utils: not the 0600 of the temporary file they are written to first",
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "json_duplicate_row_key",
+        "loader",
+        _duplicate_row_key,
+        DataError,
+        (REL_OR_RVW, "row key '0' appears twice", "a row lost"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "stats_product_in_two_splits",
+        "loader",
+        _stats_product_in_two_splits,
+        DataError,
+        (r"mini\.prd\.train", r"mini\.prd\.test", "'Ptrain0'", "disjoint", "mmss train refuses it"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "label_1e300",
+        "loader",
+        _labels(1e300),
+        DataError,
+        (REL, "row 2", "'upvotes'", "out of range"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "product_without_reviews",
+        "loader",
+        _product_without_reviews,
+        policy="mmss_lib.data.mrhp: A product without any review is counted and named in a warning",
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "threshold_1e9",
+        "train",
+        _cli(*TRAIN_ARGS, "--threshold", "1e9"),
+        CliFailed,
+        ("--threshold", "from 0 to below 4", "no review relevant"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "threshold_minus_5",
+        "train",
+        _cli(*TRAIN_ARGS, "--threshold", "-5"),
+        CliFailed,
+        ("--threshold", "every review relevant"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "ssp_alpha1_minus_5",
+        "train",
+        _cli(*TRAIN_ARGS, "--ssp-alpha1", "-5"),
+        CliFailed,
+        (r"ssp_alpha1=-5\.0 \(--ssp-alpha1\)", ">= 0"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "ssp_pivot_1e9",
+        "train",
+        _cli(*TRAIN_ARGS, "--ssp-pivot", "1e9"),
+        CliFailed,
+        ("--ssp-pivot", "from 0 to 4"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "ssp_record_seeds_minus_1",
+        "train",
+        _cli(*TRAIN_ARGS, "--ssp-record-seeds", "-1"),
+        CliFailed,
+        ("--ssp-record-seeds", r"integers >= 0"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "finetune_systems_bogus",
+        "train",
+        _cli(*TRAIN_ARGS, "--finetune-systems", "bogus"),
+        CliFailed,
+        ("--finetune-systems", "unknown system", "bogus"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "option_subtasks_empty",
+        "train",
+        _cli(*TRAIN_ARGS, "--option", "subtasks=[]"),
+        CliFailed,
+        ("--option subtasks=", "at least one subtask", "mmss:VARIANT"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "option_d_minus_5",
+        "train",
+        _cli(*TRAIN_ARGS, "--option", "d=-5"),
+        CliFailed,
+        ("--option d=-5", "an integer >= 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "option_d_0",
+        "train",
+        _cli(*TRAIN_ARGS, "--option", "d=0"),
+        CliFailed,
+        ("--option d=0", "an integer >= 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "option_dropout_5",
+        "train",
+        _cli(*TRAIN_ARGS, "--option", "dropout=5.0"),
+        CliFailed,
+        ("--option dropout=5.0", "a probability from 0 to below 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "device_bogus",
+        "train",
+        _cli(*TRAIN_ARGS, "--device", "bogus"),
+        CliFailed,
+        ("--device", "bogus", "auto, cpu, cuda"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "fold_seed_minus_1",
+        "train",
+        _cli(*TRAIN_ARGS, "--folds", "2", "--fold-seed", "-1"),
+        CliFailed,
+        ("--fold-seed -1", "0 to 4294967295"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "extract_features_a_file",
+        "extract",
+        _cli(
+            "extract",
+            "--data-root",
+            "{root}/data",
+            "--dataset",
+            "demo",
+            "--categories",
+            "c",
+            "--features",
+            "/etc/passwd",
+            "--text-model",
+            "none",
+        ),
+        CliFailed,
+        ("--features /etc/passwd", "a file, not a folder"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_storage_bogus_url",
+        "tune",
+        _cli(*TUNE_ARGS, "--storage", "bogus://x"),
+        CliFailed,
+        ("--storage 'bogus://x'", "not a database URL"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_storage_missing_folder",
+        "tune",
+        _cli(*TUNE_ARGS, "--storage", "{root}/nodir/j.journal"),
+        CliFailed,
+        ("nodir", "does not exist"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_space_twice",
+        "tune",
+        _cli(*TUNE_ARGS, "--space", "lr=1e-5:1e-3", "--space", "lr=1e-4:2e-4"),
+        CliFailed,
+        ("lr is already given", "give each parameter once"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_space_dropout_0_5",
+        "tune",
+        _cli(*TUNE_ARGS, "--space", "dropout=0:5"),
+        CliFailed,
+        ("dropout=5", r"\[0, 1\)"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_space_lr_1e9",
+        "tune",
+        _cli(*TUNE_ARGS, "--space", "lr=1e-5:1e9"),
+        CliFailed,
+        ("lr=1e\\+?0?9|lr=1000000000", "at most 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "tune_space_weight_decay_negative",
+        "tune",
+        _cli(*TUNE_ARGS, "--space", "weight_decay=-1,-2,-3"),
+        CliFailed,
+        ("weight_decay=-1", ">= 0"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "num_threads_1000",
+        "train",
+        _num_threads_oversubscribed,
+        policy="mmss_lib.model_selection.sweeps: more threads than this machine's",
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "device_cuda_without_gpu",
+        "train",
+        _device_cuda_without_gpu,
+        CliFailed,
+        ("--device cuda", "no CUDA device on this machine", "--device cpu"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "predict_nested_100000",
+        "predict",
+        _predict_nested,
+        CliFailed,
+        (r"in\.json", "nested too deeply"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "predict_csv_a_folder",
+        "predict",
+        _predict_csv_folder,
+        CliFailed,
+        ("--csv", "csvdir", "a folder"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "predict_checkpoint_other_system",
+        "predict",
+        _predict_other_system_checkpoint,
+        CheckpointError,
+        (r"run/best\.pt", "do not fit the 'mcr' model", "another run"),
+        needs=("tiny_category",),
+        fixed=True,
+        issue=R4,
     ),
 ]
 

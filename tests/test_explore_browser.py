@@ -10,6 +10,7 @@ Skipped, with the reason, where Chromium, its driver, Selenium or Voila is missi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -92,9 +93,18 @@ def served(browser_stack, tmp_path_factory):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # its own process group: voila goes with it
-    url = f"http://127.0.0.1:{port}/"
+    url = None  # the printed address, with its token (issue 38: the server asks for one)
     try:
         deadline = time.time() + 90
+        while url is None:
+            log.flush()
+            m = re.search(r"at (http://127\.0\.0\.1:\d+/\?token=[0-9a-f]+)\s", (root / "explore.log").read_text())
+            if m:
+                url = m.group(1)
+            elif proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"mmss explore printed no address:\n{(root / 'explore.log').read_text()[-3000:]}")
+            else:
+                time.sleep(0.2)
         while True:
             try:
                 with urllib.request.urlopen(url, timeout=5) as r:

@@ -150,3 +150,108 @@ def test_run_lock_in_a_folder_without_write_permission(tmp_path):
             assert not p.exists()
     finally:
         run.chmod(0o755)
+
+
+def test_inputs_changed_refused_retrain_and_legacy_runs(tiny_demo, tmp_path):
+    """A run is its inputs (issue 38): a finished run whose labels changed is refused naming them,
+    ``retrain`` trains it again on the new labels, and a run from before inputs were recorded is
+    accepted with one warning and recorded from then on."""
+    import shutil
+    import warnings
+    from dataclasses import replace
+
+    from mmss_lib.model_selection.sweeps import run_experiment
+    from mmss_lib.training.trainer import TrainConfig
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_demo / "data", data)
+    base = TrainConfig(epochs=1, patience=1, batch_size=8, device="cpu", threshold=1.0, n_neg=2, num_threads=1)
+    kw = dict(
+        data_root=data,
+        dataset="demo",
+        categories=["home"],
+        features_root=tiny_demo / "features",
+        runs_root=tmp_path / "runs",
+        systems=["length", "egcnn"],
+        seeds=[0],
+        base_config=base,
+        progress=False,
+        summary=False,
+    )
+    first = run_experiment(**kw)
+    rd = RF.run_dir_for(tmp_path / "runs", "demo", "home", "length", "full", 0)
+    rec = json.loads((rd / RF.INPUTS).read_text())
+    assert set(rec["data"]) >= {"home.rel.test", "home.rvw.train", "home.prd.dev"} and rec["features"] == {}
+    egcnn = json.loads((RF.run_dir_for(tmp_path / "runs", "demo", "home", "egcnn", "full", 0) / RF.INPUTS).read_text())
+    assert set(egcnn["features"]) == {"text_prd", "text_rvw", "region_prd", "region_rvw"}
+    # the labels of the test split change: refused before any run, nothing rewritten
+    rel = data / "demo" / "home" / "home.rel.test"
+    obj = json.loads(rel.read_text())
+    obj["upvotes"] = {k: 4 - int(v) for k, v in obj["upvotes"].items()}
+    rel.write_text(json.dumps(obj))
+    stamp = (rd / "metrics.json").stat().st_mtime_ns
+    with pytest.raises(RF.StaleRunError, match=r"seed0: this finished run .* labels \(home\.rel\.test changed\)"):
+        run_experiment(**kw)
+    assert (rd / "metrics.json").stat().st_mtime_ns == stamp
+    again = run_experiment(**kw, retrain=True)
+    assert list(again["MAP"]) != list(first["MAP"])  # scored on the new labels (reversed)
+    assert json.loads((rd / RF.INPUTS).read_text())["data"]["home.rel.test"] != rec["data"]["home.rel.test"]
+    # a run of an older version (no inputs.json): one warning, then its inputs are recorded
+    (rd / RF.INPUTS).unlink()
+    with pytest.warns(UserWarning, match="written before runs recorded their inputs"):
+        run_experiment(**kw)
+    assert json.loads((rd / RF.INPUTS).read_text())["adopted"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_experiment(**{**kw, "base_config": replace(base, num_threads=2)})
+
+
+def test_input_changes_name_what_changed():
+    old = {
+        "data": {"home.rel.train": "a", "home.rvw.train": "b"},
+        "features": {"text_rvw": {"n_rows": 3, "settings": {"max_len": 32}}},
+    }
+    new = {
+        "data": {"home.rel.train": "c", "home.rvw.train": "b"},
+        "features": {"text_rvw": {"n_rows": 5, "settings": {"max_len": 64}}},
+    }
+    assert RF.input_changes(old, old) == []
+    assert RF.input_changes(old, new) == [
+        "labels (home.rel.train changed)",
+        "feature store text_rvw (n_rows 3 -> 5, max_len 32 -> 64)",
+    ]
+    # a legacy record (features only, no settings) compares what it has
+    assert RF.input_changes({"features": {"text_rvw": {"n_rows": 3}}}, new) == [
+        "feature store text_rvw (n_rows 3 -> 5)"
+    ]
+
+
+def test_read_only_runs_folder_returns_the_results(tiny_demo, tmp_path, monkeypatch):
+    """Every run finished in a runs folder that cannot be written (issue 38, O31: an OSError traceback,
+    no table): the results come back with one warning; the summary files are not written."""
+    import errno
+
+    import mmss_lib.evaluation.summary as S
+    from mmss_lib.model_selection.sweeps import run_experiment
+    from mmss_lib.training.trainer import TrainConfig
+
+    kw = dict(
+        data_root=tiny_demo / "data",
+        dataset="demo",
+        categories=["home"],
+        features_root=tiny_demo / "features",
+        runs_root=tmp_path,
+        systems=["length"],
+        seeds=[0],
+        base_config=TrainConfig(device="cpu", threshold=1.0, num_threads=1),
+        progress=False,
+    )
+    run_experiment(**kw)
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".summary.csv.tmp"))
+
+    monkeypatch.setattr(S, "write_summaries", read_only)
+    with pytest.warns(UserWarning, match=r"cannot write the summary files \(Read-only file system"):
+        res = run_experiment(**kw)
+    assert len(res) == 1 and "summary_paths" not in res.attrs

@@ -198,6 +198,14 @@ def _cli(args, capsys):
         (["--space", "n_neg="], "no value given"),
         (["--space", "lr=2e-4:1e-3"], "base setting lr=0.0001 lies outside"),
         (["--trials", "0"], "a budget of 0 trials"),
+        # issue 38: ranges and choices outside the parameter's domain, before any trial
+        (["--space", "dropout=0:5"], "dropout=5: expected a number in [0, 1)"),
+        (["--space", "lr=1e-5:1e9"], "a positive Adam learning rate, at most 1"),
+        (["--space", "weight_decay=-1,-2,-3"], "weight_decay=-1: expected a number in [0, 1]"),
+        (["--space", "n_neg=1,2.5"], "n_neg=2.5: expected an integer"),
+        (["--space", "lr=1e-5:1e-3", "--space", "lr=1e-4:2e-4"], "lr is already given ('lr=1e-5:1e-3')"),
+        (["--storage", "bogus://x"], "--storage 'bogus://x': not a database URL Optuna can open"),
+        (["--storage", "/nonexistent/dir/j.journal"], "the folder /nonexistent/dir of the journal file does not exist"),
     ],
 )
 def test_bad_input_is_one_line_naming_it(tiny_demo, tmp_path, capsys, extra, message):
@@ -219,6 +227,53 @@ def test_bad_input_is_one_line_naming_it(tiny_demo, tmp_path, capsys, extra, mes
     rc, err = _cli(args, capsys)
     assert rc == 1 and message in err and len(err.splitlines()) == 1, err
     assert not list(tmp_path.rglob("trial*"))  # refused before any trial
+    assert not list(tmp_path.rglob(".lock"))  # and before the study folder is locked
+
+
+def test_transient_failure_is_retried_not_counted(tiny_demo, tmp_path, monkeypatch):
+    """A trial failing on a full disk (issue 38, U37) stops the study without counting it; the same
+    command afterwards retries its settings and finishes the budget (they were counted as failed
+    and never retried: the best trial was lost)."""
+    import mmss_lib.training.trainer as T
+    from mmss_lib.errors import DiskFullError, TuneError
+
+    real, calls = T.train_run, []
+
+    def full_once(cfg, **kw):
+        calls.append(kw["run_dir"])
+        if len(calls) == 2:
+            raise DiskFullError(f"{kw['run_dir']}/best.pt: cannot write the file: no space left on the device")
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(T, "train_run", full_once)
+    kw = dict(n_trials=3, parallel=1, system="bimpm", base_config=_base(model_options={}, epochs=1))
+    with pytest.raises(TuneError, match=r"trial 1 failed on a transient error \(DiskFullError: .*not counted"):
+        _tune(tiny_demo, tmp_path, **kw)
+    monkeypatch.setattr(T, "train_run", real)
+    best = _tune(tiny_demo, tmp_path, **kw)
+    trials = pd.read_csv(tmp_path / "demo" / "home" / "bimpm" / "trials.csv")
+    failed = trials[trials["state"] == "fail"]
+    assert list(failed["trial"]) == [1] and "DiskFullError" in failed["error"].iloc[0]
+    assert (trials["state"] != "fail").sum() == 3 and best["n_trials"] == 4  # the budget: 3 counted
+    retried = trials[trials["trial"] == 2]
+    assert retried.filter(like="param_").iloc[0].tolist() == failed.filter(like="param_").iloc[0].tolist()
+
+
+def test_fewer_trials_than_held_and_a_shared_storage_are_refused(tiny_demo, tmp_path):
+    """``--trials 3`` on a study of 4 (issue 38, U38) would rewrite best.json with a budget it does not
+    describe; a ``--storage`` shared with another ``--out`` (U23) would train a trial twice."""
+    from mmss_lib.errors import TuneError
+
+    kw = dict(parallel=1, system="bimpm", base_config=_base(model_options={}, epochs=1))
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    _tune(tiny_demo, tmp_path / "a", n_trials=2, storage=storage, **kw)
+    best = tmp_path / "a" / "demo" / "home" / "bimpm" / "best.json"
+    before = best.read_bytes()
+    with pytest.raises(TuneError, match=r"--trials 1: study 'demo/home/bimpm' .* already holds 2 finished trials"):
+        _tune(tiny_demo, tmp_path / "a", n_trials=1, storage=storage, **kw)
+    with pytest.raises(TuneError, match=r"is trained in .*/a/demo/home/bimpm, not .*/b/demo/home/bimpm"):
+        _tune(tiny_demo, tmp_path / "b", n_trials=3, storage=storage, **kw)
+    assert best.read_bytes() == before and not (tmp_path / "b" / "demo" / "home" / "bimpm" / "trials").exists()
 
 
 def test_storage_of_another_study_or_dataset_is_refused(tiny_demo, tmp_path, capsys):
@@ -304,3 +359,57 @@ def test_no_ceiling_flag_when_early_stopping_decides():
     assert still_improving_at_ceiling(best_epoch=5, epochs_run=5, epochs=5, stopped_early=False)
     assert not still_improving_at_ceiling(best_epoch=3, epochs_run=5, epochs=5, stopped_early=False)  # fell back
     assert not still_improving_at_ceiling(best_epoch=2, epochs_run=5, epochs=10, stopped_early=True)
+
+
+def test_read_only_out_is_one_line(tiny_demo, tmp_path, monkeypatch):
+    """A study folder this user cannot write (issue 38, U35: an OSError traceback): one line naming
+    it and --out, before anything is created there."""
+    import os
+    from pathlib import Path
+
+    from mmss_lib.errors import TuneError
+
+    ro, real = tmp_path / "ro", os.access
+    ro.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **k: False if Path(p) == ro else real(p, m, *a, **k))
+    with pytest.raises(TuneError, match=r"/ro: not writable; mmss tune writes .* give a writable --out"):
+        _tune(tiny_demo, ro, n_trials=1, parallel=1, system="bimpm", base_config=_base(model_options={}))
+    assert not list(ro.iterdir())
+
+
+def test_study_from_before_feature_records_is_checked_against_its_trials(tmp_path):
+    """A study started before studies recorded their stores (issue 38, U28): compared with the
+    stores its trials' config.json record; the same stores are adopted with one warning, other
+    ones refused (the probe's copied 32-token study continued on 64-token features)."""
+    import json
+
+    from mmss_lib.errors import TuneError
+    from mmss_lib.model_selection import search
+
+    class Study:
+        def __init__(self):
+            self.user_attrs = {}
+
+        def set_user_attr(self, k, v):
+            self.user_attrs[k] = v
+
+    manifest = {"kind": "text", "dim": 4, "n_items": 10, "n_rows": 320, "content_fingerprint": "content-v1:ab"}
+    (tmp_path / "trials" / "trial0000").mkdir(parents=True)
+    (tmp_path / "trials" / "trial0000" / "config.json").write_text(json.dumps({"features": {"text_rvw": manifest}}))
+    now = {"text_rvw": {**manifest, "settings": {"max_len": 32}}}
+    study = Study()
+    with pytest.warns(UserWarning, match="started before studies recorded their feature stores"):
+        search._check_study_features(study, "demo/home/mmss", {"features": now}, "j", tmp_path)
+    assert study.user_attrs["features"] == now
+    with pytest.raises(TuneError, match=r"other features: feature store text_rvw \(n_rows 320 -> 640\)"):
+        search._check_study_features(
+            Study(), "demo/home/mmss", {"features": {"text_rvw": {**manifest, "n_rows": 640}}}, "j", tmp_path
+        )
+    with pytest.raises(TuneError, match=r"text_rvw \(max_len 32 -> 64\)"):  # a study that records them
+        search._check_study_features(
+            study,
+            "demo/home/mmss",
+            {"features": {"text_rvw": {**manifest, "settings": {"max_len": 64}}}},
+            "j",
+            tmp_path,
+        )

@@ -37,7 +37,10 @@ relation row (and vice versa), duplicate review or product ids, a non-string tex
 shows nothing (only whitespace, control characters such as NUL, or zero-width characters),
 a label that is not an integer, labels outside 0..4 (without ``bin_votes``), an id that is
 not ASIN- or number-based (path separators, ``..``, NUL or control characters, empty:
-:func:`check_item_id`), a file in another JSON orientation (``orient='index'`` is named as such).
+:func:`check_item_id`), a file in another JSON orientation (``orient='index'`` is named as such),
+a JSON object key given twice (a row key in a column: ``json`` would keep the last entry and lose
+a row), a label too large to be a vote count (``1e300``). A product without any review is counted
+and named in a warning (once per file; ``attrs["without_reviews"]`` of the products frame).
 Texts are not length-limited here (a 10 MB review loads as is); encoders truncate them to their
 maximum length (:mod:`mmss_lib.features.text`).
 
@@ -171,6 +174,29 @@ def split_by_product(
 # ----------------------------------------------------------------------------- reading
 
 
+_WARNED_NO_REVIEWS: set = set()  # product files warned about (once per process)
+
+
+def _unique_keys(path: Path):
+    """``object_pairs_hook`` of the split files: a key given twice in one JSON object (a row key in a
+    column, or a column) is a :class:`DataError` naming the file and the key; ``json`` kept the last
+    entry, so a review vanished without a word."""
+
+    def hook(pairs):
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen: set = set()
+            dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+            where = "row key" if all(not isinstance(v, dict) for _, v in pairs) else "column"
+            raise DataError(
+                f"{path}: {where} {dup!r} appears twice in one JSON object (the last entry would silently "
+                "replace the first: a row lost); give every row its own key"
+            )
+        return obj
+
+    return hook
+
+
 def _read_column_json(path: Path, required: Iterable[str]) -> tuple[list[str], dict[str, list[Any]]]:
     """Read a ``to_json()`` column-oriented file -> (row keys in file order, {column: values}).
 
@@ -186,7 +212,7 @@ def _read_column_json(path: Path, required: Iterable[str]) -> tuple[list[str], d
         raise DataError(f"{path}: split file not found{hint}")
     try:
         with open(path, "rb") as fh:
-            obj = json.load(fh)
+            obj = json.load(fh, object_pairs_hook=_unique_keys(path))
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}: not valid JSON (truncated or corrupt file?) at line {exc.lineno}, column {exc.colno}: {exc.msg}"
@@ -415,6 +441,11 @@ def _parse_label(value: Any, path: Path, row: str, review_id: str) -> int:
             f"{path}: row {row} (review {review_id}), field 'upvotes': expected an integer "
             f"label, got {type(value).__name__} {value!r:.40}"
         )
+    if not -(2**53) <= value <= 2**53:  # 1e300 overflowed pandas' int64 with a traceback
+        raise DataError(
+            f"{path}: row {row} (review {review_id}), field 'upvotes': label {value:.3g} is out of range; "
+            "expected a label 0..4 (or a vote count, with bin_votes)"
+        )
     return value
 
 
@@ -538,7 +569,20 @@ def load_mrhp(
             )
     reviews["image_files"] = _local_images(root, dataset, category, "rvw", list(reviews["review_id"]))
 
-    products.attrs.update(source=str(p_path), image_counts=_image_counts(products["image_files"]))
+    lonely = sorted(set(map(str, products["product_id"])) - set(map(str, reviews["product_id"])))
+    products.attrs.update(
+        source=str(p_path), image_counts=_image_counts(products["image_files"]), without_reviews=len(lonely)
+    )
+    if lonely and str(p_path) not in _WARNED_NO_REVIEWS:
+        import warnings
+
+        _WARNED_NO_REVIEWS.add(str(p_path))
+        warnings.warn(
+            f"{p_path}: {len(lonely)} of {len(products)} product(s) have no review in {r_path.name} (e.g. "
+            f"{lonely[0]!r}): counted among the products, but there is nothing of theirs to rank",
+            UserWarning,
+            stacklevel=2,
+        )
     reviews.attrs.update(
         source=str(r_path), image_counts=_image_counts(reviews["image_files"]), dropped_zero_votes=dropped
     )
@@ -753,29 +797,48 @@ def available_categories(root: str | os.PathLike, dataset: str) -> list[str]:
 def dataset_stats(root: str | os.PathLike, dataset: str, categories: Sequence[str] | None = None) -> pd.DataFrame:
     """Products and reviews per split (the layout of the paper's Table 3) plus label counts.
 
-    One row per category: ``dataset, category, {split}_products, {split}_reviews`` for the
-    three splits, ``label_0 .. label_4`` (all splits together), and the number of reviews /
-    products with local images (``reviews_with_images``, ``products_with_images``).
+        One row per category: ``dataset, category, {split}_products, {split}_reviews`` for the
+        three splits, ``label_0 .. label_4`` (all splits together), and the number of reviews /
+        products with local images (``reviews_with_images``, ``products_with_images``). A product or review id
+        in two splits is flagged: a warning naming the files and ids (:func:`check_disjoint_splits`, which
+    ``mmss train`` refuses), and ``attrs["ids_in_two_splits"]`` counts such ids per category.
     """
     cats = list(categories) if categories else available_categories(root, dataset)
     rows = []
+    overlap: dict[str, int] = {}
     for cat in cats:
         row: dict[str, Any] = {"dataset": dataset, "category": cat}
         counts = {k: 0 for k in LABELS}
         r_img = p_img = 0
+        ids = {}
         for split in SPLITS:
             prd, rvw = load_mrhp(root, dataset, cat, split)
+            ids[split] = (prd["product_id"].tolist(), rvw["review_id"].tolist())
             row[f"{split}_products"] = len(prd)
             row[f"{split}_reviews"] = len(rvw)
             for k, n in rvw["label"].value_counts().items():
                 counts[int(k)] += int(n)
             r_img += rvw.attrs["image_counts"]["with_images"]
             p_img += prd.attrs["image_counts"]["with_images"]
+        try:  # a product or review in two splits: flagged (mmss train refuses such data)
+            check_disjoint_splits(root, dataset, cat, ids)
+        except DataError as exc:
+            import warnings
+
+            overlap[cat] = sum(
+                len(set(map(str, ids[a][c])) & set(map(str, ids[b][c])))
+                for c in (0, 1)
+                for i, a in enumerate(SPLITS)
+                for b in SPLITS[i + 1 :]
+            )
+            warnings.warn(f"{exc}; counted in each split here, and mmss train refuses it", UserWarning, stacklevel=2)
         row.update({f"label_{k}": counts[k] for k in LABELS})
         row["products_with_images"] = p_img
         row["reviews_with_images"] = r_img
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["ids_in_two_splits"] = overlap
+    return out
 
 
 def stats_markdown(stats: pd.DataFrame) -> str:

@@ -15,7 +15,12 @@ CSS classes ``mmss-*`` name the parts for the browser test.
 ``mmss explore`` serves the app with a Voila child process on 127.0.0.1 from a temporary notebook
 folder. ``--port 0`` takes a free port and prints its real address. Ctrl-C or SIGTERM (``kill
 PID``, a service manager) stops the Voila server and its kernels and removes the temporary folder
-(SIGTERM alone used to kill only the parent, leaving Voila serving).
+(SIGTERM alone used to kill only the parent, leaving Voila serving). A ``kill -9`` of ``mmss
+explore`` does too: Voila runs under a supervisor that dies with its parent
+(:mod:`mmss_lib.explore.serve`). The server checks the Host header (127.0.0.1, ::1 or localhost
+only): a page served under another name, as DNS rebinding does, is refused with 403. It asks for a
+token, printed in the URL as Jupyter does (``--no-token``: none), so other local users cannot read
+the runs.
 """
 
 from __future__ import annotations
@@ -444,8 +449,12 @@ def app_notebook(runs_root, data_root=None) -> dict:
     }
 
 
-def serve_command(notebook, port: int) -> list[str]:
-    """The Voila command line: this Python, 127.0.0.1 only, exactly ``port`` (no retries)."""
+def serve_command(notebook, port: int, *, token: bool = True) -> list[str]:
+    """The Voila command line: this Python, 127.0.0.1 only, exactly ``port`` (no retries), the
+    ``Host`` header checked (127.0.0.1, ::1 or localhost only: a page served under another name,
+    as DNS rebinding does, is refused with 403), and with ``token`` the token of the environment
+    variable ``JUPYTER_TOKEN`` required (given in the URL once; not on the command line, which
+    every local user can read)."""
     import sys
 
     return [
@@ -458,33 +467,31 @@ def serve_command(notebook, port: int) -> list[str]:
         "--Voila.ip=127.0.0.1",
         "--Voila.port_retries=0",
         "--theme=light",
+        "--Voila.tornado_settings=" + repr({"allow_remote_access": False, "local_hostnames": ["localhost"]}),
+        *(["--Voila.auto_token=True"] if token else []),
     ]
 
 
+def serve_env(token: str | None) -> dict:
+    """Voila's environment: the token (``JUPYTER_TOKEN``; none: no token asked), and traitlets'
+    deprecation note about the dict option of :func:`serve_command` silenced."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTER_TOKEN"}
+    if token:
+        env["JUPYTER_TOKEN"] = token
+    env["PYTHONWARNINGS"] = ",".join(
+        w for w in (env.get("PYTHONWARNINGS"), "ignore:--tornado_settings:DeprecationWarning") if w
+    )
+    return env
+
+
 def _stop_server(proc) -> None:
-    """Stop the Voila child as Ctrl-C does: SIGTERM (Voila shuts its kernels down and removes its
-    connection files), SIGKILL after 10 s; then whatever it started (kernels) and left running is
-    killed too, so nothing keeps serving or computing after ``mmss explore`` ends."""
-    import subprocess
+    """Stop the supervisor of Voila (:mod:`mmss_lib.explore.serve`) and whatever it started (Voila,
+    its kernels), as Ctrl-C does; see :func:`mmss_lib.explore.serve.stop_server`."""
+    from mmss_lib.explore.serve import stop_server
 
-    import psutil
-
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)  # kernels and their children
-    except psutil.Error:
-        family = []
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    _, alive = psutil.wait_procs(family, timeout=5)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
+    stop_server(proc, timeout=25)
 
 
 def _interrupt(signum, frame):
@@ -493,9 +500,11 @@ def _interrupt(signum, frame):
 
 
 def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
-    """``mmss explore [--runs DIR] [--data DIR] [--port N]``: serve the explorer with Voila on
-    127.0.0.1 and print the address; Ctrl-C or SIGTERM stops it (Voila, its kernels and the
-    temporary notebook folder go with it)."""
+    """``mmss explore [--runs DIR] [--data DIR] [--port N] [--no-token]``: serve the explorer with
+    Voila on 127.0.0.1 and print the address (with its token, as Jupyter does, unless
+    ``--no-token``); Ctrl-C or SIGTERM stops it (Voila, its kernels and the temporary notebook
+    folder go with it), and so does a ``kill -9`` of ``mmss explore``: Voila runs under a supervisor
+    that dies with its parent (:mod:`mmss_lib.explore.serve`)."""
     import argparse
     import json
     import shutil
@@ -520,6 +529,11 @@ def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
         type=int,
         default=DEFAULT_PORT,
         help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0: a free one, printed)",
+    )
+    ap.add_argument(
+        "--no-token",
+        action="store_true",
+        help="serve without a token (any local user can then open the page; the Host header is still checked)",
     )
     args = ap.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -549,8 +563,19 @@ def cli_main(argv: list[str], prog: str = "mmss explore") -> int:
         tmp = Path(tempfile.mkdtemp(prefix="mmss-explore-"))  # the served notebook; never in the runs folder
         nb = tmp / "mmss_explore.ipynb"
         nb.write_text(json.dumps(app_notebook(runs, data), indent=1), encoding="utf-8")
-        print(f"mmss explore: serving {runs} at http://127.0.0.1:{port}/  (Ctrl-C stops)", flush=True)
-        proc = subprocess.Popen(serve_command(nb, port))
+        import os
+        import secrets
+
+        from mmss_lib.explore.serve import set_parent_death_signal, supervisor_command
+
+        token = None if args.no_token else secrets.token_hex(24)
+        query = f"?token={token}" if token else ""
+        print(f"mmss explore: serving {runs} at http://127.0.0.1:{port}/{query}  (Ctrl-C stops)", flush=True)
+        proc = subprocess.Popen(
+            supervisor_command(os.getpid(), tmp, serve_command(nb, port, token=bool(token))),
+            env=serve_env(token),
+            preexec_fn=set_parent_death_signal,
+        )
         return proc.wait()
     except KeyboardInterrupt as exc:
         if main_thread:  # a second Ctrl-C / SIGTERM must not cut the clean-up short

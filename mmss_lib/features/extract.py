@@ -246,6 +246,24 @@ def _record_store(report: dict[str, Any], name: str, kind: str, entry: dict, pat
     report["stores"][name] = entry
 
 
+def check_extract_options(features_root, **numbers) -> None:
+    """``mmss extract``'s options checked before any data or model is loaded: the features root a
+    folder (or not there yet, with no file on its way: ``--features /etc/passwd`` failed after the
+    encoder had loaded), and the sizes integers >= 1 (``text_max_len`` >= 2: [CLS] and one token)."""
+    root = Path(features_root)
+    p = root
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise DataError(f"--features {features_root}: {p} is a file, not a folder; give the folder the stores go into")
+    for name, value in numbers.items():
+        if value is None and name.startswith("detector_"):
+            continue
+        low = 2 if name == "text_max_len" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise DataError(f"{name}={value!r} (--{name.replace('_', '-')}): expected an integer >= {low}")
+
+
 def extract_category(
     data_root,
     dataset: str,
@@ -279,6 +297,15 @@ def extract_category(
     holds ``"_models"``: ``{"encoder", "extractor"}`` as loaded (None if not needed), to pass to
     the next category; it is not part of the JSON file.
     """
+    check_extract_options(
+        features_root,
+        text_max_len=text_max_len,
+        text_batch_size=text_batch_size,
+        image_batch_size=image_batch_size,
+        shard_size=shard_size,
+        detector_min_size=detector_min_size,
+        detector_max_size=detector_max_size,
+    )
     dirs = feature_dirs(features_root, dataset, category)
     products, reviews = load_category_items(data_root, dataset, category)
     sides = {"prd": (products, "product_id"), "rvw": (reviews, "review_id")}

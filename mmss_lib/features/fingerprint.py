@@ -27,6 +27,7 @@ of its first 4 KiB once per process (kept by path, size and modification time).
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -125,3 +126,61 @@ def check_features_match(stores: Mapping[str, Any], frames: Mapping[str, tuple[A
                 f"(content fingerprint {recorded}, the data now {now}); re-extract with "
                 "`mmss extract ... --overwrite` (or point --features at the store of this data)"
             )
+
+
+# ------------------------------------------------------------------------------------ a store's identity
+
+# what of a store's manifest says which features it holds (not when or where it was written)
+IDENTITY_MANIFEST_FIELDS = ("content_fingerprint", "kind", "dim", "dtype", "n_items", "n_rows")
+# what of its plan.json (the extraction settings) does not: the ids are the content fingerprint's
+_PLAN_NOT_SETTINGS = ("ids", "n_items", "content", "format", "kind", "dim", "shard_size")
+
+
+def store_identity(manifest: Mapping[str, Any] | None, plan: Mapping[str, Any] | None = None) -> dict:
+    """Which features a store holds, for a run's or a study's identity: the manifest's content
+    fingerprint (the texts / image files), kind, dim, dtype, item and row counts, and the
+    extraction settings of its ``plan.json`` (text encoder and ``max_len``, detector options) under
+    ``"settings"``. Two stores of one data at other ``--text-max-len`` share a content fingerprint
+    but not an identity (their settings and row counts differ)."""
+    manifest = dict(manifest or {})
+    out = {k: manifest[k] for k in IDENTITY_MANIFEST_FIELDS if k in manifest}
+    if plan:
+        out["settings"] = {k: v for k, v in dict(plan).items() if k not in _PLAN_NOT_SETTINGS}
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def read_store_identity(path) -> dict:
+    """:func:`store_identity` of the store at ``path`` (its ``manifest.json`` and ``plan.json``;
+    a store without a plan, e.g. one written by an importer, has no ``settings``)."""
+    path = Path(path)
+    manifest = _read_json_or_none(path / "manifest.json")
+    if manifest is None:
+        from mmss_lib.errors import FeatureStoreError
+
+        raise FeatureStoreError(f"{path}: no readable manifest.json; the store is incomplete (run mmss extract)")
+    return store_identity(manifest, _read_json_or_none(path / "plan.json"))
+
+
+def identity_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two store identities, as ``field old -> new`` phrases (settings by name);
+    fields one side does not record (a run recorded before settings were) are not compared."""
+    out = []
+    for key in sorted(set(old) & set(new)):
+        a, b = old[key], new[key]
+        if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if a.get(k) != b.get(k):
+                    out.append(f"{k} {a.get(k)!r} -> {b.get(k)!r}")
+        elif a != b:
+            if key == "content_fingerprint":
+                out.append("content (texts / image files)")
+            else:
+                out.append(f"{key} {a!r} -> {b!r}")
+    return out
+
+
+def _read_json_or_none(path: Path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

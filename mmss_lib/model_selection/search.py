@@ -38,8 +38,23 @@ The search (issue "Every system at its best"):
   the CPU and wall seconds of every trial are recorded (systems differ in cost).
 - **On disk**: a killed ``mmss tune`` continues where it stopped (finished trials kept, a trial
   killed mid-way resumed from its ``last.pt``); a finished study is not rerun (its outputs are
-  rewritten from the storage). A storage of another study, another dataset or other settings is
-  refused, naming it; nothing is deleted.
+  rewritten from the storage). A storage of another study, another dataset, other feature stores
+  (its trials would mix two inputs) or other settings is refused, naming it; nothing is deleted.
+  ``--trials`` below the finished trials a study holds is refused (best.json would name a budget it
+  does not describe). A journal that is truncated or edited is refused naming the file and line
+  before Optuna appends to it.
+- **Domains**: every ``--space`` range or choice is checked against its parameter's valid domain
+  (:data:`mmss_lib.models.registry.PARAM_DOMAINS`: dropout in [0, 1), a learning rate in (0, 1],
+  weight decay >= 0, integer counts integral) before any trial; so is every value of a best.json.
+- **Transient failures**: a trial that fails on the machine rather than on its settings (disk full,
+  a killed worker, out of memory: :attr:`mmss_lib.training.executors.JobResult.transient`) is not
+  counted: its settings are enqueued again and the command stops with one line; rerunning it once
+  the cause is gone retries them (best.json's ``n_transient`` counts such failures). A trial whose
+  settings cannot even be built is told FAIL, never left RUNNING (every rerun failed on it).
+- **Shared storage**: one ``mmss tune`` per study. A ``--storage`` records the study folder that
+  trains it; another ``--out`` on the same storage (which would train a running trial a second
+  time) is refused with one line. More trials at once: ``--parallel`` with local workers or
+  ``--executor ray``.
 
 ``mmss train --tuned DIR`` (and ``run_experiment(tuned=DIR)``, notebook 02's ``tuned``) takes each
 system's ``best.json`` from ``DIR`` (:func:`mmss_lib.model_selection.tuned.apply_tuned`); a variant without its own study (an MM-SS
@@ -50,7 +65,7 @@ ablation) takes the full system's (the usual ablation practice); the run records
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import json
 import math
 import time
@@ -59,8 +74,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mmss_lib.errors import DataError, RunStopped, TuneError
-from mmss_lib.model_selection.tuned import BEST_FILE, apply_params
+from mmss_lib.errors import DataError, MMSSError, RunStopped, TuneError
+from mmss_lib.model_selection.tuned import BEST_FILE, apply_params, checked_value, data_fingerprint
 from mmss_lib.models.registry import SEARCH_SPACES, SYSTEMS, SearchParam
 from mmss_lib.training.run_folder import load_history, run_lock, study_dir_for, trial_run_dir
 from mmss_lib.utils import atomic_path, atomic_write_json
@@ -85,6 +100,7 @@ def resolve_space(system: str, overrides: Sequence[str] = ()) -> dict[str, Searc
             f"trained systems: {', '.join(SEARCH_SPACES)}"
         )
     space = {p.name: p for p in SEARCH_SPACES[system]}
+    given: dict = {}
     for item in overrides or ():
         if "=" not in item:
             raise TuneError(f"--space {item!r}: expected NAME=LOW:HIGH or NAME=A,B,C")
@@ -93,8 +109,19 @@ def resolve_space(system: str, overrides: Sequence[str] = ()) -> dict[str, Searc
             raise TuneError(
                 f"--space {item!r}: {system} has no tuned parameter {name!r}; its parameters: {', '.join(space)}"
             )
+        if name in given:
+            raise TuneError(f"--space {item!r}: {name} is already given ({given[name]!r}); give each parameter once")
+        given[name] = item
         space[name] = _override(space[name], value, item)
+        _check_domain(space[name], f"--space {item!r}")
     return space
+
+
+def _check_domain(p: SearchParam, where: str) -> None:
+    """Every value a parameter's range or choices can yield lies in its valid domain
+    (:data:`mmss_lib.models.registry.PARAM_DOMAINS`): checked before any trial runs."""
+    for v in p.choices if p.kind == "categorical" else (p.low, p.high):
+        checked_value(p.name, v, where)
 
 
 def _json_value(text: str, item: str):
@@ -197,22 +224,119 @@ def distributions(space: dict[str, SearchParam]) -> dict:
 # ------------------------------------------------------------------------------------ the study
 
 
-def data_fingerprint(data_root, dataset: str, category: str) -> str:
-    """sha256 over the category's train and dev files (the only splits a study reads)."""
-    from mmss_lib.data.mrhp import split_file
+def check_storage_spec(spec: str) -> None:
+    """``--storage`` checked before anything is created: an RDB URL whose dialect SQLAlchemy knows
+    (a sqlite file in an existing folder), or a journal file in an existing folder."""
+    if "://" in spec:
+        try:
+            from sqlalchemy.engine import make_url
 
-    h = hashlib.sha256()
-    for split in ("train", "dev"):
-        for kind in ("prd", "rvw", "rel"):
-            path = split_file(data_root, dataset, category, kind, split)
-            if not path.exists():
-                raise DataError(
-                    f"{path}: missing ({dataset}/{category} {split} split); expected the MRHP files "
-                    f"{{data_root}}/{dataset}/{category}/{category}.{{prd,rvw,rel}}.{{train,dev,test}}"
-                )
-            h.update(path.name.encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
+            url = make_url(spec)
+            url.get_dialect()
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many error types: one line
+            raise TuneError(
+                f"--storage {spec!r}: not a database URL Optuna can open ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); give sqlite:///PATH, postgresql://..., or a journal file path"
+            ) from None
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            folder = Path(url.database).expanduser().parent
+            if not folder.is_dir():
+                raise TuneError(f"--storage {spec!r}: the folder {folder} of the database file does not exist")
+        return
+    folder = Path(spec).expanduser().parent
+    if not folder.is_dir():
+        raise TuneError(f"--storage {spec!r}: the folder {folder} of the journal file does not exist; create it first")
+    if Path(spec).is_dir():
+        raise TuneError(f"--storage {spec!r}: a folder, not a journal file")
+
+
+def _check_writable(sdir: Path) -> None:
+    """A study folder (or its nearest existing parent) that cannot be written: one line, before
+    anything (``train --tuned`` reads a read-only study; tune writes its journal and outputs)."""
+    import os
+
+    p = Path(sdir)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.exists() and not os.access(p, os.W_OK | os.X_OK):
+        raise TuneError(
+            f"{p}: not writable; mmss tune writes the study's journal and outputs under --out: give a "
+            "writable --out (mmss train --tuned reads a read-only study as it is)"
+        )
+
+
+@contextlib.contextmanager
+def _study_errors(storage_spec: str, sdir: Path):
+    """Errors of the storage and the study folder as one line naming the file: a journal Optuna
+    cannot parse (truncated, halved, an edited line), a read-only folder or file system."""
+    import errno
+
+    try:
+        yield
+    except MMSSError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TuneError(
+            f"{storage_spec}: the study's journal cannot be read ({type(exc).__name__}: {exc}): a "
+            "truncated or edited file; restore it, or give another --out (nothing is deleted)"
+        ) from None
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise TuneError(
+                f"{exc.filename or sdir}: cannot write ({exc.strerror}); mmss tune writes the study's "
+                "journal and outputs under --out: give a writable --out (mmss train --tuned reads a "
+                "read-only study as it is)"
+            ) from None
+        raise
+
+
+def _check_journal(path: Path) -> None:
+    """A study journal read whole before Optuna opens it (and appends to it): every line a JSON
+    object and the last line complete; a truncated, halved or edited journal is refused naming the
+    file and the line (Optuna skipped a cut last line, then appended its next record to it)."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data:
+        return
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines[:-1], 1):
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except ValueError as exc:
+            raise TuneError(
+                f"{path}: the study's journal cannot be read (line {i}: {exc}): a truncated or edited "
+                "file; restore it, or give another --out (nothing is deleted)"
+            ) from None
+        if not ok:
+            raise TuneError(
+                f"{path}: the study's journal cannot be read (line {i} is not a JSON object): a truncated "
+                "or edited file; restore it, or give another --out (nothing is deleted)"
+            )
+    if lines[-1].strip():
+        raise TuneError(
+            f"{path}: the study's journal cannot be read (its last line {len(lines)} is cut off): a "
+            "truncated or edited file; restore it, or give another --out (nothing is deleted)"
+        )
+
+
+def _claim_storage(study, sdir: Path, storage_spec: str) -> None:
+    """A ``--storage`` shared by two ``mmss tune`` with different ``--out`` would train one trial in
+    two folders (each process locks only its own study folder): the study records the folder that
+    trains it, and a process with another ``--out`` is refused. Several processes on one study
+    (Optuna's distributed pattern) are not supported: one mmss tune per study, ``--parallel`` and
+    ``--executor ray`` for more trials at once."""
+    here = str(Path(sdir).resolve())
+    owner = study.user_attrs.get("study_dir")
+    if owner is None:
+        study.set_user_attr("study_dir", here)
+    elif owner != here:
+        raise TuneError(
+            f"--storage {storage_spec}: study {study.study_name!r} is trained in {owner}, not {here}; "
+            "two mmss tune on one study are not supported (a trial would be trained twice): continue it "
+            f"with its own --out, or give another --storage (use --parallel / --executor ray for more "
+            "trials at once)"
+        )
 
 
 def _storage(spec: str):
@@ -240,7 +364,9 @@ def _sampler(seed: int, n_finished: int, n_trials: int):
     )
 
 
-def _identity(cfg, dataset: str, category: str, fingerprint: str, space: dict, budget: dict) -> dict:
+def _identity(
+    cfg, dataset: str, category: str, fingerprint: str, space: dict, budget: dict, features: dict | None = None
+) -> dict:
     from mmss_lib.training.run_folder import PLACEMENT_FIELDS
 
     config = {
@@ -256,14 +382,17 @@ def _identity(cfg, dataset: str, category: str, fingerprint: str, space: dict, b
         "space": {n: json.loads(json.dumps(asdict(p))) for n, p in space.items()},
         "budget": {k: budget[k] for k in ("epochs", "patience", "parallel", "seed", "prune_from")},
         "base_config": config,
+        "features": features or {},
     }
 
 
-def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where: str):
+def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where: str, sdir=None):
     """Load the study ``name`` from its storage, or create it (base trial enqueued); refuse a storage
     of another study or dataset, or a study made with other settings."""
     import optuna
 
+    if "://" not in storage_spec:
+        _check_journal(Path(storage_spec))
     storage = _storage(storage_spec)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name not in names:
@@ -289,6 +418,7 @@ def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where:
             f"train+dev sha256 {str(old.get('data_sha256'))[:12]}, now {identity['data_sha256'][:12]}); "
             "give another --out (nothing is deleted)"
         )
+    _check_study_features(study, name, identity, where, Path(sdir) if sdir is not None else Path(where).parent)
     differ = sorted(
         k for k in ("format", "system", "variant", "space", "budget", "base_config") if old.get(k) != identity[k]
     )
@@ -305,6 +435,49 @@ def _open_study(storage_spec: str, name: str, identity: dict, base: dict, where:
             "give the same settings to continue it, or another --out (nothing is deleted)"
         )
     return study
+
+
+_warned_legacy_studies: set = set()
+
+
+def _check_study_features(study, name: str, identity: dict, where: str, sdir: Path) -> None:
+    """A study's trials all read the same feature stores: a study continued on other stores (other
+    text features, re-extracted images) is refused naming the store and what changed. A study
+    started before studies recorded their stores is compared with the stores its trials' config.json
+    record (their manifests); when they match it is accepted with one warning and its stores are
+    recorded from then on."""
+    from mmss_lib.training.run_folder import input_changes
+
+    old = study.user_attrs.get("features")
+    legacy = old is None
+    if legacy:
+        old = {}
+        for cp in sorted(sdir.glob("trials/trial*/config.json")):
+            try:
+                rec = json.loads(cp.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            from mmss_lib.features.fingerprint import store_identity
+
+            old = {k: store_identity(v) for k, v in (rec.get("features") or {}).items() if isinstance(v, dict)}
+            break
+    changes = input_changes({"features": old}, {"features": identity["features"]})
+    if changes:
+        raise TuneError(
+            f"{where}: study {name!r} was run on other features: {'; '.join(changes)}; its trials would "
+            "mix two inputs, so it is not continued; give another --out for a study of these features, "
+            "or point --features at the stores it was run on (nothing is deleted)"
+        )
+    if legacy:
+        if str(where) not in _warned_legacy_studies:
+            _warned_legacy_studies.add(str(where))
+            warnings.warn(
+                f"{where}: study {name!r} was started before studies recorded their feature stores; its "
+                "trials' recorded stores match these, so it is continued, and the stores are recorded now",
+                UserWarning,
+                stacklevel=3,
+            )
+        study.set_user_attr("features", identity["features"])
 
 
 def _trial_job(spec: dict) -> dict:
@@ -418,10 +591,21 @@ def tune(
         model_options={**base.model_options, **(ABLATIONS.get(variant, {}) if system == "mmss" else {})},
     )
     cfg = TrainConfig.from_json(cfg.to_json())  # the checks of __post_init__
+    from mmss_lib.models.registry import check_option_values
+    from mmss_lib.training.config import check_device_available
+
+    check_device_available(cfg.device)
+    from mmss_lib.training.config import check_finetune_systems
+
+    check_finetune_systems(cfg, SYSTEMS)
+    check_option_values(system, cfg.model_options)
     base_params = base_values(cfg, sp)
     sp = with_base(sp, base_params)
     dists = distributions(sp)
     sdir = study_dir_for(tune_root, dataset, category, system, variant)
+    if storage:
+        check_storage_spec(storage)  # before anything is created
+    _check_writable(sdir)
     sdir.mkdir(parents=True, exist_ok=True)
     storage_spec = storage or str(sdir / STUDY_FILE)
     name = f"{dataset}/{category}/{cfg.system}" + ("" if variant == "full" else f"__{variant}")
@@ -433,7 +617,17 @@ def tune(
         "seed": seed,
         "prune_from": prune_from,
     }
-    identity = _identity(cfg, dataset, category, data_fingerprint(data_root, dataset, category), sp, budget)
+    from mmss_lib.training.run_folder import feature_inputs, stores_read
+
+    identity = _identity(
+        cfg,
+        dataset,
+        category,
+        data_fingerprint(data_root, dataset, category),
+        sp,
+        budget,
+        feature_inputs(features_root, dataset, category, stores_read(cfg.to_json())),
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ex = make_executor(
         executor,
@@ -442,12 +636,21 @@ def tune(
         **({"connect_timeout": ray_timeout} if ray_timeout is not None else {}),
     )
     remote = not ex.in_process
-    with run_lock(sdir, f"study {name}"):
-        study = _open_study(storage_spec, name, identity, base_params, storage_spec)
+    with run_lock(sdir, f"study {name}"), _study_errors(storage_spec, sdir):
+        study = _open_study(storage_spec, name, identity, base_params, storage_spec, sdir)
+        if storage:
+            _claim_storage(study, sdir, storage_spec)
+        held = _counted(study.get_trials(deepcopy=False))
+        if len(held) > n_trials:
+            raise TuneError(
+                f"--trials {n_trials}: study {name!r} ({sdir}) already holds {len(held)} finished trials; "
+                f"give --trials {len(held)} or more (a study is continued, never shortened: its best.json "
+                "would name a budget it does not describe)"
+            )
         with ex:
             while True:
                 trials = study.get_trials(deepcopy=False)
-                finished = [t for t in trials if t.state.is_finished()]
+                finished = _counted(trials)
                 if len(finished) >= n_trials:
                     break
                 study = optuna.load_study(
@@ -461,35 +664,38 @@ def tune(
                 ][:parallel]  # killed earlier: resumed
                 while len(batch) < parallel and len(finished) + len(batch) < n_trials:
                     batch.append(study.ask(dists))
-                jobs = [
-                    _job(
-                        Job,
-                        study,
-                        t,
-                        cfg,
-                        sp,
-                        sdir,
-                        storage_spec,
-                        name,
-                        remote,
-                        dict(
-                            data_root=data_root,
-                            dataset=dataset,
-                            category=category,
-                            features_root=features_root,
-                            prune_from=prune_from,
-                        ),
-                    )
-                    for t in batch
-                ]
+                where = dict(
+                    data_root=data_root,
+                    dataset=dataset,
+                    category=category,
+                    features_root=features_root,
+                    prune_from=prune_from,
+                )
+                jobs = []
+                for t in batch:
+                    try:
+                        jobs.append(_job(Job, study, t, cfg, sp, sdir, storage_spec, name, remote, where))
+                    except MMSSError as exc:  # never left RUNNING: every rerun would fail on it again
+                        t.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+                        study.tell(t, state=optuna.trial.TrialState.FAIL)
+                        raise
                 threads = ex.threads_per_run(len(jobs))
                 if cfg.num_threads is None and threads:
                     for j in jobs:
                         j.args[0]["config"]["num_threads"] = threads
                 # told together once the whole batch has finished, in trial order: a trial still
                 # running is never pruned against a trial of its own batch
+                transient = []
                 for res in sorted(ex.run(jobs), key=lambda r: r.index):
-                    _tell(study, batch[res.index], res, progress, n_trials)
+                    if _tell(study, batch[res.index], res, progress, n_trials):
+                        transient.append((batch[res.index].number, res.error))
+                if transient:
+                    number, error = transient[0]
+                    raise TuneError(
+                        f"{sdir}: trial {number} failed on a transient error ({' '.join(str(error).split())[:300]}); "
+                        "it is not counted: the same mmss tune retries it once the cause is gone (free "
+                        "space, memory), and the study's other trials are kept"
+                    )
         best = write_outputs(study, sdir, sp, cfg, budget)
     if progress:
         print(
@@ -500,9 +706,15 @@ def tune(
     return best
 
 
+def _counted(trials) -> list:
+    """The finished trials that count against the budget: a trial failed on a transient error (disk
+    full, a killed worker, out of memory) does not; its settings are asked again."""
+    return [t for t in trials if t.state.is_finished() and not t.user_attrs.get("transient")]
+
+
 def _job(Job, study, trial, cfg, sp, sdir, storage_spec, name, remote, where: dict):
     params = study._storage.get_trial(trial._trial_id).params
-    tcfg = apply_params(cfg, params, sp)
+    tcfg = apply_params(cfg, params, sp, where=f"{name} trial {trial.number}")
     run_dir = trial_run_dir(sdir, trial.number)
     spec = {
         "study": name,
@@ -515,7 +727,7 @@ def _job(Job, study, trial, cfg, sp, sdir, storage_spec, name, remote, where: di
     return Job(f"{name} trial {trial.number}", _trial_job, (spec,), {}, gpu=tcfg.device != "cpu")
 
 
-def _tell(study, trial, res, progress: bool, n_trials: int) -> None:
+def _tell(study, trial, res, progress: bool, n_trials: int) -> bool:
     import optuna
 
     S = optuna.trial.TrialState
@@ -535,10 +747,15 @@ def _tell(study, trial, res, progress: bool, n_trials: int) -> None:
         )
     else:
         trial.set_user_attr("error", res.error)
+        transient = bool(getattr(res, "transient", False))
+        if transient:  # not counted; the same settings are asked again first (a rerun retries them)
+            trial.set_user_attr("transient", True)
+            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
         study.tell(trial, state=S.FAIL)
-        msg = f"FAILED: {res.error}"
+        msg = f"FAILED{' (transient: retried on the next run)' if transient else ''}: {res.error}"
     if progress:
         print(f"[tune] trial {trial.number + 1}/{n_trials} {trial.params}: {msg}", flush=True)
+    return not res.ok and bool(getattr(res, "transient", False))
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -611,12 +828,15 @@ def write_outputs(study, sdir: Path, sp: dict, cfg, budget: dict) -> dict:
         "n_complete": len(complete),
         "n_pruned": int((df["state"] == "pruned").sum()),
         "n_failed": int((df["state"] == "fail").sum()),
+        "n_transient": sum(bool(t.user_attrs.get("transient")) for t in study.get_trials(deepcopy=False)),
         "budget": budget,
         "cpu_seconds": float(df["cpu_seconds"].fillna(0).sum()),
         "wall_seconds": float(df["wall_seconds"].fillna(0).sum()),
         "config": {k: v for k, v in tcfg.to_json().items() if k in ("lr", "weight_decay", "n_neg", "batch_size")},
         "model_options": {k: v for k, v in bt.params.items() if sp[k].model_option},
         "space": {n: asdict(p) for n, p in sp.items()},
+        "data_sha256": study.user_attrs.get("data_sha256"),
+        "features": study.user_attrs.get("features"),
     }
     atomic_write_json(sdir / BEST_FILE, best)
     _figures(study, sdir)
@@ -681,7 +901,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "base settings as the first trial); studies in OUT/{dataset}/{category}/{system}/."
     )
     for action in list(ap._actions):
-        if action.dest in ("runs", "seeds", "folds", "fold_seed", "dev_fraction", "tuned"):
+        if action.dest in ("runs", "seeds", "folds", "fold_seed", "dev_fraction", "tuned", "retrain"):
             ap._remove_action(action)
             for g in ap._action_groups:
                 if action in g._group_actions:

@@ -9,13 +9,17 @@ an experiment (:func:`run_experiment`), skips finished runs, hands the others to
 per-product metrics).
 :func:`cli_main` is ``mmss train``: an experiment from the command line, printing the mean and std
 over seeds of the test metrics and the product-level summary (``--folds K``: K-fold
-cross-validation over each category's products).
+cross-validation over each category's products). Its options are checked before any work; a
+``--num-threads`` (times ``--n-jobs``) asking for more threads than this machine's cores is a
+warning (the runs oversubscribe the CPU). ``--retrain`` discards runs whose inputs changed
+(:mod:`mmss_lib.training.run_folder`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,6 +68,7 @@ def run_experiment(
     ray_timeout: float | None = None,
     tuned=None,
     extra_runs=(),
+    retrain: bool = False,
 ):
     """Train every (category, system/variant, seed) and return tidy test results (pandas).
 
@@ -103,6 +108,12 @@ def run_experiment(
     base configuration, the options on top of its model options), so it finds them finished.
     Released splits only.
 
+    Inputs: every run's data and feature stores are checked against those its folder records
+    (:func:`mmss_lib.training.run_folder.check_run_inputs`) before any run starts: a finished or
+    interrupted run on other inputs (labels changed, other text features, ...) is refused with a
+    :class:`~mmss_lib.training.run_folder.StaleRunError` naming what changed, never returned;
+    ``retrain`` (``mmss train --retrain``) discards such runs and trains them again.
+
     ``folds`` >= 2: K-fold cross-validation over each category's pooled products
     (:mod:`mmss_lib.model_selection.folds`: ``fold_seed`` shuffles, ``dev_fraction`` of the non-test products,
     default 0.125, is each fold's dev part); every (system, fold, seed) is a run in
@@ -129,6 +140,7 @@ def run_experiment(
         dev_fraction=dev_fraction,
         tuned=tuned,
         extra_runs=extra_runs,
+        retrain=retrain,
     )
     from mmss_lib.training.executors import make_executor
 
@@ -141,10 +153,24 @@ def run_experiment(
     done = execute_sweep(plan, ex)
     results = collect_sweep(plan, done)
     if summary and not done.failures and len(results):
+        import errno
+
         from mmss_lib.evaluation.summary import write_summaries
 
-        written = write_summaries(results, runs_root, tag=plan.tag, folds=plan.k_folds if plan.tag else 0)
-        results.attrs["summary_paths"] = [str(p) for p in written]
+        try:
+            written = write_summaries(results, runs_root, tag=plan.tag, folds=plan.k_folds if plan.tag else 0)
+            results.attrs["summary_paths"] = [str(p) for p in written]
+        except OSError as exc:  # a read-only runs folder of finished runs: the results, not the files
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            import warnings
+
+            warnings.warn(
+                f"{runs_root}: cannot write the summary files ({exc.strerror}: {exc.filename}); the "
+                "results are returned (and printed by mmss train) but not saved there",
+                UserWarning,
+                stacklevel=2,
+            )
     if done.failures:
         listed = "; ".join(f"{name}: {' '.join(str(err).split())}" for name, err in done.failures.items())
         exc = SweepError(
@@ -179,6 +205,7 @@ class SweepPlan:
     tag: str | None  # the folds' tag (``folds{K}``), None for the released splits
     k_folds: int
     steps: list  # of SweepStep
+    inputs: dict  # each run's inputs (run_folder.run_inputs), recorded in its folder when it trains
 
 
 @dataclass
@@ -209,11 +236,13 @@ def plan_sweep(
     dev_fraction: float | None = None,
     tuned=None,
     extra_runs=(),
+    retrain: bool = False,
 ) -> SweepPlan:
     """The runs of :func:`run_experiment` (same arguments), each with its configuration and run folder,
     after every check that can refuse the sweep (duplicates, ``dev_fraction``, the K-fold design,
-    model options, the ceilings' cues, the folds' features, the tuned studies): nothing is trained
-    or written but the folds' design file."""
+    the device, model options, the ceilings' cues, the folds' features, the tuned studies, each
+    finished run's recorded inputs): nothing is trained; written are only the folds' design file and
+    the inputs of runs recorded before inputs were (and, with ``retrain``, stale runs are discarded)."""
     base = base_config or TrainConfig()
     specs = _normalise_systems(systems)
     _refuse_duplicates(categories, specs, seeds)
@@ -249,10 +278,16 @@ def plan_sweep(
         else None
     )
     from mmss_lib.training.build import check_model_options
+    from mmss_lib.training.config import check_device_available
 
+    check_device_available(base.device)  # --device cuda without a GPU: before the data is loaded
+    from mmss_lib.models.registry import SYSTEMS
+    from mmss_lib.training.config import check_finetune_systems
+
+    check_finetune_systems(base, SYSTEMS)
     for system, _, options in specs + [e[1:] for e in extras]:  # model options (--option) checked before any run starts
         if not is_floor(system):
-            check_model_options(system, {**base.model_options, **options})
+            check_model_options(system, {**base.model_options, **options})  # names, types, values
     from mmss_lib.training.floors import check_ceiling_data
 
     for category in categories:  # ceilings need planted cues: refuse before any run starts
@@ -271,7 +306,7 @@ def plan_sweep(
         if tuned:
             from mmss_lib.model_selection.tuned import apply_tuned
 
-            cfg = apply_tuned(cfg, tuned, dataset, category)
+            cfg = apply_tuned(cfg, tuned, dataset, category, data_root=data_root, features_root=features_root)
         return cfg
 
     steps = []
@@ -301,7 +336,9 @@ def plan_sweep(
         if fold is not None:
             common["fold"] = {"tag": tag, "index": fold, "members": {c: design[c][fold] for c in categories}}
         steps.append(SweepStep(fold, fold_jobs, n_main, common))
-    return SweepPlan(dataset, base, tag, k_folds, steps)
+    # runs whose recorded inputs (data, labels, features) differ: refused (or, with retrain, discarded)
+    inputs = _check_inputs([j for s in steps for j in s.jobs], data_root, dataset, features_root, retrain)
+    return SweepPlan(dataset, base, tag, k_folds, steps, inputs)
 
 
 def execute_sweep(plan: SweepPlan, executor) -> SweepOutcome:
@@ -310,7 +347,7 @@ def execute_sweep(plan: SweepPlan, executor) -> SweepOutcome:
     out = SweepOutcome()
     with executor:  # one Ray connection for every fold
         for step in plan.steps:
-            fj, fm, ff, ft = _dispatch(step.jobs, step.common, plan.base, executor)
+            fj, fm, ff, ft = _dispatch(step.jobs, {**step.common, "inputs": plan.inputs}, plan.base, executor)
             out.jobs += fj[: step.n_main]  # the extra runs are trained, not returned
             out.metrics += fm[: step.n_main]
             out.fold_of += [step.fold] * step.n_main
@@ -345,6 +382,25 @@ def collect_sweep(plan: SweepPlan, done: SweepOutcome):
             }
         )
     return pd.DataFrame(rows)
+
+
+def _check_inputs(jobs: list, data_root, dataset: str, features_root, retrain: bool) -> dict:
+    """Every run's recorded inputs against the current ones, before any run starts
+    (:func:`mmss_lib.training.run_folder.check_run_inputs`): a run on other inputs is refused (or,
+    with ``retrain``, discarded); runs from before inputs were recorded get one warning. Returns
+    ``{(category, stores read): inputs}`` for the runs to record."""
+    from mmss_lib.training.run_folder import adopt_legacy_runs, check_run_inputs, run_inputs, stores_read
+
+    inputs: dict = {}
+    legacy = []
+    for category, cfg, rd in jobs:
+        key = (category, stores_read(cfg.to_json()))
+        if key not in inputs:
+            inputs[key] = run_inputs(data_root, dataset, category, features_root, cfg.to_json())
+        if check_run_inputs(rd, inputs[key], retrain=retrain) == "legacy":
+            legacy.append((rd, inputs[key]))
+    adopt_legacy_runs([rd for rd, _ in legacy], [inp for _, inp in legacy])
+    return inputs
 
 
 def _normalise_extra_runs(extra_runs, specs, folds) -> list[tuple[str, str, str, dict]]:
@@ -470,12 +526,17 @@ def _dispatch(jobs: list, common: dict, base: TrainConfig, executor) -> tuple[li
     for i in todo:
         category, cfg, rd = jobs[i]
         run_dir = str(rd) if executor.in_process else str(Path(rd).resolve())
+        from mmss_lib.training.run_folder import stores_read
+
+        kwargs = {"inputs": (common.get("inputs") or {}).get((category, stores_read(cfg.to_json())))}
+        if cache is not None:
+            kwargs["splits"] = cache
         tasks.append(
             Job(
                 _run_label(dataset, category, cfg, common.get("fold")),
                 _experiment_job,
-                (category, cfg, run_dir, run_common),
-                {"splits": cache} if cache is not None else {},
+                (category, cfg, run_dir, {k: v for k, v in run_common.items() if k != "inputs"}),
+                kwargs,
                 gpu=cfg.device != "cpu",
             )
         )
@@ -525,9 +586,20 @@ class _SplitsCache:
         return self.splits
 
 
-def _experiment_job(category: str, cfg: TrainConfig, run_dir: str, common: dict, splits=None) -> dict:
+def _experiment_job(category: str, cfg: TrainConfig, run_dir: str, common: dict, splits=None, inputs=None) -> dict:
     """One run of :func:`run_experiment` (a top-level function so worker processes and Ray tasks
-    import it by reference). ``splits``: loaded splits, or a :class:`_SplitsCache` to take them from."""
+    import it by reference). ``splits``: loaded splits, or a :class:`_SplitsCache` to take them from.
+    ``inputs``: the run's inputs (:func:`mmss_lib.training.run_folder.run_inputs`), checked again and
+    recorded in its folder, under its lock, before it trains."""
+    if inputs is not None:
+        from mmss_lib.training.run_folder import check_run_inputs, record_run_inputs, run_lock
+
+        with run_lock(
+            Path(run_dir), f"run ({common['dataset']}/{category} {run_name(cfg.system, cfg.variant)} seed {cfg.seed})"
+        ):
+            if check_run_inputs(run_dir, inputs) != "same":
+                record_run_inputs(run_dir, inputs)
+            return _experiment_job(category, cfg, run_dir, common, splits)
     if isinstance(splits, _SplitsCache):  # a floor is not trained: it needs no features
         splits = None if is_floor(cfg.system) else splits.get(category, cfg)
     if common.get("fold") and splits is None:  # a fold's splits (floors: ids, labels and texts only)
@@ -700,6 +772,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     _add_config_options(ap)
     ap.add_argument(
+        "--retrain",
+        action="store_true",
+        help="a finished or interrupted run whose inputs changed (labels, data, feature stores) is "
+        "discarded and trained again (without it, such a run is refused, naming what changed)",
+    )
+    ap.add_argument(
         "--tuned",
         default=None,
         metavar="DIR",
@@ -819,6 +897,20 @@ def _check_args(args) -> None:
         )
     if args.n_jobs < 1:
         raise DataError(f"--n-jobs {args.n_jobs}: expected an integer >= 1")
+    if getattr(args, "fold_seed", None) is not None and not 0 <= args.fold_seed <= 2**32 - 1:
+        raise DataError(f"--fold-seed {args.fold_seed}: expected an integer from 0 to 4294967295 (numpy's seeds)")
+    cores = os.cpu_count() or 1
+    if args.num_threads is not None and args.num_threads * max(args.n_jobs, 1) > cores:
+        import warnings
+
+        warnings.warn(
+            f"--num-threads {args.num_threads}"
+            + (f" x --n-jobs {args.n_jobs}" if args.n_jobs > 1 else "")
+            + f": more threads than this machine's {cores} core(s); runs oversubscribe the CPU and "
+            "slow down (leave --num-threads out for torch's default)",
+            UserWarning,
+            stacklevel=2,
+        )
     if args.ray_timeout is not None and not (math.isfinite(args.ray_timeout) and args.ray_timeout > 0):
         raise DataError(f"--ray-timeout {args.ray_timeout!r}: expected a number of seconds > 0")
     for name in ("seeds", "categories", "systems"):
@@ -901,6 +993,7 @@ def cli_main(argv: list[str], prog: str = "mmss train") -> int:
         dev_fraction=args.dev_fraction,
         ray_timeout=args.ray_timeout,
         tuned=args.tuned,
+        retrain=args.retrain,
     )
     if results.attrs.get("summary_paths"):
         from mmss_lib.evaluation.summary import format_summary, read_summaries

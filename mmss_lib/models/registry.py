@@ -117,6 +117,53 @@ class SearchParam:
     why: str = ""
 
 
+@dataclass(frozen=True)
+class Domain:
+    """The values a tuned parameter can take at all (whatever a ``--space`` asks): a number from
+    ``low`` to ``high`` (each bound included unless ``open_low`` / ``open_high``), an integer
+    where ``integer``; ``why`` says where the bounds come from."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+    integer: bool = False
+    why: str = ""
+
+    def holds(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return False
+        if self.integer and not (isinstance(value, int) or float(value).is_integer()):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        lo, hi = ("(" if self.open_low else "["), (")" if self.open_high else "]")
+        kind = "an integer" if self.integer else "a number"
+        return (
+            f"{kind} in {lo}{self.low:g}, {self.high:g}{hi} ({self.why})"
+            if self.why
+            else f"{kind} in {lo}{self.low:g}, {self.high:g}{hi}"
+        )
+
+
+# The valid domain of every tuned parameter: a --space range or choice outside it, or a best.json
+# value outside it, is refused before any trial or run starts (a dropout of 1.02 failed inside
+# torch, a learning rate of 514 "completed" with a meaningless dev MAP).
+PARAM_DOMAINS: dict[str, Domain] = {
+    # Adam at rates above 1 diverges on every system here (the default space tops at 3e-3)
+    "lr": Domain(0.0, 1.0, open_low=True, why="a positive Adam learning rate, at most 1"),
+    "weight_decay": Domain(0.0, 1.0, why="Adam's L2 weight decay, >= 0 and at most 1"),
+    "n_neg": Domain(1, 1000, integer=True, why="negatives per positive"),
+    "batch_size": Domain(1, 65536, integer=True, why="pairs per batch"),
+    "dropout": Domain(0.0, 1.0, open_high=True, why="a dropout probability, 1 drops everything"),
+    # exp(-s) weights a subtask loss: beyond +-10 a weight of 2e4 or 5e-5
+    "sub_log_var_init": Domain(-10.0, 10.0, why="Eq. 15's log-variance start; weights exp(-s)"),
+}
+
+
 _COMMON_SPACE = (
     # App. A.2's 1e-4 is the paper's rate for its own data and features; one decade below it to
     # 30x above (the project's learning tests train at 1e-3 and 3e-3), on a log scale.
@@ -151,3 +198,48 @@ SEARCH_SPACES["mmss"] = _COMMON_SPACE + (
         why="Eq. 15's start s_k = log sigma_k^2 (unstated in the paper)",
     ),
 )
+
+
+# ------------------------------------------------------------------------------ model option values
+# The values a model option (``--option KEY=VALUE``) can take, by name, whatever the system: checked
+# before any run starts (``d=-5`` failed inside the run with "must be divisible by n_heads",
+# ``d=0`` / ``dropout=5.0`` with torch's words, ``subtasks=[]`` trained MM-SS without its subtask
+# heads and reported it as the full model). Types are the trainer's check (the default's type).
+_SIZES = ("d", "n_heads", "ff_dim", "head_hidden", "hidden", "perspectives", "agg_hidden", "filters", "n_kernels")
+_PROBABILITIES = ("dropout", "attn_dropout", "p_sse")
+_POSITIVE = ("sigma", "exact_sigma", "tau", "log_scale")
+_NON_NEGATIVE = ("aux_weight", "margin", "source_init_std")
+
+
+def check_option_values(system: str, options: dict) -> None:
+    """Refuse model option values outside their meaning (module comment above), naming the option,
+    the system and what is expected; values of another type are left to the type check."""
+    from mmss_lib.errors import DataError
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for key, value in (options or {}).items():
+        want = None
+        if key in _SIZES and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            want = "an integer >= 1 (a size or count)"
+        elif key == "n_layers" and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            want = "an integer >= 1 (layers)"
+        elif key in _PROBABILITIES and number(value) and not (0 <= value < 1):
+            want = "a probability from 0 to below 1"
+        elif key in _POSITIVE and number(value) and not (value > 0 and value < float("inf")):
+            want = "a finite number > 0"
+        elif key in _NON_NEGATIVE and number(value) and not (0 <= value < float("inf")):
+            want = "a finite number >= 0"
+        elif key == "sub_log_var_init" and number(value) and not PARAM_DOMAINS["sub_log_var_init"].holds(value):
+            want = PARAM_DOMAINS["sub_log_var_init"].describe()
+        elif key in ("widths", "ngrams") and isinstance(value, (list, tuple)):
+            if not value or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in value):
+                want = "a non-empty list of integers >= 1"
+        elif key == "subtasks" and isinstance(value, (list, tuple)) and not value:
+            want = (
+                "at least one subtask (an empty list trains no subtask head: use --systems mmss:VARIANT "
+                "for an ablation, so the run is not reported as the full model)"
+            )
+        if want:
+            raise DataError(f"--option {key}={value!r}: model option {key!r} of system {system!r} expects {want}")

@@ -127,6 +127,9 @@ def check_model_options(system: str, options: dict) -> None:
                 f"--option {key}={value!r}: model option {key!r} of system {system!r} expects {want} "
                 f"(default {default!r}); values are JSON, e.g. {key}={json.dumps(default)}"
             )
+    from mmss_lib.models.registry import check_option_values
+
+    check_option_values(system, options)  # the values' meaning (sizes >= 1, probabilities, ...)
 
 
 def build_optimizer(model, cfg: TrainConfig):

@@ -17,6 +17,50 @@ from mmss_lib.errors import CheckpointError, DataError
 RETIRED_FIELDS = ("fine_tune_text",)  # the older switch for text_mode="finetune"
 
 
+# the label scale of MRHP (mmss_lib.data.mrhp.LABELS; not imported: the data layer sits below, but
+# the configuration is read by every layer and must stay light)
+LABEL_LOW, LABEL_HIGH = 0, 4
+
+
+def check_device_name(device) -> None:
+    """A device torch would refuse after the run started (``--device bogus``): ``auto``, ``cpu``,
+    ``cuda``, ``cuda:N``, ``mps``, ``xpu[:N]`` accepted, anything else refused naming the option."""
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", device):
+        raise DataError(f"TrainConfig.device={device!r} (--device): expected auto, cpu, cuda, cuda:N or mps")
+
+
+def check_finetune_systems(cfg, known) -> None:
+    """``finetune_systems`` names among ``known`` (the registry's systems; passed in by the caller:
+    the configuration imports nothing of the models), refused naming the option otherwise (an
+    unknown name was accepted silently)."""
+    unknown = [x for x in cfg.finetune_systems if x not in known]
+    if unknown:
+        raise DataError(
+            f"TrainConfig.finetune_systems={cfg.finetune_systems!r} (--finetune-systems): unknown "
+            f"system(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+
+
+def check_device_available(device: str) -> None:
+    """Before any run starts: a CUDA device asked for on a machine without one (torch said "Found no
+    NVIDIA driver" after the data was loaded), or a CUDA index the machine does not have."""
+    check_device_name(device)
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= n:
+        raise DataError(
+            f"--device {device}: "
+            + (f"this machine has {n} CUDA device(s) (0..{n - 1})" if n else "no CUDA device on this machine")
+            + "; give --device cpu or auto (CUDA when available)"
+        )
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines one training run (saved as ``config.json``)."""
@@ -82,6 +126,7 @@ class TrainConfig:
         if self.text_mode != "cached" and not self.text_model:
             raise DataError(f"TrainConfig.text_mode={self.text_mode!r} needs text_model (a HF name or local folder)")
         self.finetune_systems = [str(x) for x in (self.finetune_systems or [])]
+        check_device_name(self.device)
         self.model_options = dict(self.model_options or {})
 
     def _check_numbers(self) -> None:
@@ -112,9 +157,30 @@ class TrainConfig:
         number("margin", self.margin, low=0)
         number("grad_clip", self.grad_clip, low=0, strict=True, optional=True)
         number("threshold", self.threshold, optional=True)
-        number("ssp_alpha1", self.ssp_alpha1)
-        number("ssp_alpha2", self.ssp_alpha2)
+        if self.threshold is not None and not (LABEL_LOW <= self.threshold < LABEL_HIGH):
+            raise DataError(
+                f"TrainConfig.threshold={self.threshold!r} (--threshold): expected a number from {LABEL_LOW} to "
+                f"below {LABEL_HIGH} (a review is relevant when its label > threshold; labels are "
+                f"{LABEL_LOW}..{LABEL_HIGH}, so {self.threshold:g} makes "
+                f"{'no review' if self.threshold >= LABEL_HIGH else 'every review'} relevant and every metric meaningless)"
+            )
+        number("ssp_alpha1", self.ssp_alpha1, low=0)
+        number("ssp_alpha2", self.ssp_alpha2, low=0)
         number("ssp_pivot", self.ssp_pivot, optional=True)
+        if self.ssp_pivot is not None and not (LABEL_LOW <= self.ssp_pivot <= LABEL_HIGH):
+            raise DataError(
+                f"TrainConfig.ssp_pivot={self.ssp_pivot!r} (--ssp-pivot): expected a number from {LABEL_LOW} to "
+                f"{LABEL_HIGH} (a point of the label scale; None: threshold + 0.5)"
+            )
+        seeds = self.ssp_record_seeds
+        if seeds is not None and (
+            not isinstance(seeds, (list, tuple))
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+        ):
+            raise DataError(
+                f"TrainConfig.ssp_record_seeds={seeds!r} (--ssp-record-seeds): expected seeds (integers >= 0) "
+                "or None (every seed)"
+            )
         number("num_threads", self.num_threads, low=1, optional=True, integer=True)
         number("max_text_len", self.max_text_len, low=2, optional=True, integer=True)
         number("max_regions_per_image", self.max_regions_per_image, low=1, integer=True)

@@ -73,10 +73,36 @@ class JobResult:
     value: Any = None
     error: str | None = None
     traceback: str | None = None
+    crashed: bool = False  # the worker died (killed, out of memory) or its result did not come back
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def transient(self) -> bool:
+        """A failure that says nothing about the job itself and may pass on a retry: the worker
+        died (``kill -9``, the out-of-memory killer), or the disk or memory was full."""
+        if self.ok:
+            return False
+        kind = str(self.error).split(":", 1)[0].strip()
+        return (
+            self.crashed
+            or kind in TRANSIENT_ERRORS
+            or "No space left on device" in str(self.error)
+            or "Disk quota exceeded" in str(self.error)
+        )
+
+
+# exception types whose failure is the machine's, not the job's (JobResult.transient)
+TRANSIENT_ERRORS = (
+    "DiskFullError",
+    "MemoryError",
+    "OutOfMemoryError",
+    "BrokenProcessPool",
+    "WorkerCrashedError",
+    "NodeDiedError",
+)
 
 
 def _call(fn: Callable, args: tuple, kwargs: dict) -> dict:
@@ -102,6 +128,7 @@ def _crash(index: int, job: Job, exc: BaseException) -> JobResult:
         None,
         f"{type(exc).__name__}: {exc}",
         "".join(_tb.format_exception(type(exc), exc, exc.__traceback__)),
+        crashed=True,
     )
 
 

@@ -28,6 +28,18 @@ of the same identity is returned as is; with another identity it is trained agai
 :data:`RESUME_FREE_FIELDS` (a longer ``epochs``, another ``patience`` or evaluation batch size
 continue the same trajectory).
 
+Inputs. A run is also the data and the features it read: ``inputs.json`` (:func:`run_inputs`,
+written before training starts) records a sha256 of every split file of its category (products,
+reviews, labels, cues: the labels are a property of the data, not of the stores) and the
+identity of every feature store it read (:func:`mmss_lib.features.fingerprint.store_identity`:
+content fingerprint, extraction settings such as the text ``max_len``, row counts).
+:func:`check_run_inputs` compares them with the current inputs before a sweep returns or resumes
+a run: a finished or interrupted run on other inputs is refused with one line naming what changed
+(labels, reviews, products, a store's settings), never returned; ``mmss train --retrain``
+discards it (:func:`discard_run`) and trains it again. A run written before runs recorded their
+inputs is accepted with a warning (once per run and process) when its recorded stores match (its
+data cannot be checked), and its inputs are recorded from then on.
+
 Lock: :func:`run_lock` (an OS lock on ``.lock`` while a process trains or writes the folder).
 """
 
@@ -41,13 +53,14 @@ from pathlib import Path
 
 from mmss_lib.errors import DataError
 
-CONFIG, HISTORY, METRICS, LAST, BEST, LOCK = (
+CONFIG, HISTORY, METRICS, LAST, BEST, LOCK, INPUTS = (
     "config.json",
     "history.json",
     "metrics.json",
     "last.pt",
     "best.pt",
     ".lock",
+    "inputs.json",
 )
 SCORES = "scores_{split}.csv"  # scores_dev.csv, scores_test.csv
 
@@ -212,6 +225,186 @@ def finished_metrics(run_dir, config: dict, run_info: dict) -> dict | None:
     return _read_json(mp)
 
 
+# ------------------------------------------------------------------------------------ inputs
+
+INPUTS_FORMAT = 1
+# the data files of a category a run reads (cues: the ceilings' planted cues)
+DATA_KINDS = ("prd", "rvw", "rel", "cues")
+_WHAT_FILE = {"prd": "products", "rvw": "reviews", "rel": "labels", "cues": "cues"}
+_digests: dict = {}  # (path, size, mtime_ns) -> sha256 (a sweep checks many runs of one category)
+_warned_legacy: set = set()
+
+
+class StaleRunError(DataError):
+    """A finished or interrupted run whose inputs (data or features) changed since it was trained."""
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def data_inputs(data_root, dataset: str, category: str, splits: Iterable[str] = ("train", "dev", "test")) -> dict:
+    """``{file name: sha256}`` of the category's split files that exist (``{category}.{kind}.{split}``
+    for :data:`DATA_KINDS`); a missing file is left to the loader to name."""
+    folder = Path(data_root) / dataset / category
+    out = {}
+    for split in splits:
+        for kind in DATA_KINDS:
+            path = folder / f"{category}.{kind}.{split}"
+            if path.is_file():
+                out[path.name] = _file_sha256(path)
+    return out
+
+
+def feature_inputs(features_root, dataset: str, category: str, kinds: Iterable[str]) -> dict:
+    """``{store: identity}`` (:func:`mmss_lib.features.fingerprint.read_store_identity`) of the stores
+    ``kinds``; a store not on disk is None (the loader names it when the run needs it)."""
+    from mmss_lib.features.fingerprint import read_store_identity
+    from mmss_lib.features.store import feature_dirs
+
+    dirs = feature_dirs(features_root, dataset, category)
+    return {k: (read_store_identity(dirs[k]) if (Path(dirs[k]) / "manifest.json").is_file() else None) for k in kinds}
+
+
+def stores_read(config: dict) -> tuple[str, ...]:
+    """The feature stores a run of ``config`` (a TrainConfig JSON dict) reads: none for a floor or
+    ceiling, the region stores when it encodes its texts itself, else all four."""
+    from mmss_lib.features.loader import REGION_KINDS, STORE_KINDS
+    from mmss_lib.models.registry import is_floor
+
+    if is_floor(str(config.get("system"))):
+        return ()
+    return REGION_KINDS if config.get("text_mode", "cached") != "cached" else STORE_KINDS
+
+
+def run_inputs(data_root, dataset: str, category: str, features_root, config: dict) -> dict:
+    """What ``inputs.json`` records for a run of ``config`` on this category (module docstring)."""
+    return {
+        "format": INPUTS_FORMAT,
+        "data": data_inputs(data_root, dataset, category),
+        "features": feature_inputs(features_root, dataset, category, stores_read(config)),
+    }
+
+
+def input_changes(old: dict, new: dict) -> list[str]:
+    """What differs between two inputs records, as phrases (``labels changed (home.rel.train)``,
+    ``store text_rvw: max_len 32 -> 64``); what one side does not record is not compared."""
+    from mmss_lib.features.fingerprint import identity_changes
+
+    out = []
+    if "data" in old and "data" in new:
+        a, b = dict(old["data"] or {}), dict(new["data"] or {})
+        by_what: dict = {}
+        for name in sorted(set(a) | set(b)):
+            if a.get(name) != b.get(name):
+                kind = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else name
+                state = "missing now" if name not in b else "new" if name not in a else "changed"
+                by_what.setdefault(_WHAT_FILE.get(kind, kind), []).append(f"{name} {state}")
+        out += [f"{what} ({', '.join(files)})" for what, files in by_what.items()]
+    a, b = dict(old.get("features") or {}), dict(new.get("features") or {})
+    for store in sorted(set(a) & set(b)):
+        if a[store] is None or b[store] is None:
+            continue
+        changed = identity_changes(a[store], b[store])
+        if changed:
+            out.append(f"feature store {store} ({', '.join(changed)})")
+    return out
+
+
+def _legacy_inputs(run_dir: Path) -> dict:
+    """The inputs a run written before ``inputs.json`` existed records: its stores' manifests in
+    config.json (no settings, no data)."""
+    from mmss_lib.features.fingerprint import store_identity
+
+    if not (run_dir / CONFIG).is_file():
+        return {}
+    feats = _read_json(run_dir / CONFIG).get("features") or {}
+    return {"features": {k: store_identity(v) for k, v in feats.items() if isinstance(v, dict)}}
+
+
+def check_run_inputs(run_dir, inputs: dict, *, retrain: bool = False) -> str:
+    """Compare a run folder's recorded inputs with ``inputs`` (:func:`run_inputs`) before it is
+    returned or resumed. Returns ``"fresh"`` (nothing trained there yet), ``"same"``, ``"legacy"``
+    (written before runs recorded inputs; its stores match) or ``"discarded"`` (other inputs and
+    ``retrain``: :func:`discard_run`); other inputs without ``retrain`` raise
+    :class:`StaleRunError` naming what changed."""
+    rd = Path(run_dir)
+    if not any((rd / f).exists() for f in (CONFIG, METRICS, LAST)):
+        return "fresh"
+    legacy = not (rd / INPUTS).is_file()
+    old = _legacy_inputs(rd) if legacy else _read_json(rd / INPUTS)
+    changes = input_changes(old if isinstance(old, dict) else {}, inputs)
+    if not changes:
+        return "legacy" if legacy else "same"
+    if retrain:
+        with run_lock(rd, "run"):
+            discard_run(rd)
+        return "discarded"
+    what = "finished run" if (rd / METRICS).exists() else "interrupted run"
+    raise StaleRunError(
+        f"{rd}: this {what} was trained on other inputs: {'; '.join(changes)}; its results would not "
+        "describe the current data, so it is not returned; give another --runs folder, or --retrain "
+        "to discard it and train it again"
+    )
+
+
+def record_run_inputs(run_dir, inputs: dict) -> None:
+    """Write ``inputs.json`` (before a run trains; :func:`check_run_inputs` reads it)."""
+    from mmss_lib.utils import atomic_write_json
+
+    atomic_write_json(Path(run_dir) / INPUTS, inputs)
+
+
+def adopt_legacy_runs(run_dirs: Iterable, inputs_of: Iterable[dict]) -> None:
+    """Runs written before runs recorded their inputs: one warning (once per run and process), and
+    their current inputs recorded so that later changes are detected (a read-only folder is left
+    as it is)."""
+    import warnings
+
+    new = [(Path(rd), inp) for rd, inp in zip(run_dirs, inputs_of, strict=True) if str(Path(rd)) not in _warned_legacy]
+    if not new:
+        return
+    _warned_legacy.update(str(rd) for rd, _ in new)
+    warnings.warn(
+        f"{len(new)} run(s) ({new[0][0]}{', ...' if len(new) > 1 else ''}) were written before runs "
+        "recorded their inputs: their feature stores match, but the data (labels) they were trained on "
+        "cannot be checked; taken as they are, and their inputs are recorded now so that later changes "
+        "are detected (--retrain trains them again)",
+        UserWarning,
+        stacklevel=3,
+    )
+    for rd, inp in new:
+        try:
+            record_run_inputs(rd, {**inp, "adopted": True})
+        except OSError:
+            pass
+
+
+def discard_run(run_dir) -> None:
+    """Delete a run's results and checkpoints (``--retrain``): config, history, metrics, inputs,
+    ``last.pt`` / ``best.pt``, the score files and SSP records; the folder and its lock stay."""
+    import shutil
+
+    rd = Path(run_dir)
+    for name in (METRICS, CONFIG, HISTORY, LAST, BEST, INPUTS):
+        (rd / name).unlink(missing_ok=True)
+    for p in rd.glob(SCORES.format(split="*")):
+        p.unlink(missing_ok=True)
+    for sub in ("ssp", "ssp_banks"):
+        if (rd / sub).is_dir():
+            shutil.rmtree(rd / sub)
+
+
 # ------------------------------------------------------------------------------------ lock
 
 _HELD_LOCKS: set = set()  # run folders this process holds (re-entrant lock)
@@ -279,7 +472,7 @@ def run_lock(run_dir: str | os.PathLike, what: str = "run") -> Iterator[Path]:
             raise RunInUseError(
                 f"{run_dir}: this {what} is in use by another process (PID {holder}) that "
                 "trains or writes it now; wait until it has finished (a finished run is then "
-                "skipped) or give another runs folder"
+                "skipped) or give another " + ("--out" if what.startswith("study") else "runs folder")
             ) from None
         except OSError as exc:  # a file system without locks (ENOLCK): go on unlocked, say so
             import warnings

@@ -727,6 +727,11 @@ def train_run(
     :func:`mmss_lib.training.floors.run_floor` writes its run folder (no feature stores needed).
     ``on_epoch`` and ``score_test``: as in :func:`fit` (trained systems only).
     """
+    from mmss_lib.models.registry import SYSTEMS
+    from mmss_lib.training.config import check_device_available, check_finetune_systems
+
+    check_device_available(cfg.device)  # before the data is loaded (library callers; the sweeps check too)
+    check_finetune_systems(cfg, SYSTEMS)
     threshold = cfg.threshold
     if threshold is None:
         from mmss_lib.data.mrhp import default_threshold
