@@ -275,6 +275,7 @@ def _run(out: Path, data: Path, tag: str, systems, seeds, n_jobs: int):
         n_jobs=n_jobs,
         summary=False,
         tuned=tune_root(out),
+        tuned_transfer=True,  # the studies tuned on the main data serve every design of the study
     )
 
 

@@ -413,3 +413,29 @@ def test_study_from_before_feature_records_is_checked_against_its_trials(tmp_pat
             "j",
             tmp_path,
         )
+
+
+def test_tuned_transfer_is_an_explicit_choice(tmp_path):
+    """--tuned-transfer without --tuned is refused before any work (one line naming both options)."""
+    from mmss_lib.errors import DataError
+    from mmss_lib.model_selection.sweeps import cli_main
+
+    with pytest.raises(DataError, match="--tuned-transfer.*--tuned DIR"):
+        cli_main(
+            [
+                "--data-root",
+                str(tmp_path),
+                "--dataset",
+                "demo",
+                "--categories",
+                "home",
+                "--features",
+                str(tmp_path),
+                "--runs",
+                str(tmp_path / "runs"),
+                "--systems",
+                "bimpm",
+                "--tuned-transfer",
+            ]
+        )
+    assert not (tmp_path / "runs").exists()

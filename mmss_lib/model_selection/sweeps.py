@@ -69,6 +69,7 @@ def run_experiment(
     tuned=None,
     extra_runs=(),
     retrain: bool = False,
+    tuned_transfer: bool = False,
 ):
     """Train every (category, system/variant, seed) and return tidy test results (pandas).
 
@@ -114,6 +115,10 @@ def run_experiment(
     :class:`~mmss_lib.training.run_folder.StaleRunError` naming what changed, never returned;
     ``retrain`` (``mmss train --retrain``) discards such runs and trains them again.
 
+    ``tuned_transfer`` (``mmss train --tuned-transfer``): the studies' settings are applied to data or
+    features other than those they were tuned on, on purpose (a setting chosen on one data design
+    applied to others); without it such a study is refused (its recorded fingerprints).
+
     ``folds`` >= 2: K-fold cross-validation over each category's pooled products
     (:mod:`mmss_lib.model_selection.folds`: ``fold_seed`` shuffles, ``dev_fraction`` of the non-test products,
     default 0.125, is each fold's dev part); every (system, fold, seed) is a run in
@@ -141,6 +146,7 @@ def run_experiment(
         tuned=tuned,
         extra_runs=extra_runs,
         retrain=retrain,
+        tuned_transfer=tuned_transfer,
     )
     from mmss_lib.training.executors import make_executor
 
@@ -237,6 +243,7 @@ def plan_sweep(
     tuned=None,
     extra_runs=(),
     retrain: bool = False,
+    tuned_transfer: bool = False,
 ) -> SweepPlan:
     """The runs of :func:`run_experiment` (same arguments), each with its configuration and run folder,
     after every check that can refuse the sweep (duplicates, ``dev_fraction``, the K-fold design,
@@ -306,7 +313,8 @@ def plan_sweep(
         if tuned:
             from mmss_lib.model_selection.tuned import apply_tuned
 
-            cfg = apply_tuned(cfg, tuned, dataset, category, data_root=data_root, features_root=features_root)
+            inputs_of_run = {} if tuned_transfer else {"data_root": data_root, "features_root": features_root}
+            cfg = apply_tuned(cfg, tuned, dataset, category, **inputs_of_run)
         return cfg
 
     steps = []
@@ -784,6 +792,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="take each system's settings from its `mmss tune` study in DIR "
         "(DIR/{dataset}/{category}/{system}/best.json; an MM-SS ablation takes the full model's)",
     )
+    ap.add_argument(
+        "--tuned-transfer",
+        action="store_true",
+        help="with --tuned: apply the studies' settings although they were tuned on other data or "
+        "features (on purpose; without it such a study is refused)",
+    )
     return ap
 
 
@@ -879,6 +893,8 @@ def _check_args(args) -> None:
 
     if getattr(args, "folds", None) is None:  # mmss tune: the released splits only
         args.folds, args.dev_fraction = 0, None
+    if getattr(args, "tuned_transfer", False) and not getattr(args, "tuned", None):
+        raise DataError("--tuned-transfer: applies the studies of --tuned DIR to other data; give --tuned DIR too")
     if args.dev_fraction is not None and not (math.isfinite(args.dev_fraction) and 0 < args.dev_fraction < 1):
         raise DataError(
             f"--dev-fraction {args.dev_fraction!r}: expected a share strictly between 0 and 1 "
@@ -994,6 +1010,7 @@ def cli_main(argv: list[str], prog: str = "mmss train") -> int:
         ray_timeout=args.ray_timeout,
         tuned=args.tuned,
         retrain=args.retrain,
+        tuned_transfer=args.tuned_transfer,
     )
     if results.attrs.get("summary_paths"):
         from mmss_lib.evaluation.summary import format_summary, read_summaries
