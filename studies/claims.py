@@ -83,7 +83,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmss_lib.evaluation.tables import plain_markdown
-from studies import magazine
+from studies import build_lock, check_counts, magazine
 from studies import powered as P
 
 TUNE_TRIALS = 6
@@ -774,13 +774,18 @@ def main(argv: list[str], prog: str = "python -m studies.claims") -> int:
         raise DataError(f"--out {out}: a file, not a folder")
     if a.n_jobs < 1:
         raise DataError(f"--n-jobs {a.n_jobs}: expected an integer >= 1")
-    out.mkdir(parents=True, exist_ok=True)
     if a.folds is not None and a.phases != ["magazine"]:
         raise DataError(f"--folds {' '.join(map(str, a.folds))}: only with --phases magazine (the folds are its own)")
+    check_counts(a.folds, "--folds", high=magazine.K - 1)  # before the 20-minute data and feature build
+    check_counts(a.seeds, "--seeds")
+    if a.seeds is not None and not a.phases:
+        raise DataError(f"--seeds {' '.join(map(str, a.seeds))}: only with --phases (the plan gives its own seeds)")
+    out.mkdir(parents=True, exist_ok=True)
     plan = [(p, a.seeds) for p in a.phases] if a.phases else PLAN
     timed = phase_timer(out / "claims_timing.json", "claims")
-    timed("data", lambda: make_data(out))
-    timed("features", lambda: P.extract(out))
+    with build_lock(out):  # a second process on this folder waits, then finds them built
+        timed("data", lambda: make_data(out))
+        timed("features", lambda: P.extract(out))
     for phase, seeds in plan:
         name = phase if seeds is None else f"{phase} seeds {' '.join(map(str, seeds))}"
         name += "" if a.folds is None else f" folds {' '.join(map(str, a.folds))}"

@@ -60,6 +60,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from studies import build_lock, check_counts
+
 CATEGORY = "electronics"
 N_PRODUCTS = 2400
 TEST_FRAC = 2100 / 2400
@@ -594,14 +596,19 @@ def main(argv: list[str], prog: str = "python -m studies.powered") -> int:
         raise DataError(f"--out {out}: a file, not a folder")
     if a.report_only and not (out / "runs").is_dir():
         raise DataError(f"--out {out}: no runs of the powered study there (no {out / 'runs'}); nothing to report")
+    if a.n_jobs < 1:  # before the data and feature build (they take about 20 minutes)
+        raise DataError(f"--n-jobs {a.n_jobs}: expected an integer >= 1")
+    check_counts(a.seeds, "--seeds")
+    check_counts(a.signal_seeds, "--signal-seeds")
     out.mkdir(parents=True, exist_ok=True)
 
     timed = phase_timer(out / "timing.json", "powered")
 
     if not a.report_only:
         weights = sorted({MAIN_WEIGHT} | (set(SIGNAL_WEIGHTS) if "signal" in a.phases else set()))
-        timed("data", lambda: make_data(out, weights))
-        timed("features", lambda: extract(out))
+        with build_lock(out):  # a second process on this folder waits, then finds them built
+            timed("data", lambda: make_data(out, weights))
+            timed("features", lambda: extract(out))
         for phase in a.phases:
             timed(
                 phase,

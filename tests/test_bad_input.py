@@ -799,6 +799,14 @@ def _study_cli(study, *argv):
     return act
 
 
+def _no_folder(ctx: Ctx, name: str, act):
+    """``act(ctx)``, then: the study's --out folder ``{root}/name`` was not created (checked before any work)."""
+    try:
+        act(ctx)
+    finally:
+        assert not (ctx.root / name).exists(), f"{ctx.root / name} was created before the options were checked"
+
+
 def _profile(text):
     def act(ctx: Ctx):
         from mmss_lib.reproduce import plan
@@ -3318,6 +3326,46 @@ CASES = [
         ("no runs of the powered study", "nothing to report"),
         fixed=True,
         issue=R3,
+    ),
+    C(
+        "claims_magazine_fold_out_of_range",
+        "bench",
+        lambda ctx: _no_folder(
+            ctx, "cl", _study_cli("claims", "--phases", "magazine", "--folds", "9", "--out", "{root}/cl")
+        ),
+        CliFailed,
+        ("--folds 9", "expected integers from 0 to 4"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "claims_folds_without_magazine_no_folder",
+        "bench",
+        lambda ctx: _no_folder(ctx, "cl", _study_cli("claims", "--folds", "1", "--out", "{root}/cl")),
+        CliFailed,
+        ("--folds 1", "only with --phases magazine"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "powered_n_jobs_0_before_the_build",
+        "bench",
+        lambda ctx: _no_folder(ctx, "bp", _study_cli("powered", "--n-jobs", "0", "--out", "{root}/bp")),
+        CliFailed,
+        ("--n-jobs 0", "expected an integer >= 1"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
+        "powered_seeds_negative_before_the_build",
+        "bench",
+        lambda ctx: _no_folder(
+            ctx, "bp", _study_cli("powered", "--seeds", "-1", "--phases", "main", "--out", "{root}/bp")
+        ),
+        CliFailed,
+        ("--seeds -1", "expected integers >= 0"),
+        fixed=True,
+        issue=R4,
     ),
     C(
         "bench_explore_sigterm",

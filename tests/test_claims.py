@@ -539,3 +539,24 @@ def test_claims_profile_regenerates_the_report_from_the_records(tmp_path, monkey
         assert (bare / "tables" / t.name).read_bytes() == t.read_bytes(), t.name
     for section in ("## Studies", "## Tuned comparison", "## Data size", "## Measured time"):
         assert section in got, section
+
+
+def test_a_second_process_waits_for_the_data_build(tmp_path):
+    """Two studies on one folder do not build the same data at once: the second waits on
+    ``{out}/.build.lock`` until the first is done (the kernel drops a dead holder's lock)."""
+    import subprocess
+    import sys
+
+    from studies import build_lock
+
+    child = [
+        sys.executable,
+        "-c",
+        f"from studies import build_lock\nwith build_lock({str(tmp_path)!r}):\n    print('built')",
+    ]
+    with build_lock(tmp_path):
+        proc = subprocess.Popen(child, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)  # held here: the child waits
+    out, _ = proc.communicate(timeout=60)
+    assert "waiting" in out and out.strip().endswith("built")
