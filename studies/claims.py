@@ -356,6 +356,8 @@ def size_curve(out: Path):
 
     from mmss_lib.evaluation.summary import paired_differences, pooled_per_product
 
+    if not size_design_path(out).exists() and not P.data_root(out, P.MAIN_WEIGHT).exists():
+        return pd.DataFrame()  # neither the recorded design nor the data: no size run can have finished
     design = read_size_design(out)
     common, base = set(design["common"]), int(design["base_size"])
     rows = []
@@ -766,7 +768,8 @@ def main(argv: list[str], prog: str = "python -m studies.claims") -> int:
     a = ap.parse_args(argv)
     out = Path(a.out)
     if a.report_only:
-        if not (out / "runs_tuned").is_dir() and not tune_root(out).is_dir():
+        studies = tune_root(out).is_dir() and any(tune_root(out).rglob("best.json"))
+        if not (out / "runs_tuned").is_dir() and not studies:
             raise DataError(f"--out {out}: no studies or runs of the claims study there; nothing to report")
         print(report(out))
         return 0

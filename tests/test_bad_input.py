@@ -3328,6 +3328,18 @@ CASES = [
         issue=R3,
     ),
     C(
+        "claims_report_only_empty_tune_folder",
+        "bench",
+        lambda ctx: (
+            (ctx.root / "cl" / "tune").mkdir(parents=True),
+            _study_cli("claims", "--report-only", "--out", "{root}/cl")(ctx),
+        ),
+        CliFailed,
+        ("no studies or runs of the claims study", "nothing to report"),
+        fixed=True,
+        issue=R4,
+    ),
+    C(
         "claims_magazine_fold_out_of_range",
         "bench",
         lambda ctx: _no_folder(
