@@ -1195,7 +1195,7 @@ def _ray_token_like_the_head(preset):
         if preset:
             env["RAY_AUTH_MODE"] = preset
         code = (
-            "import os; from mmss_lib.training.executors import _token_auth_like_the_head as f; "
+            "import os; from mmss_lib.ray_cluster import token_auth_like_the_head as f; "
             "f('10.0.0.1:6379'); print('MODE', os.environ.get('RAY_AUTH_MODE'))"
         )
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

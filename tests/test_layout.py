@@ -30,7 +30,7 @@ STUDIES = ROOT / "studies"
 # upper one (not even lazily). An entry names a module or a package with everything in it; the root
 # package "mmss_lib" stands for its ``__init__`` alone.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground", ("mmss_lib", "mmss_lib.errors", "mmss_lib.utils")),
+    ("ground", ("mmss_lib", "mmss_lib.errors", "mmss_lib.utils", "mmss_lib.ray_cluster")),
     ("data", ("mmss_lib.data",)),
     ("metrics", ("mmss_lib.metrics",)),
     ("features", ("mmss_lib.features",)),

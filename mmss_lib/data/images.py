@@ -64,7 +64,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -470,25 +469,11 @@ def _connect_ray(address: str | None, timeout: float, num_cpus: int | None):
     address = address or os.environ.get("RAY_ADDRESS") or None
     kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
     if address:
+        from mmss_lib.ray_cluster import token_auth_like_the_head, wait_for_head
+
         a = address.strip()
-        if a not in ("auto", "local"):
-            hostport = a[len("ray://") :] if a.startswith("ray://") else a
-            host, _, port = hostport.rpartition(":")
-            if not host or not port.isdigit():
-                host, port = hostport, ("10001" if a.startswith("ray://") else "6379")
-            end = time.monotonic() + timeout
-            while True:
-                try:
-                    with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
-                        break
-                except OSError as exc:
-                    if time.monotonic() > end:
-                        raise MMSSError(
-                            f"--distributor ray: nothing answers at the Ray cluster address {address!r} after "
-                            f"{timeout:g} s ({exc}); start the head (`ray start --head`), fix --ray-address / "
-                            "RAY_ADDRESS, or wait longer with --ray-timeout"
-                        ) from None
-                    time.sleep(0.5)
+        wait_for_head(a, timeout, who="--distributor ray")
+        token_auth_like_the_head(a)
         kw["address"] = a
     elif num_cpus is not None:
         kw["num_cpus"] = num_cpus
